@@ -1,0 +1,1 @@
+"""The serving side: model repository, onnxruntime engine and REST API. Never imports torch."""

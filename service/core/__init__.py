@@ -1,0 +1,1 @@
+"""Pure, standard-library core shared by training and serving: arithmetic, errors, the card."""

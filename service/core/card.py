@@ -1,0 +1,140 @@
+"""The model card: the JSON beside ``model.onnx`` that training writes and the service reads.
+
+With the graph it is the whole contract between training and serving: what goes in and out, the
+class names, how pixels are prepared (inside the graph), the architecture and its layer table, and
+the evidence (accuracy, data, libraries, commit) behind the published numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from service.core.errors import InvalidCard
+
+CARD_FILE = "card.json"
+MODEL_FILE = "model.onnx"
+FORMAT_VERSION = 1
+DATATYPES = frozenset({"UINT8", "FP32", "FP16", "INT64", "INT32", "BOOL"})
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output as the Open Inference Protocol names it; -1 marks a dynamic axis."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> TensorSpec:
+        if not isinstance(data, Mapping):
+            raise InvalidCard(f"{where} must be an object")
+        name, datatype, shape = data.get("name"), data.get("datatype"), data.get("shape")
+        if not isinstance(name, str) or not name:
+            raise InvalidCard(f"{where}.name must be a non-empty string")
+        if datatype not in DATATYPES:
+            raise InvalidCard(f"{where}.datatype must be one of {sorted(DATATYPES)}")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and (d == -1 or d > 0) for d in shape
+        ):
+            raise InvalidCard(f"{where}.shape must be a list of positive integers or -1")
+        return cls(name, str(datatype), list(shape))
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    version: int
+    class_names: list[str]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    sha256: str
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    architecture: dict[str, Any] = field(default_factory=dict)
+    layer_table: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    dataset: dict[str, Any] = field(default_factory=dict)
+    libraries: dict[str, str] = field(default_factory=dict)
+    git_commit: str | None = None
+    created: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ModelCard:
+        """Validate the fields the service relies on; the evidence fields are kept as given."""
+        if not isinstance(data, Mapping):
+            raise InvalidCard("the card must be a JSON object")
+        fmt = data.get("format_version", FORMAT_VERSION)
+        if fmt != FORMAT_VERSION:
+            raise InvalidCard(f"unsupported card format_version {fmt!r} (this reads {FORMAT_VERSION})")
+        name, version = data.get("name"), data.get("version")
+        if not isinstance(name, str) or not name:
+            raise InvalidCard("'name' must be a non-empty string")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise InvalidCard("'version' must be a positive integer")
+        classes = data.get("class_names")
+        if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+            raise InvalidCard("'class_names' must be a non-empty list of strings")
+        sha = data.get("sha256")
+        if not isinstance(sha, str) or len(sha) != 64:
+            raise InvalidCard("'sha256' must be the 64-character hex digest of model.onnx")
+        tensors: dict[str, list[TensorSpec]] = {}
+        for key in ("inputs", "outputs"):
+            items = data.get(key)
+            if not isinstance(items, list) or not items:
+                raise InvalidCard(f"'{key}' must be a non-empty list")
+            tensors[key] = [TensorSpec.from_dict(t, f"{key}[{i}]") for i, t in enumerate(items)]
+        extras: dict[str, Any] = {}
+        for key in ("preprocessing", "architecture", "layer_table", "metrics", "training", "dataset"):
+            value = data.get(key, {})
+            if not isinstance(value, Mapping):
+                raise InvalidCard(f"'{key}' must be an object")
+            extras[key] = dict(value)
+        libraries = data.get("libraries", {})
+        if not isinstance(libraries, Mapping):
+            raise InvalidCard("'libraries' must be an object")
+        commit = data.get("git_commit")
+        return cls(
+            name=name,
+            version=version,
+            class_names=list(classes),
+            inputs=tensors["inputs"],
+            outputs=tensors["outputs"],
+            sha256=sha,
+            libraries={str(k): str(v) for k, v in libraries.items()},
+            git_commit=commit if isinstance(commit, str) else None,
+            created=str(data.get("created", "")),
+            **extras,
+        )
+
+
+def read_card(version_dir: Path) -> ModelCard:
+    """Read and validate ``card.json`` in a version folder."""
+    path = version_dir / CARD_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidCard(f"{path}: no card beside the model") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidCard(f"{path}: unreadable card: {exc}") from None
+    return ModelCard.from_dict(data)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,73 @@
+"""One exception tree for the whole project; each error carries the HTTP status it maps to.
+
+The API turns any ``ServingError`` into ``{"error": message}`` with ``status`` in one handler;
+training raises the same classes and the CLI prints the message.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+
+class ServingError(Exception):
+    """Base of every expected error; ``status`` is what a client sees."""
+
+    status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(ServingError):
+    """The request is well-formed but its content is not acceptable."""
+
+    status = HTTPStatus.BAD_REQUEST
+
+
+class InvalidLayerSpec(ServingError):
+    """A layer stack whose arithmetic does not work out (names the layer and the formula)."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+class ShapeMismatch(InvalidInput):
+    """A tensor whose shape or datatype does not fit the model's input."""
+
+
+class ModelNotFound(ServingError):
+    status = HTTPStatus.NOT_FOUND
+
+
+class ModelNotReady(ServingError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class Overloaded(ServingError):
+    """The batch queue is full; the client should retry later."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class Forbidden(ServingError):
+    status = HTTPStatus.FORBIDDEN
+
+
+class InvalidCard(ServingError):
+    """A model card that is missing, malformed or disagrees with its graph."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+class DataError(ServingError):
+    """Training data that is missing, corrupt or inconsistent (the message names the file)."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+class ExportError(ServingError):
+    """An export that failed its checks (the parity gate); nothing is published."""
+
+
+class PublishError(ServingError):
+    """Publishing a model version into the repository failed; nothing partial is left."""

@@ -28,7 +28,7 @@ serve: $(VENV)/.serve-stamp
 lint: $(VENV)/.dev-stamp
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy service
+	$(BIN)/mypy --strict service
 	$(BIN)/mypy training tests
 
 test: lint

@@ -78,14 +78,20 @@ class ModelCard:
             raise InvalidCard("the card must be a JSON object")
         fmt = data.get("format_version", FORMAT_VERSION)
         if fmt != FORMAT_VERSION:
-            raise InvalidCard(f"unsupported card format_version {fmt!r} (this reads {FORMAT_VERSION})")
+            raise InvalidCard(
+                f"unsupported card format_version {fmt!r} (this reads {FORMAT_VERSION})"
+            )
         name, version = data.get("name"), data.get("version")
         if not isinstance(name, str) or not name:
             raise InvalidCard("'name' must be a non-empty string")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise InvalidCard("'version' must be a positive integer")
         classes = data.get("class_names")
-        if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        if (
+            not isinstance(classes, list)
+            or not classes
+            or not all(isinstance(c, str) for c in classes)
+        ):
             raise InvalidCard("'class_names' must be a non-empty list of strings")
         sha = data.get("sha256")
         if not isinstance(sha, str) or len(sha) != 64:
@@ -97,7 +103,14 @@ class ModelCard:
                 raise InvalidCard(f"'{key}' must be a non-empty list")
             tensors[key] = [TensorSpec.from_dict(t, f"{key}[{i}]") for i, t in enumerate(items)]
         extras: dict[str, Any] = {}
-        for key in ("preprocessing", "architecture", "layer_table", "metrics", "training", "dataset"):
+        for key in (
+            "preprocessing",
+            "architecture",
+            "layer_table",
+            "metrics",
+            "training",
+            "dataset",
+        ):
             value = data.get(key, {})
             if not isinstance(value, Mapping):
                 raise InvalidCard(f"'{key}' must be an object")

@@ -71,3 +71,21 @@ class ExportError(ServingError):
 
 class PublishError(ServingError):
     """Publishing a model version into the repository failed; nothing partial is left."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """A request body or image count over the configured limits."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class UnsupportedMediaType(InvalidInput):
+    """A request body in a content type the endpoint does not read."""
+
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
+class UnprocessableInput(InvalidInput):
+    """Well-formed input that does not fit the model: shape, datatype, data length, bad image."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY

@@ -272,13 +272,16 @@ def layer_table(
             params, trainable = 4 * channels, 2 * channels
             note = "gamma and beta trainable; moving mean and variance not"
         elif kind == "activation":
-            if _activation(spec, where, key="fn") is None and spec.get("fn") is None:
+            if spec.get("fn") is None:
                 raise InvalidLayerSpec(f"{where}: 'fn' names the activation, e.g. 'relu'")
+            _activation(spec, where, key="fn")
         if math.prod(shape) > MAX_DIM * 64:
             raise InvalidLayerSpec(f"{where}: output {list(shape)} is absurdly large")
         rows.append(LayerRow(name, kind, shape, params, trainable, note))
     if any(r.note.startswith("fractional") for r in rows):
-        notes.append("some sizes were not whole numbers and were floored (use strict mode to refuse)")
+        notes.append(
+            "some sizes were not whole numbers and were floored (use strict mode to refuse)"
+        )
     return LayerTable(tuple(input_shape), tuple(rows), tuple(notes))
 
 

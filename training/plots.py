@@ -1,0 +1,47 @@
+"""Training curves and the confusion matrix as PNG files (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt
+
+
+def plot_history(history: list[dict[str, float]], path: Path) -> None:
+    """Accuracy and loss per epoch, train and validation, as the lecture plots them."""
+    epochs = [h["epoch"] for h in history]
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("accuracy", "accuracy"), ("val_accuracy", "val_accuracy")):
+        acc_ax.plot(epochs, [h[key] for h in history], marker="o", label=label)
+    for key, label in (("loss", "loss"), ("val_loss", "val_loss")):
+        loss_ax.plot(epochs, [h[key] for h in history], marker="o", label=label)
+    acc_ax.set(xlabel="Epoch", ylabel="Accuracy", title="Accuracy")
+    loss_ax.set(xlabel="Epoch", ylabel="Loss", title="Loss")
+    for ax in (acc_ax, loss_ax):
+        ax.legend(loc="best")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Path) -> None:
+    """Rows are true classes, columns predicted; each cell shows its count."""
+    fig, ax = plt.subplots(figsize=(8, 7))
+    image = ax.imshow(confusion, cmap="Blues")
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+    ax.set_yticks(ticks, class_names)
+    ax.set(xlabel="Predicted", ylabel="True", title="Confusion matrix (test split)")
+    peak = max(max(row) for row in confusion) or 1
+    for i, row in enumerate(confusion):
+        for j, count in enumerate(row):
+            color = "white" if count > peak / 2 else "black"
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color=color)
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,256 @@
+"""The training loop: the lecture's recipe, a Keras-like log, the best validation epoch kept.
+
+python -m training train --data data/cifar10-jpeg
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from training.config import TrainConfig
+from training.data import CLASS_NAMES, Cifar10, Split, train_val_split
+from training.model import ARCHITECTURES, Classifier
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float
+    accuracy: float
+    per_class_accuracy: dict[str, float]
+    confusion: list[list[int]]  # rows: true class, columns: predicted class
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+            "per_class_accuracy": self.per_class_accuracy,
+            "confusion_matrix": self.confusion,
+        }
+
+
+@dataclass
+class TrainResult:
+    model: Classifier
+    history: list[dict[str, float]]
+    best_epoch: int  # 1-based; its weights are the ones in ``model``
+    seconds: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_classifier(config: TrainConfig) -> Classifier:
+    if config.arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {config.arch!r}; known: {', '.join(ARCHITECTURES)}")
+    return Classifier(ARCHITECTURES[config.arch])
+
+
+@torch.no_grad()
+def predict_logits(model: Classifier, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    """Logits for uint8 NHWC images, in eval mode, on the model's device."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = [
+        model(torch.from_numpy(images[i : i + batch_size]).to(device)).float().cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(out).numpy() if out else np.zeros((0, len(CLASS_NAMES)), np.float32)
+
+
+def evaluate_logits(logits: np.ndarray, labels: np.ndarray) -> Evaluation:
+    """Loss, accuracy, per-class accuracy and confusion matrix from torch or onnxruntime logits."""
+    n_classes = len(CLASS_NAMES)
+    loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item())
+    predicted = logits.argmax(axis=1)
+    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    totals = confusion.sum(axis=1)
+    per_class = {
+        name: float(confusion[i, i] / totals[i]) if totals[i] else 0.0
+        for i, name in enumerate(CLASS_NAMES)
+    }
+    return Evaluation(loss, float((predicted == labels).mean()), per_class, confusion.tolist())
+
+
+def evaluate(model: Classifier, split: Split, batch_size: int = 500) -> Evaluation:
+    return evaluate_logits(predict_logits(model, split.images, batch_size), split.labels)
+
+
+def train_model(config: TrainConfig, fit: Split, val: Split, log: Log = print) -> TrainResult:
+    """Adam on cross-entropy over logits; returns the weights of the best validation epoch."""
+    seed_everything(config.seed)
+    torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
+    device = resolve_device(config.device)
+    model = build_classifier(config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    images = torch.from_numpy(fit.images).to(device)  # uint8 stays uint8 until the model scales it
+    labels = torch.from_numpy(fit.labels).to(device)
+    generator = torch.Generator().manual_seed(config.seed)
+    steps = math.ceil(len(fit) / config.batch_size)
+    history: list[dict[str, float]] = []
+    best_acc, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
+    started = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(len(fit), generator=generator).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        bar = tqdm(
+            range(steps),
+            desc=f"Epoch {epoch}/{config.epochs}",
+            unit="step",
+            leave=False,
+            disable=None,
+        )
+        for step in bar:
+            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+            x, y = images[idx], labels[idx]
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.close()
+        train_loss, train_acc = loss_sum.item() / len(fit), correct.item() / len(fit)
+        v = evaluate(model, val, config.eval_batch_size)
+        seconds = time.perf_counter() - t0
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": train_loss,
+                "accuracy": train_acc,
+                "val_loss": v.loss,
+                "val_accuracy": v.accuracy,
+                "seconds": seconds,
+            }
+        )
+        log(
+            f"Epoch {epoch}/{config.epochs} - {seconds:.0f}s - loss: {train_loss:.4f} - "
+            f"accuracy: {train_acc:.4f} - val_loss: {v.loss:.4f} - val_accuracy: {v.accuracy:.4f}"
+        )
+        if v.accuracy > best_acc:
+            best_acc, best_epoch, best_state = v.accuracy, epoch, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    model.eval()
+    log(f"Best validation epoch: {best_epoch} (val_accuracy {best_acc:.4f})")
+    return TrainResult(model, history, best_epoch, time.perf_counter() - started)
+
+
+@dataclass
+class TrainingRun:
+    """Everything a finished run hands to export: weights, config, evidence."""
+
+    config: TrainConfig
+    model: Classifier
+    history: list[dict[str, float]]
+    best_epoch: int
+    test: Evaluation
+    dataset: dict[str, Any]
+    seconds: float
+    run_dir: Path
+
+
+def run_training(
+    config: TrainConfig, data: Cifar10, run_dir: Path, log: Log = print
+) -> TrainingRun:
+    """Split, train, evaluate once on the test split, and write the run's files into ``run_dir``."""
+    from training.plots import plot_confusion, plot_history  # matplotlib only when a run finishes
+
+    train = data.train.sample(config.limit_train, config.seed)
+    test = data.test.sample(config.limit_test, config.seed)
+    fit, val = train_val_split(train, config.val_size, config.seed)
+    log(f"Data: {len(fit)} train, {len(val)} validation (held out of train), {len(test)} test")
+    result = train_model(config, fit, val, log)
+    test_eval = evaluate(result.model, test, config.eval_batch_size)
+    log(f"Test accuracy: {test_eval.accuracy:.4f} (loss {test_eval.loss:.4f}, {len(test)} images)")
+    dataset = {
+        **data.identity,
+        "n_train": len(fit),
+        "n_val": len(val),
+        "n_test": len(test),
+        "validation": f"{len(val)} images held out of the train split (seed {config.seed})",
+    }
+    run = TrainingRun(
+        config,
+        result.model,
+        result.history,
+        result.best_epoch,
+        test_eval,
+        dataset,
+        result.seconds,
+        run_dir,
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "history.json").write_text(json.dumps(result.history, indent=2) + "\n")
+    (run_dir / "metrics.json").write_text(json.dumps(test_eval.as_dict(), indent=2) + "\n")
+    plot_history(result.history, run_dir / "curves.png")
+    plot_confusion(test_eval.confusion, list(CLASS_NAMES), run_dir / "confusion.png")
+    save_checkpoint(run, run_dir / "checkpoint.pt")
+    return run
+
+
+def save_checkpoint(run: TrainingRun, path: Path) -> None:
+    torch.save(
+        {
+            "config": run.config.to_dict(),
+            "state_dict": run.model.state_dict(),
+            "history": run.history,
+            "best_epoch": run.best_epoch,
+            "test": run.test.as_dict(),
+            "dataset": run.dataset,
+            "seconds": run.seconds,
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: Path) -> TrainingRun:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    config = TrainConfig(**ckpt["config"])
+    model = build_classifier(config)
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    t = ckpt["test"]
+    test = Evaluation(t["loss"], t["accuracy"], t["per_class_accuracy"], t["confusion_matrix"])
+    return TrainingRun(
+        config,
+        model,
+        ckpt["history"],
+        ckpt["best_epoch"],
+        test,
+        ckpt["dataset"],
+        ckpt["seconds"],
+        path.parent,
+    )

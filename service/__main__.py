@@ -1,0 +1,42 @@
+"""Serve the model repository over HTTP.
+
+    python -m service --host 127.0.0.1 --port 8000        (or: make serve)
+
+Settings come from the environment (see ``service/settings.py``); the flags override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import uvicorn
+
+from service.api.app import create_app
+from service.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", help="interface to bind (HOST)")
+    parser.add_argument("--port", type=int, help="TCP port, 0 for any free one (PORT)")
+    parser.add_argument("--model-repository", type=Path, help="models folder (MODEL_REPOSITORY)")
+    parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    settings = Settings(**overrides)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""``create_app(settings)``: the FastAPI app, its lifespan (loading the models), error handling."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.codec import dumps
+from service.core.errors import PayloadTooLarge, ServingError, UnsupportedMediaType
+from service.engine.metrics import Metrics
+from service.engine.repository import ModelRepository
+from service.engine.runtime import ModelRuntime, RuntimeOptions
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+
+class JSONResponse(Response):
+    """orjson-encoded JSON (numpy arrays included)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+@dataclass
+class ServiceState:
+    """What the routes need, hung on ``app.state.service``."""
+
+    settings: Settings
+    repository: ModelRepository
+    metrics: Metrics
+
+    async def infer(
+        self, runtime: ModelRuntime, pixels: np.ndarray, outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run one validated batch; the single place a request meets a model."""
+        limit = self.settings.max_images_per_request
+        if pixels.shape[0] > limit:
+            raise PayloadTooLarge(f"{pixels.shape[0]} images, more than the limit of {limit}")
+        result, seconds = await runtime.infer(pixels, outputs)
+        self.metrics.observe_run(runtime.name, runtime.version, pixels.shape[0], seconds)
+        return result
+
+
+def service_state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    return state
+
+
+class BodyLimit:
+    """413 for bodies over ``limit`` bytes: by Content-Length before reading, else while reading."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for key, value in scope["headers"]:
+            if key == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                message = f"the request body is over the limit of {self.limit} bytes"
+                await error_response(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, message)(
+                    scope, receive, send
+                )
+                return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise PayloadTooLarge(f"the request body is over the limit of {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+class RequestMetrics:
+    """Counts requests by route template and status, and times them."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def recording(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+            self.metrics.request_latency.labels(endpoint).observe(time.perf_counter() - start)
+
+
+def is_json(request: Request) -> bool:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return media_type in ("", "application/json") or media_type.endswith("+json")
+
+
+async def read_json_body(request: Request) -> bytes:
+    """The body of a JSON endpoint; another content type is a 415."""
+    if not is_json(request):
+        raise UnsupportedMediaType(
+            f"expected application/json, got {request.headers.get('content-type')!r}"
+        )
+    return await request.body()
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else error.get("msg", ""))
+    return "; ".join(parts) or "invalid request"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The service for ``settings``; the repository loads when the app starts (lifespan)."""
+    from service.api.routes import inspect, ops, v1, v2
+
+    options = RuntimeOptions(
+        providers=tuple(settings.providers),
+        intra_op_threads=settings.intra_op_threads,
+        inter_op_threads=settings.inter_op_threads,
+        graph_optimization_level=settings.graph_optimization_level,
+        warm_up=settings.warm_up,
+    )
+    state = ServiceState(settings, ModelRepository(settings.model_repository, options), Metrics())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(state.repository.load)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(state.repository.close)
+
+    app = FastAPI(
+        title="cifar-serve",
+        version=VERSION,
+        summary="CIFAR-10 image classification over the Open Inference Protocol and plain REST.",
+        default_response_class=JSONResponse,
+        lifespan=lifespan,
+    )
+    app.state.service = state
+
+    async def serving_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServingError)
+        if exc.status >= 500 and not isinstance(exc.__cause__, ServingError):
+            log.warning("%s %s: %s", request.method, request.url.path, exc.message)
+        return error_response(exc.status, exc.message)
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(HTTPStatus.UNPROCESSABLE_ENTITY, _validation_message(exc))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        if exc.status_code == HTTPStatus.NOT_FOUND and message == "Not Found":
+            message = f"no endpoint at {request.url.path}"
+        return error_response(exc.status_code, message)
+
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error")
+
+    app.add_exception_handler(ServingError, serving_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)
+
+    # Added last is outermost: metrics see every response, including the body limit's 413.
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(RequestMetrics, metrics=state.metrics)
+
+    for module in (v2, v1, inspect, ops):
+        app.include_router(module.router)
+    return app

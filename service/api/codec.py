@@ -1,0 +1,290 @@
+"""Wire tensors <-> numpy: Open Inference Protocol v2 JSON (and its binary extension), v1 instances.
+
+Shape, datatype and length are checked here, once, before a request reaches a model; a bad
+request is refused with a message naming the tensor or instance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from service.core.errors import InvalidInput, PayloadTooLarge, UnprocessableInput
+from service.engine.runtime import NUMPY_DTYPES
+
+DATATYPES = {dtype: name for name, dtype in NUMPY_DTYPES.items()}
+JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def dumps(data: Any) -> bytes:
+    return orjson.dumps(data, option=JSON_OPTIONS)
+
+
+def loads(body: bytes) -> Any:
+    """Parse a JSON body; malformed JSON is a 400 naming the problem."""
+    if not body:
+        raise InvalidInput("the request body is empty; expected JSON")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+
+
+@dataclass
+class InputTensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray  # already in ``shape``, in the numpy dtype of ``datatype``
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    inputs: list[InputTensor]
+    outputs: list[RequestedOutput] = field(default_factory=list)
+    binary_output: bool = False
+
+
+def _object(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidInput(f"{where} must be a JSON object")
+    return value
+
+
+def _parameters(value: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    return _object(value.get("parameters", {}), f"{where}.parameters")
+
+
+def _shape(value: Any, where: str, max_rows: int) -> list[int]:
+    if not isinstance(value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) for d in value
+    ):
+        raise InvalidInput(f"{where}.shape must be a list of integers")
+    if any(d < 0 for d in value):
+        raise UnprocessableInput(f"{where}.shape {value} has a negative dimension")
+    if value and value[0] > max_rows:
+        raise PayloadTooLarge(f"{where}: {value[0]} rows, more than the limit of {max_rows}")
+    if math.prod(value) > (1 << 31):
+        raise PayloadTooLarge(f"{where}.shape {value} is too large")
+    return value
+
+
+def array_from_json(
+    data: Any, datatype: str, shape: list[int], where: str, *, nested: bool = False
+) -> np.ndarray:
+    """JSON data (flat or nested, row-major) as an array of ``shape`` in ``datatype``.
+
+    ``nested`` requires the nesting itself to have ``shape`` (v1 instances), not just its length.
+    """
+    if not isinstance(data, list):
+        raise InvalidInput(f"{where}.data must be a JSON array")
+    try:
+        array = np.array(data)
+    except (ValueError, TypeError):
+        raise UnprocessableInput(
+            f"{where}.data is ragged or mixes types; expected {datatype} numbers"
+        ) from None
+    expected = math.prod(shape)
+    if nested and list(array.shape) != shape:
+        raise UnprocessableInput(
+            f"{where}: pixel array of shape {list(array.shape)}, expected {shape}"
+        )
+    if array.size != expected:
+        raise UnprocessableInput(
+            f"{where}: data holds {array.size} values but shape {shape} needs {expected}"
+        )
+    if array.size == 0:
+        return np.zeros(shape, dtype=NUMPY_DTYPES[datatype])
+    kind = array.dtype.kind
+    if datatype == "BOOL":
+        if kind != "b":
+            raise UnprocessableInput(f"{where}: BOOL data must be true or false")
+    elif kind not in "iuf" or (datatype not in ("FP32", "FP16") and kind == "f"):
+        found = {"b": "booleans", "U": "strings", "O": "mixed values"}.get(kind, array.dtype.name)
+        raise UnprocessableInput(f"{where}: {datatype} data must be numbers, found {found}")
+    if datatype in ("UINT8", "INT32") and kind in "iu":
+        info = np.iinfo(NUMPY_DTYPES[datatype])
+        if array.min() < info.min or array.max() > info.max:
+            raise UnprocessableInput(
+                f"{where}: {datatype} values must lie in {info.min}..{info.max}"
+            )
+    return array.astype(NUMPY_DTYPES[datatype], copy=False).reshape(shape)
+
+
+def decode_infer_request(body: bytes, header_length: int | None, max_rows: int) -> InferRequest:
+    """A v2 infer body: JSON, or a JSON header and raw tensor bytes (the binary extension)."""
+    binary = b""
+    if header_length is not None:
+        if not 0 < header_length <= len(body):
+            raise InvalidInput(
+                f"Inference-Header-Content-Length {header_length} does not fit the "
+                f"{len(body)}-byte body"
+            )
+        body, binary = body[:header_length], body[header_length:]
+    request = _object(loads(body), "the request")
+    request_id = request.get("id")
+    raw_inputs = request.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("'inputs' must be a non-empty list of tensors")
+    inputs: list[InputTensor] = []
+    offset = 0
+    for i, raw in enumerate(raw_inputs):
+        where = f"inputs[{i}]"
+        tensor = _object(raw, where)
+        name, datatype = tensor.get("name"), tensor.get("datatype")
+        if not isinstance(name, str) or not name:
+            raise InvalidInput(f"{where}.name must be a non-empty string")
+        where = f"input {name!r}"
+        if datatype not in NUMPY_DTYPES:
+            raise UnprocessableInput(
+                f"{where}: datatype {datatype!r} is not one of {', '.join(NUMPY_DTYPES)}"
+            )
+        shape = _shape(tensor.get("shape"), where, max_rows)
+        size = _parameters(tensor, where).get("binary_data_size")
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise InvalidInput(f"{where}: binary_data_size must be a non-negative integer")
+            chunk = binary[offset : offset + size]
+            offset += size
+            dtype = NUMPY_DTYPES[datatype]
+            expected = math.prod(shape) * dtype.itemsize
+            if len(chunk) != size or size != expected:
+                raise UnprocessableInput(
+                    f"{where}: {len(chunk)} bytes of binary data but shape {shape} of "
+                    f"{datatype} needs {expected}"
+                )
+            data = np.frombuffer(chunk, dtype=dtype).reshape(shape)
+        else:
+            data = array_from_json(tensor.get("data"), str(datatype), shape, where)
+        inputs.append(InputTensor(name, str(datatype), shape, data))
+    if offset != len(binary):
+        raise UnprocessableInput(
+            f"the body carries {len(binary) - offset} bytes of binary data no input claims"
+        )
+    parameters = _parameters(request, "the request")
+    binary_output = parameters.get("binary_data_output") is True
+    outputs: list[RequestedOutput] = []
+    raw_outputs = request.get("outputs", [])
+    if not isinstance(raw_outputs, list):
+        raise InvalidInput("'outputs' must be a list")
+    for i, raw in enumerate(raw_outputs):
+        out = _object(raw, f"outputs[{i}]")
+        name = out.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidInput(f"outputs[{i}].name must be a non-empty string")
+        flag = _parameters(out, f"outputs[{i}]").get("binary_data", binary_output)
+        outputs.append(RequestedOutput(name, flag is True))
+    return InferRequest(
+        request_id if isinstance(request_id, str) else None, inputs, outputs, binary_output
+    )
+
+
+def to_pixels(tensor: InputTensor, image_shape: Sequence[int]) -> np.ndarray:
+    """An image batch for the graph: UINT8 as is, FP32/FP16 in 0..1 rounded to 0..255."""
+    where = f"input {tensor.name!r}"
+    expected = [-1, *image_shape]
+    if len(tensor.shape) != len(expected) or tensor.shape[1:] != list(image_shape):
+        raise UnprocessableInput(f"{where}: shape {tensor.shape} does not fit {expected}")
+    if tensor.shape[0] < 1:
+        raise UnprocessableInput(f"{where}: the batch is empty")
+    data = tensor.data
+    if tensor.datatype == "UINT8":
+        return data
+    if tensor.datatype in ("FP32", "FP16"):
+        if not np.isfinite(data).all() or data.min() < 0.0 or data.max() > 1.0:
+            raise UnprocessableInput(f"{where}: {tensor.datatype} pixels must lie in 0..1")
+        return np.rint(data.astype(np.float32) * 255.0).astype(np.uint8)
+    raise UnprocessableInput(f"{where}: datatype {tensor.datatype} is not UINT8 or FP32 pixels")
+
+
+def encode_infer_response(
+    model_name: str,
+    model_version: int,
+    request_id: str | None,
+    outputs: Mapping[str, np.ndarray],
+    binary: Mapping[str, bool],
+) -> tuple[bytes, int | None]:
+    """The v2 response body and, when some output is binary, the JSON header's length."""
+    tensors: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name, array in outputs.items():
+        tensor: dict[str, Any] = {
+            "name": name,
+            "datatype": DATATYPES[array.dtype],
+            "shape": list(array.shape),
+        }
+        if binary.get(name):
+            raw = np.ascontiguousarray(array).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            tensor["data"] = array.ravel()
+        tensors.append(tensor)
+    response: dict[str, Any] = {
+        "model_name": model_name,
+        "model_version": str(model_version),
+        "outputs": tensors,
+    }
+    if request_id is not None:
+        response["id"] = request_id
+    header = dumps(response)
+    if not chunks:
+        return header, None
+    return header + b"".join(chunks), len(header)
+
+
+def instances_to_pixels(
+    instances: Any, image_shape: Sequence[int], decode_b64: Any, max_rows: int
+) -> np.ndarray:
+    """v1 ``instances``: nested pixel arrays or ``{"b64": ...}`` images, as one uint8 batch."""
+    if not isinstance(instances, list) or not instances:
+        raise InvalidInput("'instances' must be a non-empty list")
+    if len(instances) > max_rows:
+        raise PayloadTooLarge(f"{len(instances)} instances, more than the limit of {max_rows}")
+    shape = list(image_shape)
+    if all(isinstance(x, list) for x in instances):  # the fast path: one array for the batch
+        try:
+            return array_from_json(
+                instances, "UINT8", [len(instances), *shape], "instances", nested=True
+            )
+        except UnprocessableInput:
+            pass  # find the culprit below and name it
+    rows = []
+    for i, instance in enumerate(instances):
+        where = f"instance {i}"
+        if isinstance(instance, Mapping):
+            b64 = instance.get("b64")
+            if not isinstance(b64, str):
+                raise UnprocessableInput(f"{where}: an object instance needs a 'b64' string")
+            rows.append(decode_b64(b64, where))
+        elif isinstance(instance, list):
+            rows.append(array_from_json(instance, "UINT8", shape, where, nested=True))
+        else:
+            raise UnprocessableInput(
+                f'{where}: expected a {"x".join(map(str, shape))} pixel array or {{"b64": ...}}'
+            )
+    return np.stack(rows)
+
+
+def top_k(
+    probabilities: np.ndarray, class_names: Sequence[str], k: int
+) -> list[list[dict[str, Any]]]:
+    """The k most probable classes of each row, most probable first."""
+    k = min(k, probabilities.shape[1])
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return [
+        [{"name": class_names[j], "index": int(j), "probability": float(row[j])} for j in indices]
+        for row, indices in zip(probabilities, order, strict=True)
+    ]

@@ -1,0 +1,178 @@
+"""Plain REST for people and scripts: ``:predict`` (JSON instances), ``:classify`` (image files),
+the model listing and the model card."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from service.api.app import ServiceState, read_json_body, service_state
+from service.api.codec import instances_to_pixels, loads, top_k
+from service.api.images import decode_b64_image, decode_image
+from service.api.schemas import PredictRequest, PredictResponse, errors, json_body
+from service.core.errors import (
+    InvalidInput,
+    ModelNotReady,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from service.engine.repository import ModelVersion
+from service.engine.runtime import ModelRuntime
+
+router = APIRouter(prefix="/v1", tags=["REST v1"])
+
+TopK = Annotated[
+    int | None, Query(ge=1, le=1000, description="Classes per image (default: DEFAULT_TOP_K).")
+]
+PREDICT_EXAMPLE = {"instances": [{"b64": "<base64 PNG or JPEG>"}], "top_k": 3}
+
+
+async def _predictions(
+    state: ServiceState, runtime: ModelRuntime, pixels: np.ndarray, k: int
+) -> dict[str, Any]:
+    outputs = await state.infer(runtime, pixels, ["probabilities"])
+    return {
+        "model_name": runtime.name,
+        "model_version": str(runtime.version),
+        "predictions": top_k(outputs["probabilities"], runtime.card.class_names, k),
+    }
+
+
+@router.post(
+    "/models/{name}:predict",
+    summary="Classify JSON instances: nested pixel arrays or base64 images",
+    response_model=None,
+    responses={200: {"model": PredictResponse}, **errors(400, 404, 413, 415, 422, 503)},
+    openapi_extra=json_body(PredictRequest, PREDICT_EXAMPLE),
+)
+async def predict(request: Request, name: str, top_k: TopK = None) -> dict[str, Any]:
+    state = service_state(request)
+    runtime = state.repository.get(name)
+    body = loads(await read_json_body(request))
+    if not isinstance(body, dict):
+        raise InvalidInput('the body must be a JSON object {"instances": [...]}')
+    k = top_k or body.get("top_k") or state.settings.default_top_k
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InvalidInput("'top_k' must be a positive integer")
+    h, w, c = runtime.image_shape
+    max_pixels = state.settings.max_image_pixels
+
+    def b64(text: str, where: str) -> np.ndarray:
+        return decode_b64_image(text, (h, w), max_pixels, where)
+
+    pixels = instances_to_pixels(
+        body.get("instances"), (h, w, c), b64, state.settings.max_images_per_request
+    )
+    return await _predictions(state, runtime, pixels, k)
+
+
+@router.post(
+    "/models/{name}:classify",
+    summary="Classify uploaded image files (multipart/form-data, any field name)",
+    response_model=None,
+    responses={200: {"model": PredictResponse}, **errors(400, 404, 413, 415, 422, 503)},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "file": {
+                                "type": "array",
+                                "items": {"type": "string", "format": "binary"},
+                            }
+                        },
+                        "required": ["file"],
+                    }
+                }
+            },
+        }
+    },
+)
+async def classify(request: Request, name: str, top_k: TopK = None) -> dict[str, Any]:
+    state = service_state(request)
+    runtime = state.repository.get(name)
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "multipart/form-data":
+        raise UnsupportedMediaType(f"expected multipart/form-data, got {media_type or 'none'!r}")
+    limit = state.settings.max_images_per_request
+    try:
+        form = await request.form(max_files=limit, max_fields=100)
+    except MultiPartException as exc:
+        if "Too many files" in exc.message:
+            raise PayloadTooLarge(f"more than the limit of {limit} images") from None
+        raise InvalidInput(f"malformed multipart form: {exc.message}") from None
+    try:
+        files = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not files:
+            raise InvalidInput("no image files in the form (send -F file=@image.png)")
+        h, w, _ = runtime.image_shape
+        rows = []
+        for i, (field, upload) in enumerate(files):
+            where = f"image {i} ({field}={upload.filename or 'unnamed'})"
+            data = await upload.read()
+            rows.append(decode_image(data, (h, w), state.settings.max_image_pixels, where))
+    finally:
+        await form.close()
+    pixels = np.stack(rows)
+    return await _predictions(state, runtime, pixels, top_k or state.settings.default_top_k)
+
+
+def _summary(entry: ModelVersion) -> dict[str, Any]:
+    card = entry.card
+    row: dict[str, Any] = {
+        "version": str(entry.version),
+        "state": entry.state.value,
+    }
+    if entry.reason:
+        row["reason"] = entry.reason
+    if entry.runtime is not None:
+        row["execution_providers"] = entry.runtime.providers
+    if card is not None:
+        row["card"] = {
+            "class_names": card.class_names,
+            "inputs": [vars(t) for t in card.inputs],
+            "outputs": [vars(t) for t in card.outputs],
+            "metrics": card.metrics,
+            "created": card.created,
+            "sha256": card.sha256,
+        }
+    return row
+
+
+@router.get("/models", summary="Every model, its versions, their state and card summaries")
+async def list_models(request: Request) -> dict[str, Any]:
+    repository = service_state(request).repository
+    models = []
+    for name in repository.names():
+        versions = repository.versions(name)
+        served = repository.entry(name)
+        models.append(
+            {
+                "name": name,
+                "served_version": str(served.version),
+                "state": served.state.value,
+                "versions": [_summary(v) for v in reversed(versions)],
+            }
+        )
+    return {"models": models}
+
+
+@router.get(
+    "/models/{name}",
+    summary="The model card of the served version (or ?version=)",
+    response_model=None,
+    responses=errors(404, 503),
+)
+async def model_card(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
+    entry = service_state(request).repository.entry(name, version)
+    if entry.card is None:
+        raise ModelNotReady(f"model {name!r} version {entry.version}: {entry.reason}")
+    return {"state": entry.state.value, **({"reason": entry.reason} if entry.reason else {}),
+            "card": entry.card.to_dict()}  # fmt: skip

@@ -1,0 +1,147 @@
+"""Request and response schemas for the OpenAPI document (bodies are parsed by ``codec``).
+
+Field names quote the Open Inference Protocol v2 and the TF Serving / KServe v1 conventions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from service.core.card import DATATYPES
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="What was wrong, naming the tensor, instance or limit.")
+
+
+class MetadataTensor(BaseModel):
+    name: str
+    datatype: str = Field(description=f"One of {sorted(DATATYPES)}.")
+    shape: list[int] = Field(description="-1 marks a dynamic axis (the batch).")
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[MetadataTensor]
+    outputs: list[MetadataTensor]
+    parameters: dict[str, Any] = Field(
+        description="execution_providers in use and the class names."
+    )
+
+
+class RequestInput(BaseModel):
+    name: str = Field(examples=["images"])
+    shape: list[int] = Field(examples=[[1, 32, 32, 3]])
+    datatype: str = Field(examples=["UINT8"], description="UINT8 pixels, or FP32 in 0..1.")
+    parameters: dict[str, Any] | None = Field(
+        None, description="binary_data_size when the data follows the JSON header."
+    )
+    data: list[Any] | None = Field(None, description="Row-major values, flat or nested.")
+
+
+class RequestOutput(BaseModel):
+    name: str = Field(examples=["probabilities"])
+    parameters: dict[str, Any] | None = Field(None, description="binary_data: true for raw bytes.")
+
+
+class InferenceRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        None, description="binary_data_output: true returns every output as raw bytes."
+    )
+    inputs: list[RequestInput]
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[ResponseOutput]
+
+
+class ClassScore(BaseModel):
+    name: str = Field(examples=["cat"])
+    index: int = Field(examples=[3])
+    probability: float = Field(examples=[0.93])
+
+
+class PredictRequest(BaseModel):
+    instances: list[Any] = Field(
+        description='Each a 32x32x3 nested array of 0..255 pixels, or {"b64": "<base64 image>"}.'
+    )
+    top_k: int | None = Field(None, ge=1, description="Classes per image (default: setting).")
+
+
+class PredictResponse(BaseModel):
+    model_name: str
+    model_version: str
+    predictions: list[list[ClassScore]] = Field(
+        description="Per instance, in order: the top-k classes, most probable first."
+    )
+
+
+class LayerRowSchema(BaseModel):
+    name: str
+    type: str
+    output_shape: list[int | None] = Field(description="Batch axis first, as null.")
+    params: int
+    trainable_params: int
+    note: str | None = None
+    onnx_nodes: list[str]
+
+
+class LayerTableResponse(BaseModel):
+    model_name: str
+    model_version: str
+    input_shape: list[int]
+    layers: list[LayerRowSchema]
+    total_params: int
+    trainable_params: int
+    non_trainable_params: int
+    notes: list[str]
+
+
+def _inline(schema: dict[str, Any], defs: dict[str, Any]) -> Any:
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inline(v, defs) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inline(v, defs) for v in schema]
+    return schema
+
+
+def json_body(model: type[BaseModel], example: Any) -> dict[str, Any]:
+    """``openapi_extra`` documenting a JSON body that the route reads itself (fast path)."""
+    schema = model.model_json_schema()
+    inline = _inline(schema, schema.get("$defs", {}))
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline, "example": example}},
+        }
+    }
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorResponse} for status in statuses}

@@ -1,0 +1,1 @@
+"""numpy + onnxruntime: the repository, loaded models and their metrics; no web framework."""

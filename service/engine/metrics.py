@@ -1,0 +1,58 @@
+"""Every Prometheus metric, defined once; each app gets its own registry (tests build many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "http_requests",
+            "HTTP requests by route template, method and status code.",
+            ["endpoint", "method", "status"],
+            registry=self.registry,
+        )
+        self.request_latency = Histogram(
+            "http_request_duration_seconds",
+            "Time from the request's arrival to the end of its response.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.images = Counter(
+            "images_classified",
+            "Images (tensor rows) run through a model.",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.inference = Histogram(
+            "inference_duration_seconds",
+            "Time onnxruntime spent in one session.run.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "inference_batch_size",
+            "Rows per session.run.",
+            ["model", "version"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_run(self, model: str, version: int, rows: int, seconds: float) -> None:
+        labels = (model, str(version))
+        self.images.labels(*labels).inc(rows)
+        self.inference.labels(*labels).observe(seconds)
+        self.batch_size.labels(*labels).observe(rows)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,72 @@
+"""Service settings: one class, read from the environment (or a ``.env`` file) once in ``__main__``.
+
+Every field maps to an upper-case environment variable of the same name, e.g. ``MODEL_REPOSITORY``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+
+
+class Settings(BaseSettings):
+    """Process-wide settings; per-model facts (inputs, labels, preprocessing) live in the card."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", protected_namespaces=()
+    )
+
+    model_repository: Path = Field(
+        Path("models"),
+        description="Folder holding <name>/<version>/model.onnx and card.json.",
+    )
+    host: str = Field("127.0.0.1", description="Interface uvicorn binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port uvicorn binds to (0: any free).")
+    providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        description=(
+            "onnxruntime execution providers in order of preference, comma-separated in the "
+            "environment. Missing ones are skipped with one log line; CPU is the last resort."
+        ),
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="onnxruntime threads inside one run (0: onnxruntime's default)."
+    )
+    inter_op_threads: int = Field(
+        1, ge=0, description="onnxruntime threads across independent graph branches (0: default)."
+    )
+    graph_optimization_level: GraphOptimization = Field(
+        "all", description="onnxruntime graph optimizations: disable, basic, extended or all."
+    )
+    warm_up: bool = Field(True, description="Run one dummy batch through each model when loading.")
+    max_images_per_request: int = Field(
+        1024, ge=1, description="Most images (tensor rows) one request may carry; more is a 413."
+    )
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body in bytes; checked before the body is read (413).",
+    )
+    max_image_pixels: int = Field(
+        16_000_000,
+        ge=1,
+        description="Largest decoded image (width x height) accepted from an uploaded file (422).",
+    )
+    default_top_k: int = Field(
+        5, ge=1, description="Classes returned per image by the v1 endpoints unless top_k is given."
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Log level of the service and uvicorn."
+    )
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value

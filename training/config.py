@@ -22,6 +22,11 @@ class TrainConfig:
     epochs: int = _f(10, "passes over the training split (lecture: 10)")
     batch_size: int = _f(32, "images per optimizer step (Keras' default, as the lecture used)")
     lr: float = _f(1e-3, "Adam learning rate (Keras' default)")
+    init: str = _f(
+        "keras",
+        "weight initialisation: keras (Glorot uniform, zero bias) or torch",
+        choices=("keras", "torch"),
+    )
     weight_decay: float = _f(0.0, "L2 penalty added by the optimizer (0: the lecture's recipe)")
     val_size: int = _f(5000, "images held out of the train split for validation")
     seed: int = _f(0, "seed for the split, the initial weights and the shuffling")

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from training.config import TrainConfig
 from training.data import CLASS_NAMES, Cifar10, Split, train_val_split
-from training.model import ARCHITECTURES, Classifier
+from training.model import ARCHITECTURES, Classifier, keras_init
 
 Log = Callable[[str], None]
 
@@ -69,7 +69,10 @@ def seed_everything(seed: int) -> None:
 def build_classifier(config: TrainConfig) -> Classifier:
     if config.arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {config.arch!r}; known: {', '.join(ARCHITECTURES)}")
-    return Classifier(ARCHITECTURES[config.arch])
+    model = Classifier(ARCHITECTURES[config.arch])
+    if config.init == "keras":
+        keras_init(model)
+    return model
 
 
 @torch.no_grad()

@@ -1,0 +1,149 @@
+"""Training throughput of the lecture's CNN on this machine, written to docs/benchmarks.md.
+
+    make bench            # or: python scripts/bench_train.py --data data/cifar10-jpeg
+
+Times real optimizer steps (batch 32, Adam, the lecture's recipe) on real CIFAR-10 images after a
+warm-up, and in-process onnxruntime inference of the shipped model; figures go to the markdown file
+with the command and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from training.config import TrainConfig  # noqa: E402
+from training.data import load_cifar10  # noqa: E402
+from training.train import build_classifier, resolve_device  # noqa: E402
+
+EPOCH_IMAGES = 50_000
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bench_training(
+    images: np.ndarray, labels: np.ndarray, device: str, steps: int, repeats: int
+) -> list[float]:
+    """Images per second of full training steps, one figure per repeat."""
+    config = TrainConfig(device=device)
+    torch.manual_seed(0)
+    dev = resolve_device(device)
+    model = build_classifier(config).to(dev).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    x_all = torch.from_numpy(images).to(dev)
+    y_all = torch.from_numpy(labels).to(dev)
+    batch = config.batch_size
+    rates = []
+    for repeat in range(repeats + 1):  # the first pass is the warm-up
+        order = torch.randperm(len(x_all), device=dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for step in range(steps):
+            idx = order[(step * batch) % (len(x_all) - batch) :][:batch]
+            loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if repeat:
+            rates.append(steps * batch / (time.perf_counter() - t0))
+    return rates
+
+
+def bench_onnx(model_path: Path, images: np.ndarray, batch: int, seconds: float) -> float:
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    x = images[:batch]
+    session.run(["logits"], {"images": x})
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        session.run(["logits"], {"images": x})
+        n += batch
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=ROOT / "data/cifar10-jpeg")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per timed repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", type=Path, default=ROOT / "models/cifar10_cnn/1/model.onnx")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks.md")
+    args = parser.parse_args()
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    data = load_cifar10(args.data, ROOT / ".cache")
+    rates = bench_training(
+        data.train.images, data.train.labels, args.device, args.steps, args.repeats
+    )
+    rate = statistics.median(rates)
+    lines = [
+        f"| training, batch 32, Adam ({args.device}) | {rate:,.0f} images/s "
+        f"(repeats: {', '.join(f'{r:,.0f}' for r in rates)}) | "
+        f"{EPOCH_IMAGES / rate:.1f} s per 50,000-image epoch |"
+    ]
+    if args.model.exists():
+        for batch in (1, 32):
+            ips = bench_onnx(args.model, data.test.images, batch, 3.0)
+            lines.append(
+                f"| onnxruntime inference, batch {batch} (CPU, in process) "
+                f"| {ips:,.0f} images/s | |"
+            )
+    machine = (
+        f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores given to the process, "
+        f"torch {torch.__version__}, onnxruntime {ort.__version__}, "
+        f"Python {platform.python_version()}"
+    )
+    report = "\n".join(
+        [
+            "# Benchmarks",
+            "",
+            "Written by `make bench` (`python scripts/bench_train.py`); rerun it to refresh.",
+            "The machine is shared and noisy: compare figures from one run only.",
+            "",
+            f"- When: {datetime.now(UTC).isoformat(timespec='seconds')}",
+            f"- Machine: {machine}",
+            f"- Command: `python scripts/bench_train.py --device {args.device} "
+            f"--steps {args.steps} --repeats {args.repeats}`",
+            f"- Data: CIFAR-10 JPEG copy ({args.data})",
+            "- Model: the lecture's CNN (122,570 parameters)",
+            "",
+            "| what | throughput | epoch |",
+            "|---|---|---|",
+            *lines,
+            "",
+        ]
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()

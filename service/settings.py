@@ -22,11 +22,13 @@ class Settings(BaseSettings):
     )
 
     model_repository: Path = Field(
-        Path("models"),
+        default=Path("models"),
         description="Folder holding <name>/<version>/model.onnx and card.json.",
     )
-    host: str = Field("127.0.0.1", description="Interface uvicorn binds to.")
-    port: int = Field(8000, ge=0, le=65535, description="TCP port uvicorn binds to (0: any free).")
+    host: str = Field(default="127.0.0.1", description="Interface uvicorn binds to.")
+    port: int = Field(
+        default=8000, ge=0, le=65535, description="TCP port uvicorn binds to (0: any free)."
+    )
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
         description=(
@@ -35,33 +37,44 @@ class Settings(BaseSettings):
         ),
     )
     intra_op_threads: int = Field(
-        0, ge=0, description="onnxruntime threads inside one run (0: onnxruntime's default)."
+        default=0,
+        ge=0,
+        description="onnxruntime threads inside one run (0: onnxruntime's default).",
     )
     inter_op_threads: int = Field(
-        1, ge=0, description="onnxruntime threads across independent graph branches (0: default)."
+        default=1,
+        ge=0,
+        description="onnxruntime threads across independent graph branches (0: default).",
     )
     graph_optimization_level: GraphOptimization = Field(
-        "all", description="onnxruntime graph optimizations: disable, basic, extended or all."
+        default="all",
+        description="onnxruntime graph optimizations: disable, basic, extended or all.",
     )
-    warm_up: bool = Field(True, description="Run one dummy batch through each model when loading.")
+    warm_up: bool = Field(
+        default=True, description="Run one dummy batch through each model when loading."
+    )
     max_images_per_request: int = Field(
-        1024, ge=1, description="Most images (tensor rows) one request may carry; more is a 413."
+        default=1024,
+        ge=1,
+        description="Most images (tensor rows) one request may carry; more is a 413.",
     )
     max_request_bytes: int = Field(
-        64 * 1024 * 1024,
+        default=64 * 1024 * 1024,
         ge=1024,
         description="Largest request body in bytes; checked before the body is read (413).",
     )
     max_image_pixels: int = Field(
-        16_000_000,
+        default=16_000_000,
         ge=1,
         description="Largest decoded image (width x height) accepted from an uploaded file (422).",
     )
     default_top_k: int = Field(
-        5, ge=1, description="Classes returned per image by the v1 endpoints unless top_k is given."
+        default=5,
+        ge=1,
+        description="Classes returned per image by the v1 endpoints unless top_k is given.",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
-        "info", description="Log level of the service and uvicorn."
+        default="info", description="Log level of the service and uvicorn."
     )
 
     @field_validator("providers", mode="before")

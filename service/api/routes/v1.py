@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from service.api.app import ServiceState, read_json_body, service_state
@@ -104,10 +105,11 @@ async def classify(request: Request, name: str, top_k: TopK = None) -> dict[str,
     limit = state.settings.max_images_per_request
     try:
         form = await request.form(max_files=limit, max_fields=100)
-    except MultiPartException as exc:
-        if "Too many files" in exc.message:
+    except (MultiPartException, HTTPException) as exc:  # Starlette wraps the first in the second
+        message = exc.message if isinstance(exc, MultiPartException) else str(exc.detail)
+        if "Too many files" in message:
             raise PayloadTooLarge(f"more than the limit of {limit} images") from None
-        raise InvalidInput(f"malformed multipart form: {exc.message}") from None
+        raise InvalidInput(f"malformed multipart form: {message}") from None
     try:
         files = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
         if not files:

@@ -1,0 +1,161 @@
+"""Open Inference Protocol v2 routes, in process."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from tests.conftest import tiny_reference
+
+pytestmark = pytest.mark.anyio
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def tensor(data: object, shape: list[int], datatype: str = "UINT8") -> dict[str, object]:
+    return {"inputs": [{"name": "images", "shape": shape, "datatype": datatype, "data": data}]}
+
+
+async def test_health_and_server_metadata(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/v2/health/live")).json() == {"live": True}
+    assert (await client.get("/v2/health/ready")).status_code == 200
+    meta = (await client.get("/v2")).json()
+    assert meta["name"] == "cifar-serve" and "binary_tensor_data" in meta["extensions"]
+
+
+async def test_model_metadata_names_tensors_and_providers(client: httpx.AsyncClient) -> None:
+    for url in ("/v2/models/tiny", "/v2/models/tiny/versions/2"):
+        meta = (await client.get(url)).json()
+        assert meta["versions"] == ["2"]
+        assert meta["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}]
+        assert [o["name"] for o in meta["outputs"]] == ["logits", "probabilities"]
+        assert meta["parameters"]["execution_providers"] == ["CPUExecutionProvider"]
+    assert (await client.get("/v2/models/tiny/ready")).status_code == 200
+    assert (await client.get("/v2/models/tiny/versions/2/ready")).status_code == 200
+    assert (await client.get("/v2/models/tiny/versions/1/ready")).status_code == 404
+    assert (await client.get("/v2/models/nope/ready")).status_code == 404
+
+
+async def test_infer_uint8_batch_matches_reference_in_order(client: httpx.AsyncClient) -> None:
+    batch = images(3)
+    response = await client.post(
+        "/v2/models/tiny/infer", json=tensor(batch.tolist(), [3, 32, 32, 3])
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_name"] == "tiny" and body["model_version"] == "2"
+    outputs = {o["name"]: o for o in body["outputs"]}
+    probs = outputs["probabilities"]
+    assert probs["datatype"] == "FP32" and probs["shape"] == [3, 10]
+    got = np.array(probs["data"]).reshape(3, 10)
+    np.testing.assert_allclose(got, tiny_reference(batch), atol=1e-5)
+
+
+async def test_infer_fp32_in_unit_range_equals_uint8(client: httpx.AsyncClient) -> None:
+    batch = images(2, seed=5)
+    as_float = (batch / 255.0).ravel().tolist()
+    request = {**tensor(as_float, [2, 32, 32, 3], "FP32"), "outputs": [{"name": "probabilities"}]}
+    response = await client.post("/v2/models/tiny/versions/2/infer", json=request)
+    assert response.status_code == 200, response.text
+    (out,) = response.json()["outputs"]
+    np.testing.assert_allclose(
+        np.array(out["data"]).reshape(2, 10), tiny_reference(batch), atol=1e-5
+    )
+
+
+async def test_infer_binary_extension_round_trip(client: httpx.AsyncClient) -> None:
+    batch = images(2, seed=9)
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": [2, 32, 32, 3],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": batch.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    )
+    response = await client.post(
+        "/v2/models/tiny/infer",
+        content=header + batch.tobytes(),
+        headers={
+            "Inference-Header-Content-Length": str(len(header)),
+            "Content-Type": "application/octet-stream",
+        },
+    )
+    assert response.status_code == 200, response.text
+    length = int(response.headers["Inference-Header-Content-Length"])
+    meta = orjson.loads(response.content[:length])
+    offset, arrays = length, {}
+    for out in meta["outputs"]:
+        size = out["parameters"]["binary_data_size"]
+        arrays[out["name"]] = np.frombuffer(response.content[offset : offset + size], np.float32)
+        offset += size
+    np.testing.assert_allclose(
+        arrays["probabilities"].reshape(2, 10), tiny_reference(batch), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{not json", 400, "malformed JSON"),
+        (b"[]", 400, "must be a JSON object"),
+        (b'{"inputs": []}', 400, "'inputs' must be a non-empty list"),
+        (orjson.dumps(tensor([0] * 4096, [1, 32, 32, 4])), 422, "does not fit [-1, 32, 32, 3]"),
+        (orjson.dumps(tensor([0] * 10, [1, 32, 32, 3])), 422, "data holds 10 values"),
+        (orjson.dumps(tensor([0] * 3072, [1, 32, 32, 3], "INT8")), 422, "datatype 'INT8'"),
+        (orjson.dumps(tensor([300] * 3072, [1, 32, 32, 3])), 422, "0..255"),
+        (orjson.dumps(tensor(["a"] * 3072, [1, 32, 32, 3])), 422, "found strings"),
+        (orjson.dumps(tensor([2.0] * 3072, [1, 32, 32, 3], "FP32")), 422, "in 0..1"),
+        (orjson.dumps(tensor([[1, 2], [3]], [1, 32, 32, 3])), 422, "ragged"),
+        (orjson.dumps(tensor([0] * 3072, [1, -32, 32, 3])), 422, "negative dimension"),
+        (orjson.dumps(tensor([0] * 3072 * 9, [9, 32, 32, 3])), 413, "limit of 8"),
+        (
+            orjson.dumps(
+                {"inputs": [{"name": "pixels", "shape": [1], "datatype": "UINT8", "data": [0]}]}
+            ),
+            422,
+            "takes one input 'images'",
+        ),
+        (
+            orjson.dumps({**tensor([0] * 3072, [1, 32, 32, 3]), "outputs": [{"name": "x"}]}),
+            422,
+            "unknown output",
+        ),
+    ],
+)
+async def test_infer_refuses_bad_requests_with_a_message(
+    client: httpx.AsyncClient, body: bytes, status: int, message: str
+) -> None:
+    response = await client.post(
+        "/v2/models/tiny/infer", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+    assert (await client.get("/v2/health/ready")).status_code == 200
+
+
+async def test_unknown_model_version_and_media_type(client: httpx.AsyncClient) -> None:
+    body = orjson.dumps(tensor([0] * 3072, [1, 32, 32, 3]))
+    for url, status in [
+        ("/v2/models/nope/infer", 404),
+        ("/v2/models/tiny/versions/7/infer", 404),
+        ("/v2/models/tiny/versions/abc/infer", 404),
+        ("/v2/models/tiny/versions/1/infer", 404),  # on disk, not served
+    ]:
+        response = await client.post(url, content=body)
+        assert response.status_code == status, url
+        assert response.json()["error"]
+    response = await client.post(
+        "/v2/models/tiny/infer", content=body, headers={"Content-Type": "text/plain"}
+    )
+    assert response.status_code == 415
+    assert "application/json" in response.json()["error"]

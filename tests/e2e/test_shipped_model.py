@@ -1,0 +1,50 @@
+"""The shipped model in ``models/`` (training publishes it): served, with the lecture's layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.engine.repository import ModelRepository, ModelState
+from service.engine.runtime import RuntimeOptions
+
+SHIPPED = Path(__file__).resolve().parents[2] / "models"
+LECTURE_SHAPES = [
+    [None, 30, 30, 32], [None, 15, 15, 32], [None, 13, 13, 64], [None, 6, 6, 64],
+    [None, 4, 4, 64], [None, 1024], [None, 64], [None, 10],
+]  # fmt: skip
+LECTURE_PARAMS = [896, 0, 18_496, 0, 36_928, 0, 65_600, 650]
+
+
+@pytest.fixture(scope="module")
+def shipped() -> ModelRepository:
+    if not (SHIPPED / "cifar10_cnn").is_dir():
+        pytest.skip("no shipped model in models/cifar10_cnn yet (training publishes it)")
+    repository = ModelRepository(SHIPPED, RuntimeOptions(providers=("CPUExecutionProvider",)))
+    repository.load()
+    return repository
+
+
+def test_shipped_model_is_served(shipped: ModelRepository) -> None:
+    entry = shipped.entry("cifar10_cnn")
+    assert entry.state is ModelState.READY, entry.reason
+    runtime = shipped.get("cifar10_cnn")
+    out = runtime.run(np.zeros((2, 32, 32, 3), np.uint8))
+    assert out["probabilities"].shape == (2, 10)
+    np.testing.assert_allclose(out["probabilities"].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_shipped_layer_table_is_the_lecture_table(shipped: ModelRepository) -> None:
+    entry = shipped.entry("cifar10_cnn")
+    assert entry.layers is not None and entry.layers.table is not None, entry.layers
+    table = entry.layers.as_dict()
+    assert entry.card is not None
+    declared = entry.card.layer_table  # what training computed from the architecture
+    assert table["total_params"] == declared["total_params"]
+    assert table["trainable_params"] == declared["trainable_params"]
+    if declared["total_params"] != 122_570:
+        pytest.skip(f"the shipped architecture is not the lecture's ({declared['total_params']})")
+    assert [r["output_shape"] for r in table["layers"]] == LECTURE_SHAPES
+    assert [r["params"] for r in table["layers"]] == LECTURE_PARAMS

@@ -112,8 +112,11 @@ def array_from_json(
         if kind != "b":
             raise UnprocessableInput(f"{where}: BOOL data must be true or false")
     elif kind not in "iuf" or (datatype not in ("FP32", "FP16") and kind == "f"):
-        found = {"b": "booleans", "U": "strings", "O": "mixed values"}.get(kind, array.dtype.name)
-        raise UnprocessableInput(f"{where}: {datatype} data must be numbers, found {found}")
+        found = {"b": "booleans", "U": "strings", "O": "mixed values", "f": "fractions"}.get(
+            kind, array.dtype.name
+        )
+        wanted = "numbers" if datatype in ("FP32", "FP16") else "integers"
+        raise UnprocessableInput(f"{where}: {datatype} data must be {wanted}, found {found}")
     if datatype in ("UINT8", "INT32") and kind in "iu":
         info = np.iinfo(NUMPY_DTYPES[datatype])
         if array.min() < info.min or array.max() > info.max:

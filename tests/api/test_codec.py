@@ -1,0 +1,70 @@
+"""Property tests for the wire codec: what goes in as JSON comes out as the same array."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from service.api.codec import (
+    InputTensor,
+    array_from_json,
+    decode_infer_request,
+    encode_infer_response,
+    to_pixels,
+    top_k,
+)
+from service.core.errors import UnprocessableInput
+
+shapes = st.lists(st.integers(1, 4), min_size=1, max_size=4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes.flatmap(lambda s: arrays(np.uint8, tuple(s))), st.booleans())
+def test_uint8_json_round_trips_flat_or_nested(array: np.ndarray, nested: bool) -> None:
+    data = array.tolist() if nested else array.ravel().tolist()
+    decoded = array_from_json(data, "UINT8", list(array.shape), "t")
+    assert decoded.dtype == np.uint8
+    np.testing.assert_array_equal(decoded, array)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes, st.integers(-3, 3).filter(lambda d: d != 0))
+def test_data_length_mismatch_is_refused(shape: list[int], delta: int) -> None:
+    size = max(math.prod(shape) + delta, 0)
+    with pytest.raises(UnprocessableInput, match="data holds"):
+        array_from_json([0] * size, "UINT8", shape, "t")
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.uint8, (2, 4, 4, 3)))
+def test_fp32_pixels_in_unit_range_round_to_the_same_uint8(pixels: np.ndarray) -> None:
+    as_float = InputTensor("images", "FP32", [2, 4, 4, 3], (pixels / 255.0).astype(np.float32))
+    np.testing.assert_array_equal(to_pixels(as_float, (4, 4, 3)), pixels)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    arrays(
+        np.float32,
+        st.tuples(st.integers(1, 5), st.integers(1, 6)),
+        elements=st.floats(0, 1, width=32),
+    )
+)
+def test_binary_and_json_responses_carry_the_same_values(array: np.ndarray) -> None:
+    body, length = encode_infer_response("m", 1, "id-1", {"out": array}, {"out": True})
+    assert length is not None
+    header = body[:length].replace(b'"outputs"', b'"inputs"')  # the response, echoed back
+    echoed = decode_infer_request(header + body[length:], len(header), 100)
+    np.testing.assert_array_equal(echoed.inputs[0].data, array)
+
+
+def test_top_k_orders_by_probability_and_keeps_rows() -> None:
+    probs = np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]], dtype=np.float32)
+    result = top_k(probs, ["a", "b", "c"], 2)
+    assert [[c["name"] for c in row] for row in result] == [["b", "c"], ["a", "c"]]
+    assert len(top_k(probs, ["a", "b", "c"], 10)[0]) == 3

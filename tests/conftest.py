@@ -20,21 +20,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from service.core.card import CARD_FILE, MODEL_FILE, ModelCard, TensorSpec, sha256_file
 from service.core.shapes import layer_table
+from training.architectures import LECTURE as LECTURE_LAYERS
 
 CIFAR_CLASSES = [
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 ]  # fmt: skip
 OPSET = 17
-LECTURE_LAYERS: list[dict[str, Any]] = [
-    {"type": "conv2d", "filters": 32, "kernel": 3, "activation": "relu"},
-    {"type": "max_pool", "pool": 2},
-    {"type": "conv2d", "filters": 64, "kernel": 3, "activation": "relu"},
-    {"type": "max_pool", "pool": 2},
-    {"type": "conv2d", "filters": 64, "kernel": 3, "activation": "relu"},
-    {"type": "flatten"},
-    {"type": "dense", "units": 64, "activation": "relu"},
-    {"type": "dense", "units": 10},
-]
 
 
 def tiny_weights(classes: int = 10, channels: int = 3) -> tuple[np.ndarray, np.ndarray]:

@@ -19,9 +19,9 @@ import numpy as np
 from service.core.card import MODEL_FILE
 from service.core.errors import ServingError
 from service.core.shapes import format_table, layer_table
+from training.architectures import ARCHITECTURES, INPUT_SHAPE
 from training.config import add_config_arguments, config_from_args
 from training.data import download_cifar10, load_cifar10
-from training.model import ARCHITECTURES, INPUT_SHAPE
 
 DEFAULT_DATA = Path("data/cifar10-jpeg")
 DEFAULT_NAME = "cifar10_cnn"

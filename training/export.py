@@ -24,8 +24,9 @@ import torch
 from service.core.card import TensorSpec, sha256_file
 from service.core.errors import ExportError
 from service.core.shapes import layer_table
+from training.architectures import ARCHITECTURES, INPUT_SHAPE
 from training.data import CLASS_NAMES, IMAGE_SHAPE
-from training.model import ARCHITECTURES, INPUT_SHAPE, Classifier, ExportedClassifier
+from training.model import Classifier, ExportedClassifier
 from training.train import TrainingRun, predict_logits
 
 OPSET = 17

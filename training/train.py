@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from training.architectures import ARCHITECTURES
 from training.config import TrainConfig
 from training.data import CLASS_NAMES, Cifar10, Split, train_val_split
-from training.model import ARCHITECTURES, Classifier, keras_init
+from training.model import Classifier, keras_init
 
 Log = Callable[[str], None]
 

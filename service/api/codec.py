@@ -208,7 +208,8 @@ def to_pixels(tensor: InputTensor, image_shape: Sequence[int]) -> np.ndarray:
     if tensor.datatype in ("FP32", "FP16"):
         if not np.isfinite(data).all() or data.min() < 0.0 or data.max() > 1.0:
             raise UnprocessableInput(f"{where}: {tensor.datatype} pixels must lie in 0..1")
-        return np.rint(data.astype(np.float32) * 255.0).astype(np.uint8)
+        pixels: np.ndarray = np.rint(data.astype(np.float32) * 255.0).astype(np.uint8)
+        return pixels
     raise UnprocessableInput(f"{where}: datatype {tensor.datatype} is not UINT8 or FP32 pixels")
 
 

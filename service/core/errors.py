@@ -31,10 +31,6 @@ class InvalidLayerSpec(ServingError):
     status = HTTPStatus.UNPROCESSABLE_ENTITY
 
 
-class ShapeMismatch(InvalidInput):
-    """A tensor whose shape or datatype does not fit the model's input."""
-
-
 class ModelNotFound(ServingError):
     status = HTTPStatus.NOT_FOUND
 

@@ -19,7 +19,7 @@ from service.core.shapes import (
     pool_output_size,
     same_padding,
 )
-from training.model import LECTURE
+from training.architectures import LECTURE
 
 # The lecture's model.summary(): output shapes and parameter counts, layer by layer.
 LECTURE_TABLE = [

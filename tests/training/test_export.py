@@ -12,8 +12,9 @@ import torch
 
 from service.core.errors import ExportError
 from tests.training.conftest import class_images
+from training.architectures import LECTURE
 from training.export import check_parity, export_onnx
-from training.model import LECTURE, Classifier
+from training.model import Classifier
 
 
 @pytest.fixture(scope="module")

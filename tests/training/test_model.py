@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from service.core.shapes import layer_table
-from training.model import ARCHITECTURES, LECTURE, Classifier, build_layers, count_parameters
+from training.architectures import ARCHITECTURES, LECTURE
+from training.model import Classifier, build_layers, count_parameters
 
 
 def _output_shapes(layers: list[dict[str, Any]], hw: tuple[int, int, int]) -> list[tuple[int, ...]]:

@@ -44,6 +44,7 @@ def publish(repository: Path, name: str, onnx_path: Path, fields: Mapping[str, A
     model_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(model_dir)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=model_dir))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a server running as another user must read it
     try:
         shutil.copyfile(onnx_path, tmp / MODEL_FILE)
         if sha256_file(tmp / MODEL_FILE) != fields["sha256"]:

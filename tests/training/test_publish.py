@@ -41,6 +41,7 @@ def test_versions_count_up_with_valid_cards(tmp_path: Path, onnx_file: Path) -> 
     card = read_card(second)
     assert (card.name, card.version, card.sha256) == ("net", 2, sha256_file(second / MODEL_FILE))
     assert sorted(p.name for p in (repo / "net").iterdir()) == ["1", "2"]
+    assert second.stat().st_mode & 0o755 == 0o755  # readable by a server running as another user
 
 
 @pytest.mark.parametrize("fail_at", ["rename", "card"])

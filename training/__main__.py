@@ -1,30 +1,40 @@
 """Training command line.
 
-python -m training train --data data/cifar10-jpeg           # train, test, export, publish
+python -m training train --data data/cifar10-jpeg            # train, test, export, publish
+python -m training retrain --data data/cifar10-jpeg          # the same, behind a quality gate
 python -m training export --checkpoint runs/<run>/checkpoint.pt --data data/cifar10-jpeg
 python -m training evaluate --model models/cifar10_cnn/1 --data data/cifar10-jpeg
-python -m training summary [--arch lecture]                   # the Keras-style layer table
+python -m training summary [--arch lecture]                    # the Keras-style layer table
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from service.core.card import MODEL_FILE
 from service.core.errors import ServingError
 from service.core.shapes import format_table, layer_table
 from training.architectures import ARCHITECTURES, INPUT_SHAPE
 from training.config import add_config_arguments, config_from_args
-from training.data import download_cifar10, load_cifar10
+from training.data import Cifar10, Split, download_cifar10, load_cifar10
+
+if TYPE_CHECKING:
+    from training.export import Parity
+    from training.train import TrainingRun
 
 DEFAULT_DATA = Path("data/cifar10-jpeg")
 DEFAULT_NAME = "cifar10_cnn"
+EXIT_FAILED, EXIT_REJECTED, EXIT_INTERRUPTED = 1, 3, 130
+
+
+class Rejected(Exception):
+    """The quality gate refused the candidate; it was kept aside, not published."""
 
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,26 +42,28 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         type=Path,
         default=DEFAULT_DATA,
-        help="CIFAR-10 folder: an image "
-        "folder <root>/<split>/<class>/*.jpg or cifar-10-batches-py/",
+        help="CIFAR-10: an image folder <root>/<split>/<class>/*.jpg or cifar-10-batches-py/",
     )
     parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=Path(".cache"),
-        help="where decoded arrays are cached (git-ignored)",
+        "--cache-dir", type=Path, default=Path(".cache"), help="where decoded arrays are cached"
     )
     parser.add_argument(
         "--download",
         action="store_true",
-        help="fetch the official python batches "
-        "into --data first (checked against the published MD5)",
+        help="first fetch the official python batches into --data (checked by the published MD5)",
     )
 
 
 def _publish_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repository", type=Path, default=Path("models"), help="model repository")
     parser.add_argument("--name", default=DEFAULT_NAME, help="model name in the repository")
+
+
+def _training_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    _data_arguments(parser)
+    _publish_arguments(parser)
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs go")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,11 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train, evaluate on the test split, export and publish")
-    add_config_arguments(train)
-    _data_arguments(train)
-    _publish_arguments(train)
-    train.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs are written")
+    _training_arguments(train)
     train.add_argument("--no-publish", action="store_true", help="train and export, don't publish")
+
+    retrain = sub.add_parser("retrain", help="train and publish only if the quality gate passes")
+    _training_arguments(retrain)
+    retrain.add_argument(
+        "--min-accuracy",
+        type=float,
+        default=0.685,
+        help="lowest test accuracy that may be published (default: 0.685)",
+    )
+    retrain.add_argument(
+        "--max-regression",
+        type=float,
+        default=0.01,
+        help="how much below the served version's accuracy on the same test images the new "
+        "version may be (default: 0.01)",
+    )
 
     export = sub.add_parser("export", help="export a checkpoint, check parity, publish")
     export.add_argument("--checkpoint", type=Path, required=True)
@@ -76,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="test accuracy of a published model (onnxruntime)")
     evaluate.add_argument("--model", type=Path, required=True, help="version folder or .onnx file")
-    evaluate.add_argument("--limit-test", type=int, default=0, help="first N test images (0: all)")
+    evaluate.add_argument("--limit-test", type=int, default=0, help="N random test images (0: all)")
     _data_arguments(evaluate)
 
     summary = sub.add_parser("summary", help="print the Keras-style layer table")
@@ -86,34 +111,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _load(args: argparse.Namespace) -> Cifar10:
     root: Path = args.data
     if args.download:
         root = download_cifar10(root)
     return load_cifar10(root, args.cache_dir)
 
 
-def export_and_publish(run, test_images: np.ndarray, repository: Path, name: str | None) -> Path:  # type: ignore[no-untyped-def]
-    """Export the run's model, pass the parity gate, and publish (unless ``name`` is None)."""
-    from training.export import card_fields, check_parity, export_onnx
-    from training.publish import publish
+def _export(run: TrainingRun, test: Split) -> tuple[Path, Parity]:
+    """Export the run's model beside its other files and pass the parity gate."""
+    from training.export import check_parity, export_onnx
 
     onnx_path = run.run_dir / MODEL_FILE
     export_onnx(run.model, onnx_path)
-    parity = check_parity(run.model, onnx_path, test_images)
+    parity = check_parity(run.model, onnx_path, test.images)
     print(
         f"Parity: {parity.images} images, max |logit diff| {parity.max_abs_logit_diff:.2e}, "
         f"top-1 agreement {parity.top1_agreement:.4f}"
     )
-    if name is None:
-        return onnx_path
-    fields = card_fields(run, onnx_path, parity)
-    final = publish(repository, name, onnx_path, fields)
-    print(f"Published {final}")
-    return final
+    return onnx_path, parity
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace) -> tuple[TrainingRun, Split, Path, dict[str, Any]]:
+    """Train, test, export: what ``train`` and ``retrain`` share. Returns the card's fields."""
+    from training.export import card_fields
     from training.train import run_training
 
     config = config_from_args(args)
@@ -121,38 +142,62 @@ def cmd_train(args: argparse.Namespace) -> None:
     run_dir = args.runs_dir / f"{config.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = run_training(config, data, run_dir)
     test = data.test.sample(config.limit_test, config.seed)
-    export_and_publish(run, test.images, args.repository, None if args.no_publish else args.name)
+    onnx_path, parity = _export(run, test)
     print(f"Run files: {run_dir}")
+    return run, test, onnx_path, card_fields(run, onnx_path, parity)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from training.publish import publish
+
+    _, _, onnx_path, fields = _train(args)
+    if not args.no_publish:
+        print(f"Published {publish(args.repository, args.name, onnx_path, fields)}")
+
+
+def cmd_retrain(args: argparse.Namespace) -> None:
+    from training.publish import publish
+    from training.retrain import evaluate_onnx, keep_rejected, quality_gate, served_version
+
+    run, test, onnx_path, fields = _train(args)
+    model_dir = args.repository / args.name
+    served = served_version(model_dir)
+    served_accuracy = None
+    if served is not None:  # scored on the same test images as the candidate
+        served_accuracy = evaluate_onnx(model_dir / str(served[0]) / MODEL_FILE, test).accuracy
+    gate = quality_gate(
+        run.test.accuracy,
+        served_accuracy,
+        min_accuracy=args.min_accuracy,
+        max_regression=args.max_regression,
+        served_version=served[0] if served else None,
+    )
+    fields["metrics"]["quality_gate"] = gate.as_dict()
+    if not gate.passed:
+        kept = keep_rejected(args.repository, args.name, onnx_path, fields, gate)
+        raise Rejected(f"{gate.reason}; nothing published, the candidate is kept in {kept}")
+    print(f"Quality gate passed: {gate.reason}")
+    print(f"Published {publish(args.repository, args.name, onnx_path, fields)}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from training.export import card_fields
+    from training.publish import publish
     from training.train import load_checkpoint
 
     run = load_checkpoint(args.checkpoint)
-    data = _load(args)
-    export_and_publish(
-        run,
-        data.test.sample(run.config.limit_test, run.config.seed).images,
-        args.repository,
-        args.name,
-    )
+    test = _load(args).test.sample(run.config.limit_test, run.config.seed)
+    onnx_path, parity = _export(run, test)
+    fields = card_fields(run, onnx_path, parity)
+    print(f"Published {publish(args.repository, args.name, onnx_path, fields)}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    import onnxruntime as ort
-
-    from training.train import evaluate_logits
+    from training.retrain import evaluate_onnx
 
     path: Path = args.model / MODEL_FILE if args.model.is_dir() else args.model
     test = _load(args).test.sample(args.limit_test, 0)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    logits = np.concatenate(
-        [
-            session.run(["logits"], {"images": test.images[i : i + 500]})[0]
-            for i in range(0, len(test), 500)
-        ]
-    )
-    result = evaluate_logits(logits, test.labels)
+    result = evaluate_onnx(path, test)
     print(json.dumps({"model": str(path), "images": len(test), **result.as_dict()}, indent=2))
 
 
@@ -164,22 +209,32 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
 COMMANDS = {
     "train": cmd_train,
+    "retrain": cmd_retrain,
     "export": cmd_export,
     "evaluate": cmd_evaluate,
     "summary": cmd_summary,
 }
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (docker stop, kill) unwinds like Ctrl-C, so temporary folders are removed."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         COMMANDS[args.command](args)
+    except Rejected as exc:
+        print(f"rejected by the quality gate: {exc}", file=sys.stderr)
+        return EXIT_REJECTED
     except ServingError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted; the repository is unchanged", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -51,7 +51,7 @@ def publish(repository: Path, name: str, onnx_path: Path, fields: Mapping[str, A
             raise PublishError(f"{onnx_path}: changed on disk after export; nothing published")
         for _ in range(100):  # another publisher may take a number between our look and rename
             version = next_version(model_dir)
-            card = ModelCard.from_dict({**_plain(fields), "name": name, "version": version})
+            card = ModelCard.from_dict({**plain_fields(fields), "name": name, "version": version})
             _write_synced(tmp / CARD_FILE, card.to_json())
             final = model_dir / str(version)
             if final.exists():
@@ -64,7 +64,7 @@ def publish(repository: Path, name: str, onnx_path: Path, fields: Mapping[str, A
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _plain(fields: Mapping[str, Any]) -> dict[str, Any]:
+def plain_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     """TensorSpec objects to dicts, so the card validates what will be written."""
     out = dict(fields)
     for key in ("inputs", "outputs"):

@@ -150,7 +150,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def create_app(settings: Settings) -> FastAPI:
     """The service for ``settings``; the repository loads when the app starts (lifespan)."""
-    from service.api.routes import inspect, ops, v1, v2
+    from service.api.routes import explore, inspect, ops, v1, v2
 
     options = RuntimeOptions(
         providers=tuple(settings.providers),
@@ -208,6 +208,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     app.add_middleware(RequestMetrics, metrics=state.metrics)
 
-    for module in (v2, v1, inspect, ops):
+    for module in (v2, v1, inspect, explore, ops):
         app.include_router(module.router)
     return app

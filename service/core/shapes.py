@@ -54,6 +54,8 @@ KERAS_CLASSES = {
     "activation": "Activation",
 }
 MAX_DIM = 1 << 20  # larger sizes are absurd for this service and would overflow later arithmetic
+MAX_ELEMENTS = MAX_DIM * 64  # largest activation (H * W * C) one layer may output
+MAX_LAYERS = 1000  # longer stacks are absurd for a calculator request
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,19 @@ def conv_output_size(w: int, f: int, s: int = 1, p: int = 0, *, strict: bool = F
 
 def pool_output_size(w: int, f: int, s: int, *, strict: bool = False) -> int:
     """``(W - F) / S + 1``: pooling is a convolution without padding or parameters."""
-    return conv_output_size(w, f, s, 0, strict=strict)
+    if w < 1 or f < 1 or s < 1:
+        raise InvalidLayerSpec(f"sizes must be positive: W={w}, F={f}, S={s}")
+    span = w - f
+    if span < 0:
+        raise InvalidLayerSpec(
+            f"(W - F) / S + 1 = ({w} - {f}) / {s} + 1 is below 1: the pool window is larger "
+            f"than the input"
+        )
+    if strict and span % s:
+        raise InvalidLayerSpec(
+            f"(W - F) / S + 1 = ({w} - {f}) / {s} + 1 = {span / s + 1:g} is not a whole number"
+        )
+    return span // s + 1
 
 
 def conv_params(f: int, c_in: int, k: int, *, bias: bool = True) -> int:
@@ -175,6 +189,13 @@ def _activation(spec: Mapping[str, Any], where: str, key: str = "activation") ->
     return str(act)
 
 
+def _bias(spec: Mapping[str, Any], where: str) -> bool:
+    bias = spec.get("bias", True)
+    if not isinstance(bias, bool):
+        raise InvalidLayerSpec(f"{where}: 'bias' must be true or false, got {bias!r}")
+    return bias
+
+
 def conv_padding(spec: Mapping[str, Any], w: int, f: int, s: int, where: str) -> tuple[int, int]:
     """Padding of a conv layer as (before, after) for an input of size ``w``."""
     padding = spec.get("padding", "valid")
@@ -202,6 +223,12 @@ def layer_table(
         raise InvalidLayerSpec(
             f"input shape must be (H, W, C) of positive integers, got {list(input_shape)}"
         )
+    if math.prod(input_shape) > MAX_ELEMENTS:
+        raise InvalidLayerSpec(
+            f"input shape {list(input_shape)} is absurdly large (more than {MAX_ELEMENTS:,} values)"
+        )
+    if len(layers) > MAX_LAYERS:
+        raise InvalidLayerSpec(f"{len(layers)} layers, more than the limit of {MAX_LAYERS}")
     shape: Shape = tuple(input_shape)
     rows: list[LayerRow] = []
     notes: list[str] = []
@@ -228,7 +255,7 @@ def layer_table(
             f = _int(spec, "kernel", None, where)
             s = _int(spec, "stride", 1, where)
             _activation(spec, where)
-            bias = bool(spec.get("bias", True))
+            bias = _bias(spec, where)
             ph, pw = conv_padding(spec, h, f, s, where), conv_padding(spec, w, f, s, where)
             try:
                 h2 = _conv_dim(h, f, s, ph, strict)
@@ -261,7 +288,7 @@ def layer_table(
                 )
             units = _int(spec, "units", None, where)
             _activation(spec, where)
-            params = trainable = dense_params(shape[0], units, bias=bool(spec.get("bias", True)))
+            params = trainable = dense_params(shape[0], units, bias=_bias(spec, where))
             shape = (units,)
         elif kind == "dropout":
             rate = spec.get("rate", 0.5)
@@ -275,8 +302,11 @@ def layer_table(
             if spec.get("fn") is None:
                 raise InvalidLayerSpec(f"{where}: 'fn' names the activation, e.g. 'relu'")
             _activation(spec, where, key="fn")
-        if math.prod(shape) > MAX_DIM * 64:
-            raise InvalidLayerSpec(f"{where}: output {list(shape)} is absurdly large")
+        if math.prod(shape) > MAX_ELEMENTS:
+            raise InvalidLayerSpec(
+                f"{where}: output {list(shape)} is absurdly large "
+                f"(more than {MAX_ELEMENTS:,} values)"
+            )
         rows.append(LayerRow(name, kind, shape, params, trainable, note))
     if any(r.note.startswith("fractional") for r in rows):
         notes.append(

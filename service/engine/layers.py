@@ -45,6 +45,14 @@ class LayerReport:
     table: LayerTable | None
     nodes: list[list[str]] = field(default_factory=list)
     error: str = ""
+    outputs: list[str] = field(default_factory=list)
+    """Per row, the graph tensor holding the layer's output (after its fused activation)."""
+
+    def tensor_of(self) -> dict[str, str]:
+        """Layer name (``conv2d``, ``max_pooling2d``...) -> the graph tensor it outputs."""
+        if self.table is None:
+            return {}
+        return {row.name: out for row, out in zip(self.table.rows, self.outputs, strict=True)}
 
     def as_dict(self) -> dict[str, Any]:
         if self.table is None:
@@ -219,7 +227,9 @@ def read_layers(model_bytes: bytes, card: ModelCard) -> LayerReport:
                 )
             )
         table = LayerTable((h, w, c), tuple(rows), tuple(notes))
-        return LayerReport(table, [layer.nodes for layer in layers])
+        return LayerReport(
+            table, [layer.nodes for layer in layers], outputs=[layer.output for layer in layers]
+        )
     except Exception as exc:  # a graph we cannot read must not stop the model being served
         message = exc.message if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
         log.warning("%s v%d: no layer table: %s", card.name, card.version, message)

@@ -1,0 +1,316 @@
+"""Exploring the lecture: the shape calculator, a model's feature maps, and the page at ``/``.
+
+    curl -H 'Content-Type: application/json' localhost:8000/v1/shapes \
+         -d '{"input_shape": [227, 227, 3], "layers": [{"type": "conv2d", "filters": 96,
+              "kernel": 11, "stride": 4}]}'
+    curl -F file=@cat.png 'localhost:8000/v1/models/cifar10_cnn/activations?layer=conv2d&format=png'
+"""
+
+from __future__ import annotations
+
+import asyncio
+from importlib import resources
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.responses import HTMLResponse, Response
+
+from service.api.app import JSONResponse, read_json_body, service_state
+from service.api.codec import instances_to_pixels, loads
+from service.api.feature_grid import render_feature_grid
+from service.api.images import decode_b64_image, decode_image
+from service.api.schemas import errors, json_body
+from service.core.errors import (
+    InvalidInput,
+    InvalidLayerSpec,
+    PayloadTooLarge,
+    UnprocessableInput,
+    UnsupportedMediaType,
+)
+from service.core.shapes import format_table, layer_table
+from service.engine.activations import ActivationSessions
+
+router = APIRouter(tags=["Explore"])
+
+
+class ShapesRequest(BaseModel):
+    input_shape: list[int] = Field(examples=[[32, 32, 3]], description="(H, W, C) of one image.")
+    layers: list[dict[str, Any]] = Field(
+        description=(
+            "Layer specs as training writes them: conv2d (filters, kernel, stride, padding "
+            "'valid'/'same'/integer, activation, bias), max_pool and avg_pool (pool, stride), "
+            "flatten, dense (units, activation, bias), dropout (rate), batch_norm, "
+            "activation (fn); optional name."
+        )
+    )
+
+
+class ShapeRow(BaseModel):
+    name: str = Field(examples=["conv2d"])
+    type: str = Field(examples=["conv2d"])
+    output_shape: list[int] = Field(examples=[[30, 30, 32]], description="Without the batch axis.")
+    params: int = Field(examples=[896])
+    trainable_params: int = Field(examples=[896])
+    note: str | None = Field(None, description="Floored sizes; batch norm's trainable split.")
+
+
+class ShapesResponse(BaseModel):
+    strict: bool
+    floored: bool = Field(description="Some size was not whole and was floored, as Keras does.")
+    input_shape: list[int]
+    layers: list[ShapeRow]
+    total_params: int
+    trainable_params: int
+    non_trainable_params: int
+    notes: list[str]
+
+
+class ActivationsRequest(BaseModel):
+    instances: list[Any] = Field(
+        description='One image: a 32x32x3 nested pixel array or {"b64": "<base64 image>"}.'
+    )
+    layer: str | list[str] | None = Field(
+        None, description="Layer name(s); none: every conv and pool layer."
+    )
+
+
+class LayerActivations(BaseModel):
+    name: str = Field(examples=["conv2d"])
+    type: str = Field(examples=["conv2d"])
+    shape: list[int] = Field(examples=[[30, 30, 32]])
+    layout: Literal["HWC", "N"]
+    min: float
+    max: float
+    values: list[Any] = Field(description="Nested as ``shape`` says.")
+
+
+class ActivationsResponse(BaseModel):
+    model_name: str
+    model_version: str
+    layers: list[LayerActivations]
+
+
+SHAPES_EXAMPLE = {
+    "input_shape": [227, 227, 3],
+    "layers": [{"type": "conv2d", "filters": 96, "kernel": 11, "stride": 4, "padding": 0}],
+}
+ACTIVATIONS_EXAMPLE = {"instances": [{"b64": "<base64 PNG or JPEG>"}], "layer": "conv2d"}
+STATIC_FILES = {
+    "page.js": "text/javascript; charset=utf-8",
+    "page.css": "text/css; charset=utf-8",
+}
+# The page makes no request outside this server; the browser enforces it too.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
+        "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'"
+    ),
+    "Cache-Control": "no-cache",
+}
+
+Strict = Annotated[
+    bool,
+    Query(description="Refuse sizes that are not whole numbers instead of flooring them (Keras)."),
+]
+LayerNames = Annotated[
+    list[str] | None,
+    Query(description="Layer name(s) from the layer table; none: every conv and pool layer."),
+]
+
+
+@router.post(
+    "/v1/shapes",
+    summary="Shape calculator: output shape and parameters of each layer of a stack",
+    response_model=None,
+    responses={
+        200: {
+            "model": ShapesResponse,
+            "content": {"text/plain": {"example": 'Model: "sequential"\n...'}},
+        },
+        **errors(400, 413, 415, 422),
+    },
+    openapi_extra=json_body(ShapesRequest, SHAPES_EXAMPLE),
+)
+async def shapes(
+    request: Request, strict: Strict = False, format: Literal["json", "text"] = "json"
+) -> Response:
+    body = loads(await read_json_body(request))
+    if not isinstance(body, dict):
+        raise InvalidLayerSpec('the body must be a JSON object {"input_shape": ..., "layers": ...}')
+    input_shape, layers = body.get("input_shape"), body.get("layers")
+    if not isinstance(input_shape, list):
+        raise InvalidLayerSpec(f"'input_shape' must be a list [H, W, C], got {input_shape!r}")
+    if not isinstance(layers, list):
+        raise InvalidLayerSpec(f"'layers' must be a list of layer specs, got {layers!r}")
+    table = layer_table(input_shape, layers, strict=strict)
+    if format == "text":
+        return Response(format_table(table) + "\n", media_type="text/plain; charset=utf-8")
+    floored = any(row.note.startswith("fractional") for row in table.rows)
+    return JSONResponse({"strict": strict, "floored": floored, **table.as_dict()})
+
+
+# -- feature maps ---------------------------------------------------------------------------
+
+
+def _sessions(request: Request) -> ActivationSessions:
+    """The app's inspection sessions, made on first use."""
+    sessions: ActivationSessions | None = getattr(request.app.state, "activation_sessions", None)
+    if sessions is None:
+        sessions = ActivationSessions(service_state(request).repository.options)
+        request.app.state.activation_sessions = sessions
+    return sessions
+
+
+def _layer_names(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise InvalidInput(f"{where} must be a layer name or a list of them, got {value!r}")
+    return [n for n in names if n]
+
+
+async def _multipart_image(
+    request: Request, size: tuple[int, int], max_pixels: int
+) -> tuple[np.ndarray, list[str]]:
+    try:
+        form = await request.form(max_files=2, max_fields=20)
+    except (MultiPartException, HTTPException) as exc:  # Starlette wraps the first in the second
+        message = exc.message if isinstance(exc, MultiPartException) else str(exc.detail)
+        if "Too many files" in message:
+            raise PayloadTooLarge("one image per request") from None
+        raise InvalidInput(f"malformed multipart form: {message}") from None
+    try:
+        files = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
+        if len(files) != 1:
+            raise UnprocessableInput(
+                f"send exactly one image file (-F file=@image.png), got {len(files)}"
+            )
+        field, upload = files[0]
+        where = f"image ({field}={upload.filename or 'unnamed'})"
+        image = decode_image(await upload.read(), size, max_pixels, where)
+        names = [v for v in form.getlist("layer") if isinstance(v, str)]
+    finally:
+        await form.close()
+    return image, _layer_names(names, "'layer'")
+
+
+async def _json_image(
+    request: Request, shape: tuple[int, int, int], max_pixels: int
+) -> tuple[np.ndarray, list[str]]:
+    body = loads(await request.body())
+    if not isinstance(body, dict):
+        raise InvalidInput('the body must be a JSON object {"instances": [<one image>]}')
+    instances = body.get("instances")
+    if isinstance(instances, list) and len(instances) != 1:
+        raise UnprocessableInput(f"'instances' must hold exactly one image, got {len(instances)}")
+
+    def b64(text: str, where: str) -> np.ndarray:
+        return decode_b64_image(text, shape[:2], max_pixels, where)
+
+    pixels = instances_to_pixels(instances, shape, b64, 1)
+    return pixels[0], _layer_names(body.get("layer"), "'layer'")
+
+
+def _layer_json(values: np.ndarray) -> dict[str, Any]:
+    return {
+        "shape": list(values.shape),
+        "layout": "HWC" if values.ndim == 3 else "N",
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "values": values,
+    }
+
+
+@router.post(
+    "/v1/models/{name}/activations",
+    summary="A layer's activations for one image: JSON values or a PNG grid of feature maps",
+    response_model=None,
+    responses={
+        200: {"model": ActivationsResponse, "content": {"image/png": {}}},
+        **errors(400, 404, 413, 415, 422, 503),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": ActivationsRequest.model_json_schema(),
+                    "example": ACTIVATIONS_EXAMPLE,
+                },
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            "layer": {"type": "string"},
+                        },
+                        "required": ["file"],
+                    }
+                },
+            },
+        }
+    },
+)
+async def activations(
+    request: Request,
+    name: str,
+    layer: LayerNames = None,
+    format: Literal["json", "png"] = "json",
+) -> Response:
+    state = service_state(request)
+    runtime = state.repository.get(name)  # 404 unknown, 503 unavailable
+    entry = state.repository.entry(name, runtime.version)
+    h, w, c = runtime.image_shape
+    max_pixels = state.settings.max_image_pixels
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "multipart/form-data":
+        image, body_names = await _multipart_image(request, (h, w), max_pixels)
+    elif media_type in ("", "application/json") or media_type.endswith("+json"):
+        image, body_names = await _json_image(request, (h, w, c), max_pixels)
+    else:
+        raise UnsupportedMediaType(
+            f"expected multipart/form-data or application/json, got {media_type!r}"
+        )
+    sessions = _sessions(request)
+    session = await asyncio.to_thread(sessions.get, runtime.card, entry.path, entry.layers)
+    chosen = session.select([*(layer or []), *body_names])
+    results = await asyncio.to_thread(session.run, image, chosen)
+    if format == "png":
+        png = await asyncio.to_thread(render_feature_grid, results)
+        return Response(png, media_type="image/png")
+    return JSONResponse(
+        {
+            "model_name": runtime.name,
+            "model_version": str(runtime.version),
+            "layers": [
+                {"name": a.layer.name, "type": a.layer.type, **_layer_json(a.values)}
+                for a in results
+            ],
+        }
+    )
+
+
+# -- the page -------------------------------------------------------------------------------
+
+
+def _static(name: str) -> str:
+    return resources.files("service.api").joinpath("static", name).read_text(encoding="utf-8")
+
+
+@router.get("/", summary="The explorer page", response_class=HTMLResponse, include_in_schema=False)
+async def page() -> HTMLResponse:
+    return HTMLResponse(_static("index.html"), headers=PAGE_HEADERS)
+
+
+@router.get("/static/{file}", summary="The page's script and style", include_in_schema=False)
+async def static(file: str) -> Response:
+    media_type = STATIC_FILES.get(file)
+    if media_type is None:
+        raise HTTPException(404, f"no static file {file!r}")
+    return Response(_static(file), media_type=media_type, headers=PAGE_HEADERS)

@@ -8,8 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.core.errors import ServingError
+from service.core.version_policy import VersionPolicy
 
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 
@@ -76,6 +79,42 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="Log level of the service and uvicorn."
     )
+
+    poll_interval_s: float = Field(
+        default=2.0,
+        ge=0,
+        description=(
+            "Seconds between scans of the model repository for new, changed or removed versions "
+            "(0: load once at start-up)."
+        ),
+    )
+    version_policy: str = Field(
+        default="latest",
+        description=(
+            "Versions served of a model without its own config.json: latest, latest:N, all or "
+            "specific:V1,V2 (Triton's version policies)."
+        ),
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Bearer token the repository API (/v2/repository/...) requires; unset: that API "
+            "answers loopback clients only."
+        ),
+    )
+
+    @field_validator("version_policy")
+    @classmethod
+    def _check_version_policy(cls, value: str) -> str:
+        try:
+            return str(VersionPolicy.parse(value))
+        except ServingError as exc:
+            raise ValueError(exc.message) from None
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("providers", mode="before")
     @classmethod

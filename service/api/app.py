@@ -1,8 +1,10 @@
-"""``create_app(settings)``: the FastAPI app, its lifespan (loading the models), error handling."""
+"""``create_app(settings)``: the FastAPI app, its lifespan (loading and watching the models), error
+handling."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -19,9 +21,15 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.codec import dumps
-from service.core.errors import PayloadTooLarge, ServingError, UnsupportedMediaType
+from service.core.errors import (
+    PayloadTooLarge,
+    ServingError,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from service.core.version_policy import VersionPolicy
 from service.engine.metrics import Metrics
-from service.engine.repository import ModelRepository
+from service.engine.repository import ModelRepository, lease_scope
 from service.engine.runtime import ModelRuntime, RuntimeOptions
 from service.settings import Settings
 
@@ -126,6 +134,21 @@ class RequestMetrics:
             self.metrics.request_latency.labels(endpoint).observe(time.perf_counter() - start)
 
 
+class RuntimeLeases:
+    """A model version a request takes stays open until its response is sent, even if a newer
+    version is swapped in meanwhile (see ``lease_scope``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with lease_scope():
+            await self.app(scope, receive, send)
+
+
 def is_json(request: Request) -> bool:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     return media_type in ("", "application/json") or media_type.endswith("+json")
@@ -150,7 +173,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def create_app(settings: Settings) -> FastAPI:
     """The service for ``settings``; the repository loads when the app starts (lifespan)."""
-    from service.api.routes import explore, inspect, ops, v1, v2
+    from service.api.routes import explore, inspect, model_repository, ops, v1, v2
 
     options = RuntimeOptions(
         providers=tuple(settings.providers),
@@ -159,15 +182,24 @@ def create_app(settings: Settings) -> FastAPI:
         graph_optimization_level=settings.graph_optimization_level,
         warm_up=settings.warm_up,
     )
-    state = ServiceState(settings, ModelRepository(settings.model_repository, options), Metrics())
+    policy = VersionPolicy.parse(settings.version_policy)
+    repository = ModelRepository(settings.model_repository, options, policy)
+    state = ServiceState(settings, repository, Metrics())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(state.repository.load)
+        await asyncio.to_thread(repository.load)
+        watcher = None
+        if settings.poll_interval_s > 0:
+            watcher = asyncio.create_task(repository.watch(settings.poll_interval_s))
         try:
             yield
         finally:
-            await asyncio.to_thread(state.repository.close)
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            await asyncio.to_thread(repository.close)  # waits for a poll still loading
 
     app = FastAPI(
         title="cifar-serve",
@@ -182,7 +214,10 @@ def create_app(settings: Settings) -> FastAPI:
         assert isinstance(exc, ServingError)
         if exc.status >= 500 and not isinstance(exc.__cause__, ServingError):
             log.warning("%s %s: %s", request.method, request.url.path, exc.message)
-        return error_response(exc.status, exc.message)
+        response = error_response(exc.status, exc.message)
+        if isinstance(exc, Unauthorized):
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -205,9 +240,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(Exception, unexpected_error)
 
     # Added last is outermost: metrics see every response, including the body limit's 413.
+    app.add_middleware(RuntimeLeases)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     app.add_middleware(RequestMetrics, metrics=state.metrics)
 
-    for module in (v2, v1, inspect, explore, ops):
+    for module in (v2, model_repository, v1, inspect, explore, ops):
         app.include_router(module.router)
     return app

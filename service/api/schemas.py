@@ -39,6 +39,13 @@ class ModelMetadata(BaseModel):
     )
 
 
+class RepositoryIndexEntry(BaseModel):
+    name: str
+    version: str
+    state: str = Field(description="READY, UNAVAILABLE (failed its checks) or UNLOADED.")
+    reason: str = Field(description="Why the version is in that state, if anything is to say.")
+
+
 class RequestInput(BaseModel):
     name: str = Field(examples=["images"])
     shape: list[int] = Field(examples=[[1, 32, 32, 3]])

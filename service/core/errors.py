@@ -85,3 +85,21 @@ class UnprocessableInput(InvalidInput):
     """Well-formed input that does not fit the model: shape, datatype, data length, bad image."""
 
     status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+class InvalidConfig(ServingError):
+    """A version policy (setting or a model's ``config.json``) that cannot be read."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+class Unauthorized(ServingError):
+    """A repository request without the bearer token that ``ADMIN_TOKEN`` asks for."""
+
+    status = HTTPStatus.UNAUTHORIZED
+
+
+class ModelLoadFailed(ServingError):
+    """A load request after which no version of the model is ready (the reasons are listed)."""
+
+    status = HTTPStatus.BAD_REQUEST

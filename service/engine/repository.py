@@ -1,24 +1,42 @@
-"""The model repository: scan ``<root>/<name>/<version>/``, check each card against its graph, load.
+"""The model repository: scan ``<root>/<name>/<version>/``, check each card against its graph, load,
+and keep the served set in line with the disk while serving (``poll``, ``watch``).
 
-Version policy: the highest positive-integer version folder of each model is served; older ones
-are listed as ``UNLOADED``. Anything else in the tree (hidden ``.tmp-*`` folders of an atomic
-publish, stray files) is ignored. A version that fails its checks is ``UNAVAILABLE`` with the
-reason, and every other model is still served.
+Which versions are served is the model's version policy (Triton's: latest N, all, specific; from
+``<name>/config.json`` or the service default). A version that fails its checks is
+``UNAVAILABLE`` with the reason and is passed over: with "latest 1" the version before it keeps
+serving. It is retried once its files change (size, mtime or inode). Hidden ``.tmp-*`` folders of
+an atomic publish and stray files are ignored.
+
+Every update builds new ``_Model`` values on a worker thread and then swaps the ``_models`` mapping
+in one assignment, so a request sees either the old set or the new one. A replaced runtime is
+retired: requests that took it (``get`` inside ``lease_scope``) finish on it, then it closes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from service.core.card import CARD_FILE, MODEL_FILE, ModelCard, TensorSpec, read_card
-from service.core.errors import InvalidCard, ModelNotFound, ModelNotReady, ServingError
+from service.core.errors import (
+    InvalidCard,
+    InvalidConfig,
+    ModelLoadFailed,
+    ModelNotFound,
+    ModelNotReady,
+    ServingError,
+)
+from service.core.version_policy import VersionPolicy, read_model_config
 from service.engine.layers import LayerReport, read_layers
 from service.engine.runtime import ModelRuntime, RuntimeOptions, resolve_providers
 
@@ -26,17 +44,21 @@ log = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 PROBABILITIES = "probabilities"
+UNLOADED_BY_REQUEST = "unloaded by a repository request"
+
+# (size, mtime_ns, inode) of model.onnx and card.json; None for a missing file.
+Signature = tuple[tuple[int, int, int] | None, ...]
 
 
 class ModelState(StrEnum):
     READY = "READY"
     UNAVAILABLE = "UNAVAILABLE"  # found but failed its checks; ``reason`` says why
-    UNLOADED = "UNLOADED"  # on disk, not served under the version policy
+    UNLOADED = "UNLOADED"  # on disk, not served under the version policy (or unloaded)
 
 
 @dataclass
 class ModelVersion:
-    """What the repository knows about one version folder."""
+    """What the repository knows about one version folder (replaced, never changed, once shown)."""
 
     name: str
     version: int
@@ -46,13 +68,59 @@ class ModelVersion:
     card: ModelCard | None = None
     runtime: ModelRuntime | None = None
     layers: LayerReport | None = None
+    signature: Signature | None = None  # of the files the last load attempt read
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Model:
     name: str
-    versions: dict[int, ModelVersion] = field(default_factory=dict)
-    served: int | None = None  # the version the policy picked, loaded or not
+    path: Path
+    versions: dict[int, ModelVersion]
+    policy: VersionPolicy
+    policy_error: str = ""  # config.json could not be read; ``policy`` is the one kept
+    unloaded: bool = False  # by a repository request: the poller leaves the model alone
+    served: int | None = field(init=False)  # the version unversioned URLs use
+
+    def __post_init__(self) -> None:
+        by_state: dict[ModelState, list[int]] = {}
+        for number, entry in self.versions.items():
+            by_state.setdefault(entry.state, []).append(number)
+        # The highest ready version; else the failure to report; else whatever is on disk.
+        served = (
+            by_state.get(ModelState.READY)
+            or by_state.get(ModelState.UNAVAILABLE)
+            or list(self.versions)
+        )
+        object.__setattr__(self, "served", max(served, default=None))
+
+
+_held: ContextVar[list[ModelRuntime] | None] = ContextVar("held_runtimes", default=None)
+
+
+@contextmanager
+def lease_scope() -> Iterator[None]:
+    """Runtimes that ``get`` hands out inside this scope (one request) stay open until it ends."""
+    held: list[ModelRuntime] = []
+    token = _held.set(held)
+    try:
+        yield
+    finally:
+        _held.reset(token)
+        for runtime in held:
+            runtime.release()
+
+
+def files_signature(version_dir: Path) -> Signature:
+    """What changes when a version's files are replaced or rewritten (cheap: two ``stat`` calls)."""
+    signature: list[tuple[int, int, int] | None] = []
+    for name in (MODEL_FILE, CARD_FILE):
+        try:
+            st = (version_dir / name).stat()
+        except OSError:
+            signature.append(None)
+        else:
+            signature.append((st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(signature)
 
 
 def parse_version(version: str | int | None) -> int | None:
@@ -150,14 +218,21 @@ def load_version(
 class ModelRepository:
     """Every model under ``root``: its versions, their states, and the loaded runtimes."""
 
-    def __init__(self, root: Path, options: RuntimeOptions) -> None:
+    def __init__(
+        self, root: Path, options: RuntimeOptions, policy: VersionPolicy | None = None
+    ) -> None:
         self.root = root
         self.options = options
-        self._models: dict[str, _Model] = {}
+        self.default_policy = policy or VersionPolicy()
+        self._models: dict[str, _Model] = {}  # replaced whole by updates, never changed in place
+        self._update = threading.Lock()  # one update (poll, load, unload, close) at a time
+        self._root_missing = False
         self.loaded = False
 
+    # -- updates (blocking: call them off the event loop) ----------------------------------
+
     def load(self) -> None:
-        """Scan and load (blocking: call it off the event loop)."""
+        """The first scan and load, at start-up."""
         usable, missing = resolve_providers(self.options.providers)
         if missing:
             log.warning(
@@ -165,65 +240,225 @@ class ModelRepository:
                 ", ".join(missing),
                 ", ".join(usable),
             )
-        models: dict[str, _Model] = {}
         if not self.root.is_dir():
             log.warning("model repository %s is not a folder; serving no models", self.root)
-        for name, versions in self._scan():
-            model = models[name] = _Model(name)
-            for version, path in versions.items():
-                model.versions[version] = ModelVersion(name, version, path, ModelState.UNLOADED)
-            if versions:
-                model.served = max(versions)
-                self._load_served(model)
-        self._models = models
+        self.poll()
         self.loaded = True
 
-    def _scan(self) -> Iterator[tuple[str, dict[int, Path]]]:
+    def poll(self) -> None:
+        """Bring the served versions in line with the disk: new, changed and removed ones."""
+        with self._update:
+            if self.loaded and not self.root.is_dir():
+                # A vanished root is more likely an unmounted volume than a wish to serve nothing.
+                if not self._root_missing:
+                    log.error("model repository %s is gone; keeping the loaded models", self.root)
+                self._root_missing = True
+                return
+            self._root_missing = False
+            disk = dict(self._scan())
+            for name in sorted(set(self._models) - set(disk)):
+                log.info("model %s removed from the repository", name)
+                self._publish(name, None)
+            for name, (model_dir, versions) in disk.items():
+                self._publish(name, self._update_model(name, model_dir, versions))
+
+    def load_model(self, name: str) -> None:
+        """Load (or reload) a model from disk under its policy, failed versions retried too.
+
+        Raises ``ModelNotFound`` without a model folder, ``ModelLoadFailed`` when no version of
+        it is ready afterwards.
+        """
+        with self._update:
+            model_dir = self.root / name
+            if not NAME_PATTERN.match(name) or not model_dir.is_dir():
+                raise ModelNotFound(f"no model folder {name!r} in the repository")
+            versions = self._version_dirs(model_dir)
+            model = self._update_model(name, model_dir, versions, retry_failed=True, unloaded=False)
+            self._publish(name, model)
+        if model is None:
+            raise ModelLoadFailed(f"model {name!r} has no version folders")
+        if not any(e.state is ModelState.READY for e in model.versions.values()):
+            reasons = "; ".join(
+                f"version {v}: {e.reason}" for v, e in sorted(model.versions.items()) if e.reason
+            )
+            raise ModelLoadFailed(f"no version of model {name!r} could be loaded: {reasons}")
+
+    def unload_model(self, name: str) -> None:
+        """Serve no version of a model until ``load_model``; in-flight requests finish."""
+        with self._update:
+            old = self._model(name)
+            versions = {v: e.path for v, e in old.versions.items()}
+            self._publish(name, self._update_model(name, old.path, versions, unloaded=True))
+
+    async def watch(self, interval_s: float) -> None:
+        """``poll`` every ``interval_s`` seconds on a worker thread, until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.to_thread(self.poll)
+            except Exception:
+                log.exception("polling the model repository %s failed", self.root)
+
+    def close(self) -> None:
+        with self._update:
+            for name in list(self._models):
+                self._publish(name, None)
+            self.loaded = False
+
+    def _scan(self) -> Iterator[tuple[str, tuple[Path, dict[int, Path]]]]:
         if not self.root.is_dir():
             return
         for model_dir in sorted(self.root.iterdir()):
             if not model_dir.is_dir() or not NAME_PATTERN.match(model_dir.name):
                 continue
-            versions = {
-                int(d.name): d
-                for d in model_dir.iterdir()
-                if d.is_dir() and d.name.isdigit() and int(d.name) > 0
-            }
-            yield model_dir.name, versions
+            versions = self._version_dirs(model_dir)
+            if versions:  # a folder holding only a publish's .tmp-* is not a model yet
+                yield model_dir.name, (model_dir, versions)
 
-    def _load_served(self, model: _Model) -> None:
-        assert model.served is not None
-        entry = model.versions[model.served]
+    @staticmethod
+    def _version_dirs(model_dir: Path) -> dict[int, Path]:
+        return {
+            int(d.name): d
+            for d in model_dir.iterdir()
+            if d.is_dir() and d.name.isdigit() and len(d.name) <= 9 and int(d.name) > 0
+        }
+
+    def _publish(self, name: str, model: _Model | None) -> None:
+        """Swap in the model's new state, then retire the runtimes it no longer serves."""
+        old = self._models.get(name)
+        models = dict(self._models)
+        if model is None:
+            models.pop(name, None)
+        else:
+            models[name] = model
+        self._models = models  # the atomic switch: requests from here on see the new state
+        keep = {id(e.runtime) for e in (model.versions.values() if model else ()) if e.runtime}
+        for entry in old.versions.values() if old else ():
+            if entry.runtime is not None and id(entry.runtime) not in keep:
+                log.info("%s v%d retired; it closes when its requests finish", name, entry.version)
+                entry.runtime.retire()
+
+    def _policy(self, model_dir: Path, old: _Model | None) -> tuple[VersionPolicy, str]:
+        try:
+            policy = read_model_config(model_dir)
+        except InvalidConfig as exc:
+            kept = old.policy if old else self.default_policy
+            if old is None or old.policy_error != exc.message:
+                log.error("%s; keeping version policy %s", exc.message, kept)
+            return kept, exc.message
+        return policy or self.default_policy, ""
+
+    def _update_model(
+        self,
+        name: str,
+        model_dir: Path,
+        paths: dict[int, Path],
+        *,
+        retry_failed: bool = False,
+        unloaded: bool | None = None,
+    ) -> _Model | None:
+        """The model's next state: load what its policy wants and the disk has, drop the rest."""
+        if not paths:
+            return None
+        old = self._models.get(name)
+        previous = old.versions if old else {}
+        unloaded = (old.unloaded if old else False) if unloaded is None else unloaded
+        policy, policy_error = self._policy(model_dir, old)
+        signatures = {v: files_signature(p) for v, p in paths.items()}
+        versions = {
+            v: replace(previous[v], path=p)
+            if v in previous
+            else ModelVersion(name, v, p, ModelState.UNLOADED)
+            for v, p in paths.items()
+        }
+        wanted: set[int] = set()
+        failed = {
+            v
+            for v, e in versions.items()
+            if e.state is ModelState.UNAVAILABLE and e.signature == signatures[v]
+        }
+        if retry_failed:
+            failed.clear()
+        while not unloaded:
+            # Failed versions are passed over, so the policy falls back to the ones that load.
+            wanted = policy.select(v for v in versions if v not in failed)
+            todo = [
+                v
+                for v in sorted(wanted, reverse=True)
+                if versions[v].state is not ModelState.READY
+                or versions[v].signature != signatures[v]
+            ]
+            if not todo:
+                break
+            for v in todo:
+                versions[v] = self._load_entry(versions[v], signatures[v])
+                if versions[v].state is ModelState.UNAVAILABLE:
+                    failed.add(v)
+        for v, entry in versions.items():
+            if v in wanted or (v in failed and not unloaded):
+                continue
+            reason = UNLOADED_BY_REQUEST if unloaded else ""
+            versions[v] = replace(entry, state=ModelState.UNLOADED, reason=reason, runtime=None)
+        return _Model(name, model_dir, versions, policy, policy_error, unloaded)
+
+    def _load_entry(self, entry: ModelVersion, signature: Signature) -> ModelVersion:
         try:
             card, runtime, model_bytes = load_version(
-                model.name, entry.version, entry.path, self.options
+                entry.name, entry.version, entry.path, self.options
             )
-        except ServingError as exc:
-            entry.state, entry.reason = ModelState.UNAVAILABLE, exc.message
-            log.error("%s v%d not served: %s", model.name, entry.version, exc.message)
+        except Exception as exc:
+            message = exc.message if isinstance(exc, ServingError) else f"failed to load: {exc!r}"
+            if not isinstance(exc, ServingError):
+                log.exception("%s v%d failed to load", entry.name, entry.version)
+            if entry.runtime is not None:  # files changed under a served version
+                log.error(
+                    "%s v%d changed on disk and fails (%s); still serving what was loaded",
+                    entry.name,
+                    entry.version,
+                    message,
+                )
+                reason = f"changed on disk and the new files fail, serving the previous: {message}"
+                return replace(entry, reason=reason, signature=signature)
+            log.error("%s v%d not served: %s", entry.name, entry.version, message)
             # The card may still be readable, so the index can show what was published.
             try:
-                entry.card = read_card(entry.path)
+                card_read: ModelCard | None = read_card(entry.path)
             except ServingError:
-                entry.card = None
-            return
-        entry.card, entry.runtime, entry.state = card, runtime, ModelState.READY
-        entry.layers = read_layers(model_bytes, card)
+                card_read = None
+            return replace(
+                entry,
+                state=ModelState.UNAVAILABLE,
+                reason=message,
+                card=card_read,
+                runtime=None,
+                layers=None,
+                signature=signature,
+            )
         log.info(
             "%s v%d ready on %s (%s)",
-            model.name,
+            entry.name,
             entry.version,
             ", ".join(runtime.providers),
             entry.path / CARD_FILE,
         )
+        return replace(
+            entry,
+            state=ModelState.READY,
+            reason="",
+            card=card,
+            runtime=runtime,
+            layers=read_layers(model_bytes, card),
+            signature=signature,
+        )
 
-    # -- lookups -------------------------------------------------------------------------
+    # -- lookups (on the event loop; each reads one snapshot) ------------------------------
 
     def names(self) -> list[str]:
         return sorted(self._models)
 
     def versions(self, name: str) -> list[ModelVersion]:
-        return [self._model(name).versions[v] for v in sorted(self._model(name).versions)]
+        model = self._model(name)
+        return [model.versions[v] for v in sorted(model.versions)]
 
     def _model(self, name: str) -> _Model:
         model = self._models.get(name)
@@ -249,21 +484,35 @@ class ModelRepository:
         return entry
 
     def get(self, name: str, version: str | int | None = None) -> ModelRuntime:
-        """The loaded runtime for a request: 404 unknown or not served, 503 failed its checks."""
-        entry = self.entry(name, version)
-        if entry.runtime is None:
-            if entry.state is ModelState.UNLOADED:
-                raise ModelNotFound(
-                    f"model {name!r} version {entry.version} is not served "
-                    f"(the served version is {self._model(name).served})"
+        """The loaded runtime for a request: 404 unknown or not served, 503 failed its checks.
+
+        Inside ``lease_scope`` the runtime is held until the scope ends, so a newer version
+        swapped in meanwhile does not close it under the request.
+        """
+        held = _held.get()
+        while True:
+            entry = self.entry(name, version)
+            runtime = entry.runtime
+            if runtime is None:
+                if entry.state is ModelState.UNLOADED:
+                    served = [str(v.version) for v in self.versions(name) if v.runtime]
+                    raise ModelNotFound(
+                        f"model {name!r} version {entry.version} is not served "
+                        f"(served: {', '.join(served) or 'none'}"
+                        f"{'; ' + entry.reason if entry.reason else ''})"
+                    )
+                raise ModelNotReady(
+                    f"model {name!r} version {entry.version} is unavailable: {entry.reason}"
                 )
-            raise ModelNotReady(
-                f"model {name!r} version {entry.version} is unavailable: {entry.reason}"
-            )
-        return entry.runtime
+            if held is None:
+                return runtime
+            if runtime.acquire():
+                held.append(runtime)
+                return runtime
+            # Retired between the lookup and the acquire: the new state is already in place.
 
     def served(self) -> list[ModelVersion]:
-        """The version each model serves (ready or not)."""
+        """The version each model serves to unversioned URLs (ready or not)."""
         return [m.versions[m.served] for m in self._models.values() if m.served is not None]
 
     @property
@@ -271,26 +520,23 @@ class ModelRepository:
         """Loading has finished and at least one model is ready."""
         return self.loaded and any(e.state is ModelState.READY for e in self.served())
 
+    def policy(self, name: str) -> VersionPolicy:
+        return self._model(name).policy
+
     def index(self) -> list[dict[str, Any]]:
-        """Every version on disk with its state, for listings."""
+        """Every version on disk with its state and reason (the Triton repository index)."""
         rows = []
-        for name in self.names():
-            for entry in self.versions(name):
+        for name, model in sorted(self._models.items()):
+            for number, entry in sorted(model.versions.items()):
+                reason = entry.reason
+                if not reason and model.policy_error:
+                    reason = f"{model.policy_error} (using {model.policy})"
                 rows.append(
                     {
                         "name": name,
-                        "version": str(entry.version),
+                        "version": str(number),
                         "state": entry.state.value,
-                        "reason": entry.reason,
+                        "reason": reason,
                     }
                 )
         return rows
-
-    def close(self) -> None:
-        for model in self._models.values():
-            for entry in model.versions.values():
-                if entry.runtime is not None:
-                    entry.runtime.close()
-                    entry.runtime = None
-        self._models = {}
-        self.loaded = False

@@ -1,13 +1,15 @@
 """A loaded model: one onnxruntime session with its providers, warm-up and ``run()``.
 
 ``session.run`` executes on one dedicated thread per model so the event loop stays free;
-onnxruntime releases the GIL and parallelises inside a run (``intra_op_threads``).
+onnxruntime releases the GIL and parallelises inside a run (``intra_op_threads``). A runtime that
+a newer version replaces is retired: it finishes the requests that hold it, then closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -103,6 +105,10 @@ class ModelRuntime:
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"ort-{card.name}-{card.version}"
         )
+        self._lock = threading.Lock()
+        self._users = 0  # requests holding this runtime (see ``acquire``)
+        self._retired = False
+        self.closed = False
 
     @property
     def name(self) -> str:
@@ -157,5 +163,37 @@ class ModelRuntime:
         shape = [1 if d == -1 else d for d in spec.shape]
         self.run(np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype]))
 
+    def acquire(self) -> bool:
+        """A request starts using this runtime: open until the matching ``release``.
+
+        False once retired: the caller looks the model up again and gets its successor.
+        """
+        with self._lock:
+            if self._retired:
+                return False
+            self._users += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            drained = self._retired and self._users == 0
+        if drained:
+            self.close()
+
+    def retire(self) -> None:
+        """No new requests will get this runtime: close it once the last holder releases it."""
+        with self._lock:
+            self._retired = True
+            drained = self._users == 0
+        if drained:
+            self.close()
+
     def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        # Every holder has released it, so the thread is idle and the join is immediate.
         self._executor.shutdown(wait=True)
+        log.debug("%s v%d closed", self.name, self.version)

@@ -52,7 +52,11 @@ async def ready(request: Request) -> dict[str, bool]:
     "", summary="Server metadata", response_model=None, responses={200: {"model": ServerMetadata}}
 )
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "cifar-serve", "version": VERSION, "extensions": ["binary_tensor_data"]}
+    return {
+        "name": "cifar-serve",
+        "version": VERSION,
+        "extensions": ["binary_tensor_data", "model_repository"],
+    }
 
 
 def _metadata(state: ServiceState, name: str, version: str | None) -> dict[str, Any]:

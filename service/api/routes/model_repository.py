@@ -1,0 +1,114 @@
+"""Triton's model repository extension: ``POST /v2/repository/index``, ``.../models/{name}/load``
+and ``.../unload``.
+
+They show and change what the server serves, so they take ``Authorization: Bearer <ADMIN_TOKEN>``
+when that setting is set, and answer loopback clients only when it is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from service.api.app import read_json_body, service_state
+from service.api.codec import loads
+from service.api.schemas import RepositoryIndexEntry, errors
+from service.core.errors import Forbidden, InvalidInput, Unauthorized
+from service.engine.repository import ModelState
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def require_admin(request: Request) -> None:
+    """401 without the bearer token, 403 with a wrong one or, tokenless, from off the host."""
+    token = service_state(request).settings.admin_token
+    if token is None:
+        host = request.client.host if request.client else None
+        if not is_loopback(host):
+            raise Forbidden(
+                "the repository API answers loopback clients only unless ADMIN_TOKEN is set"
+            )
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise Unauthorized("the repository API needs 'Authorization: Bearer <ADMIN_TOKEN>'")
+    if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
+        raise Forbidden("wrong bearer token for the repository API")
+
+
+router = APIRouter(
+    prefix="/v2/repository",
+    tags=["Model repository (Triton extension)"],
+    dependencies=[Depends(require_admin)],
+)
+
+
+async def _request_object(request: Request) -> Mapping[str, Any]:
+    """The optional JSON body: nothing, or an object."""
+    body = await read_json_body(request)
+    if not body.strip():
+        return {}
+    data = loads(body)
+    if not isinstance(data, Mapping):
+        raise InvalidInput("the body must be a JSON object")
+    parameters = data.get("parameters", {})
+    if not isinstance(parameters, Mapping):
+        raise InvalidInput("'parameters' must be an object")
+    return data
+
+
+@router.post(
+    "/index",
+    summary="Every model version on disk: READY, UNAVAILABLE (with the reason) or UNLOADED",
+    response_model=list[RepositoryIndexEntry],
+    responses=errors(400, 401, 403),
+)
+async def index(request: Request) -> list[dict[str, Any]]:
+    body = await _request_object(request)
+    ready = body.get("ready", False)
+    if not isinstance(ready, bool):
+        raise InvalidInput("'ready' must be true or false")
+    rows = service_state(request).repository.index()
+    return [r for r in rows if r["state"] == ModelState.READY.value] if ready else rows
+
+
+@router.post(
+    "/models/{name}/load",
+    summary="Load (or reload) a model from disk under its version policy; failed versions retried",
+    responses=errors(400, 401, 403, 404),
+)
+async def load(request: Request, name: str) -> dict[str, Any]:
+    parameters = (await _request_object(request)).get("parameters", {})
+    overrides = sorted(k for k in parameters if k == "config" or str(k).startswith("file:"))
+    if overrides:
+        raise InvalidInput(
+            f"parameters {overrides} are not supported: publish the version into the repository"
+        )
+    await asyncio.to_thread(service_state(request).repository.load_model, name)
+    return {}
+
+
+@router.post(
+    "/models/{name}/unload",
+    summary="Stop serving every version of a model (in-flight requests finish) until a load",
+    responses=errors(400, 401, 403, 404),
+)
+async def unload(request: Request, name: str) -> dict[str, Any]:
+    await _request_object(request)  # unload_dependents: there are no ensembles to follow
+    await asyncio.to_thread(service_state(request).repository.unload_model, name)
+    return {}

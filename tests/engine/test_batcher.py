@@ -1,0 +1,204 @@
+"""The dynamic batcher: coalescing, order, splitting, back-pressure, failures, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.core.errors import Overloaded
+from service.engine.batcher import BatchStats, DynamicBatcher, Outputs
+
+
+def fake_model(rows: np.ndarray) -> Outputs:
+    """Stands in for session.run: one output row per input row, derived from its pixels."""
+    flat = rows.reshape(len(rows), -1).astype(np.int64)
+    return {"sum": flat.sum(axis=1), "first": flat[:, 0].copy()}
+
+
+class SlowModel:
+    """A model that takes a while, counts its runs, and can be made to fail once."""
+
+    def __init__(self, seconds: float = 0.05) -> None:
+        self.seconds = seconds
+        self.batches: list[int] = []
+        self.fail_next = False
+        self.started = threading.Event()
+
+    def __call__(self, rows: np.ndarray) -> Outputs:
+        self.started.set()
+        time.sleep(self.seconds)
+        self.batches.append(len(rows))
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("the graph blew up")
+        return fake_model(rows)
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool
+
+
+def images(n: int, tag: int) -> np.ndarray:
+    out = np.zeros((n, 2, 2, 3), dtype=np.uint8)
+    out[:, 0, 0, 0] = (np.arange(n) + tag) % 256
+    return out
+
+
+def check(rows: np.ndarray, result: Outputs) -> None:
+    np.testing.assert_array_equal(result["first"], rows[:, 0, 0, 0])
+    np.testing.assert_array_equal(result["sum"], fake_model(rows)["sum"])
+
+
+def test_batcher_returns_rows_in_request_order(executor: ThreadPoolExecutor) -> None:
+    model = SlowModel()
+    batcher = DynamicBatcher(model, executor, max_batch_size=64)
+
+    async def main() -> None:
+        requests = [images(n, tag=10 * i) for i, n in enumerate([1, 3, 2, 5, 1, 4, 1, 1])]
+        results = await asyncio.gather(*(batcher.submit(r) for r in requests))
+        for rows, result in zip(requests, results, strict=True):
+            check(rows, result)
+        await batcher.close()
+
+    asyncio.run(main())
+    assert sum(model.batches) == 18
+    assert len(model.batches) < 8  # concurrent requests shared runs
+
+
+def test_lone_request_runs_at_once_in_its_own_batch(executor: ThreadPoolExecutor) -> None:
+    stats: list[BatchStats] = []
+    batcher = DynamicBatcher(fake_model, executor, max_batch_size=32, on_batch=stats.append)
+
+    async def main() -> None:
+        for i in range(3):
+            check(images(2, i), await batcher.submit(images(2, i)))
+        await batcher.close()
+
+    asyncio.run(main())
+    assert [(s.rows, s.requests) for s in stats] == [(2, 1)] * 3
+
+
+def test_large_request_is_split_into_chunks_and_joined(executor: ThreadPoolExecutor) -> None:
+    model = SlowModel(0.0)
+    batcher = DynamicBatcher(model, executor, max_batch_size=8)
+
+    async def main() -> Outputs:
+        result = await batcher.submit(images(30, 0))
+        await batcher.close()
+        return result
+
+    check(images(30, 0), asyncio.run(main()))
+    assert model.batches == [8, 8, 8, 6]
+
+
+def test_delay_waits_for_company(executor: ThreadPoolExecutor) -> None:
+    model = SlowModel(0.0)
+    batcher = DynamicBatcher(model, executor, max_batch_size=16, max_batch_delay_ms=300)
+
+    async def main() -> None:
+        first = asyncio.create_task(batcher.submit(images(1, 0)))
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(batcher.submit(images(2, 5)))
+        check(images(1, 0), await first)
+        check(images(2, 5), await second)
+        await batcher.close()
+
+    asyncio.run(main())
+    assert model.batches == [3]
+
+
+def test_full_queue_answers_overloaded_at_once(executor: ThreadPoolExecutor) -> None:
+    model = SlowModel(0.2)
+    batcher = DynamicBatcher(model, executor, max_batch_size=4, max_queue_rows=8)
+
+    async def main() -> None:
+        running = asyncio.create_task(batcher.submit(images(4, 0)))
+        await asyncio.to_thread(model.started.wait, 5)  # the first batch is in the model now
+        queued = [asyncio.create_task(batcher.submit(images(4, i))) for i in (1, 2)]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded, match="queue is full"):
+            await batcher.submit(images(1, 9))
+        for task, tag in zip([running, *queued], (0, 1, 2), strict=True):
+            check(images(4, tag), await task)
+        check(images(1, 9), await batcher.submit(images(1, 9)))  # recovered
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_failed_run_fails_its_batch_and_the_batcher_goes_on(executor: ThreadPoolExecutor) -> None:
+    model = SlowModel(0.0)
+    model.fail_next = True
+    batcher = DynamicBatcher(model, executor)
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="blew up"):
+            await batcher.submit(images(2, 0))
+        check(images(3, 1), await batcher.submit(images(3, 1)))
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_cancelled_request_does_not_break_the_others(executor: ThreadPoolExecutor) -> None:
+    model = SlowModel(0.1)
+    batcher = DynamicBatcher(model, executor, max_batch_size=64)
+
+    async def main() -> None:
+        blocker = asyncio.create_task(batcher.submit(images(1, 0)))
+        await asyncio.to_thread(model.started.wait, 5)
+        leaving = asyncio.create_task(batcher.submit(images(2, 1)))
+        staying = asyncio.create_task(batcher.submit(images(3, 2)))
+        await asyncio.sleep(0)
+        leaving.cancel()
+        check(images(1, 0), await blocker)
+        check(images(3, 2), await staying)
+        assert leaving.cancelled()
+        await batcher.close()
+
+    asyncio.run(main())
+    assert model.batches == [1, 3]  # the cancelled rows never ran
+
+
+def test_close_finishes_queued_requests_and_refuses_new_ones(
+    executor: ThreadPoolExecutor,
+) -> None:
+    model = SlowModel(0.05)
+    batcher = DynamicBatcher(model, executor, max_batch_size=2)
+
+    async def main() -> None:
+        tasks = [asyncio.create_task(batcher.submit(images(2, i))) for i in range(3)]
+        await asyncio.sleep(0)
+        await batcher.close()
+        for i, task in enumerate(tasks):
+            check(images(2, i), await task)
+        with pytest.raises(Overloaded):
+            await batcher.submit(images(1, 0))
+
+    asyncio.run(main())
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(1, 40), min_size=1, max_size=12), max_batch=st.integers(1, 32))
+def test_every_request_gets_exactly_its_rows(sizes: list[int], max_batch: int) -> None:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        batcher = DynamicBatcher(fake_model, pool, max_batch_size=max_batch, max_queue_rows=10_000)
+
+        async def main() -> None:
+            requests = [images(n, 7 * i) for i, n in enumerate(sizes)]
+            results = await asyncio.gather(*(batcher.submit(r) for r in requests))
+            for rows, result in zip(requests, results, strict=True):
+                check(rows, result)
+            await batcher.close()
+
+        asyncio.run(main())

@@ -47,8 +47,10 @@ RETRAIN_FLAGS ?=
 train: $(VENV)/.dev-stamp $(DATA)
 	$(BIN)/python -m training retrain --data $(DATA) $(RETRAIN_FLAGS)
 
+# Benchmarks, not tests: training throughput, then the serving benchmark (real server + load).
 bench: $(VENV)/.dev-stamp $(DATA)
 	$(BIN)/python scripts/bench_train.py --data $(DATA)
+	$(BIN)/python scripts/bench_serve.py
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache .mypy_cache .ruff_cache

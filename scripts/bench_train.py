@@ -26,6 +26,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scripts.report import write_section  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.data import load_cifar10  # noqa: E402
 from training.train import build_classifier, resolve_device  # noqa: E402
@@ -122,10 +123,7 @@ def main() -> None:
     )
     report = "\n".join(
         [
-            "# Benchmarks",
-            "",
-            "Written by `make bench` (`python scripts/bench_train.py`); rerun it to refresh.",
-            "The machine is shared and noisy: compare figures from one run only.",
+            "## Training",
             "",
             f"- When: {datetime.now(UTC).isoformat(timespec='seconds')}",
             f"- Machine: {machine}",
@@ -137,11 +135,9 @@ def main() -> None:
             "| what | throughput | epoch |",
             "|---|---|---|",
             *lines,
-            "",
         ]
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
+    write_section(args.out, "training", report)
     print(report)
 
 

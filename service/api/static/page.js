@@ -98,9 +98,11 @@ async function analyse(file) {
     const result = await api(`/v1/models/${model}:classify?top_k=5`, {
       method: "POST", body: imageForm(),
     });
-    $("predictions").replaceChildren(...result.predictions[0].map((p) => el("li", {},
-      `${p.name} `, el("strong", {}, `${(100 * p.probability).toFixed(1)}%`),
-      el("span", { class: "bar", style: `width: ${Math.round(150 * p.probability)}px` }))));
+    $("predictions").replaceChildren(...result.predictions[0].map((p) => {
+      const bar = el("span", { class: "bar" });
+      bar.style.width = `${Math.round(150 * p.probability)}px`;  // CSSOM: allowed by the CSP
+      return el("li", {}, `${p.name} `, el("strong", {}, `${(100 * p.probability).toFixed(1)}%`), bar);
+    }));
   } catch (error) {
     $("predictions").replaceChildren(el("li", { class: "error" }, error.message));
     status("");

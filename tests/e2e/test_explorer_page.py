@@ -1,0 +1,135 @@
+"""The explorer page in a real headless Chromium against a real uvicorn server.
+
+Skipped, saying why, where no Chromium is installed (Debian: ``apt-get install chromium``).
+Set ``EXPLORER_SCREENSHOTS=<folder>`` to keep the screenshots it takes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+
+from service.api.app import create_app
+from service.settings import Settings
+from tests.conftest import make_model_repo
+from tests.e2e.chromium import Chromium, find_chromium
+
+CHROMIUM = find_chromium()
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no Chromium here (apt-get install chromium, or set CHROMIUM=<binary>): "
+    "the explorer page was not checked in a browser",
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    repo = make_model_repo(tmp_path_factory.mktemp("explorer"))
+    settings = Settings(model_repository=repo, providers=["CPUExecutionProvider"])
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Chromium]:
+    assert CHROMIUM is not None
+    with Chromium(CHROMIUM, tmp_path / "profile") as chromium:
+        yield chromium
+
+
+def _keep(screenshot: Path) -> None:
+    folder = os.environ.get("EXPLORER_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(screenshot, Path(folder) / screenshot.name)
+
+
+def test_page_classifies_an_upload_and_shows_feature_maps_and_the_calculator(
+    server: str, browser: Chromium, tmp_path: Path
+) -> None:
+    browser.open(server + "/")
+    # The served model's layer table, read from the graph.
+    assert browser.wait_for("document.querySelectorAll('#layer-table tbody tr').length") == 8
+    assert "122,570 parameters" in browser.evaluate("$('layer-title').textContent")
+
+    # The calculator tab starts from the lecture's model.
+    browser.click("#tab-shapes")
+    assert browser.evaluate("$('panel-shapes').hidden") is False
+    assert browser.wait_for("$('calc-total').textContent === '122,570' && 'ok'") == "ok"
+    rows = browser.evaluate("[...document.querySelectorAll('#calc-table tbody tr')].length")
+    assert rows == 8
+    browser.screenshot(tmp_path / "explorer-calculator.png")
+    _keep(tmp_path / "explorer-calculator.png")
+
+    # An impossible stack shows the service's 422 message.
+    browser.evaluate(
+        '(() => { const t = $(\'layers\'); t.value = \'[{"type": "dense", "units": 4}]\';'
+        " t.dispatchEvent(new Event('input')); })()"
+    )
+    error = browser.wait_for("!$('calc-error').hidden && $('calc-error').textContent")
+    assert "add a flatten layer" in error
+    assert browser.evaluate("$('calc-total').textContent") == "-"
+
+    # Upload an image: top classes and one feature-map grid per conv/pool layer.
+    browser.click("#tab-classify")
+    pixels = np.random.default_rng(4).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    upload = tmp_path / "upload.png"
+    Image.fromarray(pixels).save(upload)
+    browser.set_file("#file", upload)
+    shown = browser.wait_for(
+        "document.querySelectorAll('#predictions li strong').length === 5 && "
+        "[...document.querySelectorAll('#predictions li')].map(li => li.textContent)"
+    )
+    expected = httpx.post(
+        f"{server}/v1/models/cifar10_cnn:classify",
+        files={"file": ("upload.png", upload.read_bytes(), "image/png")},
+        params={"top_k": 5},
+    ).json()["predictions"][0]
+    assert [text.split(" ")[0] for text in shown] == [p["name"] for p in expected]
+    assert shown[0].endswith(f"{100 * expected[0]['probability']:.1f}%")
+    bar = "document.querySelector('#predictions .bar').getBoundingClientRect().width"
+    assert browser.evaluate(bar) == round(150 * expected[0]["probability"])
+
+    loaded = browser.wait_for(
+        "(() => { const imgs = [...document.querySelectorAll('#feature-maps figure img')];"
+        " return imgs.length === 5 && imgs.every(i => i.complete && i.naturalWidth > 0)"
+        " && imgs.map(i => [i.closest('figure').dataset.layer, i.naturalWidth, i.naturalHeight]);"
+        " })()"
+    )
+    assert [name for name, _, _ in loaded] == [
+        "conv2d", "max_pooling2d", "conv2d_1", "max_pooling2d_1", "conv2d_2",
+    ]  # fmt: skip
+    browser.screenshot(tmp_path / "explorer-classify.png")
+    _keep(tmp_path / "explorer-classify.png")
+    shot = Image.open(io.BytesIO((tmp_path / "explorer-classify.png").read_bytes()))
+    assert shot.width >= 1000
+
+    # Nothing left the server: every request went to it (or stayed in the page).
+    outside = [u for u in browser.requested if not u.startswith((server, "blob:", "data:"))]
+    assert not outside, json.dumps(outside)
+    assert any("/activations" in u for u in browser.requested)
+    # The 422 above is the one expected error; nothing else (scripts, CSP) went wrong.
+    unexpected = [e for e in browser.errors if "/v1/shapes" not in e or "422" not in e]
+    assert not unexpected, unexpected

@@ -490,7 +490,7 @@ class ModelRepository:
         swapped in meanwhile does not close it under the request.
         """
         held = _held.get()
-        while True:
+        for _ in range(100):  # a retired runtime is already out of the current state: 1 retry
             entry = self.entry(name, version)
             runtime = entry.runtime
             if runtime is None:
@@ -510,6 +510,7 @@ class ModelRepository:
                 held.append(runtime)
                 return runtime
             # Retired between the lookup and the acquire: the new state is already in place.
+        raise ModelNotReady(f"model {name!r} is being swapped; try again")
 
     def served(self) -> list[ModelVersion]:
         """The version each model serves to unversioned URLs (ready or not)."""

@@ -7,7 +7,7 @@ TARBALL := ../shared/data/cifar10-jpeg.tar.gz
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
 
-.PHONY: serve test lint train bench data clean
+.PHONY: serve test lint browser train bench data clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,7 +31,15 @@ lint: $(VENV)/.dev-stamp
 	$(BIN)/mypy --strict service
 	$(BIN)/mypy training tests scripts
 
-test: lint
+# Debian's chromium for the explorer page's browser test, where this machine lets us install it;
+# elsewhere that test is skipped with a message.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null); } || \
+	  echo "chromium not installed: the browser test will be skipped"
+
+test: lint browser
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # CIFAR-10 (JPEG copy) extracted into the git-ignored data/ folder.

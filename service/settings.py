@@ -32,6 +32,15 @@ class Settings(BaseSettings):
     port: int = Field(
         default=8000, ge=0, le=65535, description="TCP port uvicorn binds to (0: any free)."
     )
+    grpc_port: int = Field(
+        default=8001,
+        ge=-1,
+        le=65535,
+        description=(
+            "TCP port of the Open Inference Protocol gRPC service, on HOST beside REST "
+            "(0: any free, -1: no gRPC). Used by python -m service."
+        ),
+    )
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
         description=(
@@ -80,6 +89,34 @@ class Settings(BaseSettings):
         default="info", description="Log level of the service and uvicorn."
     )
 
+    dynamic_batching: bool = Field(
+        default=True,
+        description=(
+            "Coalesce concurrent requests for a model version into shared onnxruntime runs "
+            "(false: each request is one run)."
+        ),
+    )
+    max_batch_size: int = Field(
+        default=64,
+        ge=1,
+        description=(
+            "Most images in one onnxruntime run; larger requests are split and joined again."
+        ),
+    )
+    max_batch_delay_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=1000,
+        description=(
+            "Extra wait for company before a run (0: run whatever is queued as soon as the "
+            "model is free, which batches under load and adds nothing for a lone client)."
+        ),
+    )
+    max_queue_images: int = Field(
+        default=2048,
+        ge=1,
+        description="Images waiting for a model before new requests get 503 with Retry-After.",
+    )
     poll_interval_s: float = Field(
         default=2.0,
         ge=0,

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.codec import dumps
 from service.core.errors import (
+    Overloaded,
     PayloadTooLarge,
     ServingError,
     Unauthorized,
@@ -36,6 +37,7 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
+RETRY_AFTER_S = "1"  # what an overloaded server tells clients to wait (seconds)
 
 
 class JSONResponse(Response):
@@ -66,9 +68,7 @@ class ServiceState:
         limit = self.settings.max_images_per_request
         if pixels.shape[0] > limit:
             raise PayloadTooLarge(f"{pixels.shape[0]} images, more than the limit of {limit}")
-        result, seconds = await runtime.infer(pixels, outputs)
-        self.metrics.observe_run(runtime.name, runtime.version, pixels.shape[0], seconds)
-        return result
+        return await runtime.infer(pixels, outputs)
 
 
 def service_state(request: Request) -> ServiceState:
@@ -175,16 +175,22 @@ def create_app(settings: Settings) -> FastAPI:
     """The service for ``settings``; the repository loads when the app starts (lifespan)."""
     from service.api.routes import explore, inspect, model_repository, ops, v1, v2
 
+    metrics = Metrics()
     options = RuntimeOptions(
         providers=tuple(settings.providers),
         intra_op_threads=settings.intra_op_threads,
         inter_op_threads=settings.inter_op_threads,
         graph_optimization_level=settings.graph_optimization_level,
         warm_up=settings.warm_up,
+        dynamic_batching=settings.dynamic_batching,
+        max_batch_size=settings.max_batch_size,
+        max_batch_delay_ms=settings.max_batch_delay_ms,
+        max_queue_images=settings.max_queue_images,
+        on_batch=metrics.observe_batch,
     )
     policy = VersionPolicy.parse(settings.version_policy)
     repository = ModelRepository(settings.model_repository, options, policy)
-    state = ServiceState(settings, repository, Metrics())
+    state = ServiceState(settings, repository, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -217,6 +223,8 @@ def create_app(settings: Settings) -> FastAPI:
         response = error_response(exc.status, exc.message)
         if isinstance(exc, Unauthorized):
             response.headers["WWW-Authenticate"] = "Bearer"
+        elif isinstance(exc, Overloaded):
+            response.headers["Retry-After"] = RETRY_AFTER_S
         return response
 
     async def validation_error(request: Request, exc: Exception) -> Response:

@@ -64,8 +64,9 @@ class DynamicBatcher:
         self._on_batch = on_batch
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
-        self._wakeup: asyncio.Event | None = None
-        self._worker: asyncio.Task[None] | None = None
+        self._busy = False  # a run is on the model's thread
+        self._drain: asyncio.Task[None] | None = None
+        self._arrived: asyncio.Event | None = None  # set on each enqueue, for the delay's wait
         self._closed = False
 
     @property
@@ -80,33 +81,52 @@ class DynamicBatcher:
         if self._closed:
             raise Overloaded("the model is shutting down; retry")
         n = len(rows)
+        idle = not self._busy and not self._queue and self.max_batch_delay_s == 0
+        if idle and 0 < n <= self.max_batch_size:  # run at once, exactly as without batching
+            return await self._run_alone(rows)
         if self._queued_rows + n > self.max_queue_rows and self._queued_rows > 0:
             raise Overloaded(
                 f"the batch queue is full ({self._queued_rows} images waiting); retry shortly"
             )
         loop = asyncio.get_running_loop()
-        self._ensure_worker(loop)
-        chunks = [rows[i : i + self.max_batch_size] for i in range(0, n, self.max_batch_size)]
         futures: list[asyncio.Future[Outputs]] = []
-        for chunk in chunks:
+        for i in range(0, n, self.max_batch_size):
+            chunk = rows[i : i + self.max_batch_size]
             future: asyncio.Future[Outputs] = loop.create_future()
             self._queue.append(_Pending(chunk, future))
             self._queued_rows += len(chunk)
             futures.append(future)
-        assert self._wakeup is not None
-        self._wakeup.set()
+        if self._arrived is not None:
+            self._arrived.set()
+        self._kick()
         if len(futures) == 1:
             return await futures[0]
         parts = await asyncio.gather(*futures)
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
-    def _ensure_worker(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._worker is None or self._worker.done():
-            self._wakeup = asyncio.Event()
-            self._worker = loop.create_task(self._work(), name="dynamic-batcher")
+    async def _run_alone(self, rows: np.ndarray) -> Outputs:
+        self._busy = True
+        try:
+            return await self._run(rows, requests=1)
+        finally:
+            self._busy = False
+            self._kick()
+
+    async def _run(self, images: np.ndarray, requests: int) -> Outputs:
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        outputs = await loop.run_in_executor(self._executor, self._run_batch, images)
+        if self._on_batch is not None:
+            self._on_batch(BatchStats(len(images), requests, time.perf_counter() - start))
+        return outputs
+
+    def _kick(self) -> None:
+        """Start draining the queue unless a run or a drain is already under way."""
+        if self._queue and not self._busy and (self._drain is None or self._drain.done()):
+            self._drain = asyncio.get_running_loop().create_task(self._drain_queue())
 
     def _take(self) -> list[_Pending]:
-        """Pop whole requests (chunks) up to ``max_batch_size`` rows, oldest first."""
+        """Pop whole chunks up to ``max_batch_size`` rows, oldest first."""
         batch: list[_Pending] = []
         rows = 0
         while self._queue and rows + len(self._queue[0].rows) <= self.max_batch_size:
@@ -118,52 +138,56 @@ class DynamicBatcher:
             rows += len(item.rows)
         return batch
 
-    async def _work(self) -> None:
-        assert self._wakeup is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._queue:
-                if self._closed:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            if self.max_batch_delay_s > 0 and self._queued_rows < self.max_batch_size:
-                deadline = self._queue[0].enqueued + self.max_batch_delay_s
-                while self._queued_rows < self.max_batch_size:
-                    remaining = deadline - time.perf_counter()
-                    if remaining <= 0:
-                        break
-                    self._wakeup.clear()
-                    try:
-                        await asyncio.wait_for(self._wakeup.wait(), remaining)
-                    except TimeoutError:
-                        break
-            batch = self._take()
-            if not batch:
-                continue
-            images = batch[0].rows if len(batch) == 1 else np.concatenate([b.rows for b in batch])
-            start = time.perf_counter()
+    async def _wait_for_company(self) -> None:
+        deadline = self._queue[0].enqueued + self.max_batch_delay_s
+        self._arrived = self._arrived or asyncio.Event()
+        while self._queued_rows < self.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
             try:
-                outputs = await loop.run_in_executor(self._executor, self._run_batch, images)
-            except Exception as exc:  # the whole batch failed: every request in it hears why
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return
+
+    async def _drain_queue(self) -> None:
+        while self._queue and not self._busy:
+            self._busy = True
+            try:
+                if self.max_batch_delay_s > 0:
+                    await self._wait_for_company()
+                batch = self._take()
+                if not batch:
+                    continue
+                images = (
+                    batch[0].rows if len(batch) == 1 else np.concatenate([b.rows for b in batch])
+                )
+                try:
+                    outputs = await self._run(images, requests=len(batch))
+                except Exception as exc:  # the whole batch failed: every request in it hears why
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(exc)
+                    continue
+                offset = 0
                 for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            if self._on_batch is not None:
-                self._on_batch(BatchStats(len(images), len(batch), time.perf_counter() - start))
-            offset = 0
-            for item in batch:
-                end = offset + len(item.rows)
-                if not item.future.done():  # a cancelled request just drops its rows
-                    item.future.set_result({k: v[offset:end] for k, v in outputs.items()})
-                offset = end
+                    end = offset + len(item.rows)
+                    if not item.future.done():  # a cancelled request just drops its rows
+                        item.future.set_result({k: v[offset:end] for k, v in outputs.items()})
+                    offset = end
+            finally:
+                self._busy = False
+
+    def stop(self) -> None:
+        """Refuse new work (from any thread); what is queued still runs."""
+        self._closed = True
 
     async def close(self) -> None:
         """Refuse new work; queued and running requests still get their answers."""
         self._closed = True
-        if self._worker is not None and not self._worker.done():
-            assert self._wakeup is not None
-            self._wakeup.set()
-            await self._worker
+        while self._busy or self._queue or (self._drain is not None and not self._drain.done()):
+            if self._drain is not None and not self._drain.done():
+                await self._drain
+            else:
+                await asyncio.sleep(0.001)

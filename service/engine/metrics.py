@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from service.engine.batcher import BatchStats
+
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -24,6 +26,19 @@ class Metrics:
             "http_request_duration_seconds",
             "Time from the request's arrival to the end of its response.",
             ["endpoint"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.grpc_requests = Counter(
+            "grpc_requests",
+            "gRPC calls by method and status code.",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.grpc_latency = Histogram(
+            "grpc_request_duration_seconds",
+            "Time a gRPC call spent in its handler.",
+            ["method"],
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
@@ -47,12 +62,21 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.batch_requests = Histogram(
+            "inference_batch_requests",
+            "Requests whose images shared one session.run (dynamic batching).",
+            ["model", "version"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
 
-    def observe_run(self, model: str, version: int, rows: int, seconds: float) -> None:
+    def observe_batch(self, model: str, version: int, stats: BatchStats) -> None:
+        """One session.run: its rows, the requests it served, and its time."""
         labels = (model, str(version))
-        self.images.labels(*labels).inc(rows)
-        self.inference.labels(*labels).observe(seconds)
-        self.batch_size.labels(*labels).observe(rows)
+        self.images.labels(*labels).inc(stats.rows)
+        self.inference.labels(*labels).observe(stats.seconds)
+        self.batch_size.labels(*labels).observe(stats.rows)
+        self.batch_requests.labels(*labels).observe(stats.requests)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,9 +11,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ import onnxruntime as ort
 
 from service.core.card import ModelCard, TensorSpec
 from service.core.errors import InvalidCard, ServingError
+from service.engine.batcher import BatchStats, DynamicBatcher
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,23 @@ GRAPH_OPTIMIZATION = {
 CPU = "CPUExecutionProvider"
 
 
+BatchObserver = Callable[[str, int, BatchStats], None]  # (model, version, what one run did)
+
+
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How sessions are built; the repository passes the same options to every model."""
+    """How sessions are built and fed; the repository passes the same options to every model."""
 
     providers: tuple[str, ...] = ("CUDAExecutionProvider", CPU)
     intra_op_threads: int = 0
     inter_op_threads: int = 1
     graph_optimization_level: str = "all"
     warm_up: bool = True
+    dynamic_batching: bool = True
+    max_batch_size: int = 64
+    max_batch_delay_ms: float = 0.0
+    max_queue_images: int = 2048
+    on_batch: BatchObserver | None = field(default=None, compare=False)
 
 
 def resolve_providers(requested: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -105,6 +114,7 @@ class ModelRuntime:
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"ort-{card.name}-{card.version}"
         )
+        self._batcher: DynamicBatcher | None = None  # made on first use, in the serving loop
         self._lock = threading.Lock()
         self._users = 0  # requests holding this runtime (see ``acquire``)
         self._retired = False
@@ -141,21 +151,42 @@ class ModelRuntime:
             raise ServingError(f"inference failed for model {self.name!r}") from exc
         return {n: np.asarray(r) for n, r in zip(names, results, strict=True)}
 
+    def _run_batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output for a batch, timed for the metrics (on the model's thread)."""
+        start = time.perf_counter()
+        result = self.run(images)
+        if self.options.on_batch is not None and not self.options.dynamic_batching:
+            stats = BatchStats(len(images), 1, time.perf_counter() - start)
+            self.options.on_batch(self.name, self.version, stats)
+        return result
+
+    def _observe(self, stats: BatchStats) -> None:
+        if self.options.on_batch is not None:
+            self.options.on_batch(self.name, self.version, stats)
+
     async def infer(
         self, images: np.ndarray, outputs: Sequence[str] | None = None
-    ) -> tuple[dict[str, np.ndarray], float]:
-        """Run a batch on the model's own thread; returns the outputs and the seconds spent.
+    ) -> dict[str, np.ndarray]:
+        """Run validated images on the model's own thread and return their outputs.
 
-        The seam for a dynamic batcher: callers hand over one validated array and await rows.
+        With dynamic batching, concurrent calls share runs (``DynamicBatcher``); without it each
+        call is one run. Either way the event loop never waits on onnxruntime.
         """
-        loop = asyncio.get_running_loop()
-
-        def timed() -> tuple[dict[str, np.ndarray], float]:
-            start = time.perf_counter()
-            result = self.run(images, outputs)
-            return result, time.perf_counter() - start
-
-        return await loop.run_in_executor(self._executor, timed)
+        if self.options.dynamic_batching:
+            if self._batcher is None:
+                self._batcher = DynamicBatcher(
+                    self._run_batch,
+                    self._executor,
+                    max_batch_size=self.options.max_batch_size,
+                    max_batch_delay_ms=self.options.max_batch_delay_ms,
+                    max_queue_rows=self.options.max_queue_images,
+                    on_batch=self._observe,
+                )
+            result = await self._batcher.submit(images)
+        else:
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._executor, self._run_batch, images)
+        return {name: result[name] for name in outputs} if outputs else result
 
     def warm_up(self) -> None:
         """One batch of zeros, so the first request does not pay for lazy initialisation."""
@@ -195,5 +226,7 @@ class ModelRuntime:
                 return
             self.closed = True
         # Every holder has released it, so the thread is idle and the join is immediate.
+        if self._batcher is not None:
+            self._batcher.stop()
         self._executor.shutdown(wait=True)
         log.debug("%s v%d closed", self.name, self.version)

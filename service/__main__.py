@@ -1,6 +1,6 @@
-"""Serve the model repository over HTTP.
+"""Serve the model repository over HTTP and gRPC, in one process and event loop.
 
-    python -m service --host 127.0.0.1 --port 8000        (or: make serve)
+    python -m service --host 127.0.0.1 --port 8000 --grpc-port 8001        (or: make serve)
 
 Settings come from the environment (see ``service/settings.py``); the flags override them.
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 import uvicorn
 
 from service.api.app import create_app
+from service.api.grpc_server import serve_grpc
 from service.settings import Settings
 
 
@@ -21,6 +22,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.splitlines()[0])
     parser.add_argument("--host", help="interface to bind (HOST)")
     parser.add_argument("--port", type=int, help="TCP port, 0 for any free one (PORT)")
+    parser.add_argument(
+        "--grpc-port", type=int, help="gRPC port, 0 for any free one, -1 for none (GRPC_PORT)"
+    )
     parser.add_argument("--model-repository", type=Path, help="models folder (MODEL_REPOSITORY)")
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     args = parser.parse_args(argv)
@@ -29,8 +33,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    app = create_app(settings)
+    if settings.grpc_port >= 0:
+        serve_grpc(app)  # started and stopped by the app's lifespan, sharing its state
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -292,3 +292,35 @@ def top_k(
         [{"name": class_names[j], "index": int(j), "probability": float(row[j])} for j in indices]
         for row, indices in zip(probabilities, order, strict=True)
     ]
+
+
+def tensor_from_parts(
+    name: str,
+    datatype: str,
+    shape: Sequence[int],
+    raw: bytes | None,
+    values: list[Any] | None,
+    max_rows: int,
+) -> InputTensor:
+    """One input tensor given as raw bytes or a flat list of values (the gRPC protocol's
+    ``raw_input_contents`` and typed ``contents``), checked by the rules of the JSON and binary
+    forms above."""
+    if not name:
+        raise InvalidInput("every input needs a non-empty name")
+    where = f"input {name!r}"
+    if datatype not in NUMPY_DTYPES:
+        raise UnprocessableInput(
+            f"{where}: datatype {datatype!r} is not one of {', '.join(NUMPY_DTYPES)}"
+        )
+    checked = _shape(list(shape), where, max_rows)
+    if raw is None:
+        data = array_from_json(values if values is not None else [], datatype, checked, where)
+        return InputTensor(name, datatype, checked, data)
+    dtype = NUMPY_DTYPES[datatype]
+    expected = math.prod(checked) * dtype.itemsize
+    if len(raw) != expected:
+        raise UnprocessableInput(
+            f"{where}: {len(raw)} bytes of raw data but shape {checked} of {datatype} needs "
+            f"{expected}"
+        )
+    return InputTensor(name, datatype, checked, np.frombuffer(raw, dtype=dtype).reshape(checked))

@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import SecretStr
 
 from service.api.app import read_json_body, service_state
 from service.api.codec import loads
 from service.api.schemas import RepositoryIndexEntry, errors
 from service.core.errors import Forbidden, InvalidInput, Unauthorized
-from service.engine.repository import ModelState
+from service.engine.repository import ModelRepository, ModelState
 
 
 def is_loopback(host: str | None) -> bool:
@@ -34,21 +35,43 @@ def is_loopback(host: str | None) -> bool:
     return address.is_loopback
 
 
-def require_admin(request: Request) -> None:
-    """401 without the bearer token, 403 with a wrong one or, tokenless, from off the host."""
-    token = service_state(request).settings.admin_token
+def check_admin(token: SecretStr | None, host: str | None, authorization: str) -> None:
+    """The repository API's rule, for REST and gRPC alike: 401 without the bearer token, 403 with
+    a wrong one or, tokenless, from off the host (``host``: the client's IP address)."""
     if token is None:
-        host = request.client.host if request.client else None
         if not is_loopback(host):
             raise Forbidden(
                 "the repository API answers loopback clients only unless ADMIN_TOKEN is set"
             )
         return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    scheme, _, given = authorization.partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         raise Unauthorized("the repository API needs 'Authorization: Bearer <ADMIN_TOKEN>'")
     if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
         raise Forbidden("wrong bearer token for the repository API")
+
+
+def require_admin(request: Request) -> None:
+    check_admin(
+        service_state(request).settings.admin_token,
+        request.client.host if request.client else None,
+        request.headers.get("authorization", ""),
+    )
+
+
+def index_rows(repository: ModelRepository, ready: bool) -> list[dict[str, Any]]:
+    """The repository index, or only its READY rows."""
+    rows = repository.index()
+    return [r for r in rows if r["state"] == ModelState.READY.value] if ready else rows
+
+
+def check_load_parameters(names: Iterable[str]) -> None:
+    """Load's ``config`` and ``file:`` overrides are refused: versions come from the repository."""
+    overrides = sorted(k for k in names if k == "config" or str(k).startswith("file:"))
+    if overrides:
+        raise InvalidInput(
+            f"parameters {overrides} are not supported: publish the version into the repository"
+        )
 
 
 router = APIRouter(
@@ -83,8 +106,7 @@ async def index(request: Request) -> list[dict[str, Any]]:
     ready = body.get("ready", False)
     if not isinstance(ready, bool):
         raise InvalidInput("'ready' must be true or false")
-    rows = service_state(request).repository.index()
-    return [r for r in rows if r["state"] == ModelState.READY.value] if ready else rows
+    return index_rows(service_state(request).repository, ready)
 
 
 @router.post(
@@ -94,11 +116,7 @@ async def index(request: Request) -> list[dict[str, Any]]:
 )
 async def load(request: Request, name: str) -> dict[str, Any]:
     parameters = (await _request_object(request)).get("parameters", {})
-    overrides = sorted(k for k in parameters if k == "config" or str(k).startswith("file:"))
-    if overrides:
-        raise InvalidInput(
-            f"parameters {overrides} are not supported: publish the version into the repository"
-        )
+    check_load_parameters(parameters)
     await asyncio.to_thread(service_state(request).repository.load_model, name)
     return {}
 

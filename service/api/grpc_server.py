@@ -1,0 +1,335 @@
+"""The Open Inference Protocol over gRPC (``inference.GRPCInferenceService``), beside REST.
+
+    python -m service        (REST on PORT, gRPC on GRPC_PORT, default 8001; -1: no gRPC)
+
+A thin adapter like the REST routes: the messages are the protocol's published ones, compiled in
+``tritonclient.grpc``; models, limits, metrics and errors are the app's ``ServiceState``, and
+``ServingError`` statuses become gRPC codes in ``grpc_code``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+from typing import Any
+
+import grpc
+import numpy as np
+from fastapi import FastAPI
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+from service.api.app import VERSION, ServiceState
+from service.api.codec import DATATYPES, InputTensor, tensor_from_parts, to_pixels
+from service.api.routes.model_repository import check_admin, check_load_parameters, index_rows
+from service.core.card import TensorSpec
+from service.core.errors import (
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    ServingError,
+    UnprocessableInput,
+)
+from service.engine.repository import ModelState, lease_scope
+
+log = logging.getLogger(__name__)
+
+GRACE_S = 5.0  # how long calls in flight may take to finish when the server stops
+INTERNAL_MESSAGE = "internal server error"
+PLATFORM = "onnxruntime_onnx"
+
+# The one place REST statuses become gRPC codes; anything else is INTERNAL, shown generically.
+GRPC_CODES: dict[int, grpc.StatusCode] = {
+    HTTPStatus.BAD_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+    HTTPStatus.UNPROCESSABLE_ENTITY: grpc.StatusCode.INVALID_ARGUMENT,
+    HTTPStatus.UNSUPPORTED_MEDIA_TYPE: grpc.StatusCode.INVALID_ARGUMENT,
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    HTTPStatus.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    HTTPStatus.SERVICE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    HTTPStatus.UNAUTHORIZED: grpc.StatusCode.UNAUTHENTICATED,
+    HTTPStatus.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
+}
+
+# Typed ``InferTensorContents`` field of each datatype (FP16 travels only as raw bytes).
+CONTENTS_FIELDS = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+}
+
+
+def grpc_code(status: int) -> grpc.StatusCode:
+    code: grpc.StatusCode = GRPC_CODES.get(status, grpc.StatusCode.INTERNAL)
+    return code
+
+
+def peer_host(peer: str) -> str | None:
+    """The client's IP address from grpc's peer string (``ipv4:127.0.0.1:5555``,
+    ``ipv6:[::1]:5555``, URL-quoted in some grpc versions); None for anything else."""
+    kind, _, address = urllib.parse.unquote(peer).partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return None
+    return address.rpartition(":")[0].strip("[]") or None
+
+
+Handler = Callable[["InferenceServicer", Any, Any], Awaitable[Any]]
+
+
+def rpc(method: Handler) -> Handler:
+    """Run a handler inside ``lease_scope`` (the runtimes it takes stay open until it returns),
+    count and time it, and turn its errors into gRPC status codes."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def call(self: InferenceServicer, request: Any, context: Any) -> Any:
+        start = time.perf_counter()
+        code, message = grpc.StatusCode.OK, ""
+        try:
+            with lease_scope():
+                return await method(self, request, context)
+        except ServingError as exc:
+            code = grpc_code(exc.status)
+            message = exc.message
+            if code is grpc.StatusCode.INTERNAL:
+                log.error("gRPC %s failed", name, exc_info=exc)
+                message = INTERNAL_MESSAGE
+            elif exc.status >= 500 and not isinstance(exc.__cause__, ServingError):
+                log.warning("gRPC %s: %s", name, exc.message)
+        except Exception as exc:
+            log.error("gRPC %s failed", name, exc_info=exc)
+            code, message = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+        finally:
+            metrics = self.state.metrics
+            metrics.grpc_requests.labels(name, code.name).inc()
+            metrics.grpc_latency.labels(name).observe(time.perf_counter() - start)
+        await context.abort(code, message)
+
+    return call
+
+
+def _tensor_metadata(spec: TensorSpec) -> Any:
+    return service_pb2.ModelMetadataResponse.TensorMetadata(
+        name=spec.name, datatype=spec.datatype, shape=spec.shape
+    )
+
+
+def _config_tensor(kind: Any, spec: TensorSpec) -> Any:
+    data_type = model_config_pb2.DataType.Value(f"TYPE_{spec.datatype}")
+    return kind(name=spec.name, data_type=data_type, dims=spec.shape[1:])  # batch axis implied
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """The protocol's calls on the shared ``ServiceState``; the others answer UNIMPLEMENTED."""
+
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+
+    @rpc
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return service_pb2.ServerLiveResponse(live=True)
+
+    @rpc
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return service_pb2.ServerReadyResponse(ready=self.state.repository.ready)
+
+    @rpc
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        # As Triton: an unknown or unready model is "not ready", not an error.
+        try:
+            self.state.repository.get(request.name, request.version or None)
+        except (ModelNotFound, ModelNotReady):
+            return service_pb2.ModelReadyResponse(ready=False)
+        return service_pb2.ModelReadyResponse(ready=True)
+
+    @rpc
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return service_pb2.ServerMetadataResponse(
+            name="cifar-serve",
+            version=VERSION,
+            extensions=["model_repository", "model_configuration"],
+        )
+
+    @rpc
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        repository = self.state.repository
+        runtime = repository.get(request.name, request.version or None)
+        ready = [
+            str(e.version) for e in repository.versions(request.name) if e.state is ModelState.READY
+        ]
+        return service_pb2.ModelMetadataResponse(
+            name=request.name,
+            versions=ready,
+            platform=PLATFORM,
+            inputs=[_tensor_metadata(t) for t in runtime.card.inputs],
+            outputs=[_tensor_metadata(t) for t in runtime.card.outputs],
+        )
+
+    @rpc
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        """Tensors, the batch limit, and what the metadata message has no room for: the class
+        names and execution providers (as JSON strings in ``parameters``)."""
+        runtime = self.state.repository.get(request.name, request.version or None)
+        card = runtime.card
+        parameters = {
+            "class_names": json.dumps(card.class_names),
+            "execution_providers": json.dumps(runtime.providers),
+        }
+        config = model_config_pb2.ModelConfig(
+            name=request.name,
+            platform=PLATFORM,
+            backend="onnxruntime",
+            max_batch_size=self.state.settings.max_images_per_request,
+            input=[_config_tensor(model_config_pb2.ModelInput, t) for t in card.inputs],
+            output=[_config_tensor(model_config_pb2.ModelOutput, t) for t in card.outputs],
+            parameters={
+                k: model_config_pb2.ModelParameter(string_value=v) for k, v in parameters.items()
+            },
+        )
+        return service_pb2.ModelConfigResponse(config=config)
+
+    @rpc
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        state = self.state
+        name = request.model_name
+        runtime = state.repository.get(name, request.model_version or None)
+        inputs = _input_tensors(request, state.settings.max_images_per_request)
+        if len(inputs) != 1 or inputs[0].name != runtime.input.name:
+            given = [t.name for t in inputs]
+            raise UnprocessableInput(
+                f"model {name!r} takes one input {runtime.input.name!r}, the request gives {given}"
+            )
+        pixels = to_pixels(inputs[0], runtime.image_shape)
+        requested = [o.name for o in request.outputs]
+        unknown = sorted(set(requested) - set(runtime.output_names))
+        if unknown:
+            raise UnprocessableInput(
+                f"unknown output(s) {unknown}; model {name!r} has {runtime.output_names}"
+            )
+        if any("classification" in o.parameters for o in request.outputs):
+            raise InvalidInput("the classification extension is not supported; ask for tensors")
+        outputs = await state.infer(runtime, pixels, requested or None)
+        response = service_pb2.ModelInferResponse(
+            model_name=name, model_version=str(runtime.version), id=request.id
+        )
+        for output_name, array in outputs.items():
+            response.outputs.add(
+                name=output_name, datatype=DATATYPES[array.dtype], shape=list(array.shape)
+            )
+            response.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+        return response
+
+    # -- the model repository extension: the REST routes' rules (model_repository.py) -------
+
+    def _require_admin(self, context: Any) -> None:
+        metadata = {m.key: m.value for m in context.invocation_metadata() or ()}
+        authorization = metadata.get("authorization", "")
+        check_admin(
+            self.state.settings.admin_token,
+            peer_host(context.peer()),
+            authorization if isinstance(authorization, str) else "",
+        )
+
+    @rpc
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        self._require_admin(context)
+        rows = index_rows(self.state.repository, request.ready)
+        return service_pb2.RepositoryIndexResponse(
+            models=[service_pb2.RepositoryIndexResponse.ModelIndex(**row) for row in rows]
+        )
+
+    @rpc
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        self._require_admin(context)
+        check_load_parameters(request.parameters.keys())
+        await asyncio.to_thread(self.state.repository.load_model, request.model_name)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    @rpc
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        self._require_admin(context)
+        await asyncio.to_thread(self.state.repository.unload_model, request.model_name)
+        return service_pb2.RepositoryModelUnloadResponse()
+
+
+def _input_tensors(request: Any, max_rows: int) -> list[InputTensor]:
+    """The request's inputs: all in ``raw_input_contents`` (tritonclient's way) or all typed."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(
+            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; give one per input"
+        )
+    if not request.inputs:
+        raise InvalidInput("'inputs' must be a non-empty list of tensors")
+    tensors = []
+    for i, tensor in enumerate(request.inputs):
+        values: list[Any] | None = None
+        if not raw:
+            field = CONTENTS_FIELDS.get(tensor.datatype)
+            if field is None:
+                raise UnprocessableInput(
+                    f"input {tensor.name!r}: {tensor.datatype} data must come in raw_input_contents"
+                )
+            values = list(getattr(tensor.contents, field))
+        tensors.append(
+            tensor_from_parts(
+                tensor.name,
+                tensor.datatype,
+                list(tensor.shape),
+                raw[i] if raw else None,
+                values,
+                max_rows,
+            )
+        )
+    return tensors
+
+
+async def start_grpc_server(state: ServiceState) -> tuple[Any, int]:
+    """A started ``grpc.aio`` server on ``HOST:GRPC_PORT`` and the port it bound."""
+    settings = state.settings
+    limit = (
+        settings.max_request_bytes
+    )  # the REST body limit; over it gRPC answers RESOURCE_EXHAUSTED
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ]
+    )
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state), server)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    try:
+        port: int = server.add_insecure_port(f"{host}:{settings.grpc_port}")
+    except RuntimeError as exc:
+        raise RuntimeError(f"gRPC cannot bind {host}:{settings.grpc_port} ({exc})") from None
+    await server.start()
+    return server, port
+
+
+def serve_grpc(app: FastAPI) -> FastAPI:
+    """Run the gRPC service inside ``app``'s lifespan, on the same event loop and ``ServiceState``:
+    it opens once the models are loaded and closes (calls in flight get ``GRACE_S``) before they
+    are. The bound port is ``app.state.grpc_port``."""
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(scope_app: Any) -> AsyncIterator[Any]:
+        async with inner(scope_app) as value:
+            state: ServiceState = app.state.service
+            server, port = await start_grpc_server(state)
+            app.state.grpc_port = port
+            log.info("gRPC serving on %s:%d", state.settings.host, port)
+            try:
+                yield value
+            finally:
+                await server.stop(GRACE_S)
+
+    app.router.lifespan_context = lifespan
+    return app

@@ -117,6 +117,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Images waiting for a model before new requests get 503 with Retry-After.",
     )
+    v2_fast_path: bool = Field(
+        default=True,
+        description=(
+            "Answer v2 infer from a bare ASGI handler ahead of FastAPI's layers (false: through "
+            "the FastAPI route; the same answers, more overhead per request)."
+        ),
+    )
     poll_interval_s: float = Field(
         default=2.0,
         ge=0,

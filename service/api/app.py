@@ -53,6 +53,18 @@ def error_response(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def serving_error_response(exc: ServingError, method: str, path: str) -> JSONResponse:
+    """The one mapping of the project's errors to HTTP: status, ``{"error": ...}``, headers."""
+    if exc.status >= 500 and not isinstance(exc.__cause__, ServingError):
+        log.warning("%s %s: %s", method, path, exc.message)
+    response = error_response(exc.status, exc.message)
+    if isinstance(exc, Unauthorized):
+        response.headers["WWW-Authenticate"] = "Bearer"
+    elif isinstance(exc, Overloaded):
+        response.headers["Retry-After"] = RETRY_AFTER_S
+    return response
+
+
 @dataclass
 class ServiceState:
     """What the routes need, hung on ``app.state.service``."""
@@ -149,9 +161,14 @@ class RuntimeLeases:
             await self.app(scope, receive, send)
 
 
-def is_json(request: Request) -> bool:
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+def is_json_type(content_type: str | None) -> bool:
+    """JSON, or no content type at all (curl -d without -H)."""
+    media_type = (content_type or "").split(";")[0].strip().lower()
     return media_type in ("", "application/json") or media_type.endswith("+json")
+
+
+def is_json(request: Request) -> bool:
+    return is_json_type(request.headers.get("content-type"))
 
 
 async def read_json_body(request: Request) -> bytes:
@@ -218,14 +235,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     async def serving_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ServingError)
-        if exc.status >= 500 and not isinstance(exc.__cause__, ServingError):
-            log.warning("%s %s: %s", request.method, request.url.path, exc.message)
-        response = error_response(exc.status, exc.message)
-        if isinstance(exc, Unauthorized):
-            response.headers["WWW-Authenticate"] = "Bearer"
-        elif isinstance(exc, Overloaded):
-            response.headers["Retry-After"] = RETRY_AFTER_S
-        return response
+        return serving_error_response(exc, request.method, request.url.path)
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -251,6 +261,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RuntimeLeases)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     app.add_middleware(RequestMetrics, metrics=state.metrics)
+    if settings.v2_fast_path:
+        from service.api.fast_path import FastInfer
+
+        app.add_middleware(FastInfer, state=state)  # outermost: ahead of every layer above
 
     for module in (v2, model_repository, v1, inspect, explore, ops):
         app.include_router(module.router)

@@ -26,10 +26,16 @@ def make_settings(repo: Path, **changes: object) -> Settings:
     )
 
 
-@pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+@pytest.fixture(params=[True, False], ids=["fast-path", "fastapi-route"])
+async def client(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Every API test runs with v2 infer served by the fast path and by the FastAPI route."""
     settings = make_settings(
-        make_model_repo(tmp_path), max_images_per_request=8, max_request_bytes=200_000
+        make_model_repo(tmp_path),
+        max_images_per_request=8,
+        max_request_bytes=200_000,
+        v2_fast_path=request.param,
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app):

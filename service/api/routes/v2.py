@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.api.app import VERSION, ServiceState, is_json, service_state
-from service.api.codec import decode_infer_request, encode_infer_response, to_pixels
+from service.api.app import VERSION, ServiceState, service_state
+from service.api.infer import HEADER_LENGTH, v2_infer
 from service.api.schemas import (
     InferenceRequest,
     InferenceResponse,
@@ -17,17 +17,11 @@ from service.api.schemas import (
     errors,
     json_body,
 )
-from service.core.errors import (
-    InvalidInput,
-    ModelNotReady,
-    UnprocessableInput,
-    UnsupportedMediaType,
-)
+from service.core.errors import ModelNotReady
 from service.engine.repository import ModelState
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
-HEADER_LENGTH = "inference-header-content-length"
 INFER_EXAMPLE = {
     "inputs": [{"name": "images", "shape": [1, 32, 32, 3], "datatype": "UINT8", "data": [0] * 3072}]
 }
@@ -81,46 +75,16 @@ def _model_ready(state: ServiceState, name: str, version: str | None) -> dict[st
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
-    state = service_state(request)
-    runtime = state.repository.get(name, version)
-    header = request.headers.get(HEADER_LENGTH)
-    header_length: int | None = None
-    if header is not None:
-        if not header.isdigit():
-            raise InvalidInput(f"Inference-Header-Content-Length {header!r} is not a number")
-        header_length = int(header)
-    elif not is_json(request):
-        raise UnsupportedMediaType(
-            f"expected application/json (or the binary extension's header), got "
-            f"{request.headers.get('content-type')!r}"
-        )
-    infer = decode_infer_request(
-        await request.body(), header_length, state.settings.max_images_per_request
+    """Reached when the fast path is off (tests build apps either way); same answers."""
+    reply = await v2_infer(
+        service_state(request),
+        name,
+        version,
+        await request.body(),
+        request.headers.get("content-type"),
+        request.headers.get(HEADER_LENGTH),
     )
-    if len(infer.inputs) != 1 or infer.inputs[0].name != runtime.input.name:
-        given = [t.name for t in infer.inputs]
-        raise UnprocessableInput(
-            f"model {name!r} takes one input {runtime.input.name!r}, the request gives {given}"
-        )
-    pixels = to_pixels(infer.inputs[0], runtime.image_shape)
-    requested = [o.name for o in infer.outputs]
-    unknown = sorted(set(requested) - set(runtime.output_names))
-    if unknown:
-        raise UnprocessableInput(
-            f"unknown output(s) {unknown}; model {name!r} has {runtime.output_names}"
-        )
-    outputs = await state.infer(runtime, pixels, requested or None)
-    binary = {o.name: o.binary for o in infer.outputs} or dict.fromkeys(
-        outputs, infer.binary_output
-    )
-    body, json_length = encode_infer_response(name, runtime.version, infer.id, outputs, binary)
-    if json_length is None:
-        return Response(body, media_type="application/json")
-    return Response(
-        body,
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(json_length)},
-    )
+    return Response(reply.body, media_type=reply.media_type, headers=reply.headers)
 
 
 _META: dict[str, Any] = {

@@ -1,0 +1,51 @@
+"""A real server for end-to-end tests: REST and gRPC of one app on free loopback ports, in a
+thread, as ``python -m service`` runs them (``serve_grpc`` in the app's lifespan)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import uvicorn
+
+from service.api.app import create_app
+from service.api.grpc_server import serve_grpc
+from service.settings import Settings
+
+
+@dataclass(frozen=True)
+class Running:
+    rest_port: int
+    grpc_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+@contextmanager
+def running_server(settings: Settings) -> Iterator[Running]:
+    """``settings`` with host 127.0.0.1 and both ports 0; stopped (gRPC first) on exit."""
+    settings = settings.model_copy(update={"host": "127.0.0.1", "port": 0, "grpc_port": 0})
+    app = serve_grpc(create_app(settings))
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    rest_port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield Running(rest_port, app.state.grpc_port)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

@@ -358,7 +358,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or bad usage (1), as a return value for callers
+        return exc.code if isinstance(exc.code, int) else EXIT_INPUT
     rest = RestClient(args.url, args.token, args.timeout)
     client: Client = rest
     try:

@@ -1,11 +1,12 @@
 """Serving benchmark: the real server, a load generator in another process, in-process ceiling.
 
-    make bench            # or: python scripts/bench_serve.py [--seconds 5] [--quick]
+    make bench            # or: python scripts/bench_serve.py [--seconds 5] [--quick] [--grpc]
 
 Starts ``python -m service`` on a free loopback port (batching on, then off), drives it with
 ``scripts/loadgen.py`` for each scenario, measures the same model run in process by onnxruntime
-at the same batch sizes (the ceiling), and writes the table to ``docs/benchmarks.md`` (the serving
-section) and a chart to ``docs/images/bench-serving.png``.
+at the same batch sizes (the ceiling); with ``--grpc`` also the gRPC service, driven by
+``scripts/loadgen_grpc.py`` (raw UINT8 tensors). It writes the table to ``docs/benchmarks.md``
+(the serving section) and a chart to ``docs/images/bench-serving.png``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import os
 import platform
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +52,7 @@ class Scenario:
     images: int
     concurrency: int
     headers: tuple[str, ...] = ()
+    protocol: str = "rest"  # "grpc": ModelInfer with raw UINT8, built by loadgen_grpc.py
 
 
 def _pixels(n: int) -> np.ndarray:
@@ -97,7 +100,7 @@ def predict_png(n: int) -> bytes:
     return json.dumps({"instances": instances, "top_k": 1}).encode()
 
 
-def scenarios(quick: bool) -> list[Scenario]:
+def scenarios(quick: bool, grpc: bool = False) -> list[Scenario]:
     infer = f"/v2/models/{MODEL}/infer"
     predict = f"/v1/models/{MODEL}:predict"
     out: list[Scenario] = []
@@ -120,12 +123,25 @@ def scenarios(quick: bool) -> list[Scenario]:
         out.append(
             Scenario("v2 UINT8 binary", infer, body, "application/octet-stream", n, 4, headers)
         )
+    if grpc:
+        for n, clients in ((1, 1), (1, 64), (256, 4)):
+            out.append(Scenario("gRPC UINT8 raw", "", b"", "", n, clients, protocol="grpc"))
     return out
 
 
-def start_server(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+def free_port() -> int:
+    """A free loopback port for the gRPC service (bound, then released for the server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def start_server(env: dict[str, str], grpc_port: int = -1) -> tuple[subprocess.Popen[str], str]:
+    """The server and its REST address; gRPC on ``grpc_port`` (-1: none)."""
+    argv = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "0"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "0"],
+        [*argv, "--grpc-port", str(grpc_port)],
         env={**os.environ, **env},
         stderr=subprocess.PIPE,
         text=True,
@@ -146,7 +162,16 @@ def start_server(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     raise SystemExit("the server did not start")
 
 
-def load(address: str, scenario: Scenario, seconds: float, tmp: Path) -> dict[str, Any]:
+def load(
+    address: str, scenario: Scenario, seconds: float, tmp: Path, grpc_address: str = ""
+) -> dict[str, Any]:
+    if scenario.protocol == "grpc":
+        cmd = [
+            sys.executable, str(ROOT / "scripts" / "loadgen_grpc.py"), "--address", grpc_address,
+            "--model", MODEL, "--images", str(scenario.images),
+            "--concurrency", str(scenario.concurrency), "--seconds", str(seconds), "--warmup", "1",
+        ]  # fmt: skip
+        return _run_loadgen(cmd, seconds)
     body_file = tmp / "body.bin"
     body_file.write_bytes(scenario.body)
     cmd = [
@@ -157,6 +182,10 @@ def load(address: str, scenario: Scenario, seconds: float, tmp: Path) -> dict[st
     ]  # fmt: skip
     for header in scenario.headers:
         cmd += ["--header", header]
+    return _run_loadgen(cmd, seconds)
+
+
+def _run_loadgen(cmd: list[str], seconds: float) -> dict[str, Any]:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
     if result.returncode:
         raise SystemExit(f"loadgen failed: {result.stderr}")
@@ -203,6 +232,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per scenario")
     parser.add_argument("--quick", action="store_true", help="fewer scenarios (1 and 64 clients)")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--grpc", action="store_true", help="also the gRPC service's scenarios")
     args = parser.parse_args()
 
     ceiling = {n: in_process(n, 3.0) for n in (1, 32, 256)}
@@ -210,10 +240,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for batching in (True, False):
             env = {"DYNAMIC_BATCHING": "true" if batching else "false", "LOG_LEVEL": "warning"}
-            process, address = start_server(env)
+            grpc_port = free_port() if args.grpc else -1
+            process, address = start_server(env, grpc_port)
             try:
-                for scenario in scenarios(args.quick):
-                    result = load(address, scenario, args.seconds, Path(tmp))
+                for scenario in scenarios(args.quick, args.grpc):
+                    result = load(
+                        address, scenario, args.seconds, Path(tmp), f"127.0.0.1:{grpc_port}"
+                    )
                     result.update(label=scenario.label, batching=batching)
                     result["ceiling_images_per_s"] = ceiling[max(1, min(scenario.images, 256))]
                     rows.append(result)
@@ -244,9 +277,10 @@ def main() -> None:
             f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores "
             "(server and load generator share them)",
             f"- Command: `python scripts/bench_serve.py --seconds {args.seconds:g}"
-            f"{' --quick' if args.quick else ''}`",
+            f"{' --quick' if args.quick else ''}{' --grpc' if args.grpc else ''}`",
             f"- In-process onnxruntime ceiling: {ceiling_line}",
-            "- Load: `scripts/loadgen.py`, closed loop, keep-alive connections, 1 s warm-up",
+            "- Load: `scripts/loadgen.py`, closed loop, keep-alive connections, 1 s warm-up"
+            + ("; gRPC: `scripts/loadgen_grpc.py`, one channel" if args.grpc else ""),
             "",
             *lines,
             "",

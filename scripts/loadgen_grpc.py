@@ -1,0 +1,105 @@
+"""A small closed-loop gRPC load generator: N concurrent callers on one HTTP/2 channel, each sending
+the same ModelInfer request again as soon as its answer arrives, for a fixed time. Prints one JSON
+line with the keys of ``scripts/loadgen.py``.
+
+    python scripts/loadgen_grpc.py --address 127.0.0.1:8001 --model cifar10_cnn --images 1 \
+        --concurrency 64 --seconds 10
+
+The request (raw UINT8 pixels in ``raw_input_contents``, as tritonclient.grpc sends them) is
+serialized once and the answers are not parsed, so the client's own cost per call stays small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.loadgen import percentile
+
+METHOD = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def infer_request(model: str, images: int) -> bytes:
+    pixels = np.random.default_rng(images).integers(0, 256, (images, 32, 32, 3), dtype=np.uint8)
+    request = service_pb2.ModelInferRequest(model_name=model)
+    request.inputs.add(name="images", datatype="UINT8", shape=list(pixels.shape))
+    request.outputs.add(name="probabilities")
+    request.raw_input_contents.append(pixels.tobytes())
+    body: bytes = request.SerializeToString()
+    return body
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    body = infer_request(args.model, args.images)
+    latencies: list[float] = []
+    errors: list[str] = []
+    async with grpc.aio.insecure_channel(args.address) as channel:
+        call = channel.unary_unary(
+            METHOD, request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
+        await call(body, timeout=30)  # connect and check before the clock starts
+        now = time.perf_counter()
+        record_from = now + args.warmup
+        stop_at = record_from + args.seconds
+
+        async def worker() -> None:
+            while True:
+                start = time.perf_counter()
+                if start >= stop_at:
+                    return
+                try:
+                    await call(body, timeout=30)
+                except grpc.aio.AioRpcError as exc:
+                    if start >= record_from:
+                        errors.append(exc.code().name)
+                    continue
+                if start >= record_from:
+                    latencies.append(time.perf_counter() - start)
+
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+    latencies.sort()
+    done = len(latencies)
+    return {
+        "concurrency": args.concurrency,
+        "images_per_request": args.images,
+        "seconds": args.seconds,
+        "requests": done,
+        "errors": len(errors),
+        "error_kinds": sorted(set(errors))[:5],
+        "requests_per_s": done / args.seconds,
+        "images_per_s": done * args.images / args.seconds,
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p90_ms": percentile(latencies, 90) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--address", required=True, help="host:port of the gRPC service")
+    parser.add_argument("--model", default="cifar10_cnn")
+    parser.add_argument("--images", type=int, default=1, help="images in each request")
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    args = parser.parse_args()
+    if not args.address.startswith(("127.", "localhost")):
+        sys.exit("loadgen_grpc only targets loopback addresses")
+    try:
+        print(json.dumps(asyncio.run(run(args))))
+    except grpc.aio.AioRpcError as exc:  # the first call, before timing, failed
+        sys.exit(f"loadgen_grpc: {exc.code().name}: {exc.details()}")
+
+
+if __name__ == "__main__":
+    main()

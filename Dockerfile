@@ -21,10 +21,10 @@ RUN pip install .
 COPY models /models
 ENV MODEL_REPOSITORY=/models
 USER app
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2).status != 200)"]
-CMD ["python", "-m", "service", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["python", "-m", "service", "--host", "0.0.0.0", "--port", "8000", "--grpc-port", "8001"]
 
 # --- serving on an NVIDIA GPU: the CUDA build of onnxruntime with its CUDA and cuDNN wheels ---
 FROM api AS api-gpu

@@ -58,7 +58,7 @@ train: $(VENV)/.dev-stamp $(DATA)
 # Benchmarks, not tests: training throughput, then the serving benchmark (real server + load).
 bench: $(VENV)/.dev-stamp $(DATA)
 	$(BIN)/python scripts/bench_train.py --data $(DATA)
-	$(BIN)/python scripts/bench_serve.py
+	$(BIN)/python scripts/bench_serve.py --grpc
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache .mypy_cache .ruff_cache

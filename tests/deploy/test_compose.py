@@ -111,7 +111,7 @@ def test_gpu_variant_uses_onnxruntime_gpu_and_reserves_an_nvidia_device() -> Non
 
 def test_compose_serves_models_and_trains_into_the_same_folder() -> None:
     assert API["build"]["target"] == "api" and TRAINER["build"]["target"] == "trainer"
-    assert "8000:8000" in API["ports"]
+    assert "8000:8000" in API["ports"] and "8001:8001" in API["ports"]
     assert API["restart"] in ("always", "unless-stopped")
     assert "/v2/health/ready" in " ".join(API["healthcheck"]["test"])
     assert TRAINER["profiles"] == ["train"]
@@ -141,6 +141,7 @@ def api_server(compose_dirs: dict[str, Path]) -> Iterator[str]:
     argv = _command(API, mounts)
     argv[argv.index("--host") + 1] = "127.0.0.1"  # the container's 0.0.0.0, kept on loopback here
     argv[argv.index("--port") + 1] = "0"  # the published 8000, any free port here
+    argv[argv.index("--grpc-port") + 1] = "0"  # and the published gRPC 8001
     process = subprocess.Popen(
         argv, env=_environment(API, mounts), stderr=subprocess.PIPE, text=True, cwd=ROOT
     )

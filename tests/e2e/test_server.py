@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc
 import tritonclient.http as triton
 import uvicorn
 from PIL import Image
@@ -147,7 +148,8 @@ def test_errors_keep_the_server_answering(server: str) -> None:
 
 
 def test_service_module_runs_and_never_imports_torch(tmp_path: Path) -> None:
-    """``python -m service --port 0`` serves; importing the service never pulls in torch."""
+    """``python -m service --port 0 --grpc-port 0`` serves REST and gRPC; importing the service
+    never pulls in torch."""
     code = (
         "import sys; from service.api.app import create_app; from service.settings import Settings;"
         "import service.__main__; create_app(Settings()); print('torch' in sys.modules)"
@@ -157,20 +159,25 @@ def test_service_module_runs_and_never_imports_torch(tmp_path: Path) -> None:
     repo = make_model_repo(tmp_path, {"tiny": [1]}, lecture=False)
     env = {**os.environ, "MODEL_REPOSITORY": str(repo), "PROVIDERS": "CPUExecutionProvider"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0"],
         cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert process.stderr is not None
-        port = None
+        port = grpc_port = None
         deadline = time.monotonic() + 30
         while port is None and time.monotonic() < deadline:
             line = process.stderr.readline()
+            match = re.search(r"gRPC serving on 127\.0\.0\.1:(\d+)", line)
+            grpc_port = int(match.group(1)) if match else grpc_port
             match = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line)
             port = int(match.group(1)) if match else None
             assert line or process.poll() is None, "the service exited"
-        assert port, "no port in the log"
+        assert port and grpc_port, "no ports in the log"
         assert httpx.get(f"http://127.0.0.1:{port}/v2/models/tiny/ready").status_code == 200
+        client = tritonclient.grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert client.is_model_ready("tiny")
+        client.close()
     finally:
         process.terminate()
         process.wait(timeout=10)

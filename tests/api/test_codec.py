@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,10 +17,11 @@ from service.api.codec import (
     array_from_json,
     decode_infer_request,
     encode_infer_response,
+    loads_infer_request,
     to_pixels,
     top_k,
 )
-from service.core.errors import UnprocessableInput
+from service.core.errors import ServingError, UnprocessableInput
 
 shapes = st.lists(st.integers(1, 4), min_size=1, max_size=4)
 
@@ -68,3 +71,44 @@ def test_top_k_orders_by_probability_and_keeps_rows() -> None:
     result = top_k(probs, ["a", "b", "c"], 2)
     assert [[c["name"] for c in row] for row in result] == [["b", "c"], ["a", "c"]]
     assert len(top_k(probs, ["a", "b", "c"], 10)[0]) == 3
+
+
+json_values = st.one_of(
+    st.integers(-300, 300),
+    st.floats(-2, 2, allow_nan=False),
+    st.booleans(),
+    st.text(max_size=2),
+    st.lists(st.integers(0, 255), max_size=3),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    datatype=st.sampled_from(["UINT8", "FP32", "INT32", "BOOL"]),
+    data=st.one_of(
+        st.lists(st.integers(0, 255), min_size=1, max_size=12),
+        st.lists(st.floats(0, 1, allow_nan=False), min_size=1, max_size=12),
+        st.lists(json_values, max_size=12),
+    ),
+    nested=st.booleans(),
+)
+def test_simdjson_fast_decode_agrees_with_the_plain_path(
+    datatype: str, data: list[object], nested: bool
+) -> None:
+    """``loads_infer_request`` hands flat numbers over as a buffer; whatever the data, the
+    decoded tensor (or the refusal and its message) must be what the plain JSON path gives."""
+    payload = [data[: len(data) // 2], data[len(data) // 2 :]] if nested and data else data
+    body = orjson.dumps(
+        {"inputs": [{"name": "x", "shape": [len(data)], "datatype": datatype, "data": payload}]}
+    )
+
+    def outcome(parse: Callable[[bytes], object]) -> object:
+        try:
+            request = parse(body)
+            assert isinstance(request, dict)
+            tensor = request["inputs"][0]
+            return array_from_json(tensor["data"], datatype, [len(data)], "t").tolist()
+        except ServingError as exc:
+            return (type(exc), exc.message)
+
+    assert outcome(loads_infer_request) == outcome(orjson.loads)

@@ -50,8 +50,7 @@ def _numbers(data: Any, datatype: Any) -> Any:
     plain list when it is anything else; ``array_from_json`` checks either the same way."""
     if not isinstance(data, simdjson.Array):
         return _plain(data)
-    nested = len(data) > 0 and isinstance(data[0], simdjson.Array)
-    if datatype != "BOOL" and not nested:  # as_buffer would flatten ragged nesting silently
+    if datatype != "BOOL":  # nesting is flattened row-major, as ``array_from_json`` does
         floats = datatype in ("FP32", "FP16")
         try:
             buffer = data.as_buffer(of_type="d" if floats else "i")
@@ -139,6 +138,21 @@ def _shape(value: Any, where: str, max_rows: int) -> list[int]:
     return value
 
 
+def _flatten(data: list[Any]) -> list[Any]:
+    """Nested lists as one flat list, depth-first (iterative: JSON nesting can be deep)."""
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
+
+
 def array_from_json(
     data: Any, datatype: str, shape: list[int], where: str, *, nested: bool = False
 ) -> np.ndarray:
@@ -154,9 +168,12 @@ def array_from_json(
         try:
             array = np.array(data)
         except (ValueError, TypeError):
-            raise UnprocessableInput(
-                f"{where}.data is ragged or mixes types; expected {datatype} numbers"
-            ) from None
+            if nested:
+                raise UnprocessableInput(
+                    f"{where}.data is ragged or mixes types; expected {datatype} numbers"
+                ) from None
+            # v2 data may be nested any way: its values in row-major order are what count
+            array = np.array(_flatten(data))
     expected = math.prod(shape)
     if nested and list(array.shape) != shape:
         raise UnprocessableInput(

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +42,14 @@ MODEL = "cifar10_cnn"
 MODEL_PATH = ROOT / "models" / MODEL / "1" / "model.onnx"
 DOC = ROOT / "docs" / "benchmarks.md"
 CHART = ROOT / "docs" / "images" / "bench-serving.png"
+
+
+# Server layouts compared: the default, batching off, and two worker processes.
+LAYOUTS = {
+    "1 worker, batching": {"WORKERS": "1", "DYNAMIC_BATCHING": "true"},
+    "1 worker, no batching": {"WORKERS": "1", "DYNAMIC_BATCHING": "false"},
+    "2 workers, batching": {"WORKERS": "2", "DYNAMIC_BATCHING": "true"},
+}
 
 
 @dataclass(frozen=True)
@@ -130,16 +139,29 @@ def scenarios(quick: bool, grpc: bool = False) -> list[Scenario]:
 
 
 def free_port() -> int:
-    """A free loopback port for the gRPC service (bound, then released for the server)."""
+    """A free loopback port for the server (bound, then released for it)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
 
 
+def wait_ready(address: str, deadline: float) -> None:
+    """Every worker loads its models after the socket opens: wait until readiness answers."""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{address}/v2/health/ready", timeout=2):
+                time.sleep(1.0)  # the other workers finish their start-up meanwhile
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("the server never became ready")
+
+
 def start_server(env: dict[str, str], grpc_port: int = -1) -> tuple[subprocess.Popen[str], str]:
     """The server and its REST address; gRPC on ``grpc_port`` (-1: none)."""
-    argv = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "0"]
+    port = free_port()  # uvicorn's workers share one socket, so the port is fixed up front
+    argv = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(
         [*argv, "--grpc-port", str(grpc_port)],
         env={**os.environ, **env},
@@ -155,6 +177,7 @@ def start_server(env: dict[str, str], grpc_port: int = -1) -> tuple[subprocess.P
         if match:
             # Drain the log in the background so the server never blocks on a full pipe.
             subprocess.Popen(["cat"], stdin=process.stderr, stdout=subprocess.DEVNULL)
+            wait_ready(match.group(1), deadline)
             return process, match.group(1)
         if not line and process.poll() is not None:
             break
@@ -215,10 +238,11 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
     labels = [f"{r['label']}\n{r['images_per_request']} img x {r['concurrency']} cl" for r in rows]
     on = [r["images_per_s"] for r in rows]
     fig, ax = plt.subplots(figsize=(12, 5))
-    ax.bar(range(len(rows)), on, color=["#1f77b4" if r["batching"] else "#aaaaaa" for r in rows])
+    colors = dict(zip(LAYOUTS, ("#1f77b4", "#aaaaaa", "#2ca02c"), strict=True))
+    ax.bar(range(len(rows)), on, color=[colors[r["layout"]] for r in rows])
     ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("images/s")
-    ax.set_title("Serving throughput (blue: batching on, grey: off)")
+    ax.set_title("Serving throughput: " + ", ".join(f"{c}: {k}" for k, c in colors.items()))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -238,8 +262,9 @@ def main() -> None:
     ceiling = {n: in_process(n, 3.0) for n in (1, 32, 256)}
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for batching in (True, False):
-            env = {"DYNAMIC_BATCHING": "true" if batching else "false", "LOG_LEVEL": "warning"}
+        for layout, settings in LAYOUTS.items():
+            env = {**settings, "LOG_LEVEL": "warning"}
+            batching = settings["DYNAMIC_BATCHING"] == "true"
             grpc_port = free_port() if args.grpc else -1
             process, address = start_server(env, grpc_port)
             try:
@@ -247,7 +272,7 @@ def main() -> None:
                     result = load(
                         address, scenario, args.seconds, Path(tmp), f"127.0.0.1:{grpc_port}"
                     )
-                    result.update(label=scenario.label, batching=batching)
+                    result.update(label=scenario.label, batching=batching, layout=layout)
                     result["ceiling_images_per_s"] = ceiling[max(1, min(scenario.images, 256))]
                     rows.append(result)
                     print(json.dumps(result), flush=True)
@@ -256,14 +281,14 @@ def main() -> None:
                 process.wait(timeout=30)
 
     lines = [
-        "| scenario | images/request | clients | batching | requests/s | images/s "
+        "| scenario | images/request | clients | server | requests/s | images/s "
         "| p50 ms | p90 ms | p99 ms | errors | of in-process |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['label']} | {r['images_per_request']} | {r['concurrency']} | "
-            f"{'on' if r['batching'] else 'off'} | {r['requests_per_s']:,.0f} | "
+            f"{r['layout']} | {r['requests_per_s']:,.0f} | "
             f"{r['images_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
             f"{r['p99_ms']:.2f} | {r['errors']} | "
             f"{r['images_per_s'] / r['ceiling_images_per_s']:.0%} |"

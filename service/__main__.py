@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 
 from service.api.app import create_app
 from service.api.grpc_server import serve_grpc
@@ -27,22 +29,46 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--model-repository", type=Path, help="models folder (MODEL_REPOSITORY)")
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--workers", type=int, help="server processes (WORKERS)")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     settings = Settings(**overrides)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    common = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,
+    }
+    if settings.workers == 1:
+        uvicorn.run(app_for(settings), **common)  # type: ignore[arg-type]
+        return
+    # Each worker process builds its own app from the environment, so the flags go there too.
+    os.environ.update({key.upper(): str(value) for key, value in overrides.items()})
+    uvicorn.run(
+        "service.__main__:app_from_environment",
+        factory=True,
+        workers=settings.workers,
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def app_for(settings: Settings) -> FastAPI:
     app = create_app(settings)
     if settings.grpc_port >= 0:
         serve_grpc(app)  # started and stopped by the app's lifespan, sharing its state
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker process (``WORKERS`` > 1)."""
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    return app_for(settings)
 
 
 if __name__ == "__main__":

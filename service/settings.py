@@ -51,12 +51,31 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         default=0,
         ge=0,
-        description="onnxruntime threads inside one run (0: onnxruntime's default).",
+        description=(
+            "onnxruntime threads inside one run (0: the cores this process may use divided by "
+            "WORKERS, so processes and threads together fill the machine once)."
+        ),
     )
     inter_op_threads: int = Field(
         default=1,
         ge=0,
         description="onnxruntime threads across independent graph branches (0: default).",
+    )
+    ort_allow_spinning: bool = Field(
+        default=False,
+        description=(
+            "Let onnxruntime's idle pool threads spin for the next run. Off by default: on 2 "
+            "cores spinning took CPU from the HTTP loop (docs/benchmarks.md)."
+        ),
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Server processes sharing the port (uvicorn workers). Each loads the models and "
+            "polls the repository; repository API calls and /metrics reach one worker only."
+        ),
     )
     graph_optimization_level: GraphOptimization = Field(
         default="all",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -195,8 +196,10 @@ def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
     options = RuntimeOptions(
         providers=tuple(settings.providers),
-        intra_op_threads=settings.intra_op_threads,
+        intra_op_threads=settings.intra_op_threads
+        or max(1, len(os.sched_getaffinity(0)) // settings.workers),
         inter_op_threads=settings.inter_op_threads,
+        allow_spinning=settings.ort_allow_spinning,
         graph_optimization_level=settings.graph_optimization_level,
         warm_up=settings.warm_up,
         dynamic_batching=settings.dynamic_batching,

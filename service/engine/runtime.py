@@ -61,6 +61,7 @@ class RuntimeOptions:
     providers: tuple[str, ...] = ("CUDAExecutionProvider", CPU)
     intra_op_threads: int = 0
     inter_op_threads: int = 1
+    allow_spinning: bool = False
     graph_optimization_level: str = "all"
     warm_up: bool = True
     dynamic_batching: bool = True
@@ -99,6 +100,8 @@ class ModelRuntime:
         sess_options.intra_op_num_threads = options.intra_op_threads
         sess_options.inter_op_num_threads = options.inter_op_threads
         sess_options.graph_optimization_level = GRAPH_OPTIMIZATION[options.graph_optimization_level]
+        if not options.allow_spinning:  # idle pool threads sleep instead of taking a core
+            sess_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sess_options.log_severity_level = 3  # onnxruntime's own warnings would repeat ours
         providers, _ = resolve_providers(options.providers)
         try:

@@ -17,7 +17,6 @@ import io
 import json
 import os
 import platform
-import re
 import socket
 import subprocess
 import sys
@@ -158,31 +157,27 @@ def wait_ready(address: str, deadline: float) -> None:
     raise SystemExit("the server never became ready")
 
 
-def start_server(env: dict[str, str], grpc_port: int = -1) -> tuple[subprocess.Popen[str], str]:
-    """The server and its REST address; gRPC on ``grpc_port`` (-1: none)."""
+def start_server(
+    env: dict[str, str], grpc_port: int, log: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    """The server and its REST address; gRPC on ``grpc_port`` (-1: none); its log in ``log``."""
     port = free_port()  # uvicorn's workers share one socket, so the port is fixed up front
     argv = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(
-        [*argv, "--grpc-port", str(grpc_port)],
-        env={**os.environ, **env},
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert process.stderr is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        match = re.search(r"Uvicorn running on http://(127\.0\.0\.1:\d+)", line)
-        if match:
-            # Drain the log in the background so the server never blocks on a full pipe.
-            subprocess.Popen(["cat"], stdin=process.stderr, stdout=subprocess.DEVNULL)
-            wait_ready(match.group(1), deadline)
-            return process, match.group(1)
-        if not line and process.poll() is not None:
-            break
-    process.kill()
-    raise SystemExit("the server did not start")
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [*argv, "--grpc-port", str(grpc_port)],
+            env={**os.environ, **env},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_ready(address, time.monotonic() + 60)
+    except SystemExit:
+        process.kill()
+        raise SystemExit(f"the server did not start; its log:\n{log.read_text()}") from None
+    return process, address
 
 
 def load(
@@ -266,7 +261,7 @@ def main() -> None:
             env = {**settings, "LOG_LEVEL": "warning"}
             batching = settings["DYNAMIC_BATCHING"] == "true"
             grpc_port = free_port() if args.grpc else -1
-            process, address = start_server(env, grpc_port)
+            process, address = start_server(env, grpc_port, Path(tmp) / "server.log")
             try:
                 for scenario in scenarios(args.quick, args.grpc):
                     result = load(

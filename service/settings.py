@@ -116,7 +116,7 @@ class Settings(BaseSettings):
         ),
     )
     max_batch_size: int = Field(
-        default=64,
+        default=256,
         ge=1,
         description=(
             "Most images in one onnxruntime run; larger requests are split and joined again."

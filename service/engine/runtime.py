@@ -65,7 +65,7 @@ class RuntimeOptions:
     graph_optimization_level: str = "all"
     warm_up: bool = True
     dynamic_batching: bool = True
-    max_batch_size: int = 64
+    max_batch_size: int = 256
     max_batch_delay_ms: float = 0.0
     max_queue_images: int = 2048
     on_batch: BatchObserver | None = field(default=None, compare=False)
@@ -179,11 +179,11 @@ class ModelRuntime:
             if self._batcher is None:
                 self._batcher = DynamicBatcher(
                     self._run_batch,
-                    self._executor,
                     max_batch_size=self.options.max_batch_size,
                     max_batch_delay_ms=self.options.max_batch_delay_ms,
                     max_queue_rows=self.options.max_queue_images,
                     on_batch=self._observe,
+                    name=f"batcher-{self.name}-{self.version}",
                 )
             result = await self._batcher.submit(images)
         else:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -42,12 +40,6 @@ class SlowModel:
         return fake_model(rows)
 
 
-@pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        yield pool
-
-
 def images(n: int, tag: int) -> np.ndarray:
     out = np.zeros((n, 2, 2, 3), dtype=np.uint8)
     out[:, 0, 0, 0] = (np.arange(n) + tag) % 256
@@ -59,9 +51,9 @@ def check(rows: np.ndarray, result: Outputs) -> None:
     np.testing.assert_array_equal(result["sum"], fake_model(rows)["sum"])
 
 
-def test_batcher_returns_rows_in_request_order(executor: ThreadPoolExecutor) -> None:
+def test_batcher_returns_rows_in_request_order() -> None:
     model = SlowModel()
-    batcher = DynamicBatcher(model, executor, max_batch_size=64)
+    batcher = DynamicBatcher(model, max_batch_size=64)
 
     async def main() -> None:
         requests = [images(n, tag=10 * i) for i, n in enumerate([1, 3, 2, 5, 1, 4, 1, 1])]
@@ -75,9 +67,9 @@ def test_batcher_returns_rows_in_request_order(executor: ThreadPoolExecutor) -> 
     assert len(model.batches) < 8  # concurrent requests shared runs
 
 
-def test_lone_request_runs_at_once_in_its_own_batch(executor: ThreadPoolExecutor) -> None:
+def test_lone_request_runs_at_once_in_its_own_batch() -> None:
     stats: list[BatchStats] = []
-    batcher = DynamicBatcher(fake_model, executor, max_batch_size=32, on_batch=stats.append)
+    batcher = DynamicBatcher(fake_model, max_batch_size=32, on_batch=stats.append)
 
     async def main() -> None:
         for i in range(3):
@@ -88,9 +80,9 @@ def test_lone_request_runs_at_once_in_its_own_batch(executor: ThreadPoolExecutor
     assert [(s.rows, s.requests) for s in stats] == [(2, 1)] * 3
 
 
-def test_large_request_is_split_into_chunks_and_joined(executor: ThreadPoolExecutor) -> None:
+def test_large_request_is_split_into_chunks_and_joined() -> None:
     model = SlowModel(0.0)
-    batcher = DynamicBatcher(model, executor, max_batch_size=8)
+    batcher = DynamicBatcher(model, max_batch_size=8)
 
     async def main() -> Outputs:
         result = await batcher.submit(images(30, 0))
@@ -101,9 +93,9 @@ def test_large_request_is_split_into_chunks_and_joined(executor: ThreadPoolExecu
     assert model.batches == [8, 8, 8, 6]
 
 
-def test_delay_waits_for_company(executor: ThreadPoolExecutor) -> None:
+def test_delay_waits_for_company() -> None:
     model = SlowModel(0.0)
-    batcher = DynamicBatcher(model, executor, max_batch_size=16, max_batch_delay_ms=300)
+    batcher = DynamicBatcher(model, max_batch_size=16, max_batch_delay_ms=300)
 
     async def main() -> None:
         first = asyncio.create_task(batcher.submit(images(1, 0)))
@@ -117,9 +109,9 @@ def test_delay_waits_for_company(executor: ThreadPoolExecutor) -> None:
     assert model.batches == [3]
 
 
-def test_full_queue_answers_overloaded_at_once(executor: ThreadPoolExecutor) -> None:
+def test_full_queue_answers_overloaded_at_once() -> None:
     model = SlowModel(0.2)
-    batcher = DynamicBatcher(model, executor, max_batch_size=4, max_queue_rows=8)
+    batcher = DynamicBatcher(model, max_batch_size=4, max_queue_rows=8)
 
     async def main() -> None:
         running = asyncio.create_task(batcher.submit(images(4, 0)))
@@ -136,10 +128,10 @@ def test_full_queue_answers_overloaded_at_once(executor: ThreadPoolExecutor) -> 
     asyncio.run(main())
 
 
-def test_failed_run_fails_its_batch_and_the_batcher_goes_on(executor: ThreadPoolExecutor) -> None:
+def test_failed_run_fails_its_batch_and_the_batcher_goes_on() -> None:
     model = SlowModel(0.0)
     model.fail_next = True
-    batcher = DynamicBatcher(model, executor)
+    batcher = DynamicBatcher(model)
 
     async def main() -> None:
         with pytest.raises(RuntimeError, match="blew up"):
@@ -150,9 +142,9 @@ def test_failed_run_fails_its_batch_and_the_batcher_goes_on(executor: ThreadPool
     asyncio.run(main())
 
 
-def test_cancelled_request_does_not_break_the_others(executor: ThreadPoolExecutor) -> None:
+def test_cancelled_request_does_not_break_the_others() -> None:
     model = SlowModel(0.1)
-    batcher = DynamicBatcher(model, executor, max_batch_size=64)
+    batcher = DynamicBatcher(model, max_batch_size=64)
 
     async def main() -> None:
         blocker = asyncio.create_task(batcher.submit(images(1, 0)))
@@ -170,11 +162,9 @@ def test_cancelled_request_does_not_break_the_others(executor: ThreadPoolExecuto
     assert model.batches == [1, 3]  # the cancelled rows never ran
 
 
-def test_close_finishes_queued_requests_and_refuses_new_ones(
-    executor: ThreadPoolExecutor,
-) -> None:
+def test_close_finishes_queued_requests_and_refuses_new_ones() -> None:
     model = SlowModel(0.05)
-    batcher = DynamicBatcher(model, executor, max_batch_size=2)
+    batcher = DynamicBatcher(model, max_batch_size=2)
 
     async def main() -> None:
         tasks = [asyncio.create_task(batcher.submit(images(2, i))) for i in range(3)]
@@ -191,14 +181,13 @@ def test_close_finishes_queued_requests_and_refuses_new_ones(
 @settings(max_examples=25, deadline=None)
 @given(sizes=st.lists(st.integers(1, 40), min_size=1, max_size=12), max_batch=st.integers(1, 32))
 def test_every_request_gets_exactly_its_rows(sizes: list[int], max_batch: int) -> None:
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        batcher = DynamicBatcher(fake_model, pool, max_batch_size=max_batch, max_queue_rows=10_000)
+    batcher = DynamicBatcher(fake_model, max_batch_size=max_batch, max_queue_rows=10_000)
 
-        async def main() -> None:
-            requests = [images(n, 7 * i) for i, n in enumerate(sizes)]
-            results = await asyncio.gather(*(batcher.submit(r) for r in requests))
-            for rows, result in zip(requests, results, strict=True):
-                check(rows, result)
-            await batcher.close()
+    async def main() -> None:
+        requests = [images(n, 7 * i) for i, n in enumerate(sizes)]
+        results = await asyncio.gather(*(batcher.submit(r) for r in requests))
+        for rows, result in zip(requests, results, strict=True):
+            check(rows, result)
+        await batcher.close()
 
-        asyncio.run(main())
+    asyncio.run(main())

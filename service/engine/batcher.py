@@ -11,9 +11,10 @@ company. The queue is bounded in rows: past it, ``Overloaded`` (503) at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -74,10 +75,14 @@ class DynamicBatcher:
         self.max_batch_delay_s = max_batch_delay_ms / 1000.0
         self.max_queue_rows = max_queue_rows
         self._on_batch = on_batch
-        self._queue: deque[_Pending] = deque()
-        self._queued_rows = 0
-        self._changed = threading.Condition()
+        # A C-level queue, as ThreadPoolExecutor uses: waking the thread costs no more than
+        # handing one request to an executor would. None is the stop signal.
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._queued_rows = 0  # changed under ``_count`` by both sides
+        self._count = threading.Lock()
+        self._carry: _Pending | None = None  # taken from the queue but too big for that batch
         self._closed = False
+        self._stop_seen = False  # the worker has read the stop signal
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
@@ -91,56 +96,63 @@ class DynamicBatcher:
         A request of ``max_batch_size`` rows or more runs on its own, in runs of at most that
         many rows one after the other, joined again in order.
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Outputs] = loop.create_future()
-        with self._changed:
-            if self._closed:
-                raise Overloaded("the model is shutting down; retry")
+        if self._closed:
+            raise Overloaded("the model is shutting down; retry")
+        with self._count:
             if self._queued_rows > 0 and self._queued_rows + len(rows) > self.max_queue_rows:
                 raise Overloaded(
                     f"the batch queue is full ({self._queued_rows} images waiting); retry shortly"
                 )
-            self._queue.append(_Pending(rows, future, loop))
             self._queued_rows += len(rows)
-            self._changed.notify()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outputs] = loop.create_future()
+        self._queue.put(_Pending(rows, future, loop))
         return await future
 
-    def _take(self) -> list[_Pending]:
-        """Pop whole requests up to ``max_batch_size`` rows (a larger one alone), oldest first.
+    def _next(self, timeout: float | None) -> _Pending | None:
+        """The next waiting request (blocking up to ``timeout``; None: stop, or none came)."""
+        if self._carry is not None:
+            carried, self._carry = self._carry, None
+            return carried
+        try:
+            item = self._queue.get(timeout=timeout) if timeout != 0 else self._queue.get_nowait()
+        except queue.Empty:
+            return None
+        if item is None:
+            self._stop_seen = True
+        return item
 
-        Called with the lock held.
-        """
-        batch: list[_Pending] = []
-        rows = 0
-        while self._queue and (not rows or rows + len(self._queue[0].rows) <= self.max_batch_size):
-            item = self._queue.popleft()
-            self._queued_rows -= len(item.rows)
-            if item.future.cancelled():  # its client went away before the run
+    def _take(self, first: _Pending) -> list[_Pending]:
+        """``first`` and whatever else waits, up to ``max_batch_size`` rows (a larger request
+        alone), oldest first."""
+        batch, rows = [first], len(first.rows)
+        deadline = first.enqueued + self.max_batch_delay_s
+        while rows < self.max_batch_size:
+            wait = max(0.0, deadline - time.perf_counter()) if self.max_batch_delay_s else 0
+            item = self._next(wait)
+            if item is None:
+                if self._stop_seen or wait == 0 or time.perf_counter() >= deadline:
+                    return batch
                 continue
+            if rows + len(item.rows) > self.max_batch_size:
+                self._carry = item  # it opens the next batch
+                break
             batch.append(item)
             rows += len(item.rows)
         return batch
 
-    def _wait_for_company(self) -> None:
-        """With the lock held: wait up to the delay for a full batch."""
-        deadline = self._queue[0].enqueued + self.max_batch_delay_s
-        while self._queued_rows < self.max_batch_size and not self._closed:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                return
-            self._changed.wait(remaining)
-
     def _work(self) -> None:
         """The model's thread: take a batch, run it, answer each request with its rows."""
         while True:
-            with self._changed:
-                while not self._queue and not self._closed:
-                    self._changed.wait()
-                if not self._queue:
-                    return  # closed and drained
-                if self.max_batch_delay_s > 0:
-                    self._wait_for_company()
-                batch = self._take()
+            if self._stop_seen and self._queued_rows == 0:
+                return  # stopped and drained (a request counted in is still on its way in)
+            first = self._next(None)
+            if first is None:
+                continue
+            batch = self._take(first)
+            with self._count:
+                self._queued_rows -= sum(len(b.rows) for b in batch)
+            batch = [b for b in batch if not b.future.cancelled()]  # clients that went away
             if not batch:
                 continue
             images = batch[0].rows if len(batch) == 1 else np.concatenate([b.rows for b in batch])
@@ -158,10 +170,8 @@ class DynamicBatcher:
 
     @staticmethod
     def _answer(item: _Pending, result: Outputs | BaseException) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # that loop has closed; nobody waits any more
             item.loop.call_soon_threadsafe(_resolve, item.future, result)
-        except RuntimeError:  # that event loop has closed; nobody is waiting any more
-            pass
 
     def _run_in_chunks(self, images: np.ndarray, requests: int) -> Outputs:
         """Runs of at most ``max_batch_size`` rows, joined in order."""
@@ -178,9 +188,9 @@ class DynamicBatcher:
 
     def stop(self) -> None:
         """Refuse new work (from any thread); what is queued still runs, then the thread ends."""
-        with self._changed:
+        if not self._closed:
             self._closed = True
-            self._changed.notify_all()
+            self._queue.put(None)
 
     async def close(self) -> None:
         """Refuse new work and wait until every queued request has its answer."""

@@ -225,19 +225,33 @@ def in_process(batch: int, seconds: float) -> float:
 
 
 def chart(rows: list[dict[str, Any]], path: Path) -> None:
+    """Images/s per scenario, one bar per server layout side by side (log scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['label']}\n{r['images_per_request']} img x {r['concurrency']} cl" for r in rows]
-    on = [r["images_per_s"] for r in rows]
-    fig, ax = plt.subplots(figsize=(12, 5))
-    colors = dict(zip(LAYOUTS, ("#1f77b4", "#aaaaaa", "#2ca02c"), strict=True))
-    ax.bar(range(len(rows)), on, color=[colors[r["layout"]] for r in rows])
-    ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("images/s")
-    ax.set_title("Serving throughput: " + ", ".join(f"{c}: {k}" for k, c in colors.items()))
+    keys = list(
+        dict.fromkeys((r["label"], r["images_per_request"], r["concurrency"]) for r in rows)
+    )
+    by_key = {(r["label"], r["images_per_request"], r["concurrency"], r["layout"]): r for r in rows}
+    layouts = list(dict.fromkeys(r["layout"] for r in rows))
+    width = 0.8 / len(layouts)
+    fig, ax = plt.subplots(figsize=(13, 5.5))
+    for n, layout in enumerate(layouts):
+        values = [
+            by_key[(*key, layout)]["images_per_s"] if (*key, layout) in by_key else 0
+            for key in keys
+        ]
+        offsets = [k + (n - (len(layouts) - 1) / 2) * width for k in range(len(keys))]
+        ax.bar(offsets, values, width, label=layout)
+    labels = [f"{label}\n{images} img x {clients} cl" for label, images, clients in keys]
+    ax.set_xticks(range(len(keys)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("images/s (log scale)")
+    ax.set_title("Serving throughput by scenario and server layout")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

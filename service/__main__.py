@@ -8,7 +8,6 @@ Settings come from the environment (see ``service/settings.py``); the flags over
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from fastapi import FastAPI
 
 from service.api.app import create_app
 from service.api.grpc_server import serve_grpc
+from service.core.logs import configure_logging
 from service.settings import Settings
 
 
@@ -33,14 +33,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     settings = Settings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     common = {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
-        "access_log": False,
+        "log_config": None,  # uvicorn's loggers propagate to ours (request ids, JSON lines)
+        "access_log": False,  # no line per request: the fast path's cost, and bodies never
+        "timeout_graceful_shutdown": settings.shutdown_timeout_s,
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
     }
     if settings.workers == 1:
         uvicorn.run(app_for(settings), **common)  # type: ignore[arg-type]
@@ -65,9 +66,7 @@ def app_for(settings: Settings) -> FastAPI:
 def app_from_environment() -> FastAPI:
     """The app of one worker process (``WORKERS`` > 1)."""
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     return app_for(settings)
 
 

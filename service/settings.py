@@ -107,6 +107,34 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="Log level of the service and uvicorn."
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description=(
+            "Log lines as text or as JSON objects (time, level, logger, request_id, message); "
+            "both carry the request id, neither ever holds a request body."
+        ),
+    )
+    shutdown_timeout_s: float = Field(
+        default=10.0,
+        ge=0,
+        description=(
+            "On SIGTERM: new connections are refused, requests in flight (REST and gRPC) get "
+            "this long to finish, then the process exits."
+        ),
+    )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "Longest time a client may take to send a request body once its headers are in; "
+            "slower is a 408 and the connection is closed (slow clients cannot hold requests)."
+        ),
+    )
+    keep_alive_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Idle keep-alive connections are closed after this long (uvicorn's).",
+    )
 
     dynamic_batching: bool = Field(
         default=True,

@@ -18,6 +18,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse as StarletteJSONResponse
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,6 +26,7 @@ from service.api.codec import dumps
 from service.core.errors import (
     Overloaded,
     PayloadTooLarge,
+    RequestTimeout,
     ServingError,
     Unauthorized,
     UnsupportedMediaType,
@@ -41,8 +43,9 @@ VERSION = "0.1.0"
 RETRY_AFTER_S = "1"  # what an overloaded server tells clients to wait (seconds)
 
 
-class JSONResponse(Response):
-    """orjson-encoded JSON (numpy arrays included)."""
+class JSONResponse(StarletteJSONResponse):
+    """orjson-encoded JSON (numpy arrays included). A Starlette ``JSONResponse`` so the OpenAPI
+    document gives routes their JSON schemas (another class would be documented as a string)."""
 
     media_type = "application/json"
 
@@ -63,6 +66,8 @@ def serving_error_response(exc: ServingError, method: str, path: str) -> JSONRes
         response.headers["WWW-Authenticate"] = "Bearer"
     elif isinstance(exc, Overloaded):
         response.headers["Retry-After"] = RETRY_AFTER_S
+    elif isinstance(exc, PayloadTooLarge | RequestTimeout):
+        response.headers["Connection"] = "close"  # the rest of the body is not worth reading
     return response
 
 
@@ -90,10 +95,11 @@ def service_state(request: Request) -> ServiceState:
 
 
 class BodyLimit:
-    """413 for bodies over ``limit`` bytes: by Content-Length before reading, else while reading."""
+    """413 for bodies over ``limit`` bytes: by Content-Length before reading, else while reading;
+    408 for a body not received within ``timeout_s``."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, timeout_s: float) -> None:
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -107,16 +113,31 @@ class BodyLimit:
                 )
                 return
         received = 0
+        body_done = False
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
 
         async def limited() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # after the body only a disconnect comes, whenever it comes
+                return await receive()
+            message = await receive_body_message(receive, deadline, self.timeout_s)
             received += len(message.get("body", b""))
             if received > self.limit:
                 raise PayloadTooLarge(f"the request body is over the limit of {self.limit} bytes")
+            body_done = not message.get("more_body", False)
             return message
 
         await self.app(scope, limited, send)
+
+
+async def receive_body_message(receive: Receive, deadline: float, timeout_s: float) -> Message:
+    """The next message of a request body, or ``RequestTimeout`` once the loop's clock passes
+    ``deadline`` (a slow client cannot hold a request open)."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await receive()
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
 
 
 class RequestMetrics:
@@ -191,6 +212,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def create_app(settings: Settings) -> FastAPI:
     """The service for ``settings``; the repository loads when the app starts (lifespan)."""
+    from service.api.request_id import RequestId
     from service.api.routes import explore, inspect, model_repository, ops, v1, v2
 
     metrics = Metrics()
@@ -262,12 +284,15 @@ def create_app(settings: Settings) -> FastAPI:
 
     # Added last is outermost: metrics see every response, including the body limit's 413.
     app.add_middleware(RuntimeLeases)
-    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimit, limit=settings.max_request_bytes, timeout_s=settings.body_timeout_s
+    )
     app.add_middleware(RequestMetrics, metrics=state.metrics)
     if settings.v2_fast_path:
         from service.api.fast_path import FastInfer
 
-        app.add_middleware(FastInfer, state=state)  # outermost: ahead of every layer above
+        app.add_middleware(FastInfer, state=state)  # ahead of every layer above
+    app.add_middleware(RequestId)  # outermost: every response carries X-Request-ID
 
     for module in (v2, model_repository, v1, inspect, explore, ops):
         app.include_router(module.router)

@@ -9,6 +9,7 @@ Every other request goes on to the FastAPI app unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -16,7 +17,12 @@ from http import HTTPStatus
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.app import ServiceState, error_response, serving_error_response
+from service.api.app import (
+    ServiceState,
+    error_response,
+    receive_body_message,
+    serving_error_response,
+)
 from service.api.infer import HEADER_LENGTH, v2_infer
 from service.core.errors import PayloadTooLarge, ServingError
 from service.engine.repository import lease_scope
@@ -36,6 +42,7 @@ class FastInfer:
         self.app = app
         self.state = state
         self.limit = state.settings.max_request_bytes
+        self.timeout_s = state.settings.body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -91,11 +98,13 @@ class FastInfer:
             metrics.request_latency.labels(endpoint).observe(time.perf_counter() - start)
 
     async def _read_body(self, receive: Receive) -> bytes | None:
-        """The whole body, refused at the limit while reading; None if the client disconnects."""
+        """The whole body, refused at the limit or the body timeout while reading; None if the
+        client disconnects."""
         chunks: list[bytes] = []
         size = 0
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         while True:
-            message = await receive()
+            message = await receive_body_message(receive, deadline, self.timeout_s)
             if message["type"] == "http.disconnect":
                 return None
             chunk = message.get("body", b"")

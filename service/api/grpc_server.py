@@ -40,7 +40,6 @@ from service.engine.repository import ModelState, lease_scope
 
 log = logging.getLogger(__name__)
 
-GRACE_S = 5.0  # how long calls in flight may take to finish when the server stops
 INTERNAL_MESSAGE = "internal server error"
 PLATFORM = "onnxruntime_onnx"
 
@@ -315,8 +314,8 @@ async def start_grpc_server(state: ServiceState) -> tuple[Any, int]:
 
 def serve_grpc(app: FastAPI) -> FastAPI:
     """Run the gRPC service inside ``app``'s lifespan, on the same event loop and ``ServiceState``:
-    it opens once the models are loaded and closes (calls in flight get ``GRACE_S``) before they
-    are. The bound port is ``app.state.grpc_port``."""
+    it opens once the models are loaded and closes before they are (calls in flight get
+    ``SHUTDOWN_TIMEOUT_S``). The bound port is ``app.state.grpc_port``."""
     inner = app.router.lifespan_context
 
     @asynccontextmanager
@@ -329,7 +328,7 @@ def serve_grpc(app: FastAPI) -> FastAPI:
             try:
                 yield value
             finally:
-                await server.stop(GRACE_S)
+                await server.stop(state.settings.shutdown_timeout_s)
 
     app.router.lifespan_context = lifespan
     return app

@@ -75,6 +75,12 @@ class PayloadTooLarge(InvalidInput):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
+class RequestTimeout(InvalidInput):
+    """A client that did not send its request body within ``BODY_TIMEOUT_S``."""
+
+    status = HTTPStatus.REQUEST_TIMEOUT
+
+
 class UnsupportedMediaType(InvalidInput):
     """A request body in a content type the endpoint does not read."""
 

@@ -158,9 +158,17 @@ class DynamicBatcher:
             images = batch[0].rows if len(batch) == 1 else np.concatenate([b.rows for b in batch])
             try:
                 outputs = self._run_in_chunks(images, len(batch))
-            except Exception as exc:  # the whole batch failed: every request in it hears why
+            except Exception as exc:
+                if len(batch) == 1:
+                    self._answer(batch[0], exc)
+                    continue
+                # One request's images can fail a run (a graph that errs on some values): run
+                # each alone, so only the requests that fail by themselves hear of it.
                 for item in batch:
-                    self._answer(item, exc)
+                    try:
+                        self._answer(item, self._run_in_chunks(item.rows, 1))
+                    except Exception as alone:
+                        self._answer(item, alone)
                 continue
             offset = 0
             for item in batch:

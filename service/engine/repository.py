@@ -183,10 +183,23 @@ def _check_serving_contract(card: ModelCard) -> None:
         )
 
 
+def check_inside(path: Path, root: Path) -> None:
+    """Refuse a version folder, or a file in it, that resolves (through symlinks) outside the
+    repository: nothing outside ``root`` is ever read. The message names no path."""
+    top = root.resolve()
+    for item in (path, path / CARD_FILE, path / MODEL_FILE):
+        if not item.resolve().is_relative_to(top):
+            where = "the version folder" if item == path else item.name
+            raise InvalidCard(f"{where} links outside the model repository; refused")
+
+
 def load_version(
-    name: str, version: int, path: Path, options: RuntimeOptions
+    name: str, version: int, path: Path, options: RuntimeOptions, root: Path | None = None
 ) -> tuple[ModelCard, ModelRuntime, bytes]:
-    """Read, check and load one version folder; raises ``ServingError`` with the reason."""
+    """Read, check and load one version folder; raises ``ServingError`` with the reason.
+    With ``root``, nothing that resolves outside it is read (``check_inside``)."""
+    if root is not None:
+        check_inside(path, root)
     card = read_card(path)
     if card.name != name or card.version != version:
         raise InvalidCard(
@@ -226,7 +239,7 @@ class ModelRepository:
         self.default_policy = policy or VersionPolicy()
         self._models: dict[str, _Model] = {}  # replaced whole by updates, never changed in place
         self._update = threading.Lock()  # one update (poll, load, unload, close) at a time
-        self._root_missing = False
+        self._root_problem = ""  # why the last poll could not read the root, if it could not
         self.loaded = False
 
     # -- updates (blocking: call them off the event loop) ----------------------------------
@@ -248,14 +261,21 @@ class ModelRepository:
     def poll(self) -> None:
         """Bring the served versions in line with the disk: new, changed and removed ones."""
         with self._update:
-            if self.loaded and not self.root.is_dir():
-                # A vanished root is more likely an unmounted volume than a wish to serve nothing.
-                if not self._root_missing:
-                    log.error("model repository %s is gone; keeping the loaded models", self.root)
-                self._root_missing = True
+            try:
+                if self.loaded and not self.root.is_dir():
+                    raise NotADirectoryError("not a folder")
+                disk = dict(self._scan())
+            except OSError as exc:
+                if not self.loaded:
+                    raise
+                # A vanished or unreadable root is more likely an unmounted volume or a bad
+                # permission than a wish to serve nothing: keep what is loaded, and say so.
+                problem = f"the model repository cannot be read ({exc.strerror or exc})"
+                if self._root_problem != problem:
+                    log.error("%s; keeping the loaded models", problem)
+                self._root_problem = problem
                 return
-            self._root_missing = False
-            disk = dict(self._scan())
+            self._root_problem = ""
             for name in sorted(set(self._models) - set(disk)):
                 log.info("model %s removed from the repository", name)
                 self._publish(name, None)
@@ -404,7 +424,7 @@ class ModelRepository:
     def _load_entry(self, entry: ModelVersion, signature: Signature) -> ModelVersion:
         try:
             card, runtime, model_bytes = load_version(
-                entry.name, entry.version, entry.path, self.options
+                entry.name, entry.version, entry.path, self.options, self.root
             )
         except Exception as exc:
             message = exc.message if isinstance(exc, ServingError) else f"failed to load: {exc!r}"
@@ -532,6 +552,10 @@ class ModelRepository:
                 reason = entry.reason
                 if not reason and model.policy_error:
                     reason = f"{model.policy_error} (using {model.policy})"
+                if self._root_problem:
+                    reason = "; ".join(
+                        r for r in (reason, self._root_problem + ", serving what was loaded") if r
+                    )
                 rows.append(
                     {
                         "name": name,

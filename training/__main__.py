@@ -5,11 +5,14 @@ python -m training retrain --data data/cifar10-jpeg          # the same, behind 
 python -m training export --checkpoint runs/<run>/checkpoint.pt --data data/cifar10-jpeg
 python -m training evaluate --model models/cifar10_cnn/1 --data data/cifar10-jpeg
 python -m training summary [--arch lecture]                    # the Keras-style layer table
+python -m training train --resume runs/<run>/last.pt           # carry on an interrupted run
+torchrun --nproc-per-node=2 -m training train --data data/cifar10-jpeg   # data-parallel (DDP)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -23,6 +26,7 @@ from service.core.shapes import format_table, layer_table
 from training.architectures import ARCHITECTURES, INPUT_SHAPE
 from training.config import add_config_arguments, config_from_args
 from training.data import Cifar10, Split, download_cifar10, load_cifar10
+from training.distributed import World, barrier, stop, world_from_env
 
 if TYPE_CHECKING:
     from training.export import Parity
@@ -64,6 +68,12 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
     _data_arguments(parser)
     _publish_arguments(parser)
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs go")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        help="carry on an interrupted run from its runs/<run>/last.pt, in the same run folder: "
+        "the recipe comes from the checkpoint (only --threads and --device from this command)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,15 +142,41 @@ def _export(run: TrainingRun, test: Split) -> tuple[Path, Parity]:
     return onnx_path, parity
 
 
-def _train(args: argparse.Namespace) -> tuple[TrainingRun, Split, Path, dict[str, Any]]:
-    """Train, test, export: what ``train`` and ``retrain`` share. Returns the card's fields."""
+def _train(args: argparse.Namespace) -> tuple[TrainingRun, Split, Path, dict[str, Any]] | None:
+    """Train, test, export: what ``train`` and ``retrain`` share. Returns the card's fields on
+    rank 0; under torchrun the other ranks only train, and get None."""
+    from training.distributed import start
     from training.export import card_fields
-    from training.train import run_training
+    from training.train import (
+        read_resume_config,
+        resolve_device,
+        run_training,
+        split_data,
+        train_model,
+        weights_sha256,
+    )
 
     config = config_from_args(args)
+    resume: Path | None = args.resume
+    if resume is not None:  # the run's recipe; threads and device belong to this machine
+        recipe = read_resume_config(resume)
+        config = dataclasses.replace(recipe, threads=config.threads, device=config.device)
+    world: World = args.world
+    start(world, resolve_device(config.device))
     data = _load(args)
-    run_dir = args.runs_dir / f"{config.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = run_training(config, data, run_dir)
+    if not world.is_main:
+        fit, val, _ = split_data(config, data)
+        result = train_model(config, fit, val, world=world, resume=resume)
+        print(f"{world.label()}: weights sha256 {weights_sha256(result.model)}", flush=True)
+        return None
+    run_dir = (
+        resume.parent
+        if resume is not None
+        else args.runs_dir / f"{config.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    run = run_training(config, data, run_dir, world=world, resume=resume)
+    if world.distributed:  # every rank prints its hash: they must agree
+        print(f"{world.label()}: weights sha256 {weights_sha256(run.model)}", flush=True)
     test = data.test.sample(config.limit_test, config.seed)
     onnx_path, parity = _export(run, test)
     print(f"Run files: {run_dir}")
@@ -150,7 +186,10 @@ def _train(args: argparse.Namespace) -> tuple[TrainingRun, Split, Path, dict[str
 def cmd_train(args: argparse.Namespace) -> None:
     from training.publish import publish
 
-    _, _, onnx_path, fields = _train(args)
+    trained = _train(args)
+    if trained is None:  # not rank 0: rank 0 publishes
+        return
+    _, _, onnx_path, fields = trained
     if not args.no_publish:
         print(f"Published {publish(args.repository, args.name, onnx_path, fields)}")
 
@@ -159,7 +198,10 @@ def cmd_retrain(args: argparse.Namespace) -> None:
     from training.publish import publish
     from training.retrain import evaluate_onnx, keep_rejected, quality_gate, served_version
 
-    run, test, onnx_path, fields = _train(args)
+    trained = _train(args)
+    if trained is None:  # not rank 0: rank 0 gates and publishes
+        return
+    run, test, onnx_path, fields = trained
     model_dir = args.repository / args.name
     served = served_version(model_dir)
     served_accuracy = None
@@ -223,7 +265,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.world = world = world_from_env()
     signal.signal(signal.SIGTERM, _interrupt)
+    interrupted = False
     try:
         COMMANDS[args.command](args)
     except Rejected as exc:
@@ -233,8 +277,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
+        interrupted = True
         print("interrupted; the repository is unchanged", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        # Under torchrun the other ranks wait here until rank 0 has exported and published.
+        if not interrupted:
+            barrier(world)
+        stop(world)
     return 0
 
 

@@ -6,6 +6,7 @@ python -m training train --data data/cifar10-jpeg
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -19,14 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from training.architectures import ARCHITECTURES
 from training.config import TrainConfig
 from training.data import CLASS_NAMES, Cifar10, Split, train_val_split
+from training.distributed import ALONE, World, all_sum, from_main, rank_device, threads_per_process
 from training.model import Classifier, keras_init
 
 Log = Callable[[str], None]
+LAST_CHECKPOINT = "last.pt"  # rewritten after every epoch: what ``--resume`` takes
 
 
 @dataclass(frozen=True)
@@ -107,24 +111,79 @@ def evaluate(model: Classifier, split: Split, batch_size: int = 500) -> Evaluati
     return evaluate_logits(predict_logits(model, split.images, batch_size), split.labels)
 
 
-def train_model(config: TrainConfig, fit: Split, val: Split, log: Log = print) -> TrainResult:
-    """Adam on cross-entropy over logits; returns the weights of the best validation epoch."""
+def weights_sha256(model: torch.nn.Module) -> str:
+    """One hash over every tensor of the state dict, in key order: equal weights, equal hash."""
+    digest = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        digest.update(key.encode() + b"\0" + tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _save_atomic(state: dict[str, Any], path: Path) -> None:
+    """A kill mid-save leaves the previous checkpoint, never half of a new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train_model(
+    config: TrainConfig,
+    fit: Split,
+    val: Split,
+    log: Log = print,
+    *,
+    world: World = ALONE,
+    checkpoint: Path | None = None,
+    resume: Path | None = None,
+) -> TrainResult:
+    """Adam on cross-entropy over logits; returns the weights of the best validation epoch.
+
+    Under torchrun every rank runs this: each takes its strided share of every global batch of
+    ``config.batch_size`` images (the same seeded permutation on every rank) and DDP averages the
+    gradients, so a step sees the same images and gradient as one process would. Rank 0 scores
+    the validation split and tells the others, so every rank keeps the same best epoch.
+    ``checkpoint``: rank 0 writes everything needed to resume there after each epoch;
+    ``resume``: carry on from such a file.
+    """
     seed_everything(config.seed)
-    torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
-    device = resolve_device(config.device)
+    torch.set_num_threads(threads_per_process(world, config.threads))
+    device = rank_device(world, resolve_device(config.device))
+    log = log if world.is_main else _silent
     model = build_classifier(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    images = torch.from_numpy(fit.images).to(device)  # uint8 stays uint8 until the model scales it
-    labels = torch.from_numpy(fit.labels).to(device)
     generator = torch.Generator().manual_seed(config.seed)
-    steps = math.ceil(len(fit) / config.batch_size)
     history: list[dict[str, float]] = []
     best_acc, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
+    first_epoch = 1
+    if resume is not None:
+        state = torch.load(resume, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        history = state["history"]
+        best_acc, best_epoch = state["best_accuracy"], state["best_epoch"]
+        best_state = state["best"]
+        first_epoch = state["epoch"] + 1
+        log(f"Resuming from {resume}: {state['epoch']} of {config.epochs} epochs done")
+    if world.rank > 0:
+        torch.manual_seed(config.seed + world.rank)  # own dropout masks; rank 0 keeps a lone run's
+    if world.distributed:
+        # DDP broadcasts rank 0's weights, then all-reduces (averages) gradients in backward.
+        net: torch.nn.Module = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    else:
+        net = model
+    images = torch.from_numpy(fit.images).to(device)  # uint8 stays uint8 until the model scales it
+    labels = torch.from_numpy(fit.labels).to(device)
+    steps = math.ceil(len(fit) / config.batch_size)
     started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(first_epoch, config.epochs + 1):
         model.train()
         t0 = time.perf_counter()
-        order = torch.randperm(len(fit), generator=generator).to(device)
+        order = torch.randperm(len(fit), generator=generator).to(device)  # same on every rank
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         bar = tqdm(
@@ -132,44 +191,89 @@ def train_model(config: TrainConfig, fit: Split, val: Split, log: Log = print) -
             desc=f"Epoch {epoch}/{config.epochs}",
             unit="step",
             leave=False,
-            disable=None,
+            disable=None if world.is_main else True,
         )
         for step in bar:
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+            idx = rank_share(batch, world)
             x, y = images[idx], labels[idx]
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            logits = net(x)
+            if world.distributed:
+                # Sum over this share / global batch, times world size: DDP's average over ranks
+                # is then the global batch's mean loss gradient, even for an uneven last batch.
+                loss = F.cross_entropy(logits, y, reduction="sum") * (world.size / len(batch))
+                loss_sum += loss.detach() * (len(batch) / world.size)
+            else:
+                loss = F.cross_entropy(logits, y)
+                loss_sum += loss.detach() * len(y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
         bar.close()
-        train_loss, train_acc = loss_sum.item() / len(fit), correct.item() / len(fit)
-        v = evaluate(model, val, config.eval_batch_size)
+        totals = all_sum(world, torch.stack([loss_sum.double(), correct.double()]))
+        train_loss, train_acc = totals[0].item() / len(fit), totals[1].item() / len(fit)
+        scores = torch.zeros(2, dtype=torch.float64, device=device)
+        if world.is_main:
+            v = evaluate(model, val, config.eval_batch_size)
+            scores[0], scores[1] = v.loss, v.accuracy
+        val_loss, val_acc = (float(s) for s in from_main(world, scores).tolist())
         seconds = time.perf_counter() - t0
         history.append(
             {
                 "epoch": epoch,
                 "loss": train_loss,
                 "accuracy": train_acc,
-                "val_loss": v.loss,
-                "val_accuracy": v.accuracy,
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
                 "seconds": seconds,
             }
         )
+        if val_acc > best_acc:
+            best_acc, best_epoch, best_state = val_acc, epoch, copy.deepcopy(model.state_dict())
+        if checkpoint is not None and world.is_main:
+            _save_atomic(
+                {
+                    "config": config.to_dict(),
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "history": history,
+                    "best_accuracy": best_acc,
+                    "best_epoch": best_epoch,
+                    "best": best_state,
+                    "world_size": world.size,
+                },
+                checkpoint,
+            )
+        # Logged after the checkpoint: an epoch on the screen is an epoch a resume keeps.
         log(
             f"Epoch {epoch}/{config.epochs} - {seconds:.0f}s - loss: {train_loss:.4f} - "
-            f"accuracy: {train_acc:.4f} - val_loss: {v.loss:.4f} - val_accuracy: {v.accuracy:.4f}"
+            f"accuracy: {train_acc:.4f} - val_loss: {val_loss:.4f} - val_accuracy: {val_acc:.4f}"
         )
-        if v.accuracy > best_acc:
-            best_acc, best_epoch, best_state = v.accuracy, epoch, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
     model.eval()
     log(f"Best validation epoch: {best_epoch} (val_accuracy {best_acc:.4f})")
     return TrainResult(model, history, best_epoch, time.perf_counter() - started)
+
+
+def rank_share(batch: torch.Tensor, world: World) -> torch.Tensor:
+    """This rank's rows of a global batch: every ``size``-th from ``rank`` (DistributedSampler's
+    split), so the ranks' shares differ in length by at most one and together are the batch."""
+    return batch[world.rank :: world.size]
+
+
+def _silent(line: str) -> None:
+    """The log of ranks other than 0: one voice for the whole job."""
+
+
+def read_resume_config(path: Path) -> TrainConfig:
+    """The recipe a resumable checkpoint (``last.pt``) was started with."""
+    return TrainConfig(**torch.load(path, map_location="cpu", weights_only=True)["config"])
 
 
 @dataclass
@@ -186,17 +290,37 @@ class TrainingRun:
     run_dir: Path
 
 
-def run_training(
-    config: TrainConfig, data: Cifar10, run_dir: Path, log: Log = print
-) -> TrainingRun:
-    """Split, train, evaluate once on the test split, and write the run's files into ``run_dir``."""
-    from training.plots import plot_confusion, plot_history  # matplotlib only when a run finishes
-
+def split_data(config: TrainConfig, data: Cifar10) -> tuple[Split, Split, Split]:
+    """fit, validation (held out of train) and test, as the config picks them (seeded)."""
     train = data.train.sample(config.limit_train, config.seed)
     test = data.test.sample(config.limit_test, config.seed)
     fit, val = train_val_split(train, config.val_size, config.seed)
+    return fit, val, test
+
+
+def run_training(
+    config: TrainConfig,
+    data: Cifar10,
+    run_dir: Path,
+    log: Log = print,
+    *,
+    world: World = ALONE,
+    resume: Path | None = None,
+) -> TrainingRun:
+    """Split, train, evaluate once on the test split, and write the run's files into ``run_dir``.
+
+    Rank 0's part of a distributed run (the other ranks call ``train_model`` alone); ``last.pt``
+    in ``run_dir`` is rewritten after each epoch so that ``resume`` can carry on from it.
+    """
+    from training.plots import plot_confusion, plot_history  # matplotlib only when a run finishes
+
+    fit, val, test = split_data(config, data)
     log(f"Data: {len(fit)} train, {len(val)} validation (held out of train), {len(test)} test")
-    result = train_model(config, fit, val, log)
+    if world.distributed:
+        log(f"Distributed: {world.size} processes, {config.batch_size} images per step in all")
+    result = train_model(
+        config, fit, val, log, world=world, checkpoint=run_dir / LAST_CHECKPOINT, resume=resume
+    )
     test_eval = evaluate(result.model, test, config.eval_batch_size)
     log(f"Test accuracy: {test_eval.accuracy:.4f} (loss {test_eval.loss:.4f}, {len(test)} images)")
     dataset = {

@@ -87,6 +87,27 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
+def summarise(
+    args: argparse.Namespace, latencies: list[float], errors: list[str]
+) -> dict[str, object]:
+    """The JSON line both load generators print (bench_serve.py reads these keys)."""
+    latencies = sorted(latencies)
+    done = len(latencies)
+    return {
+        "concurrency": args.concurrency,
+        "images_per_request": args.images,
+        "seconds": args.seconds,
+        "requests": done,
+        "errors": len(errors),
+        "error_kinds": sorted(set(errors))[:5],
+        "requests_per_s": done / args.seconds,
+        "images_per_s": done * args.images / args.seconds,
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p90_ms": percentile(latencies, 90) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+    }
+
+
 async def run(args: argparse.Namespace) -> dict[str, object]:
     host, _, port = args.address.partition(":")
     body = args.body_file.read_bytes() if args.body_file else b""
@@ -103,21 +124,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             for _ in range(args.concurrency)
         )
     )
-    latencies.sort()
-    done = len(latencies)
-    return {
-        "concurrency": args.concurrency,
-        "images_per_request": args.images,
-        "seconds": args.seconds,
-        "requests": done,
-        "errors": len(errors),
-        "error_kinds": sorted(set(errors))[:5],
-        "requests_per_s": done / args.seconds,
-        "images_per_s": done * args.images / args.seconds,
-        "p50_ms": percentile(latencies, 50) * 1000,
-        "p90_ms": percentile(latencies, 90) * 1000,
-        "p99_ms": percentile(latencies, 99) * 1000,
-    }
+    return summarise(args, latencies, errors)
 
 
 def main() -> None:

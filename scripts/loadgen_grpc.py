@@ -24,7 +24,7 @@ from tritonclient.grpc import service_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.loadgen import percentile
+from scripts.loadgen import summarise
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -67,21 +67,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                     latencies.append(time.perf_counter() - start)
 
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-    latencies.sort()
-    done = len(latencies)
-    return {
-        "concurrency": args.concurrency,
-        "images_per_request": args.images,
-        "seconds": args.seconds,
-        "requests": done,
-        "errors": len(errors),
-        "error_kinds": sorted(set(errors))[:5],
-        "requests_per_s": done / args.seconds,
-        "images_per_s": done * args.images / args.seconds,
-        "p50_ms": percentile(latencies, 50) * 1000,
-        "p90_ms": percentile(latencies, 90) * 1000,
-        "p99_ms": percentile(latencies, 99) * 1000,
-    }
+    return summarise(args, latencies, errors)
 
 
 def main() -> None:

@@ -26,7 +26,8 @@ from fastapi import FastAPI
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from service.api.app import VERSION, ServiceState
-from service.api.codec import DATATYPES, InputTensor, tensor_from_parts, to_pixels
+from service.api.codec import DATATYPES, InputTensor, tensor_from_parts
+from service.api.infer import model_pixels
 from service.api.routes.model_repository import check_admin, check_load_parameters, index_rows
 from service.core.card import TensorSpec
 from service.core.errors import (
@@ -200,18 +201,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         name = request.model_name
         runtime = state.repository.get(name, request.model_version or None)
         inputs = _input_tensors(request, state.settings.max_images_per_request)
-        if len(inputs) != 1 or inputs[0].name != runtime.input.name:
-            given = [t.name for t in inputs]
-            raise UnprocessableInput(
-                f"model {name!r} takes one input {runtime.input.name!r}, the request gives {given}"
-            )
-        pixels = to_pixels(inputs[0], runtime.image_shape)
         requested = [o.name for o in request.outputs]
-        unknown = sorted(set(requested) - set(runtime.output_names))
-        if unknown:
-            raise UnprocessableInput(
-                f"unknown output(s) {unknown}; model {name!r} has {runtime.output_names}"
-            )
+        pixels = model_pixels(runtime, inputs, requested)
         if any("classification" in o.parameters for o in request.outputs):
             raise InvalidInput("the classification extension is not supported; ask for tensors")
         outputs = await state.infer(runtime, pixels, requested or None)

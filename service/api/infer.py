@@ -3,11 +3,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from service.api.app import ServiceState, is_json_type
-from service.api.codec import decode_infer_request, encode_infer_response, to_pixels
+from service.api.codec import (
+    InputTensor,
+    decode_infer_request,
+    encode_infer_response,
+    to_pixels,
+)
 from service.core.errors import InvalidInput, UnprocessableInput, UnsupportedMediaType
+from service.engine.runtime import ModelRuntime
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -17,6 +26,25 @@ class InferReply:
     body: bytes
     media_type: str
     headers: dict[str, str] = field(default_factory=dict)
+
+
+def model_pixels(
+    runtime: ModelRuntime, inputs: Sequence[InputTensor], requested: Sequence[str]
+) -> np.ndarray:
+    """The one image batch a request gives the model, after checking it names the model's
+    input and only outputs the model has (REST and gRPC alike)."""
+    if len(inputs) != 1 or inputs[0].name != runtime.input.name:
+        given = [t.name for t in inputs]
+        raise UnprocessableInput(
+            f"model {runtime.name!r} takes one input {runtime.input.name!r}, "
+            f"the request gives {given}"
+        )
+    unknown = sorted(set(requested) - set(runtime.output_names))
+    if unknown:
+        raise UnprocessableInput(
+            f"unknown output(s) {unknown}; model {runtime.name!r} has {runtime.output_names}"
+        )
+    return to_pixels(inputs[0], runtime.image_shape)
 
 
 async def v2_infer(
@@ -40,18 +68,8 @@ async def v2_infer(
             f"expected application/json (or the binary extension's header), got {content_type!r}"
         )
     infer = decode_infer_request(body, length, state.settings.max_images_per_request)
-    if len(infer.inputs) != 1 or infer.inputs[0].name != runtime.input.name:
-        given = [t.name for t in infer.inputs]
-        raise UnprocessableInput(
-            f"model {name!r} takes one input {runtime.input.name!r}, the request gives {given}"
-        )
-    pixels = to_pixels(infer.inputs[0], runtime.image_shape)
     requested = [o.name for o in infer.outputs]
-    unknown = sorted(set(requested) - set(runtime.output_names))
-    if unknown:
-        raise UnprocessableInput(
-            f"unknown output(s) {unknown}; model {name!r} has {runtime.output_names}"
-        )
+    pixels = model_pixels(runtime, infer.inputs, requested)
     outputs = await state.infer(runtime, pixels, requested or None)
     binary = {o.name: o.binary for o in infer.outputs} or dict.fromkeys(
         outputs, infer.binary_output

@@ -271,7 +271,9 @@ def create_app(settings: Settings) -> FastAPI:
         message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         if exc.status_code == HTTPStatus.NOT_FOUND and message == "Not Found":
             message = f"no endpoint at {request.url.path}"
-        return error_response(exc.status_code, message)
+        response = error_response(exc.status_code, message)
+        response.headers.update(exc.headers or {})  # 405's Allow (RFC 9110)
+        return response
 
     async def unexpected_error(request: Request, exc: Exception) -> Response:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)

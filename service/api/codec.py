@@ -68,9 +68,15 @@ def loads_infer_request(body: bytes) -> Any:
     simdjson hands the numbers over as one buffer; anything unusual takes ``loads``' path.
     """
     try:
-        doc = simdjson.Parser().parse(body)
-    except (ValueError, TypeError):
-        return loads(body)  # malformed: orjson's message is the clearer one
+        return _loads_with_simdjson(body)
+    except (ValueError, TypeError, RuntimeError, KeyError):
+        # Malformed, or what simdjson does not take (integers over 64 bits, keys with escapes
+        # it cannot look up again): orjson reads it, or its message is the clearer one.
+        return loads(body)
+
+
+def _loads_with_simdjson(body: bytes) -> Any:
+    doc = simdjson.Parser().parse(body)
     if not isinstance(doc, simdjson.Object):
         return _plain(doc)
     request = {key: _plain(doc[key]) for key in doc.keys() if key != "inputs"}  # noqa: SIM118
@@ -216,6 +222,8 @@ def decode_infer_request(body: bytes, header_length: int | None, max_rows: int) 
         body, binary = body[:header_length], body[header_length:]
     request = _object(loads_infer_request(body), "the request")
     request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("'id' must be a string")
     raw_inputs = request.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("'inputs' must be a non-empty list of tensors")
@@ -228,7 +236,7 @@ def decode_infer_request(body: bytes, header_length: int | None, max_rows: int) 
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"{where}.name must be a non-empty string")
         where = f"input {name!r}"
-        if datatype not in NUMPY_DTYPES:
+        if not isinstance(datatype, str) or datatype not in NUMPY_DTYPES:
             raise UnprocessableInput(
                 f"{where}: datatype {datatype!r} is not one of {', '.join(NUMPY_DTYPES)}"
             )

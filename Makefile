@@ -7,7 +7,7 @@ TARBALL := ../shared/data/cifar10-jpeg.tar.gz
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
 
-.PHONY: serve test lint browser train bench data clean
+.PHONY: serve test lint browser nginx train train-ddp bench data clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,7 +39,15 @@ browser:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null); } || \
 	  echo "chromium not installed: the browser test will be skipped"
 
-test: lint browser
+# Debian's nginx for the load-balancer test (deploy/nginx/nginx.conf in front of two api processes),
+# where this machine lets us install it; elsewhere that test is skipped with a message.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >/dev/null); } || \
+	  echo "nginx not installed: the load-balancer test will be skipped"
+
+test: lint browser nginx
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # CIFAR-10 (JPEG copy) extracted into the git-ignored data/ folder.
@@ -54,6 +62,12 @@ data: $(DATA)
 RETRAIN_FLAGS ?=
 train: $(VENV)/.dev-stamp $(DATA)
 	$(BIN)/python -m training retrain --data $(DATA) $(RETRAIN_FLAGS)
+
+# Data-parallel training: NPROC processes on this machine (gloo on CPU, NCCL with --device cuda);
+# --batch-size stays the global batch, so the recipe is the one `make train` runs.
+NPROC ?= 2
+train-ddp: $(VENV)/.dev-stamp $(DATA)
+	$(BIN)/torchrun --standalone --nproc-per-node=$(NPROC) -m training retrain --data $(DATA) $(RETRAIN_FLAGS)
 
 # Benchmarks, not tests: training throughput, then the serving benchmark (real server + load).
 bench: $(VENV)/.dev-stamp $(DATA)

@@ -111,7 +111,10 @@ def test_gpu_variant_uses_onnxruntime_gpu_and_reserves_an_nvidia_device() -> Non
 
 def test_compose_serves_models_and_trains_into_the_same_folder() -> None:
     assert API["build"]["target"] == "api" and TRAINER["build"]["target"] == "trainer"
-    assert "8000:8000" in API["ports"] and "8001:8001" in API["ports"]
+    # The host ports are published by the load balancer in front of api (tests/deploy/test_nginx.py)
+    lb = COMPOSE["services"]["lb"]
+    assert "8000:8000" in lb["ports"] and "8001:8001" in lb["ports"]
+    assert "ports" not in API and set(API["expose"]) == {"8000", "8001"}
     assert API["restart"] in ("always", "unless-stopped")
     assert "/v2/health/ready" in " ".join(API["healthcheck"]["test"])
     assert TRAINER["profiles"] == ["train"]

@@ -98,6 +98,13 @@ def _loads_with_simdjson(body: bytes) -> Any:
     return request
 
 
+# The fields of a v2 infer request, its input tensors and its requested outputs (the protocol's).
+REQUEST_FIELDS = frozenset({"id", "parameters", "inputs", "outputs"})
+TENSOR_FIELDS = frozenset({"name", "shape", "datatype", "parameters", "data"})
+OUTPUT_FIELDS = frozenset({"name", "parameters"})
+PREDICT_FIELDS = frozenset({"instances", "top_k"})  # v1 :predict
+
+
 @dataclass
 class InputTensor:
     name: str
@@ -120,14 +127,21 @@ class InferRequest:
     binary_output: bool = False
 
 
-def _object(value: Any, where: str) -> Mapping[str, Any]:
+def json_object(value: Any, where: str, fields: frozenset[str] | None = None) -> Mapping[str, Any]:
+    """``value`` as a JSON object; with ``fields``, a key outside them is a 400 (a misspelt
+    ``"output"`` or ``"shapes"`` would otherwise be ignored without a word)."""
     if not isinstance(value, Mapping):
         raise InvalidInput(f"{where} must be a JSON object")
+    if fields is not None and not fields.issuperset(value):
+        unknown = sorted(str(k) for k in value if k not in fields)
+        raise InvalidInput(
+            f"{where} has unknown field(s) {unknown}; expected {', '.join(sorted(fields))}"
+        )
     return value
 
 
 def _parameters(value: Mapping[str, Any], where: str) -> Mapping[str, Any]:
-    return _object(value.get("parameters", {}), f"{where}.parameters")
+    return json_object(value.get("parameters", {}), f"{where}.parameters")
 
 
 def _shape(value: Any, where: str, max_rows: int) -> list[int]:
@@ -220,7 +234,7 @@ def decode_infer_request(body: bytes, header_length: int | None, max_rows: int) 
                 f"{len(body)}-byte body"
             )
         body, binary = body[:header_length], body[header_length:]
-    request = _object(loads_infer_request(body), "the request")
+    request = json_object(loads_infer_request(body), "the request", REQUEST_FIELDS)
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("'id' must be a string")
@@ -231,7 +245,7 @@ def decode_infer_request(body: bytes, header_length: int | None, max_rows: int) 
     offset = 0
     for i, raw in enumerate(raw_inputs):
         where = f"inputs[{i}]"
-        tensor = _object(raw, where)
+        tensor = json_object(raw, where, TENSOR_FIELDS)
         name, datatype = tensor.get("name"), tensor.get("datatype")
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"{where}.name must be a non-empty string")
@@ -269,7 +283,7 @@ def decode_infer_request(body: bytes, header_length: int | None, max_rows: int) 
     if not isinstance(raw_outputs, list):
         raise InvalidInput("'outputs' must be a list")
     for i, raw in enumerate(raw_outputs):
-        out = _object(raw, f"outputs[{i}]")
+        out = json_object(raw, f"outputs[{i}]", OUTPUT_FIELDS)
         name = out.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"outputs[{i}].name must be a non-empty string")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.core.card import DATATYPES
 
@@ -47,6 +47,8 @@ class RepositoryIndexEntry(BaseModel):
 
 
 class RequestInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # unknown fields are a 400
+
     name: str = Field(examples=["images"])
     shape: list[int] = Field(examples=[[1, 32, 32, 3]])
     datatype: str = Field(examples=["UINT8"], description="UINT8 pixels, or FP32 in 0..1.")
@@ -57,11 +59,15 @@ class RequestInput(BaseModel):
 
 
 class RequestOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # unknown fields are a 400
+
     name: str = Field(examples=["probabilities"])
     parameters: dict[str, Any] | None = Field(None, description="binary_data: true for raw bytes.")
 
 
 class InferenceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # unknown fields are a 400
+
     id: str | None = None
     parameters: dict[str, Any] | None = Field(
         None, description="binary_data_output: true returns every output as raw bytes."
@@ -92,6 +98,8 @@ class ClassScore(BaseModel):
 
 
 class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # unknown fields are a 400
+
     instances: list[Any] = Field(
         description='Each a 32x32x3 nested array of 0..255 pixels, or {"b64": "<base64 image>"}.'
     )

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from service.api.app import ServiceState, read_json_body, service_state
-from service.api.codec import instances_to_pixels, loads, top_k
+from service.api.codec import PREDICT_FIELDS, instances_to_pixels, json_object, loads, top_k
 from service.api.images import decode_b64_image, decode_image
 from service.api.schemas import PredictRequest, PredictResponse, errors, json_body
 from service.core.errors import (
@@ -53,9 +53,7 @@ async def _predictions(
 async def predict(request: Request, name: str, top_k: TopK = None) -> dict[str, Any]:
     state = service_state(request)
     runtime = state.repository.get(name)
-    body = loads(await read_json_body(request))
-    if not isinstance(body, dict):
-        raise InvalidInput('the body must be a JSON object {"instances": [...]}')
+    body = json_object(loads(await read_json_body(request)), "the body", PREDICT_FIELDS)
     k = top_k or body.get("top_k") or state.settings.default_top_k
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InvalidInput("'top_k' must be a positive integer")

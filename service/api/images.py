@@ -60,7 +60,12 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int, where: str
             rgb = _to_rgb(image).resize((width, height), Image.Resampling.BILINEAR)
     except UnprocessableInput:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own guard, for sizes far past ours: refused by the header, never decoded.
+        raise UnprocessableInput(
+            f"{where}: the image claims more pixels than the limit of {max_pixels}"
+        ) from None
+    except UnidentifiedImageError:
         raise UnprocessableInput(f"{where}: not an image Pillow can decode") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise UnprocessableInput(f"{where}: undecodable image ({exc})") from None

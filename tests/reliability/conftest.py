@@ -1,0 +1,39 @@
+"""Reliability tests: hostile input in-process (both v2 paths), faults, load and shutdown against
+real servers on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.api.app import create_app
+from tests.api.conftest import make_settings
+from tests.conftest import make_model_repo
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(params=[True, False], ids=["fast-path", "fastapi-route"])
+async def client(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app over tiny models and the lecture CNN (``cifar10_cnn``), v2 infer on either path."""
+    settings = make_settings(
+        make_model_repo(tmp_path),
+        max_images_per_request=8,
+        max_request_bytes=300_000,
+        max_image_pixels=4_000_000,
+        poll_interval_s=0,
+        v2_fast_path=request.param,
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            yield http

@@ -54,7 +54,8 @@ async def predict(request: Request, name: str, top_k: TopK = None) -> dict[str, 
     state = service_state(request)
     runtime = state.repository.get(name)
     body = json_object(loads(await read_json_body(request)), "the body", PREDICT_FIELDS)
-    k = top_k or body.get("top_k") or state.settings.default_top_k
+    k = top_k if top_k is not None else body.get("top_k")
+    k = state.settings.default_top_k if k is None else k
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InvalidInput("'top_k' must be a positive integer")
     h, w, c = runtime.image_shape

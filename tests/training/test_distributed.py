@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from service.core.card import read_card
 from tests.training.conftest import class_images
 from training.config import TrainConfig
 from training.data import Split, train_val_split
@@ -84,6 +85,39 @@ def test_two_processes_agree_publish_once_and_match_one_process(
     ddp_weights, alone_weights = _weights(ddp_run), _weights(alone_run)
     for key in alone_weights:
         torch.testing.assert_close(ddp_weights[key], alone_weights[key], rtol=1e-4, atol=1e-5)
+
+
+def test_distributed_run_resumes_from_a_lone_runs_checkpoint(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    common: list[str | Path] = [
+        "--data", image_folder, "--cache-dir", tmp_path / "cache", "--val-size", "10",
+        "--batch-size", "8", "--repository", tmp_path / "models", "--name", "tiny",
+    ]  # fmt: skip
+    first = _train(
+        [sys.executable], *common, "--epochs", "1", "--threads", "1", "--no-publish",
+        "--runs-dir", tmp_path / "runs",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    # What a 2-epoch run leaves when it is stopped after epoch 1: the same file, asking for 2.
+    state = torch.load(run_dir / "last.pt", weights_only=True)
+    state["config"]["epochs"] = 2
+    torch.save(state, run_dir / "last.pt")
+
+    torchrun = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
+        "--master-addr=127.0.0.1", f"--master-port={_free_port()}",
+    ]  # fmt: skip
+    resumed = _train(torchrun, *common, "--resume", run_dir / "last.pt", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "1 of 2 epochs done" in resumed.stdout and "Epoch 2/2 - " in resumed.stdout
+    assert "Epoch 1/2" not in resumed.stdout
+    card = read_card(tmp_path / "models" / "tiny" / "1")
+    assert [h["epoch"] for h in card.training["history"]] == [1, 2]
+    assert [p.name for p in (tmp_path / "models" / "tiny").iterdir()] == ["1"]
+    assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 2
 
 
 def test_torchrun_environment_names_the_rank(monkeypatch: pytest.MonkeyPatch) -> None:

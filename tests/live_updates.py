@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import uvicorn
 from onnx import numpy_helper
 
-from service.api.app import create_app
 from service.core.card import CARD_FILE, MODEL_FILE, sha256_file
 from service.settings import Settings
 from tests.conftest import card_for, tiny_graph
+from tests.e2e.running import running_server as e2e_running_server
 from training.publish import publish
 
 # Poll fast in tests; a switch is expected within a few intervals.
@@ -88,17 +86,5 @@ def top1(probabilities: object) -> list[int]:
 @contextmanager
 def running_server(settings: Settings) -> Iterator[str]:
     """``host:port`` of a real uvicorn server on a free loopback port, running in a thread."""
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with e2e_running_server(settings, grpc=False) as running:
+        yield f"127.0.0.1:{running.rest_port}"

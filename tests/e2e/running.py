@@ -31,10 +31,14 @@ class Running:
 
 
 @contextmanager
-def running_server(settings: Settings) -> Iterator[Running]:
-    """``settings`` with host 127.0.0.1 and both ports 0; stopped (gRPC first) on exit."""
-    settings = settings.model_copy(update={"host": "127.0.0.1", "port": 0, "grpc_port": 0})
-    app = serve_grpc(create_app(settings))
+def running_server(settings: Settings, *, grpc: bool = True) -> Iterator[Running]:
+    """``settings`` with host 127.0.0.1 and free ports (gRPC too unless ``grpc`` is False,
+    then ``grpc_port`` is -1); stopped (gRPC first) on exit."""
+    grpc_port = 0 if grpc else -1
+    settings = settings.model_copy(update={"host": "127.0.0.1", "port": 0, "grpc_port": grpc_port})
+    app = create_app(settings)
+    if grpc:
+        serve_grpc(app)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -45,7 +49,7 @@ def running_server(settings: Settings) -> Iterator[Running]:
         time.sleep(0.02)
     rest_port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield Running(rest_port, app.state.grpc_port)
+        yield Running(rest_port, app.state.grpc_port if grpc else -1)
     finally:
         server.should_exit = True
         thread.join(timeout=15)

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import io
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 
-from service.api.app import create_app
 from service.core.shapes import format_table, layer_table
 from service.settings import Settings
 from tests.api.test_explore import count_tiles
+from tests.e2e.running import running_server
 from training.architectures import INPUT_SHAPE, LECTURE
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models"
@@ -28,17 +25,8 @@ def shipped_server() -> Iterator[str]:
     if not (SHIPPED / "cifar10_cnn").is_dir():
         pytest.skip("no shipped model in models/cifar10_cnn yet (training publishes it)")
     settings = Settings(model_repository=SHIPPED, providers=["CPUExecutionProvider"])
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running_server(settings, grpc=False) as running:
+        yield running.url
 
 
 def test_shipped_layer_table_is_the_calculators_table(shipped_server: str) -> None:

@@ -10,21 +10,18 @@ import io
 import json
 import os
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 
-from service.api.app import create_app
 from service.settings import Settings
 from tests.conftest import make_model_repo
 from tests.e2e.chromium import Chromium, find_chromium
+from tests.e2e.running import running_server
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(
@@ -38,18 +35,8 @@ pytestmark = pytest.mark.skipif(
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     repo = make_model_repo(tmp_path_factory.mktemp("explorer"))
     settings = Settings(model_repository=repo, providers=["CPUExecutionProvider"])
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running_server(settings, grpc=False) as running:
+        yield running.url
 
 
 @pytest.fixture

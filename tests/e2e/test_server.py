@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +16,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc
 import tritonclient.http as triton
-import uvicorn
 from PIL import Image
 
-from service.api.app import create_app
 from service.settings import Settings
 from tests.conftest import make_model_repo, tiny_reference
+from tests.e2e.running import running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,18 +35,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         max_images_per_request=64,
         max_request_bytes=2_000_000,
     )
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running_server(settings, grpc=False) as running:
+        yield f"127.0.0.1:{running.rest_port}"
 
 
 def encode(pixels: np.ndarray, mode: str, fmt: str) -> bytes:

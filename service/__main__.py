@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -34,7 +35,23 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     settings = Settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
-    common = {
+    common = uvicorn_options(settings)
+    if settings.workers == 1:
+        uvicorn.run(app_for(settings), **common)
+        return
+    # Each worker process builds its own app from the environment, so the flags go there too.
+    os.environ.update({key.upper(): str(value) for key, value in overrides.items()})
+    uvicorn.run(
+        "service.__main__:app_from_environment",
+        factory=True,
+        workers=settings.workers,
+        **common,
+    )
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's keyword arguments for ``settings`` (the tests' real servers use them too)."""
+    return {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
@@ -43,17 +60,6 @@ def main(argv: list[str] | None = None) -> None:
         "timeout_graceful_shutdown": settings.shutdown_timeout_s,
         "timeout_keep_alive": settings.keep_alive_timeout_s,
     }
-    if settings.workers == 1:
-        uvicorn.run(app_for(settings), **common)  # type: ignore[arg-type]
-        return
-    # Each worker process builds its own app from the environment, so the flags go there too.
-    os.environ.update({key.upper(): str(value) for key, value in overrides.items()})
-    uvicorn.run(
-        "service.__main__:app_from_environment",
-        factory=True,
-        workers=settings.workers,
-        **common,  # type: ignore[arg-type]
-    )
 
 
 def app_for(settings: Settings) -> FastAPI:

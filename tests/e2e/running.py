@@ -10,7 +10,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
+from service.__main__ import uvicorn_options
 from service.api.app import create_app
 from service.api.grpc_server import serve_grpc
 from service.settings import Settings
@@ -39,7 +41,8 @@ def running_server(settings: Settings, *, grpc: bool = True) -> Iterator[Running
     app = create_app(settings)
     if grpc:
         serve_grpc(app)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+    options = {**uvicorn_options(settings), "log_level": "warning", "log_config": LOGGING_CONFIG}
+    config = uvicorn.Config(app, **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

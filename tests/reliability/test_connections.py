@@ -1,0 +1,177 @@
+"""Real server, raw sockets on loopback: slow clients are cut off without holding the service,
+a streamed body is refused at the limit while it is still arriving, idle keep-alive connections
+close, and a full batch queue answers 503 with Retry-After and recovers by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from service.settings import Settings
+from tests.conftest import make_model_repo
+from tests.e2e.running import Running, running_server
+
+BODY_TIMEOUT_S = 1.0
+KEEP_ALIVE_S = 1.0
+LIMIT = 100_000
+GOOD = json.dumps({"inputs": [{"name": "images", "shape": [1, 32, 32, 3], "datatype": "UINT8",
+                               "data": [0] * 3072}]}).encode()  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    repo = make_model_repo(tmp_path_factory.mktemp("connections"))
+    settings = Settings(
+        model_repository=repo,
+        providers=["CPUExecutionProvider"],
+        poll_interval_s=0,
+        body_timeout_s=BODY_TIMEOUT_S,
+        keep_alive_timeout_s=KEEP_ALIVE_S,
+        max_request_bytes=LIMIT,
+    )
+    with running_server(settings, grpc=False) as running:
+        yield running
+
+
+def connect(server: Running) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.rest_port), timeout=20)
+    sock.settimeout(20)  # every wait below is bounded
+    return sock
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a response: {data!r}")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return int(lines[0].split()[1]), headers, rest[:length]
+
+
+def post_head(path: str, length: int | None, extra: str = "") -> bytes:
+    size = f"Content-Length: {length}\r\n" if length is not None else ""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{size}{extra}\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize("path", ["/v2/models/tiny/infer", "/v1/models/tiny:predict"])
+def test_a_body_sent_too_slowly_is_a_408(server: Running, path: str) -> None:
+    with connect(server) as sock:
+        sock.sendall(post_head(path, len(GOOD)))
+        sent = 0
+        status = None
+        while sent < 50:  # a byte every 0.2 s (the whole body would take half an hour)
+            try:
+                sock.sendall(GOOD[sent : sent + 1])
+            except OSError:
+                break
+            sent += 1
+            time.sleep(0.2)
+            sock.setblocking(False)
+            try:
+                peek = sock.recv(1, socket.MSG_PEEK)
+            except BlockingIOError:
+                peek = None
+            finally:
+                sock.setblocking(True)
+            if peek:
+                status, headers, body = read_response(sock)
+                break
+        assert status == 408
+        assert headers.get("connection") == "close"
+        assert "did not arrive within 1 s" in json.loads(body)["error"]
+        assert headers.get("x-request-id")
+
+
+def test_slow_header_senders_do_not_hold_up_other_clients(server: Running) -> None:
+    """Fifty connections each dribbling a request head never finish it; a normal client is
+    answered meanwhile, and every slow connection is closed once we stop."""
+    slow = [connect(server) for _ in range(50)]
+    try:
+        for sock in slow:
+            sock.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+        with httpx.Client(base_url=server.url, timeout=20) as http:
+            for _ in range(5):
+                for sock in slow:
+                    sock.sendall(b"a")
+                response = http.post("/v2/models/tiny/infer", content=GOOD)
+                assert response.status_code == 200
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+@pytest.mark.parametrize("path", ["/v2/models/tiny/infer", "/v1/models/tiny:predict"])
+def test_a_streamed_body_is_refused_at_the_limit_while_arriving(server: Running, path: str) -> None:
+    """Chunked upload (no Content-Length) of three times the limit, never finished: a server
+    that buffered the whole body would wait for its end forever; this one answers 413."""
+    chunk = b"1" * 8192
+    with connect(server) as sock:
+        sock.sendall(post_head(path, None, "Transfer-Encoding: chunked\r\n"))
+        try:
+            for _ in range(3 * LIMIT // len(chunk)):
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        except OSError:
+            pass  # the server closed on us mid-upload: fine, the answer is already there
+        status, headers, body = read_response(sock)  # the body's last chunk was never sent
+    assert status == 413
+    assert headers.get("connection") == "close"
+    assert f"over the limit of {LIMIT} bytes" in json.loads(body)["error"]
+
+
+def test_idle_keep_alive_connections_are_closed(server: Running) -> None:
+    with connect(server) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_response(sock)[0] == 200
+        started = time.monotonic()
+        assert sock.recv(1) == b""  # closed by the server (the 20 s socket timeout bounds it)
+        assert time.monotonic() - started >= KEEP_ALIVE_S * 0.5
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_recovers(tmp_path: Path) -> None:
+    """The batcher waits 300 ms for company, so a burst piles up behind the first request and
+    overflows a queue of 16 images; once the burst is gone every request is served again."""
+    settings = Settings(
+        model_repository=make_model_repo(tmp_path),
+        providers=["CPUExecutionProvider"],
+        poll_interval_s=0,
+        max_queue_images=16,
+        max_batch_delay_ms=300,
+    )
+    images = np.zeros((4, 32, 32, 3), dtype=np.uint8)
+    tensor = {"name": "images", "shape": [4, 32, 32, 3], "datatype": "UINT8"}
+    body = json.dumps({"inputs": [{**tensor, "data": images.ravel().tolist()}]})
+
+    async def burst(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            return await asyncio.gather(
+                *(http.post("/v2/models/cifar10_cnn/infer", content=body) for _ in range(40))
+            )
+
+    with running_server(settings, grpc=False) as running:
+        answers = asyncio.run(burst(running.url))
+        statuses = [a.status_code for a in answers]
+        assert set(statuses) == {200, 503}, statuses
+        for answer in answers:
+            if answer.status_code == 503:
+                assert answer.headers["retry-after"] == "1"
+                assert "queue is full" in answer.json()["error"]
+        with httpx.Client(base_url=running.url, timeout=30) as http:
+            for _ in range(3):
+                assert http.post("/v2/models/cifar10_cnn/infer", content=body).status_code == 200

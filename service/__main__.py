@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -35,6 +37,9 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     settings = Settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
+    # uvicorn drains on SIGTERM (SHUTDOWN_TIMEOUT_S), then re-raises the signal to the handler
+    # it found: this one makes a finished graceful shutdown exit 0, not "killed by SIGTERM".
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     common = uvicorn_options(settings)
     if settings.workers == 1:
         uvicorn.run(app_for(settings), **common)
@@ -47,6 +52,10 @@ def main(argv: list[str] | None = None) -> None:
         workers=settings.workers,
         **common,
     )
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:

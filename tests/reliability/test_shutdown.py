@@ -1,0 +1,128 @@
+"""Graceful shutdown of ``python -m service`` (a real process): on SIGTERM it stops accepting,
+finishes the request in flight, stops gRPC, and exits 0; a client running throughout sees no
+failure other than refused connections after the stop began. Its logs are JSON lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from tests.conftest import make_model_repo
+
+GOOD = json.dumps({"inputs": [{"name": "images", "shape": [1, 32, 32, 3], "datatype": "UINT8",
+                               "data": [0] * 3072}]}).encode()  # fmt: skip
+# What a client may see once the stop began: the listening socket is gone (refused), or a
+# connection still in the kernel's backlog is reset before the server ever read it.
+REFUSED = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_sigterm_finishes_requests_in_flight_then_exits_0(tmp_path: Path) -> None:
+    repo = make_model_repo(tmp_path, lecture=False)
+    port, grpc_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "LOG_FORMAT": "json",
+        "SHUTDOWN_TIMEOUT_S": "15",
+        "POLL_INTERVAL_S": "0",
+        "PROVIDERS": "CPUExecutionProvider",
+    }
+    command = [sys.executable, "-m", "service", "--port", str(port), "--grpc-port", str(grpc_port),
+               "--model-repository", str(repo), "--log-level", "info"]  # fmt: skip
+    server = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, server.communicate()[1]
+            assert time.monotonic() < deadline, "the server did not become ready"
+            try:
+                with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            assert stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
+
+        # A client running throughout, a fresh connection per request.
+        stop_sent = threading.Event()
+        finished = threading.Event()
+        served: list[int] = []
+        failures: list[tuple[bool, str]] = []  # (after the stop began, what)
+
+        def client() -> None:
+            limits = httpx.Limits(max_keepalive_connections=0)
+            with httpx.Client(base_url=url, timeout=30, limits=limits) as http:
+                while not finished.is_set():
+                    after = stop_sent.is_set()
+                    try:
+                        response = http.post("/v2/models/tiny/infer", content=GOOD)
+                    except REFUSED as exc:
+                        failures.append((after, repr(exc)))
+                        if after:
+                            return
+                        continue
+                    served.append(response.status_code)
+
+        runner = threading.Thread(target=client, daemon=True)
+        runner.start()
+        while len(served) < 20:
+            time.sleep(0.05)
+            assert runner.is_alive()
+
+        # A request in flight: headers and half its body are in when the stop begins.
+        in_flight = socket.create_connection(("127.0.0.1", port), timeout=30)
+        head = (f"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: t\r\nContent-Type: "
+                f"application/json\r\nContent-Length: {len(GOOD)}\r\n\r\n").encode()  # fmt: skip
+        in_flight.sendall(head + GOOD[: len(GOOD) // 2])
+        time.sleep(0.3)
+        stop_sent.set()
+        server.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+
+        with pytest.raises(ConnectionRefusedError):  # no new connections...
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        assert server.poll() is None  # ...but still running: one request is not finished
+        in_flight.sendall(GOOD[len(GOOD) // 2 :])
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = in_flight.recv(65536)
+            assert chunk, f"closed without an answer: {answer!r}"
+            answer += chunk
+        in_flight.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+        assert server.wait(timeout=30) == 0
+        finished.set()
+        runner.join(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+        logs = server.communicate(timeout=30)[1]
+    assert served and set(served) == {200}
+    assert [f for f in failures if not f[0]] == [], failures  # nothing failed before the stop
+    lines = [line for line in logs.splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is JSON
+    messages = " ".join(r["message"] for r in records)
+    assert "Waiting for connections to close" in messages or "Shutting down" in messages
+    assert all(r["level"] not in ("ERROR", "CRITICAL") for r in records), messages

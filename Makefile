@@ -7,7 +7,7 @@ TARBALL := ../shared/data/cifar10-jpeg.tar.gz
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
 
-.PHONY: serve test lint browser nginx train train-ddp bench data clean
+.PHONY: serve test lint browser nginx train train-ddp bench soak fuzz data clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -73,6 +73,17 @@ train-ddp: $(VENV)/.dev-stamp $(DATA)
 bench: $(VENV)/.dev-stamp $(DATA)
 	$(BIN)/python scripts/bench_train.py --data $(DATA)
 	$(BIN)/python scripts/bench_serve.py --grpc
+
+# Reliability (docs/reliability.md): a real server under mixed load at concurrency 64 (5xx, dropped
+# connections, memory growth), and schemathesis against its live OpenAPI document. `make test`
+# runs short versions of both.
+SOAK_SECONDS  ?= 180
+FUZZ_EXAMPLES ?= 100
+soak: $(VENV)/.dev-stamp
+	$(BIN)/python scripts/soak.py --seconds $(SOAK_SECONDS) --concurrency 64
+
+fuzz: $(VENV)/.dev-stamp
+	$(BIN)/python scripts/fuzz_api.py --max-examples $(FUZZ_EXAMPLES) --seed 6
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache .mypy_cache .ruff_cache

@@ -11,9 +11,10 @@ import asyncio
 import hmac
 import ipaddress
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Security
+from fastapi.security import HTTPBearer
 from pydantic import SecretStr
 
 from service.api.app import read_json_body, service_state
@@ -51,7 +52,16 @@ def check_admin(token: SecretStr | None, host: str | None, authorization: str) -
         raise Forbidden("wrong bearer token for the repository API")
 
 
-def require_admin(request: Request) -> None:
+# Documents the bearer scheme in OpenAPI (so clients and fuzzers know of it); ``check_admin``
+# reads the header itself, as gRPC's metadata is read.
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="AdminToken",
+    description="ADMIN_TOKEN, when set; without it the repository API answers loopback only.",
+)
+
+
+def require_admin(request: Request, _: Annotated[Any, Security(BEARER)] = None) -> None:
     check_admin(
         service_state(request).settings.admin_token,
         request.client.host if request.client else None,

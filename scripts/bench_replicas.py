@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -28,14 +27,13 @@ sys.path.insert(0, str(ROOT))
 from scripts.bench_serve import (  # noqa: E402
     MODEL,
     Scenario,
-    free_port,
     load,
     start_server,
     v2_binary,
     v2_json,
-    wait_ready,
 )
 from scripts.nginx_local import find_nginx, nginx_command  # noqa: E402
+from scripts.server_process import free_port, wait_ready  # noqa: E402
 
 
 @contextmanager
@@ -68,7 +66,7 @@ def balancer(replicas: list[tuple[str, int]], tmp: Path) -> Iterator[str]:
     process = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
     try:
         address = f"127.0.0.1:{rest}"
-        wait_ready(address, time.monotonic() + 30)
+        wait_ready(f"http://{address}", None, 30)
         yield address
     finally:
         process.send_signal(signal.SIGQUIT)

@@ -17,12 +17,10 @@ import io
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts.report import write_section  # noqa: E402
+from scripts.server_process import free_port, wait_ready  # noqa: E402
 
 MODEL = "cifar10_cnn"
 MODEL_PATH = ROOT / "models" / MODEL / "1" / "model.onnx"
@@ -137,26 +136,6 @@ def scenarios(quick: bool, grpc: bool = False) -> list[Scenario]:
     return out
 
 
-def free_port() -> int:
-    """A free loopback port for the server (bound, then released for it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def wait_ready(address: str, deadline: float) -> None:
-    """Every worker loads its models after the socket opens: wait until readiness answers."""
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://{address}/v2/health/ready", timeout=2):
-                time.sleep(1.0)  # the other workers finish their start-up meanwhile
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("the server never became ready")
-
-
 def start_server(
     env: dict[str, str], grpc_port: int, log: Path
 ) -> tuple[subprocess.Popen[bytes], str]:
@@ -173,7 +152,8 @@ def start_server(
         )
     address = f"127.0.0.1:{port}"
     try:
-        wait_ready(address, time.monotonic() + 60)
+        wait_ready(f"http://{address}", None, 60)
+        time.sleep(1.0)  # with WORKERS > 1 the other workers finish their start-up meanwhile
     except SystemExit:
         process.kill()
         raise SystemExit(f"the server did not start; its log:\n{log.read_text()}") from None

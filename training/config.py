@@ -28,6 +28,25 @@ class TrainConfig:
         choices=("keras", "torch"),
     )
     weight_decay: float = _f(0.0, "L2 penalty added by the optimizer (0: the lecture's recipe)")
+    optimizer: str = _f("adam", "adam (the lecture's) or sgd", choices=("adam", "sgd"))
+    momentum: float = _f(0.9, "SGD momentum (with --optimizer sgd)")
+    nesterov: bool = _f(True, "Nesterov momentum for SGD")
+    label_smoothing: float = _f(0.0, "cross-entropy label smoothing (0: none, the lecture's)")
+    schedule: str = _f(
+        "constant",
+        "learning rate schedule: constant (the lecture's) or onecycle (warm-up to --lr, then down)",
+        choices=("constant", "onecycle"),
+    )
+    augment: str = _f(
+        "none",
+        "batch augmentation: none, flip, flip-crop, flip-crop-cutout",
+        choices=("none", "flip", "flip-crop", "flip-crop-cutout"),
+    )
+    crop_pad: int = _f(4, "largest shift in pixels for the random crop (reflected border)")
+    cutout_size: int = _f(8, "side in pixels of the cutout square")
+    autocast: str = _f(
+        "none", "mixed precision: none or bf16 (CPU or CUDA autocast)", choices=("none", "bf16")
+    )
     val_size: int = _f(5000, "images held out of the train split for validation")
     seed: int = _f(0, "seed for the split, the initial weights and the shuffling")
     threads: int = _f(0, "torch intra-op threads; 0 uses every core given to the process")
@@ -47,6 +66,14 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = type(f.default)
+        if kind is bool:  # --nesterov / --no-nesterov
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=f.default,
+                help=f"{f.metadata['help']} (default: {f.default})",
+            )
+            continue
         parser.add_argument(
             flag,
             type=kind,

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from training.architectures import ARCHITECTURES
+from training.augment import augment_batch, augment_options
 from training.config import TrainConfig
 from training.data import CLASS_NAMES, Cifar10, Split, train_val_split
 from training.distributed import ALONE, World, all_sum, from_main, rank_device, threads_per_process
@@ -151,8 +152,12 @@ def train_model(
     device = rank_device(world, resolve_device(config.device))
     log = log if world.is_main else _silent
     model = build_classifier(config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = build_optimizer(config, model)
+    steps = math.ceil(len(fit) / config.batch_size)
+    scheduler = build_schedule(config, optimizer, steps)
+    augment = augment_options(config.augment, config.crop_pad, config.cutout_size)
     generator = torch.Generator().manual_seed(config.seed)
+    augment_rng = torch.Generator().manual_seed(config.seed + 1 + world.rank)
     history: list[dict[str, float]] = []
     best_acc, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
     first_epoch = 1
@@ -160,6 +165,10 @@ def train_model(
         state = torch.load(resume, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and "scheduler" in state:
+            scheduler.load_state_dict(state["scheduler"])
+        if "augment_rng" in state:
+            augment_rng.set_state(state["augment_rng"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         history = state["history"]
@@ -178,7 +187,7 @@ def train_model(
         net = model
     images = torch.from_numpy(fit.images).to(device)  # uint8 stays uint8 until the model scales it
     labels = torch.from_numpy(fit.labels).to(device)
-    steps = math.ceil(len(fit) / config.batch_size)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.autocast == "bf16")
     started = time.perf_counter()
     for epoch in range(first_epoch, config.epochs + 1):
         model.train()
@@ -197,18 +206,26 @@ def train_model(
             batch = order[step * config.batch_size : (step + 1) * config.batch_size]
             idx = rank_share(batch, world)
             x, y = images[idx], labels[idx]
-            logits = net(x)
+            if augment is not None:
+                x = augment_batch(x, augment_rng, augment)
+            with autocast:
+                logits = net(x).float()
+            smoothing = config.label_smoothing
             if world.distributed:
                 # Sum over this share / global batch, times world size: DDP's average over ranks
                 # is then the global batch's mean loss gradient, even for an uneven last batch.
-                loss = F.cross_entropy(logits, y, reduction="sum") * (world.size / len(batch))
+                loss = F.cross_entropy(logits, y, reduction="sum", label_smoothing=smoothing) * (
+                    world.size / len(batch)
+                )
                 loss_sum += loss.detach() * (len(batch) / world.size)
             else:
-                loss = F.cross_entropy(logits, y)
+                loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
                 loss_sum += loss.detach() * len(y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             correct += (logits.argmax(1) == y).sum()
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -240,6 +257,8 @@ def train_model(
                     "epoch": epoch,
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "augment_rng": augment_rng.get_state(),
                     "generator": generator.get_state(),
                     "torch_rng": torch.get_rng_state(),
                     "history": history,
@@ -259,6 +278,34 @@ def train_model(
     model.eval()
     log(f"Best validation epoch: {best_epoch} (val_accuracy {best_acc:.4f})")
     return TrainResult(model, history, best_epoch, time.perf_counter() - started)
+
+
+def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Adam (the lecture's) or SGD with (Nesterov) momentum; weight decay on either."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov and config.momentum > 0,
+            weight_decay=config.weight_decay,
+        )
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def build_schedule(
+    config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """None for a constant rate; one-cycle: a quarter of the steps up to ``lr``, then down."""
+    if config.schedule != "onecycle":
+        return None
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=config.lr,
+        total_steps=max(1, config.epochs * steps_per_epoch),
+        pct_start=0.25,
+        anneal_strategy="linear",
+    )
 
 
 def rank_share(batch: torch.Tensor, world: World) -> torch.Tensor:

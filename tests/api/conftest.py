@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -26,6 +27,16 @@ def make_settings(repo: Path, **changes: object) -> Settings:
     )
 
 
+@asynccontextmanager
+async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client talking in-process to the app for ``settings``, its lifespan running."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            yield http
+
+
 @pytest.fixture(params=[True, False], ids=["fast-path", "fastapi-route"])
 async def client(
     tmp_path: Path, request: pytest.FixtureRequest
@@ -37,8 +48,5 @@ async def client(
         max_request_bytes=200_000,
         v2_fast_path=request.param,
     )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            yield http
+    async with app_client(settings) as http:
+        yield http

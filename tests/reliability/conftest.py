@@ -9,8 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.api.app import create_app
-from tests.api.conftest import make_settings
+from tests.api.conftest import app_client, make_settings
 from tests.conftest import make_model_repo
 
 
@@ -32,8 +31,5 @@ async def client(
         poll_interval_s=0,
         v2_fast_path=request.param,
     )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            yield http
+    async with app_client(settings) as http:
+        yield http

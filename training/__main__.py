@@ -4,6 +4,7 @@ python -m training train --data data/cifar10-jpeg            # train, test, expo
 python -m training retrain --data data/cifar10-jpeg          # the same, behind a quality gate
 python -m training export --checkpoint runs/<run>/checkpoint.pt --data data/cifar10-jpeg
 python -m training evaluate --model models/cifar10_cnn/1 --data data/cifar10-jpeg
+python -m training quantize --model models/cifar10_cnn_bn/1 --name cifar10_cnn_bn_int8
 python -m training summary [--arch lecture]                    # the Keras-style layer table
 python -m training train --resume runs/<run>/last.pt           # carry on an interrupted run
 torchrun --nproc-per-node=2 -m training train --data data/cifar10-jpeg   # data-parallel (DDP)
@@ -113,6 +114,28 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", type=Path, required=True, help="version folder or .onnx file")
     evaluate.add_argument("--limit-test", type=int, default=0, help="N random test images (0: all)")
     _data_arguments(evaluate)
+
+    quantize = sub.add_parser(
+        "quantize", help="static INT8 (QDQ) copy of a published model, kept if accuracy holds"
+    )
+    quantize.add_argument("--model", type=Path, required=True, help="float version folder")
+    quantize.add_argument(
+        "--calibration-images",
+        type=int,
+        default=1024,
+        help="training images whose activation ranges set the INT8 scales (default: 1024)",
+    )
+    quantize.add_argument(
+        "--max-drop",
+        type=float,
+        default=0.005,
+        help="largest test accuracy loss against the float model that may be published "
+        "(default: 0.005, half a point)",
+    )
+    quantize.add_argument("--seed", type=int, default=0, help="picks the calibration images")
+    quantize.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs go")
+    _data_arguments(quantize)
+    _publish_arguments(quantize)
 
     summary = sub.add_parser("summary", help="print the Keras-style layer table")
     summary.add_argument("--arch", default="lecture", choices=sorted(ARCHITECTURES))
@@ -243,6 +266,37 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(json.dumps({"model": str(path), "images": len(test), **result.as_dict()}, indent=2))
 
 
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from service.core.card import read_card
+    from training.publish import publish
+    from training.quantize import compare, int8_card_fields, quantize_int8
+
+    source = read_card(args.model)
+    data = _load(args)
+    calibration = data.train.sample(args.calibration_images, args.seed)
+    out = args.runs_dir / f"{source.name}-{source.version}-int8" / MODEL_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    quantize_int8(args.model / MODEL_FILE, out, calibration.images)
+    check, evaluation = compare(args.model / MODEL_FILE, out, data.test, args.max_drop)
+    print(
+        f"INT8: test accuracy {check.int8_accuracy:.4f} vs float {check.float_accuracy:.4f} "
+        f"({check.images} images, top-1 agreement {check.top1_agreement:.4f})"
+    )
+    fields = int8_card_fields(
+        source,
+        out,
+        check,
+        evaluation,
+        {"images": len(calibration), "from": "train split", "seed": args.seed},
+    )
+    if not check.passed:
+        raise Rejected(
+            f"INT8 loses {check.drop:.4f} test accuracy (allowed {args.max_drop:.4f}); "
+            f"nothing published, the graph is in {out}"
+        )
+    print(f"Published {publish(args.repository, args.name, out, fields)}")
+
+
 def cmd_summary(args: argparse.Namespace) -> None:
     layers = json.loads(args.spec.read_text()) if args.spec else ARCHITECTURES[args.arch]
     table = layer_table(INPUT_SHAPE, layers)
@@ -254,6 +308,7 @@ COMMANDS = {
     "retrain": cmd_retrain,
     "export": cmd_export,
     "evaluate": cmd_evaluate,
+    "quantize": cmd_quantize,
     "summary": cmd_summary,
 }
 

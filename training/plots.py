@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
@@ -42,6 +44,24 @@ def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Pat
             color = "white" if count > peak / 2 else "black"
             ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color=color)
     fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_mistakes(
+    images: np.ndarray, mistakes: list[dict[str, Any]], path: Path, columns: int = 8
+) -> None:
+    """The test images the model got wrong with the most confidence, each titled
+    'true -> predicted (confidence)': where it fails, at a glance."""
+    rows = max(1, -(-len(mistakes) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.5, rows * 1.75), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, m in zip(axes.flat, mistakes, strict=False):
+        ax.imshow(images[m["index"]], interpolation="nearest")
+        ax.set_title(f"{m['true']}\n-> {m['predicted']} ({m['confidence']:.2f})", fontsize=7, pad=2)
+    fig.suptitle("Most confident mistakes on the test split (true -> predicted)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -6,6 +6,7 @@ python -m training train --data data/cifar10-jpeg
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -40,6 +41,8 @@ class Evaluation:
     accuracy: float
     per_class_accuracy: dict[str, float]
     confusion: list[list[int]]  # rows: true class, columns: predicted class
+    mistakes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """The most confident wrong answers: image index, true and predicted class, confidence."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -47,6 +50,7 @@ class Evaluation:
             "accuracy": self.accuracy,
             "per_class_accuracy": self.per_class_accuracy,
             "confusion_matrix": self.confusion,
+            "most_confident_mistakes": self.mistakes,
         }
 
 
@@ -82,19 +86,50 @@ def build_classifier(config: TrainConfig) -> Classifier:
 
 
 @torch.no_grad()
-def predict_logits(model: Classifier, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """Logits for uint8 NHWC images, in eval mode, on the model's device."""
+def predict_logits(
+    model: Classifier, images: np.ndarray, batch_size: int = 500, *, bf16: bool = False
+) -> np.ndarray:
+    """Logits for uint8 NHWC images, in eval mode, on the model's device.
+
+    ``bf16``: under autocast, twice as fast on this CPU; used for the per-epoch validation score
+    of a bf16 run, never for the test figure (the exported graph computes in float32).
+    """
     model.eval()
     device = next(model.parameters()).device
-    out = [
-        model(torch.from_numpy(images[i : i + batch_size]).to(device)).float().cpu()
-        for i in range(0, len(images), batch_size)
-    ]
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = [
+            model(torch.from_numpy(images[i : i + batch_size]).to(device)).float().cpu()
+            for i in range(0, len(images), batch_size)
+        ]
     return torch.cat(out).numpy() if out else np.zeros((0, len(CLASS_NAMES)), np.float32)
 
 
+MISTAKES_SHOWN = 24
+
+
+def confident_mistakes(
+    logits: np.ndarray, labels: np.ndarray, n: int = MISTAKES_SHOWN
+) -> list[dict[str, Any]]:
+    """The ``n`` wrong predictions made with the highest softmax probability, most sure first."""
+    probabilities = torch.softmax(torch.from_numpy(logits).float(), dim=1).numpy()
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    worst = wrong[np.argsort(-confidence[wrong], kind="stable")[:n]]
+    return [
+        {
+            "index": int(i),
+            "true": CLASS_NAMES[int(labels[i])],
+            "predicted": CLASS_NAMES[int(predicted[i])],
+            "confidence": round(float(confidence[i]), 4),
+        }
+        for i in worst
+    ]
+
+
 def evaluate_logits(logits: np.ndarray, labels: np.ndarray) -> Evaluation:
-    """Loss, accuracy, per-class accuracy and confusion matrix from torch or onnxruntime logits."""
+    """Loss, accuracy, per-class accuracy, confusion matrix and the most confident mistakes, from
+    torch or onnxruntime logits."""
     n_classes = len(CLASS_NAMES)
     loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item())
     predicted = logits.argmax(axis=1)
@@ -105,11 +140,19 @@ def evaluate_logits(logits: np.ndarray, labels: np.ndarray) -> Evaluation:
         name: float(confusion[i, i] / totals[i]) if totals[i] else 0.0
         for i, name in enumerate(CLASS_NAMES)
     }
-    return Evaluation(loss, float((predicted == labels).mean()), per_class, confusion.tolist())
+    return Evaluation(
+        loss,
+        float((predicted == labels).mean()),
+        per_class,
+        confusion.tolist(),
+        confident_mistakes(logits, labels),
+    )
 
 
-def evaluate(model: Classifier, split: Split, batch_size: int = 500) -> Evaluation:
-    return evaluate_logits(predict_logits(model, split.images, batch_size), split.labels)
+def evaluate(
+    model: Classifier, split: Split, batch_size: int = 500, *, bf16: bool = False
+) -> Evaluation:
+    return evaluate_logits(predict_logits(model, split.images, batch_size, bf16=bf16), split.labels)
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
@@ -234,7 +277,7 @@ def train_model(
         train_loss, train_acc = totals[0].item() / len(fit), totals[1].item() / len(fit)
         scores = torch.zeros(2, dtype=torch.float64, device=device)
         if world.is_main:
-            v = evaluate(model, val, config.eval_batch_size)
+            v = evaluate(model, val, config.eval_batch_size, bf16=config.autocast == "bf16")
             scores[0], scores[1] = v.loss, v.accuracy
         val_loss, val_acc = (float(s) for s in from_main(world, scores).tolist())
         seconds = time.perf_counter() - t0
@@ -359,7 +402,8 @@ def run_training(
     Rank 0's part of a distributed run (the other ranks call ``train_model`` alone); ``last.pt``
     in ``run_dir`` is rewritten after each epoch so that ``resume`` can carry on from it.
     """
-    from training.plots import plot_confusion, plot_history  # matplotlib only when a run finishes
+    # matplotlib only when a run finishes
+    from training.plots import plot_confusion, plot_history, plot_mistakes
 
     fit, val, test = split_data(config, data)
     log(f"Data: {len(fit)} train, {len(val)} validation (held out of train), {len(test)} test")
@@ -392,6 +436,7 @@ def run_training(
     (run_dir / "metrics.json").write_text(json.dumps(test_eval.as_dict(), indent=2) + "\n")
     plot_history(result.history, run_dir / "curves.png")
     plot_confusion(test_eval.confusion, list(CLASS_NAMES), run_dir / "confusion.png")
+    plot_mistakes(test.images, test_eval.mistakes, run_dir / "mistakes.png")
     save_checkpoint(run, run_dir / "checkpoint.pt")
     return run
 
@@ -418,7 +463,13 @@ def load_checkpoint(path: Path) -> TrainingRun:
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     t = ckpt["test"]
-    test = Evaluation(t["loss"], t["accuracy"], t["per_class_accuracy"], t["confusion_matrix"])
+    test = Evaluation(
+        t["loss"],
+        t["accuracy"],
+        t["per_class_accuracy"],
+        t["confusion_matrix"],
+        t.get("most_confident_mistakes", []),
+    )
     return TrainingRun(
         config,
         model,

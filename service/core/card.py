@@ -60,6 +60,7 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=dict)  # empty for a float graph
     libraries: dict[str, str] = field(default_factory=dict)
     git_commit: str | None = None
     created: str = ""
@@ -110,6 +111,7 @@ class ModelCard:
             "metrics",
             "training",
             "dataset",
+            "quantization",
         ):
             value = data.get(key, {})
             if not isinstance(value, Mapping):

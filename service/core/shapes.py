@@ -332,3 +332,21 @@ def format_table(table: LayerTable, title: str = "sequential") -> str:
         f"Non-trainable params: {total - trainable:,}",
     ]
     return "\n".join(lines)
+
+
+def multiply_adds(table: LayerTable, layers: Sequence[Mapping[str, Any]]) -> int:
+    """Multiply-adds per image of the convolutions and dense layers: the cost that sets speed.
+
+    A convolution does F*F*C_in of them for each of its H_out*W_out*K outputs; a dense layer
+    n_in per unit. Pooling, batch norm and activations are cheap next to them and not counted.
+    """
+    total, shape = 0, table.input_shape
+    for spec, row in zip(layers, table.rows, strict=True):
+        if row.type == "conv2d":
+            h, w, k = row.output_shape
+            f = int(spec["kernel"])
+            total += h * w * k * f * f * shape[-1]
+        elif row.type == "dense":
+            total += shape[-1] * row.output_shape[-1]
+        shape = row.output_shape
+    return total

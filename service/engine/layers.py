@@ -88,15 +88,77 @@ def _padding(pads: list[int], size: int, kernel: int, stride: int) -> int | str:
     raise ServingError(f"asymmetric padding {pads} is neither symmetric nor 'same'")
 
 
+def _without_qdq(
+    nodes: list[onnx.NodeProto], initializers: set[str]
+) -> tuple[list[onnx.NodeProto], dict[str, str]]:
+    """A QDQ (quantized) graph read as its float original: Quantize/Dequantize pairs dropped and
+    dequantized weights renamed to their stored tensors (same shape, so the same parameters)."""
+    produced_by_q = {n.output[0]: n.input[0] for n in nodes if n.op_type == "QuantizeLinear"}
+    alias: dict[str, str] = {}
+    for n in nodes:
+        if n.op_type == "DequantizeLinear":
+            stored = n.input[0]
+            alias[n.output[0]] = (
+                stored if stored in initializers else produced_by_q.get(stored, stored)
+            )
+    if not alias:
+        return nodes, {}
+    kept = []
+    for n in nodes:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        plain = onnx.NodeProto()
+        plain.CopyFrom(n)
+        plain.input[:] = [alias.get(i, i) for i in n.input]
+        kept.append(plain)
+    return kept, alias
+
+
+def _fuse_erf_gelu(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """The exporter writes GELU as x * 0.5 * (1 + erf(x / sqrt 2)): five nodes, one layer.
+
+    Each such chain becomes one ``Gelu`` node from x to the chain's output, in its place.
+    """
+    producer = {o: n for n in nodes for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def only_consumer(tensor: str, op: str) -> onnx.NodeProto | None:
+        found = consumers.get(tensor, [])
+        return found[0] if len(found) == 1 and found[0].op_type == op else None
+
+    fused: dict[int, onnx.NodeProto] = {}  # id of the chain's last node -> its Gelu
+    dropped: set[int] = set()
+    for erf in (n for n in nodes if n.op_type == "Erf"):
+        div = producer.get(erf.input[0])
+        if div is None or div.op_type != "Div":
+            continue
+        x = div.input[0]
+        add = only_consumer(erf.output[0], "Add")
+        first = add and only_consumer(add.output[0], "Mul")
+        second = first and only_consumer(first.output[0], "Mul")
+        if add is None or first is None or second is None or x not in first.input:
+            continue
+        gelu = onnx.helper.make_node("Gelu", [x], [second.output[0]], name=erf.name or "Gelu")
+        dropped.update(id(n) for n in (div, erf, add, first))
+        fused[id(second)] = gelu
+    return [fused.get(id(n), n) for n in nodes if id(n) not in dropped]
+
+
 def _graph_layers(
     graph: onnx.GraphProto, shapes: dict[str, list[int | None]], hw: int
 ) -> list[_Layer]:
+    initializers = {t.name for t in graph.initializer}
+    nodes, alias = _without_qdq(list(graph.node), initializers)
+    nodes = _fuse_erf_gelu(nodes)
     sizes = {t.name: math.prod(t.dims) for t in graph.initializer}
     dims = {t.name: list(t.dims) for t in graph.initializer}
-    outputs = {o.name for o in graph.output}
+    outputs = {alias.get(o.name, o.name) for o in graph.output}
     layers: list[_Layer] = []
     pending_pad: list[int] | None = None
-    for node in graph.node:
+    for node in nodes:
         op = node.op_type
         last = layers[-1] if layers else None
         follows = last is not None and node.input and node.input[0] == last.output

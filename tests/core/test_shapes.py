@@ -16,6 +16,7 @@ from service.core.shapes import (
     conv_params,
     format_table,
     layer_table,
+    multiply_adds,
     pool_output_size,
     same_padding,
 )
@@ -158,3 +159,21 @@ def test_core_imports_only_the_standard_library() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_multiply_adds_of_the_lecture_model_by_hand() -> None:
+    # conv 30*30*32*(3*3*3) + conv 13*13*64*(3*3*32) + conv 4*4*64*(3*3*64) + 1024*64 + 64*10
+    by_hand = 30 * 30 * 32 * 27 + 13 * 13 * 64 * 288 + 4 * 4 * 64 * 576 + 1024 * 64 + 64 * 10
+    assert multiply_adds(layer_table((32, 32, 3), LECTURE), LECTURE) == by_hand == 4_548_608
+
+
+def test_multiply_adds_count_strided_same_convolutions_at_their_output_size() -> None:
+    layers = [
+        {"type": "conv2d", "filters": 4, "kernel": 3, "stride": 2, "padding": "same"},
+        {"type": "batch_norm"},
+        {"type": "max_pool", "pool": 2},
+        {"type": "flatten"},
+        {"type": "dense", "units": 3},
+    ]
+    table = layer_table((8, 8, 2), layers)
+    assert multiply_adds(table, layers) == 4 * 4 * 4 * (3 * 3 * 2) + (2 * 2 * 4) * 3

@@ -38,7 +38,9 @@ def test_train_evaluate_and_summary_end_to_end(image_folder: Path, tmp_path: Pat
     assert card.dataset["n_train"] == 30 and card.dataset["n_test"] == 20
     assert card.metrics["parity"]["passed"] is True
     (run_dir,) = runs.iterdir()
-    for name in ("history.json", "curves.png", "confusion.png", "checkpoint.pt", "model.onnx"):
+    assert card.metrics["most_confident_mistakes"][0]["index"] < 20
+    files = ("history.json", "curves.png", "confusion.png", "mistakes.png", "checkpoint.pt")
+    for name in (*files, "model.onnx"):
         assert (run_dir / name).stat().st_size > 0
 
     evaluated = _cli("evaluate", "--model", repo / "tiny" / "1", *common, cwd=tmp_path)
@@ -54,6 +56,19 @@ def test_train_evaluate_and_summary_end_to_end(image_folder: Path, tmp_path: Pat
     )  # fmt: skip
     assert exported.returncode == 0, exported.stderr
     assert read_card(repo / "tiny" / "2").metrics["test_accuracy"] == card.metrics["test_accuracy"]
+
+    quantize: list[str | Path] = [
+        "quantize", "--model", repo / "tiny" / "1", *common, "--calibration-images", "16",
+        "--repository", repo, "--name", "tiny_int8", "--runs-dir", runs,
+    ]  # fmt: skip
+    refused = _cli(*quantize, "--max-drop", "-1", cwd=tmp_path)  # no graph can gain accuracy
+    assert refused.returncode == 3, refused.stderr
+    assert "nothing published" in refused.stderr and not (repo / "tiny_int8").exists()
+    quantized = _cli(*quantize, "--max-drop", "1", cwd=tmp_path)
+    assert quantized.returncode == 0, quantized.stderr
+    int8 = read_card(repo / "tiny_int8" / "1")
+    assert int8.quantization["source"]["sha256"] == card.sha256 != int8.sha256
+    assert int8.quantization["calibration"]["images"] == 16
 
     summary = _cli("summary", cwd=tmp_path)
     assert "Total params: 122,570" in summary.stdout

@@ -8,7 +8,7 @@ import torch
 from tests.training.conftest import class_images
 from training.config import TrainConfig
 from training.data import Split, train_val_split
-from training.train import evaluate, train_model
+from training.train import confident_mistakes, evaluate, evaluate_logits, train_model
 
 TINY = TrainConfig(epochs=3, batch_size=32, val_size=60, threads=1)
 
@@ -54,3 +54,18 @@ def test_log_lines_look_like_keras() -> None:
     for key in ("loss:", "accuracy:", "val_loss:", "val_accuracy:"):
         assert key in lines[0]
     assert np.isfinite(float(lines[0].split("val_loss: ")[1].split()[0]))
+
+
+def test_most_confident_mistakes_are_the_wrong_answers_most_sure_first() -> None:
+    labels = np.array([0, 1, 2, 3])
+    logits = np.zeros((4, 10), dtype=np.float32)
+    logits[0, 0] = 9.0  # right
+    logits[1, 5] = 2.0  # wrong, unsure
+    logits[2, 7] = 8.0  # wrong, sure
+    logits[3, 3] = 1.0  # right
+    mistakes = confident_mistakes(logits, labels)
+    assert [m["index"] for m in mistakes] == [2, 1]
+    assert mistakes[0]["true"] == "bird" and mistakes[0]["predicted"] == "horse"
+    assert mistakes[0]["confidence"] > mistakes[1]["confidence"] > 0.1
+    assert evaluate_logits(logits, labels).mistakes == mistakes
+    assert confident_mistakes(logits, labels, n=1) == mistakes[:1]

@@ -78,9 +78,11 @@ NPROC ?= 2
 train-ddp: $(VENV)/.dev-stamp $(DATA)
 	$(BIN)/torchrun --standalone --nproc-per-node=$(NPROC) -m training retrain --data $(DATA) $(RETRAIN_FLAGS)
 
-# Benchmarks, not tests: training throughput, then the serving benchmark (real server + load).
+# Benchmarks, not tests: training throughput, the model table (accuracy, cost, onnxruntime speed of
+# every model in models/), then the serving benchmark (real server + load).
 bench: $(VENV)/.dev-stamp $(DATA)
 	$(BIN)/python scripts/bench_train.py --data $(DATA)
+	$(BIN)/python scripts/bench_models.py
 	$(BIN)/python scripts/bench_serve.py --grpc
 
 # Reliability (docs/reliability.md): a real server under mixed load at concurrency 64 (5xx, dropped

@@ -54,21 +54,29 @@ def _minutes(seconds: float) -> str:
 
 
 def row(card: ModelCard, version_dir: Path, seconds: float, repeats: int) -> dict[str, Any]:
+    """One model's line; what its card does not say is left blank, not guessed."""
     arch = card.architecture
-    table = layer_table(tuple(arch["input_shape"]), arch["layers"])
-    training = card.training
-    config = training.get("config", {})
+    table = layer_table(tuple(arch["input_shape"]), arch["layers"]) if arch else None
+    config = card.training.get("config", {})
     quantized = bool(card.quantization)
+    training = (
+        f"{_minutes(card.training['seconds'])}, {config.get('epochs')} epochs"
+        if "seconds" in card.training
+        else ""
+    )
     return {
         "model": f"{card.name}/{card.version}",
-        "architecture": arch["name"] + (" (INT8 QDQ)" if quantized else ""),
-        "accuracy": card.metrics["test_accuracy"],
-        "params": table.total_params,
-        "macs": multiply_adds(table, arch["layers"]),
-        "training": f"{_minutes(training['seconds'])}, {config.get('epochs')} epochs"
-        + (" (then quantized)" if quantized else ""),
+        "architecture": arch.get("name", "?") + (" (INT8 QDQ)" if quantized else ""),
+        "accuracy": card.metrics.get("test_accuracy"),
+        "params": table.total_params if table else None,
+        "macs": multiply_adds(table, arch["layers"]) if table else None,
+        "training": training + (" (then quantized)" if quantized and training else ""),
         "throughput": images_per_second(version_dir / MODEL_FILE, seconds, repeats),
     }
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -79,8 +87,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| `{r['model']}` | `{r['architecture']}` | {r['accuracy']:.4f} | {r['params']:,} | "
-            f"{r['macs'] / 1e6:.1f} M | {r['training']} | {r['throughput']:,.0f} |"
+            f"| `{r['model']}` | `{r['architecture']}` | {_cell(r['accuracy'], '.4f')} | "
+            f"{_cell(r['params'], ',')} | {_cell(r['macs'] and r['macs'] / 1e6, '.1f')} M | "
+            f"{r['training']} | {r['throughput']:,.0f} |"
         )
     return "\n".join(lines)
 

@@ -118,7 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     quantize = sub.add_parser(
         "quantize", help="static INT8 (QDQ) copy of a published model, kept if accuracy holds"
     )
-    quantize.add_argument("--model", type=Path, required=True, help="float version folder")
+    quantize.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="the float model's version folder, or its model folder for the newest version",
+    )
     quantize.add_argument(
         "--calibration-images",
         type=int,
@@ -268,16 +273,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_quantize(args: argparse.Namespace) -> None:
     from service.core.card import read_card
-    from training.publish import publish
+    from training.publish import publish, versions
     from training.quantize import compare, int8_card_fields, quantize_int8
 
-    source = read_card(args.model)
+    model_dir: Path = args.model
+    if not (model_dir / MODEL_FILE).is_file() and versions(model_dir):
+        model_dir = model_dir / str(versions(model_dir)[-1])  # a model's folder: its newest
+    source = read_card(model_dir)
     data = _load(args)
     calibration = data.train.sample(args.calibration_images, args.seed)
     out = args.runs_dir / f"{source.name}-{source.version}-int8" / MODEL_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
-    quantize_int8(args.model / MODEL_FILE, out, calibration.images)
-    check, evaluation = compare(args.model / MODEL_FILE, out, data.test, args.max_drop)
+    quantize_int8(model_dir / MODEL_FILE, out, calibration.images)
+    check, evaluation = compare(model_dir / MODEL_FILE, out, data.test, args.max_drop)
     print(
         f"INT8: test accuracy {check.int8_accuracy:.4f} vs float {check.float_accuracy:.4f} "
         f"({check.images} images, top-1 agreement {check.top1_agreement:.4f})"

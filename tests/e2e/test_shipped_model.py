@@ -51,3 +51,36 @@ def test_shipped_layer_table_is_the_lecture_table(shipped: ModelRepository) -> N
         pytest.skip(f"the shipped architecture is not the lecture's ({declared['total_params']})")
     assert [r["output_shape"] for r in table["layers"]] == LECTURE_SHAPES
     assert [r["params"] for r in table["layers"]] == LECTURE_PARAMS
+
+
+def _shipped_versions() -> list[str]:
+    return sorted(
+        f"{d.parent.name}/{d.name}"
+        for d in SHIPPED.glob("*/[0-9]*")
+        if d.is_dir() and not d.parent.name.startswith(".")
+    )
+
+
+@pytest.mark.parametrize("model_version", _shipped_versions())
+def test_every_shipped_model_serves_and_has_a_readable_layer_table(
+    shipped: ModelRepository, model_version: str
+) -> None:
+    name, version = model_version.split("/")
+    entry = shipped.entry(name, version)
+    assert entry.state is ModelState.READY, entry.reason
+    runtime = shipped.get(name, int(version))
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    out = runtime.run(pixels)
+    np.testing.assert_allclose(out["probabilities"].sum(axis=1), 1.0, atol=1e-5)
+    assert entry.layers is not None and entry.layers.error == "", entry.layers
+    card = runtime.card
+    assert card.metrics["per_class_accuracy"] and card.metrics["confusion_matrix"]
+    if card.quantization:  # a variant ships only within its allowance of the float model
+        check = card.quantization["check"]
+        assert check["passed"] and check["drop"] <= check["max_drop"]
+        source = (
+            SHIPPED
+            / card.quantization["source"]["name"]
+            / str(card.quantization["source"]["version"])
+        )
+        assert (source / "model.onnx").is_file()

@@ -168,7 +168,7 @@ def test_multiply_adds_of_the_lecture_model_by_hand() -> None:
 
 
 def test_multiply_adds_count_strided_same_convolutions_at_their_output_size() -> None:
-    layers = [
+    layers: list[dict[str, Any]] = [
         {"type": "conv2d", "filters": 4, "kernel": 3, "stride": 2, "padding": "same"},
         {"type": "batch_norm"},
         {"type": "max_pool", "pool": 2},

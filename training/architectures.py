@@ -69,8 +69,24 @@ CIFAR_BN: list[dict[str, Any]] = [
     {"type": "dense", "units": 10},  # (10,) logits
 ]
 
+# The same blocks behind a frozen whitening layer (airbench's first layer): a 2x2 convolution
+# set before training to the PCA whitening of the training images' 2x2 patches (12 directions
+# and their negatives), so the first trained layer sees decorrelated, unit-variance inputs. The
+# 'valid' 2x2 window makes the maps 31, 15, 7 and 3 pixels wide; about 66 M multiply-adds.
+CIFAR_WHITEN: list[dict[str, Any]] = [
+    {"type": "conv2d", "filters": 24, "kernel": 2, "init": "whiten", "trainable": False},
+    {"type": "activation", "fn": "gelu"},  # (31, 31, 24)
+    *_block(64),  # (15, 15, 64)
+    *_block(128),  # (7, 7, 128)
+    *_block(256),  # (3, 3, 256)
+    {"type": "max_pool", "pool": 3},  # (1, 1, 256)
+    {"type": "flatten"},  # (256,)
+    {"type": "dense", "units": 10},  # (10,) logits
+]
+
 ARCHITECTURES: dict[str, list[dict[str, Any]]] = {
     "lecture": LECTURE,
     "lecture_bn": LECTURE_BN,
     "cifar_bn": CIFAR_BN,
+    "cifar_whiten": CIFAR_WHITEN,
 }

@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from service.core.errors import InvalidLayerSpec
@@ -57,6 +59,7 @@ def build_layers(
                 conv_padding(spec, w, f, s, row.name),
             )
             conv = nn.Conv2d(c, int(spec["filters"]), f, s, bias=bool(spec.get("bias", True)))
+            conv.requires_grad_(bool(spec.get("trainable", True)))
             if top == bottom and left == right:
                 conv.padding = (top, left)
                 module = conv
@@ -131,6 +134,73 @@ def keras_init(model: nn.Module) -> None:
             nn.init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+
+
+def _conv_in(module: nn.Module) -> nn.Conv2d:
+    """The convolution of a conv2d layer's module (it may sit in a Sequential with its padding
+    or activation)."""
+    if isinstance(module, nn.Conv2d):
+        return module
+    return next(m for m in module.modules() if isinstance(m, nn.Conv2d))
+
+
+@torch.no_grad()
+def whitening_weights(
+    images: torch.Tensor, kernel: int, eps: float = 5e-4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PCA whitening of the ``kernel`` x ``kernel`` patches of ``images`` (N, C, H, W) in [0, 1].
+
+    Returns conv weights (2 * C*k*k, C, k, k) and biases: each eigenvector of the centred patch
+    covariance, scaled by 1/sqrt(eigenvalue + eps * mean variance), and its negative, so that
+    a following GELU keeps both signs. The layer's outputs are then decorrelated with unit
+    variance: the first layer starts where many epochs of training would take it (airbench).
+    """
+    c, d = images.shape[1], images.shape[1] * kernel * kernel
+    total, outer, count = (
+        torch.zeros(d, dtype=torch.float64),
+        torch.zeros(d, d, dtype=torch.float64),
+        0,
+    )
+    for chunk in images.split(500):  # a few MB of patches at a time
+        patches = F.unfold(chunk.double(), kernel).transpose(1, 2).reshape(-1, d)
+        total += patches.sum(0)
+        outer += patches.T @ patches
+        count += len(patches)
+    mean = total / count
+    covariance = outer / count - torch.outer(mean, mean)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    scale = eps * covariance.diagonal().mean()
+    basis = eigenvectors.T.flip(0) / torch.sqrt(eigenvalues.flip(0) + scale)[:, None]  # (D, D)
+    weight = torch.cat([basis, -basis]).reshape(-1, c, kernel, kernel)
+    bias = -torch.cat([basis, -basis]) @ mean
+    return weight.float(), bias.float()
+
+
+def init_from_data(model: Classifier, layers: list[dict[str, Any]], images: np.ndarray) -> None:
+    """Set the layers whose spec says ``"init": "whiten"`` from training images (uint8 NHWC).
+
+    Only the first layer can be whitened: it is the one that sees the pixels.
+    """
+    for index, spec in enumerate(layers):
+        if spec.get("init") is None:
+            continue
+        if spec.get("init") != "whiten" or spec["type"] != "conv2d" or index != 0:
+            raise InvalidLayerSpec(
+                f"layer {index}: only the first conv2d can have an init, and only 'whiten' "
+                f"(got {spec.get('init')!r} on a {spec['type']})"
+            )
+        conv = _conv_in(model.net[0])
+        kernel = conv.kernel_size[0]
+        if conv.out_channels != 2 * conv.in_channels * kernel * kernel:
+            raise InvalidLayerSpec(
+                f"layer {index}: a whitening conv2d needs 2 x C x kernel x kernel = "
+                f"{2 * conv.in_channels * kernel * kernel} filters, has {conv.out_channels}"
+            )
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+        weight, bias = whitening_weights(pixels, kernel)
+        conv.weight.data.copy_(weight)
+        if conv.bias is not None:
+            conv.bias.data.copy_(bias)
 
 
 def count_parameters(model: nn.Module) -> int:

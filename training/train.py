@@ -29,9 +29,10 @@ from training.augment import augment_batch, augment_options
 from training.config import TrainConfig
 from training.data import CLASS_NAMES, Cifar10, Split, train_val_split
 from training.distributed import ALONE, World, all_sum, from_main, rank_device, threads_per_process
-from training.model import Classifier, keras_init
+from training.model import Classifier, init_from_data, keras_init
 
 Log = Callable[[str], None]
+WHITENING_IMAGES = 5000  # training images whose patch statistics set a whitening layer
 LAST_CHECKPOINT = "last.pt"  # rewritten after every epoch: what ``--resume`` takes
 
 
@@ -194,7 +195,9 @@ def train_model(
     torch.set_num_threads(threads_per_process(world, config.threads))
     device = rank_device(world, resolve_device(config.device))
     log = log if world.is_main else _silent
-    model = build_classifier(config).to(device)
+    model = build_classifier(config)
+    init_from_data(model, ARCHITECTURES[config.arch], fit.images[:WHITENING_IMAGES])
+    model = model.to(device)
     optimizer = build_optimizer(config, model)
     steps = math.ceil(len(fit) / config.batch_size)
     scheduler = build_schedule(config, optimizer, steps)

@@ -196,6 +196,13 @@ def _bias(spec: Mapping[str, Any], where: str) -> bool:
     return bias
 
 
+def _trainable(spec: Mapping[str, Any], where: str) -> bool:
+    trainable = spec.get("trainable", True)
+    if not isinstance(trainable, bool):
+        raise InvalidLayerSpec(f"{where}: 'trainable' must be true or false, got {trainable!r}")
+    return trainable
+
+
 def conv_padding(spec: Mapping[str, Any], w: int, f: int, s: int, where: str) -> tuple[int, int]:
     """Padding of a conv layer as (before, after) for an input of size ``w``."""
     padding = spec.get("padding", "valid")
@@ -266,6 +273,10 @@ def layer_table(
                 note = "fractional output size floored, as Keras does"
             shape = (h2, w2, k)
             params = trainable = conv_params(f, c, k, bias=bias)
+            if not _trainable(spec, where):  # e.g. a whitening layer set from the data
+                trainable = 0
+                frozen = "frozen: set before training, not trained"
+                note = f"{note}; {frozen}" if note else frozen
         elif kind in ("max_pool", "avg_pool"):
             h, w, c = shape
             f = _int(spec, "pool", 2, where)

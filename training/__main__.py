@@ -3,7 +3,7 @@
 python -m training train --data data/cifar10-jpeg            # train, test, export, publish
 python -m training retrain --data data/cifar10-jpeg          # the same, behind a quality gate
 python -m training export --checkpoint runs/<run>/checkpoint.pt --data data/cifar10-jpeg
-python -m training evaluate --model models/cifar10_cnn/1 --data data/cifar10-jpeg
+python -m training evaluate --model models/cifar10_cnn/1 --data data/cifar10-jpeg [--mistakes m.png]
 python -m training quantize --model models/cifar10_cnn_bn/1 --name cifar10_cnn_bn_int8
 python -m training summary [--arch lecture]                    # the Keras-style layer table
 python -m training train --resume runs/<run>/last.pt           # carry on an interrupted run
@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="test accuracy of a published model (onnxruntime)")
     evaluate.add_argument("--model", type=Path, required=True, help="version folder or .onnx file")
     evaluate.add_argument("--limit-test", type=int, default=0, help="N random test images (0: all)")
+    evaluate.add_argument(
+        "--mistakes", type=Path, help="also draw the most confident mistakes into this PNG"
+    )
     _data_arguments(evaluate)
 
     quantize = sub.add_parser(
@@ -269,6 +272,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     test = _load(args).test.sample(args.limit_test, 0)
     result = evaluate_onnx(path, test)
     print(json.dumps({"model": str(path), "images": len(test), **result.as_dict()}, indent=2))
+    if args.mistakes is not None:
+        from training.plots import plot_mistakes
+
+        plot_mistakes(test.images, result.mistakes, args.mistakes)
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:

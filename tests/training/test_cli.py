@@ -43,11 +43,19 @@ def test_train_evaluate_and_summary_end_to_end(image_folder: Path, tmp_path: Pat
     for name in (*files, "model.onnx"):
         assert (run_dir / name).stat().st_size > 0
 
-    evaluated = _cli("evaluate", "--model", repo / "tiny" / "1", *common, cwd=tmp_path)
+    evaluated = _cli(
+        "evaluate", "--model", repo / "tiny" / "1", *common, "--mistakes", tmp_path / "m.png",
+        cwd=tmp_path,
+    )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads(evaluated.stdout)
     assert report["images"] == 20
     assert report["accuracy"] == card.metrics["test_accuracy"]
+    # 20 test images: every mistake is listed, by torch (the card) and onnxruntime alike
+    assert {m["index"] for m in report["most_confident_mistakes"]} == {
+        m["index"] for m in card.metrics["most_confident_mistakes"]
+    }
+    assert (tmp_path / "m.png").stat().st_size > 0
 
     exported = _cli(
         "export", "--checkpoint", run_dir / "checkpoint.pt", *common,

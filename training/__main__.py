@@ -256,10 +256,12 @@ def cmd_retrain(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from training.export import card_fields
     from training.publish import publish
-    from training.train import load_checkpoint
+    from training.train import evaluate, load_checkpoint
 
     run = load_checkpoint(args.checkpoint)
     test = _load(args).test.sample(run.config.limit_test, run.config.seed)
+    if not run.test.mistakes:  # a checkpoint from before cards listed the mistakes
+        run.test = evaluate(run.model, test, run.config.eval_batch_size)
     onnx_path, parity = _export(run, test)
     fields = card_fields(run, onnx_path, parity)
     print(f"Published {publish(args.repository, args.name, onnx_path, fields)}")

@@ -53,7 +53,7 @@ class _Batches(CalibrationDataReader):
 
 
 def quantize_int8(float_path: Path, out_path: Path, calibration: np.ndarray) -> None:
-    """Write the QDQ INT8 version of ``float_path`` (per-channel int8 weights, int8 activations
+    """Write the QDQ INT8 version of ``float_path`` (per-channel int8 weights, uint8 activations
     with min/max ranges seen on ``calibration`` uint8 NHWC images) to ``out_path``."""
     if len(calibration) == 0:
         raise ExportError("INT8 quantization needs calibration images; none were given")
@@ -68,7 +68,9 @@ def quantize_int8(float_path: Path, out_path: Path, calibration: np.ndarray) -> 
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=QUANTIZED_OPS,
             per_channel=True,
-            activation_type=QuantType.QInt8,
+            # uint8 activations with int8 weights: the VNNI kernels of x86 (2.2x the float
+            # graph's images/s here, where int8 activations ran near float speed)
+            activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
         )
@@ -154,7 +156,7 @@ def int8_card_fields(
     fields["quantization"] = {
         "format": "QDQ (onnxruntime.quantization.quantize_static)",
         "weights": "int8, per output channel, symmetric",
-        "activations": "int8, per tensor, min/max calibration",
+        "activations": "uint8, per tensor, min/max calibration",
         "quantized_ops": QUANTIZED_OPS,
         "source": {"name": source.name, "version": source.version, "sha256": source.sha256},
         "calibration": calibration,

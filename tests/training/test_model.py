@@ -98,26 +98,28 @@ def test_the_whitening_layer_is_set_from_data_and_stays_frozen() -> None:
     torch.manual_seed(0)
     model = Classifier(layers)
     keras_init(model)
-    before = model.net[0].weight.detach().clone()
+    whitening = model.net[0]
+    assert isinstance(whitening, torch.nn.Conv2d)
+    before = whitening.weight.detach().clone()
     images = _correlated_images(32)
     init_from_data(model, layers, images)
-    whitened = model.net[0].weight.detach().clone()
+    whitened = whitening.weight.detach().clone()
     assert not torch.equal(before, whitened)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(trainable, lr=0.1)
     loss = model(torch.from_numpy(images)).logsumexp(1).mean()
     loss.backward()
     optimizer.step()
-    assert torch.equal(model.net[0].weight, whitened)
+    assert torch.equal(whitening.weight, whitened)
     row = layer_table((32, 32, 3), layers).rows[0]
     assert row.trainable_params == 0 and row.params == 24 * 12 + 24 and "frozen" in row.note
 
 
 def test_whitening_is_refused_where_it_cannot_apply() -> None:
     images = _correlated_images(4)
-    conv = {"type": "conv2d", "filters": 24, "kernel": 2, "init": "whiten"}
-    head = [{"type": "flatten"}, {"type": "dense", "units": 10}]
-    later = [{"type": "conv2d", "filters": 3, "kernel": 1}, conv, *head]
+    conv: dict[str, Any] = {"type": "conv2d", "filters": 24, "kernel": 2, "init": "whiten"}
+    head: list[dict[str, Any]] = [{"type": "flatten"}, {"type": "dense", "units": 10}]
+    later: list[dict[str, Any]] = [{"type": "conv2d", "filters": 3, "kernel": 1}, conv, *head]
     with pytest.raises(InvalidLayerSpec, match="only the first conv2d"):
         init_from_data(Classifier(later), later, images)
     narrow = [{**conv, "filters": 8}, *head]

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -31,6 +30,7 @@ from service.core.card import ModelCard, sha256_file
 from service.core.errors import ExportError
 from training.data import Split
 from training.export import INPUT_NAME
+from training.retrain import onnx_logits
 from training.train import Evaluation, evaluate_logits
 
 # Layers with weights or a cheap int8 kernel; the preprocessing (Transpose, Cast, Div on uint8
@@ -78,16 +78,6 @@ def quantize_int8(float_path: Path, out_path: Path, calibration: np.ndarray) -> 
         onnx.checker.check_model(onnx.load(str(out_path)), full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"{out_path}: the ONNX checker refused the INT8 graph: {exc}") from None
-
-
-def onnx_logits(path: Path, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.concatenate(
-        [
-            session.run(["logits"], {INPUT_NAME: images[i : i + batch_size]})[0]
-            for i in range(0, len(images), batch_size)
-        ]
-    )
 
 
 @dataclass(frozen=True)

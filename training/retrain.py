@@ -69,14 +69,20 @@ def quality_gate(
     return GateResult(True, reason, *args)
 
 
+def onnx_logits(path: Path, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    """A graph's logits for uint8 NHWC images, run by onnxruntime as the service would."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.concatenate(
+        [
+            session.run(["logits"], {"images": images[i : i + batch_size]})[0]
+            for i in range(0, len(images), batch_size)
+        ]
+    )
+
+
 def evaluate_onnx(path: Path, split: Split, batch_size: int = 500) -> Evaluation:
     """Score a published graph with onnxruntime, as the service would run it."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    logits = [
-        session.run(["logits"], {"images": split.images[i : i + batch_size]})[0]
-        for i in range(0, len(split), batch_size)
-    ]
-    return evaluate_logits(np.concatenate(logits), split.labels)
+    return evaluate_logits(onnx_logits(path, split.images, batch_size), split.labels)
 
 
 def served_version(model_dir: Path) -> tuple[int, ModelCard] | None:

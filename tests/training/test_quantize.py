@@ -20,7 +20,8 @@ from tests.training.conftest import class_images
 from training.data import CLASS_NAMES, Split
 from training.export import export_onnx
 from training.model import Classifier
-from training.quantize import compare, int8_card_fields, onnx_logits, quantize_int8
+from training.quantize import compare, int8_card_fields, quantize_int8
+from training.retrain import onnx_logits
 
 # The cifar_bn block shape, small: conv, pool, batch norm, GELU, then a dense head.
 SMALL_BN: list[dict[str, Any]] = [

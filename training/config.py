@@ -44,6 +44,11 @@ class TrainConfig:
     )
     crop_pad: int = _f(4, "largest shift in pixels for the random crop (reflected border)")
     cutout_size: int = _f(8, "side in pixels of the cutout square")
+    ema: float = _f(
+        0.0,
+        "decay per step of a moving average of the weights (and batch-norm statistics) that is "
+        "validated, tested and exported instead of the last weights; 0: off (the lecture's)",
+    )
     autocast: str = _f(
         "none", "mixed precision: none or bf16 (CPU or CUDA autocast)", choices=("none", "bf16")
     )

@@ -16,14 +16,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from service.core.errors import InvalidConfig
 from training.architectures import ARCHITECTURES
 from training.augment import augment_batch, augment_options
 from training.config import TrainConfig
@@ -204,6 +206,9 @@ def train_model(
     augment = augment_options(config.augment, config.crop_pad, config.cutout_size)
     generator = torch.Generator().manual_seed(config.seed)
     augment_rng = torch.Generator().manual_seed(config.seed + 1 + world.rank)
+    ema = weight_average(model, config.ema)
+    # the weights validated, kept and exported
+    scored = model if ema is None else cast(Classifier, ema.module)
     history: list[dict[str, float]] = []
     best_acc, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
     first_epoch = 1
@@ -213,6 +218,8 @@ def train_model(
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and "scheduler" in state:
             scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
         if "augment_rng" in state:
             augment_rng.set_state(state["augment_rng"])
         generator.set_state(state["generator"])
@@ -270,6 +277,8 @@ def train_model(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
             if scheduler is not None:
                 scheduler.step()
             correct += (logits.argmax(1) == y).sum()
@@ -280,7 +289,7 @@ def train_model(
         train_loss, train_acc = totals[0].item() / len(fit), totals[1].item() / len(fit)
         scores = torch.zeros(2, dtype=torch.float64, device=device)
         if world.is_main:
-            v = evaluate(model, val, config.eval_batch_size, bf16=config.autocast == "bf16")
+            v = evaluate(scored, val, config.eval_batch_size, bf16=config.autocast == "bf16")
             scores[0], scores[1] = v.loss, v.accuracy
         val_loss, val_acc = (float(s) for s in from_main(world, scores).tolist())
         seconds = time.perf_counter() - t0
@@ -295,7 +304,7 @@ def train_model(
             }
         )
         if val_acc > best_acc:
-            best_acc, best_epoch, best_state = val_acc, epoch, copy.deepcopy(model.state_dict())
+            best_acc, best_epoch, best_state = val_acc, epoch, copy.deepcopy(scored.state_dict())
         if checkpoint is not None and world.is_main:
             _save_atomic(
                 {
@@ -304,6 +313,7 @@ def train_model(
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "ema": ema.state_dict() if ema is not None else None,
                     "augment_rng": augment_rng.get_state(),
                     "generator": generator.get_state(),
                     "torch_rng": torch.get_rng_state(),
@@ -324,6 +334,19 @@ def train_model(
     model.eval()
     log(f"Best validation epoch: {best_epoch} (val_accuracy {best_acc:.4f})")
     return TrainResult(model, history, best_epoch, time.perf_counter() - started)
+
+
+def weight_average(model: torch.nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of the weights and buffers, updated after every step.
+
+    Averaging the last few hundred steps smooths out the noise of the final small-rate steps;
+    the batch-norm statistics are averaged with the weights so that they match them.
+    """
+    if decay <= 0:
+        return None
+    if decay >= 1:
+        raise InvalidConfig(f"--ema {decay}: the decay must be below 1 (0 turns the average off)")
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+import pytest
 import torch
 
+from service.core.errors import InvalidConfig
 from tests.training.conftest import class_images
 from training.config import TrainConfig
 from training.data import Split, train_val_split
-from training.train import confident_mistakes, evaluate, evaluate_logits, train_model
+from training.model import Classifier
+from training.train import (
+    confident_mistakes,
+    evaluate,
+    evaluate_logits,
+    train_model,
+    weight_average,
+)
 
 TINY = TrainConfig(epochs=3, batch_size=32, val_size=60, threads=1)
 
@@ -69,3 +81,58 @@ def test_most_confident_mistakes_are_the_wrong_answers_most_sure_first() -> None
     assert mistakes[0]["confidence"] > mistakes[1]["confidence"] > 0.1
     assert evaluate_logits(logits, labels).mistakes == mistakes
     assert confident_mistakes(logits, labels, n=1) == mistakes[:1]
+
+
+_SMALL_BN: list[dict[str, Any]] = [
+    {"type": "conv2d", "filters": 4, "kernel": 3, "bias": False},
+    {"type": "batch_norm"},
+    {"type": "activation", "fn": "relu"},
+    {"type": "flatten"},
+    {"type": "dense", "units": 10},
+]
+
+
+def test_weight_average_is_an_exponential_moving_average_of_weights_and_statistics() -> None:
+    torch.manual_seed(0)
+    model = Classifier(_SMALL_BN, (8, 8, 3))
+    ema = weight_average(model, 0.75)
+    assert ema is not None
+    snapshots = []
+    for step in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(step + 1.0)
+        model.train()
+        model(torch.randint(0, 256, (4, 8, 8, 3), dtype=torch.uint8))  # moves BN statistics
+        ema.update_parameters(model)
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+    averaged = ema.module.state_dict()
+    for key in ("net.conv2d.weight", "net.dense.bias", "net.batch_normalization.running_mean"):
+        first, second, third = (s[key] for s in snapshots)
+        expected = 0.75 * (0.75 * first + 0.25 * second) + 0.25 * third  # the first step copies
+        torch.testing.assert_close(averaged[key], expected)
+        assert not torch.allclose(averaged[key], third)
+
+
+def test_weight_average_is_off_at_zero_and_refuses_a_decay_of_one() -> None:
+    model = Classifier(_SMALL_BN, (8, 8, 3))
+    assert weight_average(model, 0.0) is None
+    with pytest.raises(InvalidConfig, match="below 1"):
+        weight_average(model, 1.0)
+
+
+def test_a_run_with_ema_validates_keeps_and_checkpoints_the_averaged_weights(
+    tmp_path: Path,
+) -> None:
+    fit, val = _data(10)
+    config = TrainConfig(epochs=1, val_size=60, threads=1, ema=0.9)
+    result = train_model(config, fit, val, log=lambda line: None, checkpoint=tmp_path / "last.pt")
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    average = {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
+    kept = result.model.state_dict()
+    assert kept.keys() == average.keys()
+    for key in kept:
+        torch.testing.assert_close(kept[key], average[key], rtol=0, atol=0)
+    last = state["model"]
+    assert all(not torch.equal(kept[k], last[k]) for k in kept if k.endswith("weight"))
+    assert evaluate(result.model, val).accuracy == result.history[0]["val_accuracy"]

@@ -150,8 +150,9 @@ def _stop_after_epoch(n: int) -> Callable[[str], None]:
     return log
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
-    config = TrainConfig(epochs=3, batch_size=16, val_size=20, threads=1, lr=3e-3)
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, ema: float) -> None:
+    config = TrainConfig(epochs=3, batch_size=16, val_size=20, threads=1, lr=3e-3, ema=ema)
     images, labels = class_images(8, seed=0)
     fit, val = train_val_split(Split(images, labels), config.val_size, config.seed)
     quiet = lambda line: None  # noqa: E731

@@ -68,7 +68,7 @@ train: $(VENV)/.dev-stamp $(DATA)
 # quantized to INT8 (models/cifar10_cnn_bn_int8/<next>) if that keeps accuracy within 0.5 points.
 BEST_FLAGS = --arch cifar_bn --epochs 40 --batch-size 128 --optimizer sgd --lr 0.1 --momentum 0.9 \
 	--weight-decay 5e-4 --label-smoothing 0.1 --schedule onecycle --augment flip-crop --crop-pad 4 \
-	--autocast bf16 --val-size 1000 --ema 0.999
+	--autocast bf16 --val-size 1000 --ema 0.999 --keep last
 train-best: $(VENV)/.dev-stamp $(DATA)
 	$(BIN)/python -m training retrain --data $(DATA) --name cifar10_cnn_bn --min-accuracy 0.90 \
 	  $(BEST_FLAGS) $(RETRAIN_FLAGS)

@@ -53,6 +53,12 @@ class TrainConfig:
         "none", "mixed precision: none or bf16 (CPU or CUDA autocast)", choices=("none", "bf16")
     )
     val_size: int = _f(5000, "images held out of the train split for validation")
+    keep: str = _f(
+        "best",
+        "weights kept: best (the epoch of highest validation accuracy, the lecture's checkpoint "
+        "habit) or last (where an annealed schedule ends; a small validation split picks on noise)",
+        choices=("best", "last"),
+    )
     seed: int = _f(0, "seed for the split, the initial weights and the shuffling")
     threads: int = _f(0, "torch intra-op threads; 0 uses every core given to the process")
     device: str = _f(

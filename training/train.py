@@ -184,7 +184,8 @@ def train_model(
     checkpoint: Path | None = None,
     resume: Path | None = None,
 ) -> TrainResult:
-    """Adam on cross-entropy over logits; returns the weights of the best validation epoch.
+    """Adam on cross-entropy over logits; returns the weights of the best validation epoch
+    (``--keep best``) or of the last one (``--keep last``).
 
     Under torchrun every rank runs this: each takes its strided share of every global batch of
     ``config.batch_size`` images (the same seeded permutation on every rank) and DDP averages the
@@ -303,7 +304,7 @@ def train_model(
                 "seconds": seconds,
             }
         )
-        if val_acc > best_acc:
+        if val_acc > best_acc or config.keep == "last":
             best_acc, best_epoch, best_state = val_acc, epoch, copy.deepcopy(scored.state_dict())
         if checkpoint is not None and world.is_main:
             _save_atomic(
@@ -332,7 +333,8 @@ def train_model(
         )
     model.load_state_dict(best_state)
     model.eval()
-    log(f"Best validation epoch: {best_epoch} (val_accuracy {best_acc:.4f})")
+    which = "Last" if config.keep == "last" else "Best validation"
+    log(f"{which} epoch kept: {best_epoch} (val_accuracy {best_acc:.4f})")
     return TrainResult(model, history, best_epoch, time.perf_counter() - started)
 
 

@@ -49,6 +49,17 @@ def test_best_validation_epoch_weights_are_kept() -> None:
     assert evaluate(result.model, val).accuracy == best
 
 
+def test_keep_last_keeps_the_final_epoch_whatever_validation_says(tmp_path: Path) -> None:
+    fit, val = _data()
+    config = TrainConfig(epochs=3, batch_size=32, val_size=60, threads=1, lr=3e-2, keep="last")
+    lines: list[str] = []
+    result = train_model(config, fit, val, log=lines.append, checkpoint=tmp_path / "last.pt")
+    assert result.best_epoch == 3 and lines[-1].startswith("Last epoch kept: 3")
+    final = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
+    for key, value in result.model.state_dict().items():
+        torch.testing.assert_close(value, final[key], rtol=0, atol=0)
+
+
 def test_same_seed_gives_same_weights() -> None:
     fit, val = _data(10)
     config = TrainConfig(epochs=1, val_size=60, threads=1)

@@ -63,7 +63,7 @@ RETRAIN_FLAGS ?=
 train: $(VENV)/.dev-stamp $(DATA)
 	$(BIN)/python -m training retrain --data $(DATA) $(RETRAIN_FLAGS)
 
-# The stronger CNN (issue 8): the cifar_bn architecture with the recipe below, about 27 minutes
+# The stronger CNN (issue 8): the cifar_bn architecture with the recipe below, 27-32 minutes
 # on 2 cores; published as models/cifar10_cnn_bn/<next> only if test accuracy >= 0.90, then
 # quantized to INT8 (models/cifar10_cnn_bn_int8/<next>) if that keeps accuracy within 0.5 points.
 BEST_FLAGS = --arch cifar_bn --epochs 40 --batch-size 128 --optimizer sgd --lr 0.1 --momentum 0.9 \

@@ -6,6 +6,7 @@ request is refused with a message naming the tensor or instance.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,11 +99,11 @@ def _loads_with_simdjson(body: bytes) -> Any:
     return request
 
 
-# The fields of a v2 infer request, its input tensors and its requested outputs (the protocol's).
-REQUEST_FIELDS = frozenset({"id", "parameters", "inputs", "outputs"})
+# The fields of a v2 infer request (the protocol's, and the model_name / model_version that the
+# KServe SDK's REST client writes into the body), its input tensors and its requested outputs.
+REQUEST_FIELDS = frozenset({"id", "parameters", "inputs", "outputs", "model_name", "model_version"})
 TENSOR_FIELDS = frozenset({"name", "shape", "datatype", "parameters", "data"})
 OUTPUT_FIELDS = frozenset({"name", "parameters"})
-PREDICT_FIELDS = frozenset({"instances", "top_k"})  # v1 :predict
 
 
 @dataclass
@@ -125,19 +126,45 @@ class InferRequest:
     inputs: list[InputTensor]
     outputs: list[RequestedOutput] = field(default_factory=list)
     binary_output: bool = False
+    model_name: str | None = None  # as the body names it (KServe's SDK does); None when absent
+    model_version: str | None = None
 
 
-def json_object(value: Any, where: str, fields: frozenset[str] | None = None) -> Mapping[str, Any]:
+def json_object(
+    value: Any, where: str, fields: frozenset[str] | None = None, *, ignore_unknown: bool = False
+) -> Mapping[str, Any]:
     """``value`` as a JSON object; with ``fields``, a key outside them is a 400 (a misspelt
-    ``"output"`` or ``"shapes"`` would otherwise be ignored without a word)."""
+    ``"shapes"`` would otherwise be ignored without a word).
+
+    ``ignore_unknown`` (request bodies' top level) lets other keys through, as Triton and MLServer
+    do, so a client that adds a field of its own is not broken; a key that looks like a misspelt
+    protocol field (``"input"``, ``"output"``, ``"Top_K"``) is still a 400, since ignoring it
+    would change the answer without a word.
+    """
     if not isinstance(value, Mapping):
         raise InvalidInput(f"{where} must be a JSON object")
-    if fields is not None and not fields.issuperset(value):
-        unknown = sorted(str(k) for k in value if k not in fields)
+    if fields is None or fields.issuperset(value):
+        return value
+    unknown = sorted(str(k) for k in value if k not in fields)
+    if ignore_unknown:
+        unknown = [key for key in unknown if misspelt_field(key, fields) is not None]
+        if not unknown:
+            return value
+        guesses = ", ".join(f"{key!r} -> {misspelt_field(key, fields)!r}" for key in unknown)
         raise InvalidInput(
-            f"{where} has unknown field(s) {unknown}; expected {', '.join(sorted(fields))}"
+            f"{where} has unknown field(s) {unknown} that look like misspelt ones ({guesses}); "
+            f"expected {', '.join(sorted(fields))} (other fields are ignored)"
         )
-    return value
+    raise InvalidInput(
+        f"{where} has unknown field(s) {unknown}; expected {', '.join(sorted(fields))}"
+    )
+
+
+def misspelt_field(key: str, fields: frozenset[str]) -> str | None:
+    """The protocol field ``key`` most likely misspells (case, a letter, ``_``), or None."""
+    lowered = {name.lower(): name for name in fields}
+    close = difflib.get_close_matches(key.lower().replace("-", "_"), lowered, n=1, cutoff=0.75)
+    return lowered[close[0]] if close else None
 
 
 def _parameters(value: Mapping[str, Any], where: str) -> Mapping[str, Any]:
@@ -234,10 +261,16 @@ def decode_infer_request(body: bytes, header_length: int | None, max_rows: int) 
                 f"{len(body)}-byte body"
             )
         body, binary = body[:header_length], body[header_length:]
-    request = json_object(loads_infer_request(body), "the request", REQUEST_FIELDS)
+    request = json_object(
+        loads_infer_request(body), "the request", REQUEST_FIELDS, ignore_unknown=True
+    )
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("'id' must be a string")
+    model_name = request.get("model_name")
+    if model_name is not None and not isinstance(model_name, str):
+        raise InvalidInput("'model_name' must be a string")
+    model_version = _model_version(request.get("model_version"))
     raw_inputs = request.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("'inputs' must be a non-empty list of tensors")
@@ -290,8 +323,23 @@ def decode_infer_request(body: bytes, header_length: int | None, max_rows: int) 
         flag = _parameters(out, f"outputs[{i}]").get("binary_data", binary_output)
         outputs.append(RequestedOutput(name, flag is True))
     return InferRequest(
-        request_id if isinstance(request_id, str) else None, inputs, outputs, binary_output
+        request_id if isinstance(request_id, str) else None,
+        inputs,
+        outputs,
+        binary_output,
+        model_name or None,
+        model_version,
     )
+
+
+def _model_version(value: Any) -> str | None:
+    """A body's ``model_version`` (a string, as the protocol has it; empty means none)."""
+    if value is None or value == "":
+        return None
+    number = isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 9
+    if number and int(value) > 0:
+        return str(value)
+    raise InvalidInput(f"'model_version' must be a positive version number string, not {value!r}")
 
 
 def to_pixels(tensor: InputTensor, image_shape: Sequence[int]) -> np.ndarray:
@@ -347,39 +395,6 @@ def encode_infer_response(
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)
-
-
-def instances_to_pixels(
-    instances: Any, image_shape: Sequence[int], decode_b64: Any, max_rows: int
-) -> np.ndarray:
-    """v1 ``instances``: nested pixel arrays or ``{"b64": ...}`` images, as one uint8 batch."""
-    if not isinstance(instances, list) or not instances:
-        raise InvalidInput("'instances' must be a non-empty list")
-    if len(instances) > max_rows:
-        raise PayloadTooLarge(f"{len(instances)} instances, more than the limit of {max_rows}")
-    shape = list(image_shape)
-    if all(isinstance(x, list) for x in instances):  # the fast path: one array for the batch
-        try:
-            return array_from_json(
-                instances, "UINT8", [len(instances), *shape], "instances", nested=True
-            )
-        except UnprocessableInput:
-            pass  # find the culprit below and name it
-    rows = []
-    for i, instance in enumerate(instances):
-        where = f"instance {i}"
-        if isinstance(instance, Mapping):
-            b64 = instance.get("b64")
-            if not isinstance(b64, str):
-                raise UnprocessableInput(f"{where}: an object instance needs a 'b64' string")
-            rows.append(decode_b64(b64, where))
-        elif isinstance(instance, list):
-            rows.append(array_from_json(instance, "UINT8", shape, where, nested=True))
-        else:
-            raise UnprocessableInput(
-                f'{where}: expected a {"x".join(map(str, shape))} pixel array or {{"b64": ...}}'
-            )
-    return np.stack(rows)
 
 
 def top_k(

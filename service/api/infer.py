@@ -16,6 +16,7 @@ from service.api.codec import (
     to_pixels,
 )
 from service.core.errors import InvalidInput, UnprocessableInput, UnsupportedMediaType
+from service.engine.repository import parse_version
 from service.engine.runtime import ModelRuntime
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -68,6 +69,18 @@ async def v2_infer(
             f"expected application/json (or the binary extension's header), got {content_type!r}"
         )
     infer = decode_infer_request(body, length, state.settings.max_images_per_request)
+    if infer.model_name is not None and infer.model_name != name:
+        raise InvalidInput(
+            f"the body's model_name {infer.model_name!r} contradicts the URL's model {name!r}"
+        )
+    if infer.model_version is not None:
+        if version is None:  # the body names the version the URL leaves open
+            runtime = state.repository.get(name, infer.model_version)
+        elif parse_version(infer.model_version) != parse_version(version):
+            raise InvalidInput(
+                f"the body's model_version {infer.model_version!r} contradicts the URL's "
+                f"version {version!r}"
+            )
     requested = [o.name for o in infer.outputs]
     pixels = model_pixels(runtime, infer.inputs, requested)
     outputs = await state.infer(runtime, pixels, requested or None)

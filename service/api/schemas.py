@@ -66,9 +66,23 @@ class RequestOutput(BaseModel):
 
 
 class InferenceRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # unknown fields are a 400
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "description": "Other top-level fields are ignored, as Triton and MLServer ignore "
+            "them, except one that looks like a misspelt field here ('input', 'output'): a 400."
+        },
+    )
 
     id: str | None = None
+    model_name: str | None = Field(
+        None, description="Optional (KServe's SDK sends it); must match the URL's model."
+    )
+    model_version: str | None = Field(
+        None,
+        description="Optional; must match the URL's version, or picks the version if the URL "
+        "names none.",
+    )
     parameters: dict[str, Any] | None = Field(
         None, description="binary_data_output: true returns every output as raw bytes."
     )
@@ -98,10 +112,30 @@ class ClassScore(BaseModel):
 
 
 class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # unknown fields are a 400
+    """TF Serving's REST request: the row format (``instances``) or the columnar one (``inputs``),
+    one of the two."""
 
-    instances: list[Any] = Field(
-        description='Each a 32x32x3 nested array of 0..255 pixels, or {"b64": "<base64 image>"}.'
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "description": "TF Serving's row format (instances) or columnar format (inputs), one "
+            "of the two. Other top-level fields are ignored, except one that looks like a "
+            "misspelt field here ('instance', 'topk'): a 400."
+        },
+    )
+
+    instances: list[Any] | None = Field(
+        None,
+        description='Row format. Each a 32x32x3 nested array of 0..255 pixels, {"b64": "<base64 '
+        'image>"}, or either under the input\'s name: {"images": [...]}, {"image_bytes": '
+        '{"b64": ...}} (any name ending in _bytes).',
+    )
+    inputs: list[Any] | dict[str, Any] | None = Field(
+        None,
+        description='Columnar format: the list of images as in instances, or {"images": [...]}.',
+    )
+    signature_name: str | None = Field(
+        None, description="The model's one signature: 'serving_default' (or its card's name)."
     )
     top_k: int | None = Field(None, ge=1, description="Classes per image (default: setting).")
 

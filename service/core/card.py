@@ -19,6 +19,7 @@ from service.core.errors import InvalidCard
 CARD_FILE = "card.json"
 MODEL_FILE = "model.onnx"
 FORMAT_VERSION = 1
+DEFAULT_SIGNATURE = "serving_default"  # TF Serving's name for a model's default signature
 DATATYPES = frozenset({"UINT8", "FP32", "FP16", "INT64", "INT32", "BOOL"})
 
 
@@ -64,6 +65,8 @@ class ModelCard:
     libraries: dict[str, str] = field(default_factory=dict)
     git_commit: str | None = None
     created: str = ""
+    # The graph's one signature, by the name TF Serving-style ``:predict`` bodies may give it.
+    signature_name: str = DEFAULT_SIGNATURE
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,6 +124,9 @@ class ModelCard:
         if not isinstance(libraries, Mapping):
             raise InvalidCard("'libraries' must be an object")
         commit = data.get("git_commit")
+        signature = data.get("signature_name", DEFAULT_SIGNATURE)
+        if not isinstance(signature, str) or not signature:
+            raise InvalidCard("'signature_name' must be a non-empty string")
         return cls(
             name=name,
             version=version,
@@ -131,6 +137,7 @@ class ModelCard:
             libraries={str(k): str(v) for k, v in libraries.items()},
             git_commit=commit if isinstance(commit, str) else None,
             created=str(data.get("created", "")),
+            signature_name=signature,
             **extras,
         )
 

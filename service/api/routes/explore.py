@@ -21,9 +21,10 @@ from starlette.formparsers import MultiPartException
 from starlette.responses import HTMLResponse, Response
 
 from service.api.app import JSONResponse, read_json_body, service_state
-from service.api.codec import instances_to_pixels, loads
+from service.api.codec import loads
 from service.api.feature_grid import render_feature_grid
 from service.api.images import decode_b64_image, decode_image
+from service.api.predict import instances_to_pixels
 from service.api.schemas import errors, json_body
 from service.core.errors import (
     InvalidInput,

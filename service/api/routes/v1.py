@@ -12,8 +12,9 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from service.api.app import ServiceState, read_json_body, service_state
-from service.api.codec import PREDICT_FIELDS, instances_to_pixels, json_object, loads, top_k
+from service.api.codec import json_object, loads, top_k
 from service.api.images import decode_b64_image, decode_image
+from service.api.predict import PREDICT_FIELDS, predict_pixels
 from service.api.schemas import PredictRequest, PredictResponse, errors, json_body
 from service.core.errors import (
     InvalidInput,
@@ -53,7 +54,9 @@ async def _predictions(
 async def predict(request: Request, name: str, top_k: TopK = None) -> dict[str, Any]:
     state = service_state(request)
     runtime = state.repository.get(name)
-    body = json_object(loads(await read_json_body(request)), "the body", PREDICT_FIELDS)
+    body = json_object(
+        loads(await read_json_body(request)), "the body", PREDICT_FIELDS, ignore_unknown=True
+    )
     k = top_k if top_k is not None else body.get("top_k")
     k = state.settings.default_top_k if k is None else k
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -64,8 +67,13 @@ async def predict(request: Request, name: str, top_k: TopK = None) -> dict[str, 
     def b64(text: str, where: str) -> np.ndarray:
         return decode_b64_image(text, (h, w), max_pixels, where)
 
-    pixels = instances_to_pixels(
-        body.get("instances"), (h, w, c), b64, state.settings.max_images_per_request
+    pixels = predict_pixels(
+        body,
+        (h, w, c),
+        runtime.input.name,
+        runtime.card.signature_name,
+        b64,
+        state.settings.max_images_per_request,
     )
     return await _predictions(state, runtime, pixels, k)
 

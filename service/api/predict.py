@@ -1,0 +1,134 @@
+"""The v1 ``:predict`` body as one uint8 image batch, in the shapes TF Serving's REST API documents.
+
+Row format: ``{"instances": [...]}``, each instance a nested pixel array, ``{"b64": "<image>"}``,
+or an object naming the model's one input (``{"images": [[...]]}``, ``{"image_bytes": {"b64":
+...}}``: TF Serving's ``*_bytes`` convention). Columnar format: ``{"inputs": [...]}`` (the batch
+itself) or ``{"inputs": {"images": [...]}}``. ``signature_name`` may name the model's one
+signature. Pixels are checked here, once, as ``codec`` checks v2 tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from service.api.codec import array_from_json
+from service.core.card import DEFAULT_SIGNATURE
+from service.core.errors import InvalidInput, PayloadTooLarge, UnprocessableInput
+
+# The body's fields: TF Serving's row (``instances``) and columnar (``inputs``) forms, its
+# ``signature_name``, and our ``top_k``. Other top-level fields are ignored (``json_object``).
+PREDICT_FIELDS = frozenset({"instances", "inputs", "signature_name", "top_k"})
+BYTES_SUFFIX = "_bytes"  # TF Serving: an input so named carries {"b64": ...} values
+
+DecodeB64 = Callable[[str, str], np.ndarray]  # (base64 text, where) -> an HxWxC uint8 image
+
+
+def predict_pixels(
+    body: Mapping[str, Any],
+    image_shape: Sequence[int],
+    input_name: str,
+    signature_name: str,
+    decode_b64: DecodeB64,
+    max_rows: int,
+) -> np.ndarray:
+    """A ``:predict`` body (row or columnar format, checked by ``json_object`` against
+    ``PREDICT_FIELDS``) as one uint8 batch for the model."""
+    signature = body.get("signature_name")
+    if signature is not None and signature not in (signature_name, DEFAULT_SIGNATURE):
+        raise InvalidInput(
+            f"unknown signature_name {signature!r}; this model has one signature, "
+            f"{signature_name!r}"
+            + (
+                ""
+                if signature_name == DEFAULT_SIGNATURE
+                else f" (also answering to {DEFAULT_SIGNATURE!r})"
+            )
+        )
+    if "instances" in body and "inputs" in body:
+        raise InvalidInput("give 'instances' (row format) or 'inputs' (columnar format), not both")
+    if "inputs" in body:
+        instances = _columnar(body["inputs"], input_name)
+    elif "instances" in body:
+        instances = body["instances"]
+    else:
+        raise InvalidInput("the body needs 'instances' (row format) or 'inputs' (columnar format)")
+    return instances_to_pixels(instances, image_shape, decode_b64, max_rows, input_name)
+
+
+def _named_input(value: Mapping[str, Any], input_name: str, where: str) -> Any | None:
+    """The value of ``{"<input>": value}`` / ``{"<name>_bytes": value}``; None for another shape."""
+    if len(value) != 1 or "b64" in value:
+        return None
+    (key,) = value
+    if key == input_name or str(key).endswith(BYTES_SUFFIX):
+        return value[key]
+    raise UnprocessableInput(
+        f"{where}: an object instance needs a 'b64' string, or one key naming the model's input "
+        f"{input_name!r} (or ending in {BYTES_SUFFIX!r}); got {key!r}"
+    )
+
+
+def _unnamed(instance: Any, input_name: str, where: str) -> Any:
+    """A row instance without the ``{"<input>": ...}`` wrapper, if it has one."""
+    if isinstance(instance, Mapping):
+        named = _named_input(instance, input_name, where)
+        if named is not None:
+            return named
+    return instance
+
+
+def _columnar(inputs: Any, input_name: str) -> Any:
+    """Columnar ``inputs`` as a list of instances: the batch itself, or under the input's name."""
+    if isinstance(inputs, Mapping):
+        named = _named_input(inputs, input_name, "'inputs'")
+        if named is None and "b64" not in inputs:
+            raise InvalidInput(f"'inputs' must name the model's one input, {input_name!r}")
+        inputs = inputs if named is None else named
+    if isinstance(inputs, Mapping):  # one {"b64": ...} image: a batch of one
+        return [inputs]
+    if not isinstance(inputs, list):
+        raise InvalidInput("'inputs' must be a list of instances or an object naming the input")
+    return inputs
+
+
+def instances_to_pixels(
+    instances: Any,
+    image_shape: Sequence[int],
+    decode_b64: DecodeB64,
+    max_rows: int,
+    input_name: str | None = None,
+) -> np.ndarray:
+    """Row-format instances: nested pixel arrays, ``{"b64": ...}`` images, or either named by
+    the model's input (``input_name``), as one uint8 batch."""
+    if not isinstance(instances, list) or not instances:
+        raise InvalidInput("'instances' must be a non-empty list")
+    if len(instances) > max_rows:
+        raise PayloadTooLarge(f"{len(instances)} instances, more than the limit of {max_rows}")
+    if input_name is not None:
+        instances = [_unnamed(x, input_name, f"instance {i}") for i, x in enumerate(instances)]
+    shape = list(image_shape)
+    if all(isinstance(x, list) for x in instances):  # the fast path: one array for the batch
+        try:
+            return array_from_json(
+                instances, "UINT8", [len(instances), *shape], "instances", nested=True
+            )
+        except UnprocessableInput:
+            pass  # find the culprit below and name it
+    rows = []
+    for i, instance in enumerate(instances):
+        where = f"instance {i}"
+        if isinstance(instance, Mapping):
+            b64 = instance.get("b64")
+            if not isinstance(b64, str):
+                raise UnprocessableInput(f"{where}: an object instance needs a 'b64' string")
+            rows.append(decode_b64(b64, where))
+        elif isinstance(instance, list):
+            rows.append(array_from_json(instance, "UINT8", shape, where, nested=True))
+        else:
+            raise UnprocessableInput(
+                f'{where}: expected a {"x".join(map(str, shape))} pixel array or {{"b64": ...}}'
+            )
+    return np.stack(rows)

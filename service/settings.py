@@ -48,6 +48,14 @@ class Settings(BaseSettings):
             "environment. Missing ones are skipped with one log line; CPU is the last resort."
         ),
     )
+    require_providers: bool = Field(
+        default=False,
+        description=(
+            "Refuse to serve a model version whose session lacks a provider PROVIDERS names "
+            "(it is UNAVAILABLE with the reason) instead of falling back to the CPU with a "
+            "warning: for GPU deployments that must not run on the CPU."
+        ),
+    )
     intra_op_threads: int = Field(
         default=0,
         ge=0,

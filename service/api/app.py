@@ -228,10 +228,12 @@ def create_app(settings: Settings) -> FastAPI:
         max_batch_size=settings.max_batch_size,
         max_batch_delay_ms=settings.max_batch_delay_ms,
         max_queue_images=settings.max_queue_images,
+        require_providers=settings.require_providers,
         on_batch=metrics.observe_batch,
     )
     policy = VersionPolicy.parse(settings.version_policy)
     repository = ModelRepository(settings.model_repository, options, policy)
+    metrics.track_providers(repository.provider_use)
     state = ServiceState(settings, repository, metrics)
 
     @asynccontextmanager

@@ -39,6 +39,12 @@ class ModelNotReady(ServingError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
 
 
+class ProviderUnavailable(ServingError):
+    """A requested execution provider that did not load while REQUIRE_PROVIDERS is set."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
 class Overloaded(ServingError):
     """The batch queue is full; the client should retry later."""
 

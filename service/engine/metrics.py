@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from service.engine.batcher import BatchStats
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+# (model, version, provider its session runs on, a requested provider missing); read per scrape.
+ProviderUse = Callable[[], list[tuple[str, int, str, bool]]]
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -70,6 +77,11 @@ class Metrics:
             registry=self.registry,
         )
 
+    def track_providers(self, source: ProviderUse) -> None:
+        """Export which execution provider each loaded version runs on, read at scrape time (so
+        unloaded versions disappear instead of leaving stale series)."""
+        self.registry.register(_ProviderCollector(source))
+
     def observe_batch(self, model: str, version: int, stats: BatchStats) -> None:
         """One session.run: its rows, the requests it served, and its time."""
         labels = (model, str(version))
@@ -80,3 +92,26 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ProviderCollector(Collector):
+    def __init__(self, source: ProviderUse) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        provider = GaugeMetricFamily(
+            "model_execution_provider",
+            "1 for the onnxruntime execution provider each loaded model version runs on.",
+            labels=["model", "version", "provider"],
+        )
+        fallback = GaugeMetricFamily(
+            "model_provider_fallback",
+            "1 when a loaded model version lacks a provider PROVIDERS asked for (e.g. CUDA "
+            "requested, running on the CPU), else 0.",
+            labels=["model", "version"],
+        )
+        for model, version, name, fell_back in self.source():
+            provider.add_metric([model, str(version), name], 1)
+            fallback.add_metric([model, str(version)], int(fell_back))
+        yield provider
+        yield fallback

@@ -38,7 +38,13 @@ from service.core.errors import (
 )
 from service.core.version_policy import VersionPolicy, read_model_config
 from service.engine.layers import LayerReport, read_layers
-from service.engine.runtime import ModelRuntime, RuntimeOptions, resolve_providers
+from service.engine.runtime import (
+    ModelRuntime,
+    RuntimeOptions,
+    preload_provider_libraries,
+    provider_problem,
+    resolve_providers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -240,17 +246,21 @@ class ModelRepository:
         self._models: dict[str, _Model] = {}  # replaced whole by updates, never changed in place
         self._update = threading.Lock()  # one update (poll, load, unload, close) at a time
         self._root_problem = ""  # why the last poll could not read the root, if it could not
+        self._unavailable_providers: frozenset[str] = frozenset()  # not in this onnxruntime
         self.loaded = False
 
     # -- updates (blocking: call them off the event loop) ----------------------------------
 
     def load(self) -> None:
         """The first scan and load, at start-up."""
+        preload_provider_libraries()
         usable, missing = resolve_providers(self.options.providers)
+        self._unavailable_providers = frozenset(missing)
         if missing:
             log.warning(
-                "execution provider(s) %s not available here; using %s",
+                "execution provider(s) %s not available here (%s); using %s",
                 ", ".join(missing),
+                "; ".join(provider_problem(p) for p in missing),
                 ", ".join(usable),
             )
         if not self.root.is_dir():
@@ -461,6 +471,20 @@ class ModelRepository:
             ", ".join(runtime.providers),
             entry.path / CARD_FILE,
         )
+        failed = [p for p in runtime.missing_providers if p not in self._unavailable_providers]
+        if failed:
+            # Built in, yet the session did not get it: onnxruntime falls back to the CPU without
+            # raising, so say so where operators look (/v2/models/{name} and /metrics show it
+            # too; REQUIRE_PROVIDERS=true makes the version UNAVAILABLE instead). Providers not
+            # in this onnxruntime build at all were reported once at start-up.
+            log.warning(
+                "%s v%d runs on %s, not on the requested %s: %s",
+                entry.name,
+                entry.version,
+                ", ".join(runtime.providers),
+                ", ".join(failed),
+                "; ".join(provider_problem(p) for p in failed),
+            )
         return replace(
             entry,
             state=ModelState.READY,
@@ -475,6 +499,18 @@ class ModelRepository:
 
     def names(self) -> list[str]:
         return sorted(self._models)
+
+    def provider_use(self) -> list[tuple[str, int, str, bool]]:
+        """(model, version, the provider its session runs on first, whether a requested provider
+        is missing) for every loaded version: the ``/metrics`` provider gauges."""
+        rows = []
+        for model in list(self._models.values()):
+            for entry in model.versions.values():
+                runtime = entry.runtime
+                if entry.state is ModelState.READY and runtime is not None:
+                    fell_back = bool(runtime.missing_providers)
+                    rows.append((model.name, entry.version, runtime.providers[0], fell_back))
+        return rows
 
     def versions(self, name: str) -> list[ModelVersion]:
         model = self._model(name)

@@ -8,19 +8,22 @@ a newer version replaces is retired: it finishes the requests that hold it, then
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from service.core.card import ModelCard, TensorSpec
-from service.core.errors import InvalidCard, ServingError
+from service.core.errors import InvalidCard, ProviderUnavailable, ServingError
 from service.engine.batcher import BatchStats, DynamicBatcher
 
 log = logging.getLogger(__name__)
@@ -68,7 +71,15 @@ class RuntimeOptions:
     max_batch_size: int = 256
     max_batch_delay_ms: float = 0.0
     max_queue_images: int = 2048
+    require_providers: bool = False  # a session without every requested provider fails to load
     on_batch: BatchObserver | None = field(default=None, compare=False)
+
+
+# Execution providers that live in a shared library of their own, loaded when a session asks.
+PROVIDER_LIBRARIES = {
+    "CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
+    "TensorrtExecutionProvider": "libonnxruntime_providers_tensorrt.so",
+}
 
 
 def resolve_providers(requested: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -79,6 +90,41 @@ def resolve_providers(requested: Sequence[str]) -> tuple[list[str], list[str]]:
     if CPU not in usable:
         usable.append(CPU)
     return usable, missing
+
+
+@cache
+def preload_provider_libraries() -> None:
+    """Load the CUDA and cuDNN libraries that pip put under ``site-packages/nvidia`` (once).
+
+    onnxruntime-gpu's CUDA provider links against them by name, and that folder is not on the
+    loader's path: without this the provider fails to load and sessions quietly run on the CPU.
+    """
+    if not any(p in ort.get_available_providers() for p in PROVIDER_LIBRARIES):
+        return  # the CPU build of onnxruntime: nothing to preload
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21
+    if preload is None:
+        log.warning("this onnxruntime has no preload_dlls; CUDA libraries must be on the path")
+        return
+    try:
+        preload(cuda=True, cudnn=True, msvc=False)
+    except Exception as exc:  # it reports missing wheels on its own; never stop serving for it
+        log.warning("onnxruntime.preload_dlls failed: %s", exc)
+
+
+def provider_problem(provider: str) -> str:
+    """Why ``provider`` cannot run here, in words an operator can act on (names the library)."""
+    if provider not in ort.get_available_providers():
+        return (
+            f"{provider} is not in this onnxruntime build (the CPU wheel; install onnxruntime-gpu)"
+        )
+    library = PROVIDER_LIBRARIES.get(provider)
+    if library is None:
+        return f"onnxruntime could not create {provider} (see its log)"
+    try:
+        ctypes.CDLL(str(Path(ort.__file__).parent / "capi" / library))
+    except OSError as exc:  # e.g. "libcublasLt.so.12: cannot open shared object file"
+        return f"{provider} cannot load: {exc}"
+    return f"{provider} loads but onnxruntime could not create it (no usable device?)"
 
 
 def graph_tensors(specs: Sequence[Any]) -> list[TensorSpec]:
@@ -111,6 +157,14 @@ class ModelRuntime:
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
             raise InvalidCard(f"onnxruntime cannot load the graph: {exc}") from None
         self.providers: list[str] = list(self.session.get_providers())
+        # Requested providers the session did not get (onnxruntime falls back without raising).
+        self.missing_providers = [p for p in options.providers if p not in self.providers]
+        if options.require_providers and self.missing_providers:
+            problems = "; ".join(provider_problem(p) for p in self.missing_providers)
+            raise ProviderUnavailable(
+                f"REQUIRE_PROVIDERS is set and the session runs on {', '.join(self.providers)}: "
+                f"{problems}"
+            )
         self.inputs = graph_tensors(self.session.get_inputs())
         self.outputs = graph_tensors(self.session.get_outputs())
         self.output_names = [t.name for t in self.outputs]

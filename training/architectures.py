@@ -84,9 +84,38 @@ CIFAR_WHITEN: list[dict[str, Any]] = [
     {"type": "dense", "units": 10},  # (10,) logits
 ]
 
+
+def _block94(filters: int) -> list[dict[str, Any]]:
+    """airbench's block: conv, 2x2 max pool, BN, GELU, conv, BN, GELU; convolutions start as a
+    partial identity, batch norms learn a bias but no scale and follow the batch closely."""
+    conv = {
+        "type": "conv2d", "filters": filters, "kernel": 3, "padding": "same", "bias": False,
+        "init": "dirac",
+    }  # fmt: skip
+    norm = {"type": "batch_norm", "scale": False, "momentum": 0.6, "eps": 1e-12}
+    gelu = {"type": "activation", "fn": "gelu"}
+    return [conv, {"type": "max_pool", "pool": 2}, norm, gelu, {**conv}, {**norm}, {**gelu}]
+
+
+# airbench94's network (Jordan 2024, arXiv 2404.00498): the frozen 2x2 whitening layer (its
+# bias may be trained for a few epochs: --whiten-bias-epochs), three blocks of 64-256-256
+# filters, and a linear head without bias whose logits are scaled by 1/9. About 118 M
+# multiply-adds per image (one view; the exported graph multiplies that by its --tta views).
+CIFAR_94: list[dict[str, Any]] = [
+    {"type": "conv2d", "filters": 24, "kernel": 2, "init": "whiten", "trainable": False},
+    {"type": "activation", "fn": "gelu"},  # (31, 31, 24)
+    *_block94(64),  # (15, 15, 64)
+    *_block94(256),  # (7, 7, 256)
+    *_block94(256),  # (3, 3, 256)
+    {"type": "max_pool", "pool": 3},  # (1, 1, 256)
+    {"type": "flatten"},  # (256,)
+    {"type": "dense", "units": 10, "bias": False, "output_scale": 1 / 9},  # (10,) logits
+]
+
 ARCHITECTURES: dict[str, list[dict[str, Any]]] = {
     "lecture": LECTURE,
     "lecture_bn": LECTURE_BN,
     "cifar_bn": CIFAR_BN,
     "cifar_whiten": CIFAR_WHITEN,
+    "cifar_94": CIFAR_94,
 }

@@ -18,17 +18,33 @@ class Augment:
     cutout: int = 0  # side of the zeroed square (0: none)
 
 
-def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+def reflect_index(index: torch.Tensor, size: int) -> torch.Tensor:
     """Indices outside [0, size) mirrored back inside, as reflect padding does."""
     index = index.abs()
     return torch.where(index > size - 1, 2 * (size - 1) - index, index)
 
 
+def alternating_flips(n_images: int, epoch: int, seed: int) -> torch.Tensor:
+    """Which of ``n_images`` are mirrored in ``epoch`` (1-based) under airbench's derandomized flip.
+
+    A coin per image decides its first epoch; after that every image alternates, so any two
+    consecutive epochs show each image both ways (a random flip repeats itself half the time).
+    """
+    first = torch.randint(0, 2, (n_images,), generator=torch.Generator().manual_seed(seed))
+    return (first ^ ((epoch - 1) % 2)).bool()  # (N,)
+
+
 def augment_batch(
-    images: torch.Tensor, generator: torch.Generator, augment: Augment
+    images: torch.Tensor,
+    generator: torch.Generator,
+    augment: Augment,
+    mirrored: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A randomly flipped, shifted (up to ``augment.pad`` pixels, reflected at the border) and
-    cut-out copy of ``images`` (N, H, W, C); each image draws its own, from ``generator``."""
+    cut-out copy of ``images`` (N, H, W, C); each image draws its own, from ``generator``.
+
+    ``mirrored`` (N,) bool: which images to flip, instead of a coin per image (alternating flip).
+    """
     flip, pad, cutout = augment.flip, augment.pad, augment.cutout
     n, h, w, _ = images.shape
     device = images.device
@@ -39,11 +55,11 @@ def augment_batch(
     rows = torch.arange(h, device=device).expand(n, h)  # (N, H)
     cols = torch.arange(w, device=device).expand(n, w)  # (N, W)
     if flip:
-        mirrored = draw(2).bool()[:, None]
-        cols = torch.where(mirrored, w - 1 - cols, cols)
+        mirror = (draw(2).bool() if mirrored is None else mirrored.to(device))[:, None]
+        cols = torch.where(mirror, w - 1 - cols, cols)
     if pad > 0:
-        rows = _reflect(rows + (draw(2 * pad + 1) - pad)[:, None], h)
-        cols = _reflect(cols + (draw(2 * pad + 1) - pad)[:, None], w)
+        rows = reflect_index(rows + (draw(2 * pad + 1) - pad)[:, None], h)
+        cols = reflect_index(cols + (draw(2 * pad + 1) - pad)[:, None], w)
     batch = torch.arange(n, device=device)[:, None, None]
     out = images[batch, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
     if cutout > 0:

@@ -43,11 +43,42 @@ class TrainConfig:
         choices=("none", "flip", "flip-crop", "flip-crop-cutout"),
     )
     crop_pad: int = _f(4, "largest shift in pixels for the random crop (reflected border)")
+    flip: str = _f(
+        "random",
+        "how --augment flips: random (a coin per image per step) or alternate (airbench's "
+        "derandomized flip: a coin per image once, then every image flipped every other epoch)",
+        choices=("random", "alternate"),
+    )
     cutout_size: int = _f(8, "side in pixels of the cutout square")
     ema: float = _f(
         0.0,
         "decay per step of a moving average of the weights (and batch-norm statistics) that is "
         "validated, tested and exported instead of the last weights; 0: off (the lecture's)",
+    )
+    lookahead_every: int = _f(
+        0,
+        "Lookahead: every N steps the weights move back to slow weights that take a step "
+        "towards them (airbench: 5); 0: off",
+    )
+    lookahead_decay: float = _f(
+        0.95**5,
+        "Lookahead: share of the slow weights kept at each sync, reached at the end of training "
+        "on a cubic ramp from 0 (airbench's schedule)",
+    )
+    bn_bias_lr_scale: float = _f(
+        1.0,
+        "learning-rate multiplier for batch-norm biases, whose weight decay is divided by it so "
+        "the decay per step stays (airbench: 64); 1: plain",
+    )
+    whiten_bias_epochs: int = _f(
+        0,
+        "epochs during which a frozen whitening layer's bias is trained (airbench: 3); 0: never",
+    )
+    tta: str = _f(
+        "none",
+        "test-time augmentation in evaluation and in the exported graph: none, flip (the image "
+        "and its mirror) or flip-translate (also both shifted by one pixel each way, reflected)",
+        choices=("none", "flip", "flip-translate"),
     )
     autocast: str = _f(
         "none", "mixed precision: none or bf16 (CPU or CUDA autocast)", choices=("none", "bf16")

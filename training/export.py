@@ -44,6 +44,24 @@ PREPROCESSING = {
 }
 
 
+TTA_VIEWS = {
+    "flip": "the image and its horizontal mirror, logits averaged (1/2 each)",
+    "flip-translate": "the image and its mirror (1/4 each), and both shifted one pixel up-left "
+    "and one pixel down-right with reflected borders (1/8 each): 6 views, logits averaged",
+}
+
+
+def preprocessing(tta: str) -> dict[str, str]:
+    """The card's preprocessing, with the test-time augmentation views when the graph has them."""
+    if tta == "none":
+        return dict(PREPROCESSING)
+    return {
+        **PREPROCESSING,
+        "test_time_augmentation": f"in the graph, on the uint8 pixels: {TTA_VIEWS[tta]}; the "
+        "views run as one batch through the network (Gather, Concat, Slice), batch axis kept",
+    }
+
+
 def export_onnx(model: Classifier, path: Path, opset: int = OPSET) -> None:
     """Trace the classifier with a dynamic batch axis and check the graph with the ONNX checker."""
     wrapped = ExportedClassifier(model.cpu()).eval()
@@ -141,7 +159,7 @@ def card_fields(run: TrainingRun, onnx_path: Path, parity: Parity) -> dict[str, 
         "inputs": INPUTS,
         "outputs": OUTPUTS,
         "sha256": sha256_file(onnx_path),
-        "preprocessing": PREPROCESSING,
+        "preprocessing": preprocessing(run.config.tta),
         "architecture": {
             "name": run.config.arch,
             "input_shape": list(INPUT_SHAPE),

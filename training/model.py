@@ -17,6 +17,7 @@ from torch import nn
 from service.core.errors import InvalidLayerSpec
 from service.core.shapes import conv_padding, layer_table
 from training.architectures import INPUT_SHAPE
+from training.augment import reflect_index
 
 
 def _activation(name: str | None) -> nn.Module | None:
@@ -79,10 +80,19 @@ def build_layers(
         elif kind == "dense":
             linear = nn.Linear(shape[0], int(spec["units"]), bias=bool(spec.get("bias", True)))
             module = _with_activation(linear, spec.get("activation"))
+            if "output_scale" in spec:  # airbench's 1/9: a cooler softmax early in training
+                module = nn.Sequential(module, Scale(float(spec["output_scale"])))
         elif kind == "dropout":
             module = nn.Dropout(float(spec.get("rate", 0.5)))
         elif kind == "batch_norm":
-            module = nn.BatchNorm2d(shape[-1]) if len(shape) == 3 else nn.BatchNorm1d(shape[-1])
+            norm = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
+            module = norm(
+                shape[-1],
+                eps=float(spec.get("eps", 1e-5)),
+                momentum=float(spec.get("momentum", 0.1)),  # PyTorch's: weight of the new batch
+            )
+            if not spec.get("scale", True):  # airbench: gamma stays 1, only the bias is learned
+                module.weight.requires_grad_(False)
         elif kind == "activation":
             act = _activation(spec.get("fn"))
             module = act if act is not None else nn.Identity()
@@ -93,20 +103,76 @@ def build_layers(
     return nn.Sequential(modules)
 
 
+class Scale(nn.Module):
+    """Multiplies by a constant (a ``Mul`` in the graph)."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def tta_views(tta: str, h: int, w: int) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    """The views of test-time augmentation as (row indices, column indices, weight).
+
+    ``flip``: the image and its mirror, half each. ``flip-translate`` (airbench's multi-crop):
+    those two at a quarter each, and the image shifted one pixel up-left and one down-right
+    (reflected at the border), each also mirrored, at an eighth each.
+    """
+    rows, cols = torch.arange(h), torch.arange(w)
+    mirror = cols.flip(0)
+    if tta == "none":
+        return [(rows, cols, 1.0)]
+    if tta == "flip":
+        return [(rows, cols, 0.5), (rows, mirror, 0.5)]
+    if tta == "flip-translate":
+        views = [(rows, cols, 0.25), (rows, mirror, 0.25)]
+        for d in (-1, 1):
+            r, c = reflect_index(rows + d, h), reflect_index(cols + d, w)
+            views += [(r, c, 0.125), (r, c.flip(0), 0.125)]
+        return views
+    raise ValueError(f"unknown test-time augmentation {tta!r}")
+
+
 class Classifier(nn.Module):
     """uint8 NHWC RGB pixels in, logits out: the preprocessing lives in the model (and its graph).
 
     Training feeds raw pixels through the same ``forward`` the export traces, so training and
-    serving cannot disagree on scaling or layout.
+    serving cannot disagree on scaling or layout. In eval mode ``tta`` views of each image go
+    through the net as one batch and their logits are averaged: the export traces that too, so
+    the served graph and the parity check include it.
     """
 
     def __init__(
-        self, layers: list[dict[str, Any]], input_shape: tuple[int, int, int] = INPUT_SHAPE
+        self,
+        layers: list[dict[str, Any]],
+        input_shape: tuple[int, int, int] = INPUT_SHAPE,
+        tta: str = "none",
     ):
         super().__init__()
         self.net = build_layers(layers, input_shape)
+        self.tta = tta
+        self._views = tta_views(tta, input_shape[0], input_shape[1])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.training or len(self._views) == 1:
+            return self._logits(images)  # (N, 10)
+        n, device = images.shape[0], images.device
+        batch = torch.cat(  # (V*N, 32, 32, 3): Gather ops in the graph, the batch axis kept
+            [
+                images.index_select(1, r.to(device)).index_select(2, c.to(device))
+                for r, c, _ in self._views
+            ]
+        )
+        logits = self._logits(batch)  # (V*N, 10)
+        averaged = self._views[0][2] * logits[:n]
+        for i, (_, _, weight) in enumerate(self._views[1:], start=1):
+            averaged = averaged + weight * logits[i * n : (i + 1) * n]
+        return averaged  # (N, 10)
+
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float() / 255.0  # (N, 3, 32, 32) in [0, 1]
         return self.net(x)  # (N, 10)
 
@@ -176,20 +242,42 @@ def whitening_weights(
     return weight.float(), bias.float()
 
 
+def dirac_(conv: nn.Conv2d) -> None:
+    """Partial identity: the first min(C_in, K) filters pass their input channel through.
+
+    Only the filters past C_in keep their random init, so a deep stack starts close to the
+    identity on the channels it shares with its input (airbench's init).
+    """
+    k = conv.kernel_size[0]
+    if k % 2 == 0 or conv.kernel_size[0] != conv.kernel_size[1]:
+        raise InvalidLayerSpec(f"a 'dirac' init needs an odd square kernel, got {conv.kernel_size}")
+    n = min(conv.in_channels, conv.out_channels)
+    with torch.no_grad():
+        conv.weight[:n].zero_()
+        conv.weight[torch.arange(n), torch.arange(n), k // 2, k // 2] = 1.0
+
+
 def init_from_data(model: Classifier, layers: list[dict[str, Any]], images: np.ndarray) -> None:
-    """Set the layers whose spec says ``"init": "whiten"`` from training images (uint8 NHWC).
+    """Apply the ``init`` of each conv2d spec: ``whiten`` (from training images, uint8 NHWC) or
+    ``dirac`` (partial identity).
 
     Only the first layer can be whitened: it is the one that sees the pixels.
     """
     for index, spec in enumerate(layers):
-        if spec.get("init") is None:
+        init = spec.get("init")
+        if init is None:
             continue
-        if spec.get("init") != "whiten" or spec["type"] != "conv2d" or index != 0:
+        if spec["type"] != "conv2d" or init not in ("whiten", "dirac"):
             raise InvalidLayerSpec(
-                f"layer {index}: only the first conv2d can have an init, and only 'whiten' "
-                f"(got {spec.get('init')!r} on a {spec['type']})"
+                f"layer {index}: only a conv2d can have an init, 'dirac' or (on the first "
+                f"conv2d) 'whiten' (got {init!r} on a {spec['type']})"
             )
-        conv = _conv_in(model.net[0])
+        conv = _conv_in(model.net[index])
+        if init == "dirac":
+            dirac_(conv)
+            continue
+        if index != 0:
+            raise InvalidLayerSpec(f"layer {index}: only the first conv2d can be whitened")
         kernel = conv.kernel_size[0]
         if conv.out_channels != 2 * conv.in_channels * kernel * kernel:
             raise InvalidLayerSpec(

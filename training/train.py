@@ -27,10 +27,11 @@ from tqdm import tqdm
 
 from service.core.errors import InvalidConfig
 from training.architectures import ARCHITECTURES
-from training.augment import augment_batch, augment_options
+from training.augment import alternating_flips, augment_batch, augment_options
 from training.config import TrainConfig
 from training.data import CLASS_NAMES, Cifar10, Split, train_val_split
 from training.distributed import ALONE, World, all_sum, from_main, rank_device, threads_per_process
+from training.lookahead import Lookahead
 from training.model import Classifier, init_from_data, keras_init
 
 Log = Callable[[str], None]
@@ -82,7 +83,7 @@ def seed_everything(seed: int) -> None:
 def build_classifier(config: TrainConfig) -> Classifier:
     if config.arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {config.arch!r}; known: {', '.join(ARCHITECTURES)}")
-    model = Classifier(ARCHITECTURES[config.arch])
+    model = Classifier(ARCHITECTURES[config.arch], tta=config.tta)
     if config.init == "keras":
         keras_init(model)
     return model
@@ -203,8 +204,17 @@ def train_model(
     model = model.to(device)
     optimizer = build_optimizer(config, model)
     steps = math.ceil(len(fit) / config.batch_size)
+    total_steps = config.epochs * steps
     scheduler = build_schedule(config, optimizer, steps)
     augment = augment_options(config.augment, config.crop_pad, config.cutout_size)
+    if config.flip == "alternate" and (augment is None or not augment.flip):
+        raise InvalidConfig("--flip alternate needs an --augment that flips")
+    whiten_bias = whitening_bias(model, config)
+    lookahead = (
+        Lookahead(model, config.lookahead_every, config.lookahead_decay)
+        if config.lookahead_every > 0
+        else None
+    )
     generator = torch.Generator().manual_seed(config.seed)
     augment_rng = torch.Generator().manual_seed(config.seed + 1 + world.rank)
     ema = weight_average(model, config.ema)
@@ -221,6 +231,8 @@ def train_model(
             scheduler.load_state_dict(state["scheduler"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
+        if lookahead is not None and state.get("lookahead") is not None:
+            lookahead.load_state_dict(state["lookahead"])
         if "augment_rng" in state:
             augment_rng.set_state(state["augment_rng"])
         generator.set_state(state["generator"])
@@ -247,6 +259,11 @@ def train_model(
         model.train()
         t0 = time.perf_counter()
         order = torch.randperm(len(fit), generator=generator).to(device)  # same on every rank
+        flips = (  # by image, not by batch position: each image alternates across epochs
+            alternating_flips(len(fit), epoch, config.seed + 2).to(device)
+            if config.flip == "alternate"
+            else None
+        )
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         bar = tqdm(
@@ -261,7 +278,7 @@ def train_model(
             idx = rank_share(batch, world)
             x, y = images[idx], labels[idx]
             if augment is not None:
-                x = augment_batch(x, augment_rng, augment)
+                x = augment_batch(x, augment_rng, augment, None if flips is None else flips[idx])
             with autocast:
                 logits = net(x).float()
             smoothing = config.label_smoothing
@@ -277,7 +294,11 @@ def train_model(
                 loss_sum += loss.detach() * len(y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if whiten_bias is not None and epoch > config.whiten_bias_epochs:
+                whiten_bias.grad = None  # frozen from here on: SGD skips a parameter without one
             optimizer.step()
+            if lookahead is not None:
+                lookahead.step((epoch - 1) * steps + step + 1, total_steps)
             if ema is not None:
                 ema.update_parameters(model)
             if scheduler is not None:
@@ -286,6 +307,8 @@ def train_model(
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
         bar.close()
+        if lookahead is not None and epoch == config.epochs:
+            lookahead.finish()  # the run ends on the slow weights: validated, kept, exported
         totals = all_sum(world, torch.stack([loss_sum.double(), correct.double()]))
         train_loss, train_acc = totals[0].item() / len(fit), totals[1].item() / len(fit)
         scores = torch.zeros(2, dtype=torch.float64, device=device)
@@ -315,6 +338,7 @@ def train_model(
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "ema": ema.state_dict() if ema is not None else None,
+                    "lookahead": lookahead.state_dict() if lookahead is not None else None,
                     "augment_rng": augment_rng.get_state(),
                     "generator": generator.get_state(),
                     "torch_rng": torch.get_rng_state(),
@@ -351,17 +375,61 @@ def weight_average(model: torch.nn.Module, decay: float) -> AveragedModel | None
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
+def whitening_bias(model: Classifier, config: TrainConfig) -> torch.nn.Parameter | None:
+    """The bias of a frozen whitening layer, made trainable for ``--whiten-bias-epochs``.
+
+    Its gradient is dropped after those epochs rather than switched off, so DDP, which fixes
+    the parameters it reduces when it wraps the model, sees the same set throughout.
+    """
+    if config.whiten_bias_epochs <= 0:
+        return None
+    layers = ARCHITECTURES[config.arch]
+    first = model.net[0]
+    conv = first if isinstance(first, torch.nn.Conv2d) else None
+    if not layers or layers[0].get("init") != "whiten" or conv is None or conv.bias is None:
+        raise InvalidConfig(
+            f"--whiten-bias-epochs: {config.arch} has no whitening first layer with a bias"
+        )
+    bias = conv.bias
+    assert isinstance(bias, torch.nn.Parameter)
+    bias.requires_grad_(True)
+    return bias
+
+
+def parameter_groups(config: TrainConfig, model: torch.nn.Module) -> list[dict[str, Any]]:
+    """One group, or two with ``--bn-bias-lr-scale``: batch-norm biases at ``lr`` times the
+    scale and weight decay divided by it (the decay per step, lr x decay, stays the same).
+
+    airbench raises the biases' rate 64-fold: with no learned scale they set each channel's
+    threshold, which at the small rate of the weights would barely move in 10 epochs.
+    """
+    if config.bn_bias_lr_scale == 1.0:
+        return [{"params": list(model.parameters())}]
+    norms = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)
+    biases = {id(m.bias) for m in model.modules() if isinstance(m, norms) and m.bias is not None}
+    scale = config.bn_bias_lr_scale
+    return [
+        {"params": [p for p in model.parameters() if id(p) not in biases]},
+        {
+            "params": [p for p in model.parameters() if id(p) in biases],
+            "lr": config.lr * scale,
+            "weight_decay": config.weight_decay / scale,
+        },
+    ]
+
+
 def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """Adam (the lecture's) or SGD with (Nesterov) momentum; weight decay on either."""
+    groups = parameter_groups(config, model)
     if config.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(),
+            groups,
             lr=config.lr,
             momentum=config.momentum,
             nesterov=config.nesterov and config.momentum > 0,
             weight_decay=config.weight_decay,
         )
-    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def build_schedule(
@@ -372,7 +440,7 @@ def build_schedule(
         return None
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
-        max_lr=config.lr,
+        max_lr=[group["lr"] for group in optimizer.param_groups],  # each group's own peak
         total_steps=max(1, config.epochs * steps_per_epoch),
         pct_start=0.25,
         anneal_strategy="linear",

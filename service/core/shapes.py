@@ -307,8 +307,16 @@ def layer_table(
                 raise InvalidLayerSpec(f"{where}: rate must be in [0, 1), got {rate!r}")
         elif kind == "batch_norm":
             channels = shape[-1]
-            params, trainable = 4 * channels, 2 * channels
-            note = "gamma and beta trainable; moving mean and variance not"
+            scale = spec.get("scale", True)
+            if not isinstance(scale, bool):
+                raise InvalidLayerSpec(f"{where}: 'scale' must be true or false, got {scale!r}")
+            params, trainable = 4 * channels, (2 if scale else 1) * channels
+            note = (
+                "gamma and beta trainable; moving mean and variance not"
+                if scale
+                else "beta trainable; gamma fixed at 1 (no learned scale); moving mean and "
+                "variance not"
+            )
         elif kind == "activation":
             if spec.get("fn") is None:
                 raise InvalidLayerSpec(f"{where}: 'fn' names the activation, e.g. 'relu'")

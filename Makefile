@@ -139,21 +139,6 @@ train-94: $(VENV)/.dev-stamp $(DATA)
 	$(BIN)/python -m training quantize --data $(DATA) --model models/cifar10_cnn_94 \
 	  --name cifar10_cnn_94_int8
 
-# airbench's methods (issue 18; Jordan 2024, arXiv 2404.00498) on its 64-256-256 network: frozen
-# 2x2 whitening (bias trained 3 epochs), Dirac init, BN with 64x bias rate and no scale, Nesterov
-# SGD with Lookahead, label smoothing 0.2, batch 1,024, 2-pixel reflected shifts, alternating
-# flips, 10 epochs, 6-view test-time augmentation inside the exported graph. Published as
-# models/cifar10_cnn_94/<next> only if test accuracy >= 0.93, then its INT8 copy.
-NINETY4_FLAGS = --arch cifar_94 --init torch --epochs 10 --batch-size 1024 --optimizer sgd \
-	--lr 1.5 --momentum 0.85 --weight-decay 1.33e-3 --bn-bias-lr-scale 64 --label-smoothing 0.2 \
-	--schedule onecycle --lookahead-every 5 --augment flip-crop --crop-pad 2 --flip alternate \
-	--whiten-bias-epochs 3 --tta flip-translate --autocast bf16 --val-size 1000 --keep last
-train-94: $(VENV)/.dev-stamp $(DATA)
-	$(BIN)/python -m training retrain --data $(DATA) --name cifar10_cnn_94 --min-accuracy 0.93 \
-	  $(NINETY4_FLAGS) $(RETRAIN_FLAGS)
-	$(BIN)/python -m training quantize --data $(DATA) --model models/cifar10_cnn_94 \
-	  --name cifar10_cnn_94_int8
-
 # Data-parallel training: NPROC processes on this machine (gloo on CPU, NCCL with --device cuda);
 # --batch-size stays the global batch, so the recipe is the one `make train` runs.
 NPROC ?= 2

@@ -17,14 +17,11 @@ from http import HTTPStatus
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.app import (
-    ServiceState,
-    error_response,
-    receive_body_message,
-    serving_error_response,
-)
+from service.api.http_io import body_too_large, error_response, serving_error_response
 from service.api.infer import HEADER_LENGTH, v2_infer
-from service.core.errors import PayloadTooLarge, ServingError
+from service.api.middleware import receive_body_message
+from service.api.state import ServiceState
+from service.core.errors import ServingError
 from service.engine.repository import lease_scope
 
 log = logging.getLogger(__name__)
@@ -69,9 +66,7 @@ class FastInfer:
         try:
             with lease_scope():  # the version stays open until the answer is sent
                 if declared > self.limit:
-                    raise PayloadTooLarge(
-                        f"the request body is over the limit of {self.limit} bytes"
-                    )
+                    raise body_too_large(self.limit)
                 body = await self._read_body(receive)
                 if body is None:  # the client left before sending its request
                     status = CLIENT_CLOSED
@@ -110,7 +105,7 @@ class FastInfer:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                raise PayloadTooLarge(f"the request body is over the limit of {self.limit} bytes")
+                raise body_too_large(self.limit)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)

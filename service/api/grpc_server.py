@@ -9,7 +9,6 @@ A thin adapter like the REST routes: the messages are the protocol's published o
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
@@ -25,10 +24,10 @@ import numpy as np
 from fastapi import FastAPI
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from service.api.app import VERSION, ServiceState
+from service.api import dataplane
+from service.api.admin import check_admin
 from service.api.codec import DATATYPES, InputTensor, tensor_from_parts
-from service.api.infer import model_pixels
-from service.api.routes.model_repository import check_admin, check_load_parameters, index_rows
+from service.api.state import ServiceState
 from service.core.card import TensorSpec
 from service.core.errors import (
     InvalidInput,
@@ -37,12 +36,12 @@ from service.core.errors import (
     ServingError,
     UnprocessableInput,
 )
-from service.engine.repository import ModelState, lease_scope
+from service.engine.repository import lease_scope
 
 log = logging.getLogger(__name__)
 
 INTERNAL_MESSAGE = "internal server error"
-PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ["model_repository", "model_configuration"]
 
 # The one place REST statuses become gRPC codes; anything else is INTERNAL, shown generically.
 GRPC_CODES: dict[int, grpc.StatusCode] = {
@@ -144,51 +143,42 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelReady(self, request: Any, context: Any) -> Any:
         # As Triton: an unknown or unready model is "not ready", not an error.
         try:
-            self.state.repository.get(request.name, request.version or None)
+            dataplane.model_runtime(self.state, request.name, request.version or None)
         except (ModelNotFound, ModelNotReady):
             return service_pb2.ModelReadyResponse(ready=False)
         return service_pb2.ModelReadyResponse(ready=True)
 
     @rpc
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
-        return service_pb2.ServerMetadataResponse(
-            name="cifar-serve",
-            version=VERSION,
-            extensions=["model_repository", "model_configuration"],
-        )
+        return service_pb2.ServerMetadataResponse(**vars(dataplane.server_metadata(EXTENSIONS)))
 
     @rpc
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
-        repository = self.state.repository
-        runtime = repository.get(request.name, request.version or None)
-        ready = [
-            str(e.version) for e in repository.versions(request.name) if e.state is ModelState.READY
-        ]
+        meta = dataplane.model_metadata(self.state, request.name, request.version or None)
         return service_pb2.ModelMetadataResponse(
-            name=request.name,
-            versions=ready,
-            platform=PLATFORM,
-            inputs=[_tensor_metadata(t) for t in runtime.card.inputs],
-            outputs=[_tensor_metadata(t) for t in runtime.card.outputs],
+            name=meta.name,
+            versions=meta.versions,
+            platform=meta.platform,
+            inputs=[_tensor_metadata(t) for t in meta.inputs],
+            outputs=[_tensor_metadata(t) for t in meta.outputs],
         )
 
     @rpc
     async def ModelConfig(self, request: Any, context: Any) -> Any:
         """Tensors, the batch limit, and what the metadata message has no room for: the class
         names and execution providers (as JSON strings in ``parameters``)."""
-        runtime = self.state.repository.get(request.name, request.version or None)
-        card = runtime.card
+        meta = dataplane.model_metadata(self.state, request.name, request.version or None)
         parameters = {
-            "class_names": json.dumps(card.class_names),
-            "execution_providers": json.dumps(runtime.providers),
+            "class_names": json.dumps(meta.class_names),
+            "execution_providers": json.dumps(meta.execution_providers),
         }
         config = model_config_pb2.ModelConfig(
-            name=request.name,
-            platform=PLATFORM,
+            name=meta.name,
+            platform=meta.platform,
             backend="onnxruntime",
             max_batch_size=self.state.settings.max_images_per_request,
-            input=[_config_tensor(model_config_pb2.ModelInput, t) for t in card.inputs],
-            output=[_config_tensor(model_config_pb2.ModelOutput, t) for t in card.outputs],
+            input=[_config_tensor(model_config_pb2.ModelInput, t) for t in meta.inputs],
+            output=[_config_tensor(model_config_pb2.ModelOutput, t) for t in meta.outputs],
             parameters={
                 k: model_config_pb2.ModelParameter(string_value=v) for k, v in parameters.items()
             },
@@ -199,13 +189,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         state = self.state
         name = request.model_name
-        runtime = state.repository.get(name, request.model_version or None)
+        runtime = dataplane.model_runtime(state, name, request.model_version or None)
         inputs = _input_tensors(request, state.settings.max_images_per_request)
-        requested = [o.name for o in request.outputs]
-        pixels = model_pixels(runtime, inputs, requested)
         if any("classification" in o.parameters for o in request.outputs):
             raise InvalidInput("the classification extension is not supported; ask for tensors")
-        outputs = await state.infer(runtime, pixels, requested or None)
+        requested = [o.name for o in request.outputs]
+        outputs = await dataplane.infer(state, runtime, inputs, requested)
         response = service_pb2.ModelInferResponse(
             model_name=name, model_version=str(runtime.version), id=request.id
         )
@@ -216,7 +205,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             response.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
         return response
 
-    # -- the model repository extension: the REST routes' rules (model_repository.py) -------
+    # -- the model repository extension: the data plane's, under the admin rules (admin.py) ---
 
     def _require_admin(self, context: Any) -> None:
         metadata = {m.key: m.value for m in context.invocation_metadata() or ()}
@@ -230,7 +219,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     @rpc
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
         self._require_admin(context)
-        rows = index_rows(self.state.repository, request.ready)
+        rows = dataplane.repository_index(self.state, request.ready)
         return service_pb2.RepositoryIndexResponse(
             models=[service_pb2.RepositoryIndexResponse.ModelIndex(**row) for row in rows]
         )
@@ -238,14 +227,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     @rpc
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         self._require_admin(context)
-        check_load_parameters(request.parameters.keys())
-        await asyncio.to_thread(self.state.repository.load_model, request.model_name)
+        await dataplane.load_model(self.state, request.model_name, request.parameters.keys())
         return service_pb2.RepositoryModelLoadResponse()
 
     @rpc
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
         self._require_admin(context)
-        await asyncio.to_thread(self.state.repository.unload_model, request.model_name)
+        await dataplane.unload_model(self.state, request.model_name)
         return service_pb2.RepositoryModelUnloadResponse()
 
 

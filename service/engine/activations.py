@@ -157,3 +157,8 @@ class ActivationSessions:
             session = ActivationSession(card, model_bytes, report, self.options)
             self._sessions[card.name] = (key, session)  # replaces an older version's session
             return session
+
+    def close(self) -> None:
+        """Drop every session (their onnxruntime sessions go with them); later calls rebuild."""
+        with self._lock:
+            self._sessions.clear()

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from service.api import admin
 from service.api.app import create_app
-from service.api.routes import model_repository
 from service.core.card import CARD_FILE, MODEL_FILE
 from service.core.errors import Forbidden
 from service.engine.repository import ModelRepository, ModelState
@@ -83,11 +83,11 @@ def test_the_admin_token_is_compared_in_constant_time(monkeypatch: pytest.Monkey
         compared.append((a, b))
         return constant_time(a, b)
 
-    monkeypatch.setattr(model_repository.hmac, "compare_digest", spy)
+    monkeypatch.setattr(admin.hmac, "compare_digest", spy)
     token = SecretStr("s3cret-token")
-    model_repository.check_admin(token, "10.0.0.1", "Bearer s3cret-token")
+    admin.check_admin(token, "10.0.0.1", "Bearer s3cret-token")
     with pytest.raises(Forbidden):
-        model_repository.check_admin(token, "10.0.0.1", "Bearer s3cret-tokeN")
+        admin.check_admin(token, "10.0.0.1", "Bearer s3cret-tokeN")
     assert compared == [(b"s3cret-token", b"s3cret-token"), (b"s3cret-tokeN", b"s3cret-token")]
 
 

@@ -17,24 +17,29 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
 from starlette.responses import HTMLResponse, Response
 
-from service.api.app import JSONResponse, read_json_body, service_state
 from service.api.codec import loads
 from service.api.feature_grid import render_feature_grid
+from service.api.http_io import (
+    MULTIPART,
+    JSONResponse,
+    is_json_type,
+    media_type,
+    multipart_form,
+    read_json_body,
+)
 from service.api.images import decode_b64_image, decode_image
 from service.api.predict import instances_to_pixels
 from service.api.schemas import errors, json_body
+from service.api.state import State
 from service.core.errors import (
     InvalidInput,
     InvalidLayerSpec,
-    PayloadTooLarge,
     UnprocessableInput,
     UnsupportedMediaType,
 )
 from service.core.shapes import format_table, layer_table
-from service.engine.activations import ActivationSessions
 
 router = APIRouter(tags=["Explore"])
 
@@ -158,15 +163,6 @@ async def shapes(
 # -- feature maps ---------------------------------------------------------------------------
 
 
-def _sessions(request: Request) -> ActivationSessions:
-    """The app's inspection sessions, made on first use."""
-    sessions: ActivationSessions | None = getattr(request.app.state, "activation_sessions", None)
-    if sessions is None:
-        sessions = ActivationSessions(service_state(request).repository.options)
-        request.app.state.activation_sessions = sessions
-    return sessions
-
-
 def _layer_names(value: Any, where: str) -> list[str]:
     if value is None:
         return []
@@ -179,14 +175,9 @@ def _layer_names(value: Any, where: str) -> list[str]:
 async def _multipart_image(
     request: Request, size: tuple[int, int], max_pixels: int
 ) -> tuple[np.ndarray, list[str]]:
-    try:
-        form = await request.form(max_files=2, max_fields=20)
-    except (MultiPartException, HTTPException) as exc:  # Starlette wraps the first in the second
-        message = exc.message if isinstance(exc, MultiPartException) else str(exc.detail)
-        if "Too many files" in message:
-            raise PayloadTooLarge("one image per request") from None
-        raise InvalidInput(f"malformed multipart form: {message}") from None
-    try:
+    async with multipart_form(
+        request, max_files=2, too_many="one image per request", max_fields=20
+    ) as form:
         files = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
         if len(files) != 1:
             raise UnprocessableInput(
@@ -196,8 +187,6 @@ async def _multipart_image(
         where = f"image ({field}={upload.filename or 'unnamed'})"
         image = decode_image(await upload.read(), size, max_pixels, where)
         names = [v for v in form.getlist("layer") if isinstance(v, str)]
-    finally:
-        await form.close()
     return image, _layer_names(names, "'layer'")
 
 
@@ -260,25 +249,25 @@ def _layer_json(values: np.ndarray) -> dict[str, Any]:
 )
 async def activations(
     request: Request,
+    state: State,
     name: str,
     layer: LayerNames = None,
     format: Literal["json", "png"] = "json",
 ) -> Response:
-    state = service_state(request)
     runtime = state.repository.get(name)  # 404 unknown, 503 unavailable
     entry = state.repository.entry(name, runtime.version)
     h, w, c = runtime.image_shape
     max_pixels = state.settings.max_image_pixels
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type == "multipart/form-data":
+    content_type = request.headers.get("content-type")
+    if media_type(content_type) == MULTIPART:
         image, body_names = await _multipart_image(request, (h, w), max_pixels)
-    elif media_type in ("", "application/json") or media_type.endswith("+json"):
+    elif is_json_type(content_type):
         image, body_names = await _json_image(request, (h, w, c), max_pixels)
     else:
         raise UnsupportedMediaType(
-            f"expected multipart/form-data or application/json, got {media_type!r}"
+            f"expected multipart/form-data or application/json, got {media_type(content_type)!r}"
         )
-    sessions = _sessions(request)
+    sessions = state.activations
     session = await asyncio.to_thread(sessions.get, runtime.card, entry.path, entry.layers)
     chosen = session.select([*(layer or []), *body_names])
     results = await asyncio.to_thread(session.run, image, chosen)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from starlette.responses import PlainTextResponse, Response
 
-from service.api.app import JSONResponse, service_state
+from service.api.http_io import JSONResponse
 from service.api.schemas import LayerTableResponse, errors
+from service.api.state import State
 from service.core.errors import InvalidCard
 from service.core.shapes import format_table
 
@@ -27,9 +28,9 @@ router = APIRouter(prefix="/v1", tags=["Inspection"])
         **errors(404, 422, 503),
     },
 )
-async def layers(request: Request, name: str, format: Literal["json", "text"] = "json") -> Response:
-    runtime = service_state(request).repository.get(name)
-    entry = service_state(request).repository.entry(name)
+async def layers(state: State, name: str, format: Literal["json", "text"] = "json") -> Response:
+    runtime = state.repository.get(name)
+    entry = state.repository.entry(name)
     report = entry.layers
     if report is None or report.table is None:
         raise InvalidCard(report.error if report else "no layer table for this model")

@@ -8,20 +8,14 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
 
-from service.api.app import ServiceState, read_json_body, service_state
 from service.api.codec import json_object, loads, top_k
+from service.api.http_io import MULTIPART, media_type, multipart_form, read_json_body
 from service.api.images import decode_b64_image, decode_image
 from service.api.predict import PREDICT_FIELDS, predict_pixels
 from service.api.schemas import PredictRequest, PredictResponse, errors, json_body
-from service.core.errors import (
-    InvalidInput,
-    ModelNotReady,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-)
+from service.api.state import ServiceState, State
+from service.core.errors import InvalidInput, ModelNotReady, UnsupportedMediaType
 from service.engine.repository import ModelVersion
 from service.engine.runtime import ModelRuntime
 
@@ -51,8 +45,7 @@ async def _predictions(
     responses={200: {"model": PredictResponse}, **errors(400, 404, 413, 415, 422, 503)},
     openapi_extra=json_body(PredictRequest, PREDICT_EXAMPLE),
 )
-async def predict(request: Request, name: str, top_k: TopK = None) -> dict[str, Any]:
-    state = service_state(request)
+async def predict(request: Request, state: State, name: str, top_k: TopK = None) -> dict[str, Any]:
     runtime = state.repository.get(name)
     body = json_object(
         loads(await read_json_body(request)), "the body", PREDICT_FIELDS, ignore_unknown=True
@@ -103,21 +96,14 @@ async def predict(request: Request, name: str, top_k: TopK = None) -> dict[str, 
         }
     },
 )
-async def classify(request: Request, name: str, top_k: TopK = None) -> dict[str, Any]:
-    state = service_state(request)
+async def classify(request: Request, state: State, name: str, top_k: TopK = None) -> dict[str, Any]:
     runtime = state.repository.get(name)
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "multipart/form-data":
-        raise UnsupportedMediaType(f"expected multipart/form-data, got {media_type or 'none'!r}")
+    kind = media_type(request.headers.get("content-type"))
+    if kind != MULTIPART:
+        raise UnsupportedMediaType(f"expected multipart/form-data, got {kind or 'none'!r}")
     limit = state.settings.max_images_per_request
-    try:
-        form = await request.form(max_files=limit, max_fields=100)
-    except (MultiPartException, HTTPException) as exc:  # Starlette wraps the first in the second
-        message = exc.message if isinstance(exc, MultiPartException) else str(exc.detail)
-        if "Too many files" in message:
-            raise PayloadTooLarge(f"more than the limit of {limit} images") from None
-        raise InvalidInput(f"malformed multipart form: {message}") from None
-    try:
+    too_many = f"more than the limit of {limit} images"
+    async with multipart_form(request, max_files=limit, too_many=too_many) as form:
         files = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
         if not files:
             raise InvalidInput("no image files in the form (send -F file=@image.png)")
@@ -127,8 +113,6 @@ async def classify(request: Request, name: str, top_k: TopK = None) -> dict[str,
             where = f"image {i} ({field}={upload.filename or 'unnamed'})"
             data = await upload.read()
             rows.append(decode_image(data, (h, w), state.settings.max_image_pixels, where))
-    finally:
-        await form.close()
     pixels = np.stack(rows)
     return await _predictions(state, runtime, pixels, top_k or state.settings.default_top_k)
 
@@ -156,8 +140,8 @@ def _summary(entry: ModelVersion) -> dict[str, Any]:
 
 
 @router.get("/models", summary="Every model, its versions, their state and card summaries")
-async def list_models(request: Request) -> dict[str, Any]:
-    repository = service_state(request).repository
+async def list_models(state: State) -> dict[str, Any]:
+    repository = state.repository
     models = []
     for name in repository.names():
         versions = repository.versions(name)
@@ -179,8 +163,8 @@ async def list_models(request: Request) -> dict[str, Any]:
     response_model=None,
     responses=errors(404, 503),
 )
-async def model_card(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
-    entry = service_state(request).repository.entry(name, version)
+async def model_card(state: State, name: str, version: str | None = None) -> dict[str, Any]:
+    entry = state.repository.entry(name, version)
     if entry.card is None:
         raise ModelNotReady(f"model {name!r} version {entry.version}: {entry.reason}")
     return {"state": entry.state.value, **({"reason": entry.reason} if entry.reason else {}),

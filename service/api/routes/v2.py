@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.api.app import VERSION, ServiceState, service_state
+from service.api import dataplane
 from service.api.infer import HEADER_LENGTH, v2_infer
 from service.api.schemas import (
     InferenceRequest,
@@ -17,8 +17,7 @@ from service.api.schemas import (
     errors,
     json_body,
 )
-from service.core.errors import ModelNotReady
-from service.engine.repository import ModelState
+from service.api.state import State
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
@@ -35,49 +34,45 @@ async def live() -> dict[str, bool]:
 @router.get(
     "/health/ready", summary="Loading finished and some model is ready", responses=errors(503)
 )
-async def ready(request: Request) -> dict[str, bool]:
-    repository = service_state(request).repository
-    if not repository.ready:
-        raise ModelNotReady("no model is ready" if repository.loaded else "still loading models")
+async def ready(state: State) -> dict[str, bool]:
+    dataplane.server_ready(state)
     return {"ready": True}
+
+
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
 
 
 @router.get(
     "", summary="Server metadata", response_model=None, responses={200: {"model": ServerMetadata}}
 )
 async def server_metadata() -> dict[str, Any]:
-    return {
-        "name": "cifar-serve",
-        "version": VERSION,
-        "extensions": ["binary_tensor_data", "model_repository"],
-    }
+    return vars(dataplane.server_metadata(EXTENSIONS))
 
 
-def _metadata(state: ServiceState, name: str, version: str | None) -> dict[str, Any]:
-    runtime = state.repository.get(name, version)
-    ready = [str(e.version) for e in state.repository.versions(name) if e.state is ModelState.READY]
+def _metadata(state: State, name: str, version: str | None) -> dict[str, Any]:
+    meta = dataplane.model_metadata(state, name, version)
     return {
-        "name": name,
-        "versions": ready,
-        "platform": "onnxruntime_onnx",
-        "inputs": [vars(t) for t in runtime.card.inputs],
-        "outputs": [vars(t) for t in runtime.card.outputs],
+        "name": meta.name,
+        "versions": meta.versions,
+        "platform": meta.platform,
+        "inputs": [vars(t) for t in meta.inputs],
+        "outputs": [vars(t) for t in meta.outputs],
         "parameters": {
-            "execution_providers": runtime.providers,
-            "class_names": runtime.card.class_names,
+            "execution_providers": meta.execution_providers,
+            "class_names": meta.class_names,
         },
     }
 
 
-def _model_ready(state: ServiceState, name: str, version: str | None) -> dict[str, Any]:
-    state.repository.get(name, version)  # 404 unknown, 503 not ready
+def _model_ready(state: State, name: str, version: str | None) -> dict[str, Any]:
+    dataplane.model_runtime(state, name, version)  # 404 unknown, 503 not ready
     return {"name": name, "ready": True}
 
 
-async def _infer(request: Request, name: str, version: str | None) -> Response:
+async def _infer(request: Request, state: State, name: str, version: str | None) -> Response:
     """Reached when the fast path is off (tests build apps either way); same answers."""
     reply = await v2_infer(
-        service_state(request),
+        state,
         name,
         version,
         await request.body(),
@@ -100,32 +95,32 @@ _INFER: dict[str, Any] = {
 
 
 @router.get("/models/{name}", summary="Model metadata (the served version)", **_META)
-async def model_metadata(request: Request, name: str) -> dict[str, Any]:
-    return _metadata(service_state(request), name, None)
+async def model_metadata(state: State, name: str) -> dict[str, Any]:
+    return _metadata(state, name, None)
 
 
 @router.get("/models/{name}/versions/{version}", summary="Model metadata of a version", **_META)
-async def version_metadata(request: Request, name: str, version: str) -> dict[str, Any]:
-    return _metadata(service_state(request), name, version)
+async def version_metadata(state: State, name: str, version: str) -> dict[str, Any]:
+    return _metadata(state, name, version)
 
 
 @router.get("/models/{name}/ready", summary="The served version is ready", **_READY)
-async def model_ready(request: Request, name: str) -> dict[str, Any]:
-    return _model_ready(service_state(request), name, None)
+async def model_ready(state: State, name: str) -> dict[str, Any]:
+    return _model_ready(state, name, None)
 
 
 @router.get("/models/{name}/versions/{version}/ready", summary="A version is ready", **_READY)
-async def version_ready(request: Request, name: str, version: str) -> dict[str, Any]:
-    return _model_ready(service_state(request), name, version)
+async def version_ready(state: State, name: str, version: str) -> dict[str, Any]:
+    return _model_ready(state, name, version)
 
 
 @router.post("/models/{name}/infer", summary="Classify a batch of images (v2 tensors)", **_INFER)
-async def infer(request: Request, name: str) -> Response:
-    return await _infer(request, name, None)
+async def infer(request: Request, state: State, name: str) -> Response:
+    return await _infer(request, state, name, None)
 
 
 @router.post(
     "/models/{name}/versions/{version}/infer", summary="Classify with a given version", **_INFER
 )
-async def version_infer(request: Request, name: str, version: str) -> Response:
-    return await _infer(request, name, version)
+async def version_infer(request: Request, state: State, name: str, version: str) -> Response:
+    return await _infer(request, state, name, version)

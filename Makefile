@@ -79,6 +79,7 @@ lint: $(VENV)/.dev-stamp
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict service
 	$(BIN)/mypy training tests scripts
+	$(BIN)/lint-imports  # the layering contracts in pyproject.toml ([tool.importlinter])
 
 # Debian's chromium for the explorer page's browser test, where this machine lets us install it;
 # elsewhere that test is skipped with a message.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -54,3 +55,25 @@ def image_folder(tmp_path: Path) -> Path:
 @pytest.fixture
 def python_batches(tmp_path: Path) -> Path:
     return write_python_batches(tmp_path / "batches")
+
+
+# airbench's network shape, tiny: a frozen whitening stem, a Dirac-initialised conv, a batch norm
+# without learned scale, and a bias-free head whose logits are scaled by 1/9.
+TINY_94: list[dict[str, Any]] = [
+    {"type": "conv2d", "filters": 24, "kernel": 2, "init": "whiten", "trainable": False},
+    {"type": "activation", "fn": "gelu"},  # (31, 31, 24)
+    {
+        "type": "conv2d",
+        "filters": 8,
+        "kernel": 3,
+        "padding": "same",
+        "bias": False,
+        "init": "dirac",
+    },
+    {"type": "max_pool", "pool": 2},  # (15, 15, 8)
+    {"type": "batch_norm", "scale": False, "momentum": 0.6},
+    {"type": "activation", "fn": "gelu"},
+    {"type": "max_pool", "pool": 5},  # (3, 3, 8)
+    {"type": "flatten"},  # (72,)
+    {"type": "dense", "units": 10, "bias": False, "output_scale": 1 / 9},
+]

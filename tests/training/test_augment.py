@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from service.core.errors import InvalidConfig
 from tests.training.conftest import class_images
-from training.augment import Augment, augment_batch, augment_options
+from training.augment import Augment, alternating_flips, augment_batch, augment_options
 from training.config import TrainConfig
 from training.data import Split, train_val_split
 from training.train import train_model
@@ -87,3 +88,40 @@ def test_stronger_recipe_options_train_and_lower_the_loss() -> None:
     result = train_model(config, fit, val, log=lambda line: None)
     losses = [h["loss"] for h in result.history]
     assert losses[-1] < losses[0]
+
+
+def test_alternating_flip_shows_every_image_both_ways_across_two_epochs() -> None:
+    n = 64
+    first, second, third = (alternating_flips(n, epoch, seed=5) for epoch in (1, 2, 3))
+    assert torch.equal(second, ~first)  # each image the other way round in the next epoch
+    assert torch.equal(third, first)
+    assert 16 < int(first.sum()) < 48  # a coin per image decides where it starts
+    assert not torch.equal(alternating_flips(n, 1, seed=6), first)
+    images = _images(n)
+    seen: dict[int, set[bool]] = {i: set() for i in range(n)}
+    for flips in (first, second):
+        out = augment_batch(images, torch.Generator().manual_seed(0), Augment(), flips)
+        for i in range(n):
+            if torch.equal(out[i], images[i].flip(1)):
+                seen[i].add(True)
+            elif torch.equal(out[i], images[i]):
+                seen[i].add(False)
+    assert all(ways == {True, False} for ways in seen.values())
+
+
+def test_random_flip_leaves_some_images_one_way_round_over_two_epochs() -> None:
+    """What the alternating flip fixes: with a coin per step, about half the images are shown
+    the same way in both epochs."""
+    images = _images(64)
+    rng = torch.Generator().manual_seed(0)
+    outs = [augment_batch(images, rng, Augment()) for _ in range(2)]
+    same = sum(bool(torch.equal(outs[0][i], outs[1][i])) for i in range(64))
+    assert same > 16
+
+
+def test_alternate_flip_needs_an_augmentation_that_flips() -> None:
+    images, labels = class_images(3, seed=0)
+    fit, val = train_val_split(Split(images, labels), 10, 0)
+    config = TrainConfig(epochs=1, val_size=10, threads=1, flip="alternate")
+    with pytest.raises(InvalidConfig, match="--flip alternate"):
+        train_model(config, fit, val, log=lambda line: None)

@@ -10,11 +10,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from service.core.card import ModelCard, sha256_file
 from service.core.errors import ExportError
-from tests.training.conftest import class_images
+from service.core.shapes import layer_table
+from service.engine.layers import read_layers
+from tests.training.conftest import TINY_94, class_images
 from training.architectures import LECTURE
-from training.export import check_parity, export_onnx
-from training.model import Classifier
+from training.data import CLASS_NAMES
+from training.export import INPUTS, OUTPUTS, check_parity, export_onnx, preprocessing
+from training.model import Classifier, init_from_data
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +77,63 @@ def test_parity_gate_fails_when_graph_and_weights_disagree(
         dense.bias.add_(0.01)  # a small drift the gate must catch
     with pytest.raises(ExportError, match="parity gate failed"):
         check_parity(changed, path, class_images(3, 5)[0])
+
+
+def _tiny_94(tta: str) -> Classifier:
+    """TINY_94 with trained-looking weights: untrained Dirac filters and fresh batch norms fold
+    into equal tensors that the exporter stores once, which no trained model has."""
+    torch.manual_seed(0)
+    model = Classifier(TINY_94, tta=tta)
+    images = class_images(3, 0)[0]
+    init_from_data(model, TINY_94, images)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    model.train()
+    model(torch.from_numpy(images))  # moves the batch-norm statistics
+    return model.eval()
+
+
+def _card(path: Path) -> ModelCard:
+    return ModelCard(
+        name="tiny_94", version=1, class_names=list(CLASS_NAMES), inputs=INPUTS, outputs=OUTPUTS,
+        sha256=sha256_file(path),
+    )  # fmt: skip
+
+
+def test_test_time_augmentation_is_inside_the_graph_and_parity_covers_it(tmp_path: Path) -> None:
+    model = _tiny_94("flip-translate")
+    path = tmp_path / "tta.onnx"
+    export_onnx(model, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    images = class_images(1, 3)[0]
+    for n in (1, 7):
+        logits, _ = session.run(None, {"images": images[:n]})
+        assert logits.shape == (n, 10)
+        torch.testing.assert_close(
+            torch.from_numpy(logits), model(torch.from_numpy(images[:n])), rtol=1e-4, atol=1e-4
+        )
+    assert check_parity(model, path, images).passed
+    one_view = Classifier(TINY_94).eval()
+    one_view.load_state_dict(model.state_dict())
+    with pytest.raises(ExportError, match="parity gate failed"):
+        check_parity(one_view, path, images)  # the graph averages views; one view differs
+
+
+def test_the_service_reads_the_same_layer_table_from_a_tta_graph(tmp_path: Path) -> None:
+    tables = []
+    for tta in ("none", "flip-translate"):
+        path = tmp_path / f"{tta}.onnx"
+        export_onnx(_tiny_94(tta), path)
+        report = read_layers(path.read_bytes(), _card(path))
+        assert report.table is not None, report.error
+        tables.append(report.table)
+    assert tables[0] == tables[1]
+    assert tables[1].rows[-1].type == "dense" and tables[1].output_shape == (10,)
+    assert tables[1].total_params == layer_table((32, 32, 3), TINY_94).total_params
+
+
+def test_the_card_says_which_views_the_graph_averages() -> None:
+    assert "test_time_augmentation" not in preprocessing("none")
+    assert "6 views" in preprocessing("flip-translate")["test_time_augmentation"]
+    assert "mirror" in preprocessing("flip")["test_time_augmentation"]

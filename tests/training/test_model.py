@@ -10,13 +10,16 @@ import torch
 
 from service.core.errors import InvalidLayerSpec
 from service.core.shapes import layer_table
+from tests.training.conftest import TINY_94
 from training.architectures import ARCHITECTURES, LECTURE
 from training.model import (
     Classifier,
     build_layers,
     count_parameters,
+    dirac_,
     init_from_data,
     keras_init,
+    tta_views,
     whitening_weights,
 )
 
@@ -128,3 +131,94 @@ def test_whitening_is_refused_where_it_cannot_apply() -> None:
     unknown = [{**conv, "init": "orthogonal"}, *head]
     with pytest.raises(InvalidLayerSpec, match="'orthogonal'"):
         init_from_data(Classifier(unknown), unknown, images)
+
+
+@pytest.mark.parametrize(("c_in", "c_out"), [(4, 6), (6, 4)])
+def test_dirac_init_makes_a_conv_the_identity_on_its_first_channels(c_in: int, c_out: int) -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+    dirac_(conv)
+    x = torch.randn(2, c_in, 7, 7)
+    out = conv(x)
+    shared = min(c_in, c_out)
+    torch.testing.assert_close(out[:, :shared], x[:, :shared])
+    if c_out > c_in:  # the extra filters keep their random init
+        assert conv.weight[c_in:].abs().sum() > 0
+        assert not torch.allclose(out[:, c_in:], torch.zeros_like(out[:, c_in:]))
+
+
+def test_dirac_init_applies_from_the_spec_and_needs_an_odd_kernel() -> None:
+    torch.manual_seed(0)
+    model = Classifier(TINY_94)
+    init_from_data(model, TINY_94, _correlated_images(8))
+    conv = model.net[2]
+    assert isinstance(conv, torch.nn.Conv2d)
+    x = torch.randn(1, 24, 5, 5)
+    torch.testing.assert_close(conv(x)[:, :8], x[:, :8])
+    even: list[dict[str, Any]] = [
+        {"type": "conv2d", "filters": 4, "kernel": 2, "init": "dirac"},
+        {"type": "flatten"},
+        {"type": "dense", "units": 10},
+    ]
+    with pytest.raises(InvalidLayerSpec, match="odd square kernel"):
+        init_from_data(Classifier(even), even, _correlated_images(2))
+
+
+def test_batch_norm_without_scale_learns_only_its_bias() -> None:
+    torch.manual_seed(0)
+    model = Classifier(TINY_94)
+    norm = model.net[4]
+    assert isinstance(norm, torch.nn.BatchNorm2d) and norm.momentum == 0.6
+    assert not norm.weight.requires_grad and norm.bias.requires_grad
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model(torch.from_numpy(_correlated_images(8))).logsumexp(1).mean().backward()
+    optimizer.step()
+    assert torch.equal(norm.weight, torch.ones(8)) and not torch.equal(norm.bias, torch.zeros(8))
+    row = layer_table((32, 32, 3), TINY_94).rows[4]
+    assert (row.params, row.trainable_params) == (32, 8) and "gamma fixed at 1" in row.note
+
+
+def test_output_scale_multiplies_the_logits() -> None:
+    torch.manual_seed(0)
+    model = Classifier(TINY_94).eval()
+    dense = model.net.get_submodule("dense")
+    assert isinstance(dense, torch.nn.Sequential)
+    features = torch.randn(3, 72)
+    torch.testing.assert_close(dense(features), dense[0](features) / 9)
+
+
+def _shift(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """The image moved by (dy, dx) pixels, the border reflected (np.pad's 'reflect')."""
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    h, w = images.shape[1:3]
+    return padded[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+
+
+def test_test_time_augmentation_averages_the_views_in_eval_mode_only() -> None:
+    torch.manual_seed(0)
+    images = _correlated_images(5)
+    plain = Classifier(TINY_94).eval()
+    init_from_data(plain, TINY_94, images)
+
+    def logits(x: np.ndarray) -> torch.Tensor:
+        return plain(torch.from_numpy(np.ascontiguousarray(x)))
+
+    mirror = images[:, :, ::-1]
+    flip = Classifier(TINY_94, tta="flip").eval()
+    flip.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(
+        flip(torch.from_numpy(images)), (logits(images) + logits(mirror)) / 2
+    )
+    six = Classifier(TINY_94, tta="flip-translate").eval()
+    six.load_state_dict(plain.state_dict())
+    shifted = [_shift(images, -1, -1), _shift(images, 1, 1)]
+    expected = (logits(images) + logits(mirror)) / 4 + sum(
+        (logits(s) + logits(s[:, :, ::-1])) / 8 for s in shifted
+    )
+    out = six(torch.from_numpy(images))
+    assert out.shape == (5, 10)
+    torch.testing.assert_close(out, expected)
+    six.train()
+    assert six(torch.from_numpy(images)).shape == (5, 10)  # training sees one view per image
+    with pytest.raises(ValueError, match="unknown test-time augmentation"):
+        tta_views("rotate", 32, 32)

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
 import torch
 
 from service.core.errors import InvalidConfig
-from tests.training.conftest import class_images
+from tests.training.conftest import TINY_94, class_images
+from training.architectures import ARCHITECTURES
 from training.config import TrainConfig
 from training.data import Split, train_val_split
 from training.model import Classifier
 from training.train import (
+    build_optimizer,
+    build_schedule,
     confident_mistakes,
     evaluate,
     evaluate_logits,
@@ -147,3 +150,80 @@ def test_a_run_with_ema_validates_keeps_and_checkpoints_the_averaged_weights(
     last = state["model"]
     assert all(not torch.equal(kept[k], last[k]) for k in kept if k.endswith("weight"))
     assert evaluate(result.model, val).accuracy == result.history[0]["val_accuracy"]
+
+
+def test_bn_bias_lr_scale_gives_batch_norm_biases_their_own_rate_and_decay() -> None:
+    config = TrainConfig(
+        optimizer="sgd", lr=0.2, weight_decay=1e-3, bn_bias_lr_scale=64.0, schedule="onecycle"
+    )
+    model = Classifier(TINY_94)
+    optimizer = build_optimizer(config, model)
+    weights, biases = optimizer.param_groups
+    norm = model.net[4]
+    assert [id(p) for p in biases["params"]] == [id(norm.bias)]
+    assert len(weights["params"]) == len(list(model.parameters())) - 1
+    assert biases["weight_decay"] == pytest.approx(1e-3 / 64)
+    assert weights["weight_decay"] == 1e-3
+    schedule = build_schedule(config, optimizer, steps_per_epoch=4)
+    assert schedule is not None
+    peaks = [group["max_lr"] for group in optimizer.param_groups]
+    assert peaks == [0.2, pytest.approx(0.2 * 64)]
+    plain = build_optimizer(TrainConfig(optimizer="sgd"), model)
+    assert len(plain.param_groups) == 1
+
+
+def _tiny_94_run(monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> Classifier:
+    monkeypatch.setitem(ARCHITECTURES, "tiny_94", TINY_94)
+    fit, val = _data(10)
+    config = TrainConfig(
+        arch="tiny_94", init="torch", val_size=60, threads=1, batch_size=16, optimizer="sgd",
+        lr=0.05, keep="last", **overrides,
+    )  # fmt: skip
+    return train_model(config, fit, val, log=lambda line: None).model
+
+
+def test_the_whitening_bias_trains_for_its_epochs_then_stays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    one = _tiny_94_run(monkeypatch, epochs=1, whiten_bias_epochs=1)
+    two = _tiny_94_run(monkeypatch, epochs=2, whiten_bias_epochs=1)
+    never = _tiny_94_run(monkeypatch, epochs=1)
+    whiten = [cast(torch.nn.Conv2d, m.net[0]) for m in (one, two, never)]
+    bias = [cast(torch.Tensor, conv.bias) for conv in whiten]
+    # a constant rate and the same seed: the first epoch is the same in both runs, and the
+    # bias that the first epoch trained is where the second epoch leaves it
+    assert torch.equal(bias[0], bias[1])
+    assert not torch.equal(bias[0], bias[2])
+    assert torch.equal(whiten[0].weight, whiten[2].weight)  # the whitening itself stays frozen
+    convs = [cast(torch.nn.Conv2d, m.net[2]) for m in (one, two)]
+    assert not torch.equal(convs[0].weight, convs[1].weight)  # the rest went on training
+
+
+def test_every_airbench_option_together_trains_and_resumes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(ARCHITECTURES, "tiny_94", TINY_94)
+    fit, val = _data(10)
+    config = TrainConfig(
+        arch="tiny_94", init="torch", epochs=3, val_size=60, threads=1, batch_size=16,
+        optimizer="sgd", lr=0.05, momentum=0.85, weight_decay=1e-3, bn_bias_lr_scale=64,
+        label_smoothing=0.2, schedule="onecycle", lookahead_every=2, augment="flip-crop",
+        crop_pad=2, flip="alternate", whiten_bias_epochs=1, tta="flip-translate",
+        autocast="bf16", keep="last",
+    )  # fmt: skip
+    whole = train_model(config, fit, val, log=lambda line: None)
+    losses = [h["loss"] for h in whole.history]
+    assert losses[-1] < losses[0]
+
+    def stop_after_epoch_2(line: str) -> None:
+        if line.startswith("Epoch 2/"):
+            raise KeyboardInterrupt  # as Ctrl-C right after the epoch's checkpoint
+
+    last = tmp_path / "last.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_model(config, fit, val, stop_after_epoch_2, checkpoint=last)
+    assert torch.load(last, weights_only=True)["lookahead"] is not None
+    resumed = train_model(config, fit, val, log=lambda line: None, checkpoint=last, resume=last)
+    expected = whole.model.state_dict()
+    for key, value in resumed.model.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0)

@@ -1,13 +1,12 @@
 """Helpers for the live-update tests: graphs that tell versions apart, publishing into a repository
-the way training does (or a broken version, just as atomically), waiting, a running server."""
+the way training does (or a broken version, just as atomically), a running server."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -68,15 +67,6 @@ def rewrite_in_place(folder: Path, graph: onnx.ModelProto) -> None:
     card = json.loads((folder / CARD_FILE).read_text())
     card["sha256"] = sha256_file(folder / MODEL_FILE)
     (folder / CARD_FILE).write_text(json.dumps(card), encoding="utf-8")
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0, what: str = "") -> float:
-    """Seconds until ``condition()`` held; fails the test after ``timeout_s``."""
-    start = time.monotonic()
-    while not condition():
-        assert time.monotonic() - start < timeout_s, f"timed out after {timeout_s} s: {what}"
-        time.sleep(0.01)
-    return time.monotonic() - start
 
 
 def top1(probabilities: object) -> list[int]:

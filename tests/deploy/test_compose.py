@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.support import answers_200, server_process, wait_until
 from tests.training.conftest import write_image_folder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,24 +145,8 @@ def api_server(compose_dirs: dict[str, Path]) -> Iterator[str]:
     argv[argv.index("--host") + 1] = "127.0.0.1"  # the container's 0.0.0.0, kept on loopback here
     argv[argv.index("--port") + 1] = "0"  # the published 8000, any free port here
     argv[argv.index("--grpc-port") + 1] = "0"  # and the published gRPC 8001
-    process = subprocess.Popen(
-        argv, env=_environment(API, mounts), stderr=subprocess.PIPE, text=True, cwd=ROOT
-    )
-    try:
-        port = None
-        deadline = time.monotonic() + 60
-        assert process.stderr is not None
-        while port is None and time.monotonic() < deadline:
-            line = process.stderr.readline()
-            if not line and process.poll() is not None:
-                break
-            match = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line)
-            port = int(match.group(1)) if match else None
-        assert port, "the api command did not start"
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with server_process(argv, env=_environment(API, mounts)) as server:
+        yield server.address
 
 
 def _healthcheck(address: str) -> int:
@@ -174,10 +158,7 @@ def _healthcheck(address: str) -> int:
 
 
 def test_api_command_passes_its_healthcheck(api_server: str) -> None:
-    deadline = time.monotonic() + 30
-    while _healthcheck(api_server) != 0:
-        assert time.monotonic() < deadline, "healthcheck never passed"
-        time.sleep(0.2)
+    wait_until(lambda: _healthcheck(api_server) == 0, 30, "healthcheck never passed", 0.2)
     models = httpx.get(f"http://{api_server}/v2/models/cifar10_cnn").json()
     assert models["name"] == "cifar10_cnn" and "1" in models["versions"]
 
@@ -194,10 +175,5 @@ def test_trainer_command_publishes_a_version_the_running_api_picks_up(
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert (compose_dirs["./models"] / "cifar10_cnn" / "2" / "card.json").exists()
-    deadline = time.monotonic() + 30
-    while True:
-        ready = httpx.get(f"http://{api_server}/v2/models/cifar10_cnn/versions/2/ready")
-        if ready.status_code == 200:
-            break
-        assert time.monotonic() < deadline, f"version 2 never served: {ready.text}"
-        time.sleep(0.2)
+    version_2 = f"http://{api_server}/v2/models/cifar10_cnn/versions/2/ready"
+    wait_until(lambda: answers_200(version_2), 30, "version 2 never served", 0.2)

@@ -10,10 +10,8 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ import tritonclient.grpc as grpcclient
 import yaml
 
 from scripts.nginx_local import CONF, find_nginx, nginx_command
+from tests.support import free_port, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -33,26 +32,6 @@ NGINX = find_nginx()
 needs_nginx = pytest.mark.skipif(
     NGINX is None, reason="nginx is not installed (make nginx, or apt-get install nginx)"
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait(url: str, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, f"{what} exited with {process.returncode}"
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"{what} never answered {url}"
-        time.sleep(0.1)
 
 
 @dataclass
@@ -94,7 +73,7 @@ def replicas() -> Iterator[list[Replica]]:
     started: list[Replica] = []
     try:
         for _ in range(2):
-            rest, grpc = _free_port(), _free_port()
+            rest, grpc = free_port(), free_port()
             argv = [sys.executable, *command[1:]]
             argv[argv.index("--host") + 1] = "127.0.0.1"
             argv[argv.index("--port") + 1] = str(rest)
@@ -102,20 +81,18 @@ def replicas() -> Iterator[list[Replica]]:
             process = subprocess.Popen(argv, env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
             started.append(Replica(rest, grpc, process))
         for r in started:
-            _wait(f"http://{r.address}/v2/health/ready", r.process, "api")
+            wait_ready(f"http://{r.address}/v2/health/ready", r.process, what="api")
         yield started
     finally:
         for r in started:
-            if r.process.poll() is None:
-                r.process.terminate()
-                r.process.wait(timeout=30)
+            stop(r.process)
 
 
 @pytest.fixture
 def balancer(replicas: list[Replica], tmp_path: Path) -> Iterator[tuple[str, str]]:
     """nginx with the compose config on free loopback ports; yields its REST and gRPC addresses."""
     assert NGINX is not None
-    rest, grpc = _free_port(), _free_port()
+    rest, grpc = free_port(), free_port()
     argv = nginx_command(
         NGINX,
         listen={8000: rest, 8001: grpc},
@@ -124,15 +101,10 @@ def balancer(replicas: list[Replica], tmp_path: Path) -> Iterator[tuple[str, str
     )
     process = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
     try:
-        _wait(f"http://127.0.0.1:{rest}/v2/health/ready", process, "nginx")
+        wait_ready(f"http://127.0.0.1:{rest}/v2/health/ready", process, what="nginx")
         yield f"127.0.0.1:{rest}", f"127.0.0.1:{grpc}"
     finally:
-        process.send_signal(signal.SIGQUIT)  # graceful stop
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, signal.SIGQUIT, timeout_s=15)  # graceful stop
 
 
 def _infer(client: httpx.Client, address: str) -> httpx.Response:

@@ -4,7 +4,6 @@ thread, as ``python -m service`` runs them (``serve_grpc`` in the app's lifespan
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from service.__main__ import uvicorn_options
 from service.api.app import create_app
 from service.api.grpc_server import serve_grpc
 from service.settings import Settings
+from tests.support import wait_until
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,8 @@ def running_server(settings: Settings, *, grpc: bool = True) -> Iterator[Running
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
+    wait_until(lambda: server.started or not thread.is_alive(), 30, "the server starting")
+    assert server.started, "server did not start"
     rest_port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield Running(rest_port, app.state.grpc_port if grpc else -1)

@@ -4,7 +4,6 @@ gRPC on loopback), image files written here, answers checked against ``:classify
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import tomllib
@@ -21,6 +20,7 @@ from service.client import main
 from service.settings import Settings
 from tests.conftest import make_model_repo
 from tests.e2e.running import Running, running_server
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -167,14 +167,6 @@ def test_exit_codes_for_bad_input(
         code, _, err = run(server, capsys, *args)
         assert code == 1, (args, err)
         assert message in err, (args, err)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def test_module_exit_codes_for_an_unreachable_server_and_no_torch(photos: Path) -> None:

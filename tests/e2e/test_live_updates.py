@@ -22,9 +22,9 @@ from tests.live_updates import (
     publish_graph,
     running_server,
     top1,
-    wait_until,
     write_version_atomically,
 )
+from tests.support import wait_until
 
 CLIENTS = 3
 WINNERS = {2: 3, 3: 5, 4: 8}  # version -> the class its graph always answers

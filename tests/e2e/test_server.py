@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from PIL import Image
 from service.settings import Settings
 from tests.conftest import make_model_repo, tiny_reference
 from tests.e2e.running import running_server
+from tests.support import server_process, service_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -146,26 +145,9 @@ def test_service_module_runs_and_never_imports_torch(tmp_path: Path) -> None:
     assert out.stdout.strip() == "False", out.stderr
     repo = make_model_repo(tmp_path, {"tiny": [1]}, lecture=False)
     env = {**os.environ, "MODEL_REPOSITORY": str(repo), "PROVIDERS": "CPUExecutionProvider"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0"],
-        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert process.stderr is not None
-        port = grpc_port = None
-        deadline = time.monotonic() + 30
-        while port is None and time.monotonic() < deadline:
-            line = process.stderr.readline()
-            match = re.search(r"gRPC serving on 127\.0\.0\.1:(\d+)", line)
-            grpc_port = int(match.group(1)) if match else grpc_port
-            match = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line)
-            port = int(match.group(1)) if match else None
-            assert line or process.poll() is None, "the service exited"
-        assert port and grpc_port, "no ports in the log"
-        assert httpx.get(f"http://127.0.0.1:{port}/v2/models/tiny/ready").status_code == 200
-        client = tritonclient.grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    with server_process(service_command(), env=env, timeout_s=30) as server:
+        assert server.grpc_port, "no gRPC port in the log"
+        assert httpx.get(f"{server.url}/v2/models/tiny/ready").status_code == 200
+        client = tritonclient.grpc.InferenceServerClient(server.grpc_address)
         assert client.is_model_ready("tiny")
         client.close()
-    finally:
-        process.terminate()
-        process.wait(timeout=10)

@@ -8,11 +8,8 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -21,6 +18,7 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tests.conftest import make_model_repo
+from tests.support import server_process, service_command
 
 GOOD = json.dumps({"inputs": [{"name": "images", "shape": [1, 32, 32, 3], "datatype": "UINT8",
                                "data": [0] * 3072}]}).encode()  # fmt: skip
@@ -29,16 +27,8 @@ GOOD = json.dumps({"inputs": [{"name": "images", "shape": [1, 32, 32, 3], "datat
 REFUSED = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_sigterm_finishes_requests_in_flight_then_exits_0(tmp_path: Path) -> None:
     repo = make_model_repo(tmp_path, lecture=False)
-    port, grpc_port = free_port(), free_port()
     env = {
         **os.environ,
         "LOG_FORMAT": "json",
@@ -46,21 +36,11 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(tmp_path: Path) -> Non
         "POLL_INTERVAL_S": "0",
         "PROVIDERS": "CPUExecutionProvider",
     }
-    command = [sys.executable, "-m", "service", "--port", str(port), "--grpc-port", str(grpc_port),
-               "--model-repository", str(repo), "--log-level", "info"]  # fmt: skip
-    server = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, server.communicate()[1]
-            assert time.monotonic() < deadline, "the server did not become ready"
-            try:
-                with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.2)
-        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+    command = service_command("--model-repository", str(repo), "--log-level", "info")
+    with server_process(command, env=env, how=signal.SIGKILL) as server:
+        server.wait_ready()
+        port, url = server.rest_port, server.url
+        with grpc.insecure_channel(server.grpc_address) as channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             assert stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
 
@@ -97,12 +77,12 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(tmp_path: Path) -> Non
         in_flight.sendall(head + GOOD[: len(GOOD) // 2])
         time.sleep(0.3)
         stop_sent.set()
-        server.send_signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
         time.sleep(1.0)
 
         with pytest.raises(ConnectionRefusedError):  # no new connections...
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
-        assert server.poll() is None  # ...but still running: one request is not finished
+        assert server.process.poll() is None  # ...but still running: one request is not finished
         in_flight.sendall(GOOD[len(GOOD) // 2 :])
         answer = b""
         while b"\r\n\r\n" not in answer:
@@ -112,13 +92,10 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(tmp_path: Path) -> Non
         in_flight.close()
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
 
-        assert server.wait(timeout=30) == 0
+        assert server.process.wait(timeout=30) == 0
         finished.set()
         runner.join(timeout=30)
-    finally:
-        if server.poll() is None:
-            server.kill()
-        logs = server.communicate(timeout=30)[1]
+    logs = server.log
     assert served and set(served) == {200}
     assert [f for f in failures if not f[0]] == [], failures  # nothing failed before the stop
     lines = [line for line in logs.splitlines() if line.strip()]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 from service.core.card import read_card
+from tests.support import free_port
 from tests.training.conftest import class_images
 from training.config import TrainConfig
 from training.data import Split, train_val_split
@@ -21,13 +21,6 @@ from training.distributed import World, world_from_env
 from training.train import rank_share, train_model
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _train(launcher: list[str], *args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -54,7 +47,7 @@ def test_two_processes_agree_publish_once_and_match_one_process(
 ) -> None:
     torchrun = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
-        "--master-addr=127.0.0.1", f"--master-port={_free_port()}",
+        "--master-addr=127.0.0.1", f"--master-port={free_port()}",
     ]  # fmt: skip
     common: list[str | Path] = [
         "--data", image_folder, "--cache-dir", tmp_path / "cache", "--epochs", "1",
@@ -108,7 +101,7 @@ def test_distributed_run_resumes_from_a_lone_runs_checkpoint(
 
     torchrun = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
-        "--master-addr=127.0.0.1", f"--master-port={_free_port()}",
+        "--master-addr=127.0.0.1", f"--master-port={free_port()}",
     ]  # fmt: skip
     resumed = _train(torchrun, *common, "--resume", run_dir / "last.pt", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

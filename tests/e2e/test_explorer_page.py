@@ -1,7 +1,8 @@
-"""The explorer page in a real headless Chromium against a real uvicorn server.
+"""The explorer page in a real headless Chromium (driven by Playwright) against a real server.
 
-Skipped, saying why, where no Chromium is installed (Debian: ``apt-get install chromium``).
-Set ``EXPLORER_SCREENSHOTS=<folder>`` to keep the screenshots it takes.
+Playwright drives the system's Chromium (``make browser``: Debian's package) through
+``executable_path``; it never downloads a browser. Skipped, saying why, where no Chromium is
+installed. Set ``EXPLORER_SCREENSHOTS=<folder>`` to keep the screenshots it takes.
 """
 
 from __future__ import annotations
@@ -11,22 +12,36 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from playwright.sync_api import ConsoleMessage, Page, sync_playwright
 
 from service.settings import Settings
 from tests.conftest import make_model_repo
-from tests.e2e.chromium import Chromium, find_chromium
 from tests.e2e.running import running_server
+from tests.support import wait_until
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def find_chromium() -> str | None:
+    """The binary named by ``$CHROMIUM``, else the first Chromium on the PATH."""
+    named = os.environ.get("CHROMIUM")
+    if named:
+        return shutil.which(named) or (named if Path(named).is_file() else None)
+    return next((path for name in BROWSERS if (path := shutil.which(name))), None)
+
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None,
-    reason="no Chromium here (apt-get install chromium, or set CHROMIUM=<binary>): "
+    reason="no Chromium here (make browser, apt-get install chromium, or set CHROMIUM=<binary>): "
     "the explorer page was not checked in a browser",
 )
 
@@ -39,11 +54,45 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield running.url
 
 
+@dataclass
+class Browser:
+    """One page in headless Chromium, with every URL it requested and every error it logged
+    (script exceptions, Content-Security-Policy violations, failed loads)."""
+
+    page: Page
+    requested: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.errors.append(f"{message.text} {message.location.get('url', '')}".strip())
+
+    def wait_for(self, expression: str, timeout_s: float = 30.0) -> Any:
+        """The value of ``expression`` once it is truthy. Polled with ``evaluate``: the page's CSP
+        (no 'unsafe-eval') refuses the eval behind Playwright's ``wait_for_function``."""
+        last: list[Any] = [None]
+
+        def truthy() -> bool:
+            last[0] = self.page.evaluate(expression)
+            return bool(last[0])
+
+        wait_until(truthy, timeout_s, lambda: f"{expression!r} still {last[0]!r}", 0.1)
+        return last[0]
+
+
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Chromium]:
+def browser() -> Iterator[Browser]:
     assert CHROMIUM is not None
-    with Chromium(CHROMIUM, tmp_path / "profile") as chromium:
-        yield chromium
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            watched = Browser(chromium.new_page(viewport={"width": 1280, "height": 1000}))
+            watched.page.on("request", lambda request: watched.requested.append(request.url))
+            watched.page.on("console", watched.console)
+            watched.page.on("pageerror", lambda error: watched.errors.append(str(error)))
+            yield watched
+        finally:
+            chromium.close()
 
 
 def _keep(screenshot: Path) -> None:
@@ -54,37 +103,35 @@ def _keep(screenshot: Path) -> None:
 
 
 def test_page_classifies_an_upload_and_shows_feature_maps_and_the_calculator(
-    server: str, browser: Chromium, tmp_path: Path
+    server: str, browser: Browser, tmp_path: Path
 ) -> None:
-    browser.open(server + "/")
+    page = browser.page
+    page.goto(server + "/")
     # The served model's layer table, read from the graph.
     assert browser.wait_for("document.querySelectorAll('#layer-table tbody tr').length") == 8
-    assert "122,570 parameters" in browser.evaluate("$('layer-title').textContent")
+    assert "122,570 parameters" in page.evaluate("$('layer-title').textContent")
 
     # The calculator tab starts from the lecture's model.
-    browser.click("#tab-shapes")
-    assert browser.evaluate("$('panel-shapes').hidden") is False
+    page.click("#tab-shapes")
+    assert page.evaluate("$('panel-shapes').hidden") is False
     assert browser.wait_for("$('calc-total').textContent === '122,570' && 'ok'") == "ok"
-    rows = browser.evaluate("[...document.querySelectorAll('#calc-table tbody tr')].length")
+    rows = page.evaluate("[...document.querySelectorAll('#calc-table tbody tr')].length")
     assert rows == 8
-    browser.screenshot(tmp_path / "explorer-calculator.png")
+    page.screenshot(path=tmp_path / "explorer-calculator.png", full_page=True)
     _keep(tmp_path / "explorer-calculator.png")
 
     # An impossible stack shows the service's 422 message.
-    browser.evaluate(
-        '(() => { const t = $(\'layers\'); t.value = \'[{"type": "dense", "units": 4}]\';'
-        " t.dispatchEvent(new Event('input')); })()"
-    )
+    page.fill("#layers", '[{"type": "dense", "units": 4}]')  # fires input, as typing does
     error = browser.wait_for("!$('calc-error').hidden && $('calc-error').textContent")
     assert "add a flatten layer" in error
-    assert browser.evaluate("$('calc-total').textContent") == "-"
+    assert page.evaluate("$('calc-total').textContent") == "-"
 
     # Upload an image: top classes and one feature-map grid per conv/pool layer.
-    browser.click("#tab-classify")
+    page.click("#tab-classify")
     pixels = np.random.default_rng(4).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     upload = tmp_path / "upload.png"
     Image.fromarray(pixels).save(upload)
-    browser.set_file("#file", upload)
+    page.set_input_files("#file", upload)
     shown = browser.wait_for(
         "document.querySelectorAll('#predictions li strong').length === 5 && "
         "[...document.querySelectorAll('#predictions li')].map(li => li.textContent)"
@@ -97,7 +144,7 @@ def test_page_classifies_an_upload_and_shows_feature_maps_and_the_calculator(
     assert [text.split(" ")[0] for text in shown] == [p["name"] for p in expected]
     assert shown[0].endswith(f"{100 * expected[0]['probability']:.1f}%")
     bar = "document.querySelector('#predictions .bar').getBoundingClientRect().width"
-    assert browser.evaluate(bar) == round(150 * expected[0]["probability"])
+    assert page.evaluate(bar) == round(150 * expected[0]["probability"])
 
     loaded = browser.wait_for(
         "(() => { const imgs = [...document.querySelectorAll('#feature-maps figure img')];"
@@ -108,7 +155,7 @@ def test_page_classifies_an_upload_and_shows_feature_maps_and_the_calculator(
     assert [name for name, _, _ in loaded] == [
         "conv2d", "max_pooling2d", "conv2d_1", "max_pooling2d_1", "conv2d_2",
     ]  # fmt: skip
-    browser.screenshot(tmp_path / "explorer-classify.png")
+    page.screenshot(path=tmp_path / "explorer-classify.png", full_page=True)
     _keep(tmp_path / "explorer-classify.png")
     shot = Image.open(io.BytesIO((tmp_path / "explorer-classify.png").read_bytes()))
     assert shot.width >= 1000

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from service.api.dataplane import SERVER_VERSION
+from service.api.dataplane import SERVER_NAME, SERVER_VERSION
 from service.api.fast_path import FastInfer
 from service.api.http_io import JSONResponse, error_response, serving_error_response
 from service.api.middleware import BodyLimit, RequestMetrics, RuntimeLeases
@@ -82,7 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
             await asyncio.to_thread(state.close)  # waits for a poll still loading
 
     app = FastAPI(
-        title="cifar-serve",
+        title=SERVER_NAME,
         version=SERVER_VERSION,
         summary="CIFAR-10 image classification over the Open Inference Protocol and plain REST.",
         default_response_class=JSONResponse,

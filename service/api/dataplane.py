@@ -16,8 +16,8 @@ from service.api.codec import InputTensor, to_pixels
 from service.api.state import ServiceState
 from service.core.card import TensorSpec
 from service.core.errors import ModelNotReady, UnprocessableInput
-from service.engine.repository import ModelState
 from service.engine.runtime import ModelRuntime
+from service.engine.version_folder import ModelState
 
 SERVER_NAME = "cifar-serve"
 SERVER_VERSION = "0.1.0"

@@ -22,7 +22,7 @@ from service.api.infer import HEADER_LENGTH, v2_infer
 from service.api.middleware import receive_body_message
 from service.api.state import ServiceState
 from service.core.errors import ServingError
-from service.engine.repository import lease_scope
+from service.engine.leases import lease_scope
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from service.core.errors import (
     ServingError,
     UnprocessableInput,
 )
-from service.engine.repository import lease_scope
+from service.engine.leases import lease_scope
 
 log = logging.getLogger(__name__)
 

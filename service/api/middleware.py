@@ -11,8 +11,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.http_io import body_too_large, error_response
 from service.core.errors import RequestTimeout
+from service.engine.leases import lease_scope
 from service.engine.metrics import Metrics
-from service.engine.repository import lease_scope
 
 
 class BodyLimit:

@@ -9,35 +9,24 @@ an atomic publish and stray files are ignored.
 
 Every update builds new ``_Model`` values on a worker thread and then swaps the ``_models`` mapping
 in one assignment, so a request sees either the old set or the new one. A replaced runtime is
-retired: requests that took it (``get`` inside ``lease_scope``) finish on it, then it closes.
+retired: requests that took it (``get`` inside ``leases.lease_scope``) finish on it, then it closes.
+One version folder's checks and loading are ``version_folder``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import re
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from service.core.card import CARD_FILE, MODEL_FILE, ModelCard, TensorSpec, read_card
-from service.core.errors import (
-    InvalidCard,
-    InvalidConfig,
-    ModelLoadFailed,
-    ModelNotFound,
-    ModelNotReady,
-    ServingError,
-)
+from service.core.errors import InvalidConfig, ModelLoadFailed, ModelNotFound, ModelNotReady
 from service.core.version_policy import VersionPolicy, read_model_config
-from service.engine.layers import LayerReport, read_layers
+from service.engine.leases import held_runtimes
 from service.engine.runtime import (
     ModelRuntime,
     RuntimeOptions,
@@ -45,36 +34,12 @@ from service.engine.runtime import (
     provider_problem,
     resolve_providers,
 )
+from service.engine.version_folder import ModelState, ModelVersion, files_signature, load_entry
 
 log = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-PROBABILITIES = "probabilities"
 UNLOADED_BY_REQUEST = "unloaded by a repository request"
-
-# (size, mtime_ns, inode) of model.onnx and card.json; None for a missing file.
-Signature = tuple[tuple[int, int, int] | None, ...]
-
-
-class ModelState(StrEnum):
-    READY = "READY"
-    UNAVAILABLE = "UNAVAILABLE"  # found but failed its checks; ``reason`` says why
-    UNLOADED = "UNLOADED"  # on disk, not served under the version policy (or unloaded)
-
-
-@dataclass
-class ModelVersion:
-    """What the repository knows about one version folder (replaced, never changed, once shown)."""
-
-    name: str
-    version: int
-    path: Path
-    state: ModelState
-    reason: str = ""
-    card: ModelCard | None = None
-    runtime: ModelRuntime | None = None
-    layers: LayerReport | None = None
-    signature: Signature | None = None  # of the files the last load attempt read
 
 
 @dataclass(frozen=True)
@@ -100,35 +65,6 @@ class _Model:
         object.__setattr__(self, "served", max(served, default=None))
 
 
-_held: ContextVar[list[ModelRuntime] | None] = ContextVar("held_runtimes", default=None)
-
-
-@contextmanager
-def lease_scope() -> Iterator[None]:
-    """Runtimes that ``get`` hands out inside this scope (one request) stay open until it ends."""
-    held: list[ModelRuntime] = []
-    token = _held.set(held)
-    try:
-        yield
-    finally:
-        _held.reset(token)
-        for runtime in held:
-            runtime.release()
-
-
-def files_signature(version_dir: Path) -> Signature:
-    """What changes when a version's files are replaced or rewritten (cheap: two ``stat`` calls)."""
-    signature: list[tuple[int, int, int] | None] = []
-    for name in (MODEL_FILE, CARD_FILE):
-        try:
-            st = (version_dir / name).stat()
-        except OSError:
-            signature.append(None)
-        else:
-            signature.append((st.st_size, st.st_mtime_ns, st.st_ino))
-    return tuple(signature)
-
-
 def parse_version(version: str | int | None) -> int | None:
     """A version from a URL: a positive integer, or None for "the served one"."""
     if version is None or version == "":
@@ -142,96 +78,6 @@ def parse_version(version: str | int | None) -> int | None:
     if number < 1:
         raise ModelNotFound(f"version {version!r} is not a positive integer")
     return number
-
-
-def _check_tensors(kind: str, card: list[TensorSpec], graph: list[TensorSpec]) -> None:
-    """Names, datatypes and shapes of the card must be those of the graph (-1: dynamic axis)."""
-    card_by_name = {t.name: t for t in card}
-    graph_by_name = {t.name: t for t in graph}
-    if set(card_by_name) != set(graph_by_name):
-        raise InvalidCard(
-            f"card {kind} {sorted(card_by_name)} differ from the graph's {sorted(graph_by_name)}"
-        )
-    for name, spec in card_by_name.items():
-        actual = graph_by_name[name]
-        if spec.datatype != actual.datatype:
-            raise InvalidCard(
-                f"{kind[:-1]} {name!r}: card says {spec.datatype}, graph has {actual.datatype}"
-            )
-        if len(spec.shape) != len(actual.shape) or any(
-            (c == -1) != (g == -1) or c != g for c, g in zip(spec.shape, actual.shape, strict=True)
-        ):
-            raise InvalidCard(
-                f"{kind[:-1]} {name!r}: card shape {spec.shape} differs from graph {actual.shape}"
-            )
-
-
-def _check_serving_contract(card: ModelCard) -> None:
-    """What this service needs to classify images with a model."""
-    if len(card.inputs) != 1:
-        raise InvalidCard(f"expected one input (the images), the card lists {len(card.inputs)}")
-    image = card.inputs[0]
-    if image.datatype != "UINT8" or len(image.shape) != 4 or image.shape[0] != -1:
-        raise InvalidCard(
-            f"input {image.name!r} must be UINT8 [-1, H, W, C] pixels, "
-            f"card says {image.datatype} {image.shape}"
-        )
-    if any(d == -1 for d in image.shape[1:]):
-        raise InvalidCard(f"input {image.name!r} needs fixed H, W, C, card says {image.shape}")
-    outputs = {t.name: t for t in card.outputs}
-    if PROBABILITIES not in outputs:
-        raise InvalidCard(f"no {PROBABILITIES!r} output among {sorted(outputs)}")
-    classes = outputs[PROBABILITIES].shape[-1:]
-    if classes != [len(card.class_names)]:
-        raise InvalidCard(
-            f"{PROBABILITIES!r} has shape {outputs[PROBABILITIES].shape} but the card names "
-            f"{len(card.class_names)} classes"
-        )
-
-
-def check_inside(path: Path, root: Path) -> None:
-    """Refuse a version folder, or a file in it, that resolves (through symlinks) outside the
-    repository: nothing outside ``root`` is ever read. The message names no path."""
-    top = root.resolve()
-    for item in (path, path / CARD_FILE, path / MODEL_FILE):
-        if not item.resolve().is_relative_to(top):
-            where = "the version folder" if item == path else item.name
-            raise InvalidCard(f"{where} links outside the model repository; refused")
-
-
-def load_version(
-    name: str, version: int, path: Path, options: RuntimeOptions, root: Path | None = None
-) -> tuple[ModelCard, ModelRuntime, bytes]:
-    """Read, check and load one version folder; raises ``ServingError`` with the reason.
-    With ``root``, nothing that resolves outside it is read (``check_inside``)."""
-    if root is not None:
-        check_inside(path, root)
-    card = read_card(path)
-    if card.name != name or card.version != version:
-        raise InvalidCard(
-            f"card names {card.name!r} version {card.version}, but it lies in {name}/{version}"
-        )
-    _check_serving_contract(card)
-    try:
-        model_bytes = (path / MODEL_FILE).read_bytes()
-    except FileNotFoundError:
-        raise InvalidCard(f"no {MODEL_FILE} beside the card") from None
-    except OSError as exc:
-        raise InvalidCard(f"unreadable {MODEL_FILE}: {exc.strerror}") from None
-    # The bytes are hashed as read, so the check covers exactly what onnxruntime loads.
-    digest = hashlib.sha256(model_bytes).hexdigest()
-    if digest != card.sha256.lower():
-        raise InvalidCard(f"sha256 of {MODEL_FILE} is {digest}, the card says {card.sha256}")
-    runtime = ModelRuntime(card, model_bytes, options)
-    try:
-        _check_tensors("inputs", card.inputs, runtime.inputs)
-        _check_tensors("outputs", card.outputs, runtime.outputs)
-        if options.warm_up:
-            runtime.warm_up()
-    except BaseException:
-        runtime.close()
-        raise
-    return card, runtime, model_bytes
 
 
 class ModelRepository:
@@ -421,7 +267,13 @@ class ModelRepository:
             if not todo:
                 break
             for v in todo:
-                versions[v] = self._load_entry(versions[v], signatures[v])
+                versions[v] = load_entry(
+                    versions[v],
+                    signatures[v],
+                    self.options,
+                    self.root,
+                    self._unavailable_providers,
+                )
                 if versions[v].state is ModelState.UNAVAILABLE:
                     failed.add(v)
         for v, entry in versions.items():
@@ -430,70 +282,6 @@ class ModelRepository:
             reason = UNLOADED_BY_REQUEST if unloaded else ""
             versions[v] = replace(entry, state=ModelState.UNLOADED, reason=reason, runtime=None)
         return _Model(name, model_dir, versions, policy, policy_error, unloaded)
-
-    def _load_entry(self, entry: ModelVersion, signature: Signature) -> ModelVersion:
-        try:
-            card, runtime, model_bytes = load_version(
-                entry.name, entry.version, entry.path, self.options, self.root
-            )
-        except Exception as exc:
-            message = exc.message if isinstance(exc, ServingError) else f"failed to load: {exc!r}"
-            if not isinstance(exc, ServingError):
-                log.exception("%s v%d failed to load", entry.name, entry.version)
-            if entry.runtime is not None:  # files changed under a served version
-                log.error(
-                    "%s v%d changed on disk and fails (%s); still serving what was loaded",
-                    entry.name,
-                    entry.version,
-                    message,
-                )
-                reason = f"changed on disk and the new files fail, serving the previous: {message}"
-                return replace(entry, reason=reason, signature=signature)
-            log.error("%s v%d not served: %s", entry.name, entry.version, message)
-            # The card may still be readable, so the index can show what was published.
-            try:
-                card_read: ModelCard | None = read_card(entry.path)
-            except ServingError:
-                card_read = None
-            return replace(
-                entry,
-                state=ModelState.UNAVAILABLE,
-                reason=message,
-                card=card_read,
-                runtime=None,
-                layers=None,
-                signature=signature,
-            )
-        log.info(
-            "%s v%d ready on %s (%s)",
-            entry.name,
-            entry.version,
-            ", ".join(runtime.providers),
-            entry.path / CARD_FILE,
-        )
-        failed = [p for p in runtime.missing_providers if p not in self._unavailable_providers]
-        if failed:
-            # Built in, yet the session did not get it: onnxruntime falls back to the CPU without
-            # raising, so say so where operators look (/v2/models/{name} and /metrics show it
-            # too; REQUIRE_PROVIDERS=true makes the version UNAVAILABLE instead). Providers not
-            # in this onnxruntime build at all were reported once at start-up.
-            log.warning(
-                "%s v%d runs on %s, not on the requested %s: %s",
-                entry.name,
-                entry.version,
-                ", ".join(runtime.providers),
-                ", ".join(failed),
-                "; ".join(provider_problem(p) for p in failed),
-            )
-        return replace(
-            entry,
-            state=ModelState.READY,
-            reason="",
-            card=card,
-            runtime=runtime,
-            layers=read_layers(model_bytes, card),
-            signature=signature,
-        )
 
     # -- lookups (on the event loop; each reads one snapshot) ------------------------------
 
@@ -545,7 +333,7 @@ class ModelRepository:
         Inside ``lease_scope`` the runtime is held until the scope ends, so a newer version
         swapped in meanwhile does not close it under the request.
         """
-        held = _held.get()
+        held = held_runtimes()
         for _ in range(100):  # a retired runtime is already out of the current state: 1 retry
             entry = self.entry(name, version)
             runtime = entry.runtime

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.engine.repository import ModelRepository, ModelState
+from service.engine.repository import ModelRepository
 from service.engine.runtime import RuntimeOptions
+from service.engine.version_folder import ModelState
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models"
 LECTURE_SHAPES = [

@@ -15,8 +15,10 @@ import pytest
 from service.core.card import MODEL_FILE
 from service.core.errors import ModelLoadFailed, ModelNotFound, ModelNotReady
 from service.core.version_policy import VersionPolicy
-from service.engine.repository import ModelRepository, ModelState, lease_scope
+from service.engine.leases import lease_scope
+from service.engine.repository import ModelRepository
 from service.engine.runtime import RuntimeOptions
+from service.engine.version_folder import ModelState
 from tests.conftest import make_model_repo, tiny_graph, tiny_reference, write_model
 from tests.live_updates import (
     favouring_graph,

@@ -11,8 +11,9 @@ import pytest
 
 from service.core.card import CARD_FILE, MODEL_FILE, sha256_file
 from service.core.errors import ModelNotFound, ModelNotReady
-from service.engine.repository import ModelRepository, ModelState
+from service.engine.repository import ModelRepository
 from service.engine.runtime import RuntimeOptions, resolve_providers
+from service.engine.version_folder import ModelState
 from tests.conftest import (
     lecture_graph,
     make_model_repo,

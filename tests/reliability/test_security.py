@@ -15,8 +15,9 @@ from service.api import admin
 from service.api.app import create_app
 from service.core.card import CARD_FILE, MODEL_FILE
 from service.core.errors import Forbidden
-from service.engine.repository import ModelRepository, ModelState
+from service.engine.repository import ModelRepository
 from service.engine.runtime import RuntimeOptions
+from service.engine.version_folder import ModelState
 from tests.api.conftest import make_settings
 from tests.conftest import make_model_repo, write_model
 

@@ -16,8 +16,8 @@ from service.api.predict import PREDICT_FIELDS, predict_pixels
 from service.api.schemas import PredictRequest, PredictResponse, errors, json_body
 from service.api.state import ServiceState, State
 from service.core.errors import InvalidInput, ModelNotReady, UnsupportedMediaType
-from service.engine.repository import ModelVersion
 from service.engine.runtime import ModelRuntime
+from service.engine.version_folder import ModelVersion
 
 router = APIRouter(prefix="/v1", tags=["REST v1"])
 

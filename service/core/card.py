@@ -90,36 +90,9 @@ class ModelCard:
             raise InvalidCard("'name' must be a non-empty string")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise InvalidCard("'version' must be a positive integer")
-        classes = data.get("class_names")
-        if (
-            not isinstance(classes, list)
-            or not classes
-            or not all(isinstance(c, str) for c in classes)
-        ):
-            raise InvalidCard("'class_names' must be a non-empty list of strings")
         sha = data.get("sha256")
         if not isinstance(sha, str) or len(sha) != 64:
             raise InvalidCard("'sha256' must be the 64-character hex digest of model.onnx")
-        tensors: dict[str, list[TensorSpec]] = {}
-        for key in ("inputs", "outputs"):
-            items = data.get(key)
-            if not isinstance(items, list) or not items:
-                raise InvalidCard(f"'{key}' must be a non-empty list")
-            tensors[key] = [TensorSpec.from_dict(t, f"{key}[{i}]") for i, t in enumerate(items)]
-        extras: dict[str, Any] = {}
-        for key in (
-            "preprocessing",
-            "architecture",
-            "layer_table",
-            "metrics",
-            "training",
-            "dataset",
-            "quantization",
-        ):
-            value = data.get(key, {})
-            if not isinstance(value, Mapping):
-                raise InvalidCard(f"'{key}' must be an object")
-            extras[key] = dict(value)
         libraries = data.get("libraries", {})
         if not isinstance(libraries, Mapping):
             raise InvalidCard("'libraries' must be an object")
@@ -130,16 +103,44 @@ class ModelCard:
         return cls(
             name=name,
             version=version,
-            class_names=list(classes),
-            inputs=tensors["inputs"],
-            outputs=tensors["outputs"],
+            class_names=_class_names(data),
+            inputs=_tensors(data, "inputs"),
+            outputs=_tensors(data, "outputs"),
             sha256=sha,
             libraries={str(k): str(v) for k, v in libraries.items()},
             git_commit=commit if isinstance(commit, str) else None,
             created=str(data.get("created", "")),
             signature_name=signature,
-            **extras,
+            preprocessing=_object(data, "preprocessing"),
+            architecture=_object(data, "architecture"),
+            layer_table=_object(data, "layer_table"),
+            metrics=_object(data, "metrics"),
+            training=_object(data, "training"),
+            dataset=_object(data, "dataset"),
+            quantization=_object(data, "quantization"),
         )
+
+
+def _class_names(data: Mapping[str, Any]) -> list[str]:
+    classes = data.get("class_names")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise InvalidCard("'class_names' must be a non-empty list of strings")
+    return list(classes)
+
+
+def _tensors(data: Mapping[str, Any], key: str) -> list[TensorSpec]:
+    items = data.get(key)
+    if not isinstance(items, list) or not items:
+        raise InvalidCard(f"'{key}' must be a non-empty list")
+    return [TensorSpec.from_dict(t, f"{key}[{i}]") for i, t in enumerate(items)]
+
+
+def _object(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """One of the card's free-form evidence objects: kept as given, only checked to be one."""
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        raise InvalidCard(f"'{key}' must be an object")
+    return dict(value)
 
 
 def read_card(version_dir: Path) -> ModelCard:

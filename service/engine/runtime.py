@@ -124,7 +124,11 @@ def provider_problem(provider: str) -> str:
         ctypes.CDLL(str(Path(ort.__file__).parent / "capi" / library))
     except OSError as exc:  # e.g. "libcublasLt.so.12: cannot open shared object file"
         return f"{provider} cannot load: {exc}"
-    return f"{provider} loads but onnxruntime could not create it (no usable device?)"
+    try:
+        ctypes.CDLL("libcuda.so.1")  # the driver's library: the host's, never a wheel's
+    except OSError as exc:
+        return f"{provider} loads, but the NVIDIA driver is missing: {exc}"
+    return f"{provider} loads but onnxruntime could not create it (no usable GPU?)"
 
 
 def graph_tensors(specs: Sequence[Any]) -> list[TensorSpec]:

@@ -8,7 +8,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8000
 
 .PHONY: serve test lint browser nginx train train-best train-94 train-ddp bench soak fuzz data clean \
-	lock image-check compose-env
+	lock image-check compose-env test-fast
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -81,8 +81,9 @@ lint: $(VENV)/.dev-stamp
 	$(BIN)/mypy training tests scripts
 	$(BIN)/lint-imports  # the layering contracts in pyproject.toml ([tool.importlinter])
 
-# Debian's chromium for the explorer page's browser test, where this machine lets us install it;
-# elsewhere that test is skipped with a message.
+# Debian's chromium for the explorer page's browser test (Playwright drives it through
+# executable_path; no browser is downloaded), where this machine lets us install it; elsewhere
+# that test is skipped with a message.
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
@@ -97,7 +98,12 @@ nginx:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >/dev/null); } || \
 	  echo "nginx not installed: the load-balancer test will be skipped"
 
+# Every test, the slow ones too (marked `slow`: over ~10 s each, real training under torchrun, the
+# compose trainer, the CLI and retrain jobs, the short soak and fuzz). test-fast skips those.
 test: lint browser nginx
+	$(BIN)/python -m pytest -q
+
+test-fast: lint browser nginx
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # CIFAR-10 (JPEG copy) extracted into the git-ignored data/ folder.

@@ -163,6 +163,7 @@ def test_api_command_passes_its_healthcheck(api_server: str) -> None:
     assert models["name"] == "cifar10_cnn" and "1" in models["versions"]
 
 
+@pytest.mark.slow
 def test_trainer_command_publishes_a_version_the_running_api_picks_up(
     api_server: str, compose_dirs: dict[str, Path]
 ) -> None:

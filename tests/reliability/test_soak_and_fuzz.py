@@ -11,6 +11,8 @@ import pytest
 from scripts import fuzz_api, soak
 from tests.conftest import make_model_repo
 
+pytestmark = pytest.mark.slow  # about 20 s each: make test runs them, make test-fast does not
+
 
 def test_short_soak_mixed_load_no_errors_no_drops_flat_memory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

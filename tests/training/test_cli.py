@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from service.core.card import read_card
@@ -22,6 +23,7 @@ def _cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_train_evaluate_and_summary_end_to_end(image_folder: Path, tmp_path: Path) -> None:
     repo, runs = tmp_path / "models", tmp_path / "runs"
     common: list[str | Path] = ["--data", image_folder, "--cache-dir", tmp_path / "cache"]

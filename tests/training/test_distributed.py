@@ -42,6 +42,7 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+@pytest.mark.slow
 def test_two_processes_agree_publish_once_and_match_one_process(
     image_folder: Path, tmp_path: Path
 ) -> None:
@@ -80,6 +81,7 @@ def test_two_processes_agree_publish_once_and_match_one_process(
         torch.testing.assert_close(ddp_weights[key], alone_weights[key], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_distributed_run_resumes_from_a_lone_runs_checkpoint(
     image_folder: Path, tmp_path: Path
 ) -> None:

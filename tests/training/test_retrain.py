@@ -55,6 +55,7 @@ def _assert_only_whole_versions(model_dir: Path) -> None:
         assert read_card(folder).sha256 == sha256_file(folder / MODEL_FILE)
 
 
+@pytest.mark.slow
 def test_rejected_candidate_is_kept_aside_and_passing_one_is_published(
     image_folder: Path, tmp_path: Path
 ) -> None:

@@ -7,8 +7,8 @@ TARBALL := ../shared/data/cifar10-jpeg.tar.gz
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
 
-.PHONY: serve test lint browser nginx train train-best train-94 train-ddp bench soak fuzz data clean \
-	lock image-check compose-env test-fast
+.PHONY: serve test lint browser nginx train train-best train-94 train-ddp bench bench-peers soak \
+	fuzz data clean lock image-check compose-env test-fast
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -158,6 +158,14 @@ bench: $(VENV)/.dev-stamp $(DATA)
 	$(BIN)/python scripts/bench_train.py --data $(DATA)
 	$(BIN)/python scripts/bench_models.py
 	$(BIN)/python scripts/bench_serve.py --grpc
+
+# Side by side in one run (issue 16): this service against PyTriton on the same model files and
+# request bodies, the lecture recipe's training against its Keras original. The peers' venvs are
+# made in .cache/peers/ on first use (PyTriton from Debian's /usr/bin/python3.11, tensorflow-cpu);
+# BENCH_PEERS_FLAGS, e.g. "--seconds 15 --no-train".
+BENCH_PEERS_FLAGS ?=
+bench-peers: $(VENV)/.dev-stamp $(DATA)
+	$(BIN)/python scripts/bench_peers.py $(BENCH_PEERS_FLAGS)
 
 # Reliability (docs/reliability.md): a real server under mixed load at concurrency 64 (5xx, dropped
 # connections, memory growth), and schemathesis against its live OpenAPI document. `make test`

@@ -10,6 +10,7 @@ with the command and the machine.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -96,6 +97,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", type=Path, default=ROOT / "models/cifar10_cnn/1/model.onnx")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks.md")
+    parser.add_argument("--json", type=Path, help="also write the training rates here")
+    parser.add_argument("--no-write", action="store_true", help="leave docs/benchmarks.md as is")
+    parser.add_argument("--no-onnx", action="store_true", help="training only")
     args = parser.parse_args()
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
@@ -104,12 +108,15 @@ def main() -> None:
         data.train.images, data.train.labels, args.device, args.steps, args.repeats
     )
     rate = statistics.median(rates)
+    if args.json is not None:
+        how = f"{args.steps} steps x {args.repeats} repeats after a warm-up, scripts/bench_train.py"
+        args.json.write_text(json.dumps({"rates": rates, "how": how}))
     lines = [
         f"| training, batch 32, Adam ({args.device}) | {rate:,.0f} images/s "
         f"(repeats: {', '.join(f'{r:,.0f}' for r in rates)}) | "
         f"{EPOCH_IMAGES / rate:.1f} s per 50,000-image epoch |"
     ]
-    if args.model.exists():
+    if args.model.exists() and not args.no_onnx:
         for batch in (1, 32):
             ips = bench_onnx(args.model, data.test.images, batch, 3.0)
             lines.append(
@@ -137,7 +144,8 @@ def main() -> None:
             *lines,
         ]
     )
-    write_section(args.out, "training", report)
+    if not args.no_write:
+        write_section(args.out, "training", report)
     print(report)
 
 

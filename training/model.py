@@ -15,7 +15,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from service.core.errors import InvalidLayerSpec
-from service.core.shapes import conv_padding, layer_table
+from service.core.layer_specs import (
+    Activation,
+    AvgPool,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    Layer,
+    MaxPool,
+    parse_layers,
+)
+from service.core.shapes import layer_table
 from training.architectures import INPUT_SHAPE
 from training.augment import reflect_index
 
@@ -44,63 +56,57 @@ def build_layers(
 ) -> nn.Sequential:
     """The layer stack as ``nn.Sequential`` with Keras' layer names (``conv2d_1``, ``dense``...).
 
-    Works on NCHW float tensors; names carry into the ONNX graph's node names.
+    Works on NCHW float tensors; names carry into the ONNX graph's node names. The specs are
+    parsed once (``service.core.layer_specs``) and the table sizes each layer.
     """
-    table = layer_table(input_shape, layers)
+    specs = parse_layers(layers)
+    table = layer_table(input_shape, specs)
     modules: OrderedDict[str, nn.Module] = OrderedDict()
     shape: tuple[int, ...] = tuple(input_shape)
-    for spec, row in zip(layers, table.rows, strict=True):
-        kind = spec["type"]
-        module: nn.Module
-        if kind == "conv2d":
-            h, w, c = shape
-            f, s = int(spec["kernel"]), int(spec.get("stride", 1))
-            (top, bottom), (left, right) = (
-                conv_padding(spec, h, f, s, row.name),
-                conv_padding(spec, w, f, s, row.name),
-            )
-            conv = nn.Conv2d(c, int(spec["filters"]), f, s, bias=bool(spec.get("bias", True)))
-            conv.requires_grad_(bool(spec.get("trainable", True)))
-            if top == bottom and left == right:
-                conv.padding = (top, left)
-                module = conv
-            else:  # TensorFlow's 'same' puts the odd pixel after
-                module = nn.Sequential(nn.ZeroPad2d((left, right, top, bottom)), conv)
-            module = _with_activation(module, spec.get("activation"))
-        elif kind == "max_pool":
-            module = nn.MaxPool2d(
-                int(spec.get("pool", 2)), int(spec.get("stride", spec.get("pool", 2)))
-            )
-        elif kind == "avg_pool":
-            module = nn.AvgPool2d(
-                int(spec.get("pool", 2)), int(spec.get("stride", spec.get("pool", 2)))
-            )
-        elif kind == "flatten":
-            module = nn.Flatten()
-        elif kind == "dense":
-            linear = nn.Linear(shape[0], int(spec["units"]), bias=bool(spec.get("bias", True)))
-            module = _with_activation(linear, spec.get("activation"))
-            if "output_scale" in spec:  # airbench's 1/9: a cooler softmax early in training
-                module = nn.Sequential(module, Scale(float(spec["output_scale"])))
-        elif kind == "dropout":
-            module = nn.Dropout(float(spec.get("rate", 0.5)))
-        elif kind == "batch_norm":
-            norm = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
-            module = norm(
-                shape[-1],
-                eps=float(spec.get("eps", 1e-5)),
-                momentum=float(spec.get("momentum", 0.1)),  # PyTorch's: weight of the new batch
-            )
-            if not spec.get("scale", True):  # airbench: gamma stays 1, only the bias is learned
-                module.weight.requires_grad_(False)
-        elif kind == "activation":
-            act = _activation(spec.get("fn"))
-            module = act if act is not None else nn.Identity()
-        else:  # layer_table has already refused unknown types
-            raise InvalidLayerSpec(f"{row.name}: unsupported layer type {kind!r}")
-        modules[row.name] = module
+    for spec, row in zip(specs, table.rows, strict=True):
+        modules[row.name] = _module(spec, shape)
         shape = row.output_shape
     return nn.Sequential(modules)
+
+
+def _module(spec: Layer, shape: tuple[int, ...]) -> nn.Module:
+    """The PyTorch module of one layer, for an input of ``shape`` (H, W, C) or (n,)."""
+    if isinstance(spec, Conv2D):
+        h, w, c = shape
+        (top, bottom), (left, right) = spec.pads(h), spec.pads(w)
+        conv = nn.Conv2d(c, spec.filters, spec.kernel, spec.stride, bias=spec.bias)
+        conv.requires_grad_(spec.trainable)
+        if top == bottom and left == right:
+            conv.padding = (top, left)
+            return _with_activation(conv, spec.activation)
+        # TensorFlow's 'same' puts the odd pixel after
+        padded = nn.Sequential(nn.ZeroPad2d((left, right, top, bottom)), conv)
+        return _with_activation(padded, spec.activation)
+    if isinstance(spec, AvgPool):  # before MaxPool: an AvgPool is a MaxPool's subclass
+        return nn.AvgPool2d(spec.pool, spec.stride)
+    if isinstance(spec, MaxPool):
+        return nn.MaxPool2d(spec.pool, spec.stride)
+    if isinstance(spec, Flatten):
+        return nn.Flatten()
+    if isinstance(spec, Dense):
+        linear = nn.Linear(shape[0], spec.units, bias=spec.bias)
+        module = _with_activation(linear, spec.activation)
+        if spec.output_scale is not None:  # airbench's 1/9: a cooler softmax early in training
+            module = nn.Sequential(module, Scale(spec.output_scale))
+        return module
+    if isinstance(spec, Dropout):
+        return nn.Dropout(spec.rate)
+    if isinstance(spec, BatchNorm):
+        norm = (nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d)(
+            shape[-1], eps=spec.eps, momentum=spec.momentum
+        )
+        if not spec.scale:  # airbench: gamma stays 1, only the bias is learned
+            norm.weight.requires_grad_(False)
+        return norm
+    if isinstance(spec, Activation):
+        act = _activation(spec.fn)
+        return act if act is not None else nn.Identity()
+    raise InvalidLayerSpec(f"{spec.name}: unsupported layer type {spec.type!r}")
 
 
 class Scale(nn.Module):

@@ -20,7 +20,7 @@ from onnx import shape_inference
 
 from service.core.card import MODEL_FILE, ModelCard
 from service.core.errors import InvalidCard, ServingError, UnprocessableInput
-from service.core.shapes import Shape
+from service.core.layer_specs import Shape
 from service.engine.layers import LayerReport
 from service.engine.runtime import GRAPH_OPTIMIZATION, RuntimeOptions, resolve_providers
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import onnx
@@ -17,7 +17,19 @@ from onnx import shape_inference
 
 from service.core.card import ModelCard
 from service.core.errors import ServingError
-from service.core.shapes import LayerRow, LayerTable, layer_table, same_padding
+from service.core.formulas import same_padding
+from service.core.layer_specs import (
+    Activation,
+    AvgPool,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    Layer,
+    MaxPool,
+)
+from service.core.shapes import LayerRow, LayerTable, layer_table
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +43,7 @@ SKIPPED_OPS = {
 
 @dataclass
 class _Layer:
-    spec: dict[str, Any]
+    spec: Layer  # named by ``layer_table`` (Keras' default names)
     nodes: list[str]
     output: str
     params: int = 0
@@ -147,99 +159,131 @@ def _fuse_erf_gelu(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     return [fused.get(id(n), n) for n in nodes if id(n) not in dropped]
 
 
-def _graph_layers(
-    graph: onnx.GraphProto, shapes: dict[str, list[int | None]], hw: int
-) -> list[_Layer]:
-    initializers = {t.name for t in graph.initializer}
-    nodes, alias = _without_qdq(list(graph.node), initializers)
-    nodes = _fuse_erf_gelu(nodes)
-    sizes = {t.name: math.prod(t.dims) for t in graph.initializer}
-    dims = {t.name: list(t.dims) for t in graph.initializer}
-    outputs = {alias.get(o.name, o.name) for o in graph.output}
-    layers: list[_Layer] = []
-    pending_pad: list[int] | None = None
-    for node in nodes:
-        op = node.op_type
-        last = layers[-1] if layers else None
-        follows = last is not None and node.input and node.input[0] == last.output
-        if op == "Conv":
-            weight = dims[node.input[1]]  # (K, C, F, F)
-            kernel = _square(weight[2:], "kernel", node)
-            stride = _square(list(_attr(node, "strides", [1, 1])), "strides", node)
-            pads = list(_attr(node, "pads", [0, 0, 0, 0]))
-            if pending_pad is not None:
-                pads = [p + q for p, q in zip(pads, pending_pad, strict=True)]
-            size = shapes.get(node.input[0], [None, None, hw])[2] or hw
-            spec = {
-                "type": "conv2d",
-                "filters": weight[0],
-                "kernel": kernel,
-                "stride": stride,
-                "padding": _padding(pads, size, kernel, stride),
-                "bias": len(node.input) > 2,
-            }
-            params = sum(sizes[n] for n in node.input[1:] if n in sizes)
-            layers.append(_Layer(spec, [node.name], node.output[0], params, params))
-            pending_pad = None
-        elif op == "Pad":
-            pad = list(_attr(node, "pads", [])) or list(
-                onnx.numpy_helper.to_array(
-                    next(t for t in graph.initializer if t.name == node.input[1])
+class _GraphReader:
+    """Walks a graph's nodes in order and groups them into layers in the lecture's terms: one
+    handler per operator family, each adding a layer or folding a node into the last one."""
+
+    def __init__(self, graph: onnx.GraphProto, shapes: dict[str, list[int | None]], hw: int):
+        initializers = {t.name for t in graph.initializer}
+        nodes, alias = _without_qdq(list(graph.node), initializers)
+        self.nodes = _fuse_erf_gelu(nodes)
+        self.graph, self.shapes, self.hw = graph, shapes, hw
+        self.sizes = {t.name: math.prod(t.dims) for t in graph.initializer}
+        self.dims = {t.name: list(t.dims) for t in graph.initializer}
+        self.outputs = {alias.get(o.name, o.name) for o in graph.output}
+        self.layers: list[_Layer] = []
+        self.pending_pad: list[int] | None = None  # a Pad node's pads, for the next Conv
+
+    def read(self) -> list[_Layer]:
+        handlers = {
+            "Conv": self._conv,
+            "Pad": self._pad,
+            "MaxPool": self._pool,
+            "AveragePool": self._pool,
+            "Flatten": self._flatten,
+            "Reshape": self._flatten,
+            "Gemm": self._dense,
+            "MatMul": self._dense,
+            "Add": self._add,
+            "BatchNormalization": self._batch_norm,
+            "Dropout": self._dropout,
+            **dict.fromkeys(ACTIVATION_OPS, self._activation),
+        }
+        for node in self.nodes:
+            handler = handlers.get(node.op_type)
+            if handler is not None and handler(node):
+                continue
+            if node.op_type == "Softmax" and node.output[0] in self.outputs:
+                continue  # the probabilities head, not a layer
+            if node.op_type not in SKIPPED_OPS and node.op_type != "Add":
+                raise ServingError(
+                    f"operator {node.op_type} ({node.name!r}) has no layer in the lecture's terms"
                 )
+        return self.layers
+
+    def _add_layer(self, spec: Layer, node: onnx.NodeProto, params: int = 0) -> bool:
+        self.layers.append(_Layer(spec, [node.name], node.output[0], params, params))
+        return True
+
+    def _follows(self, node: onnx.NodeProto) -> _Layer | None:
+        """The last layer, if ``node`` reads its output."""
+        last = self.layers[-1] if self.layers else None
+        return last if last is not None and node.input and node.input[0] == last.output else None
+
+    def _conv(self, node: onnx.NodeProto) -> bool:
+        weight = self.dims[node.input[1]]  # (K, C, F, F)
+        kernel = _square(weight[2:], "kernel", node)
+        stride = _square(list(_attr(node, "strides", [1, 1])), "strides", node)
+        pads = list(_attr(node, "pads", [0, 0, 0, 0]))
+        if self.pending_pad is not None:
+            pads = [p + q for p, q in zip(pads, self.pending_pad, strict=True)]
+            self.pending_pad = None
+        size = self.shapes.get(node.input[0], [None, None, self.hw])[2] or self.hw
+        padding = _padding(pads, size, kernel, stride)
+        spec = Conv2D("", weight[0], kernel, stride, padding, bias=len(node.input) > 2)
+        params = sum(self.sizes[n] for n in node.input[1:] if n in self.sizes)
+        return self._add_layer(spec, node, params)
+
+    def _pad(self, node: onnx.NodeProto) -> bool:
+        pad = list(_attr(node, "pads", [])) or list(
+            onnx.numpy_helper.to_array(
+                next(t for t in self.graph.initializer if t.name == node.input[1])
             )
-            pending_pad = [pad[2], pad[3], pad[6], pad[7]]  # NCHW begins, then ends
-        elif op in ("MaxPool", "AveragePool"):
-            pool = _square(list(_attr(node, "kernel_shape", [])), "kernel_shape", node)
-            stride = _square(list(_attr(node, "strides", [pool, pool])), "strides", node)
-            kind = "max_pool" if op == "MaxPool" else "avg_pool"
-            layers.append(_Layer({"type": kind, "pool": pool, "stride": stride}, [node.name],
-                                 node.output[0]))  # fmt: skip
-        elif op in ("Flatten", "Reshape"):
-            layers.append(_Layer({"type": "flatten"}, [node.name], node.output[0]))
-        elif op in ("Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in dims:
-            weight = dims[node.input[1]]
-            trans = op == "Gemm" and _attr(node, "transB", 0)
-            units = weight[0] if trans else weight[-1]
-            bias = len(node.input) > 2
-            params = sum(sizes[n] for n in node.input[1:] if n in sizes)
-            spec = {"type": "dense", "units": units, "bias": bias}
-            layers.append(_Layer(spec, [node.name], node.output[0], params, params))
-        elif op == "Add" and follows and last is not None and last.spec["type"] == "dense":
-            bias_name = next((n for n in node.input if n in sizes), None)
-            if bias_name is not None and not last.spec["bias"]:
-                last.spec["bias"] = True
-                last.params += sizes[bias_name]
-                last.trainable += sizes[bias_name]
+        )
+        self.pending_pad = [pad[2], pad[3], pad[6], pad[7]]  # NCHW begins, then ends
+        return True
+
+    def _pool(self, node: onnx.NodeProto) -> bool:
+        pool = _square(list(_attr(node, "kernel_shape", [])), "kernel_shape", node)
+        stride = _square(list(_attr(node, "strides", [pool, pool])), "strides", node)
+        kind = MaxPool if node.op_type == "MaxPool" else AvgPool
+        return self._add_layer(kind("", pool, stride), node)
+
+    def _flatten(self, node: onnx.NodeProto) -> bool:
+        return self._add_layer(Flatten(""), node)
+
+    def _dense(self, node: onnx.NodeProto) -> bool:
+        if len(node.input) < 2 or node.input[1] not in self.dims:
+            return False  # a MatMul of two activations: not a layer of ours
+        weight = self.dims[node.input[1]]
+        trans = node.op_type == "Gemm" and _attr(node, "transB", 0)
+        units = weight[0] if trans else weight[-1]
+        params = sum(self.sizes[n] for n in node.input[1:] if n in self.sizes)
+        return self._add_layer(Dense("", units, bias=len(node.input) > 2), node, params)
+
+    def _add(self, node: onnx.NodeProto) -> bool:
+        """A MatMul's bias, written as its own Add."""
+        last = self._follows(node)
+        if last is None or not isinstance(last.spec, Dense):
+            return False
+        bias_name = next((n for n in node.input if n in self.sizes), None)
+        if bias_name is not None and not last.spec.bias:
+            last.spec = replace(last.spec, bias=True)
+            last.params += self.sizes[bias_name]
+            last.trainable += self.sizes[bias_name]
+        last.nodes.append(node.name)
+        last.output = node.output[0]
+        return True
+
+    def _activation(self, node: onnx.NodeProto) -> bool:
+        fn = ACTIVATION_OPS[node.op_type]
+        last = self._follows(node)
+        spec = last.spec if last is not None else None
+        if last is not None and isinstance(spec, Conv2D | Dense) and spec.activation is None:
+            last.spec = replace(spec, activation=fn)  # fused, as Keras writes it
             last.nodes.append(node.name)
             last.output = node.output[0]
-        elif op in ACTIVATION_OPS:
-            fn = ACTIVATION_OPS[op]
-            if (
-                follows
-                and last is not None
-                and last.spec["type"] in ("conv2d", "dense")
-                and ("activation" not in last.spec)
-            ):
-                last.spec["activation"] = fn
-                last.nodes.append(node.name)
-                last.output = node.output[0]
-            else:
-                layers.append(_Layer({"type": "activation", "fn": fn}, [node.name], node.output[0]))
-        elif op == "BatchNormalization":
-            channels = sizes[node.input[1]]
-            layers.append(
-                _Layer({"type": "batch_norm"}, [node.name], node.output[0], 4 * channels,
-                       2 * channels)
-            )  # fmt: skip
-        elif op == "Dropout":
-            layers.append(_Layer({"type": "dropout"}, [node.name], node.output[0]))
-        elif op == "Softmax" and node.output[0] in outputs:
-            continue  # the probabilities head, not a layer
-        elif op in SKIPPED_OPS or op == "Add":
-            continue
-        else:
-            raise ServingError(f"operator {op} ({node.name!r}) has no layer in the lecture's terms")
-    return layers
+            return True
+        return self._add_layer(Activation("", fn), node)
+
+    def _batch_norm(self, node: onnx.NodeProto) -> bool:
+        channels = self.sizes[node.input[1]]
+        layer = _Layer(BatchNorm(""), [node.name], node.output[0], 4 * channels, 2 * channels)
+        self.layers.append(layer)
+        return True
+
+    def _dropout(self, node: onnx.NodeProto) -> bool:
+        return self._add_layer(Dropout(""), node)
 
 
 def _hwc(shape: list[int | None] | None) -> tuple[int, ...] | None:
@@ -263,7 +307,7 @@ def read_layers(model_bytes: bytes, card: ModelCard) -> LayerReport:
                     d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim
                 ]
         h, w, c = card.inputs[0].shape[1:]
-        layers = _graph_layers(graph, shapes, w)
+        layers = _GraphReader(graph, shapes, w).read()
         arithmetic = layer_table((h, w, c), [layer.spec for layer in layers])
         rows, notes = [], list(arithmetic.notes)
         for layer, row in zip(layers, arithmetic.rows, strict=True):

@@ -11,15 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.core.errors import InvalidLayerSpec
-from service.core.shapes import (
-    conv_output_size,
-    conv_params,
-    format_table,
-    layer_table,
-    multiply_adds,
-    pool_output_size,
-    same_padding,
-)
+from service.core.formulas import conv_output_size, conv_params, pool_output_size, same_padding
+from service.core.shapes import format_table, layer_table, multiply_adds
 from training.architectures import LECTURE
 
 # The lecture's model.summary(): output shapes and parameter counts, layer by layer.

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from service.core.errors import InvalidLayerSpec
-from service.core.shapes import MAX_DIM, MAX_LAYERS, layer_table, pool_output_size
+from service.core.formulas import MAX_DIM, pool_output_size
+from service.core.shapes import MAX_LAYERS, layer_table
 
 
 def test_pool_errors_quote_the_pooling_formula() -> None:

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from service.core.errors import InvalidLayerSpec
-from service.core.shapes import layer_table, same_padding
+from service.core.formulas import same_padding
+from service.core.shapes import layer_table
 
 conv_layers = st.fixed_dictionaries(
     {

@@ -84,7 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _train_commands(sub)
+    _model_commands(sub)
+    summary = sub.add_parser("summary", help="print the Keras-style layer table")
+    summary.add_argument("--arch", default="lecture", choices=sorted(ARCHITECTURES))
+    summary.add_argument("--spec", type=Path, help="JSON file with a list of layer specs instead")
+    summary.add_argument("--json", action="store_true", help="print the table as JSON")
+    return parser
 
+
+def _train_commands(sub: Any) -> None:
+    """``train`` and ``retrain`` (the recipe's flags, and retrain's quality gate)."""
     train = sub.add_parser("train", help="train, evaluate on the test split, export and publish")
     _training_arguments(train)
     train.add_argument("--no-publish", action="store_true", help="train and export, don't publish")
@@ -105,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         "version may be (default: 0.01)",
     )
 
+
+def _model_commands(sub: Any) -> None:
+    """``export``, ``evaluate`` and ``quantize``: what is done to a trained or published model."""
     export = sub.add_parser("export", help="export a checkpoint, check parity, publish")
     export.add_argument("--checkpoint", type=Path, required=True)
     _data_arguments(export)
@@ -144,12 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs go")
     _data_arguments(quantize)
     _publish_arguments(quantize)
-
-    summary = sub.add_parser("summary", help="print the Keras-style layer table")
-    summary.add_argument("--arch", default="lecture", choices=sorted(ARCHITECTURES))
-    summary.add_argument("--spec", type=Path, help="JSON file with a list of layer specs instead")
-    summary.add_argument("--json", action="store_true", help="print the table as JSON")
-    return parser
 
 
 def _load(args: argparse.Namespace) -> Cifar10:

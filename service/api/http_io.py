@@ -4,11 +4,12 @@ of the error tree to HTTP), media types, and reading bodies and multipart forms.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -100,3 +101,48 @@ async def multipart_form(
         yield form
     finally:
         await form.close()
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+# What a pydantic error type means, in the words of the rest of the API's messages.
+MUST_BE = {
+    "list_type": "must be a list",
+    "dict_type": "must be an object",
+    "model_type": "must be an object",
+    "bool_type": "must be true or false",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "string_type": "must be a string",
+}
+
+
+def validated_body(model: type[Body], data: Any, error: type[ServingError] = InvalidInput) -> Body:
+    """A parsed JSON body as ``model``, strictly typed (no "3" for 3, no 1 for true); a
+    mismatch is ``error`` naming each field and what it must be."""
+    if not isinstance(data, Mapping):
+        raise error("the body must be a JSON object")
+    try:
+        return model.model_validate(data, strict=True)
+    except ValidationError as exc:
+        raise error(_validation_message(model, exc)) from None
+
+
+def _validation_message(model: type[BaseModel], exc: ValidationError) -> str:
+    parts = []
+    for problem in exc.errors():
+        # union members' tags ("list[any]") are not places in the body: left out
+        where = ".".join(
+            str(p) for p in problem["loc"] if isinstance(p, int) or str(p).isidentifier()
+        )
+        kind = problem["type"]
+        if kind == "missing":
+            field = model.model_fields.get(str(problem["loc"][0]))
+            expected = getattr(field.annotation, "__name__", "") if field else ""
+            wanted = {"list": "a list", "dict": "an object"}.get(expected, "given")
+            parts.append(f"'{where}' must be {wanted} (missing)")
+            continue
+        phrase = MUST_BE.get(kind) or problem["msg"][:1].lower() + problem["msg"][1:]
+        shown = repr(problem.get("input"))
+        parts.append(f"'{where}' {phrase}, got {shown[:80]}")
+    return "; ".join(parts)

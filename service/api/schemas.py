@@ -1,4 +1,6 @@
-"""Request and response schemas for the OpenAPI document (bodies are parsed by ``codec``).
+"""Request and response schemas. Routes read their JSON bodies themselves (content type, size,
+malformed JSON) and validate them with these models (``http_io.validated_body``); the v2 infer
+body, the hot path, is decoded by ``codec`` and only documented here.
 
 Field names quote the Open Inference Protocol v2 and the TF Serving / KServe v1 conventions.
 """
@@ -44,6 +46,17 @@ class RepositoryIndexEntry(BaseModel):
     version: str
     state: str = Field(description="READY, UNAVAILABLE (failed its checks) or UNLOADED.")
     reason: str = Field(description="Why the version is in that state, if anything is to say.")
+
+
+class RepositoryRequest(BaseModel):
+    """The optional body of the repository extension's calls (Triton's)."""
+
+    ready: bool = Field(False, description="index: only the READY versions.")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="load: 'config' and 'file:' overrides are refused (publish instead); "
+        "unload: unload_dependents is accepted (there are no ensembles).",
+    )
 
 
 class RequestInput(BaseModel):
@@ -180,13 +193,14 @@ def _inline(schema: dict[str, Any], defs: dict[str, Any]) -> Any:
     return schema
 
 
-def json_body(model: type[BaseModel], example: Any) -> dict[str, Any]:
-    """``openapi_extra`` documenting a JSON body that the route reads itself (fast path)."""
+def json_body(model: type[BaseModel], example: Any, required: bool = True) -> dict[str, Any]:
+    """``openapi_extra`` documenting a JSON body that the route reads itself (to keep its
+    content-type and error rules, or on the fast path)."""
     schema = model.model_json_schema()
     inline = _inline(schema, schema.get("$defs", {}))
     return {
         "requestBody": {
-            "required": True,
+            "required": required,
             "content": {"application/json": {"schema": inline, "example": example}},
         }
     }

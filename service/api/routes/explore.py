@@ -28,6 +28,7 @@ from service.api.http_io import (
     media_type,
     multipart_form,
     read_json_body,
+    validated_body,
 )
 from service.api.images import decode_b64_image, decode_image
 from service.api.predict import instances_to_pixels
@@ -46,13 +47,15 @@ router = APIRouter(tags=["Explore"])
 
 class ShapesRequest(BaseModel):
     input_shape: list[int] = Field(examples=[[32, 32, 3]], description="(H, W, C) of one image.")
-    layers: list[dict[str, Any]] = Field(
+    # Each layer is checked by the layer arithmetic itself, which names the layer and the rule.
+    layers: list[Any] = Field(
         description=(
             "Layer specs as training writes them: conv2d (filters, kernel, stride, padding "
             "'valid'/'same'/integer, activation, bias), max_pool and avg_pool (pool, stride), "
             "flatten, dense (units, activation, bias), dropout (rate), batch_norm, "
             "activation (fn); optional name."
-        )
+        ),
+        json_schema_extra={"items": {"type": "object"}},
     )
 
 
@@ -146,14 +149,8 @@ async def shapes(
     request: Request, strict: Strict = False, format: Literal["json", "text"] = "json"
 ) -> Response:
     body = loads(await read_json_body(request))
-    if not isinstance(body, dict):
-        raise InvalidLayerSpec('the body must be a JSON object {"input_shape": ..., "layers": ...}')
-    input_shape, layers = body.get("input_shape"), body.get("layers")
-    if not isinstance(input_shape, list):
-        raise InvalidLayerSpec(f"'input_shape' must be a list [H, W, C], got {input_shape!r}")
-    if not isinstance(layers, list):
-        raise InvalidLayerSpec(f"'layers' must be a list of layer specs, got {layers!r}")
-    table = layer_table(input_shape, layers, strict=strict)
+    spec = validated_body(ShapesRequest, body, InvalidLayerSpec)
+    table = layer_table(spec.input_shape, spec.layers, strict=strict)
     if format == "text":
         return Response(format_table(table) + "\n", media_type="text/plain; charset=utf-8")
     floored = any(row.note.startswith("fractional") for row in table.rows)
@@ -193,18 +190,17 @@ async def _multipart_image(
 async def _json_image(
     request: Request, shape: tuple[int, int, int], max_pixels: int
 ) -> tuple[np.ndarray, list[str]]:
-    body = loads(await request.body())
-    if not isinstance(body, dict):
-        raise InvalidInput('the body must be a JSON object {"instances": [<one image>]}')
-    instances = body.get("instances")
-    if isinstance(instances, list) and len(instances) != 1:
-        raise UnprocessableInput(f"'instances' must hold exactly one image, got {len(instances)}")
+    body = validated_body(ActivationsRequest, loads(await request.body()))
+    if len(body.instances) != 1:
+        raise UnprocessableInput(
+            f"'instances' must hold exactly one image, got {len(body.instances)}"
+        )
 
     def b64(text: str, where: str) -> np.ndarray:
         return decode_b64_image(text, shape[:2], max_pixels, where)
 
-    pixels = instances_to_pixels(instances, shape, b64, 1)
-    return pixels[0], _layer_names(body.get("layer"), "'layer'")
+    pixels = instances_to_pixels(body.instances, shape, b64, 1)
+    return pixels[0], _layer_names(body.layer, "'layer'")
 
 
 def _layer_json(values: np.ndarray) -> dict[str, Any]:

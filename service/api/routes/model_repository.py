@@ -7,7 +7,6 @@ when that setting is set, and answer loopback clients only when it is not (``adm
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -15,10 +14,9 @@ from fastapi import APIRouter, Depends, Request
 from service.api import dataplane
 from service.api.admin import require_admin
 from service.api.codec import loads
-from service.api.http_io import read_json_body
-from service.api.schemas import RepositoryIndexEntry, errors
+from service.api.http_io import read_json_body, validated_body
+from service.api.schemas import RepositoryIndexEntry, RepositoryRequest, errors, json_body
 from service.api.state import State
-from service.core.errors import InvalidInput
 
 router = APIRouter(
     prefix="/v2/repository",
@@ -27,18 +25,13 @@ router = APIRouter(
 )
 
 
-async def _request_object(request: Request) -> Mapping[str, Any]:
-    """The optional JSON body: nothing, or an object."""
+async def _request_body(request: Request) -> RepositoryRequest:
+    """The optional JSON body: nothing, or an object of ``RepositoryRequest``'s fields."""
     body = await read_json_body(request)
-    if not body.strip():
-        return {}
-    data = loads(body)
-    if not isinstance(data, Mapping):
-        raise InvalidInput("the body must be a JSON object")
-    parameters = data.get("parameters", {})
-    if not isinstance(parameters, Mapping):
-        raise InvalidInput("'parameters' must be an object")
-    return data
+    return validated_body(RepositoryRequest, loads(body) if body.strip() else {})
+
+
+BODY = json_body(RepositoryRequest, {"ready": True}, required=False)
 
 
 @router.post(
@@ -46,23 +39,22 @@ async def _request_object(request: Request) -> Mapping[str, Any]:
     summary="Every model version on disk: READY, UNAVAILABLE (with the reason) or UNLOADED",
     response_model=list[RepositoryIndexEntry],
     responses=errors(400, 401, 403),
+    openapi_extra=BODY,
 )
 async def index(request: Request, state: State) -> list[dict[str, Any]]:
-    body = await _request_object(request)
-    ready = body.get("ready", False)
-    if not isinstance(ready, bool):
-        raise InvalidInput("'ready' must be true or false")
-    return dataplane.repository_index(state, ready)
+    body = await _request_body(request)
+    return dataplane.repository_index(state, body.ready)
 
 
 @router.post(
     "/models/{name}/load",
     summary="Load (or reload) a model from disk under its version policy; failed versions retried",
     responses=errors(400, 401, 403, 404),
+    openapi_extra=BODY,
 )
 async def load(request: Request, state: State, name: str) -> dict[str, Any]:
-    parameters = (await _request_object(request)).get("parameters", {})
-    await dataplane.load_model(state, name, parameters)
+    body = await _request_body(request)
+    await dataplane.load_model(state, name, body.parameters)
     return {}
 
 
@@ -70,8 +62,9 @@ async def load(request: Request, state: State, name: str) -> dict[str, Any]:
     "/models/{name}/unload",
     summary="Stop serving every version of a model (in-flight requests finish) until a load",
     responses=errors(400, 401, 403, 404),
+    openapi_extra=BODY,
 )
 async def unload(request: Request, state: State, name: str) -> dict[str, Any]:
-    await _request_object(request)  # unload_dependents: there are no ensembles to follow
+    await _request_body(request)  # unload_dependents: there are no ensembles to follow
     await dataplane.unload_model(state, name)
     return {}

@@ -10,7 +10,13 @@ from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
 
 from service.api.codec import json_object, loads, top_k
-from service.api.http_io import MULTIPART, media_type, multipart_form, read_json_body
+from service.api.http_io import (
+    MULTIPART,
+    media_type,
+    multipart_form,
+    read_json_body,
+    validated_body,
+)
 from service.api.images import decode_b64_image, decode_image
 from service.api.predict import PREDICT_FIELDS, predict_pixels
 from service.api.schemas import PredictRequest, PredictResponse, errors, json_body
@@ -50,10 +56,8 @@ async def predict(request: Request, state: State, name: str, top_k: TopK = None)
     body = json_object(
         loads(await read_json_body(request)), "the body", PREDICT_FIELDS, ignore_unknown=True
     )
-    k = top_k if top_k is not None else body.get("top_k")
-    k = state.settings.default_top_k if k is None else k
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InvalidInput("'top_k' must be a positive integer")
+    fields = validated_body(PredictRequest, body)
+    k = top_k or fields.top_k or state.settings.default_top_k
     h, w, c = runtime.image_shape
     max_pixels = state.settings.max_image_pixels
 

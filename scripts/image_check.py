@@ -123,6 +123,8 @@ class Engine:
     run_id: str
     containers: list[str] = field(default_factory=list)
     networks: list[str] = field(default_factory=list)
+    projects: list[str] = field(default_factory=list)  # compose projects this run started
+    replaced: list[str] = field(default_factory=list)  # image ids a rebuild left untagged
     cleanups: list[Callable[[], object]] = field(default_factory=list)
 
     def __call__(
@@ -168,10 +170,20 @@ class Engine:
         found = self("ps", "-aq", "--filter", f"label={LABEL}={self.run_id}", check=False)
         for cid in found.stdout.split():
             self("rm", "--force", cid, check=False, timeout=60)
+        for project in self.projects:  # whatever compose left, even without its API socket
+            label = f"label=com.docker.compose.project={project}"
+            for cid in self("ps", "-aq", "--filter", label, check=False).stdout.split():
+                self("rm", "--force", cid, check=False, timeout=60)
+            self.networks.append(f"{project}_default")
         for network in self.networks:
-            self("network", "rm", network, check=False, timeout=60)
+            if self("network", "inspect", network, check=False).returncode == 0:
+                self("network", "rm", network, check=False, timeout=60)
+        for image in self.replaced:  # the previous build of a tag, now untagged (not if in use)
+            self("rmi", image, check=False, timeout=120)
         self.containers.clear()
         self.networks.clear()
+        self.projects.clear()
+        self.replaced.clear()
 
 
 def find_engine(run_id: str) -> Engine | None:
@@ -295,9 +307,14 @@ class Builder:
         if self.engine.name == "podman":
             args += ["--format", "docker", "--force-rm", "--layers"]  # docker: HEALTHCHECK kept
         args += [*(extra or []), str(ROOT)]
+        before = self.engine("image", "inspect", "--format", "{{.Id}}", tag, check=False)
         start = time.monotonic()
         self.engine(*args, timeout=3600)
-        return time.monotonic() - start
+        seconds = time.monotonic() - start
+        after = self.engine("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
+        if before.returncode == 0 and before.stdout.strip() != after:
+            self.engine.replaced.append(before.stdout.strip())
+        return seconds
 
 
 def image_size(engine: Engine, image: str) -> str:
@@ -771,176 +788,186 @@ def check_compose(
                 timeout=timeout,
             )
 
-        engine.cleanups.append(
-            lambda: dc(
-                "--profile",
-                "train",
-                "down",
-                "--remove-orphans",
-                "--volumes",
-                "--timeout",
-                "5",
-                timeout=180,
-            )
-        )
-        with report.check("compose config (v2), with and without the GPU override") as detail:
-            dc("config", "--quiet")
-            subprocess.run(
-                [
-                    *compose,
-                    "-f",
-                    "docker-compose.yml",
-                    "-f",
-                    str(ROOT / "docker-compose.gpu.yml"),
-                    "config",
-                    "--quiet",
-                ],
+        engine.projects.append(project)
+        with contextlib.ExitStack() as down:
+            # compose down while its API socket is still there; Engine.clean catches the rest.
+            down.callback(
+                subprocess.run,
+                [*base, "--profile", "train", "down", "--remove-orphans", "--volumes", "-t", "5"],
                 cwd=project_dir,
                 env=env,
-                check=True,
                 capture_output=True,
-                text=True,
+                timeout=180,
             )
-            detail.append(
+            with report.check("compose config (v2), with and without the GPU override") as detail:
+                dc("config", "--quiet")
                 subprocess.run(
-                    [*compose, "version", "--short"], capture_output=True, text=True
-                ).stdout.strip()
-            )
-        with report.check("lb starts while api is down") as detail:
-            dc("up", "-d", "--no-deps", "lb")
-            time.sleep(3)
-            state = engine(
-                "ps",
-                "-a",
-                "--filter",
-                f"label=com.docker.compose.project={project}",
-                "--format",
-                "{{.Names}} {{.Status}}",
-            ).stdout
-            require("Up" in state, f"lb is not running: {state}")
-            code = httpx.get(f"{lb_url}/v2/health/ready", timeout=10).status_code
-            require(code in (502, 503, 504), f"lb answered {code} with no api")
-            detail.append(f"running, {code} without api")
-        with report.check("up --scale api=2: both replicas answer through lb") as detail:
-            dc("up", "-d", "--no-build", "--scale", "api=2")
-            wait_http(f"{lb_url}/v2/health/ready", timeout_s=120)
-            replicas = api_containers(engine, project)
-            require(len(replicas) == 2, f"{len(replicas)} api containers")
-            for replica in replicas:
-                engine("exec", replica, *healthcheck_command(engine, replica), timeout=30)
-            for _ in range(30):
-                infer_rest(f"127.0.0.1:{rest_port}", "cifar10_cnn", images)
-            served = [images_served(engine, r) for r in replicas]
-            require(all(n > 0 for n in served), f"images per replica: {served}")
-            lb = httpx.get(f"{lb_url}/v2/health/ready")
-            leaked = [k for k, v in lb.headers.items() if re.search(r"\d+\.\d+\.\d+\.\d+", v)]
-            require(not leaked, f"addresses in response headers: {leaked}")
-            got = infer_grpc(f"127.0.0.1:{grpc_port}", "cifar10_cnn", images)
-            detail.append(f"images per replica {served}, healthchecks pass, gRPC {got.shape}")
-        with report.check("recreate the replicas under load: a bounded burst, then 0 errors") as d:
-            client = Client(f"127.0.0.1:{rest_port}", images)
-            thread = threading.Thread(target=client.run, daemon=True)
-            thread.start()
-            time.sleep(2)
-            recreated_at = time.monotonic()
-            dc("up", "-d", "--no-build", "--no-deps", "--force-recreate", "--scale", "api=2", "api")
-            new = api_containers(engine, project)
-            require(not set(new) & set(replicas), "the replicas were not recreated")
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline:
-                recent = [ok for t, ok in client.results if t > time.monotonic() - 5]
-                if len(recent) > 10 and all(recent):
-                    break
-                time.sleep(0.5)
-            time.sleep(5)
-            client.stop.set()
-            thread.join(timeout=60)
-            failures = [t for t, ok in client.results if not ok]
-            tail = [ok for t, ok in client.results if t > time.monotonic() - 10]
-            burst = (max(failures) - min(failures)) if failures else 0.0
-            require(tail and all(tail), f"errors in the last 10 s: {tail.count(False)}")
-            require(burst <= args.max_burst_s, f"errors over {burst:.1f} s")
-            served = [images_served(engine, r) for r in new]
-            require(all(n > 0 for n in served), f"a new replica got no requests: {served}")
-            d.append(
-                f"{len(client.results)} requests, {len(failures)} errors within {burst:.1f} s "
-                f"of recreation at +{recreated_at - client.results[0][0]:.1f} s, then 0; "
-                f"new replicas served {served}"
-            )
-        if not trainer:
-            report.skip("trainer profile", "no trainer image (see its build line)")
-            return
-        with report.check("trainer profile as the calling user publishes a version") as detail:
-            data = project_dir / "data" / "cifar10-jpeg"
-            for split, n in (("train", 30), ("test", 10)):
-                for folder in sorted((DATA / split).iterdir()):
-                    target = data / split / folder.name
-                    target.mkdir(parents=True)
-                    for f in sorted(folder.glob("*.jpg"))[:n]:
-                        shutil.copy(f, target)
-            models = project_dir / "models"
-            if os.getuid() == 0:
-                subprocess.run(["chown", "-R", f"{uid}:{gid}", str(models)], check=True)
-            before = {p.name for p in (models / "cifar10_cnn").iterdir()}
-            flags = [
-                "--epochs",
-                "1",
-                "--val-size",
-                "10",
-                "--threads",
-                "1",
-                "--min-accuracy",
-                "0",
-                "--max-regression",
-                "1",
-            ]
-            cmd = [
-                "python",
-                "-m",
-                "training",
-                "retrain",
-                "--data",
-                "/data/cifar10-jpeg",
-                "--repository",
-                "/models",
-                "--runs-dir",
-                "/tmp/runs",
-                "--cache-dir",
-                "/tmp/cache",
-            ]
-            dc(
-                "--profile",
-                "train",
-                "run",
-                "--rm",
-                "--no-deps",
-                "trainer",
-                *cmd,
-                *flags,
-                timeout=900,
-            )
-            new_versions = {p.name for p in (models / "cifar10_cnn").iterdir()} - before
-            require(len(new_versions) == 1, f"published: {sorted(new_versions)}")
-            (version,) = new_versions
-            owners = {
-                (p.stat().st_uid, p.stat().st_gid)
-                for p in (models / "cifar10_cnn" / version).rglob("*")
-            }
-            require(owners == {(uid, gid)}, f"files owned by {owners}, not {uid}:{gid}")
-            wait_http(f"{lb_url}/v2/models/cifar10_cnn/versions/{version}/ready", timeout_s=60)
-            for replica in api_containers(engine, project):
-                engine(
-                    "exec",
-                    replica,
-                    "python",
-                    "-c",
-                    "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/"
-                    f"models/cifar10_cnn/versions/{version}/ready')",
+                    [
+                        *compose,
+                        "-f",
+                        "docker-compose.yml",
+                        "-f",
+                        str(ROOT / "docker-compose.gpu.yml"),
+                        "config",
+                        "--quiet",
+                    ],
+                    cwd=project_dir,
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                    text=True,
                 )
-            who = f"uid {uid}" + (
-                " (a stand-in caller: this check runs as root)" if os.getuid() == 0 else ""
-            )
-            detail.append(f"version {version} published as {who}, served by both replicas")
+                detail.append(
+                    subprocess.run(
+                        [*compose, "version", "--short"], capture_output=True, text=True
+                    ).stdout.strip()
+                )
+            with report.check("lb starts while api is down") as detail:
+                dc("up", "-d", "--no-deps", "lb")
+                time.sleep(3)
+                state = engine(
+                    "ps",
+                    "-a",
+                    "--filter",
+                    f"label=com.docker.compose.project={project}",
+                    "--format",
+                    "{{.Names}} {{.Status}}",
+                ).stdout
+                require("Up" in state, f"lb is not running: {state}")
+                code = httpx.get(f"{lb_url}/v2/health/ready", timeout=10).status_code
+                require(code in (502, 503, 504), f"lb answered {code} with no api")
+                detail.append(f"running, {code} without api")
+            with report.check("up --scale api=2: both replicas answer through lb") as detail:
+                dc("up", "-d", "--no-build", "--scale", "api=2")
+                wait_http(f"{lb_url}/v2/health/ready", timeout_s=120)
+                replicas = api_containers(engine, project)
+                require(len(replicas) == 2, f"{len(replicas)} api containers")
+                for replica in replicas:
+                    engine("exec", replica, *healthcheck_command(engine, replica), timeout=30)
+                for _ in range(30):
+                    infer_rest(f"127.0.0.1:{rest_port}", "cifar10_cnn", images)
+                served = [images_served(engine, r) for r in replicas]
+                require(all(n > 0 for n in served), f"images per replica: {served}")
+                lb = httpx.get(f"{lb_url}/v2/health/ready")
+                leaked = [k for k, v in lb.headers.items() if re.search(r"\d+\.\d+\.\d+\.\d+", v)]
+                require(not leaked, f"addresses in response headers: {leaked}")
+                got = infer_grpc(f"127.0.0.1:{grpc_port}", "cifar10_cnn", images)
+                detail.append(f"images per replica {served}, healthchecks pass, gRPC {got.shape}")
+            with report.check(
+                "recreate the replicas under load: a bounded burst, then 0 errors"
+            ) as d:
+                client = Client(f"127.0.0.1:{rest_port}", images)
+                thread = threading.Thread(target=client.run, daemon=True)
+                thread.start()
+                time.sleep(2)
+                recreated_at = time.monotonic()
+                dc(
+                    "up",
+                    "-d",
+                    "--no-build",
+                    "--no-deps",
+                    "--force-recreate",
+                    "--scale",
+                    "api=2",
+                    "api",
+                )
+                new = api_containers(engine, project)
+                require(not set(new) & set(replicas), "the replicas were not recreated")
+                deadline = time.monotonic() + 90
+                while time.monotonic() < deadline:
+                    recent = [ok for t, ok in client.results if t > time.monotonic() - 5]
+                    if len(recent) > 10 and all(recent):
+                        break
+                    time.sleep(0.5)
+                time.sleep(5)
+                client.stop.set()
+                thread.join(timeout=60)
+                failures = [t for t, ok in client.results if not ok]
+                tail = [ok for t, ok in client.results if t > time.monotonic() - 10]
+                burst = (max(failures) - min(failures)) if failures else 0.0
+                require(tail and all(tail), f"errors in the last 10 s: {tail.count(False)}")
+                require(burst <= args.max_burst_s, f"errors over {burst:.1f} s")
+                served = [images_served(engine, r) for r in new]
+                require(all(n > 0 for n in served), f"a new replica got no requests: {served}")
+                d.append(
+                    f"{len(client.results)} requests, {len(failures)} errors within {burst:.1f} s "
+                    f"of recreation at +{recreated_at - client.results[0][0]:.1f} s, then 0; "
+                    f"new replicas served {served}"
+                )
+            if not trainer:
+                report.skip("trainer profile", "no trainer image (see its build line)")
+                return
+            with report.check("trainer profile as the calling user publishes a version") as detail:
+                data = project_dir / "data" / "cifar10-jpeg"
+                for split, n in (("train", 30), ("test", 10)):
+                    for folder in sorted((DATA / split).iterdir()):
+                        target = data / split / folder.name
+                        target.mkdir(parents=True)
+                        for f in sorted(folder.glob("*.jpg"))[:n]:
+                            shutil.copy(f, target)
+                models = project_dir / "models"
+                if os.getuid() == 0:
+                    subprocess.run(["chown", "-R", f"{uid}:{gid}", str(models)], check=True)
+                before = {p.name for p in (models / "cifar10_cnn").iterdir()}
+                flags = [
+                    "--epochs",
+                    "1",
+                    "--val-size",
+                    "10",
+                    "--threads",
+                    "1",
+                    "--min-accuracy",
+                    "0",
+                    "--max-regression",
+                    "1",
+                ]
+                cmd = [
+                    "python",
+                    "-m",
+                    "training",
+                    "retrain",
+                    "--data",
+                    "/data/cifar10-jpeg",
+                    "--repository",
+                    "/models",
+                    "--runs-dir",
+                    "/tmp/runs",
+                    "--cache-dir",
+                    "/tmp/cache",
+                ]
+                dc(
+                    "--profile",
+                    "train",
+                    "run",
+                    "--rm",
+                    "--no-deps",
+                    "trainer",
+                    *cmd,
+                    *flags,
+                    timeout=900,
+                )
+                new_versions = {p.name for p in (models / "cifar10_cnn").iterdir()} - before
+                require(len(new_versions) == 1, f"published: {sorted(new_versions)}")
+                (version,) = new_versions
+                owners = {
+                    (p.stat().st_uid, p.stat().st_gid)
+                    for p in (models / "cifar10_cnn" / version).rglob("*")
+                }
+                require(owners == {(uid, gid)}, f"files owned by {owners}, not {uid}:{gid}")
+                wait_http(f"{lb_url}/v2/models/cifar10_cnn/versions/{version}/ready", timeout_s=60)
+                for replica in api_containers(engine, project):
+                    engine(
+                        "exec",
+                        replica,
+                        "python",
+                        "-c",
+                        "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/"
+                        f"models/cifar10_cnn/versions/{version}/ready')",
+                    )
+                who = f"uid {uid}" + (
+                    " (a stand-in caller: this check runs as root)" if os.getuid() == 0 else ""
+                )
+                detail.append(f"version {version} published as {who}, served by both replicas")
 
 
 # --- main -----------------------------------------------------------------------------------

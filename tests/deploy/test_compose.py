@@ -5,11 +5,14 @@ here, the published port to a free one), and hit the healthcheck.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,33 +83,154 @@ def _environment(service: dict[str, Any], mounts: dict[str, Path]) -> dict[str, 
 # --- the files themselves -------------------------------------------------------------------
 
 
+def _image_env(stage: str) -> dict[str, str]:
+    """ENV settings of a stage (``ENV A=1 B=2``)."""
+    pairs = " ".join(line.split(None, 1)[1] for line in _instructions(stage, "ENV"))
+    return dict(re.findall(r"(\w+)=(\S+)", pairs))
+
+
+def _shell_healthcheck(test: list[str] | str) -> str:
+    """The command of a CMD-SHELL healthcheck (compose list form or Dockerfile shell form)."""
+    if isinstance(test, list):
+        kind, command = test
+        assert kind == "CMD-SHELL", "podman's Docker API splits exec-form arguments on spaces"
+        return command
+    assert not test.lstrip().startswith("["), "shell form, not exec form"
+    return test
+
+
 def test_api_image_is_slim_non_root_and_checks_readiness() -> None:
     api = " ".join(STAGES["api"])
     assert "torch" not in api and "[train]" not in api
     assert _instructions("api", "USER") == ["USER app"]
     assert "useradd" in " ".join(STAGES["base"]) and "--uid 10001" in " ".join(STAGES["base"])
     (healthcheck,) = _instructions("api", "HEALTHCHECK")
-    assert "/v2/health/ready" in healthcheck
+    assert "/v2/health/ready" in _shell_healthcheck(healthcheck.split(" CMD ", 1)[1])
+
+
+def test_api_command_takes_host_and_ports_from_the_environment() -> None:
+    """CMD has no flags (flags would override HOST/PORT); the image sets them as settings."""
     (cmd,) = _instructions("api", "CMD")
-    assert cmd.split(None, 1)[1].replace(" ", "") == str(API["command"]).replace("'", '"').replace(
-        " ", ""
-    )
+    assert json.loads(cmd.split(None, 1)[1]) == ["python", "-m", "service"]
+    env = _image_env("api")
+    assert (env["HOST"], env["PORT"], env["GRPC_PORT"]) == ("0.0.0.0", "8000", "8001")
+    assert "command" not in API, "compose keeps the image's CMD"
+    assert set(API["expose"]) == {env["PORT"], env["GRPC_PORT"]}
 
 
-def test_trainer_image_has_cpu_torch_and_runs_the_retrain_job() -> None:
+def test_base_images_are_build_arguments_and_no_frontend_image_is_fetched() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert not re.search(r"^#\s*syntax=", text, re.MULTILINE), "a frontend image needs Docker Hub"
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim$", text, re.MULTILINE)
+    assert STAGES["base"][0] == "FROM ${PYTHON_IMAGE}"
+    for service in (API, TRAINER):
+        assert service["build"]["args"]["PYTHON_IMAGE"] == "${PYTHON_IMAGE:-python:3.11-slim}"
+    assert COMPOSE["services"]["lb"]["image"].startswith("${NGINX_IMAGE:-nginx:")
+
+
+def test_dependencies_are_installed_from_the_lock_before_sources_are_copied() -> None:
+    """A source or README edit must not reinstall the dependencies: in every stage the locked
+    install comes before any COPY of the project."""
+    for stage, lock in (("api", "api.txt"), ("api-gpu", "api-gpu.txt"), ("trainer", "trainer.txt")):
+        lines = STAGES[stage]
+        install = next(i for i, line in enumerate(lines) if f"requirements/{lock}" in line)
+        assert "--requirement" in lines[install]
+        copies = [i for i, line in enumerate(lines) if line.upper().startswith("COPY ")]
+        assert all(i > install for i in copies), f"{stage}: COPY before the dependency layer"
+        # The project itself goes in last, without touching the locked set.
+        installs = [line for line in lines if "pip install" in line and " ." in line]
+        assert all("--no-deps" in line for line in installs), installs
+
+
+def _pins(name: str) -> dict[str, str]:
+    text = (ROOT / "requirements" / name).read_text()
+    return {
+        m.group(1).lower().replace("_", "-"): m.group(2)
+        for m in re.finditer(r"^([A-Za-z0-9_.-]+)==(\S+)", text, re.MULTILINE)
+    }
+
+
+def _project_requirements(*extras: str) -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    specs = list(project["dependencies"])
+    for extra in extras:
+        specs += project["optional-dependencies"][extra]
+    return {re.split(r"[\[<>=!~ ;]", s, maxsplit=1)[0].lower().replace("_", "-") for s in specs}
+
+
+def test_locks_pin_every_dependency_of_pyproject() -> None:
+    """requirements/*.txt come from pyproject.toml (make lock); stale locks miss a package."""
+    for lock, extras in (
+        ("api.txt", ("cpu",)),
+        ("api-gpu.txt", ("gpu",)),
+        ("trainer.txt", ("cpu", "train")),
+    ):
+        pins = _pins(lock)
+        missing = _project_requirements(*extras) - set(pins)
+        assert not missing, f"{lock} lacks {missing}: run make lock"
+        assert "make lock" in (ROOT / "requirements" / lock).read_text()
+    api, gpu, trainer = _pins("api.txt"), _pins("api-gpu.txt"), _pins("trainer.txt")
+    assert "torch" not in api and "onnxruntime-gpu" not in api
+    assert "onnxruntime" not in gpu, "onnxruntime-gpu replaces onnxruntime (pip check)"
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (gpu_spec,) = extras["optional-dependencies"]["gpu"]
+    assert gpu_spec.endswith(f"=={gpu['onnxruntime-gpu']}"), "the lock pins what pyproject pins"
+    assert any(name.endswith("-cu12") for name in gpu), "the CUDA 12 wheels the README names"
+    assert trainer["torch"].endswith("+cpu"), "only the CPU index has the +cpu build"
+    assert not [name for name in trainer if name.startswith("nvidia")]
+    shared = set(api) & set(trainer)
+    assert {n: api[n] for n in shared} == {n: trainer[n] for n in shared}
+
+
+def test_trainer_image_has_cpu_torch_from_the_cpu_index_only() -> None:
     trainer = " ".join(STAGES["trainer"])
-    assert ".[train]" in trainer and "download.pytorch.org/whl/cpu" in trainer
+    assert "--extra-index-url" not in trainer, "a fallback index can hand out CUDA torch"
+    assert '--index-url "$TORCH_INDEX_URL"' in trainer and "--no-deps" in trainer
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in STAGES["trainer"]
+    assert "torch.version.cuda is not None" in trainer  # the build fails on a CUDA torch
     assert "retrain" in " ".join(_instructions("trainer", "CMD"))
     assert TRAINER["command"][:4] == ["python", "-m", "training", "retrain"]
 
 
-def test_gpu_variant_uses_onnxruntime_gpu_and_reserves_an_nvidia_device() -> None:
-    assert "onnxruntime-gpu" in " ".join(STAGES["api-gpu"])
+def test_trainer_runs_as_the_caller_not_a_fixed_uid() -> None:
+    """bash exports no UID and has no GID, so ``${UID:-1000}`` was always 1000: the ids come
+    from .env (make compose-env) or the command line, and an unset id fails the run loudly."""
+    user = TRAINER["user"]
+    assert "UID:-1000" not in user and "${UID" not in user
+    assert re.fullmatch(r"\$\{CIFAR_UID:-[a-z-]+\}:\$\{CIFAR_GID:-[a-z-]+\}", user), user
+    makefile = (ROOT / "Makefile").read_text()
+    assert "compose-env:" in makefile and "CIFAR_UID=%s" in makefile and "id -u" in makefile
+
+
+def test_gpu_variant_uses_pinned_onnxruntime_gpu_and_reserves_an_nvidia_device() -> None:
+    gpu_stage = " ".join(STAGES["api-gpu"])
+    assert "requirements/api-gpu.txt" in gpu_stage and "pip check" in gpu_stage
+    assert "pip uninstall --yes onnxruntime" in gpu_stage
     gpu_api = GPU["services"]["api"]
     assert gpu_api["build"]["target"] == "api-gpu"
     (device,) = gpu_api["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert gpu_api["environment"]["PROVIDERS"].startswith("CUDAExecutionProvider")
+    assert gpu_api["environment"]["REQUIRE_PROVIDERS"] == "true"
+
+
+def test_build_secrets_and_local_files_stay_out_of_images() -> None:
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".env", "build", ".hypothesis", ".git", ".venv", "data"} <= ignored
+    text = (ROOT / "Dockerfile").read_text()
+    # pip's CA and index settings reach a build as secrets only, never as ARG or ENV.
+    assert not re.search(r"^(ARG|ENV)\b.*(PIP_CERT|PIP_INDEX|PIP_EXTRA|CERT)", text, re.M)
+    for stage in ("api", "api-gpu", "trainer"):
+        for line in STAGES[stage]:
+            if "pip-install.sh" in line and line.startswith("RUN"):
+                assert "type=secret,id=pip_ca" in line and "type=secret,id=pip_conf" in line
+
+
+def test_stop_grace_outlasts_the_drain() -> None:
+    drain = float(API["environment"]["SHUTDOWN_TIMEOUT_S"])
+    grace = float(str(API["stop_grace_period"]).rstrip("s"))
+    assert grace > drain, "the engine's SIGKILL must not cut the drain short"
+    assert float(str(COMPOSE["services"]["lb"]["stop_grace_period"]).rstrip("s")) >= drain
 
 
 def test_compose_serves_models_and_trains_into_the_same_folder() -> None:
@@ -116,7 +240,8 @@ def test_compose_serves_models_and_trains_into_the_same_folder() -> None:
     assert "8000:8000" in lb["ports"] and "8001:8001" in lb["ports"]
     assert "ports" not in API and set(API["expose"]) == {"8000", "8001"}
     assert API["restart"] in ("always", "unless-stopped")
-    assert "/v2/health/ready" in " ".join(API["healthcheck"]["test"])
+    assert "/v2/health/ready" in _shell_healthcheck(API["healthcheck"]["test"])
+    assert "wget" in _shell_healthcheck(lb["healthcheck"]["test"])
     assert TRAINER["profiles"] == ["train"]
     api_models = [v for v in API["volumes"] if v.split(":")[1] == "/models"]
     trainer_models = [v for v in TRAINER["volumes"] if v.split(":")[1] == "/models"]
@@ -139,22 +264,37 @@ def compose_dirs(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.fixture
 def api_server(compose_dirs: dict[str, Path]) -> Iterator[str]:
-    """The api service's command and environment, on a free loopback port."""
+    """The image's command with its ENV and the api service's environment, on a free loopback
+    port: HOST and PORT come from the environment, as in the container."""
     mounts = _mounts(API, compose_dirs)
-    argv = _command(API, mounts)
-    argv[argv.index("--host") + 1] = "127.0.0.1"  # the container's 0.0.0.0, kept on loopback here
-    argv[argv.index("--port") + 1] = "0"  # the published 8000, any free port here
-    argv[argv.index("--grpc-port") + 1] = "0"  # and the published gRPC 8001
-    with server_process(argv, env=_environment(API, mounts)) as server:
+    (cmd,) = _instructions("api", "CMD")
+    argv = [sys.executable, *json.loads(cmd.split(None, 1)[1])[1:]]
+    env = {**_image_env("api"), **_environment(API, mounts)}
+    env["MODEL_REPOSITORY"] = _localise(_image_env("api")["MODEL_REPOSITORY"], mounts)
+    # The container's 0.0.0.0:8000/8001, kept on loopback on free ports here.
+    env.update(HOST="127.0.0.1", PORT="0", GRPC_PORT="0")
+    with server_process(argv, env=env) as server:
         yield server.address
 
 
 def _healthcheck(address: str) -> int:
-    """The compose healthcheck's own command, pointed at this server's port."""
-    kind, *argv = API["healthcheck"]["test"]
-    assert kind == "CMD" and argv[0] == "python"
-    argv = [sys.executable, *(a.replace("127.0.0.1:8000", address) for a in argv[1:])]
-    return subprocess.run(argv, capture_output=True, timeout=30).returncode
+    """The compose healthcheck's own shell command, pointed at this server's port."""
+    command = _shell_healthcheck(API["healthcheck"]["test"])
+    assert command.startswith("python ")
+    command = shlex.quote(sys.executable) + command[len("python") :]
+    command = command.replace("127.0.0.1:8000", address)
+    return subprocess.run(["sh", "-c", command], capture_output=True, timeout=30).returncode
+
+
+def _image_healthcheck(address: str) -> int:
+    """The Dockerfile's HEALTHCHECK, which reads PORT from the environment."""
+    (healthcheck,) = _instructions("api", "HEALTHCHECK")
+    command = _shell_healthcheck(healthcheck.split(" CMD ", 1)[1])
+    command = shlex.quote(sys.executable) + command[len("python") :]
+    env = {**os.environ, "PORT": address.rsplit(":", 1)[1]}
+    return subprocess.run(
+        ["sh", "-c", command], env=env, capture_output=True, timeout=30
+    ).returncode
 
 
 def test_api_command_passes_its_healthcheck(api_server: str) -> None:

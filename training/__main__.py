@@ -30,7 +30,7 @@ from training.data import Cifar10, Split, download_cifar10, load_cifar10
 from training.distributed import World, barrier, stop, world_from_env
 
 if TYPE_CHECKING:
-    from training.export import Parity
+    from training.evaluation import Parity
     from training.train import TrainingRun
 
 DEFAULT_DATA = Path("data/cifar10-jpeg")
@@ -168,7 +168,8 @@ def _load(args: argparse.Namespace) -> Cifar10:
 
 def _export(run: TrainingRun, test: Split) -> tuple[Path, Parity]:
     """Export the run's model beside its other files and pass the parity gate."""
-    from training.export import check_parity, export_onnx
+    from training.evaluation import check_parity
+    from training.export import export_onnx
 
     onnx_path = run.run_dir / MODEL_FILE
     export_onnx(run.model, onnx_path)
@@ -233,8 +234,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_retrain(args: argparse.Namespace) -> None:
+    from training.evaluation import evaluate_onnx
     from training.publish import publish
-    from training.retrain import evaluate_onnx, keep_rejected, quality_gate, served_version
+    from training.retrain import keep_rejected, quality_gate, served_version
 
     trained = _train(args)
     if trained is None:  # not rank 0: rank 0 gates and publishes
@@ -261,9 +263,10 @@ def cmd_retrain(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from training.evaluation import evaluate
     from training.export import card_fields
     from training.publish import publish
-    from training.train import evaluate, load_checkpoint
+    from training.train import load_checkpoint
 
     run = load_checkpoint(args.checkpoint)
     test = _load(args).test.sample(run.config.limit_test, run.config.seed)
@@ -275,7 +278,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from training.retrain import evaluate_onnx
+    from training.evaluation import evaluate_onnx
 
     path: Path = args.model / MODEL_FILE if args.model.is_dir() else args.model
     test = _load(args).test.sample(args.limit_test, 0)
@@ -289,8 +292,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_quantize(args: argparse.Namespace) -> None:
     from service.core.card import read_card
+    from training.evaluation import compare
     from training.publish import publish, versions
-    from training.quantize import compare, int8_card_fields, quantize_int8
+    from training.quantize import int8_card_fields, quantize_int8
 
     model_dir: Path = args.model
     if not (model_dir / MODEL_FILE).is_file() and versions(model_dir):

@@ -1,4 +1,6 @@
-"""Export to ONNX and the parity gate: onnxruntime must agree with PyTorch before anything ships.
+"""Export to ONNX, and the card's fields: what the graph takes and gives, and the evidence.
+
+The parity gate (``evaluation.check_parity``) runs before anything ships.
 
 The graph takes uint8 ``images`` [N, 32, 32, 3] RGB and does its own scaling; it returns
 ``logits`` and ``probabilities`` float32 [N, 10].
@@ -10,7 +12,6 @@ import os
 import platform
 import subprocess
 import warnings
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -26,14 +27,11 @@ from service.core.errors import ExportError
 from service.core.shapes import layer_table
 from training.architectures import ARCHITECTURES, INPUT_SHAPE
 from training.data import CLASS_NAMES, IMAGE_SHAPE
+from training.evaluation import INPUT_NAME, OUTPUT_NAMES, Parity
 from training.model import Classifier, ExportedClassifier
-from training.train import TrainingRun, predict_logits
+from training.train import TrainingRun
 
 OPSET = 17
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("logits", "probabilities")
-PARITY_IMAGES = 256
-PARITY_TOLERANCE = 1e-4  # max |logit difference| between onnxruntime and PyTorch
 
 INPUTS = [TensorSpec(INPUT_NAME, "UINT8", [-1, *IMAGE_SHAPE])]
 OUTPUTS = [TensorSpec(name, "FP32", [-1, len(CLASS_NAMES)]) for name in OUTPUT_NAMES]
@@ -82,47 +80,6 @@ def export_onnx(model: Classifier, path: Path, opset: int = OPSET) -> None:
         onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"{path}: the ONNX checker refused the graph: {exc}") from None
-
-
-@dataclass(frozen=True)
-class Parity:
-    images: int
-    max_abs_logit_diff: float
-    top1_agreement: float
-    tolerance: float
-
-    @property
-    def passed(self) -> bool:
-        return self.max_abs_logit_diff <= self.tolerance and self.top1_agreement == 1.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "images": self.images,
-            "max_abs_logit_diff": self.max_abs_logit_diff,
-            "top1_agreement": self.top1_agreement,
-            "tolerance": self.tolerance,
-            "passed": self.passed,
-        }
-
-
-def check_parity(
-    model: Classifier, onnx_path: Path, images: np.ndarray, tolerance: float = PARITY_TOLERANCE
-) -> Parity:
-    """Run the same images through PyTorch and onnxruntime; raise ``ExportError`` if they differ."""
-    images = images[:PARITY_IMAGES]
-    expected = predict_logits(model.cpu(), images)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    logits, probabilities = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
-    diff = float(np.abs(logits - expected).max()) if len(images) else 0.0
-    agree = float((logits.argmax(1) == expected.argmax(1)).mean()) if len(images) else 1.0
-    parity = Parity(len(images), diff, agree, tolerance)
-    if not parity.passed or not np.allclose(probabilities.sum(1), 1.0, atol=1e-5):
-        raise ExportError(
-            f"parity gate failed on {len(images)} images: max |logit diff| {diff:.3g} "
-            f"(allowed {tolerance:g}), top-1 agreement {agree:.4f} (required 1.0); "
-            "nothing published"
-        )
-    return parity
 
 
 def _version(package: str) -> str:

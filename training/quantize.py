@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from service.core.card import ModelCard, sha256_file
 from service.core.errors import ExportError
-from training.data import Split
-from training.export import INPUT_NAME
-from training.retrain import onnx_logits
-from training.train import Evaluation, evaluate_logits
+from training.evaluation import INPUT_NAME, Evaluation, QuantizationCheck
 
 # Layers with weights or a cheap int8 kernel; the preprocessing (Transpose, Cast, Div on uint8
 # pixels) and the GELU's float arithmetic stay as they are.
@@ -78,45 +74,6 @@ def quantize_int8(float_path: Path, out_path: Path, calibration: np.ndarray) -> 
         onnx.checker.check_model(onnx.load(str(out_path)), full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"{out_path}: the ONNX checker refused the INT8 graph: {exc}") from None
-
-
-@dataclass(frozen=True)
-class QuantizationCheck:
-    """The INT8 graph against its float original, on the same test images."""
-
-    images: int
-    float_accuracy: float
-    int8_accuracy: float
-    top1_agreement: float
-    max_drop: float
-
-    @property
-    def drop(self) -> float:
-        return self.float_accuracy - self.int8_accuracy
-
-    @property
-    def passed(self) -> bool:
-        return self.drop <= self.max_drop
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "drop": self.drop, "passed": self.passed}
-
-
-def compare(
-    float_path: Path, int8_path: Path, test: Split, max_drop: float
-) -> tuple[QuantizationCheck, Evaluation]:
-    """Score both graphs on ``test``; the INT8 graph's full evaluation goes into its card."""
-    float_logits = onnx_logits(float_path, test.images)
-    int8_logits = onnx_logits(int8_path, test.images)
-    int8 = evaluate_logits(int8_logits, test.labels)
-    check = QuantizationCheck(
-        images=len(test),
-        float_accuracy=evaluate_logits(float_logits, test.labels).accuracy,
-        int8_accuracy=int8.accuracy,
-        top1_agreement=float((float_logits.argmax(1) == int8_logits.argmax(1)).mean()),
-        max_drop=max_drop,
-    )
-    return check, int8
 
 
 def int8_card_fields(

@@ -15,14 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnxruntime as ort
-
 from service.core.card import CARD_FILE, MODEL_FILE, ModelCard, read_card
 from service.core.errors import InvalidCard
-from training.data import Split
 from training.publish import plain_fields, versions
-from training.train import Evaluation, evaluate_logits
 
 REJECTED_DIR = ".rejected"  # hidden: the service never takes it for a model
 
@@ -67,22 +62,6 @@ def quality_gate(
     )
     reason = f"test accuracy {candidate_accuracy:.4f} >= minimum {min_accuracy:.4f}{against}"
     return GateResult(True, reason, *args)
-
-
-def onnx_logits(path: Path, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """A graph's logits for uint8 NHWC images, run by onnxruntime as the service would."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.concatenate(
-        [
-            session.run(["logits"], {"images": images[i : i + batch_size]})[0]
-            for i in range(0, len(images), batch_size)
-        ]
-    )
-
-
-def evaluate_onnx(path: Path, split: Split, batch_size: int = 500) -> Evaluation:
-    """Score a published graph with onnxruntime, as the service would run it."""
-    return evaluate_logits(onnx_logits(path, split.images, batch_size), split.labels)
 
 
 def served_version(model_dir: Path) -> tuple[int, ModelCard] | None:

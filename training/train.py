@@ -6,7 +6,6 @@ python -m training train --data data/cifar10-jpeg
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 import math
@@ -31,31 +30,13 @@ from training.augment import alternating_flips, augment_batch, augment_options
 from training.config import TrainConfig
 from training.data import CLASS_NAMES, Cifar10, Split, train_val_split
 from training.distributed import ALONE, World, all_sum, from_main, rank_device, threads_per_process
+from training.evaluation import Evaluation, evaluate
 from training.lookahead import Lookahead
 from training.model import Classifier, init_from_data, keras_init
 
 Log = Callable[[str], None]
 WHITENING_IMAGES = 5000  # training images whose patch statistics set a whitening layer
 LAST_CHECKPOINT = "last.pt"  # rewritten after every epoch: what ``--resume`` takes
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    loss: float
-    accuracy: float
-    per_class_accuracy: dict[str, float]
-    confusion: list[list[int]]  # rows: true class, columns: predicted class
-    mistakes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    """The most confident wrong answers: image index, true and predicted class, confidence."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "loss": self.loss,
-            "accuracy": self.accuracy,
-            "per_class_accuracy": self.per_class_accuracy,
-            "confusion_matrix": self.confusion,
-            "most_confident_mistakes": self.mistakes,
-        }
 
 
 @dataclass
@@ -87,76 +68,6 @@ def build_classifier(config: TrainConfig) -> Classifier:
     if config.init == "keras":
         keras_init(model)
     return model
-
-
-@torch.no_grad()
-def predict_logits(
-    model: Classifier, images: np.ndarray, batch_size: int = 500, *, bf16: bool = False
-) -> np.ndarray:
-    """Logits for uint8 NHWC images, in eval mode, on the model's device.
-
-    ``bf16``: under autocast, twice as fast on this CPU; used for the per-epoch validation score
-    of a bf16 run, never for the test figure (the exported graph computes in float32).
-    """
-    model.eval()
-    device = next(model.parameters()).device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        out = [
-            model(torch.from_numpy(images[i : i + batch_size]).to(device)).float().cpu()
-            for i in range(0, len(images), batch_size)
-        ]
-    return torch.cat(out).numpy() if out else np.zeros((0, len(CLASS_NAMES)), np.float32)
-
-
-MISTAKES_SHOWN = 24
-
-
-def confident_mistakes(
-    logits: np.ndarray, labels: np.ndarray, n: int = MISTAKES_SHOWN
-) -> list[dict[str, Any]]:
-    """The ``n`` wrong predictions made with the highest softmax probability, most sure first."""
-    probabilities = torch.softmax(torch.from_numpy(logits).float(), dim=1).numpy()
-    predicted = probabilities.argmax(axis=1)
-    confidence = probabilities.max(axis=1)
-    wrong = np.flatnonzero(predicted != labels)
-    worst = wrong[np.argsort(-confidence[wrong], kind="stable")[:n]]
-    return [
-        {
-            "index": int(i),
-            "true": CLASS_NAMES[int(labels[i])],
-            "predicted": CLASS_NAMES[int(predicted[i])],
-            "confidence": round(float(confidence[i]), 4),
-        }
-        for i in worst
-    ]
-
-
-def evaluate_logits(logits: np.ndarray, labels: np.ndarray) -> Evaluation:
-    """Loss, accuracy, per-class accuracy, confusion matrix and the most confident mistakes, from
-    torch or onnxruntime logits."""
-    n_classes = len(CLASS_NAMES)
-    loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item())
-    predicted = logits.argmax(axis=1)
-    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(confusion, (labels, predicted), 1)
-    totals = confusion.sum(axis=1)
-    per_class = {
-        name: float(confusion[i, i] / totals[i]) if totals[i] else 0.0
-        for i, name in enumerate(CLASS_NAMES)
-    }
-    return Evaluation(
-        loss,
-        float((predicted == labels).mean()),
-        per_class,
-        confusion.tolist(),
-        confident_mistakes(logits, labels),
-    )
-
-
-def evaluate(
-    model: Classifier, split: Split, batch_size: int = 500, *, bf16: bool = False
-) -> Evaluation:
-    return evaluate_logits(predict_logits(model, split.images, batch_size, bf16=bf16), split.labels)
 
 
 def weights_sha256(model: torch.nn.Module) -> str:

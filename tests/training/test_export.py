@@ -17,7 +17,8 @@ from service.engine.layers import read_layers
 from tests.training.conftest import TINY_94, class_images
 from training.architectures import LECTURE
 from training.data import CLASS_NAMES
-from training.export import INPUTS, OUTPUTS, check_parity, export_onnx, preprocessing
+from training.evaluation import check_parity
+from training.export import INPUTS, OUTPUTS, export_onnx, preprocessing
 from training.model import Classifier, init_from_data
 
 

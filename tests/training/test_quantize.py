@@ -18,10 +18,10 @@ from service.core.shapes import layer_table
 from service.engine.layers import read_layers
 from tests.training.conftest import class_images
 from training.data import CLASS_NAMES, Split
+from training.evaluation import compare, onnx_logits
 from training.export import export_onnx
 from training.model import Classifier
-from training.quantize import compare, int8_card_fields, quantize_int8
-from training.retrain import onnx_logits
+from training.quantize import int8_card_fields, quantize_int8
 
 # The cifar_bn block shape, small: conv, pool, batch norm, GELU, then a dense head.
 SMALL_BN: list[dict[str, Any]] = [

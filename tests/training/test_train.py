@@ -14,13 +14,11 @@ from tests.training.conftest import TINY_94, class_images
 from training.architectures import ARCHITECTURES
 from training.config import TrainConfig
 from training.data import Split, train_val_split
+from training.evaluation import confident_mistakes, evaluate, evaluate_logits
 from training.model import Classifier
 from training.train import (
     build_optimizer,
     build_schedule,
-    confident_mistakes,
-    evaluate,
-    evaluate_logits,
     train_model,
     weight_average,
 )

@@ -77,4 +77,4 @@ def top1(probabilities: object) -> list[int]:
 def running_server(settings: Settings) -> Iterator[str]:
     """``host:port`` of a real uvicorn server on a free loopback port, running in a thread."""
     with e2e_running_server(settings, grpc=False) as running:
-        yield f"127.0.0.1:{running.rest_port}"
+        yield running.address

@@ -92,15 +92,12 @@ def service_command(*args: str) -> list[str]:
             "--grpc-port", "0", *args]  # fmt: skip
 
 
-@dataclass
-class ServerProcess:
-    """A server running as a child process, its ports as it logged them. Its stderr is read
-    throughout (so the pipe never fills) and kept in ``lines``."""
+@dataclass(frozen=True)
+class Running:
+    """Where a server on loopback listens: its REST port and its gRPC port (-1: none)."""
 
-    process: subprocess.Popen[str]
     rest_port: int
-    grpc_port: int | None
-    lines: list[str]
+    grpc_port: int
 
     @property
     def address(self) -> str:
@@ -111,9 +108,18 @@ class ServerProcess:
         return f"http://{self.address}"
 
     @property
-    def grpc_address(self) -> str:
-        assert self.grpc_port is not None, "the server logged no gRPC port"
+    def grpc_url(self) -> str:
+        assert self.grpc_port > 0, "the server has no gRPC port"
         return f"127.0.0.1:{self.grpc_port}"
+
+
+@dataclass(frozen=True)
+class ServerProcess(Running):
+    """A server running as a child process, on the ports it logged. Its stderr is read throughout
+    (so the pipe never fills) and kept in ``lines``."""
+
+    process: subprocess.Popen[str]
+    lines: list[str]
 
     @property
     def log(self) -> str:
@@ -163,7 +169,7 @@ def server_process(
     try:
         listening.wait(timeout_s)
         assert "rest" in ports, f"{' '.join(argv)} did not start:\n{''.join(lines)[-3000:]}"
-        yield ServerProcess(process, ports["rest"], ports.get("grpc"), lines)
+        yield ServerProcess(ports["rest"], ports.get("grpc", -1), process, lines)
     finally:
         stop(process, how)
         reader.join(timeout=10)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
@@ -15,21 +14,7 @@ from service.__main__ import uvicorn_options
 from service.api.app import create_app
 from service.api.grpc_server import serve_grpc
 from service.settings import Settings
-from tests.support import wait_until
-
-
-@dataclass(frozen=True)
-class Running:
-    rest_port: int
-    grpc_port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+from tests.support import Running, wait_until
 
 
 @contextmanager

@@ -35,7 +35,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         max_request_bytes=2_000_000,
     )
     with running_server(settings, grpc=False) as running:
-        yield f"127.0.0.1:{running.rest_port}"
+        yield running.address
 
 
 def encode(pixels: np.ndarray, mode: str, fmt: str) -> bytes:
@@ -146,8 +146,8 @@ def test_service_module_runs_and_never_imports_torch(tmp_path: Path) -> None:
     repo = make_model_repo(tmp_path, {"tiny": [1]}, lecture=False)
     env = {**os.environ, "MODEL_REPOSITORY": str(repo), "PROVIDERS": "CPUExecutionProvider"}
     with server_process(service_command(), env=env, timeout_s=30) as server:
-        assert server.grpc_port, "no gRPC port in the log"
+        assert server.grpc_port > 0, "no gRPC port in the log"
         assert httpx.get(f"{server.url}/v2/models/tiny/ready").status_code == 200
-        client = tritonclient.grpc.InferenceServerClient(server.grpc_address)
+        client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
         assert client.is_model_ready("tiny")
         client.close()

@@ -43,7 +43,7 @@ def top1(response: dict[str, Any]) -> list[int]:
 def test_tritonclient_http_infer(
     server: Running, pixels: np.ndarray, expected: np.ndarray, binary: bool
 ) -> None:
-    client = triton_http.InferenceServerClient(f"127.0.0.1:{server.rest_port}")
+    client = triton_http.InferenceServerClient(server.address)
     try:
         assert client.is_server_ready() and client.is_model_ready(MODEL)
         tensor = triton_http.InferInput("images", list(pixels.shape), "UINT8")

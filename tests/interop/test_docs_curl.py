@@ -79,7 +79,7 @@ def test_every_curl_example_in_the_docs_succeeds(workdir: Path) -> None:
                 if re.search(r"https?://(?!localhost|127\.0\.0\.1)", example):
                     skipped.append(example)
                     continue
-                command = example.replace("localhost:8000", f"127.0.0.1:{server.rest_port}")
+                command = example.replace("localhost:8000", server.address)
                 # curl's own flags added in front: quiet, the status on the last line
                 command = command.replace("curl ", f"curl -sS -w '{STATUS_MARK}%{{http_code}}' ", 1)
                 done = subprocess.run(

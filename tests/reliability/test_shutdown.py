@@ -40,7 +40,7 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(tmp_path: Path) -> Non
     with server_process(command, env=env, how=signal.SIGKILL) as server:
         server.wait_ready()
         port, url = server.rest_port, server.url
-        with grpc.insecure_channel(server.grpc_address) as channel:
+        with grpc.insecure_channel(server.grpc_url) as channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             assert stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
 

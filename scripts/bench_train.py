@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 from scripts.report import write_section  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.data import load_cifar10  # noqa: E402
-from training.train import build_classifier, resolve_device  # noqa: E402
+from training.model import build_classifier  # noqa: E402
+from training.train import resolve_device  # noqa: E402
 
 EPOCH_IMAGES = 50_000
 

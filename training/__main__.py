@@ -30,8 +30,8 @@ from training.data import Cifar10, Split, download_cifar10, load_cifar10
 from training.distributed import World, barrier, stop, world_from_env
 
 if TYPE_CHECKING:
+    from training.checkpoint import TrainingRun
     from training.evaluation import Parity
-    from training.train import TrainingRun
 
 DEFAULT_DATA = Path("data/cifar10-jpeg")
 DEFAULT_NAME = "cifar10_cnn"
@@ -171,6 +171,7 @@ def _export(run: TrainingRun, test: Split) -> tuple[Path, Parity]:
     from training.evaluation import check_parity
     from training.export import export_onnx
 
+    assert run.run_dir is not None, "a run is exported beside its files"
     onnx_path = run.run_dir / MODEL_FILE
     export_onnx(run.model, onnx_path)
     parity = check_parity(run.model, onnx_path, test.images)
@@ -184,6 +185,7 @@ def _export(run: TrainingRun, test: Split) -> tuple[Path, Parity]:
 def _train(args: argparse.Namespace) -> tuple[TrainingRun, Split, Path, dict[str, Any]] | None:
     """Train, test, export: what ``train`` and ``retrain`` share. Returns the card's fields on
     rank 0; under torchrun the other ranks only train, and get None."""
+    from training.checkpoint import weights_sha256
     from training.distributed import start
     from training.export import card_fields
     from training.train import (
@@ -192,7 +194,6 @@ def _train(args: argparse.Namespace) -> tuple[TrainingRun, Split, Path, dict[str
         run_training,
         split_data,
         train_model,
-        weights_sha256,
     )
 
     config = config_from_args(args)
@@ -247,6 +248,7 @@ def cmd_retrain(args: argparse.Namespace) -> None:
     served_accuracy = None
     if served is not None:  # scored on the same test images as the candidate
         served_accuracy = evaluate_onnx(model_dir / str(served[0]) / MODEL_FILE, test).accuracy
+    assert run.test is not None
     gate = quality_gate(
         run.test.accuracy,
         served_accuracy,
@@ -263,14 +265,16 @@ def cmd_retrain(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from training.checkpoint import load_run
     from training.evaluation import evaluate
     from training.export import card_fields
     from training.publish import publish
-    from training.train import load_checkpoint
 
-    run = load_checkpoint(args.checkpoint)
+    run = load_run(args.checkpoint)
     test = _load(args).test.sample(run.config.limit_test, run.config.seed)
-    if not run.test.mistakes:  # a checkpoint from before cards listed the mistakes
+    if (
+        run.test is None or not run.test.mistakes
+    ):  # a checkpoint from before cards listed the mistakes
         run.test = evaluate(run.model, test, run.config.eval_batch_size)
     onnx_path, parity = _export(run, test)
     fields = card_fields(run, onnx_path, parity)

@@ -111,3 +111,9 @@ def threads_per_process(world: World, requested: int) -> int:
     if requested:
         return requested
     return max(1, len(os.sched_getaffinity(0)) // world.local_size)
+
+
+def rank_share(batch: torch.Tensor, world: World) -> torch.Tensor:
+    """This rank's rows of a global batch: every ``size``-th from ``rank`` (DistributedSampler's
+    split), so the ranks' shares differ in length by at most one and together are the batch."""
+    return batch[world.rank :: world.size]

@@ -26,10 +26,10 @@ from service.core.card import TensorSpec, sha256_file
 from service.core.errors import ExportError
 from service.core.shapes import layer_table
 from training.architectures import ARCHITECTURES, INPUT_SHAPE
+from training.checkpoint import TrainingRun
 from training.data import CLASS_NAMES, IMAGE_SHAPE
 from training.evaluation import INPUT_NAME, OUTPUT_NAMES, Parity
 from training.model import Classifier, ExportedClassifier
-from training.train import TrainingRun
 
 OPSET = 17
 
@@ -111,6 +111,8 @@ def git_commit() -> str | None:
 def card_fields(run: TrainingRun, onnx_path: Path, parity: Parity) -> dict[str, Any]:
     """Everything in the card except name and version, which publishing decides."""
     layers = ARCHITECTURES[run.config.arch]
+    test = run.test
+    assert test is not None, "a run gets its card once it has been tested"
     return {
         "class_names": list(CLASS_NAMES),
         "inputs": INPUTS,
@@ -124,11 +126,11 @@ def card_fields(run: TrainingRun, onnx_path: Path, parity: Parity) -> dict[str, 
         },
         "layer_table": layer_table(INPUT_SHAPE, layers).as_dict(),
         "metrics": {
-            "test_accuracy": run.test.accuracy,
-            "test_loss": run.test.loss,
-            "per_class_accuracy": run.test.per_class_accuracy,
-            "confusion_matrix": run.test.confusion,
-            "most_confident_mistakes": run.test.mistakes,
+            "test_accuracy": test.accuracy,
+            "test_loss": test.loss,
+            "per_class_accuracy": test.per_class_accuracy,
+            "confusion_matrix": test.confusion,
+            "most_confident_mistakes": test.mistakes,
             "best_epoch": run.best_epoch,
             "parity": parity.as_dict(),
         },

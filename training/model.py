@@ -28,8 +28,9 @@ from service.core.layer_specs import (
     parse_layers,
 )
 from service.core.shapes import layer_table
-from training.architectures import INPUT_SHAPE
+from training.architectures import ARCHITECTURES, INPUT_SHAPE
 from training.augment import reflect_index
+from training.config import TrainConfig
 
 
 def _activation(name: str | None) -> nn.Module | None:
@@ -193,6 +194,16 @@ class ExportedClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.classifier(images)
         return logits, torch.softmax(logits, dim=1)
+
+
+def build_classifier(config: TrainConfig) -> Classifier:
+    """The recipe's architecture, with its test-time views, initialised as the recipe says."""
+    if config.arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {config.arch!r}; known: {', '.join(ARCHITECTURES)}")
+    model = Classifier(ARCHITECTURES[config.arch], tta=config.tta)
+    if config.init == "keras":
+        keras_init(model)
+    return model
 
 
 def keras_init(model: nn.Module) -> None:

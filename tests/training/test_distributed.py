@@ -17,8 +17,8 @@ from tests.support import free_port
 from tests.training.conftest import class_images
 from training.config import TrainConfig
 from training.data import Split, train_val_split
-from training.distributed import World, world_from_env
-from training.train import rank_share, train_model
+from training.distributed import World, rank_share, world_from_env
+from training.train import train_model
 
 ROOT = Path(__file__).resolve().parents[2]
 

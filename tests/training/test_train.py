@@ -16,12 +16,8 @@ from training.config import TrainConfig
 from training.data import Split, train_val_split
 from training.evaluation import confident_mistakes, evaluate, evaluate_logits
 from training.model import Classifier
-from training.train import (
-    build_optimizer,
-    build_schedule,
-    train_model,
-    weight_average,
-)
+from training.optim import build_optimizer, build_schedule, weight_average
+from training.train import train_model
 
 TINY = TrainConfig(epochs=3, batch_size=32, val_size=60, threads=1)
 

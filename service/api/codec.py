@@ -6,99 +6,18 @@ request is refused with a message naming the tensor or instance.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import orjson
-import simdjson
 
+from service.api.json_wire import dumps, json_object, loads_infer_request
 from service.core.errors import InvalidInput, PayloadTooLarge, UnprocessableInput
 from service.engine.runtime import NUMPY_DTYPES
 
 DATATYPES = {dtype: name for name, dtype in NUMPY_DTYPES.items()}
-JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
-
-
-def dumps(data: Any) -> bytes:
-    return orjson.dumps(data, option=JSON_OPTIONS)
-
-
-def loads(body: bytes) -> Any:
-    """Parse a JSON body; malformed JSON is a 400 naming the problem."""
-    if not body:
-        raise InvalidInput("the request body is empty; expected JSON")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
-
-
-def _plain(value: Any) -> Any:
-    """A lazily parsed simdjson value as plain Python (what ``orjson.loads`` would give)."""
-    if isinstance(value, simdjson.Object):
-        return value.as_dict()
-    if isinstance(value, simdjson.Array):
-        return value.as_list()
-    return value
-
-
-def _numbers(data: Any, datatype: Any) -> Any:
-    """A flat JSON array of numbers straight into numpy (no Python number objects), or the
-    plain list when it is anything else; ``array_from_json`` checks either the same way."""
-    if not isinstance(data, simdjson.Array):
-        return _plain(data)
-    if datatype != "BOOL":  # nesting is flattened row-major, as ``array_from_json`` does
-        floats = datatype in ("FP32", "FP16")
-        try:
-            buffer = data.as_buffer(of_type="d" if floats else "i")
-        except (TypeError, ValueError):
-            pass  # mixed, out of range or not numbers: the careful path names the problem
-        else:
-            return np.frombuffer(buffer, dtype=np.float64 if floats else np.int64)
-    return data.as_list()
-
-
-def loads_infer_request(body: bytes) -> Any:
-    """Parse a v2 infer body with tensor ``data`` as numpy arrays where they are flat numbers.
-
-    Parsing 3,072 pixels through Python floats costs more than running the model on them, so
-    simdjson hands the numbers over as one buffer; anything unusual takes ``loads``' path.
-    """
-    try:
-        return _loads_with_simdjson(body)
-    except (ValueError, TypeError, RuntimeError, KeyError):
-        # Malformed, or what simdjson does not take (integers over 64 bits, keys with escapes
-        # it cannot look up again): orjson reads it, or its message is the clearer one.
-        return loads(body)
-
-
-def _loads_with_simdjson(body: bytes) -> Any:
-    doc = simdjson.Parser().parse(body)
-    if not isinstance(doc, simdjson.Object):
-        return _plain(doc)
-    request = {key: _plain(doc[key]) for key in doc.keys() if key != "inputs"}  # noqa: SIM118
-    inputs = doc.get("inputs")
-    if isinstance(inputs, simdjson.Array):
-        tensors: list[Any] = []
-        for index in range(len(inputs)):
-            tensor = inputs[index]
-            if not isinstance(tensor, simdjson.Object):
-                tensors.append(_plain(tensor))
-                continue
-            item = {key: _plain(tensor[key]) for key in tensor.keys() if key != "data"}  # noqa: SIM118
-            if "data" in tensor:
-                item["data"] = _numbers(tensor["data"], item.get("datatype"))
-            tensors.append(item)
-        request["inputs"] = tensors
-    elif inputs is not None:
-        request["inputs"] = _plain(inputs)
-    return request
-
-
 # The fields of a v2 infer request (the protocol's, and the model_name / model_version that the
 # KServe SDK's REST client writes into the body), its input tensors and its requested outputs.
 REQUEST_FIELDS = frozenset({"id", "parameters", "inputs", "outputs", "model_name", "model_version"})
@@ -128,43 +47,6 @@ class InferRequest:
     binary_output: bool = False
     model_name: str | None = None  # as the body names it (KServe's SDK does); None when absent
     model_version: str | None = None
-
-
-def json_object(
-    value: Any, where: str, fields: frozenset[str] | None = None, *, ignore_unknown: bool = False
-) -> Mapping[str, Any]:
-    """``value`` as a JSON object; with ``fields``, a key outside them is a 400 (a misspelt
-    ``"shapes"`` would otherwise be ignored without a word).
-
-    ``ignore_unknown`` (request bodies' top level) lets other keys through, as Triton and MLServer
-    do, so a client that adds a field of its own is not broken; a key that looks like a misspelt
-    protocol field (``"input"``, ``"output"``, ``"Top_K"``) is still a 400, since ignoring it
-    would change the answer without a word.
-    """
-    if not isinstance(value, Mapping):
-        raise InvalidInput(f"{where} must be a JSON object")
-    if fields is None or fields.issuperset(value):
-        return value
-    unknown = sorted(str(k) for k in value if k not in fields)
-    if ignore_unknown:
-        unknown = [key for key in unknown if misspelt_field(key, fields) is not None]
-        if not unknown:
-            return value
-        guesses = ", ".join(f"{key!r} -> {misspelt_field(key, fields)!r}" for key in unknown)
-        raise InvalidInput(
-            f"{where} has unknown field(s) {unknown} that look like misspelt ones ({guesses}); "
-            f"expected {', '.join(sorted(fields))} (other fields are ignored)"
-        )
-    raise InvalidInput(
-        f"{where} has unknown field(s) {unknown}; expected {', '.join(sorted(fields))}"
-    )
-
-
-def misspelt_field(key: str, fields: frozenset[str]) -> str | None:
-    """The protocol field ``key`` most likely misspells (case, a letter, ``_``), or None."""
-    lowered = {name.lower(): name for name in fields}
-    close = difflib.get_close_matches(key.lower().replace("-", "_"), lowered, n=1, cutoff=0.75)
-    return lowered[close[0]] if close else None
 
 
 def _parameters(value: Mapping[str, Any], where: str) -> Mapping[str, Any]:
@@ -270,8 +152,19 @@ def decode_infer_request(body: bytes, header_length: int | None, max_rows: int) 
     model_name = request.get("model_name")
     if model_name is not None and not isinstance(model_name, str):
         raise InvalidInput("'model_name' must be a string")
-    model_version = _model_version(request.get("model_version"))
-    raw_inputs = request.get("inputs")
+    binary_output = _parameters(request, "the request").get("binary_data_output") is True
+    return InferRequest(
+        request_id,
+        _input_tensors(request.get("inputs"), binary, max_rows),
+        _requested_outputs(request.get("outputs", []), binary_output),
+        binary_output,
+        model_name or None,
+        _model_version(request.get("model_version")),
+    )
+
+
+def _input_tensors(raw_inputs: Any, binary: bytes, max_rows: int) -> list[InputTensor]:
+    """The request's input tensors; binary ones take their bytes from ``binary`` in order."""
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("'inputs' must be a non-empty list of tensors")
     inputs: list[InputTensor] = []
@@ -290,31 +183,37 @@ def decode_infer_request(body: bytes, header_length: int | None, max_rows: int) 
         shape = _shape(tensor.get("shape"), where, max_rows)
         size = _parameters(tensor, where).get("binary_data_size")
         if size is not None:
-            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise InvalidInput(f"{where}: binary_data_size must be a non-negative integer")
-            chunk = binary[offset : offset + size]
-            offset += size
-            dtype = NUMPY_DTYPES[datatype]
-            expected = math.prod(shape) * dtype.itemsize
-            if len(chunk) != size or size != expected:
-                raise UnprocessableInput(
-                    f"{where}: {len(chunk)} bytes of binary data but shape {shape} of "
-                    f"{datatype} needs {expected}"
-                )
-            data = np.frombuffer(chunk, dtype=dtype).reshape(shape)
+            data = _binary_data(binary[offset:], size, datatype, shape, where)
+            offset += data.nbytes
         else:
-            data = array_from_json(tensor.get("data"), str(datatype), shape, where)
-        inputs.append(InputTensor(name, str(datatype), shape, data))
+            data = array_from_json(tensor.get("data"), datatype, shape, where)
+        inputs.append(InputTensor(name, datatype, shape, data))
     if offset != len(binary):
         raise UnprocessableInput(
             f"the body carries {len(binary) - offset} bytes of binary data no input claims"
         )
-    parameters = _parameters(request, "the request")
-    binary_output = parameters.get("binary_data_output") is True
-    outputs: list[RequestedOutput] = []
-    raw_outputs = request.get("outputs", [])
+    return inputs
+
+
+def _binary_data(rest: bytes, size: Any, datatype: str, shape: list[int], where: str) -> np.ndarray:
+    """The tensor held in the first ``size`` bytes of ``rest`` (the binary extension)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise InvalidInput(f"{where}: binary_data_size must be a non-negative integer")
+    chunk = rest[:size]
+    dtype = NUMPY_DTYPES[datatype]
+    expected = math.prod(shape) * dtype.itemsize
+    if len(chunk) != size or size != expected:
+        raise UnprocessableInput(
+            f"{where}: {len(chunk)} bytes of binary data but shape {shape} of "
+            f"{datatype} needs {expected}"
+        )
+    return np.frombuffer(chunk, dtype=dtype).reshape(shape)
+
+
+def _requested_outputs(raw_outputs: Any, binary_output: bool) -> list[RequestedOutput]:
     if not isinstance(raw_outputs, list):
         raise InvalidInput("'outputs' must be a list")
+    outputs: list[RequestedOutput] = []
     for i, raw in enumerate(raw_outputs):
         out = json_object(raw, f"outputs[{i}]", OUTPUT_FIELDS)
         name = out.get("name")
@@ -322,14 +221,7 @@ def decode_infer_request(body: bytes, header_length: int | None, max_rows: int) 
             raise InvalidInput(f"outputs[{i}].name must be a non-empty string")
         flag = _parameters(out, f"outputs[{i}]").get("binary_data", binary_output)
         outputs.append(RequestedOutput(name, flag is True))
-    return InferRequest(
-        request_id if isinstance(request_id, str) else None,
-        inputs,
-        outputs,
-        binary_output,
-        model_name or None,
-        model_version,
-    )
+    return outputs
 
 
 def _model_version(value: Any) -> str | None:

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.responses import JSONResponse as StarletteJSONResponse
 
-from service.api.codec import dumps
+from service.api.json_wire import dumps
 from service.core.errors import (
     InvalidInput,
     Overloaded,

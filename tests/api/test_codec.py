@@ -18,10 +18,10 @@ from service.api.codec import (
     array_from_json,
     decode_infer_request,
     encode_infer_response,
-    loads_infer_request,
     to_pixels,
     top_k,
 )
+from service.api.json_wire import loads_infer_request
 from service.core.errors import ServingError, UnprocessableInput
 
 shapes = st.lists(st.integers(1, 4), min_size=1, max_size=4)

@@ -19,7 +19,6 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, Response
 
-from service.api.codec import loads
 from service.api.feature_grid import render_feature_grid
 from service.api.http_io import (
     MULTIPART,
@@ -31,6 +30,7 @@ from service.api.http_io import (
     validated_body,
 )
 from service.api.images import decode_b64_image, decode_image
+from service.api.json_wire import loads
 from service.api.predict import instances_to_pixels
 from service.api.schemas import errors, json_body
 from service.api.state import State

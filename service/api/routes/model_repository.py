@@ -13,8 +13,8 @@ from fastapi import APIRouter, Depends, Request
 
 from service.api import dataplane
 from service.api.admin import require_admin
-from service.api.codec import loads
 from service.api.http_io import read_json_body, validated_body
+from service.api.json_wire import loads
 from service.api.schemas import RepositoryIndexEntry, RepositoryRequest, errors, json_body
 from service.api.state import State
 

@@ -9,7 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
 
-from service.api.codec import json_object, loads, top_k
+from service.api.codec import top_k
 from service.api.http_io import (
     MULTIPART,
     media_type,
@@ -18,6 +18,7 @@ from service.api.http_io import (
     validated_body,
 )
 from service.api.images import decode_b64_image, decode_image
+from service.api.json_wire import json_object, loads
 from service.api.predict import PREDICT_FIELDS, predict_pixels
 from service.api.schemas import PredictRequest, PredictResponse, errors, json_body
 from service.api.state import ServiceState, State

@@ -1,0 +1,130 @@
+"""JSON on the wire: orjson for answers and ordinary bodies, simdjson for the numbers of v2 infer
+bodies (straight into numpy), and the rule for a body's fields (unknown ones ignored unless they
+look misspelt)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import orjson
+import simdjson
+
+from service.core.errors import InvalidInput
+
+JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def dumps(data: Any) -> bytes:
+    return orjson.dumps(data, option=JSON_OPTIONS)
+
+
+def loads(body: bytes) -> Any:
+    """Parse a JSON body; malformed JSON is a 400 naming the problem."""
+    if not body:
+        raise InvalidInput("the request body is empty; expected JSON")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+
+
+def _plain(value: Any) -> Any:
+    """A lazily parsed simdjson value as plain Python (what ``orjson.loads`` would give)."""
+    if isinstance(value, simdjson.Object):
+        return value.as_dict()
+    if isinstance(value, simdjson.Array):
+        return value.as_list()
+    return value
+
+
+def _numbers(data: Any, datatype: Any) -> Any:
+    """A flat JSON array of numbers straight into numpy (no Python number objects), or the
+    plain list when it is anything else; ``array_from_json`` checks either the same way."""
+    if not isinstance(data, simdjson.Array):
+        return _plain(data)
+    if datatype != "BOOL":  # nesting is flattened row-major, as ``array_from_json`` does
+        floats = datatype in ("FP32", "FP16")
+        try:
+            buffer = data.as_buffer(of_type="d" if floats else "i")
+        except (TypeError, ValueError):
+            pass  # mixed, out of range or not numbers: the careful path names the problem
+        else:
+            return np.frombuffer(buffer, dtype=np.float64 if floats else np.int64)
+    return data.as_list()
+
+
+def loads_infer_request(body: bytes) -> Any:
+    """Parse a v2 infer body with tensor ``data`` as numpy arrays where they are flat numbers.
+
+    Parsing 3,072 pixels through Python floats costs more than running the model on them, so
+    simdjson hands the numbers over as one buffer; anything unusual takes ``loads``' path.
+    """
+    try:
+        return _loads_with_simdjson(body)
+    except (ValueError, TypeError, RuntimeError, KeyError):
+        # Malformed, or what simdjson does not take (integers over 64 bits, keys with escapes
+        # it cannot look up again): orjson reads it, or its message is the clearer one.
+        return loads(body)
+
+
+def _loads_with_simdjson(body: bytes) -> Any:
+    doc = simdjson.Parser().parse(body)
+    if not isinstance(doc, simdjson.Object):
+        return _plain(doc)
+    request = {key: _plain(doc[key]) for key in doc.keys() if key != "inputs"}  # noqa: SIM118
+    inputs = doc.get("inputs")
+    if isinstance(inputs, simdjson.Array):
+        tensors: list[Any] = []
+        for index in range(len(inputs)):
+            tensor = inputs[index]
+            if not isinstance(tensor, simdjson.Object):
+                tensors.append(_plain(tensor))
+                continue
+            item = {key: _plain(tensor[key]) for key in tensor.keys() if key != "data"}  # noqa: SIM118
+            if "data" in tensor:
+                item["data"] = _numbers(tensor["data"], item.get("datatype"))
+            tensors.append(item)
+        request["inputs"] = tensors
+    elif inputs is not None:
+        request["inputs"] = _plain(inputs)
+    return request
+
+
+def json_object(
+    value: Any, where: str, fields: frozenset[str] | None = None, *, ignore_unknown: bool = False
+) -> Mapping[str, Any]:
+    """``value`` as a JSON object; with ``fields``, a key outside them is a 400 (a misspelt
+    ``"shapes"`` would otherwise be ignored without a word).
+
+    ``ignore_unknown`` (request bodies' top level) lets other keys through, as Triton and MLServer
+    do, so a client that adds a field of its own is not broken; a key that looks like a misspelt
+    protocol field (``"input"``, ``"output"``, ``"Top_K"``) is still a 400, since ignoring it
+    would change the answer without a word.
+    """
+    if not isinstance(value, Mapping):
+        raise InvalidInput(f"{where} must be a JSON object")
+    if fields is None or fields.issuperset(value):
+        return value
+    unknown = sorted(str(k) for k in value if k not in fields)
+    if ignore_unknown:
+        unknown = [key for key in unknown if misspelt_field(key, fields) is not None]
+        if not unknown:
+            return value
+        guesses = ", ".join(f"{key!r} -> {misspelt_field(key, fields)!r}" for key in unknown)
+        raise InvalidInput(
+            f"{where} has unknown field(s) {unknown} that look like misspelt ones ({guesses}); "
+            f"expected {', '.join(sorted(fields))} (other fields are ignored)"
+        )
+    raise InvalidInput(
+        f"{where} has unknown field(s) {unknown}; expected {', '.join(sorted(fields))}"
+    )
+
+
+def misspelt_field(key: str, fields: frozenset[str]) -> str | None:
+    """The protocol field ``key`` most likely misspells (case, a letter, ``_``), or None."""
+    lowered = {name.lower(): name for name in fields}
+    close = difflib.get_close_matches(key.lower().replace("-", "_"), lowered, n=1, cutoff=0.75)
+    return lowered[close[0]] if close else None

@@ -47,6 +47,8 @@ def serve_with_probes(out: Path) -> None:
             gc_pauses.append((gc_start[0], time.perf_counter() - gc_start[0], info["generation"]))
 
     gc.callbacks.append(on_gc)
+    if os.environ.get("PROFILE_SWITCH_INTERVAL_S"):  # an experiment: the GIL's hand-over time
+        sys.setswitchinterval(float(os.environ["PROFILE_SWITCH_INTERVAL_S"]))
 
     timelines: list[tuple[float, float, float, float, float]] = []  # start, queued, run, done, end
     marks: dict[int, list[float]] = {}

@@ -8,6 +8,7 @@ Settings come from the environment (see ``service/settings.py``); the flags over
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 from pathlib import Path
@@ -42,7 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _exit_cleanly)
     common = uvicorn_options(settings)
     if settings.workers == 1:
-        uvicorn.run(app_for(settings), **common)
+        app = app_for(settings)
+        tune_collector(settings)
+        uvicorn.run(app, **common)
         return
     # Each worker process builds its own app from the environment, so the flags go there too.
     os.environ.update({key.upper(): str(value) for key, value in overrides.items()})
@@ -56,6 +59,17 @@ def main(argv: list[str] | None = None) -> None:
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
+
+
+def tune_collector(settings: Settings) -> None:
+    """Freeze what start-up made (imports, settings, the app's modules) out of the collector's
+    scans and raise its generation-0 threshold (GC_GEN0_THRESHOLD; see docs/benchmarks.md)."""
+    if settings.gc_gen0_threshold == 0:
+        return
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(settings.gc_gen0_threshold, gen1, gen2)
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -82,7 +96,9 @@ def app_from_environment() -> FastAPI:
     """The app of one worker process (``WORKERS`` > 1)."""
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
-    return app_for(settings)
+    app = app_for(settings)
+    tune_collector(settings)
+    return app
 
 
 if __name__ == "__main__":

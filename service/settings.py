@@ -179,6 +179,19 @@ class Settings(BaseSettings):
             "the FastAPI route; the same answers, more overhead per request)."
         ),
     )
+    gc_gen0_threshold: int = Field(
+        default=50_000,
+        ge=0,
+        description=(
+            "Python's generation-0 collection threshold, set where the server starts, after "
+            "gc.freeze() has moved what start-up made (about 85,000 objects) out of the "
+            "collector's scans. With Python's defaults (700, no freeze) full collections under "
+            "64-client load paused the loop for up to 400 ms and held every slowest-1% request "
+            "(docs/benchmarks.md). Cyclic garbage is still collected, after this many more "
+            "tracked objects were made than freed, so memory stays bounded. 0: Python's "
+            "defaults, no freeze."
+        ),
+    )
     poll_interval_s: float = Field(
         default=2.0,
         ge=0,

@@ -50,6 +50,7 @@ STANDIN_NGINX = "localhost/cifar-serve-standin-nginx:1.26-trixie"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 HUB_PYTHON, HUB_NGINX = "python:3.11-slim", "nginx:1.28-alpine"
+TORCH_INDEX_PORT = 38741  # the local stand-in for PyTorch's CPU index
 MODELS = ("cifar10_cnn", "cifar10_cnn_bn")  # classified through the images and locally
 # What podman 4.3 needs on this machine kind (issue 15): runc, cgroupfs, file events, ulimits.
 PODMAN_CONF = """[containers]
@@ -617,7 +618,12 @@ def wheel_index(wheel: Path) -> Iterator[str]:
             def log_message(self, *a: Any) -> None:
                 pass
 
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+        # A fixed port where free: TORCH_INDEX_URL is a build argument, so a new URL each run
+        # would invalidate the cached dependency layer of the trainer.
+        try:
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", TORCH_INDEX_PORT), Quiet)
+        except OSError:
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:

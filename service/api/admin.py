@@ -62,10 +62,10 @@ BEARER = HTTPBearer(
 )
 
 
-def require_admin(
+async def require_admin(
     request: Request, state: State, _: Annotated[Any, Security(BEARER)] = None
 ) -> None:
-    """The REST routes' dependency: ``check_admin`` on the request."""
+    """The REST routes' dependency: ``check_admin`` on the request (async: no thread hop)."""
     check_admin(
         state.settings.admin_token,
         request.client.host if request.client else None,

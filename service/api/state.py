@@ -73,7 +73,9 @@ def build_state(settings: Settings) -> ServiceState:
     return ServiceState(settings, repository, metrics, ActivationSessions(options))
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
+    """The dependency behind ``State``. Async on purpose: FastAPI runs a plain ``def``
+    dependency in its thread pool, a thread hop per request (about 0.25 ms on :predict here)."""
     state: ServiceState = request.app.state.service
     return state
 

@@ -371,7 +371,7 @@ def section(args: argparse.Namespace, serve: dict[str, Any], train: dict[str, An
         "",
         f"- When: {datetime.now(UTC).isoformat(timespec='seconds')}; machine: "
         f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores shared by servers, client "
-        "and any other work on the machine (note it below)",
+        "and any other work on the machine (what else ran: next section)",
         f"- Command: `python scripts/bench_peers.py --seconds {args.seconds:g}"
         f"{' --no-train' if args.no_train else ''}` (`make bench-peers`)",
         "- Servers, one after the other: PyTriton (`../shared/peers/pytriton_server.py`: Triton's "

@@ -76,10 +76,40 @@ def export_onnx(model: Classifier, path: Path, opset: int = OPSET) -> None:
             opset_version=opset,
             dynamo=False,  # keeps module paths (conv2d_1, dense...) in the node names
         )
+    graph = onnx.load(str(path))
+    if own_initializers(graph):
+        onnx.save(graph, str(path))
     try:
-        onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+        onnx.checker.check_model(graph, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"{path}: the ONNX checker refused the graph: {exc}") from None
+
+
+def own_initializers(model: onnx.ModelProto) -> int:
+    """Give back each layer its own weights where the exporter stored equal tensors once and fed
+    the other layers through ``Identity`` nodes; returns how many it restored.
+
+    Equal tensors are common: every batch norm without a learned scale holds ones, and untrained
+    Dirac filters are equal. The service reads each layer's parameters from its initializers.
+    """
+    graph = model.graph
+    stored = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    kept, restored = [], 0
+    for node in graph.node:
+        source = node.input[0] if node.op_type == "Identity" and node.input else None
+        if source in stored and node.output[0] not in outputs:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(stored[source])
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+            restored += 1
+        else:
+            kept.append(node)
+    if restored:
+        del graph.node[:]
+        graph.node.extend(kept)
+    return restored
 
 
 def _version(package: str) -> str:

@@ -134,6 +134,21 @@ def test_the_service_reads_the_same_layer_table_from_a_tta_graph(tmp_path: Path)
     assert tables[1].total_params == layer_table((32, 32, 3), TINY_94).total_params
 
 
+def test_layers_with_equal_weights_keep_their_own_tensors_in_the_graph(tmp_path: Path) -> None:
+    """Untrained, TINY_94's two batch norms without scale both hold ones(8): the exporter would
+    store them once, and the service's layer reader would find no weights for the second."""
+    layers = [*TINY_94[:6], {**TINY_94[4]}, *TINY_94[6:]]
+    model = Classifier(layers).eval()
+    path = tmp_path / "equal.onnx"
+    export_onnx(model, path)
+    graph = onnx.load(str(path))
+    assert not [n for n in graph.graph.node if n.op_type == "Identity"]
+    report = read_layers(path.read_bytes(), _card(path))
+    assert report.table is not None, report.error
+    assert report.table.total_params == layer_table((32, 32, 3), layers).total_params
+    assert check_parity(model, path, class_images(1, 3)[0]).passed
+
+
 def test_the_card_says_which_views_the_graph_averages() -> None:
     assert "test_time_augmentation" not in preprocessing("none")
     assert "6 views" in preprocessing("flip-translate")["test_time_augmentation"]

@@ -175,9 +175,14 @@ def loadgen(
         "--concurrency", str(clients), "--seconds", str(seconds), "--warmup", "1",
         *(extra or []),
     ]  # fmt: skip
+    return _json_run(cmd, seconds)
+
+
+def _json_run(cmd: list[str], seconds: float) -> dict[str, Any]:
+    """A load generator's run: its JSON summary from stdout, or exit naming its error."""
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
     if result.returncode:
-        raise SystemExit(f"loadgen failed: {result.stderr}")
+        raise SystemExit(f"{Path(cmd[1]).name} failed: {result.stderr}")
     out: dict[str, Any] = json.loads(result.stdout)
     return out
 
@@ -188,11 +193,7 @@ def grpc_loadgen(port: int, model: str, seconds: float, blocking: bool) -> dict[
         f"127.0.0.1:{port}", "--model", model, "--concurrency", "1", "--seconds", str(seconds),
         *(["--blocking"] if blocking else []),
     ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
-    if result.returncode:
-        raise SystemExit(f"loadgen_grpc failed: {result.stderr}")
-    out: dict[str, Any] = json.loads(result.stdout)
-    return out
+    return _json_run(cmd, seconds)
 
 
 def binary_body() -> tuple[bytes, str]:

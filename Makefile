@@ -138,7 +138,7 @@ train-best: $(VENV)/.dev-stamp $(DATA)
 # models/cifar10_cnn_94/<next> only if test accuracy >= 0.93, then its INT8 copy.
 NINETY4_FLAGS = --arch cifar_94 --init torch --epochs 10 --batch-size 1024 --optimizer sgd \
 	--lr 1.5 --momentum 0.85 --weight-decay 1.33e-3 --bn-bias-lr-scale 64 --label-smoothing 0.2 \
-	--schedule onecycle --lookahead-every 5 --augment flip-crop --crop-pad 2 --flip alternate \
+	--schedule linear --lookahead-every 5 --augment flip-crop --crop-pad 2 --flip alternate \
 	--whiten-bias-epochs 3 --tta flip-translate --autocast bf16 --val-size 1000 --keep last
 train-94: $(VENV)/.dev-stamp $(DATA)
 	$(BIN)/python -m training retrain --data $(DATA) --name cifar10_cnn_94 --min-accuracy 0.93 \

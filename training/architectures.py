@@ -92,7 +92,9 @@ def _block94(filters: int) -> list[dict[str, Any]]:
         "type": "conv2d", "filters": filters, "kernel": 3, "padding": "same", "bias": False,
         "init": "dirac",
     }  # fmt: skip
-    norm = {"type": "batch_norm", "scale": False, "momentum": 0.6, "eps": 1e-12}
+    # airbench's batch-norm momentum 0.6 is the share of the old statistics (Keras' convention);
+    # PyTorch's momentum is the share of the new batch: 1 - 0.6.
+    norm = {"type": "batch_norm", "scale": False, "momentum": 0.4, "eps": 1e-12}
     gelu = {"type": "activation", "fn": "gelu"}
     return [conv, {"type": "max_pool", "pool": 2}, norm, gelu, {**conv}, {**norm}, {**gelu}]
 

@@ -34,8 +34,11 @@ class TrainConfig:
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing (0: none, the lecture's)")
     schedule: str = _f(
         "constant",
-        "learning rate schedule: constant (the lecture's) or onecycle (warm-up to --lr, then down)",
-        choices=("constant", "onecycle"),
+        "learning rate schedule: constant (the lecture's), onecycle (PyTorch's OneCycleLR: up to "
+        "--lr over a quarter of the steps, then down; it also cycles momentum 0.95-0.85-0.95 and "
+        "ignores --momentum) or linear (airbench's: from 0.2 x --lr up to --lr over 23%% of the "
+        "steps, then down to 0.07 x --lr; --momentum held)",
+        choices=("constant", "onecycle", "linear"),
     )
     augment: str = _f(
         "none",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, cast
 
@@ -164,6 +165,39 @@ def test_bn_bias_lr_scale_gives_batch_norm_biases_their_own_rate_and_decay() -> 
     assert peaks == [0.2, pytest.approx(0.2 * 64)]
     plain = build_optimizer(TrainConfig(optimizer="sgd"), model)
     assert len(plain.param_groups) == 1
+
+
+def test_linear_schedule_rises_from_a_fifth_to_the_peak_then_falls_and_holds_momentum() -> None:
+    config = TrainConfig(
+        optimizer="sgd", lr=0.5, momentum=0.85, bn_bias_lr_scale=64.0, schedule="linear", epochs=10
+    )
+    optimizer = build_optimizer(config, Classifier(TINY_94))
+    schedule = build_schedule(config, optimizer, steps_per_epoch=10)  # 100 steps, peak at 23
+    assert schedule is not None
+    rates, momenta = [], []
+    for _ in range(100):
+        rates.append([group["lr"] for group in optimizer.param_groups])
+        momenta.append({group["momentum"] for group in optimizer.param_groups})
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == [pytest.approx(0.1), pytest.approx(0.1 * 64)]
+    assert rates[23] == [pytest.approx(0.5), pytest.approx(0.5 * 64)]
+    assert max(r[0] for r in rates) == pytest.approx(0.5)
+    assert rates[99][0] == pytest.approx(0.5 * (0.07 + 0.93 / 77))  # one step before the end
+    assert all(a[0] < b[0] for a, b in itertools.pairwise(rates[:24]))
+    assert all(a[0] > b[0] for a, b in itertools.pairwise(rates[23:]))
+    assert momenta == [{0.85}] * 100  # OneCycleLR would have cycled it through 0.95
+
+
+def test_the_whitening_layer_runs_in_float32_under_bf16_autocast() -> None:
+    model = Classifier(TINY_94).eval()
+    first = model.net[0]
+    x = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert first(torch.rand(2, 3, 32, 32)).dtype == torch.float32
+        assert model.net[2](torch.rand(2, 24, 31, 31)).dtype == torch.bfloat16  # the rest: bf16
+        logits = model(x)
+    assert torch.allclose(logits.float(), model(x), atol=0.05)
 
 
 def _tiny_94_run(monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> Classifier:

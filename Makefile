@@ -7,7 +7,7 @@ TARBALL := ../shared/data/cifar10-jpeg.tar.gz
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
 
-.PHONY: serve test lint browser nginx train train-best train-94 train-ddp bench bench-peers soak \
+.PHONY: serve test lint browser nginx train train-best train-94 ablate-94 train-ddp bench bench-peers soak \
 	fuzz data clean lock image-check compose-env test-fast
 
 $(BIN)/python:
@@ -145,6 +145,12 @@ train-94: $(VENV)/.dev-stamp $(DATA)
 	  $(NINETY4_FLAGS) $(RETRAIN_FLAGS)
 	$(BIN)/python -m training quantize --data $(DATA) --model models/cifar10_cnn_94 \
 	  --name cifar10_cnn_94_int8
+
+# The same run with one method removed (scripts/ablate_94.py lists them), trained into runs/ and
+# never published: make ablate-94 ABLATE=no-lookahead [RETRAIN_FLAGS="--seed 1"]
+ABLATE ?= none
+ablate-94: $(VENV)/.dev-stamp $(DATA)
+	$(BIN)/python scripts/ablate_94.py $(ABLATE) -- --data $(DATA) $(NINETY4_FLAGS) $(RETRAIN_FLAGS)
 
 # Data-parallel training: NPROC processes on this machine (gloo on CPU, NCCL with --device cuda);
 # --batch-size stays the global batch, so the recipe is the one `make train` runs.

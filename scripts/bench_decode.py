@@ -1,0 +1,96 @@
+"""What decoding one v2 infer request costs the event loop, step by step (issue 16).
+
+    python scripts/bench_decode.py [--images 1] [--repeats 3000]
+
+Times, in microseconds per request, the parts of ``decode_infer_request`` on the bodies the
+benchmarks send (a 1-image FP32 JSON body of ~59 KB, and the same pixels as UINT8 JSON and as
+the binary extension), plus orjson on the JSON body for comparison. One process, one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import simdjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from service.api.codec import array_from_json, decode_infer_request  # noqa: E402
+from service.api.json_wire import loads_infer_request  # noqa: E402
+
+
+def per_call_us(fn: Callable[[], Any], repeats: int) -> float:
+    """Median of five timed loops of ``repeats`` calls, after one untimed loop."""
+    fn()
+    loops = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        loops.append((time.perf_counter() - start) / repeats * 1e6)
+    return round(sorted(loops)[2], 1)
+
+
+def _simdjson_parse(body: bytes) -> Any:
+    return simdjson.Parser().parse(body)  # a parser per request, as ``loads_infer_request`` does
+
+
+def bodies(images: int) -> dict[str, tuple[bytes, int | None]]:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8)
+    shape = list(pixels.shape)
+
+    def json_body(datatype: str, data: Any) -> bytes:
+        tensor = {"name": "images", "shape": shape, "datatype": datatype, "data": data}
+        return orjson.dumps({"inputs": [tensor]})
+
+    header = orjson.dumps(
+        {"inputs": [{"name": "images", "shape": shape, "datatype": "UINT8",
+                     "parameters": {"binary_data_size": pixels.size}}]}
+    )  # fmt: skip
+    return {
+        "FP32 JSON": (json_body("FP32", (pixels / 255.0).ravel().tolist()), None),
+        "UINT8 JSON": (json_body("UINT8", pixels.ravel().tolist()), None),
+        "UINT8 binary": (header + pixels.tobytes(), len(header)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3000)
+    args = parser.parse_args()
+    results: dict[str, Any] = {}
+    for name, (body, header_length) in bodies(args.images).items():
+        row: dict[str, Any] = {"bytes": len(body)}
+        row["decode_infer_request"] = per_call_us(
+            partial(decode_infer_request, body, header_length, 64), args.repeats
+        )
+        if header_length is None:
+            parsed = loads_infer_request(body)["inputs"][0]["data"]
+            datatype = "FP32" if name.startswith("FP32") else "UINT8"
+            shape = [args.images, 32, 32, 3]
+            row["simdjson_parse"] = per_call_us(partial(_simdjson_parse, body), args.repeats)
+            row["loads_infer_request"] = per_call_us(
+                partial(loads_infer_request, body), args.repeats
+            )
+            row["array_from_json"] = per_call_us(
+                partial(array_from_json, parsed, datatype, shape, "x"), args.repeats
+            )
+            row["orjson_loads"] = per_call_us(partial(orjson.loads, body), args.repeats)
+        results[name] = row
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

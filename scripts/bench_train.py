@@ -31,6 +31,7 @@ from scripts.report import write_section  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.data import load_cifar10  # noqa: E402
 from training.model import build_classifier  # noqa: E402
+from training.optim import build_optimizer  # noqa: E402
 from training.train import resolve_device  # noqa: E402
 
 EPOCH_IMAGES = 50_000
@@ -47,14 +48,15 @@ def cpu_name() -> str:
 
 
 def bench_training(
-    images: np.ndarray, labels: np.ndarray, device: str, steps: int, repeats: int
+    images: np.ndarray, labels: np.ndarray, config: TrainConfig, steps: int, repeats: int
 ) -> list[float]:
-    """Images per second of full training steps, one figure per repeat."""
-    config = TrainConfig(device=device)
+    """Images per second of full training steps of ``config``'s model, optimizer and autocast,
+    one figure per repeat."""
     torch.manual_seed(0)
-    dev = resolve_device(device)
+    dev = resolve_device(config.device)
     model = build_classifier(config).to(dev).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = build_optimizer(config, model)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=config.autocast == "bf16")
     x_all = torch.from_numpy(images).to(dev)
     y_all = torch.from_numpy(labels).to(dev)
     batch = config.batch_size
@@ -66,7 +68,9 @@ def bench_training(
         t0 = time.perf_counter()
         for step in range(steps):
             idx = order[(step * batch) % (len(x_all) - batch) :][:batch]
-            loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
+            with autocast:
+                logits = model(x_all[idx]).float()
+            loss = F.cross_entropy(logits, y_all[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -96,6 +100,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps per timed repeat")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--autocast",
+        default=TrainConfig.autocast,
+        choices=("none", "bf16"),
+        help="mixed precision, as python -m training's flag (default: the lecture recipe's)",
+    )
     parser.add_argument("--model", type=Path, default=ROOT / "models/cifar10_cnn/1/model.onnx")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks.md")
     parser.add_argument("--json", type=Path, help="also write the training rates here")
@@ -105,15 +115,18 @@ def main() -> None:
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     data = load_cifar10(args.data, ROOT / ".cache")
-    rates = bench_training(
-        data.train.images, data.train.labels, args.device, args.steps, args.repeats
-    )
+    config = TrainConfig(device=args.device, autocast=args.autocast)
+    rates = bench_training(data.train.images, data.train.labels, config, args.steps, args.repeats)
     rate = statistics.median(rates)
     if args.json is not None:
-        how = f"{args.steps} steps x {args.repeats} repeats after a warm-up, scripts/bench_train.py"
+        how = (
+            f"{args.steps} steps x {args.repeats} repeats after a warm-up, autocast "
+            f"{args.autocast}, scripts/bench_train.py"
+        )
         args.json.write_text(json.dumps({"rates": rates, "how": how}))
     lines = [
-        f"| training, batch 32, Adam ({args.device}) | {rate:,.0f} images/s "
+        f"| training, batch 32, Adam ({args.device}, autocast {args.autocast}) "
+        f"| {rate:,.0f} images/s "
         f"(repeats: {', '.join(f'{r:,.0f}' for r in rates)}) | "
         f"{EPOCH_IMAGES / rate:.1f} s per 50,000-image epoch |"
     ]
@@ -136,7 +149,7 @@ def main() -> None:
             f"- When: {datetime.now(UTC).isoformat(timespec='seconds')}",
             f"- Machine: {machine}",
             f"- Command: `python scripts/bench_train.py --device {args.device} "
-            f"--steps {args.steps} --repeats {args.repeats}`",
+            f"--steps {args.steps} --repeats {args.repeats} --autocast {args.autocast}`",
             f"- Data: CIFAR-10 JPEG copy ({args.data})",
             "- Model: the lecture's CNN (122,570 parameters)",
             "",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scripts.server_process import free_port  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.data import load_cifar10  # noqa: E402
 from training.model import build_classifier  # noqa: E402
@@ -87,13 +87,6 @@ def _rank(
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -112,7 +105,7 @@ def main() -> None:
             print(f"{name}, 1 process x 2 threads: {', '.join(f'{r:,.0f}' for r in rates)}")
             context = mp.get_context("spawn")
             out = context.Queue()
-            port = _free_port()
+            port = free_port()
             ranks = [
                 context.Process(target=_rank, args=(r, port, args, bf16, fused, out))
                 for r in range(2)

@@ -29,19 +29,15 @@ from tritonclient.grpc import service_pb2
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scripts.loadgen_grpc import METHOD, infer_request  # noqa: E402
 from scripts.server_process import free_port, wait_ready  # noqa: E402
-
-METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 
 def bodies(model: str) -> tuple[bytes, bytes, int]:
-    """The gRPC message (length-prefixed, as on the wire), the REST body and its header length."""
+    """The gRPC message (length-prefixed, as on the wire), the REST body and its header length,
+    both carrying the pixels that ``scripts/loadgen_grpc.py`` sends."""
+    message = infer_request(model, 1)
     pixels = np.random.default_rng(1).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
-    request = service_pb2.ModelInferRequest(model_name=model)
-    request.inputs.add(name="images", datatype="UINT8", shape=[1, 32, 32, 3])
-    request.outputs.add(name="probabilities")
-    request.raw_input_contents.append(pixels.tobytes())
-    message = request.SerializeToString()
     header = json.dumps(
         {"inputs": [{"name": "images", "shape": [1, 32, 32, 3], "datatype": "UINT8",
                      "parameters": {"binary_data_size": pixels.size}}],

@@ -32,7 +32,7 @@ from training.config import TrainConfig  # noqa: E402
 from training.data import load_cifar10  # noqa: E402
 from training.model import build_classifier  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
-from training.train import resolve_device  # noqa: E402
+from training.train import mixed_precision, resolve_device  # noqa: E402
 
 EPOCH_IMAGES = 50_000
 
@@ -56,7 +56,7 @@ def bench_training(
     dev = resolve_device(config.device)
     model = build_classifier(config).to(dev).train()
     optimizer = build_optimizer(config, model)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=config.autocast == "bf16")
+    autocast = mixed_precision(config, dev)
     x_all = torch.from_numpy(images).to(dev)
     y_all = torch.from_numpy(labels).to(dev)
     batch = config.batch_size

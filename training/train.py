@@ -56,6 +56,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def mixed_precision(config: TrainConfig, device: torch.device) -> torch.autocast:
+    """The autocast context of ``--autocast``: bf16 on CPU or CUDA, or a no-op."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.autocast == "bf16")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -166,7 +171,7 @@ def train_epoch(
     )
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.autocast == "bf16")
+    autocast = mixed_precision(config, device)
     bar = tqdm(
         range(run.steps),
         desc=f"Epoch {epoch}/{config.epochs}",

@@ -106,10 +106,12 @@ test: lint browser nginx
 test-fast: lint browser nginx
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# CIFAR-10 (JPEG copy) extracted into the git-ignored data/ folder.
+# CIFAR-10 (JPEG copy) extracted into the git-ignored data/ folder. Another DATA is the caller's:
+# with internet, `make train-94 DATA=data/cifar10 RETRAIN_FLAGS=--download` fetches the official
+# batches into it (MD5-checked) and trains on the original pixels.
 $(DATA):
-	mkdir -p data
-	tar -xzf $(TARBALL) -C data
+	@if [ "$(DATA)" = data/cifar10-jpeg ]; then mkdir -p data && tar -xzf $(TARBALL) -C data; \
+	else echo "$(DATA) is not here: RETRAIN_FLAGS=--download fetches the official CIFAR-10 into it"; fi
 
 data: $(DATA)
 

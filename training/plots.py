@@ -73,9 +73,13 @@ def plot_accuracy_vs_time(
     """Validation accuracy against the cumulative wall time of the epochs, one line per run
     (label, history, test accuracy): the chart that compares recipes of different speeds."""
     fig, ax = plt.subplots(figsize=(8, 5))
-    for label, history, test_accuracy in runs:
+    for index, (label, history, test_accuracy) in enumerate(runs):
         minutes = np.cumsum([h["seconds"] for h in history]) / 60
-        line = ax.plot(minutes, [h["val_accuracy"] for h in history], marker="o", label=label)
+        # past the colour cycle's ten colours, dashed lines keep the runs apart
+        style = "-" if index < 10 else "--"
+        line = ax.plot(
+            minutes, [h["val_accuracy"] for h in history], style, marker="o", label=label
+        )
         ax.scatter([minutes[-1]], [test_accuracy], marker="*", s=160, color=line[0].get_color())
     ax.set(
         xlabel="wall time of the epochs (minutes)",

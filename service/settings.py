@@ -107,6 +107,45 @@ class Settings(BaseSettings):
         ge=1,
         description="Largest decoded image (width x height) accepted from an uploaded file (422).",
     )
+    max_request_pixels: int = Field(
+        default=64_000_000,
+        ge=1,
+        description=(
+            "Most pixels one request's image files may decode to, summed over its images (JPEGs "
+            "count at the reduced scale they are decoded at); checked from the files' headers "
+            "before any is decoded (413). A 4000x4000 PNG takes about 0.2 s to decode here."
+        ),
+    )
+    work_threads: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Threads that decode request bodies and images and encode feature maps, off the "
+            "event loop (0: the cores this process may use divided by WORKERS)."
+        ),
+    )
+    max_waiting_work: int = Field(
+        default=256,
+        ge=0,
+        description="Decoding jobs queued behind WORK_THREADS before requests get 503.",
+    )
+    inline_decode_bytes: int = Field(
+        default=65_536,
+        ge=0,
+        description=(
+            "Bodies up to this size without images are decoded on the event loop: the thread "
+            "hop costs more than their decoding (under 0.1 ms), and the request limits bound "
+            "it. Larger ones, and every image, are decoded in the work pool."
+        ),
+    )
+    loop_lag_interval_s: float = Field(
+        default=0.1,
+        ge=0,
+        description=(
+            "How often the event loop's lag (how late a timer fires) is measured into the "
+            "event_loop_lag_seconds histogram (0: not measured)."
+        ),
+    )
     default_top_k: int = Field(
         default=5,
         ge=1,

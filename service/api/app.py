@@ -69,13 +69,16 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(state.repository.load)
-        watcher = None
+        watchers = []
         if settings.poll_interval_s > 0:
-            watcher = asyncio.create_task(state.repository.watch(settings.poll_interval_s))
+            watchers.append(asyncio.create_task(state.repository.watch(settings.poll_interval_s)))
+        if settings.loop_lag_interval_s > 0:
+            lag = state.metrics.watch_loop_lag(settings.loop_lag_interval_s)
+            watchers.append(asyncio.create_task(lag))
         try:
             yield
         finally:
-            if watcher is not None:
+            for watcher in watchers:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from service.api.json_wire import dumps, json_object, loads_infer_request
-from service.core.errors import InvalidInput, PayloadTooLarge, UnprocessableInput
+from service.core.errors import InvalidInput, UnprocessableInput
+from service.core.limits import check_tensor_count, checked_shape
 from service.engine.runtime import NUMPY_DTYPES
 
 DATATYPES = {dtype: name for name, dtype in NUMPY_DTYPES.items()}
@@ -54,17 +55,9 @@ def _parameters(value: Mapping[str, Any], where: str) -> Mapping[str, Any]:
 
 
 def _shape(value: Any, where: str, max_rows: int) -> list[int]:
-    if not isinstance(value, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) for d in value
-    ):
+    if not isinstance(value, list):
         raise InvalidInput(f"{where}.shape must be a list of integers")
-    if any(d < 0 for d in value):
-        raise UnprocessableInput(f"{where}.shape {value} has a negative dimension")
-    if value and value[0] > max_rows:
-        raise PayloadTooLarge(f"{where}: {value[0]} rows, more than the limit of {max_rows}")
-    if math.prod(value) > (1 << 31):
-        raise PayloadTooLarge(f"{where}.shape {value} is too large")
-    return value
+    return checked_shape(value, where, max_rows)
 
 
 def _flatten(data: list[Any]) -> list[Any]:
@@ -167,6 +160,7 @@ def _input_tensors(raw_inputs: Any, binary: bytes, max_rows: int) -> list[InputT
     """The request's input tensors; binary ones take their bytes from ``binary`` in order."""
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("'inputs' must be a non-empty list of tensors")
+    check_tensor_count(len(raw_inputs), "inputs")
     inputs: list[InputTensor] = []
     offset = 0
     for i, raw in enumerate(raw_inputs):
@@ -213,6 +207,7 @@ def _binary_data(rest: bytes, size: Any, datatype: str, shape: list[int], where:
 def _requested_outputs(raw_outputs: Any, binary_output: bool) -> list[RequestedOutput]:
     if not isinstance(raw_outputs, list):
         raise InvalidInput("'outputs' must be a list")
+    check_tensor_count(len(raw_outputs), "outputs")
     outputs: list[RequestedOutput] = []
     for i, raw in enumerate(raw_outputs):
         out = json_object(raw, f"outputs[{i}]", OUTPUT_FIELDS)
@@ -319,7 +314,7 @@ def tensor_from_parts(
         raise UnprocessableInput(
             f"{where}: datatype {datatype!r} is not one of {', '.join(NUMPY_DTYPES)}"
         )
-    checked = _shape(list(shape), where, max_rows)
+    checked = checked_shape(shape, where, max_rows)
     if raw is None:
         data = array_from_json(values if values is not None else [], datatype, checked, where)
         return InputTensor(name, datatype, checked, data)

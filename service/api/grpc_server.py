@@ -27,6 +27,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from service.api import dataplane
 from service.api.admin import check_admin
 from service.api.codec import DATATYPES, InputTensor, tensor_from_parts
+from service.api.grpc_handlers import Undecodable, method_handlers
 from service.api.state import ServiceState
 from service.core.card import TensorSpec
 from service.core.errors import (
@@ -36,6 +37,7 @@ from service.core.errors import (
     ServingError,
     UnprocessableInput,
 )
+from service.core.limits import MAX_TENSORS, check_tensor_count
 from service.engine.leases import lease_scope
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,8 @@ def rpc(method: Handler) -> Handler:
         start = time.perf_counter()
         code, message = grpc.StatusCode.OK, ""
         try:
+            if isinstance(request, Undecodable):
+                raise InvalidInput(f"the request is not a valid {request.message} message")
             with lease_scope():
                 return await method(self, request, context)
         except ServingError as exc:
@@ -190,7 +194,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         state = self.state
         name = request.model_name
         runtime = dataplane.model_runtime(state, name, request.model_version or None)
-        inputs = _input_tensors(request, state.settings.max_images_per_request)
+        check_tensor_count(len(request.outputs), "outputs")
+        max_rows = state.settings.max_images_per_request
+        if _typed_values(request) * 4 > state.settings.inline_decode_bytes:  # off the loop
+            inputs = await state.work.run(_input_tensors, request, max_rows)
+        else:
+            inputs = _input_tensors(request, max_rows)
         if any("classification" in o.parameters for o in request.outputs):
             raise InvalidInput("the classification extension is not supported; ask for tensors")
         requested = [o.name for o in request.outputs]
@@ -246,6 +255,7 @@ def _input_tensors(request: Any, max_rows: int) -> list[InputTensor]:
         )
     if not request.inputs:
         raise InvalidInput("'inputs' must be a non-empty list of tensors")
+    check_tensor_count(len(request.inputs), "inputs")
     tensors = []
     for i, tensor in enumerate(request.inputs):
         values: list[Any] | None = None
@@ -269,6 +279,16 @@ def _input_tensors(request: Any, max_rows: int) -> list[InputTensor]:
     return tensors
 
 
+def _typed_values(request: Any) -> int:
+    """How many values the request's inputs carry as typed ``contents`` (Python numbers to make,
+    unlike ``raw_input_contents``, which numpy reads in place)."""
+    count = 0
+    for tensor in request.inputs[:MAX_TENSORS]:
+        field = CONTENTS_FIELDS.get(tensor.datatype)
+        count += len(getattr(tensor.contents, field)) if field else 0
+    return count
+
+
 async def start_grpc_server(state: ServiceState) -> tuple[Any, int]:
     """A started ``grpc.aio`` server on ``HOST:GRPC_PORT`` and the port it bound."""
     settings = state.settings
@@ -281,7 +301,7 @@ async def start_grpc_server(state: ServiceState) -> tuple[Any, int]:
             ("grpc.max_send_message_length", limit),
         ]
     )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state), server)
+    server.add_generic_rpc_handlers((method_handlers(InferenceServicer(state)),))
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     try:
         port: int = server.add_insecure_port(f"{host}:{settings.grpc_port}")

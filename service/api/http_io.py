@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData
-from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import JSONResponse as StarletteJSONResponse
 
 from service.api.json_wire import dumps
@@ -86,17 +85,26 @@ async def read_json_body(request: Request) -> bytes:
 
 @asynccontextmanager
 async def multipart_form(
-    request: Request, max_files: int, too_many: str, max_fields: int = 100
+    request: Request, max_files: int, too_many: str, max_bytes: int, max_fields: int = 100
 ) -> AsyncIterator[FormData]:
     """The request's multipart form, closed on exit; more than ``max_files`` files is a 413
-    saying ``too_many``, a malformed form a 400."""
+    saying ``too_many``, a malformed form a 400.
+
+    Uploaded files are kept in memory up to ``max_bytes`` (the body limit, which bounds them
+    anyway), never spooled to a temporary file: a container's /tmp is small (deploy/k8s gives it
+    64 MiB) and shared by every request.
+    """
     try:
-        form = await request.form(max_files=max_files, max_fields=max_fields)
-    except (MultiPartException, HTTPException) as exc:  # Starlette wraps the first in the second
-        message = exc.message if isinstance(exc, MultiPartException) else str(exc.detail)
-        if "Too many files" in message:
+        async with aclosing(request.stream()) as stream:
+            parser = MultiPartParser(
+                request.headers, stream, max_files=max_files, max_fields=max_fields
+            )
+            parser.spool_max_size = max_bytes
+            form = await parser.parse()
+    except MultiPartException as exc:
+        if "Too many files" in exc.message:
             raise PayloadTooLarge(too_many) from None
-        raise InvalidInput(f"malformed multipart form: {message}") from None
+        raise InvalidInput(f"malformed multipart form: {exc.message}") from None
     try:
         yield form
     finally:

@@ -15,11 +15,15 @@ import base64
 import binascii
 import io
 import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service.core.errors import UnprocessableInput
+from service.core.errors import PayloadTooLarge, UnprocessableInput
+from service.settings import Settings
 
 WHITE = (255, 255, 255)
 
@@ -40,24 +44,27 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(data: bytes, size: tuple[int, int], max_pixels: int, where: str) -> np.ndarray:
-    """One encoded image as ``(H, W, 3)`` uint8 RGB of ``size`` (H, W); 422 naming ``where``."""
-    if not data:
-        raise UnprocessableInput(f"{where}: the image is empty")
-    height, width = size
+@dataclass(frozen=True)
+class ImageLimits:
+    """What decoding one request's images may cost: each image's pixels as its header states
+    them, and all of its images' pixels at the scale they are decoded at (a JPEG's reduced draft
+    scale, a PNG's full size), summed."""
+
+    max_image_pixels: int
+    max_request_pixels: int
+
+
+def image_limits(settings: Settings) -> ImageLimits:
+    return ImageLimits(settings.max_image_pixels, settings.max_request_pixels)
+
+
+@contextmanager
+def _pillow_errors(where: str, max_pixels: int) -> Iterator[None]:
+    """Pillow's complaints about one image as a 422 naming ``where``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            opened = Image.open(io.BytesIO(data))
-            if opened.width * opened.height > max_pixels:
-                raise UnprocessableInput(
-                    f"{where}: {opened.width}x{opened.height} pixels, more than the limit of "
-                    f"{max_pixels}"
-                )
-            opened.seek(0)
-            opened.draft("RGB", (width * 2, height * 2))  # JPEG: decode at a reduced scale
-            image = ImageOps.exif_transpose(opened)
-            rgb = _to_rgb(image).resize((width, height), Image.Resampling.BILINEAR)
+            yield
     except UnprocessableInput:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -69,12 +76,58 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int, where: str
         raise UnprocessableInput(f"{where}: not an image Pillow can decode") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise UnprocessableInput(f"{where}: undecodable image ({exc})") from None
+
+
+def _open(data: bytes, size: tuple[int, int], max_pixels: int, where: str) -> Image.Image:
+    """The image's header only, checked against ``max_pixels`` and set to decode JPEGs at a
+    reduced scale; nothing is decoded yet."""
+    if not data:
+        raise UnprocessableInput(f"{where}: the image is empty")
+    height, width = size
+    with _pillow_errors(where, max_pixels):
+        opened = Image.open(io.BytesIO(data))
+        if opened.width * opened.height > max_pixels:
+            raise UnprocessableInput(
+                f"{where}: {opened.width}x{opened.height} pixels, more than the limit of "
+                f"{max_pixels}"
+            )
+        opened.seek(0)
+        opened.draft("RGB", (width * 2, height * 2))  # JPEG: decode at a reduced scale
+        return opened
+
+
+def _decode(opened: Image.Image, size: tuple[int, int], max_pixels: int, where: str) -> np.ndarray:
+    height, width = size
+    with _pillow_errors(where, max_pixels):
+        image = ImageOps.exif_transpose(opened)
+        rgb = _to_rgb(image).resize((width, height), Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def decode_b64_image(text: str, size: tuple[int, int], max_pixels: int, where: str) -> np.ndarray:
+def decode_images(
+    files: Sequence[tuple[bytes, str]], size: tuple[int, int], limits: ImageLimits
+) -> list[np.ndarray]:
+    """Encoded images, each ``(data, where)``, as ``(H, W, 3)`` uint8 RGB of ``size`` (H, W).
+    Every header is read and the pixels counted before any image is decoded: past the request's
+    budget the answer is a 413 that cost no decoding."""
+    opened = [(_open(data, size, limits.max_image_pixels, where), where) for data, where in files]
+    total = sum(image.width * image.height for image, _ in opened)
+    if total > limits.max_request_pixels:
+        raise PayloadTooLarge(
+            f"the images decode to {total} pixels, more than the limit of "
+            f"{limits.max_request_pixels} per request"
+        )
+    return [_decode(image, size, limits.max_image_pixels, where) for image, where in opened]
+
+
+def decode_image(data: bytes, size: tuple[int, int], max_pixels: int, where: str) -> np.ndarray:
+    """One encoded image as ``(H, W, 3)`` uint8 RGB of ``size`` (H, W); 422 naming ``where``."""
+    return decode_images([(data, where)], size, ImageLimits(max_pixels, max_pixels))[0]
+
+
+def b64_bytes(text: str, where: str) -> bytes:
+    """A ``{"b64": ...}`` value's bytes; 422 naming ``where`` if it is not base64."""
     try:
-        data = base64.b64decode(text, validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise UnprocessableInput(f"{where}: 'b64' is not valid base64") from None
-    return decode_image(data, size, max_pixels, where)

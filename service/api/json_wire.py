@@ -13,6 +13,12 @@ import orjson
 import simdjson
 
 from service.core.errors import InvalidInput
+from service.core.limits import (
+    MAX_SUGGESTED_KEY_CHARS,
+    MAX_SUGGESTED_KEYS,
+    check_object_size,
+    check_tensor_count,
+)
 
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -61,6 +67,8 @@ def loads_infer_request(body: bytes) -> Any:
 
     Parsing 3,072 pixels through Python floats costs more than running the model on them, so
     simdjson hands the numbers over as one buffer; anything unusual takes ``loads``' path.
+    Objects' and the inputs' sizes are checked (``service.core.limits``) before their members are
+    looked at: a lookup in a lazily parsed object is a scan of its keys.
     """
     try:
         return _loads_with_simdjson(body)
@@ -73,16 +81,19 @@ def loads_infer_request(body: bytes) -> Any:
 def _loads_with_simdjson(body: bytes) -> Any:
     doc = simdjson.Parser().parse(body)
     if not isinstance(doc, simdjson.Object):
-        return _plain(doc)
+        return None if isinstance(doc, simdjson.Array) else doc  # refused as "not an object"
+    check_object_size(len(doc), "the request")
     request = {key: _plain(doc[key]) for key in doc.keys() if key != "inputs"}  # noqa: SIM118
     inputs = doc.get("inputs")
     if isinstance(inputs, simdjson.Array):
+        check_tensor_count(len(inputs), "inputs")
         tensors: list[Any] = []
         for index in range(len(inputs)):
             tensor = inputs[index]
             if not isinstance(tensor, simdjson.Object):
                 tensors.append(_plain(tensor))
                 continue
+            check_object_size(len(tensor), f"inputs[{index}]")
             item = {key: _plain(tensor[key]) for key in tensor.keys() if key != "data"}  # noqa: SIM118
             if "data" in tensor:
                 item["data"] = _numbers(tensor["data"], item.get("datatype"))
@@ -106,11 +117,16 @@ def json_object(
     """
     if not isinstance(value, Mapping):
         raise InvalidInput(f"{where} must be a JSON object")
+    check_object_size(len(value), where)
     if fields is None or fields.issuperset(value):
         return value
     unknown = sorted(str(k) for k in value if k not in fields)
     if ignore_unknown:
-        unknown = [key for key in unknown if misspelt_field(key, fields) is not None]
+        # A handful of keys is looked at for a misspelling; past that they are ignored unseen.
+        short = [key for key in unknown if len(key) <= MAX_SUGGESTED_KEY_CHARS]
+        unknown = [
+            key for key in short[:MAX_SUGGESTED_KEYS] if misspelt_field(key, fields) is not None
+        ]
         if not unknown:
             return value
         guesses = ", ".join(f"{key!r} -> {misspelt_field(key, fields)!r}" for key in unknown)
@@ -118,13 +134,17 @@ def json_object(
             f"{where} has unknown field(s) {unknown} that look like misspelt ones ({guesses}); "
             f"expected {', '.join(sorted(fields))} (other fields are ignored)"
         )
+    shown = [key[:MAX_SUGGESTED_KEY_CHARS] for key in unknown[:MAX_SUGGESTED_KEYS]]
+    more = f" and {len(unknown) - len(shown)} more" if len(unknown) > len(shown) else ""
     raise InvalidInput(
-        f"{where} has unknown field(s) {unknown}; expected {', '.join(sorted(fields))}"
+        f"{where} has unknown field(s) {shown}{more}; expected {', '.join(sorted(fields))}"
     )
 
 
 def misspelt_field(key: str, fields: frozenset[str]) -> str | None:
     """The protocol field ``key`` most likely misspells (case, a letter, ``_``), or None."""
+    if len(key) > MAX_SUGGESTED_KEY_CHARS:  # too long to be close to any protocol field
+        return None
     lowered = {name.lower(): name for name in fields}
     close = difflib.get_close_matches(key.lower().replace("-", "_"), lowered, n=1, cutoff=0.75)
     return lowered[close[0]] if close else None

@@ -23,7 +23,8 @@ from service.core.errors import InvalidInput, PayloadTooLarge, UnprocessableInpu
 PREDICT_FIELDS = frozenset({"instances", "inputs", "signature_name", "top_k"})
 BYTES_SUFFIX = "_bytes"  # TF Serving: an input so named carries {"b64": ...} values
 
-DecodeB64 = Callable[[str, str], np.ndarray]  # (base64 text, where) -> an HxWxC uint8 image
+# [(base64 text, where), ...] -> HxWxC uint8 images, decoded under one request's image budget
+DecodeB64 = Callable[[list[tuple[str, str]]], list[np.ndarray]]
 
 
 def predict_pixels(
@@ -117,18 +118,21 @@ def instances_to_pixels(
             )
         except UnprocessableInput:
             pass  # find the culprit below and name it
-    rows = []
+    rows: list[np.ndarray | None] = []
+    encoded: list[tuple[str, str]] = []  # the b64 images, decoded together below
     for i, instance in enumerate(instances):
         where = f"instance {i}"
         if isinstance(instance, Mapping):
             b64 = instance.get("b64")
             if not isinstance(b64, str):
                 raise UnprocessableInput(f"{where}: an object instance needs a 'b64' string")
-            rows.append(decode_b64(b64, where))
+            encoded.append((b64, where))
+            rows.append(None)
         elif isinstance(instance, list):
             rows.append(array_from_json(instance, "UINT8", shape, where, nested=True))
         else:
             raise UnprocessableInput(
                 f'{where}: expected a {"x".join(map(str, shape))} pixel array or {{"b64": ...}}'
             )
-    return np.stack(rows)
+    images = iter(decode_b64(encoded) if encoded else [])
+    return np.stack([next(images) if row is None else row for row in rows])

@@ -17,6 +17,7 @@ from service.engine.activations import ActivationSessions
 from service.engine.metrics import Metrics
 from service.engine.repository import ModelRepository
 from service.engine.runtime import ModelRuntime, RuntimeOptions
+from service.engine.work_pool import WorkPool
 from service.settings import Settings
 
 
@@ -28,6 +29,7 @@ class ServiceState:
     repository: ModelRepository
     metrics: Metrics
     activations: ActivationSessions  # the explorer's per-layer sessions, made on first use
+    work: WorkPool  # where decoding and encoding run, off the event loop
 
     async def infer(
         self, runtime: ModelRuntime, pixels: np.ndarray, outputs: Sequence[str] | None = None
@@ -40,16 +42,21 @@ class ServiceState:
 
     def close(self) -> None:
         """Close every session (blocks until a poll still loading has finished)."""
+        self.work.close()
         self.activations.close()
         self.repository.close()
+
+
+def cores_per_worker(settings: Settings) -> int:
+    """The cores this process may use, shared out over the WORKERS processes."""
+    return max(1, len(os.sched_getaffinity(0)) // settings.workers)
 
 
 def runtime_options(settings: Settings, metrics: Metrics) -> RuntimeOptions:
     """How each model's onnxruntime session and batcher are set up, from the settings."""
     return RuntimeOptions(
         providers=tuple(settings.providers),
-        intra_op_threads=settings.intra_op_threads
-        or max(1, len(os.sched_getaffinity(0)) // settings.workers),
+        intra_op_threads=settings.intra_op_threads or cores_per_worker(settings),
         inter_op_threads=settings.inter_op_threads,
         allow_spinning=settings.ort_allow_spinning,
         graph_optimization_level=settings.graph_optimization_level,
@@ -70,7 +77,8 @@ def build_state(settings: Settings) -> ServiceState:
     policy = VersionPolicy.parse(settings.version_policy)
     repository = ModelRepository(settings.model_repository, options, policy)
     metrics.track_providers(repository.provider_use)
-    return ServiceState(settings, repository, metrics, ActivationSessions(options))
+    work = WorkPool(settings.work_threads or cores_per_worker(settings), settings.max_waiting_work)
+    return ServiceState(settings, repository, metrics, ActivationSessions(options), work)
 
 
 async def get_state(request: Request) -> ServiceState:

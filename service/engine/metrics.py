@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -17,6 +18,7 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 ProviderUse = Callable[[], list[tuple[str, int, str, bool]]]
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+LAG_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -47,6 +49,13 @@ class Metrics:
             "Time a gRPC call spent in its handler.",
             ["method"],
             buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.loop_lag = Histogram(
+            "event_loop_lag_seconds",
+            "How late the event loop ran a timer: time it spent on one thing while every other "
+            "request waited.",
+            buckets=LAG_BUCKETS_S,
             registry=self.registry,
         )
         self.images = Counter(
@@ -89,6 +98,15 @@ class Metrics:
         self.inference.labels(*labels).observe(stats.seconds)
         self.batch_size.labels(*labels).observe(stats.rows)
         self.batch_requests.labels(*labels).observe(stats.requests)
+
+    async def watch_loop_lag(self, interval_s: float) -> None:
+        """Until cancelled: sleep ``interval_s`` and record how much later than that the loop
+        woke us (anything that held it meanwhile held every request)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + interval_s
+            await asyncio.sleep(interval_s)
+            self.loop_lag.observe(max(0.0, loop.time() - due))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

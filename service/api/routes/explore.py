@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from importlib import resources
 from typing import Annotated, Any, Literal
 
@@ -21,6 +20,7 @@ from starlette.responses import HTMLResponse, Response
 
 from service.api.feature_grid import render_feature_grid
 from service.api.http_io import (
+    JSON,
     MULTIPART,
     JSONResponse,
     is_json_type,
@@ -29,11 +29,11 @@ from service.api.http_io import (
     read_json_body,
     validated_body,
 )
-from service.api.images import decode_b64_image, decode_image
-from service.api.json_wire import loads
+from service.api.images import b64_bytes, decode_images, image_limits
+from service.api.json_wire import dumps, loads
 from service.api.predict import instances_to_pixels
 from service.api.schemas import errors, json_body
-from service.api.state import State
+from service.api.state import ServiceState, State
 from service.core.errors import (
     InvalidInput,
     InvalidLayerSpec,
@@ -117,8 +117,10 @@ STATIC_FILES = {
 PAGE_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
-        "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'"
+        "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; "
+        "frame-ancestors 'none'"  # no other site may frame the page (clickjacking)
     ),
+    "X-Frame-Options": "DENY",  # the same, for browsers without CSP level 2
     "Cache-Control": "no-cache",
 }
 
@@ -170,11 +172,10 @@ def _layer_names(value: Any, where: str) -> list[str]:
 
 
 async def _multipart_image(
-    request: Request, size: tuple[int, int], max_pixels: int
+    request: Request, state: ServiceState, size: tuple[int, int]
 ) -> tuple[np.ndarray, list[str]]:
-    async with multipart_form(
-        request, max_files=2, too_many="one image per request", max_fields=20
-    ) as form:
+    max_bytes = state.settings.max_request_bytes
+    async with multipart_form(request, 2, "one image per request", max_bytes, 20) as form:
         files = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
         if len(files) != 1:
             raise UnprocessableInput(
@@ -182,25 +183,33 @@ async def _multipart_image(
             )
         field, upload = files[0]
         where = f"image ({field}={upload.filename or 'unnamed'})"
-        image = decode_image(await upload.read(), size, max_pixels, where)
+        data = await upload.read()
         names = [v for v in form.getlist("layer") if isinstance(v, str)]
+    limits = image_limits(state.settings)
+    (image,) = await state.work.run(decode_images, [(data, where)], size, limits)
     return image, _layer_names(names, "'layer'")
 
 
 async def _json_image(
-    request: Request, shape: tuple[int, int, int], max_pixels: int
+    request: Request, state: ServiceState, shape: tuple[int, int, int]
 ) -> tuple[np.ndarray, list[str]]:
-    body = validated_body(ActivationsRequest, loads(await request.body()))
-    if len(body.instances) != 1:
-        raise UnprocessableInput(
-            f"'instances' must hold exactly one image, got {len(body.instances)}"
-        )
+    raw = await request.body()
+    limits = image_limits(state.settings)
 
-    def b64(text: str, where: str) -> np.ndarray:
-        return decode_b64_image(text, shape[:2], max_pixels, where)
+    def b64(encoded: list[tuple[str, str]]) -> list[np.ndarray]:
+        files = [(b64_bytes(text, where), where) for text, where in encoded]
+        return decode_images(files, shape[:2], limits)
 
-    pixels = instances_to_pixels(body.instances, shape, b64, 1)
-    return pixels[0], _layer_names(body.layer, "'layer'")
+    def decode() -> tuple[np.ndarray, list[str]]:
+        body = validated_body(ActivationsRequest, loads(raw))
+        if len(body.instances) != 1:
+            raise UnprocessableInput(
+                f"'instances' must hold exactly one image, got {len(body.instances)}"
+            )
+        pixels = instances_to_pixels(body.instances, shape, b64, 1)
+        return pixels[0], _layer_names(body.layer, "'layer'")
+
+    return await state.work.run(decode)
 
 
 def _layer_json(values: np.ndarray) -> dict[str, Any]:
@@ -253,33 +262,29 @@ async def activations(
     runtime = state.repository.get(name)  # 404 unknown, 503 unavailable
     entry = state.repository.entry(name, runtime.version)
     h, w, c = runtime.image_shape
-    max_pixels = state.settings.max_image_pixels
     content_type = request.headers.get("content-type")
     if media_type(content_type) == MULTIPART:
-        image, body_names = await _multipart_image(request, (h, w), max_pixels)
+        image, body_names = await _multipart_image(request, state, (h, w))
     elif is_json_type(content_type):
-        image, body_names = await _json_image(request, (h, w, c), max_pixels)
+        image, body_names = await _json_image(request, state, (h, w, c))
     else:
         raise UnsupportedMediaType(
             f"expected multipart/form-data or application/json, got {media_type(content_type)!r}"
         )
-    sessions = state.activations
-    session = await asyncio.to_thread(sessions.get, runtime.card, entry.path, entry.layers)
+    work = state.work
+    session = await work.run(state.activations.get, runtime.card, entry.path, entry.layers)
     chosen = session.select([*(layer or []), *body_names])
-    results = await asyncio.to_thread(session.run, image, chosen)
+    results = await work.run(session.run, image, chosen)
     if format == "png":
-        png = await asyncio.to_thread(render_feature_grid, results)
-        return Response(png, media_type="image/png")
-    return JSONResponse(
-        {
-            "model_name": runtime.name,
-            "model_version": str(runtime.version),
-            "layers": [
-                {"name": a.layer.name, "type": a.layer.type, **_layer_json(a.values)}
-                for a in results
-            ],
-        }
-    )
+        return Response(await work.run(render_feature_grid, results), media_type="image/png")
+    answer = {
+        "model_name": runtime.name,
+        "model_version": str(runtime.version),
+        "layers": [
+            {"name": a.layer.name, "type": a.layer.type, **_layer_json(a.values)} for a in results
+        ],
+    }
+    return Response(await work.run(dumps, answer), media_type=JSON)  # encoded off the loop
 
 
 # -- the page -------------------------------------------------------------------------------

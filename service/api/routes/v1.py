@@ -17,7 +17,7 @@ from service.api.http_io import (
     read_json_body,
     validated_body,
 )
-from service.api.images import decode_b64_image, decode_image
+from service.api.images import b64_bytes, decode_images, image_limits
 from service.api.json_wire import json_object, loads
 from service.api.predict import PREDICT_FIELDS, predict_pixels
 from service.api.schemas import PredictRequest, PredictResponse, errors, json_body
@@ -54,26 +54,33 @@ async def _predictions(
 )
 async def predict(request: Request, state: State, name: str, top_k: TopK = None) -> dict[str, Any]:
     runtime = state.repository.get(name)
-    body = json_object(
-        loads(await read_json_body(request)), "the body", PREDICT_FIELDS, ignore_unknown=True
-    )
-    fields = validated_body(PredictRequest, body)
-    k = top_k or fields.top_k or state.settings.default_top_k
+    raw = await read_json_body(request)
+    settings = state.settings
     h, w, c = runtime.image_shape
-    max_pixels = state.settings.max_image_pixels
+    limits = image_limits(settings)
 
-    def b64(text: str, where: str) -> np.ndarray:
-        return decode_b64_image(text, (h, w), max_pixels, where)
+    def b64(encoded: list[tuple[str, str]]) -> list[np.ndarray]:
+        files = [(b64_bytes(text, where), where) for text, where in encoded]
+        return decode_images(files, (h, w), limits)
 
-    pixels = predict_pixels(
-        body,
-        (h, w, c),
-        runtime.input.name,
-        runtime.card.signature_name,
-        b64,
-        state.settings.max_images_per_request,
-    )
-    return await _predictions(state, runtime, pixels, k)
+    def decode() -> tuple[np.ndarray, int | None]:
+        body = json_object(loads(raw), "the body", PREDICT_FIELDS, ignore_unknown=True)
+        fields = validated_body(PredictRequest, body)
+        pixels = predict_pixels(
+            body,
+            (h, w, c),
+            runtime.input.name,
+            runtime.card.signature_name,
+            b64,
+            settings.max_images_per_request,
+        )
+        return pixels, fields.top_k
+
+    # A small body of pixel arrays is decoded here; images (a b64 key, plain or \u-escaped) and
+    # large bodies go to the work pool.
+    inline = len(raw) <= settings.inline_decode_bytes and b"b64" not in raw and b"\\u" not in raw
+    pixels, body_k = decode() if inline else await state.work.run(decode)
+    return await _predictions(state, runtime, pixels, top_k or body_k or settings.default_top_k)
 
 
 @router.post(
@@ -108,16 +115,17 @@ async def classify(request: Request, state: State, name: str, top_k: TopK = None
         raise UnsupportedMediaType(f"expected multipart/form-data, got {kind or 'none'!r}")
     limit = state.settings.max_images_per_request
     too_many = f"more than the limit of {limit} images"
-    async with multipart_form(request, max_files=limit, too_many=too_many) as form:
-        files = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
-        if not files:
+    max_bytes = state.settings.max_request_bytes
+    async with multipart_form(request, limit, too_many, max_bytes) as form:
+        uploads = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not uploads:
             raise InvalidInput("no image files in the form (send -F file=@image.png)")
-        h, w, _ = runtime.image_shape
-        rows = []
-        for i, (field, upload) in enumerate(files):
-            where = f"image {i} ({field}={upload.filename or 'unnamed'})"
-            data = await upload.read()
-            rows.append(decode_image(data, (h, w), state.settings.max_image_pixels, where))
+        files = [
+            (await upload.read(), f"image {i} ({field}={upload.filename or 'unnamed'})")
+            for i, (field, upload) in enumerate(uploads)
+        ]
+    h, w, _ = runtime.image_shape
+    rows = await state.work.run(decode_images, files, (h, w), image_limits(state.settings))
     pixels = np.stack(rows)
     return await _predictions(state, runtime, pixels, top_k or state.settings.default_top_k)
 

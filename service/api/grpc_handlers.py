@@ -1,0 +1,61 @@
+"""The gRPC service's method table, built from the protocol's descriptor with request parsing that
+cannot fail: bytes that are no valid message reach the handler as ``Undecodable``, which answers
+INVALID_ARGUMENT in our words (grpc's own path answers UNKNOWN with protobuf's exception text)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
+from tritonclient.grpc import service_pb2
+
+SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+# (client streams, server streams) -> how grpc binds such a method
+STREAMING = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A request whose bytes did not parse as ``message`` (the protocol's message name)."""
+
+    message: str
+
+
+def lenient_parser(message_class: Any) -> Callable[[bytes], Any]:
+    """``message_class.FromString`` that gives ``Undecodable`` instead of raising."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except (DecodeError, ValueError, RuntimeError):
+            return Undecodable(message_class.DESCRIPTOR.name)
+
+    return parse
+
+
+def method_handlers(servicer: Any) -> grpc.GenericRpcHandler:
+    """Every method of ``GRPCInferenceService`` bound to ``servicer``'s method of the same name
+    (what ``add_GRPCInferenceServiceServicer_to_server`` builds, with lenient parsing)."""
+    handlers = {}
+    for method in SERVICE.methods:
+        request_class = GetMessageClass(method.input_type)
+        serialize = GetMessageClass(method.output_type).SerializeToString
+        behaviour = getattr(servicer, method.name)
+        kind = STREAMING[method.client_streaming, method.server_streaming]
+        handlers[method.name] = kind(
+            behaviour,
+            request_deserializer=lenient_parser(request_class)
+            if kind is grpc.unary_unary_rpc_method_handler
+            else request_class.FromString,
+            response_serializer=serialize,
+        )
+    return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)

@@ -1,0 +1,58 @@
+"""What one request may ask of the server, on every wire (JSON, the binary extension, gRPC).
+
+Each limit is checked before the work it bounds, so refusing a hostile request costs about what
+reading it did: a body of 64,000 unknown keys or 100,000 tensors is refused on its counts, not
+after looking at each one, and a shape is checked as Python integers before numpy sees it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from service.core.errors import InvalidInput, PayloadTooLarge, UnprocessableInput
+
+# Keys of any one JSON object of a request: its top level, a tensor, an output, ``parameters``.
+# The protocol's objects have at most six fields; the rest leaves room for clients' own.
+MAX_OBJECT_KEYS = 64
+# Input tensors, and requested outputs, of one request (the models here take one and give two).
+MAX_TENSORS = 64
+# Dimensions of one tensor: an image batch has 4; numpy itself stops at 64.
+MAX_RANK = 16
+# Elements of one tensor, counting a zero dimension as 1 (so [0, 2^62, 2^62] is refused too:
+# numpy cannot describe it even though it holds nothing).
+MAX_ELEMENTS = 1 << 31
+# Unknown top-level keys looked at for a likely misspelling (difflib) before the rest are
+# ignored unseen; keys longer than this many characters cannot be close to a protocol field.
+MAX_SUGGESTED_KEYS = 8
+MAX_SUGGESTED_KEY_CHARS = 32
+
+
+def check_object_size(count: int, where: str) -> None:
+    """An object of ``count`` keys is refused (400) past ``MAX_OBJECT_KEYS``."""
+    if count > MAX_OBJECT_KEYS:
+        raise InvalidInput(f"{where} has {count} fields, more than the limit of {MAX_OBJECT_KEYS}")
+
+
+def check_tensor_count(count: int, what: str) -> None:
+    """A request of ``count`` inputs or outputs (``what``) is refused (400) past ``MAX_TENSORS``."""
+    if count > MAX_TENSORS:
+        raise InvalidInput(f"{count} {what}, more than the limit of {MAX_TENSORS}")
+
+
+def checked_shape(dims: Sequence[object], where: str, max_rows: int) -> list[int]:
+    """``dims`` as a tensor shape: a list of at most ``MAX_RANK`` non-negative integers whose
+    first is at most ``max_rows`` and whose product (zeros counted as 1) is at most
+    ``MAX_ELEMENTS``, all computed exactly in Python before numpy is given it."""
+    if len(dims) > MAX_RANK:
+        raise InvalidInput(f"{where}.shape has {len(dims)} dimensions, more than {MAX_RANK}")
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+        raise InvalidInput(f"{where}.shape must be a list of integers")
+    shape = [int(d) for d in dims if isinstance(d, int)]  # every one, as checked above
+    if any(d < 0 for d in shape):
+        raise UnprocessableInput(f"{where}.shape {shape} has a negative dimension")
+    if shape and shape[0] > max_rows:
+        raise PayloadTooLarge(f"{where}: {shape[0]} rows, more than the limit of {max_rows}")
+    if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
+        raise PayloadTooLarge(f"{where}.shape {shape} is too large")
+    return shape

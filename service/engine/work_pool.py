@@ -1,0 +1,53 @@
+"""The bounded pool where a request's CPU work runs (decoding bodies and images, encoding feature
+maps), so the event loop only waits for it and keeps answering everyone else."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+from collections.abc import Callable
+from typing import TypeVar
+
+from service.core.errors import Overloaded
+
+T = TypeVar("T")
+
+
+class WorkPool:
+    """``threads`` threads, and at most ``max_waiting`` jobs queued behind them: past that a
+    request is refused (503, retry) rather than queueing work without end."""
+
+    def __init__(self, threads: int, max_waiting: int) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="request-work"
+        )
+        self._capacity = threads + max_waiting
+        self._taken = 0  # jobs queued or running; touched on the event loop only
+
+    @property
+    def taken(self) -> int:
+        return self._taken
+
+    async def run(self, work: Callable[..., T], *args: object) -> T:
+        """``work(*args)`` on a pool thread. A caller that is cancelled stops waiting; the job
+        still counts against the bound until it has really finished."""
+        if self._taken >= self._capacity:
+            raise Overloaded("the server is busy decoding other requests; retry shortly")
+        loop = asyncio.get_running_loop()
+        job = self._executor.submit(work, *args)
+        self._taken += 1
+        job.add_done_callback(lambda _: self._finished(loop))
+        return await asyncio.wrap_future(job)
+
+    def _finished(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the job's thread: give its place back, on the loop that counts them."""
+        with contextlib.suppress(RuntimeError):  # a closed loop (shutdown) counts nothing
+            loop.call_soon_threadsafe(self._release)
+
+    def _release(self) -> None:
+        self._taken -= 1
+
+    def close(self) -> None:
+        """Drop queued jobs; running ones finish on their threads."""
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -21,7 +21,7 @@ from service.api.fast_path import FastInfer
 from service.api.http_io import JSONResponse, error_response, serving_error_response
 from service.api.middleware import BodyLimit, RequestMetrics, RuntimeLeases
 from service.api.request_id import RequestId
-from service.api.routes import explore, inspect, model_repository, ops, v1, v2
+from service.api.routes import api_docs, explore, inspect, model_repository, ops, v1, v2
 from service.api.state import build_state
 from service.core.errors import ServingError
 from service.settings import Settings
@@ -90,6 +90,8 @@ def create_app(settings: Settings) -> FastAPI:
         summary="CIFAR-10 image classification over the Open Inference Protocol and plain REST.",
         default_response_class=JSONResponse,
         lifespan=lifespan,
+        docs_url=None,  # served by routes/api_docs.py from a package, not a CDN
+        redoc_url=None,  # ReDoc has no packaged copy; /docs covers it
     )
     app.state.service = state
     app.add_exception_handler(ServingError, _serving_error)
@@ -107,6 +109,6 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_middleware(FastInfer, state=state)  # ahead of every layer above
     app.add_middleware(RequestId)  # outermost: every response carries X-Request-ID
 
-    for module in (v2, model_repository, v1, inspect, explore, ops):
+    for module in (v2, model_repository, v1, inspect, explore, ops, api_docs):
         app.include_router(module.router)
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 
 import httpx
 import numpy as np
@@ -205,3 +206,27 @@ async def test_openapi_documents_every_endpoint(client: httpx.AsyncClient) -> No
     infer = spec["paths"]["/v2/models/{name}/infer"]["post"]
     assert "example" in infer["requestBody"]["content"]["application/json"]
     assert (await client.get("/docs")).status_code == 200
+
+
+async def test_docs_page_loads_swagger_ui_from_this_server_only(
+    client: httpx.AsyncClient,
+) -> None:
+    page = await client.get("/docs")
+    assert page.status_code == 200
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert sources, page.text[:500]
+    assert all(s.startswith("/") for s in sources), sources  # nothing from a CDN
+    for source in sources:
+        asset = await client.get(source)
+        assert asset.status_code == 200, source
+        assert len(asset.content) > 100
+    assert (await client.get("/docs/assets/../../etc/passwd")).status_code == 404
+    assert (await client.get("/docs/assets/index.html")).status_code == 404
+    assert (await client.get("/redoc")).status_code == 404
+
+
+async def test_the_explorer_page_cannot_be_framed(client: httpx.AsyncClient) -> None:
+    for path in ("/", "/static/page.js"):
+        response = await client.get(path)
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+        assert response.headers["x-frame-options"] == "DENY"

@@ -96,7 +96,7 @@ shapes = (
     | st.just([1, 32, 32, 3])
     | json_values
 )
-data = (
+data: st.SearchStrategy[Any] = (
     st.just([])
     | st.lists(st.integers(-300, 300) | st.floats() | st.booleans(), max_size=40)
     | st.lists(st.lists(st.integers(0, 255), max_size=4), max_size=4)

@@ -75,12 +75,19 @@ def is_json_type(content_type: str | None) -> bool:
     return kind in ("", JSON) or kind.endswith("+json")
 
 
-async def read_json_body(request: Request) -> bytes:
-    """The body of a JSON endpoint; another content type is a 415."""
+SMALL_BODY_BYTES = 1 << 20  # JSON bodies of the calls that carry no images (shapes, repository)
+
+
+async def read_json_body(request: Request, max_bytes: int = SMALL_BODY_BYTES) -> bytes:
+    """The body of a JSON endpoint; another content type is a 415, over ``max_bytes`` a 413.
+    The default suits bodies small enough to parse on the event loop (about 2 ms a MiB)."""
     content_type = request.headers.get("content-type")
     if not is_json_type(content_type):
         raise UnsupportedMediaType(f"expected application/json, got {content_type!r}")
-    return await request.body()
+    body = await request.body()
+    if len(body) > max_bytes:
+        raise PayloadTooLarge(f"the request body is over this call's limit of {max_bytes} bytes")
+    return body
 
 
 @asynccontextmanager

@@ -37,6 +37,48 @@ def loads(body: bytes) -> Any:
         raise InvalidInput(f"malformed JSON: {exc}") from None
 
 
+def loads_object(body: bytes) -> Any:
+    """Parse a JSON body whose top level should be an object, in steps the event loop can
+    interleave with when it runs on the work pool: the top level's size is checked before any of
+    it becomes Python objects, and the members of arrays two levels down (``instances``,
+    ``inputs``) are converted one at a time, a nested array straight to numpy (what
+    ``array_from_json`` makes of it), so a batch of pixel arrays never exists as millions of
+    Python numbers at once (the collector's full scans of those held the loop for 200 ms)."""
+    try:
+        doc = simdjson.Parser().parse(body)
+    except (ValueError, TypeError, RuntimeError):
+        return loads(body)  # malformed (orjson's message is the clearer) or over 64-bit numbers
+    if not isinstance(doc, simdjson.Object):
+        return None if isinstance(doc, simdjson.Array) else doc  # refused as "not an object"
+    check_object_size(len(doc), "the body")
+    return {key: _plain_in_steps(doc[key], 2) for key in doc.keys()}  # noqa: SIM118
+
+
+def _plain_in_steps(value: Any, levels: int) -> Any:
+    """``_plain(value)``, converting the outer ``levels`` of arrays and objects member by member
+    (a bounded amount of work per step)."""
+    if levels <= 0:
+        return _array_or_plain(value)
+    if isinstance(value, simdjson.Array):
+        return [_plain_in_steps(item, levels - 1) for item in value]
+    if isinstance(value, simdjson.Object):
+        check_object_size(len(value), "an object of the body")
+        return {key: _plain_in_steps(value[key], levels - 1) for key in value.keys()}  # noqa: SIM118
+    return value
+
+
+def _array_or_plain(value: Any) -> Any:
+    """A JSON array as the numpy array ``np.array`` makes of it (its Python values freed at
+    once), or as plain Python if numpy refuses it (ragged); anything else as plain Python."""
+    plain = _plain(value)
+    if not isinstance(plain, list):
+        return plain
+    try:
+        return np.array(plain)
+    except (ValueError, TypeError):
+        return plain  # ``array_from_json`` names what is wrong with it
+
+
 def _plain(value: Any) -> Any:
     """A lazily parsed simdjson value as plain Python (what ``orjson.loads`` would give)."""
     if isinstance(value, simdjson.Object):

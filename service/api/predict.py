@@ -111,13 +111,6 @@ def instances_to_pixels(
     if input_name is not None:
         instances = [_unnamed(x, input_name, f"instance {i}") for i, x in enumerate(instances)]
     shape = list(image_shape)
-    if all(isinstance(x, list) for x in instances):  # the fast path: one array for the batch
-        try:
-            return array_from_json(
-                instances, "UINT8", [len(instances), *shape], "instances", nested=True
-            )
-        except UnprocessableInput:
-            pass  # find the culprit below and name it
     rows: list[np.ndarray | None] = []
     encoded: list[tuple[str, str]] = []  # the b64 images, decoded together below
     for i, instance in enumerate(instances):
@@ -128,7 +121,7 @@ def instances_to_pixels(
                 raise UnprocessableInput(f"{where}: an object instance needs a 'b64' string")
             encoded.append((b64, where))
             rows.append(None)
-        elif isinstance(instance, list):
+        elif isinstance(instance, list | np.ndarray):  # ndarray: ``loads_object`` made it
             rows.append(array_from_json(instance, "UINT8", shape, where, nested=True))
         else:
             raise UnprocessableInput(

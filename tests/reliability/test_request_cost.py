@@ -336,3 +336,12 @@ def test_the_loop_lag_metric_saw_no_stall(server: ServerProcess) -> None:
     assert buckets["+Inf"] > 50, "the lag was hardly measured"
     late = buckets["+Inf"] - buckets["0.1"]
     assert late == 0, f"{late:.0f} of {buckets['+Inf']:.0f} timer wake-ups came over 100 ms late"
+
+
+def test_the_largest_allowed_predict_batch_is_decoded_off_the_loop(server: ServerProcess) -> None:
+    pixels = np.random.default_rng(1).integers(0, 256, (1024, 32, 32, 3))
+    body = json.dumps({"instances": pixels.tolist()}).encode()
+    response, _, watch = send(server, "/v1/models/tiny:predict", body)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == 1024
+    assert watch.worst < HEALTH_BOUND_S, f"a health check waited {watch.worst * 1000:.0f} ms"

@@ -30,7 +30,7 @@ from service.api.http_io import (
     validated_body,
 )
 from service.api.images import b64_bytes, decode_images, image_limits
-from service.api.json_wire import dumps, loads
+from service.api.json_wire import dumps, loads, loads_object
 from service.api.predict import instances_to_pixels
 from service.api.schemas import errors, json_body
 from service.api.state import ServiceState, State
@@ -201,7 +201,7 @@ async def _json_image(
         return decode_images(files, shape[:2], limits)
 
     def decode() -> tuple[np.ndarray, list[str]]:
-        body = validated_body(ActivationsRequest, loads(raw))
+        body = validated_body(ActivationsRequest, loads_object(raw))
         if len(body.instances) != 1:
             raise UnprocessableInput(
                 f"'instances' must hold exactly one image, got {len(body.instances)}"

@@ -18,7 +18,7 @@ from service.api.http_io import (
     validated_body,
 )
 from service.api.images import b64_bytes, decode_images, image_limits
-from service.api.json_wire import json_object, loads
+from service.api.json_wire import json_object, loads_object
 from service.api.predict import PREDICT_FIELDS, predict_pixels
 from service.api.schemas import PredictRequest, PredictResponse, errors, json_body
 from service.api.state import ServiceState, State
@@ -54,8 +54,8 @@ async def _predictions(
 )
 async def predict(request: Request, state: State, name: str, top_k: TopK = None) -> dict[str, Any]:
     runtime = state.repository.get(name)
-    raw = await read_json_body(request)
     settings = state.settings
+    raw = await read_json_body(request, settings.max_request_bytes)
     h, w, c = runtime.image_shape
     limits = image_limits(settings)
 
@@ -64,7 +64,7 @@ async def predict(request: Request, state: State, name: str, top_k: TopK = None)
         return decode_images(files, (h, w), limits)
 
     def decode() -> tuple[np.ndarray, int | None]:
-        body = json_object(loads(raw), "the body", PREDICT_FIELDS, ignore_unknown=True)
+        body = json_object(loads_object(raw), "the body", PREDICT_FIELDS, ignore_unknown=True)
         fields = validated_body(PredictRequest, body)
         pixels = predict_pixels(
             body,

@@ -19,6 +19,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.api.app import create_app
+from service.api.connections import http_protocol, raise_open_file_limit
 from service.api.grpc_server import serve_grpc
 from service.core.logs import configure_logging
 from service.settings import Settings
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     # uvicorn drains on SIGTERM (SHUTDOWN_TIMEOUT_S), then re-raises the signal to the handler
     # it found: this one makes a finished graceful shutdown exit 0, not "killed by SIGTERM".
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    raise_open_file_limit(settings.max_connections)  # worker processes inherit it
     common = uvicorn_options(settings)
     if settings.workers == 1:
         app = app_for(settings)
@@ -82,6 +84,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "access_log": False,  # no line per request: the fast path's cost, and bodies never
         "timeout_graceful_shutdown": settings.shutdown_timeout_s,
         "timeout_keep_alive": settings.keep_alive_timeout_s,
+        "http": http_protocol(settings),  # HEADER_TIMEOUT_S and MAX_CONNECTIONS
     }
 
 

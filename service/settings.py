@@ -182,6 +182,65 @@ class Settings(BaseSettings):
         gt=0,
         description="Idle keep-alive connections are closed after this long (uvicorn's).",
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=30,
+        description=(
+            "Longest time a connection may take to deliver complete request headers, from when it "
+            "opened (or from the first byte of its next request when kept alive); slower is "
+            "closed, with a 408 if part of a head came, so half-open connections cannot pile up. "
+            "Also gRPC's limit on finishing a new connection's HTTP/2 handshake."
+        ),
+    )
+    max_connections: int = Field(
+        default=4096,
+        ge=1,
+        description=(
+            "Most connections one server process holds open, REST and gRPC each. Past it a new "
+            "REST connection is answered 503 (Retry-After: 1) and closed before anything is read; "
+            "gRPC closes it. python -m service raises its soft open-file limit to the hard one."
+        ),
+    )
+    grpc_max_concurrent_streams: int = Field(
+        default=100,
+        ge=1,
+        description=(
+            "Most calls in flight on one gRPC connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); "
+            "the server refuses further streams (the client sees UNAVAILABLE, safe to retry). "
+            "100 is the least RFC 9113 advises."
+        ),
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        default=1024,
+        ge=0,
+        description=(
+            "Most gRPC calls in flight in one process, over all connections; past it a call fails "
+            "at once with RESOURCE_EXHAUSTED instead of piling up with its request message "
+            "(0: no limit)."
+        ),
+    )
+    grpc_max_connection_age_ms: int = Field(
+        default=300_000,
+        ge=0,
+        description=(
+            "A gRPC connection is asked to close (GOAWAY) after about this long (+-10 %), so "
+            "clients reconnect and a balancer spreads them over new replicas (0: never)."
+        ),
+    )
+    grpc_max_connection_age_grace_ms: int = Field(
+        default=30_000,
+        ge=0,
+        description="Time calls in flight get to finish on a connection closed for its age.",
+    )
+    grpc_max_connection_idle_ms: int = Field(
+        default=300_000,
+        ge=0,
+        description=(
+            "A gRPC connection with no call in flight for this long is closed (GOAWAY); the "
+            "client reconnects on its next call (0: never)."
+        ),
+    )
 
     dynamic_batching: bool = Field(
         default=True,

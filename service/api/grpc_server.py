@@ -39,6 +39,7 @@ from service.core.errors import (
 )
 from service.core.limits import MAX_TENSORS, check_tensor_count
 from service.engine.leases import lease_scope
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +290,24 @@ def _typed_values(request: Any) -> int:
     return count
 
 
+def connection_options(settings: Settings) -> list[tuple[str, int]]:
+    """grpc-core's bounds on connections and streams, from ``settings`` (an age or idle time of 0
+    leaves grpc's default: none)."""
+    options = [
+        ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+        ("grpc.max_allowed_incoming_connections", settings.max_connections),
+        # A connection that has not finished its HTTP/2 handshake (grpc's default: 120 s).
+        ("grpc.server_handshake_timeout_ms", round(settings.header_timeout_s * 1000)),
+    ]
+    if settings.grpc_max_connection_age_ms:
+        options.append(("grpc.max_connection_age_ms", settings.grpc_max_connection_age_ms))
+        grace = settings.grpc_max_connection_age_grace_ms
+        options.append(("grpc.max_connection_age_grace_ms", grace))
+    if settings.grpc_max_connection_idle_ms:
+        options.append(("grpc.max_connection_idle_ms", settings.grpc_max_connection_idle_ms))
+    return options
+
+
 async def start_grpc_server(state: ServiceState) -> tuple[Any, int]:
     """A started ``grpc.aio`` server on ``HOST:GRPC_PORT`` and the port it bound."""
     settings = state.settings
@@ -299,7 +318,9 @@ async def start_grpc_server(state: ServiceState) -> tuple[Any, int]:
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
-        ]
+            *connection_options(settings),
+        ],
+        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs or None,
     )
     server.add_generic_rpc_handlers((method_handlers(InferenceServicer(state)),))
     host = f"[{settings.host}]" if ":" in settings.host else settings.host

@@ -1,0 +1,172 @@
+"""Bounds on REST connections that uvicorn lacks: a header-read timeout and a connection cap in its
+HTTP protocol (``http_protocol(settings)``, given to uvicorn as ``http=``), and an open-file limit
+raised at start-up so that the cap, not the descriptors, is what bounds connections."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import resource
+import time
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from service.core.logs import new_request_id
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Descriptors a process needs beside its client connections: models, repository scans, log
+# files, the event loop, gRPC's listener and threads.
+FD_HEADROOM = 1024
+# Refused connections are logged at most this often, so a flood cannot flood the log too.
+REFUSAL_LOG_INTERVAL_S = 10.0
+
+
+def _response(status: bytes, message: str, extra: bytes = b"") -> bytes:
+    """A complete ``Connection: close`` answer, written before the transport is closed."""
+    body = json.dumps({"error": message}).encode()
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        b"x-request-id: " + new_request_id().encode() + b"\r\n" + extra + b"content-length: "
+        + str(len(body)).encode() + b"\r\n\r\n" + body
+    )  # fmt: skip
+
+
+class _Refusals:
+    """Connections refused at the cap since the last log line."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.logged_at = -REFUSAL_LOG_INTERVAL_S
+
+    def add(self, limit: int) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.logged_at >= REFUSAL_LOG_INTERVAL_S:
+            log.warning("%d connection(s) refused at MAX_CONNECTIONS=%d", self.count, limit)
+            self.count, self.logged_at = 0, now
+
+
+_refusals = _Refusals()
+
+
+class BoundedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with two bounds. A connection must deliver complete request
+    headers within ``header_timeout_s`` of opening (or of the first byte of its next request
+    when kept alive), else it is closed, with a 408 if part of a head came: half-open
+    connections (slowloris) cannot pile up until the open-file limit turns everyone away.
+    Past ``max_connections`` open connections a new one is answered 503 and closed at once,
+    before reading anything: its descriptor is freed immediately (uvicorn's own
+    ``limit_concurrency`` answers 503 only once the headers are in, so it holds the socket
+    until then)."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        header_timeout_s: float,
+        max_connections: int,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.header_timeout_s = header_timeout_s
+        self.max_connections = max_connections
+        self.header_timer: asyncio.TimerHandle | None = None
+        self.head_started = False  # a byte of the awaited request has arrived
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:  # this one included
+            _refusals.add(self.max_connections)
+            message = f"the server holds its maximum of {self.max_connections} connections"
+            transport.write(_response(b"503 Service Unavailable", message, b"retry-after: 1\r\n"))
+            transport.close()
+            return
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.head_started = True
+        if self.header_timer is None:  # the first request's clock runs from connection_made
+            self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        self.head_started = False
+        super().on_headers_complete()
+
+    def _arm_header_timer(self) -> None:
+        self.header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
+
+    def _cancel_header_timer(self) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+
+    def _header_timeout(self) -> None:
+        self.header_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined head waits because reading is paused while the request before it is
+            # answered; its clock starts again rather than cutting that answer off.
+            self._arm_header_timer()
+            return
+        if self.head_started:
+            message = f"the request headers did not arrive within {self.header_timeout_s:g} s"
+            self.transport.write(_response(b"408 Request Timeout", message))
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()  # a client that does not read must not keep the socket
+        else:
+            self.transport.close()
+
+
+def http_protocol(settings: Settings) -> functools.partial[BoundedHttpProtocol]:
+    """uvicorn's ``http=`` for ``settings``: a partial of a module-level class pickles by
+    reference, so it also reaches the worker processes of ``WORKERS`` > 1."""
+    return functools.partial(
+        BoundedHttpProtocol,
+        header_timeout_s=settings.header_timeout_s,
+        max_connections=settings.max_connections,
+    )
+
+
+def raise_open_file_limit(max_connections: int) -> int:
+    """Raise the soft open-file limit to the hard one (as Go's runtime does), so that
+    ``max_connections`` (REST and gRPC each) plus ``FD_HEADROOM`` fit; returns the soft limit in
+    force. Warns when the hard limit is too low for that, since the descriptors then bound
+    connections before the cap does."""
+    needed = 2 * max_connections + FD_HEADROOM
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = max(soft, needed) if hard == resource.RLIM_INFINITY else hard
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+            target = soft
+        else:
+            log.info("open-file limit raised from %d to %d", soft, target)
+    else:
+        target = soft
+    if target < needed:
+        log.warning(
+            "the open-file limit (%d) is below what MAX_CONNECTIONS=%d needs (%d): the limit, "
+            "not the cap, will refuse connections",
+            target,
+            max_connections,
+            needed,
+        )
+    return target

@@ -34,8 +34,18 @@ $(VENV)/.dev-stamp: pyproject.toml | $(BIN)/python
 # With GPU=1 the service asks for CUDA and refuses to serve on the CPU (unless REQUIRE_PROVIDERS=false).
 GPU_ENV := PROVIDERS=$${PROVIDERS:-CUDAExecutionProvider,CPUExecutionProvider} \
 	REQUIRE_PROVIDERS=$${REQUIRE_PROVIDERS:-true}
-serve: $(VENV)/.serve-stamp-$(ORT_EXTRA)
-	$(if $(GPU),$(GPU_ENV)) $(BIN)/python -m service --host $(HOST) --port $(PORT)
+# The repository API takes a bearer token (docs/reliability.md): made once into the git-ignored
+# .admin-token (mode 600) and served through ADMIN_TOKEN_FILE, unless ADMIN_TOKEN or
+# ADMIN_TOKEN_FILE is set already.
+ADMIN_TOKEN_PATH := .admin-token
+OWN_TOKEN := $(ADMIN_TOKEN)$(ADMIN_TOKEN_FILE)
+$(ADMIN_TOKEN_PATH):
+	@umask 077 && $(PY) -c 'import secrets; print(secrets.token_urlsafe(32))' > $@.tmp && mv $@.tmp $@
+serve: $(VENV)/.serve-stamp-$(ORT_EXTRA) $(if $(OWN_TOKEN),,$(ADMIN_TOKEN_PATH))
+	$(if $(OWN_TOKEN),,@echo 'repository API token in $(CURDIR)/$(ADMIN_TOKEN_PATH):' \
+	  'curl -H "Authorization: Bearer $$(cat $(ADMIN_TOKEN_PATH))" -X POST localhost:$(PORT)/v2/repository/index')
+	$(if $(GPU),$(GPU_ENV)) $(if $(OWN_TOKEN),,ADMIN_TOKEN_FILE=$(ADMIN_TOKEN_PATH)) \
+	  $(BIN)/python -m service --host $(HOST) --port $(PORT)
 
 # The images' pinned dependencies (requirements/*.txt), generated from pyproject.toml by pip-tools.
 # Run after changing dependencies in pyproject.toml; PIP_CONFIG_FILE=/dev/null keeps this machine's

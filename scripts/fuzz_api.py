@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://127.0.0.1:{port}"
     token = secrets.token_hex(16)
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in ("ADMIN_TOKEN_FILE", "ADMIN_LOOPBACK")},
         "POLL_INTERVAL_S": "0",
         "PROVIDERS": "CPUExecutionProvider",
         "ADMIN_TOKEN": token,

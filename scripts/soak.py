@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rest_port, grpc_port = free_port(), free_port()
     env = {**os.environ, "PROVIDERS": "CPUExecutionProvider"}
-    env.pop("ADMIN_TOKEN", None)  # the index is read from loopback
+    env["ADMIN_LOOPBACK"] = "true"  # the index is read straight from 127.0.0.1, no token
     command = [
         sys.executable,
         "-m",

@@ -85,6 +85,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "timeout_graceful_shutdown": settings.shutdown_timeout_s,
         "timeout_keep_alive": settings.keep_alive_timeout_s,
         "http": http_protocol(settings),  # HEADER_TIMEOUT_S and MAX_CONNECTIONS
+        # X-Forwarded-For sets request.client only from TRUSTED_PROXIES (client_address.py)
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": [str(network) for network in settings.trusted_proxies],
     }
 
 

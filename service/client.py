@@ -322,7 +322,13 @@ def _common(suppress: bool) -> Parser:
     common.add_argument(
         "--token",
         default=default(env.get("ADMIN_TOKEN")),
-        help="bearer token for the repository API (ADMIN_TOKEN); gRPC models needs it off-host",
+        help="bearer token for the repository API (ADMIN_TOKEN), which gRPC models reads",
+    )
+    common.add_argument(
+        "--token-file",
+        type=Path,
+        default=default(env.get("ADMIN_TOKEN_FILE")),
+        help="a file holding that token (ADMIN_TOKEN_FILE), e.g. .admin-token from make serve",
     )
     common.add_argument("--timeout", type=float, default=default(60.0), help="seconds per request")
     common.add_argument(
@@ -357,16 +363,31 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
+def admin_token(token: str | None, token_file: Path | None) -> str | None:
+    """``--token``, else the contents of ``--token-file`` (stripped, as the server reads it)."""
+    if token or token_file is None:
+        return token or None
+    try:
+        return token_file.read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClientError(f"--token-file {token_file}: unreadable ({exc})", EXIT_INPUT) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or bad usage (1), as a return value for callers
         return exc.code if isinstance(exc.code, int) else EXIT_INPUT
-    rest = RestClient(args.url, args.token, args.timeout)
+    try:
+        token = admin_token(args.token, args.token_file)
+    except ClientError as exc:
+        print(f"cifar-client: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    rest = RestClient(args.url, token, args.timeout)
     client: Client = rest
     try:
         if args.protocol == "grpc" and args.command in ("predict", "models", "health"):
-            client = GrpcClient(args.grpc_url, args.token, args.timeout)
+            client = GrpcClient(args.grpc_url, token, args.timeout)
         if args.command == "predict":
             return predict(args, client)
         if args.command == "models":

@@ -5,10 +5,11 @@ Every field maps to an upper-case environment variable of the same name, e.g. ``
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.core.errors import ServingError
@@ -308,8 +309,43 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         default=None,
         description=(
-            "Bearer token the repository API (/v2/repository/...) requires; unset: that API "
-            "answers loopback clients only."
+            "Bearer token that the repository API (REST /v2/repository/..., gRPC Repository*) "
+            "requires. Without it (and without ADMIN_TOKEN_FILE) that API is refused, 403, "
+            "except for ADMIN_LOOPBACK's local clients."
+        ),
+    )
+    admin_token_file: Path | None = Field(
+        default=None,
+        description=(
+            "A file whose contents are the admin token (container secrets; make serve writes "
+            ".admin-token), read once at start-up, surrounding whitespace dropped. Not together "
+            "with ADMIN_TOKEN."
+        ),
+    )
+    admin_loopback: bool = Field(
+        default=False,
+        description=(
+            "Local development only: the repository API also answers, without the token, peers "
+            "at exactly 127.0.0.1 or ::1 whose requests carry no forwarding headers (Forwarded, "
+            "X-Forwarded-For, X-Real-IP). Off where a proxy on this host may forward requests "
+            "without their client's address."
+        ),
+    )
+    trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Reverse proxies whose X-Forwarded-For names the client, comma-separated addresses "
+            "or CIDR networks, for REST (uvicorn's request.client and logs) and gRPC alike. "
+            "Empty: no proxy header is believed. A forwarded request is never a local client."
+        ),
+    )
+    allowed_hosts: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description=(
+            "Host header names (any port) that REST answers, comma-separated; '*' for any, "
+            "'*.example.com' for subdomains; others get 400 (DNS rebinding). Unset or empty: "
+            "localhost, 127.0.0.1, [::1] and HOST itself when HOST is a loopback address, else "
+            "any."
         ),
     )
 
@@ -321,10 +357,40 @@ class Settings(BaseSettings):
         except ServingError as exc:
             raise ValueError(exc.message) from None
 
-    @field_validator("admin_token", mode="before")
+    @field_validator("admin_token", "admin_token_file", mode="before")
     @classmethod
-    def _empty_token_is_none(cls, value: object) -> object:
+    def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("trusted_proxies", "allowed_hosts", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("admin_token_file")
+    @classmethod
+    def _one_token_source(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # Here, not in the model validator: its errors would print the token with the input.
+        if value is not None and info.data.get("admin_token") is not None:
+            raise ValueError("set ADMIN_TOKEN or ADMIN_TOKEN_FILE, not both")
+        return value
+
+    @model_validator(mode="after")
+    def _read_token_file(self) -> Settings:
+        if self.admin_token_file is None:
+            return self
+        try:
+            token = self.admin_token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"ADMIN_TOKEN_FILE {self.admin_token_file}: unreadable ({exc})"
+            ) from None
+        if not token:
+            raise ValueError(f"ADMIN_TOKEN_FILE {self.admin_token_file} is empty")
+        self.admin_token = SecretStr(token)
+        return self
 
     @field_validator("providers", mode="before")
     @classmethod

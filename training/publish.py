@@ -23,7 +23,11 @@ STALE_TMP_S = 3600.0  # a temporary folder this old belongs to a killed run
 def versions(model_dir: Path) -> list[int]:
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(
+        int(p.name)
+        for p in model_dir.iterdir()
+        if p.is_dir() and p.name.isascii() and p.name.isdigit()  # as the server reads them
+    )
 
 
 def next_version(model_dir: Path) -> int:

@@ -1,47 +1,99 @@
-"""Who may use the model repository API, for REST and gRPC alike: the bearer token when
-``ADMIN_TOKEN`` is set, loopback clients only when it is not; and which load parameters it takes."""
+"""Who may change what is served (the model repository API), for REST and gRPC alike: whoever
+sends the bearer token (``ADMIN_TOKEN`` or ``ADMIN_TOKEN_FILE``); without a token configured,
+nobody, unless ``ADMIN_LOOPBACK`` admits direct local clients. Addresses are not credentials: a
+proxy on the host connects from loopback for everyone. Over REST, browsers' cross-site requests
+are refused first (a form on any web page can POST to localhost). Also: which load parameters
+the API takes."""
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
+import urllib.parse
 from collections.abc import Iterable
 from typing import Annotated, Any
 
 from fastapi import Request, Security
 from fastapi.security import HTTPBearer
-from pydantic import SecretStr
 
+from service.api.client_address import Caller, caller, ip
 from service.api.state import State
-from service.core.errors import Forbidden, InvalidInput, Unauthorized
+from service.core.errors import Forbidden, InvalidInput, ServingError, Unauthorized
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# ADMIN_LOOPBACK's peers: these two addresses exactly, not the rest of 127.0.0.0/8 (where other
+# local services and proxies may listen).
+LOCAL_PEERS = frozenset({ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")})
+SAME_SITE = frozenset({"same-origin", "none"})  # Sec-Fetch-Site values of a non-cross-site call
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
+def is_local(who: Caller) -> bool:
+    """A direct, unforwarded connection from 127.0.0.1 or ::1."""
+    return not who.forwarded and ip(who.peer) in LOCAL_PEERS
 
 
-def check_admin(token: SecretStr | None, host: str | None, authorization: str) -> None:
-    """The repository API's rule: 401 without the bearer token, 403 with a wrong one or,
-    tokenless, from off the host (``host``: the client's IP address)."""
+def _admission(settings: Settings, who: Caller, authorization: str) -> str:
+    """How the call is admitted ("token" or "loopback"); raises when it is not."""
+    if settings.admin_loopback and is_local(who):
+        return "loopback"
+    token = settings.admin_token
     if token is None:
-        if not is_loopback(host):
+        if settings.admin_loopback:
             raise Forbidden(
-                "the repository API answers loopback clients only unless ADMIN_TOKEN is set"
+                "the repository API needs ADMIN_TOKEN here: ADMIN_LOOPBACK admits only direct "
+                "clients at 127.0.0.1 or ::1 (no proxy, no forwarding headers)"
             )
-        return
+        raise Forbidden(
+            "the repository API is off: set ADMIN_TOKEN (or ADMIN_TOKEN_FILE) on the server and "
+            "send 'Authorization: Bearer <token>'"
+        )
     scheme, _, given = authorization.partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         raise Unauthorized("the repository API needs 'Authorization: Bearer <ADMIN_TOKEN>'")
     if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
         raise Forbidden("wrong bearer token for the repository API")
+    return "token"
+
+
+def check_admin(settings: Settings, who: Caller, authorization: str, what: str) -> None:
+    """The repository API's rule: 401 without the bearer token, 403 with a wrong one, 403
+    without a token configured (bar ADMIN_LOOPBACK's local clients). Every decision is logged
+    with the client's address: these calls change what everyone is served."""
+    try:
+        how = _admission(settings, who, authorization)
+    except ServingError as exc:
+        log.info("%s refused for client %r: %s", what, who.client, exc.message)
+        raise
+    log.info("%s for client %r (%s)", what, who.client, how)
+
+
+def _scheme_host_port(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port or the scheme's default) of ``url``; None if it names no host."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    return parts.scheme, parts.hostname, port or DEFAULT_PORTS.get(parts.scheme)
+
+
+def check_same_site(sec_fetch_site: str | None, origin: str | None, host: str | None) -> None:
+    """403 for a browser's cross-site request: ``Sec-Fetch-Site`` other than same-origin or none
+    (typed URL, bookmark), or an ``Origin`` whose host and port are not the request's ``Host``
+    (a Host without a port has the Origin scheme's). Clients that are not browsers send neither."""
+    if sec_fetch_site is not None and sec_fetch_site.strip().lower() not in SAME_SITE:
+        raise Forbidden(f"cross-site request refused (Sec-Fetch-Site: {sec_fetch_site[:40]!r})")
+    if origin is None:
+        return
+    source = _scheme_host_port(origin.strip())
+    if source is None or source != _scheme_host_port(f"{source[0]}://{host or ''}"):
+        raise Forbidden(f"cross-origin request refused (Origin {origin[:100]!r} is not the Host)")
 
 
 def check_load_parameters(names: Iterable[str]) -> None:
@@ -58,16 +110,21 @@ def check_load_parameters(names: Iterable[str]) -> None:
 BEARER = HTTPBearer(
     auto_error=False,
     scheme_name="AdminToken",
-    description="ADMIN_TOKEN, when set; without it the repository API answers loopback only.",
+    description=(
+        "ADMIN_TOKEN (or the contents of ADMIN_TOKEN_FILE); without one configured the repository "
+        "API is refused, except with ADMIN_LOOPBACK for direct clients at 127.0.0.1 or ::1."
+    ),
 )
 
 
 async def require_admin(
     request: Request, state: State, _: Annotated[Any, Security(BEARER)] = None
 ) -> None:
-    """The REST routes' dependency: ``check_admin`` on the request (async: no thread hop)."""
-    check_admin(
-        state.settings.admin_token,
-        request.client.host if request.client else None,
-        request.headers.get("authorization", ""),
-    )
+    """The REST routes' dependency: not cross-site, then ``check_admin`` (async: no thread hop)."""
+    headers = request.headers
+    check_same_site(headers.get("sec-fetch-site"), headers.get("origin"), headers.get("host"))
+    settings = state.settings
+    peer = request.client.host if request.client else None
+    who = caller(peer, headers.items(), settings.trusted_proxies)
+    what = f"{request.method} {request.url.path}"
+    check_admin(settings, who, headers.get("authorization", ""), what)

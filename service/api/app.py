@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from service.api.allowed_hosts import AllowedHosts, allowed_hosts
 from service.api.dataplane import SERVER_NAME, SERVER_VERSION
 from service.api.fast_path import FastInfer
 from service.api.http_io import JSONResponse, error_response, serving_error_response
@@ -107,6 +108,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=state.metrics)
     if settings.v2_fast_path:
         app.add_middleware(FastInfer, state=state)  # ahead of every layer above
+    hosts = allowed_hosts(settings)
+    if hosts is not None:
+        app.add_middleware(AllowedHosts, hosts=hosts)  # ahead of the fast path too
     app.add_middleware(RequestId)  # outermost: every response carries X-Request-ID
 
     for module in (v2, model_repository, v1, inspect, explore, ops, api_docs):

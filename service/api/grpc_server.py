@@ -26,6 +26,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from service.api import dataplane
 from service.api.admin import check_admin
+from service.api.client_address import caller
 from service.api.codec import DATATYPES, InputTensor, tensor_from_parts
 from service.api.grpc_handlers import Undecodable, method_handlers
 from service.api.state import ServiceState
@@ -217,18 +218,17 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     # -- the model repository extension: the data plane's, under the admin rules (admin.py) ---
 
-    def _require_admin(self, context: Any) -> None:
-        metadata = {m.key: m.value for m in context.invocation_metadata() or ()}
-        authorization = metadata.get("authorization", "")
-        check_admin(
-            self.state.settings.admin_token,
-            peer_host(context.peer()),
-            authorization if isinstance(authorization, str) else "",
-        )
+    def _require_admin(self, context: Any, method: str) -> None:
+        settings = self.state.settings
+        metadata = [(m.key, m.value) for m in context.invocation_metadata() or ()]
+        who = caller(peer_host(context.peer()), metadata, settings.trusted_proxies)
+        authorization = next((v for k, v in metadata if k == "authorization"), "")
+        token = authorization if isinstance(authorization, str) else ""
+        check_admin(settings, who, token, f"gRPC {method}")
 
     @rpc
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
-        self._require_admin(context)
+        self._require_admin(context, "RepositoryIndex")
         rows = dataplane.repository_index(self.state, request.ready)
         return service_pb2.RepositoryIndexResponse(
             models=[service_pb2.RepositoryIndexResponse.ModelIndex(**row) for row in rows]
@@ -236,13 +236,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     @rpc
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        self._require_admin(context)
+        self._require_admin(context, "RepositoryModelLoad")
         await dataplane.load_model(self.state, request.model_name, request.parameters.keys())
         return service_pb2.RepositoryModelLoadResponse()
 
     @rpc
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        self._require_admin(context)
+        self._require_admin(context, "RepositoryModelUnload")
         await dataplane.unload_model(self.state, request.model_name)
         return service_pb2.RepositoryModelUnloadResponse()
 

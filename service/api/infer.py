@@ -35,7 +35,7 @@ async def v2_infer(
     runtime = dataplane.model_runtime(state, name, version)
     length: int | None = None
     if header_length is not None:
-        if not header_length.isdigit():
+        if not (header_length.isascii() and header_length.isdigit()):  # "²" is a digit
             raise InvalidInput(f"Inference-Header-Content-Length {header_length!r} is not a number")
         length = int(header_length)
     elif not is_json_type(content_type):

@@ -87,6 +87,10 @@ class RequestTimeout(InvalidInput):
     status = HTTPStatus.REQUEST_TIMEOUT
 
 
+class HostNotAllowed(InvalidInput):
+    """A Host header that ``ALLOWED_HOSTS`` does not name (a DNS-rebinding page, for one)."""
+
+
 class UnsupportedMediaType(InvalidInput):
     """A request body in a content type the endpoint does not read."""
 

@@ -90,7 +90,7 @@ class VersionPolicy:
 
 
 def _integer(text: str, whole: str) -> int:
-    if not text.strip().isdigit():
+    if not (text.strip().isascii() and text.strip().isdigit()):  # int() reads "١" as 1
         raise InvalidConfig(f"version policy {whole!r}: {text.strip()!r} is not a positive integer")
     return int(text)
 

@@ -71,7 +71,7 @@ def parse_version(version: str | int | None) -> int | None:
         return None
     if isinstance(version, int):
         number = version
-    elif version.isdigit() and len(version) <= 9:
+    elif version.isascii() and version.isdigit() and len(version) <= 9:  # not "١" (Arabic 1)
         number = int(version)
     else:
         raise ModelNotFound(f"version {version!r} is not a positive integer")
@@ -196,7 +196,11 @@ class ModelRepository:
         return {
             int(d.name): d
             for d in model_dir.iterdir()
-            if d.is_dir() and d.name.isdigit() and len(d.name) <= 9 and int(d.name) > 0
+            if d.is_dir()
+            and d.name.isascii()
+            and d.name.isdigit()
+            and len(d.name) <= 9
+            and int(d.name) > 0
         }
 
     def _publish(self, name: str, model: _Model | None) -> None:

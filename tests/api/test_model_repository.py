@@ -1,9 +1,11 @@
-"""The repository extension over HTTP (index, load, unload) with and without the admin token, from
-loopback and from elsewhere (the client address is set on the ASGI transport; nothing is sent
-over a network), and versioned URLs under a version policy."""
+"""The repository extension over HTTP (index, load, unload): the admin token, ADMIN_LOOPBACK's
+local clients, forwarded and cross-site requests, from loopback and from elsewhere (the client
+address is set on the ASGI transport; nothing is sent over a network), and versioned URLs under a
+version policy."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -23,6 +25,12 @@ pytestmark = pytest.mark.anyio
 LOOPBACK = ("127.0.0.1", 5000)
 ELSEWHERE = ("10.1.2.3", 1234)
 TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+REPOSITORY_URLS = (
+    "/v2/repository/index",
+    "/v2/repository/models/tiny/unload",
+    "/v2/repository/models/tiny/load",
+)
 IMAGES = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
 INFER_BODY = {
     "inputs": [
@@ -40,62 +48,148 @@ Client = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
 @pytest.fixture
 def client_for(tmp_path: Path) -> Client:
-    """``client_for(client=(host, port), **settings)``: an app over tiny v1, v2 (and a broken
-    ``broken`` v1), talked to as if from ``host``."""
+    """``client_for(client=(host, port), headers={...}, **settings)``: an app over tiny v1, v2
+    (and a broken ``broken`` v1) with ADMIN_TOKEN=TOKEN unless told otherwise, talked to as if
+    from ``host`` with ``headers`` on every request (default: the token)."""
     repo = make_model_repo(tmp_path, {"tiny": [1, 2]}, lecture=False)
     (repo / "broken").mkdir()
     write_version_atomically(repo, "broken", 1, b"not a graph", "0" * 64)
 
     @asynccontextmanager
     async def build(
-        client: tuple[str, int] = LOOPBACK, **changes: Any
+        client: tuple[str, int] = LOOPBACK, headers: dict[str, str] | None = None, **changes: Any
     ) -> AsyncIterator[httpx.AsyncClient]:
-        app = create_app(make_settings(repo, poll_interval_s=0, **changes))
+        settings = make_settings(repo, poll_interval_s=0, **{"admin_token": TOKEN, **changes})
+        app = create_app(settings)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app, client=client)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            async with httpx.AsyncClient(
+                transport=transport,
+                base_url="http://localhost",
+                headers=AUTH if headers is None else headers,
+            ) as http:
                 yield http
 
     return build
 
 
 @pytest.mark.parametrize(
-    ("token", "client", "authorization", "status"),
+    ("token", "loopback", "client", "headers", "status"),
     [
-        (None, LOOPBACK, None, 200),
-        (None, ("::1", 5000), None, 200),
-        (None, ELSEWHERE, None, 403),
-        (None, ELSEWHERE, f"Bearer {TOKEN}", 403),  # no token configured: loopback only
-        (TOKEN, LOOPBACK, None, 401),
-        (TOKEN, ELSEWHERE, None, 401),
-        (TOKEN, ELSEWHERE, "Bearer wrong", 403),
-        (TOKEN, ELSEWHERE, f"Basic {TOKEN}", 401),
-        (TOKEN, ELSEWHERE, f"Bearer {TOKEN}", 200),
-        (TOKEN, LOOPBACK, f"bearer {TOKEN}", 200),
+        # No token configured: refused, from loopback too (a proxy on the host is loopback).
+        (None, False, LOOPBACK, {}, 403),
+        (None, False, ("::1", 5000), {}, 403),
+        (None, False, ELSEWHERE, {"Authorization": "Bearer anything"}, 403),
+        # ADMIN_LOOPBACK: direct clients at 127.0.0.1 or ::1 exactly, nothing forwarded.
+        (None, True, LOOPBACK, {}, 200),
+        (None, True, ("::1", 5000), {}, 200),
+        (None, True, ("::ffff:127.0.0.1", 5000), {}, 200),  # 127.0.0.1 on a dual-stack socket
+        (None, True, ("127.0.0.2", 5000), {}, 403),  # another local service or proxy
+        (None, True, ELSEWHERE, {}, 403),
+        (None, True, LOOPBACK, {"X-Forwarded-For": "10.1.2.3"}, 403),
+        (None, True, LOOPBACK, {"X-Forwarded-For": "127.0.0.1"}, 403),  # forwarded never counts
+        (None, True, LOOPBACK, {"Forwarded": "for=127.0.0.1"}, 403),
+        (None, True, LOOPBACK, {"X-Real-IP": "127.0.0.1"}, 403),
+        # The token, from anywhere (forwarded or not); without it 401, a wrong one 403.
+        (TOKEN, False, LOOPBACK, {}, 401),
+        (TOKEN, False, ELSEWHERE, {}, 401),
+        (TOKEN, False, ELSEWHERE, {"Authorization": "Bearer wrong"}, 403),
+        (TOKEN, False, ELSEWHERE, {"Authorization": f"Basic {TOKEN}"}, 401),
+        (TOKEN, False, ELSEWHERE, AUTH, 200),
+        (TOKEN, False, LOOPBACK, {"Authorization": f"bearer {TOKEN}"}, 200),
+        (TOKEN, False, LOOPBACK, {**AUTH, "X-Forwarded-For": "203.0.113.9"}, 200),
+        (TOKEN, True, LOOPBACK, {}, 200),  # ADMIN_LOOPBACK admits local clients beside the token
+        (TOKEN, True, ELSEWHERE, {}, 401),
     ],
 )
-async def test_repository_api_needs_the_token_or_loopback(
+async def test_repository_api_needs_the_token_or_a_direct_local_client_under_admin_loopback(
     client_for: Client,
     token: str | None,
+    loopback: bool,
     client: tuple[str, int],
-    authorization: str | None,
+    headers: dict[str, str],
     status: int,
 ) -> None:
-    headers = {"Authorization": authorization} if authorization else {}
-    async with client_for(client=client, admin_token=token) as http:
-        for url in (
-            "/v2/repository/index",
-            "/v2/repository/models/tiny/unload",
-            "/v2/repository/models/tiny/load",
-        ):
-            response = await http.post(url, headers=headers)
+    async with client_for(
+        client=client, headers=headers, admin_token=token, admin_loopback=loopback
+    ) as http:
+        for url in REPOSITORY_URLS:
+            response = await http.post(url)
             assert response.status_code == status, (url, response.text)
             if status == 401:
                 assert response.headers["www-authenticate"] == "Bearer"
             if status != 200:
                 assert "error" in response.json()
+            if status == 403 and token is None:
+                assert "ADMIN_TOKEN" in response.json()["error"]  # names the setting
         # Inference needs no token, from anywhere.
         assert (await http.post("/v2/models/tiny/infer", json=INFER_BODY)).status_code == 200
+
+
+async def test_a_trusted_proxy_names_the_client_but_forwarded_requests_are_never_local(
+    client_for: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """From TRUSTED_PROXIES, X-Forwarded-For gives the client's address (in the decision's log
+    line); from anyone else it is ignored. Either way a forwarded request is not local."""
+    caplog.set_level(logging.INFO, logger="service.api.admin")
+    forwarded = {"X-Forwarded-For": "203.0.113.9, 10.0.0.7"}  # the client, then an inner proxy
+    for proxies, client in (
+        (["127.0.0.1", "10.0.0.0/8"], "203.0.113.9"),
+        ([], "127.0.0.1"),  # an untrusted peer's header names nobody
+    ):
+        caplog.clear()
+        async with client_for(
+            headers=forwarded, admin_token=None, admin_loopback=True, trusted_proxies=proxies
+        ) as http:
+            response = await http.post("/v2/repository/index")
+        assert response.status_code == 403, response.text
+        (line,) = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+        assert line.startswith(f"POST /v2/repository/index refused for client '{client}'")
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Origin": "http://evil.example"}, 403),
+        ({"Origin": "http://localhost:8000"}, 403),  # another port is another origin
+        ({"Origin": "null"}, 403),  # sandboxed frames, file: pages
+        ({"Sec-Fetch-Site": "cross-site"}, 403),
+        ({"Sec-Fetch-Site": "same-site"}, 403),  # a sibling subdomain is not this server
+        ({"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}, 200),
+        ({"Sec-Fetch-Site": "none"}, 200),  # typed into the address bar
+        ({}, 200),  # curl, tritonclient: not a browser
+    ],
+)
+async def test_cross_site_browser_requests_are_refused(
+    client_for: Client, headers: dict[str, str], status: int
+) -> None:
+    async with client_for(headers={**AUTH, **headers}) as http:
+        for url in REPOSITORY_URLS:
+            response = await http.post(url)
+            assert response.status_code == status, (url, response.text)
+            if status == 403:
+                assert "cross-" in response.json()["error"]
+
+
+async def test_a_cross_site_form_cannot_unload_a_model_from_a_local_browser(
+    client_for: Client,
+) -> None:
+    """What a page on any site can make the browser send to localhost under ADMIN_LOOPBACK."""
+    form = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Origin": "https://evil.example",
+        "Sec-Fetch-Site": "cross-site",
+        "Sec-Fetch-Mode": "navigate",
+    }
+    async with client_for(headers={}, admin_token=None, admin_loopback=True) as http:
+        response = await http.post("/v2/repository/models/tiny/unload", headers=form, content=b"")
+        assert response.status_code == 403
+        assert (await http.get("/v2/models/tiny/ready")).status_code == 200
+        # Without Sec-Fetch-Site (older browsers) the Origin alone is enough.
+        del form["Sec-Fetch-Site"]
+        response = await http.post("/v2/repository/models/tiny/unload", headers=form, content=b"")
+        assert response.status_code == 403
+        assert (await http.get("/v2/models/tiny/ready")).status_code == 200
 
 
 async def test_index_lists_every_version_with_state_and_reason(client_for: Client) -> None:

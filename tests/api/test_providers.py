@@ -13,7 +13,7 @@ import pytest
 
 from service.engine.runtime import provider_problem
 from service.settings import Settings
-from tests.api.conftest import app_client
+from tests.api.conftest import ADMIN_TOKEN, app_client
 from tests.conftest import make_model_repo
 
 pytestmark = pytest.mark.anyio
@@ -21,7 +21,12 @@ CUDA_FIRST = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def make_settings(repo: Path, **changes: object) -> Settings:
-    options: dict[str, object] = {"providers": ["CPUExecutionProvider"], **changes}
+    """CPU unless told otherwise, with the admin token that ``app_client`` sends."""
+    options: dict[str, object] = {
+        "providers": ["CPUExecutionProvider"],
+        "admin_token": ADMIN_TOKEN,
+        **changes,
+    }
     return Settings(model_repository=repo, **options)  # type: ignore[arg-type]
 
 

@@ -150,10 +150,24 @@ async def test_unknown_model_version_and_media_type(client: httpx.AsyncClient) -
         ("/v2/models/tiny/versions/7/infer", 404),
         ("/v2/models/tiny/versions/abc/infer", 404),
         ("/v2/models/tiny/versions/1/infer", 404),  # on disk, not served
+        ("/v2/models/tiny/versions/%D9%A2/infer", 404),  # "\u0662": Arabic-Indic 2, not 2
+        ("/v2/models/tiny/versions/%EF%BC%92/infer", 404),  # fullwidth 2
     ]:
         response = await client.post(url, content=body)
         assert response.status_code == status, url
         assert response.json()["error"]
+    assert (await client.get("/v2/models/tiny/versions/%D9%A2")).status_code == 404
+    assert (await client.get("/v2/models/tiny/versions/%D9%A2/ready")).status_code == 404
+    versioned = orjson.dumps({**tensor([0] * 3072, [1, 32, 32, 3]), "model_version": "\u0662"})
+    response = await client.post("/v2/models/tiny/infer", content=versioned)
+    assert response.status_code == 400 and "model_version" in response.json()["error"]
+    # A superscript digit in the binary extension's length: a 400, not int()'s ValueError (500).
+    response = await client.post(
+        "/v2/models/tiny/infer",
+        content=body,
+        headers=[(b"Inference-Header-Content-Length", "\u00b2".encode("latin-1"))],
+    )
+    assert response.status_code == 400, response.text
     response = await client.post(
         "/v2/models/tiny/infer", content=body, headers={"Content-Type": "text/plain"}
     )

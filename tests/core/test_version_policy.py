@@ -30,7 +30,8 @@ def test_setting_form_parses_and_selects(
 
 
 @pytest.mark.parametrize(
-    "text", ["newest", "latest:0", "latest:x", "all:2", "specific:", "specific:a"]
+    "text",
+    ["newest", "latest:0", "latest:x", "all:2", "specific:", "specific:a", "specific:\u0661"],
 )
 def test_bad_setting_forms_are_refused(text: str) -> None:
     with pytest.raises(InvalidConfig):

@@ -23,13 +23,17 @@ from tests.e2e.running import Running, running_server
 from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "client-test-token"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     repo = make_model_repo(tmp_path_factory.mktemp("client"))
     settings = Settings(
-        model_repository=repo, providers=["CPUExecutionProvider"], poll_interval_s=0
+        model_repository=repo,
+        providers=["CPUExecutionProvider"],
+        poll_interval_s=0,
+        admin_token=TOKEN,  # type: ignore[arg-type]
     )
     with running_server(settings) as running:
         yield running
@@ -109,14 +113,22 @@ def test_predict_table_lists_each_file_with_its_classes(
 
 @pytest.mark.parametrize("protocol", ["rest", "grpc"])
 def test_models_and_health_over_both_protocols(
-    server: Running, protocol: str, capsys: pytest.CaptureFixture[str]
+    server: Running, protocol: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    code, out, _ = run(server, capsys, "models", "--json", "--protocol", protocol)
+    token_file = tmp_path / ".admin-token"
+    token_file.write_text(TOKEN + "\n")  # as make serve writes it
+    if protocol == "grpc":  # the repository index, which takes the token
+        code, _, err = run(server, capsys, "models", "--protocol", protocol)
+        assert code == 1 and "UNAUTHENTICATED" in err and "ADMIN_TOKEN" in err
+        code, _, err = run(server, capsys, "models", "--token-file", str(tmp_path / "absent"))
+        assert code == 1 and "--token-file" in err
+    auth = ["--token-file", str(token_file)]
+    code, out, _ = run(server, capsys, *auth, "models", "--json", "--protocol", protocol)
     assert code == 0
     rows = {(r["name"], r["version"]): r["state"] for r in map(json.loads, out.splitlines())}
     assert rows[("tiny", "2")].startswith("READY") and rows[("tiny", "1")] == "UNLOADED"
     assert rows[("cifar10_cnn", "1")].startswith("READY")
-    code, out, _ = run(server, capsys, "models", "--protocol", protocol)
+    code, out, _ = run(server, capsys, "models", "--protocol", protocol, "--token", TOKEN)
     assert code == 0 and out.splitlines()[0].split() == ["MODEL", "VERSION", "STATE", "REASON"]
     code, out, _ = run(server, capsys, "--protocol", protocol, "health")
     assert (code, out.strip()) == (0, "live: yes, ready: yes")

@@ -3,6 +3,7 @@ what tritonclient does not send) against REST and gRPC of one server on loopback
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,10 @@ def settings_for(repo: Path, **changes: Any) -> Settings:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """Local development's settings: no token, ADMIN_LOOPBACK, this host as a trusted proxy."""
     repo = make_model_repo(tmp_path_factory.mktemp("grpc"))
-    with running_server(settings_for(repo)) as running:
+    settings = settings_for(repo, admin_loopback=True, trusted_proxies="127.0.0.1")
+    with running_server(settings) as running:
         yield running
 
 
@@ -85,6 +88,9 @@ def test_health_and_metadata(client: Any) -> None:
     assert config.max_batch_size == MAX_IMAGES
     assert config.parameters["class_names"].string_value.count('"') == 2 * len(CIFAR_CLASSES)
     assert status_of(lambda: client.get_model_metadata("tiny", "1"))[0] == "NOT_FOUND"
+    # Versions are ASCII digits: "\u0662" (Arabic-Indic 2) is no name for version 2.
+    assert status_of(lambda: client.get_model_metadata("tiny", "\u0662"))[0] == "NOT_FOUND"
+    assert not client.is_model_ready("tiny", "\u0662")
 
 
 def test_raw_uint8_batch_matches_rest_for_the_same_images(client: Any, server: Running) -> None:
@@ -136,6 +142,11 @@ def test_errors_become_status_codes_and_the_server_keeps_answering(
     batch = np.zeros((2, 32, 32, 3), np.uint8)
     code, message = status_of(lambda: client.infer("nope", [raw_input(batch)]))
     assert (code, "unknown model 'nope'" in message) == ("NOT_FOUND", True)
+    # Versions are ASCII digits: "\u0662" (Arabic-Indic 2) does not name version 2.
+    code, message = status_of(
+        lambda: client.infer("tiny", [raw_input(batch)], model_version="\u0662")
+    )
+    assert code == "NOT_FOUND" and "not a positive integer" in message
     code, message = status_of(lambda: client.infer("tiny", [raw_input(batch[:, :16])]))
     assert code == "INVALID_ARGUMENT" and "does not fit [-1, 32, 32, 3]" in message
     too_many = np.zeros((MAX_IMAGES + 1, 32, 32, 3), np.uint8)
@@ -164,11 +175,11 @@ def test_errors_become_status_codes_and_the_server_keeps_answering(
 
     assert client.is_server_ready()
     metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
-    assert 'grpc_requests_total{code="NOT_FOUND",method="ModelInfer"} 1.0' in metrics
+    assert 'grpc_requests_total{code="NOT_FOUND",method="ModelInfer"} 2.0' in metrics
     assert 'grpc_requests_total{code="OK",method="ServerReady"}' in metrics
 
 
-def test_repository_calls_from_loopback_without_a_token(client: Any) -> None:
+def test_repository_calls_from_a_direct_local_client_under_admin_loopback(client: Any) -> None:
     index = client.get_model_repository_index()
     rows = {(m.name, m.version): m.state for m in index.models}
     assert rows[("tiny", "2")] == "READY" and rows[("tiny", "1")] == "UNLOADED"
@@ -184,6 +195,47 @@ def test_repository_calls_from_loopback_without_a_token(client: Any) -> None:
     assert status_of(lambda: client.load_model("nope"))[0] == "NOT_FOUND"
     code, message = status_of(lambda: client.load_model("tiny", config='{"x": 1}'))
     assert code == "INVALID_ARGUMENT" and "not supported" in message
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"x-forwarded-for": "203.0.113.9"},  # through this host's (trusted) proxy
+        {"x-forwarded-for": "127.0.0.1"},  # forwarded is never local, whatever it says
+        {"x-real-ip": "127.0.0.1"},
+        {"forwarded": "for=127.0.0.1"},
+    ],
+)
+def test_forwarded_repository_calls_are_not_local_under_admin_loopback(
+    client: Any, metadata: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.api.admin")
+    code, message = status_of(lambda: client.get_model_repository_index(headers=metadata))
+    assert code == "PERMISSION_DENIED" and "ADMIN_TOKEN" in message
+    assert status_of(lambda: client.unload_model("tiny", headers=metadata))[0] == (
+        "PERMISSION_DENIED"
+    )
+    assert client.is_model_ready("tiny")
+    if "x-forwarded-for" in metadata:  # the trusted proxy's client is the one in the log
+        client_address = metadata["x-forwarded-for"]
+        assert f"gRPC RepositoryIndex refused for client '{client_address}'" in caplog.text
+
+
+def test_repository_calls_are_refused_without_a_token_configured(tmp_path: Path) -> None:
+    repo = make_model_repo(tmp_path, {"tiny": [1]}, lecture=False)
+    with running_server(settings_for(repo)) as server:
+        client = triton.InferenceServerClient(server.grpc_url)
+        try:
+            for call in (
+                client.get_model_repository_index,
+                lambda: client.unload_model("tiny"),
+                lambda: client.load_model("tiny"),
+            ):
+                code, message = status_of(call)
+                assert code == "PERMISSION_DENIED" and "ADMIN_TOKEN" in message
+            assert client.is_model_ready("tiny")
+        finally:
+            client.close()
 
 
 def test_repository_calls_need_the_admin_token_when_set(tmp_path: Path) -> None:

@@ -52,6 +52,7 @@ def settings_for(repo: Path, **changes: object) -> Settings:
 
 
 def index(base: str) -> dict[str, dict[str, str]]:
+    """The repository index, read as local development does (ADMIN_LOOPBACK, below)."""
     rows = httpx.post(f"{base}/v2/repository/index", timeout=10).json()
     return {f"{r['name']}/{r['version']}": r for r in rows}
 
@@ -83,7 +84,7 @@ def test_publishing_while_clients_send_requests_fails_none_and_switches_within_a
     def total() -> int:
         return sum(len(seen) for seen in answers)
 
-    with running_server(settings_for(repo)) as server:
+    with running_server(settings_for(repo, admin_loopback=True)) as server:
         base = f"http://{server}"
         threads = [threading.Thread(target=client, args=(base, seen)) for seen in answers]
         for thread in threads:

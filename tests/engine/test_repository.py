@@ -129,11 +129,25 @@ def test_empty_or_missing_repository_serves_nothing_and_is_not_ready(tmp_path: P
         load(tmp_path).get("x")
 
 
-@pytest.mark.parametrize("version", ["0", "-1", "abc", "1.0", "99999999999"])
+@pytest.mark.parametrize(
+    "version", ["0", "-1", "abc", "1.0", "99999999999", "\u0661", "\uff11", "\u00b9", " 1"]
+)  # Arabic-Indic, fullwidth and superscript 1, which str.isdigit and int() accept
 def test_versions_from_urls_must_be_positive_integers(tmp_path: Path, version: str) -> None:
     repository = load(make_model_repo(tmp_path, {"tiny": [1]}, lecture=False))
     with pytest.raises(ModelNotFound):
         repository.get("tiny", version)
+
+
+def test_version_folders_are_ascii_digits_only(tmp_path: Path) -> None:
+    """A folder named in other digits ("\u0662", Arabic-Indic 2) is no version: int() would
+    read it as 2 and let it stand in for the real one."""
+    repo = make_model_repo(tmp_path, {"tiny": [1]}, lecture=False)
+    (repo / "tiny" / "1").rename(repo / "tiny" / "\u0662")
+    write_model(repo, "tiny", 1)
+    repository = load(repo)
+    assert [e.version for e in repository.versions("tiny")] == [1]
+    assert repository.get("tiny").version == 1
+    repository.close()
 
 
 def test_missing_provider_falls_back_to_cpu_with_one_log_line(

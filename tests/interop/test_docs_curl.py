@@ -1,13 +1,16 @@
 """The ``curl`` examples in README.md and docs/*.md, run as written against a real server, so the
 docs cannot drift from it. ``localhost:8000`` becomes the test server's port; ``cat.png``,
-``ship.jpg`` and ``cat.jpg`` are real CIFAR-10 test images in the working folder. An example aimed
-at another host (``http://host:8000``) is not runnable here and is counted as skipped.
+``ship.jpg`` and ``cat.jpg`` are real CIFAR-10 test images in the working folder, beside an
+``.admin-token`` that the server reads through ``ADMIN_TOKEN_FILE``, as ``make serve`` sets it up.
+An example aimed at another host (``http://host:8000``) is not runnable here and is counted as
+skipped.
 """
 
 from __future__ import annotations
 
 import io
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -59,7 +62,8 @@ def test_the_docs_have_curl_examples_to_run() -> None:
 
 @pytest.fixture
 def workdir(tmp_path: Path, cifar_images: list[TestImage]) -> Path:
-    """A folder holding the image files the examples name."""
+    """A folder holding the image files and the admin token file the examples name."""
+    (tmp_path / ".admin-token").write_text(secrets.token_urlsafe(32) + "\n")
     by_label = {image.label: image for image in cifar_images}
     Image.open(io.BytesIO(by_label["cat"].jpeg)).save(tmp_path / "cat.png")
     (tmp_path / "cat.jpg").write_bytes(by_label["cat"].jpeg)
@@ -70,7 +74,9 @@ def workdir(tmp_path: Path, cifar_images: list[TestImage]) -> Path:
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_every_curl_example_in_the_docs_succeeds(workdir: Path) -> None:
     settings = Settings(
-        model_repository=lecture_repository(workdir), providers=["CPUExecutionProvider"]
+        model_repository=lecture_repository(workdir),
+        providers=["CPUExecutionProvider"],
+        admin_token_file=workdir / ".admin-token",
     )
     ran, skipped, failures = 0, [], []
     with running_server(settings, grpc=False) as server:

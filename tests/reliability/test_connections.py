@@ -66,7 +66,8 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
 def post_head(path: str, length: int | None, extra: str = "") -> bytes:
     size = f"Content-Length: {length}\r\n" if length is not None else ""
     return (
-        f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{size}{extra}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: localhost\r\n"
+        f"Content-Type: application/json\r\n{size}{extra}\r\n"
     ).encode()
 
 
@@ -105,7 +106,7 @@ def test_slow_header_senders_do_not_hold_up_other_clients(server: Running) -> No
     slow = [connect(server) for _ in range(50)]
     try:
         for sock in slow:
-            sock.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+            sock.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
         with httpx.Client(base_url=server.url, timeout=20) as http:
             for _ in range(5):
                 for sock in slow:
@@ -137,7 +138,7 @@ def test_a_streamed_body_is_refused_at_the_limit_while_arriving(server: Running,
 
 def test_idle_keep_alive_connections_are_closed(server: Running) -> None:
     with connect(server) as sock:
-        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n")
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert read_response(sock)[0] == 200
         started = time.monotonic()
         assert sock.recv(1) == b""  # closed by the server (the 20 s socket timeout bounds it)

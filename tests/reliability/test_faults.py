@@ -23,7 +23,7 @@ from service.api.app import create_app
 from service.core.card import CARD_FILE, MODEL_FILE
 from service.engine.batcher import DynamicBatcher
 from service.engine.repository import ModelRepository
-from tests.api.conftest import make_settings
+from tests.api.conftest import ADMIN, make_settings
 from tests.conftest import OPSET, make_model_repo, tiny_graph, write_model
 
 pytestmark = pytest.mark.anyio
@@ -63,7 +63,9 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClie
     app = create_app(make_settings(repo, poll_interval_s=0, max_batch_delay_ms=0))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://localhost", headers=ADMIN
+        ) as http:
             yield app, http, repo
 
 

@@ -9,16 +9,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from service.api import admin
 from service.api.app import create_app
+from service.api.client_address import Caller
 from service.core.card import CARD_FILE, MODEL_FILE
 from service.core.errors import Forbidden
 from service.engine.repository import ModelRepository
 from service.engine.runtime import RuntimeOptions
 from service.engine.version_folder import ModelState
-from tests.api.conftest import make_settings
+from tests.api.conftest import ADMIN, make_settings
 from tests.conftest import make_model_repo, write_model
 
 OPTIONS = RuntimeOptions(providers=("CPUExecutionProvider",), warm_up=False)
@@ -85,10 +86,11 @@ def test_the_admin_token_is_compared_in_constant_time(monkeypatch: pytest.Monkey
         return constant_time(a, b)
 
     monkeypatch.setattr(admin.hmac, "compare_digest", spy)
-    token = SecretStr("s3cret-token")
-    admin.check_admin(token, "10.0.0.1", "Bearer s3cret-token")
+    settings = make_settings(Path("models"), admin_token=SecretStr("s3cret-token"))
+    remote = Caller(peer="10.0.0.1", forwarded=False, client="10.0.0.1")
+    admin.check_admin(settings, remote, "Bearer s3cret-token", "test")
     with pytest.raises(Forbidden):
-        admin.check_admin(token, "10.0.0.1", "Bearer s3cret-tokeN")
+        admin.check_admin(settings, remote, "Bearer s3cret-tokeN", "test")
     assert compared == [(b"s3cret-token", b"s3cret-token"), (b"s3cret-tokeN", b"s3cret-token")]
 
 
@@ -101,7 +103,9 @@ async def test_errors_show_no_paths_tracebacks_or_environment(tmp_path: Path) ->
         app = create_app(make_settings(repo, poll_interval_s=0))
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://localhost", headers=ADMIN
+            ) as http:
                 texts = []
                 for method, url, body in (
                     ("POST", "/v2/repository/index", None),
@@ -122,3 +126,28 @@ async def test_errors_show_no_paths_tracebacks_or_environment(tmp_path: Path) ->
     assert "sha256" in everything  # the broken version's reason is there...
     for leak in (str(tmp_path), "Traceback", 'File "', "probe-value-71", "/work", "site-packages"):
         assert leak not in everything  # ...but no path, traceback or environment
+
+
+def test_the_admin_token_can_come_from_a_file_and_a_bad_file_stops_the_start(
+    tmp_path: Path,
+) -> None:
+    """ADMIN_TOKEN_FILE (container secrets, make serve's .admin-token): its contents, stripped;
+    a missing or empty file, or both settings, is an error at start-up, never a tokenless API.
+    The errors do not show the token."""
+    secret = tmp_path / "admin-token"
+    secret.write_text("  file-token-42\n")
+    settings = make_settings(tmp_path, admin_token=None, admin_token_file=secret)
+    assert settings.admin_token is not None
+    assert settings.admin_token.get_secret_value() == "file-token-42"
+    (tmp_path / "empty").write_text("\n")
+    for changes, message in (
+        ({"admin_token_file": tmp_path / "absent"}, "unreadable"),
+        ({"admin_token_file": tmp_path / "empty"}, "is empty"),
+        ({"admin_token": "env-token-77", "admin_token_file": secret}, "not both"),
+    ):
+        with pytest.raises(ValidationError) as failure:
+            make_settings(tmp_path, **{"admin_token": None, **changes})
+        assert message in str(failure.value)
+        assert "env-token-77" not in str(failure.value) and "file-token-42" not in str(
+            failure.value
+        )

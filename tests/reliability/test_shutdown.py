@@ -72,7 +72,7 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(tmp_path: Path) -> Non
 
         # A request in flight: headers and half its body are in when the stop begins.
         in_flight = socket.create_connection(("127.0.0.1", port), timeout=30)
-        head = (f"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: t\r\nContent-Type: "
+        head = (f"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
                 f"application/json\r\nContent-Length: {len(GOOD)}\r\n\r\n").encode()  # fmt: skip
         in_flight.sendall(head + GOOD[: len(GOOD) // 2])
         time.sleep(0.3)

@@ -2,7 +2,8 @@
 and ``.../unload``.
 
 They show and change what the server serves, so they take ``Authorization: Bearer <ADMIN_TOKEN>``
-when that setting is set, and answer loopback clients only when it is not (``admin``).
+and refuse browsers' cross-site requests; without a token configured they are refused, bar
+``ADMIN_LOOPBACK``'s direct local clients (``admin``).
 """
 
 from __future__ import annotations

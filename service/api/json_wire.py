@@ -51,7 +51,7 @@ def loads_object(body: bytes) -> Any:
     if not isinstance(doc, simdjson.Object):
         return None if isinstance(doc, simdjson.Array) else doc  # refused as "not an object"
     check_object_size(len(doc), "the body")
-    return {key: _plain_in_steps(doc[key], 2) for key in doc.keys()}  # noqa: SIM118
+    return {key: _plain_in_steps(doc[key], 2) for key in _keys(doc, "the body")}
 
 
 def _plain_in_steps(value: Any, levels: int) -> Any:
@@ -63,8 +63,18 @@ def _plain_in_steps(value: Any, levels: int) -> Any:
         return [_plain_in_steps(item, levels - 1) for item in value]
     if isinstance(value, simdjson.Object):
         check_object_size(len(value), "an object of the body")
-        return {key: _plain_in_steps(value[key], levels - 1) for key in value.keys()}  # noqa: SIM118
+        keys = _keys(value, "an object of the body")
+        return {key: _plain_in_steps(value[key], levels - 1) for key in keys}
     return value
+
+
+def _keys(value: Any, where: str) -> list[str]:
+    """A lazily parsed object's keys; one holding a NUL character is refused (400), since
+    simdjson cannot look it up again and no protocol field has one."""
+    keys: list[str] = list(value.keys())
+    if any("\x00" in key for key in keys):
+        raise InvalidInput(f"{where} has a key holding a NUL character")
+    return keys
 
 
 def _array_or_plain(value: Any) -> Any:
@@ -125,7 +135,7 @@ def _loads_with_simdjson(body: bytes) -> Any:
     if not isinstance(doc, simdjson.Object):
         return None if isinstance(doc, simdjson.Array) else doc  # refused as "not an object"
     check_object_size(len(doc), "the request")
-    request = {key: _plain(doc[key]) for key in doc.keys() if key != "inputs"}  # noqa: SIM118
+    request = {key: _plain(doc[key]) for key in _keys(doc, "the request") if key != "inputs"}
     inputs = doc.get("inputs")
     if isinstance(inputs, simdjson.Array):
         check_tensor_count(len(inputs), "inputs")
@@ -136,7 +146,8 @@ def _loads_with_simdjson(body: bytes) -> Any:
                 tensors.append(_plain(tensor))
                 continue
             check_object_size(len(tensor), f"inputs[{index}]")
-            item = {key: _plain(tensor[key]) for key in tensor.keys() if key != "data"}  # noqa: SIM118
+            keys = _keys(tensor, f"inputs[{index}]")
+            item = {key: _plain(tensor[key]) for key in keys if key != "data"}
             if "data" in tensor:
                 item["data"] = _numbers(tensor["data"], item.get("datatype"))
             tensors.append(item)

@@ -25,7 +25,7 @@ from tests.e2e.running import running_server
 from tests.support import wait_until
 
 MAX_CONNECTIONS = 20
-READY = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+READY = b"GET /v2/health/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
 
 
 def settings_for(repo: Path, **changes: Any) -> Settings:

@@ -31,8 +31,8 @@ HEADER_TIMEOUT_S = 2.0
 # share one process (the GIL) and two cores with other jobs.
 MARGIN_S = 5.0
 HALF_OPEN = 2000
-HALF_HEAD = b"POST /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Slow: a"  # the line never ends
-READY = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+HALF_HEAD = b"POST /v2/health/ready HTTP/1.1\r\nHost: localhost\r\nX-Slow: a"  # the line never ends
+READY = b"GET /v2/health/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
 
 
 def raise_own_file_limit(needed: int) -> None:

@@ -198,10 +198,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         runtime = dataplane.model_runtime(state, name, request.model_version or None)
         check_tensor_count(len(request.outputs), "outputs")
         max_rows = state.settings.max_images_per_request
-        if _typed_values(request) * 4 > state.settings.inline_decode_bytes:  # off the loop
-            inputs = await state.work.run(_input_tensors, request, max_rows)
-        else:
-            inputs = _input_tensors(request, max_rows)
+        light = _typed_values(request) * 4 <= state.settings.inline_decode_bytes
+        inputs = await state.work.run_here_if_light(light, _input_tensors, request, max_rows)
         if any("classification" in o.parameters for o in request.outputs):
             raise InvalidInput("the classification extension is not supported; ask for tensors")
         requested = [o.name for o in request.outputs]

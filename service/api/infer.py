@@ -43,10 +43,8 @@ async def v2_infer(
             f"expected application/json (or the binary extension's header), got {content_type!r}"
         )
     max_rows = state.settings.max_images_per_request
-    if len(body) > state.settings.inline_decode_bytes:  # off the event loop
-        infer = await state.work.run(decode_infer_request, body, length, max_rows)
-    else:
-        infer = decode_infer_request(body, length, max_rows)
+    light = len(body) <= state.settings.inline_decode_bytes  # else off the event loop
+    infer = await state.work.run_here_if_light(light, decode_infer_request, body, length, max_rows)
     if infer.model_name is not None and infer.model_name != name:
         raise InvalidInput(
             f"the body's model_name {infer.model_name!r} contradicts the URL's model {name!r}"

@@ -31,7 +31,7 @@ from service.api.http_io import (
 )
 from service.api.images import b64_bytes, decode_images, image_limits
 from service.api.json_wire import dumps, loads, loads_object
-from service.api.predict import instances_to_pixels
+from service.api.predict import NESTED_JSON_COST, instances_to_pixels
 from service.api.schemas import errors, json_body
 from service.api.state import ServiceState, State
 from service.core.errors import (
@@ -186,7 +186,9 @@ async def _multipart_image(
         data = await upload.read()
         names = [v for v in form.getlist("layer") if isinstance(v, str)]
     limits = image_limits(state.settings)
-    (image,) = await state.work.run(decode_images, [(data, where)], size, limits)
+    light = len(data) <= state.settings.inline_decode_bytes
+    image_file = [(data, where)]
+    (image,) = await state.work.run_here_if_light(light, decode_images, image_file, size, limits)
     return image, _layer_names(names, "'layer'")
 
 
@@ -209,7 +211,8 @@ async def _json_image(
         pixels = instances_to_pixels(body.instances, shape, b64, 1)
         return pixels[0], _layer_names(body.layer, "'layer'")
 
-    return await state.work.run(decode)
+    light = len(raw) <= state.settings.inline_decode_bytes // NESTED_JSON_COST
+    return await state.work.run_here_if_light(light, decode)
 
 
 def _layer_json(values: np.ndarray) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from service.api.http_io import (
 )
 from service.api.images import b64_bytes, decode_images, image_limits
 from service.api.json_wire import json_object, loads_object
-from service.api.predict import PREDICT_FIELDS, predict_pixels
+from service.api.predict import NESTED_JSON_COST, PREDICT_FIELDS, predict_pixels
 from service.api.schemas import PredictRequest, PredictResponse, errors, json_body
 from service.api.state import ServiceState, State
 from service.core.errors import InvalidInput, ModelNotReady, UnsupportedMediaType
@@ -76,10 +76,10 @@ async def predict(request: Request, state: State, name: str, top_k: TopK = None)
         )
         return pixels, fields.top_k
 
-    # A small body of pixel arrays is decoded here; images (a b64 key, plain or \u-escaped) and
-    # large bodies go to the work pool.
-    inline = len(raw) <= settings.inline_decode_bytes and b"b64" not in raw and b"\\u" not in raw
-    pixels, body_k = decode() if inline else await state.work.run(decode)
+    # A small body is decoded here (its images too, unless they decode to many pixels); larger
+    # ones on the work pool.
+    light = len(raw) <= settings.inline_decode_bytes // NESTED_JSON_COST
+    pixels, body_k = await state.work.run_here_if_light(light, decode)
     return await _predictions(state, runtime, pixels, top_k or body_k or settings.default_top_k)
 
 
@@ -125,7 +125,9 @@ async def classify(request: Request, state: State, name: str, top_k: TopK = None
             for i, (field, upload) in enumerate(uploads)
         ]
     h, w, _ = runtime.image_shape
-    rows = await state.work.run(decode_images, files, (h, w), image_limits(state.settings))
+    light = sum(len(data) for data, _ in files) <= state.settings.inline_decode_bytes
+    limits = image_limits(state.settings)
+    rows = await state.work.run_here_if_light(light, decode_images, files, (h, w), limits)
     pixels = np.stack(rows)
     return await _predictions(state, runtime, pixels, top_k or state.settings.default_top_k)
 

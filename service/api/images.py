@@ -30,6 +30,10 @@ WHITE = (255, 255, 255)
 # Pixels decoded right on the event loop when the files are small too (a 256x256 PNG, about 1 ms
 # here; a CIFAR image is 1,024): more go to the work pool, the thread hop being worth it then.
 INLINE_PIXELS = 65_536
+# Pillow's decompression-bomb warning (over 89 M pixels) is an error in this process: such a file
+# is refused from its header. Set once here, not per image with ``warnings.catch_warnings``, which
+# swaps the process-wide filters and so races between the work pool's threads.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -66,9 +70,7 @@ def image_limits(settings: Settings) -> ImageLimits:
 def _pillow_errors(where: str, max_pixels: int) -> Iterator[None]:
     """Pillow's complaints about one image as a 422 naming ``where``."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            yield
+        yield
     except UnprocessableInput:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

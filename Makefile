@@ -7,7 +7,7 @@ TARBALL := ../shared/data/cifar10-jpeg.tar.gz
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
 
-.PHONY: serve test lint browser nginx train train-best train-94 ablate-94 train-ddp bench bench-peers soak \
+.PHONY: serve test lint browser nginx container-engine train train-best train-94 ablate-94 train-ddp bench bench-peers soak \
 	fuzz data clean lock image-check compose-env test-fast
 
 $(BIN)/python:
@@ -81,7 +81,7 @@ compose-env:
 # minutes and a container engine, so not part of `make test`. Run it whenever the Dockerfile, the
 # compose files or deploy/nginx change. IMAGE_CHECK_FLAGS, e.g. "--no-gpu --keep-images".
 IMAGE_CHECK_FLAGS ?=
-image-check: $(VENV)/.dev-stamp $(VENV)/.containers-stamp $(DATA)
+image-check: $(VENV)/.dev-stamp $(VENV)/.containers-stamp $(DATA) container-engine
 	$(BIN)/python scripts/image_check.py $(IMAGE_CHECK_FLAGS)
 
 lint: $(VENV)/.dev-stamp
@@ -90,6 +90,17 @@ lint: $(VENV)/.dev-stamp
 	$(BIN)/mypy --strict service
 	$(BIN)/mypy training tests scripts
 	$(BIN)/lint-imports  # the layering contracts in pyproject.toml ([tool.importlinter])
+
+# Debian's podman (with runc, and debootstrap, from which image_check.py makes its stand-in base
+# images) when no container engine answers here (the docker CLI may be there without a daemon) and
+# this machine lets us install it, as `browser` and `nginx` do for their tests.
+container-engine:
+	@docker info >/dev/null 2>&1 || command -v podman >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    echo "installing Debian's podman, runc and debootstrap for make image-check" && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc \
+	      debootstrap >/dev/null); } || \
+	  echo "no container engine answers and none can be installed: make image-check checks nothing"
 
 # Debian's chromium for the explorer page's browser test (Playwright drives it through
 # executable_path; no browser is downloaded), where this machine lets us install it; elsewhere

@@ -7,7 +7,13 @@ TARBALL := ../shared/data/cifar10-jpeg.tar.gz
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
 
-.PHONY: serve test lint browser nginx container-engine train train-best train-94 ablate-94 train-ddp bench bench-peers soak \
+# `make` alone lists the targets (it used to make .venv only, the first rule below; every target
+# makes .venv itself, and CI and the docs always name a target).
+.DEFAULT_GOAL := help
+help: ## list the targets, one line each (the default goal)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: help serve test lint browser nginx container-engine train train-best train-94 ablate-94 train-ddp bench bench-peers soak \
 	fuzz data clean lock image-check compose-env test-fast
 
 $(BIN)/python:
@@ -41,7 +47,7 @@ ADMIN_TOKEN_PATH := .admin-token
 OWN_TOKEN := $(ADMIN_TOKEN)$(ADMIN_TOKEN_FILE)
 $(ADMIN_TOKEN_PATH):
 	@umask 077 && $(PY) -c 'import secrets; print(secrets.token_urlsafe(32))' > $@.tmp && mv $@.tmp $@
-serve: $(VENV)/.serve-stamp-$(ORT_EXTRA) $(if $(OWN_TOKEN),,$(ADMIN_TOKEN_PATH))
+serve: $(VENV)/.serve-stamp-$(ORT_EXTRA) $(if $(OWN_TOKEN),,$(ADMIN_TOKEN_PATH)) ## serve models/ on http://127.0.0.1:8000, gRPC :8001 (HOST, PORT; GPU=1: CUDA)
 	$(if $(OWN_TOKEN),,@echo 'repository API token in $(CURDIR)/$(ADMIN_TOKEN_PATH):' \
 	  'curl -H "Authorization: Bearer $$(cat $(ADMIN_TOKEN_PATH))" -X POST localhost:$(PORT)/v2/repository/index')
 	$(if $(GPU),$(GPU_ENV)) $(if $(OWN_TOKEN),,ADMIN_TOKEN_FILE=$(ADMIN_TOKEN_PATH)) \
@@ -61,7 +67,7 @@ $(VENV)/.containers-stamp: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[containers]'
 	touch $@
 
-lock: $(VENV)/.containers-stamp
+lock: $(VENV)/.containers-stamp ## regenerate requirements/*.txt, the images' pins (pip-tools)
 	mkdir -p requirements
 	$(PIP_COMPILE) --extra cpu -o requirements/api.txt pyproject.toml
 	$(PIP_COMPILE) --extra gpu -o requirements/api-gpu.txt pyproject.toml
@@ -70,7 +76,7 @@ lock: $(VENV)/.containers-stamp
 
 # The trainer container runs as you (docker-compose.yml reads CIFAR_UID/CIFAR_GID from .env): this
 # writes your ids there, keeping any other lines.
-compose-env:
+compose-env: ## write your uid and gid into .env for compose's trainer container
 	@touch .env
 	@grep -v -E '^CIFAR_(UID|GID)=' .env > .env.new || true
 	@printf 'CIFAR_UID=%s\nCIFAR_GID=%s\n' "$$(id -u)" "$$(id -g)" >> .env.new
@@ -81,10 +87,10 @@ compose-env:
 # minutes and a container engine, so not part of `make test`. Run it whenever the Dockerfile, the
 # compose files or deploy/nginx change. IMAGE_CHECK_FLAGS, e.g. "--no-gpu --keep-images".
 IMAGE_CHECK_FLAGS ?=
-image-check: $(VENV)/.dev-stamp $(VENV)/.containers-stamp $(DATA) container-engine
+image-check: $(VENV)/.dev-stamp $(VENV)/.containers-stamp $(DATA) container-engine ## build and run the images as a user would (docker or podman; installs podman where none answers; minutes)
 	$(BIN)/python scripts/image_check.py $(IMAGE_CHECK_FLAGS)
 
-lint: $(VENV)/.dev-stamp
+lint: $(VENV)/.dev-stamp ## ruff, mypy and the import-linter layering contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict service
@@ -94,7 +100,7 @@ lint: $(VENV)/.dev-stamp
 # Debian's podman (with runc, and debootstrap, from which image_check.py makes its stand-in base
 # images) when no container engine answers here (the docker CLI may be there without a daemon) and
 # this machine lets us install it, as `browser` and `nginx` do for their tests.
-container-engine:
+container-engine: ## install Debian's podman, runc and debootstrap where no engine answers (root)
 	@docker info >/dev/null 2>&1 || command -v podman >/dev/null 2>&1 || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	    echo "installing Debian's podman, runc and debootstrap for make image-check" && \
@@ -105,7 +111,7 @@ container-engine:
 # Debian's chromium for the explorer page's browser test (Playwright drives it through
 # executable_path; no browser is downloaded), where this machine lets us install it; elsewhere
 # that test is skipped with a message.
-browser:
+browser: ## install Debian's chromium for the explorer page's browser test (as root)
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null); } || \
@@ -113,7 +119,7 @@ browser:
 
 # Debian's nginx for the load-balancer test (deploy/nginx/nginx.conf in front of two api processes),
 # where this machine lets us install it; elsewhere that test is skipped with a message.
-nginx:
+nginx: ## install Debian's nginx for the load-balancer test (as root)
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >/dev/null); } || \
@@ -121,10 +127,10 @@ nginx:
 
 # Every test, the slow ones too (marked `slow`: over ~10 s each, real training under torchrun, the
 # compose trainer, the CLI and retrain jobs, the short soak and fuzz). test-fast skips those.
-test: lint browser nginx
+test: lint browser nginx ## lint, then every test, the slow ones too (what CI runs)
 	$(BIN)/python -m pytest -q
 
-test-fast: lint browser nginx
+test-fast: lint browser nginx ## lint, then the tests not marked slow
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # CIFAR-10 (JPEG copy) extracted into the git-ignored data/ folder. Another DATA is the caller's:
@@ -134,14 +140,14 @@ $(DATA):
 	@if [ "$(DATA)" = data/cifar10-jpeg ]; then mkdir -p data && tar -xzf $(TARBALL) -C data; \
 	else echo "$(DATA) is not here: RETRAIN_FLAGS=--download fetches the official CIFAR-10 into it"; fi
 
-data: $(DATA)
+data: $(DATA) ## extract the CIFAR-10 JPEG copy into data/
 
 # The retrain job: train with the lecture's recipe, publish the next version only if it passes the
 # quality gate (RETRAIN_FLAGS adds flags, e.g. RETRAIN_FLAGS="--seed 1 --min-accuracy 0.685").
 # bf16 autocast: 2.4x the float32 step here, the same accuracy over three seeds (docs/training.md).
 RETRAIN_FLAGS ?=
 LECTURE_FLAGS = --autocast bf16
-train: $(VENV)/.dev-stamp $(DATA)
+train: $(VENV)/.dev-stamp $(DATA) ## the retrain job: the lecture recipe, published only if it passes the quality gate
 	$(BIN)/python -m training retrain --data $(DATA) $(LECTURE_FLAGS) $(RETRAIN_FLAGS)
 
 # The stronger CNN (issue 8): the cifar_bn architecture with the recipe below, 27-32 minutes
@@ -150,7 +156,7 @@ train: $(VENV)/.dev-stamp $(DATA)
 BEST_FLAGS = --arch cifar_bn --epochs 40 --batch-size 128 --optimizer sgd --lr 0.1 --momentum 0.9 \
 	--weight-decay 5e-4 --label-smoothing 0.1 --schedule onecycle --augment flip-crop --crop-pad 4 \
 	--autocast bf16 --val-size 1000 --ema 0.999 --keep last
-train-best: $(VENV)/.dev-stamp $(DATA)
+train-best: $(VENV)/.dev-stamp $(DATA) ## train cifar_bn (published at >= 0.90), then its INT8 copy
 	$(BIN)/python -m training retrain --data $(DATA) --name cifar10_cnn_bn --min-accuracy 0.90 \
 	  $(BEST_FLAGS) $(RETRAIN_FLAGS)
 	$(BIN)/python -m training quantize --data $(DATA) --model models/cifar10_cnn_bn \
@@ -165,7 +171,7 @@ NINETY4_FLAGS = --arch cifar_94 --init torch --epochs 10 --batch-size 1024 --opt
 	--lr 1.5 --momentum 0.85 --weight-decay 1.33e-3 --bn-bias-lr-scale 64 --label-smoothing 0.2 \
 	--schedule linear --lookahead-every 5 --augment flip-crop --crop-pad 2 --flip alternate \
 	--whiten-bias-epochs 3 --tta flip-translate --autocast bf16 --val-size 1000 --keep last
-train-94: $(VENV)/.dev-stamp $(DATA)
+train-94: $(VENV)/.dev-stamp $(DATA) ## train with airbench's methods (published at >= 0.93), then its INT8 copy
 	$(BIN)/python -m training retrain --data $(DATA) --name cifar10_cnn_94 --min-accuracy 0.93 \
 	  $(NINETY4_FLAGS) $(RETRAIN_FLAGS)
 	$(BIN)/python -m training quantize --data $(DATA) --model models/cifar10_cnn_94 \
@@ -174,18 +180,18 @@ train-94: $(VENV)/.dev-stamp $(DATA)
 # The same run with one method removed (scripts/ablate_94.py lists them), trained into runs/ and
 # never published: make ablate-94 ABLATE=no-lookahead [RETRAIN_FLAGS="--seed 1"]
 ABLATE ?= none
-ablate-94: $(VENV)/.dev-stamp $(DATA)
+ablate-94: $(VENV)/.dev-stamp $(DATA) ## the train-94 run without one method (ABLATE=name), never published
 	$(BIN)/python scripts/ablate_94.py $(ABLATE) -- --data $(DATA) $(NINETY4_FLAGS) $(RETRAIN_FLAGS)
 
 # Data-parallel training: NPROC processes on this machine (gloo on CPU, NCCL with --device cuda);
 # --batch-size stays the global batch, so the recipe is the one `make train` runs.
 NPROC ?= 2
-train-ddp: $(VENV)/.dev-stamp $(DATA)
+train-ddp: $(VENV)/.dev-stamp $(DATA) ## make train's job data-parallel over NPROC processes (torchrun)
 	$(BIN)/torchrun --standalone --nproc-per-node=$(NPROC) -m training retrain --data $(DATA) $(RETRAIN_FLAGS)
 
 # Benchmarks, not tests: training throughput, the model table (accuracy, cost, onnxruntime speed of
 # every model in models/), then the serving benchmark (real server + load).
-bench: $(VENV)/.dev-stamp $(DATA)
+bench: $(VENV)/.dev-stamp $(DATA) ## training throughput, the model table, then the serving benchmark
 	$(BIN)/python scripts/bench_train.py --data $(DATA)
 	$(BIN)/python scripts/bench_models.py
 	$(BIN)/python scripts/bench_serve.py --grpc
@@ -195,7 +201,7 @@ bench: $(VENV)/.dev-stamp $(DATA)
 # made in .cache/peers/ on first use (PyTriton from Debian's /usr/bin/python3.11, tensorflow-cpu);
 # BENCH_PEERS_FLAGS, e.g. "--seconds 15 --no-train".
 BENCH_PEERS_FLAGS ?=
-bench-peers: $(VENV)/.dev-stamp $(DATA)
+bench-peers: $(VENV)/.dev-stamp $(DATA) ## this service beside PyTriton, the lecture recipe beside Keras, in one run
 	$(BIN)/python scripts/bench_peers.py $(BENCH_PEERS_FLAGS)
 
 # Reliability (docs/reliability.md): a real server under mixed load at concurrency 64 (5xx, dropped
@@ -203,11 +209,11 @@ bench-peers: $(VENV)/.dev-stamp $(DATA)
 # runs short versions of both.
 SOAK_SECONDS  ?= 180
 FUZZ_EXAMPLES ?= 100
-soak: $(VENV)/.dev-stamp
+soak: $(VENV)/.dev-stamp ## a real server under mixed load for SOAK_SECONDS at concurrency 64
 	$(BIN)/python scripts/soak.py --seconds $(SOAK_SECONDS) --concurrency 64
 
-fuzz: $(VENV)/.dev-stamp
+fuzz: $(VENV)/.dev-stamp ## schemathesis against a live server's OpenAPI document (FUZZ_EXAMPLES)
 	$(BIN)/python scripts/fuzz_api.py --max-examples $(FUZZ_EXAMPLES) --seed 6
 
-clean:
+clean: ## remove .venv, caches and runs/
 	rm -rf $(VENV) .cache runs .pytest_cache .mypy_cache .ruff_cache

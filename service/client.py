@@ -25,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from service.api.images import decode_image
+from service.api.predictions import Predictions, top_k
 from service.core.errors import UnprocessableInput
 from service.settings import Settings
 
@@ -33,8 +34,6 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".ti
 MAX_IMAGE_PIXELS: int = Settings.model_fields["max_image_pixels"].default  # the server's default
 # gRPC codes that mean the server (not the request) failed.
 SERVER_CODES = {"UNAVAILABLE", "INTERNAL", "UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED"}
-
-Predictions = list[list[dict[str, Any]]]
 
 
 class ClientError(Exception):
@@ -69,16 +68,6 @@ def read_file(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise ClientError(f"{path}: {exc.strerror}", EXIT_INPUT) from None
-
-
-def top_classes(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> Predictions:
-    """The k most probable classes per row, as the server's ``codec.top_k`` ranks them (that
-    module is not imported here: it pulls in onnxruntime)."""
-    order = np.argsort(-probabilities, axis=1, kind="stable")[:, : min(k, probabilities.shape[1])]
-    return [
-        [{"name": class_names[j], "index": int(j), "probability": float(row[j])} for j in indices]
-        for row, indices in zip(probabilities, order, strict=True)
-    ]
 
 
 class RestClient:
@@ -183,7 +172,7 @@ class GrpcClient:
         outputs = [self.triton.InferRequestedOutput("probabilities")]
         result = self.call(self.client.infer, model, [tensor], outputs=outputs)
         version = result.get_response().model_version
-        return version, top_classes(result.as_numpy("probabilities"), class_names, k)
+        return version, top_k(result.as_numpy("probabilities"), class_names, k)
 
     def models(self) -> list[dict[str, str]]:
         index = self.call(self.client.get_model_repository_index)
@@ -222,14 +211,8 @@ def predict(args: argparse.Namespace, client: Client) -> int:
             version, predictions = client.classify(args.model, chunk, args.top_k)
             for path, classes in zip(chunk, predictions, strict=True):
                 if args.json:
-                    line = json.dumps(
-                        {
-                            "file": str(path),
-                            "model_name": args.model,
-                            "model_version": version,
-                            "predictions": classes,
-                        }
-                    )
+                    row = {"file": str(path), "model_name": args.model, "model_version": version}
+                    line = json.dumps({**row, "predictions": classes})
                 else:
                     ranked = "  ".join(f"{c['name']} {c['probability']:.3f}" for c in classes)
                     line = f"{path!s:<{width}}  {ranked}"

@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 
 from service.api.json_wire import dumps, json_object, loads_infer_request
+from service.core.datatypes import DATATYPES
 from service.core.errors import InvalidInput, UnprocessableInput
 from service.core.limits import check_tensor_count, checked_shape
 from service.engine.runtime import NUMPY_DTYPES
 
-DATATYPES = {dtype: name for name, dtype in NUMPY_DTYPES.items()}
+DATATYPE_NAMES = {dtype: name for name, dtype in NUMPY_DTYPES.items()}  # numpy -> the protocol
 # The fields of a v2 infer request (the protocol's, and the model_name / model_version that the
 # KServe SDK's REST client writes into the body), its input tensors and its requested outputs.
 REQUEST_FIELDS = frozenset({"id", "parameters", "inputs", "outputs", "model_name", "model_version"})
@@ -117,12 +118,11 @@ def array_from_json(
         )
         wanted = "numbers" if datatype in ("FP32", "FP16") else "integers"
         raise UnprocessableInput(f"{where}: {datatype} data must be {wanted}, found {found}")
-    if datatype in ("UINT8", "INT32") and kind in "iu":
-        info = np.iinfo(NUMPY_DTYPES[datatype])
-        if array.min() < info.min or array.max() > info.max:
-            raise UnprocessableInput(
-                f"{where}: {datatype} values must lie in {info.min}..{info.max}"
-            )
+    value_range = DATATYPES[datatype].value_range
+    if value_range is not None and kind in "iu":
+        low, high = value_range
+        if array.min() < low or array.max() > high:
+            raise UnprocessableInput(f"{where}: {datatype} values must lie in {low}..{high}")
     return array.astype(NUMPY_DTYPES[datatype], copy=False).reshape(shape)
 
 
@@ -261,7 +261,7 @@ def encode_infer_response(
     for name, array in outputs.items():
         tensor: dict[str, Any] = {
             "name": name,
-            "datatype": DATATYPES[array.dtype],
+            "datatype": DATATYPE_NAMES[array.dtype],
             "shape": list(array.shape),
         }
         if binary.get(name):
@@ -282,18 +282,6 @@ def encode_infer_response(
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)
-
-
-def top_k(
-    probabilities: np.ndarray, class_names: Sequence[str], k: int
-) -> list[list[dict[str, Any]]]:
-    """The k most probable classes of each row, most probable first."""
-    k = min(k, probabilities.shape[1])
-    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    return [
-        [{"name": class_names[j], "index": int(j), "probability": float(row[j])} for j in indices]
-        for row, indices in zip(probabilities, order, strict=True)
-    ]
 
 
 def tensor_from_parts(

@@ -27,10 +27,11 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from service.api import dataplane
 from service.api.admin import check_admin
 from service.api.client_address import caller
-from service.api.codec import DATATYPES, InputTensor, tensor_from_parts
+from service.api.codec import DATATYPE_NAMES, InputTensor, tensor_from_parts
 from service.api.grpc_handlers import Undecodable, method_handlers
 from service.api.state import ServiceState
 from service.core.card import TensorSpec
+from service.core.datatypes import DATATYPES
 from service.core.errors import (
     InvalidInput,
     ModelNotFound,
@@ -60,12 +61,8 @@ GRPC_CODES: dict[int, grpc.StatusCode] = {
 }
 
 # Typed ``InferTensorContents`` field of each datatype (FP16 travels only as raw bytes).
-CONTENTS_FIELDS = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
+CONTENTS_FIELDS: dict[str, str] = {
+    d.name: d.contents_field for d in DATATYPES.values() if d.contents_field is not None
 }
 
 
@@ -209,7 +206,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         )
         for output_name, array in outputs.items():
             response.outputs.add(
-                name=output_name, datatype=DATATYPES[array.dtype], shape=list(array.shape)
+                name=output_name, datatype=DATATYPE_NAMES[array.dtype], shape=list(array.shape)
             )
             response.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
         return response

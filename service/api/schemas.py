@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.core.card import DATATYPES
+from service.core.datatypes import DATATYPES
 
 
 class ErrorResponse(BaseModel):

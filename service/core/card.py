@@ -14,13 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.core.datatypes import DATATYPES
 from service.core.errors import InvalidCard
 
 CARD_FILE = "card.json"
 MODEL_FILE = "model.onnx"
 FORMAT_VERSION = 1
 DEFAULT_SIGNATURE = "serving_default"  # TF Serving's name for a model's default signature
-DATATYPES = frozenset({"UINT8", "FP32", "FP16", "INT64", "INT32", "BOOL"})
 
 
 @dataclass(frozen=True)

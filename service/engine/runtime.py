@@ -23,28 +23,15 @@ import numpy as np
 import onnxruntime as ort
 
 from service.core.card import ModelCard, TensorSpec
+from service.core.datatypes import DATATYPES
 from service.core.errors import InvalidCard, ProviderUnavailable, ServingError
 from service.engine.batcher import BatchStats, DynamicBatcher
 
 log = logging.getLogger(__name__)
 
-# Open Inference Protocol datatypes <-> numpy and onnxruntime's type strings.
-NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
-    "UINT8": np.dtype(np.uint8),
-    "FP32": np.dtype(np.float32),
-    "FP16": np.dtype(np.float16),
-    "INT64": np.dtype(np.int64),
-    "INT32": np.dtype(np.int32),
-    "BOOL": np.dtype(np.bool_),
-}
-ORT_DATATYPES = {
-    "tensor(uint8)": "UINT8",
-    "tensor(float)": "FP32",
-    "tensor(float16)": "FP16",
-    "tensor(int64)": "INT64",
-    "tensor(int32)": "INT32",
-    "tensor(bool)": "BOOL",
-}
+# Open Inference Protocol datatypes -> numpy dtypes, and onnxruntime's type strings -> datatypes.
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {name: np.dtype(d.dtype) for name, d in DATATYPES.items()}
+ORT_DATATYPES = {d.onnx_type: name for name, d in DATATYPES.items()}
 GRAPH_OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

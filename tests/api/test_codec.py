@@ -19,9 +19,9 @@ from service.api.codec import (
     decode_infer_request,
     encode_infer_response,
     to_pixels,
-    top_k,
 )
 from service.api.json_wire import loads_infer_request
+from service.api.predictions import top_k
 from service.core.errors import ServingError, UnprocessableInput
 
 shapes = st.lists(st.integers(1, 4), min_size=1, max_size=4)
@@ -73,6 +73,19 @@ def test_top_k_orders_by_probability_and_keeps_rows() -> None:
     result = top_k(probs, ["a", "b", "c"], 2)
     assert [[c["name"] for c in row] for row in result] == [["b", "c"], ["a", "c"]]
     assert len(top_k(probs, ["a", "b", "c"], 10)[0]) == 3
+
+
+@pytest.mark.parametrize(
+    ("datatype", "values", "bounds"),
+    [("UINT8", [0, 256], "0..255"), ("INT32", [-(2**31) - 1, 0], "-2147483648..2147483647")],
+)
+def test_integers_outside_the_datatype_are_refused_its_bounds_taken(
+    datatype: str, values: list[int], bounds: str
+) -> None:
+    with pytest.raises(UnprocessableInput, match=f"^x: {datatype} values must lie in {bounds}$"):
+        array_from_json(values, datatype, [2], "x")
+    edges = [int(bound) for bound in bounds.split("..")]
+    np.testing.assert_array_equal(array_from_json(edges, datatype, [2], "x"), edges)
 
 
 json_values = st.one_of(

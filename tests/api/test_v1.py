@@ -5,13 +5,18 @@ from __future__ import annotations
 import base64
 import io
 import re
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import tiny_reference
+from service.api.app import create_app
+from service.engine.repository import ModelRepository
+from service.engine.runtime import ModelRuntime
+from tests.api.conftest import make_settings
+from tests.conftest import make_model_repo, tiny_reference, write_model
 
 pytestmark = pytest.mark.anyio
 
@@ -175,6 +180,38 @@ async def test_layers_of_the_lecture_model(client: httpx.AsyncClient) -> None:
     assert "Total params: 122,570" in text and "conv2d_1 (Conv2D)" in text
     unreadable = await client.get("/v1/models/tiny/layers")
     assert unreadable.status_code == 422 and "ReduceMean" in unreadable.json()["error"]
+
+
+class ReloadAfterGet(ModelRepository):
+    """A real repository whose next poll lands right after ``get`` has handed out a runtime: the
+    watcher thread's swap at the worst moment for a route that looks the model up twice."""
+
+    reload_on_get = False
+
+    def get(self, name: str, version: str | int | None = None) -> ModelRuntime:
+        runtime = super().get(name, version)
+        if self.reload_on_get:
+            self.reload_on_get = False
+            self.poll()
+        return runtime
+
+
+async def test_layers_label_a_table_with_its_own_version_across_a_reload(tmp_path: Path) -> None:
+    repo = make_model_repo(tmp_path, {}, lecture=True)  # cifar10_cnn v1: the lecture CNN
+    app = create_app(make_settings(repo, poll_interval_s=0))
+    state = app.state.service
+    repository = ReloadAfterGet(repo, state.repository.options, state.repository.default_policy)
+    state.repository = repository
+    async with app.router.lifespan_context(app):
+        write_model(repo, "cifar10_cnn", 2)  # the tiny graph, whose layer table cannot be read
+        repository.reload_on_get = True
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
+            response = await http.get("/v1/models/cifar10_cnn/layers")
+        assert repository.entry("cifar10_cnn").version == 2  # the reload did land in between
+    assert response.status_code == 200, response.text
+    table = response.json()
+    assert table["model_version"] == "1" and table["total_params"] == 122_570
 
 
 async def test_metrics_count_requests_and_images(client: httpx.AsyncClient) -> None:

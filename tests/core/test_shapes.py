@@ -145,7 +145,8 @@ def test_pooling_is_convolution_without_padding(w: int, f: int) -> None:
 
 def test_core_imports_only_the_standard_library() -> None:
     code = (
-        "import sys, service.core.shapes, service.core.card, service.core.errors; "
+        "import sys, service.core.shapes, service.core.card, service.core.errors, "
+        "service.core.datatypes; "
         "bad = {m.split('.')[0] for m in sys.modules} & "
         "{'numpy', 'torch', 'onnx', 'onnxruntime', 'fastapi', 'pydantic', 'PIL'}; "
         "print(sorted(bad)); sys.exit(1 if bad else 0)"

@@ -29,8 +29,9 @@ router = APIRouter(prefix="/v1", tags=["Inspection"])
     },
 )
 async def layers(state: State, name: str, format: Literal["json", "text"] = "json") -> Response:
-    runtime = state.repository.get(name)
-    entry = state.repository.entry(name)
+    runtime = state.repository.get(name)  # 404 unknown, 503 unavailable
+    # The entry of that very version: a reload since ``get`` may serve another one by now.
+    entry = state.repository.entry(name, runtime.version)
     report = entry.layers
     if report is None or report.table is None:
         raise InvalidCard(report.error if report else "no layer table for this model")

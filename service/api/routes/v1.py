@@ -9,7 +9,6 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
 
-from service.api.codec import top_k
 from service.api.http_io import (
     MULTIPART,
     media_type,
@@ -20,6 +19,7 @@ from service.api.http_io import (
 from service.api.images import b64_bytes, decode_images, image_limits
 from service.api.json_wire import json_object, loads_object
 from service.api.predict import NESTED_JSON_COST, PREDICT_FIELDS, predict_pixels
+from service.api.predictions import top_k
 from service.api.schemas import PredictRequest, PredictResponse, errors, json_body
 from service.api.state import ServiceState, State
 from service.core.errors import InvalidInput, ModelNotReady, UnsupportedMediaType

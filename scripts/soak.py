@@ -204,6 +204,7 @@ async def soak(
         "dropped_kinds": dict(load.dropped),
         "statuses": dict(Counter(s for (_, s) in load.statuses.elements())),
         "by_endpoint": dict(by_endpoint),
+        "endpoints_in_mix": len({name for name, _ in load.calls}),
         "rss_mb_after_warm_up": round(baseline / 2**20, 1),
         "rss_mb_end": round(final / 2**20, 1),
         "rss_mb_peak": round(max(rss for _, rss in samples) / 2**20, 1),

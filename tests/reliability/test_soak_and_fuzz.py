@@ -38,7 +38,7 @@ def test_short_soak_mixed_load_no_errors_no_drops_flat_memory(
     assert result["requests"] > 0
     assert result["server_errors"] == 0 and result["dropped_connections"] == 0
     assert result["rss_growth"] <= 0.10
-    assert len(result["by_endpoint"]) == 11  # every endpoint of the mix was reached
+    assert len(result["by_endpoint"]) == result["endpoints_in_mix"] >= 11  # every one reached
     assert result["server_exit"] == 0
 
 

@@ -19,9 +19,8 @@ class Datatype:
     size: int  # bytes per value: what raw and binary tensor data are counted in
     onnx_type: str  # onnxruntime's type string of a graph input or output
     # Inclusive bounds that JSON integers are checked against before the cast, which would wrap
-    # them silently; None where nothing is checked: floats, BOOL, and INT64 (numpy reads JSON
-    # integers as int64; only a tensor whose values all lie in 2**63..2**64-1 reads as uint64
-    # and wraps, as it always has).
+    # them silently (for INT64: a tensor whose values all lie in 2**63..2**64-1 reads as
+    # uint64); None where nothing is checked: floats and BOOL.
     value_range: tuple[int, int] | None
     contents_field: str | None  # gRPC ``InferTensorContents`` field; None: raw bytes only
 
@@ -33,7 +32,7 @@ DATATYPES: dict[str, Datatype] = {
         Datatype("UINT8", "uint8", 1, "tensor(uint8)", (0, 255), "uint_contents"),
         Datatype("FP32", "float32", 4, "tensor(float)", None, "fp32_contents"),
         Datatype("FP16", "float16", 2, "tensor(float16)", None, None),
-        Datatype("INT64", "int64", 8, "tensor(int64)", None, "int64_contents"),
+        Datatype("INT64", "int64", 8, "tensor(int64)", (-(2**63), 2**63 - 1), "int64_contents"),
         Datatype("INT32", "int32", 4, "tensor(int32)", (-(2**31), 2**31 - 1), "int_contents"),
         Datatype("BOOL", "bool", 1, "tensor(bool)", None, "bool_contents"),
     )

@@ -77,7 +77,12 @@ def test_top_k_orders_by_probability_and_keeps_rows() -> None:
 
 @pytest.mark.parametrize(
     ("datatype", "values", "bounds"),
-    [("UINT8", [0, 256], "0..255"), ("INT32", [-(2**31) - 1, 0], "-2147483648..2147483647")],
+    [
+        ("UINT8", [0, 256], "0..255"),
+        ("INT32", [-(2**31) - 1, 0], "-2147483648..2147483647"),
+        # all past int64: numpy reads them as uint64, which the cast would wrap
+        ("INT64", [2**63, 2**64 - 1], "-9223372036854775808..9223372036854775807"),
+    ],
 )
 def test_integers_outside_the_datatype_are_refused_its_bounds_taken(
     datatype: str, values: list[int], bounds: str

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from service.settings import Settings  # noqa: E402
-from tests.e2e.running import running_server  # noqa: E402
+from tests.support.servers import running_server  # noqa: E402
 
 OUT = ROOT / "docs" / "images" / "explorer.png"
 IMAGE = ROOT / "data" / "cifar10-jpeg" / "test" / "cat" / "0000.jpg"

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.support import ROOT
+from tests.support.servers import ROOT
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="no make here")
 

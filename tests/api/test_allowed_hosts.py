@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from service.api.allowed_hosts import allowed_hosts, host_name
-from tests.api.conftest import ADMIN, app_client, make_settings
-from tests.conftest import make_model_repo
+from tests.support.apps import ADMIN, app_client, make_settings
+from tests.support.models import make_model_repo
 
 pytestmark = pytest.mark.anyio
 

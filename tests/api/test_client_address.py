@@ -14,7 +14,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service.__main__ import uvicorn_options
 from service.api.client_address import caller, client_host
-from tests.api.conftest import make_settings
+from tests.support.apps import make_settings
 
 PROXIES = [ipaddress.ip_network("127.0.0.1"), ipaddress.ip_network("10.0.0.0/8")]
 POOL = ["127.0.0.1", "127.0.0.2", "10.1.2.3", "10.9.9.9", "203.0.113.9", "198.51.100.1", "::1"]

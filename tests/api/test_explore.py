@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from service.api.feature_grid import viridis_lut
+from tests.support.feature_grids import count_tiles
 from training.__main__ import main as training_cli
 from training.architectures import LECTURE
 
@@ -41,21 +42,6 @@ def png(pixels: np.ndarray) -> bytes:
 
 def image() -> np.ndarray:
     return np.random.default_rng(11).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-
-
-def count_tiles(data: bytes) -> int:
-    """Tiles in a feature grid, found by colour: only tiles hold non-grey (viridis) pixels."""
-    pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
-    coloured = (pixels[..., 0] != pixels[..., 1]) | (pixels[..., 1] != pixels[..., 2])
-
-    def runs(mask: np.ndarray) -> list[tuple[int, int]]:
-        edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
-        return list(zip(edges[::2], edges[1::2], strict=True))
-
-    tiles = 0
-    for top, bottom in runs(coloured.any(axis=1)):
-        tiles += len(runs(coloured[top:bottom].any(axis=0)))
-    return tiles
 
 
 # -- shape calculator -----------------------------------------------------------------------

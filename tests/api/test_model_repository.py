@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from service.api.app import create_app
-from tests.api.conftest import make_settings
-from tests.conftest import make_model_repo, tiny_reference
-from tests.live_updates import favouring_graph, top1, write_version_atomically
+from tests.support.apps import make_settings
+from tests.support.live_updates import favouring_graph, top1, write_version_atomically
+from tests.support.models import make_model_repo, tiny_reference
 
 pytestmark = pytest.mark.anyio
 

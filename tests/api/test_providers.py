@@ -13,8 +13,8 @@ import pytest
 
 from service.engine.runtime import provider_problem
 from service.settings import Settings
-from tests.api.conftest import ADMIN_TOKEN, app_client
-from tests.conftest import make_model_repo
+from tests.support.apps import ADMIN_TOKEN, app_client
+from tests.support.models import make_model_repo
 
 pytestmark = pytest.mark.anyio
 CUDA_FIRST = ["CUDAExecutionProvider", "CPUExecutionProvider"]

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.api.conftest import app_client, make_settings
-from tests.conftest import make_model_repo, tiny_reference
+from tests.support.apps import app_client, make_settings
+from tests.support.models import make_model_repo, tiny_reference
 
 pytestmark = pytest.mark.anyio
 

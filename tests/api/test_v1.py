@@ -15,8 +15,8 @@ from PIL import Image
 from service.api.app import create_app
 from service.engine.repository import ModelRepository
 from service.engine.runtime import ModelRuntime
-from tests.api.conftest import make_settings
-from tests.conftest import make_model_repo, tiny_reference, write_model
+from tests.support.apps import make_settings
+from tests.support.models import make_model_repo, tiny_reference, write_model
 
 pytestmark = pytest.mark.anyio
 

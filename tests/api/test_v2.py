@@ -7,7 +7,7 @@ import numpy as np
 import orjson
 import pytest
 
-from tests.conftest import tiny_reference
+from tests.support.models import tiny_reference
 
 pytestmark = pytest.mark.anyio
 

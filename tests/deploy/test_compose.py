@@ -21,8 +21,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.support import answers_200, server_process, wait_until
-from tests.training.conftest import write_image_folder
+from tests.support.servers import answers_200, server_process, wait_until
+from tests.support.training_inputs import write_image_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

@@ -29,7 +29,7 @@ import yaml
 from tritonclient.utils import InferenceServerException
 
 from scripts.nginx_local import CONF, find_nginx, nginx_command
-from tests.support import free_port, stop, wait_ready, wait_until
+from tests.support.servers import free_port, stop, wait_ready, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

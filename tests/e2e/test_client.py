@@ -18,9 +18,8 @@ from PIL import Image
 
 from service.client import main
 from service.settings import Settings
-from tests.conftest import make_model_repo
-from tests.e2e.running import Running, running_server
-from tests.support import free_port
+from tests.support.models import make_model_repo
+from tests.support.servers import Running, free_port, running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "client-test-token"

@@ -13,8 +13,8 @@ from PIL import Image
 
 from service.core.shapes import format_table, layer_table
 from service.settings import Settings
-from tests.api.test_explore import count_tiles
-from tests.e2e.running import running_server
+from tests.support.feature_grids import count_tiles
+from tests.support.servers import running_server
 from training.architectures import INPUT_SHAPE, LECTURE
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models"

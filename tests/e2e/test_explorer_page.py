@@ -23,9 +23,8 @@ from PIL import Image
 from playwright.sync_api import ConsoleMessage, Page, sync_playwright
 
 from service.settings import Settings
-from tests.conftest import make_model_repo
-from tests.e2e.running import running_server
-from tests.support import wait_until
+from tests.support.models import make_model_repo
+from tests.support.servers import running_server, wait_until
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

@@ -19,8 +19,8 @@ from tritonclient.utils import InferenceServerException
 from service.api.grpc_server import grpc_code, peer_host
 from service.core import errors
 from service.settings import Settings
-from tests.conftest import CIFAR_CLASSES, make_model_repo, tiny_reference
-from tests.e2e.running import Running, running_server
+from tests.support.models import CIFAR_CLASSES, make_model_repo, tiny_reference
+from tests.support.servers import Running, running_server
 
 MAX_IMAGES = 64
 

@@ -15,8 +15,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from service.settings import Settings
-from tests.conftest import make_model_repo, tiny_graph, tiny_reference
-from tests.live_updates import (
+from tests.support.live_updates import (
     POLL_INTERVAL_S,
     favouring_graph,
     publish_graph,
@@ -24,7 +23,8 @@ from tests.live_updates import (
     top1,
     write_version_atomically,
 )
-from tests.support import wait_until
+from tests.support.models import make_model_repo, tiny_graph, tiny_reference
+from tests.support.servers import wait_until
 
 CLIENTS = 3
 WINNERS = {2: 3, 3: 5, 4: 8}  # version -> the class its graph always answers

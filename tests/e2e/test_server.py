@@ -17,9 +17,8 @@ import tritonclient.http as triton
 from PIL import Image
 
 from service.settings import Settings
-from tests.conftest import make_model_repo, tiny_reference
-from tests.e2e.running import running_server
-from tests.support import server_process, service_command
+from tests.support.models import make_model_repo, tiny_reference
+from tests.support.servers import running_server, server_process, service_command
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ from service.core.errors import InvalidCard, UnprocessableInput
 from service.engine.activations import ActivationSession, ActivationSessions
 from service.engine.repository import ModelRepository
 from service.engine.runtime import RuntimeOptions
-from tests.conftest import lecture_graph, make_model_repo, write_model
+from tests.support.models import lecture_graph, make_model_repo, write_model
 
 OPTIONS = RuntimeOptions(providers=("CPUExecutionProvider",))
 

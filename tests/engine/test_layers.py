@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from service.core.card import ModelCard, TensorSpec
 from service.engine.layers import LayerReport, read_layers
-from tests.conftest import lecture_graph, tiny_graph
+from tests.support.models import lecture_graph, tiny_graph
 
 OPSET = 17
 NO_TABLE = "cannot read the layer table from the graph: "

@@ -19,14 +19,14 @@ from service.engine.leases import lease_scope
 from service.engine.repository import ModelRepository
 from service.engine.runtime import RuntimeOptions
 from service.engine.version_folder import ModelState
-from tests.conftest import make_model_repo, tiny_graph, tiny_reference, write_model
-from tests.live_updates import (
+from tests.support.live_updates import (
     favouring_graph,
     publish_graph,
     rewrite_in_place,
     top1,
     write_version_atomically,
 )
+from tests.support.models import make_model_repo, tiny_graph, tiny_reference, write_model
 
 CPU_ONLY = RuntimeOptions(providers=("CPUExecutionProvider",))
 IMAGES = np.random.default_rng(5).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)

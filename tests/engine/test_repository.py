@@ -14,7 +14,7 @@ from service.core.errors import ModelNotFound, ModelNotReady
 from service.engine.repository import ModelRepository
 from service.engine.runtime import RuntimeOptions, resolve_providers
 from service.engine.version_folder import ModelState
-from tests.conftest import (
+from tests.support.models import (
     lecture_graph,
     make_model_repo,
     tiny_graph,

@@ -18,7 +18,7 @@ from service.core.card import MODEL_FILE, ModelCard, TensorSpec
 from service.core.errors import InvalidCard, ProviderUnavailable, ServingError
 from service.engine.batcher import BatchStats
 from service.engine.runtime import ModelRuntime, RuntimeOptions, graph_tensors, resolve_providers
-from tests.conftest import card_for, tiny_graph, tiny_reference
+from tests.support.models import card_for, tiny_graph, tiny_reference
 
 CPU_ONLY = RuntimeOptions(providers=("CPUExecutionProvider",))
 IMAGES = np.random.default_rng(11).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)

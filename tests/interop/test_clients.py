@@ -21,8 +21,8 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 
-from tests.e2e.running import Running
-from tests.interop.conftest import MODEL, ROOT, TestImage
+from tests.support.interop import MODEL, ROOT, TestImage
+from tests.support.servers import Running
 
 ATOL = 1e-5  # float32 softmax: the same graph and session options, different batch splits
 
@@ -70,7 +70,7 @@ def test_tritonclient_grpc_infer(server: Running, pixels: np.ndarray, expected: 
         client.close()
 
 
-# --- the KServe SDK (in a process of its own: see kserve_client.py) ---------------------------
+# --- the KServe SDK (in a process of its own: see tests/support/kserve_client.py) -------------
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def kserve_inputs(
 
 
 def kserve_call(call: str, server: Running, inputs: tuple[Path, Path]) -> Any:
-    command = [sys.executable, "-m", "tests.interop.kserve_client", call, server.url]
+    command = [sys.executable, "-m", "tests.support.kserve_client", call, server.url]
     command += [server.grpc_url, str(inputs[0]), str(inputs[1])]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]

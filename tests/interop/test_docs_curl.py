@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 from service.settings import Settings
-from tests.e2e.running import running_server
-from tests.interop.conftest import ROOT, TestImage, lecture_repository
+from tests.support.interop import ROOT, TestImage, lecture_repository
+from tests.support.servers import running_server
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 STATUS_MARK = "\n@@status="

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.conftest import app_client, make_settings
-from tests.conftest import make_model_repo
+from tests.support.apps import app_client, make_settings
+from tests.support.models import make_model_repo
 
 
 @pytest.fixture

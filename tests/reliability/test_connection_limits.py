@@ -20,9 +20,8 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from service.settings import Settings
-from tests.conftest import make_model_repo
-from tests.e2e.running import running_server
-from tests.support import wait_until
+from tests.support.models import make_model_repo
+from tests.support.servers import running_server, wait_until
 
 MAX_CONNECTIONS = 20
 READY = b"GET /v2/health/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from service.settings import Settings
-from tests.conftest import make_model_repo
-from tests.e2e.running import Running, running_server
+from tests.support.models import make_model_repo
+from tests.support.servers import Running, running_server
 
 BODY_TIMEOUT_S = 1.0
 KEEP_ALIVE_S = 1.0

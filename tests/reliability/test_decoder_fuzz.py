@@ -20,8 +20,8 @@ from PIL import Image
 from tritonclient.grpc import service_pb2
 
 from service.settings import Settings
-from tests.conftest import make_model_repo
-from tests.e2e.running import Running, running_server
+from tests.support.models import make_model_repo
+from tests.support.servers import Running, running_server
 
 FUZZ = settings(
     max_examples=150,

@@ -23,8 +23,8 @@ from service.api.app import create_app
 from service.core.card import CARD_FILE, MODEL_FILE
 from service.engine.batcher import DynamicBatcher
 from service.engine.repository import ModelRepository
-from tests.api.conftest import ADMIN, make_settings
-from tests.conftest import OPSET, make_model_repo, tiny_graph, write_model
+from tests.support.apps import ADMIN, make_settings
+from tests.support.models import OPSET, make_model_repo, tiny_graph, write_model
 
 pytestmark = pytest.mark.anyio
 

@@ -12,8 +12,8 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from service.settings import Settings
-from tests.conftest import make_model_repo
-from tests.e2e.running import running_server
+from tests.support.models import make_model_repo
+from tests.support.servers import running_server
 
 PIXELS = 32 * 32 * 3
 MAX_BYTES = 200_000

@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 from tritonclient.grpc import service_pb2
 
-from tests.conftest import make_model_repo
-from tests.support import ServerProcess, server_process, service_command
+from tests.support.models import make_model_repo
+from tests.support.servers import ServerProcess, server_process, service_command
 
 HEALTH_BOUND_S = 0.1  # the bound on a concurrent health check
 INFER = "/v2/models/tiny/infer"

@@ -19,8 +19,8 @@ from service.core.errors import Forbidden
 from service.engine.repository import ModelRepository
 from service.engine.runtime import RuntimeOptions
 from service.engine.version_folder import ModelState
-from tests.api.conftest import ADMIN, make_settings
-from tests.conftest import make_model_repo, write_model
+from tests.support.apps import ADMIN, make_settings
+from tests.support.models import make_model_repo, write_model
 
 OPTIONS = RuntimeOptions(providers=("CPUExecutionProvider",), warm_up=False)
 

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from tests.conftest import make_model_repo
-from tests.support import server_process, service_command
+from tests.support.models import make_model_repo
+from tests.support.servers import server_process, service_command
 
 GOOD = json.dumps({"inputs": [{"name": "images", "shape": [1, 32, 32, 3], "datatype": "UINT8",
                                "data": [0] * 3072}]}).encode()  # fmt: skip

@@ -22,9 +22,14 @@ import psutil
 import pytest
 
 from service.settings import Settings
-from tests.conftest import make_model_repo
-from tests.e2e.running import Running, running_server
-from tests.support import server_process, service_command, wait_until
+from tests.support.models import make_model_repo
+from tests.support.servers import (
+    Running,
+    running_server,
+    server_process,
+    service_command,
+    wait_until,
+)
 
 HEADER_TIMEOUT_S = 2.0
 # Allowed past the timeout before a connection must be closed: the test's client and the server

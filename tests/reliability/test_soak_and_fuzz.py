@@ -11,7 +11,7 @@ import pytest
 from scripts import fuzz_api, soak
 from service.api.app import create_app
 from service.settings import Settings
-from tests.conftest import make_model_repo
+from tests.support.models import make_model_repo
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
 

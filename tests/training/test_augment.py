@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from service.core.errors import InvalidConfig
-from tests.training.conftest import class_images
+from tests.support.training_inputs import class_images
 from training.augment import Augment, alternating_flips, augment_batch, augment_options
 from training.config import TrainConfig
 from training.data import Split, train_val_split

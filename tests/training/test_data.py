@@ -14,7 +14,7 @@ from PIL import Image
 
 import training.data as data_module
 from service.core.errors import DataError
-from tests.training.conftest import class_images
+from tests.support.training_inputs import class_images
 from training.data import (
     CLASS_NAMES,
     Split,

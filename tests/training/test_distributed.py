@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from service.core.card import read_card
-from tests.support import free_port
-from tests.training.conftest import class_images
+from tests.support.servers import free_port
+from tests.support.training_inputs import class_images
 from training.config import TrainConfig
 from training.data import Split, train_val_split
 from training.distributed import World, rank_share, world_from_env

@@ -14,7 +14,7 @@ from service.core.card import ModelCard, sha256_file
 from service.core.errors import ExportError
 from service.core.shapes import layer_table
 from service.engine.layers import read_layers
-from tests.training.conftest import TINY_94, class_images
+from tests.support.training_inputs import TINY_94, class_images
 from training.architectures import LECTURE
 from training.data import CLASS_NAMES
 from training.evaluation import check_parity

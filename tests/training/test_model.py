@@ -10,7 +10,7 @@ import torch
 
 from service.core.errors import InvalidLayerSpec
 from service.core.shapes import layer_table
-from tests.training.conftest import TINY_94
+from tests.support.training_inputs import TINY_94
 from training.architectures import ARCHITECTURES, LECTURE
 from training.model import (
     Classifier,

@@ -16,7 +16,7 @@ from service.core.card import ModelCard, TensorSpec, sha256_file
 from service.core.errors import ExportError
 from service.core.shapes import layer_table
 from service.engine.layers import read_layers
-from tests.training.conftest import class_images
+from tests.support.training_inputs import class_images
 from training.data import CLASS_NAMES, Split
 from training.evaluation import compare, onnx_logits
 from training.export import export_onnx

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from service.core.errors import InvalidConfig
-from tests.training.conftest import TINY_94, class_images
+from tests.support.training_inputs import TINY_94, class_images
 from training.architectures import ARCHITECTURES
 from training.config import TrainConfig
 from training.data import Split, train_val_split

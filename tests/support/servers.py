@@ -1,6 +1,7 @@
 """What tests that run servers share: free loopback ports, waiting until something holds (a
-condition, a URL answering 200), and server processes started and stopped (``python -m service``
-with the ports it logs read back)."""
+condition, a URL answering 200), server processes started and stopped (``python -m service``
+with the ports it logs read back), and a real server in a thread (``running_server``: REST and
+gRPC of one app on free loopback ports, as ``python -m service`` runs them)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 # One implementation for the tests and the scripts that start servers themselves.
 from scripts.server_process import free_port as free_port
+from service.__main__ import uvicorn_options
+from service.api.app import create_app
+from service.api.grpc_server import serve_grpc
+from service.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # The lines `python -m service` logs once it listens (plain or JSON logs alike).
 REST_PORT_LINE = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
@@ -173,3 +180,27 @@ def server_process(
     finally:
         stop(process, how)
         reader.join(timeout=10)
+
+
+@contextmanager
+def running_server(settings: Settings, *, grpc: bool = True) -> Iterator[Running]:
+    """``settings`` with host 127.0.0.1 and free ports (gRPC too unless ``grpc`` is False,
+    then ``grpc_port`` is -1); stopped (gRPC first) on exit."""
+    grpc_port = 0 if grpc else -1
+    settings = settings.model_copy(update={"host": "127.0.0.1", "port": 0, "grpc_port": grpc_port})
+    app = create_app(settings)
+    if grpc:
+        serve_grpc(app)
+    options = {**uvicorn_options(settings), "log_level": "warning", "log_config": LOGGING_CONFIG}
+    config = uvicorn.Config(app, **options)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started or not thread.is_alive(), 30, "the server starting")
+    assert server.started, "server did not start"
+    rest_port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield Running(rest_port, app.state.grpc_port if grpc else -1)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

@@ -2,7 +2,7 @@
 server uses) declare the same protobuf symbols, so the two cannot be imported in one interpreter,
 as a user's client and our server never are.
 
-    python -m tests.interop.kserve_client CALL REST_URL GRPC_TARGET PIXELS.npy IMAGES.json
+    python -m tests.support.kserve_client CALL REST_URL GRPC_TARGET PIXELS.npy IMAGES.json
 
 prints ``{"model_name", "id", "probabilities"}`` (v2 calls) or the v1 answer as JSON.
 """

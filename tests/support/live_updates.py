@@ -16,8 +16,8 @@ from onnx import numpy_helper
 
 from service.core.card import CARD_FILE, MODEL_FILE, sha256_file
 from service.settings import Settings
-from tests.conftest import card_for, tiny_graph
-from tests.e2e.running import running_server as e2e_running_server
+from tests.support.models import card_for, tiny_graph
+from tests.support.servers import running_server as e2e_running_server
 from training.publish import publish
 
 # Poll fast in tests; a switch is expected within a few intervals.

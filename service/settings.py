@@ -134,20 +134,15 @@ class Settings(BaseSettings):
         default=131_072,
         ge=0,
         description=(
-            "Bodies (and image files) up to this size are decoded on the event loop, where the "
-            "thread hop to the work pool (about 0.3 ms) would cost more than decoding them "
-            "(at most about 1.5 ms here); larger ones go to the work pool, and so do images "
-            "that decode to over 65,536 pixels. :predict's nested pixel arrays cost four times "
-            "as much per byte: a quarter of this."
+            "Bodies and image files up to this size are decoded on the event loop (a hop to the "
+            "work pool, ~0.3 ms, costs more), unless their images decode to over 65,536 pixels; "
+            "larger ones go to the pool. :predict's nested arrays: a quarter of this."
         ),
     )
     loop_lag_interval_s: float = Field(
         default=0.1,
         ge=0,
-        description=(
-            "How often the event loop's lag (how late a timer fires) is measured into the "
-            "event_loop_lag_seconds histogram (0: not measured)."
-        ),
+        description="How often event_loop_lag_seconds samples how late a timer fires (0: never).",
     )
     default_top_k: int = Field(
         default=5,

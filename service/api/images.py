@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.core.errors import PayloadTooLarge, UnprocessableInput
-from service.engine.work_pool import TooHeavyForTheLoop, on_event_loop
+from service.engine.work_pool import TooHeavyForTheLoop, WorkPool, on_event_loop
 from service.settings import Settings
 
 WHITE = (255, 255, 255)
@@ -131,6 +131,23 @@ def decode_images(
 def decode_image(data: bytes, size: tuple[int, int], max_pixels: int, where: str) -> np.ndarray:
     """One encoded image as ``(H, W, 3)`` uint8 RGB of ``size`` (H, W); 422 naming ``where``."""
     return decode_images([(data, where)], size, ImageLimits(max_pixels, max_pixels))[0]
+
+
+def decode_b64_images(
+    encoded: Sequence[tuple[str, str]], size: tuple[int, int], limits: ImageLimits
+) -> list[np.ndarray]:
+    """``decode_images`` for ``{"b64": ...}`` values, each ``(text, where)``."""
+    return decode_images([(b64_bytes(text, where), where) for text, where in encoded], size, limits)
+
+
+async def decode_image_files(
+    work: WorkPool, files: Sequence[tuple[bytes, str]], size: tuple[int, int], settings: Settings
+) -> list[np.ndarray]:
+    """``decode_images`` on the event loop when the files are small (and decode to few pixels),
+    else on the work pool."""
+    light = sum(len(data) for data, _ in files) <= settings.inline_decode_bytes
+    limits = image_limits(settings)
+    return await work.run_here_if_light(light, decode_images, files, size, limits)
 
 
 def b64_bytes(text: str, where: str) -> bytes:

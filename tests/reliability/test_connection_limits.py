@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from service.settings import Settings
 from tests.support.models import make_model_repo
 from tests.support.servers import running_server, wait_until
+from tests.support.sockets import connect, read_to_end
 
 MAX_CONNECTIONS = 20
 READY = b"GET /v2/health/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
@@ -38,23 +38,11 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_model_repo(tmp_path_factory.mktemp("limits"), lecture=False)
 
 
-def connect(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    sock.settimeout(5)  # far below HEADER_TIMEOUT_S: an answer within it is a prompt one
-    return sock
-
-
 def ask_ready(port: int) -> bytes:
     """Everything the server sends to a GET /v2/health/ready on a fresh connection."""
     with connect(port) as sock:
         sock.sendall(READY)
-        data = b""
-        try:
-            while chunk := sock.recv(65536):
-                data += chunk
-        except ConnectionResetError:
-            pass
-        return data
+        return read_to_end(sock)
 
 
 def grpc_live(address: str) -> bool:

@@ -30,6 +30,7 @@ from tests.support.servers import (
     service_command,
     wait_until,
 )
+from tests.support.sockets import connect, read_to_end
 
 HEADER_TIMEOUT_S = 2.0
 # Allowed past the timeout before a connection must be closed: the test's client and the server
@@ -61,23 +62,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     )
     with running_server(settings) as running:
         yield running
-
-
-def connect(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
-    sock.settimeout(20)  # every wait below is bounded
-    return sock
-
-
-def read_to_end(sock: socket.socket) -> bytes:
-    """What the server sends until it closes (a reset counts as closed)."""
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass
-    return data
 
 
 def get_ready(port: int) -> tuple[bytes, float]:

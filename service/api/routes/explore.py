@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from typing import Annotated, Any, Literal
 
@@ -29,7 +30,7 @@ from service.api.http_io import (
     read_json_body,
     validated_body,
 )
-from service.api.images import b64_bytes, decode_images, image_limits
+from service.api.images import decode_b64_images, decode_image_files, image_limits
 from service.api.json_wire import dumps, loads, loads_object
 from service.api.predict import NESTED_JSON_COST, instances_to_pixels
 from service.api.schemas import errors, json_body
@@ -185,10 +186,7 @@ async def _multipart_image(
         where = f"image ({field}={upload.filename or 'unnamed'})"
         data = await upload.read()
         names = [v for v in form.getlist("layer") if isinstance(v, str)]
-    limits = image_limits(state.settings)
-    light = len(data) <= state.settings.inline_decode_bytes
-    image_file = [(data, where)]
-    (image,) = await state.work.run_here_if_light(light, decode_images, image_file, size, limits)
+    (image,) = await decode_image_files(state.work, [(data, where)], size, state.settings)
     return image, _layer_names(names, "'layer'")
 
 
@@ -196,11 +194,7 @@ async def _json_image(
     request: Request, state: ServiceState, shape: tuple[int, int, int]
 ) -> tuple[np.ndarray, list[str]]:
     raw = await request.body()
-    limits = image_limits(state.settings)
-
-    def b64(encoded: list[tuple[str, str]]) -> list[np.ndarray]:
-        files = [(b64_bytes(text, where), where) for text, where in encoded]
-        return decode_images(files, shape[:2], limits)
+    b64 = functools.partial(decode_b64_images, size=shape[:2], limits=image_limits(state.settings))
 
     def decode() -> tuple[np.ndarray, list[str]]:
         body = validated_body(ActivationsRequest, loads_object(raw))

@@ -3,6 +3,7 @@ the model listing and the model card."""
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from service.api.http_io import (
     read_json_body,
     validated_body,
 )
-from service.api.images import b64_bytes, decode_images, image_limits
+from service.api.images import decode_b64_images, decode_image_files, image_limits
 from service.api.json_wire import json_object, loads_object
 from service.api.predict import NESTED_JSON_COST, PREDICT_FIELDS, predict_pixels
 from service.api.predictions import top_k
@@ -57,11 +58,7 @@ async def predict(request: Request, state: State, name: str, top_k: TopK = None)
     settings = state.settings
     raw = await read_json_body(request, settings.max_request_bytes)
     h, w, c = runtime.image_shape
-    limits = image_limits(settings)
-
-    def b64(encoded: list[tuple[str, str]]) -> list[np.ndarray]:
-        files = [(b64_bytes(text, where), where) for text, where in encoded]
-        return decode_images(files, (h, w), limits)
+    b64 = functools.partial(decode_b64_images, size=(h, w), limits=image_limits(settings))
 
     def decode() -> tuple[np.ndarray, int | None]:
         body = json_object(loads_object(raw), "the body", PREDICT_FIELDS, ignore_unknown=True)
@@ -125,9 +122,7 @@ async def classify(request: Request, state: State, name: str, top_k: TopK = None
             for i, (field, upload) in enumerate(uploads)
         ]
     h, w, _ = runtime.image_shape
-    light = sum(len(data) for data, _ in files) <= state.settings.inline_decode_bytes
-    limits = image_limits(state.settings)
-    rows = await state.work.run_here_if_light(light, decode_images, files, (h, w), limits)
+    rows = await decode_image_files(state.work, files, (h, w), state.settings)
     pixels = np.stack(rows)
     return await _predictions(state, runtime, pixels, top_k or state.settings.default_top_k)
 

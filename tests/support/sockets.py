@@ -1,0 +1,22 @@
+"""Raw loopback sockets for the connection tests: every wait bounded, a close read to its end."""
+
+from __future__ import annotations
+
+import socket
+
+
+def connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    sock.settimeout(20)  # every wait is bounded
+    return sock
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    """What the server sends until it closes (a reset counts as closed)."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data

@@ -1,0 +1,78 @@
+"""Every benchmark and training command writes its figures here, and docs are rendered from them.
+
+One JSON file per result set, ``docs/results/<name>.json``, holding the command that produced it,
+the commit it ran on and when, so a figure in the docs can always be traced to a run. Standard
+library only: the training package writes through it too.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "docs" / "results"
+
+
+def _commit() -> str:
+    """The commit the run used, with ``-dirty`` when the tree had uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def _command() -> str:
+    """How this process was started, as a user would type it (``python -m pkg ...``)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is None:
+        program = "python " + sys.argv[0]
+    else:
+        program = "python -m " + spec.name.removesuffix(".__main__")
+    return " ".join([program, *map(shlex.quote, sys.argv[1:])])
+
+
+def write_result(
+    name: str, results: dict[str, Any], *, command: str | None = None, directory: Path | None = None
+) -> Path:
+    """Write ``results`` as ``<directory>/<name>.json`` with command, commit, time and machine."""
+    path = (directory or RESULTS_DIR) / f"{name}.json"
+    record = {
+        "name": name,
+        "command": command or _command(),
+        "commit": _commit(),
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(terse=True)},
+        "results": results,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def read_result(name: str, directory: Path | None = None) -> dict[str, Any]:
+    """The whole record written by :func:`write_result` (``results`` plus where it came from)."""
+    record: dict[str, Any] = json.loads(((directory or RESULTS_DIR) / f"{name}.json").read_text())
+    return record

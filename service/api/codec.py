@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,7 @@ from service.api.json_wire import dumps, json_object, loads_infer_request
 from service.core.datatypes import DATATYPES
 from service.core.errors import InvalidInput, UnprocessableInput
 from service.core.limits import check_tensor_count, checked_shape
+from service.dataplane.types import InferRequest, InferResponse, InputTensor, RequestedOutput
 from service.engine.runtime import NUMPY_DTYPES
 
 DATATYPE_NAMES = {dtype: name for name, dtype in NUMPY_DTYPES.items()}  # numpy -> the protocol
@@ -25,30 +25,6 @@ DATATYPE_NAMES = {dtype: name for name, dtype in NUMPY_DTYPES.items()}  # numpy 
 REQUEST_FIELDS = frozenset({"id", "parameters", "inputs", "outputs", "model_name", "model_version"})
 TENSOR_FIELDS = frozenset({"name", "shape", "datatype", "parameters", "data"})
 OUTPUT_FIELDS = frozenset({"name", "parameters"})
-
-
-@dataclass
-class InputTensor:
-    name: str
-    datatype: str
-    shape: list[int]
-    data: np.ndarray  # already in ``shape``, in the numpy dtype of ``datatype``
-
-
-@dataclass
-class RequestedOutput:
-    name: str
-    binary: bool
-
-
-@dataclass
-class InferRequest:
-    id: str | None
-    inputs: list[InputTensor]
-    outputs: list[RequestedOutput] = field(default_factory=list)
-    binary_output: bool = False
-    model_name: str | None = None  # as the body names it (KServe's SDK does); None when absent
-    model_version: str | None = None
 
 
 def _parameters(value: Mapping[str, Any], where: str) -> Mapping[str, Any]:
@@ -229,36 +205,13 @@ def _model_version(value: Any) -> str | None:
     raise InvalidInput(f"'model_version' must be a positive version number string, not {value!r}")
 
 
-def to_pixels(tensor: InputTensor, image_shape: Sequence[int]) -> np.ndarray:
-    """An image batch for the graph: UINT8 as is, FP32/FP16 in 0..1 rounded to 0..255."""
-    where = f"input {tensor.name!r}"
-    expected = [-1, *image_shape]
-    if len(tensor.shape) != len(expected) or tensor.shape[1:] != list(image_shape):
-        raise UnprocessableInput(f"{where}: shape {tensor.shape} does not fit {expected}")
-    if tensor.shape[0] < 1:
-        raise UnprocessableInput(f"{where}: the batch is empty")
-    data = tensor.data
-    if tensor.datatype == "UINT8":
-        return data
-    if tensor.datatype in ("FP32", "FP16"):
-        if not np.isfinite(data).all() or data.min() < 0.0 or data.max() > 1.0:
-            raise UnprocessableInput(f"{where}: {tensor.datatype} pixels must lie in 0..1")
-        pixels: np.ndarray = np.rint(data.astype(np.float32) * 255.0).astype(np.uint8)
-        return pixels
-    raise UnprocessableInput(f"{where}: datatype {tensor.datatype} is not UINT8 or FP32 pixels")
-
-
 def encode_infer_response(
-    model_name: str,
-    model_version: int,
-    request_id: str | None,
-    outputs: Mapping[str, np.ndarray],
-    binary: Mapping[str, bool],
+    response: InferResponse, binary: Mapping[str, bool]
 ) -> tuple[bytes, int | None]:
     """The v2 response body and, when some output is binary, the JSON header's length."""
     tensors: list[dict[str, Any]] = []
     chunks: list[bytes] = []
-    for name, array in outputs.items():
+    for name, array in response.outputs.items():
         tensor: dict[str, Any] = {
             "name": name,
             "datatype": DATATYPE_NAMES[array.dtype],
@@ -271,14 +224,14 @@ def encode_infer_response(
         else:
             tensor["data"] = array.ravel()
         tensors.append(tensor)
-    response: dict[str, Any] = {
-        "model_name": model_name,
-        "model_version": str(model_version),
+    body: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
         "outputs": tensors,
     }
-    if request_id is not None:
-        response["id"] = request_id
-    header = dumps(response)
+    if response.id is not None:
+        body["id"] = response.id
+    header = dumps(body)
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)

@@ -20,9 +20,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.api.http_io import body_too_large, error_response, serving_error_response
 from service.api.infer import HEADER_LENGTH, v2_infer
 from service.api.middleware import receive_body_message
-from service.api.state import ServiceState
 from service.core.errors import ServingError
-from service.engine.leases import lease_scope
+from service.dataplane.dataplane import DataPlane, request_scope
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +34,11 @@ VERSION_ENDPOINT = "/v2/models/{name}/versions/{version}/infer"
 class FastInfer:
     """ASGI middleware that serves v2 infer itself and passes everything else on."""
 
-    def __init__(self, app: ASGIApp, state: ServiceState) -> None:
+    def __init__(self, app: ASGIApp, plane: DataPlane) -> None:
         self.app = app
-        self.state = state
-        self.limit = state.settings.max_request_bytes
-        self.timeout_s = state.settings.body_timeout_s
+        self.plane = plane
+        self.limit = plane.settings.max_request_bytes
+        self.timeout_s = plane.settings.body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -64,14 +63,14 @@ class FastInfer:
                 header_length = value.decode("latin-1")
         status: int = HTTPStatus.OK
         try:
-            with lease_scope():  # the version stays open until the answer is sent
+            with request_scope():  # the version stays open until the answer is sent
                 if declared > self.limit:
                     raise body_too_large(self.limit)
                 body = await self._read_body(receive)
                 if body is None:  # the client left before sending its request
                     status = CLIENT_CLOSED
                     return
-                reply = await v2_infer(self.state, name, version, body, content_type, header_length)
+                reply = await v2_infer(self.plane, name, version, body, content_type, header_length)
                 headers = [
                     (b"content-type", reply.media_type.encode()),
                     (b"content-length", str(len(reply.body)).encode()),
@@ -88,7 +87,7 @@ class FastInfer:
             await error_response(status, "internal server error")(scope, receive, send)
         finally:
             endpoint = VERSION_ENDPOINT if version is not None else ENDPOINT
-            metrics = self.state.metrics
+            metrics = self.plane.metrics
             metrics.requests.labels(endpoint, "POST", str(status)).inc()
             metrics.request_latency.labels(endpoint).observe(time.perf_counter() - start)
 

@@ -24,12 +24,10 @@ import numpy as np
 from fastapi import FastAPI
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from service.api import dataplane
 from service.api.admin import check_admin
 from service.api.client_address import caller
-from service.api.codec import DATATYPE_NAMES, InputTensor, tensor_from_parts
+from service.api.codec import DATATYPE_NAMES, tensor_from_parts
 from service.api.grpc_handlers import Undecodable, method_handlers
-from service.api.state import ServiceState
 from service.core.card import TensorSpec
 from service.core.datatypes import DATATYPES
 from service.core.errors import (
@@ -40,7 +38,8 @@ from service.core.errors import (
     UnprocessableInput,
 )
 from service.core.limits import MAX_TENSORS, check_tensor_count
-from service.engine.leases import lease_scope
+from service.dataplane.dataplane import DataPlane, request_scope
+from service.dataplane.types import InferRequest, InputTensor, RequestedOutput
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -84,7 +83,7 @@ Handler = Callable[["InferenceServicer", Any, Any], Awaitable[Any]]
 
 
 def rpc(method: Handler) -> Handler:
-    """Run a handler inside ``lease_scope`` (the runtimes it takes stay open until it returns),
+    """Run a handler inside ``request_scope`` (the runtimes it takes stay open until it returns),
     count and time it, and turn its errors into gRPC status codes."""
     name = method.__name__
 
@@ -95,7 +94,7 @@ def rpc(method: Handler) -> Handler:
         try:
             if isinstance(request, Undecodable):
                 raise InvalidInput(f"the request is not a valid {request.message} message")
-            with lease_scope():
+            with request_scope():
                 return await method(self, request, context)
         except ServingError as exc:
             code = grpc_code(exc.status)
@@ -109,7 +108,7 @@ def rpc(method: Handler) -> Handler:
             log.error("gRPC %s failed", name, exc_info=exc)
             code, message = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
         finally:
-            metrics = self.state.metrics
+            metrics = self.plane.metrics
             metrics.grpc_requests.labels(name, code.name).inc()
             metrics.grpc_latency.labels(name).observe(time.perf_counter() - start)
         await context.abort(code, message)
@@ -131,8 +130,8 @@ def _config_tensor(kind: Any, spec: TensorSpec) -> Any:
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """The protocol's calls on the shared ``ServiceState``; the others answer UNIMPLEMENTED."""
 
-    def __init__(self, state: ServiceState) -> None:
-        self.state = state
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
 
     @rpc
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -140,24 +139,24 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     @rpc
     async def ServerReady(self, request: Any, context: Any) -> Any:
-        return service_pb2.ServerReadyResponse(ready=self.state.repository.ready)
+        return service_pb2.ServerReadyResponse(ready=self.plane.ready)
 
     @rpc
     async def ModelReady(self, request: Any, context: Any) -> Any:
         # As Triton: an unknown or unready model is "not ready", not an error.
         try:
-            dataplane.model_runtime(self.state, request.name, request.version or None)
+            self.plane.model(request.name, request.version or None)
         except (ModelNotFound, ModelNotReady):
             return service_pb2.ModelReadyResponse(ready=False)
         return service_pb2.ModelReadyResponse(ready=True)
 
     @rpc
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
-        return service_pb2.ServerMetadataResponse(**vars(dataplane.server_metadata(EXTENSIONS)))
+        return service_pb2.ServerMetadataResponse(**vars(DataPlane.server_metadata(EXTENSIONS)))
 
     @rpc
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
-        meta = dataplane.model_metadata(self.state, request.name, request.version or None)
+        meta = self.plane.model_metadata(request.name, request.version or None)
         return service_pb2.ModelMetadataResponse(
             name=meta.name,
             versions=meta.versions,
@@ -170,7 +169,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelConfig(self, request: Any, context: Any) -> Any:
         """Tensors, the batch limit, and what the metadata message has no room for: the class
         names and execution providers (as JSON strings in ``parameters``)."""
-        meta = dataplane.model_metadata(self.state, request.name, request.version or None)
+        meta = self.plane.model_metadata(request.name, request.version or None)
         parameters = {
             "class_names": json.dumps(meta.class_names),
             "execution_providers": json.dumps(meta.execution_providers),
@@ -179,7 +178,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             name=meta.name,
             platform=meta.platform,
             backend="onnxruntime",
-            max_batch_size=self.state.settings.max_images_per_request,
+            max_batch_size=self.plane.settings.max_images_per_request,
             input=[_config_tensor(model_config_pb2.ModelInput, t) for t in meta.inputs],
             output=[_config_tensor(model_config_pb2.ModelOutput, t) for t in meta.outputs],
             parameters={
@@ -190,21 +189,20 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     @rpc
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        state = self.state
-        name = request.model_name
-        runtime = dataplane.model_runtime(state, name, request.model_version or None)
+        plane = self.plane
+        runtime = plane.model(request.model_name, request.model_version or None)
         check_tensor_count(len(request.outputs), "outputs")
-        max_rows = state.settings.max_images_per_request
-        light = _typed_values(request) * 4 <= state.settings.inline_decode_bytes
-        inputs = await state.work.run_here_if_light(light, _input_tensors, request, max_rows)
+        max_rows = plane.settings.max_images_per_request
+        light = _typed_values(request) * 4 <= plane.settings.inline_decode_bytes
+        inputs = await plane.work.run_here_if_light(light, _input_tensors, request, max_rows)
         if any("classification" in o.parameters for o in request.outputs):
             raise InvalidInput("the classification extension is not supported; ask for tensors")
-        requested = [o.name for o in request.outputs]
-        outputs = await dataplane.infer(state, runtime, inputs, requested)
+        requested = [RequestedOutput(o.name, binary=True) for o in request.outputs]
+        answer = await plane.infer(runtime, InferRequest(request.id, inputs, requested))
         response = service_pb2.ModelInferResponse(
-            model_name=name, model_version=str(runtime.version), id=request.id
+            model_name=answer.model_name, model_version=answer.model_version, id=request.id
         )
-        for output_name, array in outputs.items():
+        for output_name, array in answer.outputs.items():
             response.outputs.add(
                 name=output_name, datatype=DATATYPE_NAMES[array.dtype], shape=list(array.shape)
             )
@@ -214,7 +212,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     # -- the model repository extension: the data plane's, under the admin rules (admin.py) ---
 
     def _require_admin(self, context: Any, method: str) -> None:
-        settings = self.state.settings
+        settings = self.plane.settings
         metadata = [(m.key, m.value) for m in context.invocation_metadata() or ()]
         who = caller(peer_host(context.peer()), metadata, settings.trusted_proxies)
         authorization = next((v for k, v in metadata if k == "authorization"), "")
@@ -224,21 +222,21 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     @rpc
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
         self._require_admin(context, "RepositoryIndex")
-        rows = dataplane.repository_index(self.state, request.ready)
+        rows = self.plane.repository_index(request.ready)
         return service_pb2.RepositoryIndexResponse(
-            models=[service_pb2.RepositoryIndexResponse.ModelIndex(**row) for row in rows]
+            models=[service_pb2.RepositoryIndexResponse.ModelIndex(**vars(row)) for row in rows]
         )
 
     @rpc
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         self._require_admin(context, "RepositoryModelLoad")
-        await dataplane.load_model(self.state, request.model_name, request.parameters.keys())
+        await self.plane.load_model(request.model_name, request.parameters.keys())
         return service_pb2.RepositoryModelLoadResponse()
 
     @rpc
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
         self._require_admin(context, "RepositoryModelUnload")
-        await dataplane.unload_model(self.state, request.model_name)
+        await self.plane.unload_model(request.model_name)
         return service_pb2.RepositoryModelUnloadResponse()
 
 
@@ -303,9 +301,9 @@ def connection_options(settings: Settings) -> list[tuple[str, int]]:
     return options
 
 
-async def start_grpc_server(state: ServiceState) -> tuple[Any, int]:
+async def start_grpc_server(plane: DataPlane) -> tuple[Any, int]:
     """A started ``grpc.aio`` server on ``HOST:GRPC_PORT`` and the port it bound."""
-    settings = state.settings
+    settings = plane.settings
     limit = (
         settings.max_request_bytes
     )  # the REST body limit; over it gRPC answers RESOURCE_EXHAUSTED
@@ -317,7 +315,7 @@ async def start_grpc_server(state: ServiceState) -> tuple[Any, int]:
         ],
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs or None,
     )
-    server.add_generic_rpc_handlers((method_handlers(InferenceServicer(state)),))
+    server.add_generic_rpc_handlers((method_handlers(InferenceServicer(plane)),))
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     try:
         port: int = server.add_insecure_port(f"{host}:{settings.grpc_port}")
@@ -336,14 +334,14 @@ def serve_grpc(app: FastAPI) -> FastAPI:
     @asynccontextmanager
     async def lifespan(scope_app: Any) -> AsyncIterator[Any]:
         async with inner(scope_app) as value:
-            state: ServiceState = app.state.service
-            server, port = await start_grpc_server(state)
+            plane: DataPlane = app.state.dataplane
+            server, port = await start_grpc_server(plane)
             app.state.grpc_port = port
-            log.info("gRPC serving on %s:%d", state.settings.host, port)
+            log.info("gRPC serving on %s:%d", plane.settings.host, port)
             try:
                 yield value
             finally:
-                await server.stop(state.settings.shutdown_timeout_s)
+                await server.stop(plane.settings.shutdown_timeout_s)
 
     app.router.lifespan_context = lifespan
     return app

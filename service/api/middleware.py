@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.http_io import body_too_large, error_response
 from service.core.errors import RequestTimeout
-from service.engine.leases import lease_scope
+from service.dataplane.dataplane import request_scope
 from service.engine.metrics import Metrics
 
 
@@ -90,7 +90,7 @@ class RequestMetrics:
 
 class RuntimeLeases:
     """A model version a request takes stays open until its response is sent, even if a newer
-    version is swapped in meanwhile (see ``lease_scope``)."""
+    version is swapped in meanwhile (see ``request_scope``)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -99,5 +99,5 @@ class RuntimeLeases:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        with lease_scope():
+        with request_scope():
             await self.app(scope, receive, send)

@@ -70,7 +70,7 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClie
 
 
 async def poll(app: FastAPI) -> None:
-    repository: ModelRepository = app.state.service.repository
+    repository: ModelRepository = app.state.dataplane.repository
     await asyncio.to_thread(repository.poll)
 
 

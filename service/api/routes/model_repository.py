@@ -12,12 +12,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from service.api import dataplane
 from service.api.admin import require_admin
+from service.api.dependencies import Plane
 from service.api.http_io import read_json_body, validated_body
 from service.api.json_wire import loads
 from service.api.schemas import RepositoryIndexEntry, RepositoryRequest, errors, json_body
-from service.api.state import State
 
 router = APIRouter(
     prefix="/v2/repository",
@@ -42,9 +41,9 @@ BODY = json_body(RepositoryRequest, {"ready": True}, required=False)
     responses=errors(400, 401, 403),
     openapi_extra=BODY,
 )
-async def index(request: Request, state: State) -> list[dict[str, Any]]:
+async def index(request: Request, plane: Plane) -> list[dict[str, Any]]:
     body = await _request_body(request)
-    return dataplane.repository_index(state, body.ready)
+    return [vars(entry) for entry in plane.repository_index(body.ready)]
 
 
 @router.post(
@@ -53,9 +52,9 @@ async def index(request: Request, state: State) -> list[dict[str, Any]]:
     responses=errors(400, 401, 403, 404),
     openapi_extra=BODY,
 )
-async def load(request: Request, state: State, name: str) -> dict[str, Any]:
+async def load(request: Request, plane: Plane, name: str) -> dict[str, Any]:
     body = await _request_body(request)
-    await dataplane.load_model(state, name, body.parameters)
+    await plane.load_model(name, body.parameters)
     return {}
 
 
@@ -65,7 +64,7 @@ async def load(request: Request, state: State, name: str) -> dict[str, Any]:
     responses=errors(400, 401, 403, 404),
     openapi_extra=BODY,
 )
-async def unload(request: Request, state: State, name: str) -> dict[str, Any]:
+async def unload(request: Request, plane: Plane, name: str) -> dict[str, Any]:
     await _request_body(request)  # unload_dependents: there are no ensembles to follow
-    await dataplane.unload_model(state, name)
+    await plane.unload_model(name)
     return {}

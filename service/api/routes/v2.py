@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.api import dataplane
+from service.api.dependencies import Plane
 from service.api.infer import HEADER_LENGTH, v2_infer
 from service.api.schemas import (
     InferenceRequest,
@@ -17,7 +17,7 @@ from service.api.schemas import (
     errors,
     json_body,
 )
-from service.api.state import State
+from service.dataplane.dataplane import DataPlane
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
@@ -34,8 +34,8 @@ async def live() -> dict[str, bool]:
 @router.get(
     "/health/ready", summary="Loading finished and some model is ready", responses=errors(503)
 )
-async def ready(state: State) -> dict[str, bool]:
-    dataplane.server_ready(state)
+async def ready(plane: Plane) -> dict[str, bool]:
+    plane.check_ready()
     return {"ready": True}
 
 
@@ -46,11 +46,11 @@ EXTENSIONS = ["binary_tensor_data", "model_repository"]
     "", summary="Server metadata", response_model=None, responses={200: {"model": ServerMetadata}}
 )
 async def server_metadata() -> dict[str, Any]:
-    return vars(dataplane.server_metadata(EXTENSIONS))
+    return vars(DataPlane.server_metadata(EXTENSIONS))
 
 
-def _metadata(state: State, name: str, version: str | None) -> dict[str, Any]:
-    meta = dataplane.model_metadata(state, name, version)
+def _metadata(plane: Plane, name: str, version: str | None) -> dict[str, Any]:
+    meta = plane.model_metadata(name, version)
     return {
         "name": meta.name,
         "versions": meta.versions,
@@ -64,15 +64,15 @@ def _metadata(state: State, name: str, version: str | None) -> dict[str, Any]:
     }
 
 
-def _model_ready(state: State, name: str, version: str | None) -> dict[str, Any]:
-    dataplane.model_runtime(state, name, version)  # 404 unknown, 503 not ready
+def _model_ready(plane: Plane, name: str, version: str | None) -> dict[str, Any]:
+    plane.model(name, version)  # 404 unknown, 503 not ready
     return {"name": name, "ready": True}
 
 
-async def _infer(request: Request, state: State, name: str, version: str | None) -> Response:
+async def _infer(request: Request, plane: Plane, name: str, version: str | None) -> Response:
     """Reached when the fast path is off (tests build apps either way); same answers."""
     reply = await v2_infer(
-        state,
+        plane,
         name,
         version,
         await request.body(),
@@ -95,32 +95,32 @@ _INFER: dict[str, Any] = {
 
 
 @router.get("/models/{name}", summary="Model metadata (the served version)", **_META)
-async def model_metadata(state: State, name: str) -> dict[str, Any]:
-    return _metadata(state, name, None)
+async def model_metadata(plane: Plane, name: str) -> dict[str, Any]:
+    return _metadata(plane, name, None)
 
 
 @router.get("/models/{name}/versions/{version}", summary="Model metadata of a version", **_META)
-async def version_metadata(state: State, name: str, version: str) -> dict[str, Any]:
-    return _metadata(state, name, version)
+async def version_metadata(plane: Plane, name: str, version: str) -> dict[str, Any]:
+    return _metadata(plane, name, version)
 
 
 @router.get("/models/{name}/ready", summary="The served version is ready", **_READY)
-async def model_ready(state: State, name: str) -> dict[str, Any]:
-    return _model_ready(state, name, None)
+async def model_ready(plane: Plane, name: str) -> dict[str, Any]:
+    return _model_ready(plane, name, None)
 
 
 @router.get("/models/{name}/versions/{version}/ready", summary="A version is ready", **_READY)
-async def version_ready(state: State, name: str, version: str) -> dict[str, Any]:
-    return _model_ready(state, name, version)
+async def version_ready(plane: Plane, name: str, version: str) -> dict[str, Any]:
+    return _model_ready(plane, name, version)
 
 
 @router.post("/models/{name}/infer", summary="Classify a batch of images (v2 tensors)", **_INFER)
-async def infer(request: Request, state: State, name: str) -> Response:
-    return await _infer(request, state, name, None)
+async def infer(request: Request, plane: Plane, name: str) -> Response:
+    return await _infer(request, plane, name, None)
 
 
 @router.post(
     "/models/{name}/versions/{version}/infer", summary="Classify with a given version", **_INFER
 )
-async def version_infer(request: Request, state: State, name: str, version: str) -> Response:
-    return await _infer(request, state, name, version)
+async def version_infer(request: Request, plane: Plane, name: str, version: str) -> Response:
+    return await _infer(request, plane, name, version)

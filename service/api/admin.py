@@ -10,13 +10,8 @@ import hmac
 import ipaddress
 import logging
 import urllib.parse
-from typing import Annotated, Any
 
-from fastapi import Request, Security
-from fastapi.security import HTTPBearer
-
-from service.api.client_address import Caller, caller, ip
-from service.api.dependencies import Plane
+from service.api.client_address import Caller, ip
 from service.core.errors import Forbidden, ServingError, Unauthorized
 from service.settings import Settings
 
@@ -92,28 +87,3 @@ def check_same_site(sec_fetch_site: str | None, origin: str | None, host: str | 
     source = _scheme_host_port(origin.strip())
     if source is None or source != _scheme_host_port(f"{source[0]}://{host or ''}"):
         raise Forbidden(f"cross-origin request refused (Origin {origin[:100]!r} is not the Host)")
-
-
-# Documents the bearer scheme in OpenAPI (so clients and fuzzers know of it); ``check_admin``
-# reads the header itself, as gRPC's metadata is read.
-BEARER = HTTPBearer(
-    auto_error=False,
-    scheme_name="AdminToken",
-    description=(
-        "ADMIN_TOKEN (or the contents of ADMIN_TOKEN_FILE); without one configured the repository "
-        "API is refused, except with ADMIN_LOOPBACK for direct clients at 127.0.0.1 or ::1."
-    ),
-)
-
-
-async def require_admin(
-    request: Request, plane: Plane, _: Annotated[Any, Security(BEARER)] = None
-) -> None:
-    """The REST routes' dependency: not cross-site, then ``check_admin`` (async: no thread hop)."""
-    headers = request.headers
-    check_same_site(headers.get("sec-fetch-site"), headers.get("origin"), headers.get("host"))
-    settings = plane.settings
-    peer = request.client.host if request.client else None
-    who = caller(peer, headers.items(), settings.trusted_proxies)
-    what = f"{request.method} {request.url.path}"
-    check_admin(settings, who, headers.get("authorization", ""), what)

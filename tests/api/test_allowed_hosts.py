@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.api.allowed_hosts import allowed_hosts, host_name
+from service.api.rest.allowed_hosts import allowed_hosts, host_name
 from tests.support.apps import ADMIN, app_client, make_settings
 from tests.support.models import make_model_repo
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.api.app import create_app
+from service.api.rest.app import create_app
 from service.engine.repository import ModelRepository
 from service.engine.runtime import ModelRuntime
 from tests.support.apps import make_settings

@@ -19,7 +19,7 @@ import pytest
 from fastapi import FastAPI
 from onnx import TensorProto, helper, numpy_helper
 
-from service.api.app import create_app
+from service.api.rest.app import create_app
 from service.core.card import CARD_FILE, MODEL_FILE
 from service.engine.batcher import DynamicBatcher
 from service.engine.repository import ModelRepository

@@ -10,19 +10,19 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
 
-from service.api.dependencies import Plane
-from service.api.http_io import (
+from service.api.images import decode_b64_images, decode_image_files, image_limits
+from service.api.predictions import top_k
+from service.api.rest.dependencies import Plane
+from service.api.rest.http_io import (
     MULTIPART,
     media_type,
     multipart_form,
     read_json_body,
     validated_body,
 )
-from service.api.images import decode_b64_images, decode_image_files, image_limits
-from service.api.json_wire import json_object, loads_object
-from service.api.predict import NESTED_JSON_COST, PREDICT_FIELDS, predict_pixels
-from service.api.predictions import top_k
-from service.api.schemas import PredictRequest, PredictResponse, errors, json_body
+from service.api.rest.json_wire import json_object, loads_object
+from service.api.rest.predict import NESTED_JSON_COST, PREDICT_FIELDS, predict_pixels
+from service.api.rest.schemas import PredictRequest, PredictResponse, errors, json_body
 from service.core.errors import InvalidInput, ModelNotReady, UnsupportedMediaType
 from service.dataplane.dataplane import DataPlane
 from service.dataplane.types import VersionStatus

@@ -19,9 +19,10 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, Response
 
-from service.api.dependencies import Plane
 from service.api.feature_grid import render_feature_grid
-from service.api.http_io import (
+from service.api.images import decode_b64_images, decode_image_files, image_limits
+from service.api.rest.dependencies import Plane
+from service.api.rest.http_io import (
     JSON,
     MULTIPART,
     JSONResponse,
@@ -31,10 +32,9 @@ from service.api.http_io import (
     read_json_body,
     validated_body,
 )
-from service.api.images import decode_b64_images, decode_image_files, image_limits
-from service.api.json_wire import dumps, loads, loads_object
-from service.api.predict import NESTED_JSON_COST, instances_to_pixels
-from service.api.schemas import errors, json_body
+from service.api.rest.json_wire import dumps, loads, loads_object
+from service.api.rest.predict import NESTED_JSON_COST, instances_to_pixels
+from service.api.rest.schemas import errors, json_body
 from service.core.errors import (
     InvalidInput,
     InvalidLayerSpec,
@@ -286,7 +286,7 @@ async def activations(
 
 
 def _static(name: str) -> str:
-    return resources.files("service.api").joinpath("static", name).read_text(encoding="utf-8")
+    return resources.files("service.api.rest").joinpath("static", name).read_text(encoding="utf-8")
 
 
 @router.get("/", summary="The explorer page", response_class=HTMLResponse, include_in_schema=False)

@@ -9,7 +9,7 @@ from http import HTTPStatus
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.http_io import body_too_large, error_response
+from service.api.rest.http_io import body_too_large, error_response
 from service.core.errors import RequestTimeout
 from service.dataplane.dataplane import request_scope
 from service.engine.metrics import Metrics

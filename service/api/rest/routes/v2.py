@@ -7,9 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.api.dependencies import Plane
-from service.api.infer import HEADER_LENGTH, v2_infer
-from service.api.schemas import (
+from service.api.rest.codec import model_metadata_json
+from service.api.rest.dependencies import Plane
+from service.api.rest.infer import HEADER_LENGTH, v2_infer
+from service.api.rest.schemas import (
     InferenceRequest,
     InferenceResponse,
     ModelMetadata,
@@ -50,18 +51,7 @@ async def server_metadata() -> dict[str, Any]:
 
 
 def _metadata(plane: Plane, name: str, version: str | None) -> dict[str, Any]:
-    meta = plane.model_metadata(name, version)
-    return {
-        "name": meta.name,
-        "versions": meta.versions,
-        "platform": meta.platform,
-        "inputs": [vars(t) for t in meta.inputs],
-        "outputs": [vars(t) for t in meta.outputs],
-        "parameters": {
-            "execution_providers": meta.execution_providers,
-            "class_names": meta.class_names,
-        },
-    }
+    return model_metadata_json(plane.model_metadata(name, version))
 
 
 def _model_ready(plane: Plane, name: str, version: str | None) -> dict[str, Any]:

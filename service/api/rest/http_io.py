@@ -14,7 +14,7 @@ from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import JSONResponse as StarletteJSONResponse
 
-from service.api.json_wire import dumps
+from service.api.rest.json_wire import dumps
 from service.core.errors import (
     InvalidInput,
     Overloaded,

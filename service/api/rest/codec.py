@@ -1,25 +1,30 @@
-"""Wire tensors <-> numpy: Open Inference Protocol v2 JSON (and its binary extension), v1 instances.
+"""The v2 infer body <-> the data plane's ``InferRequest`` and ``InferResponse``: Open Inference
+Protocol JSON and its binary tensor extension, REST's one codec.
 
-Shape, datatype and length are checked here, once, before a request reaches a model; a bad
-request is refused with a message naming the tensor or instance.
+Shape, datatype and length are checked here, once (``service.api.tensors``), before a request
+reaches a model; a bad request is refused with a message naming the tensor.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from service.api.json_wire import dumps, json_object, loads_infer_request
-from service.core.datatypes import DATATYPES
+from service.api.rest.json_wire import dumps, json_object, loads_infer_request
+from service.api.tensors import array_from_bytes, array_from_json, check_datatype
 from service.core.errors import InvalidInput, UnprocessableInput
 from service.core.limits import check_tensor_count, checked_shape
-from service.dataplane.types import InferRequest, InferResponse, InputTensor, RequestedOutput
-from service.engine.runtime import NUMPY_DTYPES
+from service.dataplane.types import (
+    InferRequest,
+    InferResponse,
+    InputTensor,
+    ModelMetadata,
+    RequestedOutput,
+)
+from service.engine.dtypes import DATATYPE_NAMES
 
-DATATYPE_NAMES = {dtype: name for name, dtype in NUMPY_DTYPES.items()}  # numpy -> the protocol
 # The fields of a v2 infer request (the protocol's, and the model_name / model_version that the
 # KServe SDK's REST client writes into the body), its input tensors and its requested outputs.
 REQUEST_FIELDS = frozenset({"id", "parameters", "inputs", "outputs", "model_name", "model_version"})
@@ -35,71 +40,6 @@ def _shape(value: Any, where: str, max_rows: int) -> list[int]:
     if not isinstance(value, list):
         raise InvalidInput(f"{where}.shape must be a list of integers")
     return checked_shape(value, where, max_rows)
-
-
-def _flatten(data: list[Any]) -> list[Any]:
-    """Nested lists as one flat list, depth-first (iterative: JSON nesting can be deep)."""
-    flat: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for item in stack[-1]:
-            if isinstance(item, list):
-                stack.append(iter(item))
-                break
-            flat.append(item)
-        else:
-            stack.pop()
-    return flat
-
-
-def array_from_json(
-    data: Any, datatype: str, shape: list[int], where: str, *, nested: bool = False
-) -> np.ndarray:
-    """JSON data (flat or nested, row-major) as an array of ``shape`` in ``datatype``.
-
-    ``nested`` requires the nesting itself to have ``shape`` (v1 instances), not just its length.
-    """
-    if isinstance(data, np.ndarray):  # already numbers (``loads_infer_request``)
-        array = data
-    elif not isinstance(data, list):
-        raise InvalidInput(f"{where}.data must be a JSON array")
-    else:
-        try:
-            array = np.array(data)
-        except (ValueError, TypeError):
-            if nested:
-                raise UnprocessableInput(
-                    f"{where}.data is ragged or mixes types; expected {datatype} numbers"
-                ) from None
-            # v2 data may be nested any way: its values in row-major order are what count
-            array = np.array(_flatten(data))
-    expected = math.prod(shape)
-    if nested and list(array.shape) != shape:
-        raise UnprocessableInput(
-            f"{where}: pixel array of shape {list(array.shape)}, expected {shape}"
-        )
-    if array.size != expected:
-        raise UnprocessableInput(
-            f"{where}: data holds {array.size} values but shape {shape} needs {expected}"
-        )
-    if array.size == 0:
-        return np.zeros(shape, dtype=NUMPY_DTYPES[datatype])
-    kind = array.dtype.kind
-    if datatype == "BOOL":
-        if kind != "b":
-            raise UnprocessableInput(f"{where}: BOOL data must be true or false")
-    elif kind not in "iuf" or (datatype not in ("FP32", "FP16") and kind == "f"):
-        found = {"b": "booleans", "U": "strings", "O": "mixed values", "f": "fractions"}.get(
-            kind, array.dtype.name
-        )
-        wanted = "numbers" if datatype in ("FP32", "FP16") else "integers"
-        raise UnprocessableInput(f"{where}: {datatype} data must be {wanted}, found {found}")
-    value_range = DATATYPES[datatype].value_range
-    if value_range is not None and kind in "iu":
-        low, high = value_range
-        if array.min() < low or array.max() > high:
-            raise UnprocessableInput(f"{where}: {datatype} values must lie in {low}..{high}")
-    return array.astype(NUMPY_DTYPES[datatype], copy=False).reshape(shape)
 
 
 def decode_infer_request(body: bytes, header_length: int | None, max_rows: int) -> InferRequest:
@@ -146,14 +86,15 @@ def _input_tensors(raw_inputs: Any, binary: bytes, max_rows: int) -> list[InputT
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"{where}.name must be a non-empty string")
         where = f"input {name!r}"
-        if not isinstance(datatype, str) or datatype not in NUMPY_DTYPES:
-            raise UnprocessableInput(
-                f"{where}: datatype {datatype!r} is not one of {', '.join(NUMPY_DTYPES)}"
-            )
+        datatype = check_datatype(datatype, where)
         shape = _shape(tensor.get("shape"), where, max_rows)
         size = _parameters(tensor, where).get("binary_data_size")
         if size is not None:
-            data = _binary_data(binary[offset:], size, datatype, shape, where)
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise InvalidInput(f"{where}: binary_data_size must be a non-negative integer")
+            data = array_from_bytes(
+                binary[offset : offset + size], datatype, shape, where, declared=size
+            )
             offset += data.nbytes
         else:
             data = array_from_json(tensor.get("data"), datatype, shape, where)
@@ -163,21 +104,6 @@ def _input_tensors(raw_inputs: Any, binary: bytes, max_rows: int) -> list[InputT
             f"the body carries {len(binary) - offset} bytes of binary data no input claims"
         )
     return inputs
-
-
-def _binary_data(rest: bytes, size: Any, datatype: str, shape: list[int], where: str) -> np.ndarray:
-    """The tensor held in the first ``size`` bytes of ``rest`` (the binary extension)."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise InvalidInput(f"{where}: binary_data_size must be a non-negative integer")
-    chunk = rest[:size]
-    dtype = NUMPY_DTYPES[datatype]
-    expected = math.prod(shape) * dtype.itemsize
-    if len(chunk) != size or size != expected:
-        raise UnprocessableInput(
-            f"{where}: {len(chunk)} bytes of binary data but shape {shape} of "
-            f"{datatype} needs {expected}"
-        )
-    return np.frombuffer(chunk, dtype=dtype).reshape(shape)
 
 
 def _requested_outputs(raw_outputs: Any, binary_output: bool) -> list[RequestedOutput]:
@@ -237,33 +163,17 @@ def encode_infer_response(
     return header + b"".join(chunks), len(header)
 
 
-def tensor_from_parts(
-    name: str,
-    datatype: str,
-    shape: Sequence[int],
-    raw: bytes | None,
-    values: list[Any] | None,
-    max_rows: int,
-) -> InputTensor:
-    """One input tensor given as raw bytes or a flat list of values (the gRPC protocol's
-    ``raw_input_contents`` and typed ``contents``), checked by the rules of the JSON and binary
-    forms above."""
-    if not name:
-        raise InvalidInput("every input needs a non-empty name")
-    where = f"input {name!r}"
-    if datatype not in NUMPY_DTYPES:
-        raise UnprocessableInput(
-            f"{where}: datatype {datatype!r} is not one of {', '.join(NUMPY_DTYPES)}"
-        )
-    checked = checked_shape(shape, where, max_rows)
-    if raw is None:
-        data = array_from_json(values if values is not None else [], datatype, checked, where)
-        return InputTensor(name, datatype, checked, data)
-    dtype = NUMPY_DTYPES[datatype]
-    expected = math.prod(checked) * dtype.itemsize
-    if len(raw) != expected:
-        raise UnprocessableInput(
-            f"{where}: {len(raw)} bytes of raw data but shape {checked} of {datatype} needs "
-            f"{expected}"
-        )
-    return InputTensor(name, datatype, checked, np.frombuffer(raw, dtype=dtype).reshape(checked))
+def model_metadata_json(meta: ModelMetadata) -> dict[str, Any]:
+    """The v2 model metadata body (``schemas.ModelMetadata`` documents it); what the protocol's
+    fields have no room for goes in ``parameters``."""
+    return {
+        "name": meta.name,
+        "versions": meta.versions,
+        "platform": meta.platform,
+        "inputs": [vars(t) for t in meta.inputs],
+        "outputs": [vars(t) for t in meta.outputs],
+        "parameters": {
+            "execution_providers": meta.execution_providers,
+            "class_names": meta.class_names,
+        },
+    }

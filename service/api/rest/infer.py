@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from service.api.codec import decode_infer_request, encode_infer_response
-from service.api.http_io import is_json_type
+from service.api.rest.codec import decode_infer_request, encode_infer_response
+from service.api.rest.http_io import is_json_type
 from service.core.errors import InvalidInput, UnsupportedMediaType
 from service.core.version_policy import parse_version
 from service.dataplane.dataplane import DataPlane

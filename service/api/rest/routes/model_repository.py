@@ -8,15 +8,42 @@ and refuse browsers' cross-site requests; without a token configured they are re
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Security
+from fastapi.security import HTTPBearer
 
-from service.api.admin import require_admin
-from service.api.dependencies import Plane
-from service.api.http_io import read_json_body, validated_body
-from service.api.json_wire import loads
-from service.api.schemas import RepositoryIndexEntry, RepositoryRequest, errors, json_body
+from service.api.admin import check_admin, check_same_site
+from service.api.client_address import caller
+from service.api.rest.dependencies import Plane
+from service.api.rest.http_io import read_json_body, validated_body
+from service.api.rest.json_wire import loads
+from service.api.rest.schemas import RepositoryIndexEntry, RepositoryRequest, errors, json_body
+
+# Documents the bearer scheme in OpenAPI (so clients and fuzzers know of it); ``check_admin``
+# reads the header itself, as gRPC's metadata is read.
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="AdminToken",
+    description=(
+        "ADMIN_TOKEN (or the contents of ADMIN_TOKEN_FILE); without one configured the repository "
+        "API is refused, except with ADMIN_LOOPBACK for direct clients at 127.0.0.1 or ::1."
+    ),
+)
+
+
+async def require_admin(
+    request: Request, plane: Plane, _: Annotated[Any, Security(BEARER)] = None
+) -> None:
+    """The REST routes' dependency: not cross-site, then ``check_admin`` (async: no thread hop)."""
+    headers = request.headers
+    check_same_site(headers.get("sec-fetch-site"), headers.get("origin"), headers.get("host"))
+    settings = plane.settings
+    peer = request.client.host if request.client else None
+    who = caller(peer, headers.items(), settings.trusted_proxies)
+    what = f"{request.method} {request.url.path}"
+    check_admin(settings, who, headers.get("authorization", ""), what)
+
 
 router = APIRouter(
     prefix="/v2/repository",

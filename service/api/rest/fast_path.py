@@ -17,9 +17,9 @@ from http import HTTPStatus
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.http_io import body_too_large, error_response, serving_error_response
-from service.api.infer import HEADER_LENGTH, v2_infer
-from service.api.middleware import receive_body_message
+from service.api.rest.http_io import body_too_large, error_response, serving_error_response
+from service.api.rest.infer import HEADER_LENGTH, v2_infer
+from service.api.rest.middleware import receive_body_message
 from service.core.errors import ServingError
 from service.dataplane.dataplane import DataPlane, request_scope
 

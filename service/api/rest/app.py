@@ -1,6 +1,7 @@
-"""``create_app(settings)``: assembles the service. The state it serves from (``state``), the HTTP
-helpers (``http_io``), the middleware, the routes and the fast path live in modules of their own;
-this module only puts them together, with the lifespan and the exception handlers."""
+"""``create_app(settings)``: assembles the REST service over a ``DataPlane`` built from the
+settings. The HTTP helpers (``http_io``), the middleware, the routes and the fast path live in
+modules of their own; this module only puts them together, with the lifespan and the exception
+handlers."""
 
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from service.api.allowed_hosts import AllowedHosts, allowed_hosts
-from service.api.fast_path import FastInfer
-from service.api.http_io import JSONResponse, error_response, serving_error_response
-from service.api.middleware import BodyLimit, RequestMetrics, RuntimeLeases
-from service.api.request_id import RequestId
-from service.api.routes import api_docs, explore, inspect, model_repository, ops, v1, v2
+from service.api.rest.allowed_hosts import AllowedHosts, allowed_hosts
+from service.api.rest.fast_path import FastInfer
+from service.api.rest.http_io import JSONResponse, error_response, serving_error_response
+from service.api.rest.middleware import BodyLimit, RequestMetrics, RuntimeLeases
+from service.api.rest.request_id import RequestId
+from service.api.rest.routes import api_docs, explore, inspect, model_repository, ops, v1, v2
 from service.core.errors import ServingError
 from service.dataplane.dataplane import SERVER_NAME, SERVER_VERSION, DataPlane
 from service.settings import Settings

@@ -7,9 +7,9 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from starlette.responses import PlainTextResponse, Response
 
-from service.api.dependencies import Plane
-from service.api.http_io import JSONResponse
-from service.api.schemas import LayerTableResponse, errors
+from service.api.rest.dependencies import Plane
+from service.api.rest.http_io import JSONResponse
+from service.api.rest.schemas import LayerTableResponse, errors
 from service.core.shapes import format_table
 
 router = APIRouter(prefix="/v1", tags=["Inspection"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from service.api.dependencies import Plane
+from service.api.rest.dependencies import Plane
 from service.engine.metrics import CONTENT_TYPE_LATEST
 
 router = APIRouter(tags=["Operations"])

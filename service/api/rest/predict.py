@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from service.api.codec import array_from_json
+from service.api.tensors import array_from_json
 from service.core.card import DEFAULT_SIGNATURE
 from service.core.errors import InvalidInput, PayloadTooLarge, UnprocessableInput
 

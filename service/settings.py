@@ -268,13 +268,6 @@ class Settings(BaseSettings):
         ge=1,
         description="Images waiting for a model before new requests get 503 with Retry-After.",
     )
-    v2_fast_path: bool = Field(
-        default=True,
-        description=(
-            "Answer v2 infer from a bare ASGI handler ahead of FastAPI's layers (false: through "
-            "the FastAPI route; the same answers, more overhead per request)."
-        ),
-    )
     gc_gen0_threshold: int = Field(
         default=50_000,
         ge=0,

@@ -5,7 +5,6 @@ handlers."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -17,15 +16,18 @@ from starlette.responses import Response
 
 from service.api.rest.allowed_hosts import AllowedHosts, allowed_hosts
 from service.api.rest.fast_path import FastInfer
-from service.api.rest.http_io import JSONResponse, error_response, serving_error_response
+from service.api.rest.http_io import (
+    JSONResponse,
+    error_response,
+    internal_error_response,
+    serving_error_response,
+)
 from service.api.rest.middleware import BodyLimit, RequestMetrics, RuntimeLeases
 from service.api.rest.request_id import RequestId
 from service.api.rest.routes import api_docs, explore, inspect, model_repository, ops, v1, v2
 from service.core.errors import ServingError
 from service.dataplane.dataplane import SERVER_NAME, SERVER_VERSION, DataPlane
 from service.settings import Settings
-
-log = logging.getLogger(__name__)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -57,8 +59,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error")
+    return internal_error_response(request.method, request.url.path, exc)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -88,19 +89,20 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
-    # Added last is outermost: metrics see every response, including the body limit's 413.
+    for module in (v2, model_repository, v1, inspect, explore, ops, api_docs):
+        app.include_router(module.router)
+    routes = {getattr(r, "path", ""): r for r in v2.router.routes}  # the infer routes' documents
+
+    # Added last is outermost: metrics see every response, including the body limit's 413. The
+    # fast path goes ahead of them to skip FastAPI's routing, and wraps itself in the same three.
     app.add_middleware(RuntimeLeases)
     app.add_middleware(
         BodyLimit, limit=settings.max_request_bytes, timeout_s=settings.body_timeout_s
     )
     app.add_middleware(RequestMetrics, metrics=plane.metrics)
-    if settings.v2_fast_path:
-        app.add_middleware(FastInfer, plane=plane)  # ahead of every layer above
+    app.add_middleware(FastInfer, plane=plane, routes=routes)
     hosts = allowed_hosts(settings)
     if hosts is not None:
-        app.add_middleware(AllowedHosts, hosts=hosts)  # ahead of the fast path too
+        app.add_middleware(AllowedHosts, hosts=hosts)
     app.add_middleware(RequestId)  # outermost: every response carries X-Request-ID
-
-    for module in (v2, model_repository, v1, inspect, explore, ops, api_docs):
-        app.include_router(module.router)
     return app

@@ -20,8 +20,8 @@ from service.api.rest.http_io import (
     read_json_body,
     validated_body,
 )
-from service.api.rest.json_wire import json_object, loads_object
-from service.api.rest.predict import NESTED_JSON_COST, PREDICT_FIELDS, predict_pixels
+from service.api.rest.json_wire import loads_object
+from service.api.rest.predict import NESTED_JSON_COST, predict_pixels
 from service.api.rest.schemas import PredictRequest, PredictResponse, errors, json_body
 from service.core.errors import InvalidInput, ModelNotReady, UnsupportedMediaType
 from service.dataplane.dataplane import DataPlane
@@ -62,8 +62,7 @@ async def predict(request: Request, plane: Plane, name: str, top_k: TopK = None)
     b64 = functools.partial(decode_b64_images, size=(h, w), limits=image_limits(settings))
 
     def decode() -> tuple[np.ndarray, int | None]:
-        body = json_object(loads_object(raw), "the body", PREDICT_FIELDS, ignore_unknown=True)
-        fields = validated_body(PredictRequest, body)
+        body = validated_body(PredictRequest, loads_object(raw))  # parsed and checked once
         pixels = predict_pixels(
             body,
             (h, w, c),
@@ -72,7 +71,7 @@ async def predict(request: Request, plane: Plane, name: str, top_k: TopK = None)
             b64,
             settings.max_images_per_request,
         )
-        return pixels, fields.top_k
+        return pixels, body.top_k
 
     # A small body is decoded here (its images too, unless they decode to many pixels); larger
     # ones on the work pool.

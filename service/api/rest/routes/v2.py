@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from starlette.responses import Response
 
 from service.api.rest.codec import model_metadata_json
 from service.api.rest.dependencies import Plane
-from service.api.rest.infer import HEADER_LENGTH, v2_infer
 from service.api.rest.schemas import (
     InferenceRequest,
     InferenceResponse,
@@ -59,19 +58,6 @@ def _model_ready(plane: Plane, name: str, version: str | None) -> dict[str, Any]
     return {"name": name, "ready": True}
 
 
-async def _infer(request: Request, plane: Plane, name: str, version: str | None) -> Response:
-    """Reached when the fast path is off (tests build apps either way); same answers."""
-    reply = await v2_infer(
-        plane,
-        name,
-        version,
-        await request.body(),
-        request.headers.get("content-type"),
-        request.headers.get(HEADER_LENGTH),
-    )
-    return Response(reply.body, media_type=reply.media_type, headers=reply.headers)
-
-
 _META: dict[str, Any] = {
     "response_model": None,
     "responses": {200: {"model": ModelMetadata}, **errors(404, 503)},
@@ -104,13 +90,18 @@ async def version_ready(plane: Plane, name: str, version: str) -> dict[str, Any]
     return _model_ready(plane, name, version)
 
 
+# v2 infer is answered by ``fast_path.FastInfer`` before routing (its one implementation); these
+# routes document it in OpenAPI and give other methods on its paths their 405.
+NOT_ROUTED = "v2 infer is answered by the fast path, ahead of the router"
+
+
 @router.post("/models/{name}/infer", summary="Classify a batch of images (v2 tensors)", **_INFER)
-async def infer(request: Request, plane: Plane, name: str) -> Response:
-    return await _infer(request, plane, name, None)
+async def infer(name: str) -> Response:
+    raise RuntimeError(NOT_ROUTED)
 
 
 @router.post(
     "/models/{name}/versions/{version}/infer", summary="Classify with a given version", **_INFER
 )
-async def version_infer(request: Request, plane: Plane, name: str, version: str) -> Response:
-    return await _infer(request, plane, name, version)
+async def version_infer(name: str, version: str) -> Response:
+    raise RuntimeError(NOT_ROUTED)

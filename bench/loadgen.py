@@ -1,7 +1,7 @@
 """A small closed-loop HTTP/1.1 load generator: N keep-alive connections, each sending the same
 request again as soon as its answer arrives, for a fixed time. Prints one JSON line of results.
 
-    python scripts/loadgen.py --address 127.0.0.1:8000 --path /v2/models/cifar10_cnn/infer \
+    python -m bench.loadgen --address 127.0.0.1:8000 --path /v2/models/cifar10_cnn/infer \
         --body-file body.json --content-type application/json --concurrency 64 --seconds 10
 
 Raw asyncio streams and prebuilt request bytes keep the client's own cost per request small, so
@@ -90,7 +90,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
 def summarise(
     args: argparse.Namespace, latencies: list[float], errors: list[str]
 ) -> dict[str, object]:
-    """The JSON line both load generators print (bench_serve.py reads these keys)."""
+    """The JSON line both load generators print (``bench.load`` reads these keys)."""
     latencies = sorted(latencies)
     done = len(latencies)
     return {

@@ -2,16 +2,17 @@
 single-threaded processes (DDP over gloo, the same global batch of 32), each in float32 and bf16
 autocast, with Adam's per-tensor loop and fused (issue 16; docs/benchmarks.md).
 
-    python scripts/bench_train_variants.py [--steps 300] [--repeats 3]
+    python -m bench train-variants [--steps 300] [--repeats 3] [--no-write]
 
-Prints one line per variant: images/s of each timed repeat (after 50 warm-up steps).
+Prints one line per variant: images/s of each timed repeat (after 50 warm-up steps), and writes
+them to ``docs/results/train-variants.json``. Its step is written out here, not the package's:
+the variants (per-tensor Adam, DDP by hand) are the alternatives the package does not run.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from scripts.server_process import free_port  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.data import load_cifar10  # noqa: E402
-from training.model import build_classifier  # noqa: E402
+from bench.publish import publish
+from bench.results import ROOT
+from bench.server import free_port
+from training.config import TrainConfig
+from training.data import load_cifar10
+from training.model import build_classifier
 
 BATCH, WARMUP_STEPS, IMAGES = 32, 50, 20_000
 
@@ -87,36 +87,42 @@ def _rank(
     dist.destroy_process_group()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def _ddp(args: argparse.Namespace, bf16: bool, fused: bool) -> list[float]:
+    """The same variant as data-parallel training in two single-threaded processes."""
+    context = mp.get_context("spawn")
+    out = context.Queue()
+    port = free_port()
+    ranks = [
+        context.Process(target=_rank, args=(r, port, args, bf16, fused, out)) for r in range(2)
+    ]
+    for process in ranks:
+        process.start()
+    rates: list[float] = out.get()
+    for process in ranks:
+        process.join()
+    return rates
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=ROOT / "data/cifar10-jpeg")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--no-write", action="store_true", help="print only")
+
+
+def main(args: argparse.Namespace) -> None:
+    variants = []
     for bf16 in (False, True):
         for fused in (False, True):
-            name = f"{'bf16' if bf16 else 'float32'}, {'fused' if fused else 'per-tensor'} Adam"
+            name = f"{'bf16 autocast' if bf16 else 'float32'}, {'fused Adam' if fused else 'Adam'}"
             torch.set_num_threads(2)
             torch.manual_seed(0)
             run = _setup(build_classifier(TrainConfig()).train(), args.data, bf16, fused)
-            rates = _timed(run, args.steps, args.repeats, 0, 1)
-            print(f"{name}, 1 process x 2 threads: {', '.join(f'{r:,.0f}' for r in rates)}")
-            context = mp.get_context("spawn")
-            out = context.Queue()
-            port = free_port()
-            ranks = [
-                context.Process(target=_rank, args=(r, port, args, bf16, fused, out))
-                for r in range(2)
-            ]
-            for process in ranks:
-                process.start()
-            rates = out.get()
-            for process in ranks:
-                process.join()
-            print(f"{name}, DDP 2 processes x 1 thread: {', '.join(f'{r:,.0f}' for r in rates)}")
-
-
-if __name__ == "__main__":
-    main()
+            one = _timed(run, args.steps, args.repeats, 0, 1)
+            print(f"{name}, 1 process x 2 threads: {', '.join(f'{r:,.0f}' for r in one)}")
+            ddp = _ddp(args, bf16, fused)
+            print(f"{name}, DDP 2 processes x 1 thread: {', '.join(f'{r:,.0f}' for r in ddp)}")
+            variants.append({"name": name, "one_process": one, "ddp": ddp})
+    results = {"steps": args.steps, "repeats": args.repeats, "warmup_steps": WARMUP_STEPS,
+               "variants": variants}  # fmt: skip
+    publish("train-variants", results, args.no_write)

@@ -1,8 +1,8 @@
 """A small closed-loop gRPC load generator: N concurrent callers on one HTTP/2 channel, each sending
 the same ModelInfer request again as soon as its answer arrives, for a fixed time. Prints one JSON
-line with the keys of ``scripts/loadgen.py``.
+line with the keys of ``bench/loadgen.py``.
 
-    python scripts/loadgen_grpc.py --address 127.0.0.1:8001 --model cifar10_cnn --images 1 \
+    python -m bench.loadgen_grpc --address 127.0.0.1:8001 --model cifar10_cnn --images 1 \
         --concurrency 64 --seconds 10
 
 The request (raw UINT8 pixels in ``raw_input_contents``, as tritonclient.grpc sends them) is
@@ -16,25 +16,22 @@ import asyncio
 import json
 import sys
 import time
-from pathlib import Path
 
 import grpc
-import numpy as np
 from tritonclient.grpc import service_pb2
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from scripts.loadgen import summarise
+from bench.bodies import pixels
+from bench.loadgen import summarise
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 
 def infer_request(model: str, images: int) -> bytes:
-    pixels = np.random.default_rng(images).integers(0, 256, (images, 32, 32, 3), dtype=np.uint8)
+    raw = pixels(images)
     request = service_pb2.ModelInferRequest(model_name=model)
-    request.inputs.add(name="images", datatype="UINT8", shape=list(pixels.shape))
+    request.inputs.add(name="images", datatype="UINT8", shape=list(raw.shape))
     request.outputs.add(name="probabilities")
-    request.raw_input_contents.append(pixels.tobytes())
+    request.raw_input_contents.append(raw.tobytes())
     body: bytes = request.SerializeToString()
     return body
 

@@ -1,32 +1,29 @@
 """What decoding one v2 infer request costs the event loop, step by step (issue 16).
 
-    python scripts/bench_decode.py [--images 1] [--repeats 3000]
+    python -m bench decode [--images 1] [--repeats 3000] [--no-write]
 
 Times, in microseconds per request, the parts of ``decode_infer_request`` on the bodies the
 benchmarks send (a 1-image FP32 JSON body of ~59 KB, and the same pixels as UINT8 JSON and as
 the binary extension), plus orjson on the JSON body for comparison. One process, one thread.
+Writes ``docs/results/decode.json``; the JSON printed last is the measurements alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import simdjson
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from service.api.codec import array_from_json, decode_infer_request  # noqa: E402
-from service.api.json_wire import loads_infer_request  # noqa: E402
+from bench.publish import publish
+from service.api.codec import array_from_json, decode_infer_request
+from service.api.json_wire import loads_infer_request
 
 
 def per_call_us(fn: Callable[[], Any], repeats: int) -> float:
@@ -65,11 +62,13 @@ def bodies(images: int) -> dict[str, tuple[bytes, int | None]]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3000)
-    args = parser.parse_args()
+    parser.add_argument("--no-write", action="store_true", help="print only")
+
+
+def main(args: argparse.Namespace) -> None:
     results: dict[str, Any] = {}
     for name, (body, header_length) in bodies(args.images).items():
         row: dict[str, Any] = {"bytes": len(body)}
@@ -89,8 +88,6 @@ def main() -> None:
             )
             row["orjson_loads"] = per_call_us(partial(orjson.loads, body), args.repeats)
         results[name] = row
+    publish("decode", {"images": args.images, "repeats": args.repeats, "bodies": results},
+            args.no_write)  # fmt: skip
     print(json.dumps(results, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,39 +1,45 @@
 """The README's screenshot of the explorer page: the shipped lecture model classifying a real
 CIFAR-10 test image (a cat), its feature maps below.
 
-    python scripts/page_screenshot.py        # writes docs/images/explorer.png
+    python -m bench screenshot        # writes docs/images/explorer.png
 
 Needs the system Chromium (``make browser``) and ``data/cifar10-jpeg`` (``make data``).
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.results import ROOT
+from bench.server import running_service
 
-from playwright.sync_api import sync_playwright  # noqa: E402
-
-from service.settings import Settings  # noqa: E402
-from tests.support.servers import running_server  # noqa: E402
-
-OUT = ROOT / "docs" / "images" / "explorer.png"
 IMAGE = ROOT / "data" / "cifar10-jpeg" / "test" / "cat" / "0000.jpg"
 
 
-def main() -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images" / "explorer.png")
+
+
+def main(args: argparse.Namespace) -> None:
+    from playwright.sync_api import sync_playwright
+
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None or not IMAGE.is_file():
         sys.exit("needs chromium (make browser) and the data (make data)")
-    settings = Settings(model_repository=ROOT / "models", providers=["CPUExecutionProvider"])
-    with running_server(settings, grpc=False) as server, sync_playwright() as playwright:
+    env = {"MODEL_REPOSITORY": str(ROOT / "models"), "PROVIDERS": "CPUExecutionProvider"}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_service(env, Path(tmp) / "server.log", grpc=False) as server,
+        sync_playwright() as playwright,
+    ):
         browser = playwright.chromium.launch(executable_path=chromium, headless=True)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(server.url + "/")
+        page.goto(f"http://{server.address}/")
         page.select_option("#model", "cifar10_cnn")
         page.set_input_files("#file", IMAGE)
         deadline = time.monotonic() + 30
@@ -42,10 +48,6 @@ def main() -> None:
                 sys.exit("the page showed no feature maps within 30 s")
             time.sleep(0.2)
         time.sleep(1.0)  # the grids' images finish loading
-        page.screenshot(path=OUT)
+        page.screenshot(path=args.out)
         browser.close()
-    print(f"wrote {OUT}")
-
-
-if __name__ == "__main__":
-    main()
+    print(f"wrote {args.out}")

@@ -1,6 +1,7 @@
 """deploy/nginx/nginx.conf on loopback, for tests and benchmarks without Docker: the listen ports
 rewritten to free ones, the compose service `api` to local api processes, temporary files in a
-folder of our own; then Debian's nginx runs it in the foreground.
+folder of our own; then Debian's nginx runs it in the foreground (``python -m bench replicas``
+and tests/deploy/test_nginx.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.results import ROOT
+
 CONF = ROOT / "deploy" / "nginx" / "nginx.conf"
 
 

@@ -25,11 +25,23 @@ def _workload(record: Record, label: str, clients: int) -> Record:
     raise KeyError(f"no peers workload {label} at {clients} clients")
 
 
+def _replica(record: Record, layout: str, scenario: str) -> Record:
+    for row in record["results"]["rows"]:
+        if (row["layout"], row["scenario"]) == (layout, scenario):
+            return dict(row)
+    raise KeyError(f"no replicas row {layout}, {scenario}")
+
+
+def _kilo(value: float) -> str:
+    return f"{value / 1000:.1f}k"
+
+
 def _binary_256(record: Record) -> Record:
     return _serving_row(record, "v2 UINT8 binary", 256, 4, "1 worker, batching")
 
 
 LECTURE, BN = "lecture model, FP32 JSON", "cifar10_cnn_bn, UINT8 JSON"
+WORKERS_2 = "1 api server, WORKERS=2, direct"
 
 # name -> (the record it is drawn from, how the figure reads in prose)
 FIGURES: dict[str, tuple[str, Callable[[Record], str]]] = {
@@ -53,4 +65,10 @@ FIGURES: dict[str, tuple[str, Callable[[Record], str]]] = {
     ),
     "peers.bn-64.rps-ratio": ("peers", lambda r: f"{_workload(r, BN, 64)['rps_ratio']:.2f}x"),
     "peers.bn-64.p99-ratio": ("peers", lambda r: f"{_workload(r, BN, 64)['p99_ratio']:.2f}x"),
+    "replicas.workers-2.binary": (
+        "replicas", lambda r: _kilo(_replica(r, WORKERS_2, "v2 UINT8 binary")["requests_per_s"])
+    ),
+    "replicas.workers-2.json": (
+        "replicas", lambda r: _kilo(_replica(r, WORKERS_2, "v2 FP32 JSON")["requests_per_s"])
+    ),
 }  # fmt: skip

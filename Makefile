@@ -94,7 +94,7 @@ lint: $(VENV)/.dev-stamp ## ruff, mypy and the import-linter layering contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict service
-	$(BIN)/mypy training tests scripts
+	$(BIN)/mypy training tests scripts bench
 	$(BIN)/lint-imports  # the layering contracts in pyproject.toml ([tool.importlinter])
 
 # Debian's podman (with runc, and debootstrap, from which image_check.py makes its stand-in base
@@ -190,11 +190,12 @@ train-ddp: $(VENV)/.dev-stamp $(DATA) ## make train's job data-parallel over NPR
 	$(BIN)/torchrun --standalone --nproc-per-node=$(NPROC) -m training retrain --data $(DATA) $(RETRAIN_FLAGS)
 
 # Benchmarks, not tests: training throughput, the model table (accuracy, cost, onnxruntime speed of
-# every model in models/), then the serving benchmark (real server + load).
+# every model in models/), then the serving benchmark (real server + load). Each writes
+# docs/results/<name>.json and re-renders the docs' figures from it (python -m bench --help).
 bench: $(VENV)/.dev-stamp $(DATA) ## training throughput, the model table, then the serving benchmark
-	$(BIN)/python scripts/bench_train.py --data $(DATA)
-	$(BIN)/python scripts/bench_models.py
-	$(BIN)/python scripts/bench_serve.py --grpc
+	$(BIN)/python -m bench train --data $(DATA)
+	$(BIN)/python -m bench models
+	$(BIN)/python -m bench serve --grpc
 
 # Side by side in one run (issue 16): this service against PyTriton on the same model files and
 # request bodies, the lecture recipe's training against its Keras original. The peers' venvs are
@@ -202,7 +203,7 @@ bench: $(VENV)/.dev-stamp $(DATA) ## training throughput, the model table, then 
 # BENCH_PEERS_FLAGS, e.g. "--seconds 15 --no-train".
 BENCH_PEERS_FLAGS ?=
 bench-peers: $(VENV)/.dev-stamp $(DATA) ## this service beside PyTriton, the lecture recipe beside Keras, in one run
-	$(BIN)/python scripts/bench_peers.py $(BENCH_PEERS_FLAGS)
+	$(BIN)/python -m bench peers $(BENCH_PEERS_FLAGS)
 
 # Reliability (docs/reliability.md): a real server under mixed load at concurrency 64 (5xx, dropped
 # connections, memory growth), and schemathesis against its live OpenAPI document. `make test`

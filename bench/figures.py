@@ -60,9 +60,6 @@ FIGURES: dict[str, tuple[str, Callable[[Record], str]]] = {
     "peers.lecture-64.p99-ratio": (
         "peers", lambda r: f"{_workload(r, LECTURE, 64)['p99_ratio']:.2f}x"
     ),
-    "peers.lecture-1.p50": (
-        "peers", lambda r: f"{_workload(r, LECTURE, 1)['ours']['p50_ms']:.2f} ms"
-    ),
     "peers.bn-64.rps-ratio": ("peers", lambda r: f"{_workload(r, BN, 64)['rps_ratio']:.2f}x"),
     "peers.bn-64.p99-ratio": ("peers", lambda r: f"{_workload(r, BN, 64)['p99_ratio']:.2f}x"),
     "replicas.workers-2.binary": (

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import blocks_serving as s
+from bench import blocks_training as tr
 from bench import blocks_tuning as t
 
 Record = dict[str, Any]
@@ -23,6 +24,10 @@ BLOCKS: dict[str, tuple[str, Callable[[Record], str]]] = {
     "train-variants": ("train-variants", t.train_variants),
     "replicas": ("replicas", t.replicas),
     "profile": ("profile", t.profile),
+    "cifar-bn-runs": ("training-cifar-bn", tr.cifar_bn_runs),
+    "train-94-runs": ("training-94", tr.runs_94),
+    "train-94-ablations": ("training-94", tr.ablations_94),
+    "train-94-data": ("training-94", tr.data_94),
 }
 
 

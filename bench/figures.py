@@ -40,6 +40,47 @@ def _binary_256(record: Record) -> Record:
     return _serving_row(record, "v2 UINT8 binary", 256, 4, "1 worker, batching")
 
 
+def _seeds(scores: list[Record]) -> str:
+    """Test accuracies of seeds as prose lists them: "a, b and c"."""
+    figures = [f"{s['test_accuracy']:.4f}" for s in scores]
+    return ", ".join(figures[:-1]) + " and " + figures[-1]
+
+
+def _ablation(record: Record, name: str) -> str:
+    for a in record["results"]["ablations"]:
+        if name in a["removed"]:
+            return f"{a['delta_points']:+.2f}"
+    raise KeyError(f"no ablation {name}")
+
+
+def _ablation_figure(name: str) -> tuple[str, Callable[[Record], str]]:
+    return ("training-94", lambda r: _ablation(r, name))
+
+
+def _data_run(record: Record, run: str) -> Record:
+    for d in record["results"]["data"]:
+        if d["run"] == run:
+            return dict(d)
+    raise KeyError(f"no data run {run}")
+
+
+def _seed_runs(record: Record) -> list[Record]:
+    return [r for r in record["results"]["runs"] if r["run"].isdigit()]
+
+
+def _lecture(kind: str) -> tuple[str, Callable[[Record], str]]:
+    return ("training-lecture", lambda r: _seeds(r["results"][kind]["seeds"]))
+
+
+def _lecture_mean(kind: str) -> tuple[str, Callable[[Record], str]]:
+    def draw(r: Record) -> str:
+        figures = r["results"][kind]
+        return f"{figures['mean']:.{figures['mean_digits']}f}"
+
+    return ("training-lecture", draw)
+
+
+ABLATIONS = ("no-whitening", "no-lookahead", "no-bn-bias-scale", "no-dirac", "random-flip")
 LECTURE, BN = "lecture model, FP32 JSON", "cifar10_cnn_bn, UINT8 JSON"
 WORKERS_2 = "1 api server, WORKERS=2, direct"
 
@@ -67,5 +108,23 @@ FIGURES: dict[str, tuple[str, Callable[[Record], str]]] = {
     ),
     "replicas.workers-2.json": (
         "replicas", lambda r: _kilo(_replica(r, WORKERS_2, "v2 FP32 JSON")["requests_per_s"])
+    ),
+    "lecture.float32.seeds": _lecture("float32"),
+    "lecture.float32.mean": _lecture_mean("float32"),
+    "lecture.bf16.seeds": _lecture("bf16"),
+    "lecture.bf16.mean": _lecture_mean("bf16"),
+    "train-94.seeds": ("training-94", lambda r: _seeds(_seed_runs(r))),
+    "train-94.mean": ("training-94", lambda r: f"{r['results']['mean_test_accuracy']:.4f}"),
+    "train-94.minutes": ("training-94", lambda r: r["results"]["minutes_per_run"]),
+    **{f"train-94.ablation.{name}": _ablation_figure(f"`{name}`") for name in ABLATIONS},
+    "train-94.ablation.tta": _ablation_figure("test-time augmentation"),
+    "train-94.reference-bf16": (
+        "training-94", lambda r: f"{_data_run(r, 'reference, bf16')['test_6_views']:.4f}"
+    ),
+    "train-94.reference-float32": (
+        "training-94", lambda r: f"{_data_run(r, 'reference, float32')['test_6_views']:.4f}"
+    ),
+    "train-94.q50": (
+        "training-94", lambda r: f"{_data_run(r, 'one more JPEG pass')['test_6_views']:.4f}"
     ),
 }  # fmt: skip

@@ -21,6 +21,7 @@ from bench.figures import FIGURES
 from bench.results import RESULTS_DIR, ROOT
 
 BLOCK = re.compile(r"^<!-- ([\w-]+):begin -->\n(?:.*?\n)??<!-- \1:end -->$", re.S | re.M)
+EMPTY_CELL = re.compile(r"(?<=\|) {2}(?=\|)")  # an empty table cell is written "| |"
 FIGURE = re.compile(r"<!-- figure ([\w.-]+) -->(.*?)<!-- /figure -->")
 
 
@@ -48,7 +49,8 @@ def render_text(text: str, records: Records, page: str = "") -> str:
         if name not in BLOCKS:
             raise LookupError(f"{page}: no renderer for the block {name!r} (bench.blocks)")
         source, draw = BLOCKS[name]
-        return f"<!-- {name}:begin -->\n{draw(records[source]).strip()}\n<!-- {name}:end -->"
+        body = EMPTY_CELL.sub(" ", draw(records[source]).strip())
+        return f"<!-- {name}:begin -->\n{body}\n<!-- {name}:end -->"
 
     def figure(match: re.Match[str]) -> str:
         name = match.group(1)

@@ -17,7 +17,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+
+def _root() -> Path:
+    """The checkout the figures belong to: the one that holds this package, or, where ``bench``
+    is installed as a package, the working directory (a checkout's root)."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "pyproject.toml").is_file() else Path.cwd()
+
+
+ROOT = _root()
 RESULTS_DIR = ROOT / "docs" / "results"
 
 

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -83,7 +84,7 @@ def test_an_ablation_trains_its_variant_writes_its_figures_and_publishes_nothing
     record = json.loads((results / "ablate-94-no-whitening-seed0-cifar.json").read_text())
     assert record["command"].startswith("python -m training ablate no-whitening")
     figures = record["results"]
-    flags = {"epochs": 1, "batch_size": 16, "lr": 0.05, "val_size": 10, "threads": 1}
-    config = dataclasses.replace(ablated(RECIPE, "no-whitening"), **flags)
+    flags: dict[str, Any] = {"epochs": 1, "batch_size": 16, "lr": 0.05, "val_size": 10}
+    config = dataclasses.replace(ablated(RECIPE, "no-whitening"), threads=1, **flags)
     assert figures["config"] == config.to_dict()
     assert 0 <= figures["test_accuracy"] <= 1 and figures["test_images"] == 20

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +56,17 @@ def test_an_unknown_recipe_is_refused(capsys: pytest.CaptureFixture[str]) -> Non
     with pytest.raises(SystemExit) as exit_:
         _config("--recipe", "no_such")
     assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_the_makefile_and_compose_name_recipes_instead_of_copying_fields() -> None:
+    root = Path(__file__).resolve().parents[2]
+    fields = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig)}
+    lines = [
+        line
+        for name in ("Makefile", "docker-compose.yml", "Dockerfile")
+        for line in (root / name).read_text().splitlines()
+        if re.search(r"-m[\", ]+training", line)
+    ]
+    assert any("--recipe cifar_94" in line for line in lines)
+    copied = {flag for line in lines for flag in re.findall(r"--[a-z-]+", line)} & fields
+    assert not copied

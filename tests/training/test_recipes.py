@@ -64,7 +64,7 @@ def test_the_makefile_and_compose_name_recipes_instead_of_copying_fields() -> No
     lines = [
         line
         for name in ("Makefile", "docker-compose.yml", "Dockerfile")
-        for line in (root / name).read_text().splitlines()
+        for line in (root / name).read_text().replace("\\\n", " ").splitlines()
         if re.search(r"-m[\", ]+training", line)
     ]
     assert any("--recipe cifar_94" in line for line in lines)

@@ -111,8 +111,11 @@ def models(record: Record) -> str:
 def training(record: Record) -> str:
     r = record["results"]
     how = r["device"] + (f", autocast {r['autocast']}" if r.get("autocast") else "")
+    named = r.get("recipe")  # None: TrainConfig's defaults, the lecture's recipe
+    what = f"recipe `{named}`" if named else "batch 32, Adam"
+    model = "the lecture's CNN (122,570 parameters)" if named in (None, "lecture") else named
     lines = [
-        f"| training, batch 32, Adam ({how}) | {r['images_per_s']:,.0f} images/s "
+        f"| training, {what} ({how}) | {r['images_per_s']:,.0f} images/s "
         f"(repeats: {_rates(r['rates'])}) | {r['epoch_s']:.1f} s per 50,000-image epoch |"
     ]
     for batch, ips in r["onnx_images_per_s"].items():
@@ -127,7 +130,7 @@ def training(record: Record) -> str:
             f"- Machine: {r['machine']}",
             f"- Command: `{record['command']}`",
             f"- Data: CIFAR-10 JPEG copy ({r['data']})",
-            "- Model: the lecture's CNN (122,570 parameters)",
+            f"- Model: {model}",
             "",
             "| what | throughput | epoch |",
             "|---|---|---|",

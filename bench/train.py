@@ -11,6 +11,7 @@ writes the training rates alone, for ``python -m bench peers``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -27,6 +28,7 @@ from bench.results import ROOT
 from training.config import TrainConfig
 from training.data import Split, load_cifar10
 from training.distributed import ALONE
+from training.recipes import RECIPES, recipe
 from training.run_state import start_training
 from training.train import resolve_device, train_epoch
 
@@ -70,10 +72,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps per timed repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        help="the recipe whose step is timed, as python -m training's flag (default: "
+        "TrainConfig's defaults, the lecture's recipe in float32)",
+    )
+    parser.add_argument(
         "--autocast",
-        default=TrainConfig.autocast,
         choices=("none", "bf16"),
-        help="mixed precision, as python -m training's flag (default: the lecture recipe's)",
+        help="mixed precision, as python -m training's flag (default: the recipe's)",
     )
     parser.add_argument("--model", type=Path, default=ROOT / "models/cifar10_cnn/1/model.onnx")
     parser.add_argument("--json", type=Path, help="also write the training rates here")
@@ -84,13 +91,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     data = load_cifar10(args.data, ROOT / ".cache")
-    config = TrainConfig(device=args.device, autocast=args.autocast)
+    config = dataclasses.replace(recipe(args.recipe), device=args.device)
+    if args.autocast is not None:
+        config = dataclasses.replace(config, autocast=args.autocast)
     rates = bench_training(data.train, config, args.steps, args.repeats)
     rate = statistics.median(rates)
     if args.json is not None:
         how = (
             f"{args.steps} steps x {args.repeats} repeats after a warm-up, autocast "
-            f"{args.autocast}, python -m bench train"
+            f"{config.autocast}, python -m bench train"
         )
         args.json.write_text(json.dumps({"rates": rates, "how": how}))
     onnx = {}
@@ -105,7 +114,8 @@ def main(args: argparse.Namespace) -> None:
         f"Python {platform.python_version()}"
     )
     results = {
-        "machine": machine, "device": args.device, "autocast": args.autocast,
+        "machine": machine, "device": args.device, "autocast": config.autocast,
+        "recipe": args.recipe,
         "steps": args.steps, "repeats": args.repeats, "data": str(args.data),
         "rates": rates, "images_per_s": rate, "epoch_s": EPOCH_IMAGES / rate,
         "onnx_images_per_s": onnx,

@@ -80,6 +80,55 @@ def _lecture_mean(kind: str) -> tuple[str, Callable[[Record], str]]:
     return ("training-lecture", draw)
 
 
+def _bn_run(record: Record, run: int) -> Record:
+    for r in record["results"]["runs"]:
+        if r["run"] == run:
+            return dict(r)
+    raise KeyError(f"no cifar_bn run {run}")
+
+
+def _bn_test(run: int) -> tuple[str, Callable[[Record], str]]:
+    return ("training-cifar-bn", lambda r: f"{_bn_run(r, run)['test_accuracy']:.4f}")
+
+
+def _bn_time(run: int) -> tuple[str, Callable[[Record], str]]:
+    return ("training-cifar-bn", lambda r: _bn_run(r, run)["training_time"].split()[0])
+
+
+def _bn_mean(name: str) -> tuple[str, Callable[[Record], str]]:
+    return ("training-cifar-bn", lambda r: f"{r['results']['means'][name]:.4f}")
+
+
+def _bn_figures() -> dict[str, tuple[str, Callable[[Record], str]]]:
+    """The cifar_bn runs quoted in docs/training.md's prose: test accuracy and time of the
+    ``make train-best`` runs, the three seeds of runs 1-7, and the means the page states."""
+    out = {f"cifar-bn.run-{n}.test": _bn_test(n) for n in (8, 9, 10)}
+    out.update({f"cifar-bn.run-{n}.time": _bn_time(n) for n in (8, 9, 10)})
+    out["cifar-bn.seeds-2-6-7"] = (
+        "training-cifar-bn",
+        lambda r: _seeds([_bn_run(r, n) for n in (2, 6, 7)]),
+    )
+    out["cifar-bn.train-best.mean"] = _bn_mean("train_best_runs_8_10")
+    out["cifar-bn.seeds.mean"] = _bn_mean("seeds_runs_2_6_7")
+    return out
+
+
+def _fixes_gain(record: Record) -> str:
+    before, after = _fixes_94(record)
+    return f"{(after['test_accuracy'] - before['test_accuracy']) * 100:+.2f}"
+
+
+def _fixes_94(record: Record) -> tuple[Record, Record]:
+    """cifar_94's seed 0 before the fixes of 38dbdcd and after them (run 1)."""
+    runs = record["results"]["runs"]
+    return next(r for r in runs if r["run"] == "before the fixes"), runs[0]
+
+
+def _wall_range(record: Record) -> str:
+    times = sorted(r["wall_time"] for r in _seed_runs(record))
+    return f"{times[0]}-{times[-1]}"
+
+
 ABLATIONS = ("no-whitening", "no-lookahead", "no-bn-bias-scale", "no-dirac", "random-flip")
 LECTURE, BN = "lecture model, FP32 JSON", "cifar10_cnn_bn, UINT8 JSON"
 WORKERS_2 = "1 api server, WORKERS=2, direct"
@@ -114,6 +163,14 @@ FIGURES: dict[str, tuple[str, Callable[[Record], str]]] = {
     "lecture.bf16.seeds": _lecture("bf16"),
     "lecture.bf16.mean": _lecture_mean("bf16"),
     "train-94.seeds": ("training-94", lambda r: _seeds(_seed_runs(r))),
+    "train-94.seeds-list": (
+        "training-94", lambda r: ", ".join(f"{x['test_accuracy']:.4f}" for x in _seed_runs(r))
+    ),
+    "train-94.wall-range": ("training-94", _wall_range),
+    "train-94.fixes.before": ("training-94", lambda r: f"{_fixes_94(r)[0]['test_accuracy']:.4f}"),
+    "train-94.fixes.after": ("training-94", lambda r: f"{_fixes_94(r)[1]['test_accuracy']:.4f}"),
+    "train-94.fixes.gain": ("training-94", _fixes_gain),
+    **_bn_figures(),
     "train-94.mean": ("training-94", lambda r: f"{r['results']['mean_test_accuracy']:.4f}"),
     "train-94.minutes": ("training-94", lambda r: r["results"]["minutes_per_run"]),
     **{f"train-94.ablation.{name}": _ablation_figure(f"`{name}`") for name in ABLATIONS},

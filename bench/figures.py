@@ -124,6 +124,18 @@ def _fixes_94(record: Record) -> tuple[Record, Record]:
     return next(r for r in runs if r["run"] == "before the fixes"), runs[0]
 
 
+def _pass_figure(run: str, against: str) -> tuple[str, Callable[[Record], str]]:
+    """A re-encoded copy's test accuracy against run 1 (``run-1``) or the seeds' mean, points."""
+
+    def draw(r: Record) -> str:
+        base = r["results"]["runs"][0]["test_accuracy"]
+        if against == "mean":
+            base = r["results"]["mean_test_accuracy"]
+        return f"{(_data_run(r, run)['test_6_views'] - base) * 100:+.2f}"
+
+    return ("training-94", draw)
+
+
 def _wall_range(record: Record) -> str:
     times = sorted(r["wall_time"] for r in _seed_runs(record))
     return f"{times[0]}-{times[-1]}"
@@ -181,6 +193,15 @@ FIGURES: dict[str, tuple[str, Callable[[Record], str]]] = {
     "train-94.reference-float32": (
         "training-94", lambda r: f"{_data_run(r, 'reference, float32')['test_6_views']:.4f}"
     ),
+    "train-94.q50.vs-run-1": _pass_figure("one more JPEG pass", "run-1"),
+    "train-94.q50.vs-mean": _pass_figure("one more JPEG pass", "mean"),
+    "train-94.q30": (
+        "training-94", lambda r: f"{_data_run(r, 'a harder pass')['test_6_views']:.4f}"
+    ),
+    "train-94.q30.vs-run-1": _pass_figure("a harder pass", "run-1"),
+    "train-94.run-1": ("training-94", lambda r: f"{r['results']['runs'][0]['test_accuracy']:.4f}"),
+    "lecture.bf16.run-time": ("training-lecture", lambda r: r["results"]["bf16"]["run_time"]),
+    "lecture.bf16.epoch-s": ("training-lecture", lambda r: r["results"]["bf16"]["epoch_s"]),
     "train-94.q50": (
         "training-94", lambda r: f"{_data_run(r, 'one more JPEG pass')['test_6_views']:.4f}"
     ),

@@ -76,4 +76,4 @@ COPY service ./service
 COPY training ./training
 RUN pip install --no-deps --no-build-isolation . && rm -rf build *.egg-info
 USER app
-CMD ["python", "-m", "training", "retrain", "--data", "/data/cifar10-jpeg", "--repository", "/models", "--runs-dir", "/tmp/runs", "--cache-dir", "/tmp/cache", "--autocast", "bf16"]
+CMD ["python", "-m", "training", "retrain", "--data", "/data/cifar10-jpeg", "--repository", "/models", "--runs-dir", "/tmp/runs", "--cache-dir", "/tmp/cache", "--recipe", "lecture"]

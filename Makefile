@@ -94,7 +94,7 @@ lint: $(VENV)/.dev-stamp ## ruff, mypy and the import-linter layering contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict service
-	$(BIN)/mypy training tests scripts
+	$(BIN)/mypy training tests scripts bench
 	$(BIN)/lint-imports  # the layering contracts in pyproject.toml ([tool.importlinter])
 
 # Debian's podman (with runc, and debootstrap, from which image_check.py makes its stand-in base
@@ -142,59 +142,53 @@ $(DATA):
 
 data: $(DATA) ## extract the CIFAR-10 JPEG copy into data/
 
-# The retrain job: train with the lecture's recipe, publish the next version only if it passes the
-# quality gate (RETRAIN_FLAGS adds flags, e.g. RETRAIN_FLAGS="--seed 1 --min-accuracy 0.685").
-# bf16 autocast: 2.4x the float32 step here, the same accuracy over three seeds (docs/training.md).
+# The retrain job: train with the lecture's recipe (training/recipes.py names every recipe and
+# its hyperparameters), publish the next version only if it passes the quality gate. RETRAIN_FLAGS
+# adds flags, each overriding one field of the recipe or the gate, e.g. "--seed 1 --min-accuracy 0.685".
+# The recipe has bf16 autocast: 2.4x the float32 step here, the same accuracy over three seeds
+# (docs/training.md).
 RETRAIN_FLAGS ?=
-LECTURE_FLAGS = --autocast bf16
 train: $(VENV)/.dev-stamp $(DATA) ## the retrain job: the lecture recipe, published only if it passes the quality gate
-	$(BIN)/python -m training retrain --data $(DATA) $(LECTURE_FLAGS) $(RETRAIN_FLAGS)
+	$(BIN)/python -m training retrain --recipe lecture --data $(DATA) $(RETRAIN_FLAGS)
 
-# The stronger CNN (issue 8): the cifar_bn architecture with the recipe below, 27-32 minutes
-# on 2 cores; published as models/cifar10_cnn_bn/<next> only if test accuracy >= 0.90, then
-# quantized to INT8 (models/cifar10_cnn_bn_int8/<next>) if that keeps accuracy within 0.5 points.
-BEST_FLAGS = --arch cifar_bn --epochs 40 --batch-size 128 --optimizer sgd --lr 0.1 --momentum 0.9 \
-	--weight-decay 5e-4 --label-smoothing 0.1 --schedule onecycle --augment flip-crop --crop-pad 4 \
-	--autocast bf16 --val-size 1000 --ema 0.999 --keep last
+# The stronger CNN (issue 8): the cifar_bn recipe, 27-32 minutes on 2 cores; published as
+# models/cifar10_cnn_bn/<next> only if test accuracy >= 0.90, then quantized to INT8
+# (models/cifar10_cnn_bn_int8/<next>) if that keeps accuracy within 0.5 points.
 train-best: $(VENV)/.dev-stamp $(DATA) ## train cifar_bn (published at >= 0.90), then its INT8 copy
-	$(BIN)/python -m training retrain --data $(DATA) --name cifar10_cnn_bn --min-accuracy 0.90 \
-	  $(BEST_FLAGS) $(RETRAIN_FLAGS)
+	$(BIN)/python -m training retrain --recipe cifar_bn --name cifar10_cnn_bn --min-accuracy 0.90 \
+	  --data $(DATA) $(RETRAIN_FLAGS)
 	$(BIN)/python -m training quantize --data $(DATA) --model models/cifar10_cnn_bn \
 	  --name cifar10_cnn_bn_int8
 
-# airbench's methods (issue 18; Jordan 2024, arXiv 2404.00498) on its 64-256-256 network: frozen
-# 2x2 whitening (bias trained 3 epochs), Dirac init, BN with 64x bias rate and no scale, Nesterov
-# SGD with Lookahead, label smoothing 0.2, batch 1,024, 2-pixel reflected shifts, alternating
-# flips, 10 epochs, 6-view test-time augmentation inside the exported graph. Published as
-# models/cifar10_cnn_94/<next> only if test accuracy >= 0.93, then its INT8 copy.
-NINETY4_FLAGS = --arch cifar_94 --init torch --epochs 10 --batch-size 1024 --optimizer sgd \
-	--lr 1.5 --momentum 0.85 --weight-decay 1.33e-3 --bn-bias-lr-scale 64 --label-smoothing 0.2 \
-	--schedule linear --lookahead-every 5 --augment flip-crop --crop-pad 2 --flip alternate \
-	--whiten-bias-epochs 3 --tta flip-translate --autocast bf16 --val-size 1000 --keep last
+# airbench's methods (issue 18; Jordan 2024, arXiv 2404.00498) on its 64-256-256 network: the
+# cifar_94 recipe. Published as models/cifar10_cnn_94/<next> only if test accuracy >= 0.93,
+# then its INT8 copy.
 train-94: $(VENV)/.dev-stamp $(DATA) ## train with airbench's methods (published at >= 0.93), then its INT8 copy
-	$(BIN)/python -m training retrain --data $(DATA) --name cifar10_cnn_94 --min-accuracy 0.93 \
-	  $(NINETY4_FLAGS) $(RETRAIN_FLAGS)
+	$(BIN)/python -m training retrain --recipe cifar_94 --name cifar10_cnn_94 --min-accuracy 0.93 \
+	  --data $(DATA) $(RETRAIN_FLAGS)
 	$(BIN)/python -m training quantize --data $(DATA) --model models/cifar10_cnn_94 \
 	  --name cifar10_cnn_94_int8
 
-# The same run with one method removed (scripts/ablate_94.py lists them), trained into runs/ and
-# never published: make ablate-94 ABLATE=no-lookahead [RETRAIN_FLAGS="--seed 1"]
+# The cifar_94 recipe with one method removed (training/recipes.py: ABLATIONS), trained into runs/
+# and never published; its figures go to docs/results/ablate-94-<name>-seed<N>.json:
+# make ablate-94 ABLATE=no-lookahead [RETRAIN_FLAGS="--seed 1"]
 ABLATE ?= none
 ablate-94: $(VENV)/.dev-stamp $(DATA) ## the train-94 run without one method (ABLATE=name), never published
-	$(BIN)/python scripts/ablate_94.py $(ABLATE) -- --data $(DATA) $(NINETY4_FLAGS) $(RETRAIN_FLAGS)
+	$(BIN)/python -m training ablate $(ABLATE) --data $(DATA) $(RETRAIN_FLAGS)
 
 # Data-parallel training: NPROC processes on this machine (gloo on CPU, NCCL with --device cuda);
-# --batch-size stays the global batch, so the recipe is the one `make train` runs.
+# --batch-size stays the global batch. No --recipe: the lecture's recipe in float32, as before.
 NPROC ?= 2
 train-ddp: $(VENV)/.dev-stamp $(DATA) ## make train's job data-parallel over NPROC processes (torchrun)
 	$(BIN)/torchrun --standalone --nproc-per-node=$(NPROC) -m training retrain --data $(DATA) $(RETRAIN_FLAGS)
 
 # Benchmarks, not tests: training throughput, the model table (accuracy, cost, onnxruntime speed of
-# every model in models/), then the serving benchmark (real server + load).
+# every model in models/), then the serving benchmark (real server + load). Each writes
+# docs/results/<name>.json and re-renders the docs' figures from it (python -m bench --help).
 bench: $(VENV)/.dev-stamp $(DATA) ## training throughput, the model table, then the serving benchmark
-	$(BIN)/python scripts/bench_train.py --data $(DATA)
-	$(BIN)/python scripts/bench_models.py
-	$(BIN)/python scripts/bench_serve.py --grpc
+	$(BIN)/python -m bench train --data $(DATA)
+	$(BIN)/python -m bench models
+	$(BIN)/python -m bench serve --grpc
 
 # Side by side in one run (issue 16): this service against PyTriton on the same model files and
 # request bodies, the lecture recipe's training against its Keras original. The peers' venvs are
@@ -202,7 +196,7 @@ bench: $(VENV)/.dev-stamp $(DATA) ## training throughput, the model table, then 
 # BENCH_PEERS_FLAGS, e.g. "--seconds 15 --no-train".
 BENCH_PEERS_FLAGS ?=
 bench-peers: $(VENV)/.dev-stamp $(DATA) ## this service beside PyTriton, the lecture recipe beside Keras, in one run
-	$(BIN)/python scripts/bench_peers.py $(BENCH_PEERS_FLAGS)
+	$(BIN)/python -m bench peers $(BENCH_PEERS_FLAGS)
 
 # Reliability (docs/reliability.md): a real server under mixed load at concurrency 64 (5xx, dropped
 # connections, memory growth), and schemathesis against its live OpenAPI document. `make test`

@@ -17,7 +17,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+
+def _root() -> Path:
+    """The checkout the figures belong to: the one that holds this package, or, where ``bench``
+    is installed as a package, the working directory (a checkout's root)."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "pyproject.toml").is_file() else Path.cwd()
+
+
+ROOT = _root()
 RESULTS_DIR = ROOT / "docs" / "results"
 
 
@@ -54,12 +62,11 @@ def _command() -> str:
     return " ".join([program, *map(shlex.quote, sys.argv[1:])])
 
 
-def write_result(
-    name: str, results: dict[str, Any], *, command: str | None = None, directory: Path | None = None
-) -> Path:
-    """Write ``results`` as ``<directory>/<name>.json`` with command, commit, time and machine."""
-    path = (directory or RESULTS_DIR) / f"{name}.json"
-    record = {
+def make_record(
+    name: str, results: dict[str, Any], *, command: str | None = None
+) -> dict[str, Any]:
+    """The record :func:`write_result` writes: ``results`` with command, commit, time, machine."""
+    return {
         "name": name,
         "command": command or _command(),
         "commit": _commit(),
@@ -67,6 +74,14 @@ def write_result(
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(terse=True)},
         "results": results,
     }
+
+
+def write_result(
+    name: str, results: dict[str, Any], *, command: str | None = None, directory: Path | None = None
+) -> Path:
+    """Write ``results`` as ``<directory>/<name>.json`` with command, commit, time and machine."""
+    path = (directory or RESULTS_DIR) / f"{name}.json"
+    record = make_record(name, results, command=command)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
     return path

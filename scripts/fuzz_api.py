@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script, the project root is not on the path
 
-from scripts.server_process import free_port, wait_ready  # noqa: E402
+from bench.server import free_port, wait_ready  # noqa: E402
 
 CHECKS_EXCLUDED = "positive_data_acceptance"
 

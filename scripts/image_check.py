@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from scripts.server_process import free_port, wait_ready
+from bench.server import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "image-check"

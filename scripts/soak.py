@@ -38,7 +38,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script, the project root is not on the path
 
-from scripts.server_process import free_port, wait_ready  # noqa: E402
+from bench.server import free_port, wait_ready  # noqa: E402
 
 JSON = {"content-type": "application/json"}
 SERVER_FAULTS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN}

@@ -1,6 +1,7 @@
 """Training command line.
 
 python -m training train --data data/cifar10-jpeg            # train, test, export, publish
+python -m training train --recipe cifar_94 --seed 1          # a named recipe, one field changed
 python -m training retrain --data data/cifar10-jpeg          # the same, behind a quality gate
 python -m training export --checkpoint runs/<run>/checkpoint.pt --data data/cifar10-jpeg
 python -m training evaluate --model models/cifar10_cnn/1 --data data/cifar10-jpeg [--mistakes m.png]
@@ -8,73 +9,46 @@ python -m training quantize --model models/cifar10_cnn_bn/1 --name cifar10_cnn_b
 python -m training summary [--arch lecture]                    # the Keras-style layer table
 python -m training train --resume runs/<run>/last.pt           # carry on an interrupted run
 torchrun --nproc-per-node=2 -m training train --data data/cifar10-jpeg   # data-parallel (DDP)
+python -m training ablate no-lookahead                         # cifar_94 without one method
+python -m training plot-runs --out chart.png "seed 0=runs/<run>" ...
+python -m training recompress data/cifar10-jpeg data/cifar10-jpeg-q50 --quality 50
+
+Recipes (training/recipes.py): lecture, cifar_bn, cifar_94; without --recipe, the lecture's in
+float32.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import signal
 import sys
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from service.core.card import MODEL_FILE
 from service.core.errors import ServingError
 from service.core.shapes import format_table, layer_table
 from training.architectures import ARCHITECTURES, INPUT_SHAPE
-from training.config import add_config_arguments, config_from_args
-from training.data import Cifar10, Split, download_cifar10, load_cifar10
-from training.distributed import World, barrier, stop, world_from_env
+from training.config import TrainConfig, config_from_args
+from training.distributed import barrier, stop, world_from_env
+from training.experiments import EXPERIMENT_COMMANDS, add_experiment_commands
+from training.pipeline import (
+    Trained,
+    data_arguments,
+    export_run,
+    load_data,
+    publish_arguments,
+    train_and_export,
+    training_arguments,
+)
+from training.recipes import RECIPES, recipe
 
-if TYPE_CHECKING:
-    from training.checkpoint import TrainingRun
-    from training.evaluation import Parity
-
-DEFAULT_DATA = Path("data/cifar10-jpeg")
-DEFAULT_NAME = "cifar10_cnn"
 EXIT_FAILED, EXIT_REJECTED, EXIT_INTERRUPTED = 1, 3, 130
 
 
 class Rejected(Exception):
     """The quality gate refused the candidate; it was kept aside, not published."""
-
-
-def _data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=DEFAULT_DATA,
-        help="CIFAR-10: an image folder <root>/<split>/<class>/*.jpg or cifar-10-batches-py/",
-    )
-    parser.add_argument(
-        "--cache-dir", type=Path, default=Path(".cache"), help="where decoded arrays are cached"
-    )
-    parser.add_argument(
-        "--download",
-        action="store_true",
-        help="first fetch the official python batches into --data (checked by the published MD5)",
-    )
-
-
-def _publish_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--repository", type=Path, default=Path("models"), help="model repository")
-    parser.add_argument("--name", default=DEFAULT_NAME, help="model name in the repository")
-
-
-def _training_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser)
-    _data_arguments(parser)
-    _publish_arguments(parser)
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs go")
-    parser.add_argument(
-        "--resume",
-        type=Path,
-        help="carry on an interrupted run from its runs/<run>/last.pt, in the same run folder: "
-        "the recipe comes from the checkpoint (only --threads and --device from this command)",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _train_commands(sub)
     _model_commands(sub)
+    add_experiment_commands(sub)
     summary = sub.add_parser("summary", help="print the Keras-style layer table")
     summary.add_argument("--arch", default="lecture", choices=sorted(ARCHITECTURES))
     summary.add_argument("--spec", type=Path, help="JSON file with a list of layer specs instead")
@@ -93,14 +68,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _recipe_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        help="a named recipe (training/recipes.py) whose fields the other flags override "
+        "(default: none, TrainConfig's defaults: the lecture's recipe in float32)",
+    )
+
+
 def _train_commands(sub: Any) -> None:
-    """``train`` and ``retrain`` (the recipe's flags, and retrain's quality gate)."""
+    """``train`` and ``retrain`` (a recipe and its flags, and retrain's quality gate)."""
     train = sub.add_parser("train", help="train, evaluate on the test split, export and publish")
-    _training_arguments(train)
+    _recipe_argument(train)
+    training_arguments(train)
     train.add_argument("--no-publish", action="store_true", help="train and export, don't publish")
 
     retrain = sub.add_parser("retrain", help="train and publish only if the quality gate passes")
-    _training_arguments(retrain)
+    _recipe_argument(retrain)
+    training_arguments(retrain)
     retrain.add_argument(
         "--min-accuracy",
         type=float,
@@ -120,8 +106,8 @@ def _model_commands(sub: Any) -> None:
     """``export``, ``evaluate`` and ``quantize``: what is done to a trained or published model."""
     export = sub.add_parser("export", help="export a checkpoint, check parity, publish")
     export.add_argument("--checkpoint", type=Path, required=True)
-    _data_arguments(export)
-    _publish_arguments(export)
+    data_arguments(export)
+    publish_arguments(export)
 
     evaluate = sub.add_parser("evaluate", help="test accuracy of a published model (onnxruntime)")
     evaluate.add_argument("--model", type=Path, required=True, help="version folder or .onnx file")
@@ -129,7 +115,7 @@ def _model_commands(sub: Any) -> None:
     evaluate.add_argument(
         "--mistakes", type=Path, help="also draw the most confident mistakes into this PNG"
     )
-    _data_arguments(evaluate)
+    data_arguments(evaluate)
 
     quantize = sub.add_parser(
         "quantize", help="static INT8 (QDQ) copy of a published model, kept if accuracy holds"
@@ -155,72 +141,17 @@ def _model_commands(sub: Any) -> None:
     )
     quantize.add_argument("--seed", type=int, default=0, help="picks the calibration images")
     quantize.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs go")
-    _data_arguments(quantize)
-    _publish_arguments(quantize)
+    data_arguments(quantize)
+    publish_arguments(quantize)
 
 
-def _load(args: argparse.Namespace) -> Cifar10:
-    root: Path = args.data
-    if args.download:
-        root = download_cifar10(root)
-    return load_cifar10(root, args.cache_dir)
+def run_config(args: argparse.Namespace) -> TrainConfig:
+    """``train`` and ``retrain``'s config: the recipe (or the defaults), the flags given over it."""
+    return config_from_args(args, recipe(args.recipe))
 
 
-def _export(run: TrainingRun, test: Split) -> tuple[Path, Parity]:
-    """Export the run's model beside its other files and pass the parity gate."""
-    from training.evaluation import check_parity
-    from training.export import export_onnx
-
-    assert run.run_dir is not None, "a run is exported beside its files"
-    onnx_path = run.run_dir / MODEL_FILE
-    export_onnx(run.model, onnx_path)
-    parity = check_parity(run.model, onnx_path, test.images)
-    print(
-        f"Parity: {parity.images} images, max |logit diff| {parity.max_abs_logit_diff:.2e}, "
-        f"top-1 agreement {parity.top1_agreement:.4f}"
-    )
-    return onnx_path, parity
-
-
-def _train(args: argparse.Namespace) -> tuple[TrainingRun, Split, Path, dict[str, Any]] | None:
-    """Train, test, export: what ``train`` and ``retrain`` share. Returns the card's fields on
-    rank 0; under torchrun the other ranks only train, and get None."""
-    from training.checkpoint import weights_sha256
-    from training.distributed import start
-    from training.export import card_fields
-    from training.train import (
-        read_resume_config,
-        resolve_device,
-        run_training,
-        split_data,
-        train_model,
-    )
-
-    config = config_from_args(args)
-    resume: Path | None = args.resume
-    if resume is not None:  # the run's recipe; threads and device belong to this machine
-        recipe = read_resume_config(resume)
-        config = dataclasses.replace(recipe, threads=config.threads, device=config.device)
-    world: World = args.world
-    start(world, resolve_device(config.device))
-    data = _load(args)
-    if not world.is_main:
-        fit, val, _ = split_data(config, data)
-        result = train_model(config, fit, val, world=world, resume=resume)
-        print(f"{world.label()}: weights sha256 {weights_sha256(result.model)}", flush=True)
-        return None
-    run_dir = (
-        resume.parent
-        if resume is not None
-        else args.runs_dir / f"{config.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
-    run = run_training(config, data, run_dir, world=world, resume=resume)
-    if world.distributed:  # every rank prints its hash: they must agree
-        print(f"{world.label()}: weights sha256 {weights_sha256(run.model)}", flush=True)
-    test = data.test.sample(config.limit_test, config.seed)
-    onnx_path, parity = _export(run, test)
-    print(f"Run files: {run_dir}")
-    return run, test, onnx_path, card_fields(run, onnx_path, parity)
+def _train(args: argparse.Namespace) -> Trained | None:
+    return train_and_export(args, run_config(args))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -271,12 +202,12 @@ def cmd_export(args: argparse.Namespace) -> None:
     from training.publish import publish
 
     run = load_run(args.checkpoint)
-    test = _load(args).test.sample(run.config.limit_test, run.config.seed)
+    test = load_data(args).test.sample(run.config.limit_test, run.config.seed)
     if (
         run.test is None or not run.test.mistakes
     ):  # a checkpoint from before cards listed the mistakes
         run.test = evaluate(run.model, test, run.config.eval_batch_size)
-    onnx_path, parity = _export(run, test)
+    onnx_path, parity = export_run(run, test)
     fields = card_fields(run, onnx_path, parity)
     print(f"Published {publish(args.repository, args.name, onnx_path, fields)}")
 
@@ -285,7 +216,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from training.evaluation import evaluate_onnx
 
     path: Path = args.model / MODEL_FILE if args.model.is_dir() else args.model
-    test = _load(args).test.sample(args.limit_test, 0)
+    test = load_data(args).test.sample(args.limit_test, 0)
     result = evaluate_onnx(path, test)
     print(json.dumps({"model": str(path), "images": len(test), **result.as_dict()}, indent=2))
     if args.mistakes is not None:
@@ -304,7 +235,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     if not (model_dir / MODEL_FILE).is_file() and versions(model_dir):
         model_dir = model_dir / str(versions(model_dir)[-1])  # a model's folder: its newest
     source = read_card(model_dir)
-    data = _load(args)
+    data = load_data(args)
     calibration = data.train.sample(args.calibration_images, args.seed)
     out = args.runs_dir / f"{source.name}-{source.version}-int8" / MODEL_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -342,6 +273,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "quantize": cmd_quantize,
     "summary": cmd_summary,
+    **EXPERIMENT_COMMANDS,
 }
 
 

@@ -85,13 +85,15 @@ CIFAR_WHITEN: list[dict[str, Any]] = [
 ]
 
 
-def _block94(filters: int) -> list[dict[str, Any]]:
+def _block94(filters: int, init: str = "dirac") -> list[dict[str, Any]]:
     """airbench's block: conv, 2x2 max pool, BN, GELU, conv, BN, GELU; convolutions start as a
-    partial identity, batch norms learn a bias but no scale and follow the batch closely."""
-    conv = {
+    partial identity (``init=""``: PyTorch's default instead), batch norms learn a bias but no
+    scale and follow the batch closely."""
+    conv: dict[str, Any] = {
         "type": "conv2d", "filters": filters, "kernel": 3, "padding": "same", "bias": False,
-        "init": "dirac",
     }  # fmt: skip
+    if init:
+        conv["init"] = init
     # airbench's batch-norm momentum 0.6 is the share of the old statistics (Keras' convention);
     # PyTorch's momentum is the share of the new batch: 1 - 0.6.
     norm = {"type": "batch_norm", "scale": False, "momentum": 0.4, "eps": 1e-12}
@@ -103,16 +105,31 @@ def _block94(filters: int) -> list[dict[str, Any]]:
 # bias may be trained for a few epochs: --whiten-bias-epochs), three blocks of 64-256-256
 # filters, and a linear head without bias whose logits are scaled by 1/9. About 118 M
 # multiply-adds per image (one view; the exported graph multiplies that by its --tta views).
-CIFAR_94: list[dict[str, Any]] = [
-    {"type": "conv2d", "filters": 24, "kernel": 2, "init": "whiten", "trainable": False},
-    {"type": "activation", "fn": "gelu"},  # (31, 31, 24)
-    *_block94(64),  # (15, 15, 64)
-    *_block94(256),  # (7, 7, 256)
-    *_block94(256),  # (3, 3, 256)
-    {"type": "max_pool", "pool": 3},  # (1, 1, 256)
-    {"type": "flatten"},  # (256,)
-    {"type": "dense", "units": 10, "bias": False, "output_scale": 1 / 9},  # (10,) logits
-]
+def _cifar_94(whiten: bool = True, dirac: bool = True) -> list[dict[str, Any]]:
+    """airbench94's network; ``whiten`` and ``dirac`` off give the ablations' variants."""
+    stem: dict[str, Any] = {"type": "conv2d", "filters": 24, "kernel": 2}
+    if whiten:
+        stem.update(init="whiten", trainable=False)
+    init = "dirac" if dirac else ""
+    return [
+        stem,
+        {"type": "activation", "fn": "gelu"},  # (31, 31, 24)
+        *_block94(64, init),  # (15, 15, 64)
+        *_block94(256, init),  # (7, 7, 256)
+        *_block94(256, init),  # (3, 3, 256)
+        {"type": "max_pool", "pool": 3},  # (1, 1, 256)
+        {"type": "flatten"},  # (256,)
+        {"type": "dense", "units": 10, "bias": False, "output_scale": 1 / 9},  # (10,) logits
+    ]
+
+
+CIFAR_94 = _cifar_94()
+
+# Two ablations of the airbench recipe (training/recipes.py: ABLATIONS) need another network:
+# every convolution from PyTorch's default start instead of Dirac's partial identity, and the
+# 2x2 stem trained from a random start like every other convolution instead of frozen whitening.
+CIFAR_94_NO_DIRAC = _cifar_94(dirac=False)
+CIFAR_94_NO_WHITENING = _cifar_94(whiten=False)
 
 ARCHITECTURES: dict[str, list[dict[str, Any]]] = {
     "lecture": LECTURE,
@@ -120,4 +137,6 @@ ARCHITECTURES: dict[str, list[dict[str, Any]]] = {
     "cifar_bn": CIFAR_BN,
     "cifar_whiten": CIFAR_WHITEN,
     "cifar_94": CIFAR_94,
+    "cifar_94_no_dirac": CIFAR_94_NO_DIRAC,
+    "cifar_94_no_whitening": CIFAR_94_NO_WHITENING,
 }

@@ -1,7 +1,8 @@
-"""The training recipe as one frozen dataclass; every field is a CLI flag and lands in the card.
+"""A training run's config as one frozen dataclass; every field is a CLI flag and lands in the card.
 
 Defaults are the lecture's: Adam (lr 1e-3), cross-entropy on logits, batch 32, 10 epochs, pixels
-scaled to [0, 1] (inside the model).
+scaled to [0, 1] (inside the model), float32. The named recipes are in ``training/recipes.py``;
+a flag overrides one field of the recipe it is given with.
 """
 
 from __future__ import annotations
@@ -107,26 +108,28 @@ class TrainConfig:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per field, help and default from the dataclass."""
+    """One ``--flag`` per field, help from the dataclass. A flag not given stays out of the
+    namespace (``SUPPRESS``), so that only the flags given override the recipe's fields."""
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = type(f.default)
+        help = f"{f.metadata['help']} (default: the recipe's; without one, {f.default})"
         if kind is bool:  # --nesterov / --no-nesterov
             parser.add_argument(
-                flag,
-                action=argparse.BooleanOptionalAction,
-                default=f.default,
-                help=f"{f.metadata['help']} (default: {f.default})",
+                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help
             )
             continue
         parser.add_argument(
             flag,
             type=kind,
-            default=f.default,
-            help=f"{f.metadata['help']} (default: {f.default})",
+            default=argparse.SUPPRESS,
+            help=help,
             choices=f.metadata.get("choices"),
         )
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """``base`` (the dataclass's defaults if None) with the fields whose flags were given."""
+    fields = dataclasses.fields(TrainConfig)
+    given = {f.name: getattr(args, f.name) for f in fields if f.name in args}
+    return dataclasses.replace(base or TrainConfig(), **given)

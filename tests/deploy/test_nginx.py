@@ -28,7 +28,7 @@ import tritonclient.grpc as grpcclient
 import yaml
 from tritonclient.utils import InferenceServerException
 
-from scripts.nginx_local import CONF, find_nginx, nginx_command
+from bench.nginx import CONF, find_nginx, nginx_command
 from tests.support.servers import free_port, stop, wait_ready, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""The model table script on the shipped repository: one measured line per shipped version."""
+"""``python -m bench models`` on the shipped repository: one measured line per shipped version."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_model_table_lists_every_shipped_version_with_its_card_figures() -> None:
     result = subprocess.run(
-        [sys.executable, "scripts/bench_models.py", "--seconds", "0.05", "--repeats", "1",
+        [sys.executable, "-m", "bench", "models", "--seconds", "0.05", "--repeats", "1",
          "--no-write"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

@@ -21,7 +21,7 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
 # One implementation for the tests and the scripts that start servers themselves.
-from scripts.server_process import free_port as free_port
+from bench.server import free_port as free_port
 from service.__main__ import uvicorn_options
 from service.api.grpc.server import serve_grpc
 from service.api.rest.app import create_app

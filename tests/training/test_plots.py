@@ -9,8 +9,6 @@ from pathlib import Path
 
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def _run_folder(path: Path, accuracies: list[float], test: float) -> Path:
     path.mkdir()
@@ -27,7 +25,7 @@ def test_plot_runs_draws_accuracy_against_wall_time_for_every_run(tmp_path: Path
     b = _run_folder(tmp_path / "b", [0.6, 0.9], 0.88)
     out = tmp_path / "chart.png"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/plot_runs.py"), "--out", str(out), f"A={a}", f"B={b}"],
+        [sys.executable, "-m", "training", "plot-runs", "--out", str(out), f"A={a}", f"B={b}"],
         capture_output=True,
         text=True,
         check=False,
@@ -41,7 +39,7 @@ def test_plot_runs_draws_accuracy_against_wall_time_for_every_run(tmp_path: Path
 
 def test_plot_runs_refuses_an_argument_without_a_label(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/plot_runs.py"), "--out", str(tmp_path / "x.png"), "x"],
+        [sys.executable, "-m", "training", "plot-runs", "--out", str(tmp_path / "x.png"), "x"],
         capture_output=True,
         text=True,
         check=False,

@@ -1,0 +1,54 @@
+"""Benchmarks and the docs rendered from their results, one subcommand each.
+
+    python -m bench serve|peers|models|grpc|train|train-variants|decode|profile|replicas \
+        |screenshot|render [flags]        # python -m bench COMMAND --help: its flags
+
+Every benchmark writes its figures to ``docs/results/<name>.json`` (unless ``--no-write``) and then
+re-renders the docs from those files; ``render`` does only the latter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# subcommand -> (module under bench/, one line of help)
+COMMANDS = {
+    "serve": ("serve", "the real server under load from another process, layouts side by side"),
+    "peers": ("peers", "this service beside PyTriton, the lecture recipe beside Keras, one run"),
+    "models": ("models", "the model table: every model's card figures and onnxruntime speed"),
+    "grpc": ("grpc_h2load", "gRPC against REST binary with one C client (h2load) for both"),
+    "train": ("train", "training throughput of the lecture recipe's own step, onnxruntime too"),
+    "train-variants": ("train_variants", "training: threads against DDP processes, bf16, Adam"),
+    "decode": ("decode", "what decoding one v2 infer request costs, step by step"),
+    "profile": ("profile_serve", "where a request's time goes under load (probes, py-spy)"),
+    "replicas": ("replicas", "1 and 2 api processes behind nginx against WORKERS=1 and 2"),
+    "screenshot": ("screenshot", "the README's screenshot of the explorer page"),
+    "render": ("render", "rewrite the docs' figures from docs/results/*.json (--check: test)"),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Pick the subcommand, then parse its flags with its own module's parser; a module is
+    imported only when it runs, so ``render`` needs neither torch nor onnxruntime."""
+    top = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        epilog="commands:\n" + "\n".join(f"  {n:15} {h}" for n, (_, h) in COMMANDS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("command", choices=COMMANDS, metavar="COMMAND")
+    top.add_argument("flags", nargs=argparse.REMAINDER, help="the command's flags")
+    chosen = top.parse_args(argv)
+    module = importlib.import_module(f"bench.{COMMANDS[chosen.command][0]}")
+    sub = argparse.ArgumentParser(
+        prog=f"python -m bench {chosen.command}",
+        description=module.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    module.add_arguments(sub)
+    module.main(sub.parse_args(chosen.flags))
+
+
+if __name__ == "__main__":
+    main()

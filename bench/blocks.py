@@ -1,0 +1,37 @@
+"""Which renderer draws each block name that a page may hold, and from which results record."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bench import blocks_serving as s
+from bench import blocks_training as tr
+from bench import blocks_tuning as t
+
+Record = dict[str, Any]
+
+# block name -> (the record it is drawn from, the renderer)
+BLOCKS: dict[str, tuple[str, Callable[[Record], str]]] = {
+    "serving": ("serving", s.serving),
+    "serving-summary": ("serving", s.serving_summary),
+    "models": ("models", s.models),
+    "model-table": ("models", s.model_table),
+    "training": ("training", s.training),
+    "peers": ("peers", s.peers),
+    "decode": ("decode", t.decode),
+    "grpc-h2load": ("grpc-h2load", t.grpc_h2load),
+    "train-variants": ("train-variants", t.train_variants),
+    "replicas": ("replicas", t.replicas),
+    "profile": ("profile", t.profile),
+    "cifar-bn-runs": ("training-cifar-bn", tr.cifar_bn_runs),
+    "train-94-runs": ("training-94", tr.runs_94),
+    "train-94-ablations": ("training-94", tr.ablations_94),
+    "train-94-data": ("training-94", tr.data_94),
+}
+
+
+def section(record: Record) -> str:
+    """The block a benchmark's own record renders as (what ``python -m bench ...`` prints)."""
+    _, draw = BLOCKS[record["name"]]
+    return draw(record)

@@ -1,5 +1,5 @@
-"""The v2 infer call over REST, shared by the FastAPI route (which documents it) and the fast path
-(which serves it): decode the body, check it against the URL, run it on the data plane, encode."""
+"""The v2 infer call over REST, as the fast path serves it: decode the body, check it against the
+URL, run it on the data plane, encode."""
 
 from __future__ import annotations
 

@@ -218,6 +218,12 @@ class Settings(BaseSettings):
             "(0: no limit)."
         ),
     )
+    grpc_stream_in_flight: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="Most requests of one ModelStreamInfer stream run at once.",
+    )
     grpc_max_connection_age_ms: int = Field(
         default=300_000,
         ge=0,

@@ -53,9 +53,7 @@ def method_handlers(servicer: Any) -> grpc.GenericRpcHandler:
         kind = STREAMING[method.client_streaming, method.server_streaming]
         handlers[method.name] = kind(
             behaviour,
-            request_deserializer=lenient_parser(request_class)
-            if kind is grpc.unary_unary_rpc_method_handler
-            else request_class.FromString,
+            request_deserializer=lenient_parser(request_class),  # a stream's messages too
             response_serializer=serialize,
         )
     return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)

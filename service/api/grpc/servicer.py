@@ -8,7 +8,7 @@ import functools
 import logging
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -19,6 +19,7 @@ from service.api.admin import check_admin
 from service.api.client_address import caller
 from service.api.grpc import codec
 from service.api.grpc.handlers import Undecodable
+from service.api.grpc.stream import serve_stream
 from service.core.errors import InvalidInput, ModelNotFound, ModelNotReady, ServingError
 from service.dataplane.dataplane import DataPlane, request_scope
 
@@ -137,6 +138,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             light, decode, request, settings.max_images_per_request
         )
         return codec.encode_infer_response(await plane.infer(runtime, infer))
+
+    async def ModelStreamInfer(self, requests: Any, context: Any) -> AsyncIterator[Any]:
+        async for response in serve_stream(self.plane, requests, grpc_code):  # stream.py
+            yield response
 
     # -- the model repository extension: the data plane's, under the admin rules (admin.py) ---
 

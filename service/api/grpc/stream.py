@@ -1,0 +1,116 @@
+"""``ModelStreamInfer``: Triton's bidirectional inference stream (``tritonclient.grpc``'s
+``start_stream`` / ``async_stream_infer``). Each request on the stream gets one answer on it, in
+the order they finish: its ``infer_response`` (the request ``id`` echoed) or its
+``error_message``; a bad request fails alone and the stream goes on. Up to ``limit`` requests of
+one stream run at once; past that the stream stops reading until an answer has been sent, so a
+client that floods it meets HTTP/2 flow control, not an unbounded buffer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from tritonclient.grpc import service_pb2
+
+from service.api.grpc import codec
+from service.api.grpc.handlers import Undecodable
+from service.core.errors import InvalidInput, ServingError
+from service.dataplane.dataplane import DataPlane, request_scope
+
+log = logging.getLogger(__name__)
+
+INTERNAL_MESSAGE = "internal server error"
+Answer = Callable[[Any], Awaitable[Any]]
+StatusOf = Callable[[int], grpc.StatusCode]  # an HTTP status as a gRPC code (servicer's mapping)
+_END = object()  # the reader has seen the end of the requests and every answer is queued
+
+
+async def infer_message(plane: DataPlane, request: Any) -> Any:
+    """One ``ModelInferRequest`` answered as a ``ModelInferResponse`` (the servicer's path)."""
+    if isinstance(request, Undecodable):
+        raise InvalidInput(f"the request is not a valid {request.message} message")
+    runtime = plane.model(request.model_name, request.model_version or None)
+    settings = plane.settings
+    light = codec.typed_values(request) * 4 <= settings.inline_decode_bytes
+    decode = codec.decode_infer_request
+    infer = await plane.work.run_here_if_light(
+        light, decode, request, settings.max_images_per_request
+    )
+    return codec.encode_infer_response(await plane.infer(runtime, infer))
+
+
+def error_response(request: Any, message: str) -> Any:
+    """The stream's answer to a request that failed: its id and model, and why."""
+    response = service_pb2.ModelStreamInferResponse(error_message=message)
+    if not isinstance(request, Undecodable):
+        answer = response.infer_response
+        answer.id, answer.model_name = request.id, request.model_name
+        answer.model_version = request.model_version
+    return response
+
+
+async def answer_one(plane: DataPlane, request: Any, answer: Answer, status: StatusOf) -> Any:
+    """``request``'s stream message: its answer, or its error in words (counted as a call)."""
+    start = time.perf_counter()
+    code = grpc.StatusCode.OK
+    try:
+        with request_scope():  # each request holds its model version until it is answered
+            result = await answer(request)
+        return service_pb2.ModelStreamInferResponse(infer_response=result)
+    except ServingError as exc:
+        code = status(exc.status)
+        internal = code is grpc.StatusCode.INTERNAL
+        if internal:
+            log.error("gRPC ModelStreamInfer request failed", exc_info=exc)
+        return error_response(request, INTERNAL_MESSAGE if internal else exc.message)
+    except Exception as exc:
+        log.error("gRPC ModelStreamInfer request failed", exc_info=exc)
+        code = grpc.StatusCode.INTERNAL
+        return error_response(request, INTERNAL_MESSAGE)
+    finally:
+        plane.metrics.observe_grpc_call("ModelStreamInfer", code.name, time.perf_counter() - start)
+
+
+async def serve_stream(
+    plane: DataPlane, requests: AsyncIterator[Any], status: StatusOf, answer: Answer | None = None
+) -> AsyncIterator[Any]:
+    """The stream's answers as they finish; at most ``GRPC_STREAM_IN_FLIGHT`` requests in flight
+    or unsent at once."""
+    answer = answer or (lambda request: infer_message(plane, request))
+    limit = plane.settings.grpc_stream_in_flight
+    done: asyncio.Queue[Any] = asyncio.Queue()
+    slots = asyncio.Semaphore(limit)
+    running: set[asyncio.Task[None]] = set()
+
+    async def run(request: Any) -> None:
+        done.put_nowait(await answer_one(plane, request, answer, status))
+
+    async def read() -> None:
+        try:
+            async for request in requests:
+                await slots.acquire()  # released when an answer has been sent
+                task = asyncio.create_task(run(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if running:
+                await asyncio.wait(set(running))
+        finally:
+            done.put_nowait(_END)
+
+    reader = asyncio.create_task(read())
+    try:
+        while (item := await done.get()) is not _END:
+            yield item
+            slots.release()
+        await reader  # the client's end of the stream, or its error (grpc ends the call)
+    finally:
+        reader.cancel()  # the client went away, or the call ended: stop its work
+        for task in list(running):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader

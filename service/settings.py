@@ -91,7 +91,10 @@ class Settings(BaseSettings):
         description="onnxruntime graph optimizations: disable, basic, extended or all.",
     )
     warm_up: bool = Field(
-        default=True, description="Run one dummy batch through each model when loading."
+        default=True, description="Run warm-up batches through each version before it is READY."
+    )
+    warm_up_batch_sizes: Annotated[list[Annotated[int, Field(ge=1, le=4096)]], NoDecode] = Field(
+        default=[1], description="Warm-up runs, one per batch size listed (Triton's model_warmup)."
     )
     max_images_per_request: int = Field(
         default=1024,
@@ -354,7 +357,9 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("providers", "trusted_proxies", "allowed_hosts", mode="before")
+    @field_validator(
+        "providers", "trusted_proxies", "allowed_hosts", "warm_up_batch_sizes", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

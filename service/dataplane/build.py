@@ -24,6 +24,7 @@ def runtime_options(settings: Settings, metrics: Metrics) -> RuntimeOptions:
         allow_spinning=settings.ort_allow_spinning,
         graph_optimization_level=settings.graph_optimization_level,
         warm_up=settings.warm_up,
+        warm_up_batch_sizes=tuple(settings.warm_up_batch_sizes),
         dynamic_batching=settings.dynamic_batching,
         max_batch_size=settings.max_batch_size,
         max_batch_delay_ms=settings.max_batch_delay_ms,

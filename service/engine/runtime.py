@@ -54,6 +54,7 @@ class RuntimeOptions:
     allow_spinning: bool = False
     graph_optimization_level: str = "all"
     warm_up: bool = True
+    warm_up_batch_sizes: tuple[int, ...] = (1,)  # one run of zeros per size, before READY
     dynamic_batching: bool = True
     max_batch_size: int = 256
     max_batch_delay_ms: float = 0.0
@@ -237,10 +238,18 @@ class ModelRuntime:
         return {name: result[name] for name in outputs} if outputs else result
 
     def warm_up(self) -> None:
-        """One batch of zeros, so the first request does not pay for lazy initialisation."""
+        """A batch of zeros per ``warm_up_batch_sizes``, so no request pays for lazy
+        initialisation (or a new batch size's allocations): the version is READY only after."""
         spec = self.input
-        shape = [1 if d == -1 else d for d in spec.shape]
-        self.run(np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype]))
+        start = time.perf_counter()
+        for size in self.options.warm_up_batch_sizes:
+            shape = [size if i == 0 and d == -1 else max(d, 1) for i, d in enumerate(spec.shape)]
+            self.run(np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype]))
+        sizes = ", ".join(map(str, self.options.warm_up_batch_sizes))
+        seconds = time.perf_counter() - start
+        log.info(
+            "%s v%d warmed up: batch sizes %s in %.3f s", self.name, self.version, sizes, seconds
+        )
 
     def acquire(self) -> bool:
         """A request starts using this runtime: open until the matching ``release``.

@@ -18,7 +18,9 @@ import numpy as np
 from service.core.errors import InvalidCard, InvalidInput, ModelNotReady, PayloadTooLarge
 from service.core.version_policy import VersionPolicy
 from service.dataplane.build import cores_per_worker, runtime_options
+from service.dataplane.log_settings import LogSettings
 from service.dataplane.pixels import model_pixels
+from service.dataplane.trace_settings import TraceSettings
 from service.dataplane.types import (
     InferRequest,
     InferResponse,
@@ -59,6 +61,8 @@ class DataPlane:
         )
         self.activation_sessions = ActivationSessions(options)  # the explorer's, made on first use
         self._watchers: list[asyncio.Task[None]] = []
+        self.log_settings = LogSettings(settings.log_level, settings.log_format)  # /v2/logging
+        self.trace_settings = TraceSettings()  # /v2/trace/setting: OpenTelemetry, off by default
 
     # -- lifecycle ----------------------------------------------------------------------------
 

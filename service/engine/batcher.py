@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.core.errors import Overloaded
+from service.engine import tracing
 
 Outputs = dict[str, np.ndarray]
 RunBatch = Callable[[np.ndarray], Outputs]
@@ -34,6 +35,7 @@ class _Pending:
     future: asyncio.Future[Outputs]
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.perf_counter)
+    trace: tracing.Queued | None = None  # its span when the request is traced
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ class DynamicBatcher:
             self._queued_rows += len(rows)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
-        self._queue.put(_Pending(rows, future, loop))
+        self._queue.put(_Pending(rows, future, loop, trace=tracing.queued()))
         return await future
 
     def _next(self, timeout: float | None) -> _Pending | None:
@@ -157,7 +159,8 @@ class DynamicBatcher:
                 continue
             images = batch[0].rows if len(batch) == 1 else np.concatenate([b.rows for b in batch])
             try:
-                outputs = self._run_in_chunks(images, len(batch))
+                with tracing.batch_span((b.trace for b in batch), len(images)):
+                    outputs = self._run_in_chunks(images, len(batch))
             except Exception as exc:
                 if len(batch) == 1:
                     self._answer(batch[0], exc)

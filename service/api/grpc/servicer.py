@@ -17,16 +17,16 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from service.api.admin import check_admin
 from service.api.client_address import caller
-from service.api.grpc import codec
+from service.api.grpc import codec, settings_codec
 from service.api.grpc.handlers import Undecodable
-from service.api.grpc.stream import serve_stream
+from service.api.grpc.stream import infer_message, serve_stream
 from service.core.errors import InvalidInput, ModelNotFound, ModelNotReady, ServingError
 from service.dataplane.dataplane import DataPlane, request_scope
 
 log = logging.getLogger(__name__)
 
 INTERNAL_MESSAGE = "internal server error"
-EXTENSIONS = ["model_repository", "model_configuration"]
+EXTENSIONS = ["model_repository", "model_configuration", "logging", "trace"]
 
 # The one place REST statuses become gRPC codes; anything else is INTERNAL, shown generically.
 GRPC_CODES: dict[int, grpc.StatusCode] = {
@@ -129,19 +129,35 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     @rpc
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        plane = self.plane
-        runtime = plane.model(request.model_name, request.model_version or None)
-        settings = plane.settings
-        light = codec.typed_values(request) * 4 <= settings.inline_decode_bytes
-        decode = codec.decode_infer_request
-        infer = await plane.work.run_here_if_light(
-            light, decode, request, settings.max_images_per_request
-        )
-        return codec.encode_infer_response(await plane.infer(runtime, infer))
+        return await infer_message(self.plane, request, context.invocation_metadata())  # stream.py
 
     async def ModelStreamInfer(self, requests: Any, context: Any) -> AsyncIterator[Any]:
-        async for response in serve_stream(self.plane, requests, grpc_code):  # stream.py
+        metadata = context.invocation_metadata()
+        async for response in serve_stream(self.plane, requests, grpc_code, metadata):
             yield response
+
+    # -- the logging and trace extensions: read by anyone, changed under the admin rules ------
+
+    @rpc
+    async def LogSettings(self, request: Any, context: Any) -> Any:
+        changes = settings_codec.log_changes(request)
+        if changes:
+            self._require_admin(context, "LogSettings")
+        log_settings = self.plane.log_settings
+        return settings_codec.log_response(
+            log_settings.update(changes) if changes else log_settings.get()
+        )
+
+    @rpc
+    async def TraceSetting(self, request: Any, context: Any) -> Any:
+        changes, model = settings_codec.trace_changes(request), request.model_name or None
+        if model:
+            self.plane.version_status(model)  # NOT_FOUND for a model the repository lacks
+        if changes:
+            self._require_admin(context, "TraceSetting")
+        traces = self.plane.trace_settings
+        values = traces.update(changes, model) if changes else traces.get(model)
+        return settings_codec.trace_response(values)
 
     # -- the model repository extension: the data plane's, under the admin rules (admin.py) ---
 

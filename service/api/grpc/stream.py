@@ -21,6 +21,7 @@ from service.api.grpc import codec
 from service.api.grpc.handlers import Undecodable
 from service.core.errors import InvalidInput, ServingError
 from service.dataplane.dataplane import DataPlane, request_scope
+from service.dataplane.trace_settings import grpc_carrier, step
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +31,23 @@ StatusOf = Callable[[int], grpc.StatusCode]  # an HTTP status as a gRPC code (se
 _END = object()  # the reader has seen the end of the requests and every answer is queued
 
 
-async def infer_message(plane: DataPlane, request: Any) -> Any:
-    """One ``ModelInferRequest`` answered as a ``ModelInferResponse`` (the servicer's path)."""
+async def infer_message(plane: DataPlane, request: Any, metadata: Any = None) -> Any:
+    """One ``ModelInferRequest`` answered as a ``ModelInferResponse`` (``ModelInfer`` and each
+    request of a stream), traced when sampled (the call's ``traceparent`` metadata its parent)."""
     if isinstance(request, Undecodable):
         raise InvalidInput(f"the request is not a valid {request.message} message")
     runtime = plane.model(request.model_name, request.model_version or None)
     settings = plane.settings
     light = codec.typed_values(request) * 4 <= settings.inline_decode_bytes
     decode = codec.decode_infer_request
-    infer = await plane.work.run_here_if_light(
-        light, decode, request, settings.max_images_per_request
-    )
-    return codec.encode_infer_response(await plane.infer(runtime, infer))
+    with plane.trace_settings.request(runtime.name, grpc_carrier(metadata)):
+        with step("decode"):
+            infer = await plane.work.run_here_if_light(
+                light, decode, request, settings.max_images_per_request
+            )
+        response = await plane.infer(runtime, infer)
+        with step("encode"):
+            return codec.encode_infer_response(response)
 
 
 def error_response(request: Any, message: str) -> Any:
@@ -77,11 +83,15 @@ async def answer_one(plane: DataPlane, request: Any, answer: Answer, status: Sta
 
 
 async def serve_stream(
-    plane: DataPlane, requests: AsyncIterator[Any], status: StatusOf, answer: Answer | None = None
+    plane: DataPlane,
+    requests: AsyncIterator[Any],
+    status: StatusOf,
+    metadata: Any = None,
+    answer: Answer | None = None,
 ) -> AsyncIterator[Any]:
     """The stream's answers as they finish; at most ``GRPC_STREAM_IN_FLIGHT`` requests in flight
     or unsent at once."""
-    answer = answer or (lambda request: infer_message(plane, request))
+    answer = answer or (lambda request: infer_message(plane, request, metadata))
     limit = plane.settings.grpc_stream_in_flight
     done: asyncio.Queue[Any] = asyncio.Queue()
     slots = asyncio.Semaphore(limit)

@@ -20,6 +20,7 @@ from service.api.rest.infer import HEADER_LENGTH, v2_infer
 from service.api.rest.middleware import BodyLimit, RequestMetrics, RuntimeLeases
 from service.core.errors import ServingError
 from service.dataplane.dataplane import DataPlane
+from service.dataplane.trace_settings import asgi_carrier
 
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 ENDPOINT = "/v2/models/{name}/infer"
@@ -69,7 +70,9 @@ class FastInfer:
             body = await _read_body(receive)
             if body is None:  # the client left before sending its request: nobody to answer
                 return
-            reply = await v2_infer(self.plane, name, version, body, content_type, header_length)
+            carrier = asgi_carrier(scope["headers"])  # {} unless tracing is on
+            with self.plane.trace_settings.request(name, carrier):
+                reply = await v2_infer(self.plane, name, version, body, content_type, header_length)
             headers = [
                 (b"content-type", reply.media_type.encode()),
                 (b"content-length", str(len(reply.body)).encode()),

@@ -10,6 +10,7 @@ from service.api.rest.http_io import is_json_type
 from service.core.errors import InvalidInput, UnsupportedMediaType
 from service.core.version_policy import parse_version
 from service.dataplane.dataplane import DataPlane
+from service.dataplane.trace_settings import step
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -43,7 +44,10 @@ async def v2_infer(
         )
     max_rows = plane.settings.max_images_per_request
     light = len(body) <= plane.settings.inline_decode_bytes  # else off the event loop
-    infer = await plane.work.run_here_if_light(light, decode_infer_request, body, length, max_rows)
+    with step("decode"):
+        infer = await plane.work.run_here_if_light(
+            light, decode_infer_request, body, length, max_rows
+        )
     if infer.model_name is not None and infer.model_name != name:
         raise InvalidInput(
             f"the body's model_name {infer.model_name!r} contradicts the URL's model {name!r}"
@@ -60,7 +64,8 @@ async def v2_infer(
     binary = {o.name: o.binary for o in infer.outputs} or dict.fromkeys(
         response.outputs, infer.binary_output
     )
-    payload, json_length = encode_infer_response(response, binary)
+    with step("encode"):
+        payload, json_length = encode_infer_response(response, binary)
     if json_length is None:
         return InferReply(payload, "application/json")
     return InferReply(

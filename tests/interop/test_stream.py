@@ -13,11 +13,14 @@ import numpy as np
 import tritonclient.grpc as triton_grpc
 from tritonclient.grpc import service_pb2
 
-from tests.interop.test_clients import assert_same
 from tests.support.interop import MODEL
 from tests.support.servers import Running
 
 METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
+def assert_same(got: np.ndarray, expected: np.ndarray) -> None:
+    np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 def still_serves(server: Running, pixels: np.ndarray, expected: np.ndarray) -> None:

@@ -1,11 +1,12 @@
 """Triton's logging extension over REST: ``GET /v2/logging`` (open, as Triton's) and
-``POST /v2/logging`` (the repository API's rule: admin token or ADMIN_LOOPBACK's local clients)."""
+``POST /v2/logging`` (the repository API's rule: admin token or ADMIN_LOOPBACK's local clients).
+One route for both methods, so a 405 names them both in ``Allow``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
 from service.api.rest.dependencies import Plane
 from service.api.rest.http_io import read_json_body
@@ -17,24 +18,25 @@ from service.core.errors import InvalidInput
 router = APIRouter(prefix="/v2/logging", tags=["Logging (Triton extension)"])
 
 
-async def settings_body(request: Request) -> dict[str, Any]:
-    """A settings call's JSON object (small: parsed on the loop)."""
-    body = loads(await read_json_body(request))
+async def settings_body(request: Request, plane: Plane) -> dict[str, Any] | None:
+    """None for a GET; for a POST, once the admin rule admits it, its JSON object."""
+    if request.method != "POST":
+        return None
+    await require_admin(request, plane)
+    body = loads(await read_json_body(request))  # small: parsed on the loop
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object of settings")
     return body
 
 
-@router.get("", summary="The log settings in force")
-async def get_log_settings(plane: Plane) -> dict[str, Any]:
-    return plane.log_settings.get()
-
-
-@router.post(
+@router.api_route(
     "",
-    summary="Change log settings at run time (log_info, log_warning, log_error, log_verbose_level)",
+    methods=["GET", "POST"],
+    summary="The log settings in force; POST changes log_info, log_warning, log_error and "
+    "log_verbose_level at run time (admin token)",
     responses=errors(400, 401, 403),
-    dependencies=[Depends(require_admin)],
 )
-async def update_log_settings(request: Request, plane: Plane) -> dict[str, Any]:
-    return plane.log_settings.update(await settings_body(request))
+async def log_settings(request: Request, plane: Plane) -> dict[str, Any]:
+    changes = await settings_body(request, plane)
+    settings = plane.log_settings
+    return settings.get() if changes is None else settings.update(changes)

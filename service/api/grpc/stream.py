@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -88,7 +88,7 @@ async def serve_stream(
     status: StatusOf,
     metadata: Any = None,
     answer: Answer | None = None,
-) -> AsyncIterator[Any]:
+) -> AsyncGenerator[Any, None]:
     """The stream's answers as they finish; at most ``GRPC_STREAM_IN_FLIGHT`` requests in flight
     or unsent at once."""
     answer = answer or (lambda request: infer_message(plane, request, metadata))

@@ -1,0 +1,75 @@
+"""``serve_stream``'s bounds, with a plain coroutine as each request's answer: at most
+``GRPC_STREAM_IN_FLIGHT`` requests run at once, a client that reads no answers stops the stream
+reading, and one failing request is answered with its error while the rest go on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from tritonclient.grpc import service_pb2
+
+from service.api.grpc.stream import serve_stream
+from service.core.errors import InvalidInput
+from service.dataplane.dataplane import DataPlane
+from tests.support.apps import make_settings
+from tests.support.models import make_model_repo
+
+CAP = 4
+
+
+def status(_: int) -> grpc.StatusCode:
+    return grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.fixture
+def plane(tmp_path: Path) -> DataPlane:
+    return DataPlane(make_settings(make_model_repo(tmp_path), grpc_stream_in_flight=CAP))
+
+
+class Counting:
+    """Requests numbered 0..count-1, how many were read, and the most answered at once."""
+
+    def __init__(self, count: int) -> None:
+        self.count, self.read, self.running, self.most = count, 0, 0, 0
+
+    async def requests(self) -> AsyncIterator[Any]:
+        for i in range(self.count):
+            self.read += 1
+            yield service_pb2.ModelInferRequest(id=str(i))
+
+    async def answer(self, request: Any) -> Any:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        await asyncio.sleep(0.001)
+        self.running -= 1
+        if request.id == "7":
+            raise InvalidInput("request 7 is bad")
+        return service_pb2.ModelInferResponse(id=request.id)
+
+
+@pytest.mark.anyio
+async def test_at_most_the_cap_run_at_once_and_a_bad_one_fails_alone(plane: DataPlane) -> None:
+    counting = Counting(200)
+    stream = serve_stream(plane, counting.requests(), status, answer=counting.answer)
+    answers = [a async for a in stream]
+    assert len(answers) == 200 and counting.most == CAP
+    errors = [a for a in answers if a.error_message]
+    assert [(a.error_message, a.infer_response.id) for a in errors] == [("request 7 is bad", "7")]
+
+
+@pytest.mark.anyio
+async def test_a_client_reading_no_answers_stops_the_stream_reading(plane: DataPlane) -> None:
+    counting = Counting(10_000)
+    stream = serve_stream(plane, counting.requests(), status, answer=counting.answer)
+    first = await anext(stream)  # then the client reads nothing more
+    await asyncio.sleep(0.2)
+    assert first.infer_response.id == "0"
+    assert counting.read <= CAP + 2  # not 10,000 buffered
+    await stream.aclose()  # the client goes away: nothing keeps running
+    await asyncio.sleep(0.01)
+    assert counting.running == 0

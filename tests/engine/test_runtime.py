@@ -207,3 +207,15 @@ def test_the_image_shape_is_the_cards(tmp_path: Path) -> None:
         runtime.run(images)["probabilities"], tiny_reference(images), atol=1e-5
     )
     runtime.close()
+
+
+def test_warm_up_runs_each_batch_size_listed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """WARM_UP_BATCH_SIZES: a run of zeros per size (Triton's model_warmup), said in the log."""
+    runtime = tiny_runtime(tmp_path, replace(CPU_ONLY, warm_up_batch_sizes=(1, 8, 8, 64)))
+    with caplog.at_level("INFO", logger="service.engine.runtime"):
+        runtime.warm_up()
+    (line,) = [r.getMessage() for r in caplog.records if "warmed up" in r.getMessage()]
+    assert "batch sizes 1, 8, 8, 64 in" in line
+    runtime.close()

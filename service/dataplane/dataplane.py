@@ -60,7 +60,7 @@ class DataPlane:
         )
         self.activation_sessions = ActivationSessions(options)  # the explorer's, made on first use
         self.shared_memory = SharedMemoryRegistry(  # Triton's system shared memory regions
-            settings.shared_memory_regions, settings.inline_decode_bytes
+            settings.shared_memory_regions, settings.inline_decode_bytes, settings.max_request_bytes
         )
         self._watchers: list[asyncio.Task[None]] = []
 

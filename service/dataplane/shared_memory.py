@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from service.core.errors import InvalidInput, RegionNotFound
+from service.core.errors import InvalidInput, PayloadTooLarge, RegionNotFound
 from service.dataplane.types import InferRequest, RequestedOutput, SharedMemoryRef
 from service.engine.dtypes import NUMPY_DTYPES
 from service.engine.work_pool import WorkPool
@@ -115,11 +115,13 @@ class _Region:
 
 class SharedMemoryRegistry:
     """The registered regions (at most ``max_regions``; 0 turns the extension off) and the copies
-    between them and tensors; copies over ``inline_bytes`` run on the work pool."""
+    between them and tensors; copies over ``inline_bytes`` run on the work pool, and a request
+    reads at most ``max_read_bytes`` from regions (the bound a request body has)."""
 
-    def __init__(self, max_regions: int, inline_bytes: int) -> None:
+    def __init__(self, max_regions: int, inline_bytes: int, max_read_bytes: int) -> None:
         self.max_regions = max_regions
         self.inline_bytes = inline_bytes
+        self.max_read_bytes = max_read_bytes
         self._regions: dict[str, _Region] = {}
         self._lock = threading.Lock()
 
@@ -209,10 +211,10 @@ class SharedMemoryRegistry:
                 f"{where}: shared_memory_byte_size {ref.byte_size} but shape {list(shape)} of "
                 f"{datatype} needs {expected}"
             )
-        array = np.empty(shape, dtype)
-        view = array.reshape(-1).view(np.uint8).data
         with self._use(ref.region, where) as region:
-            position = region.position(ref, where)
+            position = region.position(ref, where)  # inside the region before any allocation
+            array = np.empty(shape, dtype)
+            view = array.reshape(-1).view(np.uint8).data
             done = 0
             while done < expected:
                 got = os.preadv(region.fd, [view[done:]], position + done)
@@ -262,6 +264,12 @@ class SharedMemoryRegistry:
                 self.check(output.shared_memory, f"output {output.name!r}")
         if all(t.shared_memory is None for t in request.inputs):
             return request
+        total = sum(t.shared_memory.byte_size for t in request.inputs if t.shared_memory)
+        if total > self.max_read_bytes:
+            raise PayloadTooLarge(
+                f"{total} bytes of inputs in shared memory, more than a request's limit of "
+                f"{self.max_read_bytes} (MAX_REQUEST_BYTES)"
+            )
         inputs = []
         for tensor in request.inputs:
             ref = tensor.shared_memory

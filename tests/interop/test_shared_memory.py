@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
@@ -249,7 +250,7 @@ def test_infer_bounds(
 ) -> None:
     inputs, outputs = registered(http, pixels, region)
     i, o, size = name_of(inputs), name_of(outputs), pixels.nbytes
-    cases = {
+    cases: dict[str, dict[str, Any]] = {
         "no shared memory region": dict(input=("nobody", size)),
         "beyond region": dict(input=(i, size, 1)),
         "needs": dict(input=(i, size - 3)),  # not the shape's size
@@ -277,11 +278,14 @@ def test_infer_bounds(
 def test_malformed_shared_memory_parameters_are_400(
     admin_server: Running, http: Any, pixels: np.ndarray, expected: np.ndarray, parameters: Any
 ) -> None:
-    import httpx
-
     body = {
         "inputs": [
-            {"name": "images", "shape": [1, 32, 32, 3], "datatype": "UINT8", "parameters": parameters}
+            {
+                "name": "images",
+                "shape": [1, 32, 32, 3],
+                "datatype": "UINT8",
+                "parameters": parameters,
+            }
         ]
     }
     reply = httpx.post(f"{admin_server.url}/v2/models/{MODEL}/infer", json=body)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import blocks_serving as s
+from bench import blocks_shm
 from bench import blocks_training as tr
 from bench import blocks_tuning as t
 
@@ -20,6 +21,7 @@ BLOCKS: dict[str, tuple[str, Callable[[Record], str]]] = {
     "training": ("training", s.training),
     "peers": ("peers", s.peers),
     "decode": ("decode", t.decode),
+    "shm": ("shm", blocks_shm.shm),
     "grpc-h2load": ("grpc-h2load", t.grpc_h2load),
     "train-variants": ("train-variants", t.train_variants),
     "replicas": ("replicas", t.replicas),

@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bench.blocks_shm import FIGURES as SHM_FIGURES
+
 Record = dict[str, Any]
 
 
@@ -205,4 +207,5 @@ FIGURES: dict[str, tuple[str, Callable[[Record], str]]] = {
     "train-94.q50": (
         "training-94", lambda r: f"{_data_run(r, 'one more JPEG pass')['test_6_views']:.4f}"
     ),
+    **SHM_FIGURES,
 }  # fmt: skip

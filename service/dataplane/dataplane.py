@@ -59,8 +59,10 @@ class DataPlane:
             settings.work_threads or cores_per_worker(settings), settings.max_waiting_work
         )
         self.activation_sessions = ActivationSessions(options)  # the explorer's, made on first use
-        self.shared_memory = SharedMemoryRegistry(  # Triton's system shared memory regions
-            settings.shared_memory_regions, settings.inline_decode_bytes, settings.max_request_bytes
+        # Triton's system shared memory; off with WORKERS > 1 (each process would hold its own)
+        regions = settings.shared_memory_regions if settings.workers == 1 else 0
+        self.shared_memory = SharedMemoryRegistry(
+            regions, settings.inline_decode_bytes, settings.max_request_bytes
         )
         self._watchers: list[asyncio.Task[None]] = []
 

@@ -130,7 +130,10 @@ class SharedMemoryRegistry:
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
         """Register ``byte_size`` bytes at ``offset`` of the object ``key`` as ``name``."""
         if self.max_regions <= 0:
-            raise InvalidInput("system shared memory is off here (SHARED_MEMORY_REGIONS=0)")
+            raise InvalidInput(
+                "system shared memory is off here: SHARED_MEMORY_REGIONS=0, or WORKERS > 1 (each "
+                "worker process would keep regions of its own)"
+            )
         if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
             raise InvalidInput(f"a region needs a name of 1 to {MAX_NAME_CHARS} characters")
         where = f"region {name!r}"

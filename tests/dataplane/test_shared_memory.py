@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from service.core.errors import InvalidInput, PayloadTooLarge, RegionNotFound
+from service.dataplane.dataplane import DataPlane
 from service.dataplane.shared_memory import SharedMemoryRegistry, shared_memory_ref
 from service.dataplane.types import InferRequest, InputTensor, SharedMemoryRef
 from service.engine.work_pool import WorkPool
+from service.settings import Settings
 
 
 @pytest.fixture
@@ -138,3 +140,13 @@ async def test_a_request_reads_no_more_from_regions_than_a_body_may_hold(shm_obj
     finally:
         work.close()
         registry.close()
+
+
+def test_more_than_one_worker_turns_shared_memory_off(tmp_path: Path, shm_object: Path) -> None:
+    """Each worker process would keep regions of its own: a request could reach the other one."""
+    plane = DataPlane(Settings(model_repository=tmp_path, workers=2))
+    try:
+        with pytest.raises(InvalidInput, match="WORKERS > 1"):
+            plane.shared_memory.register("r", f"/{shm_object.name}", 0, 8)
+    finally:
+        plane.close()

@@ -1,0 +1,125 @@
+"""Figures quoted in the training pages' prose beyond the runs' own (``bench.figures``): the
+cifar_94 graph's test-time augmentation, speed and scores on harder-compressed images, the INT8
+copies' checks. Each is drawn from one results record; standard library only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Record = dict[str, Any]
+Figure = tuple[str, Callable[[Record], str]]
+VIEWS = {"one-view": "one_view", "flip": "flip", "six-views": "six_views"}
+
+
+def _tta(key: str) -> Figure:
+    return ("training-94-tta", lambda r: f"{r['results'][key]:.4f}")
+
+
+def _tta_gain(key: str, against: str) -> Figure:
+    """Points gained over ``against`` (one view; or float, for the INT8 graph)."""
+
+    def draw(r: Record) -> str:
+        return f"{(r['results'][key] - r['results'][against]) * 100:+.2f}"
+
+    return ("training-94-tta", draw)
+
+
+def _speed(key: str) -> Figure:
+    return ("training-94-speed", lambda r: f"{r['results']['images_per_s'][key]:,}")
+
+
+def _clients(key: str) -> Figure:
+    return ("training-94-clients", lambda r: f"{r['results']['test_accuracy'][key]:.4f}")
+
+
+def _clients_loss(record: Record) -> str:
+    """Points lost on the harder-compressed test images against the graph's own, as a range."""
+    scores = dict(record["results"]["test_accuracy"])
+    own = scores.pop("q75 (its own)")
+    lost = sorted((own - v) * 100 for v in scores.values())
+    return f"{lost[0]:.1f}-{lost[-1]:.1f}"
+
+
+def _data(record: Record, run: str) -> Record:
+    return next(dict(d) for d in record["results"]["data"] if d["run"] == run)
+
+
+def _data_figure(run: str, key: str, fmt: str) -> Figure:
+    return ("training-94", lambda r: format(_data(r, run)[key], fmt))
+
+
+def _retrain_cost(record: Record) -> str:
+    """Points the q50 and q30 copies cost a retrain against run 1, as a range."""
+    base = record["results"]["runs"][0]["test_accuracy"]
+    costs = [
+        (base - _data(record, run)["test_6_views"]) * 100
+        for run in ("one more JPEG pass", "a harder pass")
+    ]
+    return f"{min(costs):.1f}-{max(costs):.1f}"
+
+
+def _q50_cost(record: Record) -> str:
+    """Points one more JPEG pass cost run 1's recipe, one decimal ("2.5 points")."""
+    base = record["results"]["runs"][0]["test_accuracy"]
+    return f"{(base - _data(record, 'one more JPEG pass')['test_6_views']) * 100:.1f}"
+
+
+def _seed_range(record: Record) -> str:
+    scores = sorted(r["test_accuracy"] for r in record["results"]["runs"] if r["run"].isdigit())
+    return f"{scores[0]:.4f}-{scores[-1]:.4f}"
+
+
+def _points(a: str, b: str) -> Callable[[Record], str]:
+    """``results[a] - results[b]`` in points, one decimal (the page's "3.4 points")."""
+    return lambda r: f"{(r['results'][a] - r['results'][b]) * 100:.1f}"
+
+
+def _gate_gap(record: Record) -> str:
+    reference = _data(record, "reference, bf16")["test_6_views"]
+    return f"{(record['results']['gate'] - reference) * 100:.1f}"
+
+
+def _quantize(model: str, key: str) -> Figure:
+    def draw(r: Record) -> str:
+        run = next(x for x in r["results"]["runs"] if x["model"] == model)
+        return f"{run[key]:.4f}"
+
+    return ("quantize-cifar-bn", draw)
+
+
+FIGURES: dict[str, Figure] = {
+    **{f"train-94.tta.{name}": _tta(key) for name, key in VIEWS.items()},
+    "train-94.tta.flip.gain": _tta_gain("flip", "one_view"),
+    "train-94.tta.six-views.gain": _tta_gain("six_views", "one_view"),
+    "train-94.tta.int8": _tta("int8_six_views"),
+    "train-94.tta.int8.drop": _tta_gain("int8_six_views", "six_views"),
+    "train-94.speed.six-views": _speed("six_views"),
+    "train-94.speed.six-views-int8": _speed("six_views_int8"),
+    "train-94.speed.flip": _speed("flip"),
+    "train-94.speed.one-view": _speed("one_view"),
+    "train-94.speed.cifar-bn-2": _speed("cifar10_cnn_bn/2"),
+    "train-94.clients.q50": _clients("q50"),
+    "train-94.clients.q30": _clients("q30"),
+    "train-94.clients.own": _clients("q75 (its own)"),
+    "train-94.clients.loss": ("training-94-clients", _clients_loss),
+    "train-94.retrain-cost": ("training-94", _retrain_cost),
+    "train-94.seed-range": ("training-94", _seed_range),
+    "train-94.std-points": (
+        "training-94", lambda r: f"{r['results']['std_test_accuracy'] * 100:.1f}"
+    ),
+    "train-94.gap-to-paper": ("training-94", _points("paper_accuracy", "mean_test_accuracy")),
+    "train-94.gate-gap": ("training-94", _gate_gap),
+    "train-94.q50.cost": ("training-94", _q50_cost),
+    "train-94.reference-bf16.seconds": _data_figure("reference, bf16", "train_and_eval_s", ","),
+    "train-94.reference-float32.seconds": _data_figure(
+        "reference, float32", "train_and_eval_s", ","
+    ),
+    "train-94.q50.levels": _data_figure("one more JPEG pass", "mean_pixel_change_levels", ".2f"),
+    "train-94.q30.levels": _data_figure("a harder pass", "mean_pixel_change_levels", ".2f"),
+    "quantize.v2.int8": _quantize("cifar10_cnn_bn_int8/2", "int8_accuracy"),
+    "quantize.v2.float": _quantize("cifar10_cnn_bn_int8/2", "float_accuracy"),
+    "quantize.v2.agreement": _quantize("cifar10_cnn_bn_int8/2", "top1_agreement"),
+    "quantize.v1.int8": _quantize("cifar10_cnn_bn_int8/1", "int8_accuracy"),
+    "quantize.v1.float": _quantize("cifar10_cnn_bn_int8/1", "float_accuracy"),
+}

@@ -10,7 +10,7 @@ Record = dict[str, Any]
 
 
 def request_cost(record: Record) -> str:
-    """Each request of the attacker's review and its neighbours: answer, time, worst health check."""
+    """Each request of the attacker's review and its neighbours: answer, time, worst check."""
     lines = [
         "| Request | Body | Answer | Time | Worst health check | Before |",
         "|---|---|---|---|---|---|",

@@ -75,7 +75,8 @@ FIGURES: dict[str, Figure] = {
     "fast-path-cost.median-changes": ("fast-path-cost", _median_changes),
     "request-cost.when": ("request-cost", _request_cost_when),
     "training.onnx-batch-1.thousands": (
-        "training", lambda r: _thousands(r["results"]["onnx_images_per_s"]["1"])
+        "training",
+        lambda r: _thousands(r["results"]["onnx_images_per_s"]["1"]),
     ),
     "models.lecture.thousands": ("models", _lecture_throughput),
 }

@@ -106,7 +106,8 @@ FIGURES: dict[str, Figure] = {
     "train-94.retrain-cost": ("training-94", _retrain_cost),
     "train-94.seed-range": ("training-94", _seed_range),
     "train-94.std-points": (
-        "training-94", lambda r: f"{r['results']['std_test_accuracy'] * 100:.1f}"
+        "training-94",
+        lambda r: f"{r['results']['std_test_accuracy'] * 100:.1f}",
     ),
     "train-94.gap-to-paper": ("training-94", _points("paper_accuracy", "mean_test_accuracy")),
     "train-94.gate-gap": ("training-94", _gate_gap),

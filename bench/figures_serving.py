@@ -61,6 +61,43 @@ def _lecture_throughput(record: Record) -> str:
     return _thousands(row["throughput"])
 
 
+def _span(pair: list[float], fmt: str = "g") -> str:
+    """A recorded ``[low, high]`` as prose writes a range: "0.26-0.34"."""
+    low, high = pair
+    return f"{format(low, fmt)}-{format(high, fmt)}"
+
+
+def _slowloris(key: str, fmt: str = "g") -> Figure:
+    """One range over the slowloris test's four runs."""
+    return ("slowloris", lambda r: _span(r["results"][key], fmt))
+
+
+def _cost(key: str) -> Figure:
+    return ("request-cost", lambda r: format(r["results"][key], "g"))
+
+
+def _stall_range(record: Record) -> str:
+    """The loop stalls over all runs, the clean clone's included, to tens of ms (Not done)."""
+    r = record["results"]
+    low, high = r["loop_stall_ms_over_runs"]
+    return f"{low}-{round(max(high, r['loop_stall_ms_clean_clone']), -1)}"
+
+
+def _epochs(batch: str, layout: str) -> Figure:
+    """The range of one layout's two epochs (docs/scaling.md's reading of its tables)."""
+
+    def draw(r: Record) -> str:
+        row = next(x for x in r["results"][batch] if x["layout"].startswith(layout))
+        return _span(sorted(row["epoch_s"]), ".1f")
+
+    return ("ddp-epochs", draw)
+
+
+def _slowest_epoch(record: Record) -> str:
+    rows = record["results"]["batch_32"] + record["results"]["batch_256"]
+    return f"{max(max(x['epoch_s']) for x in rows):.0f}"
+
+
 FIGURES: dict[str, Figure] = {
     "serving-changes.before.requests-per-s": _change("before_this_work", "requests_per_s"),
     "serving-changes.before.p50": _change("before_this_work", "p50_ms"),
@@ -79,4 +116,24 @@ FIGURES: dict[str, Figure] = {
         lambda r: _thousands(r["results"]["onnx_images_per_s"]["1"]),
     ),
     "models.lecture.thousands": ("models", _lecture_throughput),
+    "slowloris.opening-s": _slowloris("opening_s"),
+    "slowloris.last-closed-s": _slowloris("last_closed_after_last_opened_s"),
+    "slowloris.normal-requests": _slowloris("normal_requests"),
+    "slowloris.normal-median-ms": _slowloris("normal_median_ms"),
+    "slowloris.normal-max-ms": _slowloris("normal_max_ms"),
+    "request-cost.stall-range": (
+        "request-cost",
+        lambda r: _span(r["results"]["loop_stall_ms_over_runs"]),
+    ),
+    "request-cost.stall-clean-clone": _cost("loop_stall_ms_clean_clone"),
+    "request-cost.stall-reused-parser": _cost("loop_stall_ms_reused_parser"),
+    "request-cost.reused-parser-mb": _cost("reused_parser_mb_per_thread"),
+    "request-cost.buffers-times-body": _cost("buffers_times_body"),
+    "request-cost.nested-before-ms": _cost("nested_arrays_loop_ms_before"),
+    "request-cost.stall-range-rounded": ("request-cost", _stall_range),
+    "fast-path-cost.timer-us": ("fast-path-cost", lambda r: f"{r['results']['timer_us']:g}"),
+    "ddp-epochs.slowest": ("ddp-epochs", _slowest_epoch),
+    "ddp-epochs.256.two-processes": _epochs("batch_256", "2 processes"),
+    "ddp-epochs.256.one-thread": _epochs("batch_256", "1 process, 1 thread"),
+    "ddp-epochs.256.two-threads": _epochs("batch_256", "1 process, 2 threads"),
 }

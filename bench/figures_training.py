@@ -88,6 +88,31 @@ def _quantize(model: str, key: str) -> Figure:
     return ("quantize-cifar-bn", draw)
 
 
+def _bn(key: str, draw: Callable[[Any], str]) -> Figure:
+    """A figure the cifar_bn page quotes beside its runs (``training-cifar-bn``)."""
+    return ("training-cifar-bn", lambda r: draw(r["results"][key]))
+
+
+def _probe(widths: str) -> Figure:
+    def draw(probes: list[Record]) -> str:
+        return f"{next(p for p in probes if p['widths'] == widths)['test_accuracy']:.4f}"
+
+    return _bn("width_probes_10_epochs", draw)
+
+
+def _variants_ratio(record: Record) -> str:
+    """bf16 with fused Adam against float32 Adam, one process: medians of the repeats."""
+    by = {v["name"]: sorted(v["one_process"]) for v in record["results"]["variants"]}
+    fast, slow = by["bf16 autocast, fused Adam"], by["float32, Adam"]
+    return f"{fast[len(fast) // 2] / slow[len(slow) // 2]:.1f}"
+
+
+def _below_quiet(record: Record) -> str:
+    speeds = record["results"]
+    quiet = speeds["model_table_images_per_s"]["cifar10_cnn_bn/2"]
+    return f"{quiet / speeds['images_per_s']['cifar10_cnn_bn/2']:.1f}"
+
+
 FIGURES: dict[str, Figure] = {
     **{f"train-94.tta.{name}": _tta(key) for name, key in VIEWS.items()},
     "train-94.tta.flip.gain": _tta_gain("flip", "one_view"),
@@ -118,6 +143,26 @@ FIGURES: dict[str, Figure] = {
     ),
     "train-94.q50.levels": _data_figure("one more JPEG pass", "mean_pixel_change_levels", ".2f"),
     "train-94.q30.levels": _data_figure("a harder pass", "mean_pixel_change_levels", ".2f"),
+    "train-94.speed.cifar-bn-2.quiet": (
+        "training-94-speed",
+        lambda r: f"{r['results']['model_table_images_per_s']['cifar10_cnn_bn/2']:,}",
+    ),
+    "train-94.speed.below-quiet": ("training-94-speed", _below_quiet),
+    "lecture.float32.epoch-s": ("training-lecture", lambda r: r["results"]["float32"]["epoch_s"]),
+    "lecture.keras": ("training-lecture", lambda r: f"{r['results']['keras']['test_accuracy']:g}"),
+    "train-variants.bf16-fused-ratio": ("train-variants", _variants_ratio),
+    "cifar-bn.whiten.first-epoch": _bn(
+        "first_epoch_val_accuracy", lambda v: f"{v['cifar_whiten']:g}"
+    ),
+    "cifar-bn.bn.first-epoch": _bn("first_epoch_val_accuracy", lambda v: f"{v['cifar_bn']:g}"),
+    "cifar-bn.run-9.epoch-s": _bn("epoch_s", lambda v: v["run 9"]),
+    "cifar-bn.runs-8-10.epoch-s": _bn("epoch_s", lambda v: v["runs 8 and 10"]),
+    "cifar-bn.probe.64-160-320": _probe("whitening plus 64-160-320"),
+    "cifar-bn.probe.48-192-320": _probe("whitening plus 48-192-320"),
+    "cifar-bn.probe.cifar-bn": _probe("cifar_bn"),
+    "cifar-bn.run-8.keep-best.epoch": _bn("run_8_keep_best", lambda v: str(v["epoch"])),
+    "cifar-bn.run-8.keep-best.test": _bn("run_8_keep_best", lambda v: f"{v['test_accuracy']:.4f}"),
+    "cifar-bn.wider.images-per-s": _bn("wider_net", lambda v: f"{v['images_per_s']:,}"),
     "quantize.v2.int8": _quantize("cifar10_cnn_bn_int8/2", "int8_accuracy"),
     "quantize.v2.float": _quantize("cifar10_cnn_bn_int8/2", "float_accuracy"),
     "quantize.v2.agreement": _quantize("cifar10_cnn_bn_int8/2", "top1_agreement"),

@@ -27,9 +27,11 @@ def _batching_gain(record: Record) -> str:
     rows = record["results"]["rows"]
     by = {(r["label"], r["images_per_request"], r["concurrency"], r["layout"]): r for r in rows}
     ratios = [
-        r["requests_per_s"] / by[(*key[:3], "1 worker, no batching")]["requests_per_s"]
+        r["requests_per_s"] / by[off]["requests_per_s"]
         for key, r in by.items()
-        if key[3] == "1 worker, batching" and key[2] > 1
+        if key[3] == "1 worker, batching"
+        and key[2] > 1
+        and (off := (*key[:3], "1 worker, no batching")) in by
     ]
     return f"{math.floor(max(ratios) * 10) / 10:.1f}"
 

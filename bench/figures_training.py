@@ -1,6 +1,7 @@
-"""Figures quoted in the training pages' prose beyond the runs' own (``bench.figures``): the
-cifar_94 graph's test-time augmentation, speed and scores on harder-compressed images, the INT8
-copies' checks. Each is drawn from one results record; standard library only."""
+"""Figures quoted in the training pages' prose beyond the runs' tables (``bench.figures`` merges
+these): the cifar_94 graph's test-time augmentation, speed and scores on harder-compressed images,
+the gaps the prose names, the INT8 copies' checks, the lecture's and cifar_bn's side figures.
+Each is drawn from one results record; standard library only."""
 
 from __future__ import annotations
 

@@ -22,8 +22,9 @@ import orjson
 import simdjson
 
 from bench.publish import publish
-from service.api.codec import array_from_json, decode_infer_request
-from service.api.json_wire import loads_infer_request
+from service.api.rest.codec import decode_infer_request
+from service.api.rest.json_wire import loads_infer_request
+from service.api.tensors import array_from_json
 
 
 def per_call_us(fn: Callable[[], Any], repeats: int) -> float:

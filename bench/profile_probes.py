@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.api import fast_path
+from service.api.rest import fast_path
 from service.engine import batcher
 
 
@@ -64,7 +64,7 @@ class Probes:
 
 def wrap_fast_path(probes: Probes) -> None:
     """Each v2 infer request's start and end, and the loop ticker on the first request."""
-    serve = fast_path.FastInfer._serve
+    serve = fast_path.FastInfer._answer  # past the metrics, body limit and lease
 
     async def timed_serve(self: Any, scope: Any, receive: Any, send: Any, *args: Any) -> None:
         if not probes.tickers:
@@ -79,7 +79,7 @@ def wrap_fast_path(probes: Probes) -> None:
             if len(m) == 4:
                 probes.timelines.append((m[0], m[1], m[2], m[3], end))
 
-    fast_path.FastInfer._serve = timed_serve  # type: ignore[method-assign,assignment]
+    fast_path.FastInfer._answer = timed_serve  # type: ignore[method-assign,assignment]
 
 
 def wrap_batcher(probes: Probes) -> None:

@@ -18,9 +18,9 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from service.api.app import create_app
-from service.api.connections import http_protocol, raise_open_file_limit
-from service.api.grpc_server import serve_grpc
+from service.api.grpc.server import serve_grpc
+from service.api.rest.app import create_app
+from service.api.rest.connections import http_protocol, raise_open_file_limit
 from service.core.logs import configure_logging
 from service.settings import Settings
 

@@ -268,24 +268,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Images waiting for a model before new requests get 503 with Retry-After.",
     )
-    v2_fast_path: bool = Field(
-        default=True,
-        description=(
-            "Answer v2 infer from a bare ASGI handler ahead of FastAPI's layers (false: through "
-            "the FastAPI route; the same answers, more overhead per request)."
-        ),
-    )
     gc_gen0_threshold: int = Field(
         default=50_000,
         ge=0,
         description=(
-            "Python's generation-0 collection threshold, set where the server starts, after "
-            "gc.freeze() has moved what start-up made (about 85,000 objects) out of the "
-            "collector's scans. With Python's defaults (700, no freeze) full collections under "
-            "64-client load paused the loop for up to 400 ms and held every slowest-1% request "
-            "(docs/benchmarks.md). Cyclic garbage is still collected, after this many more "
-            "tracked objects were made than freed, so memory stays bounded. 0: Python's "
-            "defaults, no freeze."
+            "Python's generation-0 collection threshold, set after gc.freeze() at start-up; "
+            "Python's defaults paused the loop up to 400 ms under load (docs/benchmarks.md). "
+            "0: Python's defaults, no freeze."
         ),
     )
     poll_interval_s: float = Field(
@@ -359,7 +348,7 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("trusted_proxies", "allowed_hosts", mode="before")
+    @field_validator("providers", "trusted_proxies", "allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -388,10 +377,3 @@ class Settings(BaseSettings):
             raise ValueError(f"ADMIN_TOKEN_FILE {self.admin_token_file} is empty")
         self.admin_token = SecretStr(token)
         return self
-
-    @field_validator("providers", mode="before")
-    @classmethod
-    def _split_providers(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [p.strip() for p in value.split(",") if p.strip()]
-        return value

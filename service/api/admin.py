@@ -2,8 +2,7 @@
 sends the bearer token (``ADMIN_TOKEN`` or ``ADMIN_TOKEN_FILE``); without a token configured,
 nobody, unless ``ADMIN_LOOPBACK`` admits direct local clients. Addresses are not credentials: a
 proxy on the host connects from loopback for everyone. Over REST, browsers' cross-site requests
-are refused first (a form on any web page can POST to localhost). Also: which load parameters
-the API takes."""
+are refused first (a form on any web page can POST to localhost)."""
 
 from __future__ import annotations
 
@@ -11,15 +10,9 @@ import hmac
 import ipaddress
 import logging
 import urllib.parse
-from collections.abc import Iterable
-from typing import Annotated, Any
 
-from fastapi import Request, Security
-from fastapi.security import HTTPBearer
-
-from service.api.client_address import Caller, caller, ip
-from service.api.state import State
-from service.core.errors import Forbidden, InvalidInput, ServingError, Unauthorized
+from service.api.client_address import Caller, ip
+from service.core.errors import Forbidden, ServingError, Unauthorized
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -94,37 +87,3 @@ def check_same_site(sec_fetch_site: str | None, origin: str | None, host: str | 
     source = _scheme_host_port(origin.strip())
     if source is None or source != _scheme_host_port(f"{source[0]}://{host or ''}"):
         raise Forbidden(f"cross-origin request refused (Origin {origin[:100]!r} is not the Host)")
-
-
-def check_load_parameters(names: Iterable[str]) -> None:
-    """Load's ``config`` and ``file:`` overrides are refused: versions come from the repository."""
-    overrides = sorted(k for k in names if k == "config" or str(k).startswith("file:"))
-    if overrides:
-        raise InvalidInput(
-            f"parameters {overrides} are not supported: publish the version into the repository"
-        )
-
-
-# Documents the bearer scheme in OpenAPI (so clients and fuzzers know of it); ``check_admin``
-# reads the header itself, as gRPC's metadata is read.
-BEARER = HTTPBearer(
-    auto_error=False,
-    scheme_name="AdminToken",
-    description=(
-        "ADMIN_TOKEN (or the contents of ADMIN_TOKEN_FILE); without one configured the repository "
-        "API is refused, except with ADMIN_LOOPBACK for direct clients at 127.0.0.1 or ::1."
-    ),
-)
-
-
-async def require_admin(
-    request: Request, state: State, _: Annotated[Any, Security(BEARER)] = None
-) -> None:
-    """The REST routes' dependency: not cross-site, then ``check_admin`` (async: no thread hop)."""
-    headers = request.headers
-    check_same_site(headers.get("sec-fetch-site"), headers.get("origin"), headers.get("host"))
-    settings = state.settings
-    peer = request.client.host if request.client else None
-    who = caller(peer, headers.items(), settings.trusted_proxies)
-    what = f"{request.method} {request.url.path}"
-    check_admin(settings, who, headers.get("authorization", ""), what)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from service.core.errors import InvalidConfig
+from service.core.errors import InvalidConfig, ModelNotFound
 
 CONFIG_FILE = "config.json"
 PolicyKind = Literal["latest", "all", "specific"]
@@ -115,3 +115,18 @@ def read_model_config(model_dir: Path) -> VersionPolicy | None:
         return VersionPolicy.from_dict(data["version_policy"])
     except InvalidConfig as exc:
         raise InvalidConfig(f"{path}: {exc.message}") from None
+
+
+def parse_version(version: str | int | None) -> int | None:
+    """A version from a URL: a positive integer, or None for "the served one"."""
+    if version is None or version == "":
+        return None
+    if isinstance(version, int):
+        number = version
+    elif version.isascii() and version.isdigit() and len(version) <= 9:  # not "١" (Arabic 1)
+        number = int(version)
+    else:
+        raise ModelNotFound(f"version {version!r} is not a positive integer")
+    if number < 1:
+        raise ModelNotFound(f"version {version!r} is not a positive integer")
+    return number

@@ -91,6 +91,16 @@ class Metrics:
         unloaded versions disappear instead of leaving stale series)."""
         self.registry.register(_ProviderCollector(source))
 
+    def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        """One HTTP request, by its route template (the fast path's and every route's)."""
+        self.requests.labels(endpoint, method, str(status)).inc()
+        self.request_latency.labels(endpoint).observe(seconds)
+
+    def observe_grpc_call(self, method: str, code: str, seconds: float) -> None:
+        """One gRPC call, by its method and status code name."""
+        self.grpc_requests.labels(method, code).inc()
+        self.grpc_latency.labels(method).observe(seconds)
+
     def observe_batch(self, model: str, version: int, stats: BatchStats) -> None:
         """One session.run: its rows, the requests it served, and its time."""
         labels = (model, str(version))

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from service.core.errors import InvalidConfig, ModelLoadFailed, ModelNotFound, ModelNotReady
-from service.core.version_policy import VersionPolicy, read_model_config
+from service.core.version_policy import VersionPolicy, parse_version, read_model_config
 from service.engine.leases import held_runtimes
 from service.engine.runtime import (
     ModelRuntime,
@@ -63,21 +63,6 @@ class _Model:
             or list(self.versions)
         )
         object.__setattr__(self, "served", max(served, default=None))
-
-
-def parse_version(version: str | int | None) -> int | None:
-    """A version from a URL: a positive integer, or None for "the served one"."""
-    if version is None or version == "":
-        return None
-    if isinstance(version, int):
-        number = version
-    elif version.isascii() and version.isdigit() and len(version) <= 9:  # not "١" (Arabic 1)
-        number = int(version)
-    else:
-        raise ModelNotFound(f"version {version!r} is not a positive integer")
-    if number < 1:
-        raise ModelNotFound(f"version {version!r} is not a positive integer")
-    return number
 
 
 class ModelRepository:

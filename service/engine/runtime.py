@@ -26,11 +26,11 @@ from service.core.card import ModelCard, TensorSpec
 from service.core.datatypes import DATATYPES
 from service.core.errors import InvalidCard, ProviderUnavailable, ServingError
 from service.engine.batcher import BatchStats, DynamicBatcher
+from service.engine.dtypes import NUMPY_DTYPES
 
 log = logging.getLogger(__name__)
 
-# Open Inference Protocol datatypes -> numpy dtypes, and onnxruntime's type strings -> datatypes.
-NUMPY_DTYPES: dict[str, np.dtype[Any]] = {name: np.dtype(d.dtype) for name, d in DATATYPES.items()}
+# onnxruntime's type strings -> Open Inference Protocol datatypes.
 ORT_DATATYPES = {d.onnx_type: name for name, d in DATATYPES.items()}
 GRAPH_OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

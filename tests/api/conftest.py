@@ -1,5 +1,5 @@
 """The API tests' fixtures: an app over a tiny model repository, talked to in-process through
-httpx's ASGI transport (``tests.support.apps``), v2 infer on either path."""
+httpx's ASGI transport (``tests.support.apps``)."""
 
 from __future__ import annotations
 
@@ -18,16 +18,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(params=[True, False], ids=["fast-path", "fastapi-route"])
-async def client(
-    tmp_path: Path, request: pytest.FixtureRequest
-) -> AsyncIterator[httpx.AsyncClient]:
-    """Every API test runs with v2 infer served by the fast path and by the FastAPI route."""
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     settings = make_settings(
-        make_model_repo(tmp_path),
-        max_images_per_request=8,
-        max_request_bytes=200_000,
-        v2_fast_path=request.param,
+        make_model_repo(tmp_path), max_images_per_request=8, max_request_bytes=200_000
     )
     async with app_client(settings) as http:
         yield http

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.api.allowed_hosts import allowed_hosts, host_name
+from service.api.rest.allowed_hosts import allowed_hosts, host_name
 from tests.support.apps import ADMIN, app_client, make_settings
 from tests.support.models import make_model_repo
 
@@ -37,11 +37,8 @@ async def statuses(http: httpx.AsyncClient, host: str) -> list[int]:
     ]
 
 
-@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "fastapi-route"])
-async def test_a_loopback_server_answers_its_own_names_only(
-    tmp_path: Path, fast_path: bool
-) -> None:
-    settings = make_settings(make_model_repo(tmp_path, lecture=False), v2_fast_path=fast_path)
+async def test_a_loopback_server_answers_its_own_names_only(tmp_path: Path) -> None:
+    settings = make_settings(make_model_repo(tmp_path, lecture=False))
     assert settings.host == "127.0.0.1"
     async with app_client(settings) as http:
         for host in ("localhost", "localhost:8000", "127.0.0.1:8000", "[::1]:8000", "LOCALHOST"):

@@ -13,16 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from service.api.codec import (
-    InputTensor,
-    array_from_json,
-    decode_infer_request,
-    encode_infer_response,
-    to_pixels,
-)
-from service.api.json_wire import loads_infer_request
 from service.api.predictions import top_k
+from service.api.rest.codec import decode_infer_request, encode_infer_response
+from service.api.rest.json_wire import loads_infer_request
+from service.api.tensors import array_from_json
 from service.core.errors import ServingError, UnprocessableInput
+from service.dataplane.pixels import to_pixels
+from service.dataplane.types import InferResponse, InputTensor
 
 shapes = st.lists(st.integers(1, 4), min_size=1, max_size=4)
 
@@ -60,7 +57,9 @@ def test_fp32_pixels_in_unit_range_round_to_the_same_uint8(pixels: np.ndarray) -
     )
 )
 def test_binary_and_json_responses_carry_the_same_values(array: np.ndarray) -> None:
-    body, length = encode_infer_response("m", 1, "id-1", {"out": array}, {"out": True})
+    body, length = encode_infer_response(
+        InferResponse("m", "1", "id-1", {"out": array}), {"out": True}
+    )
     assert length is not None
     response = json.loads(body[:length])
     header = json.dumps({"inputs": response["outputs"]}).encode()  # the response, echoed back

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.api.app import create_app
+from service.api.rest.app import create_app
 from tests.support.apps import make_settings
 from tests.support.live_updates import favouring_graph, top1, write_version_atomically
 from tests.support.models import make_model_repo, tiny_reference

@@ -10,7 +10,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.types import Message
 
-from service.api.http_io import multipart_form
+from service.api.rest.http_io import multipart_form
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.api.app import create_app
+from service.api.rest.app import create_app
 from service.engine.repository import ModelRepository
 from service.engine.runtime import ModelRuntime
 from tests.support.apps import make_settings
@@ -199,7 +199,7 @@ class ReloadAfterGet(ModelRepository):
 async def test_layers_label_a_table_with_its_own_version_across_a_reload(tmp_path: Path) -> None:
     repo = make_model_repo(tmp_path, {}, lecture=True)  # cifar10_cnn v1: the lecture CNN
     app = create_app(make_settings(repo, poll_interval_s=0))
-    state = app.state.service
+    state = app.state.dataplane
     repository = ReloadAfterGet(repo, state.repository.options, state.repository.default_policy)
     state.repository = repository
     async with app.router.lifespan_context(app):

@@ -173,3 +173,25 @@ async def test_unknown_model_version_and_media_type(client: httpx.AsyncClient) -
     )
     assert response.status_code == 415
     assert "application/json" in response.json()["error"]
+
+
+async def test_infer_is_counted_under_its_route_templates(client: httpx.AsyncClient) -> None:
+    """The fast path records its requests as the routes that document it, 413s included."""
+    body = tensor(images(1).tolist(), [1, 32, 32, 3])
+    assert (await client.post("/v2/models/tiny/infer", json=body)).status_code == 200
+    assert (await client.post("/v2/models/tiny/versions/2/infer", json=body)).status_code == 200
+    too_large = {"Content-Length": "999999999", "Content-Type": "application/json"}
+    refused = await client.post("/v2/models/tiny/infer", content=b"{}", headers=too_large)
+    assert refused.status_code == 413 and refused.headers["connection"] == "close"
+    text = (await client.get("/metrics")).text
+    for endpoint, status in [
+        ("/v2/models/{name}/infer", "200"),
+        ("/v2/models/{name}/versions/{version}/infer", "200"),
+        ("/v2/models/{name}/infer", "413"),
+    ]:
+        assert f'endpoint="{endpoint}",method="POST",status="{status}"}} 1.0' in text, endpoint
+
+
+async def test_infer_routes_answer_other_methods_405(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v2/models/tiny/infer")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"

@@ -16,7 +16,7 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from service.api.grpc_server import grpc_code, peer_host
+from service.api.grpc.servicer import grpc_code, peer_host
 from service.core import errors
 from service.settings import Settings
 from tests.support.models import CIFAR_CLASSES, make_model_repo, tiny_reference

@@ -137,7 +137,8 @@ def test_service_module_runs_and_never_imports_torch(tmp_path: Path) -> None:
     """``python -m service --port 0 --grpc-port 0`` serves REST and gRPC; importing the service
     never pulls in torch."""
     code = (
-        "import sys; from service.api.app import create_app; from service.settings import Settings;"
+        "import sys; from service.api.rest.app import create_app; "
+        "from service.settings import Settings; "
         "import service.__main__; create_app(Settings()); print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

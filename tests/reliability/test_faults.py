@@ -19,7 +19,7 @@ import pytest
 from fastapi import FastAPI
 from onnx import TensorProto, helper, numpy_helper
 
-from service.api.app import create_app
+from service.api.rest.app import create_app
 from service.core.card import CARD_FILE, MODEL_FILE
 from service.engine.batcher import DynamicBatcher
 from service.engine.repository import ModelRepository
@@ -70,7 +70,7 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClie
 
 
 async def poll(app: FastAPI) -> None:
-    repository: ModelRepository = app.state.service.repository
+    repository: ModelRepository = app.state.dataplane.repository
     await asyncio.to_thread(repository.poll)
 
 

@@ -1,4 +1,4 @@
-"""Tensor abuse on v2 infer (fast path and FastAPI route) and v1 :predict: each request is a 4xx
+"""Tensor abuse on v2 infer and v1 :predict: each request is a 4xx
 whose message says what is wrong, never a 5xx."""
 
 from __future__ import annotations

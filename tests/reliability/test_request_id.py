@@ -42,7 +42,7 @@ def json_log() -> Iterator[io.StringIO]:
 
 async def test_every_kind_of_response_carries_a_request_id(client: httpx.AsyncClient) -> None:
     calls = [
-        ("POST", "/v2/models/tiny/infer", {"json": GOOD}),  # fast path (or route), 200
+        ("POST", "/v2/models/tiny/infer", {"json": GOOD}),  # the fast path, 200
         ("POST", "/v2/models/tiny/infer", {"content": b"{"}),  # 400
         ("POST", "/v2/models/nope/infer", {"json": GOOD}),  # 404
         ("POST", "/v2/models/tiny/infer", {"content": b"x" * 400_000}),  # 413

@@ -12,8 +12,8 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from service.api import admin
-from service.api.app import create_app
 from service.api.client_address import Caller
+from service.api.rest.app import create_app
 from service.core.card import CARD_FILE, MODEL_FILE
 from service.core.errors import Forbidden
 from service.engine.repository import ModelRepository

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from scripts import fuzz_api, soak
-from service.api.app import create_app
+from service.api.rest.app import create_app
 from service.settings import Settings
 from tests.support.models import make_model_repo
 

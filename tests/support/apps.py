@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from service.api.app import create_app
+from service.api.rest.app import create_app
 from service.settings import Settings
 
 ADMIN_TOKEN = "test-admin-token"

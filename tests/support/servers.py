@@ -23,8 +23,8 @@ from uvicorn.config import LOGGING_CONFIG
 # One implementation for the tests and the scripts that start servers themselves.
 from bench.server import free_port as free_port
 from service.__main__ import uvicorn_options
-from service.api.app import create_app
-from service.api.grpc_server import serve_grpc
+from service.api.grpc.server import serve_grpc
+from service.api.rest.app import create_app
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,12 +1,10 @@
-"""``create_app(settings)``: assembles the service. The state it serves from (``state``), the HTTP
-helpers (``http_io``), the middleware, the routes and the fast path live in modules of their own;
-this module only puts them together, with the lifespan and the exception handlers."""
+"""``create_app(settings)``: assembles the REST service over a ``DataPlane`` built from the
+settings. The HTTP helpers (``http_io``), the middleware, the routes and the fast path live in
+modules of their own; this module only puts them together, with the lifespan and the exception
+handlers."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -16,18 +14,20 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from service.api.allowed_hosts import AllowedHosts, allowed_hosts
-from service.api.dataplane import SERVER_NAME, SERVER_VERSION
-from service.api.fast_path import FastInfer
-from service.api.http_io import JSONResponse, error_response, serving_error_response
-from service.api.middleware import BodyLimit, RequestMetrics, RuntimeLeases
-from service.api.request_id import RequestId
-from service.api.routes import api_docs, explore, inspect, model_repository, ops, v1, v2
-from service.api.state import build_state
+from service.api.rest.allowed_hosts import AllowedHosts, allowed_hosts
+from service.api.rest.fast_path import FastInfer
+from service.api.rest.http_io import (
+    JSONResponse,
+    error_response,
+    internal_error_response,
+    serving_error_response,
+)
+from service.api.rest.middleware import BodyLimit, RequestMetrics, RuntimeLeases
+from service.api.rest.request_id import RequestId
+from service.api.rest.routes import api_docs, explore, inspect, model_repository, ops, v1, v2
 from service.core.errors import ServingError
+from service.dataplane.dataplane import SERVER_NAME, SERVER_VERSION, DataPlane
 from service.settings import Settings
-
-log = logging.getLogger(__name__)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -59,31 +59,20 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error")
+    return internal_error_response(request.method, request.url.path, exc)
 
 
 def create_app(settings: Settings) -> FastAPI:
     """The service for ``settings``; the repository loads when the app starts (lifespan)."""
-    state = build_state(settings)
+    plane = DataPlane(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(state.repository.load)
-        watchers = []
-        if settings.poll_interval_s > 0:
-            watchers.append(asyncio.create_task(state.repository.watch(settings.poll_interval_s)))
-        if settings.loop_lag_interval_s > 0:
-            lag = state.metrics.watch_loop_lag(settings.loop_lag_interval_s)
-            watchers.append(asyncio.create_task(lag))
+        await plane.start()
         try:
             yield
         finally:
-            for watcher in watchers:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-            await asyncio.to_thread(state.close)  # waits for a poll still loading
+            await plane.stop()
 
     app = FastAPI(
         title=SERVER_NAME,
@@ -94,25 +83,26 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url=None,  # served by routes/api_docs.py from a package, not a CDN
         redoc_url=None,  # ReDoc has no packaged copy; /docs covers it
     )
-    app.state.service = state
+    app.state.dataplane = plane
     app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
-    # Added last is outermost: metrics see every response, including the body limit's 413.
+    for module in (v2, model_repository, v1, inspect, explore, ops, api_docs):
+        app.include_router(module.router)
+    routes = {getattr(r, "path", ""): r for r in v2.router.routes}  # the infer routes' documents
+
+    # Added last is outermost: metrics see every response, including the body limit's 413. The
+    # fast path goes ahead of them to skip FastAPI's routing, and wraps itself in the same three.
     app.add_middleware(RuntimeLeases)
     app.add_middleware(
         BodyLimit, limit=settings.max_request_bytes, timeout_s=settings.body_timeout_s
     )
-    app.add_middleware(RequestMetrics, metrics=state.metrics)
-    if settings.v2_fast_path:
-        app.add_middleware(FastInfer, state=state)  # ahead of every layer above
+    app.add_middleware(RequestMetrics, metrics=plane.metrics)
+    app.add_middleware(FastInfer, plane=plane, routes=routes)
     hosts = allowed_hosts(settings)
     if hosts is not None:
-        app.add_middleware(AllowedHosts, hosts=hosts)  # ahead of the fast path too
+        app.add_middleware(AllowedHosts, hosts=hosts)
     app.add_middleware(RequestId)  # outermost: every response carries X-Request-ID
-
-    for module in (v2, model_repository, v1, inspect, explore, ops, api_docs):
-        app.include_router(module.router)
     return app

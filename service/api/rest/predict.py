@@ -14,13 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from service.api.codec import array_from_json
+from service.api.rest.schemas import PredictRequest
+from service.api.tensors import array_from_json
 from service.core.card import DEFAULT_SIGNATURE
 from service.core.errors import InvalidInput, PayloadTooLarge, UnprocessableInput
 
-# The body's fields: TF Serving's row (``instances``) and columnar (``inputs``) forms, its
-# ``signature_name``, and our ``top_k``. Other top-level fields are ignored (``json_object``).
-PREDICT_FIELDS = frozenset({"instances", "inputs", "signature_name", "top_k"})
 # Nested pixel arrays cost about four times as much per byte to decode as a v2 tensor's flat
 # numbers (1 image: 15 KB in 0.8 ms against 0.2 ms a flat 13 KB), so bodies of them are decoded
 # on the event loop only up to a quarter of INLINE_DECODE_BYTES.
@@ -32,16 +30,15 @@ DecodeB64 = Callable[[list[tuple[str, str]]], list[np.ndarray]]
 
 
 def predict_pixels(
-    body: Mapping[str, Any],
+    body: PredictRequest,
     image_shape: Sequence[int],
     input_name: str,
     signature_name: str,
     decode_b64: DecodeB64,
     max_rows: int,
 ) -> np.ndarray:
-    """A ``:predict`` body (row or columnar format, checked by ``json_object`` against
-    ``PREDICT_FIELDS``) as one uint8 batch for the model."""
-    signature = body.get("signature_name")
+    """A validated ``:predict`` body (row or columnar format) as one uint8 batch for the model."""
+    signature = body.signature_name
     if signature is not None and signature not in (signature_name, DEFAULT_SIGNATURE):
         raise InvalidInput(
             f"unknown signature_name {signature!r}; this model has one signature, "
@@ -52,12 +49,13 @@ def predict_pixels(
                 else f" (also answering to {DEFAULT_SIGNATURE!r})"
             )
         )
-    if "instances" in body and "inputs" in body:
+    given = body.model_fields_set  # a field given as null is given
+    if "instances" in given and "inputs" in given:
         raise InvalidInput("give 'instances' (row format) or 'inputs' (columnar format), not both")
-    if "inputs" in body:
-        instances = _columnar(body["inputs"], input_name)
-    elif "instances" in body:
-        instances = body["instances"]
+    if "inputs" in given:
+        instances = _columnar(body.inputs, input_name)
+    elif "instances" in given:
+        instances = body.instances
     else:
         raise InvalidInput("the body needs 'instances' (row format) or 'inputs' (columnar format)")
     return instances_to_pixels(instances, image_shape, decode_b64, max_rows, input_name)

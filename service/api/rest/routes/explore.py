@@ -20,7 +20,9 @@ from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, Response
 
 from service.api.feature_grid import render_feature_grid
-from service.api.http_io import (
+from service.api.images import decode_b64_images, decode_image_files, image_limits
+from service.api.rest.dependencies import Plane
+from service.api.rest.http_io import (
     JSON,
     MULTIPART,
     JSONResponse,
@@ -30,11 +32,9 @@ from service.api.http_io import (
     read_json_body,
     validated_body,
 )
-from service.api.images import decode_b64_images, decode_image_files, image_limits
-from service.api.json_wire import dumps, loads, loads_object
-from service.api.predict import NESTED_JSON_COST, instances_to_pixels
-from service.api.schemas import errors, json_body
-from service.api.state import ServiceState, State
+from service.api.rest.json_wire import dumps, loads, loads_object
+from service.api.rest.predict import NESTED_JSON_COST, instances_to_pixels
+from service.api.rest.schemas import errors, json_body
 from service.core.errors import (
     InvalidInput,
     InvalidLayerSpec,
@@ -42,6 +42,7 @@ from service.core.errors import (
     UnsupportedMediaType,
 )
 from service.core.shapes import format_table, layer_table
+from service.dataplane.dataplane import DataPlane
 
 router = APIRouter(tags=["Explore"])
 
@@ -173,9 +174,9 @@ def _layer_names(value: Any, where: str) -> list[str]:
 
 
 async def _multipart_image(
-    request: Request, state: ServiceState, size: tuple[int, int]
+    request: Request, plane: DataPlane, size: tuple[int, int]
 ) -> tuple[np.ndarray, list[str]]:
-    max_bytes = state.settings.max_request_bytes
+    max_bytes = plane.settings.max_request_bytes
     async with multipart_form(request, 2, "one image per request", max_bytes, 20) as form:
         files = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
         if len(files) != 1:
@@ -186,15 +187,15 @@ async def _multipart_image(
         where = f"image ({field}={upload.filename or 'unnamed'})"
         data = await upload.read()
         names = [v for v in form.getlist("layer") if isinstance(v, str)]
-    (image,) = await decode_image_files(state.work, [(data, where)], size, state.settings)
+    (image,) = await decode_image_files(plane.work, [(data, where)], size, plane.settings)
     return image, _layer_names(names, "'layer'")
 
 
 async def _json_image(
-    request: Request, state: ServiceState, shape: tuple[int, int, int]
+    request: Request, plane: DataPlane, shape: tuple[int, int, int]
 ) -> tuple[np.ndarray, list[str]]:
     raw = await request.body()
-    b64 = functools.partial(decode_b64_images, size=shape[:2], limits=image_limits(state.settings))
+    b64 = functools.partial(decode_b64_images, size=shape[:2], limits=image_limits(plane.settings))
 
     def decode() -> tuple[np.ndarray, list[str]]:
         body = validated_body(ActivationsRequest, loads_object(raw))
@@ -205,8 +206,8 @@ async def _json_image(
         pixels = instances_to_pixels(body.instances, shape, b64, 1)
         return pixels[0], _layer_names(body.layer, "'layer'")
 
-    light = len(raw) <= state.settings.inline_decode_bytes // NESTED_JSON_COST
-    return await state.work.run_here_if_light(light, decode)
+    light = len(raw) <= plane.settings.inline_decode_bytes // NESTED_JSON_COST
+    return await plane.work.run_here_if_light(light, decode)
 
 
 def _layer_json(values: np.ndarray) -> dict[str, Any]:
@@ -251,27 +252,24 @@ def _layer_json(values: np.ndarray) -> dict[str, Any]:
 )
 async def activations(
     request: Request,
-    state: State,
+    plane: Plane,
     name: str,
     layer: LayerNames = None,
     format: Literal["json", "png"] = "json",
 ) -> Response:
-    runtime = state.repository.get(name)  # 404 unknown, 503 unavailable
-    entry = state.repository.entry(name, runtime.version)
+    runtime = plane.model(name)  # 404 unknown, 503 unavailable
     h, w, c = runtime.image_shape
     content_type = request.headers.get("content-type")
     if media_type(content_type) == MULTIPART:
-        image, body_names = await _multipart_image(request, state, (h, w))
+        image, body_names = await _multipart_image(request, plane, (h, w))
     elif is_json_type(content_type):
-        image, body_names = await _json_image(request, state, (h, w, c))
+        image, body_names = await _json_image(request, plane, (h, w, c))
     else:
         raise UnsupportedMediaType(
             f"expected multipart/form-data or application/json, got {media_type(content_type)!r}"
         )
-    work = state.work
-    session = await work.run(state.activations.get, runtime.card, entry.path, entry.layers)
-    chosen = session.select([*(layer or []), *body_names])
-    results = await work.run(session.run, image, chosen)
+    results = await plane.activations(runtime, image, [*(layer or []), *body_names])
+    work = plane.work
     if format == "png":
         return Response(await work.run(render_feature_grid, results), media_type="image/png")
     answer = {
@@ -288,7 +286,7 @@ async def activations(
 
 
 def _static(name: str) -> str:
-    return resources.files("service.api").joinpath("static", name).read_text(encoding="utf-8")
+    return resources.files("service.api.rest").joinpath("static", name).read_text(encoding="utf-8")
 
 
 @router.get("/", summary="The explorer page", response_class=HTMLResponse, include_in_schema=False)

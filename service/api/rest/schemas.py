@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.api.rest.json_wire import json_object
 from service.core.datatypes import DATATYPES
 
 
@@ -151,6 +152,13 @@ class PredictRequest(BaseModel):
         None, description="The model's one signature: 'serving_default' (or its card's name)."
     )
     top_k: int | None = Field(None, ge=1, description="Classes per image (default: setting).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_misspelt_fields(cls, data: Any) -> Any:
+        """Other top-level fields are ignored, bar one that looks like a misspelt field here:
+        ignoring it would change the answer without a word (``json_object``)."""
+        return json_object(data, "the body", frozenset(cls.model_fields), ignore_unknown=True)
 
 
 class PredictResponse(BaseModel):

@@ -10,22 +10,23 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
 
-from service.api.http_io import (
+from service.api.images import decode_b64_images, decode_image_files, image_limits
+from service.api.predictions import top_k
+from service.api.rest.dependencies import Plane
+from service.api.rest.http_io import (
     MULTIPART,
     media_type,
     multipart_form,
     read_json_body,
     validated_body,
 )
-from service.api.images import decode_b64_images, decode_image_files, image_limits
-from service.api.json_wire import json_object, loads_object
-from service.api.predict import NESTED_JSON_COST, PREDICT_FIELDS, predict_pixels
-from service.api.predictions import top_k
-from service.api.schemas import PredictRequest, PredictResponse, errors, json_body
-from service.api.state import ServiceState, State
+from service.api.rest.json_wire import loads_object
+from service.api.rest.predict import NESTED_JSON_COST, predict_pixels
+from service.api.rest.schemas import PredictRequest, PredictResponse, errors, json_body
 from service.core.errors import InvalidInput, ModelNotReady, UnsupportedMediaType
+from service.dataplane.dataplane import DataPlane
+from service.dataplane.types import VersionStatus
 from service.engine.runtime import ModelRuntime
-from service.engine.version_folder import ModelVersion
 
 router = APIRouter(prefix="/v1", tags=["REST v1"])
 
@@ -36,9 +37,9 @@ PREDICT_EXAMPLE = {"instances": [{"b64": "<base64 PNG or JPEG>"}], "top_k": 3}
 
 
 async def _predictions(
-    state: ServiceState, runtime: ModelRuntime, pixels: np.ndarray, k: int
+    plane: DataPlane, runtime: ModelRuntime, pixels: np.ndarray, k: int
 ) -> dict[str, Any]:
-    outputs = await state.infer(runtime, pixels, ["probabilities"])
+    outputs = await plane.predict(runtime, pixels, ["probabilities"])
     return {
         "model_name": runtime.name,
         "model_version": str(runtime.version),
@@ -53,16 +54,15 @@ async def _predictions(
     responses={200: {"model": PredictResponse}, **errors(400, 404, 413, 415, 422, 503)},
     openapi_extra=json_body(PredictRequest, PREDICT_EXAMPLE),
 )
-async def predict(request: Request, state: State, name: str, top_k: TopK = None) -> dict[str, Any]:
-    runtime = state.repository.get(name)
-    settings = state.settings
+async def predict(request: Request, plane: Plane, name: str, top_k: TopK = None) -> dict[str, Any]:
+    runtime = plane.model(name)
+    settings = plane.settings
     raw = await read_json_body(request, settings.max_request_bytes)
     h, w, c = runtime.image_shape
     b64 = functools.partial(decode_b64_images, size=(h, w), limits=image_limits(settings))
 
     def decode() -> tuple[np.ndarray, int | None]:
-        body = json_object(loads_object(raw), "the body", PREDICT_FIELDS, ignore_unknown=True)
-        fields = validated_body(PredictRequest, body)
+        body = validated_body(PredictRequest, loads_object(raw))  # parsed and checked once
         pixels = predict_pixels(
             body,
             (h, w, c),
@@ -71,13 +71,13 @@ async def predict(request: Request, state: State, name: str, top_k: TopK = None)
             b64,
             settings.max_images_per_request,
         )
-        return pixels, fields.top_k
+        return pixels, body.top_k
 
     # A small body is decoded here (its images too, unless they decode to many pixels); larger
     # ones on the work pool.
     light = len(raw) <= settings.inline_decode_bytes // NESTED_JSON_COST
-    pixels, body_k = await state.work.run_here_if_light(light, decode)
-    return await _predictions(state, runtime, pixels, top_k or body_k or settings.default_top_k)
+    pixels, body_k = await plane.work.run_here_if_light(light, decode)
+    return await _predictions(plane, runtime, pixels, top_k or body_k or settings.default_top_k)
 
 
 @router.post(
@@ -105,14 +105,14 @@ async def predict(request: Request, state: State, name: str, top_k: TopK = None)
         }
     },
 )
-async def classify(request: Request, state: State, name: str, top_k: TopK = None) -> dict[str, Any]:
-    runtime = state.repository.get(name)
+async def classify(request: Request, plane: Plane, name: str, top_k: TopK = None) -> dict[str, Any]:
+    runtime = plane.model(name)
     kind = media_type(request.headers.get("content-type"))
     if kind != MULTIPART:
         raise UnsupportedMediaType(f"expected multipart/form-data, got {kind or 'none'!r}")
-    limit = state.settings.max_images_per_request
+    limit = plane.settings.max_images_per_request
     too_many = f"more than the limit of {limit} images"
-    max_bytes = state.settings.max_request_bytes
+    max_bytes = plane.settings.max_request_bytes
     async with multipart_form(request, limit, too_many, max_bytes) as form:
         uploads = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
         if not uploads:
@@ -122,21 +122,21 @@ async def classify(request: Request, state: State, name: str, top_k: TopK = None
             for i, (field, upload) in enumerate(uploads)
         ]
     h, w, _ = runtime.image_shape
-    rows = await decode_image_files(state.work, files, (h, w), state.settings)
+    rows = await decode_image_files(plane.work, files, (h, w), plane.settings)
     pixels = np.stack(rows)
-    return await _predictions(state, runtime, pixels, top_k or state.settings.default_top_k)
+    return await _predictions(plane, runtime, pixels, top_k or plane.settings.default_top_k)
 
 
-def _summary(entry: ModelVersion) -> dict[str, Any]:
-    card = entry.card
+def _summary(status: VersionStatus) -> dict[str, Any]:
+    card = status.card
     row: dict[str, Any] = {
-        "version": str(entry.version),
-        "state": entry.state.value,
+        "version": str(status.version),
+        "state": status.state,
     }
-    if entry.reason:
-        row["reason"] = entry.reason
-    if entry.runtime is not None:
-        row["execution_providers"] = entry.runtime.providers
+    if status.reason:
+        row["reason"] = status.reason
+    if status.execution_providers is not None:
+        row["execution_providers"] = status.execution_providers
     if card is not None:
         row["card"] = {
             "class_names": card.class_names,
@@ -150,20 +150,16 @@ def _summary(entry: ModelVersion) -> dict[str, Any]:
 
 
 @router.get("/models", summary="Every model, its versions, their state and card summaries")
-async def list_models(state: State) -> dict[str, Any]:
-    repository = state.repository
-    models = []
-    for name in repository.names():
-        versions = repository.versions(name)
-        served = repository.entry(name)
-        models.append(
-            {
-                "name": name,
-                "served_version": str(served.version),
-                "state": served.state.value,
-                "versions": [_summary(v) for v in reversed(versions)],
-            }
-        )
+async def list_models(plane: Plane) -> dict[str, Any]:
+    models = [
+        {
+            "name": model.name,
+            "served_version": str(model.served.version),
+            "state": model.served.state,
+            "versions": [_summary(v) for v in reversed(model.versions)],
+        }
+        for model in plane.models()
+    ]
     return {"models": models}
 
 
@@ -173,9 +169,9 @@ async def list_models(state: State) -> dict[str, Any]:
     response_model=None,
     responses=errors(404, 503),
 )
-async def model_card(state: State, name: str, version: str | None = None) -> dict[str, Any]:
-    entry = state.repository.entry(name, version)
-    if entry.card is None:
-        raise ModelNotReady(f"model {name!r} version {entry.version}: {entry.reason}")
-    return {"state": entry.state.value, **({"reason": entry.reason} if entry.reason else {}),
-            "card": entry.card.to_dict()}  # fmt: skip
+async def model_card(plane: Plane, name: str, version: str | None = None) -> dict[str, Any]:
+    status = plane.version_status(name, version)
+    if status.card is None:
+        raise ModelNotReady(f"model {name!r} version {status.version}: {status.reason}")
+    return {"state": status.state, **({"reason": status.reason} if status.reason else {}),
+            "card": status.card.to_dict()}  # fmt: skip

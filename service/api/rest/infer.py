@@ -1,16 +1,15 @@
-"""The v2 infer call over REST, shared by the FastAPI route (which documents it) and the fast path
-(which serves it): decode the body, check it against the URL, run it on the data plane, encode."""
+"""The v2 infer call over REST, as the fast path serves it: decode the body, check it against the
+URL, run it on the data plane, encode."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from service.api import dataplane
-from service.api.codec import decode_infer_request, encode_infer_response
-from service.api.http_io import is_json_type
-from service.api.state import ServiceState
+from service.api.rest.codec import decode_infer_request, encode_infer_response
+from service.api.rest.http_io import is_json_type
 from service.core.errors import InvalidInput, UnsupportedMediaType
-from service.engine.repository import parse_version
+from service.core.version_policy import parse_version
+from service.dataplane.dataplane import DataPlane
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -23,7 +22,7 @@ class InferReply:
 
 
 async def v2_infer(
-    state: ServiceState,
+    plane: DataPlane,
     name: str,
     version: str | None,
     body: bytes,
@@ -32,7 +31,7 @@ async def v2_infer(
 ) -> InferReply:
     """Answer one v2 infer request (JSON, or the binary tensor extension when
     ``Inference-Header-Content-Length`` is given)."""
-    runtime = dataplane.model_runtime(state, name, version)
+    runtime = plane.model(name, version)
     length: int | None = None
     if header_length is not None:
         if not (header_length.isascii() and header_length.isdigit()):  # "²" is a digit
@@ -42,27 +41,26 @@ async def v2_infer(
         raise UnsupportedMediaType(
             f"expected application/json (or the binary extension's header), got {content_type!r}"
         )
-    max_rows = state.settings.max_images_per_request
-    light = len(body) <= state.settings.inline_decode_bytes  # else off the event loop
-    infer = await state.work.run_here_if_light(light, decode_infer_request, body, length, max_rows)
+    max_rows = plane.settings.max_images_per_request
+    light = len(body) <= plane.settings.inline_decode_bytes  # else off the event loop
+    infer = await plane.work.run_here_if_light(light, decode_infer_request, body, length, max_rows)
     if infer.model_name is not None and infer.model_name != name:
         raise InvalidInput(
             f"the body's model_name {infer.model_name!r} contradicts the URL's model {name!r}"
         )
     if infer.model_version is not None:
         if version is None:  # the body names the version the URL leaves open
-            runtime = dataplane.model_runtime(state, name, infer.model_version)
+            runtime = plane.model(name, infer.model_version)
         elif parse_version(infer.model_version) != parse_version(version):
             raise InvalidInput(
                 f"the body's model_version {infer.model_version!r} contradicts the URL's "
                 f"version {version!r}"
             )
-    requested = [o.name for o in infer.outputs]
-    outputs = await dataplane.infer(state, runtime, infer.inputs, requested)
+    response = await plane.infer(runtime, infer)
     binary = {o.name: o.binary for o in infer.outputs} or dict.fromkeys(
-        outputs, infer.binary_output
+        response.outputs, infer.binary_output
     )
-    payload, json_length = encode_infer_response(name, runtime.version, infer.id, outputs, binary)
+    payload, json_length = encode_infer_response(response, binary)
     if json_length is None:
         return InferReply(payload, "application/json")
     return InferReply(

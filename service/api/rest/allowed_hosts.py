@@ -9,7 +9,7 @@ from collections.abc import Collection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.client_address import ip
-from service.api.http_io import serving_error_response
+from service.api.rest.http_io import serving_error_response
 from service.core.errors import HostNotAllowed
 from service.settings import Settings
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager
+from http import HTTPStatus
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -14,7 +15,7 @@ from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import JSONResponse as StarletteJSONResponse
 
-from service.api.json_wire import dumps
+from service.api.rest.json_wire import dumps
 from service.core.errors import (
     InvalidInput,
     Overloaded,
@@ -58,6 +59,12 @@ def serving_error_response(exc: ServingError, method: str, path: str) -> JSONRes
     elif isinstance(exc, PayloadTooLarge | RequestTimeout):
         response.headers["Connection"] = "close"  # the rest of the body is not worth reading
     return response
+
+
+def internal_error_response(method: str, path: str, exc: BaseException) -> JSONResponse:
+    """An unexpected exception: logged with its traceback, answered as a generic 500."""
+    log.error("%s %s failed", method, path, exc_info=exc)
+    return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error")
 
 
 def body_too_large(limit: int) -> PayloadTooLarge:

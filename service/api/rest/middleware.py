@@ -1,23 +1,58 @@
-"""ASGI middleware around every route: the body limit and timeout, request metrics, and the
-version lease that keeps a model open until its answer is sent."""
+"""ASGI middleware around every request, the v2 infer fast path's too (``fast_path`` wraps itself
+in them): request metrics, the body limit and timeout, and the version lease that keeps a model
+open until its answer is sent. Each concern exists here once."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from http import HTTPStatus
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.http_io import body_too_large, error_response
+from service.api.rest.http_io import body_too_large, serving_error_response
 from service.core.errors import RequestTimeout
-from service.engine.leases import lease_scope
+from service.dataplane.dataplane import request_scope
 from service.engine.metrics import Metrics
+
+CLIENT_CLOSED = 499  # nginx's code for a client that left before the answer, for the metrics
+
+
+class RequestMetrics:
+    """Counts requests by route template (``scope["route"]``, which the router or the fast path
+    sets) and status, and times them."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = CLIENT_CLOSED  # returned without an answer: the client left before its request
+
+        async def recording(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording)
+        except BaseException:
+            status = 500 if status == CLIENT_CLOSED else status
+            raise
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe_request(
+                endpoint, scope["method"], status, time.perf_counter() - start
+            )
 
 
 class BodyLimit:
     """413 for bodies over ``limit`` bytes: by Content-Length before reading, else while reading;
-    408 for a body not received within ``timeout_s``."""
+    408 for a body not received within ``timeout_s``. Raised from ``receive``, so whoever reads
+    the body maps them (the exception handlers, the fast path)."""
 
     def __init__(self, app: ASGIApp, limit: int, timeout_s: float) -> None:
         self.app, self.limit, self.timeout_s = app, limit, timeout_s
@@ -28,8 +63,8 @@ class BodyLimit:
             return
         for key, value in scope["headers"]:
             if key == b"content-length" and (not value.isdigit() or int(value) > self.limit):
-                message = body_too_large(self.limit).message
-                response = error_response(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, message)
+                error = body_too_large(self.limit)
+                response = serving_error_response(error, scope["method"], scope["path"])
                 await response(scope, receive, send)
                 return
         received = 0
@@ -40,7 +75,7 @@ class BodyLimit:
             nonlocal received, body_done
             if body_done:  # after the body only a disconnect comes, whenever it comes
                 return await receive()
-            message = await receive_body_message(receive, deadline, self.timeout_s)
+            message = await _receive_before(receive, deadline, self.timeout_s)
             received += len(message.get("body", b""))
             if received > self.limit:
                 raise body_too_large(self.limit)
@@ -50,7 +85,7 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
-async def receive_body_message(receive: Receive, deadline: float, timeout_s: float) -> Message:
+async def _receive_before(receive: Receive, deadline: float, timeout_s: float) -> Message:
     """The next message of a request body, or ``RequestTimeout`` once the loop's clock passes
     ``deadline`` (a slow client cannot hold a request open)."""
     try:
@@ -60,37 +95,9 @@ async def receive_body_message(receive: Receive, deadline: float, timeout_s: flo
         raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
 
 
-class RequestMetrics:
-    """Counts requests by route template and status, and times them."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def recording(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording)
-        finally:
-            route = scope.get("route")
-            endpoint = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
-            self.metrics.request_latency.labels(endpoint).observe(time.perf_counter() - start)
-
-
 class RuntimeLeases:
     """A model version a request takes stays open until its response is sent, even if a newer
-    version is swapped in meanwhile (see ``lease_scope``)."""
+    version is swapped in meanwhile (see ``request_scope``)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -99,5 +106,5 @@ class RuntimeLeases:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        with lease_scope():
+        with request_scope():
             await self.app(scope, receive, send)

@@ -1,0 +1,160 @@
+"""gRPC's messages <-> the data plane's types: ``ModelInferRequest`` to ``InferRequest`` (checked
+by the same rules as REST's tensors, ``service.api.tensors``), and ``InferResponse``, metadata and
+the repository index to the protocol's published messages (compiled in ``tritonclient.grpc``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from tritonclient.grpc import model_config_pb2, service_pb2
+
+from service.api.tensors import array_from_bytes, array_from_json, check_datatype
+from service.core.card import TensorSpec
+from service.core.datatypes import DATATYPES
+from service.core.errors import InvalidInput, UnprocessableInput
+from service.core.limits import MAX_TENSORS, check_tensor_count, checked_shape
+from service.dataplane.types import (
+    InferRequest,
+    InferResponse,
+    InputTensor,
+    ModelMetadata,
+    RepositoryEntry,
+    RequestedOutput,
+    ServerMetadata,
+)
+from service.engine.dtypes import DATATYPE_NAMES
+
+# Typed ``InferTensorContents`` field of each datatype (FP16 travels only as raw bytes).
+CONTENTS_FIELDS: dict[str, str] = {
+    d.name: d.contents_field for d in DATATYPES.values() if d.contents_field is not None
+}
+
+
+def decode_infer_request(request: Any, max_rows: int) -> InferRequest:
+    """A ``ModelInferRequest``'s inputs (all in ``raw_input_contents``, tritonclient's way, or all
+    typed) and requested outputs; the model it names is the caller's to look up."""
+    check_tensor_count(len(request.outputs), "outputs")
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(
+            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; give one per input"
+        )
+    if not request.inputs:
+        raise InvalidInput("'inputs' must be a non-empty list of tensors")
+    check_tensor_count(len(request.inputs), "inputs")
+    inputs = []
+    for i, tensor in enumerate(request.inputs):
+        values: list[Any] | None = None
+        if not raw:
+            field = CONTENTS_FIELDS.get(tensor.datatype)
+            if field is None:
+                raise UnprocessableInput(
+                    f"input {tensor.name!r}: {tensor.datatype} data must come in raw_input_contents"
+                )
+            values = list(getattr(tensor.contents, field))
+        shape = list(tensor.shape)
+        inputs.append(
+            _input(tensor.name, tensor.datatype, shape, raw[i] if raw else None, values, max_rows)
+        )
+    if any("classification" in o.parameters for o in request.outputs):
+        raise InvalidInput("the classification extension is not supported; ask for tensors")
+    outputs = [RequestedOutput(o.name, binary=True) for o in request.outputs]
+    return InferRequest(request.id, inputs, outputs)
+
+
+def _input(
+    name: str,
+    datatype: str,
+    shape: Sequence[int],
+    raw: bytes | None,
+    values: list[Any] | None,
+    max_rows: int,
+) -> InputTensor:
+    """One input tensor given as raw bytes or a flat list of typed values."""
+    if not name:
+        raise InvalidInput("every input needs a non-empty name")
+    where = f"input {name!r}"
+    check_datatype(datatype, where)
+    checked = checked_shape(shape, where, max_rows)
+    if raw is None:
+        data = array_from_json(values if values is not None else [], datatype, checked, where)
+    else:
+        data = array_from_bytes(raw, datatype, checked, where, kind="raw")
+    return InputTensor(name, datatype, checked, data)
+
+
+def typed_values(request: Any) -> int:
+    """How many values the request's inputs carry as typed ``contents`` (Python numbers to make,
+    unlike ``raw_input_contents``, which numpy reads in place)."""
+    count = 0
+    for tensor in request.inputs[:MAX_TENSORS]:
+        field = CONTENTS_FIELDS.get(tensor.datatype)
+        count += len(getattr(tensor.contents, field)) if field else 0
+    return count
+
+
+def encode_infer_response(response: InferResponse) -> Any:
+    """Every output as raw bytes in ``raw_output_contents`` (what tritonclient reads)."""
+    message = service_pb2.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
+    for name, array in response.outputs.items():
+        message.outputs.add(
+            name=name, datatype=DATATYPE_NAMES[array.dtype], shape=list(array.shape)
+        )
+        message.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+    return message
+
+
+def server_metadata_response(meta: ServerMetadata) -> Any:
+    return service_pb2.ServerMetadataResponse(**vars(meta))
+
+
+def _tensor_metadata(spec: TensorSpec) -> Any:
+    return service_pb2.ModelMetadataResponse.TensorMetadata(
+        name=spec.name, datatype=spec.datatype, shape=spec.shape
+    )
+
+
+def model_metadata_response(meta: ModelMetadata) -> Any:
+    return service_pb2.ModelMetadataResponse(
+        name=meta.name,
+        versions=meta.versions,
+        platform=meta.platform,
+        inputs=[_tensor_metadata(t) for t in meta.inputs],
+        outputs=[_tensor_metadata(t) for t in meta.outputs],
+    )
+
+
+def _config_tensor(kind: Any, spec: TensorSpec) -> Any:
+    data_type = model_config_pb2.DataType.Value(f"TYPE_{spec.datatype}")
+    return kind(name=spec.name, data_type=data_type, dims=spec.shape[1:])  # batch axis implied
+
+
+def model_config_response(meta: ModelMetadata, max_batch_size: int) -> Any:
+    """Tensors, the batch limit, and what the metadata message has no room for: the class names
+    and execution providers (as JSON strings in ``parameters``)."""
+    parameters = {
+        "class_names": json.dumps(meta.class_names),
+        "execution_providers": json.dumps(meta.execution_providers),
+    }
+    config = model_config_pb2.ModelConfig(
+        name=meta.name,
+        platform=meta.platform,
+        backend="onnxruntime",
+        max_batch_size=max_batch_size,
+        input=[_config_tensor(model_config_pb2.ModelInput, t) for t in meta.inputs],
+        output=[_config_tensor(model_config_pb2.ModelOutput, t) for t in meta.outputs],
+        parameters={
+            k: model_config_pb2.ModelParameter(string_value=v) for k, v in parameters.items()
+        },
+    )
+    return service_pb2.ModelConfigResponse(config=config)
+
+
+def repository_index_response(entries: Sequence[RepositoryEntry]) -> Any:
+    index = service_pb2.RepositoryIndexResponse
+    return index(models=[index.ModelIndex(**vars(entry)) for entry in entries])

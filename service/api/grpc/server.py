@@ -1,0 +1,88 @@
+"""The Open Inference Protocol over gRPC (``inference.GRPCInferenceService``), beside REST.
+
+    python -m service        (REST on PORT, gRPC on GRPC_PORT, default 8001; -1: no gRPC)
+
+A thin adapter like the REST app: ``servicer`` asks the data plane, ``codec`` translates the
+protocol's published messages (compiled in ``tritonclient.grpc``), ``handlers`` binds the methods.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+from fastapi import FastAPI
+
+from service.api.grpc.handlers import method_handlers
+from service.api.grpc.servicer import InferenceServicer
+from service.dataplane.dataplane import DataPlane
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def connection_options(settings: Settings) -> list[tuple[str, int]]:
+    """grpc-core's bounds on connections and streams, from ``settings`` (an age or idle time of 0
+    leaves grpc's default: none)."""
+    options = [
+        ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+        ("grpc.max_allowed_incoming_connections", settings.max_connections),
+        # A connection that has not finished its HTTP/2 handshake (grpc's default: 120 s).
+        ("grpc.server_handshake_timeout_ms", round(settings.header_timeout_s * 1000)),
+    ]
+    if settings.grpc_max_connection_age_ms:
+        options.append(("grpc.max_connection_age_ms", settings.grpc_max_connection_age_ms))
+        grace = settings.grpc_max_connection_age_grace_ms
+        options.append(("grpc.max_connection_age_grace_ms", grace))
+    if settings.grpc_max_connection_idle_ms:
+        options.append(("grpc.max_connection_idle_ms", settings.grpc_max_connection_idle_ms))
+    return options
+
+
+async def start_grpc_server(plane: DataPlane) -> tuple[Any, int]:
+    """A started ``grpc.aio`` server on ``HOST:GRPC_PORT`` and the port it bound."""
+    settings = plane.settings
+    limit = (
+        settings.max_request_bytes
+    )  # the REST body limit; over it gRPC answers RESOURCE_EXHAUSTED
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            *connection_options(settings),
+        ],
+        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs or None,
+    )
+    server.add_generic_rpc_handlers((method_handlers(InferenceServicer(plane)),))
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    try:
+        port: int = server.add_insecure_port(f"{host}:{settings.grpc_port}")
+    except RuntimeError as exc:
+        raise RuntimeError(f"gRPC cannot bind {host}:{settings.grpc_port} ({exc})") from None
+    await server.start()
+    return server, port
+
+
+def serve_grpc(app: FastAPI) -> FastAPI:
+    """Run the gRPC service inside ``app``'s lifespan, on the same event loop and ``ServiceState``:
+    it opens once the models are loaded and closes before they are (calls in flight get
+    ``SHUTDOWN_TIMEOUT_S``). The bound port is ``app.state.grpc_port``."""
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(scope_app: Any) -> AsyncIterator[Any]:
+        async with inner(scope_app) as value:
+            plane: DataPlane = app.state.dataplane
+            server, port = await start_grpc_server(plane)
+            app.state.grpc_port = port
+            log.info("gRPC serving on %s:%d", plane.settings.host, port)
+            try:
+                yield value
+            finally:
+                await server.stop(plane.settings.shutdown_timeout_s)
+
+    app.router.lifespan_context = lifespan
+    return app

@@ -1,0 +1,166 @@
+"""The servicer of ``inference.GRPCInferenceService``: each call asks the data plane and hands
+the answer to ``codec``; ``rpc`` holds the call's leases, counts it, and turns the error tree into
+gRPC status codes (``GRPC_CODES``, the one mapping)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from service.api.admin import check_admin
+from service.api.client_address import caller
+from service.api.grpc import codec
+from service.api.grpc.handlers import Undecodable
+from service.core.errors import InvalidInput, ModelNotFound, ModelNotReady, ServingError
+from service.dataplane.dataplane import DataPlane, request_scope
+
+log = logging.getLogger(__name__)
+
+INTERNAL_MESSAGE = "internal server error"
+EXTENSIONS = ["model_repository", "model_configuration"]
+
+# The one place REST statuses become gRPC codes; anything else is INTERNAL, shown generically.
+GRPC_CODES: dict[int, grpc.StatusCode] = {
+    HTTPStatus.BAD_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+    HTTPStatus.UNPROCESSABLE_ENTITY: grpc.StatusCode.INVALID_ARGUMENT,
+    HTTPStatus.UNSUPPORTED_MEDIA_TYPE: grpc.StatusCode.INVALID_ARGUMENT,
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    HTTPStatus.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    HTTPStatus.SERVICE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    HTTPStatus.UNAUTHORIZED: grpc.StatusCode.UNAUTHENTICATED,
+    HTTPStatus.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
+}
+
+
+def grpc_code(status: int) -> grpc.StatusCode:
+    code: grpc.StatusCode = GRPC_CODES.get(status, grpc.StatusCode.INTERNAL)
+    return code
+
+
+def peer_host(peer: str) -> str | None:
+    """The client's IP address from grpc's peer string (``ipv4:127.0.0.1:5555``,
+    ``ipv6:[::1]:5555``, URL-quoted in some grpc versions); None for anything else."""
+    kind, _, address = urllib.parse.unquote(peer).partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return None
+    return address.rpartition(":")[0].strip("[]") or None
+
+
+Handler = Callable[["InferenceServicer", Any, Any], Awaitable[Any]]
+
+
+def rpc(method: Handler) -> Handler:
+    """Run a handler inside ``request_scope`` (the runtimes it takes stay open until it returns),
+    count and time it, and turn its errors into gRPC status codes."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def call(self: InferenceServicer, request: Any, context: Any) -> Any:
+        start = time.perf_counter()
+        code, message = grpc.StatusCode.OK, ""
+        try:
+            if isinstance(request, Undecodable):
+                raise InvalidInput(f"the request is not a valid {request.message} message")
+            with request_scope():
+                return await method(self, request, context)
+        except ServingError as exc:
+            code = grpc_code(exc.status)
+            message = exc.message
+            if code is grpc.StatusCode.INTERNAL:
+                log.error("gRPC %s failed", name, exc_info=exc)
+                message = INTERNAL_MESSAGE
+            elif exc.status >= 500 and not isinstance(exc.__cause__, ServingError):
+                log.warning("gRPC %s: %s", name, exc.message)
+        except Exception as exc:
+            log.error("gRPC %s failed", name, exc_info=exc)
+            code, message = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+        finally:
+            self.plane.metrics.observe_grpc_call(name, code.name, time.perf_counter() - start)
+        await context.abort(code, message)
+
+    return call
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """The protocol's calls on the shared ``DataPlane``; the others answer UNIMPLEMENTED."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    @rpc
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return service_pb2.ServerLiveResponse(live=True)
+
+    @rpc
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return service_pb2.ServerReadyResponse(ready=self.plane.ready)
+
+    @rpc
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        # As Triton: an unknown or unready model is "not ready", not an error.
+        try:
+            self.plane.model(request.name, request.version or None)
+        except (ModelNotFound, ModelNotReady):
+            return service_pb2.ModelReadyResponse(ready=False)
+        return service_pb2.ModelReadyResponse(ready=True)
+
+    @rpc
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return codec.server_metadata_response(DataPlane.server_metadata(EXTENSIONS))
+
+    @rpc
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        meta = self.plane.model_metadata(request.name, request.version or None)
+        return codec.model_metadata_response(meta)
+
+    @rpc
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        meta = self.plane.model_metadata(request.name, request.version or None)
+        return codec.model_config_response(meta, self.plane.settings.max_images_per_request)
+
+    @rpc
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        plane = self.plane
+        runtime = plane.model(request.model_name, request.model_version or None)
+        settings = plane.settings
+        light = codec.typed_values(request) * 4 <= settings.inline_decode_bytes
+        decode = codec.decode_infer_request
+        infer = await plane.work.run_here_if_light(
+            light, decode, request, settings.max_images_per_request
+        )
+        return codec.encode_infer_response(await plane.infer(runtime, infer))
+
+    # -- the model repository extension: the data plane's, under the admin rules (admin.py) ---
+
+    def _require_admin(self, context: Any, method: str) -> None:
+        settings = self.plane.settings
+        metadata = [(m.key, m.value) for m in context.invocation_metadata() or ()]
+        who = caller(peer_host(context.peer()), metadata, settings.trusted_proxies)
+        authorization = next((v for k, v in metadata if k == "authorization"), "")
+        token = authorization if isinstance(authorization, str) else ""
+        check_admin(settings, who, token, f"gRPC {method}")
+
+    @rpc
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        self._require_admin(context, "RepositoryIndex")
+        return codec.repository_index_response(self.plane.repository_index(request.ready))
+
+    @rpc
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        self._require_admin(context, "RepositoryModelLoad")
+        await self.plane.load_model(request.model_name, request.parameters.keys())
+        return service_pb2.RepositoryModelLoadResponse()
+
+    @rpc
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        self._require_admin(context, "RepositoryModelUnload")
+        await self.plane.unload_model(request.model_name)
+        return service_pb2.RepositoryModelUnloadResponse()

@@ -1,0 +1,179 @@
+"""The v2 infer body <-> the data plane's ``InferRequest`` and ``InferResponse``: Open Inference
+Protocol JSON and its binary tensor extension, REST's one codec.
+
+Shape, datatype and length are checked here, once (``service.api.tensors``), before a request
+reaches a model; a bad request is refused with a message naming the tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from service.api.rest.json_wire import dumps, json_object, loads_infer_request
+from service.api.tensors import array_from_bytes, array_from_json, check_datatype
+from service.core.errors import InvalidInput, UnprocessableInput
+from service.core.limits import check_tensor_count, checked_shape
+from service.dataplane.types import (
+    InferRequest,
+    InferResponse,
+    InputTensor,
+    ModelMetadata,
+    RequestedOutput,
+)
+from service.engine.dtypes import DATATYPE_NAMES
+
+# The fields of a v2 infer request (the protocol's, and the model_name / model_version that the
+# KServe SDK's REST client writes into the body), its input tensors and its requested outputs.
+REQUEST_FIELDS = frozenset({"id", "parameters", "inputs", "outputs", "model_name", "model_version"})
+TENSOR_FIELDS = frozenset({"name", "shape", "datatype", "parameters", "data"})
+OUTPUT_FIELDS = frozenset({"name", "parameters"})
+
+
+def _parameters(value: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    return json_object(value.get("parameters", {}), f"{where}.parameters")
+
+
+def _shape(value: Any, where: str, max_rows: int) -> list[int]:
+    if not isinstance(value, list):
+        raise InvalidInput(f"{where}.shape must be a list of integers")
+    return checked_shape(value, where, max_rows)
+
+
+def decode_infer_request(body: bytes, header_length: int | None, max_rows: int) -> InferRequest:
+    """A v2 infer body: JSON, or a JSON header and raw tensor bytes (the binary extension)."""
+    binary = b""
+    if header_length is not None:
+        if not 0 < header_length <= len(body):
+            raise InvalidInput(
+                f"Inference-Header-Content-Length {header_length} does not fit the "
+                f"{len(body)}-byte body"
+            )
+        body, binary = body[:header_length], body[header_length:]
+    request = json_object(
+        loads_infer_request(body), "the request", REQUEST_FIELDS, ignore_unknown=True
+    )
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("'id' must be a string")
+    model_name = request.get("model_name")
+    if model_name is not None and not isinstance(model_name, str):
+        raise InvalidInput("'model_name' must be a string")
+    binary_output = _parameters(request, "the request").get("binary_data_output") is True
+    return InferRequest(
+        request_id,
+        _input_tensors(request.get("inputs"), binary, max_rows),
+        _requested_outputs(request.get("outputs", []), binary_output),
+        binary_output,
+        model_name or None,
+        _model_version(request.get("model_version")),
+    )
+
+
+def _input_tensors(raw_inputs: Any, binary: bytes, max_rows: int) -> list[InputTensor]:
+    """The request's input tensors; binary ones take their bytes from ``binary`` in order."""
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("'inputs' must be a non-empty list of tensors")
+    check_tensor_count(len(raw_inputs), "inputs")
+    inputs: list[InputTensor] = []
+    offset = 0
+    for i, raw in enumerate(raw_inputs):
+        where = f"inputs[{i}]"
+        tensor = json_object(raw, where, TENSOR_FIELDS)
+        name, datatype = tensor.get("name"), tensor.get("datatype")
+        if not isinstance(name, str) or not name:
+            raise InvalidInput(f"{where}.name must be a non-empty string")
+        where = f"input {name!r}"
+        datatype = check_datatype(datatype, where)
+        shape = _shape(tensor.get("shape"), where, max_rows)
+        size = _parameters(tensor, where).get("binary_data_size")
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise InvalidInput(f"{where}: binary_data_size must be a non-negative integer")
+            data = array_from_bytes(
+                binary[offset : offset + size], datatype, shape, where, declared=size
+            )
+            offset += data.nbytes
+        else:
+            data = array_from_json(tensor.get("data"), datatype, shape, where)
+        inputs.append(InputTensor(name, datatype, shape, data))
+    if offset != len(binary):
+        raise UnprocessableInput(
+            f"the body carries {len(binary) - offset} bytes of binary data no input claims"
+        )
+    return inputs
+
+
+def _requested_outputs(raw_outputs: Any, binary_output: bool) -> list[RequestedOutput]:
+    if not isinstance(raw_outputs, list):
+        raise InvalidInput("'outputs' must be a list")
+    check_tensor_count(len(raw_outputs), "outputs")
+    outputs: list[RequestedOutput] = []
+    for i, raw in enumerate(raw_outputs):
+        out = json_object(raw, f"outputs[{i}]", OUTPUT_FIELDS)
+        name = out.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidInput(f"outputs[{i}].name must be a non-empty string")
+        flag = _parameters(out, f"outputs[{i}]").get("binary_data", binary_output)
+        outputs.append(RequestedOutput(name, flag is True))
+    return outputs
+
+
+def _model_version(value: Any) -> str | None:
+    """A body's ``model_version`` (a string, as the protocol has it; empty means none)."""
+    if value is None or value == "":
+        return None
+    number = isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 9
+    if number and int(value) > 0:
+        return str(value)
+    raise InvalidInput(f"'model_version' must be a positive version number string, not {value!r}")
+
+
+def encode_infer_response(
+    response: InferResponse, binary: Mapping[str, bool]
+) -> tuple[bytes, int | None]:
+    """The v2 response body and, when some output is binary, the JSON header's length."""
+    tensors: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name, array in response.outputs.items():
+        tensor: dict[str, Any] = {
+            "name": name,
+            "datatype": DATATYPE_NAMES[array.dtype],
+            "shape": list(array.shape),
+        }
+        if binary.get(name):
+            raw = np.ascontiguousarray(array).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            tensor["data"] = array.ravel()
+        tensors.append(tensor)
+    body: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": tensors,
+    }
+    if response.id is not None:
+        body["id"] = response.id
+    header = dumps(body)
+    if not chunks:
+        return header, None
+    return header + b"".join(chunks), len(header)
+
+
+def model_metadata_json(meta: ModelMetadata) -> dict[str, Any]:
+    """The v2 model metadata body (``schemas.ModelMetadata`` documents it); what the protocol's
+    fields have no room for goes in ``parameters``."""
+    return {
+        "name": meta.name,
+        "versions": meta.versions,
+        "platform": meta.platform,
+        "inputs": [vars(t) for t in meta.inputs],
+        "outputs": [vars(t) for t in meta.outputs],
+        "parameters": {
+            "execution_providers": meta.execution_providers,
+            "class_names": meta.class_names,
+        },
+    }

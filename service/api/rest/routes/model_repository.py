@@ -1,0 +1,97 @@
+"""Triton's model repository extension: ``POST /v2/repository/index``, ``.../models/{name}/load``
+and ``.../unload``.
+
+They show and change what the server serves, so they take ``Authorization: Bearer <ADMIN_TOKEN>``
+and refuse browsers' cross-site requests; without a token configured they are refused, bar
+``ADMIN_LOOPBACK``'s direct local clients (``admin``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Security
+from fastapi.security import HTTPBearer
+
+from service.api.admin import check_admin, check_same_site
+from service.api.client_address import caller
+from service.api.rest.dependencies import Plane
+from service.api.rest.http_io import read_json_body, validated_body
+from service.api.rest.json_wire import loads
+from service.api.rest.schemas import RepositoryIndexEntry, RepositoryRequest, errors, json_body
+
+# Documents the bearer scheme in OpenAPI (so clients and fuzzers know of it); ``check_admin``
+# reads the header itself, as gRPC's metadata is read.
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="AdminToken",
+    description=(
+        "ADMIN_TOKEN (or the contents of ADMIN_TOKEN_FILE); without one configured the repository "
+        "API is refused, except with ADMIN_LOOPBACK for direct clients at 127.0.0.1 or ::1."
+    ),
+)
+
+
+async def require_admin(
+    request: Request, plane: Plane, _: Annotated[Any, Security(BEARER)] = None
+) -> None:
+    """The REST routes' dependency: not cross-site, then ``check_admin`` (async: no thread hop)."""
+    headers = request.headers
+    check_same_site(headers.get("sec-fetch-site"), headers.get("origin"), headers.get("host"))
+    settings = plane.settings
+    peer = request.client.host if request.client else None
+    who = caller(peer, headers.items(), settings.trusted_proxies)
+    what = f"{request.method} {request.url.path}"
+    check_admin(settings, who, headers.get("authorization", ""), what)
+
+
+router = APIRouter(
+    prefix="/v2/repository",
+    tags=["Model repository (Triton extension)"],
+    dependencies=[Depends(require_admin)],
+)
+
+
+async def _request_body(request: Request) -> RepositoryRequest:
+    """The optional JSON body: nothing, or an object of ``RepositoryRequest``'s fields."""
+    body = await read_json_body(request)
+    return validated_body(RepositoryRequest, loads(body) if body.strip() else {})
+
+
+BODY = json_body(RepositoryRequest, {"ready": True}, required=False)
+
+
+@router.post(
+    "/index",
+    summary="Every model version on disk: READY, UNAVAILABLE (with the reason) or UNLOADED",
+    response_model=list[RepositoryIndexEntry],
+    responses=errors(400, 401, 403),
+    openapi_extra=BODY,
+)
+async def index(request: Request, plane: Plane) -> list[dict[str, Any]]:
+    body = await _request_body(request)
+    return [vars(entry) for entry in plane.repository_index(body.ready)]
+
+
+@router.post(
+    "/models/{name}/load",
+    summary="Load (or reload) a model from disk under its version policy; failed versions retried",
+    responses=errors(400, 401, 403, 404),
+    openapi_extra=BODY,
+)
+async def load(request: Request, plane: Plane, name: str) -> dict[str, Any]:
+    body = await _request_body(request)
+    await plane.load_model(name, body.parameters)
+    return {}
+
+
+@router.post(
+    "/models/{name}/unload",
+    summary="Stop serving every version of a model (in-flight requests finish) until a load",
+    responses=errors(400, 401, 403, 404),
+    openapi_extra=BODY,
+)
+async def unload(request: Request, plane: Plane, name: str) -> dict[str, Any]:
+    await _request_body(request)  # unload_dependents: there are no ensembles to follow
+    await plane.unload_model(name)
+    return {}

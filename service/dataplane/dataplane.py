@@ -1,0 +1,217 @@
+"""``DataPlane``: what the server answers, whatever the wire (MLServer's ``handlers/dataplane.py``).
+
+It owns the model repository, the metrics, the work pool and the explorer's sessions, built once
+from the settings; it takes and returns the typed objects of ``types`` and raises only the
+``service.core.errors`` tree. The REST routes, the fast path and gRPC only translate their wire
+to and from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+
+import numpy as np
+
+from service.core.errors import InvalidCard, InvalidInput, ModelNotReady, PayloadTooLarge
+from service.core.version_policy import VersionPolicy
+from service.dataplane.build import cores_per_worker, runtime_options
+from service.dataplane.pixels import model_pixels
+from service.dataplane.types import (
+    InferRequest,
+    InferResponse,
+    ModelLayers,
+    ModelMetadata,
+    ModelStatus,
+    RepositoryEntry,
+    ServerMetadata,
+    VersionStatus,
+)
+from service.engine.activations import Activation, ActivationSessions
+from service.engine.leases import lease_scope
+from service.engine.metrics import Metrics
+from service.engine.repository import ModelRepository
+from service.engine.runtime import ModelRuntime
+from service.engine.version_folder import ModelState, ModelVersion
+from service.engine.work_pool import WorkPool
+from service.settings import Settings
+
+SERVER_NAME = "cifar-serve"
+SERVER_VERSION = "0.1.0"
+PLATFORM = "onnxruntime_onnx"
+
+
+class DataPlane:
+    """The models and what they answer; one per app, shared by REST and gRPC."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        options = runtime_options(settings, self.metrics)
+        policy = VersionPolicy.parse(settings.version_policy)
+        self.repository = ModelRepository(settings.model_repository, options, policy)
+        self.metrics.track_providers(self.repository.provider_use)
+        # where decoding and encoding run, off the event loop
+        self.work = WorkPool(
+            settings.work_threads or cores_per_worker(settings), settings.max_waiting_work
+        )
+        self.activation_sessions = ActivationSessions(options)  # the explorer's, made on first use
+        self._watchers: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the models (off the loop), then poll the repository and time the loop's lag."""
+        await asyncio.to_thread(self.repository.load)
+        settings = self.settings
+        if settings.poll_interval_s > 0:
+            watch = self.repository.watch(settings.poll_interval_s)
+            self._watchers.append(asyncio.create_task(watch))
+        if settings.loop_lag_interval_s > 0:
+            lag = self.metrics.watch_loop_lag(settings.loop_lag_interval_s)
+            self._watchers.append(asyncio.create_task(lag))
+
+    async def stop(self) -> None:
+        """Stop watching and close every session (waits for a poll still loading)."""
+        for watcher in self._watchers:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        self._watchers.clear()
+        await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        self.work.close()
+        self.activation_sessions.close()
+        self.repository.close()
+
+    # -- health and metadata ------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Loading has finished and some model is ready."""
+        return self.repository.ready
+
+    def check_ready(self) -> None:
+        """Nothing when ``ready``; else ``ModelNotReady`` saying why."""
+        if not self.repository.ready:
+            loaded = self.repository.loaded
+            raise ModelNotReady("no model is ready" if loaded else "still loading models")
+
+    def model(self, name: str, version: str | int | None = None) -> ModelRuntime:
+        """The served runtime a request names: 404 unknown, 503 not ready (leased in a request)."""
+        return self.repository.get(name, version)
+
+    @staticmethod
+    def server_metadata(extensions: Sequence[str]) -> ServerMetadata:
+        """``extensions``: what the protocol at hand supports (REST and gRPC differ)."""
+        return ServerMetadata(SERVER_NAME, SERVER_VERSION, list(extensions))
+
+    def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
+        runtime = self.model(name, version)
+        versions = self.repository.versions(name)
+        card = runtime.card
+        return ModelMetadata(
+            name=name,
+            versions=[str(e.version) for e in versions if e.state is ModelState.READY],
+            platform=PLATFORM,
+            inputs=list(card.inputs),
+            outputs=list(card.outputs),
+            execution_providers=list(runtime.providers),
+            class_names=list(card.class_names),
+        )
+
+    # -- inference ----------------------------------------------------------------------------
+
+    async def infer(self, model: ModelRuntime, request: InferRequest) -> InferResponse:
+        """The outputs ``request`` asks for (all when it names none) from ``model``."""
+        requested = [o.name for o in request.outputs]
+        pixels = model_pixels(model, request.inputs, requested)
+        outputs = await self.predict(model, pixels, requested or None)
+        return InferResponse(model.name, str(model.version), request.id, outputs)
+
+    async def predict(
+        self, model: ModelRuntime, pixels: np.ndarray, outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run one checked image batch; the single place a request meets a model."""
+        limit = self.settings.max_images_per_request
+        if pixels.shape[0] > limit:
+            raise PayloadTooLarge(f"{pixels.shape[0]} images, more than the limit of {limit}")
+        return await model.infer(pixels, outputs)
+
+    # -- inspection -----------------------------------------------------------------------------
+
+    def models(self) -> list[ModelStatus]:
+        """Every model, the version it serves and all its versions."""
+        repository = self.repository
+        return [
+            ModelStatus(
+                name,
+                _status(repository.entry(name)),
+                [_status(v) for v in repository.versions(name)],
+            )
+            for name in repository.names()
+        ]
+
+    def version_status(self, name: str, version: str | None = None) -> VersionStatus:
+        """The version a request names (or the served one), whatever its state."""
+        return _status(self.repository.entry(name, version))
+
+    def layers(self, name: str) -> ModelLayers:
+        """The served version's layer table; ``InvalidCard`` when its graph could not be read."""
+        runtime = self.model(name)  # 404 unknown, 503 unavailable
+        # The entry of that very version: a reload since ``model`` may serve another one by now.
+        report = self.repository.entry(name, runtime.version).layers
+        if report is None or report.table is None:
+            raise InvalidCard(report.error if report else "no layer table for this model")
+        return ModelLayers(name, runtime.version, report.table, report)
+
+    async def activations(
+        self, model: ModelRuntime, image: np.ndarray, layer_names: Sequence[str]
+    ) -> list[Activation]:
+        """The feature maps of ``layer_names`` (none: every conv and pool layer) for one image."""
+        entry = self.repository.entry(model.name, model.version)
+        work = self.work
+        session = await work.run(self.activation_sessions.get, model.card, entry.path, entry.layers)
+        chosen = session.select(layer_names)
+        return await work.run(session.run, image, chosen)
+
+    # -- the model repository extension ---------------------------------------------------------
+
+    def repository_index(self, ready: bool) -> list[RepositoryEntry]:
+        """Every version on disk, or the READY ones."""
+        rows = [RepositoryEntry(**row) for row in self.repository.index()]
+        return [r for r in rows if r.state == ModelState.READY.value] if ready else rows
+
+    async def load_model(self, name: str, parameter_names: Iterable[str]) -> None:
+        """Load (or reload) a model under its version policy; failed versions are retried."""
+        check_load_parameters(parameter_names)
+        await asyncio.to_thread(self.repository.load_model, name)
+
+    async def unload_model(self, name: str) -> None:
+        """Stop serving every version of a model (requests in flight finish) until a load."""
+        await asyncio.to_thread(self.repository.unload_model, name)
+
+
+def request_scope() -> AbstractContextManager[None]:
+    """One request's hold on the data plane: the model versions it takes stay open until the
+    scope ends, even if newer ones are swapped in meanwhile. Each adapter enters it once per
+    request, around everything it answers."""
+    return lease_scope()
+
+
+def check_load_parameters(names: Iterable[str]) -> None:
+    """Load's ``config`` and ``file:`` overrides are refused: versions come from the repository."""
+    overrides = sorted(k for k in names if k == "config" or str(k).startswith("file:"))
+    if overrides:
+        raise InvalidInput(
+            f"parameters {overrides} are not supported: publish the version into the repository"
+        )
+
+
+def _status(entry: ModelVersion) -> VersionStatus:
+    runtime = entry.runtime
+    providers = list(runtime.providers) if runtime is not None else None
+    return VersionStatus(entry.version, entry.state.value, entry.reason, providers, entry.card)

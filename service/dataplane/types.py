@@ -1,0 +1,100 @@
+"""The data plane's requests, responses and metadata: one type each, tensors as numpy. The REST
+and gRPC codecs decode their wire into these and encode these onto it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.core.card import ModelCard, TensorSpec
+from service.core.shapes import LayerTable
+from service.engine.layers import LayerReport
+
+
+@dataclass
+class InputTensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray  # already in ``shape``, in the numpy dtype of ``datatype``
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    binary: bool  # REST's binary tensor extension: sent as raw bytes after the JSON header
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    inputs: list[InputTensor]
+    outputs: list[RequestedOutput] = field(default_factory=list)  # none: every output
+    binary_output: bool = False
+    model_name: str | None = None  # as the body names it (KServe's SDK does); None when absent
+    model_version: str | None = None
+
+
+@dataclass(frozen=True)
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str | None
+    outputs: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ServerMetadata:
+    name: str
+    version: str
+    extensions: list[str]
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    versions: list[str]  # the READY ones
+    platform: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    execution_providers: list[str]  # what the session runs on, in order of preference
+    class_names: list[str]
+
+
+@dataclass(frozen=True)
+class RepositoryEntry:
+    """One version on disk, as the repository extension's index lists it."""
+
+    name: str
+    version: str
+    state: str  # READY, UNAVAILABLE or UNLOADED
+    reason: str
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    """One version of a model: its state, why, what it runs on and its card (if it has one)."""
+
+    version: int
+    state: str
+    reason: str
+    execution_providers: list[str] | None  # None when not loaded
+    card: ModelCard | None
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    name: str
+    served: VersionStatus  # the version unversioned URLs use
+    versions: list[VersionStatus]  # every version on disk, oldest first
+
+
+@dataclass(frozen=True)
+class ModelLayers:
+    """The layer table of one served version, labelled with that very version."""
+
+    name: str
+    version: int
+    table: LayerTable
+    report: LayerReport  # the table with each row's ONNX nodes

@@ -350,3 +350,17 @@ def test_registration_takes_the_admin_rule(server: Running) -> None:
         assert caught.value.status() == str(grpc.StatusCode.PERMISSION_DENIED)
     finally:
         client.close()
+
+
+def test_fp32_pixels_from_shared_memory(
+    http: Any, pixels: np.ndarray, expected: np.ndarray, region: Callable[[int], Any]
+) -> None:
+    """The model's other input datatype: FP32 in 0..1, read from a region, answers the same."""
+    floats = (pixels / 255.0).astype(np.float32)
+    handle = region(floats.nbytes)
+    shm.set_shared_memory_region(handle, [floats])
+    http.register_system_shared_memory("fp32", key_of(handle), floats.nbytes)
+    tensor = triton_http.InferInput("images", list(floats.shape), "FP32")
+    tensor.set_shared_memory("fp32", floats.nbytes)
+    result = http.infer(MODEL, [tensor], outputs=[triton_http.InferRequestedOutput(OUTPUT)])
+    np.testing.assert_allclose(result.as_numpy(OUTPUT), expected, atol=ATOL)

@@ -20,6 +20,7 @@ from service.core.version_policy import VersionPolicy
 from service.dataplane.build import cores_per_worker, runtime_options
 from service.dataplane.log_settings import LogSettings
 from service.dataplane.pixels import model_pixels
+from service.dataplane.shared_memory import SharedMemoryRegistry
 from service.dataplane.trace_settings import TraceSettings
 from service.dataplane.types import (
     InferRequest,
@@ -60,6 +61,11 @@ class DataPlane:
             settings.work_threads or cores_per_worker(settings), settings.max_waiting_work
         )
         self.activation_sessions = ActivationSessions(options)  # the explorer's, made on first use
+        # Triton's system shared memory; off with WORKERS > 1 (each process would hold its own)
+        regions = settings.shared_memory_regions if settings.workers == 1 else 0
+        self.shared_memory = SharedMemoryRegistry(
+            regions, settings.inline_decode_bytes, settings.max_request_bytes
+        )
         self._watchers: list[asyncio.Task[None]] = []
         self.log_settings = LogSettings(settings.log_level, settings.log_format)  # /v2/logging
         self.trace_settings = TraceSettings()  # /v2/trace/setting: OpenTelemetry, off by default
@@ -88,6 +94,7 @@ class DataPlane:
 
     def close(self) -> None:
         self.work.close()
+        self.shared_memory.close()
         self.activation_sessions.close()
         self.repository.close()
 
@@ -130,11 +137,14 @@ class DataPlane:
     # -- inference ----------------------------------------------------------------------------
 
     async def infer(self, model: ModelRuntime, request: InferRequest) -> InferResponse:
-        """The outputs ``request`` asks for (all when it names none) from ``model``."""
+        """The outputs ``request`` asks for (all when it names none) from ``model``; those it
+        asks in shared memory are written there."""
+        request = await self.shared_memory.read_inputs(request, self.work)
         requested = [o.name for o in request.outputs]
         pixels = model_pixels(model, request.inputs, requested)
         outputs = await self.predict(model, pixels, requested or None)
-        return InferResponse(model.name, str(model.version), request.id, outputs)
+        written = await self.shared_memory.write_outputs(request.outputs, outputs, self.work)
+        return InferResponse(model.name, str(model.version), request.id, outputs, written)
 
     async def predict(
         self, model: ModelRuntime, pixels: np.ndarray, outputs: Sequence[str] | None = None

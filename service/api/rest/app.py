@@ -31,6 +31,7 @@ from service.api.rest.routes import (
     log_settings,
     model_repository,
     ops,
+    shared_memory,
     trace_settings,
     v1,
     v2,
@@ -99,7 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
-    for module in (v2, model_repository, v1, inspect, explore, ops, api_docs):
+    for module in (v2, model_repository, shared_memory, v1, inspect, explore, ops, api_docs):
         app.include_router(module.router)
     for module in (log_settings, trace_settings):  # Triton's logging and trace extensions
         app.include_router(module.router)

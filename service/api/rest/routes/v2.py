@@ -39,7 +39,7 @@ async def ready(plane: Plane) -> dict[str, bool]:
     return {"ready": True}
 
 
-EXTENSIONS = ["binary_tensor_data", "model_repository", "logging", "trace"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "system_shared_memory", "logging", "trace"]
 
 
 @router.get(

@@ -25,6 +25,7 @@ import onnxruntime as ort
 from service.core.card import ModelCard, TensorSpec
 from service.core.datatypes import DATATYPES
 from service.core.errors import InvalidCard, ProviderUnavailable, ServingError
+from service.engine import tracing
 from service.engine.batcher import BatchStats, DynamicBatcher
 from service.engine.dtypes import NUMPY_DTYPES
 
@@ -209,6 +210,13 @@ class ModelRuntime:
             self.options.on_batch(self.name, self.version, stats)
         return result
 
+    def _run_alone(
+        self, images: np.ndarray, traced: tracing.Queued | None
+    ) -> dict[str, np.ndarray]:
+        """One request's run without the batcher: its ``batch`` span links that request alone."""
+        with tracing.batch_span((traced,), len(images)):
+            return self._run_batch(images)
+
     def _observe(self, stats: BatchStats) -> None:
         if self.options.on_batch is not None:
             self.options.on_batch(self.name, self.version, stats)
@@ -234,7 +242,8 @@ class ModelRuntime:
             result = await self._batcher.submit(images)
         else:
             loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._executor, self._run_batch, images)
+            traced = tracing.queued()  # its span, from this task's context (None: untraced)
+            result = await loop.run_in_executor(self._executor, self._run_alone, images, traced)
         return {name: result[name] for name in outputs} if outputs else result
 
     def warm_up(self) -> None:

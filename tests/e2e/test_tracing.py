@@ -138,3 +138,25 @@ def test_trace_rate_and_count_decide_which_requests_are_traced(
         assert httpx.post(url, json=BODY).status_code == 200
     assert len(named(exporter.get_finished_spans(), "infer")) == 3  # the 1st, 3rd and 5th
     assert httpx.get(f"{server.url}/v2/trace/setting").json()["trace_count"] == "0"
+
+
+def test_without_dynamic_batching_each_run_links_its_one_request(
+    tmp_path: Path, exporter: InMemorySpanExporter
+) -> None:
+    settings = Settings(
+        model_repository=lecture_repository(tmp_path),
+        providers=["CPUExecutionProvider"],
+        admin_token=SecretStr(TOKEN),
+        dynamic_batching=False,
+    )
+    with running_server(settings, grpc=False) as server:
+        on = {"trace_level": ["TIMESTAMPS"], "trace_rate": "1"}
+        url = f"{server.url}/v2/trace/setting"
+        assert httpx.post(url, json=on, headers=ADMIN).status_code == 200
+        infer = f"{server.url}/v2/models/{MODEL}/infer"
+        assert httpx.post(infer, json=BODY, headers={"traceparent": TRACEPARENT}).status_code == 200
+    spans = exporter.get_finished_spans()
+    (request,) = named(spans, "infer")
+    (batch,) = named(spans, "batch")
+    assert [link.context.span_id for link in batch.links] == [request.context.span_id]
+    assert format(request.context.trace_id, "032x") == TRACE_ID

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.core.errors import ServingError
+from service.core.timeouts import MAX_TIMEOUT_US
 from service.core.version_policy import VersionPolicy
 
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
@@ -267,6 +268,18 @@ class Settings(BaseSettings):
         default=2048,
         ge=1,
         description="Images waiting for a model before new requests get 503 with Retry-After.",
+    )
+    request_timeout_us: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_TIMEOUT_US,
+        description="Microseconds a request may wait queued before it fails unrun, as a "
+        "request's own timeout parameter (Triton's) does; 0: no limit.",
+    )
+    response_cache: str = Field(
+        default="",
+        description="Models whose answers are cached (Triton's response cache), comma-separated, "
+        "each NAME or NAME=BYTES (its memory budget, default 64 MiB); empty: none.",
     )
     gc_gen0_threshold: int = Field(
         default=50_000,

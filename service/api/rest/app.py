@@ -24,7 +24,16 @@ from service.api.rest.http_io import (
 )
 from service.api.rest.middleware import BodyLimit, RequestMetrics, RuntimeLeases
 from service.api.rest.request_id import RequestId
-from service.api.rest.routes import api_docs, explore, inspect, model_repository, ops, v1, v2
+from service.api.rest.routes import (
+    api_docs,
+    explore,
+    inspect,
+    model_extensions,
+    model_repository,
+    ops,
+    v1,
+    v2,
+)
 from service.core.errors import ServingError
 from service.dataplane.dataplane import SERVER_NAME, SERVER_VERSION, DataPlane
 from service.settings import Settings
@@ -89,7 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
-    for module in (v2, model_repository, v1, inspect, explore, ops, api_docs):
+    for module in (model_extensions, v2, model_repository, v1, inspect, explore, ops, api_docs):
         app.include_router(module.router)
     routes = {getattr(r, "path", ""): r for r in v2.router.routes}  # the infer routes' documents
 

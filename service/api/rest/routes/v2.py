@@ -39,7 +39,7 @@ async def ready(plane: Plane) -> dict[str, bool]:
     return {"ready": True}
 
 
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics"]
 
 
 @router.get(

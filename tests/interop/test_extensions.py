@@ -281,8 +281,13 @@ def test_hostile_rest_timeouts_are_400(server: Running, value: Any) -> None:
 
 @pytest.mark.parametrize(
     "parameter",
-    [{"int64_param": -5}, {"string_param": "1000"}, {"double_param": 0.5},
-     {"int64_param": 2**62}, {"bool_param": True}],  # fmt: skip
+    [
+        {"int64_param": -5},
+        {"string_param": "1000"},
+        {"double_param": 0.5},
+        {"int64_param": 2**62},
+        {"bool_param": True},
+    ],  # fmt: skip
     ids=str,
 )
 def test_hostile_grpc_timeouts_are_invalid_argument(
@@ -304,8 +309,13 @@ def test_hostile_grpc_timeouts_are_invalid_argument(
 
 @pytest.mark.parametrize(
     "path",
-    ["/v2/models/nope/stats", "/v2/models/tiny/versions/9/stats", "/v2/models/tiny/versions/x/stats",
-     "/v2/models/nope/config", "/v2/models/tiny/versions/0/config"],  # fmt: skip
+    [
+        "/v2/models/nope/stats",
+        "/v2/models/tiny/versions/9/stats",
+        "/v2/models/tiny/versions/x/stats",
+        "/v2/models/nope/config",
+        "/v2/models/tiny/versions/0/config",
+    ],  # fmt: skip
 )
 def test_statistics_and_config_of_what_is_not_served_are_404(server: Running, path: str) -> None:
     answer = httpx.get(f"{server.url}{path}")
@@ -317,4 +327,3 @@ def test_grpc_statistics_of_an_unknown_model_is_not_found(server: Running) -> No
         with pytest.raises(InferenceServerException) as raised:
             client.get_inference_statistics("nope")
     assert raised.value.status() == "StatusCode.NOT_FOUND"
-

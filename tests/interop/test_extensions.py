@@ -271,8 +271,8 @@ HOSTILE_TIMEOUTS = [-1, 1.5, "10", True, 10**20, None, {"a": 1}]
 
 @pytest.mark.parametrize("value", HOSTILE_TIMEOUTS, ids=repr)
 def test_hostile_rest_timeouts_are_400(server: Running, value: Any) -> None:
-    body = {"parameters": {"timeout": value}, "inputs": [
-        {"name": "images", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [0] * 3072}]}  # fmt: skip
+    tensor = {"name": "images", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [0] * 3072}
+    body = {"parameters": {"timeout": value}, "inputs": [tensor]}
     answer = httpx.post(f"{server.url}/v2/models/spare/infer", json=body)
     assert answer.status_code == 400, answer.text
     assert "timeout" in answer.json()["error"]
@@ -287,7 +287,7 @@ def test_hostile_rest_timeouts_are_400(server: Running, value: Any) -> None:
         {"double_param": 0.5},
         {"int64_param": 2**62},
         {"bool_param": True},
-    ],  # fmt: skip
+    ],
     ids=str,
 )
 def test_hostile_grpc_timeouts_are_invalid_argument(
@@ -315,7 +315,7 @@ def test_hostile_grpc_timeouts_are_invalid_argument(
         "/v2/models/tiny/versions/x/stats",
         "/v2/models/nope/config",
         "/v2/models/tiny/versions/0/config",
-    ],  # fmt: skip
+    ],
 )
 def test_statistics_and_config_of_what_is_not_served_are_404(server: Running, path: str) -> None:
     answer = httpx.get(f"{server.url}{path}")
@@ -323,7 +323,9 @@ def test_statistics_and_config_of_what_is_not_served_are_404(server: Running, pa
 
 
 def test_grpc_statistics_of_an_unknown_model_is_not_found(server: Running) -> None:
-    with triton_grpc.InferenceServerClient(server.grpc_url) as client:
-        with pytest.raises(InferenceServerException) as raised:
-            client.get_inference_statistics("nope")
+    with (
+        triton_grpc.InferenceServerClient(server.grpc_url) as client,
+        pytest.raises(InferenceServerException) as raised,
+    ):
+        client.get_inference_statistics("nope")
     assert raised.value.status() == "StatusCode.NOT_FOUND"

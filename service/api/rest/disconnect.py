@@ -1,6 +1,10 @@
 """A REST request whose client goes away while it waits is dropped: ``unless_disconnected``
 watches the connection during the work and cancels the work on ``http.disconnect``, so a request
-still queued for a model never reaches it (the batcher skips cancelled requests)."""
+still queued for a model never reaches it (the batcher skips cancelled requests).
+
+The watch starts only once the work has taken ``WATCH_AFTER_S``: a request answered sooner (most,
+when the model is not busy) costs a timer, not a task. A client that left earlier is still seen
+then, as uvicorn keeps the disconnect for the next ``receive``."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import TypeVar
 from starlette.types import Receive
 
 T = TypeVar("T")
+WATCH_AFTER_S = 0.002
 
 
 async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T | None:
@@ -21,6 +26,7 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T | None:
     task = asyncio.current_task()
     assert task is not None
     left = False
+    watcher: asyncio.Task[None] | None = None
 
     async def watch() -> None:
         nonlocal left
@@ -28,7 +34,11 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T | None:
             left = True
             task.cancel()
 
-    watcher = asyncio.create_task(watch())
+    def start() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(watch())
+
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start)
     try:
         return await work
     except asyncio.CancelledError:
@@ -37,4 +47,6 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T | None:
         task.uncancel()
         return None
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()

@@ -78,13 +78,7 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
-        self.dropped = Counter(
-            "inference_requests_dropped",
-            "Requests dropped before reaching the model: reason timeout (their timeout ran out "
-            "while queued) or cancelled (the client went away while they were queued).",
-            ["model", "version", "reason"],
-            registry=self.registry,
-        )
+        self.dropped = _dropped_counter(self.registry)
         self.batch_requests = Histogram(
             "inference_batch_requests",
             "Requests whose images shared one session.run (dynamic batching).",
@@ -134,6 +128,16 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _dropped_counter(registry: CollectorRegistry) -> Counter:
+    return Counter(
+        "inference_requests_dropped",
+        "Requests dropped before reaching the model: reason timeout (their timeout ran out "
+        "while queued) or cancelled (the client went away while they were queued).",
+        ["model", "version", "reason"],
+        registry=registry,
+    )
 
 
 class _ProviderCollector(Collector):

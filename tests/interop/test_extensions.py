@@ -28,7 +28,7 @@ from tests.support.servers import Running, running_server, wait_until
 from tests.support.slow_models import write_slow_model
 
 BATCH = {"max_batch_size": 8, "max_batch_delay_ms": 2.0, "max_queue_images": 100}
-SLOW_START_S = 0.25  # time for the slow request to reach its model before the next is sent
+SLOW_START_S = 0.4  # time for the slow request to reach its model before the next is sent
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     and ``slow`` (a run of about a second, for timeouts and cancellation)."""
     root = tmp_path_factory.mktemp("extensions")
     repo = make_model_repo(root, {"tiny": [1], "cached": [1], "spare": [1]}, lecture=False)
-    write_slow_model(repo, "slow", products=32)
+    write_slow_model(repo, "slow", products=40)
     settings = make_settings(
         repo, intra_op_threads=1, response_cache="cached", poll_interval_s=0, **BATCH
     )
@@ -128,6 +128,9 @@ def test_statistics_count_exactly_the_requests_sent(server: Running) -> None:
     assert sum(b["compute_infer"]["count"] for b in batches) == rest["execution_count"]
     assert sum(b["batch_size"] * b["compute_infer"]["count"] for b in batches) == rows
     assert abs(rest["last_inference"] - time.time() * 1000) < 60_000
+    assert "statistics" in httpx.get(f"{server.url}/v2").json()["extensions"]
+    with triton_grpc.InferenceServerClient(server.grpc_url) as client:
+        assert "statistics" in client.get_server_metadata().extensions
     every = httpx.get(f"{server.url}/v2/models/stats").json()["model_stats"]
     assert sorted(s["name"] for s in every) == ["cached", "slow", "spare", "tiny"]
     one = httpx.get(f"{server.url}/v2/models/tiny/versions/1/stats").json()["model_stats"]

@@ -325,10 +325,16 @@ def test_statistics_and_config_of_what_is_not_served_are_404(server: Running, pa
     assert answer.status_code == 404 and "error" in answer.json()
 
 
-def test_grpc_statistics_of_an_unknown_model_is_not_found(server: Running) -> None:
+@pytest.mark.parametrize(
+    ("name", "version", "status"),
+    [("nope", "", "NOT_FOUND"), ("tiny", "7", "NOT_FOUND"), ("", "1", "INVALID_ARGUMENT")],
+)
+def test_grpc_statistics_of_what_is_not_served_is_an_error(
+    server: Running, name: str, version: str, status: str
+) -> None:
     with (
         triton_grpc.InferenceServerClient(server.grpc_url) as client,
         pytest.raises(InferenceServerException) as raised,
     ):
-        client.get_inference_statistics("nope")
-    assert raised.value.status() == "StatusCode.NOT_FOUND"
+        client.get_inference_statistics(name, version)
+    assert raised.value.status() == f"StatusCode.{status}"

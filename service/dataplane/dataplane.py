@@ -148,7 +148,9 @@ class DataPlane:
         timeout_us = request.timeout_us or None
         if self.response_cache.enabled(model.name):
             run = functools.partial(self.predict, model, pixels, requested or None, timeout_us)
-            outputs = await self.response_cache.answer(model, pixels, requested, run)
+            inline = self.settings.inline_decode_bytes
+            cache = self.response_cache
+            outputs = await cache.answer(model, pixels, requested, run, self.work, inline)
         else:
             outputs = await self.predict(model, pixels, requested or None, timeout_us)
         return InferResponse(model.name, str(model.version), request.id, outputs)
@@ -216,7 +218,10 @@ class DataPlane:
         """Load (or reload) a model under its version policy; failed versions are retried."""
         check_load_parameters(parameter_names)
         self.response_cache.drop(name)  # whatever versions it serves next, start afresh
-        await asyncio.to_thread(self.repository.load_model, name)
+        try:
+            await asyncio.to_thread(self.repository.load_model, name)
+        finally:
+            self.response_cache.drop(name)  # and what was stored while it loaded
 
     async def unload_model(self, name: str) -> None:
         """Stop serving every version of a model (requests in flight finish) until a load."""

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from service.core.errors import InvalidConfig
 from service.engine.runtime import ModelRuntime
 from service.engine.statistics import InferenceStatistics
+from service.engine.work_pool import WorkPool
 
 DEFAULT_BUDGET_BYTES = 64 * 1024 * 1024
 Outputs = dict[str, np.ndarray]
@@ -128,10 +129,14 @@ class ResponseCache:
         pixels: np.ndarray,
         outputs: Sequence[str],
         compute: Callable[[], Awaitable[Outputs]],
+        work: WorkPool,
+        inline_bytes: int,
     ) -> Outputs:
-        """The cached answer for this input, else ``compute()``'s, kept for next time."""
+        """The cached answer for this input, else ``compute()``'s, kept for next time. Inputs
+        over ``inline_bytes`` are hashed on ``work``'s threads, off the event loop."""
         started = time.perf_counter()
-        key = self.key(runtime, pixels, outputs)
+        light = pixels.nbytes <= inline_bytes
+        key = await work.run_here_if_light(light, self.key, runtime, pixels, outputs)
         found = self.get(runtime, key, started)
         if found is not None:
             return found

@@ -267,6 +267,12 @@ def test_response_cache_hits_are_counted_and_a_reload_empties_it(server: Running
     assert after["miss"] == 2 and after["hit"] == 2, "a reload empties the cache"
     other = http_infer(server, "cached", images(4, 4))
     np.testing.assert_allclose(other, tiny_reference(images(4, 4)), atol=1e-5)
+    big = images(64, 8)  # 196,608 bytes: hashed off the event loop
+    np.testing.assert_array_equal(
+        http_infer(server, "cached", big), grpc_infer(server, "cached", big)
+    )
+    final = counts(stats(server, "cached"))
+    assert final["hit"] == after["hit"] + 1 and final["miss"] == after["miss"] + 2
 
 
 HOSTILE_TIMEOUTS = [-1, 1.5, "10", True, 10**20, None, {"a": 1}]

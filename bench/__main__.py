@@ -1,6 +1,6 @@
 """Benchmarks and the docs rendered from their results, one subcommand each.
 
-    python -m bench serve|peers|models|grpc|train|train-variants|decode|profile|replicas \
+    python -m bench serve|peers|models|grpc|train|train-variants|decode|shm|profile|replicas \
         |screenshot|render [flags]        # python -m bench COMMAND --help: its flags
 
 Every benchmark writes its figures to ``docs/results/<name>.json`` (unless ``--no-write``) and then
@@ -21,6 +21,7 @@ COMMANDS = {
     "train": ("train", "training throughput of the lecture recipe's own step, onnxruntime too"),
     "train-variants": ("train_variants", "training: threads against DDP processes, bf16, Adam"),
     "decode": ("decode", "what decoding one v2 infer request costs, step by step"),
+    "shm": ("shm", "system shared memory against the binary extension, 256-image batches"),
     "profile": ("profile_serve", "where a request's time goes under load (probes, py-spy)"),
     "replicas": ("replicas", "1 and 2 api processes behind nginx against WORKERS=1 and 2"),
     "screenshot": ("screenshot", "the README's screenshot of the explorer page"),

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bench import blocks_reliability as rel
 from bench import blocks_serving as s
+from bench import blocks_shm
 from bench import blocks_training as tr
 from bench import blocks_tuning as t
 
@@ -20,6 +22,7 @@ BLOCKS: dict[str, tuple[str, Callable[[Record], str]]] = {
     "training": ("training", s.training),
     "peers": ("peers", s.peers),
     "decode": ("decode", t.decode),
+    "shm": ("shm", blocks_shm.shm),
     "grpc-h2load": ("grpc-h2load", t.grpc_h2load),
     "train-variants": ("train-variants", t.train_variants),
     "replicas": ("replicas", t.replicas),
@@ -28,6 +31,10 @@ BLOCKS: dict[str, tuple[str, Callable[[Record], str]]] = {
     "train-94-runs": ("training-94", tr.runs_94),
     "train-94-ablations": ("training-94", tr.ablations_94),
     "train-94-data": ("training-94", tr.data_94),
+    "ddp-epochs-32": ("ddp-epochs", tr.ddp_epochs_32),
+    "ddp-epochs-256": ("ddp-epochs", tr.ddp_epochs_256),
+    "request-cost": ("request-cost", rel.request_cost),
+    "fast-path-cost": ("fast-path-cost", rel.fast_path_cost),
 }
 
 

@@ -93,3 +93,23 @@ def data_94(record: Record) -> str:
             f"| {_acc(d['test_6_views'], True)} | {d['training_time']} |"
         )
     return "\n".join(lines)
+
+
+def ddp_epochs_32(record: Record) -> str:
+    """Seconds per epoch of one process against two at the lecture's batch (docs/scaling.md)."""
+    lines = ["| layout | epoch 1 | epoch 2 | val_accuracy after 2 |", "|---|---:|---:|---:|"]
+    for x in record["results"]["batch_32"]:
+        first, second = x["epoch_s"]
+        lines.append(
+            f"| {x['layout']} | {first:.1f} s | {second:.1f} s | {x['val_accuracy']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def ddp_epochs_256(record: Record) -> str:
+    """The same at a global batch of 256."""
+    lines = ["| layout | epoch 1 | epoch 2 |", "|---|---:|---:|"]
+    for x in record["results"]["batch_256"]:
+        first, second = x["epoch_s"]
+        lines.append(f"| {x['layout']} | {first:.1f} s | {second:.1f} s |")
+    return "\n".join(lines)

@@ -7,6 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bench.blocks_shm import FIGURES as SHM
+from bench.figures_serving import FIGURES as SERVING
+from bench.figures_training import FIGURES as TRAINING
+
 Record = dict[str, Any]
 
 
@@ -205,4 +209,7 @@ FIGURES: dict[str, tuple[str, Callable[[Record], str]]] = {
     "train-94.q50": (
         "training-94", lambda r: f"{_data_run(r, 'one more JPEG pass')['test_6_views']:.4f}"
     ),
+    **SERVING,
+    **TRAINING,
+    **SHM,
 }  # fmt: skip

@@ -330,6 +330,9 @@ class Settings(BaseSettings):
             "without their client's address."
         ),
     )
+    shared_memory_regions: int = Field(
+        default=64, ge=0, description="Most shared memory regions registered at once; 0: off."
+    )
     trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
         default_factory=list,
         description=(

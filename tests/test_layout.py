@@ -42,7 +42,7 @@ def forbidden(name: str) -> bool:
 
 
 def test_nothing_imports_from_conftest_or_test_modules() -> None:
-    paths = sorted(TESTS.rglob("*.py")) + sorted((ROOT / "scripts").rglob("*.py"))
+    paths = [p for d in (TESTS, ROOT / "scripts", ROOT / "bench") for p in sorted(d.rglob("*.py"))]
     found = [
         f"{path.relative_to(ROOT)}: {name}"
         for path in paths

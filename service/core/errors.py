@@ -35,6 +35,12 @@ class ModelNotFound(ServingError):
     status = HTTPStatus.NOT_FOUND
 
 
+class RegionNotFound(ServingError):
+    """A shared memory region that is not registered (its status asked by name)."""
+
+    status = HTTPStatus.NOT_FOUND
+
+
 class ModelNotReady(ServingError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
 

@@ -22,6 +22,7 @@ from service.dataplane.build import cores_per_worker, runtime_options
 from service.dataplane.model_config import ModelConfig, build_model_config
 from service.dataplane.pixels import model_pixels
 from service.dataplane.response_cache import ResponseCache
+from service.dataplane.shared_memory import SharedMemoryRegistry
 from service.dataplane.statistics import collect_statistics
 from service.dataplane.types import (
     InferRequest,
@@ -64,6 +65,11 @@ class DataPlane:
         )
         self.activation_sessions = ActivationSessions(options)  # the explorer's, made on first use
         self.response_cache = ResponseCache(settings.response_cache, self.metrics.registry)
+        # Triton's system shared memory; off with WORKERS > 1 (each process would hold its own)
+        regions = settings.shared_memory_regions if settings.workers == 1 else 0
+        self.shared_memory = SharedMemoryRegistry(
+            regions, settings.inline_decode_bytes, settings.max_request_bytes
+        )
         self._watchers: list[asyncio.Task[None]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -90,6 +96,7 @@ class DataPlane:
 
     def close(self) -> None:
         self.work.close()
+        self.shared_memory.close()
         self.activation_sessions.close()
         self.repository.close()
 
@@ -142,7 +149,9 @@ class DataPlane:
     # -- inference ----------------------------------------------------------------------------
 
     async def infer(self, model: ModelRuntime, request: InferRequest) -> InferResponse:
-        """The outputs ``request`` asks for (all when it names none) from ``model``."""
+        """The outputs ``request`` asks for (all when it names none) from ``model``; those it
+        asks in shared memory are written there."""
+        request = await self.shared_memory.read_inputs(request, self.work)
         requested = [o.name for o in request.outputs]
         pixels = model_pixels(model, request.inputs, requested)
         timeout_us = request.timeout_us or None
@@ -153,7 +162,8 @@ class DataPlane:
             outputs = await cache.answer(model, pixels, requested, run, self.work, inline)
         else:
             outputs = await self.predict(model, pixels, requested or None, timeout_us)
-        return InferResponse(model.name, str(model.version), request.id, outputs)
+        written = await self.shared_memory.write_outputs(request.outputs, outputs, self.work)
+        return InferResponse(model.name, str(model.version), request.id, outputs, written)
 
     async def predict(
         self,

@@ -12,18 +12,42 @@ from service.core.shapes import LayerTable
 from service.engine.layers import LayerReport
 
 
+@dataclass(frozen=True)
+class SharedMemoryRef:
+    """Where a tensor lies in Triton's system shared memory: ``byte_size`` bytes at ``offset``
+    in the registered ``region`` (``shared_memory.SharedMemoryRegistry``)."""
+
+    region: str
+    byte_size: int
+    offset: int = 0
+
+    def parameters(self) -> dict[str, str | int]:
+        """The tensor's wire parameters, as Triton answers an output written to a region."""
+        found: dict[str, str | int] = {
+            "shared_memory_region": self.region,
+            "shared_memory_byte_size": self.byte_size,
+        }
+        if self.offset:
+            found["shared_memory_offset"] = self.offset
+        return found
+
+
 @dataclass
 class InputTensor:
     name: str
     datatype: str
     shape: list[int]
     data: np.ndarray  # already in ``shape``, in the numpy dtype of ``datatype``
+    # Triton's system shared memory: the data lies there; ``data`` is empty until the data plane
+    # reads it
+    shared_memory: SharedMemoryRef | None = None
 
 
 @dataclass
 class RequestedOutput:
     name: str
     binary: bool  # REST's binary tensor extension: sent as raw bytes after the JSON header
+    shared_memory: SharedMemoryRef | None = None  # written there, answered without data
 
 
 @dataclass
@@ -43,6 +67,8 @@ class InferResponse:
     model_version: str
     id: str | None
     outputs: dict[str, np.ndarray]
+    # the outputs written to shared memory, as answered (their data stays out of the reply)
+    shared_memory: dict[str, SharedMemoryRef] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2
 
 from service.api.grpc.extension_codec import timeout_parameter
+from service.api.grpc.shared_memory import set_region, tensor_region
 from service.api.tensors import array_from_bytes, array_from_json, check_datatype
 from service.core.card import TensorSpec
 from service.core.datatypes import DATATYPES
@@ -24,8 +25,9 @@ from service.dataplane.types import (
     RepositoryEntry,
     RequestedOutput,
     ServerMetadata,
+    SharedMemoryRef,
 )
-from service.engine.dtypes import DATATYPE_NAMES
+from service.engine.dtypes import DATATYPE_NAMES, NUMPY_DTYPES
 
 # Typed ``InferTensorContents`` field of each datatype (FP16 travels only as raw bytes).
 CONTENTS_FIELDS: dict[str, str] = {
@@ -35,18 +37,26 @@ CONTENTS_FIELDS: dict[str, str] = {
 
 def decode_infer_request(request: Any, max_rows: int) -> InferRequest:
     """A ``ModelInferRequest``'s inputs (all in ``raw_input_contents``, tritonclient's way, or all
-    typed) and requested outputs; the model it names is the caller's to look up."""
+    typed; or in shared memory) and requested outputs; the model it names is the caller's to look
+    up."""
     check_tensor_count(len(request.outputs), "outputs")
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidInput(
-            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; give one per input"
-        )
     if not request.inputs:
         raise InvalidInput("'inputs' must be a non-empty list of tensors")
     check_tensor_count(len(request.inputs), "inputs")
+    regions = [tensor_region(t.parameters, f"input {t.name!r}") for t in request.inputs]
+    raw = request.raw_input_contents
+    given = sum(region is None for region in regions)  # inputs whose data the message carries
+    if raw and len(raw) != given:
+        raise InvalidInput(
+            f"{len(raw)} raw_input_contents for {given} inputs; give one per input not in "
+            "shared memory"
+        )
     inputs = []
-    for i, tensor in enumerate(request.inputs):
+    raw_index = 0
+    for tensor, region in zip(request.inputs, regions, strict=True):
+        if region is not None:
+            inputs.append(_shared_input(tensor, region, max_rows))
+            continue
         values: list[Any] | None = None
         if not raw:
             field = CONTENTS_FIELDS.get(tensor.datatype)
@@ -56,14 +66,29 @@ def decode_infer_request(request: Any, max_rows: int) -> InferRequest:
                 )
             values = list(getattr(tensor.contents, field))
         shape = list(tensor.shape)
-        inputs.append(
-            _input(tensor.name, tensor.datatype, shape, raw[i] if raw else None, values, max_rows)
-        )
+        data = raw[raw_index] if raw else None
+        raw_index += 1
+        inputs.append(_input(tensor.name, tensor.datatype, shape, data, values, max_rows))
     if any("classification" in o.parameters for o in request.outputs):
         raise InvalidInput("the classification extension is not supported; ask for tensors")
-    outputs = [RequestedOutput(o.name, binary=True) for o in request.outputs]
+    outputs = [
+        RequestedOutput(o.name, True, tensor_region(o.parameters, f"output {o.name!r}"))
+        for o in request.outputs
+    ]
     timeout_us = timeout_parameter(request.parameters)
     return InferRequest(request.id, inputs, outputs, timeout_us=timeout_us)
+
+
+def _shared_input(tensor: Any, region: SharedMemoryRef, max_rows: int) -> InputTensor:
+    """An input the data plane reads from shared memory (no contents of its own)."""
+    where = f"input {tensor.name!r}"
+    if not tensor.name:
+        raise InvalidInput("every input needs a non-empty name")
+    if tensor.HasField("contents"):
+        raise InvalidInput(f"{where}: contents given as well as a shared memory region")
+    datatype = check_datatype(tensor.datatype, where)
+    shape = checked_shape(list(tensor.shape), where, max_rows)
+    return InputTensor(tensor.name, datatype, shape, np.empty(0, NUMPY_DTYPES[datatype]), region)
 
 
 def _input(
@@ -103,10 +128,15 @@ def encode_infer_response(response: InferResponse) -> Any:
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
     for name, array in response.outputs.items():
-        message.outputs.add(
+        tensor = message.outputs.add(
             name=name, datatype=DATATYPE_NAMES[array.dtype], shape=list(array.shape)
         )
-        message.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+        region = response.shared_memory.get(name)
+        if region is not None:  # written there: its parameters and empty contents, as Triton
+            set_region(tensor.parameters, region)
+            message.raw_output_contents.append(b"")
+        else:
+            message.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
     return message
 
 

@@ -19,13 +19,14 @@ from service.api.admin import check_admin
 from service.api.client_address import caller
 from service.api.grpc import codec, extension_codec
 from service.api.grpc.handlers import Undecodable
+from service.api.grpc.shared_memory import status_response
 from service.core.errors import InvalidInput, ModelNotFound, ModelNotReady, ServingError
 from service.dataplane.dataplane import DataPlane, request_scope
 
 log = logging.getLogger(__name__)
 
 INTERNAL_MESSAGE = "internal server error"
-EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
+EXTENSIONS = ["model_repository", "model_configuration", "statistics", "system_shared_memory"]
 
 # The one place REST statuses become gRPC codes; anything else is INTERNAL, shown generically.
 GRPC_CODES: dict[int, grpc.StatusCode] = {
@@ -169,3 +170,23 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         self._require_admin(context, "RepositoryModelUnload")
         await self.plane.unload_model(request.model_name)
         return service_pb2.RepositoryModelUnloadResponse()
+
+    # -- system shared memory: the data plane's registry, under the same admin rules ----------
+
+    @rpc
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        self._require_admin(context, "SystemSharedMemoryStatus")
+        return status_response(self.plane.shared_memory.status(request.name))
+
+    @rpc
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        self._require_admin(context, "SystemSharedMemoryRegister")
+        r = request
+        self.plane.shared_memory.register(r.name, r.key, r.offset, r.byte_size)
+        return service_pb2.SystemSharedMemoryRegisterResponse()
+
+    @rpc
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        self._require_admin(context, "SystemSharedMemoryUnregister")
+        self.plane.shared_memory.unregister(request.name)
+        return service_pb2.SystemSharedMemoryUnregisterResponse()

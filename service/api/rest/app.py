@@ -31,6 +31,7 @@ from service.api.rest.routes import (
     model_extensions,
     model_repository,
     ops,
+    shared_memory,
     v1,
     v2,
 )
@@ -98,7 +99,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
-    for module in (model_extensions, v2, model_repository, v1, inspect, explore, ops, api_docs):
+    routers = (model_extensions, v2, model_repository, shared_memory, v1, inspect, explore, ops)
+    for module in (*routers, api_docs):
         app.include_router(module.router)
     routes = {getattr(r, "path", ""): r for r in v2.router.routes}  # the infer routes' documents
 

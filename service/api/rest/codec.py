@@ -17,6 +17,7 @@ from service.api.tensors import array_from_bytes, array_from_json, check_datatyp
 from service.core.errors import InvalidInput, UnprocessableInput
 from service.core.limits import check_tensor_count, checked_shape
 from service.core.timeouts import check_timeout_us
+from service.dataplane.shared_memory import shared_memory_ref
 from service.dataplane.types import (
     InferRequest,
     InferResponse,
@@ -24,7 +25,7 @@ from service.dataplane.types import (
     ModelMetadata,
     RequestedOutput,
 )
-from service.engine.dtypes import DATATYPE_NAMES
+from service.engine.dtypes import DATATYPE_NAMES, NUMPY_DTYPES
 
 # The fields of a v2 infer request (the protocol's, and the model_name / model_version that the
 # KServe SDK's REST client writes into the body), its input tensors and its requested outputs.
@@ -91,7 +92,15 @@ def _input_tensors(raw_inputs: Any, binary: bytes, max_rows: int) -> list[InputT
         where = f"input {name!r}"
         datatype = check_datatype(datatype, where)
         shape = _shape(tensor.get("shape"), where, max_rows)
-        size = _parameters(tensor, where).get("binary_data_size")
+        parameters = _parameters(tensor, where)
+        size = parameters.get("binary_data_size")
+        region = shared_memory_ref(parameters, where)
+        if region is not None:  # read by the data plane
+            if size is not None or "data" in tensor:
+                raise InvalidInput(f"{where}: data given as well as a shared memory region")
+            empty = np.empty(0, NUMPY_DTYPES[datatype])
+            inputs.append(InputTensor(name, datatype, shape, empty, region))
+            continue
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise InvalidInput(f"{where}: binary_data_size must be a non-negative integer")
@@ -119,8 +128,10 @@ def _requested_outputs(raw_outputs: Any, binary_output: bool) -> list[RequestedO
         name = out.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"outputs[{i}].name must be a non-empty string")
-        flag = _parameters(out, f"outputs[{i}]").get("binary_data", binary_output)
-        outputs.append(RequestedOutput(name, flag is True))
+        parameters = _parameters(out, f"outputs[{i}]")
+        flag = parameters.get("binary_data", binary_output)
+        region = shared_memory_ref(parameters, f"output {name!r}")
+        outputs.append(RequestedOutput(name, flag is True and region is None, region))
     return outputs
 
 
@@ -146,7 +157,10 @@ def encode_infer_response(
             "datatype": DATATYPE_NAMES[array.dtype],
             "shape": list(array.shape),
         }
-        if binary.get(name):
+        region = response.shared_memory.get(name)
+        if region is not None:  # written there: its parameters, no data (Triton's answer)
+            tensor["parameters"] = region.parameters()
+        elif binary.get(name):
             raw = np.ascontiguousarray(array).tobytes()
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)

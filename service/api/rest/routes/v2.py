@@ -39,7 +39,13 @@ async def ready(plane: Plane) -> dict[str, bool]:
     return {"ready": True}
 
 
-EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "system_shared_memory",
+]
 
 
 @router.get(

@@ -5,17 +5,22 @@ request again as soon as its answer arrives, for a fixed time. Prints one JSON l
         --body-file body.json --content-type application/json --concurrency 64 --seconds 10
 
 Raw asyncio streams and prebuilt request bytes keep the client's own cost per request small, so
-it measures the server rather than itself (it runs in its own process, on loopback only).
+it measures the server rather than itself (it runs in its own process, on loopback only). The
+server's own per-request queue and compute times (its statistics extension, over the measured
+window) go into the JSON as ``server`` and beside the client's latency on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 import time
 from pathlib import Path
+
+from bench.server_stats import describe, measured_window, rest_statistics
 
 
 def build_request(host: str, path: str, body: bytes, headers: list[str]) -> bytes:
@@ -118,13 +123,15 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     stop_at = record_from + args.seconds
     latencies: list[float] = []
     errors: list[str] = []
-    await asyncio.gather(
+    workers = asyncio.gather(
         *(
             worker(host, int(port), request, stop_at, record_from, latencies, errors)
             for _ in range(args.concurrency)
         )
     )
-    return summarise(args, latencies, errors)
+    read = functools.partial(rest_statistics, args.address, args.path)
+    server = await measured_window(read, args.warmup, workers)
+    return {**summarise(args, latencies, errors), "server": server}
 
 
 def main() -> None:
@@ -149,7 +156,9 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    print(json.dumps(asyncio.run(run(args))))
+    summary = asyncio.run(run(args))
+    print(describe(summary), file=sys.stderr)
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

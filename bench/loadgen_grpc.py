@@ -1,6 +1,6 @@
 """A small closed-loop gRPC load generator: N concurrent callers on one HTTP/2 channel, each sending
 the same ModelInfer request again as soon as its answer arrives, for a fixed time. Prints one JSON
-line with the keys of ``bench/loadgen.py``.
+line with the keys of ``bench/loadgen.py`` (``server``: the server's own per-request times).
 
     python -m bench.loadgen_grpc --address 127.0.0.1:8001 --model cifar10_cnn --images 1 \
         --concurrency 64 --seconds 10
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 import time
@@ -22,6 +23,7 @@ from tritonclient.grpc import service_pb2
 
 from bench.bodies import pixels
 from bench.loadgen import summarise
+from bench.server_stats import describe, grpc_statistics, measured_window
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -63,8 +65,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 if start >= record_from:
                     latencies.append(time.perf_counter() - start)
 
-        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-    return summarise(args, latencies, errors)
+        workers = asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        read = functools.partial(grpc_statistics, args.address, args.model)
+        server = await measured_window(read, args.warmup, workers)
+    return {**summarise(args, latencies, errors), "server": server}
 
 
 def run_blocking(args: argparse.Namespace) -> dict[str, object]:
@@ -109,7 +113,9 @@ def main() -> None:
     if args.blocking and args.concurrency != 1:
         sys.exit("--blocking is one caller: use it with --concurrency 1")
     try:
-        print(json.dumps(run_blocking(args) if args.blocking else asyncio.run(run(args))))
+        summary = run_blocking(args) if args.blocking else asyncio.run(run(args))
+        print(describe(summary), file=sys.stderr)
+        print(json.dumps(summary))
     except grpc.RpcError as exc:  # the first call, before timing, failed
         sys.exit(f"loadgen_grpc: {exc.code().name}: {exc.details()}")
 

@@ -87,11 +87,11 @@ def wrap_batcher(probes: Probes) -> None:
     submit = batcher.DynamicBatcher.submit
     chunks = batcher.DynamicBatcher._run_in_chunks
 
-    async def timed_submit(self: Any, rows: Any) -> Any:
+    async def timed_submit(self: Any, rows: Any, timeout_s: float = 0.0) -> Any:
         m = probes.marks.get(id(asyncio.current_task()))
         if m is not None:
             m.append(time.perf_counter())  # decoded, queued
-        result = await submit(self, rows)
+        result = await submit(self, rows, timeout_s)
         run_start = result.pop("__run_start__", [0.0])
         if m is not None:
             m.append(run_start[0])
@@ -100,9 +100,9 @@ def wrap_batcher(probes: Probes) -> None:
 
     def timed_chunks(self: Any, images: Any, requests: int) -> Any:
         start = time.perf_counter()
-        result = chunks(self, images, requests)
+        result, runs = chunks(self, images, requests)
         probes.batches.append((start, len(images), time.perf_counter() - start))
-        return {**result, "__run_start__": [start] * len(images)}
+        return {**result, "__run_start__": [start] * len(images)}, runs
 
     batcher.DynamicBatcher.submit = timed_submit  # type: ignore[method-assign]
     batcher.DynamicBatcher._run_in_chunks = timed_chunks  # type: ignore[method-assign]

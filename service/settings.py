@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.core.errors import ServingError
+from service.core.timeouts import MAX_TIMEOUT_US
 from service.core.version_policy import VersionPolicy
 
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
@@ -188,10 +189,8 @@ class Settings(BaseSettings):
         gt=0,
         le=30,
         description=(
-            "Longest time a connection may take to deliver complete request headers, from when it "
-            "opened (or from the first byte of its next request when kept alive); slower is "
-            "closed, with a 408 if part of a head came, so half-open connections cannot pile up. "
-            "Also gRPC's limit on finishing a new connection's HTTP/2 handshake."
+            "Longest time a connection may take to deliver complete request headers (408 and "
+            "closed), and gRPC's limit on a new connection's HTTP/2 handshake."
         ),
     )
     max_connections: int = Field(
@@ -277,6 +276,18 @@ class Settings(BaseSettings):
         ge=1,
         description="Images waiting for a model before new requests get 503 with Retry-After.",
     )
+    request_timeout_us: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_TIMEOUT_US,
+        description="Microseconds a request may wait queued before it fails unrun, as a "
+        "request's own timeout parameter (Triton's) does; 0: no limit.",
+    )
+    response_cache: str = Field(
+        default="",
+        description="Models whose answers are cached (Triton's response cache), comma-separated, "
+        "each NAME or NAME=BYTES (its memory budget, default 64 MiB); empty: none.",
+    )
     gc_gen0_threshold: int = Field(
         default=50_000,
         ge=0,
@@ -321,9 +332,7 @@ class Settings(BaseSettings):
         default=False,
         description=(
             "Local development only: the repository API also answers, without the token, peers "
-            "at exactly 127.0.0.1 or ::1 whose requests carry no forwarding headers (Forwarded, "
-            "X-Forwarded-For, X-Real-IP). Off where a proxy on this host may forward requests "
-            "without their client's address."
+            "at 127.0.0.1 or ::1 whose requests carry no forwarding headers (docs/reliability.md)."
         ),
     )
     shared_memory_regions: int = Field(
@@ -340,10 +349,8 @@ class Settings(BaseSettings):
     allowed_hosts: Annotated[list[str] | None, NoDecode] = Field(
         default=None,
         description=(
-            "Host header names (any port) that REST answers, comma-separated; '*' for any, "
-            "'*.example.com' for subdomains; others get 400 (DNS rebinding). Unset or empty: "
-            "localhost, 127.0.0.1, [::1] and HOST itself when HOST is a loopback address, else "
-            "any."
+            "Host header names REST answers, comma-separated ('*', '*.example.com'); others get "
+            "400 (DNS rebinding). Unset: the loopback names when HOST is loopback, else any."
         ),
     )
 

@@ -57,6 +57,13 @@ class Overloaded(ServingError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
 
 
+class TimeoutExpired(ServingError):
+    """A request still queued when its ``timeout`` parameter (or ``REQUEST_TIMEOUT_US``) ran out:
+    answered without running, as Triton's UNAVAILABLE "Request timeout expired"."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
 class Forbidden(ServingError):
     status = HTTPStatus.FORBIDDEN
 

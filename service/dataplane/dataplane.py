@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 
@@ -19,8 +20,11 @@ from service.core.errors import InvalidCard, InvalidInput, ModelNotReady, Payloa
 from service.core.version_policy import VersionPolicy
 from service.dataplane.build import cores_per_worker, runtime_options
 from service.dataplane.log_settings import LogSettings
+from service.dataplane.model_config import ModelConfig, build_model_config
 from service.dataplane.pixels import model_pixels
+from service.dataplane.response_cache import ResponseCache
 from service.dataplane.shared_memory import SharedMemoryRegistry
+from service.dataplane.statistics import collect_statistics
 from service.dataplane.trace_settings import TraceSettings
 from service.dataplane.types import (
     InferRequest,
@@ -37,6 +41,7 @@ from service.engine.leases import lease_scope
 from service.engine.metrics import Metrics
 from service.engine.repository import ModelRepository
 from service.engine.runtime import ModelRuntime
+from service.engine.statistics import VersionStatistics
 from service.engine.version_folder import ModelState, ModelVersion
 from service.engine.work_pool import WorkPool
 from service.settings import Settings
@@ -61,6 +66,7 @@ class DataPlane:
             settings.work_threads or cores_per_worker(settings), settings.max_waiting_work
         )
         self.activation_sessions = ActivationSessions(options)  # the explorer's, made on first use
+        self.response_cache = ResponseCache(settings.response_cache, self.metrics.registry)
         # Triton's system shared memory; off with WORKERS > 1 (each process would hold its own)
         regions = settings.shared_memory_regions if settings.workers == 1 else 0
         self.shared_memory = SharedMemoryRegistry(
@@ -134,6 +140,16 @@ class DataPlane:
             class_names=list(card.class_names),
         )
 
+    def model_config(self, name: str, version: str | None = None) -> ModelConfig:
+        """The configuration in force for a version, one value for REST and gRPC alike."""
+        runtime = self.model(name, version)
+        meta, policy = self.model_metadata(name, version), self.repository.policy(name)
+        return build_model_config(meta, runtime.options, policy, self.settings, self.response_cache)
+
+    def statistics(self, name: str | None, version: str | None = None) -> list[VersionStatistics]:
+        """Triton's statistics: every loaded version, a model's, or one version's."""
+        return collect_statistics(self.repository, name, version)
+
     # -- inference ----------------------------------------------------------------------------
 
     async def infer(self, model: ModelRuntime, request: InferRequest) -> InferResponse:
@@ -142,18 +158,31 @@ class DataPlane:
         request = await self.shared_memory.read_inputs(request, self.work)
         requested = [o.name for o in request.outputs]
         pixels = model_pixels(model, request.inputs, requested)
-        outputs = await self.predict(model, pixels, requested or None)
+        timeout_us = request.timeout_us or None
+        if self.response_cache.enabled(model.name):
+            run = functools.partial(self.predict, model, pixels, requested or None, timeout_us)
+            inline = self.settings.inline_decode_bytes
+            cache = self.response_cache
+            outputs = await cache.answer(model, pixels, requested, run, self.work, inline)
+        else:
+            outputs = await self.predict(model, pixels, requested or None, timeout_us)
         written = await self.shared_memory.write_outputs(request.outputs, outputs, self.work)
         return InferResponse(model.name, str(model.version), request.id, outputs, written)
 
     async def predict(
-        self, model: ModelRuntime, pixels: np.ndarray, outputs: Sequence[str] | None = None
+        self,
+        model: ModelRuntime,
+        pixels: np.ndarray,
+        outputs: Sequence[str] | None = None,
+        timeout_us: int | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run one checked image batch; the single place a request meets a model."""
+        """Run one checked image batch; the single place a request meets a model. Still queued
+        after ``timeout_us`` (None: REQUEST_TIMEOUT_US; 0: no limit), it fails unrun."""
         limit = self.settings.max_images_per_request
         if pixels.shape[0] > limit:
             raise PayloadTooLarge(f"{pixels.shape[0]} images, more than the limit of {limit}")
-        return await model.infer(pixels, outputs)
+        timeout_us = self.settings.request_timeout_us if timeout_us is None else timeout_us
+        return await model.infer(pixels, outputs, timeout_us / 1e6)
 
     # -- inspection -----------------------------------------------------------------------------
 
@@ -202,10 +231,15 @@ class DataPlane:
     async def load_model(self, name: str, parameter_names: Iterable[str]) -> None:
         """Load (or reload) a model under its version policy; failed versions are retried."""
         check_load_parameters(parameter_names)
-        await asyncio.to_thread(self.repository.load_model, name)
+        self.response_cache.drop(name)  # whatever versions it serves next, start afresh
+        try:
+            await asyncio.to_thread(self.repository.load_model, name)
+        finally:
+            self.response_cache.drop(name)  # and what was stored while it loaded
 
     async def unload_model(self, name: str) -> None:
         """Stop serving every version of a model (requests in flight finish) until a load."""
+        self.response_cache.drop(name)
         await asyncio.to_thread(self.repository.unload_model, name)
 
 

@@ -58,6 +58,7 @@ class InferRequest:
     binary_output: bool = False
     model_name: str | None = None  # as the body names it (KServe's SDK does); None when absent
     model_version: str | None = None
+    timeout_us: int = 0  # the ``timeout`` parameter (Triton's, microseconds); 0: the default
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,16 @@ whenever that thread is free it runs everything waiting (up to ``max_batch_size`
 so a lone client never waits for company, and under load the requests that arrive during a run
 form the next one. Because the thread pulls its next batch itself, the model never waits on a
 busy event loop (decoding a large JSON body, say). ``max_batch_delay_ms`` can add a short wait for
-company. The queue is bounded in rows: past it, ``Overloaded`` (503) at once.
+company. The queue is bounded in rows: past it, ``Overloaded`` (503) at once. A request whose
+``timeout_s`` runs out while it is queued, or whose caller went away, is dropped before its batch
+runs; ``statistics`` (Triton's statistics extension) counts what each batch did.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import queue
 import threading
 import time
@@ -20,8 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.core.errors import Overloaded
+from service.core.errors import Overloaded, TimeoutExpired
 from service.engine import tracing
+from service.engine.statistics import InferenceStatistics
 
 Outputs = dict[str, np.ndarray]
 RunBatch = Callable[[np.ndarray], Outputs]
@@ -35,16 +39,20 @@ class _Pending:
     future: asyncio.Future[Outputs]
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.perf_counter)
+    deadline: float = math.inf  # perf_counter time after which it must not run
+    taken: bool = False  # the batcher has it: past its queue, it runs to the end
     trace: tracing.Queued | None = None  # its span when the request is traced
 
 
 @dataclass(frozen=True)
 class BatchStats:
-    """What one run did, for metrics."""
+    """What one run did, for metrics; ``dropped`` runs none: requests timed out or cancelled."""
 
     rows: int
     requests: int
     seconds: float
+    timed_out: int = 0
+    cancelled: int = 0
 
 
 def _resolve(future: asyncio.Future[Outputs], result: Outputs | BaseException) -> None:
@@ -69,6 +77,7 @@ class DynamicBatcher:
         max_queue_rows: int = 4096,
         on_batch: Callable[[BatchStats], None] | None = None,
         name: str = "batcher",
+        statistics: InferenceStatistics | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue_rows < 1:
             raise ValueError("max_batch_size and max_queue_rows must be positive")
@@ -77,6 +86,7 @@ class DynamicBatcher:
         self.max_batch_delay_s = max_batch_delay_ms / 1000.0
         self.max_queue_rows = max_queue_rows
         self._on_batch = on_batch
+        self.statistics = statistics or InferenceStatistics()
         # A C-level queue, as ThreadPoolExecutor uses: waking the thread costs no more than
         # handing one request to an executor would. None is the stop signal.
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
@@ -92,11 +102,12 @@ class DynamicBatcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
-    async def submit(self, rows: np.ndarray) -> Outputs:
+    async def submit(self, rows: np.ndarray, timeout_s: float = 0.0) -> Outputs:
         """Run ``rows`` (one request's images) in some batch; returns exactly their outputs.
 
         A request of ``max_batch_size`` rows or more runs on its own, in runs of at most that
-        many rows one after the other, joined again in order.
+        many rows one after the other, joined again in order. Still queued after ``timeout_s``
+        (0: no limit): ``TimeoutExpired``, and it never runs.
         """
         if self._closed:
             raise Overloaded("the model is shutting down; retry")
@@ -108,8 +119,13 @@ class DynamicBatcher:
             self._queued_rows += len(rows)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
-        self._queue.put(_Pending(rows, future, loop, trace=tracing.queued()))
-        return await future
+        item = _Pending(rows, future, loop, trace=tracing.queued())
+        if not timeout_s:
+            self._queue.put(item)
+            return await future
+        item.deadline = item.enqueued + timeout_s
+        self._queue.put(item)
+        return await _wait(item, timeout_s)
 
     def _next(self, timeout: float | None) -> _Pending | None:
         """The next waiting request (blocking up to ``timeout``; None: stop, or none came)."""
@@ -144,7 +160,7 @@ class DynamicBatcher:
         return batch
 
     def _work(self) -> None:
-        """The model's thread: take a batch, run it, answer each request with its rows."""
+        """The model's thread: take a batch, drop the requests nobody waits for, run the rest."""
         while True:
             if self._stop_seen and self._queued_rows == 0:
                 return  # stopped and drained (a request counted in is still on its way in)
@@ -154,48 +170,112 @@ class DynamicBatcher:
             batch = self._take(first)
             with self._count:
                 self._queued_rows -= sum(len(b.rows) for b in batch)
-            batch = [b for b in batch if not b.future.cancelled()]  # clients that went away
-            if not batch:
-                continue
-            images = batch[0].rows if len(batch) == 1 else np.concatenate([b.rows for b in batch])
+            batch = self._live(batch)
+            if batch:
+                self._run(batch)
+
+    def _live(self, batch: list[_Pending]) -> list[_Pending]:
+        """The requests still wanted: cancelled ones (clients that went away) and expired ones
+        (answered ``TimeoutExpired``) are dropped here, before they reach the model."""
+        now = time.perf_counter()
+        live: list[_Pending] = []
+        timed_out = cancelled = dropped_ns = 0
+        for item in batch:
+            item.taken = True  # from here a timeout no longer cancels it (see ``_wait``)
+            expired = now >= item.deadline
+            if item.future.cancelled() or expired:
+                timed_out += expired
+                cancelled += not expired
+                dropped_ns += int((now - item.enqueued) * 1e9)
+                if expired:
+                    self._answer(item, _expired(item))
+            else:
+                live.append(item)
+        if timed_out or cancelled:
+            self.statistics.record_fail(timed_out + cancelled, dropped_ns)
+            if self._on_batch is not None:
+                self._on_batch(BatchStats(0, 0, 0.0, timed_out, cancelled))
+        return live
+
+    def _run(self, batch: list[_Pending]) -> None:
+        """One batch: gather its input, run it, hand each request its rows; timed throughout."""
+        start = time.perf_counter()
+        images = batch[0].rows if len(batch) == 1 else np.concatenate([b.rows for b in batch])
+        gathered = time.perf_counter()
+        try:
+            with tracing.batch_span((b.trace for b in batch), len(images)):
+                outputs, runs = self._run_in_chunks(images, len(batch))
+        except Exception as exc:
+            self._run_alone(batch, exc)
+            return
+        ran = time.perf_counter()
+        offset = 0
+        for item in batch:
+            end = offset + len(item.rows)
+            self._answer(item, {k: v[offset:end] for k, v in outputs.items()})
+            offset = end
+        done = time.perf_counter()
+        self._record(batch, runs, (start, gathered, ran, done))
+
+    def _record(
+        self, batch: list[_Pending], runs: list[tuple[int, int]], times: tuple[float, ...]
+    ) -> None:
+        """Statistics for a batch that ran: its executions, and each request's share."""
+        start, gathered, ran, done = times
+        input_ns, output_ns = int((gathered - start) * 1e9), int((done - ran) * 1e9)
+        infer_ns = sum(ns for _, ns in runs)
+        statistics = self.statistics
+        for rows, ns in runs:
+            statistics.record_execution(rows, input_ns // len(runs), ns, output_ns // len(runs))
+        queue_s = sum(start - item.enqueued for item in batch)
+        total_s = sum(done - item.enqueued for item in batch)
+        statistics.record_batch(
+            len(batch), int(queue_s * 1e9), (input_ns, infer_ns, output_ns), int(total_s * 1e9)
+        )
+
+    def _run_alone(self, batch: list[_Pending], error: Exception) -> None:
+        """A batch that failed: one request's images can fail a run (a graph that errs on some
+        values), so each runs alone and only the requests that fail by themselves hear of it."""
+        if len(batch) == 1:
+            self._fail(batch[0], error)
+            return
+        for item in batch:
+            start = time.perf_counter()
             try:
-                with tracing.batch_span((b.trace for b in batch), len(images)):
-                    outputs = self._run_in_chunks(images, len(batch))
-            except Exception as exc:
-                if len(batch) == 1:
-                    self._answer(batch[0], exc)
-                    continue
-                # One request's images can fail a run (a graph that errs on some values): run
-                # each alone, so only the requests that fail by themselves hear of it.
-                for item in batch:
-                    try:
-                        self._answer(item, self._run_in_chunks(item.rows, 1))
-                    except Exception as alone:
-                        self._answer(item, alone)
+                outputs, runs = self._run_in_chunks(item.rows, 1)
+            except Exception as alone:
+                self._fail(item, alone)
                 continue
-            offset = 0
-            for item in batch:
-                end = offset + len(item.rows)
-                self._answer(item, {k: v[offset:end] for k, v in outputs.items()})
-                offset = end
+            done = time.perf_counter()
+            self._answer(item, outputs)
+            self._record([item], runs, (start, start, done, done))
+
+    def _fail(self, item: _Pending, error: Exception) -> None:
+        self._answer(item, error)
+        self.statistics.record_fail(1, int((time.perf_counter() - item.enqueued) * 1e9))
 
     @staticmethod
     def _answer(item: _Pending, result: Outputs | BaseException) -> None:
         with contextlib.suppress(RuntimeError):  # that loop has closed; nobody waits any more
             item.loop.call_soon_threadsafe(_resolve, item.future, result)
 
-    def _run_in_chunks(self, images: np.ndarray, requests: int) -> Outputs:
-        """Runs of at most ``max_batch_size`` rows, joined in order."""
+    def _run_in_chunks(
+        self, images: np.ndarray, requests: int
+    ) -> tuple[Outputs, list[tuple[int, int]]]:
+        """Runs of at most ``max_batch_size`` rows, joined in order; with each run's (rows, ns)."""
         parts: list[Outputs] = []
+        runs: list[tuple[int, int]] = []
         for i in range(0, len(images), self.max_batch_size):
             chunk = images[i : i + self.max_batch_size]
             start = time.perf_counter()
             parts.append(self._run_batch(chunk))
+            seconds = time.perf_counter() - start
+            runs.append((len(chunk), int(seconds * 1e9)))
             if self._on_batch is not None:
-                self._on_batch(BatchStats(len(chunk), requests, time.perf_counter() - start))
+                self._on_batch(BatchStats(len(chunk), requests, seconds))
         if len(parts) == 1:
-            return parts[0]
-        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+            return parts[0], runs
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}, runs
 
     def stop(self) -> None:
         """Refuse new work (from any thread); what is queued still runs, then the thread ends."""
@@ -207,3 +287,24 @@ class DynamicBatcher:
         """Refuse new work and wait until every queued request has its answer."""
         self.stop()
         await asyncio.to_thread(self._thread.join)
+
+
+def _expired(item: _Pending) -> TimeoutExpired:
+    waited_us = int((item.deadline - item.enqueued) * 1e6)
+    return TimeoutExpired(f"Request timeout expired: still queued after {waited_us} us")
+
+
+async def _wait(item: _Pending, timeout_s: float) -> Outputs:
+    """``item``'s answer; once ``timeout_s`` has passed with it still queued, ``TimeoutExpired``
+    at once (not when the batcher gets to it) and the batcher drops it. A caller that goes away
+    (its task cancelled) cancels it too."""
+    future = item.future
+    try:
+        done, _ = await asyncio.wait((future,), timeout=timeout_s)
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+    if not done and not item.taken:
+        future.cancel()  # the batcher sees it cancelled, past its deadline: counted as timed out
+        raise _expired(item)
+    return await future  # running already: it finishes, as Triton lets a started request do

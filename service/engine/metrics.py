@@ -78,6 +78,7 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.dropped = _dropped_counter(self.registry)
         self.batch_requests = Histogram(
             "inference_batch_requests",
             "Requests whose images shared one session.run (dynamic batching).",
@@ -102,8 +103,15 @@ class Metrics:
         self.grpc_latency.labels(method).observe(seconds)
 
     def observe_batch(self, model: str, version: int, stats: BatchStats) -> None:
-        """One session.run: its rows, the requests it served, and its time."""
+        """One session.run: its rows, the requests it served, and its time (or, with no rows,
+        the requests dropped before a run)."""
         labels = (model, str(version))
+        if not stats.rows:
+            if stats.timed_out:
+                self.dropped.labels(*labels, "timeout").inc(stats.timed_out)
+            if stats.cancelled:
+                self.dropped.labels(*labels, "cancelled").inc(stats.cancelled)
+            return
         self.images.labels(*labels).inc(stats.rows)
         self.inference.labels(*labels).observe(stats.seconds)
         self.batch_size.labels(*labels).observe(stats.rows)
@@ -120,6 +128,16 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _dropped_counter(registry: CollectorRegistry) -> Counter:
+    return Counter(
+        "inference_requests_dropped",
+        "Requests dropped before reaching the model: reason timeout (their timeout ran out "
+        "while queued) or cancelled (the client went away while they were queued).",
+        ["model", "version", "reason"],
+        registry=registry,
+    )
 
 
 class _ProviderCollector(Collector):

@@ -24,10 +24,11 @@ import onnxruntime as ort
 
 from service.core.card import ModelCard, TensorSpec
 from service.core.datatypes import DATATYPES
-from service.core.errors import InvalidCard, ProviderUnavailable, ServingError
+from service.core.errors import InvalidCard, ProviderUnavailable, ServingError, TimeoutExpired
 from service.engine import tracing
 from service.engine.batcher import BatchStats, DynamicBatcher
 from service.engine.dtypes import NUMPY_DTYPES
+from service.engine.statistics import InferenceStatistics
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,7 @@ class ModelRuntime:
             max_workers=1, thread_name_prefix=f"ort-{card.name}-{card.version}"
         )
         self._batcher: DynamicBatcher | None = None  # made on first use, in the serving loop
+        self.statistics = InferenceStatistics()  # this version's, since it was loaded
         self._lock = threading.Lock()
         self._users = 0  # requests holding this runtime (see ``acquire``)
         self._retired = False
@@ -202,32 +204,52 @@ class ModelRuntime:
         return {n: np.asarray(r) for n, r in zip(names, results, strict=True)}
 
     def _run_batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Every output for a batch, timed for the metrics (on the model's thread)."""
-        start = time.perf_counter()
-        result = self.run(images)
-        if self.options.on_batch is not None and not self.options.dynamic_batching:
-            stats = BatchStats(len(images), 1, time.perf_counter() - start)
-            self.options.on_batch(self.name, self.version, stats)
-        return result
+        """Every output for a batch (on the model's thread)."""
+        return self.run(images)
 
-    def _run_alone(
-        self, images: np.ndarray, traced: tracing.Queued | None
+    def _run_unbatched(
+        self,
+        images: np.ndarray,
+        enqueued: float,
+        timeout_s: float,
+        traced: tracing.Queued | None = None,
     ) -> dict[str, np.ndarray]:
-        """One request's run without the batcher: its ``batch`` span links that request alone."""
-        with tracing.batch_span((traced,), len(images)):
-            return self._run_batch(images)
+        """One request as one run, without the batcher: timed for the metrics and statistics;
+        ``TimeoutExpired`` if it waited for the thread longer than ``timeout_s`` (0: no limit)."""
+        start = time.perf_counter()
+        statistics = self.statistics
+        if timeout_s and start - enqueued >= timeout_s:
+            statistics.record_fail(1, int((start - enqueued) * 1e9))
+            self._observe(BatchStats(0, 0, 0.0, timed_out=1))
+            raise TimeoutExpired(
+                f"Request timeout expired: still queued after {int(timeout_s * 1e6)} us"
+            )
+        try:
+            with tracing.batch_span((traced,), len(images)):  # links this request alone
+                result = self.run(images)
+        except Exception:
+            statistics.record_fail(1, int((time.perf_counter() - enqueued) * 1e9))
+            raise
+        done = time.perf_counter()
+        infer_ns = int((done - start) * 1e9)
+        statistics.record_execution(len(images), 0, infer_ns, 0)
+        total_ns = int((done - enqueued) * 1e9)
+        statistics.record_batch(1, int((start - enqueued) * 1e9), (0, infer_ns, 0), total_ns)
+        self._observe(BatchStats(len(images), 1, done - start))
+        return result
 
     def _observe(self, stats: BatchStats) -> None:
         if self.options.on_batch is not None:
             self.options.on_batch(self.name, self.version, stats)
 
     async def infer(
-        self, images: np.ndarray, outputs: Sequence[str] | None = None
+        self, images: np.ndarray, outputs: Sequence[str] | None = None, timeout_s: float = 0.0
     ) -> dict[str, np.ndarray]:
         """Run validated images on the model's own thread and return their outputs.
 
         With dynamic batching, concurrent calls share runs (``DynamicBatcher``); without it each
-        call is one run. Either way the event loop never waits on onnxruntime.
+        call is one run. Either way the event loop never waits on onnxruntime. Still queued
+        after ``timeout_s`` (0: no limit): ``TimeoutExpired``, never run.
         """
         if self.options.dynamic_batching:
             if self._batcher is None:
@@ -238,12 +260,16 @@ class ModelRuntime:
                     max_queue_rows=self.options.max_queue_images,
                     on_batch=self._observe,
                     name=f"batcher-{self.name}-{self.version}",
+                    statistics=self.statistics,
                 )
-            result = await self._batcher.submit(images)
+            result = await self._batcher.submit(images, timeout_s)
         else:
             loop = asyncio.get_running_loop()
+            run, start = self._run_unbatched, time.perf_counter()
             traced = tracing.queued()  # its span, from this task's context (None: untraced)
-            result = await loop.run_in_executor(self._executor, self._run_alone, images, traced)
+            result = await loop.run_in_executor(
+                self._executor, run, images, start, timeout_s, traced
+            )
         return {name: result[name] for name in outputs} if outputs else result
 
     def warm_up(self) -> None:

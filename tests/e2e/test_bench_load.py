@@ -1,5 +1,6 @@
 """The benchmarks' one server helper and one load-generator runner against a real
-``python -m service``: REST and gRPC answer every request of a short closed-loop run."""
+``python -m service``: REST and gRPC answer every request of a short closed-loop run, and the
+server's statistics for the run come back beside the client's latency."""
 
 from __future__ import annotations
 
@@ -22,3 +23,5 @@ def test_the_load_generators_drive_a_real_server_without_errors(tmp_path: Path) 
     for summary in (rest, grpc):
         assert summary["requests"] > 0 and summary["errors"] == 0, summary
         assert 0 < summary["p50_ms"] <= summary["p99_ms"]
+        server = summary["server"]  # perf_analyzer's view: the server's statistics extension
+        assert server["requests"] > 0 and server["compute_infer_ms"] > 0

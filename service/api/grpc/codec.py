@@ -4,13 +4,13 @@ the repository index to the protocol's published messages (compiled in ``tritonc
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from tritonclient.grpc import model_config_pb2, service_pb2
+from tritonclient.grpc import service_pb2
 
+from service.api.grpc.extension_codec import timeout_parameter
 from service.api.grpc.shared_memory import set_region, tensor_region
 from service.api.tensors import array_from_bytes, array_from_json, check_datatype
 from service.core.card import TensorSpec
@@ -75,7 +75,8 @@ def decode_infer_request(request: Any, max_rows: int) -> InferRequest:
         RequestedOutput(o.name, True, tensor_region(o.parameters, f"output {o.name!r}"))
         for o in request.outputs
     ]
-    return InferRequest(request.id, inputs, outputs)
+    timeout_us = timeout_parameter(request.parameters)
+    return InferRequest(request.id, inputs, outputs, timeout_us=timeout_us)
 
 
 def _shared_input(tensor: Any, region: SharedMemoryRef, max_rows: int) -> InputTensor:
@@ -157,32 +158,6 @@ def model_metadata_response(meta: ModelMetadata) -> Any:
         inputs=[_tensor_metadata(t) for t in meta.inputs],
         outputs=[_tensor_metadata(t) for t in meta.outputs],
     )
-
-
-def _config_tensor(kind: Any, spec: TensorSpec) -> Any:
-    data_type = model_config_pb2.DataType.Value(f"TYPE_{spec.datatype}")
-    return kind(name=spec.name, data_type=data_type, dims=spec.shape[1:])  # batch axis implied
-
-
-def model_config_response(meta: ModelMetadata, max_batch_size: int) -> Any:
-    """Tensors, the batch limit, and what the metadata message has no room for: the class names
-    and execution providers (as JSON strings in ``parameters``)."""
-    parameters = {
-        "class_names": json.dumps(meta.class_names),
-        "execution_providers": json.dumps(meta.execution_providers),
-    }
-    config = model_config_pb2.ModelConfig(
-        name=meta.name,
-        platform=meta.platform,
-        backend="onnxruntime",
-        max_batch_size=max_batch_size,
-        input=[_config_tensor(model_config_pb2.ModelInput, t) for t in meta.inputs],
-        output=[_config_tensor(model_config_pb2.ModelOutput, t) for t in meta.outputs],
-        parameters={
-            k: model_config_pb2.ModelParameter(string_value=v) for k, v in parameters.items()
-        },
-    )
-    return service_pb2.ModelConfigResponse(config=config)
 
 
 def repository_index_response(entries: Sequence[RepositoryEntry]) -> Any:

@@ -17,7 +17,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from service.api.admin import check_admin
 from service.api.client_address import caller
-from service.api.grpc import codec, settings_codec
+from service.api.grpc import codec, extension_codec, settings_codec
 from service.api.grpc.handlers import Undecodable
 from service.api.grpc.shared_memory import status_response
 from service.api.grpc.stream import infer_message, serve_stream
@@ -27,7 +27,14 @@ from service.dataplane.dataplane import DataPlane, request_scope
 log = logging.getLogger(__name__)
 
 INTERNAL_MESSAGE = "internal server error"
-EXTENSIONS = ["model_repository", "model_configuration", "system_shared_memory", "logging", "trace"]
+EXTENSIONS = [
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "system_shared_memory",
+    "logging",
+    "trace",
+]
 
 # The one place REST statuses become gRPC codes; anything else is INTERNAL, shown generically.
 GRPC_CODES: dict[int, grpc.StatusCode] = {
@@ -125,8 +132,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     @rpc
     async def ModelConfig(self, request: Any, context: Any) -> Any:
-        meta = self.plane.model_metadata(request.name, request.version or None)
-        return codec.model_config_response(meta, self.plane.settings.max_images_per_request)
+        config = self.plane.model_config(request.name, request.version or None)
+        return extension_codec.model_config_response(config)
+
+    @rpc
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        stats = self.plane.statistics(request.name or None, request.version or None)
+        return extension_codec.statistics_response(stats)
 
     @rpc
     async def ModelInfer(self, request: Any, context: Any) -> Any:

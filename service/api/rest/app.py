@@ -29,6 +29,7 @@ from service.api.rest.routes import (
     explore,
     inspect,
     log_settings,
+    model_extensions,
     model_repository,
     ops,
     shared_memory,
@@ -100,7 +101,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
-    for module in (v2, model_repository, shared_memory, v1, inspect, explore, ops, api_docs):
+    routers = (model_extensions, v2, model_repository, shared_memory, v1, inspect, explore, ops)
+    for module in (*routers, api_docs):
         app.include_router(module.router)
     for module in (log_settings, trace_settings):  # Triton's logging and trace extensions
         app.include_router(module.router)

@@ -16,6 +16,7 @@ from service.api.rest.json_wire import dumps, json_object, loads_infer_request
 from service.api.tensors import array_from_bytes, array_from_json, check_datatype
 from service.core.errors import InvalidInput, UnprocessableInput
 from service.core.limits import check_tensor_count, checked_shape
+from service.core.timeouts import check_timeout_us
 from service.dataplane.shared_memory import shared_memory_ref
 from service.dataplane.types import (
     InferRequest,
@@ -62,7 +63,8 @@ def decode_infer_request(body: bytes, header_length: int | None, max_rows: int) 
     model_name = request.get("model_name")
     if model_name is not None and not isinstance(model_name, str):
         raise InvalidInput("'model_name' must be a string")
-    binary_output = _parameters(request, "the request").get("binary_data_output") is True
+    parameters = _parameters(request, "the request")
+    binary_output = parameters.get("binary_data_output") is True
     return InferRequest(
         request_id,
         _input_tensors(request.get("inputs"), binary, max_rows),
@@ -70,6 +72,7 @@ def decode_infer_request(body: bytes, header_length: int | None, max_rows: int) 
         binary_output,
         model_name or None,
         _model_version(request.get("model_version")),
+        check_timeout_us(parameters.get("timeout", 0)),
     )
 
 

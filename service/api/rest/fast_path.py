@@ -15,6 +15,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api.rest.disconnect import unless_disconnected
 from service.api.rest.http_io import internal_error_response, serving_error_response
 from service.api.rest.infer import HEADER_LENGTH, v2_infer
 from service.api.rest.middleware import BodyLimit, RequestMetrics, RuntimeLeases
@@ -72,7 +73,10 @@ class FastInfer:
                 return
             carrier = asgi_carrier(scope["headers"])  # {} unless tracing is on
             with self.plane.trace_settings.request(name, carrier):
-                reply = await v2_infer(self.plane, name, version, body, content_type, header_length)
+                work = v2_infer(self.plane, name, version, body, content_type, header_length)
+                reply = await unless_disconnected(receive, work)
+            if reply is None:  # the client left while its request waited: it never ran
+                return
             headers = [
                 (b"content-type", reply.media_type.encode()),
                 (b"content-length", str(len(reply.body)).encode()),

@@ -39,7 +39,15 @@ async def ready(plane: Plane) -> dict[str, bool]:
     return {"ready": True}
 
 
-EXTENSIONS = ["binary_tensor_data", "model_repository", "system_shared_memory", "logging", "trace"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "system_shared_memory",
+    "logging",
+    "trace",
+]
 
 
 @router.get(

@@ -74,6 +74,44 @@ def get_ready(port: int) -> tuple[bytes, float]:
     return answer.partition(b"\r\n")[0], time.monotonic() - started
 
 
+def print_figures(
+    opening_s: float,
+    opened: dict[socket.socket, float],
+    closed: dict[socket.socket, float],
+    answers: dict[socket.socket, bytes],
+    trickled: int,
+    normal: list[tuple[bytes, float]],
+) -> None:
+    """The run's figures as one JSON line (docs/reliability.md quotes them; pytest -s)."""
+    ages = [closed[sock] - opened[sock] for sock in opened]
+    latencies = sorted(seconds for _, seconds in normal)
+    print(
+        json.dumps(
+            {
+                "half_open": HALF_OPEN,
+                "header_timeout_s": HEADER_TIMEOUT_S,
+                "opening_s": round(opening_s, 2),
+                "closed_after_s": {
+                    "min": round(min(ages), 2),
+                    "median": round(statistics.median(ages), 2),
+                    "max": round(max(ages), 2),
+                },
+                "all_closed_s_after_last_opened": round(
+                    max(closed.values()) - max(opened.values()), 2
+                ),
+                "answered_408": sum(a.startswith(b"HTTP/1.1 408") for a in answers.values()),
+                "bytes_trickled": trickled,
+                "normal_requests": len(normal),
+                "normal_latency_ms": {
+                    "median": round(1000 * statistics.median(latencies), 1),
+                    "p95": round(1000 * latencies[int(0.95 * (len(latencies) - 1))], 1),
+                    "max": round(1000 * latencies[-1], 1),
+                },
+            }
+        )
+    )
+
+
 def test_2000_half_open_connections_are_closed_and_others_are_served(server: Running) -> None:
     raise_own_file_limit(2 * HALF_OPEN + 1000)
     selector = selectors.DefaultSelector()
@@ -141,32 +179,7 @@ def test_2000_half_open_connections_are_closed_and_others_are_served(server: Run
     assert trickled > 0
     assert len(normal) >= 10
     assert {status for status, _ in normal} == {b"HTTP/1.1 200 OK"}
-    latencies = sorted(seconds for _, seconds in normal)
-    print(
-        json.dumps(
-            {
-                "half_open": HALF_OPEN,
-                "header_timeout_s": HEADER_TIMEOUT_S,
-                "opening_s": round(all_open - start, 2),
-                "closed_after_s": {
-                    "min": round(min(ages), 2),
-                    "median": round(statistics.median(ages), 2),
-                    "max": round(max(ages), 2),
-                },
-                "all_closed_s_after_last_opened": round(
-                    max(closed.values()) - max(opened.values()), 2
-                ),
-                "answered_408": sum(a.startswith(b"HTTP/1.1 408") for a in answers.values()),
-                "bytes_trickled": trickled,
-                "normal_requests": len(normal),
-                "normal_latency_ms": {
-                    "median": round(1000 * statistics.median(latencies), 1),
-                    "p95": round(1000 * latencies[int(0.95 * (len(latencies) - 1))], 1),
-                    "max": round(1000 * latencies[-1], 1),
-                },
-            }
-        )
-    )
+    print_figures(all_open - start, opened, closed, answers, trickled, normal)
 
 
 def test_a_connection_sending_nothing_is_closed_silently(server: Running) -> None:

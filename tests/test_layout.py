@@ -21,13 +21,14 @@ PATH_EDITS = {"insert", "append", "extend", "remove", "pop", "clear", "__setitem
 def python_files() -> list[Path]:
     """Every .py file git knows here; outside a git checkout, every one under the root but
     hidden folders and the ignored data, build and runs folders."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "*.py"],
-        cwd=ROOT, capture_output=True, text=True,
-    )  # fmt: skip
+    argv = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "*.py"]
+    try:
+        listed = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    except OSError:  # no git here
+        listed = subprocess.CompletedProcess(argv, 127)
     if listed.returncode == 0:
-        return sorted(p for name in set(listed.stdout.split("\0")) if name
-                      if (p := ROOT / name).is_file())  # fmt: skip
+        names = {name for name in listed.stdout.split("\0") if name}
+        return sorted(p for name in names if (p := ROOT / name).is_file())
     skipped = {"data", "build", "runs"}
     return sorted(
         path for path in ROOT.rglob("*.py")

@@ -83,30 +83,37 @@ compose-env: ## write your uid and gid into .env for compose's trainer container
 	@mv .env.new .env
 	@echo ".env: CIFAR_UID=$$(id -u) CIFAR_GID=$$(id -g)"
 
-# Build the images with docker (or podman) and run them as a user would (scripts/image_check.py):
-# minutes and a container engine, so not part of `make test`. Run it whenever the Dockerfile, the
-# compose files or deploy/nginx change. IMAGE_CHECK_FLAGS, e.g. "--no-gpu --keep-images".
+# Build the images with docker (or podman) and run them as a user would: the container suite in
+# tests/system (the tests marked `containers`, run alone by pytest's --image-check): minutes and a
+# container engine, so not part of `make test`. Run it whenever the Dockerfile, the compose files
+# or deploy/nginx change. IMAGE_CHECK_FLAGS adds the suite's pytest options: --no-gpu,
+# --no-trainer, --no-compose (leave those out), --pull (try Docker Hub for the base images),
+# --images N (real images to classify, 20), --max-burst-s S (15), --gpu-min-free-gb G (20), or
+# any pytest option, e.g. IMAGE_CHECK_FLAGS="--no-gpu -x".
 IMAGE_CHECK_FLAGS ?=
 image-check: $(VENV)/.dev-stamp $(VENV)/.containers-stamp $(DATA) container-engine ## build and run the images as a user would (docker or podman; installs podman where none answers; minutes)
-	$(BIN)/python scripts/image_check.py $(IMAGE_CHECK_FLAGS)
+	$(BIN)/python -m pytest tests/system --image-check -v $(IMAGE_CHECK_FLAGS)
 
 lint: $(VENV)/.dev-stamp ## ruff, mypy and the import-linter layering contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict service
-	$(BIN)/mypy training tests scripts bench
+	$(BIN)/mypy training tests bench
 	$(BIN)/lint-imports  # the layering contracts in pyproject.toml ([tool.importlinter])
 
-# Debian's podman (with runc, and debootstrap, from which image_check.py makes its stand-in base
-# images) when no container engine answers here (the docker CLI may be there without a daemon) and
-# this machine lets us install it, as `browser` and `nginx` do for their tests.
+# Debian's podman and runc when no container engine answers here (the docker CLI may be there
+# without a daemon), and debootstrap when neither it nor mmdebstrap is (the container suite makes
+# its stand-in base images with it where Docker Hub's are absent), where this machine lets us
+# install them, as `browser` and `nginx` do for their tests.
+ENGINE_ANSWERS := docker info >/dev/null 2>&1 || podman info >/dev/null 2>&1
+ROOTFS_MAKER := command -v mmdebstrap >/dev/null 2>&1 || command -v debootstrap >/dev/null 2>&1
 container-engine: ## install Debian's podman, runc and debootstrap where no engine answers (root)
-	@docker info >/dev/null 2>&1 || command -v podman >/dev/null 2>&1 || \
-	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	    echo "installing Debian's podman, runc and debootstrap for make image-check" && \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc \
-	      debootstrap >/dev/null); } || \
-	  echo "no container engine answers and none can be installed: make image-check checks nothing"
+	@missing="$$( { $(ENGINE_ANSWERS); } || echo podman runc) $$( { $(ROOTFS_MAKER); } || echo debootstrap)"; \
+	if [ -z "$$(echo $$missing)" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's $$(echo $$missing) for make image-check"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "missing $$(echo $$missing) and not installable here: make image-check will say what it could not check"; fi
 
 # Debian's chromium for the explorer page's browser test (Playwright drives it through
 # executable_path; no browser is downloaded), where this machine lets us install it; elsewhere
@@ -126,8 +133,10 @@ nginx: ## install Debian's nginx for the load-balancer test (as root)
 	  echo "nginx not installed: the load-balancer test will be skipped"
 
 # Every test, the slow ones too (marked `slow`: over ~10 s each, real training under torchrun, the
-# compose trainer, the CLI and retrain jobs, the short soak and fuzz). test-fast skips those.
-test: lint browser nginx ## lint, then every test, the slow ones too (what CI runs)
+# compose trainer, the CLI and retrain jobs, the short soak and fuzz of tests/system). test-fast
+# skips those. Neither runs the container suite (marked `containers`: make image-check), so
+# neither needs a container engine.
+test: lint browser nginx ## lint, then every test, the slow ones too (what CI runs; no containers)
 	$(BIN)/python -m pytest -q
 
 test-fast: lint browser nginx ## lint, then the tests not marked slow
@@ -199,15 +208,20 @@ bench-peers: $(VENV)/.dev-stamp $(DATA) ## this service beside PyTriton, the lec
 	$(BIN)/python -m bench peers $(BENCH_PEERS_FLAGS)
 
 # Reliability (docs/reliability.md): a real server under mixed load at concurrency 64 (5xx, dropped
-# connections, memory growth), and schemathesis against its live OpenAPI document. `make test`
-# runs short versions of both.
+# connections, memory growth), and schemathesis against its live OpenAPI document: the suites
+# tests/system/test_soak.py and test_fuzz.py over models/ (`make test` runs them short, 20 s and 8
+# examples, over the tests' repository). They print their result at the end. The soak also reads
+# SOAK_WARMUP_S (40 % of the run, at most 30 s) and SOAK_CONCURRENCY (64); the fuzz FUZZ_SEED (6),
+# FUZZ_WORKERS (1) and FUZZ_OUTPUT (a file for schemathesis' full reports and the server log).
 SOAK_SECONDS  ?= 180
 FUZZ_EXAMPLES ?= 100
 soak: $(VENV)/.dev-stamp ## a real server under mixed load for SOAK_SECONDS at concurrency 64
-	$(BIN)/python scripts/soak.py --seconds $(SOAK_SECONDS) --concurrency 64
+	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_MODEL_REPOSITORY=models \
+	  $(BIN)/python -m pytest -q tests/system/test_soak.py
 
 fuzz: $(VENV)/.dev-stamp ## schemathesis against a live server's OpenAPI document (FUZZ_EXAMPLES)
-	$(BIN)/python scripts/fuzz_api.py --max-examples $(FUZZ_EXAMPLES) --seed 6
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_MODEL_REPOSITORY=models \
+	  $(BIN)/python -m pytest -q tests/system/test_fuzz.py
 
 clean: ## remove .venv, caches and runs/
 	rm -rf $(VENV) .cache runs .pytest_cache .mypy_cache .ruff_cache

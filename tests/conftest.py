@@ -1,5 +1,8 @@
 """Shared fixtures: a model repository on disk of tiny real ONNX graphs with valid cards (built by
 ``tests.support.models.make_model_repo``, which any test can call for the repository it needs).
+And the container suite's switch: tests marked ``containers`` (tests/system) build and run the
+images with docker or podman, so they run only with ``--image-check`` (``make image-check``),
+which then runs them alone; ``make test`` skips them and needs no container engine.
 """
 
 from __future__ import annotations
@@ -11,6 +14,42 @@ from typing import Any
 import pytest
 
 from tests.support.models import make_model_repo
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("image-check", "the container suite (make image-check)")
+    group.addoption(
+        "--image-check", action="store_true",
+        help="run the container suite (tests marked containers) and nothing else: build the images "
+        "with docker or podman and run them as a user would (minutes)",
+    )  # fmt: skip
+    group.addoption("--no-gpu", action="store_true", help="skip the api-gpu image")
+    group.addoption("--no-trainer", action="store_true", help="skip the trainer image")
+    group.addoption("--no-compose", action="store_true", help="skip the compose checks")
+    group.addoption("--pull", action="store_true", help="try Docker Hub for the base images")
+    group.addoption("--images", type=int, default=20, help="real images to classify")
+    group.addoption(
+        "--max-burst-s", type=float, default=15.0,
+        help="longest stretch of errors allowed while replicas are recreated",
+    )  # fmt: skip
+    group.addoption(
+        "--gpu-min-free-gb", type=float, default=20.0,
+        help="free disk the api-gpu build needs, else it is skipped",
+    )  # fmt: skip
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With --image-check only the container suite runs; without it, it is skipped."""
+    if config.getoption("--image-check"):
+        others = [item for item in items if not item.get_closest_marker("containers")]
+        if others:
+            config.hook.pytest_deselected(items=others)
+            items[:] = [item for item in items if item.get_closest_marker("containers")]
+        return
+    skip = pytest.mark.skip(reason="the container suite runs with --image-check (make image-check)")
+    for item in items:
+        if item.get_closest_marker("containers"):
+            item.add_marker(skip)
 
 
 @pytest.fixture

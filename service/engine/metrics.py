@@ -23,6 +23,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class Metrics:
+    """Every metric the service exports, on its own registry."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -58,6 +60,10 @@ class Metrics:
             buckets=LAG_BUCKETS_S,
             registry=self.registry,
         )
+        self._add_model_metrics()
+
+    def _add_model_metrics(self) -> None:
+        """What the models do: images, runs, batch sizes, dropped requests."""
         self.images = Counter(
             "images_classified",
             "Images (tensor rows) run through a model.",

@@ -85,15 +85,6 @@ async def test_strict_mode_refuses_the_lecture_second_pooling(client: httpx.Asyn
     )
 
 
-async def test_batch_norm_counts_four_per_channel_two_trainable(client: httpx.AsyncClient) -> None:
-    layers = [{"type": "conv2d", "filters": 16, "kernel": 3, "bias": False}, {"type": "batch_norm"}]
-    body = (await shapes(client, {"input_shape": [8, 8, 3], "layers": layers})).json()
-    bn = body["layers"][1]
-    assert (bn["params"], bn["trainable_params"]) == (64, 32)
-    assert "gamma and beta trainable" in bn["note"]
-    assert body["non_trainable_params"] == 32
-
-
 async def test_text_format_prints_the_keras_summary(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/v1/shapes",

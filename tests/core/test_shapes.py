@@ -89,12 +89,16 @@ def test_same_padding_keeps_size_at_stride_one_and_ceils_with_stride() -> None:
 
 
 def test_batch_norm_has_four_params_per_channel_two_trainable() -> None:
+    """gamma and beta train; the moving mean and variance count, as non-trainable (Keras)."""
     spec: list[dict[str, Any]] = [
-        {"type": "conv2d", "filters": 16, "kernel": 3},
+        {"type": "conv2d", "filters": 16, "kernel": 3, "bias": False},
         {"type": "batch_norm"},
     ]
-    bn = layer_table((8, 8, 3), spec).rows[1]
+    table = layer_table((8, 8, 3), spec)
+    bn = table.rows[1]
     assert (bn.params, bn.trainable_params) == (64, 32)
+    assert "gamma and beta trainable" in bn.note
+    assert table.as_dict()["non_trainable_params"] == 32
 
 
 @pytest.mark.parametrize(

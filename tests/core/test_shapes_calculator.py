@@ -52,15 +52,3 @@ def test_absurd_and_malformed_stacks_are_refused(
     with pytest.raises(InvalidLayerSpec) as info:
         layer_table(input_shape, spec)
     assert message in info.value.message
-
-
-def test_batch_norm_note_says_which_parameters_train() -> None:
-    spec: list[dict[str, Any]] = [
-        {"type": "conv2d", "filters": 8, "kernel": 3, "bias": False},
-        {"type": "batch_norm"},
-    ]
-    table = layer_table((8, 8, 3), spec)
-    bn = table.rows[1]
-    assert (bn.params, bn.trainable_params) == (32, 16)
-    assert "gamma and beta trainable" in bn.note
-    assert table.as_dict()["non_trainable_params"] == 16

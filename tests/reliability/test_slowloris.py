@@ -74,125 +74,112 @@ def get_ready(port: int) -> tuple[bytes, float]:
     return answer.partition(b"\r\n")[0], time.monotonic() - started
 
 
-class HalfOpenCrowd:
-    """HALF_OPEN connections that each send half a request head, a tenth of them trickling on."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.selector = selectors.DefaultSelector()
-        self.opened: dict[socket.socket, float] = {}
-        self.closed: dict[socket.socket, float] = {}
-        self.answers: dict[socket.socket, bytes] = {}
-        self.trickled = 0
-
-    def close(self, sock: socket.socket) -> None:
-        self.closed[sock] = time.monotonic()
-        self.selector.unregister(sock)
-        sock.close()
-
-    def open_all(self) -> None:
-        """Non-blocking connects, each sending its half head once it is up."""
-        start = time.monotonic()
-        for _ in range(HALF_OPEN):
-            sock = socket.socket()
-            sock.setblocking(False)
-            self.opened[sock] = time.monotonic()
-            sock.connect_ex(("127.0.0.1", self.port))
-            self.selector.register(sock, selectors.EVENT_WRITE)
-        waiting = self.selector.get_map().values
-        while any(key.events == selectors.EVENT_WRITE for key in waiting()):
-            assert time.monotonic() - start < 30, "connections did not open"
-            for key, _ in self.selector.select(timeout=1):
-                sock = key.fileobj  # type: ignore[assignment]
-                sock.send(HALF_HEAD)
-                self.selector.modify(sock, selectors.EVENT_READ)
-
-    def read_ready(self) -> None:
-        for key, _ in self.selector.select(timeout=0.05):
-            sock: socket.socket = key.fileobj  # type: ignore[assignment]
-            try:
-                data = sock.recv(65536)
-            except ConnectionResetError:
-                data = b""
-            self.answers[sock] = self.answers.get(sock, b"") + data
-            if not data:
-                self.close(sock)
-
-    def trickle(self, slow: list[socket.socket]) -> None:
-        """One more byte of an endless header line on each slow connection still open."""
-        for sock in slow:
-            if sock not in self.closed and sock not in self.answers:
-                try:
-                    sock.send(b"a")
-                    self.trickled += 1
-                except OSError:  # the server closed it meanwhile
-                    self.close(sock)
-
-    def shut(self) -> None:
-        for sock in self.opened:
-            if sock not in self.closed:
-                sock.close()
-        self.selector.close()
-
-
-def _report(crowd: HalfOpenCrowd, opening_s: float, normal: list[tuple[bytes, float]]) -> None:
-    ages = [crowd.closed[sock] - crowd.opened[sock] for sock in crowd.opened]
+def print_figures(
+    opening_s: float,
+    opened: dict[socket.socket, float],
+    closed: dict[socket.socket, float],
+    answers: dict[socket.socket, bytes],
+    trickled: int,
+    normal: list[tuple[bytes, float]],
+) -> None:
+    """The run's figures as one JSON line (docs/reliability.md quotes them; pytest -s)."""
+    ages = [closed[sock] - opened[sock] for sock in opened]
     latencies = sorted(seconds for _, seconds in normal)
-    report = {
-        "half_open": HALF_OPEN,
-        "header_timeout_s": HEADER_TIMEOUT_S,
-        "opening_s": round(opening_s, 2),
-        "closed_after_s": {
-            "min": round(min(ages), 2),
-            "median": round(statistics.median(ages), 2),
-            "max": round(max(ages), 2),
-        },
-        "all_closed_s_after_last_opened": round(
-            max(crowd.closed.values()) - max(crowd.opened.values()), 2
-        ),
-        "answered_408": sum(a.startswith(b"HTTP/1.1 408") for a in crowd.answers.values()),
-        "bytes_trickled": crowd.trickled,
-        "normal_requests": len(normal),
-        "normal_latency_ms": {
-            "median": round(1000 * statistics.median(latencies), 1),
-            "p95": round(1000 * latencies[int(0.95 * (len(latencies) - 1))], 1),
-            "max": round(1000 * latencies[-1], 1),
-        },
-    }
-    print(json.dumps(report))
+    print(
+        json.dumps(
+            {
+                "half_open": HALF_OPEN,
+                "header_timeout_s": HEADER_TIMEOUT_S,
+                "opening_s": round(opening_s, 2),
+                "closed_after_s": {
+                    "min": round(min(ages), 2),
+                    "median": round(statistics.median(ages), 2),
+                    "max": round(max(ages), 2),
+                },
+                "all_closed_s_after_last_opened": round(
+                    max(closed.values()) - max(opened.values()), 2
+                ),
+                "answered_408": sum(a.startswith(b"HTTP/1.1 408") for a in answers.values()),
+                "bytes_trickled": trickled,
+                "normal_requests": len(normal),
+                "normal_latency_ms": {
+                    "median": round(1000 * statistics.median(latencies), 1),
+                    "p95": round(1000 * latencies[int(0.95 * (len(latencies) - 1))], 1),
+                    "max": round(1000 * latencies[-1], 1),
+                },
+            }
+        )
+    )
 
 
 def test_2000_half_open_connections_are_closed_and_others_are_served(server: Running) -> None:
     raise_own_file_limit(2 * HALF_OPEN + 1000)
-    crowd = HalfOpenCrowd(server.rest_port)
+    selector = selectors.DefaultSelector()
+    opened: dict[socket.socket, float] = {}
+    closed: dict[socket.socket, float] = {}
+    answers: dict[socket.socket, bytes] = {}
     normal: list[tuple[bytes, float]] = []
+    trickled = 0
+
+    def close(sock: socket.socket) -> None:
+        closed[sock] = time.monotonic()
+        selector.unregister(sock)
+        sock.close()
+
     try:
         start = time.monotonic()
-        crowd.open_all()
-        opening_s = time.monotonic() - start
-        slow = list(crowd.opened)[::10]  # these keep sending a byte of their endless header line
+        for _ in range(HALF_OPEN):  # non-blocking connects, each sending its half head when up
+            sock = socket.socket()
+            sock.setblocking(False)
+            opened[sock] = time.monotonic()
+            sock.connect_ex(("127.0.0.1", server.rest_port))
+            selector.register(sock, selectors.EVENT_WRITE)
+        while any(key.events == selectors.EVENT_WRITE for key in selector.get_map().values()):
+            assert time.monotonic() - start < 30, "connections did not open"
+            for key, _ in selector.select(timeout=1):
+                sock = key.fileobj  # type: ignore[assignment]
+                sock.send(HALF_HEAD)
+                selector.modify(sock, selectors.EVENT_READ)
+        all_open = time.monotonic()
+        slow = list(opened)[::10]  # these keep sending a byte of their endless header line
         last_trickle = 0.0
-        deadline = max(crowd.opened.values()) + HEADER_TIMEOUT_S + MARGIN_S
-        while len(crowd.closed) < HALF_OPEN and time.monotonic() < deadline:
-            crowd.read_ready()
+        deadline = max(opened.values()) + HEADER_TIMEOUT_S + MARGIN_S
+        while len(closed) < HALF_OPEN and time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=0.05):
+                sock = key.fileobj  # type: ignore[assignment]
+                try:
+                    data = sock.recv(65536)
+                except ConnectionResetError:
+                    data = b""
+                answers[sock] = answers.get(sock, b"") + data
+                if not data:
+                    close(sock)
             if time.monotonic() - last_trickle >= 0.5:
                 last_trickle = time.monotonic()
-                crowd.trickle(slow)
+                for sock in slow:
+                    if sock not in closed and sock not in answers:
+                        try:
+                            sock.send(b"a")
+                            trickled += 1
+                        except OSError:  # the server closed it meanwhile
+                            close(sock)
             normal.append(get_ready(server.rest_port))  # a fresh connection each time
     finally:
-        crowd.shut()
+        for sock in opened:
+            if sock not in closed:
+                sock.close()
+        selector.close()
 
-    closed = crowd.closed
     assert len(closed) == HALF_OPEN, f"{HALF_OPEN - len(closed)} half-open connections still open"
-    ages = [closed[sock] - crowd.opened[sock] for sock in crowd.opened]
+    ages = [closed[sock] - opened[sock] for sock in opened]
     assert min(ages) >= HEADER_TIMEOUT_S * 0.9  # closed by the timeout, not by anything sooner
     assert max(ages) <= HEADER_TIMEOUT_S + MARGIN_S
-    heads = {answer.partition(b"\r\n")[0] for answer in crowd.answers.values() if answer}
+    heads = {answer.partition(b"\r\n")[0] for answer in answers.values() if answer}
     assert heads <= {b"HTTP/1.1 408 Request Timeout"}, heads
-    assert crowd.trickled > 0
+    assert trickled > 0
     assert len(normal) >= 10
     assert {status for status, _ in normal} == {b"HTTP/1.1 200 OK"}
-    _report(crowd, opening_s, normal)
+    print_figures(all_open - start, opened, closed, answers, trickled, normal)
 
 
 def test_a_connection_sending_nothing_is_closed_silently(server: Running) -> None:
@@ -274,7 +261,7 @@ def test_raise_open_file_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
     """In a child process (the limit is process-wide) whose soft limit starts at 256."""
     code = (
         "import resource\n"
-        "from service.api.rest.connections import raise_open_file_limit\n"
+        "from service.api.connections import raise_open_file_limit\n"
         "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
         "print(raise_open_file_limit(64), *resource.getrlimit(resource.RLIMIT_NOFILE))\n"

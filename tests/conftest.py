@@ -2,7 +2,7 @@
 ``tests.support.models.make_model_repo``, which any test can call for the repository it needs).
 And the container suite's switch: tests marked ``containers`` (tests/system) build and run the
 images with docker or podman, so they run only with ``--image-check`` (``make image-check``),
-which then runs them alone; ``make test`` skips them and needs no container engine.
+which then runs them alone; ``make test`` deselects them and needs no container engine.
 """
 
 from __future__ import annotations
@@ -39,17 +39,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With --image-check only the container suite runs; without it, it is skipped."""
-    if config.getoption("--image-check"):
-        others = [item for item in items if not item.get_closest_marker("containers")]
-        if others:
-            config.hook.pytest_deselected(items=others)
-            items[:] = [item for item in items if item.get_closest_marker("containers")]
-        return
-    skip = pytest.mark.skip(reason="the container suite runs with --image-check (make image-check)")
-    for item in items:
-        if item.get_closest_marker("containers"):
-            item.add_marker(skip)
+    """With --image-check only the container suite runs; without it, only the others (the
+    container suite is deselected, not skipped: make test has nothing it did not check)."""
+    wanted = bool(config.getoption("--image-check"))
+    dropped = [item for item in items if bool(item.get_closest_marker("containers")) != wanted]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if bool(item.get_closest_marker("containers")) == wanted]
 
 
 @pytest.fixture

@@ -5,7 +5,9 @@
 # from Docker Hub beyond the base (and PYTHON_IMAGE replaces that, e.g. with a local stand-in).
 #
 # Dependencies come from the lock files in requirements/ (make lock) and are installed before any
-# source is copied, so a source or README edit rebuilds only the last, small layer.
+# source is copied, so a source or README edit rebuilds only the last, small layer. The lock is
+# COPYed, not bind-mounted: podman's builder keys a RUN's cache on its text, not on a bound file's
+# contents, so a changed lock would otherwise reuse the stale layer (seen with podman 4.3).
 #
 # Builds that reach PyPI through a proxy with its own CA, or through another index, pass them as
 # build secrets, which never enter an image layer (make image-check does this):
@@ -24,10 +26,9 @@ RUN useradd --create-home --uid 10001 --user-group app
 
 # --- serving: onnxruntime on the CPU, never torch -------------------------------------------
 FROM base AS api
-RUN --mount=type=bind,source=requirements/api.txt,target=/tmp/requirements.txt \
-    --mount=type=bind,source=deploy/docker/pip-install.sh,target=/tmp/pip-install.sh \
-    --mount=type=secret,id=pip_ca --mount=type=secret,id=pip_conf \
-    sh /tmp/pip-install.sh --requirement /tmp/requirements.txt
+COPY requirements/api.txt deploy/docker/pip-install.sh /tmp/deps/
+RUN --mount=type=secret,id=pip_ca --mount=type=secret,id=pip_conf \
+    sh /tmp/deps/pip-install.sh --requirement /tmp/deps/api.txt
 COPY pyproject.toml README.md ./
 COPY service ./service
 RUN pip install --no-deps --no-build-isolation . && rm -rf build *.egg-info
@@ -50,11 +51,10 @@ CMD ["python", "-m", "service"]
 # session; only the driver's libcuda.so.1 comes from the host (NVIDIA Container Toolkit).
 FROM api AS api-gpu
 USER root
-RUN --mount=type=bind,source=requirements/api-gpu.txt,target=/tmp/requirements.txt \
-    --mount=type=bind,source=deploy/docker/pip-install.sh,target=/tmp/pip-install.sh \
-    --mount=type=secret,id=pip_ca --mount=type=secret,id=pip_conf \
+COPY requirements/api-gpu.txt /tmp/deps/
+RUN --mount=type=secret,id=pip_ca --mount=type=secret,id=pip_conf \
     pip uninstall --yes onnxruntime \
-    && sh /tmp/pip-install.sh --requirement /tmp/requirements.txt \
+    && sh /tmp/deps/pip-install.sh --requirement /tmp/deps/api-gpu.txt \
     && pip check
 ENV PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider
 USER app
@@ -64,12 +64,11 @@ FROM base AS trainer
 # The CPU index alone (--index-url, no fallback): if it does not answer the build fails instead
 # of taking PyPI's CUDA torch. The lock pins the CPU build (torch==X+cpu), which PyPI lacks.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-RUN --mount=type=bind,source=requirements/trainer.txt,target=/tmp/requirements.txt \
-    --mount=type=bind,source=deploy/docker/pip-install.sh,target=/tmp/pip-install.sh \
-    --mount=type=secret,id=pip_ca --mount=type=secret,id=pip_conf \
-    sh /tmp/pip-install.sh --no-deps --index-url "$TORCH_INDEX_URL" \
-        "$(grep '^torch==' /tmp/requirements.txt)" \
-    && sh /tmp/pip-install.sh --requirement /tmp/requirements.txt \
+COPY requirements/trainer.txt deploy/docker/pip-install.sh /tmp/deps/
+RUN --mount=type=secret,id=pip_ca --mount=type=secret,id=pip_conf \
+    sh /tmp/deps/pip-install.sh --no-deps --index-url "$TORCH_INDEX_URL" \
+        "$(grep '^torch==' /tmp/deps/trainer.txt)" \
+    && sh /tmp/deps/pip-install.sh --requirement /tmp/deps/trainer.txt \
     && python -c "import torch, sys; sys.exit(torch.version.cuda is not None)"
 COPY pyproject.toml README.md ./
 COPY service ./service

@@ -29,15 +29,19 @@ def dockerfile_stages() -> dict[str, list[str]]:
 
 
 def test_dependencies_are_installed_from_the_lock_before_sources_are_copied() -> None:
-    """A source or README edit must not reinstall the dependencies: in every stage the locked
-    install comes before any COPY of the project."""
+    """A source or README edit must not reinstall the dependencies: in every stage the lock is
+    COPYed (a bind mount's contents are not in podman's cache key, so a changed lock would reuse
+    a stale layer) and installed by the next line, before any COPY of the project."""
     stages = dockerfile_stages()
     for stage, lock in (("api", "api.txt"), ("api-gpu", "api-gpu.txt"), ("trainer", "trainer.txt")):
         lines = stages[stage]
-        install = next(i for i, line in enumerate(lines) if f"requirements/{lock}" in line)
-        assert "--requirement" in lines[install]
+        copy = next(i for i, line in enumerate(lines) if f"requirements/{lock}" in line)
+        assert lines[copy].startswith("COPY "), f"{stage}: the lock must be COPYed"
+        install = copy + 1
+        assert f"--requirement /tmp/deps/{lock}" in lines[install], lines[install]
+        assert "type=bind" not in lines[install]
         copies = [i for i, line in enumerate(lines) if line.upper().startswith("COPY ")]
-        assert all(i > install for i in copies), f"{stage}: COPY before the dependency layer"
+        assert all(i > install for i in copies if i != copy), f"{stage}: COPY before the deps"
         # The project itself goes in last, without touching the locked set.
         installs = [line for line in lines if "pip install" in line and " ." in line]
         assert all("--no-deps" in line for line in installs), installs

@@ -1,7 +1,8 @@
 """Benchmarks and the docs rendered from their results, one subcommand each.
 
-    python -m bench serve|peers|models|grpc|train|train-variants|decode|shm|profile|replicas \
-        |screenshot|render [flags]        # python -m bench COMMAND --help: its flags
+    python -m bench COMMAND [flags]     # serve, peers, models, grpc, train, train-variants,
+                                        # decode, shm, profile, replicas, screenshot, render
+    python -m bench COMMAND --help      # its flags
 
 Every benchmark writes its figures to ``docs/results/<name>.json`` (unless ``--no-write``) and then
 re-renders the docs from those files; ``render`` does only the latter.

@@ -61,10 +61,7 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         default=0,
         ge=0,
-        description=(
-            "onnxruntime threads inside one run (0: the cores this process may use divided by "
-            "WORKERS, so processes and threads together fill the machine once)."
-        ),
+        description="onnxruntime threads inside one run (0: cores divided by WORKERS).",
     )
     inter_op_threads: int = Field(
         default=1,
@@ -115,19 +112,12 @@ class Settings(BaseSettings):
     max_request_pixels: int = Field(
         default=64_000_000,
         ge=1,
-        description=(
-            "Most pixels one request's image files may decode to, summed over its images (JPEGs "
-            "count at the reduced scale they are decoded at); checked from the files' headers "
-            "before any is decoded (413). A 4000x4000 PNG takes about 0.2 s to decode here."
-        ),
+        description="Most pixels one request's images decode to, summed (413; docs/api.md).",
     )
     work_threads: int = Field(
         default=0,
         ge=0,
-        description=(
-            "Threads that decode request bodies and images and encode feature maps, off the "
-            "event loop (0: the cores this process may use divided by WORKERS)."
-        ),
+        description="Threads decoding bodies and images off the loop (0: cores per WORKERS).",
     )
     max_waiting_work: int = Field(
         default=256,
@@ -137,11 +127,7 @@ class Settings(BaseSettings):
     inline_decode_bytes: int = Field(
         default=131_072,
         ge=0,
-        description=(
-            "Bodies and image files up to this size are decoded on the event loop (a hop to the "
-            "work pool, ~0.3 ms, costs more), unless their images decode to over 65,536 pixels; "
-            "larger ones go to the pool. :predict's nested arrays: a quarter of this."
-        ),
+        description="Bodies and files up to this size are decoded on the loop (docs/serving.md).",
     )
     loop_lag_interval_s: float = Field(
         default=0.1,
@@ -166,10 +152,7 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(
         default=10.0,
         ge=0,
-        description=(
-            "On SIGTERM: new connections are refused, requests in flight (REST and gRPC) get "
-            "this long to finish, then the process exits."
-        ),
+        description="On SIGTERM, time requests in flight (REST and gRPC) get to finish.",
     )
     body_timeout_s: float = Field(
         default=30.0,
@@ -196,29 +179,17 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         default=4096,
         ge=1,
-        description=(
-            "Most connections one server process holds open, REST and gRPC each. Past it a new "
-            "REST connection is answered 503 (Retry-After: 1) and closed before anything is read; "
-            "gRPC closes it. python -m service raises its soft open-file limit to the hard one."
-        ),
+        description="Most connections per process, REST and gRPC each (docs/reliability.md).",
     )
     grpc_max_concurrent_streams: int = Field(
         default=100,
         ge=1,
-        description=(
-            "Most calls in flight on one gRPC connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); "
-            "the server refuses further streams (the client sees UNAVAILABLE, safe to retry). "
-            "100 is the least RFC 9113 advises."
-        ),
+        description="Most calls in flight on one gRPC connection (HTTP/2 MAX_CONCURRENT_STREAMS).",
     )
     grpc_max_concurrent_rpcs: int = Field(
         default=1024,
         ge=0,
-        description=(
-            "Most gRPC calls in flight in one process, over all connections; past it a call fails "
-            "at once with RESOURCE_EXHAUSTED instead of piling up with its request message "
-            "(0: no limit)."
-        ),
+        description="Most gRPC calls in flight per process, then RESOURCE_EXHAUSTED (0: no limit).",
     )
     grpc_stream_in_flight: int = Field(
         default=64,
@@ -291,11 +262,7 @@ class Settings(BaseSettings):
     gc_gen0_threshold: int = Field(
         default=50_000,
         ge=0,
-        description=(
-            "Python's generation-0 collection threshold, set after gc.freeze() at start-up; "
-            "Python's defaults paused the loop up to 400 ms under load (docs/benchmarks.md). "
-            "0: Python's defaults, no freeze."
-        ),
+        description="Gen-0 gc threshold after gc.freeze() (0: Python's; docs/benchmarks.md).",
     )
     poll_interval_s: float = Field(
         default=2.0,
@@ -352,6 +319,25 @@ class Settings(BaseSettings):
             "Host header names REST answers, comma-separated ('*', '*.example.com'); others get "
             "400 (DNS rebinding). Unset: the loopback names when HOST is loopback, else any."
         ),
+    )
+
+    # The prediction log and feedback (docs/monitoring.md).
+    prediction_log: bool = Field(default=True, description="Record every classification.")
+    prediction_log_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy database URL (postgresql+psycopg://...); unset: SQLite.",
+    )
+    data_dir: Path = Field(default=Path("data/service"), description="Where the SQLite log lives.")
+    capture_images: float = Field(
+        default=0.0, ge=0, le=1, description="Share of requests whose images are stored (0: none)."
+    )
+    prediction_log_max_age_s: float = Field(default=30 * 86400, gt=0, description="Retention.")
+    prediction_log_max_rows: int = Field(default=1_000_000, ge=1, description="Retention.")
+    prediction_log_queue: int = Field(
+        default=65_536, ge=1, description="Records waiting for the writer before new ones drop."
+    )
+    feedback_open: bool = Field(
+        default=False, description="POST /v1/feedback for anyone, not only admins (token/loopback)."
     )
 
     @field_validator("version_policy")

@@ -48,6 +48,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if bool(item.get_closest_marker("containers")) == wanted]
 
 
+@pytest.fixture(autouse=True)
+def _prediction_log_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every server a test starts (in process or as a child) keeps its SQLite prediction log in
+    the test's own folder, not in the working tree's data/service."""
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+
+
 @pytest.fixture
 def model_repo(tmp_path: Path) -> Path:
     return make_model_repo(tmp_path)

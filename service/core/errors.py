@@ -132,3 +132,15 @@ class ModelLoadFailed(ServingError):
     """A load request after which no version of the model is ready (the reasons are listed)."""
 
     status = HTTPStatus.BAD_REQUEST
+
+
+class RecordNotFound(ServingError):
+    """Feedback for a request id the prediction log has no record of."""
+
+    status = HTTPStatus.NOT_FOUND
+
+
+class PredictionLogOff(ServingError):
+    """Feedback while ``PREDICTION_LOG`` is off: there is nothing to label."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE

@@ -16,12 +16,21 @@ from contextlib import AbstractContextManager
 
 import numpy as np
 
-from service.core.errors import InvalidCard, InvalidInput, ModelNotReady, PayloadTooLarge
+from service.core.errors import (
+    InvalidCard,
+    InvalidInput,
+    ModelNotReady,
+    PayloadTooLarge,
+    PredictionLogOff,
+)
+from service.core.logs import REQUEST_ID, new_request_id
 from service.core.version_policy import VersionPolicy
 from service.dataplane.build import cores_per_worker, runtime_options
+from service.dataplane.feedback import Feedback, apply_feedback, names_or_empty
 from service.dataplane.log_settings import LogSettings
 from service.dataplane.model_config import ModelConfig, build_model_config
 from service.dataplane.pixels import model_pixels
+from service.dataplane.prediction_log import open_prediction_log
 from service.dataplane.response_cache import ResponseCache
 from service.dataplane.shared_memory import SharedMemoryRegistry
 from service.dataplane.statistics import collect_statistics
@@ -49,6 +58,7 @@ from service.settings import Settings
 SERVER_NAME = "cifar-serve"
 SERVER_VERSION = "0.1.0"
 PLATFORM = "onnxruntime_onnx"
+LOG_FLUSH_S = 5.0  # at shutdown, the longest the prediction log's writer gets to finish
 
 
 class DataPlane:
@@ -75,6 +85,7 @@ class DataPlane:
         self._watchers: list[asyncio.Task[None]] = []
         self.log_settings = LogSettings(settings.log_level, settings.log_format)  # /v2/logging
         self.trace_settings = TraceSettings()  # /v2/trace/setting: OpenTelemetry, off by default
+        self.prediction_log = open_prediction_log(settings, self.metrics.registry)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -99,6 +110,8 @@ class DataPlane:
         await asyncio.to_thread(self.close)
 
     def close(self) -> None:
+        if self.prediction_log is not None:  # what is queued is written, within a bound
+            self.prediction_log.close(LOG_FLUSH_S)
         self.work.close()
         self.shared_memory.close()
         self.activation_sessions.close()
@@ -160,12 +173,13 @@ class DataPlane:
         pixels = model_pixels(model, request.inputs, requested)
         timeout_us = request.timeout_us or None
         if self.response_cache.enabled(model.name):
-            run = functools.partial(self.predict, model, pixels, requested or None, timeout_us)
+            run = functools.partial(self._run, model, pixels, requested or None, timeout_us)
             inline = self.settings.inline_decode_bytes
             cache = self.response_cache
             outputs = await cache.answer(model, pixels, requested, run, self.work, inline)
         else:
-            outputs = await self.predict(model, pixels, requested or None, timeout_us)
+            outputs = await self._run(model, pixels, requested or None, timeout_us)
+        self._record(model, pixels, outputs, request.id)
         written = await self.shared_memory.write_outputs(request.outputs, outputs, self.work)
         return InferResponse(model.name, str(model.version), request.id, outputs, written)
 
@@ -176,13 +190,53 @@ class DataPlane:
         outputs: Sequence[str] | None = None,
         timeout_us: int | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run one checked image batch; the single place a request meets a model. Still queued
-        after ``timeout_us`` (None: REQUEST_TIMEOUT_US; 0: no limit), it fails unrun."""
+        """Run one checked image batch and record it in the prediction log. Still queued after
+        ``timeout_us`` (None: REQUEST_TIMEOUT_US; 0: no limit), it fails unrun."""
+        found = await self._run(model, pixels, outputs, timeout_us)
+        self._record(model, pixels, found, None)
+        return found
+
+    async def _run(
+        self,
+        model: ModelRuntime,
+        pixels: np.ndarray,
+        outputs: Sequence[str] | None = None,
+        timeout_us: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The single place a request meets a model."""
         limit = self.settings.max_images_per_request
         if pixels.shape[0] > limit:
             raise PayloadTooLarge(f"{pixels.shape[0]} images, more than the limit of {limit}")
         timeout_us = self.settings.request_timeout_us if timeout_us is None else timeout_us
         return await model.infer(pixels, outputs, timeout_us / 1e6)
+
+    def _record(
+        self,
+        model: ModelRuntime,
+        pixels: np.ndarray,
+        outputs: dict[str, np.ndarray],
+        id: str | None,
+    ) -> None:
+        """Queue the answer for the prediction log under the id the client sees: the v2 or gRPC
+        ``id`` it gave, else the request's X-Request-ID (a fresh id where there is none)."""
+        if self.prediction_log is None:
+            return
+        request_id = id or REQUEST_ID.get()
+        if request_id == "-":  # outside a REST request (gRPC without an id)
+            request_id = new_request_id()
+        self.prediction_log.record(request_id, model.name, model.version, pixels, outputs)
+
+    async def feedback(self, items: Sequence[Feedback]) -> None:
+        """Label answered images (404 unknown id, 422 bad label; the last label wins)."""
+        log = self.prediction_log
+        if log is None:
+            raise PredictionLogOff("the prediction log is off (PREDICTION_LOG=false)")
+        names = names_or_empty(lambda name, version: self._class_names(name, version))
+        await asyncio.to_thread(apply_feedback, log, items, names)
+
+    def _class_names(self, name: str, version: int) -> list[str]:
+        card = self.repository.entry(name, version).card or self.model(name).card
+        return list(card.class_names)
 
     # -- inspection -----------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from service.api.rest.request_id import RequestId
 from service.api.rest.routes import (
     api_docs,
     explore,
+    feedback,
     inspect,
     log_settings,
     model_extensions,
@@ -101,7 +102,17 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
-    routers = (model_extensions, v2, model_repository, shared_memory, v1, inspect, explore, ops)
+    routers = (
+        model_extensions,
+        v2,
+        model_repository,
+        shared_memory,
+        v1,
+        feedback,
+        inspect,
+        explore,
+        ops,
+    )
     for module in (*routers, api_docs):
         app.include_router(module.router)
     for module in (log_settings, trace_settings):  # Triton's logging and trace extensions

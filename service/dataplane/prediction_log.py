@@ -1,0 +1,207 @@
+"""The prediction log: every answered classification queued off the request path and written in
+batches by one background thread (``prediction_store``). A slow or dead database never slows or
+fails a prediction: past ``PREDICTION_LOG_QUEUE`` records (or when a write fails) records are
+dropped, counted in ``prediction_log_dropped_total`` and logged at most once a minute."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter
+from sqlalchemy.engine import Engine
+
+from service.dataplane import prediction_store as store
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BATCH_ROWS = 512  # records per insert
+PRUNE_INTERVAL_S = 60.0
+WARN_INTERVAL_S = 60.0
+CAPTURED_SHAPE = (32, 32, 3)
+
+
+def top1(outputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(class index, probability) per image from ``probabilities``, else softmax of ``logits``
+    (only the top term is computed); None when neither output was asked."""
+    probabilities = outputs.get("probabilities")
+    if probabilities is not None and probabilities.ndim == 2:
+        return probabilities.argmax(axis=1), probabilities.max(axis=1).astype(np.float64)
+    logits = outputs.get("logits")
+    if logits is None or logits.ndim != 2:
+        return None
+    logits = logits.astype(np.float64)
+    best = logits.max(axis=1, keepdims=True)
+    return logits.argmax(axis=1), 1.0 / np.exp(logits - best).sum(axis=1)
+
+
+class PredictionLog:
+    """The queue and its writer thread; ``record`` is all the request path does."""
+
+    def __init__(
+        self,
+        url: str,
+        registry: CollectorRegistry,
+        capacity: int,
+        capture_rate: float,
+        retention: tuple[float, int],
+    ) -> None:
+        self.url, self.capture_rate = url, capture_rate
+        self.max_age_s, self.max_rows = retention
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(capacity)
+        self.written = Counter(
+            "prediction_log_written", "Records written to the prediction log.", registry=registry
+        )
+        self.dropped = Counter(
+            "prediction_log_dropped",
+            "Records the prediction log dropped (queue full or database write failed).",
+            ["reason"],
+            registry=registry,
+        )
+        self._warned_at = -WARN_INTERVAL_S
+        self._pruned_at = time.monotonic()
+        self._engine: Engine | None = None
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    # -- the request path -----------------------------------------------------------------------
+
+    def record(
+        self, request_id: str, model: str, version: int, pixels: np.ndarray, outputs: Any
+    ) -> None:
+        """Queue one row per image of a classification; never blocks, never raises."""
+        best = top1(outputs)
+        if best is None:
+            return
+        classes, probabilities = best
+        capture = self.capture_rate > 0 and random.random() < self.capture_rate
+        capture = capture and pixels.dtype == np.uint8 and pixels.shape[1:] == CAPTURED_SHAPE
+        now = time.time()
+        for item, (index, probability) in enumerate(
+            zip(classes.tolist(), probabilities.tolist(), strict=True)
+        ):
+            row = {
+                "request_id": request_id,
+                "item": item,
+                "model": model,
+                "version": version,
+                "time": now,
+                "top1": index,
+                "top1_probability": probability,
+                "image": pixels[item].tobytes() if capture else None,
+                "label": None,
+                "labelled_at": None,
+            }
+            try:
+                self._queue.put_nowait(row)
+            except queue.Full:
+                self._drop("queue_full", 1)
+
+    # -- the writer thread ----------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        """The database, connected (and its tables made) on first use; raises when it can't be."""
+        if self._engine is None:
+            self._engine = store.connect(self.url)
+        return self._engine
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            try:
+                first = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                self._maybe_prune()
+                continue
+            batch: list[dict[str, Any]] = []
+            stopping = first is None
+            if first is not None:
+                batch.append(first)
+            while len(batch) < BATCH_ROWS and not stopping:
+                try:
+                    row = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                stopping = row is None
+                if row is not None:
+                    batch.append(row)
+            self._write(batch)
+            for _ in range(len(batch) + (1 if stopping else 0)):
+                self._queue.task_done()
+            self._maybe_prune()
+
+    def _write(self, batch: list[dict[str, Any]]) -> None:
+        if not batch:
+            return
+        try:
+            store.insert(self.engine, batch)
+        except Exception as exc:  # any database failure: the records are lost, counted
+            self._drop("write_failed", len(batch), exc)
+            return
+        self.written.inc(len(batch))
+
+    def _maybe_prune(self) -> None:
+        if time.monotonic() - self._pruned_at < PRUNE_INTERVAL_S:
+            return
+        self._pruned_at = time.monotonic()
+        self.prune()
+
+    def prune(self) -> int:
+        """Retention: records past PREDICTION_LOG_MAX_AGE_S or PREDICTION_LOG_MAX_ROWS go."""
+        try:
+            return store.prune(self.engine, self.max_age_s, self.max_rows)
+        except Exception as exc:
+            log.warning("prediction log: pruning failed: %s", exc)
+            return 0
+
+    def _drop(self, reason: str, count: int, exc: Exception | None = None) -> None:
+        self.dropped.labels(reason).inc(count)
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_INTERVAL_S:  # at most once a minute
+            self._warned_at = now
+            why = f": {exc}" if exc else ""
+            log.warning("prediction log: dropped %d record(s), %s%s", count, reason, why)
+
+    # -- flushing and shutdown ------------------------------------------------------------------
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the queued records to be written (or dropped)."""
+        deadline = time.monotonic() + timeout_s
+        while self._queue.unfinished_tasks:
+            if time.monotonic() >= deadline or not self._thread.is_alive():
+                return False
+            time.sleep(0.005)
+        return True
+
+    def close(self, timeout_s: float) -> None:
+        """Write what is queued (within ``timeout_s``), then stop the writer."""
+        try:
+            self._queue.put(None, timeout=timeout_s)
+        except queue.Full:
+            log.warning("prediction log: queue still full at shutdown; unwritten records lost")
+            return
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.warning("prediction log: records still queued at shutdown were lost")
+        elif self._engine is not None:
+            self._engine.dispose()
+
+
+def open_prediction_log(settings: Settings, registry: CollectorRegistry) -> PredictionLog | None:
+    """The log ``settings`` ask for (None with PREDICTION_LOG=false); the database is opened
+    by the writer thread, so a dead one never delays start-up."""
+    if not settings.prediction_log:
+        return None
+    url = store.database_url(settings.prediction_log_url, settings.data_dir)
+    retention = (settings.prediction_log_max_age_s, settings.prediction_log_max_rows)
+    return PredictionLog(
+        url, registry, settings.prediction_log_queue, settings.capture_images, retention
+    )

@@ -1,0 +1,103 @@
+"""The prediction log's tables and statements, in SQLAlchemy Core: one code path for SQLite (the
+default, a WAL file under ``DATA_DIR``) and PostgreSQL (``PREDICTION_LOG_URL``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+METADATA = sa.MetaData()
+# One row per answered image; ``item`` is its place in the request's batch.
+PREDICTIONS = sa.Table(
+    "predictions",
+    METADATA,
+    sa.Column("row", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("request_id", sa.String(128), nullable=False, index=True),
+    sa.Column("item", sa.Integer, nullable=False),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("time", sa.Float, nullable=False, index=True),  # Unix seconds
+    sa.Column("top1", sa.Integer, nullable=False),  # class index
+    sa.Column("top1_probability", sa.Float, nullable=False),
+    sa.Column("image", sa.LargeBinary, nullable=True),  # 32x32x3 uint8, when captured
+    sa.Column("label", sa.Integer, nullable=True),  # class index from feedback; last one wins
+    sa.Column("labelled_at", sa.Float, nullable=True),
+)
+
+
+def database_url(url: str | None, data_dir: Path) -> str:
+    """``url`` as given, else a SQLite file in ``data_dir`` (created)."""
+    if url:
+        return url
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(data_dir / 'predictions.sqlite3').resolve()}"
+
+
+def connect(url: str) -> Engine:
+    """An engine with the tables made; SQLite in WAL mode with a short lock wait."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 2.0})
+
+        @sa.event.listens_for(engine, "connect")
+        def _wal(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+    else:
+        engine = sa.create_engine(url, pool_pre_ping=True)
+    METADATA.create_all(engine)
+    return engine
+
+
+def insert(engine: Engine, rows: Sequence[dict[str, Any]]) -> None:
+    """One transaction for a batch of records."""
+    with engine.begin() as connection:
+        connection.execute(PREDICTIONS.insert(), list(rows))
+
+
+def prune(engine: Engine, max_age_s: float, max_rows: int) -> int:
+    """Drop records older than ``max_age_s`` and the oldest past ``max_rows``; the rows dropped."""
+    table = PREDICTIONS
+    with engine.begin() as connection:
+        dropped = connection.execute(table.delete().where(table.c.time < time.time() - max_age_s))
+        count = dropped.rowcount or 0
+        total = connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+        if total > max_rows:
+            cut = (
+                sa.select(table.c.row).order_by(table.c.row.desc()).offset(max_rows).limit(1)
+            ).scalar_subquery()
+            count += connection.execute(table.delete().where(table.c.row <= cut)).rowcount or 0
+    return count
+
+
+def find(engine: Engine, request_ids: Iterable[str]) -> dict[tuple[str, int], tuple[str, int]]:
+    """(request id, item) -> (model, version) for the records of ``request_ids``."""
+    table = PREDICTIONS
+    query = sa.select(table.c.request_id, table.c.item, table.c.model, table.c.version).where(
+        table.c.request_id.in_(sorted(set(request_ids)))
+    )
+    with engine.connect() as connection:
+        return {(r[0], r[1]): (r[2], r[3]) for r in connection.execute(query)}
+
+
+def label(engine: Engine, labels: Sequence[tuple[str, int, int]]) -> None:
+    """Set (request id, item, class index) labels in one transaction; a repeat overwrites."""
+    table, now = PREDICTIONS, time.time()
+    with engine.begin() as connection:
+        for request_id, item, index in labels:
+            where = (table.c.request_id == request_id) & (table.c.item == item)
+            connection.execute(table.update().where(where).values(label=index, labelled_at=now))
+
+
+def read_all(engine: Engine) -> list[dict[str, Any]]:
+    """Every record, oldest first (for tests and exports)."""
+    with engine.connect() as connection:
+        result = connection.execute(sa.select(PREDICTIONS).order_by(PREDICTIONS.c.row))
+        return [dict(r._mapping) for r in result]

@@ -1,0 +1,126 @@
+"""The prediction log on its own: batches written by the writer thread, top-1 from
+probabilities or logits, retention, a dead database never raising, shutdown flushing."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from service.dataplane import prediction_store as store
+from service.dataplane.prediction_log import PredictionLog, top1
+
+PIXELS = np.zeros((3, 32, 32, 3), dtype=np.uint8)
+PROBABILITIES = np.array([[0.1, 0.9], [0.6, 0.4], [0.5, 0.5]], dtype=np.float32)
+
+
+def make_log(url: str, capacity: int = 1000, capture: float = 0.0) -> PredictionLog:
+    return PredictionLog(url, CollectorRegistry(), capacity, capture, (3600.0, 1000))
+
+
+def dropped(log: PredictionLog, reason: str) -> float:
+    return float(log.dropped.labels(reason)._value.get())
+
+
+def test_top1_from_probabilities_or_the_softmax_of_logits() -> None:
+    classes, probabilities = top1({"probabilities": PROBABILITIES})  # type: ignore[misc]
+    assert classes.tolist() == [1, 0, 0]
+    assert probabilities.tolist() == pytest.approx([0.9, 0.6, 0.5])
+    logits = np.log(PROBABILITIES)
+    classes, probabilities = top1({"logits": logits})  # type: ignore[misc]
+    assert classes.tolist() == [1, 0, 0]
+    assert probabilities.tolist() == pytest.approx([0.9, 0.6, 0.5], abs=1e-6)
+    assert top1({"something_else": PROBABILITIES}) is None
+
+
+def test_records_are_written_in_batches_and_images_only_when_captured(tmp_path: Path) -> None:
+    url = store.database_url(None, tmp_path)
+    log = make_log(url)
+    log.record("a", "tiny", 1, PIXELS, {"probabilities": PROBABILITIES})
+    assert log.flush(5.0)
+    rows = store.read_all(log.engine)
+    assert [(r["request_id"], r["item"], r["top1"]) for r in rows] == [
+        ("a", 0, 1),
+        ("a", 1, 0),
+        ("a", 2, 0),
+    ]
+    assert all(r["image"] is None and r["label"] is None for r in rows)
+    log.close(5.0)
+    captured = make_log(url, capture=1.0)
+    captured.record("b", "tiny", 2, PIXELS + 7, {"probabilities": PROBABILITIES})
+    captured.close(5.0)
+    images = [r["image"] for r in store.read_all(store.connect(url)) if r["request_id"] == "b"]
+    assert images == [bytes([7]) * 3072] * 3
+
+
+def test_retention_drops_the_oldest_rows_past_the_cap(tmp_path: Path) -> None:
+    log = PredictionLog(store.database_url(None, tmp_path), CollectorRegistry(), 100, 0, (60, 4))
+    for i in range(3):
+        log.record(f"r{i}", "tiny", 1, PIXELS, {"probabilities": PROBABILITIES})
+    assert log.flush(5.0)
+    assert log.prune() == 5  # 9 rows, the cap is 4
+    assert [r["request_id"] for r in store.read_all(log.engine)] == ["r1", "r2", "r2", "r2"]
+    log.close(5.0)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_data_folder_drops_records_without_raising(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        log = make_log(f"sqlite:///{folder / 'log.sqlite3'}")
+        start = time.perf_counter()
+        for i in range(50):
+            log.record(str(i), "tiny", 1, PIXELS, {"probabilities": PROBABILITIES})
+        assert time.perf_counter() - start < 0.5  # the request path never waits for the database
+        log.flush(10.0)
+        assert dropped(log, "write_failed") == 150
+        log.close(5.0)
+    finally:
+        folder.chmod(0o700)
+
+
+def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path: Path) -> None:
+    # a database that never answers: a locked SQLite file would do too; an unroutable URL is quicker
+    log = make_log(f"sqlite:///{tmp_path}/no/such/folder/log.sqlite3", capacity=2)
+    for i in range(20):
+        log.record(str(i), "tiny", 1, PIXELS, {"probabilities": PROBABILITIES})
+    log.flush(10.0)
+    assert dropped(log, "queue_full") + dropped(log, "write_failed") == 60
+    assert dropped(log, "queue_full") > 0
+    log.close(5.0)
+
+
+def test_close_writes_what_is_still_queued(tmp_path: Path) -> None:
+    url = store.database_url(None, tmp_path)
+    log = make_log(url, capacity=100_000)
+    for i in range(2000):
+        log.record(str(i), "tiny", 1, PIXELS[:1], {"probabilities": PROBABILITIES[:1]})
+    log.close(10.0)
+    assert len(store.read_all(store.connect(url))) == 2000
+
+
+def test_a_locked_database_drops_and_counts_and_writing_resumes_when_it_is_free(
+    tmp_path: Path,
+) -> None:
+    url = store.database_url(None, tmp_path)
+    store.connect(url).dispose()  # the tables exist
+    holder = sqlite3.connect(tmp_path / "predictions.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock: ours waits 2 s, then fails
+    log = make_log(url)
+    start = time.perf_counter()
+    log.record("locked", "tiny", 1, PIXELS, {"probabilities": PROBABILITIES})
+    assert time.perf_counter() - start < 0.1
+    log.flush(10.0)
+    assert dropped(log, "write_failed") == 3
+    holder.execute("ROLLBACK")
+    holder.close()
+    log.record("free", "tiny", 1, PIXELS, {"probabilities": PROBABILITIES})
+    log.close(10.0)
+    assert {r["request_id"] for r in store.read_all(store.connect(url))} == {"free"}

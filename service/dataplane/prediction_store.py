@@ -52,7 +52,10 @@ def connect(url: str) -> Engine:
 
     else:
         engine = sa.create_engine(url, pool_pre_ping=True)
-    METADATA.create_all(engine)
+    try:
+        METADATA.create_all(engine)
+    except sa.exc.DBAPIError:  # another process (a replica) made them between check and create
+        METADATA.create_all(engine)
     return engine
 
 

@@ -2,6 +2,7 @@
 
     python -m service.client predict cat.png photos/ --top-k 3 [--json] [--protocol grpc]
     python -m service.client models | health | layers cifar10_cnn | shapes spec.json
+    python -m service.client feedback REQUEST_ID cat   (labels an answer; admin token or loopback)
 
 (installed as the console script ``cifar-client``). Exit codes, for scripts:
 0 done; 1 usage or input error (bad arguments, a missing, unreadable or undecodable file, or a
@@ -16,7 +17,7 @@ import json
 import mimetypes
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -193,11 +194,6 @@ class GrpcClient:
 Client = RestClient | GrpcClient
 
 
-def batches(files: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
-    for start in range(0, len(files), size):
-        yield files[start : start + size]
-
-
 def predict(args: argparse.Namespace, client: Client) -> int:
     files, folder = image_files(args.paths)
     width = min(max(len(str(p)) for p in files), 60)
@@ -207,7 +203,8 @@ def predict(args: argparse.Namespace, client: Client) -> int:
         file=sys.stderr,
         disable=True if args.no_progress or not folder else None,  # None: off unless a terminal
     ) as bar:
-        for chunk in batches(files, args.batch_size):
+        for start in range(0, len(files), args.batch_size):
+            chunk = files[start : start + args.batch_size]
             version, predictions = client.classify(args.model, chunk, args.top_k)
             for path, classes in zip(chunk, predictions, strict=True):
                 if args.json:
@@ -248,6 +245,15 @@ def layers(args: argparse.Namespace, rest: RestClient) -> int:
     params = {"format": "json" if args.json else "text"}
     response = rest.request("GET", f"/v1/models/{args.name}/layers", params=params)
     print(response.text.rstrip("\n"))
+    return EXIT_OK
+
+
+def feedback(args: argparse.Namespace, rest: RestClient) -> int:
+    """The true class of an answered image, by the X-Request-ID (or v2/gRPC ``id``) it carried."""
+    label = int(args.label) if args.label.isdigit() else args.label
+    body = {"id": args.id, "label": label, "item": args.item}
+    response = rest.request("POST", "/v1/feedback", json=body)
+    print(json.dumps(response.json()) if args.json else f"{args.id}: labelled {args.label}")
     return EXIT_OK
 
 
@@ -299,7 +305,7 @@ def _common(suppress: bool) -> Parser:
         "--protocol",
         choices=["rest", "grpc"],
         default=default("rest"),
-        help="for predict, models and health (layers and shapes are REST only)",
+        help="for predict, models and health (the other commands are REST only)",
     )
     common.add_argument("--model", default=default("cifar10_cnn"), help="model name")
     common.add_argument(
@@ -314,9 +320,7 @@ def _common(suppress: bool) -> Parser:
         help="a file holding that token (ADMIN_TOKEN_FILE), e.g. .admin-token from make serve",
     )
     common.add_argument("--timeout", type=float, default=default(60.0), help="seconds per request")
-    common.add_argument(
-        "--json", action="store_true", default=default(False), help="JSON (lines) output"
-    )
+    common.add_argument("--json", action="store_true", default=default(False), help="JSON lines")
     return common
 
 
@@ -332,9 +336,7 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("predict", parents=[common], help="classify image files and folders")
     p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
     p.add_argument("--top-k", type=_positive, default=3, help="classes per image (default 3)")
-    p.add_argument(
-        "--batch-size", type=_positive, default=32, help="images per request (default 32)"
-    )
+    p.add_argument("--batch-size", type=_positive, default=32, help="images per request")
     p.add_argument("--no-progress", action="store_true", help="no progress bar for folders")
     commands.add_parser("models", parents=[common], help="every model version and its state")
     commands.add_parser("health", parents=[common], help="live and ready (exit 2 if not ready)")
@@ -343,6 +345,10 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("shapes", parents=[common], help="layer shapes of a spec (REST)")
     p.add_argument("spec", metavar="SPEC.json", help='{"input_shape": [...], "layers": [...]}')
     p.add_argument("--strict", action="store_true", help="refuse sizes that are not whole")
+    p = commands.add_parser("feedback", parents=[common], help="label an answer by its id (REST)")
+    p.add_argument("id", metavar="ID", help="the answer's X-Request-ID (or the id you gave)")
+    p.add_argument("label", metavar="LABEL", help="class name or index")
+    p.add_argument("--item", type=int, default=0, help="which image of the request (default 0)")
     return main
 
 
@@ -371,15 +377,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.protocol == "grpc" and args.command in ("predict", "models", "health"):
             client = GrpcClient(args.grpc_url, token, args.timeout)
-        if args.command == "predict":
-            return predict(args, client)
-        if args.command == "models":
-            return models(args, client)
-        if args.command == "health":
-            return health(args, client)
-        if args.command == "layers":
-            return layers(args, rest)
-        return shapes(args, rest)
+        either = {"predict": predict, "models": models, "health": health}  # REST or gRPC
+        if args.command in either:
+            return either[args.command](args, client)
+        return {"layers": layers, "shapes": shapes, "feedback": feedback}[args.command](args, rest)
     except ClientError as exc:
         print(f"cifar-client: {exc.message}", file=sys.stderr)
         return exc.exit_code

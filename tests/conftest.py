@@ -7,7 +7,8 @@ which then runs them alone; ``make test`` deselects them and needs no container 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +49,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if bool(item.get_closest_marker("containers")) == wanted]
 
 
-@pytest.fixture(autouse=True)
-def _prediction_log_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every server a test starts (in process or as a child) keeps its SQLite prediction log in
-    the test's own folder, not in the working tree's data/service."""
-    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+@pytest.fixture(scope="session", autouse=True)
+def _prediction_log_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Servers the tests start (in process or as children) keep their SQLite prediction log in a
+    temporary folder, not in the working tree's data/service (a test may point DATA_DIR at its
+    own)."""
+    before = os.environ.get("DATA_DIR")
+    os.environ["DATA_DIR"] = str(tmp_path_factory.mktemp("prediction-log"))
+    yield
+    if before is None:
+        del os.environ["DATA_DIR"]
+    else:
+        os.environ["DATA_DIR"] = before
 
 
 @pytest.fixture

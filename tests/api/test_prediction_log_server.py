@@ -47,8 +47,10 @@ def wait_for_rows(data_dir: Path, count: int) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"  # where conftest points DATA_DIR
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own DATA_DIR (servers in this process and children alike)."""
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    return tmp_path / "data"
 
 
 @pytest.fixture

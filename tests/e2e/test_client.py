@@ -212,3 +212,20 @@ def test_health_reports_a_server_that_is_not_ready(
         for protocol in ("rest", "grpc"):
             code, out, _ = run(server, capsys, "health", "--protocol", protocol)
             assert (code, out.strip()) == (2, "live: yes, ready: no")
+
+
+def test_feedback_labels_an_answer_by_its_request_id(
+    server: Running, photos: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = photos / "img0.png"
+    form = [("file", (image.name, image.read_bytes(), "image/png"))]
+    answer = httpx.post(f"{server.url}/v1/models/tiny:classify", files=form, timeout=30)
+    request_id = answer.headers["x-request-id"]
+    code, out, err = run(server, capsys, "feedback", request_id, "cat", "--token", TOKEN)
+    assert (code, out.strip()) == (0, f"{request_id}: labelled cat"), err
+    code, out, _ = run(server, capsys, "feedback", request_id, "3", "--token", TOKEN, "--json")
+    assert (code, json.loads(out)) == (0, {"labelled": 1})
+    code, _, err = run(server, capsys, "feedback", "no-such-id", "cat", "--token", TOKEN)
+    assert code == 1 and "404" in err
+    code, _, err = run(server, capsys, "feedback", request_id, "kitten", "--token", TOKEN)
+    assert code == 1 and "422" in err

@@ -38,7 +38,11 @@ COPY models /models
 ENV MODEL_REPOSITORY=/models \
     HOST=0.0.0.0 \
     PORT=8000 \
-    GRPC_PORT=8001
+    GRPC_PORT=8001 \
+    DATA_DIR=/var/lib/cifar-serve
+# The prediction log's SQLite file (docs/monitoring.md); compose mounts a named volume here, which
+# starts with this folder's owner, so the app user can write it.
+RUN mkdir -p /var/lib/cifar-serve && chown app:app /var/lib/cifar-serve
 USER app
 EXPOSE 8000 8001
 # Shell form: podman's Docker-compatible API splits exec-form healthcheck arguments on spaces.

@@ -31,16 +31,18 @@ PREDICTIONS = sa.Table(
 
 
 def database_url(url: str | None, data_dir: Path) -> str:
-    """``url`` as given, else a SQLite file in ``data_dir`` (created)."""
+    """``url`` as given, else a SQLite file in ``data_dir`` (made by ``connect``)."""
     if url:
         return url
-    data_dir.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(data_dir / 'predictions.sqlite3').resolve()}"
 
 
 def connect(url: str) -> Engine:
     """An engine with the tables made; SQLite in WAL mode with a short lock wait."""
     if url.startswith("sqlite"):
+        database = sa.engine.make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 2.0})
 
         @sa.event.listens_for(engine, "connect")

@@ -87,8 +87,9 @@ def test_a_read_only_data_folder_drops_records_without_raising(tmp_path: Path) -
 
 
 def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path: Path) -> None:
-    # a database that never answers: a locked SQLite file would do too; an unroutable URL is quicker
-    log = make_log(f"sqlite:///{tmp_path}/no/such/folder/log.sqlite3", capacity=2)
+    # a database that cannot be opened: its folder's name is taken by a file
+    (tmp_path / "taken").write_text("")
+    log = make_log(f"sqlite:///{tmp_path}/taken/log.sqlite3", capacity=2)
     for i in range(20):
         log.record(str(i), "tiny", 1, PIXELS, {"probabilities": PROBABILITIES})
     log.flush(10.0)

@@ -53,7 +53,9 @@ def connect(url: str) -> Engine:
             cursor.close()
 
     else:
-        engine = sa.create_engine(url, pool_pre_ping=True)
+        # a dead server costs the writer seconds, not the TCP timeout (the queue absorbs them)
+        connect_args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
+        engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     try:
         METADATA.create_all(engine)
     except sa.exc.DBAPIError:  # another process (a replica) made them between check and create

@@ -6,10 +6,10 @@ dropped, counted in ``prediction_log_dropped_total`` and logged at most once a m
 from __future__ import annotations
 
 import logging
-import queue
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +23,7 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 512  # records per insert
+FLUSH_INTERVAL_S = 0.5  # how often the writer looks for records (a flush or close wakes it)
 PRUNE_INTERVAL_S = 60.0
 WARN_INTERVAL_S = 60.0
 CAPTURED_SHAPE = (32, 32, 3)
@@ -55,7 +56,11 @@ class PredictionLog:
     ) -> None:
         self.url, self.capture_rate = url, capture_rate
         self.max_age_s, self.max_rows = retention
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(capacity)
+        # A deque, not queue.Queue: an append takes no lock and wakes no thread; the writer
+        # looks every FLUSH_INTERVAL_S, so a busy server pays one transaction per interval.
+        self.capacity = capacity
+        self._pending: deque[dict[str, Any]] = deque()
+        self._wake, self._closing, self._busy = threading.Event(), False, False
         self.written = Counter(
             "prediction_log_written", "Records written to the prediction log.", registry=registry
         )
@@ -99,10 +104,10 @@ class PredictionLog:
                 "label": None,
                 "labelled_at": None,
             }
-            try:
-                self._queue.put_nowait(row)
-            except queue.Full:
+            if len(self._pending) >= self.capacity:
                 self._drop("queue_full", 1)
+            else:
+                self._pending.append(row)
 
     # -- the writer thread ----------------------------------------------------------------------
 
@@ -114,29 +119,25 @@ class PredictionLog:
         return self._engine
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            try:
-                first = self._queue.get(timeout=1.0)
-            except queue.Empty:
-                self._maybe_prune()
-                continue
-            batch: list[dict[str, Any]] = []
-            stopping = first is None
-            if first is not None:
-                batch.append(first)
-            while len(batch) < BATCH_ROWS and not stopping:
-                try:
-                    row = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                stopping = row is None
-                if row is not None:
-                    batch.append(row)
-            self._write(batch)
-            for _ in range(len(batch) + (1 if stopping else 0)):
-                self._queue.task_done()
+        while True:
+            self._wake.wait(FLUSH_INTERVAL_S)
+            self._wake.clear()
+            closing = self._closing  # read before draining: what came before it is written
+            self._drain()
             self._maybe_prune()
+            if closing:
+                return
+
+    def _drain(self) -> None:
+        """Write what is pending, BATCH_ROWS per transaction."""
+        pending = self._pending
+        self._busy = True
+        try:
+            while pending:
+                batch = [pending.popleft() for _ in range(min(BATCH_ROWS, len(pending)))]
+                self._write(batch)
+        finally:
+            self._busy = False
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
         if not batch:
@@ -175,7 +176,8 @@ class PredictionLog:
     def flush(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for the queued records to be written (or dropped)."""
         deadline = time.monotonic() + timeout_s
-        while self._queue.unfinished_tasks:
+        self._wake.set()
+        while self._pending or self._busy:
             if time.monotonic() >= deadline or not self._thread.is_alive():
                 return False
             time.sleep(0.005)
@@ -183,11 +185,8 @@ class PredictionLog:
 
     def close(self, timeout_s: float) -> None:
         """Write what is queued (within ``timeout_s``), then stop the writer."""
-        try:
-            self._queue.put(None, timeout=timeout_s)
-        except queue.Full:
-            log.warning("prediction log: queue still full at shutdown; unwritten records lost")
-            return
+        self._closing = True
+        self._wake.set()
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             log.warning("prediction log: records still queued at shutdown were lost")

@@ -27,6 +27,8 @@ FLUSH_INTERVAL_S = 0.5  # how often the writer looks for records (a flush or clo
 PRUNE_INTERVAL_S = 60.0
 WARN_INTERVAL_S = 60.0
 CAPTURED_SHAPE = (32, 32, 3)
+# request id, model, version, Unix time, the outputs, the pixels when captured
+Answer = tuple[str, str, int, float, Mapping[str, np.ndarray], np.ndarray | None]
 
 
 def top1(outputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -59,7 +61,7 @@ class PredictionLog:
         # A deque, not queue.Queue: an append takes no lock and wakes no thread; the writer
         # looks every FLUSH_INTERVAL_S, so a busy server pays one transaction per interval.
         self.capacity = capacity
-        self._pending: deque[dict[str, Any]] = deque()
+        self._pending: deque[Answer] = deque()
         self._wake, self._closing, self._busy = threading.Event(), False, False
         self.written = Counter(
             "prediction_log_written", "Records written to the prediction log.", registry=registry
@@ -81,18 +83,28 @@ class PredictionLog:
     def record(
         self, request_id: str, model: str, version: int, pixels: np.ndarray, outputs: Any
     ) -> None:
-        """Queue one row per image of a classification; never blocks, never raises."""
+        """Queue a classification's answer (about a microsecond: the rows are made by the
+        writer); never blocks, never raises. Answers with neither output are not recorded."""
+        if "probabilities" not in outputs and "logits" not in outputs:
+            return
+        if len(self._pending) >= self.capacity:
+            self._drop("queue_full", len(pixels))
+            return
+        capture = self.capture_rate > 0 and random.random() < self.capture_rate
+        captured = pixels if capture and pixels.dtype == np.uint8 else None
+        self._pending.append((request_id, model, version, time.time(), outputs, captured))
+
+    @staticmethod
+    def _rows(answer: Answer) -> list[dict[str, Any]]:
+        """One row per image of an answer."""
+        request_id, model, version, now, outputs, pixels = answer
         best = top1(outputs)
         if best is None:
-            return
+            return []
+        images = pixels if pixels is not None and pixels.shape[1:] == CAPTURED_SHAPE else None
         classes, probabilities = best
-        capture = self.capture_rate > 0 and random.random() < self.capture_rate
-        capture = capture and pixels.dtype == np.uint8 and pixels.shape[1:] == CAPTURED_SHAPE
-        now = time.time()
-        for item, (index, probability) in enumerate(
-            zip(classes.tolist(), probabilities.tolist(), strict=True)
-        ):
-            row = {
+        return [
+            {
                 "request_id": request_id,
                 "item": item,
                 "model": model,
@@ -100,14 +112,14 @@ class PredictionLog:
                 "time": now,
                 "top1": index,
                 "top1_probability": probability,
-                "image": pixels[item].tobytes() if capture else None,
+                "image": images[item].tobytes() if images is not None else None,
                 "label": None,
                 "labelled_at": None,
             }
-            if len(self._pending) >= self.capacity:
-                self._drop("queue_full", 1)
-            else:
-                self._pending.append(row)
+            for item, (index, probability) in enumerate(
+                zip(classes.tolist(), probabilities.tolist(), strict=True)
+            )
+        ]
 
     # -- the writer thread ----------------------------------------------------------------------
 
@@ -134,7 +146,9 @@ class PredictionLog:
         self._busy = True
         try:
             while pending:
-                batch = [pending.popleft() for _ in range(min(BATCH_ROWS, len(pending)))]
+                batch: list[dict[str, Any]] = []
+                while pending and len(batch) < BATCH_ROWS:
+                    batch += self._rows(pending.popleft())
                 self._write(batch)
         finally:
             self._busy = False

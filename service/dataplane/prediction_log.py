@@ -91,7 +91,8 @@ class PredictionLog:
             self._drop("queue_full", len(pixels))
             return
         capture = self.capture_rate > 0 and random.random() < self.capture_rate
-        captured = pixels if capture and pixels.dtype == np.uint8 else None
+        # a copy: the batch may be a view of a body or a shared memory region that changes
+        captured = pixels.copy() if capture and pixels.dtype == np.uint8 else None
         self._pending.append((request_id, model, version, time.time(), outputs, captured))
 
     @staticmethod

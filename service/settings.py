@@ -334,7 +334,7 @@ class Settings(BaseSettings):
     prediction_log_max_age_s: float = Field(default=30 * 86400, gt=0, description="Retention.")
     prediction_log_max_rows: int = Field(default=1_000_000, ge=1, description="Retention.")
     prediction_log_queue: int = Field(
-        default=65_536, ge=1, description="Records waiting for the writer before new ones drop."
+        default=65_536, ge=1, description="Answers waiting for the writer before new ones drop."
     )
     feedback_open: bool = Field(
         default=False, description="POST /v1/feedback for anyone, not only admins (token/loopback)."

@@ -322,7 +322,9 @@ class Settings(BaseSettings):
     )
 
     # The prediction log and feedback (docs/monitoring.md).
-    prediction_log: bool = Field(default=True, description="Record every classification.")
+    prediction_log: bool = Field(
+        default=False, description="Record every classification (off until its cost is measured)."
+    )
     prediction_log_url: str | None = Field(
         default=None,
         description="SQLAlchemy database URL (postgresql+psycopg://...); unset: SQLite.",

@@ -54,13 +54,15 @@ def _prediction_log_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """Servers the tests start (in process or as children) keep their SQLite prediction log in a
     temporary folder, not in the working tree's data/service (a test may point DATA_DIR at its
     own)."""
-    before = os.environ.get("DATA_DIR")
+    before = {key: os.environ.get(key) for key in ("DATA_DIR", "PREDICTION_LOG")}
     os.environ["DATA_DIR"] = str(tmp_path_factory.mktemp("prediction-log"))
+    os.environ["PREDICTION_LOG"] = "true"  # off by default; the tests exercise it
     yield
-    if before is None:
-        del os.environ["DATA_DIR"]
-    else:
-        os.environ["DATA_DIR"] = before
+    for key, value in before.items():
+        if value is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture

@@ -95,21 +95,21 @@ def data_94(record: Record) -> str:
     return "\n".join(lines)
 
 
+def _ddp_epochs(rows: list[dict[str, Any]], accuracy: bool) -> str:
+    head = "| layout | epoch 1 | epoch 2 |" + (" val_accuracy after 2 |" if accuracy else "")
+    lines = [head, "|---|---:|---:|" + ("---:|" if accuracy else "")]
+    for x in rows:
+        first, second = x["epoch_s"]
+        tail = f" {x['val_accuracy']:.3f} |" if accuracy else ""
+        lines.append(f"| {x['layout']} | {first:.1f} s | {second:.1f} s |{tail}")
+    return "\n".join(lines)
+
+
 def ddp_epochs_32(record: Record) -> str:
     """Seconds per epoch of one process against two at the lecture's batch (docs/scaling.md)."""
-    lines = ["| layout | epoch 1 | epoch 2 | val_accuracy after 2 |", "|---|---:|---:|---:|"]
-    for x in record["results"]["batch_32"]:
-        first, second = x["epoch_s"]
-        lines.append(
-            f"| {x['layout']} | {first:.1f} s | {second:.1f} s | {x['val_accuracy']:.3f} |"
-        )
-    return "\n".join(lines)
+    return _ddp_epochs(record["results"]["batch_32"], accuracy=True)
 
 
 def ddp_epochs_256(record: Record) -> str:
     """The same at a global batch of 256."""
-    lines = ["| layout | epoch 1 | epoch 2 |", "|---|---:|---:|"]
-    for x in record["results"]["batch_256"]:
-        first, second = x["epoch_s"]
-        lines.append(f"| {x['layout']} | {first:.1f} s | {second:.1f} s |")
-    return "\n".join(lines)
+    return _ddp_epochs(record["results"]["batch_256"], accuracy=False)

@@ -10,16 +10,17 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from service.core.errors import ServingError
 from service.core.timeouts import MAX_TIMEOUT_US
 from service.core.version_policy import VersionPolicy
+from service.settings_quality import QualitySettings
 
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 
 
-class Settings(BaseSettings):
+class Settings(QualitySettings):
     """Process-wide settings; per-model facts (inputs, labels, preprocessing) live in the card."""
 
     model_config = SettingsConfigDict(
@@ -319,27 +320,6 @@ class Settings(BaseSettings):
             "Host header names REST answers, comma-separated ('*', '*.example.com'); others get "
             "400 (DNS rebinding). Unset: the loopback names when HOST is loopback, else any."
         ),
-    )
-
-    # The prediction log and feedback (docs/monitoring.md).
-    prediction_log: bool = Field(
-        default=False, description="Record every classification (off until its cost is measured)."
-    )
-    prediction_log_url: str | None = Field(
-        default=None,
-        description="SQLAlchemy database URL (postgresql+psycopg://...); unset: SQLite.",
-    )
-    data_dir: Path = Field(default=Path("data/service"), description="Where the SQLite log lives.")
-    capture_images: float = Field(
-        default=0.0, ge=0, le=1, description="Share of requests whose images are stored (0: none)."
-    )
-    prediction_log_max_age_s: float = Field(default=30 * 86400, gt=0, description="Retention.")
-    prediction_log_max_rows: int = Field(default=1_000_000, ge=1, description="Retention.")
-    prediction_log_queue: int = Field(
-        default=65_536, ge=1, description="Answers waiting for the writer before new ones drop."
-    )
-    feedback_open: bool = Field(
-        default=False, description="POST /v1/feedback for anyone, not only admins (token/loopback)."
     )
 
     @field_validator("version_policy")

@@ -1,0 +1,52 @@
+"""The settings of the loop from served predictions back to a better model (docs/monitoring.md):
+the prediction log, feedback, the monitor and calibrated answers.
+
+A base of ``service.settings.Settings``, so they are fields of the one settings class (the same
+environment variables); kept here to keep that module readable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings
+
+
+class QualitySettings(BaseSettings):
+    """Prediction log, feedback, monitor and abstention settings."""
+
+    prediction_log: bool = Field(
+        default=False, description="Record every classification (off until its cost is measured)."
+    )
+    prediction_log_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy database URL (postgresql+psycopg://...); unset: SQLite.",
+    )
+    data_dir: Path = Field(default=Path("data/service"), description="Where the SQLite log lives.")
+    capture_images: float = Field(
+        default=0.0, ge=0, le=1, description="Share of requests whose images are stored (0: none)."
+    )
+    prediction_log_max_age_s: float = Field(default=30 * 86400, gt=0, description="Retention.")
+    prediction_log_max_rows: int = Field(default=1_000_000, ge=1, description="Retention.")
+    prediction_log_queue: int = Field(
+        default=65_536, ge=1, description="Answers waiting for the writer before new ones drop."
+    )
+    feedback_open: bool = Field(
+        default=False, description="POST /v1/feedback for anyone, not only admins (token/loopback)."
+    )
+    monitor_window_s: float = Field(
+        default=3600.0, gt=0, description="The monitor's default window over the log, in seconds."
+    )
+    drift_threshold: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Jensen-Shannon distance to the card's reference over which traffic drifts.",
+    )
+    abstain_below: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description=":classify answers 'uncertain' under this top-1 probability (0: never).",
+    )

@@ -13,7 +13,7 @@ PORT    ?= 8000
 help: ## list the targets, one line each (the default goal)
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-.PHONY: help serve test lint browser nginx container-engine train train-best train-94 ablate-94 train-ddp bench bench-peers soak \
+.PHONY: help serve test lint browser nginx postgres container-engine train train-best train-94 ablate-94 train-ddp bench bench-peers soak \
 	fuzz data clean lock image-check compose-env test-fast
 
 $(BIN)/python:
@@ -132,14 +132,24 @@ nginx: ## install Debian's nginx for the load-balancer test (as root)
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >/dev/null); } || \
 	  echo "nginx not installed: the load-balancer test will be skipped"
 
+# Debian's PostgreSQL server for the prediction log's PostgreSQL tests (tests/support/postgres.py
+# starts a throwaway server with initdb/pg_ctl as an unprivileged user), where this machine lets us
+# install it; elsewhere those tests are skipped with a message.
+PG_CTL := ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1
+postgres: ## install Debian's postgresql server for the prediction log's PostgreSQL tests (as root)
+	@$(PG_CTL) || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null); } || \
+	  echo "postgresql not installed: the PostgreSQL prediction log tests will be skipped"
+
 # Every test, the slow ones too (marked `slow`: over ~10 s each, real training under torchrun, the
 # compose trainer, the CLI and retrain jobs, the short soak and fuzz of tests/system). test-fast
 # skips those. Neither runs the container suite (marked `containers`: make image-check), so
 # neither needs a container engine.
-test: lint browser nginx ## lint, then every test, the slow ones too (what CI runs; no containers)
+test: lint browser nginx postgres ## lint, then every test, the slow ones too (what CI runs; no containers)
 	$(BIN)/python -m pytest -q
 
-test-fast: lint browser nginx ## lint, then the tests not marked slow
+test-fast: lint browser nginx postgres ## lint, then the tests not marked slow
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # CIFAR-10 (JPEG copy) extracted into the git-ignored data/ folder. Another DATA is the caller's:

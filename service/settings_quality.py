@@ -32,6 +32,12 @@ class QualitySettings(BaseSettings):
     prediction_log_queue: int = Field(
         default=65_536, ge=1, description="Answers waiting for the writer before new ones drop."
     )
+    prediction_log_retry_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a batch whose write failed (database down or locked) is retried "
+        "before it is dropped (0: dropped at once); new answers wait in the queue meanwhile.",
+    )
     feedback_open: bool = Field(
         default=False, description="POST /v1/feedback for anyone, not only admins (token/loopback)."
     )

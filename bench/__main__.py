@@ -1,7 +1,8 @@
 """Benchmarks and the docs rendered from their results, one subcommand each.
 
-    python -m bench COMMAND [flags]     # serve, peers, models, grpc, train, train-variants, log-cost,
-                                        # decode, shm, profile, replicas, screenshot, render
+    python -m bench COMMAND [flags]     # serve, peers, models, grpc, train, train-variants,
+                                        # log-cost, decode, shm, profile, replicas,
+                                        # screenshot, render
     python -m bench COMMAND --help      # its flags
 
 Every benchmark writes its figures to ``docs/results/<name>.json`` (unless ``--no-write``) and then

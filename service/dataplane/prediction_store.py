@@ -80,7 +80,8 @@ def insert(engine: Engine, rows: Sequence[Row]) -> None:
         if positional is not None:
             connection.exec_driver_sql(positional, list(rows))
         else:
-            connection.execute(PREDICTIONS.insert(), [dict(zip(COLUMNS, r)) for r in rows])
+            records = [dict(zip(COLUMNS, row, strict=True)) for row in rows]
+            connection.execute(PREDICTIONS.insert(), records)
 
 
 @functools.lru_cache(maxsize=8)

@@ -19,18 +19,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import tempfile
 import time
+import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 from prometheus_client import CollectorRegistry
 
-from bench.serve import binary_scenario, load
-from bench.server import running_service
+from bench.serve import MODEL, binary_scenario, load
+from bench.server import Service, running_service
 from service.dataplane import prediction_store as store
 from service.dataplane.prediction_log import PredictionLog
 
@@ -77,6 +80,8 @@ def serve_rounds(args: argparse.Namespace) -> dict[str, Any]:
     """Images/s with the log off and on, interleaved; the ratios on/off per round."""
     scenario = binary_scenario(1, args.clients)
     rates: dict[str, list[float]] = {"off": [], "on": []}
+    cpu_us: dict[str, list[float]] = {"off": [], "on": []}
+    shares: dict[str, list[float]] = {"off": [], "on": []}
     with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
         servers = {
             state: stack.enter_context(
@@ -93,19 +98,70 @@ def serve_rounds(args: argparse.Namespace) -> dict[str, Any]:
             )
             for state, flag in (("off", "false"), ("on", "true"))
         }
+        processes = {state: _process(server.port) for state, server in servers.items()}
         for n in range(args.serve):
             for state in ("off", "on") if n % 2 == 0 else ("on", "off"):
-                result = load(servers[state], scenario, args.seconds)
+                server, process = servers[state], processes[state]
+                images, cpu, writer = _served(server), _cpu_s(process), _writer_cpu_s(server)
+                result = load(server, scenario, args.seconds)
+                served_images = _served(server) - images
+                cpu = _cpu_s(process) - cpu
+                result["server_cpu_us_per_image"] = cpu / served_images * 1e6
+                result["writer_cpu_share"] = (_writer_cpu_s(server) - writer) / cpu
                 rates[state].append(result["images_per_s"])
+                cpu_us[state].append(result["server_cpu_us_per_image"])
+                shares[state].append(result["writer_cpu_share"])
                 print(json.dumps({"round": n, "log": state, **result}), flush=True)
-    ratios = [on / off for on, off in zip(rates["on"], rates["off"], strict=True)]
     return {
         "clients": args.clients,
         "seconds": args.seconds,
         "images_per_s": {state: [round(r) for r in found] for state, found in rates.items()},
-        "ratios": [round(r, 3) for r in ratios],
-        "geometric_mean_ratio": round(statistics.geometric_mean(ratios), 3),
+        "throughput": _ratios(rates["on"], rates["off"]),
+        "server_cpu_us_per_image": {s: [round(c, 1) for c in found] for s, found in cpu_us.items()},
+        "cpu_per_image": _ratios(cpu_us["on"], cpu_us["off"]),
+        "writer_cpu_share": [round(share, 4) for share in shares["on"]],
     }
+
+
+def _ratios(on: list[float], off: list[float]) -> dict[str, Any]:
+    """Per-round ratios on/off, their geometric mean and its 95 % interval (t, log scale)."""
+    logs = [math.log(a / b) for a, b in zip(on, off, strict=True)]
+    mean = statistics.fmean(logs)
+    half = 2.26 * statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else math.inf
+    return {
+        "ratios": [round(math.exp(x), 3) for x in logs],
+        "geometric_mean": round(math.exp(mean), 3),
+        "interval_95": [round(math.exp(mean - half), 3), round(math.exp(mean + half), 3)],
+    }
+
+
+def _process(port: int) -> psutil.Process:
+    """The server process listening on ``port`` (WORKERS=1: the one that does the work)."""
+    for connection in psutil.net_connections("tcp"):
+        if connection.laddr and connection.laddr.port == port and connection.status == "LISTEN":
+            return psutil.Process(connection.pid)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def _cpu_s(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def _writer_cpu_s(server: Service) -> float:
+    """The prediction log writer's CPU seconds so far (0 with the log off)."""
+    with urllib.request.urlopen(f"http://{server.address}/metrics", timeout=10) as answer:
+        for line in answer.read().decode().splitlines():
+            if line.startswith("prediction_log_writer_cpu_seconds_total "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def _served(server: Service) -> int:
+    """Images the lecture model has answered so far (its Triton statistics)."""
+    url = f"http://{server.address}/v2/models/{MODEL}/stats"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return int(json.load(answer)["model_stats"][0]["inference_count"])
 
 
 def main(args: argparse.Namespace) -> None:

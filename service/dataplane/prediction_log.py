@@ -51,12 +51,11 @@ def top1(outputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | N
 
 
 def _scores(outputs: Mapping[str, np.ndarray]) -> tuple[str, np.ndarray] | None:
-    probabilities = outputs.get("probabilities")
-    if probabilities is not None and probabilities.ndim == 2:
-        return "probabilities", probabilities
-    logits = outputs.get("logits")
-    if logits is not None and logits.ndim == 2:
-        return "logits", logits
+    """The output the top-1 is read from: (its name, a (images, classes) array), or None."""
+    for name in ("probabilities", "logits"):
+        array = outputs.get(name)
+        if array is not None and array.ndim == 2 and array.shape[1] > 0:
+            return name, array
     return None
 
 
@@ -210,7 +209,11 @@ class PredictionLog:
             answer = pending.popleft()
             answers.append(answer)
             count += answer[6]
-        return make_rows(answers)
+        try:
+            return make_rows(answers)
+        except Exception as exc:  # an answer no row can be made of: never the writer's end
+            self._drop("write_failed", count, exc)
+            return []
 
     def _write(self, batch: list[store.Row]) -> Exception | None:
         if not batch:

@@ -138,8 +138,8 @@ class PredictionLog:
         )
         self.writer_cpu = Counter(
             "prediction_log_writer_cpu_seconds",
-            "CPU time of the prediction log's writer thread (rows made, written, pruned): the "
-            "log's cost beside process_cpu_seconds_total.",
+            "CPU time of the prediction log's writer thread (rows made, written, pruned): "
+            "its rate is the share of a core the log costs.",
             registry=registry,
         )
         self.write_errors = Counter(

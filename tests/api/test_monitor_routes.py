@@ -81,7 +81,9 @@ async def test_a_card_without_a_reference_counts_but_has_no_drift(
     assert served["calibration"] is None and served["labelled"]["card_accuracy"] == 0.1
     one = await http.get("/v1/models/tiny/versions/1/monitor")  # on disk, not served (policy)
     assert one.status_code == 404 and "not served" in one.json()["error"]
-    assert one["window_s"] == plane.settings.monitor_window_s
+    default = (await http.get("/v1/models/tiny/versions/2/monitor")).json()
+    assert default["window_s"] == plane.settings.monitor_window_s
+    assert default["until"] - default["since"] == pytest.approx(default["window_s"])
 
 
 async def test_a_flood_of_monitor_calls_costs_one_query(

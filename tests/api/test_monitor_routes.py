@@ -27,7 +27,10 @@ V2_BODY = {"inputs": [{"name": "images", "shape": [2, 32, 32, 3], "datatype": "U
 async def logged(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, DataPlane]]:
     """An app with the prediction log on, and its data plane (to flush the log's queue)."""
     settings = make_settings(
-        make_model_repo(tmp_path), prediction_log=True, data_dir=tmp_path / "data", monitor_refresh_s=0
+        make_model_repo(tmp_path),
+        prediction_log=True,
+        data_dir=tmp_path / "data",
+        monitor_refresh_s=0,
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
@@ -57,7 +60,9 @@ async def test_unknown_models_and_versions_are_404(
 
 
 @pytest.mark.parametrize("window", ["0", "-5", "2592001", "abc", "nan", "inf"])
-async def test_bad_windows_are_422(logged: tuple[httpx.AsyncClient, DataPlane], window: str) -> None:
+async def test_bad_windows_are_422(
+    logged: tuple[httpx.AsyncClient, DataPlane], window: str
+) -> None:
     http, _ = logged
     response = await http.get("/v1/models/tiny/monitor", params={"window_s": window})
     assert response.status_code == 422, response.text

@@ -47,7 +47,9 @@ def send(http: httpx.Client, model: str, images: np.ndarray) -> list[tuple[str, 
         output = response.json()["outputs"][0]
         p = np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
         request_id = response.headers["x-request-id"]
-        answers += [(request_id, int(t), float(m)) for t, m in zip(p.argmax(1), p.max(1))]
+        answers += [
+            (request_id, int(t), float(m)) for t, m in zip(p.argmax(1), p.max(1), strict=True)
+        ]
     return answers
 
 
@@ -100,13 +102,17 @@ def test_monitor_and_metrics_follow_traffic_feedback_and_drift(
     answers = send(http, "clean", images)
     send(http, "shifted", reencode(images, 10))
     names = monitor(http, "clean")["class_names"]
-    feedback = [{"id": rid, "item": i % BATCH, "label": names[label]}
-                for i, ((rid, _, _), label) in enumerate(zip(answers, labels))]  # fmt: skip
+    truth = labels.tolist()
+    feedback = [
+        {"id": answers[i][0], "item": i % BATCH, "label": names[label]}
+        for i, label in enumerate(truth)
+    ]
     posted = http.post("/v1/feedback", json=feedback, headers=ADMIN)
     assert posted.status_code == 200, posted.text
 
     def seen() -> bool:
         return monitor(http, "clean")["labelled"]["n"] == IMAGES
+
     wait_until(seen, 30, "the monitor counting the feedback")  # fmt: skip
     wait_until(lambda: monitor(http, "shifted")["predictions"] == IMAGES, 30, "shifted stream")
     clean, shifted = monitor(http, "clean"), monitor(http, "shifted")
@@ -116,15 +122,15 @@ def test_monitor_and_metrics_follow_traffic_feedback_and_drift(
     assert clean["predicted_classes"]["counts"] == quality.class_counts(top1, 10)
     assert clean["top1_probability"]["counts"] == quality.histogram(m for _, _, m in answers)
     assert clean["top1_probability"]["bins"] == 10
-    correct = sum(t == label for t, label in zip(top1, labels))
+    right = [t == y for t, y in zip(top1, truth, strict=True)]
+    correct = sum(right)
     labelled = clean["labelled"]
     assert (labelled["n"], labelled["correct"]) == (IMAGES, correct)
     assert labelled["accuracy"] == pytest.approx(correct / IMAGES)
     assert labelled["interval"] == pytest.approx(list(quality.wilson_interval(correct, IMAGES)))
     assert labelled["card_accuracy"] == 0.6882  # the shipped lecture card's
-    assert labelled["confusion"] == quality.confusion_matrix(zip(labels.tolist(), top1), 10)
-    confidences, right = [m for _, _, m in answers], [t == y for t, y in zip(top1, labels)]
-    ece = quality.expected_calibration_error(confidences, right)
+    assert labelled["confusion"] == quality.confusion_matrix(zip(truth, top1, strict=True), 10)
+    ece = quality.expected_calibration_error([m for _, _, m in answers], right)
     assert labelled["ece"] == pytest.approx(ece, abs=1e-6)
     assert [b["count"] for b in labelled["reliability"]] == clean["top1_probability"]["counts"]
 
@@ -141,11 +147,17 @@ def test_monitor_and_metrics_follow_traffic_feedback_and_drift(
     def refreshed() -> bool:
         text = scraped()
         accuracy = metric(text, "model_labelled_accuracy", model="clean", version="1")
-        return accuracy is not None and metric(text, "model_drifting", model="shifted", version="1") == 1
+        return (
+            accuracy is not None
+            and metric(text, "model_drifting", model="shifted", version="1") == 1
+        )
+
     wait_until(refreshed, 30, "the quality gauges refreshed")  # fmt: skip
     text = scraped()
     for index, name in enumerate(names):
-        counted = metric(text, "model_predicted_class_total", model="clean", version="1", class_=name)
+        counted = metric(
+            text, "model_predicted_class_total", model="clean", version="1", class_=name
+        )
         assert counted == (clean["predicted_classes"]["counts"][index] or None)
     count = metric(text, "model_top1_probability_count", model="clean", version="1")
     assert count == IMAGES

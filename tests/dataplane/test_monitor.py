@@ -63,7 +63,7 @@ def test_a_reference_of_the_wrong_shape_is_no_reference(tmp_path: pytest.TempPat
     card = card_for("m", 1, folder / "model.onnx")
     broken = replace(card, reference={"class_frequencies": [1.0], "bins": 10,
                                       "top1_probability_histogram": [0.1] * 10})  # fmt: skip
-    report = build_report(broken, Window("m", 1, 0.0, 10.0), ([(3, 9, 5)], []), 0.1)
+    report = build_report(broken, Window("m", 1, 10.0, 10.0), ([(3, 9, 5)], []), 0.1)
     assert report.predicted_classes.reference is None and report.predicted_classes.drift is None
     assert report.top1_probability.drift is not None  # the histogram is usable
     assert report.drift.score == report.top1_probability.drift

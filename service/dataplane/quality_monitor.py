@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from service.core import quality
 from service.core.card import ModelCard
-from service.core.errors import InvalidInput, PredictionLogOff
+from service.core.errors import InvalidInput, Overloaded, PredictionLogOff
 from service.dataplane import prediction_store as store
 from service.dataplane.monitor import MonitorReport, Window, build_report
 from service.dataplane.prediction_log import PredictionLog
@@ -75,11 +75,17 @@ class QualityMonitor:
         if cached is not None and _reusable(cached, now):
             return await asyncio.shield(cached[1])
         self._forget_old(now)
-        answer = asyncio.ensure_future(
-            self._pool.run(self._compute, prediction_log, card, name, version, window_s)
-        )
+        answer = asyncio.ensure_future(self._bounded(prediction_log, card, name, version, window_s))
         self._answers[key] = (now, answer)
         return await asyncio.shield(answer)
+
+    async def _bounded(
+        self, prediction_log: PredictionLog, card: ModelCard, name: str, version: int, w: float
+    ) -> MonitorReport:
+        try:
+            return await self._pool.run(self._compute, prediction_log, card, name, version, w)
+        except Overloaded:
+            raise Overloaded("the monitor is computing too many answers; retry shortly") from None
 
     def _compute(
         self, prediction_log: PredictionLog, card: ModelCard, name: str, version: int, w: float

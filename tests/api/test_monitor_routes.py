@@ -112,6 +112,17 @@ async def test_a_flood_of_monitor_calls_costs_one_query(
     assert len(queries) == 2  # one answer: all records by class and bin, labelled ones by label
 
 
+async def test_a_flood_of_distinct_windows_is_bounded_not_queued(
+    logged: tuple[httpx.AsyncClient, DataPlane],
+) -> None:
+    http, _ = logged
+    calls = [http.get("/v1/models/tiny/monitor", params={"window_s": 60 + w}) for w in range(60)]
+    answers = await asyncio.gather(*calls)
+    assert {a.status_code for a in answers} <= {200, 503}
+    busy = [a.json()["error"] for a in answers if a.status_code == 503]
+    assert all("monitor is computing too many answers" in e for e in busy)
+
+
 async def test_the_openapi_document_describes_the_monitor(
     logged: tuple[httpx.AsyncClient, DataPlane],
 ) -> None:

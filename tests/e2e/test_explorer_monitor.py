@@ -127,7 +127,8 @@ def browser() -> Iterator[Browser]:
 def unexpected(errors: list[str], *allowed: str) -> list[str]:
     """The errors (script, CSP, failed loads) other than ``allowed`` ones and tiny v2's 422 for
     its layer table (the classify tab asks; that graph has no layer in the lecture's terms)."""
-    expected = ("422 (Unprocessable Entity) http", "/v1/models/tiny/layers"), *[(a,) for a in allowed]
+    expected = [("422 (Unprocessable Entity) http", "/v1/models/tiny/layers")]
+    expected += [(a,) for a in allowed]
     return [e for e in errors if not any(all(part in e for part in parts) for parts in expected)]
 
 
@@ -140,14 +141,14 @@ def panel(browser: Browser, model: str) -> dict[str, Any]:
     return dict(browser.wait_for(
         "(() => { const t = $('monitor-title').textContent;"
         f" if (!t.startsWith('{model} v') || $('monitor-body').hidden) return null;"
-        " const n = (s) => document.querySelectorAll(s).length;"
+        " const all = (s) => [...document.querySelectorAll(s)], n = (s) => all(s).length;"
         " return { title: t, drift: $('monitor-drift').dataset.state,"
         " drift_text: $('monitor-drift').textContent,"
         " accuracy: $('monitor-accuracy').dataset.state,"
         " accuracy_text: $('monitor-accuracy').textContent,"
         " class_bars: n('#monitor-classes rect.served'),"
         " class_references: n('#monitor-classes rect.reference'),"
-        " class_labels: [...document.querySelectorAll('#monitor-classes text')].map(t => t.textContent),"
+        " class_labels: all('#monitor-classes text').map(t => t.textContent),"
         " bins: n('#monitor-histogram rect.served'),"
         " bin_references: n('#monitor-histogram rect.reference'),"
         " calibration: $('monitor-calibration').textContent,"

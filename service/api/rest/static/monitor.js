@@ -204,7 +204,7 @@ async function loadMonitor() {
   const query = seconds ? `?window_s=${seconds}` : "";
   $("monitor-title").textContent = `reading the prediction log of ${model}...`;
   try {
-    const report = await api(`/v1/models/${encodeURIComponent(model)}/monitor${query}`);
+    const report = await api(`/v1/models/${encodeURIComponent(model)}/monitor` + query);
     if (asked !== monitorAsked) return;
     $("monitor-error").hidden = true;
     showReport(report);

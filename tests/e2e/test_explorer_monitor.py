@@ -127,7 +127,9 @@ def browser() -> Iterator[Browser]:
 def unexpected(errors: list[str], *allowed: str) -> list[str]:
     """The errors (script, CSP, failed loads) other than ``allowed`` ones and tiny v2's 422 for
     its layer table (the classify tab asks; that graph has no layer in the lecture's terms)."""
-    expected = [("422 (Unprocessable Entity) http", "/v1/models/tiny/layers")]
+    expected: list[tuple[str, ...]] = [
+        ("422 (Unprocessable Entity) http", "/v1/models/tiny/layers")
+    ]
     expected += [(a,) for a in allowed]
     return [e for e in errors if not any(all(part in e for part in parts) for parts in expected)]
 

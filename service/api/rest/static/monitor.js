@@ -127,10 +127,24 @@ function showDrift(report) {
   }
 }
 
-function showAccuracy(labelled) {
+// The card's accuracy on the test split re-encoded as JPEG (issue 27's export), "" without it:
+// shifted traffic is better compared with these than with the clean figure.
+async function jpegAccuracy(model, version) {
+  try {
+    const { card } = await api(`/v1/models/${encodeURIComponent(model)}` + `?version=${version}`);
+    const metrics = card.metrics || {};
+    const parts = [50, 30].filter((q) => typeof metrics[`test_accuracy_jpeg_q${q}`] === "number")
+      .map((q) => `q${q} ${pct(metrics[`test_accuracy_jpeg_q${q}`])}`);
+    return parts.length ? ` (JPEG ${parts.join(", ")})` : "";
+  } catch (error) {
+    return "";  // the monitor answered; the card's extra figures are only a nicety
+  }
+}
+
+function showAccuracy(labelled, jpeg) {
   const box = $("monitor-accuracy");
   const card = labelled.card_accuracy === null ? "the card states no test accuracy"
-    : `the card's test accuracy ${pct(labelled.card_accuracy)}`;
+    : `the card's test accuracy ${pct(labelled.card_accuracy)}${jpeg}`;
   if (!labelled.n) {
     box.dataset.state = "empty";
     box.replaceChildren(badge("no feedback", "unknown"),
@@ -179,11 +193,11 @@ function liveLegend(n) {
     el("span", { class: "swatch live" }), `live (${plural(n, "labelled prediction")})`);
 }
 
-function showReport(report) {
+function showReport(report, jpeg) {
   $("monitor-title").textContent = `${report.model} v${report.version}: ` +
     `${plural(report.predictions, "prediction")} in the last ${windowText(report.window_s)}`;
   showDrift(report);
-  showAccuracy(report.labelled);
+  showAccuracy(report.labelled, jpeg);
   const classes = report.predicted_classes, probability = report.top1_probability;
   $("monitor-classes").replaceChildren(
     pairedBars(report.class_names, classes.counts, classes.reference, "predicted classes"),
@@ -205,9 +219,10 @@ async function loadMonitor() {
   $("monitor-title").textContent = `reading the prediction log of ${model}...`;
   try {
     const report = await api(`/v1/models/${encodeURIComponent(model)}/monitor` + query);
+    const jpeg = await jpegAccuracy(model, report.version);
     if (asked !== monitorAsked) return;
     $("monitor-error").hidden = true;
-    showReport(report);
+    showReport(report, jpeg);
     $("monitor-body").hidden = false;
   } catch (error) {
     if (asked !== monitorAsked) return;

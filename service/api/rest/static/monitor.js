@@ -175,7 +175,7 @@ function showCalibration(calibration, labelled) {
   const ece = (v) => (typeof v === "number" ? pct(v) : "-");
   text.replaceChildren(`Temperature T = `, el("strong", {}, number(calibration.temperature, 3)),
     ` fitted on ${calibration.fitted_on || "an unnamed slice"}` +
-    (calibration.n_fit ? ` (${count(calibration.n_fit)} images)` : "") +
+    (calibration.n_fit ? ` (n = ${count(calibration.n_fit)})` : "") +
     `. ECE on the test split: ${ece(calibration.ece_before)} before, `, el("strong", {}, ece(calibration.ece_after)),
     " after.");
   const bins = Array.isArray(calibration.reliability) ? calibration.reliability : [];

@@ -20,6 +20,7 @@ from service.core.card import ModelCard
 from service.core.errors import (
     InvalidCard,
     InvalidInput,
+    ModelNotFound,
     ModelNotReady,
     PayloadTooLarge,
     PredictionLogOff,
@@ -253,8 +254,9 @@ class DataPlane:
         (None: MONITOR_WINDOW_S): 404 unknown, 503 with the prediction log off."""
         entry = self.repository.entry(name, version)
         card = entry.card
-        if card is None:
-            raise InvalidCard(f"model {name!r} version {entry.version} has no readable card")
+        if card is None:  # never loaded (the version policy skips it) or its card is broken
+            reason = f" ({entry.reason})" if entry.reason else ""
+            raise ModelNotFound(f"model {name!r} version {entry.version} is not served{reason}")
         window = self.settings.monitor_window_s if window_s is None else window_s
         return await self.monitor.report(name, entry.version, card, window)
 

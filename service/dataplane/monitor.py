@@ -72,8 +72,12 @@ class Window:
 
     model: str
     version: int
-    since: float
+    window_s: float
     until: float
+
+    @property
+    def since(self) -> float:
+        return self.until - self.window_s
 
 
 def card_reference(card: ModelCard) -> tuple[list[float] | None, list[float] | None]:
@@ -115,7 +119,7 @@ def build_report(
     return MonitorReport(
         model=window.model,
         version=window.version,
-        window_s=window.until - window.since,
+        window_s=window.window_s,
         since=window.since,
         until=window.until,
         predictions=predictions,

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from service.core import quality
 from service.core.card import ModelCard
-from service.core.errors import InvalidInput, PredictionLogOff
+from service.core.errors import InvalidInput, Overloaded, PredictionLogOff
 from service.dataplane import prediction_store as store
 from service.dataplane.monitor import MonitorReport, Window, build_report
 from service.dataplane.prediction_log import PredictionLog
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 CACHE_S = 1.0  # an answer is reused this long (a flood of calls costs one query)
 MAX_WINDOW_S = 30 * 86400.0  # the log's default retention
 MAX_CACHED = 64  # distinct (model, version, window) answers kept
+WARN_INTERVAL_S = 60.0  # a failing refresh is logged at most once a minute
 THREADS, MAX_WAITING = 2, 8  # the monitor's own pool: queries never hold up request decoding
 Key = tuple[str, int, float]
 # (model, version, card) of every version whose gauges the refresh keeps
@@ -57,6 +58,7 @@ class QualityMonitor:
             prediction_log.on_written = self.collector.observe
         self._pool = WorkPool(THREADS, MAX_WAITING)
         self._answers: dict[Key, tuple[float, asyncio.Future[MonitorReport]]] = {}
+        self._warned_at = -WARN_INTERVAL_S
 
     async def report(
         self, name: str, version: int, card: ModelCard, window_s: float
@@ -73,17 +75,22 @@ class QualityMonitor:
         if cached is not None and _reusable(cached, now):
             return await asyncio.shield(cached[1])
         self._forget_old(now)
-        answer = asyncio.ensure_future(
-            self._pool.run(self._compute, prediction_log, card, name, version, window_s)
-        )
+        answer = asyncio.ensure_future(self._bounded(prediction_log, card, name, version, window_s))
         self._answers[key] = (now, answer)
         return await asyncio.shield(answer)
+
+    async def _bounded(
+        self, prediction_log: PredictionLog, card: ModelCard, name: str, version: int, w: float
+    ) -> MonitorReport:
+        try:
+            return await self._pool.run(self._compute, prediction_log, card, name, version, w)
+        except Overloaded:
+            raise Overloaded("the monitor is computing too many answers; retry shortly") from None
 
     def _compute(
         self, prediction_log: PredictionLog, card: ModelCard, name: str, version: int, w: float
     ) -> MonitorReport:
-        until = time.time()
-        window = Window(name, version, until - w, until)
+        window = Window(name, version, w, time.time())
         rows = store.window_counts(
             prediction_log.engine, name, version, window.since, window.until, quality.BINS
         )
@@ -104,7 +111,9 @@ class QualityMonitor:
             try:
                 self.collector.set_report(await self.report(name, version, card, window_s))
             except Exception as exc:  # a dead database: the gauges keep their last values
-                log.warning("monitor refresh of %s v%d failed: %s", name, version, exc)
+                if time.monotonic() - self._warned_at >= WARN_INTERVAL_S:
+                    self._warned_at = time.monotonic()
+                    log.warning("monitor refresh of %s v%d failed: %s", name, version, exc)
         self.collector.retain((name, version) for name, version, _ in chosen)
 
     async def watch(self, targets: Targets, window_s: float, interval_s: float) -> None:

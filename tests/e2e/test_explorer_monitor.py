@@ -151,6 +151,7 @@ def panel(browser: Browser, model: str) -> dict[str, Any]:
         " const all = (s) => [...document.querySelectorAll(s)], n = (s) => all(s).length;"
         " return { title: t, drift: $('monitor-drift').dataset.state,"
         " drift_text: $('monitor-drift').textContent,"
+        " meter: all('#monitor-drift svg.meter rect.score').map(r => r.getAttribute('class')),"
         " accuracy: $('monitor-accuracy').dataset.state,"
         " accuracy_text: $('monitor-accuracy').textContent,"
         " class_bars: n('#monitor-classes rect.served'),"
@@ -199,6 +200,7 @@ def test_panel_draws_the_monitor_against_the_card(
     assert report["drift"]["drifting"] is False and report["drift"]["score"] < 0.1
     assert shown["drift"] == "steady"
     assert f"score {report['drift']['score']:.3f}" in shown["drift_text"]
+    assert shown["meter"] == ["score"]
     # The calibration diagram: one point per non-empty bin (card and live), the diagonal, T, ECE.
     assert shown["card_points"] == sum(1 for b in calibration["reliability"] if b["count"])
     assert shown["live_points"] == sum(1 for b in labelled["reliability"] if b["count"])
@@ -213,6 +215,7 @@ def test_panel_draws_the_monitor_against_the_card(
     shifted = panel(browser, "shifted")
     assert monitor(url, "shifted")["drift"]["drifting"] is True
     assert shifted["drift"] == "drifting" and shifted["accuracy"] == "empty"
+    assert shifted["meter"] == ["score drifting"]
     assert shifted["class_bars"] == shifted["class_references"] == 10
     assert "no calibration" in shifted["calibration"] and shifted["card_points"] == 0
 

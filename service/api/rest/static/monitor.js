@@ -69,6 +69,25 @@ function legend(predictions, reference) {
     reference ? "card's reference (test split)" : " - no reference on this card: nothing to compare with");
 }
 
+// The drift score as a bar on a scale, with the threshold and the noise floor marked on it.
+function driftMeter(drift, drifting) {
+  const width = 420, left = 8, right = 8, most = 1.25 * Math.max(drift.score, drift.threshold, drift.noise_floor);
+  const x = (v) => left + (width - left - right) * (v / most);
+  const meter = svg("svg", { viewBox: `0 0 ${width} 56`, class: "chart meter", role: "img",
+    "aria-label": "drift score against the threshold and the noise floor" },
+  svg("rect", { x: left, y: 18, width: x(most) - left, height: 14, class: "track" }),
+  svg("rect", { x: left, y: 18, width: x(drift.score) - left, height: 14,
+    class: drifting ? "score drifting" : "score" }, svg("title", {}, `score ${drift.score.toFixed(3)}`)));
+  // threshold named above the bar, noise floor below: the two are often close
+  for (const [value, kind, label, y] of [[drift.threshold, "threshold", "threshold", 11],
+    [drift.noise_floor, "floor", "noise floor", 52]]) {
+    meter.append(svg("line", { x1: x(value), x2: x(value), y1: 14, y2: 36, class: kind }),
+      svg("text", { x: x(value), y, "text-anchor": "middle", class: "tick" },
+        `${label} ${value.toFixed(3)}`));
+  }
+  return meter;
+}
+
 // Accuracy against confidence per bin, with the diagonal a calibrated model lies on.
 function reliabilityChart(cardBins, liveBins) {
   const size = 300, pad = 36, span = size - 2 * pad;
@@ -123,7 +142,8 @@ function showDrift(report) {
       "score ", el("strong", {}, drift.score.toFixed(3)),
       ` (classes ${parts(classes)}, probabilities ${parts(probability)}) against the threshold ` +
       `${drift.threshold.toFixed(3)}; noise floor ${drift.noise_floor.toFixed(3)} ` +
-      `(what sampling alone reaches at ${plural(report.predictions, "prediction")}, 95%).`);
+      `(what sampling alone reaches at ${plural(report.predictions, "prediction")}, 95%).`,
+      driftMeter(drift, drift.drifting));
   }
 }
 

@@ -62,6 +62,10 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)  # empty for a float graph
+    # What the model predicts on the test split (``service.core.quality.reference``) and its
+    # temperature calibration; both optional (older cards lack them), kept as given.
+    reference: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
     libraries: dict[str, str] = field(default_factory=dict)
     git_commit: str | None = None
     created: str = ""
@@ -118,6 +122,8 @@ class ModelCard:
             training=_object(data, "training"),
             dataset=_object(data, "dataset"),
             quantization=_object(data, "quantization"),
+            reference=_object(data, "reference"),
+            calibration=_object(data, "calibration"),
         )
 
 

@@ -10,7 +10,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -123,6 +123,8 @@ class PredictionLog:
         self._warned_at = -WARN_INTERVAL_S
         self._pruned_at = time.monotonic()
         self._engine: Engine | None = None
+        # told of every batch written (the quality metrics), on the writer thread
+        self.on_written: Callable[[Sequence[store.Row]], None] | None = None
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -224,6 +226,11 @@ class PredictionLog:
             self.write_errors.inc()
             return exc
         self.written.inc(len(batch))
+        if self.on_written is not None:
+            try:
+                self.on_written(batch)
+            except Exception:  # metrics must never stop the writer
+                log.exception("prediction log: counting a written batch failed")
         return None
 
     def _hold(self, batch: list[store.Row], error: Exception) -> bool:

@@ -6,7 +6,8 @@ the writer thread's time per row (making the rows, inserting them), on SQLite or
 
 The answers are shaped like the serving benchmark's: ``--images`` images each, the lecture
 model's two outputs (10-class ``probabilities`` and ``logits``), a fresh id each. One process;
-the writer's parts are timed on this thread (``_drain`` is what the writer thread runs).
+the writer's parts are timed on this thread (``_drain`` is what the writer thread runs, the
+quality metrics' count of each written batch included).
 
 ``--serve N``: throughput instead, two real servers over models/ side by side (PREDICTION_LOG
 true and false, SQLite in a temporary folder), the serving benchmark's 64-client v2 UINT8 binary
@@ -36,6 +37,7 @@ from bench.serve import MODEL, binary_scenario, load
 from bench.server import Service, running_service
 from service.dataplane import prediction_store as store
 from service.dataplane.prediction_log import PredictionLog
+from service.dataplane.quality_metrics import QualityCollector
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -172,6 +174,8 @@ def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as folder:
         url = args.url or store.database_url(None, Path(folder))
         log = PredictionLog(url, CollectorRegistry(), 10**9, 0.0, (1e9, 10**9))
+        # the quality metrics count every written batch on the writer thread, as in the server
+        log.on_written = QualityCollector(lambda *_: [f"c{i}" for i in range(10)]).observe
         _ = log.engine  # connect and make the tables before timing
         log.close(10.0)  # the writer thread stops: this thread drains, timed
         rounds = [one_round(log, args, f"r{n}-{time.time_ns()}") for n in range(args.rounds)]

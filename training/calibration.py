@@ -25,7 +25,9 @@ from training.evaluation import INPUT_NAME, OUTPUT_NAMES
 TEMPERATURE = "temperature"  # the initializer holding T
 SCALED_LOGITS = "logits_over_temperature"  # Div's output, Softmax's input
 PROBABILITY_TOLERANCE = 1e-6  # the graph's probabilities against numpy's softmax(logits / T)
-MIN_LOG_T, MAX_LOG_T = math.log(0.05), math.log(20.0)  # a temperature outside is a broken fit
+# The range T is kept in: a model no better than chance (a smoke-test run) pulls T towards
+# infinity, where every answer is uniform; the bound keeps such a fit finite and visible.
+MIN_LOG_T, MAX_LOG_T = math.log(0.05), math.log(20.0)
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
@@ -58,9 +60,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
     optimizer.step(closure)
     value = float(log_t.item())
-    if not MIN_LOG_T <= value <= MAX_LOG_T or not math.isfinite(value):
-        raise ExportError(f"temperature fit diverged: T = {math.exp(value):.4g}")
-    return math.exp(value)
+    if not math.isfinite(value):
+        raise ExportError("the temperature fit diverged (non-finite loss on the held-out images)")
+    return math.exp(min(MAX_LOG_T, max(MIN_LOG_T, value)))
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

@@ -26,6 +26,7 @@ COMMANDS = {
     "profile": ("profile_serve", "where a request's time goes under load (probes, py-spy)"),
     "replicas": ("replicas", "1 and 2 api processes behind nginx against WORKERS=1 and 2"),
     "screenshot": ("screenshot", "the README's screenshot of the explorer page"),
+    "calibration": ("calibration", "each served model's temperature, ECE and coverage (cards)"),
     "render": ("render", "rewrite the docs' figures from docs/results/*.json (--check: test)"),
 }
 

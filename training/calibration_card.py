@@ -48,13 +48,16 @@ class HeldOut:
     description: str
 
 
-def held_out_description(dataset: dict[str, Any], n: int) -> str:
-    """``fitted_on`` for a run's validation slice, from the card's ``dataset`` block."""
+def held_out_description(dataset: dict[str, Any], n: int, keep: str = "best") -> str:
+    """``fitted_on`` for a run's validation slice, from the card's ``dataset`` block; ``keep``:
+    whether that slice also chose the kept epoch (``best``, the default before the option)."""
     how = dataset.get("validation") or f"{n} images held out of the train split"
-    return (
-        f"the training run's validation slice: {how}, {n} images; never trained on "
-        "(it picked the kept epoch), never the test split"
+    use = (
+        "never trained on, though it chose the kept epoch"
+        if keep == "best"
+        else "never trained on, nor used to choose the weights (the last epoch was kept)"
     )
+    return f"the training run's validation slice ({how}): {n} images, {use}; not the test split"
 
 
 def coverage(
@@ -185,7 +188,7 @@ def held_out_of(card: dict[str, Any], data: Cifar10) -> HeldOut:
     _, val, _ = split_data(recipe, data)
     if dataset.get("n_val") not in (None, len(val)):
         raise DataError(f"rebuilt {len(val)} validation images; the card says {dataset['n_val']}")
-    return HeldOut(val, held_out_description(dataset, len(val)))
+    return HeldOut(val, held_out_description(dataset, len(val), str(config.get("keep", "best"))))
 
 
 def test_of(card: dict[str, Any], data: Cifar10) -> Split:

@@ -94,7 +94,7 @@ def calibrate_run(
     from training.train import split_data
 
     _, val, _ = split_data(run.config, data)
-    held_out = HeldOut(val, held_out_description(run.dataset, len(val)))
+    held_out = HeldOut(val, held_out_description(run.dataset, len(val), run.config.keep))
     return calibrate_export(fields, onnx_path, held_out, test)
 
 

@@ -274,7 +274,8 @@ async def test_page_is_served_with_its_files_and_no_external_references(
 
 
 async def test_page_only_calls_public_endpoints(client: httpx.AsyncClient) -> None:
-    script = (await client.get("/static/page.js")).text
+    scripts = [(await client.get(f"/static/{name}")).text for name in ("page.js", "calibration.js")]
+    script = "\n".join(scripts)
     paths = (await client.get("/openapi.json")).json()["paths"]
     called = set(re.findall(r"`(/v1/[^`?]*)", script)) | set(re.findall(r'"(/v1/[^"?]*)"', script))
     assert called, "no API calls found in page.js"

@@ -23,7 +23,7 @@ from PIL import Image
 from playwright.sync_api import ConsoleMessage, Page, sync_playwright
 
 from service.settings import Settings
-from tests.support.models import make_model_repo
+from tests.support.models import lecture_graph, make_model_repo, write_model
 from tests.support.servers import running_server, wait_until
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -166,3 +166,41 @@ def test_page_classifies_an_upload_and_shows_feature_maps_and_the_calculator(
     # The 422 above is the one expected error; nothing else (scripts, CSP) went wrong.
     unexpected = [e for e in browser.errors if "/v1/shapes" not in e or "422" not in e]
     assert not unexpected, unexpected
+
+
+@pytest.fixture(scope="module")
+def calibrated_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The lecture graph with a card that has a calibration block, beside a tiny model without."""
+    repo = tmp_path_factory.mktemp("calibrated") / "models"
+    bins = [
+        {"count": 10 * i, "mean_confidence": (i + 0.5) / 10, "accuracy": i / 10} for i in range(10)
+    ]
+    calibration = {
+        "temperature": 1.5, "n_fit": 1000, "ece_before": 0.08, "ece_after": 0.01,
+        "reliability": bins,
+    }  # fmt: skip
+    changes = {"calibration": calibration}
+    write_model(repo, "cifar10_cnn", 1, graph=lecture_graph(), card_changes=changes)
+    write_model(repo, "tiny", 1)
+    settings = Settings(model_repository=repo, providers=["CPUExecutionProvider"])
+    with running_server(settings, grpc=False) as running:
+        yield running.url
+
+
+def test_page_shows_the_served_cards_calibration_and_says_when_there_is_none(
+    calibrated_server: str, browser: Browser, tmp_path: Path
+) -> None:
+    page = browser.page
+    page.goto(calibrated_server + "/")
+    summary = browser.wait_for("$('calibration-summary') && $('calibration-summary').textContent")
+    assert "v1: T = 1.5000, test ECE 0.0800 before, 0.0100 after" in summary
+    assert "1000 held-out training images" in summary
+    # One bar per bin that holds predictions (the first is empty), on the card's accuracies.
+    assert page.evaluate("document.querySelectorAll('#reliability rect.bin').length") == 9
+    page.screenshot(path=tmp_path / "explorer-calibration.png", full_page=True)
+    _keep(tmp_path / "explorer-calibration.png")
+    page.select_option("#model", "tiny")
+    none = browser.wait_for("!$('calibration-summary') && $('calibration').textContent")
+    assert "no calibration in its card" in none
+    # The tiny graph has no layer table (a 422, expected); nothing else went wrong.
+    assert [e for e in browser.errors if "/layers" not in e] == [], browser.errors

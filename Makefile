@@ -13,7 +13,7 @@ PORT    ?= 8000
 help: ## list the targets, one line each (the default goal)
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-.PHONY: help serve test lint browser nginx container-engine train train-best train-94 ablate-94 train-ddp bench bench-peers soak \
+.PHONY: help serve test lint browser nginx prometheus container-engine train train-best train-94 ablate-94 train-ddp bench bench-peers soak \
 	fuzz data clean lock image-check compose-env test-fast
 
 $(BIN)/python:
@@ -132,14 +132,22 @@ nginx: ## install Debian's nginx for the load-balancer test (as root)
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >/dev/null); } || \
 	  echo "nginx not installed: the load-balancer test will be skipped"
 
+# Debian's prometheus (it ships promtool) for the alert rules' tests (promtool check rules and test
+# rules on deploy/prometheus), where this machine lets us install it; elsewhere they are skipped.
+prometheus: ## install Debian's prometheus for promtool, which checks the alert rules (as root)
+	@command -v promtool >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null); } || \
+	  echo "promtool not installed: the alert rules' promtool tests will be skipped"
+
 # Every test, the slow ones too (marked `slow`: over ~10 s each, real training under torchrun, the
 # compose trainer, the CLI and retrain jobs, the short soak and fuzz of tests/system). test-fast
 # skips those. Neither runs the container suite (marked `containers`: make image-check), so
 # neither needs a container engine.
-test: lint browser nginx ## lint, then every test, the slow ones too (what CI runs; no containers)
+test: lint browser nginx prometheus ## lint, then every test, the slow ones too (what CI runs; no containers)
 	$(BIN)/python -m pytest -q
 
-test-fast: lint browser nginx ## lint, then the tests not marked slow
+test-fast: lint browser nginx prometheus ## lint, then the tests not marked slow
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # CIFAR-10 (JPEG copy) extracted into the git-ignored data/ folder. Another DATA is the caller's:

@@ -38,6 +38,12 @@ class QualitySettings(BaseSettings):
     monitor_window_s: float = Field(
         default=3600.0, gt=0, description="The monitor's default window over the log, in seconds."
     )
+    monitor_refresh_s: float = Field(
+        default=15.0,
+        ge=0,
+        description="How often the Prometheus drift and accuracy gauges are read from the log "
+        "(0: never).",
+    )
     drift_threshold: float = Field(
         default=0.1,
         gt=0,

@@ -62,10 +62,10 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)  # empty for a float graph
-    # Temperature scaling (T inside the graph, ECE before/after, reliability, coverage) and the
-    # test split's predictions the monitor compares traffic against; empty on older cards.
-    calibration: dict[str, Any] = field(default_factory=dict)
+    # What the model predicts on the test split (``service.core.quality.reference``) and its
+    # temperature calibration; both optional (older cards lack them), kept as given.
     reference: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
     libraries: dict[str, str] = field(default_factory=dict)
     git_commit: str | None = None
     created: str = ""
@@ -122,8 +122,8 @@ class ModelCard:
             training=_object(data, "training"),
             dataset=_object(data, "dataset"),
             quantization=_object(data, "quantization"),
-            calibration=_object(data, "calibration"),
             reference=_object(data, "reference"),
+            calibration=_object(data, "calibration"),
         )
 
 

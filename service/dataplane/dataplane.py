@@ -16,9 +16,11 @@ from contextlib import AbstractContextManager
 
 import numpy as np
 
+from service.core.card import ModelCard
 from service.core.errors import (
     InvalidCard,
     InvalidInput,
+    ModelNotFound,
     ModelNotReady,
     PayloadTooLarge,
     PredictionLogOff,
@@ -29,8 +31,10 @@ from service.dataplane.build import cores_per_worker, runtime_options
 from service.dataplane.feedback import Feedback, apply_feedback, names_or_empty
 from service.dataplane.log_settings import LogSettings
 from service.dataplane.model_config import ModelConfig, build_model_config
+from service.dataplane.monitor import MonitorReport
 from service.dataplane.pixels import model_pixels
 from service.dataplane.prediction_log import open_prediction_log
+from service.dataplane.quality_monitor import QualityMonitor
 from service.dataplane.response_cache import ResponseCache
 from service.dataplane.shared_memory import SharedMemoryRegistry
 from service.dataplane.statistics import collect_statistics
@@ -86,6 +90,10 @@ class DataPlane:
         self.log_settings = LogSettings(settings.log_level, settings.log_format)  # /v2/logging
         self.trace_settings = TraceSettings()  # /v2/trace/setting: OpenTelemetry, off by default
         self.prediction_log = open_prediction_log(settings, self.metrics.registry)
+        names = names_or_empty(lambda name, version: self._class_names(name, version))
+        self.monitor = QualityMonitor(
+            self.prediction_log, self.metrics.registry, names, settings.drift_threshold
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -99,6 +107,10 @@ class DataPlane:
         if settings.loop_lag_interval_s > 0:
             lag = self.metrics.watch_loop_lag(settings.loop_lag_interval_s)
             self._watchers.append(asyncio.create_task(lag))
+        if self.prediction_log is not None and settings.monitor_refresh_s > 0:
+            window, every = settings.monitor_window_s, settings.monitor_refresh_s
+            refresh = self.monitor.watch(self._monitored, window, every)
+            self._watchers.append(asyncio.create_task(refresh))
 
     async def stop(self) -> None:
         """Stop watching and close every session (waits for a poll still loading)."""
@@ -113,6 +125,7 @@ class DataPlane:
         if self.prediction_log is not None:  # what is queued is written, within a bound
             self.prediction_log.close(LOG_FLUSH_S)
         self.work.close()
+        self.monitor.close()
         self.shared_memory.close()
         self.activation_sessions.close()
         self.repository.close()
@@ -233,6 +246,29 @@ class DataPlane:
             raise PredictionLogOff("the prediction log is off (PREDICTION_LOG=false)")
         names = names_or_empty(lambda name, version: self._class_names(name, version))
         await asyncio.to_thread(apply_feedback, log, items, names)
+
+    async def monitor_report(
+        self, name: str, version: str | None, window_s: float | None
+    ) -> MonitorReport:
+        """Live quality of a version (or the served one) over the last ``window_s`` seconds
+        (None: MONITOR_WINDOW_S): 404 unknown, 503 with the prediction log off."""
+        entry = self.repository.entry(name, version)
+        card = entry.card
+        if card is None:  # never loaded (the version policy skips it) or its card is broken
+            reason = f" ({entry.reason})" if entry.reason else ""
+            raise ModelNotFound(f"model {name!r} version {entry.version} is not served{reason}")
+        window = self.settings.monitor_window_s if window_s is None else window_s
+        return await self.monitor.report(name, entry.version, card, window)
+
+    def _monitored(self) -> list[tuple[str, int, ModelCard]]:
+        """The loaded versions, whose quality gauges the monitor keeps current."""
+        repository = self.repository
+        return [
+            (name, entry.version, entry.card)
+            for name in repository.names()
+            for entry in repository.versions(name)
+            if entry.runtime is not None and entry.card is not None
+        ]
 
     def _class_names(self, name: str, version: int) -> list[str]:
         card = self.repository.entry(name, version).card or self.model(name).card

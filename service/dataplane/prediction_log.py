@@ -10,7 +10,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,8 @@ class PredictionLog:
         self._warned_at = -WARN_INTERVAL_S
         self._pruned_at = time.monotonic()
         self._engine: Engine | None = None
+        # told of every batch written (the quality metrics), on the writer thread
+        self.on_written: Callable[[Sequence[dict[str, Any]]], None] | None = None
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -163,6 +165,11 @@ class PredictionLog:
             self._drop("write_failed", len(batch), exc)
             return
         self.written.inc(len(batch))
+        if self.on_written is not None:
+            try:
+                self.on_written(batch)
+            except Exception:  # metrics must never stop the writer
+                log.exception("prediction log: counting a written batch failed")
 
     def _maybe_prune(self) -> None:
         if time.monotonic() - self._pruned_at < PRUNE_INTERVAL_S:

@@ -3,6 +3,7 @@ default, a WAL file under ``DATA_DIR``) and PostgreSQL (``PREDICTION_LOG_URL``).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -27,6 +28,8 @@ PREDICTIONS = sa.Table(
     sa.Column("image", sa.LargeBinary, nullable=True),  # 32x32x3 uint8, when captured
     sa.Column("label", sa.Integer, nullable=True),  # class index from feedback; last one wins
     sa.Column("labelled_at", sa.Float, nullable=True),
+    # the monitor reads one version's window: a range scan of this index, not of the table
+    sa.Index("predictions_model_version_time", "model", "version", "time"),
 )
 
 
@@ -60,6 +63,9 @@ def connect(url: str) -> Engine:
         METADATA.create_all(engine)
     except sa.exc.DBAPIError:  # another process (a replica) made them between check and create
         METADATA.create_all(engine)
+    for index in PREDICTIONS.indexes:  # a table made before an index was added gets it too
+        with contextlib.suppress(sa.exc.DBAPIError):  # made by a replica meanwhile
+            index.create(engine, checkfirst=True)
     return engine
 
 
@@ -108,3 +114,38 @@ def read_all(engine: Engine) -> list[dict[str, Any]]:
     with engine.connect() as connection:
         result = connection.execute(sa.select(PREDICTIONS).order_by(PREDICTIONS.c.row))
         return [dict(r._mapping) for r in result]
+
+
+def probability_bin(bins: int) -> sa.ColumnElement[int]:
+    """``quality.bin_of`` in SQL, the same on SQLite and PostgreSQL (whose integer casts round
+    where SQLite's truncate): a ladder of ``top1_probability < k / bins``."""
+    p = PREDICTIONS.c.top1_probability
+    return sa.case(*((p < k / bins, k - 1) for k in range(1, bins)), else_=bins - 1)
+
+
+def window_counts(
+    engine: Engine, model: str, version: int, since: float, until: float, bins: int
+) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int, int, float]]]:
+    """One version's records in [since, until], aggregated in the database: (top1, bin, count)
+    over all of them, and (label, top1, bin, count, sum of top1_probability) over the labelled."""
+    table, bin_ = PREDICTIONS, probability_bin(bins).label("bin")
+    window = (
+        (table.c.model == model)
+        & (table.c.version == version)
+        & (table.c.time >= since)
+        & (table.c.time <= until)
+    )
+    count = sa.func.count().label("n")
+    served = sa.select(table.c.top1, bin_, count).where(window).group_by(table.c.top1, "bin")
+    labelled = (
+        sa.select(table.c.label, table.c.top1, bin_, count, sa.func.sum(table.c.top1_probability))
+        .where(window & table.c.label.is_not(None))
+        .group_by(table.c.label, table.c.top1, "bin")
+    )
+    with engine.connect() as connection:
+        all_rows = [(int(a), int(b), int(n)) for a, b, n in connection.execute(served)]
+        labelled_rows = [
+            (int(a), int(b), int(c), int(n), float(s or 0.0))
+            for a, b, c, n, s in connection.execute(labelled)
+        ]
+    return all_rows, labelled_rows

@@ -19,6 +19,8 @@ from training.architectures import LECTURE
 
 pytestmark = pytest.mark.anyio
 
+SCRIPTS = ("page.js", "monitor.js")  # the page's scripts
+SVG_NS = "http://www.w3.org/2000/svg"  # a name in monitor.js, never loaded
 LECTURE_ROWS = [
     ("conv2d", [30, 30, 32], 896), ("max_pooling2d", [15, 15, 32], 0),
     ("conv2d_1", [13, 13, 64], 18_496), ("max_pooling2d_1", [6, 6, 64], 0),
@@ -268,20 +270,22 @@ async def test_page_is_served_with_its_files_and_no_external_references(
         assert url.startswith("/static/"), url
         asset = await client.get(url)
         assert asset.status_code == 200, url
-    script = (await client.get("/static/page.js")).text
-    assert "http://" not in script and "https://" not in script
+    for name in SCRIPTS:
+        script = (await client.get(f"/static/{name}")).text.replace(f'"{SVG_NS}"', "")
+        assert "http://" not in script and "https://" not in script, name
     assert (await client.get("/static/../app.py")).status_code == 404
 
 
 async def test_page_only_calls_public_endpoints(client: httpx.AsyncClient) -> None:
-    scripts = [(await client.get(f"/static/{name}")).text for name in ("page.js", "calibration.js")]
-    script = "\n".join(scripts)
     paths = (await client.get("/openapi.json")).json()["paths"]
-    called = set(re.findall(r"`(/v1/[^`?]*)", script)) | set(re.findall(r'"(/v1/[^"?]*)"', script))
-    assert called, "no API calls found in page.js"
-    for call in called:
-        template = re.sub(r"\$\{[^}]*\}", "{name}", call)
-        assert template in paths, f"page.js calls {call}, which is not a public endpoint"
+    for name in SCRIPTS:
+        script = (await client.get(f"/static/{name}")).text
+        called = set(re.findall(r"`(/v1/[^`?]*)", script))
+        called |= set(re.findall(r'"(/v1/[^"?]*)"', script))
+        assert called, f"no API calls found in {name}"
+        for call in called:
+            template = re.sub(r"\$\{[^}]*\}", "{name}", call)
+            assert template in paths, f"{name} calls {call}, which is not a public endpoint"
 
 
 async def test_page_starts_the_calculator_from_the_lecture_model(client: httpx.AsyncClient) -> None:

@@ -113,7 +113,7 @@ SHAPES_EXAMPLE = {
 ACTIVATIONS_EXAMPLE = {"instances": [{"b64": "<base64 PNG or JPEG>"}], "layer": "conv2d"}
 STATIC_FILES = {
     "page.js": "text/javascript; charset=utf-8",
-    "calibration.js": "text/javascript; charset=utf-8",
+    "monitor.js": "text/javascript; charset=utf-8",
     "page.css": "text/css; charset=utf-8",
 }
 # The page makes no request outside this server; the browser enforces it too.

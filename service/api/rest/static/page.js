@@ -75,7 +75,6 @@ async function selectModel() {
     $("layer-table").replaceChildren();
     $("layer-notes").textContent = `No layer table: ${error.message}`;
   }
-  await showCalibration(state.model);  // calibration.js
   if (state.file) await analyse(state.file);
 }
 

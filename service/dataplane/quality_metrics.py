@@ -1,0 +1,165 @@
+"""Model quality in Prometheus, in bounded labels (model, version, class from the card's names).
+
+Two sources: the prediction log's writer thread hands each written batch to ``observe`` (the
+top-1 probability histogram and predicted-class counters of this process, off the request path),
+and the monitor's periodic refresh sets the drift and accuracy gauges from the shared database
+(``set_report``), so replicas on one database report the same drift. Series are capped: at most
+``MAX_VERSIONS`` model versions and ``MAX_CLASSES`` class labels per version (the rest are
+counted as class ``other``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from service.dataplane.monitor import MonitorReport
+
+log = logging.getLogger(__name__)
+
+MAX_VERSIONS = 32  # (model, version) pairs with series; more are not observed (logged once)
+MAX_CLASSES = 100  # class labels per version; higher class indexes count as "other"
+BUCKETS = tuple(round(0.1 * k, 1) for k in range(1, 11))  # top-1 probability, 0.1 .. 1.0
+Key = tuple[str, int]
+
+
+@dataclass
+class _Observed:
+    class_names: list[str]
+    buckets: np.ndarray = field(default_factory=lambda: np.zeros(len(BUCKETS) + 1, np.int64))
+    classes: np.ndarray = field(default_factory=lambda: np.zeros(MAX_CLASSES + 1, np.int64))
+    total: float = 0.0  # sum of the observed probabilities
+
+
+class QualityCollector(Collector):
+    """The quality metrics of one app's registry; thread-safe (writer thread, loop, scrapes)."""
+
+    def __init__(self, class_names: Callable[[str, int], Sequence[str]]) -> None:
+        self._class_names = class_names
+        self._lock = threading.Lock()
+        self._observed: dict[Key, _Observed] = {}
+        self._reports: dict[Key, MonitorReport] = {}
+        self._warned = False
+
+    def observe(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Count a written batch of prediction log rows (the writer thread, after the insert)."""
+        grouped: dict[Key, tuple[list[int], list[float]]] = {}
+        for row in rows:
+            top1, probability = grouped.setdefault((row["model"], row["version"]), ([], []))
+            top1.append(row["top1"])
+            probability.append(row["top1_probability"])
+        for key, (top1, probability) in grouped.items():
+            series = self._series(key)
+            if series is None:
+                continue
+            p = np.asarray(probability, dtype=np.float64)
+            buckets = np.bincount(np.searchsorted(BUCKETS, p), minlength=len(BUCKETS) + 1)
+            classes = np.minimum(np.asarray(top1, dtype=np.int64), MAX_CLASSES).clip(0)
+            counts = np.bincount(classes, minlength=MAX_CLASSES + 1)
+            with self._lock:
+                series.buckets += buckets
+                series.classes += counts
+                series.total += float(p.sum())
+
+    def _series(self, key: Key) -> _Observed | None:
+        series = self._observed.get(key)
+        if series is not None:
+            return series
+        if len(self._observed) >= MAX_VERSIONS:
+            if not self._warned:
+                self._warned = True
+                log.warning("quality metrics: more than %d model versions; %s not observed",
+                            MAX_VERSIONS, key)  # fmt: skip
+            return None
+        try:
+            names = list(self._class_names(*key))[:MAX_CLASSES]
+        except Exception:  # the version is gone: its index stands in for a name
+            names = []
+        series = _Observed(names)
+        with self._lock:
+            return self._observed.setdefault(key, series)
+
+    def set_report(self, report: MonitorReport) -> None:
+        """The drift and accuracy gauges of a version, from a monitor answer."""
+        with self._lock:
+            if len(self._reports) < MAX_VERSIONS or (report.model, report.version) in self._reports:
+                self._reports[(report.model, report.version)] = report
+
+    def retain(self, keys: Iterable[Key]) -> None:
+        """Forget the versions not in ``keys`` (unloaded ones), so their series go."""
+        kept = set(keys)
+        with self._lock:
+            self._reports = {k: v for k, v in self._reports.items() if k in kept}
+            self._observed = {k: v for k, v in self._observed.items() if k in kept}
+
+    def collect(self) -> Iterator[Any]:
+        with self._lock:
+            observed = {k: (v.class_names, v.buckets.copy(), v.classes.copy(), v.total)
+                        for k, v in self._observed.items()}  # fmt: skip
+            reports = list(self._reports.values())
+        yield from _observed_families(observed)
+        yield from _report_families(reports)
+
+
+def _observed_families(
+    observed: dict[Key, tuple[list[str], np.ndarray, np.ndarray, float]],
+) -> Iterator[Any]:
+    histogram = HistogramMetricFamily(
+        "model_top1_probability",
+        "Top-1 probability of logged predictions (this process).",
+        labels=["model", "version"],
+    )
+    classes = CounterMetricFamily(
+        "model_predicted_class",
+        "Logged predictions by top-1 class (this process; classes past 100 are 'other').",
+        labels=["model", "version", "class"],
+    )
+    for (model, version), (names, buckets, counts, total) in observed.items():
+        cumulative = np.cumsum(buckets).tolist()
+        edges = [*(str(b) for b in BUCKETS), "+Inf"]
+        histogram.add_metric(
+            [model, str(version)], list(zip(edges, cumulative, strict=True)), total
+        )
+        for index, count in enumerate(counts.tolist()):
+            if count:
+                name = "other" if index >= MAX_CLASSES else _name(names, index)
+                classes.add_metric([model, str(version), name], count)
+    yield histogram
+    yield classes
+
+
+def _name(names: list[str], index: int) -> str:
+    return names[index] if index < len(names) else str(index)
+
+
+def _report_families(reports: list[MonitorReport]) -> Iterator[Any]:
+    def gauge(name: str, text: str, extra: Sequence[str] = ()) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, text, labels=["model", "version", *extra])
+
+    drift = gauge("model_drift_score", "Drift (JS distance) from the card's reference.", ["kind"])
+    drifting = gauge("model_drifting", "1 when the drift score is over threshold and noise floor.")
+    accuracy = gauge("model_labelled_accuracy", "Accuracy on labelled feedback in the window.")
+    upper = gauge("model_labelled_accuracy_upper", "Wilson 95 % upper bound of that accuracy.")
+    labelled = gauge("model_labelled_predictions", "Labelled predictions in the window.")
+    card = gauge("model_card_accuracy", "The card's test accuracy, to compare against.")
+    for r in reports:
+        labels = [r.model, str(r.version)]
+        kinds = ("class", r.predicted_classes.drift), ("probability", r.top1_probability.drift)
+        for kind, value in (*kinds, ("score", r.drift.score)):
+            if value is not None:
+                drift.add_metric([*labels, kind], value)
+        drifting.add_metric(labels, float(r.drift.drifting))
+        labelled.add_metric(labels, r.labelled.n)
+        if r.labelled.accuracy is not None:
+            accuracy.add_metric(labels, r.labelled.accuracy)
+            upper.add_metric(labels, r.labelled.interval[1])
+        if r.labelled.card_accuracy is not None:
+            card.add_metric(labels, r.labelled.card_accuracy)
+    yield from (drift, drifting, accuracy, upper, labelled, card)

@@ -1,0 +1,134 @@
+"""The monitor's answers, computed off the event loop and shared: one database query per (model,
+version, window) per ``CACHE_S``, however many clients ask, on a small bounded pool of its own
+(past ``MAX_WAITING`` queued answers a request gets 503 rather than a queue without end). Also
+refreshes the Prometheus quality gauges from the database every ``MONITOR_REFRESH_S``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+
+from prometheus_client import CollectorRegistry
+
+from service.core import quality
+from service.core.card import ModelCard
+from service.core.errors import InvalidInput, Overloaded, PredictionLogOff
+from service.dataplane import prediction_store as store
+from service.dataplane.monitor import MonitorReport, Window, build_report
+from service.dataplane.prediction_log import PredictionLog
+from service.dataplane.quality_metrics import MAX_VERSIONS, QualityCollector
+from service.engine.work_pool import WorkPool
+
+log = logging.getLogger(__name__)
+
+CACHE_S = 1.0  # an answer is reused this long (a flood of calls costs one query)
+MAX_WINDOW_S = 30 * 86400.0  # the log's default retention
+MAX_CACHED = 64  # distinct (model, version, window) answers kept
+WARN_INTERVAL_S = 60.0  # a failing refresh is logged at most once a minute
+THREADS, MAX_WAITING = 2, 8  # the monitor's own pool: queries never hold up request decoding
+Key = tuple[str, int, float]
+# (model, version, card) of every version whose gauges the refresh keeps
+Targets = Callable[[], Sequence[tuple[str, int, ModelCard]]]
+
+
+def check_window(window_s: float) -> float:
+    """``window_s`` when it is a usable window (0 < window <= 30 days), else 400."""
+    if not math.isfinite(window_s) or not 0 < window_s <= MAX_WINDOW_S:
+        raise InvalidInput(f"window_s must be over 0 and at most {MAX_WINDOW_S:.0f} (30 days)")
+    return window_s
+
+
+class QualityMonitor:
+    """Monitor answers for one app (None log: every answer is 503, PREDICTION_LOG is off)."""
+
+    def __init__(
+        self,
+        prediction_log: PredictionLog | None,
+        registry: CollectorRegistry,
+        class_names: Callable[[str, int], Sequence[str]],
+        threshold: float,
+    ) -> None:
+        self.log, self.threshold = prediction_log, threshold
+        self.collector = QualityCollector(class_names)
+        registry.register(self.collector)
+        if prediction_log is not None:
+            prediction_log.on_written = self.collector.observe
+        self._pool = WorkPool(THREADS, MAX_WAITING)
+        self._answers: dict[Key, tuple[float, asyncio.Future[MonitorReport]]] = {}
+        self._warned_at = -WARN_INTERVAL_S
+
+    async def report(
+        self, name: str, version: int, card: ModelCard, window_s: float
+    ) -> MonitorReport:
+        """The monitor answer for a version over the last ``window_s`` seconds."""
+        prediction_log = self.log
+        if prediction_log is None:
+            raise PredictionLogOff(
+                "the monitor reads the prediction log, which is off: set PREDICTION_LOG=true"
+            )
+        key = (name, version, check_window(window_s))
+        now = time.monotonic()
+        cached = self._answers.get(key)
+        if cached is not None and _reusable(cached, now):
+            return await asyncio.shield(cached[1])
+        self._forget_old(now)
+        answer = asyncio.ensure_future(self._bounded(prediction_log, card, name, version, window_s))
+        self._answers[key] = (now, answer)
+        return await asyncio.shield(answer)
+
+    async def _bounded(
+        self, prediction_log: PredictionLog, card: ModelCard, name: str, version: int, w: float
+    ) -> MonitorReport:
+        try:
+            return await self._pool.run(self._compute, prediction_log, card, name, version, w)
+        except Overloaded:
+            raise Overloaded("the monitor is computing too many answers; retry shortly") from None
+
+    def _compute(
+        self, prediction_log: PredictionLog, card: ModelCard, name: str, version: int, w: float
+    ) -> MonitorReport:
+        window = Window(name, version, w, time.time())
+        rows = store.window_counts(
+            prediction_log.engine, name, version, window.since, window.until, quality.BINS
+        )
+        return build_report(card, window, rows, self.threshold)
+
+    def _forget_old(self, now: float) -> None:
+        answers = self._answers
+        for key, entry in list(answers.items()):
+            if not _reusable(entry, now):
+                del answers[key]
+        while len(answers) >= MAX_CACHED:  # the oldest go (their callers still get them)
+            del answers[min(answers, key=lambda k: answers[k][0])]
+
+    async def refresh(self, targets: Targets, window_s: float) -> None:
+        """Set the gauges of every target version from the database (errors logged, not raised)."""
+        chosen = list(targets())[:MAX_VERSIONS]
+        for name, version, card in chosen:
+            try:
+                self.collector.set_report(await self.report(name, version, card, window_s))
+            except Exception as exc:  # a dead database: the gauges keep their last values
+                if time.monotonic() - self._warned_at >= WARN_INTERVAL_S:
+                    self._warned_at = time.monotonic()
+                    log.warning("monitor refresh of %s v%d failed: %s", name, version, exc)
+        self.collector.retain((name, version) for name, version, _ in chosen)
+
+    async def watch(self, targets: Targets, window_s: float, interval_s: float) -> None:
+        """``refresh`` every ``interval_s`` until cancelled."""
+        while True:
+            await self.refresh(targets, window_s)
+            await asyncio.sleep(interval_s)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _reusable(entry: tuple[float, asyncio.Future[MonitorReport]], now: float) -> bool:
+    """Still running, or answered (not failed) within CACHE_S."""
+    started, answer = entry
+    if not answer.done():
+        return True
+    return now - started < CACHE_S and not answer.cancelled() and answer.exception() is None

@@ -28,6 +28,7 @@ COMMANDS = {
     "replicas": ("replicas", "1 and 2 api processes behind nginx against WORKERS=1 and 2"),
     "screenshot": ("screenshot", "the README's screenshot of the explorer page"),
     "drift": ("drift", "the monitor's drift score on clean and shifted test streams"),
+    "calibration": ("calibration", "each served model's temperature, ECE and coverage (cards)"),
     "render": ("render", "rewrite the docs' figures from docs/results/*.json (--check: test)"),
 }
 

@@ -12,6 +12,7 @@ torchrun --nproc-per-node=2 -m training train --data data/cifar10-jpeg   # data-
 python -m training ablate no-lookahead                         # cifar_94 without one method
 python -m training plot-runs --out chart.png "seed 0=runs/<run>" ...
 python -m training recompress data/cifar10-jpeg data/cifar10-jpeg-q50 --quality 50
+python -m training recalibrate models/cifar10_cnn_bn/2       # the same weights, T in the graph
 
 Recipes (training/recipes.py): lecture, cifar_bn, cifar_94; without --recipe, the lecture's in
 float32.
@@ -35,6 +36,7 @@ from training.distributed import barrier, stop, world_from_env
 from training.experiments import EXPERIMENT_COMMANDS, add_experiment_commands
 from training.pipeline import (
     Trained,
+    calibrate_run,
     data_arguments,
     export_run,
     load_data,
@@ -42,6 +44,7 @@ from training.pipeline import (
     train_and_export,
     training_arguments,
 )
+from training.recalibrate import add_recalibrate_command, cmd_recalibrate
 from training.recipes import RECIPES, recipe
 
 EXIT_FAILED, EXIT_REJECTED, EXIT_INTERRUPTED = 1, 3, 130
@@ -61,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_commands(sub)
     _model_commands(sub)
     add_experiment_commands(sub)
+    add_recalibrate_command(sub)
     summary = sub.add_parser("summary", help="print the Keras-style layer table")
     summary.add_argument("--arch", default="lecture", choices=sorted(ARCHITECTURES))
     summary.add_argument("--spec", type=Path, help="JSON file with a list of layer specs instead")
@@ -202,13 +206,14 @@ def cmd_export(args: argparse.Namespace) -> None:
     from training.publish import publish
 
     run = load_run(args.checkpoint)
-    test = load_data(args).test.sample(run.config.limit_test, run.config.seed)
+    data = load_data(args)
+    test = data.test.sample(run.config.limit_test, run.config.seed)
     if (
         run.test is None or not run.test.mistakes
     ):  # a checkpoint from before cards listed the mistakes
         run.test = evaluate(run.model, test, run.config.eval_batch_size)
     onnx_path, parity = export_run(run, test)
-    fields = card_fields(run, onnx_path, parity)
+    fields = calibrate_run(run, data, test, onnx_path, card_fields(run, onnx_path, parity))
     print(f"Published {publish(args.repository, args.name, onnx_path, fields)}")
 
 
@@ -227,6 +232,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_quantize(args: argparse.Namespace) -> None:
     from service.core.card import read_card
+    from training.calibration_card import calibrate_export, held_out_of, test_of
     from training.evaluation import compare
     from training.publish import publish, versions
     from training.quantize import int8_card_fields, quantize_int8
@@ -245,6 +251,11 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         f"INT8: test accuracy {check.int8_accuracy:.4f} vs float {check.float_accuracy:.4f} "
         f"({check.images} images, top-1 agreement {check.top1_agreement:.4f})"
     )
+    if not check.passed:
+        raise Rejected(
+            f"INT8 loses {check.drop:.4f} test accuracy (allowed {args.max_drop:.4f}); "
+            f"nothing published, the graph is in {out}"
+        )
     fields = int8_card_fields(
         source,
         out,
@@ -252,11 +263,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         evaluation,
         {"images": len(calibration), "from": "train split", "seed": args.seed},
     )
-    if not check.passed:
-        raise Rejected(
-            f"INT8 loses {check.drop:.4f} test accuracy (allowed {args.max_drop:.4f}); "
-            f"nothing published, the graph is in {out}"
-        )
+    calibrate_export(fields, out, held_out_of(fields, data), test_of(fields, data))
     print(f"Published {publish(args.repository, args.name, out, fields)}")
 
 
@@ -273,6 +280,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "quantize": cmd_quantize,
     "summary": cmd_summary,
+    "recalibrate": cmd_recalibrate,
     **EXPERIMENT_COMMANDS,
 }
 

@@ -1,7 +1,8 @@
 """Benchmarks and the docs rendered from their results, one subcommand each.
 
     python -m bench COMMAND [flags]     # serve, peers, models, grpc, train, train-variants,
-                                        # decode, shm, profile, replicas, screenshot, render
+                                        # decode, shm, profile, replicas, screenshot, feedback,
+                                        # render
     python -m bench COMMAND --help      # its flags
 
 Every benchmark writes its figures to ``docs/results/<name>.json`` (unless ``--no-write``) and then
@@ -26,6 +27,7 @@ COMMANDS = {
     "profile": ("profile_serve", "where a request's time goes under load (probes, py-spy)"),
     "replicas": ("replicas", "1 and 2 api processes behind nginx against WORKERS=1 and 2"),
     "screenshot": ("screenshot", "the README's screenshot of the explorer page"),
+    "feedback": ("feedback", "JPEG traffic and its labels through the real service; scoring"),
     "render": ("render", "rewrite the docs' figures from docs/results/*.json (--check: test)"),
 }
 

@@ -130,7 +130,9 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
         path = folder / MODEL_FILE
         figures[str(folder)] = {
             "clean": float((onnx_logits(path, clean).argmax(1) == labels[even]).mean()),
-            f"q{args.quality}": float((onnx_logits(path, shifted).argmax(1) == labels[even]).mean()),
+            f"q{args.quality}": float(
+                (onnx_logits(path, shifted).argmax(1) == labels[even]).mean()
+            ),
         }
     return figures
 

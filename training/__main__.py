@@ -35,6 +35,7 @@ from training.architectures import ARCHITECTURES, INPUT_SHAPE
 from training.config import TrainConfig, config_from_args
 from training.distributed import barrier, stop, world_from_env
 from training.experiments import EXPERIMENT_COMMANDS, add_experiment_commands
+from training.feedback import DEFAULT_CAP_PER_CLASS, DEFAULT_HOLDOUT_SHARE
 from training.pipeline import (
     Trained,
     data_arguments,
@@ -44,7 +45,6 @@ from training.pipeline import (
     train_and_export,
     training_arguments,
 )
-from training.feedback import DEFAULT_CAP_PER_CLASS, DEFAULT_HOLDOUT_SHARE
 from training.recipes import RECIPES, recipe
 from training.retrain import MIN_HOLDOUT
 
@@ -114,6 +114,12 @@ def _feedback_arguments(retrain: argparse.ArgumentParser) -> None:
         metavar="DB",
         help="the service's prediction log: a SQLite file (DATA_DIR/predictions.sqlite3) or a "
         "SQLAlchemy URL; its labelled, captured images of --name join the training images",
+    )
+    retrain.add_argument(
+        "--feedback-optional",
+        action="store_true",
+        help="a --feedback file that does not exist yet means no feedback, not an error (the "
+        "compose trainer's: the api makes the log on its first answer)",
     )
     retrain.add_argument(
         "--feedback-holdout",
@@ -206,6 +212,10 @@ def cmd_retrain(args: argparse.Namespace) -> None:
     from training.retrain import gate_candidate, keep_rejected
 
     feedback = None
+    if args.feedback_optional and args.feedback and not Path(args.feedback).exists():
+        if "://" not in args.feedback:
+            print(f"No prediction log at {args.feedback} yet: training without feedback")
+            args.feedback = None
     if args.feedback:  # read first: a bad database stops the job before any training
         feedback = read_feedback(
             args.feedback,

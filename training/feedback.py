@@ -36,7 +36,7 @@ HASH_SPACE = 16**16  # the first 16 hex digits of the hash, as a number, decide 
 # a later label for the same pixels replaces an earlier one. "row" is quoted: a keyword in
 # PostgreSQL.
 LABELLED = (
-    'SELECT image, label FROM predictions WHERE model = :model AND label IS NOT NULL '
+    "SELECT image, label FROM predictions WHERE model = :model AND label IS NOT NULL "
     'AND image IS NOT NULL ORDER BY labelled_at, "row"'
 )
 

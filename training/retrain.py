@@ -157,8 +157,7 @@ def quality_gate(
         else ""
     )
     against = (
-        f"; served version {served_version} scores {served_accuracy:.4f} on the same images"
-        f"{noise}"
+        f"; served version {served_version} scores {served_accuracy:.4f} on the same images{noise}"
         if served_accuracy is not None
         else "; no version is served yet"
     )
@@ -214,7 +213,9 @@ def gate_candidate(
     elif holdout is not None and len(holdout):
         from training.evaluation import onnx_logits
 
-        accuracy = float((onnx_logits(candidate, holdout.images).argmax(1) == holdout.labels).mean())
+        accuracy = float(
+            (onnx_logits(candidate, holdout.images).argmax(1) == holdout.labels).mean()
+        )
         print(f"Held-out feedback ({len(holdout)} images): candidate {accuracy:.4f}; none served")
     return quality_gate(
         candidate_accuracy,

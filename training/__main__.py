@@ -212,10 +212,10 @@ def cmd_retrain(args: argparse.Namespace) -> None:
     from training.retrain import gate_candidate, keep_rejected
 
     feedback = None
-    if args.feedback_optional and args.feedback and not Path(args.feedback).exists():
-        if "://" not in args.feedback:
-            print(f"No prediction log at {args.feedback} yet: training without feedback")
-            args.feedback = None
+    optional = args.feedback_optional and args.feedback and "://" not in args.feedback
+    if optional and not Path(args.feedback).exists():
+        print(f"No prediction log at {args.feedback} yet: training without feedback")
+        args.feedback = None
     if args.feedback:  # read first: a bad database stops the job before any training
         feedback = read_feedback(
             args.feedback,

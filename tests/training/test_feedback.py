@@ -1,5 +1,5 @@
-"""The retrain job's feedback: read from a real prediction log (the service's own table), de-duplicated
-by pixels, capped per class, held out by hash; and the JPEG robustness augmentation."""
+"""The retrain job's feedback: read from a real prediction log (the service's own table),
+de-duplicated by pixels, capped per class, held out by hash; and the JPEG augmentation."""
 
 from __future__ import annotations
 
@@ -10,36 +10,11 @@ import numpy as np
 import pytest
 
 from service.core.errors import DataError
-from service.dataplane import prediction_store
+from tests.support.feedback_log import write_log
 from tests.support.training_inputs import class_images
 from training.config import TrainConfig
 from training.feedback import choose, is_held_out, read_feedback
 from training.jpeg import JpegEpochs, reencode
-
-
-def write_log(path: Path, rows: list[tuple[str, np.ndarray | None, int | None]]) -> Path:
-    """A prediction log made by the service's own store: (model, image, label) per record, labelled
-    in order (the last label given is the newest)."""
-    engine = prediction_store.connect(f"sqlite:///{path}")
-    records = [
-        {
-            "request_id": f"r{i}",
-            "item": 0,
-            "model": model,
-            "version": 1,
-            "time": 1000.0 + i,
-            "top1": 0,
-            "top1_probability": 0.5,
-            "image": None if image is None else image.tobytes(),
-        }
-        for i, (model, image, _) in enumerate(rows)
-    ]
-    prediction_store.insert(engine, records)
-    for i, (_, _, label) in enumerate(rows):
-        if label is not None:
-            prediction_store.label(engine, [(f"r{i}", 0, label)])
-    engine.dispose()
-    return path
 
 
 def digest(image: np.ndarray) -> str:
@@ -63,7 +38,8 @@ def test_feedback_keeps_labelled_captured_images_of_the_model_once_with_their_la
     feedback = read_feedback(str(log), "net", holdout_share=0.0)
     assert feedback.summary["rows"] == 31 and feedback.summary["unique_images"] == 30
     assert len(feedback.train) == 30 and len(feedback.holdout) == 0
-    by_hash = {digest(im): int(y) for im, y in zip(feedback.train.images, feedback.train.labels, strict=True)}
+    kept = zip(feedback.train.images, feedback.train.labels, strict=True)
+    by_hash = {digest(image): int(label) for image, label in kept}
     assert by_hash[digest(images[0])] == 7
     assert by_hash[digest(images[5])] == int(labels[5])
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from service.core.card import MODEL_FILE, read_card, sha256_file
+from tests.support.feedback_log import write_log
 from tests.support.training_inputs import class_images
-from tests.training.test_feedback import write_log
 from training.publish import versions
 from training.retrain import REJECTED_DIR, Comparison, compare_correct, quality_gate
 

@@ -120,9 +120,11 @@ def _last_labels(engine: sa.Engine, model: str) -> tuple[dict[str, int], int, in
     return labels, rows, unusable
 
 
-def _collect(engine: sa.Engine, model: str, wanted: dict[str, int]) -> Split:
-    """Second pass: the pixels of the ``wanted`` hashes, with their (last) labels."""
-    order = sorted(wanted)
+def _collect(
+    engine: sa.Engine, model: str, train: dict[str, int], holdout: dict[str, int]
+) -> tuple[Split, Split]:
+    """Second pass: the pixels of the chosen hashes, with their (last) labels, on their sides."""
+    order = sorted({**train, **holdout})
     place = {digest: i for i, digest in enumerate(order)}
     images = np.empty((len(order), *IMAGE_SHAPE), dtype=np.uint8)
     found = np.zeros(len(order), dtype=bool)
@@ -133,8 +135,13 @@ def _collect(engine: sa.Engine, model: str, wanted: dict[str, int]) -> Split:
         if i is not None and not found[i]:
             images[i] = np.frombuffer(image, dtype=np.uint8).reshape(IMAGE_SHAPE)
             found[i] = True
-    labels = np.array([wanted[d] for d in order], dtype=np.int64)
-    return Split(images[found], labels[found])  # the service may prune rows between passes
+    labels = np.array([train.get(d, holdout.get(d, 0)) for d in order], dtype=np.int64)
+    held = np.array([d in holdout for d in order], dtype=bool)
+    # ``found``: the service may prune rows between the passes
+    return (
+        Split(images[found & ~held], labels[found & ~held]),
+        Split(images[found & held], labels[found & held]),
+    )
 
 
 def read_feedback(
@@ -150,16 +157,17 @@ def read_feedback(
     import sqlalchemy as sa
 
     url = database_url(source)
-    shown = (
-        sa.engine.make_url(url).render_as_string(hide_password=True) if "://" in source else source
-    )
+    try:
+        shown = sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        raise DataError(f"{source}: not a SQLAlchemy database URL") from None
+    shown = shown if "://" in source else source
     try:
         engine = sa.create_engine(url)
         try:
             labels, rows, unusable = _last_labels(engine, model)
             train_hashes, holdout_hashes, capped = choose(labels, cap_per_class, holdout_share)
-            train = _collect(engine, model, train_hashes)
-            holdout = _collect(engine, model, holdout_hashes)
+            train, holdout = _collect(engine, model, train_hashes, holdout_hashes)
         finally:
             engine.dispose()
     except sa.exc.SQLAlchemyError as exc:

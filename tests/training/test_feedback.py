@@ -101,3 +101,11 @@ def test_jpeg_epochs_give_each_epoch_its_seeded_copy() -> None:
         epochs.close()
     with pytest.raises(ValueError, match="jpeg-p"):
         JpegEpochs(images, TrainConfig(jpeg_p=1.5), 1)
+
+
+def test_an_unreachable_database_is_a_clear_error_that_hides_its_password() -> None:
+    with pytest.raises(DataError, match="cannot read the prediction log") as raised:
+        read_feedback("postgresql+psycopg://user:s3cret@127.0.0.1:1/log", "net")
+    assert "s3cret" not in str(raised.value)
+    with pytest.raises(DataError, match="not a SQLAlchemy database URL"):
+        read_feedback("http:://bad", "net")

@@ -175,7 +175,8 @@ def test_retrain_on_feedback_trains_on_it_and_judges_on_the_held_out_share(
     log = write_log(tmp_path / "predictions.sqlite3", rows)
     code, out, err = _finish(
         _retrain(image_folder, tmp_path, "--epochs", "1", "--min-accuracy", "0",
-                 "--max-regression", "1", "--feedback", str(log), "--min-holdout", "5")
+                 "--max-regression", "1", "--feedback", str(log), "--min-holdout", "5",
+                 "--jpeg-p", "0.5")
     )  # fmt: skip
     assert code == 0, err
     assert "Test split, served version 1" in out and "Held-out feedback (" in out
@@ -187,6 +188,7 @@ def test_retrain_on_feedback_trains_on_it_and_judges_on_the_held_out_share(
     assert gate["feedback"]["images"] == summary["holdout"]
     assert gate["feedback"]["verdict"] == "not worse beyond the noise"
     assert gate["test"]["images"] == 20
+    assert card.training["config"]["jpeg_p"] == 0.5  # trained on JPEG copies too
 
 
 def test_an_optional_feedback_file_that_is_not_there_yet_means_no_feedback(

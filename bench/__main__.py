@@ -2,6 +2,7 @@
 
     python -m bench COMMAND [flags]     # serve, peers, models, grpc, train, train-variants,
                                         # decode, shm, profile, replicas, screenshot, drift,
+                                        # calibration, feedback,
                                         # render
     python -m bench COMMAND --help      # its flags
 
@@ -29,6 +30,7 @@ COMMANDS = {
     "screenshot": ("screenshot", "the README's screenshot of the explorer page"),
     "drift": ("drift", "the monitor's drift score on clean and shifted test streams"),
     "calibration": ("calibration", "each served model's temperature, ECE and coverage (cards)"),
+    "feedback": ("feedback", "JPEG traffic and its labels through the real service; scoring"),
     "render": ("render", "rewrite the docs' figures from docs/results/*.json (--check: test)"),
 }
 

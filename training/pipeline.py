@@ -98,9 +98,12 @@ def calibrate_run(
     return calibrate_export(fields, onnx_path, held_out, test)
 
 
-def train_and_export(args: argparse.Namespace, config: TrainConfig) -> Trained | None:
+def train_and_export(
+    args: argparse.Namespace, config: TrainConfig, feedback: Split | None = None
+) -> Trained | None:
     """Train ``config``, test, export. Returns the card's fields on rank 0; under torchrun the
-    other ranks only train, and get None. With ``--resume`` the checkpoint's recipe is used."""
+    other ranks only train, and get None. With ``--resume`` the checkpoint's recipe is used.
+    ``feedback``: labelled traffic (the retrain job's) added to the training images."""
     from training.checkpoint import weights_sha256
     from training.distributed import start
     from training.export import card_fields
@@ -119,6 +122,8 @@ def train_and_export(args: argparse.Namespace, config: TrainConfig) -> Trained |
     world: World = args.world
     start(world, resolve_device(config.device))
     data = load_data(args)
+    if feedback is not None:
+        data = dataclasses.replace(data, feedback=feedback)
     if not world.is_main:
         fit, val, _ = split_data(config, data)
         result = train_model(config, fit, val, world=world, resume=resume)

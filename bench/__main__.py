@@ -2,7 +2,7 @@
 
     python -m bench COMMAND [flags]     # serve, peers, models, grpc, train, train-variants,
                                         # log-cost, decode, shm, profile, replicas,
-                                        # screenshot, drift, render
+                                        # screenshot, drift, calibration, feedback, render
     python -m bench COMMAND --help      # its flags
 
 Every benchmark writes its figures to ``docs/results/<name>.json`` (unless ``--no-write``) and then
@@ -29,6 +29,8 @@ COMMANDS = {
     "replicas": ("replicas", "1 and 2 api processes behind nginx against WORKERS=1 and 2"),
     "screenshot": ("screenshot", "the README's screenshot of the explorer page"),
     "drift": ("drift", "the monitor's drift score on clean and shifted test streams"),
+    "calibration": ("calibration", "each served model's temperature, ECE and coverage (cards)"),
+    "feedback": ("feedback", "JPEG traffic and its labels through the real service; scoring"),
     "render": ("render", "rewrite the docs' figures from docs/results/*.json (--check: test)"),
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bench import blocks_calibration as cal
 from bench import blocks_reliability as rel
 from bench import blocks_serving as s
 from bench import blocks_shm
@@ -35,6 +36,8 @@ BLOCKS: dict[str, tuple[str, Callable[[Record], str]]] = {
     "ddp-epochs-256": ("ddp-epochs", tr.ddp_epochs_256),
     "request-cost": ("request-cost", rel.request_cost),
     "fast-path-cost": ("fast-path-cost", rel.fast_path_cost),
+    "calibration": ("calibration", cal.calibration),
+    "calibration-coverage": ("calibration", cal.coverage),
 }
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from service.api.images import decode_image
-from service.api.predictions import Predictions, top_k
+from service.api.predictions import UNCERTAIN, Classified, top_k
 from service.core.errors import UnprocessableInput
 from service.settings import Settings
 
@@ -93,15 +93,15 @@ class RestClient:
             raise ClientError(f"{response.status_code}: {message}", code)
         return response
 
-    def classify(self, model: str, files: Sequence[Path], k: int) -> tuple[str, Predictions]:
+    def classify(self, model: str, files: Sequence[Path], k: int) -> Classified:
         form = [
             # The path as the file name, so the server's error for a bad image names it.
             ("file", (str(p), read_file(p), mimetypes.guess_type(p.name)[0] or "image/*"))
             for p in files
         ]
         body = self.request("POST", f"/v1/models/{model}:classify", params={"top_k": k}, files=form)
-        data = body.json()
-        return str(data["model_version"]), data["predictions"]
+        data = body.json()  # answers: "uncertain" under the server's ABSTAIN_BELOW
+        return str(data["model_version"]), data["predictions"], data.get("answers")
 
     def models(self) -> list[dict[str, str]]:
         rows = []
@@ -160,7 +160,7 @@ class GrpcClient:
             self._models[model] = (tensor.name, (tensor.shape[1], tensor.shape[2]), names)
         return self._models[model]
 
-    def classify(self, model: str, files: Sequence[Path], k: int) -> tuple[str, Predictions]:
+    def classify(self, model: str, files: Sequence[Path], k: int) -> Classified:
         input_name, size, class_names = self._model(model)
         try:
             batch = np.stack(
@@ -173,7 +173,7 @@ class GrpcClient:
         outputs = [self.triton.InferRequestedOutput("probabilities")]
         result = self.call(self.client.infer, model, [tensor], outputs=outputs)
         version = result.get_response().model_version
-        return version, top_k(result.as_numpy("probabilities"), class_names, k)
+        return version, top_k(result.as_numpy("probabilities"), class_names, k), None
 
     def models(self) -> list[dict[str, str]]:
         index = self.call(self.client.get_model_repository_index)
@@ -183,9 +183,8 @@ class GrpcClient:
         ]
 
     def health(self) -> tuple[bool, bool]:
-        return bool(self.call(self.client.is_server_live)), bool(
-            self.call(self.client.is_server_ready)
-        )
+        live, ready = self.call(self.client.is_server_live), self.call(self.client.is_server_ready)
+        return bool(live), bool(ready)
 
     def close(self) -> None:
         self.client.close()
@@ -205,14 +204,15 @@ def predict(args: argparse.Namespace, client: Client) -> int:
     ) as bar:
         for start in range(0, len(files), args.batch_size):
             chunk = files[start : start + args.batch_size]
-            version, predictions = client.classify(args.model, chunk, args.top_k)
-            for path, classes in zip(chunk, predictions, strict=True):
+            version, predictions, answers = client.classify(args.model, chunk, args.top_k)
+            shown: list[str | None] = [*answers] if answers else [None] * len(chunk)  # gRPC: none
+            for path, classes, answer in zip(chunk, predictions, shown, strict=True):
+                row = {"file": str(path), "model_name": args.model, "model_version": version}
                 if args.json:
-                    row = {"file": str(path), "model_name": args.model, "model_version": version}
-                    line = json.dumps({**row, "predictions": classes})
+                    line = json.dumps({**row, "predictions": classes, "answer": answer})
                 else:
                     ranked = "  ".join(f"{c['name']} {c['probability']:.3f}" for c in classes)
-                    line = f"{path!s:<{width}}  {ranked}"
+                    line = f"{path!s:<{width}}  {'uncertain: ' * (answer == UNCERTAIN)}{ranked}"
                 bar.write(line, file=sys.stdout)
             bar.update(len(chunk))
     return EXIT_OK

@@ -3,6 +3,8 @@
 python -m training train --data data/cifar10-jpeg            # train, test, export, publish
 python -m training train --recipe cifar_94 --seed 1          # a named recipe, one field changed
 python -m training retrain --data data/cifar10-jpeg          # the same, behind a quality gate
+python -m training retrain --recipe lecture --feedback data/service/predictions.sqlite3
+                                              # also trained and judged on labelled traffic
 python -m training export --checkpoint runs/<run>/checkpoint.pt --data data/cifar10-jpeg
 python -m training evaluate --model models/cifar10_cnn/1 --data data/cifar10-jpeg [--mistakes m.png]
 python -m training quantize --model models/cifar10_cnn_bn/1 --name cifar10_cnn_bn_int8
@@ -12,6 +14,7 @@ torchrun --nproc-per-node=2 -m training train --data data/cifar10-jpeg   # data-
 python -m training ablate no-lookahead                         # cifar_94 without one method
 python -m training plot-runs --out chart.png "seed 0=runs/<run>" ...
 python -m training recompress data/cifar10-jpeg data/cifar10-jpeg-q50 --quality 50
+python -m training recalibrate models/cifar10_cnn_bn/2       # the same weights, T in the graph
 
 Recipes (training/recipes.py): lecture, cifar_bn, cifar_94; without --recipe, the lecture's in
 float32.
@@ -33,8 +36,10 @@ from training.architectures import ARCHITECTURES, INPUT_SHAPE
 from training.config import TrainConfig, config_from_args
 from training.distributed import barrier, stop, world_from_env
 from training.experiments import EXPERIMENT_COMMANDS, add_experiment_commands
+from training.feedback import DEFAULT_CAP_PER_CLASS, DEFAULT_HOLDOUT_SHARE
 from training.pipeline import (
     Trained,
+    calibrate_run,
     data_arguments,
     export_run,
     load_data,
@@ -42,7 +47,9 @@ from training.pipeline import (
     train_and_export,
     training_arguments,
 )
+from training.recalibrate import add_recalibrate_command, cmd_recalibrate
 from training.recipes import RECIPES, recipe
+from training.retrain import MIN_HOLDOUT
 
 EXIT_FAILED, EXIT_REJECTED, EXIT_INTERRUPTED = 1, 3, 130
 
@@ -61,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_commands(sub)
     _model_commands(sub)
     add_experiment_commands(sub)
+    add_recalibrate_command(sub)
     summary = sub.add_parser("summary", help="print the Keras-style layer table")
     summary.add_argument("--arch", default="lecture", choices=sorted(ARCHITECTURES))
     summary.add_argument("--spec", type=Path, help="JSON file with a list of layer specs instead")
@@ -98,7 +106,44 @@ def _train_commands(sub: Any) -> None:
         type=float,
         default=0.01,
         help="how much below the served version's accuracy on the same test images the new "
-        "version may be (default: 0.01)",
+        "version may be (default: 0.01); on the held-out feedback, this plus 1.96 standard errors",
+    )
+    _feedback_arguments(retrain)
+
+
+def _feedback_arguments(retrain: argparse.ArgumentParser) -> None:
+    """The prediction log's labelled images for ``retrain`` (training/feedback.py)."""
+    retrain.add_argument(
+        "--feedback",
+        metavar="DB",
+        help="the service's prediction log: a SQLite file (DATA_DIR/predictions.sqlite3) or a "
+        "SQLAlchemy URL; its labelled, captured images of --name join the training images",
+    )
+    retrain.add_argument(
+        "--feedback-optional",
+        action="store_true",
+        help="a --feedback file that does not exist yet means no feedback, not an error (the "
+        "compose trainer's: the api makes the log on its first answer)",
+    )
+    retrain.add_argument(
+        "--feedback-holdout",
+        type=float,
+        default=DEFAULT_HOLDOUT_SHARE,
+        help="share of feedback images held out of training to judge the candidate, chosen by "
+        f"their pixels' hash (default: {DEFAULT_HOLDOUT_SHARE})",
+    )
+    retrain.add_argument(
+        "--feedback-cap",
+        type=int,
+        default=DEFAULT_CAP_PER_CLASS,
+        help=f"most feedback images per class, the newest kept (default: {DEFAULT_CAP_PER_CLASS})",
+    )
+    retrain.add_argument(
+        "--min-holdout",
+        type=int,
+        default=MIN_HOLDOUT,
+        help="fewer held-out feedback images are reported as too few to judge and decide nothing "
+        f"(default: {MIN_HOLDOUT})",
     )
 
 
@@ -166,28 +211,39 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_retrain(args: argparse.Namespace) -> None:
-    from training.evaluation import evaluate_onnx
+    from training.feedback import read_feedback
     from training.publish import publish
-    from training.retrain import keep_rejected, quality_gate, served_version
+    from training.retrain import gate_candidate, keep_rejected
 
-    trained = _train(args)
+    feedback = None
+    optional = args.feedback_optional and args.feedback and "://" not in args.feedback
+    if optional and not Path(args.feedback).exists():
+        print(f"No prediction log at {args.feedback} yet: training without feedback")
+        args.feedback = None
+    if args.feedback:  # read first: a bad database stops the job before any training
+        feedback = read_feedback(
+            args.feedback,
+            args.name,
+            cap_per_class=args.feedback_cap,
+            holdout_share=args.feedback_holdout,
+        )
+        print(f"Feedback: {json.dumps(feedback.summary)}")
+    trained = train_and_export(args, run_config(args), feedback.train if feedback else None)
     if trained is None:  # not rank 0: rank 0 gates and publishes
         return
     run, test, onnx_path, fields = trained
-    model_dir = args.repository / args.name
-    served = served_version(model_dir)
-    served_accuracy = None
-    if served is not None:  # scored on the same test images as the candidate
-        served_accuracy = evaluate_onnx(model_dir / str(served[0]) / MODEL_FILE, test).accuracy
     assert run.test is not None
-    gate = quality_gate(
+    gate = gate_candidate(
+        onnx_path,
         run.test.accuracy,
-        served_accuracy,
-        min_accuracy=args.min_accuracy,
-        max_regression=args.max_regression,
-        served_version=served[0] if served else None,
+        args.repository / args.name,
+        test,
+        feedback.holdout if feedback else None,
+        vars(args),
     )
     fields["metrics"]["quality_gate"] = gate.as_dict()
+    if feedback is not None:
+        fields["training"]["feedback"] = feedback.summary
     if not gate.passed:
         kept = keep_rejected(args.repository, args.name, onnx_path, fields, gate)
         raise Rejected(f"{gate.reason}; nothing published, the candidate is kept in {kept}")
@@ -202,13 +258,14 @@ def cmd_export(args: argparse.Namespace) -> None:
     from training.publish import publish
 
     run = load_run(args.checkpoint)
-    test = load_data(args).test.sample(run.config.limit_test, run.config.seed)
+    data = load_data(args)
+    test = data.test.sample(run.config.limit_test, run.config.seed)
     if (
         run.test is None or not run.test.mistakes
     ):  # a checkpoint from before cards listed the mistakes
         run.test = evaluate(run.model, test, run.config.eval_batch_size)
     onnx_path, parity = export_run(run, test)
-    fields = card_fields(run, onnx_path, parity)
+    fields = calibrate_run(run, data, test, onnx_path, card_fields(run, onnx_path, parity))
     print(f"Published {publish(args.repository, args.name, onnx_path, fields)}")
 
 
@@ -227,6 +284,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_quantize(args: argparse.Namespace) -> None:
     from service.core.card import read_card
+    from training.calibration_card import calibrate_export, held_out_of, test_of
     from training.evaluation import compare
     from training.publish import publish, versions
     from training.quantize import int8_card_fields, quantize_int8
@@ -245,6 +303,11 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         f"INT8: test accuracy {check.int8_accuracy:.4f} vs float {check.float_accuracy:.4f} "
         f"({check.images} images, top-1 agreement {check.top1_agreement:.4f})"
     )
+    if not check.passed:
+        raise Rejected(
+            f"INT8 loses {check.drop:.4f} test accuracy (allowed {args.max_drop:.4f}); "
+            f"nothing published, the graph is in {out}"
+        )
     fields = int8_card_fields(
         source,
         out,
@@ -252,11 +315,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         evaluation,
         {"images": len(calibration), "from": "train split", "seed": args.seed},
     )
-    if not check.passed:
-        raise Rejected(
-            f"INT8 loses {check.drop:.4f} test accuracy (allowed {args.max_drop:.4f}); "
-            f"nothing published, the graph is in {out}"
-        )
+    calibrate_export(fields, out, held_out_of(fields, data), test_of(fields, data))
     print(f"Published {publish(args.repository, args.name, out, fields)}")
 
 
@@ -273,6 +332,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "quantize": cmd_quantize,
     "summary": cmd_summary,
+    "recalibrate": cmd_recalibrate,
     **EXPERIMENT_COMMANDS,
 }
 

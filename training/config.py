@@ -54,6 +54,13 @@ class TrainConfig:
         choices=("random", "alternate"),
     )
     cutout_size: int = _f(8, "side in pixels of the cutout square")
+    jpeg_p: float = _f(
+        0.0,
+        "JPEG robustness: the share of training images re-encoded as JPEG (Pillow, 4:2:0) at a "
+        "random quality each epoch, in a thread while the epoch before trains; 0: off",
+    )
+    jpeg_min_quality: int = _f(30, "JPEG robustness: the lowest quality drawn")
+    jpeg_max_quality: int = _f(95, "JPEG robustness: the highest quality drawn")
     ema: float = _f(
         0.0,
         "decay per step of a moving average of the weights (and batch-norm statistics) that is "

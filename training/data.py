@@ -69,6 +69,7 @@ class Cifar10:
     train: Split
     test: Split
     identity: dict[str, Any] = field(default_factory=dict)  # format, root, sha256: for the card
+    feedback: Split | None = None  # labelled traffic the retrain job adds to the training images
 
 
 def load_cifar10(root: Path, cache_dir: Path | None = Path(".cache")) -> Cifar10:

@@ -1,5 +1,6 @@
 """What ``train``, ``retrain`` and ``ablate`` share: their arguments, then load, train, test and
-export (with the parity gate); publishing and the quality gate are the commands' own."""
+export (with the parity gate, then temperature scaling); publishing and the quality gate are the
+commands' own."""
 
 from __future__ import annotations
 
@@ -83,9 +84,26 @@ def export_run(run: TrainingRun, test: Split) -> tuple[Path, Parity]:
     return onnx_path, parity
 
 
-def train_and_export(args: argparse.Namespace, config: TrainConfig) -> Trained | None:
+def calibrate_run(
+    run: TrainingRun, data: Cifar10, test: Split, onnx_path: Path, fields: dict[str, Any]
+) -> dict[str, Any]:
+    """Temperature scaling after the parity gate, on the run's own validation slice (rebuilt as
+    ``split_data`` chose it): T into ``onnx_path``, the calibration and reference blocks and the
+    JPEG accuracies into ``fields``, ``reliability.png`` beside the graph for ``publish``."""
+    from training.calibration_card import HeldOut, calibrate_export, held_out_description
+    from training.train import split_data
+
+    _, val, _ = split_data(run.config, data)
+    held_out = HeldOut(val, held_out_description(run.dataset, len(val), run.config.keep))
+    return calibrate_export(fields, onnx_path, held_out, test)
+
+
+def train_and_export(
+    args: argparse.Namespace, config: TrainConfig, feedback: Split | None = None
+) -> Trained | None:
     """Train ``config``, test, export. Returns the card's fields on rank 0; under torchrun the
-    other ranks only train, and get None. With ``--resume`` the checkpoint's recipe is used."""
+    other ranks only train, and get None. With ``--resume`` the checkpoint's recipe is used.
+    ``feedback``: labelled traffic (the retrain job's) added to the training images."""
     from training.checkpoint import weights_sha256
     from training.distributed import start
     from training.export import card_fields
@@ -104,6 +122,8 @@ def train_and_export(args: argparse.Namespace, config: TrainConfig) -> Trained |
     world: World = args.world
     start(world, resolve_device(config.device))
     data = load_data(args)
+    if feedback is not None:
+        data = dataclasses.replace(data, feedback=feedback)
     if not world.is_main:
         fit, val, _ = split_data(config, data)
         result = train_model(config, fit, val, world=world, resume=resume)
@@ -120,4 +140,5 @@ def train_and_export(args: argparse.Namespace, config: TrainConfig) -> Trained |
     test = data.test.sample(config.limit_test, config.seed)
     onnx_path, parity = export_run(run, test)
     print(f"Run files: {run_dir}")
-    return run, test, onnx_path, card_fields(run, onnx_path, parity)
+    fields = calibrate_run(run, data, test, onnx_path, card_fields(run, onnx_path, parity))
+    return run, test, onnx_path, fields

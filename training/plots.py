@@ -91,3 +91,36 @@ def plot_accuracy_vs_time(
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_reliability(
+    before: list[dict[str, float]],
+    after: list[dict[str, float]],
+    ece_before: float,
+    ece_after: float,
+    path: Path,
+) -> None:
+    """Accuracy against mean confidence per probability bin, before and after temperature
+    scaling (empty bins left out), on the diagonal where a model means what it says."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    for bins, label, ece in ((before, "before (T = 1)", ece_before), (after, "after", ece_after)):
+        rows = [b for b in bins if b["count"]]
+        ax.plot(
+            [b["mean_confidence"] for b in rows],
+            [b["accuracy"] for b in rows],
+            marker="o",
+            label=f"{label}, ECE {ece:.4f}",
+        )
+    ax.set(
+        xlabel="mean top-1 probability in the bin",
+        ylabel="accuracy in the bin",
+        title="Reliability on the test split",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
+    ax.legend(loc="upper left", fontsize="small")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)

@@ -53,6 +53,8 @@ def publish(repository: Path, name: str, onnx_path: Path, fields: Mapping[str, A
         shutil.copyfile(onnx_path, tmp / MODEL_FILE)
         if sha256_file(tmp / MODEL_FILE) != fields["sha256"]:
             raise PublishError(f"{onnx_path}: changed on disk after export; nothing published")
+        for extra in companion_files(onnx_path, fields):
+            shutil.copyfile(extra, tmp / extra.name)
         for _ in range(100):  # another publisher may take a number between our look and rename
             version = next_version(model_dir)
             card = ModelCard.from_dict({**plain_fields(fields), "name": name, "version": version})
@@ -66,6 +68,16 @@ def publish(repository: Path, name: str, onnx_path: Path, fields: Mapping[str, A
         raise PublishError(f"{model_dir}: could not claim a free version number")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def companion_files(onnx_path: Path, fields: Mapping[str, Any]) -> list[Path]:
+    """Files the card names that sit beside the graph (the reliability diagram), published with it;
+    only a plain file name, so a card cannot reach outside the folder."""
+    name = fields.get("calibration", {}).get("reliability_diagram")
+    if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
+        return []
+    path = onnx_path.parent / name
+    return [path] if path.is_file() else []
 
 
 def plain_fields(fields: Mapping[str, Any]) -> dict[str, Any]:

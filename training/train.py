@@ -34,6 +34,7 @@ from training.distributed import (
     threads_per_process,
 )
 from training.evaluation import evaluate
+from training.jpeg import JpegEpochs
 from training.model import Classifier
 from training.run_state import Training, resume_point, resume_training, start_training
 
@@ -100,9 +101,12 @@ def train_model(
     net = _data_parallel(run.model, device, world)
     images = torch.from_numpy(fit.images).to(device)  # uint8 stays uint8 until the model scales it
     labels = torch.from_numpy(fit.labels).to(device)
+    jpeg = JpegEpochs(fit.images, config, run.first_epoch) if config.jpeg_p > 0 else None
     started = time.perf_counter()
     for epoch in range(run.first_epoch, config.epochs + 1):
         t0 = time.perf_counter()
+        if jpeg is not None:  # this epoch's JPEG copies, made while the last epoch trained
+            images = torch.from_numpy(jpeg.images_for(epoch)).to(device)
         train_loss, train_acc = train_epoch(run, net, images, labels, epoch, world)
         val_loss, val_acc = validate(run, val, world, device)
         seconds = time.perf_counter() - t0
@@ -114,6 +118,8 @@ def train_model(
             f"Epoch {epoch}/{config.epochs} - {seconds:.0f}s - loss: {train_loss:.4f} - "
             f"accuracy: {train_acc:.4f} - val_loss: {val_loss:.4f} - val_accuracy: {val_acc:.4f}"
         )
+    if jpeg is not None:
+        jpeg.close()
     run.model.load_state_dict(run.best_state)
     run.model.eval()
     which = "Last" if config.keep == "last" else "Best validation"
@@ -252,10 +258,16 @@ def read_resume_config(path: Path) -> TrainConfig:
 
 
 def split_data(config: TrainConfig, data: Cifar10) -> tuple[Split, Split, Split]:
-    """fit, validation (held out of train) and test, as the config picks them (seeded)."""
+    """fit, validation (held out of train) and test, as the config picks them (seeded); the
+    retrain job's feedback images (``data.feedback``) join fit."""
     train = data.train.sample(config.limit_train, config.seed)
     test = data.test.sample(config.limit_test, config.seed)
     fit, val = train_val_split(train, config.val_size, config.seed)
+    if data.feedback is not None and len(data.feedback):  # labelled traffic: trained on, not val
+        fit = Split(
+            np.concatenate([fit.images, data.feedback.images]),
+            np.concatenate([fit.labels, data.feedback.labels]),
+        )
     return fit, val, test
 
 

@@ -12,6 +12,9 @@ from typing import Any
 import numpy as np
 
 Predictions = list[list[dict[str, Any]]]  # per row: {"name", "index", "probability"}, best first
+# The served version, the top-k classes per image, and (REST ``:classify``) the answer per image.
+Classified = tuple[str, Predictions, list[str] | None]
+UNCERTAIN = "uncertain"  # ``:classify``'s answer for an image under ``ABSTAIN_BELOW``
 
 
 def top_k(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> Predictions:
@@ -21,4 +24,14 @@ def top_k(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> Pred
     return [
         [{"name": class_names[j], "index": int(j), "probability": float(row[j])} for j in indices]
         for row, indices in zip(probabilities, order, strict=True)
+    ]
+
+
+def answers(predictions: Predictions, abstain_below: float) -> list[str]:
+    """Per row: its top-1 class name, or ``UNCERTAIN`` when that class's probability is under
+    ``abstain_below`` (0: never). With calibrated probabilities the threshold means what it says:
+    the card's coverage table gives the accuracy and the share answered at each one."""
+    return [
+        UNCERTAIN if row[0]["probability"] < abstain_below else row[0]["name"]
+        for row in predictions
     ]

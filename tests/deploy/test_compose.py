@@ -71,3 +71,16 @@ def test_compose_serves_models_and_trains_into_the_same_folder() -> None:
     trainer_models = [v for v in TRAINER["volumes"] if v.split(":")[1] == "/models"]
     assert api_models and trainer_models
     assert api_models[0].split(":")[0] == trainer_models[0].split(":")[0] == "./models"
+
+
+def test_the_trainer_reads_the_apis_prediction_log_read_only() -> None:
+    """The retrain job's --feedback path lies on the volume the api writes its log to."""
+    api_log = [v for v in API["volumes"] if v.split(":")[1] == "/var/lib/cifar-serve"]
+    trainer_log = [v for v in TRAINER["volumes"] if v.split(":")[1] == "/var/lib/cifar-serve"]
+    assert api_log and trainer_log
+    assert api_log[0].split(":")[0] == trainer_log[0].split(":")[0] == "prediction-log"
+    assert trainer_log[0].endswith(":ro")
+    command = TRAINER["command"]
+    feedback = command[command.index("--feedback") + 1]
+    assert feedback == "/var/lib/cifar-serve/predictions.sqlite3"
+    assert "--feedback-optional" in command

@@ -17,6 +17,7 @@ from tests.support.interop import (
     PER_CLASS,
     ROOT,
     TARBALL,
+    VERSION,
     TestImage,
     images_from_folder,
     images_from_tarball,
@@ -45,9 +46,10 @@ def pixels(cifar_images: list[TestImage]) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def expected(pixels: np.ndarray) -> np.ndarray:
-    """What the shipped graph answers in process (onnxruntime, CPU): the probabilities."""
+    """What the served graph answers in process (onnxruntime, CPU): the probabilities."""
     session = ort.InferenceSession(
-        str(ROOT / "models" / MODEL / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+        str(ROOT / "models" / MODEL / str(VERSION) / "model.onnx"),
+        providers=["CPUExecutionProvider"],
     )
     probabilities: np.ndarray = session.run(["probabilities"], {"images": pixels})[0]
     return probabilities

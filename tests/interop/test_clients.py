@@ -92,7 +92,7 @@ def kserve_call(call: str, server: Running, inputs: tuple[Path, Path]) -> Any:
     return json.loads(done.stdout)
 
 
-@pytest.mark.parametrize("call", ["rest-v2-json", "rest-v2-binary", "grpc", "grpc-version-1"])
+@pytest.mark.parametrize("call", ["rest-v2-json", "rest-v2-binary", "grpc", "grpc-version"])
 def test_kserve_sdk_infer(
     server: Running, kserve_inputs: tuple[Path, Path], expected: np.ndarray, call: str
 ) -> None:

@@ -17,6 +17,8 @@ MODEL = "cifar10_cnn"
 TARBALL = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 EXTRACTED = ROOT / "data" / "cifar10-jpeg" / "test"
 PER_CLASS = 2
+# The version the default 'latest' policy serves out of the shipped folder (the calibrated one).
+VERSION = max(int(d.name) for d in (ROOT / "models" / MODEL).iterdir() if d.name.isdigit())
 
 
 @dataclass(frozen=True)

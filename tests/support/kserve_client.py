@@ -25,6 +25,8 @@ from kserve import (
 )
 from kserve.protocol.infer_type import RequestedOutput
 
+from tests.support.interop import VERSION
+
 MODEL = "cifar10_cnn"
 
 
@@ -86,7 +88,7 @@ def main(argv: list[str]) -> None:
         "rest-v2-binary": lambda: rest_v2(rest_url, pixels, binary=True),
         "rest-v1": lambda: rest_v1(rest_url, instances),
         "grpc": lambda: grpc(grpc_target, pixels, None),
-        "grpc-version-1": lambda: grpc(grpc_target, pixels, "1"),
+        "grpc-version": lambda: grpc(grpc_target, pixels, str(VERSION)),
     }
     print(json.dumps(asyncio.run(calls[call]())))
 

@@ -39,6 +39,10 @@ def test_train_evaluate_and_summary_end_to_end(image_folder: Path, tmp_path: Pat
     assert len(card.training["history"]) == 2
     assert card.dataset["n_train"] == 30 and card.dataset["n_test"] == 20
     assert card.metrics["parity"]["passed"] is True
+    # Every export calibrates: T on the run's 10 validation images, the diagram published beside.
+    assert card.calibration["n_fit"] == 10 and card.reference["n"] == 20
+    assert (repo / "tiny" / "1" / card.calibration["reliability_diagram"]).stat().st_size > 0
+    assert "test_accuracy_jpeg_q50" in card.metrics
     (run_dir,) = runs.iterdir()
     assert card.metrics["most_confident_mistakes"][0]["index"] < 20
     files = ("history.json", "curves.png", "confusion.png", "mistakes.png", "checkpoint.pt")
@@ -79,6 +83,9 @@ def test_train_evaluate_and_summary_end_to_end(image_folder: Path, tmp_path: Pat
     int8 = read_card(repo / "tiny_int8" / "1")
     assert int8.quantization["source"]["sha256"] == card.sha256 != int8.sha256
     assert int8.quantization["calibration"]["images"] == 16
+    assert (
+        int8.calibration["n_fit"] == 10 and (repo / "tiny_int8" / "1" / "reliability.png").is_file()
+    )
 
     summary = _cli("summary", cwd=tmp_path)
     assert "Total params: 122,570" in summary.stdout

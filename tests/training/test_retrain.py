@@ -9,11 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from service.core.card import MODEL_FILE, read_card, sha256_file
+from tests.support.feedback_log import write_log
+from tests.support.training_inputs import class_images
 from training.publish import versions
-from training.retrain import REJECTED_DIR, quality_gate
+from training.retrain import REJECTED_DIR, Comparison, compare_correct, quality_gate
 
 
 def test_gate_refuses_accuracy_below_the_minimum() -> None:
@@ -31,6 +34,45 @@ def test_gate_refuses_a_regression_beyond_the_tolerance() -> None:
 def test_gate_passes_within_the_tolerance_and_on_an_empty_repository() -> None:
     assert quality_gate(0.715, 0.72, min_accuracy=0.5, max_regression=0.01).passed
     assert quality_gate(0.70, None, min_accuracy=0.5, max_regression=0.0).passed
+
+
+def test_paired_standard_error_counts_only_the_disagreements() -> None:
+    candidate = np.array([True] * 80 + [False] * 20)
+    served = np.array([True] * 70 + [False] * 10 + [True] * 10 + [False] * 10)
+    c = compare_correct(candidate, served)
+    assert (c.candidate_only, c.served_only) == (10, 10)
+    assert c.difference == 0.0
+    assert c.standard_error == pytest.approx(np.sqrt(20) / 100)
+    assert compare_correct(served, served).standard_error == 0.0
+
+
+def _feedback(n: int, candidate: float, served: float) -> Comparison:
+    """A held-out comparison where the candidate and the served model disagree fully."""
+    right, wrong = round(n * candidate), round(n * served)
+    return Comparison(n, candidate, served, right, wrong)
+
+
+def test_gate_refuses_a_candidate_worse_on_held_out_feedback_beyond_the_noise() -> None:
+    worse = _feedback(400, 0.55, 0.70)  # -0.15 against about 0.05 of noise
+    gate = quality_gate(0.70, 0.70, min_accuracy=0.5, max_regression=0.01, feedback=worse)
+    assert not gate.passed
+    assert "held-out feedback (400 images)" in gate.reason
+    assert gate.feedback is not None and gate.feedback["verdict"] == "worse beyond the noise"
+
+
+def test_gate_passes_a_feedback_difference_inside_the_noise() -> None:
+    close = _feedback(100, 0.66, 0.70)  # -0.04: 1.96 SE of 0.136 disagreements is about 0.22
+    gate = quality_gate(0.70, 0.70, min_accuracy=0.5, max_regression=0.01, feedback=close)
+    assert gate.passed, gate.reason
+    assert gate.feedback is not None and gate.feedback["verdict"] == "not worse beyond the noise"
+
+
+def test_gate_reports_a_small_held_out_set_as_too_small_to_judge() -> None:
+    tiny = _feedback(20, 0.0, 1.0)
+    gate = quality_gate(0.70, 0.70, min_accuracy=0.5, max_regression=0.01, feedback=tiny)
+    assert gate.passed
+    assert "too small to judge" in gate.reason
+    assert gate.feedback is not None and gate.feedback["verdict"].startswith("too small")
 
 
 def _retrain(data: Path, tmp: Path, *extra: str) -> subprocess.Popen[str]:
@@ -111,3 +153,51 @@ def test_sigkill_at_any_moment_leaves_no_partial_version(
     process.kill()
     process.communicate(timeout=60)
     _assert_only_whole_versions(tmp_path / "models" / "net")
+
+
+def test_a_missing_feedback_database_stops_the_job_before_training(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    code, _, err = _finish(_retrain(image_folder, tmp_path, "--feedback", str(tmp_path / "x.db")))
+    assert code == 1
+    assert "no such prediction log" in err and "Epoch" not in err
+    assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.slow
+def test_retrain_on_feedback_trains_on_it_and_judges_on_the_held_out_share(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    code, _, err = _finish(_retrain(image_folder, tmp_path, "--epochs", "1", "--min-accuracy", "0"))
+    assert code == 0, err  # version 1: the served model to beat
+    images, labels = class_images(8, seed=7)  # 80 labelled, captured images of another draw
+    rows = [("net", im, int(y)) for im, y in zip(images, labels, strict=True)]
+    log = write_log(tmp_path / "predictions.sqlite3", rows)
+    code, out, err = _finish(
+        _retrain(image_folder, tmp_path, "--epochs", "1", "--min-accuracy", "0",
+                 "--max-regression", "1", "--feedback", str(log), "--min-holdout", "5",
+                 "--jpeg-p", "0.5")
+    )  # fmt: skip
+    assert code == 0, err
+    assert "Test split, served version 1" in out and "Held-out feedback (" in out
+    card = read_card(tmp_path / "models" / "net" / "2")
+    summary = card.training["feedback"]
+    assert summary["unique_images"] == 80 and summary["train"] + summary["holdout"] == 80
+    assert card.dataset["n_train"] == 40 - 10 + summary["train"]  # fit + feedback
+    gate = card.metrics["quality_gate"]
+    assert gate["feedback"]["images"] == summary["holdout"]
+    assert gate["feedback"]["verdict"] == "not worse beyond the noise"
+    assert gate["test"]["images"] == 20
+    assert card.training["config"]["jpeg_p"] == 0.5  # trained on JPEG copies too
+
+
+def test_an_optional_feedback_file_that_is_not_there_yet_means_no_feedback(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    code, out, err = _finish(
+        _retrain(image_folder, tmp_path, "--epochs", "1", "--min-accuracy", "0",
+                 "--feedback", str(tmp_path / "later.sqlite3"), "--feedback-optional")
+    )  # fmt: skip
+    assert code == 0, err
+    assert "training without feedback" in out
+    assert "feedback" not in read_card(tmp_path / "models" / "net" / "1").training

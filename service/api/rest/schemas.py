@@ -169,6 +169,15 @@ class PredictResponse(BaseModel):
     )
 
 
+class ClassifyResponse(PredictResponse):
+    answers: list[str] = Field(
+        description="Per image: the top-1 class name, or 'uncertain' when its probability is "
+        "under abstain_below (the predictions still show every probability).",
+        examples=[["cat", "uncertain"]],
+    )
+    abstain_below: float = Field(description="The server's ABSTAIN_BELOW (0: never uncertain).")
+
+
 class LayerRowSchema(BaseModel):
     name: str
     type: str

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
 
 from service.api.images import decode_b64_images, decode_image_files, image_limits
-from service.api.predictions import top_k
+from service.api.predictions import answers, top_k
 from service.api.rest.dependencies import Plane
 from service.api.rest.http_io import (
     MULTIPART,
@@ -22,7 +22,13 @@ from service.api.rest.http_io import (
 )
 from service.api.rest.json_wire import loads_object
 from service.api.rest.predict import NESTED_JSON_COST, predict_pixels
-from service.api.rest.schemas import PredictRequest, PredictResponse, errors, json_body
+from service.api.rest.schemas import (
+    ClassifyResponse,
+    PredictRequest,
+    PredictResponse,
+    errors,
+    json_body,
+)
 from service.core.errors import InvalidInput, ModelNotReady, UnsupportedMediaType
 from service.dataplane.dataplane import DataPlane
 from service.dataplane.types import VersionStatus
@@ -84,7 +90,7 @@ async def predict(request: Request, plane: Plane, name: str, top_k: TopK = None)
     "/models/{name}:classify",
     summary="Classify uploaded image files (multipart/form-data, any field name)",
     response_model=None,
-    responses={200: {"model": PredictResponse}, **errors(400, 404, 413, 415, 422, 503)},
+    responses={200: {"model": ClassifyResponse}, **errors(400, 404, 413, 415, 422, 503)},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -124,7 +130,13 @@ async def classify(request: Request, plane: Plane, name: str, top_k: TopK = None
     h, w, _ = runtime.image_shape
     rows = await decode_image_files(plane.work, files, (h, w), plane.settings)
     pixels = np.stack(rows)
-    return await _predictions(plane, runtime, pixels, top_k or plane.settings.default_top_k)
+    answer = await _predictions(plane, runtime, pixels, top_k or plane.settings.default_top_k)
+    threshold = plane.settings.abstain_below
+    return {
+        **answer,
+        "answers": answers(answer["predictions"], threshold),
+        "abstain_below": threshold,
+    }
 
 
 def _summary(status: VersionStatus) -> dict[str, Any]:

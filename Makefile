@@ -13,7 +13,7 @@ PORT    ?= 8000
 help: ## list the targets, one line each (the default goal)
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-.PHONY: help serve test lint browser nginx prometheus container-engine train train-best train-94 ablate-94 train-ddp bench bench-peers soak \
+.PHONY: help serve test lint browser nginx prometheus postgres container-engine train train-best train-94 ablate-94 train-ddp bench bench-peers soak \
 	fuzz data clean lock image-check compose-env test-fast
 
 $(BIN)/python:
@@ -140,14 +140,24 @@ prometheus: ## install Debian's prometheus for promtool, which checks the alert 
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null); } || \
 	  echo "promtool not installed: the alert rules' promtool tests will be skipped"
 
+# Debian's PostgreSQL server for the prediction log's PostgreSQL tests (tests/support/postgres.py
+# starts a throwaway server with initdb/pg_ctl as an unprivileged user), where this machine lets us
+# install it; elsewhere those tests are skipped with a message.
+PG_CTL := ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1
+postgres: ## install Debian's postgresql server for the prediction log's PostgreSQL tests (as root)
+	@$(PG_CTL) || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null); } || \
+	  echo "postgresql not installed: the PostgreSQL prediction log tests will be skipped"
+
 # Every test, the slow ones too (marked `slow`: over ~10 s each, real training under torchrun, the
 # compose trainer, the CLI and retrain jobs, the short soak and fuzz of tests/system). test-fast
 # skips those. Neither runs the container suite (marked `containers`: make image-check), so
 # neither needs a container engine.
-test: lint browser nginx prometheus ## lint, then every test, the slow ones too (what CI runs; no containers)
+test: lint browser nginx prometheus postgres ## lint, then every test, the slow ones too (what CI runs; no containers)
 	$(BIN)/python -m pytest -q
 
-test-fast: lint browser nginx prometheus ## lint, then the tests not marked slow
+test-fast: lint browser nginx prometheus postgres ## lint, then the tests not marked slow
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # CIFAR-10 (JPEG copy) extracted into the git-ignored data/ folder. Another DATA is the caller's:

@@ -1,9 +1,8 @@
 """Benchmarks and the docs rendered from their results, one subcommand each.
 
     python -m bench COMMAND [flags]     # serve, peers, models, grpc, train, train-variants,
-                                        # decode, shm, profile, replicas, screenshot, drift,
-                                        # calibration, feedback,
-                                        # render
+                                        # log-cost, decode, shm, profile, replicas,
+                                        # screenshot, drift, calibration, feedback, render
     python -m bench COMMAND --help      # its flags
 
 Every benchmark writes its figures to ``docs/results/<name>.json`` (unless ``--no-write``) and then
@@ -23,6 +22,7 @@ COMMANDS = {
     "grpc": ("grpc_h2load", "gRPC against REST binary with one C client (h2load) for both"),
     "train": ("train", "training throughput of the lecture recipe's own step, onnxruntime too"),
     "train-variants": ("train_variants", "training: threads against DDP processes, bf16, Adam"),
+    "log-cost": ("log_cost", "the prediction log's cost: record per answer, writer per row"),
     "decode": ("decode", "what decoding one v2 infer request costs, step by step"),
     "shm": ("shm", "system shared memory against the binary extension, 256-image batches"),
     "profile": ("profile_serve", "where a request's time goes under load (probes, py-spy)"),

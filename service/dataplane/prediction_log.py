@@ -14,9 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.engine import Engine
 
+from service.core.logs import MAX_ID_LENGTH
 from service.dataplane import prediction_store as store
 from service.settings import Settings
 
@@ -27,22 +29,70 @@ FLUSH_INTERVAL_S = 0.5  # how often the writer looks for records (a flush or clo
 PRUNE_INTERVAL_S = 60.0
 WARN_INTERVAL_S = 60.0
 CAPTURED_SHAPE = (32, 32, 3)
-# request id, model, version, Unix time, the outputs, the pixels when captured
-Answer = tuple[str, str, int, float, Mapping[str, np.ndarray], np.ndarray | None]
+# request id, model, version, Unix time, the outputs, the pixels when captured, the image count
+Answer = tuple[str, str, int, float, Mapping[str, np.ndarray], np.ndarray | None, int]
+# Failures a database that is down or busy raises (connection refused or cut, locked): worth a
+# retry. Others (a value the column refuses) would fail again.
+RETRYABLE = (sa.exc.OperationalError, sa.exc.InterfaceError)
 
 
 def top1(outputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
     """(class index, probability) per image from ``probabilities``, else softmax of ``logits``
     (only the top term is computed); None when neither output was asked."""
-    probabilities = outputs.get("probabilities")
-    if probabilities is not None and probabilities.ndim == 2:
-        return probabilities.argmax(axis=1), probabilities.max(axis=1).astype(np.float64)
-    logits = outputs.get("logits")
-    if logits is None or logits.ndim != 2:
+    scores = _scores(outputs)
+    if scores is None:
         return None
-    logits = logits.astype(np.float64)
+    kind, array = scores
+    if kind == "probabilities":
+        return array.argmax(axis=1), array.max(axis=1).astype(np.float64)
+    logits = array.astype(np.float64)
     best = logits.max(axis=1, keepdims=True)
     return logits.argmax(axis=1), 1.0 / np.exp(logits - best).sum(axis=1)
+
+
+def _scores(outputs: Mapping[str, np.ndarray]) -> tuple[str, np.ndarray] | None:
+    """The output the top-1 is read from: (its name, a (images, classes) array), or None."""
+    for name in ("probabilities", "logits"):
+        array = outputs.get(name)
+        if array is not None and array.ndim == 2 and array.shape[1] > 0:
+            return name, array
+    return None
+
+
+def _clean_id(request_id: str) -> str:
+    """An id every store takes: a v2/gRPC ``id`` may be longer than the column or hold NUL,
+    which PostgreSQL refuses (and would take the whole batch down with it)."""
+    if len(request_id) > MAX_ID_LENGTH or "\x00" in request_id:
+        return request_id.replace("\x00", "")[:MAX_ID_LENGTH]
+    return request_id
+
+
+def make_rows(answers: Sequence[Answer]) -> list[store.Row]:
+    """One row per image of every answer (``store.COLUMNS``' order). The top-1 is computed once
+    per output kind and class count over the whole batch, not per answer: the writer's Python
+    time holds the GIL the request path needs."""
+    groups: dict[tuple[str, int], list[tuple[Answer, np.ndarray]]] = {}
+    for answer in answers:
+        scores = _scores(answer[4])
+        if scores is not None:
+            groups.setdefault((scores[0], scores[1].shape[1]), []).append((answer, scores[1]))
+    rows: list[store.Row] = []
+    for (kind, _), members in groups.items():
+        best = top1({kind: np.concatenate([array for _, array in members])})
+        assert best is not None
+        classes, probabilities = best[0].tolist(), best[1].tolist()
+        at = 0
+        for (request_id, model, version, now, _, pixels, _), array in members:
+            request_id = _clean_id(request_id)
+            count = len(array)
+            captured = pixels is not None and pixels.shape == (count, *CAPTURED_SHAPE)
+            for item in range(count):
+                image = pixels[item].tobytes() if captured else None  # type: ignore[index]
+                rows.append(
+                    (request_id, item, model, version, now, classes[at], probabilities[at], image)
+                )
+                at += 1
+    return rows
 
 
 class PredictionLog:
@@ -55,6 +105,7 @@ class PredictionLog:
         capacity: int,
         capture_rate: float,
         retention: tuple[float, int],
+        retry_s: float = 0.0,
     ) -> None:
         self.url, self.capture_rate = url, capture_rate
         self.max_age_s, self.max_rows = retention
@@ -63,6 +114,21 @@ class PredictionLog:
         self.capacity = capacity
         self._pending: deque[Answer] = deque()
         self._wake, self._closing, self._busy = threading.Event(), False, False
+        # A batch whose write failed while the database was down, retried each interval for up
+        # to ``retry_s`` (0: dropped at once); meanwhile new answers wait in the bounded queue.
+        self.retry_s = retry_s
+        self._held: list[store.Row] = []
+        self._held_since: float | None = None  # when the held batch first failed
+        self._metrics(registry)
+        self._warned_at = -WARN_INTERVAL_S
+        self._pruned_at = time.monotonic()
+        self._engine: Engine | None = None
+        # told of every batch written (the quality metrics), on the writer thread
+        self.on_written: Callable[[Sequence[store.Row]], None] | None = None
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    def _metrics(self, registry: CollectorRegistry) -> None:
         self.written = Counter(
             "prediction_log_written", "Records written to the prediction log.", registry=registry
         )
@@ -72,57 +138,36 @@ class PredictionLog:
             ["reason"],
             registry=registry,
         )
-        self._warned_at = -WARN_INTERVAL_S
-        self._pruned_at = time.monotonic()
-        self._engine: Engine | None = None
-        # told of every batch written (the quality metrics), on the writer thread
-        self.on_written: Callable[[Sequence[dict[str, Any]]], None] | None = None
-        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
-        self._thread.start()
+        self.writer_cpu = Counter(
+            "prediction_log_writer_cpu_seconds",
+            "CPU time of the prediction log's writer thread (rows made, written, pruned): "
+            "its rate is the share of a core the log costs.",
+            registry=registry,
+        )
+        self.write_errors = Counter(
+            "prediction_log_write_errors",
+            "Failed writes (transactions) of the prediction log; their records were retried "
+            "(PREDICTION_LOG_RETRY_S) or dropped.",
+            registry=registry,
+        )
 
     # -- the request path -----------------------------------------------------------------------
 
     def record(
         self, request_id: str, model: str, version: int, pixels: np.ndarray, outputs: Any
     ) -> None:
-        """Queue a classification's answer (about a microsecond: the rows are made by the
+        """Queue a classification's answer (under a microsecond: the rows are made by the
         writer); never blocks, never raises. Answers with neither output are not recorded."""
         if "probabilities" not in outputs and "logits" not in outputs:
             return
+        count = len(pixels)
         if len(self._pending) >= self.capacity:
-            self._drop("queue_full", len(pixels))
+            self._drop("queue_full", count)
             return
         capture = self.capture_rate > 0 and random.random() < self.capture_rate
         # a copy: the batch may be a view of a body or a shared memory region that changes
         captured = pixels.copy() if capture and pixels.dtype == np.uint8 else None
-        self._pending.append((request_id, model, version, time.time(), outputs, captured))
-
-    @staticmethod
-    def _rows(answer: Answer) -> list[dict[str, Any]]:
-        """One row per image of an answer."""
-        request_id, model, version, now, outputs, pixels = answer
-        best = top1(outputs)
-        if best is None:
-            return []
-        images = pixels if pixels is not None and pixels.shape[1:] == CAPTURED_SHAPE else None
-        classes, probabilities = best
-        return [
-            {
-                "request_id": request_id,
-                "item": item,
-                "model": model,
-                "version": version,
-                "time": now,
-                "top1": index,
-                "top1_probability": probability,
-                "image": images[item].tobytes() if images is not None else None,
-                "label": None,
-                "labelled_at": None,
-            }
-            for item, (index, probability) in enumerate(
-                zip(classes.tolist(), probabilities.tolist(), strict=True)
-            )
-        ]
+        self._pending.append((request_id, model, version, time.time(), outputs, captured, count))
 
     # -- the writer thread ----------------------------------------------------------------------
 
@@ -138,38 +183,70 @@ class PredictionLog:
             self._wake.wait(FLUSH_INTERVAL_S)
             self._wake.clear()
             closing = self._closing  # read before draining: what came before it is written
+            start = time.thread_time()
             self._drain()
             self._maybe_prune()
+            self.writer_cpu.inc(time.thread_time() - start)
             if closing:
                 return
 
     def _drain(self) -> None:
-        """Write what is pending, BATCH_ROWS per transaction."""
-        pending = self._pending
+        """Write what is pending, BATCH_ROWS per transaction; stop early while a failed batch
+        waits for its retry (the database is down: the next batches would fail too)."""
         self._busy = True
         try:
-            while pending:
-                batch: list[dict[str, Any]] = []
-                while pending and len(batch) < BATCH_ROWS:
-                    batch += self._rows(pending.popleft())
-                self._write(batch)
+            while self._held or self._pending:
+                batch, self._held = self._held or self._next_batch(), []
+                error = self._write(batch)
+                if error is None:
+                    self._held_since = None
+                elif self._hold(batch, error):
+                    return
         finally:
             self._busy = False
 
-    def _write(self, batch: list[dict[str, Any]]) -> None:
+    def _next_batch(self) -> list[store.Row]:
+        pending, answers, count = self._pending, [], 0
+        while pending and count < BATCH_ROWS:
+            answer = pending.popleft()
+            answers.append(answer)
+            count += answer[6]
+        try:
+            return make_rows(answers)
+        except Exception as exc:  # an answer no row can be made of: never the writer's end
+            self._drop("write_failed", count, exc)
+            return []
+
+    def _write(self, batch: list[store.Row]) -> Exception | None:
         if not batch:
-            return
+            return None
         try:
             store.insert(self.engine, batch)
-        except Exception as exc:  # any database failure: the records are lost, counted
-            self._drop("write_failed", len(batch), exc)
-            return
+        except Exception as exc:  # any database failure: retried or dropped, counted
+            self.write_errors.inc()
+            return exc
         self.written.inc(len(batch))
         if self.on_written is not None:
             try:
                 self.on_written(batch)
             except Exception:  # metrics must never stop the writer
                 log.exception("prediction log: counting a written batch failed")
+        return None
+
+    def _hold(self, batch: list[store.Row], error: Exception) -> bool:
+        """Keep a failed batch for a retry (True), within ``retry_s`` of its first failure and
+        only for a database that is down or busy; else it is dropped and counted (False)."""
+        retry = self.retry_s > 0 and not self._closing and isinstance(error, RETRYABLE)
+        now, since = time.monotonic(), self._held_since
+        if retry and since is None:
+            since = self._held_since = now
+            self._warn(f"write failed, retrying for up to {self.retry_s:g} s: {error}")
+        if retry and since is not None and now - since < self.retry_s:
+            self._held = batch
+            return True
+        self._held_since = None
+        self._drop("write_failed", len(batch), error)
+        return False
 
     def _maybe_prune(self) -> None:
         if time.monotonic() - self._pruned_at < PRUNE_INTERVAL_S:
@@ -187,11 +264,14 @@ class PredictionLog:
 
     def _drop(self, reason: str, count: int, exc: Exception | None = None) -> None:
         self.dropped.labels(reason).inc(count)
+        why = f": {exc}" if exc else ""
+        self._warn(f"dropped {count} record(s), {reason}{why}")
+
+    def _warn(self, message: str) -> None:
         now = time.monotonic()
         if now - self._warned_at >= WARN_INTERVAL_S:  # at most once a minute
             self._warned_at = now
-            why = f": {exc}" if exc else ""
-            log.warning("prediction log: dropped %d record(s), %s%s", count, reason, why)
+            log.warning("prediction log: %s", message)
 
     # -- flushing and shutdown ------------------------------------------------------------------
 
@@ -199,7 +279,7 @@ class PredictionLog:
         """Wait up to ``timeout_s`` for the queued records to be written (or dropped)."""
         deadline = time.monotonic() + timeout_s
         self._wake.set()
-        while self._pending or self._busy:
+        while self._pending or self._held or self._busy:
             if time.monotonic() >= deadline or not self._thread.is_alive():
                 return False
             time.sleep(0.005)
@@ -224,5 +304,10 @@ def open_prediction_log(settings: Settings, registry: CollectorRegistry) -> Pred
     url = store.database_url(settings.prediction_log_url, settings.data_dir)
     retention = (settings.prediction_log_max_age_s, settings.prediction_log_max_rows)
     return PredictionLog(
-        url, registry, settings.prediction_log_queue, settings.capture_images, retention
+        url,
+        registry,
+        settings.prediction_log_queue,
+        settings.capture_images,
+        retention,
+        settings.prediction_log_retry_s,
     )

@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from service.dataplane.monitor import MonitorReport
+from service.dataplane.prediction_store import Row
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,13 @@ class QualityCollector(Collector):
         self._reports: dict[Key, MonitorReport] = {}
         self._warned = False
 
-    def observe(self, rows: Iterable[dict[str, Any]]) -> None:
+    def observe(self, rows: Iterable[Row]) -> None:
         """Count a written batch of prediction log rows (the writer thread, after the insert)."""
         grouped: dict[Key, tuple[list[int], list[float]]] = {}
-        for row in rows:
-            top1, probability = grouped.setdefault((row["model"], row["version"]), ([], []))
-            top1.append(row["top1"])
-            probability.append(row["top1_probability"])
+        for _, _, model, version, _, index, p_top1, _ in rows:  # prediction_store.COLUMNS
+            top1, probability = grouped.setdefault((model, version), ([], []))
+            top1.append(index)
+            probability.append(p_top1)
         for key, (top1, probability) in grouped.items():
             series = self._series(key)
             if series is None:

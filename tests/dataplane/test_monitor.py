@@ -36,9 +36,11 @@ def test_the_sql_aggregates_bin_as_quality_does(
     probabilities = [p for p in probabilities if abs(p * 10 - round(p * 10)) > 1e-9]
     assume(probabilities)
     model = uuid.uuid4().hex  # every example its own records
-    store.insert(engine, [{"request_id": "r", "item": i, "model": model, "version": 1,
-                           "time": 5.0, "top1": i % 3, "top1_probability": p, "label": i % 2}
-                          for i, p in enumerate(probabilities)])  # fmt: skip
+    with engine.begin() as connection:  # labelled records, as feedback leaves them
+        connection.execute(store.PREDICTIONS.insert(), [
+            {"request_id": "r", "item": i, "model": model, "version": 1, "time": 5.0,
+             "top1": i % 3, "top1_probability": p, "label": i % 2}
+            for i, p in enumerate(probabilities)])  # fmt: skip
     served, labelled = store.window_counts(engine, model, 1, 0.0, 10.0, quality.BINS)
     histogram = [0] * quality.BINS
     for _, bin_, count in served:
@@ -75,7 +77,7 @@ def test_the_series_are_bounded_in_versions_and_classes() -> None:
     collector = QualityCollector(lambda model, version: [f"c{i}" for i in range(1000)])
     registry.register(collector)
     rows = [
-        {"model": "m", "version": v, "top1": top1, "top1_probability": 0.5}
+        ("id", 0, "m", v, 0.0, top1, 0.5, None)  # prediction_store.COLUMNS
         for v in range(MAX_VERSIONS + 10)
         for top1 in range(0, 1000, 7)
     ]

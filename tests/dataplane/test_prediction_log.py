@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from service.dataplane import prediction_store as store
 from service.dataplane.prediction_log import PredictionLog, top1
+from tests.support.servers import wait_until
 
 PIXELS = np.zeros((3, 32, 32, 3), dtype=np.uint8)
 PROBABILITIES = np.array([[0.1, 0.9], [0.6, 0.4], [0.5, 0.5]], dtype=np.float32)
@@ -121,3 +122,56 @@ def test_a_locked_database_drops_and_counts_and_writing_resumes_when_it_is_free(
     log.record("free", "tiny", 1, PIXELS, {"probabilities": PROBABILITIES})
     log.close(10.0)
     assert {r["request_id"] for r in store.read_all(store.connect(url))} == {"free"}
+
+
+def test_a_failed_batch_is_retried_and_lands_when_the_database_is_free(tmp_path: Path) -> None:
+    url = store.database_url(None, tmp_path)
+    store.connect(url).dispose()
+    holder = sqlite3.connect(tmp_path / "predictions.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # locked: each try waits 2 s, then fails
+    log = PredictionLog(url, CollectorRegistry(), 1000, 0.0, (3600.0, 1000), retry_s=60.0)
+    log.record("held", "tiny", 1, PIXELS, {"probabilities": PROBABILITIES})
+    log.flush(0.1)  # wakes the writer
+    wait_until(lambda: log.write_errors._value.get() >= 1, 10, "a failed write")
+    log.record("queued", "tiny", 1, PIXELS, {"probabilities": PROBABILITIES})
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert log.flush(10.0)
+    assert dropped(log, "write_failed") == 0
+    rows = store.read_all(log.engine)
+    assert [r["request_id"] for r in rows] == ["held"] * 3 + ["queued"] * 3  # in order
+    log.close(5.0)
+
+
+def test_the_retry_is_bounded_in_time_then_the_batch_is_dropped_and_counted(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "log.sqlite3"
+    sqlite3.connect(path).close()
+    url = f"sqlite:///file:{path}?mode=ro&uri=true"  # every write fails, retryably
+    log = PredictionLog(url, CollectorRegistry(), 1000, 0.0, (3600.0, 1000), retry_s=0.2)
+    log.record("a", "tiny", 1, PIXELS, {"probabilities": PROBABILITIES})
+    assert log.flush(10.0)  # held, retried, then given up within the window
+    assert dropped(log, "write_failed") == 3
+    assert log.write_errors._value.get() >= 2  # the first try and at least one retry
+    log.close(5.0)
+
+
+def test_one_batch_mixes_models_and_outputs_and_a_bad_answer_never_stops_the_writer(
+    tmp_path: Path,
+) -> None:
+    url = store.database_url(None, tmp_path)
+    log = make_log(url)
+    log.record("p", "tiny", 1, PIXELS, {"probabilities": PROBABILITIES})
+    wide = np.eye(4, dtype=np.float32)[[3]] * 5  # logits of a 4-class model: top class 3
+    log.record("l", "wide", 2, PIXELS[:1], {"logits": wide})
+    log.record("bad", "none", 1, PIXELS[:1], {"probabilities": np.zeros((1, 0), np.float32)})
+    assert log.flush(5.0)
+    log.record("after", "tiny", 1, PIXELS[:1], {"probabilities": PROBABILITIES[:1]})
+    assert log.flush(5.0)
+    found = {
+        (r["request_id"], r["item"]): (r["model"], r["top1"]) for r in store.read_all(log.engine)
+    }
+    assert found == {("p", 0): ("tiny", 1), ("p", 1): ("tiny", 0), ("p", 2): ("tiny", 0),
+                     ("l", 0): ("wide", 3), ("after", 0): ("tiny", 1)}  # fmt: skip
+    log.close(5.0)

@@ -15,19 +15,10 @@ def write_log(path: Path, rows: Sequence[tuple[str, np.ndarray | None, int | Non
     """A prediction log made by the service's own store: (model, image, label) per record, labelled
     in order (the last label given is the newest)."""
     engine = prediction_store.connect(f"sqlite:///{path}")
-    records = [
-        {
-            "request_id": f"r{i}",
-            "item": 0,
-            "model": model,
-            "version": 1,
-            "time": 1000.0 + i,
-            "top1": 0,
-            "top1_probability": 0.5,
-            "image": None if image is None else image.tobytes(),
-        }
+    records: list[prediction_store.Row] = [
+        (f"r{i}", 0, model, 1, 1000.0 + i, 0, 0.5, None if image is None else image.tobytes())
         for i, (model, image, _) in enumerate(rows)
-    ]
+    ]  # in prediction_store.COLUMNS' order, as the writer inserts them
     prediction_store.insert(engine, records)
     for i, (_, _, label) in enumerate(rows):
         if label is not None:

@@ -154,10 +154,10 @@ postgres: ## install Debian's postgresql server for the prediction log's Postgre
 # compose trainer, the CLI and retrain jobs, the short soak and fuzz of tests/system). test-fast
 # skips those. Neither runs the container suite (marked `containers`: make image-check), so
 # neither needs a container engine.
-test: lint browser nginx prometheus postgres ## lint, then every test, the slow ones too (what CI runs; no containers)
+test: lint browser nginx prometheus postgres $(DATA) ## lint, then every test, the slow ones too (what CI runs; no containers)
 	$(BIN)/python -m pytest -q
 
-test-fast: lint browser nginx prometheus postgres ## lint, then the tests not marked slow
+test-fast: lint browser nginx prometheus postgres $(DATA) ## lint, then the tests not marked slow
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # CIFAR-10 (JPEG copy) extracted into the git-ignored data/ folder. Another DATA is the caller's:

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.interop import MODEL, lecture_repository
+from tests.support.interop import MODEL, VERSION, lecture_repository
 from tests.support.servers import server_process, service_command, wait_until
 
 TOKEN = "log-level-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 INDEX_LINE = "POST /v2/repository/index for client"
-CLOSED_LINE = f"{MODEL} v1 closed"
+CLOSED_LINE = f"{MODEL} v{VERSION} closed"  # the served (newest) version
 
 
 def test_log_settings_change_what_the_service_logs(tmp_path: Path) -> None:

@@ -48,6 +48,8 @@ def warm_up_seconds(repo: Path) -> float:
 
 def test_a_reloaded_version_is_ready_and_served_only_after_its_warm_up(tmp_path: Path) -> None:
     repo = lecture_repository(tmp_path)
+    for newer in (d for d in (repo / MODEL).iterdir() if d.name != "1"):
+        shutil.rmtree(newer)  # start from version 1 alone: the test publishes 2
     expected_s = warm_up_seconds(repo)
     settings = Settings(
         model_repository=repo,

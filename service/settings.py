@@ -81,8 +81,15 @@ class Settings(QualitySettings):
         ge=1,
         le=64,
         description=(
-            "Server processes sharing the port (uvicorn workers). Each loads the models and "
-            "polls the repository; repository API calls and /metrics reach one worker only."
+            "Server processes sharing the REST and gRPC ports (uvicorn workers, restarted when "
+            "one dies); they answer as one server: docs/scaling.md#workers."
+        ),
+    )
+    workers_dir: Path | None = Field(
+        default=None,
+        description=(
+            "Folder the worker processes share (repository calls, acks, statistics); "
+            "python -m service makes one for WORKERS > 1. Unset: a lone process."
         ),
     )
     graph_optimization_level: GraphOptimization = Field(

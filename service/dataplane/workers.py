@@ -48,9 +48,12 @@ def write_atomically(path: Path, text: str) -> None:
 class WorkerGroup:
     """This worker's part in the group sharing ``folder``."""
 
-    def __init__(self, folder: Path, repository: ModelRepository) -> None:
+    def __init__(
+        self, folder: Path, repository: ModelRepository, sync_timeout_s: float = SYNC_TIMEOUT_S
+    ) -> None:
         self.folder = folder
         self.repository = repository
+        self.sync_timeout_s = sync_timeout_s
         self.pid = os.getpid()
         self.control = folder / "control.json"
         self.acks = folder / "acks"
@@ -119,7 +122,7 @@ class WorkerGroup:
 
     async def _wait_for_others(self, generation: int) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + SYNC_TIMEOUT_S
+        deadline = loop.time() + self.sync_timeout_s
         while True:
             late = await asyncio.to_thread(self._late, generation)
             if not late:
@@ -127,7 +130,7 @@ class WorkerGroup:
             if loop.time() >= deadline:
                 raise WorkersPending(
                     f"applied by this worker, still pending in worker(s) "
-                    f"{', '.join(map(str, late))} after {SYNC_TIMEOUT_S:g} s"
+                    f"{', '.join(map(str, late))} after {self.sync_timeout_s:g} s"
                 )
             await asyncio.sleep(ACK_POLL_S)
 

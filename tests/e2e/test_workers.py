@@ -57,6 +57,7 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         # The workers log the gRPC port after the parent logged the REST one.
         wait_until(lambda: GRPC_PORT_LINE.search(running.log) is not None, 30, "the gRPC port")
         grpc_port = GRPC_PORT_LINE.search(running.log)
+        assert grpc_port is not None
         running = dataclasses.replace(running, grpc_port=int(grpc_port.group(1)))
         wait_until(lambda: len(workers(running)) == 2, 30, "two worker processes")
         wait_until(lambda: all(serving(running, pid) for pid in workers(running)), 60, "both ready")

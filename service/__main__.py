@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--model-repository", type=Path, help="models folder (MODEL_REPOSITORY)")
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
-    parser.add_argument("--workers", type=int, help="server processes (WORKERS)")
+    parser.add_argument("--workers", help="server processes, or auto (WORKERS)")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     settings = Settings(**overrides)
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     # Each worker process builds its own app from the environment, so the flags go there too.
     os.environ.update({key.upper(): str(value) for key, value in overrides.items()})
+    os.environ["WORKERS"] = str(settings.workers)  # auto, resolved once for every worker
     with shared_by_workers(settings):
         uvicorn.run(
             "service.__main__:app_from_environment",

@@ -1,6 +1,6 @@
 """The worker group's shared folder, in one process: a worker that starts applies what the group
 recorded, a live worker that never acknowledges is named in the answer, a dead one is not waited
-for, and statistics of one version add up across workers."""
+for, and statistics of one version add up across workers; WORKERS=auto's count."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from service.core.errors import WorkersPending
+from service.core.processes import MEMORY_PER_WORKER, auto_workers
 from service.core.version_policy import VersionPolicy
 from service.dataplane.workers import WorkerGroup
 from service.engine.repository import ModelRepository
@@ -25,6 +26,7 @@ from service.engine.statistics import (
     summed_statistics,
 )
 from service.engine.version_folder import ModelState
+from service.settings import Settings
 from tests.support.models import make_model_repo
 
 CPU_ONLY = RuntimeOptions(providers=("CPUExecutionProvider",), warm_up=False)
@@ -105,3 +107,12 @@ def test_statistics_of_one_version_add_up_across_workers() -> None:
         (4, Duration(1, 7)),
     ]
     assert statistics_from_dict(asdict(total)) == total
+
+
+def test_auto_workers_takes_one_per_core_as_memory_allows(tmp_path: Path) -> None:
+    root = make_model_repo(tmp_path, {"tiny": [1, 2]}, lecture=False)
+    assert auto_workers(root, cores=8, memory=2**40) == 8
+    assert auto_workers(root, cores=8, memory=3 * MEMORY_PER_WORKER) == 2  # memory bounds it
+    assert auto_workers(root, cores=8, memory=0) == 1
+    assert auto_workers(tmp_path / "none", cores=3, memory=2**40) == 3
+    assert Settings(model_repository=root, workers="auto").workers >= 1  # type: ignore[arg-type]

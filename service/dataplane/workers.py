@@ -27,7 +27,7 @@ from typing import Any, Literal
 from service.core.errors import ModelNotFound, ServingError, WorkersPending
 from service.core.processes import alive
 from service.dataplane.statistics import collect_statistics
-from service.engine.repository import ModelRepository
+from service.engine.repository import NAME_PATTERN, ModelRepository
 from service.engine.statistics import VersionStatistics, statistics_from_dict, summed_statistics
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ class WorkerGroup:
         """Record ``change`` of model ``name`` for every worker, make it here with ``local`` (whose
         error is the answer), then wait until every live worker has made it."""
         assert self._lock is not None, "start() first"
+        await asyncio.to_thread(self._check, change, name)  # a 404 is recorded nowhere
         async with self._lock:
             state = await asyncio.to_thread(self._record, change, name)
             generation = int(state["generation"])
@@ -105,7 +106,7 @@ class WorkerGroup:
                 await asyncio.to_thread(self._apply, state, self.applied, name)
                 await local()
             finally:
-                self.applied = generation
+                self.applied = max(self.applied, generation)
                 await asyncio.to_thread(self._acknowledge)
         await self._wait_for_others(generation)
 
@@ -149,6 +150,14 @@ class WorkerGroup:
         except FileNotFoundError:
             state = {}
         return {"generation": 0, "unloaded": [], "loaded": {}, **state}
+
+    def _check(self, change: Change, name: str) -> None:
+        """``ModelNotFound`` for a model this worker does not know (unload) or has no folder of
+        (load), before anything is recorded."""
+        if change == "unload":
+            self.repository.versions(name)
+        elif not NAME_PATTERN.match(name) or not (self.repository.root / name).is_dir():
+            raise ModelNotFound(f"no model folder {name!r} in the repository")
 
     def _record(self, change: Change, name: str) -> dict[str, Any]:
         with self._locked():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from service.core.errors import WorkersPending
+from service.core.errors import ModelNotFound, WorkersPending
 from service.core.processes import MEMORY_PER_WORKER, auto_workers
 from service.core.version_policy import VersionPolicy
 from service.dataplane.workers import WorkerGroup
@@ -51,6 +51,11 @@ def test_a_starting_worker_applies_the_calls_the_group_took(tmp_path: Path) -> N
         await group.start()
         await group.change("unload", "tiny", lambda: asyncio.to_thread(first.unload_model, "tiny"))
         await WorkerGroup(tmp_path / "workers", second).start()  # as a restarted worker does
+        recorded = group.control.read_text()
+        for change in ("load", "unload"):
+            with pytest.raises(ModelNotFound):
+                await group.change(change, "nope", lambda: asyncio.sleep(0))  # type: ignore[arg-type]
+        assert group.control.read_text() == recorded  # a 404 is recorded nowhere
 
     try:
         asyncio.run(scenario())

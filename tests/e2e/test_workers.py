@@ -65,8 +65,15 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 
 def workers(server: ServerProcess) -> list[int]:
-    children = psutil.Process(server.process.pid).children()
-    return sorted(c.pid for c in children if "spawn_main" in " ".join(c.cmdline()))
+    """The live worker processes (a killed one not yet reaped is a zombie: not counted)."""
+    found = []
+    for child in psutil.Process(server.process.pid).children():
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                found.append(child.pid)
+        except psutil.Error:  # a zombie or gone
+            continue
+    return sorted(found)
 
 
 def serving(server: ServerProcess, pid: int) -> bool:
@@ -141,7 +148,9 @@ def test_metrics_and_statistics_add_up_every_worker(server: ServerProcess) -> No
     wait_until(lambda: inferences() == sent, 10, lambda: f"{inferences()} of {sent} counted")
 
 
-def test_both_workers_serve_grpc_on_the_one_port(server: ServerProcess) -> None:
+def test_both_workers_serve_grpc_on_the_one_port_and_its_repository_calls_hold_in_both(
+    server: ServerProcess,
+) -> None:
     assert all(serving(server, pid) for pid in workers(server))
     for _ in range(10):  # new channels, new connections
         client = triton_grpc.InferenceServerClient(server.grpc_url)
@@ -149,3 +158,9 @@ def test_both_workers_serve_grpc_on_the_one_port(server: ServerProcess) -> None:
             assert client.is_model_ready("tiny")
         finally:
             client.close()
+    client = triton_grpc.InferenceServerClient(server.grpc_url)
+    try:
+        client.unload_model("other")
+    finally:
+        client.close()
+    assert fresh_answers(server, "/v2/models/other/ready", 20) == [404] * 20

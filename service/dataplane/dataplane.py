@@ -97,7 +97,9 @@ class DataPlane:
         )
         # WORKERS > 1: the repository calls and statistics every worker shares (workers.py)
         folder = settings.workers_dir
-        self.workers = WorkerGroup(folder, self.repository) if folder is not None else None
+        self.workers = (
+            WorkerGroup(folder, self.repository, self.response_cache.drop) if folder else None
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 

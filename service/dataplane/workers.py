@@ -49,10 +49,15 @@ class WorkerGroup:
     """This worker's part in the group sharing ``folder``."""
 
     def __init__(
-        self, folder: Path, repository: ModelRepository, sync_timeout_s: float = SYNC_TIMEOUT_S
+        self,
+        folder: Path,
+        repository: ModelRepository,
+        forget: Callable[[str], None] = lambda name: None,
+        sync_timeout_s: float = SYNC_TIMEOUT_S,
     ) -> None:
         self.folder = folder
         self.repository = repository
+        self.forget = forget  # what this worker keeps of a model's answers (the response cache)
         self.sync_timeout_s = sync_timeout_s
         self.pid = os.getpid()
         self.control = folder / "control.json"
@@ -186,12 +191,15 @@ class WorkerGroup:
         for name in sorted(unloaded - {skip}):
             with contextlib.suppress(ModelNotFound):  # not on this worker's disk (yet)
                 self.repository.unload_model(name)
+                self.forget(name)
         for name, generation in sorted(state["loaded"].items()):
             if generation > since and name != skip and name not in unloaded:
+                self.forget(name)
                 try:
                     self.repository.load_model(name)
                 except ServingError as exc:  # the worker that took the call answered it
                     log.warning("loading %s for the other workers: %s", name, exc.message)
+                self.forget(name)
 
     def _acknowledge(self) -> None:
         write_atomically(self.acks / str(self.pid), str(self.applied))

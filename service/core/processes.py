@@ -19,6 +19,20 @@ def alive(pid: int) -> bool:
     return True
 
 
+def sibling(pid: int) -> bool:
+    """Whether ``pid`` is alive and another child of this process's parent: a worker of the same
+    server, not a stranger that took a dead worker's pid (Linux's /proc; elsewhere ``alive``)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            # pid (comm) state ppid ...: comm may hold spaces, so split after its last ")"
+            parent = int(stat.read().rpartition(")")[2].split()[1])
+    except FileNotFoundError:
+        return False if os.path.isdir("/proc/self") else alive(pid)
+    except (OSError, ValueError, IndexError):
+        return alive(pid)
+    return parent == os.getppid()
+
+
 MEMORY_PER_MODEL_BYTE = 4  # a session holds its graph, weights prepacked, and arenas: ~4x the file
 MEMORY_PER_WORKER = 200 * 2**20  # Python, onnxruntime, FastAPI and grpc in one process
 

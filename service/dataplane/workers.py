@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from service.core.errors import ModelNotFound, ServingError, WorkersPending
-from service.core.processes import alive
+from service.core.processes import sibling
 from service.dataplane.statistics import collect_statistics
 from service.engine.repository import NAME_PATTERN, ModelRepository
 from service.engine.statistics import VersionStatistics, statistics_from_dict, summed_statistics
@@ -54,10 +54,12 @@ class WorkerGroup:
         repository: ModelRepository,
         forget: Callable[[str], None] = lambda name: None,
         sync_timeout_s: float = SYNC_TIMEOUT_S,
+        member: Callable[[int], bool] = sibling,
     ) -> None:
         self.folder = folder
         self.repository = repository
         self.forget = forget  # what this worker keeps of a model's answers (the response cache)
+        self.member = member  # whether a pid is a live worker of this group
         self.sync_timeout_s = sync_timeout_s
         self.pid = os.getpid()
         self.control = folder / "control.json"
@@ -210,7 +212,7 @@ class WorkerGroup:
         for path in self.acks.iterdir():
             if not path.name.isdigit() or int(path.name) == self.pid:
                 continue
-            if not alive(int(path.name)):
+            if not self.member(int(path.name)):
                 path.unlink(missing_ok=True)
                 continue
             with contextlib.suppress(FileNotFoundError, ValueError):
@@ -233,7 +235,7 @@ class WorkerGroup:
             pid = int(path.stem) if path.stem.isdigit() else self.pid
             if pid == self.pid:
                 continue
-            if not alive(pid):
+            if not self.member(pid):
                 path.unlink(missing_ok=True)
                 continue
             with contextlib.suppress(FileNotFoundError, ValueError):

@@ -14,7 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from service.core.processes import alive
+from service.core.processes import sibling
 from service.engine.batcher import BatchStats
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
@@ -196,7 +196,7 @@ class _AllWorkers(Collector):
     def collect(self) -> Iterator[Metric]:
         for path in self.folder.iterdir():  # a dead worker's live gauges leave the sums
             match = _LIVE_GAUGE_FILE.match(path.name)
-            if match and not alive(int(match.group(1))):
+            if match and not sibling(int(match.group(1))):
                 pid = int(match.group(1))
                 multiprocess.mark_process_dead(pid, str(self.folder))  # type: ignore[no-untyped-call]
         every = multiprocess.MultiProcessCollector(None, str(self.folder))  # type: ignore[no-untyped-call]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from service.core.errors import ModelNotFound, WorkersPending
-from service.core.processes import MEMORY_PER_WORKER, auto_workers
+from service.core.processes import MEMORY_PER_WORKER, alive, auto_workers, sibling
 from service.core.version_policy import VersionPolicy
 from service.dataplane.workers import WorkerGroup
 from service.engine.repository import ModelRepository
@@ -71,7 +71,7 @@ def test_a_live_worker_that_never_applies_a_call_is_named_and_a_dead_one_is_not_
 ) -> None:
     found = repository(make_model_repo(tmp_path, {"tiny": [1]}, lecture=False))
     late = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    group = WorkerGroup(tmp_path / "workers", found, sync_timeout_s=0.3)
+    group = WorkerGroup(tmp_path / "workers", found, sync_timeout_s=0.3, member=alive)
 
     async def unload() -> None:
         await asyncio.to_thread(found.unload_model, "tiny")
@@ -121,3 +121,23 @@ def test_auto_workers_takes_one_per_core_as_memory_allows(tmp_path: Path) -> Non
     assert auto_workers(root, cores=8, memory=0) == 1
     assert auto_workers(tmp_path / "none", cores=3, memory=2**40) == 3
     assert Settings(model_repository=root, workers="auto").workers >= 1  # type: ignore[arg-type]
+
+
+def test_a_worker_is_a_sibling_and_a_stranger_with_a_reused_pid_is_not() -> None:
+    """Two children of this process are siblings; this process (their parent) is not one."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    code = (
+        "import os, sys\n"
+        "from service.core.processes import sibling\n"
+        "print(sibling(int(sys.argv[1])), sibling(os.getppid()))\n"
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(other.pid)],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout.split()  # fmt: skip
+    finally:
+        other.kill()
+        other.wait()
+    assert out == ["True", "False"]
+    assert not sibling(other.pid)  # gone

@@ -103,19 +103,25 @@ class WorkerGroup:
 
     async def change(self, change: Change, name: str, local: Callable[[], Awaitable[None]]) -> None:
         """Record ``change`` of model ``name`` for every worker, make it here with ``local`` (whose
-        error is the answer), then wait until every live worker has made it."""
+        error, such as a load that fails, is the answer), then wait until every live worker has
+        made it."""
         assert self._lock is not None, "start() first"
         await asyncio.to_thread(self._check, change, name)  # a 404 is recorded nowhere
+        failed: ServingError | None = None
         async with self._lock:
             state = await asyncio.to_thread(self._record, change, name)
             generation = int(state["generation"])
             try:
                 await asyncio.to_thread(self._apply, state, self.applied, name)
                 await local()
+            except ServingError as exc:
+                failed = exc
             finally:
                 self.applied = max(self.applied, generation)
                 await asyncio.to_thread(self._acknowledge)
         await self._wait_for_others(generation)
+        if failed is not None:
+            raise failed
 
     async def _catch_up(self) -> None:
         assert self._lock is not None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from service.core.errors import ModelNotFound, WorkersPending
+from service.core.errors import ModelLoadFailed, ModelNotFound, WorkersPending
 from service.core.processes import MEMORY_PER_WORKER, alive, auto_workers, sibling
 from service.core.version_policy import VersionPolicy
 from service.dataplane.workers import WorkerGroup
@@ -44,6 +44,8 @@ def states(found: ModelRepository, name: str) -> set[str]:
 
 def test_a_starting_worker_applies_the_calls_the_group_took(tmp_path: Path) -> None:
     root = make_model_repo(tmp_path, {"tiny": [1], "other": [1]}, lecture=False)
+    (root / "broken" / "1").mkdir(parents=True)
+    (root / "broken" / "1" / "model.onnx").write_bytes(b"not a graph")
     first, second = repository(root), repository(root)
 
     async def scenario() -> None:
@@ -56,6 +58,10 @@ def test_a_starting_worker_applies_the_calls_the_group_took(tmp_path: Path) -> N
             with pytest.raises(ModelNotFound):
                 await group.change(change, "nope", lambda: asyncio.sleep(0))  # type: ignore[arg-type]
         assert group.control.read_text() == recorded  # a 404 is recorded nowhere
+        with pytest.raises(ModelLoadFailed):  # the answer, after every worker tried too
+            await group.change(
+                "load", "broken", lambda: asyncio.to_thread(first.load_model, "broken")
+            )
 
     try:
         asyncio.run(scenario())

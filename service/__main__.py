@@ -1,4 +1,4 @@
-"""Serve the model repository over HTTP and gRPC, in one process and event loop.
+"""Serve the model repository over HTTP and gRPC, in one process and event loop (or WORKERS).
 
     python -m service --host 127.0.0.1 --port 8000 --grpc-port 8001        (or: make serve)
 
@@ -8,9 +8,15 @@ Settings come from the environment (see ``service/settings.py``); the flags over
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
+import shutil
 import signal
+import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -34,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--model-repository", type=Path, help="models folder (MODEL_REPOSITORY)")
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
-    parser.add_argument("--workers", type=int, help="server processes (WORKERS)")
+    parser.add_argument("--workers", help="server processes, or auto (WORKERS)")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     settings = Settings(**overrides)
@@ -51,12 +57,46 @@ def main(argv: list[str] | None = None) -> None:
         return
     # Each worker process builds its own app from the environment, so the flags go there too.
     os.environ.update({key.upper(): str(value) for key, value in overrides.items()})
-    uvicorn.run(
-        "service.__main__:app_from_environment",
-        factory=True,
-        workers=settings.workers,
-        **common,
-    )
+    os.environ["WORKERS"] = str(settings.workers)  # auto, resolved once for every worker
+    with shared_by_workers(settings):
+        uvicorn.run(
+            "service.__main__:app_from_environment",
+            factory=True,
+            workers=settings.workers,
+            **common,
+        )
+
+
+@contextmanager
+def shared_by_workers(settings: Settings) -> Iterator[None]:
+    """What the worker processes share, in their environment: WORKERS_DIR (made here unless
+    set), prometheus-client's PROMETHEUS_MULTIPROC_DIR inside it, and one gRPC port (with
+    GRPC_PORT=0, a free one held here with SO_REUSEPORT so each worker binds the same)."""
+    made = settings.workers_dir is None
+    folder = Path(tempfile.mkdtemp(prefix="service-workers-")) if made else settings.workers_dir
+    assert folder is not None
+    metrics = folder / "metrics"
+    shutil.rmtree(metrics, ignore_errors=True)  # a previous run's counters would add up
+    for stale in ("control.json", "acks", "statistics"):
+        path = folder / stale
+        path.unlink(missing_ok=True) if path.is_file() else shutil.rmtree(path, True)
+    metrics.mkdir(parents=True)
+    os.environ.update({"WORKERS_DIR": str(folder), "PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+    with contextlib.ExitStack() as stack:
+        if settings.grpc_port == 0:
+            held = stack.enter_context(socket.socket(_family(settings.host), socket.SOCK_STREAM))
+            held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            held.bind((settings.host, 0))  # bound, never listening: it takes no connections
+            os.environ["GRPC_PORT"] = str(held.getsockname()[1])
+        try:
+            yield
+        finally:
+            if made:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from service.core.errors import ServingError
+from service.core.processes import auto_workers
 from service.core.timeouts import MAX_TIMEOUT_US
 from service.core.version_policy import VersionPolicy
 from service.settings_quality import QualitySettings
@@ -81,8 +82,16 @@ class Settings(QualitySettings):
         ge=1,
         le=64,
         description=(
-            "Server processes sharing the port (uvicorn workers). Each loads the models and "
-            "polls the repository; repository API calls and /metrics reach one worker only."
+            "Server processes sharing the REST and gRPC ports (uvicorn workers, restarted when "
+            "one dies); they answer as one server. auto: one per core, as memory allows for "
+            "the models (docs/scaling.md#workers)."
+        ),
+    )
+    workers_dir: Path | None = Field(
+        default=None,
+        description=(
+            "Folder the worker processes share (repository calls, acks, statistics); "
+            "python -m service makes one for WORKERS > 1. Unset: a lone process."
         ),
     )
     graph_optimization_level: GraphOptimization = Field(
@@ -329,6 +338,13 @@ class Settings(QualitySettings):
             return str(VersionPolicy.parse(value))
         except ServingError as exc:
             raise ValueError(exc.message) from None
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_workers(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return auto_workers(Path(info.data.get("model_repository", "models")))
+        return value
 
     @field_validator("admin_token", "admin_token_file", mode="before")
     @classmethod

@@ -144,3 +144,9 @@ class PredictionLogOff(ServingError):
     """Feedback while ``PREDICTION_LOG`` is off: there is nothing to label."""
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class WorkersPending(ServingError):
+    """A repository call made in the worker that took it, not yet in every other worker."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE

@@ -49,6 +49,7 @@ from service.dataplane.types import (
     ServerMetadata,
     VersionStatus,
 )
+from service.dataplane.workers import WorkerGroup
 from service.engine.activations import Activation, ActivationSessions
 from service.engine.leases import lease_scope
 from service.engine.metrics import Metrics
@@ -94,6 +95,11 @@ class DataPlane:
         self.monitor = QualityMonitor(
             self.prediction_log, self.metrics.registry, names, settings.drift_threshold
         )
+        # WORKERS > 1: the repository calls and statistics every worker shares (workers.py)
+        folder = settings.workers_dir
+        self.workers = (
+            WorkerGroup(folder, self.repository, self.response_cache.drop) if folder else None
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -101,6 +107,10 @@ class DataPlane:
         """Load the models (off the loop), then poll the repository and time the loop's lag."""
         await asyncio.to_thread(self.repository.load)
         settings = self.settings
+        if self.workers is not None:  # before serving: a restarted worker keeps an unload
+            await self.workers.start()
+            for task in (self.workers.watch(), self.workers.publish_statistics()):
+                self._watchers.append(asyncio.create_task(task))
         if settings.poll_interval_s > 0:
             watch = self.repository.watch(settings.poll_interval_s)
             self._watchers.append(asyncio.create_task(watch))
@@ -129,6 +139,8 @@ class DataPlane:
         self.shared_memory.close()
         self.activation_sessions.close()
         self.repository.close()
+        if self.workers is not None:
+            self.workers.close()
 
     # -- health and metadata ------------------------------------------------------------------
 
@@ -172,9 +184,15 @@ class DataPlane:
         meta, policy = self.model_metadata(name, version), self.repository.policy(name)
         return build_model_config(meta, runtime.options, policy, self.settings, self.response_cache)
 
-    def statistics(self, name: str | None, version: str | None = None) -> list[VersionStatistics]:
-        """Triton's statistics: every loaded version, a model's, or one version's."""
-        return collect_statistics(self.repository, name, version)
+    async def statistics(
+        self, name: str | None, version: str | None = None
+    ) -> list[VersionStatistics]:
+        """Triton's statistics: every loaded version, a model's, or one version's (summed over
+        the worker processes, theirs at most STATISTICS_INTERVAL_S old)."""
+        stats = collect_statistics(self.repository, name, version)
+        if self.workers is None:
+            return stats
+        return await asyncio.to_thread(self.workers.add_others, stats)
 
     # -- inference ----------------------------------------------------------------------------
 
@@ -321,16 +339,24 @@ class DataPlane:
     async def load_model(self, name: str, parameter_names: Iterable[str]) -> None:
         """Load (or reload) a model under its version policy; failed versions are retried."""
         check_load_parameters(parameter_names)
-        self.response_cache.drop(name)  # whatever versions it serves next, start afresh
-        try:
-            await asyncio.to_thread(self.repository.load_model, name)
-        finally:
-            self.response_cache.drop(name)  # and what was stored while it loaded
+
+        async def load() -> None:
+            self.response_cache.drop(name)  # whatever versions it serves next, start afresh
+            try:
+                await asyncio.to_thread(self.repository.load_model, name)
+            finally:
+                self.response_cache.drop(name)  # and what was stored while it loaded
+
+        await (load() if self.workers is None else self.workers.change("load", name, load))
 
     async def unload_model(self, name: str) -> None:
         """Stop serving every version of a model (requests in flight finish) until a load."""
-        self.response_cache.drop(name)
-        await asyncio.to_thread(self.repository.unload_model, name)
+
+        async def unload() -> None:
+            self.response_cache.drop(name)
+            await asyncio.to_thread(self.repository.unload_model, name)
+
+        await (unload() if self.workers is None else self.workers.change("unload", name, unload))
 
 
 def request_scope() -> AbstractContextManager[None]:

@@ -99,6 +99,7 @@ class ResponseCache:
             "Bytes of outputs the response cache holds per model (RESPONSE_CACHE budgets it).",
             ["model"],
             registry=registry,
+            multiprocess_mode="livesum",  # WORKERS > 1: each worker's cache, added up
         )
 
     def enabled(self, name: str) -> bool:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from service.core.processes import sibling
 from service.engine.batcher import BatchStats
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
@@ -133,7 +138,14 @@ class Metrics:
             self.loop_lag.observe(max(0.0, loop.time() - due))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition; with WORKERS > 1 (PROMETHEUS_MULTIPROC_DIR set) every worker's
+        counters and histograms summed, and this worker's read-at-scrape gauges."""
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not folder:
+            return generate_latest(self.registry)
+        combined = CollectorRegistry(auto_describe=False)
+        combined.register(_AllWorkers(Path(folder), self.registry))
+        return generate_latest(combined)
 
 
 def _dropped_counter(registry: CollectorRegistry) -> Counter:
@@ -167,3 +179,30 @@ class _ProviderCollector(Collector):
             fallback.add_metric([model, str(version)], int(fell_back))
         yield provider
         yield fallback
+
+
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w*_(\d+)\.db$")
+
+
+class _AllWorkers(Collector):
+    """prometheus-client's multiprocess collector over every worker's files, then what only this
+    worker's registry holds: the gauges its collectors compute at scrape time (providers, model
+    quality), which every worker computes alike from the same models and prediction log."""
+
+    def __init__(self, folder: Path, local: CollectorRegistry) -> None:
+        self.folder = folder
+        self.local = local
+
+    def collect(self) -> Iterator[Metric]:
+        for path in self.folder.iterdir():  # a dead worker's live gauges leave the sums
+            match = _LIVE_GAUGE_FILE.match(path.name)
+            if match and not sibling(int(match.group(1))):
+                pid = int(match.group(1))
+                multiprocess.mark_process_dead(pid, str(self.folder))  # type: ignore[no-untyped-call]
+        every = multiprocess.MultiProcessCollector(None, str(self.folder))  # type: ignore[no-untyped-call]
+        summed: list[Metric] = list(every.collect())  # type: ignore[no-untyped-call]
+        names = {family.name for family in summed}
+        yield from summed
+        for family in self.local.collect():
+            if family.name not in names:
+                yield family

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 # The per-request durations in Triton's order; also the indices into ``InferenceStatistics._ns``.
 DURATIONS = (
@@ -138,3 +139,62 @@ class InferenceStatistics:
                 durations,
                 batches,
             )
+
+
+def statistics_from_dict(row: dict[str, Any]) -> VersionStatistics:
+    """The inverse of ``dataclasses.asdict`` (another worker's snapshot, read back from JSON)."""
+    durations = {key: Duration(**value) for key, value in row["durations"].items()}
+    batches = [
+        BatchSizeStatistics(
+            b["batch_size"],
+            Duration(**b["compute_input"]),
+            Duration(**b["compute_infer"]),
+            Duration(**b["compute_output"]),
+        )
+        for b in row["batch_stats"]
+    ]
+    return VersionStatistics(
+        row["name"],
+        row["version"],
+        row["last_inference_ms"],
+        row["inference_count"],
+        row["execution_count"],
+        durations,
+        batches,
+    )
+
+
+def _add(a: Duration, b: Duration) -> Duration:
+    return Duration(a.count + b.count, a.ns + b.ns)
+
+
+def summed_statistics(parts: list[VersionStatistics]) -> VersionStatistics:
+    """One version's statistics from several worker processes: counts and times add up, batch
+    sizes merge, the last inference is the latest."""
+    first = parts[0]
+    durations = dict(first.durations)
+    batches = {b.batch_size: b for b in first.batch_stats}
+    for part in parts[1:]:
+        for key, value in part.durations.items():
+            durations[key] = _add(durations.get(key, Duration()), value)
+        for b in part.batch_stats:
+            mine = batches.get(b.batch_size)
+            batches[b.batch_size] = (
+                b
+                if mine is None
+                else BatchSizeStatistics(
+                    b.batch_size,
+                    _add(mine.compute_input, b.compute_input),
+                    _add(mine.compute_infer, b.compute_infer),
+                    _add(mine.compute_output, b.compute_output),
+                )
+            )
+    return VersionStatistics(
+        first.name,
+        first.version,
+        max(p.last_inference_ms for p in parts),
+        sum(p.inference_count for p in parts),
+        sum(p.execution_count for p in parts),
+        durations,
+        [batches[size] for size in sorted(batches)],
+    )

@@ -37,6 +37,8 @@ def connection_options(settings: Settings) -> list[tuple[str, int]]:
         options.append(("grpc.max_connection_age_ms", settings.grpc_max_connection_age_ms))
         grace = settings.grpc_max_connection_age_grace_ms
         options.append(("grpc.max_connection_age_grace_ms", grace))
+    if settings.workers > 1:  # every worker listens on GRPC_PORT; the kernel spreads connections
+        options.append(("grpc.so_reuseport", 1))
     if settings.grpc_max_connection_idle_ms:
         options.append(("grpc.max_connection_idle_ms", settings.grpc_max_connection_idle_ms))
     return options

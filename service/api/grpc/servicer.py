@@ -137,7 +137,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     @rpc
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
-        stats = self.plane.statistics(request.name or None, request.version or None)
+        stats = await self.plane.statistics(request.name or None, request.version or None)
         return extension_codec.statistics_response(stats)
 
     @rpc

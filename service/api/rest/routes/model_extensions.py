@@ -19,17 +19,17 @@ _STATS: dict[str, Any] = {"response_model": None, "responses": errors(404, 503)}
 
 @router.get("/stats", summary="Statistics of every loaded version of every model", **_STATS)
 async def all_statistics(plane: Plane) -> dict[str, Any]:
-    return statistics_json(plane.statistics(None))
+    return statistics_json(await plane.statistics(None))
 
 
 @router.get("/{name}/stats", summary="Statistics of every loaded version of a model", **_STATS)
 async def model_statistics(plane: Plane, name: str) -> dict[str, Any]:
-    return statistics_json(plane.statistics(name))
+    return statistics_json(await plane.statistics(name))
 
 
 @router.get("/{name}/versions/{version}/stats", summary="Statistics of a version", **_STATS)
 async def version_statistics(plane: Plane, name: str, version: str) -> dict[str, Any]:
-    return statistics_json(plane.statistics(name, version))
+    return statistics_json(await plane.statistics(name, version))
 
 
 @router.get("/{name}/config", summary="Configuration of the served version", **_STATS)

@@ -1,0 +1,251 @@
+"""Worker processes that answer as one server (WORKERS > 1), through a folder they all read
+(WORKERS_DIR, made by ``python -m service``), so no call depends on which worker takes it:
+
+    control.json        {"generation": g, "unloaded": [names], "loaded": {name: g}}: the repository
+                        calls, rewritten atomically under control.lock by the worker taking one
+    acks/<pid>          the generation that worker has applied; the worker taking a call answers
+                        once every live worker's is at least its generation (or says who is late)
+    statistics/<pid>    each worker's statistics snapshot, rewritten every STATISTICS_INTERVAL_S
+
+A worker applies control.json before it starts serving (so a restarted one keeps an unload), and
+then whenever the file changes (a ``stat`` every CONTROL_POLL_S on the loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+from service.core.errors import ModelNotFound, ServingError, WorkersPending
+from service.core.processes import sibling
+from service.dataplane.statistics import collect_statistics
+from service.engine.repository import NAME_PATTERN, ModelRepository
+from service.engine.statistics import VersionStatistics, statistics_from_dict, summed_statistics
+
+log = logging.getLogger(__name__)
+
+CONTROL_POLL_S = 0.05  # how often a worker looks for a changed control file
+ACK_POLL_S = 0.02  # how often the worker taking a call looks at the others' acks
+SYNC_TIMEOUT_S = 60.0  # longest a repository call waits for the other workers (a load may be slow)
+STATISTICS_INTERVAL_S = 1.0  # the staleness of the other workers' statistics
+Change = Literal["load", "unload"]
+
+
+def write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+class WorkerGroup:
+    """This worker's part in the group sharing ``folder``."""
+
+    def __init__(
+        self,
+        folder: Path,
+        repository: ModelRepository,
+        forget: Callable[[str], None] = lambda name: None,
+        sync_timeout_s: float = SYNC_TIMEOUT_S,
+        member: Callable[[int], bool] = sibling,
+    ) -> None:
+        self.folder = folder
+        self.repository = repository
+        self.forget = forget  # what this worker keeps of a model's answers (the response cache)
+        self.member = member  # whether a pid is a live worker of this group
+        self.sync_timeout_s = sync_timeout_s
+        self.pid = os.getpid()
+        self.control = folder / "control.json"
+        self.acks = folder / "acks"
+        self.snapshots = folder / "statistics"
+        self.applied = 0  # the control generation this worker has applied
+        self._seen: tuple[int, int, int] | None = None  # control.json's (mtime, size, inode)
+        self._lock: asyncio.Lock | None = None  # one apply at a time in this worker
+
+    # -- lifecycle (start before serving; watch and publish run as tasks) ---------------------
+
+    async def start(self) -> None:
+        """Catch up with the calls the group took before this worker started, then say so."""
+        self._lock = asyncio.Lock()
+        for folder in (self.acks, self.snapshots):
+            folder.mkdir(parents=True, exist_ok=True)
+        await self._catch_up()
+
+    async def watch(self) -> None:
+        """Until cancelled: apply control.json whenever it changes."""
+        while True:
+            await asyncio.sleep(CONTROL_POLL_S)
+            if self._signature() != self._seen:
+                try:
+                    await self._catch_up()
+                except Exception:
+                    log.exception("applying the workers' control file %s failed", self.control)
+
+    async def publish_statistics(self) -> None:
+        """Until cancelled: write this worker's statistics for the others to add."""
+        while True:
+            await asyncio.to_thread(self._write_statistics)
+            await asyncio.sleep(STATISTICS_INTERVAL_S)
+
+    def close(self) -> None:
+        """This worker leaves: its ack and its statistics go with it."""
+        for path in (self.acks / str(self.pid), self.snapshots / f"{self.pid}.json"):
+            path.unlink(missing_ok=True)
+
+    # -- repository calls -------------------------------------------------------------------
+
+    async def change(self, change: Change, name: str, local: Callable[[], Awaitable[None]]) -> None:
+        """Record ``change`` of model ``name`` for every worker, make it here with ``local`` (whose
+        error, such as a load that fails, is the answer), then wait until every live worker has
+        made it."""
+        assert self._lock is not None, "start() first"
+        await asyncio.to_thread(self._check, change, name)  # a 404 is recorded nowhere
+        failed: ServingError | None = None
+        async with self._lock:
+            state = await asyncio.to_thread(self._record, change, name)
+            generation = int(state["generation"])
+            try:
+                await asyncio.to_thread(self._apply, state, self.applied, name)
+                await local()
+            except ServingError as exc:
+                failed = exc
+            finally:
+                self.applied = max(self.applied, generation)
+                await asyncio.to_thread(self._acknowledge)
+        await self._wait_for_others(generation)
+        if failed is not None:
+            raise failed
+
+    async def _catch_up(self) -> None:
+        assert self._lock is not None
+        async with self._lock:
+            self._seen = self._signature()  # before reading: a later write is seen next time
+            state = await asyncio.to_thread(self._read)
+            generation = int(state["generation"])
+            if generation > self.applied or not (self.acks / str(self.pid)).exists():
+                await asyncio.to_thread(self._apply, state, self.applied, None)
+                self.applied = max(self.applied, generation)
+                await asyncio.to_thread(self._acknowledge)
+
+    async def _wait_for_others(self, generation: int) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.sync_timeout_s
+        while True:
+            late = await asyncio.to_thread(self._late, generation)
+            if not late:
+                return
+            if loop.time() >= deadline:
+                raise WorkersPending(
+                    f"applied by this worker, still pending in worker(s) "
+                    f"{', '.join(map(str, late))} after {self.sync_timeout_s:g} s"
+                )
+            await asyncio.sleep(ACK_POLL_S)
+
+    # -- files (blocking: called off the loop, bar ``_signature``) -----------------------------
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.control.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            state: dict[str, Any] = json.loads(self.control.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            state = {}
+        return {"generation": 0, "unloaded": [], "loaded": {}, **state}
+
+    def _check(self, change: Change, name: str) -> None:
+        """``ModelNotFound`` for a model this worker does not know (unload) or has no folder of
+        (load), before anything is recorded."""
+        if change == "unload":
+            self.repository.versions(name)
+        elif not NAME_PATTERN.match(name) or not (self.repository.root / name).is_dir():
+            raise ModelNotFound(f"no model folder {name!r} in the repository")
+
+    def _record(self, change: Change, name: str) -> dict[str, Any]:
+        with self._locked():
+            state = self._read()
+            state["generation"] = generation = int(state["generation"]) + 1
+            unloaded = set(state["unloaded"])
+            if change == "unload":
+                unloaded.add(name)
+            else:
+                unloaded.discard(name)
+                state["loaded"][name] = generation
+            state["unloaded"] = sorted(unloaded)
+            write_atomically(self.control, json.dumps(state))
+        return state
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.folder / "control.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _apply(self, state: dict[str, Any], since: int, skip: str | None) -> None:
+        """Make here what ``state`` holds beyond generation ``since`` (``skip``: the model the
+        caller changes itself)."""
+        unloaded = set(state["unloaded"])
+        for name in sorted(unloaded - {skip}):
+            with contextlib.suppress(ModelNotFound):  # not on this worker's disk (yet)
+                self.repository.unload_model(name)
+                self.forget(name)
+        for name, generation in sorted(state["loaded"].items()):
+            if generation > since and name != skip and name not in unloaded:
+                self.forget(name)
+                try:
+                    self.repository.load_model(name)
+                except ServingError as exc:  # the worker that took the call answered it
+                    log.warning("loading %s for the other workers: %s", name, exc.message)
+                self.forget(name)
+
+    def _acknowledge(self) -> None:
+        write_atomically(self.acks / str(self.pid), str(self.applied))
+
+    def _late(self, generation: int) -> list[int]:
+        """The live workers that have not applied ``generation``; dead workers' acks go."""
+        late = []
+        for path in self.acks.iterdir():
+            if not path.name.isdigit() or int(path.name) == self.pid:
+                continue
+            if not self.member(int(path.name)):
+                path.unlink(missing_ok=True)
+                continue
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                if int(path.read_text(encoding="utf-8")) < generation:
+                    late.append(int(path.name))
+        return sorted(late)
+
+    # -- statistics ---------------------------------------------------------------------------
+
+    def _write_statistics(self) -> None:
+        stats = collect_statistics(self.repository, None, None)
+        text = json.dumps([asdict(s) for s in stats])
+        write_atomically(self.snapshots / f"{self.pid}.json", text)
+
+    def add_others(self, stats: list[VersionStatistics]) -> list[VersionStatistics]:
+        """``stats`` (this worker's, live) plus every other live worker's last snapshot of the
+        same versions; a dead worker's statistics go with it."""
+        others: dict[tuple[str, str], list[VersionStatistics]] = {}
+        for path in self.snapshots.glob("*.json"):
+            pid = int(path.stem) if path.stem.isdigit() else self.pid
+            if pid == self.pid:
+                continue
+            if not self.member(pid):
+                path.unlink(missing_ok=True)
+                continue
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                for row in json.loads(path.read_text(encoding="utf-8")):
+                    found = statistics_from_dict(row)
+                    others.setdefault((found.name, found.version), []).append(found)
+        return [summed_statistics([s, *others.get((s.name, s.version), [])]) for s in stats]

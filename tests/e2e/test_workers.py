@@ -1,0 +1,166 @@
+"""End to end: ``python -m service --workers 2`` answers as one server. A repository call made
+to one worker holds in both before it is answered (and in a worker restarted after a kill -9),
+/metrics and the statistics add both workers up, and both serve gRPC on the one port."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+import tritonclient.grpc as triton_grpc
+
+from tests.support.models import make_model_repo
+from tests.support.servers import (
+    GRPC_PORT_LINE,
+    ServerProcess,
+    server_process,
+    service_command,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow  # two server processes start (and one restarts) per test
+
+IMAGE = np.random.default_rng(3).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+BODY = {
+    "inputs": [
+        {
+            "name": "images",
+            "shape": [1, 32, 32, 3],
+            "datatype": "UINT8",
+            "data": IMAGE.ravel().tolist(),
+        }
+    ]
+}
+INFER = "/v2/models/tiny/infer"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    env = {
+        **os.environ,
+        "POLL_INTERVAL_S": "0.5",
+        "PROVIDERS": "CPUExecutionProvider",
+        "ADMIN_LOOPBACK": "true",
+        "LOG_LEVEL": "info",
+        "MODEL_REPOSITORY": str(make_model_repo(tmp_path, {"tiny": [1], "other": [1]}, False)),
+    }
+    with server_process(service_command("--workers", "2"), env=env) as running:
+        running.wait_ready()
+        # The workers log the gRPC port after the parent logged the REST one.
+        wait_until(lambda: GRPC_PORT_LINE.search(running.log) is not None, 30, "the gRPC port")
+        grpc_port = GRPC_PORT_LINE.search(running.log)
+        assert grpc_port is not None
+        running = dataclasses.replace(running, grpc_port=int(grpc_port.group(1)))
+        wait_until(lambda: len(workers(running)) == 2, 30, "two worker processes")
+        wait_until(lambda: all(serving(running, pid) for pid in workers(running)), 60, "both ready")
+        yield running
+
+
+def workers(server: ServerProcess) -> list[int]:
+    """The live worker processes (a killed one not yet reaped is a zombie: not counted)."""
+    found = []
+    for child in psutil.Process(server.process.pid).children():
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                found.append(child.pid)
+        except psutil.Error:  # a zombie or gone
+            continue
+    return sorted(found)
+
+
+def serving(server: ServerProcess, pid: int) -> bool:
+    """Whether worker ``pid`` listens on the gRPC port (it does once its models are loaded)."""
+    try:
+        connections = psutil.Process(pid).connections("tcp")
+    except psutil.NoSuchProcess:
+        return False
+    return any(
+        c.status == psutil.CONN_LISTEN and c.laddr.port == server.grpc_port for c in connections
+    )
+
+
+def fresh_answers(server: ServerProcess, path: str, count: int) -> list[int]:
+    """Status codes of ``count`` requests, each over a new connection (the kernel spreads new
+    connections over the workers)."""
+    codes = []
+    for _ in range(count):
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            if path == INFER:
+                codes.append(client.post(path, json=BODY).status_code)
+            else:
+                codes.append(client.get(path).status_code)
+    return codes
+
+
+def test_a_repository_call_to_one_worker_holds_in_every_worker_and_a_restarted_one(
+    server: ServerProcess,
+) -> None:
+    assert fresh_answers(server, "/v2/models/tiny/ready", 20) == [200] * 20
+    unload = httpx.post(f"{server.url}/v2/repository/models/tiny/unload", timeout=90)
+    assert unload.status_code == 200, unload.text
+    # Answered only once both workers unloaded it: every worker agrees at once.
+    assert fresh_answers(server, INFER, 30) == [404] * 30
+    assert fresh_answers(server, "/v2/models/other/ready", 10) == [200] * 10
+
+    # kill -9 one worker: the other keeps answering, a new one appears and keeps the unload
+    killed = workers(server)[0]
+    os.kill(killed, signal.SIGKILL)
+    assert fresh_answers(server, "/v2/models/other/ready", 10) == [200] * 10
+    wait_until(lambda: len(workers(server)) == 2 and killed not in workers(server), 30, "restart")
+    wait_until(lambda: all(serving(server, pid) for pid in workers(server)), 60, "new one ready")
+    assert fresh_answers(server, INFER, 30) == [404] * 30
+
+    load = httpx.post(f"{server.url}/v2/repository/models/tiny/load", timeout=90)
+    assert load.status_code == 200, load.text
+    assert fresh_answers(server, INFER, 30) == [200] * 30
+    index = httpx.post(f"{server.url}/v2/repository/index", timeout=10).json()
+    assert {(r["name"], r["state"]) for r in index} == {("tiny", "READY"), ("other", "READY")}
+
+
+def test_metrics_and_statistics_add_up_every_worker(server: ServerProcess) -> None:
+    sent = 40
+    assert fresh_answers(server, INFER, sent) == [200] * sent
+    pattern = re.compile(
+        r'^http_requests_total\{[^}]*endpoint="/v2/models/\{name\}/infer"[^}]*\} (\S+)$'
+    )
+
+    def counted() -> float:
+        text = httpx.get(f"{server.url}/metrics", timeout=10).text
+        return sum(float(m.group(1)) for line in text.splitlines() if (m := pattern.match(line)))
+
+    assert counted() == sent  # both workers' counters, summed (each alone has a share)
+    images = re.compile(r'^images_classified_total\{model="tiny",version="1"\} (\S+)$', re.M)
+    assert sum(map(float, images.findall(httpx.get(f"{server.url}/metrics").text))) == sent
+
+    def inferences() -> int:
+        stats = httpx.get(f"{server.url}/v2/models/tiny/stats", timeout=10).json()
+        return int(stats["model_stats"][0]["inference_count"])
+
+    # The other worker's share is at most STATISTICS_INTERVAL_S old.
+    wait_until(lambda: inferences() == sent, 10, lambda: f"{inferences()} of {sent} counted")
+
+
+def test_both_workers_serve_grpc_on_the_one_port_and_its_repository_calls_hold_in_both(
+    server: ServerProcess,
+) -> None:
+    assert all(serving(server, pid) for pid in workers(server))
+    for _ in range(10):  # new channels, new connections
+        client = triton_grpc.InferenceServerClient(server.grpc_url)
+        try:
+            assert client.is_model_ready("tiny")
+        finally:
+            client.close()
+    client = triton_grpc.InferenceServerClient(server.grpc_url)
+    try:
+        client.unload_model("other")
+    finally:
+        client.close()
+    assert fresh_answers(server, "/v2/models/other/ready", 20) == [404] * 20

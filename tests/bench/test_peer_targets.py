@@ -57,7 +57,9 @@ def test_each_target_is_met_or_not_on_its_own_placements_figures() -> None:
 
 
 def test_the_targets_block_puts_the_pinned_verdict_first_and_the_shared_beside_it() -> None:
-    results = {"modes": {"shared": _mode(1500, 0.8, 2), "pinned": _mode(2100, 0.45, 1)}}
+    results: dict[str, Any] = {
+        "modes": {"shared": _mode(1500, 0.8, 2), "pinned": _mode(2100, 0.45, 1)}
+    }
     results["targets"] = judge(results["modes"])
     record = {"time": "t", "command": "python -m bench peers", "results": results}
     table = peer_targets(record).splitlines()

@@ -41,6 +41,23 @@ def _affinity(mode: Record) -> str:
     )
 
 
+def _client(mode: Record) -> str:
+    """The CPUs the load generators said they could use (runs that recorded it)."""
+    cpus = mode.get("client_ran_on")
+    return "" if cpus is None else f"; the load generators: CPUs {', '.join(map(str, cpus))}"
+
+
+def _load_average(mode: Record) -> list[str]:
+    """How busy the whole machine was (other work included), where the run recorded it."""
+    if "load_average" not in mode:
+        return []
+    before, after = mode["load_average"]
+    return [
+        "- The machine's 1-minute load average (every process on it, other sessions' work "
+        f"included) before and after this placement: {before:.1f}, {after:.1f}"
+    ]
+
+
 def _cpus(cpus: str) -> str:
     return "any CPU" if cpus == "any" else f"CPU {cpus}"
 
@@ -61,7 +78,8 @@ def _mode(name: str, mode: Record) -> list[str]:
         f"### {name.capitalize()}: {place}",
         "",
         f"- This service's onnxruntime intra-op threads: {mode['threads']}",
-        f"- Where they ran: {_affinity(mode)}",
+        f"- Where they ran: {_affinity(mode)}{_client(mode)}",
+        *_load_average(mode),
         f"- In-process onnxruntime (same run, no spinning, as the service's sessions): {ceilings}",
         "",
         "| workload | clients | PyTriton | this service | requests/s ratio | p99 ratio "

@@ -122,6 +122,7 @@ def serving_mode(args: argparse.Namespace, tmp: Path, place: Placement) -> dict[
     """Every serving figure of one placement: both servers per workload, ratios, ceilings."""
     print(f"== {place.mode}: server on {place.server_cpus or 'any core'}, load generator on "
           f"{place.client_cpus or 'any core'}", flush=True)  # fmt: skip
+    load_before = os.getloadavg()[0]
     peer, peer_affinity = peer_rows(args, tmp, place)
     ours, protocols, our_affinity = service_rows(args, tmp, place)
     asgi = asgi_rows(args.seconds, tmp, place)
@@ -139,8 +140,10 @@ def serving_mode(args: argparse.Namespace, tmp: Path, place: Placement) -> dict[
             "of_ceiling": o["images_per_s"] / ceiling,
             "peer_of_ceiling": p["images_per_s"] / ceiling,
         })  # fmt: skip
+    client_cpus = sorted({c for w in workloads for r in (w["peer"], w["ours"]) for c in r["cpus"]})
     return {
         "server_cpus": place.server_cpus, "client_cpus": place.client_cpus, "threads": threads,
+        "load_average": [load_before, os.getloadavg()[0]], "client_ran_on": client_cpus,
         "affinity": {"peer": peer_affinity, "ours": our_affinity},
         "workloads": workloads, "protocols": protocols, "ceilings": ceilings, "asgi": asgi,
     }  # fmt: skip

@@ -77,7 +77,8 @@ def _mode(name: str, mode: Record) -> list[str]:
     lines = [
         f"### {name.capitalize()}: {place}",
         "",
-        f"- This service's onnxruntime intra-op threads: {mode['threads']}",
+        f"- onnxruntime intra-op threads: this service {mode['threads']}, PyTriton "
+        f"{mode.get('peer_threads', '')}, the raw ASGI app 1",
         f"- Where they ran: {_affinity(mode)}{_client(mode)}",
         *_load_average(mode),
         f"- In-process onnxruntime (same run, no spinning, as the service's sessions): {ceilings}",
@@ -137,9 +138,9 @@ def peers(record: Record) -> str:
         f"- Command: `{record['command']}` (`make bench-peers`)",
         f"- Placements, one after the other: {places}",
         "- Servers, one after the other in each: PyTriton (`../shared/peers/pytriton_server.py`: "
-        "Triton's dynamic batcher, 64 images / 3 ms, onnxruntime in its Python callable, "
-        f"{r['peer_threads']} intra-op thread), `python -m service` (WORKERS={r['workers']}, "
-        "defaults otherwise) and the raw ASGI app `../shared/peers/ceiling_asgi.py` (1 thread)",
+        "Triton's dynamic batcher, 64 images / 3 ms, onnxruntime in its Python callable), "
+        f"`python -m service` (WORKERS={r['workers']}, defaults otherwise) and the raw ASGI app "
+        "`../shared/peers/ceiling_asgi.py`",
         "- Client: `bench/loadgen.py`, closed loop, keep-alive, 1 s warm-up, "
         f"{r['seconds']:g} s per figure; the same 1-image v2 JSON bodies (outputs: probabilities)",
     ]

@@ -54,14 +54,16 @@ Rows = dict[tuple[str, int], dict[str, Any]]
 
 def peer_rows(args: argparse.Namespace, tmp: Path, place: Placement) -> tuple[Rows, list[Any]]:
     """PyTriton's figure for each workload: one Triton per model file (it serves one model);
-    with what each Triton's processes and threads were allowed to run on."""
+    with what each Triton's processes and threads were allowed to run on. Pinned, its onnxruntime
+    has one intra-op thread, as ours has."""
     python = ensure_venv("pytriton")
+    threads = 1 if place.pinned else args.peer_threads
     rows, affinity = {}, []
     for model, datatype in ((LECTURE, "FP32"), (BN, "UINT8")):
         http, grpc = free_port(), free_port()
         env = {
             "MODEL_ONNX": str(latest_version(model)), "INPUT_DATATYPE": datatype,
-            "ORT_THREADS": str(args.peer_threads), "HTTP_PORT": str(http), "GRPC_PORT": str(grpc),
+            "ORT_THREADS": str(threads), "HTTP_PORT": str(http), "GRPC_PORT": str(grpc),
         }  # fmt: skip
         argv = place.server([str(python), str(PEERS / "pytriton_server.py")])
         group = start(argv, env, http, tmp / "peer.log", 180, "peer")
@@ -140,9 +142,11 @@ def serving_mode(args: argparse.Namespace, tmp: Path, place: Placement) -> dict[
             "of_ceiling": o["images_per_s"] / ceiling,
             "peer_of_ceiling": p["images_per_s"] / ceiling,
         })  # fmt: skip
-    client_cpus = sorted({c for w in workloads for r in (w["peer"], w["ours"]) for c in r["cpus"]})
+    loads = [*(w["peer"] for w in workloads), *(w["ours"] for w in workloads), *asgi]
+    client_cpus = sorted({c for r in loads for c in r["cpus"]})
     return {
         "server_cpus": place.server_cpus, "client_cpus": place.client_cpus, "threads": threads,
+        "peer_threads": 1 if place.pinned else args.peer_threads,
         "load_average": [load_before, os.getloadavg()[0]], "client_ran_on": client_cpus,
         "affinity": {"peer": peer_affinity, "ours": our_affinity},
         "workloads": workloads, "protocols": protocols, "ceilings": ceilings, "asgi": asgi,
@@ -211,13 +215,15 @@ def _write_keras_npz(path: Path) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per figure")
-    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="the service's onnxruntime threads, shared"
+    )
     parser.add_argument(
         "--peer-threads",
         type=int,
         default=1,
-        help="the peer's onnxruntime threads (its default; with 2 its spinning pool starves "
-        "Triton's own threads on 2 cores)",
+        help="the peer's onnxruntime threads, shared (its default; with 2 its spinning pool "
+        "starves Triton's own threads on 2 cores); pinned, both servers have 1",
     )
     parser.add_argument(
         "--modes",

@@ -37,8 +37,8 @@ def _mode(ours_64: float, ours_p50: float, threads: int) -> dict[str, Any]:
                  "blocking_p50_ms": 0.5, "blocking_ratio": 0.83}  # fmt: skip
     return {
         "server_cpus": "0" if threads == 1 else None, "client_cpus": "1" if threads == 1 else None,
-        "threads": threads, "peer_threads": 1, "workloads": workloads, "ceilings": ceilings, "asgi": asgi,
-        "protocols": protocols,
+        "threads": threads, "peer_threads": 1, "workloads": workloads, "ceilings": ceilings,
+        "asgi": asgi, "protocols": protocols,
         "affinity": {"ours": {"processes": 1, "threads": 9, "cpus": ["0"]},
                      "peer": [{"model": "m", "processes": 3, "threads": 40, "cpus": ["0"]}]},
     }  # fmt: skip

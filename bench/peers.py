@@ -37,7 +37,7 @@ from bench.peer_envs import PEERS, ensure_venv
 from bench.peer_limits import asgi_rows, ceiling_rows
 from bench.peer_targets import judge
 from bench.peer_workloads import BN, LECTURE, PROBABILITIES, WORKLOADS, Workload
-from bench.placement import Placement, group_affinity, placements
+from bench.placement import Affinity, Placement, group_affinity, placements
 from bench.publish import publish
 from bench.results import ROOT
 from bench.server import free_port, running_service, start
@@ -87,7 +87,7 @@ def service_env(args: argparse.Namespace, place: Placement) -> dict[str, str]:
 
 def service_rows(
     args: argparse.Namespace, tmp: Path, place: Placement
-) -> tuple[Rows, dict[str, Any], dict[str, Any]]:
+) -> tuple[Rows, dict[str, Any], Affinity]:
     """This service's figure for each workload (every model of the repository served, as `make
     serve` does), then gRPC against REST binary at 1 client: p50s and their ratios; and what the
     server's processes and threads were allowed to run on."""

@@ -10,8 +10,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 PROC = Path("/proc")
+
+
+class Affinity(TypedDict):
+    """What a process group was allowed to run on: its processes, their threads, the distinct
+    CPU lists (``Cpus_allowed_list``, e.g. ``"0"`` or ``"0-1"``) among them."""
+
+    processes: int
+    threads: int
+    cpus: list[str]
 
 
 @dataclass(frozen=True)
@@ -71,7 +81,7 @@ def _pgid(pid_dir: Path) -> int:
     return int(fields[2])
 
 
-def group_affinity(pgid: int) -> dict[str, object]:
+def group_affinity(pgid: int) -> Affinity:
     """Every process of the process group ``pgid`` and every thread of each, with the CPU lists
     they may run on (``Cpus_allowed_list``): what a pinned figure really ran on."""
     processes, threads, cpus = 0, 0, set()
@@ -90,4 +100,4 @@ def group_affinity(pgid: int) -> dict[str, object]:
             continue  # it ended while we looked
         processes += 1
         threads += len(tasks)
-    return {"processes": processes, "threads": threads, "cpus": sorted(cpus)}
+    return Affinity(processes=processes, threads=threads, cpus=sorted(cpus))

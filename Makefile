@@ -218,11 +218,14 @@ bench: $(VENV)/.dev-stamp $(DATA) ## training throughput, the model table, then 
 	$(BIN)/python -m bench serve --grpc
 
 # Side by side in one run (issue 16): this service against PyTriton on the same model files and
-# request bodies, the lecture recipe's training against its Keras original. The peers' venvs are
-# made in .cache/peers/ on first use (PyTriton from Debian's /usr/bin/python3.11, tensorflow-cpu);
-# BENCH_PEERS_FLAGS, e.g. "--seconds 15 --no-train".
+# request bodies, the lecture recipe's training against its Keras original. Every serving figure
+# twice (issue 28): shared (anywhere) and pinned (each server, all its processes and threads, on one
+# core and the load generator on another, by taskset; the service then with 1 onnxruntime thread).
+# The peers' venvs are made in .cache/peers/ on first use (PyTriton from Debian's
+# /usr/bin/python3.11, tensorflow-cpu); BENCH_PEERS_FLAGS, e.g. "--seconds 15 --no-train" or
+# "--modes pinned".
 BENCH_PEERS_FLAGS ?=
-bench-peers: $(VENV)/.dev-stamp $(DATA) ## this service beside PyTriton, the lecture recipe beside Keras, in one run
+bench-peers: $(VENV)/.dev-stamp $(DATA) ## this service beside PyTriton (shared and pinned cores), the lecture recipe beside Keras
 	$(BIN)/python -m bench peers $(BENCH_PEERS_FLAGS)
 
 # Reliability (docs/reliability.md): a real server under mixed load at concurrency 64 (5xx, dropped

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import blocks_calibration as cal
+from bench import blocks_peers as peers
 from bench import blocks_reliability as rel
 from bench import blocks_serving as s
 from bench import blocks_shm
@@ -21,7 +22,8 @@ BLOCKS: dict[str, tuple[str, Callable[[Record], str]]] = {
     "models": ("models", s.models),
     "model-table": ("models", s.model_table),
     "training": ("training", s.training),
-    "peers": ("peers", s.peers),
+    "peers": ("peers", peers.peers),
+    "peer-targets": ("peers", peers.peer_targets),
     "decode": ("decode", t.decode),
     "shm": ("shm", blocks_shm.shm),
     "grpc-h2load": ("grpc-h2load", t.grpc_h2load),

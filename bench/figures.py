@@ -22,8 +22,9 @@ def _serving_row(record: Record, label: str, images: int, clients: int, layout: 
     raise KeyError(f"no serving row {label}, {images} images, {clients} clients, {layout}")
 
 
-def _workload(record: Record, label: str, clients: int) -> Record:
-    for w in record["results"]["workloads"]:
+def _workload(record: Record, label: str, clients: int, mode: str = "pinned") -> Record:
+    """A workload of the peers run's ``mode`` (the pinned figures: those the targets hold on)."""
+    for w in record["results"]["modes"][mode]["workloads"]:
         if (w["label"], w["clients"]) == (label, clients):
             return dict(w)
     raise KeyError(f"no peers workload {label} at {clients} clients")

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.placement import taskset
 from bench.results import ROOT
 
 
@@ -24,9 +25,10 @@ def http_load(
     content_type: str = "application/json",
     headers: tuple[str, ...] = (),
     images: int = 1,
+    cpus: str | None = None,
 ) -> dict[str, Any]:
     """``clients`` keep-alive connections POSTing ``body`` to ``address`` + ``path``, after 1 s
-    of warm-up."""
+    of warm-up; ``cpus``: the load generator pinned there (taskset's list), else anywhere."""
     with tempfile.TemporaryDirectory() as tmp:
         body_file = Path(tmp) / "body.bin"
         body_file.write_bytes(body)
@@ -37,11 +39,18 @@ def http_load(
         ]  # fmt: skip
         for header in headers:
             cmd += ["--header", header]
-        return _run(cmd, seconds)
+        return _run(cmd, seconds, cpus)
 
 
 def grpc_load(
-    address: str, model: str, *, images: int, clients: int, seconds: float, blocking: bool = False
+    address: str,
+    model: str,
+    *,
+    images: int,
+    clients: int,
+    seconds: float,
+    blocking: bool = False,
+    cpus: str | None = None,
 ) -> dict[str, Any]:
     """``clients`` callers of ModelInfer (raw UINT8) on one channel; ``blocking``: grpcio's
     blocking client, one caller."""
@@ -50,13 +59,14 @@ def grpc_load(
         "--concurrency", str(clients), "--seconds", str(seconds), "--warmup", "1",
         *(["--blocking"] if blocking else []),
     ]  # fmt: skip
-    return _run(cmd, seconds)
+    return _run(cmd, seconds, cpus)
 
 
-def _run(module_args: list[str], seconds: float) -> dict[str, Any]:
-    """Run ``python -m <module_args>``: its JSON summary from stdout, or exit naming its error."""
+def _run(module_args: list[str], seconds: float, cpus: str | None = None) -> dict[str, Any]:
+    """Run ``python -m <module_args>`` (on ``cpus`` if given): its JSON summary from stdout, or
+    exit naming its error."""
     result = subprocess.run(
-        [sys.executable, "-m", *module_args],
+        taskset(cpus, [sys.executable, "-m", *module_args]),
         capture_output=True,
         text=True,
         timeout=seconds + 120,

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import functools
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -110,6 +111,7 @@ def summarise(
         "p50_ms": percentile(latencies, 50) * 1000,
         "p90_ms": percentile(latencies, 90) * 1000,
         "p99_ms": percentile(latencies, 99) * 1000,
+        "cpus": sorted(os.sched_getaffinity(0)),  # where it may run: pinned runs check this
     }
 
 

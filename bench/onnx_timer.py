@@ -60,3 +60,26 @@ def images_per_second(
             n += batch
         rates.append(n / (time.perf_counter() - start))
     return statistics.median(rates)
+
+
+def main() -> None:
+    """One figure as a JSON number, in a process of its own so that it can be started on chosen
+    cores (``taskset -c 0 python -m bench.onnx_timer MODEL.onnx --batch 32 --threads 1``)."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("model", type=Path, help="the .onnx file")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads")
+    parser.add_argument("--output", action="append", default=None, help="outputs to fetch")
+    args = parser.parse_args()
+    rate = images_per_second(
+        args.model, args.batch, args.seconds, threads=args.threads, outputs=args.output
+    )
+    print(json.dumps(rate))
+
+
+if __name__ == "__main__":
+    main()

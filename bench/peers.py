@@ -1,14 +1,19 @@
 """Side by side with the peers in one run: this service against NVIDIA Triton (PyTriton), and the
 lecture recipe's training against its Keras original.
 
-    make bench-peers      # or: python -m bench peers [--seconds 10] [--no-train] [--no-write]
+    make bench-peers      # or: python -m bench peers [--seconds 10] [--modes shared,pinned]
+                          #     [--no-train] [--no-write]
 
 Builds the peers' virtual environments in ``.cache/peers/`` if they are missing
-(``bench.peer_envs``). Then, one server at a time on free loopback ports, each in a process group
-of its own that is stopped as a whole: ``../shared/peers/pytriton_server.py`` on the model file,
-and ``python -m service``, both driven by ``bench.loadgen`` with the same request bodies; the
-in-process onnxruntime ceilings and the training rates are measured in the same run. Only ratios
-from one run compare on this shared machine. Writes ``docs/results/peers.json``.
+(``bench.peer_envs``). Then, for each placement (``bench.placement``: ``shared``, everything
+anywhere; ``pinned``, every server on one core and the load generator on the other, by taskset),
+one server at a time on free loopback ports, each in a process group of its own that is stopped as
+a whole: ``../shared/peers/pytriton_server.py`` on the model file, ``python -m service`` and the raw
+ASGI ceiling ``../shared/peers/ceiling_asgi.py``, all driven by ``bench.loadgen`` with the same
+request bodies; the in-process onnxruntime ceilings (on the server's core when pinned) and the
+training rates are measured in the same run, and the issue's targets judged on the pinned figures
+(``bench.peer_targets``). Only ratios from one run compare on this shared machine. Writes
+``docs/results/peers.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,85 +32,83 @@ import numpy as np
 
 from bench.bodies import v2_binary, v2_json
 from bench.load import grpc_load, http_load
-from bench.onnx_timer import images_per_second, latest_version
+from bench.onnx_timer import latest_version
 from bench.peer_envs import PEERS, ensure_venv
+from bench.peer_limits import asgi_rows, ceiling_rows
+from bench.peer_targets import judge
+from bench.peer_workloads import BN, LECTURE, PROBABILITIES, WORKLOADS, Workload
+from bench.placement import Affinity, Placement, group_affinity, placements
 from bench.publish import publish
 from bench.results import ROOT
 from bench.server import free_port, running_service, start
 
-LECTURE = "cifar10_cnn"
-BN = "cifar10_cnn_bn"
-PROBABILITIES = ["probabilities"]  # what the peer returns; both servers are asked for it only
 
-
-@dataclass(frozen=True)
-class Workload:
-    """One load: a model, its request body (the same bytes for both servers) and clients."""
-
-    label: str
-    model: str
-    datatype: str  # FP32 or UINT8, JSON
-    clients: int
-
-
-WORKLOADS = [
-    Workload("lecture model, FP32 JSON", LECTURE, "FP32", 1),
-    Workload("lecture model, FP32 JSON", LECTURE, "FP32", 64),
-    Workload("cifar10_cnn_bn, UINT8 JSON", BN, "UINT8", 64),
-]
-
-
-def _json_load(port: int, path: str, w: Workload, seconds: float) -> dict[str, Any]:
+def _json_load(port: int, path: str, w: Workload, seconds: float, cpus: str | None) -> Any:
     body = v2_json(1, w.datatype, PROBABILITIES)
-    return http_load(f"127.0.0.1:{port}", path, body, clients=w.clients, seconds=seconds)
+    address = f"127.0.0.1:{port}"
+    return http_load(address, path, body, clients=w.clients, seconds=seconds, cpus=cpus)
 
 
-def peer_rows(args: argparse.Namespace, tmp: Path) -> dict[tuple[str, int], dict[str, Any]]:
-    """PyTriton's figure for each workload: one Triton per model file (it serves one model)."""
+Rows = dict[tuple[str, int], dict[str, Any]]
+
+
+def peer_rows(args: argparse.Namespace, tmp: Path, place: Placement) -> tuple[Rows, list[Any]]:
+    """PyTriton's figure for each workload: one Triton per model file (it serves one model);
+    with what each Triton's processes and threads were allowed to run on. Pinned, its onnxruntime
+    has one intra-op thread, as ours has."""
     python = ensure_venv("pytriton")
-    rows = {}
+    threads = 1 if place.pinned else args.peer_threads
+    rows, affinity = {}, []
     for model, datatype in ((LECTURE, "FP32"), (BN, "UINT8")):
         http, grpc = free_port(), free_port()
         env = {
             "MODEL_ONNX": str(latest_version(model)), "INPUT_DATATYPE": datatype,
-            "ORT_THREADS": str(args.peer_threads), "HTTP_PORT": str(http), "GRPC_PORT": str(grpc),
+            "ORT_THREADS": str(threads), "HTTP_PORT": str(http), "GRPC_PORT": str(grpc),
         }  # fmt: skip
-        argv = [str(python), str(PEERS / "pytriton_server.py")]
+        argv = place.server([str(python), str(PEERS / "pytriton_server.py")])
         group = start(argv, env, http, tmp / "peer.log", 180, "peer")
         try:
             for w in (w for w in WORKLOADS if w.model == model):
-                rows[(w.label, w.clients)] = _json_load(
-                    http, "/v2/models/peer/infer", w, args.seconds
-                )
-                print(json.dumps(rows[(w.label, w.clients)]), flush=True)
+                row = _json_load(http, "/v2/models/peer/infer", w, args.seconds, place.client_cpus)
+                rows[(w.label, w.clients)] = row
+                print(json.dumps(row), flush=True)
+            affinity.append({"model": model, **group_affinity(group.process.pid)})
         finally:
             group.stop()
-    return rows
+    return rows, affinity
+
+
+def service_env(args: argparse.Namespace, place: Placement) -> dict[str, str]:
+    """The service's settings: pinned to one core, one onnxruntime intra-op thread (more would
+    only queue on that core); shared, ``--threads``."""
+    threads = 1 if place.pinned else args.threads
+    return {"LOG_LEVEL": "warning", "WORKERS": args.workers, "INTRA_OP_THREADS": str(threads)}
 
 
 def service_rows(
-    args: argparse.Namespace, tmp: Path
-) -> tuple[dict[tuple[str, int], dict[str, Any]], dict[str, Any]]:
+    args: argparse.Namespace, tmp: Path, place: Placement
+) -> tuple[Rows, dict[str, Any], Affinity]:
     """This service's figure for each workload (every model of the repository served, as `make
-    serve` does), then gRPC against REST binary at 1 client: p50s and their ratios."""
-    env = {"LOG_LEVEL": "warning", "WORKERS": "1", "INTRA_OP_THREADS": str(args.threads)}
-    rows = {}
-    with running_service(env, tmp / "service.log") as server:
+    serve` does), then gRPC against REST binary at 1 client: p50s and their ratios; and what the
+    server's processes and threads were allowed to run on."""
+    rows, cpus = {}, place.client_cpus
+    env = service_env(args, place)
+    with running_service(env, tmp / "service.log", cpus=place.server_cpus) as server:
         for w in WORKLOADS:
-            rows[(w.label, w.clients)] = _json_load(
-                server.port, f"/v2/models/{w.model}/infer", w, args.seconds
-            )
-            print(json.dumps(rows[(w.label, w.clients)]), flush=True)
+            row = _json_load(server.port, f"/v2/models/{w.model}/infer", w, args.seconds, cpus)
+            rows[(w.label, w.clients)] = row
+            print(json.dumps(row), flush=True)
         body, headers = v2_binary(1)
         rest = http_load(
-            server.address, f"/v2/models/{LECTURE}/infer", body, clients=1,
-            seconds=args.seconds, content_type="application/octet-stream", headers=headers,
+            server.address, f"/v2/models/{LECTURE}/infer", body, clients=1, seconds=args.seconds,
+            content_type="application/octet-stream", headers=headers, cpus=cpus,
         )  # fmt: skip
         grpc, blocking = (
             grpc_load(server.grpc_address, LECTURE, images=1, clients=1,
-                      seconds=args.seconds, blocking=b)
+                      seconds=args.seconds, blocking=b, cpus=cpus)
             for b in (False, True)
         )  # fmt: skip
+        affinity = group_affinity(server.pgid)
     protocols = {
         "rest_binary_p50_ms": rest["p50_ms"],
         "grpc_p50_ms": grpc["p50_ms"],
@@ -115,22 +117,24 @@ def service_rows(
         "blocking_ratio": blocking["p50_ms"] / rest["p50_ms"],
     }
     print(json.dumps(protocols), flush=True)
-    return rows, protocols
+    return rows, protocols, affinity
 
 
-def serving(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    """Every serving figure of the run: both servers per workload, ratios, ceilings."""
-    peer = peer_rows(args, tmp)
-    ours, protocols = service_rows(args, tmp)
-    ceilings = [
-        {"model": model, "batch": batch, "images_per_s": images_per_second(
-            latest_version(model), batch, 3.0, threads=args.threads, outputs=PROBABILITIES)}
-        for model, batch in ((LECTURE, 1), (LECTURE, 32), (BN, 32))
-    ]  # fmt: skip
-    top = {(c["model"], c["batch"]): c["images_per_s"] for c in ceilings}
+def serving_mode(args: argparse.Namespace, tmp: Path, place: Placement) -> dict[str, Any]:
+    """Every serving figure of one placement: both servers per workload, ratios, ceilings."""
+    print(f"== {place.mode}: server on {place.server_cpus or 'any core'}, load generator on "
+          f"{place.client_cpus or 'any core'}", flush=True)  # fmt: skip
+    load_before = os.getloadavg()[0]
+    peer, peer_affinity = peer_rows(args, tmp, place)
+    ours, protocols, our_affinity = service_rows(args, tmp, place)
+    asgi = asgi_rows(args.seconds, tmp, place)
+    threads = 1 if place.pinned else args.threads
+    ceilings = ceiling_rows(place, threads)
+    top = {(c["model"], c["batch"], c["threads"]): c["images_per_s"] for c in ceilings}
     workloads = []
     for w in WORKLOADS:
-        p, o, ceiling = peer[(w.label, w.clients)], ours[(w.label, w.clients)], top[(w.model, 32)]
+        p, o = peer[(w.label, w.clients)], ours[(w.label, w.clients)]
+        ceiling = top[(w.model, 32, threads)]
         workloads.append({
             "label": w.label, "clients": w.clients, "peer": p, "ours": o,
             "rps_ratio": o["requests_per_s"] / p["requests_per_s"],
@@ -138,7 +142,22 @@ def serving(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "of_ceiling": o["images_per_s"] / ceiling,
             "peer_of_ceiling": p["images_per_s"] / ceiling,
         })  # fmt: skip
-    return {"workloads": workloads, "protocols": protocols, "ceilings": ceilings}
+    loads = [*(w["peer"] for w in workloads), *(w["ours"] for w in workloads), *asgi]
+    client_cpus = sorted({c for r in loads for c in r["cpus"]})
+    return {
+        "server_cpus": place.server_cpus, "client_cpus": place.client_cpus, "threads": threads,
+        "peer_threads": 1 if place.pinned else args.peer_threads,
+        "load_average": [load_before, os.getloadavg()[0]], "client_ran_on": client_cpus,
+        "affinity": {"peer": peer_affinity, "ours": our_affinity},
+        "workloads": workloads, "protocols": protocols, "ceilings": ceilings, "asgi": asgi,
+    }  # fmt: skip
+
+
+def serving(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Every serving figure of the run, each placement in turn, and the targets judged."""
+    chosen = placements(args.modes.split(","), args.server_cpu, args.client_cpu)
+    modes = {place.mode: serving_mode(args, tmp, place) for place in chosen}
+    return {"modes": modes, "targets": judge(modes)}
 
 
 def torch_rate(autocast: str, tmp: Path) -> dict[str, Any]:
@@ -196,14 +215,25 @@ def _write_keras_npz(path: Path) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per figure")
-    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="the service's onnxruntime threads, shared"
+    )
     parser.add_argument(
         "--peer-threads",
         type=int,
         default=1,
-        help="the peer's onnxruntime threads (its default; with 2 its spinning pool starves "
-        "Triton's own threads on 2 cores)",
+        help="the peer's onnxruntime threads, shared (its default; with 2 its spinning pool "
+        "starves Triton's own threads on 2 cores); pinned, both servers have 1",
     )
+    parser.add_argument(
+        "--modes",
+        default="shared,pinned",
+        help="placements, in order: shared (anywhere) and/or pinned (server on one core, load "
+        "generator on another, by taskset)",
+    )
+    parser.add_argument("--server-cpu", type=int, default=None, help="pinned: the server's core")
+    parser.add_argument("--client-cpu", type=int, default=None, help="pinned: the client's core")
+    parser.add_argument("--workers", default="1", help="the service's WORKERS")
     parser.add_argument("--keras-epochs", type=int, default=2)
     parser.add_argument("--no-train", action="store_true", help="serving only")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -217,6 +247,7 @@ def main(args: argparse.Namespace) -> None:
             "seconds": args.seconds,
             "threads": args.threads,
             "peer_threads": args.peer_threads,
+            "workers": args.workers,
             **serving(args, tmp),
             "training": None if args.no_train else training(args, tmp),
         }

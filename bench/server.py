@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.placement import taskset
 from bench.results import ROOT
 
 
@@ -101,6 +102,7 @@ class Service:
 
     port: int
     grpc_port: int
+    pgid: int = 0  # its process group: every process of the server
 
     @property
     def address(self) -> str:
@@ -119,15 +121,23 @@ def service_argv(port: int, grpc_port: int) -> list[str]:
 
 @contextmanager
 def running_service(
-    env: dict[str, str], log: Path, *, grpc: bool = True, wait_s: float = 120, settle_s: float = 0
+    env: dict[str, str],
+    log: Path,
+    *,
+    grpc: bool = True,
+    wait_s: float = 120,
+    settle_s: float = 0,
+    cpus: str | None = None,
 ) -> Iterator[Service]:
     """``python -m service`` with ``env`` on free loopback ports, ready, stopped on the way out.
     ``settle_s``: extra seconds after ready (with WORKERS > 1 the other workers finish starting
-    meanwhile; uvicorn's workers share one socket, so the port is fixed up front)."""
-    where = Service(free_port(), free_port() if grpc else -1)
-    group = start(service_argv(where.port, where.grpc_port), env, where.port, log, wait_s)
+    meanwhile; uvicorn's workers share one socket, so the port is fixed up front). ``cpus``: the
+    server and everything it starts pinned there (taskset's list)."""
+    port, grpc_port = free_port(), free_port() if grpc else -1
+    argv = taskset(cpus, service_argv(port, grpc_port))
+    group = start(argv, env, port, log, wait_s)
     try:
         time.sleep(settle_s)
-        yield where
+        yield Service(port, grpc_port, group.process.pid)
     finally:
         group.stop()

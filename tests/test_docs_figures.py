@@ -49,7 +49,7 @@ def test_a_changed_record_makes_its_pages_stale(tmp_path: Path) -> None:
     shutil.copytree(RESULTS_DIR, results)
     assert render_all(check=True, root=tmp_path, results=results) == []
     peers = json.loads((results / "peers.json").read_text())
-    peers["results"]["workloads"][1]["rps_ratio"] = 9.99
+    peers["results"]["modes"]["pinned"]["workloads"][1]["rps_ratio"] = 9.99
     (results / "peers.json").write_text(json.dumps(peers))
     assert render_all(check=True, root=tmp_path, results=results) == [Path("docs/serving.md")]
     assert render_all(root=tmp_path, results=results) == [Path("docs/serving.md")]

@@ -1,0 +1,173 @@
+"""The block of ``python -m bench peers`` (``docs/results/peers.json``): each placement's figures,
+PyTriton beside this service, the limits measured on the same cores, and the issue's targets on
+the pinned and the shared figures. Formats only; the run computed every ratio and verdict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Record = dict[str, Any]
+
+WHERE = {
+    "shared": "servers, load generator and any other work on the machine on any core",
+    "pinned": "every server on one core, the load generator on another (`taskset`)",
+}
+
+
+def _rates(rates: list[float]) -> str:
+    return ", ".join(f"{r:,.0f}" for r in rates)
+
+
+def _load(r: Record) -> str:
+    errors = f", {r['errors']} errors" if r["errors"] else ""
+    return (
+        f"{r['requests_per_s']:,.0f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms"
+        + errors
+    )
+
+
+def _affinity(mode: Record) -> str:
+    """What the pinned server's processes and threads were allowed to run on, as checked."""
+    a = mode["affinity"]
+    peer = a["peer"]
+    ours = a["ours"]
+    peer_cpus = sorted({c for x in peer for c in x["cpus"]})
+    return (
+        f"checked in /proc after the load: this service {ours['processes']} process(es), "
+        f"{ours['threads']} threads, CPUs {', '.join(ours['cpus'])}; PyTriton "
+        f"{'/'.join(str(x['processes']) for x in peer)} processes, "
+        f"{'/'.join(str(x['threads']) for x in peer)} threads (one Triton per model), "
+        f"CPUs {', '.join(peer_cpus)}"
+    )
+
+
+def _client(mode: Record) -> str:
+    """The CPUs the load generators said they could use (runs that recorded it)."""
+    cpus = mode.get("client_ran_on")
+    return "" if cpus is None else f"; the load generators: CPUs {', '.join(map(str, cpus))}"
+
+
+def _load_average(mode: Record) -> list[str]:
+    """How busy the whole machine was (other work included), where the run recorded it."""
+    if "load_average" not in mode:
+        return []
+    before, after = mode["load_average"]
+    return [
+        "- The machine's 1-minute load average (every process on it, other sessions' work "
+        f"included) before and after this placement: {before:.1f}, {after:.1f}"
+    ]
+
+
+def _cpus(cpus: str) -> str:
+    return "any CPU" if cpus == "any" else f"CPU {cpus}"
+
+
+def _mode(name: str, mode: Record) -> list[str]:
+    place = (
+        f"server on CPU {mode['server_cpus']}, load generator on CPU {mode['client_cpus']}"
+        if mode["server_cpus"] is not None
+        else "server and load generator on any core"
+    )
+    ceilings = ", ".join(
+        f"`{c['model']}` batch {c['batch']}, {c['threads']} thread(s) on {_cpus(c['cpus'])}: "
+        f"{c['images_per_s']:,.0f} images/s"
+        for c in mode["ceilings"]
+    )
+    p = mode["protocols"]
+    lines = [
+        f"### {name.capitalize()}: {place}",
+        "",
+        f"- onnxruntime intra-op threads: this service {mode['threads']}, PyTriton "
+        f"{mode.get('peer_threads', '')}, the raw ASGI app 1",
+        f"- Where they ran: {_affinity(mode)}{_client(mode)}",
+        *_load_average(mode),
+        f"- In-process onnxruntime (same run, no spinning, as the service's sessions): {ceilings}",
+        "",
+        "| workload | clients | PyTriton | this service | requests/s ratio | p99 ratio "
+        "| of in-process (batch 32, same threads) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for w in mode["workloads"]:
+        lines.append(
+            f"| {w['label']} | {w['clients']} | {_load(w['peer'])} | {_load(w['ours'])} "
+            f"| x{w['rps_ratio']:.2f} | x{w['p99_ratio']:.2f} | "
+            f"{w['of_ceiling']:.0%} (peer {w['peer_of_ceiling']:.0%}) |"
+        )
+    lines += ["", "| raw ASGI `ceiling_asgi.py`, lecture model's FP32 JSON | clients | figure |"]
+    lines.append("|---|---|---|")
+    lines += [f"| {a['app']} | {a['clients']} | {_load(a)} |" for a in mode["asgi"]]
+    lines += [
+        "",
+        "gRPC (`bench/loadgen_grpc.py`) vs REST binary (`bench/loadgen.py`), 1 image UINT8, "
+        f"1 client, lecture model, this service: REST binary p50 {p['rest_binary_p50_ms']:.2f} "
+        f"ms; gRPC p50 {p['grpc_p50_ms']:.2f} ms with the grpc.aio client "
+        f"(x{p['grpc_ratio']:.2f}), {p['blocking_p50_ms']:.2f} ms with grpcio's blocking client "
+        f"(x{p['blocking_ratio']:.2f}).",
+    ]
+    return lines
+
+
+def _training(t: Record) -> list[str]:
+    keras = t["keras"]
+    out = [
+        "",
+        "| training, lecture CNN, batch 32, Adam | images/s | ratio to Keras |",
+        "|---|---|---|",
+    ]
+    for row in t["torch"]:
+        label = f", {row['label']}" if row["label"] else ""
+        out.append(
+            f"| PyTorch, the project's recipe{label} ({row['how']}) "
+            f"| {row['images_per_s']:,.0f} (repeats: {_rates(row['rates'])}) "
+            f"| x{row['keras_ratio']:.2f} |"
+        )
+    out.append(
+        f"| Keras `keras_seed.py` (tensorflow {keras['tf_version']}, epoch {keras['epoch']} of "
+        f"{keras['epochs']}, training part) | {keras['images_per_s']:,.0f} | x1.00 |"
+    )
+    return out
+
+
+def peers(record: Record) -> str:
+    r = record["results"]
+    places = "; ".join(f"{name}: {WHERE[name]}" for name in r["modes"])
+    out = [
+        "## Side by side with the peers",
+        "",
+        f"- When: {record['time']}; machine: {r['machine']}",
+        f"- Command: `{record['command']}` (`make bench-peers`)",
+        f"- Placements, one after the other: {places}",
+        "- Servers, one after the other in each: PyTriton (`../shared/peers/pytriton_server.py`: "
+        "Triton's dynamic batcher, 64 images / 3 ms, onnxruntime in its Python callable), "
+        f"`python -m service` (WORKERS={r['workers']}, defaults otherwise) and the raw ASGI app "
+        "`../shared/peers/ceiling_asgi.py`",
+        "- Client: `bench/loadgen.py`, closed loop, keep-alive, 1 s warm-up, "
+        f"{r['seconds']:g} s per figure; the same 1-image v2 JSON bodies (outputs: probabilities)",
+    ]
+    for name, mode in r["modes"].items():
+        out += ["", *_mode(name, mode)]
+    if r.get("training"):
+        out += _training(r["training"])
+    return "\n".join(out)
+
+
+def peer_targets(record: Record) -> str:
+    """The targets table: the pinned verdict, the shared figure beside it, the measured limit."""
+    judged = record["results"]["targets"]
+    decide = "pinned" if "pinned" in judged else next(iter(judged))
+    others = [name for name in judged if name != decide]
+    head = f"| target | {decide} | met ({decide}) |" + "".join(f" {n} |" for n in others)
+    lines = [
+        f"{head} limit measured on the same core ({decide}) |",
+        "|---" * (4 + len(others)) + "|",
+    ]
+    for i, row in enumerate(judged[decide]):
+        verdict = "met" if row["met"] else "**not met**"
+        context = "".join(
+            f" {judged[n][i]['measured']} ({'met' if judged[n][i]['met'] else 'not met'}) |"
+            for n in others
+        )
+        lines.append(
+            f"| {row['target']} | {row['measured']} | {verdict} |{context} {row['limit']} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,134 @@
+"""Issue 28's serving targets judged on one run of ``python -m bench peers``, on each placement's
+figures (the pinned ones decide: server on one core, load generator on the other), each met or
+not, and beside each the measured limit that bounds it on the same cores (``bench.peer_limits``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.peer_workloads import BN, WORKLOADS
+
+Mode = dict[str, Any]
+
+
+def _workload(mode: Mode, label: str, clients: int) -> Mode:
+    for w in mode["workloads"]:
+        if (w["label"], w["clients"]) == (label, clients):
+            return dict(w)
+    raise KeyError(f"no workload {label} at {clients} clients")
+
+
+def _asgi(mode: Mode, no_model: bool, clients: int) -> Mode:
+    for row in mode["asgi"]:
+        if (row["no_model"], row["clients"]) == (no_model, clients):
+            return dict(row)
+    raise KeyError(f"no ASGI row (no_model={no_model}) at {clients} clients")
+
+
+def _ceiling(mode: Mode, model: str, threads: int) -> Mode:
+    for c in mode["ceilings"]:
+        if (c["model"], c["batch"], c["threads"]) == (model, 32, threads):
+            return dict(c)
+    raise KeyError(f"no in-process figure of {model} with {threads} threads")
+
+
+def _row(target: str, measured: str, met: bool, limit: str) -> dict[str, Any]:
+    return {"target": target, "measured": measured, "met": met, "limit": limit}
+
+
+def _lecture_64(mode: Mode) -> list[dict[str, Any]]:
+    w = _workload(mode, WORKLOADS[1].label, 64)
+    peer, ours = w["peer"], w["ours"]
+    floor, top = _asgi(mode, True, 64), _asgi(mode, False, 64)
+    limit = (
+        f"raw ASGI on the same core: {floor['requests_per_s']:,.0f} req/s without the model "
+        f"(x{floor['requests_per_s'] / peer['requests_per_s']:.2f} PyTriton), "
+        f"{top['requests_per_s']:,.0f} with it, one run per request "
+        f"(x{top['requests_per_s'] / peer['requests_per_s']:.2f})"
+    )
+    p99 = (
+        f"raw ASGI with the model: p99 {top['p99_ms']:.2f} ms "
+        f"(x{top['p99_ms'] / peer['p99_ms']:.2f} PyTriton's)"
+    )
+    return [
+        _row(
+            "lecture model, 1-image FP32 JSON, 64 clients: >= 2x PyTriton's requests/s",
+            f"x{w['rps_ratio']:.2f} ({ours['requests_per_s']:,.0f} against "
+            f"{peer['requests_per_s']:,.0f} req/s)",
+            w["rps_ratio"] >= 2,
+            limit,
+        ),
+        _row(
+            "the same, p99 <= half of PyTriton's",
+            f"x{w['p99_ratio']:.2f} ({ours['p99_ms']:.2f} against {peer['p99_ms']:.2f} ms)",
+            w["p99_ratio"] <= 0.5,
+            p99,
+        ),
+    ]
+
+
+def _one_client(mode: Mode) -> dict[str, Any]:
+    ours = _workload(mode, WORKLOADS[0].label, 1)["ours"]
+    floor, top = _asgi(mode, True, 1), _asgi(mode, False, 1)
+    return _row(
+        "one client (lecture model, 1-image FP32 JSON): p50 <= 0.5 ms",
+        f"p50 {ours['p50_ms']:.2f} ms",
+        ours["p50_ms"] <= 0.5,
+        f"raw ASGI on the same core: p50 {top['p50_ms']:.2f} ms with the model, "
+        f"{floor['p50_ms']:.2f} ms without it",
+    )
+
+
+def _bn(mode: Mode) -> list[dict[str, Any]]:
+    w = _workload(mode, WORKLOADS[2].label, 64)
+    ours, peer = w["ours"], w["peer"]
+    two = _ceiling(mode, BN, 2)
+    one = _ceiling(mode, BN, 1) if mode["threads"] == 1 else None
+    share = ours["images_per_s"] / two["images_per_s"]
+    limit = ""
+    if one is not None:
+        limit = (
+            f"onnxruntime alone on the server's core (1 thread, batch 32): "
+            f"{one['images_per_s']:,.0f} images/s, {one['images_per_s'] / two['images_per_s']:.0%} "
+            f"of 2 threads; the service reaches {ours['images_per_s'] / one['images_per_s']:.0%} "
+            "of that"
+        )
+    return [
+        _row(
+            "`cifar10_cnn_bn`, UINT8 JSON, 64 clients: >= 80% of in-process onnxruntime "
+            "(2 threads, batch 32)",
+            f"{share:.0%} ({ours['images_per_s']:,.0f} of {two['images_per_s']:,.0f} images/s)",
+            share >= 0.8,
+            limit,
+        ),
+        _row(
+            "the same, p99 <= PyTriton's",
+            f"x{w['p99_ratio']:.2f} ({ours['p99_ms']:.2f} against {peer['p99_ms']:.2f} ms)",
+            w["p99_ratio"] <= 1,
+            "",
+        ),
+    ]
+
+
+def _grpc(mode: Mode) -> dict[str, Any]:
+    p = mode["protocols"]
+    best = min(p["grpc_ratio"], p["blocking_ratio"])
+    return _row(
+        "gRPC p50, one client, 1 image: <= REST binary's",
+        f"x{p['grpc_ratio']:.2f} with the grpc.aio client, x{p['blocking_ratio']:.2f} with the "
+        f"blocking one ({p['grpc_p50_ms']:.2f} and {p['blocking_p50_ms']:.2f} against "
+        f"{p['rest_binary_p50_ms']:.2f} ms)",
+        best <= 1,
+        "",
+    )
+
+
+def targets(mode: Mode) -> list[dict[str, Any]]:
+    """Every serving target of the issue judged on one placement's figures."""
+    return [*_lecture_64(mode), _one_client(mode), *_bn(mode), _grpc(mode)]
+
+
+def judge(modes: dict[str, Mode]) -> dict[str, list[dict[str, Any]]]:
+    """The targets on each placement's figures: the issue's verdict is the pinned one, the shared
+    one is context."""
+    return {name: targets(mode) for name, mode in modes.items()}

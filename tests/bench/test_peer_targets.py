@@ -1,0 +1,73 @@
+"""``bench.peer_targets`` and its block: the issue's targets judged on each placement's figures,
+the pinned verdict first with the limits measured on the same core, the shared one beside it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.blocks_peers import peer_targets, peers
+from bench.peer_targets import judge
+from bench.peer_workloads import WORKLOADS
+
+
+def _load(rps: float, p50: float, p99: float) -> dict[str, Any]:
+    return {"requests_per_s": rps, "images_per_s": rps, "p50_ms": p50, "p99_ms": p99, "errors": 0}
+
+
+def _mode(ours_64: float, ours_p50: float, threads: int) -> dict[str, Any]:
+    """One placement's figures: the lecture model at 64 clients ``ours_64`` req/s against the
+    peer's 1,000, one client at p50 ``ours_p50`` ms, bn at 700 images/s."""
+    loads = [
+        (_load(150, 6.0, 7.0), _load(2000, ours_p50, 1.0)),
+        (_load(1000, 60.0, 80.0), _load(ours_64, 20.0, 30.0)),
+        (_load(500, 100.0, 150.0), _load(700, 80.0, 120.0)),
+    ]
+    workloads = [
+        {"label": w.label, "clients": w.clients, "peer": p, "ours": o,
+         "rps_ratio": o["requests_per_s"] / p["requests_per_s"],
+         "p99_ratio": o["p99_ms"] / p["p99_ms"],
+         "of_ceiling": 0.5, "peer_of_ceiling": 0.3}
+        for w, (p, o) in zip(WORKLOADS, loads, strict=True)
+    ]  # fmt: skip
+    ceilings = [{"model": "cifar10_cnn_bn", "batch": 32, "threads": t, "cpus": "any",
+                 "images_per_s": 800.0 * t} for t in sorted({threads, 2})]  # fmt: skip
+    asgi = [{"app": "x", "no_model": n, "clients": c, **_load(3000 if n else 2500, 0.3, 40.0)}
+            for n in (False, True) for c in (1, 64)]  # fmt: skip
+    protocols = {"rest_binary_p50_ms": 0.6, "grpc_p50_ms": 0.9, "grpc_ratio": 1.5,
+                 "blocking_p50_ms": 0.5, "blocking_ratio": 0.83}  # fmt: skip
+    return {
+        "server_cpus": "0" if threads == 1 else None, "client_cpus": "1" if threads == 1 else None,
+        "threads": threads, "peer_threads": 1, "workloads": workloads, "ceilings": ceilings,
+        "asgi": asgi, "protocols": protocols,
+        "affinity": {"ours": {"processes": 1, "threads": 9, "cpus": ["0"]},
+                     "peer": [{"model": "m", "processes": 3, "threads": 40, "cpus": ["0"]}]},
+    }  # fmt: skip
+
+
+def test_each_target_is_met_or_not_on_its_own_placements_figures() -> None:
+    judged = judge({"shared": _mode(1500, 0.8, 2), "pinned": _mode(2100, 0.45, 1)})
+    pinned = {row["target"].split(":")[0]: row["met"] for row in judged["pinned"]}
+    assert [row["met"] for row in judged["pinned"]] == [True, True, True, False, True, True]
+    assert [row["met"] for row in judged["shared"]] == [False, True, False, False, True, True]
+    assert pinned["one client (lecture model, 1-image FP32 JSON)"]
+    bn = judged["pinned"][3]
+    assert bn["measured"].startswith("44% (700 of 1,600")  # of 2 threads in process
+    assert "800 images/s, 50% of 2 threads; the service reaches 88% of that" in bn["limit"]
+    assert "x3.00 PyTriton" in judged["pinned"][0]["limit"]  # the floor against the peer
+
+
+def test_the_targets_block_puts_the_pinned_verdict_first_and_the_shared_beside_it() -> None:
+    results: dict[str, Any] = {
+        "modes": {"shared": _mode(1500, 0.8, 2), "pinned": _mode(2100, 0.45, 1)}
+    }
+    results["targets"] = judge(results["modes"])
+    record = {"time": "t", "command": "python -m bench peers", "results": results}
+    table = peer_targets(record).splitlines()
+    assert table[0].startswith("| target | pinned | met (pinned) | shared |")
+    assert "| x2.10 (2,100 against 1,000 req/s) | met | x1.50" in table[2]
+    assert "| p50 0.45 ms | met | p50 0.80 ms (not met) |" in table[4]
+    assert "| **not met** |" in table[5]
+    run = {"machine": "m", "seconds": 3, "peer_threads": 1, "workers": "1", "training": None}
+    page = peers({**record, "results": {**results, **run}})
+    assert "### Pinned: server on CPU 0, load generator on CPU 1" in page
+    assert "this service 1 process(es), 9 threads, CPUs 0" in page

@@ -252,6 +252,16 @@ class Settings(QualitySettings):
             "model is free, which batches under load and adds nothing for a lone client)."
         ),
     )
+    inline_run_max_us: int = Field(
+        default=250,
+        ge=0,
+        le=10_000,
+        description=(
+            "A lone 1-image request runs on the event loop, sparing the hop to the model's "
+            "thread, if the slowest 1% of the version's batch-1 runs timed at warm-up stay "
+            "under this (0: never; needs WARM_UP; docs/benchmarks.md)."
+        ),
+    )
     max_queue_images: int = Field(
         default=2048,
         ge=1,

@@ -307,8 +307,9 @@ class ModelRuntime:
         log.info(
             "%s v%d warmed up: batch sizes %s in %.3f s", self.name, self.version, sizes, seconds
         )
-        if self.options.inline_run_max_us:
-            self._measure_inline(spec)
+        batching = self.options.dynamic_batching
+        if self.options.inline_run_max_us and not (batching and self.options.max_batch_delay_ms):
+            self._measure_inline(spec)  # a batch delay asks requests to wait for company: none
 
     def _measure_inline(self, spec: TensorSpec) -> None:
         """Time batch-1 runs: quick enough (``inline.py``), a lone request will run inline."""

@@ -26,7 +26,11 @@ GENEROUS_US, IMPOSSIBLE_US = 10_000, 1
 
 
 def warmed_runtime(
-    tmp_path: Path, inline_run_max_us: int, seen: list[str], dynamic_batching: bool = True
+    tmp_path: Path,
+    inline_run_max_us: int,
+    seen: list[str],
+    dynamic_batching: bool = True,
+    max_batch_delay_ms: float = 0.0,
 ) -> ModelRuntime:
     """The tiny graph, warmed up under ``inline_run_max_us``; ``seen`` gets the name of the
     thread that ran each request."""
@@ -41,9 +45,10 @@ def warmed_runtime(
         providers=("CPUExecutionProvider",), inline_run_max_us=inline_run_max_us, on_batch=observe
     )
     card = card_for("tiny", 1, path)
-    runtime = ModelRuntime(
-        card, path.read_bytes(), replace(options, dynamic_batching=dynamic_batching)
+    options = replace(
+        options, dynamic_batching=dynamic_batching, max_batch_delay_ms=max_batch_delay_ms
     )
+    runtime = ModelRuntime(card, path.read_bytes(), options)
     runtime.warm_up()
     return runtime
 
@@ -91,8 +96,14 @@ def test_a_slow_version_a_larger_request_or_company_go_to_the_models_thread(
     runtime.close()
 
 
-def test_without_a_bound_or_warm_up_nothing_runs_inline(tmp_path: Path) -> None:
+def test_without_a_bound_or_warm_up_or_with_a_batch_delay_nothing_runs_inline(
+    tmp_path: Path,
+) -> None:
     assert warmed_runtime(tmp_path, 0, []).inline_p99_s is None
+    # MAX_BATCH_DELAY_MS asks every request to wait for company, a lone one too
+    assert warmed_runtime(tmp_path, GENEROUS_US, [], max_batch_delay_ms=5).inline_p99_s is None
+    unbatched = warmed_runtime(tmp_path, GENEROUS_US, [], False, max_batch_delay_ms=5)
+    assert unbatched.inline_p99_s is not None  # without batching the delay means nothing
     path = tmp_path / MODEL_FILE
     unwarmed = ModelRuntime(
         card_for("tiny", 1, path), path.read_bytes(), RuntimeOptions(inline_run_max_us=GENEROUS_US)

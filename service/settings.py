@@ -253,13 +253,14 @@ class Settings(QualitySettings):
         ),
     )
     inline_run_max_us: int = Field(
-        default=250,
+        default=0,
         ge=0,
         le=10_000,
         description=(
             "A lone 1-image request runs on the event loop, sparing the hop to the model's "
             "thread, if the slowest 1% of the version's batch-1 runs timed at warm-up stay "
-            "under this (0: never; needs WARM_UP; docs/benchmarks.md)."
+            "under this (e.g. 250; needs WARM_UP). 0, the default: never, as measured in "
+            "docs/benchmarks.md (no gain through the server once it is safe under load)."
         ),
     )
     max_queue_images: int = Field(

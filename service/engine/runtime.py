@@ -258,7 +258,13 @@ class ModelRuntime:
         lone 1-image request to a version timed quick at warm-up (``inline_p99_s``), run on the
         spot. Still queued after ``timeout_s`` (0: no limit): ``TimeoutExpired``, never run.
         """
-        if self.inline_p99_s is not None and len(images) == 1 and self._idle():
+        inline = self.inline_p99_s is not None and len(images) == 1 and self._idle()
+        if inline:
+            # One turn of the loop first: requests already read reach their lookup, take their
+            # lease and so send this one to the batcher with them (a busy loop keeps batching).
+            await asyncio.sleep(0)
+            inline = self._idle()
+        if inline:
             result = self._run_unbatched(images, time.perf_counter(), 0.0, tracing.queued())
         elif self.options.dynamic_batching:
             if self._batcher is None:

@@ -154,3 +154,30 @@ def test_the_timing_gives_up_once_more_than_one_run_in_a_hundred_is_slow() -> No
     assert len(calls) == 2  # a slow model costs two runs, not a hundred
     p99 = quick_run_p99_s(lambda: None, 1.0)
     assert p99 is not None and 0 <= p99 < 1.0
+
+
+def test_requests_already_on_the_loop_send_a_lone_one_to_the_batcher_with_them(
+    tmp_path: Path,
+) -> None:
+    """A busy loop keeps batching: each request takes its lease and calls ``infer`` in one go, as
+    the REST fast path does, and the loop's one turn lets the second one in before the first runs
+    inline, so both go to the model's thread."""
+    seen: list[str] = []
+    runtime = warmed_runtime(tmp_path, GENEROUS_US, seen)
+
+    async def request(image: np.ndarray) -> dict[str, np.ndarray]:
+        assert runtime.acquire()
+        try:
+            return await runtime.infer(image)
+        finally:
+            runtime.release()
+
+    async def together() -> list[dict[str, np.ndarray]]:
+        return list(await asyncio.gather(request(IMAGES[:1]), request(IMAGES[1:2])))
+
+    answers = asyncio.run(together())
+    for n, answer in enumerate(answers):
+        expected = tiny_reference(IMAGES[n : n + 1])
+        np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-5)
+    assert seen and threading.current_thread().name not in seen
+    runtime.close()

@@ -252,6 +252,17 @@ class Settings(QualitySettings):
             "model is free, which batches under load and adds nothing for a lone client)."
         ),
     )
+    inline_run_max_us: int = Field(
+        default=0,
+        ge=0,
+        le=10_000,
+        description=(
+            "A lone 1-image request runs on the event loop, sparing the hop to the model's "
+            "thread, if the slowest 1% of the version's batch-1 runs timed at warm-up stay "
+            "under this (e.g. 250; needs WARM_UP). 0, the default: never, as measured in "
+            "docs/benchmarks.md (no gain through the server once it is safe under load)."
+        ),
+    )
     max_queue_images: int = Field(
         default=2048,
         ge=1,

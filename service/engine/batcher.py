@@ -93,6 +93,7 @@ class DynamicBatcher:
         self._queued_rows = 0  # changed under ``_count`` by both sides
         self._count = threading.Lock()
         self._carry: _Pending | None = None  # taken from the queue but too big for that batch
+        self._running = False  # the thread holds a batch (taken, not yet answered)
         self._closed = False
         self._stop_seen = False  # the worker has read the stop signal
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
@@ -101,6 +102,12 @@ class DynamicBatcher:
     @property
     def queued_rows(self) -> int:
         return self._queued_rows
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no batch running (the runtime's test for running a lone request
+        inline; a request counted in is queued from that moment)."""
+        return self._queued_rows == 0 and not self._running
 
     async def submit(self, rows: np.ndarray, timeout_s: float = 0.0) -> Outputs:
         """Run ``rows`` (one request's images) in some batch; returns exactly their outputs.
@@ -167,12 +174,14 @@ class DynamicBatcher:
             first = self._next(None)
             if first is None:
                 continue
+            self._running = True  # before its rows leave the count, so ``idle`` never blinks
             batch = self._take(first)
             with self._count:
                 self._queued_rows -= sum(len(b.rows) for b in batch)
             batch = self._live(batch)
             if batch:
                 self._run(batch)
+            self._running = False
 
     def _live(self, batch: list[_Pending]) -> list[_Pending]:
         """The requests still wanted: cancelled ones (clients that went away) and expired ones

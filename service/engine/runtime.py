@@ -1,8 +1,10 @@
 """A loaded model: one onnxruntime session with its providers, warm-up and ``run()``.
 
 ``session.run`` executes on one dedicated thread per model so the event loop stays free;
-onnxruntime releases the GIL and parallelises inside a run (``intra_op_threads``). A runtime that
-a newer version replaces is retired: it finishes the requests that hold it, then closes.
+onnxruntime releases the GIL and parallelises inside a run (``intra_op_threads``). The one
+exception is a lone 1-image request to a version measured quick at warm-up (``inline.py``): it
+runs on the loop, sparing the thread hop. A runtime that a newer version replaces is retired: it
+finishes the requests that hold it, then closes.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from service.core.errors import InvalidCard, ProviderUnavailable, ServingError, 
 from service.engine import tracing
 from service.engine.batcher import BatchStats, DynamicBatcher
 from service.engine.dtypes import NUMPY_DTYPES
+from service.engine.inline import quick_run_p99_s
 from service.engine.statistics import InferenceStatistics
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,7 @@ class RuntimeOptions:
     max_batch_size: int = 256
     max_batch_delay_ms: float = 0.0
     max_queue_images: int = 2048
+    inline_run_max_us: int = 0  # a lone request runs on the loop under this batch-1 p99 (0: never)
     require_providers: bool = False  # a session without every requested provider fails to load
     on_batch: BatchObserver | None = field(default=None, compare=False)
 
@@ -169,6 +173,8 @@ class ModelRuntime:
         self.statistics = InferenceStatistics()  # this version's, since it was loaded
         self._lock = threading.Lock()
         self._users = 0  # requests holding this runtime (see ``acquire``)
+        self._in_executor = 0  # unbatched requests handed to the executor and not yet answered
+        self.inline_p99_s: float | None = None  # set by ``warm_up`` for a quick enough version
         self._retired = False
         self.closed = False
 
@@ -248,10 +254,19 @@ class ModelRuntime:
         """Run validated images on the model's own thread and return their outputs.
 
         With dynamic batching, concurrent calls share runs (``DynamicBatcher``); without it each
-        call is one run. Either way the event loop never waits on onnxruntime. Still queued
-        after ``timeout_s`` (0: no limit): ``TimeoutExpired``, never run.
+        call is one run. Either way the event loop does not wait on onnxruntime, except for a
+        lone 1-image request to a version timed quick at warm-up (``inline_p99_s``), run on the
+        spot. Still queued after ``timeout_s`` (0: no limit): ``TimeoutExpired``, never run.
         """
-        if self.options.dynamic_batching:
+        inline = self.inline_p99_s is not None and len(images) == 1 and self._idle()
+        if inline:
+            # One turn of the loop first: requests already read reach their lookup, take their
+            # lease and so send this one to the batcher with them (a busy loop keeps batching).
+            await asyncio.sleep(0)
+            inline = self._idle()
+        if inline:
+            result = self._run_unbatched(images, time.perf_counter(), 0.0, tracing.queued())
+        elif self.options.dynamic_batching:
             if self._batcher is None:
                 self._batcher = DynamicBatcher(
                     self._run_batch,
@@ -267,10 +282,23 @@ class ModelRuntime:
             loop = asyncio.get_running_loop()
             run, start = self._run_unbatched, time.perf_counter()
             traced = tracing.queued()  # its span, from this task's context (None: untraced)
-            result = await loop.run_in_executor(
-                self._executor, run, images, start, timeout_s, traced
-            )
+            with self._lock:
+                self._in_executor += 1
+            try:
+                result = await loop.run_in_executor(
+                    self._executor, run, images, start, timeout_s, traced
+                )
+            finally:
+                with self._lock:
+                    self._in_executor -= 1
         return {name: result[name] for name in outputs} if outputs else result
+
+    def _idle(self) -> bool:
+        """Nobody else holds this version (see ``acquire``) and its thread has nothing to run:
+        the only case in which a request runs inline (on the event loop)."""
+        with self._lock:
+            alone = self._users <= 1 and self._in_executor == 0
+        return alone and (self._batcher is None or self._batcher.idle)
 
     def warm_up(self) -> None:
         """A batch of zeros per ``warm_up_batch_sizes``, so no request pays for lazy
@@ -285,6 +313,22 @@ class ModelRuntime:
         log.info(
             "%s v%d warmed up: batch sizes %s in %.3f s", self.name, self.version, sizes, seconds
         )
+        batching = self.options.dynamic_batching
+        if self.options.inline_run_max_us and not (batching and self.options.max_batch_delay_ms):
+            self._measure_inline(spec)  # a batch delay asks requests to wait for company: none
+
+    def _measure_inline(self, spec: TensorSpec) -> None:
+        """Time batch-1 runs: quick enough (``inline.py``), a lone request will run inline."""
+        shape = [1 if i == 0 and d == -1 else max(d, 1) for i, d in enumerate(spec.shape)]
+        image = np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])
+        bound_s = self.options.inline_run_max_us / 1e6
+        self.inline_p99_s = quick_run_p99_s(lambda: self.run(image), bound_s)
+        verdict = (
+            f"p99 {self.inline_p99_s * 1e6:.0f} us: a lone request runs inline"
+            if self.inline_p99_s is not None
+            else f"over {self.options.inline_run_max_us} us: every request goes to its thread"
+        )
+        log.info("%s v%d batch-1 run %s", self.name, self.version, verdict)
 
     def acquire(self) -> bool:
         """A request starts using this runtime: open until the matching ``release``.

@@ -17,9 +17,9 @@ class QualitySettings(BaseSettings):
     """Prediction log, feedback, monitor and abstention settings."""
 
     prediction_log: bool = Field(
-        default=True,
-        description="Record every classification (docs/monitoring.md; about 1 % of throughput "
-        "at 64 clients as measured there).",
+        default=False,
+        description="Record every classification (off: its cost at 64 clients, 5-9 % measured "
+        "in docs/monitoring.md, is over the 5 % it may cost).",
     )
     prediction_log_url: str | None = Field(
         default=None,

@@ -56,7 +56,7 @@ def _prediction_log_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     own)."""
     before = {key: os.environ.get(key) for key in ("DATA_DIR", "PREDICTION_LOG")}
     os.environ["DATA_DIR"] = str(tmp_path_factory.mktemp("prediction-log"))
-    os.environ["PREDICTION_LOG"] = "true"  # the default; set against a caller's environment
+    os.environ["PREDICTION_LOG"] = "true"  # off by default; the tests exercise it
     yield
     for key, value in before.items():
         if value is None:

@@ -25,7 +25,7 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 512  # records per insert
-FLUSH_INTERVAL_S = 0.1  # how often the writer looks for records (a flush or close wakes it)
+FLUSH_INTERVAL_S = 0.5  # how often the writer looks for records (a flush or close wakes it)
 PRUNE_INTERVAL_S = 60.0
 WARN_INTERVAL_S = 60.0
 CAPTURED_SHAPE = (32, 32, 3)

@@ -5,13 +5,14 @@ refused with the same message whichever way it came."""
 from __future__ import annotations
 
 import math
+import struct
 from typing import Any
 
 import numpy as np
 
 from service.core.datatypes import DATATYPES
 from service.core.errors import InvalidInput, UnprocessableInput
-from service.engine.dtypes import NUMPY_DTYPES
+from service.engine.dtypes import BYTES_DTYPE, NUMPY_DTYPES
 
 
 def check_datatype(datatype: Any, where: str) -> str:
@@ -107,3 +108,19 @@ def array_from_json(
         if array.min() < low or array.max() > high:
             raise UnprocessableInput(f"{where}: {datatype} values must lie in {low}..{high}")
     return array.astype(NUMPY_DTYPES[datatype], copy=False).reshape(shape)
+
+
+def raw_bytes(array: np.ndarray) -> bytes:
+    """An output's data as raw and binary tensors carry it: BYTES elements each after its 4-byte
+    little-endian length (Triton's layout), every other datatype as its values' bytes."""
+    if array.dtype != BYTES_DTYPE:
+        return np.ascontiguousarray(array).tobytes()
+    return b"".join(struct.pack("<I", len(element)) + element for element in array.ravel())
+
+
+def json_values(array: np.ndarray) -> Any:
+    """An output's data as a JSON tensor's flat ``data``: BYTES elements as strings (what Triton
+    answers), numbers as the array itself (the JSON encoder writes numpy)."""
+    if array.dtype != BYTES_DTYPE:
+        return array.ravel()
+    return [element.decode("utf-8", "replace") for element in array.ravel()]

@@ -190,3 +190,12 @@ def test_grpc_refuses_classification_of_an_unknown_output_and_keeps_serving(
     assert "output 'nope'" in (refused.value.details() or "")
     answer = grpc_infer(server, pixels[:1], "probabilities", "int64_param", 1)
     assert answer.outputs[0].datatype == "BYTES" and list(answer.outputs[0].shape) == [1, 1]
+
+
+def test_server_metadata_lists_the_classification_extension(server: Running) -> None:
+    assert "classification" in httpx.get(f"{server.url}/v2").json()["extensions"]
+    client = triton_grpc.InferenceServerClient(server.grpc_url)
+    try:
+        assert "classification" in client.get_server_metadata().extensions
+    finally:
+        client.close()

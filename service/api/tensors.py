@@ -12,7 +12,7 @@ import numpy as np
 
 from service.core.datatypes import DATATYPES
 from service.core.errors import InvalidInput, UnprocessableInput
-from service.engine.dtypes import BYTES_DTYPE, NUMPY_DTYPES
+from service.engine.dtypes import NUMPY_DTYPES
 
 
 def check_datatype(datatype: Any, where: str) -> str:
@@ -110,17 +110,13 @@ def array_from_json(
     return array.astype(NUMPY_DTYPES[datatype], copy=False).reshape(shape)
 
 
-def raw_bytes(array: np.ndarray) -> bytes:
-    """An output's data as raw and binary tensors carry it: BYTES elements each after its 4-byte
-    little-endian length (Triton's layout), every other datatype as its values' bytes."""
-    if array.dtype != BYTES_DTYPE:
-        return np.ascontiguousarray(array).tobytes()
+def bytes_elements(array: np.ndarray) -> bytes:
+    """A BYTES output (numpy object array of ``bytes``) as raw and binary tensors carry it: each
+    element after its 4-byte little-endian length, Triton's layout. Callers test
+    ``array.dtype.hasobject`` first, so numeric outputs pay one attribute read."""
     return b"".join(struct.pack("<I", len(element)) + element for element in array.ravel())
 
 
-def json_values(array: np.ndarray) -> Any:
-    """An output's data as a JSON tensor's flat ``data``: BYTES elements as strings (what Triton
-    answers), numbers as the array itself (the JSON encoder writes numpy)."""
-    if array.dtype != BYTES_DTYPE:
-        return array.ravel()
+def bytes_strings(array: np.ndarray) -> list[str]:
+    """A BYTES output as a JSON tensor's flat ``data``: its elements as strings, as Triton."""
     return [element.decode("utf-8", "replace") for element in array.ravel()]

@@ -12,7 +12,12 @@ from tritonclient.grpc import service_pb2
 
 from service.api.grpc.extension_codec import timeout_parameter
 from service.api.grpc.shared_memory import set_region, tensor_region
-from service.api.tensors import array_from_bytes, array_from_json, check_datatype, raw_bytes
+from service.api.tensors import (
+    array_from_bytes,
+    array_from_json,
+    bytes_elements,
+    check_datatype,
+)
 from service.core.card import TensorSpec
 from service.core.classification import PARAMETER, check_class_count
 from service.core.datatypes import DATATYPES
@@ -148,7 +153,11 @@ def encode_infer_response(response: InferResponse) -> Any:
             set_region(tensor.parameters, region)
             message.raw_output_contents.append(b"")
         else:
-            message.raw_output_contents.append(raw_bytes(array))
+            if array.dtype.hasobject:  # BYTES (the classification extension)
+                raw = bytes_elements(array)
+            else:
+                raw = np.ascontiguousarray(array).tobytes()
+            message.raw_output_contents.append(raw)
     return message
 
 

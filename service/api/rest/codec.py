@@ -16,9 +16,9 @@ from service.api.rest.json_wire import dumps, json_object, loads_infer_request
 from service.api.tensors import (
     array_from_bytes,
     array_from_json,
+    bytes_elements,
+    bytes_strings,
     check_datatype,
-    json_values,
-    raw_bytes,
 )
 from service.core.classification import PARAMETER, check_class_count
 from service.core.errors import InvalidInput, UnprocessableInput
@@ -176,11 +176,14 @@ def encode_infer_response(
         if region is not None:  # written there: its parameters, no data (Triton's answer)
             tensor["parameters"] = region.parameters()
         elif binary.get(name):
-            raw = raw_bytes(array)
+            if array.dtype.hasobject:  # BYTES (the classification extension)
+                raw = bytes_elements(array)
+            else:
+                raw = np.ascontiguousarray(array).tobytes()
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            tensor["data"] = json_values(array)
+            tensor["data"] = bytes_strings(array) if array.dtype.hasobject else array.ravel()
         tensors.append(tensor)
     body: dict[str, Any] = {
         "model_name": response.model_name,

@@ -199,3 +199,22 @@ def test_server_metadata_lists_the_classification_extension(server: Running) -> 
         assert "classification" in client.get_server_metadata().extensions
     finally:
         client.close()
+
+
+def test_a_long_classification_is_formatted_off_the_loop_and_still_ranked(
+    server: Running,
+) -> None:
+    """256 images x 10 classes: past the strings formatted on the event loop."""
+    pixels = np.random.default_rng(1).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8)
+    client = triton_http.InferenceServerClient(server.address, network_timeout=120)
+    try:
+        tensor = triton_http.InferInput("images", list(pixels.shape), "UINT8")
+        tensor.set_data_from_numpy(pixels)
+        plain = client.infer(MODEL, [tensor]).as_numpy("probabilities")
+        wanted = triton_http.InferRequestedOutput("probabilities", class_count=10)
+        got = strings(client.infer(MODEL, [tensor], outputs=[wanted]).as_numpy("probabilities"))
+    finally:
+        client.close()
+    assert plain is not None
+    order = np.argsort(-plain, axis=1, kind="stable")
+    assert [[int(e.split(":")[1]) for e in row] for row in got] == order.tolist()

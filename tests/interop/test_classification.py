@@ -8,18 +8,25 @@ docs/api.md's client table names these tests.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import httpx
 import numpy as np
+import onnx
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
+from onnx import TensorProto, helper
 from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
 
+from service.core.card import TensorSpec
+from tests.support.apps import make_settings
 from tests.support.interop import MODEL, TestImage
-from tests.support.servers import Running
+from tests.support.models import tiny_graph, write_model
+from tests.support.servers import Running, running_server
 
 K = 3
 
@@ -129,7 +136,7 @@ def rest_infer(server: Running, pixels: np.ndarray, output: dict[str, Any]) -> h
     return httpx.post(f"{server.url}/v2/models/{MODEL}/infer", json=body, timeout=60)
 
 
-HOSTILE_REST = [0, -1, "3", 2.5, True, None, [3], {"k": 3}]
+HOSTILE_REST = [0, -1, "3", 2.5, True, None, [3], {"k": 3}, 10**30]  # 10**30: JSON reads a float
 
 
 @pytest.mark.parametrize("value", HOSTILE_REST, ids=repr)
@@ -141,6 +148,16 @@ def test_rest_refuses_a_hostile_classification_naming_the_output(
     )
     assert response.status_code == 400, response.text
     assert "output 'probabilities'" in response.json()["error"]
+
+
+def test_rest_clamps_the_largest_json_integer_to_the_output_size(
+    server: Running, pixels: np.ndarray
+) -> None:
+    output = {"name": "probabilities", "parameters": {"classification": 2**64 - 1}}
+    response = rest_infer(server, pixels[:1], output)
+    assert response.status_code == 200, response.text
+    tensor = response.json()["outputs"][0]
+    assert tensor["datatype"] == "BYTES" and tensor["shape"] == [1, 10]
 
 
 def test_rest_refuses_classification_of_an_unknown_output(
@@ -218,3 +235,49 @@ def test_a_long_classification_is_formatted_off_the_loop_and_still_ranked(
     assert plain is not None
     order = np.argsort(-plain, axis=1, kind="stable")
     assert [[int(e.split(":")[1]) for e in row] for row in got] == order.tolist()
+
+
+def top1_graph() -> onnx.ModelProto:
+    """The tiny classifier with a third output, ``top1``: INT64 class indices (ArgMax)."""
+    model = tiny_graph()
+    model.graph.node.append(helper.make_node("ArgMax", ["logits"], ["top1"], axis=1, keepdims=1))
+    model.graph.output.append(helper.make_tensor_value_info("top1", TensorProto.INT64, ["N", 1]))
+    return model
+
+
+@pytest.fixture(scope="module")
+def top1_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    repo = tmp_path_factory.mktemp("classification") / "models"
+    outputs = [
+        TensorSpec("logits", "FP32", [-1, 10]),
+        TensorSpec("probabilities", "FP32", [-1, 10]),
+        TensorSpec("top1", "INT64", [-1, 1]),
+    ]
+    write_model(repo, "top1", 1, graph=top1_graph(), card_changes={"outputs": outputs})
+    with running_server(make_settings(repo)) as running:
+        yield running
+
+
+def test_classification_of_an_integer_output_is_refused_on_both_wires(
+    top1_server: Running, pixels: np.ndarray
+) -> None:
+    body = {
+        "inputs": [
+            {"name": "images", "shape": [1, 32, 32, 3], "datatype": "UINT8", "data": [0] * 3072}
+        ],
+        "outputs": [{"name": "top1", "parameters": {"classification": 1}}],
+    }
+    response = httpx.post(f"{top1_server.url}/v2/models/top1/infer", json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    assert "output 'top1'" in response.json()["error"] and "INT64" in response.json()["error"]
+    client = triton_grpc.InferenceServerClient(top1_server.grpc_url)
+    try:
+        tensor = triton_grpc.InferInput("images", [1, 32, 32, 3], "UINT8")
+        tensor.set_data_from_numpy(pixels[:1])
+        with pytest.raises(InferenceServerException, match="output 'top1'") as refused:
+            client.infer("top1", [tensor], outputs=[triton_grpc.InferRequestedOutput("top1", 1)])
+        assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+        plain = client.infer("top1", [tensor], outputs=[triton_grpc.InferRequestedOutput("top1")])
+        assert plain.as_numpy("top1") is not None  # the output itself is served as before
+    finally:
+        client.close()

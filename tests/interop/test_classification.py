@@ -8,6 +8,7 @@ docs/api.md's client table names these tests.
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Iterator
 from typing import Any
 
@@ -81,6 +82,28 @@ def test_tritonclient_grpc_classification_equals_classify_top_k(
     finally:
         client.close()
     assert got == classify_top_k(server, cifar_images, K)
+
+
+def test_tritonclient_grpc_stream_classification_equals_classify_top_k(
+    server: Running, cifar_images: list[TestImage], pixels: np.ndarray
+) -> None:
+    """``ModelStreamInfer`` answers a classification as ``ModelInfer`` does, one per request."""
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = triton_grpc.InferenceServerClient(server.grpc_url)
+    try:
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        for i in range(4):
+            tensor = triton_grpc.InferInput("images", [1, 32, 32, 3], "UINT8")
+            tensor.set_data_from_numpy(pixels[i : i + 1])
+            wanted = [triton_grpc.InferRequestedOutput("probabilities", class_count=K)]
+            client.async_stream_infer(MODEL, [tensor], request_id=str(i), outputs=wanted)
+        got = [answers.get(timeout=30) for _ in range(4)]
+        client.stop_stream()
+    finally:
+        client.close()
+    assert [error for _, error in got] == [None] * 4
+    by_id = {r.get_response().id: strings(r.as_numpy("probabilities"))[0] for r, _ in got}
+    assert [by_id[str(i)] for i in range(4)] == classify_top_k(server, cifar_images[:4], K)
 
 
 def test_classification_past_the_output_size_answers_every_class(

@@ -5,6 +5,7 @@ refused with the same message whichever way it came."""
 from __future__ import annotations
 
 import math
+import struct
 from typing import Any
 
 import numpy as np
@@ -107,3 +108,15 @@ def array_from_json(
         if array.min() < low or array.max() > high:
             raise UnprocessableInput(f"{where}: {datatype} values must lie in {low}..{high}")
     return array.astype(NUMPY_DTYPES[datatype], copy=False).reshape(shape)
+
+
+def bytes_elements(array: np.ndarray) -> bytes:
+    """A BYTES output (numpy object array of ``bytes``) as raw and binary tensors carry it: each
+    element after its 4-byte little-endian length, Triton's layout. Callers test
+    ``array.dtype.hasobject`` first, so numeric outputs pay one attribute read."""
+    return b"".join(struct.pack("<I", len(element)) + element for element in array.ravel())
+
+
+def bytes_strings(array: np.ndarray) -> list[str]:
+    """A BYTES output as a JSON tensor's flat ``data``: its elements as strings, as Triton."""
+    return [element.decode("utf-8", "replace") for element in array.ravel()]

@@ -28,6 +28,7 @@ from service.core.errors import (
 from service.core.logs import REQUEST_ID, new_request_id
 from service.core.version_policy import VersionPolicy
 from service.dataplane.build import cores_per_worker, runtime_options
+from service.dataplane.classification import check_classified, classify
 from service.dataplane.feedback import Feedback, apply_feedback, names_or_empty
 from service.dataplane.log_settings import LogSettings
 from service.dataplane.model_config import ModelConfig, build_model_config
@@ -199,6 +200,8 @@ class DataPlane:
     async def infer(self, model: ModelRuntime, request: InferRequest) -> InferResponse:
         """The outputs ``request`` asks for (all when it names none) from ``model``; those it
         asks in shared memory are written there."""
+        if request.class_counts:
+            check_classified(request.outputs, request.class_counts, model.outputs)
         request = await self.shared_memory.read_inputs(request, self.work)
         requested = [o.name for o in request.outputs]
         pixels = model_pixels(model, request.inputs, requested)
@@ -211,6 +214,9 @@ class DataPlane:
         else:
             outputs = await self._run(model, pixels, requested or None, timeout_us)
         self._record(model, pixels, outputs, request.id)
+        if request.class_counts:
+            labels = model.card.class_names
+            outputs = await classify(self.work, outputs, request.class_counts, labels)
         written = await self.shared_memory.write_outputs(request.outputs, outputs, self.work)
         return InferResponse(model.name, str(model.version), request.id, outputs, written)
 

@@ -59,6 +59,8 @@ class InferRequest:
     model_name: str | None = None  # as the body names it (KServe's SDK does); None when absent
     model_version: str | None = None
     timeout_us: int = 0  # the ``timeout`` parameter (Triton's, microseconds); 0: the default
+    # Triton's classification extension: output name -> how many classes to answer (top k)
+    class_counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

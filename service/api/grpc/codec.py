@@ -12,8 +12,14 @@ from tritonclient.grpc import service_pb2
 
 from service.api.grpc.extension_codec import timeout_parameter
 from service.api.grpc.shared_memory import set_region, tensor_region
-from service.api.tensors import array_from_bytes, array_from_json, check_datatype
+from service.api.tensors import (
+    array_from_bytes,
+    array_from_json,
+    bytes_elements,
+    check_datatype,
+)
 from service.core.card import TensorSpec
+from service.core.classification import PARAMETER, check_class_count
 from service.core.datatypes import DATATYPES
 from service.core.errors import InvalidInput, UnprocessableInput
 from service.core.limits import MAX_TENSORS, check_tensor_count, checked_shape
@@ -69,14 +75,25 @@ def decode_infer_request(request: Any, max_rows: int) -> InferRequest:
         data = raw[raw_index] if raw else None
         raw_index += 1
         inputs.append(_input(tensor.name, tensor.datatype, shape, data, values, max_rows))
-    if any("classification" in o.parameters for o in request.outputs):
-        raise InvalidInput("the classification extension is not supported; ask for tensors")
     outputs = [
         RequestedOutput(o.name, True, tensor_region(o.parameters, f"output {o.name!r}"))
         for o in request.outputs
     ]
+    counts = {o.name: class_count(o) for o in request.outputs if PARAMETER in o.parameters}
     timeout_us = timeout_parameter(request.parameters)
-    return InferRequest(request.id, inputs, outputs, timeout_us=timeout_us)
+    return InferRequest(request.id, inputs, outputs, timeout_us=timeout_us, class_counts=counts)
+
+
+def class_count(output: Any) -> int:
+    """A requested output's ``classification`` parameter: an ``int64_param``, as tritonclient
+    sends it (Triton refuses any other kind), checked by REST's rule."""
+    parameter = output.parameters[PARAMETER]
+    kind = parameter.WhichOneof("parameter_choice")
+    if kind != "int64_param":
+        raise InvalidInput(
+            f"output {output.name!r}: classification must be an int64_param, not {kind or 'empty'}"
+        )
+    return check_class_count(parameter.int64_param, output.name)
 
 
 def _shared_input(tensor: Any, region: SharedMemoryRef, max_rows: int) -> InputTensor:
@@ -136,7 +153,11 @@ def encode_infer_response(response: InferResponse) -> Any:
             set_region(tensor.parameters, region)
             message.raw_output_contents.append(b"")
         else:
-            message.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+            if array.dtype.hasobject:  # BYTES (the classification extension)
+                raw = bytes_elements(array)
+            else:
+                raw = np.ascontiguousarray(array).tobytes()
+            message.raw_output_contents.append(raw)
     return message
 
 

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 INTERNAL_MESSAGE = "internal server error"
 EXTENSIONS = [
+    "classification",
     "model_repository",
     "model_configuration",
     "statistics",

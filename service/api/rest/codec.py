@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 
 from service.api.rest.json_wire import dumps, json_object, loads_infer_request
-from service.api.tensors import array_from_bytes, array_from_json, check_datatype
+from service.api.tensors import (
+    array_from_bytes,
+    array_from_json,
+    bytes_elements,
+    bytes_strings,
+    check_datatype,
+)
+from service.core.classification import PARAMETER, check_class_count
 from service.core.errors import InvalidInput, UnprocessableInput
 from service.core.limits import check_tensor_count, checked_shape
 from service.core.timeouts import check_timeout_us
@@ -65,14 +72,16 @@ def decode_infer_request(body: bytes, header_length: int | None, max_rows: int) 
         raise InvalidInput("'model_name' must be a string")
     parameters = _parameters(request, "the request")
     binary_output = parameters.get("binary_data_output") is True
+    outputs, class_counts = _requested_outputs(request.get("outputs", []), binary_output)
     return InferRequest(
         request_id,
         _input_tensors(request.get("inputs"), binary, max_rows),
-        _requested_outputs(request.get("outputs", []), binary_output),
+        outputs,
         binary_output,
         model_name or None,
         _model_version(request.get("model_version")),
         check_timeout_us(parameters.get("timeout", 0)),
+        class_counts,
     )
 
 
@@ -118,11 +127,15 @@ def _input_tensors(raw_inputs: Any, binary: bytes, max_rows: int) -> list[InputT
     return inputs
 
 
-def _requested_outputs(raw_outputs: Any, binary_output: bool) -> list[RequestedOutput]:
+def _requested_outputs(
+    raw_outputs: Any, binary_output: bool
+) -> tuple[list[RequestedOutput], dict[str, int]]:
+    """The outputs asked for and, by name, the classes each classification should answer."""
     if not isinstance(raw_outputs, list):
         raise InvalidInput("'outputs' must be a list")
     check_tensor_count(len(raw_outputs), "outputs")
     outputs: list[RequestedOutput] = []
+    class_counts: dict[str, int] = {}
     for i, raw in enumerate(raw_outputs):
         out = json_object(raw, f"outputs[{i}]", OUTPUT_FIELDS)
         name = out.get("name")
@@ -132,7 +145,9 @@ def _requested_outputs(raw_outputs: Any, binary_output: bool) -> list[RequestedO
         flag = parameters.get("binary_data", binary_output)
         region = shared_memory_ref(parameters, f"output {name!r}")
         outputs.append(RequestedOutput(name, flag is True and region is None, region))
-    return outputs
+        if PARAMETER in parameters:
+            class_counts[name] = check_class_count(parameters[PARAMETER], name)
+    return outputs, class_counts
 
 
 def _model_version(value: Any) -> str | None:
@@ -161,11 +176,14 @@ def encode_infer_response(
         if region is not None:  # written there: its parameters, no data (Triton's answer)
             tensor["parameters"] = region.parameters()
         elif binary.get(name):
-            raw = np.ascontiguousarray(array).tobytes()
+            if array.dtype.hasobject:  # BYTES (the classification extension)
+                raw = bytes_elements(array)
+            else:
+                raw = np.ascontiguousarray(array).tobytes()
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            tensor["data"] = array.ravel()
+            tensor["data"] = bytes_strings(array) if array.dtype.hasobject else array.ravel()
         tensors.append(tensor)
     body: dict[str, Any] = {
         "model_name": response.model_name,

@@ -40,6 +40,7 @@ async def ready(plane: Plane) -> dict[str, bool]:
 
 
 EXTENSIONS = [
+    "classification",
     "binary_tensor_data",
     "model_repository",
     "model_configuration",

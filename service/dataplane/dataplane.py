@@ -235,7 +235,7 @@ class DataPlane:
         timeout_us: int | None = None,
     ) -> dict[str, np.ndarray]:
         """The single place a request meets a model."""
-        limit = self.settings.max_images_per_request
+        limit = model.options.max_images_per_request  # a load's config override may lower it
         if pixels.shape[0] > limit:
             raise PayloadTooLarge(f"{pixels.shape[0]} images, more than the limit of {limit}")
         timeout_us = self.settings.request_timeout_us if timeout_us is None else timeout_us

@@ -28,6 +28,7 @@ from service.core.errors import (
 from service.core.logs import REQUEST_ID, new_request_id
 from service.core.version_policy import VersionPolicy
 from service.dataplane.build import cores_per_worker, runtime_options
+from service.dataplane.config_override import ConfigOverride, override_options
 from service.dataplane.feedback import Feedback, apply_feedback, names_or_empty
 from service.dataplane.log_settings import LogSettings
 from service.dataplane.model_config import ModelConfig, build_model_config
@@ -336,14 +337,23 @@ class DataPlane:
         rows = [RepositoryEntry(**row) for row in self.repository.index()]
         return [r for r in rows if r.state == ModelState.READY.value] if ready else rows
 
-    async def load_model(self, name: str, parameter_names: Iterable[str]) -> None:
-        """Load (or reload) a model under its version policy; failed versions are retried."""
+    async def load_model(
+        self, name: str, parameter_names: Iterable[str], override: ConfigOverride | None = None
+    ) -> None:
+        """Load (or reload) a model under its version policy; failed versions are retried. With
+        a config ``override`` its batching is that until a load without one; a bad one is a 400
+        before anything changes."""
         check_load_parameters(parameter_names)
+        options = None
+        if override is not None:
+            if self.workers is not None:
+                raise InvalidInput("a config override needs WORKERS=1 (one process to apply it)")
+            options = override_options(name, override, self.repository.options)
 
         async def load() -> None:
             self.response_cache.drop(name)  # whatever versions it serves next, start afresh
             try:
-                await asyncio.to_thread(self.repository.load_model, name)
+                await asyncio.to_thread(self.repository.load_model, name, options)
             finally:
                 self.response_cache.drop(name)  # and what was stored while it loaded
 
@@ -367,8 +377,8 @@ def request_scope() -> AbstractContextManager[None]:
 
 
 def check_load_parameters(names: Iterable[str]) -> None:
-    """Load's ``config`` and ``file:`` overrides are refused: versions come from the repository."""
-    overrides = sorted(k for k in names if k == "config" or str(k).startswith("file:"))
+    """Load's ``file:`` overrides are refused: versions come from the repository."""
+    overrides = sorted(k for k in names if str(k).startswith("file:"))
     if overrides:
         raise InvalidInput(
             f"parameters {overrides} are not supported: publish the version into the repository"

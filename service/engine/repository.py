@@ -34,7 +34,13 @@ from service.engine.runtime import (
     provider_problem,
     resolve_providers,
 )
-from service.engine.version_folder import ModelState, ModelVersion, files_signature, load_entry
+from service.engine.version_folder import (
+    ModelState,
+    ModelVersion,
+    files_signature,
+    load_entry,
+    stale,
+)
 
 log = logging.getLogger(__name__)
 
@@ -260,20 +266,13 @@ class ModelRepository:
             todo = [
                 v
                 for v in sorted(wanted, reverse=True)
-                if versions[v].state is not ModelState.READY
-                or versions[v].signature != signatures[v]
-                or _options_of(versions[v]) != in_force
+                if stale(versions[v], signatures[v], in_force)
             ]
             if not todo:
                 break
+            missing = self._unavailable_providers
             for v in todo:
-                versions[v] = load_entry(
-                    versions[v],
-                    signatures[v],
-                    in_force,
-                    self.root,
-                    self._unavailable_providers,
-                )
+                versions[v] = load_entry(versions[v], signatures[v], in_force, self.root, missing)
                 if versions[v].state is ModelState.UNAVAILABLE:
                     failed.add(v)
         for v, entry in versions.items():
@@ -389,7 +388,3 @@ class ModelRepository:
                     }
                 )
         return rows
-
-
-def _options_of(entry: ModelVersion) -> RuntimeOptions | None:
-    return entry.runtime.options if entry.runtime is not None else None

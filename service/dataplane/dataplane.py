@@ -344,11 +344,9 @@ class DataPlane:
         a config ``override`` its batching is that until a load without one; a bad one is a 400
         before anything changes."""
         check_load_parameters(parameter_names)
-        options = None
-        if override is not None:
-            if self.workers is not None:
-                raise InvalidInput("a config override needs WORKERS=1 (one process to apply it)")
-            options = override_options(name, override, self.repository.options)
+        options = (
+            None if override is None else override_options(name, override, self.repository.options)
+        )
 
         async def load() -> None:
             self.response_cache.drop(name)  # whatever versions it serves next, start afresh
@@ -357,7 +355,8 @@ class DataPlane:
             finally:
                 self.response_cache.drop(name)  # and what was stored while it loaded
 
-        await (load() if self.workers is None else self.workers.change("load", name, load))
+        workers = self.workers
+        await (load() if workers is None else workers.change("load", name, load, override))
 
     async def unload_model(self, name: str) -> None:
         """Stop serving every version of a model (requests in flight finish) until a load."""

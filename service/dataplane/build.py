@@ -29,6 +29,7 @@ def runtime_options(settings: Settings, metrics: Metrics) -> RuntimeOptions:
         max_batch_size=settings.max_batch_size,
         max_batch_delay_ms=settings.max_batch_delay_ms,
         max_queue_images=settings.max_queue_images,
+        max_images_per_request=settings.max_images_per_request,
         inline_run_max_us=settings.inline_run_max_us,
         require_providers=settings.require_providers,
         on_batch=metrics.observe_batch,

@@ -29,6 +29,7 @@ from service.core.logs import REQUEST_ID, new_request_id
 from service.core.version_policy import VersionPolicy
 from service.dataplane.build import cores_per_worker, runtime_options
 from service.dataplane.classification import check_classified, classify
+from service.dataplane.config_override import ConfigOverride, override_options
 from service.dataplane.feedback import Feedback, apply_feedback, names_or_empty
 from service.dataplane.log_settings import LogSettings
 from service.dataplane.model_config import ModelConfig, build_model_config
@@ -241,7 +242,7 @@ class DataPlane:
         timeout_us: int | None = None,
     ) -> dict[str, np.ndarray]:
         """The single place a request meets a model."""
-        limit = self.settings.max_images_per_request
+        limit = model.options.max_images_per_request  # a load's config override may lower it
         if pixels.shape[0] > limit:
             raise PayloadTooLarge(f"{pixels.shape[0]} images, more than the limit of {limit}")
         timeout_us = self.settings.request_timeout_us if timeout_us is None else timeout_us
@@ -342,18 +343,26 @@ class DataPlane:
         rows = [RepositoryEntry(**row) for row in self.repository.index()]
         return [r for r in rows if r.state == ModelState.READY.value] if ready else rows
 
-    async def load_model(self, name: str, parameter_names: Iterable[str]) -> None:
-        """Load (or reload) a model under its version policy; failed versions are retried."""
+    async def load_model(
+        self, name: str, parameter_names: Iterable[str], override: ConfigOverride | None = None
+    ) -> None:
+        """Load (or reload) a model under its version policy; failed versions are retried. With
+        a config ``override`` its batching is that until a load without one; a bad one is a 400
+        before anything changes."""
         check_load_parameters(parameter_names)
+        options = (
+            None if override is None else override_options(name, override, self.repository.options)
+        )
 
         async def load() -> None:
             self.response_cache.drop(name)  # whatever versions it serves next, start afresh
             try:
-                await asyncio.to_thread(self.repository.load_model, name)
+                await asyncio.to_thread(self.repository.load_model, name, options)
             finally:
                 self.response_cache.drop(name)  # and what was stored while it loaded
 
-        await (load() if self.workers is None else self.workers.change("load", name, load))
+        workers = self.workers
+        await (load() if workers is None else workers.change("load", name, load, override))
 
     async def unload_model(self, name: str) -> None:
         """Stop serving every version of a model (requests in flight finish) until a load."""
@@ -373,8 +382,8 @@ def request_scope() -> AbstractContextManager[None]:
 
 
 def check_load_parameters(names: Iterable[str]) -> None:
-    """Load's ``config`` and ``file:`` overrides are refused: versions come from the repository."""
-    overrides = sorted(k for k in names if k == "config" or str(k).startswith("file:"))
+    """Load's ``file:`` overrides are refused: versions come from the repository."""
+    overrides = sorted(k for k in names if str(k).startswith("file:"))
     if overrides:
         raise InvalidInput(
             f"parameters {overrides} are not supported: publish the version into the repository"

@@ -14,6 +14,12 @@ from service.dataplane.types import ModelMetadata
 from service.engine.runtime import RuntimeOptions
 from service.settings import Settings
 
+# The labels live in the card (``class_names``); Triton's clients only test that an output has a
+# label file, and Triton has no route that returns one either: labels reach clients through the
+# classification extension.
+LABEL_FILENAME = "labels.txt"
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
 
 @dataclass(frozen=True)
 class DynamicBatching:
@@ -27,16 +33,37 @@ class DynamicBatching:
 
 
 @dataclass(frozen=True)
+class ConfigTensor:
+    """An input or output as Triton's config shows it: the spec (with the batch axis, which the
+    wires drop), the input's layout, the output's label file ("" for none)."""
+
+    spec: TensorSpec
+    format: str = "FORMAT_NONE"  # FORMAT_NHWC: an image classifier's pixels
+    label_filename: str = ""
+
+
+@dataclass(frozen=True)
+class InstanceGroup:
+    """Where the model runs: one instance (a session and its batcher thread) per worker process."""
+
+    kind: str  # KIND_CPU, or KIND_GPU when the session's first provider is a GPU's
+    count: int
+    gpus: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     platform: str
     backend: str
     max_batch_size: int  # the most images one request may carry (MAX_IMAGES_PER_REQUEST)
-    inputs: list[TensorSpec]  # shapes with the batch axis; the wires drop it (Triton's dims)
-    outputs: list[TensorSpec]
+    inputs: list[ConfigTensor]
+    outputs: list[ConfigTensor]
     version_policy: VersionPolicy
     dynamic_batching: DynamicBatching | None  # None: each request is one run
     response_cache: bool
+    instance_group: InstanceGroup
+    warm_up_batch_sizes: list[int]  # Triton's model_warmup: one run of zeros per size
     parameters: dict[str, str] = field(default_factory=dict)  # JSON strings (class names, ...)
 
 
@@ -47,6 +74,32 @@ def version_policy_dict(policy: VersionPolicy) -> dict[str, object]:
     if policy.kind == "specific":
         return {"specific": {"versions": list(policy.versions)}}
     return {"all": {}}
+
+
+def _inputs(meta: ModelMetadata) -> list[ConfigTensor]:
+    """An image classifier's one input is NHWC pixels (``[N, H, W, C]``, C of 1 or 3)."""
+    image = len(meta.inputs) == 1 and len(meta.inputs[0].shape) == 4 and bool(meta.class_names)
+    nhwc = image and meta.inputs[0].shape[3] in (1, 3)
+    return [ConfigTensor(s, "FORMAT_NHWC" if nhwc else "FORMAT_NONE") for s in meta.inputs]
+
+
+def _outputs(meta: ModelMetadata) -> list[ConfigTensor]:
+    """Class names label every FP output with one score per class (logits and probabilities)."""
+    classes = len(meta.class_names)
+
+    def labelled(spec: TensorSpec) -> bool:
+        return classes > 0 and spec.datatype.startswith("FP") and spec.shape[-1:] == [classes]
+
+    return [
+        ConfigTensor(s, label_filename=LABEL_FILENAME if labelled(s) else "") for s in meta.outputs
+    ]
+
+
+def _instance_group(meta: ModelMetadata, workers: int) -> InstanceGroup:
+    first = meta.execution_providers[0] if meta.execution_providers else ""
+    if first in GPU_PROVIDERS:
+        return InstanceGroup("KIND_GPU", workers, [0])
+    return InstanceGroup("KIND_CPU", workers)
 
 
 def build_model_config(
@@ -70,12 +123,14 @@ def build_model_config(
         name=meta.name,
         platform=meta.platform,
         backend="onnxruntime",
-        max_batch_size=settings.max_images_per_request,
-        inputs=list(meta.inputs),
-        outputs=list(meta.outputs),
+        max_batch_size=options.max_images_per_request,
+        inputs=_inputs(meta),
+        outputs=_outputs(meta),
         version_policy=policy,
         dynamic_batching=batching,
         response_cache=cache.enabled(meta.name),
+        instance_group=_instance_group(meta, settings.workers),
+        warm_up_batch_sizes=list(options.warm_up_batch_sizes) if options.warm_up else [],
         parameters={
             "class_names": json.dumps(meta.class_names),
             "execution_providers": json.dumps(meta.execution_providers),

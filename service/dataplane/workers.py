@@ -1,8 +1,9 @@
 """Worker processes that answer as one server (WORKERS > 1), through a folder they all read
 (WORKERS_DIR, made by ``python -m service``), so no call depends on which worker takes it:
 
-    control.json        {"generation": g, "unloaded": [names], "loaded": {name: g}}: the repository
-                        calls, rewritten atomically under control.lock by the worker taking one
+    control.json        {"generation": g, "unloaded": [names], "loaded": {name: g},
+                        "overrides": {name: a load's config override}}: the repository calls,
+                        rewritten atomically under control.lock by the worker taking one
     acks/<pid>          the generation that worker has applied; the worker taking a call answers
                         once every live worker's is at least its generation (or says who is late)
     statistics/<pid>    each worker's statistics snapshot, rewritten every STATISTICS_INTERVAL_S
@@ -26,8 +27,10 @@ from typing import Any, Literal
 
 from service.core.errors import ModelNotFound, ServingError, WorkersPending
 from service.core.processes import sibling
+from service.dataplane.config_override import ConfigOverride, override_options
 from service.dataplane.statistics import collect_statistics
 from service.engine.repository import NAME_PATTERN, ModelRepository
+from service.engine.runtime import RuntimeOptions
 from service.engine.statistics import VersionStatistics, statistics_from_dict, summed_statistics
 
 log = logging.getLogger(__name__)
@@ -101,15 +104,21 @@ class WorkerGroup:
 
     # -- repository calls -------------------------------------------------------------------
 
-    async def change(self, change: Change, name: str, local: Callable[[], Awaitable[None]]) -> None:
-        """Record ``change`` of model ``name`` for every worker, make it here with ``local`` (whose
-        error, such as a load that fails, is the answer), then wait until every live worker has
-        made it."""
+    async def change(
+        self,
+        change: Change,
+        name: str,
+        local: Callable[[], Awaitable[None]],
+        override: ConfigOverride | None = None,
+    ) -> None:
+        """Record ``change`` of model ``name`` (a load with its config ``override``) for every
+        worker, make it here with ``local`` (whose error, such as a load that fails, is the
+        answer), then wait until every live worker has made it."""
         assert self._lock is not None, "start() first"
         await asyncio.to_thread(self._check, change, name)  # a 404 is recorded nowhere
         failed: ServingError | None = None
         async with self._lock:
-            state = await asyncio.to_thread(self._record, change, name)
+            state = await asyncio.to_thread(self._record, change, name, override)
             generation = int(state["generation"])
             try:
                 await asyncio.to_thread(self._apply, state, self.applied, name)
@@ -162,7 +171,7 @@ class WorkerGroup:
             state: dict[str, Any] = json.loads(self.control.read_text(encoding="utf-8"))
         except FileNotFoundError:
             state = {}
-        return {"generation": 0, "unloaded": [], "loaded": {}, **state}
+        return {"generation": 0, "unloaded": [], "loaded": {}, "overrides": {}, **state}
 
     def _check(self, change: Change, name: str) -> None:
         """``ModelNotFound`` for a model this worker does not know (unload) or has no folder of
@@ -172,7 +181,9 @@ class WorkerGroup:
         elif not NAME_PATTERN.match(name) or not (self.repository.root / name).is_dir():
             raise ModelNotFound(f"no model folder {name!r} in the repository")
 
-    def _record(self, change: Change, name: str) -> dict[str, Any]:
+    def _record(
+        self, change: Change, name: str, override: ConfigOverride | None = None
+    ) -> dict[str, Any]:
         with self._locked():
             state = self._read()
             state["generation"] = generation = int(state["generation"]) + 1
@@ -182,6 +193,9 @@ class WorkerGroup:
             else:
                 unloaded.discard(name)
                 state["loaded"][name] = generation
+                state["overrides"].pop(name, None)
+                if override is not None:
+                    state["overrides"][name] = asdict(override)
             state["unloaded"] = sorted(unloaded)
             write_atomically(self.control, json.dumps(state))
         return state
@@ -204,10 +218,19 @@ class WorkerGroup:
             if generation > since and name != skip and name not in unloaded:
                 self.forget(name)
                 try:
-                    self.repository.load_model(name)
+                    self.repository.load_model(name, self._options(state, name))
                 except ServingError as exc:  # the worker that took the call answered it
                     log.warning("loading %s for the other workers: %s", name, exc.message)
                 self.forget(name)
+
+    def _options(self, state: dict[str, Any], name: str) -> RuntimeOptions | None:
+        """The runtime options of the config override the load recorded (None: none)."""
+        recorded = state["overrides"].get(name)
+        if recorded is None:
+            return None
+        fields = {**recorded, "preferred_batch_size": tuple(recorded["preferred_batch_size"])}
+        override = ConfigOverride(**fields)
+        return override_options(name, override, self.repository.options)
 
     def _acknowledge(self) -> None:
         write_atomically(self.acks / str(self.pid), str(self.applied))

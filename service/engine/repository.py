@@ -34,7 +34,13 @@ from service.engine.runtime import (
     provider_problem,
     resolve_providers,
 )
-from service.engine.version_folder import ModelState, ModelVersion, files_signature, load_entry
+from service.engine.version_folder import (
+    ModelState,
+    ModelVersion,
+    files_signature,
+    load_entry,
+    stale,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,7 @@ class _Model:
     policy: VersionPolicy
     policy_error: str = ""  # config.json could not be read; ``policy`` is the one kept
     unloaded: bool = False  # by a repository request: the poller leaves the model alone
+    options: RuntimeOptions | None = None  # a load's config override; None: the repository's
     served: int | None = field(init=False)  # the version unversioned URLs use
 
     def __post_init__(self) -> None:
@@ -123,8 +130,10 @@ class ModelRepository:
             for name, (model_dir, versions) in disk.items():
                 self._publish(name, self._update_model(name, model_dir, versions))
 
-    def load_model(self, name: str) -> None:
-        """Load (or reload) a model from disk under its policy, failed versions retried too.
+    def load_model(self, name: str, options: RuntimeOptions | None = None) -> None:
+        """Load (or reload) a model from disk under its policy, failed versions retried too;
+        ``options`` (a config override) stay the model's until a load without them, which
+        goes back to the repository's.
 
         Raises ``ModelNotFound`` without a model folder, ``ModelLoadFailed`` when no version of
         it is ready afterwards.
@@ -134,7 +143,9 @@ class ModelRepository:
             if not NAME_PATTERN.match(name) or not model_dir.is_dir():
                 raise ModelNotFound(f"no model folder {name!r} in the repository")
             versions = self._version_dirs(model_dir)
-            model = self._update_model(name, model_dir, versions, retry_failed=True, unloaded=False)
+            model = self._update_model(
+                name, model_dir, versions, retry_failed=True, unloaded=False, options=options
+            )
             self._publish(name, model)
         if model is None:
             raise ModelLoadFailed(f"model {name!r} has no version folders")
@@ -221,11 +232,16 @@ class ModelRepository:
         *,
         retry_failed: bool = False,
         unloaded: bool | None = None,
+        options: RuntimeOptions | None = None,
     ) -> _Model | None:
-        """The model's next state: load what its policy wants and the disk has, drop the rest."""
+        """The model's next state: load what its policy wants and the disk has, drop the rest.
+        A load passes its ``options`` (None: the repository's); other updates keep the model's."""
         if not paths:
             return None
         old = self._models.get(name)
+        if not retry_failed:
+            options = old.options if old else None
+        in_force = options or self.options
         previous = old.versions if old else {}
         unloaded = (old.unloaded if old else False) if unloaded is None else unloaded
         policy, policy_error = self._policy(model_dir, old)
@@ -250,19 +266,13 @@ class ModelRepository:
             todo = [
                 v
                 for v in sorted(wanted, reverse=True)
-                if versions[v].state is not ModelState.READY
-                or versions[v].signature != signatures[v]
+                if stale(versions[v], signatures[v], in_force)
             ]
             if not todo:
                 break
+            missing = self._unavailable_providers
             for v in todo:
-                versions[v] = load_entry(
-                    versions[v],
-                    signatures[v],
-                    self.options,
-                    self.root,
-                    self._unavailable_providers,
-                )
+                versions[v] = load_entry(versions[v], signatures[v], in_force, self.root, missing)
                 if versions[v].state is ModelState.UNAVAILABLE:
                     failed.add(v)
         for v, entry in versions.items():
@@ -270,7 +280,7 @@ class ModelRepository:
                 continue
             reason = UNLOADED_BY_REQUEST if unloaded else ""
             versions[v] = replace(entry, state=ModelState.UNLOADED, reason=reason, runtime=None)
-        return _Model(name, model_dir, versions, policy, policy_error, unloaded)
+        return _Model(name, model_dir, versions, policy, policy_error, unloaded, options)
 
     # -- lookups (on the event loop; each reads one snapshot) ------------------------------
 

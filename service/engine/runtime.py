@@ -64,6 +64,7 @@ class RuntimeOptions:
     max_batch_size: int = 256
     max_batch_delay_ms: float = 0.0
     max_queue_images: int = 2048
+    max_images_per_request: int = 1024  # rows one request may carry (Triton's max_batch_size)
     inline_run_max_us: int = 0  # a lone request runs on the loop under this batch-1 p99 (0: never)
     require_providers: bool = False  # a session without every requested provider fails to load
     on_batch: BatchObserver | None = field(default=None, compare=False)

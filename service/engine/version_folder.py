@@ -229,3 +229,13 @@ def _warn_on_fallback(
             ", ".join(failed),
             "; ".join(provider_problem(p) for p in failed),
         )
+
+
+def stale(entry: ModelVersion, signature: Signature, options: RuntimeOptions) -> bool:
+    """Whether a wanted version needs a load: not ready, its files changed, or other options
+    (a load's config override) than its runtime was built with."""
+    runtime = entry.runtime
+    in_force = runtime.options if runtime is not None else None
+    return (
+        entry.state is not ModelState.READY or entry.signature != signature or in_force != options
+    )

@@ -242,9 +242,13 @@ async def test_load_errors(client_for: Client) -> None:
         assert missing.status_code == 404
         assert (await http.post("/v2/repository/models/nope/unload")).status_code == 404
         override = await http.post(
-            "/v2/repository/models/tiny/load", json={"parameters": {"config": "{}"}}
+            "/v2/repository/models/tiny/load", json={"parameters": {"config": '{"x": 1}'}}
         )
-        assert override.status_code == 400 and "not supported" in override.json()["error"]
+        assert override.status_code == 400 and "load failed" in override.json()["error"]
+        files = await http.post(
+            "/v2/repository/models/tiny/load", json={"parameters": {"file:1/model.onnx": "AA=="}}
+        )
+        assert files.status_code == 400 and "not supported" in files.json()["error"]
         for body in (b"[1]", b"{", b'{"parameters": 3}'):
             bad = await http.post("/v2/repository/models/tiny/load", content=body)
             assert bad.status_code == 400, body

@@ -15,6 +15,7 @@ import pytest
 from service.core.errors import ModelLoadFailed, ModelNotFound, WorkersPending
 from service.core.processes import MEMORY_PER_WORKER, alive, auto_workers, sibling
 from service.core.version_policy import VersionPolicy
+from service.dataplane.config_override import ConfigOverride, override_options
 from service.dataplane.workers import WorkerGroup
 from service.engine.repository import ModelRepository
 from service.engine.runtime import RuntimeOptions
@@ -147,3 +148,33 @@ def test_a_worker_is_a_sibling_and_a_stranger_with_a_reused_pid_is_not() -> None
         other.wait()
     assert out == ["True", "False"]
     assert not sibling(other.pid)  # gone
+
+
+def test_a_load_override_reaches_every_worker_and_a_plain_load_takes_it_back(
+    tmp_path: Path,
+) -> None:
+    root = make_model_repo(tmp_path, {"tiny": [1]}, lecture=False)
+    first, second = repository(root), repository(root)
+    override = ConfigOverride(max_batch_size=8, dynamic_batching=True, preferred_batch_size=(2, 4))
+    options = override_options("tiny", override, CPU_ONLY)
+
+    async def scenario() -> None:
+        group = WorkerGroup(tmp_path / "workers", first)
+        await group.start()
+
+        async def load_here(with_options: RuntimeOptions | None) -> None:
+            await asyncio.to_thread(first.load_model, "tiny", with_options)
+
+        await group.change("load", "tiny", lambda: load_here(options), override)
+        await WorkerGroup(tmp_path / "workers", second).start()  # as a restarted worker does
+        assert second.get("tiny").options == options
+        assert (options.max_batch_size, options.max_images_per_request) == (4, 8)
+        await group.change("load", "tiny", lambda: load_here(None))
+        await WorkerGroup(tmp_path / "workers", second).start()
+        assert second.get("tiny").options == CPU_ONLY
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        first.close()
+        second.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -197,3 +198,23 @@ def test_layer_table_reports_an_unreadable_graph_without_refusing_the_model(
     entry = load(tmp_path).entry("tiny")
     assert entry.state is ModelState.READY
     assert entry.layers is not None and "ReduceMean" in entry.layers.error
+
+
+def test_a_loads_options_stay_through_polls_until_a_load_without_them(tmp_path: Path) -> None:
+    """A config override's options survive the poller (a new version loads with them too) and
+    a plain load goes back to the repository's."""
+    repo = make_model_repo(tmp_path, {"tiny": [1]}, lecture=False)
+    repository = load(repo)
+    override = replace(CPU_ONLY, max_batch_size=4, max_images_per_request=8)
+    repository.load_model("tiny", override)
+    first = repository.get("tiny")
+    assert first.options == override
+    repository.poll()
+    assert repository.get("tiny") is first  # unchanged files: not reloaded
+    write_model(repo, "tiny", 2)
+    repository.poll()
+    assert repository.get("tiny").version == 2
+    assert repository.get("tiny").options == override
+    repository.load_model("tiny")
+    assert repository.get("tiny").options == CPU_ONLY
+    repository.close()

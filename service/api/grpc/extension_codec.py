@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tritonclient.grpc import model_config_pb2, service_pb2
+from tritonclient.grpc import service_pb2
 
-from service.core.card import TensorSpec
+from service.api.model_config_wire import model_config_message
 from service.core.errors import InvalidInput
 from service.core.timeouts import check_timeout_us
-from service.dataplane.model_config import ModelConfig, version_policy_dict
+from service.dataplane.model_config import ModelConfig
 from service.engine.statistics import Duration, VersionStatistics
 
 
@@ -58,40 +58,7 @@ def statistics_response(stats: Sequence[VersionStatistics]) -> Any:
     )
 
 
-def _config_tensor(kind: Any, spec: TensorSpec) -> Any:
-    data_type = model_config_pb2.DataType.Value(f"TYPE_{spec.datatype}")
-    return kind(name=spec.name, data_type=data_type, dims=spec.shape[1:])  # batch axis implied
-
-
 def model_config_response(config: ModelConfig) -> Any:
     """``ModelConfigResponse``; what the message has no field for (class names, execution
     providers) goes in ``parameters`` as JSON strings."""
-    message = model_config_pb2.ModelConfig(
-        name=config.name,
-        platform=config.platform,
-        backend=config.backend,
-        max_batch_size=config.max_batch_size,
-        input=[_config_tensor(model_config_pb2.ModelInput, t) for t in config.inputs],
-        output=[_config_tensor(model_config_pb2.ModelOutput, t) for t in config.outputs],
-        version_policy=model_config_pb2.ModelVersionPolicy(
-            **version_policy_dict(config.version_policy)
-        ),
-        response_cache=model_config_pb2.ModelResponseCache(enable=config.response_cache),
-        parameters={
-            k: model_config_pb2.ModelParameter(string_value=v) for k, v in config.parameters.items()
-        },
-    )
-    batching = config.dynamic_batching
-    if batching is not None:
-        message.dynamic_batching.CopyFrom(
-            model_config_pb2.ModelDynamicBatching(
-                preferred_batch_size=batching.preferred_batch_size,
-                max_queue_delay_microseconds=batching.max_queue_delay_microseconds,
-                default_queue_policy=model_config_pb2.ModelQueuePolicy(
-                    default_timeout_microseconds=batching.default_timeout_microseconds,
-                    allow_timeout_override=True,
-                    max_queue_size=batching.max_queue_size,
-                ),
-            )
-        )
-    return service_pb2.ModelConfigResponse(config=message)
+    return service_pb2.ModelConfigResponse(config=model_config_message(config))

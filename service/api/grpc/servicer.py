@@ -17,6 +17,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from service.api.admin import check_admin
 from service.api.client_address import caller
+from service.api.config_override import parse_config_override
 from service.api.grpc import codec, extension_codec, settings_codec
 from service.api.grpc.handlers import Undecodable
 from service.api.grpc.shared_memory import status_response
@@ -191,7 +192,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     @rpc
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         self._require_admin(context, "RepositoryModelLoad")
-        await self.plane.load_model(request.model_name, request.parameters.keys())
+        name, parameters = request.model_name, request.parameters
+        override = None
+        if "config" in parameters:
+            config = parameters["config"]
+            kind = config.WhichOneof("parameter_choice")
+            text = config.string_param if kind == "string_param" else None
+            plane = self.plane
+            override = parse_config_override(name, text, lambda: plane.model_config(name))
+        await self.plane.load_model(name, parameters.keys(), override)
         return service_pb2.RepositoryModelLoadResponse()
 
     @rpc

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from service.core.card import TensorSpec
-from service.dataplane.model_config import ModelConfig, version_policy_dict
+from service.api.model_config_wire import model_config_dict
+from service.dataplane.model_config import ModelConfig
 from service.engine.statistics import Duration, VersionStatistics
 
 
@@ -43,32 +43,6 @@ def statistics_json(stats: Sequence[VersionStatistics]) -> dict[str, Any]:
     }
 
 
-def _tensor(spec: TensorSpec) -> dict[str, Any]:
-    return {"name": spec.name, "data_type": f"TYPE_{spec.datatype}", "dims": spec.shape[1:]}
-
-
 def model_config_json(config: ModelConfig) -> dict[str, Any]:
-    """Triton's model configuration as JSON (its protobuf's field names, enums by name)."""
-    body: dict[str, Any] = {
-        "name": config.name,
-        "platform": config.platform,
-        "backend": config.backend,
-        "version_policy": version_policy_dict(config.version_policy),
-        "max_batch_size": config.max_batch_size,
-        "input": [_tensor(t) for t in config.inputs],
-        "output": [_tensor(t) for t in config.outputs],
-        "response_cache": {"enable": config.response_cache},
-        "parameters": {k: {"string_value": v} for k, v in config.parameters.items()},
-    }
-    batching = config.dynamic_batching
-    if batching is not None:
-        body["dynamic_batching"] = {
-            "preferred_batch_size": batching.preferred_batch_size,
-            "max_queue_delay_microseconds": batching.max_queue_delay_microseconds,
-            "default_queue_policy": {
-                "default_timeout_microseconds": batching.default_timeout_microseconds,
-                "allow_timeout_override": True,
-                "max_queue_size": batching.max_queue_size,
-            },
-        }
-    return body
+    """Triton's model configuration as JSON (the encoding gRPC's message is parsed from)."""
+    return model_config_dict(config)

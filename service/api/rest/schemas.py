@@ -55,7 +55,8 @@ class RepositoryRequest(BaseModel):
     ready: bool = Field(False, description="index: only the READY versions.")
     parameters: dict[str, Any] = Field(
         default_factory=dict,
-        description="load: 'config' and 'file:' overrides are refused (publish instead); "
+        description="load: 'config', Triton's JSON model configuration, changes max_batch_size "
+        "and dynamic_batching until a load without it; 'file:' overrides are refused; "
         "unload: unload_dependents is accepted (there are no ensembles).",
     )
 

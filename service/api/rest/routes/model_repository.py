@@ -15,6 +15,7 @@ from fastapi.security import HTTPBearer
 
 from service.api.admin import check_admin, check_same_site
 from service.api.client_address import caller
+from service.api.config_override import parse_config_override
 from service.api.rest.dependencies import Plane
 from service.api.rest.http_io import read_json_body, validated_body
 from service.api.rest.json_wire import loads
@@ -81,7 +82,12 @@ async def index(request: Request, plane: Plane) -> list[dict[str, Any]]:
 )
 async def load(request: Request, plane: Plane, name: str) -> dict[str, Any]:
     body = await _request_body(request)
-    await plane.load_model(name, body.parameters)
+    override = None
+    if "config" in body.parameters:
+        override = parse_config_override(
+            name, body.parameters["config"], lambda: plane.model_config(name)
+        )
+    await plane.load_model(name, body.parameters, override)
     return {}
 
 

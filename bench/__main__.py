@@ -2,7 +2,8 @@
 
     python -m bench COMMAND [flags]     # serve, peers, models, grpc, train, train-variants,
                                         # log-cost, decode, shm, profile, replicas,
-                                        # screenshot, drift, calibration, feedback, render
+                                        # screenshot, drift, calibration, feedback,
+                                        # grpc-models, inline-hop, classify-cost, render
     python -m bench COMMAND --help      # its flags
 
 Every benchmark writes its figures to ``docs/results/<name>.json`` (unless ``--no-write``) and then
@@ -31,6 +32,9 @@ COMMANDS = {
     "drift": ("drift", "the monitor's drift score on clean and shifted test streams"),
     "calibration": ("calibration", "each served model's temperature, ECE and coverage (cards)"),
     "feedback": ("feedback", "JPEG traffic and its labels through the real service; scoring"),
+    "grpc-models": ("grpc_models", "grpcio's server models per call against REST binary (h2load)"),
+    "inline-hop": ("inline_hop", "the batcher's thread hop alone, in process (INLINE_RUN_MAX_US)"),
+    "classify-cost": ("classify_cost", "the codecs' cost with and without classification"),
     "render": ("render", "rewrite the docs' figures from docs/results/*.json (--check: test)"),
 }
 

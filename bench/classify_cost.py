@@ -2,7 +2,7 @@
 1-image request without ``classification`` (run it in a worktree of main too: the two should
 agree within noise) and the time to format a classification, in process, no HTTP.
 
-    python -m bench.classify_cost [--calls 20000] [--rounds 5]
+    python -m bench classify-cost [--calls 20000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -71,11 +71,12 @@ def classify_calls() -> dict[str, Callable[[], object]]:
     return calls
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+
+
+def main(args: argparse.Namespace) -> None:
     calls = codec_calls()
     with contextlib.suppress(ImportError):  # a worktree without the extension: its codecs only
         calls.update(classify_calls())
@@ -83,7 +84,3 @@ def main() -> None:
         number = args.calls if "256" not in name else max(args.calls // 200, 1)
         best = min(timeit.repeat(call, number=number, repeat=args.rounds)) / number
         print(f"{name}: {best * 1e6:,.2f} us (best of {args.rounds} x {number})")
-
-
-if __name__ == "__main__":
-    main()

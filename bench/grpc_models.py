@@ -1,7 +1,7 @@
 """Which of grpcio's server models costs least per call (issue 28): the service's REST app with its
 gRPC surface served one way or another, each measured by h2load for gRPC and REST binary alike.
 
-    python -m bench.grpc_models --rounds 2 --seconds 5 aio sync sync-direct aio-latency
+    python -m bench grpc-models --rounds 2 --seconds 5 aio sync sync-direct aio-latency
 
 Modes: ``aio`` is the service as shipped (``grpc.aio`` on uvicorn's loop); ``sync`` is
 ``grpc.server`` with a thread pool, each unary call handed to the same servicer on uvicorn's loop
@@ -167,7 +167,7 @@ def compare(modes: list[str], rounds: int, seconds: int, model: str = "cifar10_c
         for round_ in range(1, rounds + 1):
             for mode in modes:
                 where = Service(free_port(), free_port())
-                argv = [sys.executable, "-m", "bench.grpc_models", "--serve", mode,
+                argv = [sys.executable, "-m", "bench", "grpc-models", "--serve", mode,
                         str(where.port), str(where.grpc_port)]  # fmt: skip
                 group = start(argv, {}, where.port, Path(tmp) / "server.log", 60)
                 try:
@@ -187,21 +187,18 @@ def compare(modes: list[str], rounds: int, seconds: int, model: str = "cifar10_c
                     group.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.grpc_models", description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("modes", nargs="*", default=["aio", "sync", "sync-direct"])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--serve", nargs=3, metavar=("MODE", "PORT", "GRPC_PORT"))
-    args = parser.parse_args()
+
+
+def main(args: argparse.Namespace) -> None:
     if args.serve:
         serve(args.serve[0], int(args.serve[1]), int(args.serve[2]))
         return
     unknown = sorted(set(args.modes) - set(MODES))
     if unknown:
-        parser.error(f"unknown modes {unknown}; choose from {', '.join(MODES)}")
+        raise SystemExit(f"unknown modes {unknown}; choose from {', '.join(MODES)}")
     compare(args.modes, args.rounds, args.seconds)
-
-
-if __name__ == "__main__":
-    main()

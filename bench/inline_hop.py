@@ -2,7 +2,7 @@
 once allowed to run a lone request inline (``INLINE_RUN_MAX_US``) and once not, timed by awaiting
 ``ModelRuntime.infer`` on one image one call after another; no HTTP, so the hop stands alone.
 
-    python -m bench.inline_hop [--model cifar10_cnn] [--calls 3000] [--rounds 3]
+    python -m bench inline-hop [--model cifar10_cnn] [--calls 3000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -37,12 +37,13 @@ async def p50_p99_us(runtime: ModelRuntime, calls: int) -> tuple[float, float]:
     return seconds[calls // 2] * 1e6, seconds[int(calls * 0.99)] * 1e6
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.inline_hop", description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="cifar10_cnn")
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+
+
+def main(args: argparse.Namespace) -> None:
     runtimes = {"inline": loaded(args.model, 250), "model's thread": loaded(args.model, 0)}
     if runtimes["inline"].inline_p99_s is None:
         raise SystemExit(f"{args.model}'s batch-1 run was timed over 250 us: never inline here")
@@ -52,7 +53,3 @@ def main() -> None:
             print(f"round {round_} {name:14s} p50 {p50:.0f} us p99 {p99:.0f} us", flush=True)
     for runtime in runtimes.values():
         runtime.close()
-
-
-if __name__ == "__main__":
-    main()

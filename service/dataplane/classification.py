@@ -18,7 +18,7 @@ from service.engine.work_pool import WorkPool
 
 FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64"})
 # Above this many strings (images x k) the formatting leaves the event loop for the work pool:
-# about 0.55 us a string here (``python -m bench.classify_cost``), so at most ~0.3 ms on the loop,
+# about 0.55 us a string here (``python -m bench classify-cost``), so at most ~0.3 ms on the loop,
 # what a hop to the pool costs.
 INLINE_STRINGS = 512
 

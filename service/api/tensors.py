@@ -1,18 +1,36 @@
-"""Tensor data as the wires carry it (lists of values, flat or nested; raw bytes) -> checked numpy
-arrays: the rules both codecs, REST's and gRPC's, and v1's pixel arrays share, so a tensor is
-refused with the same message whichever way it came."""
+"""Tensor data as the wires carry it (lists of values, flat or nested; raw bytes) <-> checked
+numpy arrays: the rules both codecs, REST's and gRPC's, and v1's pixel arrays share, so a tensor is
+refused with the same message whichever way it came.
+
+Every datatype goes through the same functions; what differs between them (numpy dtype, bounds,
+what JSON values it takes) comes from the one table, ``service.core.datatypes``.
+"""
 
 from __future__ import annotations
 
 import math
-import struct
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from service.core.datatypes import DATATYPES
 from service.core.errors import InvalidInput, UnprocessableInput
-from service.engine.dtypes import NUMPY_DTYPES
+from service.engine.dtypes import NUMPY_DTYPES, empty_tensor
+from service.engine.tensor_bytes import as_bytes, strings_array, tensor_from_bytes, tensor_to_bytes
+
+# What JSON values each kind of numpy dtype takes, and what a client is told it must send.
+JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "b": (bool,),
+    "i": (int,),
+    "u": (int,),
+    "f": (int, float),
+    "O": (str,),
+}
+ARRAY_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}  # numpy arrays' kinds each takes
+WANTED = {"b": "true or false", "i": "integers", "u": "integers", "f": "numbers", "O": "strings"}
+FOUND_TYPES = {bool: "booleans", int: "integers", float: "fractions", str: "strings"}
+FOUND_KINDS = {"b": "booleans", "U": "strings", "O": "mixed values", "f": "fractions"}
 
 
 def check_datatype(datatype: Any, where: str) -> str:
@@ -33,16 +51,38 @@ def array_from_bytes(
     declared: int | None = None,
     kind: str = "binary",
 ) -> np.ndarray:
-    """``raw`` read in place as an array of ``shape`` in ``datatype``; its length (and the
-    ``declared`` size, if the wire gives one) must be what the shape needs."""
-    dtype = NUMPY_DTYPES[datatype]
-    expected = math.prod(shape) * dtype.itemsize
-    if len(raw) != expected or (declared is not None and declared != expected):
+    """``raw`` as an array of ``shape`` in ``datatype`` (``tensor_bytes``: numbers read in place,
+    BYTES length-prefixed); ``declared``, the size the wire gives, must be what arrived."""
+    if declared is not None and declared != len(raw):
         raise UnprocessableInput(
-            f"{where}: {len(raw)} bytes of {kind} data but shape {shape} of {datatype} needs "
-            f"{expected}"
+            f"{where}: binary_data_size is {declared} but the body has {len(raw)} bytes left for it"
         )
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return tensor_from_bytes(raw, datatype, shape, where, kind)
+
+
+def tensor_bytes(array: np.ndarray) -> bytes:
+    """An output as raw and binary tensors carry it (BYTES: each element after its 4-byte
+    little-endian length, Triton's layout)."""
+    return tensor_to_bytes(array)
+
+
+bytes_elements = tensor_bytes  # the classification extension's name for it
+
+
+def tensor_json(array: np.ndarray) -> Any:
+    """An output as a JSON tensor's flat ``data``: numbers as numpy (orjson writes them), BYTES
+    elements as strings, as Triton (bytes that are not UTF-8 have their bad bytes replaced)."""
+    if array.dtype.hasobject:
+        return bytes_strings(array)
+    return array.ravel()
+
+
+def bytes_strings(array: np.ndarray) -> list[str]:
+    """A BYTES output's elements as JSON strings."""
+    return [
+        e if isinstance(e, str) else as_bytes(e).decode("utf-8", "replace")
+        for e in array.ravel().tolist()
+    ]
 
 
 def _flatten(data: list[Any]) -> list[Any]:
@@ -60,6 +100,23 @@ def _flatten(data: list[Any]) -> list[Any]:
     return flat
 
 
+def _checked_values(data: list[Any], datatype: str, where: str) -> list[Any]:
+    """``data``'s values in row-major order, each of a JSON type ``datatype`` takes (looked at
+    before numpy is: ``np.array`` would make numbers of strings, or a string array as wide as
+    the longest one for every element)."""
+    types = set(map(type, data))
+    if list in types:
+        data = _flatten(data)
+        types = set(map(type, data))
+    kind = NUMPY_DTYPES[datatype].kind
+    wrong = types.difference(JSON_TYPES[kind])
+    if wrong:
+        first = min(wrong, key=lambda t: t.__name__)  # the same name for the same data
+        found = FOUND_TYPES.get(first, "mixed values")
+        raise UnprocessableInput(f"{where}: {datatype} data must be {WANTED[kind]}, found {found}")
+    return data
+
+
 def array_from_json(
     data: Any, datatype: str, shape: list[int], where: str, *, nested: bool = False
 ) -> np.ndarray:
@@ -67,20 +124,21 @@ def array_from_json(
 
     ``nested`` requires the nesting itself to have ``shape`` (v1 instances), not just its length.
     """
+    dtype = NUMPY_DTYPES[datatype]
+    if isinstance(data, np.ndarray) and dtype.hasobject:
+        data = data.tolist()  # BYTES: its elements looked at one by one, as JSON's are
     if isinstance(data, np.ndarray):  # already numbers (``loads_infer_request``)
         array = data
     elif not isinstance(data, list):
         raise InvalidInput(f"{where}.data must be a JSON array")
     else:
+        flat = _checked_values(data, datatype, where)
         try:
-            array = np.array(data)
+            array = np.array(data if nested else flat, dtype=object if dtype.hasobject else None)
         except (ValueError, TypeError):
-            if nested:
-                raise UnprocessableInput(
-                    f"{where}.data is ragged or mixes types; expected {datatype} numbers"
-                ) from None
-            # v2 data may be nested any way: its values in row-major order are what count
-            array = np.array(_flatten(data))
+            raise UnprocessableInput(
+                f"{where}.data is ragged or mixes types; expected {datatype} numbers"
+            ) from None
     expected = math.prod(shape)
     if nested and list(array.shape) != shape:
         raise UnprocessableInput(
@@ -91,32 +149,39 @@ def array_from_json(
             f"{where}: data holds {array.size} values but shape {shape} needs {expected}"
         )
     if array.size == 0:
-        return np.zeros(shape, dtype=NUMPY_DTYPES[datatype])
-    kind = array.dtype.kind
-    if datatype == "BOOL":
-        if kind != "b":
-            raise UnprocessableInput(f"{where}: BOOL data must be true or false")
-    elif kind not in "iuf" or (datatype not in ("FP32", "FP16") and kind == "f"):
-        found = {"b": "booleans", "U": "strings", "O": "mixed values", "f": "fractions"}.get(
-            kind, array.dtype.name
-        )
-        wanted = "numbers" if datatype in ("FP32", "FP16") else "integers"
-        raise UnprocessableInput(f"{where}: {datatype} data must be {wanted}, found {found}")
+        return empty_tensor(datatype, shape)
+    return _as_datatype(array, datatype, shape, where)
+
+
+def _as_datatype(array: np.ndarray, datatype: str, shape: list[int], where: str) -> np.ndarray:
+    """``array`` (values of a JSON type ``datatype`` takes, or numbers) cast to ``datatype``,
+    refused if the cast would change a value: integers past the datatype's bounds."""
+    kind = NUMPY_DTYPES[datatype].kind
+    if kind == "O":  # strings, as ``_checked_values`` found
+        return array.reshape(shape)
+    if array.dtype.kind not in ARRAY_KINDS[kind]:
+        found = FOUND_KINDS.get(array.dtype.kind, array.dtype.name)
+        raise UnprocessableInput(f"{where}: {datatype} data must be {WANTED[kind]}, found {found}")
     value_range = DATATYPES[datatype].value_range
-    if value_range is not None and kind in "iu":
+    if value_range is not None:
         low, high = value_range
         if array.min() < low or array.max() > high:
             raise UnprocessableInput(f"{where}: {datatype} values must lie in {low}..{high}")
     return array.astype(NUMPY_DTYPES[datatype], copy=False).reshape(shape)
 
 
-def bytes_elements(array: np.ndarray) -> bytes:
-    """A BYTES output (numpy object array of ``bytes``) as raw and binary tensors carry it: each
-    element after its 4-byte little-endian length, Triton's layout. Callers test
-    ``array.dtype.hasobject`` first, so numeric outputs pay one attribute read."""
-    return b"".join(struct.pack("<I", len(element)) + element for element in array.ravel())
-
-
-def bytes_strings(array: np.ndarray) -> list[str]:
-    """A BYTES output as a JSON tensor's flat ``data``: its elements as strings, as Triton."""
-    return [element.decode("utf-8", "replace") for element in array.ravel()]
+def array_from_values(
+    values: Sequence[Any], datatype: str, shape: list[int], where: str
+) -> np.ndarray:
+    """gRPC's typed contents (values protobuf has already typed: ints, floats, bools, bytes) as
+    an array of ``shape`` in ``datatype``: counted, bounds checked, BYTES decoded."""
+    expected = math.prod(shape)
+    if len(values) != expected:
+        raise UnprocessableInput(
+            f"{where}: data holds {len(values)} values but shape {shape} needs {expected}"
+        )
+    if NUMPY_DTYPES[datatype].hasobject:
+        return strings_array(values, shape, where)
+    if expected == 0:
+        return empty_tensor(datatype, shape)
+    return _as_datatype(np.array(values), datatype, shape, where)

@@ -47,4 +47,4 @@ def to_pixels(tensor: InputTensor, image_shape: Sequence[int]) -> np.ndarray:
             raise UnprocessableInput(f"{where}: {tensor.datatype} pixels must lie in 0..1")
         pixels: np.ndarray = np.rint(data.astype(np.float32) * 255.0).astype(np.uint8)
         return pixels
-    raise UnprocessableInput(f"{where}: datatype {tensor.datatype} is not UINT8 or FP32 pixels")
+    raise UnprocessableInput(f"{where}: datatype {tensor.datatype!r} is not UINT8 or FP32 pixels")

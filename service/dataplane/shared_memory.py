@@ -25,6 +25,7 @@ import numpy as np
 from service.core.errors import InvalidInput, PayloadTooLarge, RegionNotFound
 from service.dataplane.types import InferRequest, RequestedOutput, SharedMemoryRef
 from service.engine.dtypes import NUMPY_DTYPES
+from service.engine.tensor_bytes import tensor_from_bytes, tensor_to_bytes
 from service.engine.work_pool import WorkPool
 
 SHM_DIR = "/dev/shm"  # where glibc's shm_open keeps every POSIX shared-memory object
@@ -206,20 +207,29 @@ class SharedMemoryRegistry:
         self, ref: SharedMemoryRef, datatype: str, shape: Sequence[int], where: str
     ) -> np.ndarray:
         """The tensor of ``shape`` and ``datatype`` that ``ref`` holds (its byte size must be
-        exactly what they need), read into a new array."""
+        exactly what they need; BYTES: length-prefixed elements filling it), read into a new
+        array."""
         dtype = NUMPY_DTYPES[datatype]
+        if dtype.hasobject:
+            raw = bytearray(ref.byte_size)
+            self._read_into(ref, memoryview(raw), where)
+            return tensor_from_bytes(bytes(raw), datatype, list(shape), where, "shared memory")
         expected = math.prod(shape) * dtype.itemsize
         if ref.byte_size != expected:
             raise InvalidInput(
                 f"{where}: shared_memory_byte_size {ref.byte_size} but shape {list(shape)} of "
                 f"{datatype} needs {expected}"
             )
+        array = np.empty(shape, dtype)
+        self._read_into(ref, array.reshape(-1).view(np.uint8).data, where)
+        return array
+
+    def _read_into(self, ref: SharedMemoryRef, view: memoryview, where: str) -> None:
+        """Fill ``view`` from where ``ref`` points."""
         with self._use(ref.region, where) as region:
-            position = region.position(ref, where)  # inside the region before any allocation
-            array = np.empty(shape, dtype)
-            view = array.reshape(-1).view(np.uint8).data
+            position = region.position(ref, where)  # inside the region (its size is bounded)
             done = 0
-            while done < expected:
+            while done < len(view):
                 got = os.preadv(region.fd, [view[done:]], position + done)
                 if got == 0:
                     raise InvalidInput(
@@ -227,19 +237,20 @@ class SharedMemoryRegistry:
                         "region does (truncated since it was registered)"
                     )
                 done += got
-        return array
 
     def write(self, ref: SharedMemoryRef, array: np.ndarray, where: str) -> int:
-        """Write ``array`` where ``ref`` points (its byte size at least the array's); the bytes
-        written."""
-        data = np.ascontiguousarray(array)
-        nbytes = data.nbytes
+        """Write ``array`` where ``ref`` points (its byte size at least the array's; BYTES as
+        length-prefixed elements); the bytes written."""
+        if array.dtype.hasobject:
+            view = memoryview(tensor_to_bytes(array))
+        else:
+            view = np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
+        nbytes = len(view)
         if nbytes > ref.byte_size:
             raise InvalidInput(
                 f"{where}: shared_memory_byte_size {ref.byte_size} is too small for the "
                 f"{nbytes}-byte output"
             )
-        view = data.reshape(-1).view(np.uint8).data
         with self._use(ref.region, where) as region:
             position = region.position(ref, where)
             if position + nbytes > os.fstat(region.fd).st_size:

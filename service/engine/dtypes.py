@@ -10,10 +10,16 @@ import numpy as np
 from service.core.datatypes import DATATYPES
 
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {name: np.dtype(d.dtype) for name, d in DATATYPES.items()}
-# BYTES as outputs hold it: numpy object arrays of ``bytes`` (the classification extension's
-# answer; no input is BYTES yet).
-BYTES_DTYPE: np.dtype[Any] = np.dtype(object)
-DATATYPE_NAMES: dict[np.dtype[Any], str] = {
-    BYTES_DTYPE: "BYTES",
-    **{dtype: name for name, dtype in NUMPY_DTYPES.items()},
-}
+# BYTES as arrays hold it: numpy object arrays whose elements are ``str`` (what onnxruntime takes
+# and returns for string tensors; inputs are decoded to it) or ``bytes`` (the classification
+# extension's answers); the wires encode either.
+BYTES_DTYPE: np.dtype[Any] = NUMPY_DTYPES["BYTES"]
+DATATYPE_NAMES: dict[np.dtype[Any], str] = {dtype: name for name, dtype in NUMPY_DTYPES.items()}
+
+
+def empty_tensor(datatype: str, shape: list[int]) -> np.ndarray:
+    """A tensor of ``shape`` holding zeros, or empty strings for BYTES (onnxruntime would read
+    an object array's ``None`` as the text "None")."""
+    if datatype == "BYTES":
+        return np.full(shape, "", dtype=BYTES_DTYPE)
+    return np.zeros(shape, dtype=NUMPY_DTYPES[datatype])

@@ -14,9 +14,9 @@ from service.api.grpc.extension_codec import timeout_parameter
 from service.api.grpc.shared_memory import set_region, tensor_region
 from service.api.tensors import (
     array_from_bytes,
-    array_from_json,
-    bytes_elements,
+    array_from_values,
     check_datatype,
+    tensor_bytes,
 )
 from service.core.card import TensorSpec
 from service.core.classification import PARAMETER, check_class_count
@@ -63,14 +63,11 @@ def decode_infer_request(request: Any, max_rows: int) -> InferRequest:
         if region is not None:
             inputs.append(_shared_input(tensor, region, max_rows))
             continue
-        values: list[Any] | None = None
-        if not raw:
-            field = CONTENTS_FIELDS.get(tensor.datatype)
-            if field is None:
-                raise UnprocessableInput(
-                    f"input {tensor.name!r}: {tensor.datatype} data must come in raw_input_contents"
-                )
-            values = list(getattr(tensor.contents, field))
+        values = None if raw else typed_contents(tensor)
+        if raw and tensor.HasField("contents"):
+            raise InvalidInput(
+                f"input {tensor.name!r}: contents given as well as raw_input_contents; give one"
+            )
         shape = list(tensor.shape)
         data = raw[raw_index] if raw else None
         raw_index += 1
@@ -123,10 +120,26 @@ def _input(
     check_datatype(datatype, where)
     checked = checked_shape(shape, where, max_rows)
     if raw is None:
-        data = array_from_json(values if values is not None else [], datatype, checked, where)
+        data = array_from_values(values if values is not None else [], datatype, checked, where)
     else:
         data = array_from_bytes(raw, datatype, checked, where, kind="raw")
     return InputTensor(name, datatype, checked, data)
+
+
+def typed_contents(tensor: Any) -> list[Any]:
+    """An input's values from its typed ``contents``: the one field of its datatype (the table's);
+    values in any other field are refused, never ignored."""
+    where = f"input {tensor.name!r}"
+    field = CONTENTS_FIELDS.get(tensor.datatype)
+    given = [f.name for f, _ in tensor.contents.ListFields()]
+    if field is None and tensor.datatype in NUMPY_DTYPES:
+        raise UnprocessableInput(f"{where}: {tensor.datatype} data must come in raw_input_contents")
+    other = [name for name in given if name != field]
+    if field is not None and other:
+        raise UnprocessableInput(
+            f"{where}: {tensor.datatype} values go in contents.{field}, not {', '.join(other)}"
+        )
+    return list(getattr(tensor.contents, field)) if field is not None else []
 
 
 def typed_values(request: Any) -> int:
@@ -152,12 +165,8 @@ def encode_infer_response(response: InferResponse) -> Any:
         if region is not None:  # written there: its parameters and empty contents, as Triton
             set_region(tensor.parameters, region)
             message.raw_output_contents.append(b"")
-        else:
-            if array.dtype.hasobject:  # BYTES (the classification extension)
-                raw = bytes_elements(array)
-            else:
-                raw = np.ascontiguousarray(array).tobytes()
-            message.raw_output_contents.append(raw)
+        else:  # raw, as Triton answers (tritonclient reads typed contents too)
+            message.raw_output_contents.append(tensor_bytes(array))
     return message
 
 

@@ -16,9 +16,9 @@ from service.api.rest.json_wire import dumps, json_object, loads_infer_request
 from service.api.tensors import (
     array_from_bytes,
     array_from_json,
-    bytes_elements,
-    bytes_strings,
     check_datatype,
+    tensor_bytes,
+    tensor_json,
 )
 from service.core.classification import PARAMETER, check_class_count
 from service.core.errors import InvalidInput, UnprocessableInput
@@ -116,7 +116,7 @@ def _input_tensors(raw_inputs: Any, binary: bytes, max_rows: int) -> list[InputT
             data = array_from_bytes(
                 binary[offset : offset + size], datatype, shape, where, declared=size
             )
-            offset += data.nbytes
+            offset += size
         else:
             data = array_from_json(tensor.get("data"), datatype, shape, where)
         inputs.append(InputTensor(name, datatype, shape, data))
@@ -176,14 +176,11 @@ def encode_infer_response(
         if region is not None:  # written there: its parameters, no data (Triton's answer)
             tensor["parameters"] = region.parameters()
         elif binary.get(name):
-            if array.dtype.hasobject:  # BYTES (the classification extension)
-                raw = bytes_elements(array)
-            else:
-                raw = np.ascontiguousarray(array).tobytes()
+            raw = tensor_bytes(array)
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            tensor["data"] = bytes_strings(array) if array.dtype.hasobject else array.ravel()
+            tensor["data"] = tensor_json(array)
         tensors.append(tensor)
     body: dict[str, Any] = {
         "model_name": response.model_name,

@@ -19,6 +19,7 @@ from service.core.limits import (
     check_object_size,
     check_tensor_count,
 )
+from service.engine.dtypes import NUMPY_DTYPES
 
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -103,8 +104,10 @@ def _numbers(data: Any, datatype: Any) -> Any:
     plain list when it is anything else; ``array_from_json`` checks either the same way."""
     if not isinstance(data, simdjson.Array):
         return _plain(data)
-    if datatype != "BOOL":  # nesting is flattened row-major, as ``array_from_json`` does
-        floats = datatype in ("FP32", "FP16")
+    known = isinstance(datatype, str) and datatype in NUMPY_DTYPES
+    kind = NUMPY_DTYPES[datatype].kind if known else ""
+    if kind in ("i", "u", "f"):  # nesting is flattened row-major, as ``array_from_json`` does
+        floats = kind == "f"
         try:
             buffer = data.as_buffer(of_type="d" if floats else "i")
         except (TypeError, ValueError):

@@ -30,6 +30,7 @@ JSON_TYPES: dict[str, tuple[type, ...]] = {
 ARRAY_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}  # numpy arrays' kinds each takes
 WANTED = {"b": "true or false", "i": "integers", "u": "integers", "f": "numbers", "O": "strings"}
 FOUND_TYPES = {bool: "booleans", int: "integers", float: "fractions", str: "strings"}
+FOUND_TYPES |= {type(None): "nulls", dict: "objects"}
 FOUND_KINDS = {"b": "booleans", "U": "strings", "O": "mixed values", "f": "fractions"}
 
 
@@ -131,26 +132,55 @@ def array_from_json(
         array = data
     elif not isinstance(data, list):
         raise InvalidInput(f"{where}.data must be a JSON array")
+    elif not nested:
+        return _array_from_values(_checked_values(data, datatype, where), datatype, shape, where)
     else:
-        flat = _checked_values(data, datatype, where)
+        _checked_values(data, datatype, where)
         try:
-            array = np.array(data if nested else flat, dtype=object if dtype.hasobject else None)
+            array = np.array(data, dtype=object if dtype.hasobject else None)
         except (ValueError, TypeError):
             raise UnprocessableInput(
                 f"{where}.data is ragged or mixes types; expected {datatype} numbers"
             ) from None
-    expected = math.prod(shape)
     if nested and list(array.shape) != shape:
         raise UnprocessableInput(
             f"{where}: pixel array of shape {list(array.shape)}, expected {shape}"
         )
-    if array.size != expected:
-        raise UnprocessableInput(
-            f"{where}: data holds {array.size} values but shape {shape} needs {expected}"
-        )
+    _check_count(array.size, shape, where)
     if array.size == 0:
         return empty_tensor(datatype, shape)
     return _as_datatype(array, datatype, shape, where)
+
+
+def _check_count(count: int, shape: list[int], where: str) -> None:
+    expected = math.prod(shape)
+    if count != expected:
+        raise UnprocessableInput(
+            f"{where}: data holds {count} values but shape {shape} needs {expected}"
+        )
+
+
+def _array_from_values(
+    values: Sequence[Any], datatype: str, shape: list[int], where: str
+) -> np.ndarray:
+    """Flat values of the Python types ``datatype`` takes as its array, exactly: integers are
+    checked against its bounds as Python integers (numpy would read a list mixing 0 and 2**64-1
+    as floats)."""
+    _check_count(len(values), shape, where)
+    dtype = NUMPY_DTYPES[datatype]
+    if dtype.hasobject:
+        array = np.empty(len(values), dtype=dtype)
+        array[:] = values
+        return array.reshape(shape)
+    value_range = DATATYPES[datatype].value_range
+    if value_range is not None and values:
+        low, high = value_range
+        if min(values) < low or max(values) > high:
+            raise UnprocessableInput(f"{where}: {datatype} values must lie in {low}..{high}")
+    try:
+        return np.array(values, dtype=dtype).reshape(shape)
+    except OverflowError:  # an integer past what a float holds
+        raise UnprocessableInput(f"{where}: a value is out of {datatype}'s range") from None
 
 
 def _as_datatype(array: np.ndarray, datatype: str, shape: list[int], where: str) -> np.ndarray:
@@ -175,13 +205,7 @@ def array_from_values(
 ) -> np.ndarray:
     """gRPC's typed contents (values protobuf has already typed: ints, floats, bools, bytes) as
     an array of ``shape`` in ``datatype``: counted, bounds checked, BYTES decoded."""
-    expected = math.prod(shape)
-    if len(values) != expected:
-        raise UnprocessableInput(
-            f"{where}: data holds {len(values)} values but shape {shape} needs {expected}"
-        )
     if NUMPY_DTYPES[datatype].hasobject:
+        _check_count(len(values), shape, where)
         return strings_array(values, shape, where)
-    if expected == 0:
-        return empty_tensor(datatype, shape)
-    return _as_datatype(np.array(values), datatype, shape, where)
+    return _array_from_values(values, datatype, shape, where)

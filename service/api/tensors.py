@@ -134,8 +134,7 @@ def array_from_json(
         raise InvalidInput(f"{where}.data must be a JSON array")
     elif not nested:
         return _array_from_values(_checked_values(data, datatype, where), datatype, shape, where)
-    else:
-        _checked_values(data, datatype, where)
+    else:  # v1's pixel rows, some already numpy arrays (``json_wire.loads_object``)
         try:
             array = np.array(data, dtype=object if dtype.hasobject else None)
         except (ValueError, TypeError):
@@ -187,7 +186,9 @@ def _as_datatype(array: np.ndarray, datatype: str, shape: list[int], where: str)
     """``array`` (values of a JSON type ``datatype`` takes, or numbers) cast to ``datatype``,
     refused if the cast would change a value: integers past the datatype's bounds."""
     kind = NUMPY_DTYPES[datatype].kind
-    if kind == "O":  # strings, as ``_checked_values`` found
+    if kind == "O":
+        if not all(isinstance(element, str) for element in array.flat):
+            raise UnprocessableInput(f"{where}: {datatype} data must be strings")
         return array.reshape(shape)
     if array.dtype.kind not in ARRAY_KINDS[kind]:
         found = FOUND_KINDS.get(array.dtype.kind, array.dtype.name)

@@ -100,7 +100,8 @@ BROKEN = [
     ),
     (
         {"outputs": [{"name": "logits", "datatype": "FLOAT", "shape": [1]}]},
-        "outputs[0].datatype must be one of ['BOOL', 'FP16', 'FP32', 'INT32', 'INT64', 'UINT8']",
+        "outputs[0].datatype must be one of ['BOOL', 'BYTES', 'FP16', 'FP32', 'FP64', 'INT16', "
+        "'INT32', 'INT64', 'INT8', 'UINT16', 'UINT32', 'UINT64', 'UINT8']",
     ),
     (
         {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, 0]}]},

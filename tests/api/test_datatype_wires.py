@@ -181,7 +181,7 @@ def test_numbers_round_trip_every_wire(case: tuple[str, np.ndarray], wire: str) 
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.text(max_size=8), min_size=1, max_size=6), st.sampled_from(list(WIRES)))
 def test_strings_round_trip_every_wire(strings: list[str], wire: str) -> None:
-    array = np.array(strings + [""], dtype=object).reshape(1, -1)
+    array = np.array([*strings, ""], dtype=object).reshape(1, -1)
     _equal(WIRES[wire]("BYTES", array), array)
     for answer in ANSWERS.values():
         _equal(answer(array), array)
@@ -199,8 +199,8 @@ def json_body(datatype: str, shape: list[int], data: Any) -> bytes:
 def binary_body(
     datatype: str, shape: list[int], raw: bytes, size: int | None = None
 ) -> tuple[bytes, int]:
-    tensor = {"name": "x", "datatype": datatype, "shape": shape}
-    tensor["parameters"] = {"binary_data_size": len(raw) if size is None else size}
+    parameters = {"binary_data_size": len(raw) if size is None else size}
+    tensor = {"name": "x", "datatype": datatype, "shape": shape, "parameters": parameters}
     header = orjson.dumps({"inputs": [tensor]})
     return header + raw, len(header)
 

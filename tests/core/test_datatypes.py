@@ -44,12 +44,12 @@ def test_each_datatype_agrees_with_numpy_onnx_tritonclient_and_grpc(datatype: Da
     assert (field is None) == (datatype.name == "FP16")  # FP16 travels as raw bytes only
 
 
-@pytest.mark.parametrize(
-    ("datatype", "field"),
-    [("INT8", "int_contents"), ("INT16", "int_contents"), ("UINT16", "uint_contents")]
-    + [("UINT32", "uint_contents"), ("UINT64", "uint64_contents"), ("FP64", "fp64_contents")]
-    + [("BYTES", "bytes_contents"), ("BOOL", "bool_contents"), ("INT64", "int64_contents")],
-)
+FIELDS = {"INT8": "int_contents", "INT16": "int_contents", "UINT16": "uint_contents"}
+FIELDS |= {"UINT32": "uint_contents", "UINT64": "uint64_contents", "FP64": "fp64_contents"}
+FIELDS |= {"BYTES": "bytes_contents", "BOOL": "bool_contents", "INT64": "int64_contents"}
+
+
+@pytest.mark.parametrize(("datatype", "field"), FIELDS.items())
 def test_typed_contents_fields_are_the_protocols(datatype: str, field: str) -> None:
     """The Open Inference Protocol's gRPC mapping: 8- and 16-bit integers share the 32-bit
     fields."""

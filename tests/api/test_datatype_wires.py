@@ -170,12 +170,16 @@ def test_bytes_answers_carry_str_and_bytes_elements_alike(wire: str) -> None:
     st.sampled_from(list(WIRES)),
 )
 def test_numbers_round_trip_every_wire(case: tuple[str, np.ndarray], wire: str) -> None:
+    """Infinities too, except in JSON, which has no word for them (Triton's neither)."""
     datatype, array = case
     if wire == "grpc-typed" and datatype == "FP16":
         wire = "grpc-raw"
-    _equal(WIRES[wire](datatype, array), array)
-    for answer in ANSWERS.values():
-        _equal(answer(array), array)
+    finite = array.dtype.kind != "f" or bool(np.isfinite(array).all())
+    if finite or wire != "json":
+        _equal(WIRES[wire](datatype, array), array)
+    for name, answer in ANSWERS.items():
+        if finite or name != "json":
+            _equal(answer(array), array)
 
 
 @settings(max_examples=30, deadline=None)

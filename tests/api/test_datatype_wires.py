@@ -343,3 +343,14 @@ def test_hostile_typed_contents_are_refused_naming_the_tensor(case: tuple[Any, .
     message, expected_status, expected = case
     status, text = refusal(grpc_codec.decode_infer_request, message)
     assert status == expected_status and text.startswith("input 'x': ") and expected in text, text
+
+
+def test_bytes_raw_contents_count_as_python_work_and_numbers_do_not() -> None:
+    """gRPC decodes inline on the event loop only below ``INLINE_DECODE_BYTES`` of Python work:
+    raw numbers are read in place, raw BYTES are split element by element."""
+    raw = lengths(*[b"abc"] * 1000)
+    assert grpc_codec.python_decode_bytes(grpc_raw("BYTES", [1, 1000], raw)) == len(raw)
+    assert grpc_codec.python_decode_bytes(grpc_raw("INT32", [1, 1000], bytes(4000))) == 0
+    typed = grpc_typed("BYTES", [2], bytes_contents=[b"abcd", b"ef"])
+    assert grpc_codec.python_decode_bytes(typed) == 2 * 4 + 6
+    assert grpc_codec.python_decode_bytes(grpc_typed("INT8", [3], int_contents=[1, 2, 3])) == 12

@@ -142,14 +142,24 @@ def typed_contents(tensor: Any) -> list[Any]:
     return list(getattr(tensor.contents, field)) if field is not None else []
 
 
-def typed_values(request: Any) -> int:
-    """How many values the request's inputs carry as typed ``contents`` (Python numbers to make,
-    unlike ``raw_input_contents``, which numpy reads in place)."""
-    count = 0
+def python_decode_bytes(request: Any) -> int:
+    """About how many bytes of the request decoding reads value by value in Python (typed
+    ``contents``, 4 bytes a value; BYTES elements, typed or raw), unlike numbers in
+    ``raw_input_contents``, which numpy reads in place: what decides whether decoding may run on
+    the event loop."""
+    total = 0
+    variable = False  # a BYTES input: its raw contents are split element by element
     for tensor in request.inputs[:MAX_TENSORS]:
         field = CONTENTS_FIELDS.get(tensor.datatype)
-        count += len(getattr(tensor.contents, field)) if field else 0
-    return count
+        values = getattr(tensor.contents, field) if field else ()
+        total += 4 * len(values)
+        datatype = DATATYPES.get(tensor.datatype)
+        if datatype is not None and datatype.size is None:
+            variable = True
+            total += sum(map(len, values))
+    if variable:
+        total += sum(map(len, request.raw_input_contents[: MAX_TENSORS + 1]))
+    return total
 
 
 def encode_infer_response(response: InferResponse) -> Any:

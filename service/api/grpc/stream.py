@@ -38,7 +38,7 @@ async def infer_message(plane: DataPlane, request: Any, metadata: Any = None) ->
         raise InvalidInput(f"the request is not a valid {request.message} message")
     runtime = plane.model(request.model_name, request.model_version or None)
     settings = plane.settings
-    light = codec.typed_values(request) * 4 <= settings.inline_decode_bytes
+    light = codec.python_decode_bytes(request) <= settings.inline_decode_bytes
     decode = codec.decode_infer_request
     with plane.trace_settings.request(runtime.name, grpc_carrier(metadata)):
         with step("decode"):

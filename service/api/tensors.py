@@ -124,7 +124,19 @@ def array_from_json(
     """JSON data (flat or nested, row-major) as an array of ``shape`` in ``datatype``.
 
     ``nested`` requires the nesting itself to have ``shape`` (v1 instances), not just its length.
+    A number past a float datatype's range is refused, not made infinite (JSON has no infinity,
+    so any in the result is an overflow).
     """
+    with np.errstate(over="ignore"):
+        array = _json_array(data, datatype, shape, where, nested)
+    dtype = array.dtype
+    if dtype.kind == "f" and not np.isfinite(array).all():
+        top = float(np.finfo(dtype).max)
+        raise UnprocessableInput(f"{where}: {datatype} values must lie in -{top:g}..{top:g}")
+    return array
+
+
+def _json_array(data: Any, datatype: str, shape: list[int], where: str, nested: bool) -> np.ndarray:
     dtype = NUMPY_DTYPES[datatype]
     if isinstance(data, np.ndarray) and dtype.hasobject:
         data = data.tolist()  # BYTES: its elements looked at one by one, as JSON's are

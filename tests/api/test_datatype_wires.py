@@ -20,6 +20,8 @@ from tritonclient.utils import serialize_byte_tensor
 
 from service.api.grpc import codec as grpc_codec
 from service.api.rest import codec as rest_codec
+from service.api.rest.json_wire import loads_infer_request
+from service.api.tensors import array_from_json
 from service.core.datatypes import DATATYPES
 from service.core.errors import ServingError
 from service.dataplane.types import InferResponse
@@ -232,6 +234,8 @@ HOSTILE_JSON = {
         [True, 1],
         "BOOL data must be true or false, found integers",
     ),
+    "past FP16": ("FP16", [2], [1.0, 70000], "FP16 values must lie in -65504..65504"),
+    "past FP32": ("FP32", [1], [1e39], "FP32 values must lie in -3.40282e+38..3.40282e+38"),
     "a string in FP64": ("FP64", [2], ["1.0", 1.0], "FP64 data must be numbers, found strings"),
     "a number in BYTES": ("BYTES", [2], ["a", 3], "BYTES data must be strings, found integers"),
     "a null in BYTES": ("BYTES", [2], ["a", None], "BYTES data must be strings, found nulls"),
@@ -354,3 +358,38 @@ def test_bytes_raw_contents_count_as_python_work_and_numbers_do_not() -> None:
     typed = grpc_typed("BYTES", [2], bytes_contents=[b"abcd", b"ef"])
     assert grpc_codec.python_decode_bytes(typed) == 2 * 4 + 6
     assert grpc_codec.python_decode_bytes(grpc_typed("INT8", [3], int_contents=[1, 2, 3])) == 12
+
+
+json_values = st.one_of(
+    st.integers(-(2**63), 2**64 - 1),
+    st.integers(-300, 300),
+    st.floats(-1e6, 1e6, allow_nan=False),
+    st.booleans(),
+    st.text(max_size=3),
+    st.none(),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    datatype=st.sampled_from(list(DATATYPES)),
+    data=st.lists(json_values, max_size=8) | st.lists(st.integers(0, 2**64 - 1), max_size=8),
+    nested=st.booleans(),
+)
+def test_every_datatype_decodes_alike_through_simdjson_and_orjson(
+    datatype: str, data: list[Any], nested: bool
+) -> None:
+    """The fast JSON path (simdjson's number buffers) and the plain one (orjson) give every
+    datatype the same tensor, or the same refusal."""
+    payload = [data[: len(data) // 2], data[len(data) // 2 :]] if nested and data else data
+    body = json_body(datatype, [len(data)], payload)
+
+    def outcome(parse: Any) -> object:
+        try:
+            tensor = parse(body)["inputs"][0]
+            found = array_from_json(tensor["data"], datatype, [len(data)], "t")
+            return (found.dtype.str, found.tolist())
+        except ServingError as exc:
+            return (type(exc), exc.message)
+
+    assert outcome(loads_infer_request) == outcome(orjson.loads)

@@ -57,50 +57,59 @@ def tensor_from_bytes(
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-def _split_elements(raw: bytes, count: int, where: str, kind: str) -> list[bytes]:
-    """The ``count`` length-prefixed elements of ``raw``, which must hold them exactly."""
-    if count * LENGTH.size > len(raw):  # before the loop: the count is the client's to choose
+def _split_elements(raw: bytes, count: int, where: str, kind: str) -> list[str]:
+    """The ``count`` length-prefixed elements of ``raw``, which must hold them exactly, decoded
+    (one pass: about 0.6 us an element here)."""
+    end = len(raw)
+    if count * LENGTH.size > end:  # before the loop: the count is the client's to choose
         raise UnprocessableInput(
-            f"{where}: {len(raw)} bytes of {kind} data cannot hold {count} BYTES elements "
+            f"{where}: {end} bytes of {kind} data cannot hold {count} BYTES elements "
             f"(each takes a {LENGTH.size}-byte length)"
         )
-    view = memoryview(raw)
-    elements: list[bytes] = []
-    offset = 0
-    for index in range(count):
-        if offset + LENGTH.size > len(raw):
-            raise UnprocessableInput(
-                f"{where}: the {kind} data ends at element {index} of {count} BYTES elements"
-            )
-        (length,) = LENGTH.unpack_from(raw, offset)
-        offset += LENGTH.size
-        if offset + length > len(raw):
-            raise UnprocessableInput(
-                f"{where}: BYTES element {index} claims {length} bytes but the {kind} data "
-                f"has {len(raw) - offset} left"
-            )
-        elements.append(bytes(view[offset : offset + length]))
-        offset += length
-    if offset != len(raw):
+    unpack, prefix = LENGTH.unpack_from, LENGTH.size
+    strings: list[str] = []
+    offset = index = 0
+    try:
+        for index in range(count):
+            if offset + prefix > end:
+                raise UnprocessableInput(
+                    f"{where}: the {kind} data ends at element {index} of {count} BYTES elements"
+                )
+            start = offset + prefix
+            offset = start + unpack(raw, offset)[0]
+            if offset > end:
+                raise UnprocessableInput(
+                    f"{where}: BYTES element {index} claims {offset - start} bytes but the "
+                    f"{kind} data has {end - start} left"
+                )
+            strings.append(raw[start:offset].decode())
+    except UnicodeDecodeError:
+        raise _not_text(where, index) from None
+    if offset != end:
         raise UnprocessableInput(
-            f"{where}: {len(raw) - offset} bytes of {kind} data after the last of {count} "
-            "BYTES elements"
+            f"{where}: {end - offset} bytes of {kind} data after the last of {count} BYTES elements"
         )
-    return elements
+    return strings
 
 
-def strings_array(elements: Iterable[bytes], shape: list[int], where: str) -> np.ndarray:
-    """Raw BYTES elements as the object array of ``str`` onnxruntime takes; an element that is
-    not UTF-8 is a 422 naming it."""
+def _not_text(where: str, index: int) -> UnprocessableInput:
+    return UnprocessableInput(
+        f"{where}: BYTES element {index} is not UTF-8 text (onnxruntime's string tensors hold text)"
+    )
+
+
+def strings_array(elements: Iterable[bytes | str], shape: list[int], where: str) -> np.ndarray:
+    """BYTES elements as the object array of ``str`` onnxruntime takes (raw ones decoded); an
+    element that is not UTF-8 is a 422 naming it."""
     strings: list[str] = []
     for index, element in enumerate(elements):
+        if isinstance(element, str):
+            strings.append(element)
+            continue
         try:
             strings.append(element.decode())
         except UnicodeDecodeError:
-            raise UnprocessableInput(
-                f"{where}: BYTES element {index} is not UTF-8 text (onnxruntime's string "
-                "tensors hold text)"
-            ) from None
+            raise _not_text(where, index) from None
     array = np.empty(len(strings), dtype=BYTES_DTYPE)
     array[:] = strings
     return array.reshape(shape)

@@ -23,8 +23,9 @@ from service.api.rest import codec as rest_codec
 from service.api.rest.json_wire import loads_infer_request
 from service.api.tensors import array_from_json
 from service.core.datatypes import DATATYPES
-from service.core.errors import ServingError
+from service.core.errors import ServingError, UnprocessableInput
 from service.dataplane.types import InferResponse
+from service.engine.tensor_bytes import tensor_from_bytes, tensor_to_bytes
 
 MAX_ROWS = 1024
 
@@ -393,3 +394,16 @@ def test_every_datatype_decodes_alike_through_simdjson_and_orjson(
             return (type(exc), exc.message)
 
     assert outcome(loads_infer_request) == outcome(orjson.loads)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=48), st.integers(0, 16), st.sampled_from(list(DATATYPES)))
+def test_any_raw_bytes_decode_exactly_or_are_a_422(raw: bytes, count: int, datatype: str) -> None:
+    """Whatever the bytes, a tensor or a refusal naming it; never another exception."""
+    try:
+        array = tensor_from_bytes(raw, datatype, [count], "input 'x'")
+    except UnprocessableInput as refused:
+        assert refused.message.startswith("input 'x': ")
+    else:
+        assert array.shape == (count,)
+        assert tensor_to_bytes(array) == raw  # what was read is exactly what was sent

@@ -101,6 +101,11 @@ def _flatten(data: list[Any]) -> list[Any]:
     return flat
 
 
+def holds_strings(data: list[Any]) -> bool:
+    """Whether nested lists hold a string anywhere (numpy arrays among them are numbers)."""
+    return any(isinstance(item, str) for item in _flatten(data))
+
+
 def _checked_values(data: list[Any], datatype: str, where: str) -> list[Any]:
     """``data``'s values in row-major order, each of a JSON type ``datatype`` takes (looked at
     before numpy is: ``np.array`` would make numbers of strings, or a string array as wide as
@@ -147,6 +152,11 @@ def _json_array(data: Any, datatype: str, shape: list[int], where: str, nested: 
     elif not nested:
         return _array_from_values(_checked_values(data, datatype, where), datatype, shape, where)
     else:  # v1's pixel rows, some already numpy arrays (``json_wire.loads_object``)
+        if not dtype.hasobject and holds_strings(data):  # before np.array, as in _checked_values
+            kind = dtype.kind
+            raise UnprocessableInput(
+                f"{where}: {datatype} data must be {WANTED[kind]}, found strings"
+            )
         try:
             array = np.array(data, dtype=object if dtype.hasobject else None)
         except (ValueError, TypeError):

@@ -20,7 +20,7 @@ from tritonclient.utils import serialize_byte_tensor
 
 from service.api.grpc import codec as grpc_codec
 from service.api.rest import codec as rest_codec
-from service.api.rest.json_wire import loads_infer_request
+from service.api.rest.json_wire import loads_infer_request, loads_object
 from service.api.tensors import array_from_json
 from service.core.datatypes import DATATYPES
 from service.core.errors import ServingError, UnprocessableInput
@@ -407,3 +407,19 @@ def test_any_raw_bytes_decode_exactly_or_are_a_422(raw: bytes, count: int, datat
     else:
         assert array.shape == (count,)
         assert tensor_to_bytes(array) == raw  # what was read is exactly what was sent
+
+
+def test_v1_rows_of_strings_are_never_made_one_wide_numpy_array() -> None:
+    """v1 bodies go through ``loads_object``, which makes numpy rows of nested arrays: rows
+    holding strings stay lists (50,000 strings as wide as a 10,000-character one would be 2 GB)
+    and are refused, or kept as text for BYTES."""
+    row = ["x" * 10_000] + ["a"] * 50_000
+    body = orjson.dumps({"instances": [[row], [[1, 2], [3, 4]]]})
+    first, second = loads_object(body)["instances"]
+    assert isinstance(first[0], list) and isinstance(second[0], np.ndarray)
+    shape = [1, len(row)]
+    for instance, dims in ((first, shape), (row, shape[1:])):  # a row made by loads_object, or
+        with pytest.raises(UnprocessableInput, match=r"^input 'x': INT8 data must be integers"):
+            array_from_json(instance, "INT8", dims, "input 'x'", nested=True)  # the row itself
+    strings = array_from_json(first, "BYTES", shape, "input 'x'", nested=True)
+    assert strings.dtype == object and strings[0, 0] == row[0]

@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 import simdjson
 
+from service.api.tensors import holds_strings
 from service.core.errors import InvalidInput
 from service.core.limits import (
     MAX_SUGGESTED_KEY_CHARS,
@@ -84,10 +85,23 @@ def _array_or_plain(value: Any) -> Any:
     plain = _plain(value)
     if not isinstance(plain, list):
         return plain
+    if not _all_numbers(value) and holds_strings(plain):
+        # np.array would make one fixed-width array as wide as the longest string for every
+        # element (a 200 kB body asking for gigabytes); ``array_from_json`` looks at the list
+        return plain
     try:
         return np.array(plain)
     except (ValueError, TypeError):
         return plain  # ``array_from_json`` names what is wrong with it
+
+
+def _all_numbers(value: Any) -> bool:
+    """Whether a lazily parsed array holds only numbers, at any depth (simdjson's C pass)."""
+    try:
+        value.as_buffer(of_type="d")
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _plain(value: Any) -> Any:

@@ -151,6 +151,7 @@ def _summary(status: VersionStatus) -> dict[str, Any]:
         row["execution_providers"] = status.execution_providers
     if card is not None:
         row["card"] = {
+            "kind": card.kind,
             "class_names": card.class_names,
             "inputs": [vars(t) for t in card.inputs],
             "outputs": [vars(t) for t in card.outputs],

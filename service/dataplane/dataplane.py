@@ -35,6 +35,7 @@ from service.dataplane.config_override import (
 )
 from service.dataplane.feedback import Feedback, apply_feedback, names_or_empty
 from service.dataplane.feeds import model_feeds
+from service.dataplane.kinds import check_image_card, require_image
 from service.dataplane.log_settings import LogSettings
 from service.dataplane.model_config import ModelConfig, build_model_config
 from service.dataplane.monitor import MonitorReport
@@ -260,9 +261,8 @@ class DataPlane:
     ) -> dict[str, np.ndarray]:
         """The single place a request meets a model (an image batch, or named inputs)."""
         limit = model.options.max_images_per_request  # a load's config override may lower it
-        if len(pixels) > limit:
-            what = "images" if isinstance(pixels, np.ndarray) else "rows"
-            raise PayloadTooLarge(f"{len(pixels)} {what}, more than the limit of {limit}")
+        if len(pixels) > limit:  # images, or rows of a tensor model's inputs
+            raise PayloadTooLarge(f"a batch of {len(pixels)}, more than the limit of {limit}")
         timeout_us = self.settings.request_timeout_us if timeout_us is None else timeout_us
         return await model.infer(pixels, outputs, timeout_us / 1e6)
 
@@ -300,6 +300,7 @@ class DataPlane:
         if card is None:  # never loaded (the version policy skips it) or its card is broken
             reason = f" ({entry.reason})" if entry.reason else ""
             raise ModelNotFound(f"model {name!r} version {entry.version} is not served{reason}")
+        check_image_card(card, "the quality monitor (the prediction log keeps classifications)")
         window = self.settings.monitor_window_s if window_s is None else window_s
         return await self.monitor.report(name, entry.version, card, window)
 
@@ -337,7 +338,7 @@ class DataPlane:
 
     def layers(self, name: str) -> ModelLayers:
         """The served version's layer table; ``InvalidCard`` when its graph could not be read."""
-        runtime = self.model(name)  # 404 unknown, 503 unavailable
+        runtime = require_image(self.model(name), "the layer table")  # 404, 503 unavailable
         # The entry of that very version: a reload since ``model`` may serve another one by now.
         report = self.repository.entry(name, runtime.version).layers
         if report is None or report.table is None:

@@ -8,7 +8,7 @@ docs/api.md's client table names these tests.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import grpc
 import httpx
@@ -199,3 +199,89 @@ def test_concurrent_tensor_requests_share_runs(server: Running) -> None:
     stats = httpx.get(f"{server.url}/v2/models/{SIMPLE}/stats").json()["model_stats"][0]
     assert stats["inference_count"] >= clients * per_client
     assert stats["execution_count"] < stats["inference_count"]
+
+
+def predict(server: Running, model: str, body: Mapping[str, object]) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/models/{model}:predict", json=body, timeout=30)
+
+
+def test_v1_predict_takes_named_instances_and_answers_per_row(server: Running) -> None:
+    """TF Serving's row format for a multi-input signature: one object per row."""
+    first, second = simple_inputs(rows=2, seed=3)
+    instances = [
+        {"INPUT0": a.tolist(), "INPUT1": b.tolist()} for a, b in zip(first, second, strict=True)
+    ]
+    response = predict(server, SIMPLE, {"instances": instances})
+    assert response.status_code == 200, response.text
+    rows = response.json()["predictions"]
+    assert [r["OUTPUT0"] for r in rows] == (first + second).tolist()
+    assert [r["OUTPUT1"] for r in rows] == (first - second).tolist()
+
+
+def test_v1_predict_takes_named_columnar_inputs(server: Running) -> None:
+    first, second = simple_inputs(rows=2, seed=4)
+    body = {"inputs": {"INPUT0": first.tolist(), "INPUT1": second.tolist()}}
+    response = predict(server, SIMPLE, body)
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"]["OUTPUT1"] == (first - second).tolist()
+    fixed = predict(server, FIXED, {"inputs": {"INPUT0": first[0].tolist(),
+                                               "INPUT1": second[0].tolist()}})  # fmt: skip
+    assert fixed.json()["outputs"]["OUTPUT0"] == (first[0] + second[0]).tolist(), fixed.text
+
+
+def test_v1_predict_of_a_one_input_model_takes_bare_values(server: Running) -> None:
+    values = [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]]
+    rows = predict(server, FP32, {"instances": values})
+    assert rows.status_code == 200, rows.text
+    assert rows.json()["predictions"] == [[2 * v + 1 for v in row] for row in values]
+    columns = predict(server, FP32, {"inputs": values})
+    assert columns.json()["outputs"] == rows.json()["predictions"]
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "named"),
+    [
+        (SIMPLE, {"instances": [{"INPUT0": [1] * 16}]}, "INPUT1"),
+        (SIMPLE, {"instances": [{"INPUT0": [1] * 16, "INPUT1": [1] * 8}]}, "INPUT1"),
+        (SIMPLE, {"inputs": {"INPUT0": [[1] * 16], "INPUT1": [[1] * 16], "X": [1]}}, "X"),
+        (SIMPLE, {"instances": [{"INPUT0": [0.5] * 16, "INPUT1": [1] * 16}]}, "INPUT0"),
+        (FIXED, {"instances": [{"INPUT0": [1] * 16, "INPUT1": [1] * 16}]}, "'inputs'"),
+        (SIMPLE, {"inputs": {"INPUT0": [[1] * 16], "INPUT1": [[1] * 16]}, "top_k": 2}, "top_k"),
+    ],
+    ids=["missing", "shape", "extra", "datatype", "rows-without-batch-axis", "top-k"],
+)
+def test_v1_predict_refuses_a_bad_tensor_body_naming_it(
+    server: Running, model: str, body: dict[str, object], named: str
+) -> None:
+    response = predict(server, model, body)
+    assert 400 <= response.status_code < 500, response.text
+    assert named in response.json()["error"]
+
+
+IMAGE_ONLY = [
+    ("POST", "/v1/models/{name}:classify", {"files": {"file": ("a.png", b"x", "image/png")}}),
+    ("POST", "/v1/models/{name}:predict?top_k=3", {"json": {"inputs": {}}}),
+    ("GET", "/v1/models/{name}/layers", {}),
+    ("POST", "/v1/models/{name}/activations", {"json": {"instances": [[0]]}}),
+    ("GET", "/v1/models/{name}/monitor", {}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "extra"), IMAGE_ONLY, ids=lambda v: str(v)[:40])
+def test_image_only_routes_refuse_a_tensor_model_saying_why(
+    server: Running, method: str, path: str, extra: dict[str, object]
+) -> None:
+    url = server.url + path.format(name=SIMPLE)
+    response = httpx.request(method, url, timeout=30, **extra)  # type: ignore[arg-type]
+    assert response.status_code == 400, response.text
+    assert "is a tensor model" in response.json()["error"]
+
+
+def test_image_classifier_answers_as_before_beside_tensor_models(server: Running) -> None:
+    image = np.zeros((1, 32, 32, 3), np.uint8)
+    body = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 32, 32, 3],
+                        "data": image.ravel().tolist()}]}  # fmt: skip
+    response = httpx.post(f"{server.url}/v2/models/tiny/infer", json=body)
+    assert response.status_code == 200, response.text
+    layers = httpx.get(f"{server.url}/v1/models/tiny/layers")
+    assert layers.status_code != 400  # the tiny graph has no lecture table (422), not "tensor"

@@ -155,6 +155,12 @@ def test_metadata_says_which_kind_each_model_is(server: Running) -> None:
     assert kinds == {"tiny": "image_classifier", SIMPLE: "tensor", FIXED: "tensor"}
     listed = httpx.get(f"{server.url}/v1/models").json()["models"]
     assert {m["name"]: m["versions"][0]["card"]["kind"] for m in listed}[SIMPLE] == "tensor"
+    assert {m["name"]: m["kind"] for m in listed} == {
+        "tiny": "image_classifier",
+        SIMPLE: "tensor",
+        FIXED: "tensor",
+        FP32: "tensor",
+    }
     meta = httpx.get(f"{server.url}/v2/models/{SIMPLE}").json()
     assert [t["name"] for t in meta["inputs"]] == ["INPUT0", "INPUT1"]
 

@@ -195,6 +195,8 @@ async def list_models(plane: Plane) -> dict[str, Any]:
     models = [
         {
             "name": model.name,
+            # image_classifier or tensor (the served version's card; None without one)
+            "kind": model.served.card.kind if model.served.card is not None else None,
             "served_version": str(model.served.version),
             "state": model.served.state,
             "versions": [_summary(v) for v in reversed(model.versions)],

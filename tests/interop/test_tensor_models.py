@@ -135,6 +135,21 @@ def test_tritonclient_http_runs_a_one_input_fp32_model(server: Running) -> None:
     np.testing.assert_allclose(result.as_numpy("OUTPUT"), 2 * values + 1, rtol=1e-6)
 
 
+def test_classification_extension_on_a_tensor_models_scores(server: Running) -> None:
+    """A tensor model's FP output ranked as Triton ranks it: "score:index" without labels."""
+    values = np.array([[0.0, 3.0, 1.0, 2.0]], dtype=np.float32)
+    client = triton_http.InferenceServerClient(server.address)
+    try:
+        tensor = triton_http.InferInput("INPUT", [1, 4], "FP32")
+        tensor.set_data_from_numpy(values)
+        wanted = triton_http.InferRequestedOutput("OUTPUT", class_count=2)
+        result = client.infer(FP32, [tensor], outputs=[wanted])
+    finally:
+        client.close()
+    top = [e.decode() for e in result.as_numpy("OUTPUT").ravel()]
+    assert top == ["7.000000:1", "5.000000:3"]
+
+
 def v2_body(inputs: list[dict[str, object]]) -> dict[str, object]:
     return {"inputs": inputs}
 
@@ -152,8 +167,9 @@ def int32(name: str, shape: list[int], datatype: str = "INT32") -> dict[str, obj
         ([int32("INPUT0", [1, 16]), int32("INPUT1", [1, 8])], "INPUT1"),
         ([int32("INPUT0", [1, 16]), int32("INPUT1", [2, 16])], "INPUT1"),  # batch sizes differ
         ([int32("INPUT0", [16]), int32("INPUT1", [16])], "INPUT0"),  # no batch axis
+        ([int32("INPUT0", [1, 16]), int32("INPUT0", [1, 16]), int32("INPUT1", [1, 16])], "INPUT0"),
     ],
-    ids=["missing", "extra", "datatype", "shape", "batch", "rank"],
+    ids=["missing", "extra", "datatype", "shape", "batch", "rank", "twice"],
 )
 def test_a_bad_tensor_request_is_a_400_naming_the_tensor(
     server: Running, inputs: list[dict[str, object]], named: str

@@ -8,6 +8,8 @@ docs/api.md's client table names these tests.
 from __future__ import annotations
 
 import asyncio
+import json
+import queue
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -338,3 +340,54 @@ def test_image_classifier_answers_as_before_beside_tensor_models(server: Running
     assert response.status_code == 200, response.text
     layers = httpx.get(f"{server.url}/v1/models/tiny/layers")
     assert layers.status_code != 400  # the tiny graph has no lecture table (422), not "tensor"
+
+
+def test_tritonclient_grpc_stream_of_tensor_requests_with_one_bad(server: Running) -> None:
+    """A gRPC stream to a tensor model: every good request answered, the bad one (no INPUT1)
+    answered with an error naming it, the stream going on."""
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = triton_grpc.InferenceServerClient(server.grpc_url)
+    sent: dict[str, np.ndarray] = {}
+    try:
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        for i in range(6):
+            first, second = simple_inputs(rows=1, seed=50 + i)
+            tensors = []
+            for name, array in (("INPUT0", first), ("INPUT1", second))[: 1 if i == 3 else 2]:
+                tensor = triton_grpc.InferInput(name, list(array.shape), "INT32")
+                tensor.set_data_from_numpy(array)
+                tensors.append(tensor)
+            sent[str(i)] = first + second
+            client.async_stream_infer(SIMPLE, tensors, request_id=str(i))
+        got = [answers.get(timeout=30) for _ in range(6)]
+    finally:
+        client.stop_stream()
+        client.close()
+    errors = [error for _, error in got if error is not None]
+    assert len(errors) == 1 and "INPUT1" in str(errors[0])
+    for result, error in got:
+        if error is None:
+            request_id = result.get_response().id
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), sent[request_id])
+
+
+def test_binary_data_shorter_than_its_shape_is_a_4xx_naming_the_tensor(server: Running) -> None:
+    first, _ = simple_inputs()
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "INPUT0", "datatype": "INT32", "shape": [1, 16],
+                 "parameters": {"binary_data_size": 64}},
+                {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16],
+                 "parameters": {"binary_data_size": 60}},
+            ]
+        }
+    ).encode()  # fmt: skip
+    body = header + first.tobytes() + first.tobytes()[:60]
+    response = httpx.post(
+        f"{server.url}/v2/models/{SIMPLE}/infer",
+        content=body,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert 400 <= response.status_code < 500, response.text
+    assert "INPUT1" in response.json()["error"]

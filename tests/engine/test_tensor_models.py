@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from service.core.card import CARD_FILE, IMAGE_CLASSIFIER, TENSOR, ModelCard, read_card
 from service.core.errors import InvalidCard
@@ -99,3 +101,18 @@ def test_the_batcher_joins_named_inputs_and_hands_back_each_requests_rows() -> N
     for (a, b), result in zip(requests, results, strict=True):
         np.testing.assert_array_equal(result["OUTPUT0"], a + b)
     assert max(batches) > 1 and sum(batches) == 16
+
+
+@given(st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=8))
+def test_named_rows_joined_then_sliced_give_back_each_request(sizes: list[int]) -> None:
+    """What the batcher does to a batch: join the requests, then hand each its own rows."""
+    parts = [NamedRows(dict(zip(("INPUT0", "INPUT1"), simple_inputs(n, seed=n), strict=True)), n)
+             for n in sizes]  # fmt: skip
+    joined = NamedRows.concatenate(parts)
+    assert len(joined) == sum(sizes)
+    offset = 0
+    for part in parts:
+        back = joined[offset : offset + len(part)]
+        for name, array in part.arrays.items():
+            np.testing.assert_array_equal(back.arrays[name], array)
+        offset += len(part)

@@ -5,9 +5,10 @@ model's runtime options. The wire's JSON is parsed by the adapters (``api/config
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from service.core.errors import ModelLoadFailed
+from service.core.errors import InvalidInput, ModelLoadFailed
 from service.engine.runtime import RuntimeOptions
 
 MAX_QUEUE_DELAY_US = 1_000_000  # MAX_BATCH_DELAY_MS's bound, one second
@@ -62,3 +63,12 @@ def override_options(name: str, override: ConfigOverride, base: RuntimeOptions) 
         max_batch_delay_ms=base.max_batch_delay_ms if delay_us is None else delay_us / 1000,
         max_queue_images=base.max_queue_images if queue is None else queue,
     )
+
+
+def check_load_parameters(names: Iterable[str]) -> None:
+    """Load's ``file:`` overrides are refused: versions come from the repository."""
+    overrides = sorted(k for k in names if str(k).startswith("file:"))
+    if overrides:
+        raise InvalidInput(
+            f"parameters {overrides} are not supported: publish the version into the repository"
+        )

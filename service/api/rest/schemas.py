@@ -143,11 +143,13 @@ class PredictRequest(BaseModel):
         None,
         description='Row format. Each a 32x32x3 nested array of 0..255 pixels, {"b64": "<base64 '
         'image>"}, or either under the input\'s name: {"images": [...]}, {"image_bytes": '
-        '{"b64": ...}} (any name ending in _bytes).',
+        '{"b64": ...}} (any name ending in _bytes). A tensor model: one object per row naming '
+        'each of its inputs ({"INPUT0": [...], "INPUT1": [...]}).',
     )
     inputs: list[Any] | dict[str, Any] | None = Field(
         None,
-        description='Columnar format: the list of images as in instances, or {"images": [...]}.',
+        description='Columnar format: the list of images as in instances, or {"images": [...]}. '
+        'A tensor model: {"INPUT0": [[...]], ...}, each input whole with its batch axis.',
     )
     signature_name: str | None = Field(
         None, description="The model's one signature: 'serving_default' (or its card's name)."

@@ -388,7 +388,9 @@ class ModelRuntime:
 
 
 def zeros(spec: TensorSpec, size: int) -> np.ndarray:
-    """A warm-up input: ``size`` rows on a leading -1 axis, 1 on any other dynamic one."""
+    """A warm-up input: ``size`` rows on a leading -1 axis, 1 on any other dynamic one; BYTES
+    as the text "0", which a graph that reads its strings as numbers (Triton's ``simple_string``:
+    Cast) takes too, where an empty string would fail the run."""
     shape = [size if i == 0 and d == -1 else max(d, 1) for i, d in enumerate(spec.shape)]
     dtype = NUMPY_DTYPES[spec.datatype]
-    return np.full(shape, "", dtype=dtype) if dtype.hasobject else np.zeros(shape, dtype=dtype)
+    return np.full(shape, "0", dtype=dtype) if dtype.hasobject else np.zeros(shape, dtype=dtype)

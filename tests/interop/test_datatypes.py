@@ -205,6 +205,23 @@ def test_bytes_in_and_out_of_system_shared_memory(server: Running, wire: str) ->
             shm.destroy_shared_memory_region(handle)
 
 
+def test_v1_predict_answers_strings_and_wide_integers(server: Running) -> None:
+    """TF Serving bodies on tensor models: BYTES answered as strings (onnxruntime gives ``str``),
+    UINT64 past int64 exactly."""
+    url = f"{server.url}/v1/models"
+    words = ["héllo", "a\x00b", *(str(n) for n in range(14))]
+    rows = httpx.post(f"{url}/{BYTES_IDENTITY}:predict", json={"instances": [words]}, timeout=30)
+    assert rows.status_code == 200, rows.text
+    assert rows.json()["predictions"] == [words]
+    columns = {"INPUT0": [["7"] * 16], "INPUT1": [["-2"] * 16]}
+    added = httpx.post(f"{url}/{STRINGS}:predict", json={"inputs": columns}, timeout=30)
+    assert added.status_code == 200, added.text
+    assert added.json()["outputs"] == {"OUTPUT0": [["5"] * 16], "OUTPUT1": [["9"] * 16]}
+    wide = [[2**64 - 1, 2**63] * 8]  # (numpy reads 0 beside them as floats: v2 is exact)
+    same_back = httpx.post(f"{url}/identity_uint64:predict", json={"instances": wide}, timeout=30)
+    assert same_back.status_code == 200 and same_back.json()["predictions"] == wide
+
+
 def binary_body(datatype: str, shape: list[int], raw: bytes) -> tuple[bytes, dict[str, str]]:
     parameters = {"binary_data_size": len(raw)}
     tensor = {"name": "INPUT0", "datatype": datatype, "shape": shape, "parameters": parameters}

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from service.api.rest.schemas import PredictRequest
-from service.api.tensors import array_from_json
+from service.api.tensors import array_from_json, bytes_strings
 from service.core.card import DEFAULT_SIGNATURE, TensorSpec
 from service.core.errors import InvalidInput, PayloadTooLarge
 from service.dataplane.types import InputTensor
@@ -106,7 +106,9 @@ def predict_tensors(
 
 def _json_value(array: np.ndarray) -> Any:
     if array.dtype.hasobject:  # BYTES: strings, as TF Serving answers them
-        return np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[object])(array).tolist()
+        strings = np.empty(array.size, dtype=object)
+        strings[:] = bytes_strings(array)
+        return strings.reshape(array.shape).tolist()
     return array.tolist()
 
 

@@ -11,14 +11,13 @@ from service.core.card import TensorSpec
 from service.core.version_policy import VersionPolicy
 from service.dataplane.response_cache import ResponseCache
 from service.dataplane.types import ModelMetadata
-from service.engine.runtime import RuntimeOptions
+from service.engine.runtime import GPU_PROVIDERS, RuntimeOptions
 from service.settings import Settings
 
 # The labels live in the card (``class_names``); Triton's clients only test that an output has a
 # label file, and Triton has no route that returns one either: labels reach clients through the
 # classification extension.
 LABEL_FILENAME = "labels.txt"
-GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 @dataclass(frozen=True)

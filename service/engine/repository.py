@@ -27,7 +27,9 @@ from typing import Any
 from service.core.errors import InvalidConfig, ModelLoadFailed, ModelNotFound, ModelNotReady
 from service.core.version_policy import VersionPolicy, parse_version, read_model_config
 from service.engine.leases import held_runtimes
+from service.engine.model_folder import read_folder_config
 from service.engine.runtime import (
+    GPU_PROVIDERS,
     ModelRuntime,
     RuntimeOptions,
     preload_provider_libraries,
@@ -85,6 +87,7 @@ class ModelRepository:
         self._update = threading.Lock()  # one update (poll, load, unload, close) at a time
         self._root_problem = ""  # why the last poll could not read the root, if it could not
         self._unavailable_providers: frozenset[str] = frozenset()  # not in this onnxruntime
+        self._gpu_host = False
         self.loaded = False
 
     # -- updates (blocking: call them off the event loop) ----------------------------------
@@ -94,6 +97,7 @@ class ModelRepository:
         preload_provider_libraries()
         usable, missing = resolve_providers(self.options.providers)
         self._unavailable_providers = frozenset(missing)
+        self._gpu_host = any(p in GPU_PROVIDERS for p in usable)  # config.pbtxt's KIND_GPU
         if missing:
             log.warning(
                 "execution provider(s) %s not available here (%s); using %s",
@@ -241,11 +245,14 @@ class ModelRepository:
         old = self._models.get(name)
         if not retry_failed:
             options = old.options if old else None
-        in_force = options or self.options
+        folder = read_folder_config(model_dir, self._gpu_host, self.options)
+        in_force = options or folder.options or self.options
         previous = old.versions if old else {}
         unloaded = (old.unloaded if old else False) if unloaded is None else unloaded
         policy, policy_error = self._policy(model_dir, old)
-        signatures = {v: files_signature(p) for v, p in paths.items()}
+        if folder.present:  # config.pbtxt's policy, or the server's
+            policy, policy_error = folder.policy or self.default_policy, ""
+        signatures = {v: files_signature(p) + folder.signature for v, p in paths.items()}
         versions = {
             v: replace(previous[v], path=p)
             if v in previous
@@ -272,7 +279,9 @@ class ModelRepository:
                 break
             missing = self._unavailable_providers
             for v in todo:
-                versions[v] = load_entry(versions[v], signatures[v], in_force, self.root, missing)
+                versions[v] = load_entry(
+                    versions[v], signatures[v], in_force, self.root, missing, folder.config
+                )
                 if versions[v].state is ModelState.UNAVAILABLE:
                     failed.add(v)
         for v, entry in versions.items():

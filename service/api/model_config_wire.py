@@ -26,7 +26,7 @@ def _input(t: ConfigTensor) -> dict[str, Any]:
         "name": t.spec.name,
         "data_type": f"TYPE_{t.spec.datatype}",
         "format": t.format,
-        "dims": t.spec.shape[1:],  # the batch axis is implied by max_batch_size > 0
+        "dims": t.dims,  # the batch axis is implied by max_batch_size > 0
         "is_shape_tensor": False,
         "allow_ragged_batch": False,
         "optional": False,
@@ -38,7 +38,7 @@ def _output(t: ConfigTensor) -> dict[str, Any]:
     return {
         "name": t.spec.name,
         "data_type": f"TYPE_{t.spec.datatype}",
-        "dims": t.spec.shape[1:],
+        "dims": t.dims,
         "label_filename": t.label_filename,
         "is_shape_tensor": False,
         "is_non_linear_format_io": False,
@@ -72,7 +72,7 @@ def _warmup(config: ModelConfig) -> list[dict[str, Any]]:
     zeros = {
         t.spec.name: {
             "data_type": f"TYPE_{t.spec.datatype}",
-            "dims": t.spec.shape[1:],
+            "dims": t.dims,
             "zero_data": True,
         }
         for t in config.inputs

@@ -21,6 +21,13 @@ CARD_FILE = "card.json"
 MODEL_FILE = "model.onnx"
 FORMAT_VERSION = 1
 DEFAULT_SIGNATURE = "serving_default"  # TF Serving's name for a model's default signature
+# The two kinds of model a card can describe. An image classifier takes one UINT8 [-1, H, W, C]
+# input and answers class probabilities (classify, top-k, inspection, the page); a tensor model
+# is any graph whose inputs and outputs the card lists, served on the tensor paths only. A card
+# without ``kind`` is an image classifier, as every card was before there were two.
+IMAGE_CLASSIFIER = "image_classifier"
+TENSOR = "tensor"
+KINDS = (IMAGE_CLASSIFIER, TENSOR)
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ class ModelCard:
     # The graph's one signature, by the name TF Serving-style ``:predict`` bodies may give it.
     signature_name: str = DEFAULT_SIGNATURE
     format_version: int = FORMAT_VERSION
+    kind: str = IMAGE_CLASSIFIER  # IMAGE_CLASSIFIER or TENSOR
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,10 +112,14 @@ class ModelCard:
         signature = data.get("signature_name", DEFAULT_SIGNATURE)
         if not isinstance(signature, str) or not signature:
             raise InvalidCard("'signature_name' must be a non-empty string")
+        kind = data.get("kind", IMAGE_CLASSIFIER)
+        if kind not in KINDS:
+            raise InvalidCard(f"'kind' must be one of {list(KINDS)}, not {kind!r}")
         return cls(
             name=name,
             version=version,
-            class_names=_class_names(data),
+            kind=str(kind),
+            class_names=_class_names(data, required=kind == IMAGE_CLASSIFIER),
             inputs=_tensors(data, "inputs"),
             outputs=_tensors(data, "outputs"),
             sha256=sha,
@@ -127,9 +139,16 @@ class ModelCard:
         )
 
 
-def _class_names(data: Mapping[str, Any]) -> list[str]:
+def _class_names(data: Mapping[str, Any], required: bool) -> list[str]:
+    """An image classifier names its classes; a tensor model may (its scores' labels)."""
     classes = data.get("class_names")
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+    if classes is None and not required:
+        return []
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise InvalidCard(
+            f"'class_names' must be a {'non-empty ' if required else ''}list of strings"
+        )
+    if required and not classes:
         raise InvalidCard("'class_names' must be a non-empty list of strings")
     return list(classes)
 

@@ -6,11 +6,13 @@ The wire's JSON is parsed by the adapters (``api/config_override.py``).
 
 from __future__ import annotations
 
-from service.core.errors import InvalidConfig, ModelLoadFailed
+from collections.abc import Iterable
+
+from service.core.errors import InvalidConfig, InvalidInput, ModelLoadFailed
 from service.engine.batching_options import ConfigOverride, batching_options
 from service.engine.runtime import RuntimeOptions
 
-__all__ = ["ConfigOverride", "override_options"]
+__all__ = ["ConfigOverride", "check_load_parameters", "override_options"]
 
 
 def override_options(name: str, override: ConfigOverride, base: RuntimeOptions) -> RuntimeOptions:
@@ -22,3 +24,12 @@ def override_options(name: str, override: ConfigOverride, base: RuntimeOptions) 
         raise ModelLoadFailed(
             f"load failed for model {name!r}: config override: {exc.message}"
         ) from None
+
+
+def check_load_parameters(names: Iterable[str]) -> None:
+    """Load's ``file:`` overrides are refused: versions come from the repository."""
+    overrides = sorted(k for k in names if str(k).startswith("file:"))
+    if overrides:
+        raise InvalidInput(
+            f"parameters {overrides} are not supported: publish the version into the repository"
+        )

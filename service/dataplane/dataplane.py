@@ -16,10 +16,9 @@ from contextlib import AbstractContextManager
 
 import numpy as np
 
-from service.core.card import ModelCard
+from service.core.card import TENSOR, ModelCard
 from service.core.errors import (
     InvalidCard,
-    InvalidInput,
     ModelNotFound,
     ModelNotReady,
     PayloadTooLarge,
@@ -29,8 +28,14 @@ from service.core.logs import REQUEST_ID, new_request_id
 from service.core.version_policy import VersionPolicy
 from service.dataplane.build import cores_per_worker, runtime_options
 from service.dataplane.classification import check_classified, classify
-from service.dataplane.config_override import ConfigOverride, override_options
+from service.dataplane.config_override import (
+    ConfigOverride,
+    check_load_parameters,
+    override_options,
+)
 from service.dataplane.feedback import Feedback, apply_feedback, names_or_empty
+from service.dataplane.feeds import model_feeds
+from service.dataplane.kinds import check_image_card, require_image
 from service.dataplane.log_settings import LogSettings
 from service.dataplane.model_config import ModelConfig, build_model_config
 from service.dataplane.monitor import MonitorReport
@@ -55,10 +60,11 @@ from service.dataplane.workers import WorkerGroup
 from service.engine.activations import Activation, ActivationSessions
 from service.engine.leases import lease_scope
 from service.engine.metrics import Metrics
+from service.engine.named_rows import NamedRows
 from service.engine.repository import ModelRepository
 from service.engine.runtime import ModelRuntime
 from service.engine.statistics import VersionStatistics
-from service.engine.version_folder import ModelState, ModelVersion
+from service.engine.version_folder import ModelState
 from service.engine.work_pool import WorkPool
 from service.settings import Settings
 
@@ -178,6 +184,8 @@ class DataPlane:
             outputs=list(card.outputs),
             execution_providers=list(runtime.providers),
             class_names=list(card.class_names),
+            kind=card.kind,
+            batched=runtime.batched,
         )
 
     def model_config(self, name: str, version: str | None = None) -> ModelConfig:
@@ -205,8 +213,12 @@ class DataPlane:
             check_classified(request.outputs, request.class_counts, model.outputs)
         request = await self.shared_memory.read_inputs(request, self.work)
         requested = [o.name for o in request.outputs]
-        pixels = model_pixels(model, request.inputs, requested)
         timeout_us = request.timeout_us or None
+        if model.kind == TENSOR:  # neither cached nor logged: both keep image batches
+            feeds = model_feeds(model, request.inputs, requested)
+            outputs = await self._run(model, feeds, requested or None, timeout_us)
+            return await self._answer(model, request, outputs)
+        pixels = model_pixels(model, request.inputs, requested)
         if self.response_cache.enabled(model.name):
             run = functools.partial(self._run, model, pixels, requested or None, timeout_us)
             inline = self.settings.inline_decode_bytes
@@ -215,6 +227,12 @@ class DataPlane:
         else:
             outputs = await self._run(model, pixels, requested or None, timeout_us)
         self._record(model, pixels, outputs, request.id)
+        return await self._answer(model, request, outputs)
+
+    async def _answer(
+        self, model: ModelRuntime, request: InferRequest, outputs: dict[str, np.ndarray]
+    ) -> InferResponse:
+        """The response: classified where asked, written to shared memory where asked."""
         if request.class_counts:
             labels = model.card.class_names
             outputs = await classify(self.work, outputs, request.class_counts, labels)
@@ -237,14 +255,14 @@ class DataPlane:
     async def _run(
         self,
         model: ModelRuntime,
-        pixels: np.ndarray,
+        pixels: np.ndarray | NamedRows,
         outputs: Sequence[str] | None = None,
         timeout_us: int | None = None,
     ) -> dict[str, np.ndarray]:
-        """The single place a request meets a model."""
+        """The single place a request meets a model (an image batch, or named inputs)."""
         limit = model.options.max_images_per_request  # a load's config override may lower it
-        if pixels.shape[0] > limit:
-            raise PayloadTooLarge(f"{pixels.shape[0]} images, more than the limit of {limit}")
+        if len(pixels) > limit:  # images, or rows of a tensor model's inputs
+            raise PayloadTooLarge(f"a batch of {len(pixels)}, more than the limit of {limit}")
         timeout_us = self.settings.request_timeout_us if timeout_us is None else timeout_us
         return await model.infer(pixels, outputs, timeout_us / 1e6)
 
@@ -282,6 +300,7 @@ class DataPlane:
         if card is None:  # never loaded (the version policy skips it) or its card is broken
             reason = f" ({entry.reason})" if entry.reason else ""
             raise ModelNotFound(f"model {name!r} version {entry.version} is not served{reason}")
+        check_image_card(card, "the quality monitor (the prediction log keeps classifications)")
         window = self.settings.monitor_window_s if window_s is None else window_s
         return await self.monitor.report(name, entry.version, card, window)
 
@@ -307,19 +326,19 @@ class DataPlane:
         return [
             ModelStatus(
                 name,
-                _status(repository.entry(name)),
-                [_status(v) for v in repository.versions(name)],
+                VersionStatus.of(repository.entry(name)),
+                [VersionStatus.of(v) for v in repository.versions(name)],
             )
             for name in repository.names()
         ]
 
     def version_status(self, name: str, version: str | None = None) -> VersionStatus:
         """The version a request names (or the served one), whatever its state."""
-        return _status(self.repository.entry(name, version))
+        return VersionStatus.of(self.repository.entry(name, version))
 
     def layers(self, name: str) -> ModelLayers:
         """The served version's layer table; ``InvalidCard`` when its graph could not be read."""
-        runtime = self.model(name)  # 404 unknown, 503 unavailable
+        runtime = require_image(self.model(name), "the layer table")  # 404, 503 unavailable
         # The entry of that very version: a reload since ``model`` may serve another one by now.
         report = self.repository.entry(name, runtime.version).layers
         if report is None or report.table is None:
@@ -379,18 +398,3 @@ def request_scope() -> AbstractContextManager[None]:
     scope ends, even if newer ones are swapped in meanwhile. Each adapter enters it once per
     request, around everything it answers."""
     return lease_scope()
-
-
-def check_load_parameters(names: Iterable[str]) -> None:
-    """Load's ``file:`` overrides are refused: versions come from the repository."""
-    overrides = sorted(k for k in names if str(k).startswith("file:"))
-    if overrides:
-        raise InvalidInput(
-            f"parameters {overrides} are not supported: publish the version into the repository"
-        )
-
-
-def _status(entry: ModelVersion) -> VersionStatus:
-    runtime = entry.runtime
-    providers = list(runtime.providers) if runtime is not None else None
-    return VersionStatus(entry.version, entry.state.value, entry.reason, providers, entry.card)

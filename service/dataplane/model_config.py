@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from service.core.card import TensorSpec
+from service.core.card import IMAGE_CLASSIFIER, TensorSpec
 from service.core.version_policy import VersionPolicy
 from service.dataplane.response_cache import ResponseCache
 from service.dataplane.types import ModelMetadata
@@ -39,6 +39,12 @@ class ConfigTensor:
     spec: TensorSpec
     format: str = "FORMAT_NONE"  # FORMAT_NHWC: an image classifier's pixels
     label_filename: str = ""
+    batched: bool = True  # the spec's first axis is the batch (max_batch_size > 0)
+
+    @property
+    def dims(self) -> list[int]:
+        """Triton's ``dims``: the shape without the batch axis that max_batch_size implies."""
+        return self.spec.shape[1:] if self.batched else list(self.spec.shape)
 
 
 @dataclass(frozen=True)
@@ -77,9 +83,10 @@ def version_policy_dict(policy: VersionPolicy) -> dict[str, object]:
 
 def _inputs(meta: ModelMetadata) -> list[ConfigTensor]:
     """An image classifier's one input is NHWC pixels (``[N, H, W, C]``, C of 1 or 3)."""
-    image = len(meta.inputs) == 1 and len(meta.inputs[0].shape) == 4 and bool(meta.class_names)
-    nhwc = image and meta.inputs[0].shape[3] in (1, 3)
-    return [ConfigTensor(s, "FORMAT_NHWC" if nhwc else "FORMAT_NONE") for s in meta.inputs]
+    image = meta.kind == IMAGE_CLASSIFIER and len(meta.inputs) == 1
+    nhwc = image and len(meta.inputs[0].shape) == 4 and meta.inputs[0].shape[3] in (1, 3)
+    layout = "FORMAT_NHWC" if nhwc else "FORMAT_NONE"
+    return [ConfigTensor(s, layout, batched=meta.batched) for s in meta.inputs]
 
 
 def _outputs(meta: ModelMetadata) -> list[ConfigTensor]:
@@ -90,7 +97,8 @@ def _outputs(meta: ModelMetadata) -> list[ConfigTensor]:
         return classes > 0 and spec.datatype.startswith("FP") and spec.shape[-1:] == [classes]
 
     return [
-        ConfigTensor(s, label_filename=LABEL_FILENAME if labelled(s) else "") for s in meta.outputs
+        ConfigTensor(s, label_filename=LABEL_FILENAME if labelled(s) else "", batched=meta.batched)
+        for s in meta.outputs
     ]
 
 
@@ -111,7 +119,7 @@ def build_model_config(
     """The config of the version ``meta`` describes, from the options its runtime (and its
     batcher) were built with."""
     batching = None
-    if options.dynamic_batching:
+    if options.dynamic_batching and meta.batched:
         batching = DynamicBatching(
             preferred_batch_size=[options.max_batch_size],
             max_queue_delay_microseconds=round(options.max_batch_delay_ms * 1000),
@@ -122,7 +130,7 @@ def build_model_config(
         name=meta.name,
         platform=meta.platform,
         backend="onnxruntime",
-        max_batch_size=options.max_images_per_request,
+        max_batch_size=options.max_images_per_request if meta.batched else 0,
         inputs=_inputs(meta),
         outputs=_outputs(meta),
         version_policy=policy,

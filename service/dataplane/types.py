@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.core.card import ModelCard, TensorSpec
+from service.core.card import IMAGE_CLASSIFIER, ModelCard, TensorSpec
 from service.core.shapes import LayerTable
 from service.engine.layers import LayerReport
+from service.engine.version_folder import ModelVersion
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,10 @@ class ModelMetadata:
     outputs: list[TensorSpec]
     execution_providers: list[str]  # what the session runs on, in order of preference
     class_names: list[str]
+    kind: str = IMAGE_CLASSIFIER  # or TENSOR: served on the tensor paths only
+    batched: bool = (
+        True  # requests share runs along a leading batch axis (Triton's max_batch_size > 0)
+    )
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,12 @@ class VersionStatus:
     reason: str
     execution_providers: list[str] | None  # None when not loaded
     card: ModelCard | None
+
+    @classmethod
+    def of(cls, entry: ModelVersion) -> VersionStatus:
+        runtime = entry.runtime
+        providers = list(runtime.providers) if runtime is not None else None
+        return cls(entry.version, entry.state.value, entry.reason, providers, entry.card)
 
 
 @dataclass(frozen=True)

@@ -20,22 +20,27 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from service.core.errors import Overloaded, TimeoutExpired
 from service.engine import tracing
+from service.engine.named_rows import NamedRows, concatenate
 from service.engine.statistics import InferenceStatistics
 
 Outputs = dict[str, np.ndarray]
-RunBatch = Callable[[np.ndarray], Outputs]
+# One request's input: an image batch, or a tensor model's inputs by name.
+Rows = np.ndarray | NamedRows
+# Takes ``Rows``; typed loosely so a run for image batches alone (``np.ndarray``) fits too.
+RunBatch = Callable[[Any], Outputs]
 
 
 @dataclass
 class _Pending:
-    """One request's images waiting for a run, and where its answer goes."""
+    """One request's images (or named inputs) waiting for a run, and where its answer goes."""
 
-    rows: np.ndarray
+    rows: Rows
     future: asyncio.Future[Outputs]
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.perf_counter)
@@ -109,7 +114,7 @@ class DynamicBatcher:
         inline; a request counted in is queued from that moment)."""
         return self._queued_rows == 0 and not self._running
 
-    async def submit(self, rows: np.ndarray, timeout_s: float = 0.0) -> Outputs:
+    async def submit(self, rows: Rows, timeout_s: float = 0.0) -> Outputs:
         """Run ``rows`` (one request's images) in some batch; returns exactly their outputs.
 
         A request of ``max_batch_size`` rows or more runs on its own, in runs of at most that
@@ -209,7 +214,7 @@ class DynamicBatcher:
     def _run(self, batch: list[_Pending]) -> None:
         """One batch: gather its input, run it, hand each request its rows; timed throughout."""
         start = time.perf_counter()
-        images = batch[0].rows if len(batch) == 1 else np.concatenate([b.rows for b in batch])
+        images = batch[0].rows if len(batch) == 1 else concatenate([b.rows for b in batch])
         gathered = time.perf_counter()
         try:
             with tracing.batch_span((b.trace for b in batch), len(images)):
@@ -268,9 +273,7 @@ class DynamicBatcher:
         with contextlib.suppress(RuntimeError):  # that loop has closed; nobody waits any more
             item.loop.call_soon_threadsafe(_resolve, item.future, result)
 
-    def _run_in_chunks(
-        self, images: np.ndarray, requests: int
-    ) -> tuple[Outputs, list[tuple[int, int]]]:
+    def _run_in_chunks(self, images: Rows, requests: int) -> tuple[Outputs, list[tuple[int, int]]]:
         """Runs of at most ``max_batch_size`` rows, joined in order; with each run's (rows, ns)."""
         parts: list[Outputs] = []
         runs: list[tuple[int, int]] = []

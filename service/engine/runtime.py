@@ -24,13 +24,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.core.card import ModelCard, TensorSpec
+from service.core.card import TENSOR, ModelCard, TensorSpec
 from service.core.datatypes import DATATYPES
 from service.core.errors import InvalidCard, ProviderUnavailable, ServingError, TimeoutExpired
 from service.engine import tracing
-from service.engine.batcher import BatchStats, DynamicBatcher
+from service.engine.batcher import BatchStats, DynamicBatcher, Rows
 from service.engine.dtypes import NUMPY_DTYPES
 from service.engine.inline import quick_run_p99_s
+from service.engine.named_rows import NamedRows
 from service.engine.statistics import InferenceStatistics
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,11 @@ class ModelRuntime:
         self.inputs = graph_tensors(self.session.get_inputs())
         self.outputs = graph_tensors(self.session.get_outputs())
         self.output_names = [t.name for t in self.outputs]
+        self.kind = card.kind
+        # Requests share runs when every tensor has a leading batch axis (an image classifier's
+        # always does); otherwise each request is its own run (Triton's max_batch_size 0).
+        tensors = [*card.inputs, *card.outputs]
+        self.batched = card.kind != TENSOR or all(t.shape[:1] == [-1] for t in tensors)
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"ort-{card.name}-{card.version}"
         )
@@ -199,25 +205,25 @@ class ModelRuntime:
         _, h, w, c = self.input.shape
         return h, w, c
 
-    def run(
-        self, images: np.ndarray, outputs: Sequence[str] | None = None
-    ) -> dict[str, np.ndarray]:
-        """Run the graph on a batch (blocking); returns every requested output by name."""
+    def run(self, images: Rows, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the graph on a batch (blocking): an image batch, or a tensor model's inputs by
+        name; returns every requested output by name."""
         names = list(outputs) if outputs else self.output_names
+        feeds = images.arrays if isinstance(images, NamedRows) else {self.input.name: images}
         try:
-            results = self.session.run(names, {self.input.name: images})
+            results = self.session.run(names, feeds)
         except Exception as exc:
             log.exception("%s v%d: onnxruntime failed on a batch", self.name, self.version)
             raise ServingError(f"inference failed for model {self.name!r}") from exc
         return {n: np.asarray(r) for n, r in zip(names, results, strict=True)}
 
-    def _run_batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def _run_batch(self, images: Rows) -> dict[str, np.ndarray]:
         """Every output for a batch (on the model's thread)."""
         return self.run(images)
 
     def _run_unbatched(
         self,
-        images: np.ndarray,
+        images: Rows,
         enqueued: float,
         timeout_s: float,
         traced: tracing.Queued | None = None,
@@ -251,7 +257,7 @@ class ModelRuntime:
             self.options.on_batch(self.name, self.version, stats)
 
     async def infer(
-        self, images: np.ndarray, outputs: Sequence[str] | None = None, timeout_s: float = 0.0
+        self, images: Rows, outputs: Sequence[str] | None = None, timeout_s: float = 0.0
     ) -> dict[str, np.ndarray]:
         """Run validated images on the model's own thread and return their outputs.
 
@@ -268,7 +274,7 @@ class ModelRuntime:
             inline = self._idle()
         if inline:
             result = self._run_unbatched(images, time.perf_counter(), 0.0, tracing.queued())
-        elif self.options.dynamic_batching:
+        elif self.options.dynamic_batching and self.batched:
             if self._batcher is None:
                 self._batcher = DynamicBatcher(
                     self._run_batch,
@@ -305,11 +311,13 @@ class ModelRuntime:
     def warm_up(self) -> None:
         """A batch of zeros per ``warm_up_batch_sizes``, so no request pays for lazy
         initialisation (or a new batch size's allocations): the version is READY only after."""
+        if self.kind == TENSOR:
+            self._warm_up_tensors()
+            return
         spec = self.input
         start = time.perf_counter()
         for size in self.options.warm_up_batch_sizes:
-            shape = [size if i == 0 and d == -1 else max(d, 1) for i, d in enumerate(spec.shape)]
-            self.run(np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype]))
+            self.run(zeros(spec, size))
         sizes = ", ".join(map(str, self.options.warm_up_batch_sizes))
         seconds = time.perf_counter() - start
         log.info(
@@ -319,10 +327,20 @@ class ModelRuntime:
         if self.options.inline_run_max_us and not (batching and self.options.max_batch_delay_ms):
             self._measure_inline(spec)  # a batch delay asks requests to wait for company: none
 
+    def _warm_up_tensors(self) -> None:
+        """Zeros for every input, per batch size (once for a model that is not batched). Any
+        graph may refuse zeros (a shape read from the data, say): a failure is logged, the
+        model still serves, and its first request pays for the set-up instead."""
+        sizes = self.options.warm_up_batch_sizes if self.batched else (1,)
+        try:
+            for size in sizes:
+                self.run(NamedRows({t.name: zeros(t, size) for t in self.card.inputs}, size))
+        except ServingError:
+            log.warning("%s v%d: warm-up on zeros failed; serving cold", self.name, self.version)
+
     def _measure_inline(self, spec: TensorSpec) -> None:
         """Time batch-1 runs: quick enough (``inline.py``), a lone request will run inline."""
-        shape = [1 if i == 0 and d == -1 else max(d, 1) for i, d in enumerate(spec.shape)]
-        image = np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])
+        image = zeros(spec, 1)
         bound_s = self.options.inline_run_max_us / 1e6
         self.inline_p99_s = quick_run_p99_s(lambda: self.run(image), bound_s)
         verdict = (
@@ -368,3 +386,10 @@ class ModelRuntime:
             self._batcher.stop()
         self._executor.shutdown(wait=True)
         log.debug("%s v%d closed", self.name, self.version)
+
+
+def zeros(spec: TensorSpec, size: int) -> np.ndarray:
+    """A warm-up input: ``size`` rows on a leading -1 axis, 1 on any other dynamic one."""
+    shape = [size if i == 0 and d == -1 else max(d, 1) for i, d in enumerate(spec.shape)]
+    dtype = NUMPY_DTYPES[spec.datatype]
+    return np.full(shape, "", dtype=dtype) if dtype.hasobject else np.zeros(shape, dtype=dtype)

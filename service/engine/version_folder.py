@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
-from service.core.card import CARD_FILE, MODEL_FILE, ModelCard, TensorSpec, read_card
+from service.core.card import CARD_FILE, MODEL_FILE, TENSOR, ModelCard, TensorSpec, read_card
 from service.core.errors import InvalidCard, InvalidConfig, ServingError
 from service.engine.config_card import check_card_and_config, config_card
 from service.engine.layers import LayerReport, read_layers
@@ -88,7 +88,12 @@ def _check_tensors(
 
 
 def check_serving_contract(card: ModelCard) -> None:
-    """What this service needs to classify images with a model."""
+    """What this service needs to serve a model: an image classifier's one pixel input and its
+    probabilities, or for a tensor model only distinct tensor names (the graph check does the
+    rest)."""
+    if card.kind == TENSOR:
+        _check_names(card)
+        return
     if len(card.inputs) != 1:
         raise InvalidCard(f"expected one input (the images), the card lists {len(card.inputs)}")
     image = card.inputs[0]
@@ -108,6 +113,14 @@ def check_serving_contract(card: ModelCard) -> None:
             f"{PROBABILITIES!r} has shape {outputs[PROBABILITIES].shape} but the card names "
             f"{len(card.class_names)} classes"
         )
+
+
+def _check_names(card: ModelCard) -> None:
+    """A request names each tensor, so no two of a tensor model's inputs (or outputs) share one."""
+    for kind, tensors in (("inputs", card.inputs), ("outputs", card.outputs)):
+        names = [t.name for t in tensors]
+        if len(set(names)) != len(names):
+            raise InvalidCard(f"card {kind} {names} repeat a name")
 
 
 def check_inside(path: Path, root: Path) -> None:
@@ -212,7 +225,7 @@ def load_entry(
         reason="",
         card=card,
         runtime=runtime,
-        layers=read_layers(model_bytes, card),
+        layers=None if card.kind == TENSOR else read_layers(model_bytes, card),
         signature=signature,
     )
 

@@ -208,6 +208,7 @@ def model_metadata_json(meta: ModelMetadata) -> dict[str, Any]:
         "inputs": [vars(t) for t in meta.inputs],
         "outputs": [vars(t) for t in meta.outputs],
         "parameters": {
+            "kind": meta.kind,
             "execution_providers": meta.execution_providers,
             "class_names": meta.class_names,
         },

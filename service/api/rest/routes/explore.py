@@ -43,6 +43,7 @@ from service.core.errors import (
 )
 from service.core.shapes import format_table, layer_table
 from service.dataplane.dataplane import DataPlane
+from service.dataplane.kinds import require_image
 
 router = APIRouter(tags=["Explore"])
 
@@ -258,7 +259,7 @@ async def activations(
     layer: LayerNames = None,
     format: Literal["json", "png"] = "json",
 ) -> Response:
-    runtime = plane.model(name)  # 404 unknown, 503 unavailable
+    runtime = require_image(plane.model(name), "feature maps")  # 404 unknown, 503 unavailable
     h, w, c = runtime.image_shape
     content_type = request.headers.get("content-type")
     if media_type(content_type) == MULTIPART:

@@ -22,6 +22,7 @@ from service.api.rest.http_io import (
 )
 from service.api.rest.json_wire import loads_object
 from service.api.rest.predict import NESTED_JSON_COST, predict_pixels
+from service.api.rest.predict_tensors import predict_answer, predict_tensors
 from service.api.rest.schemas import (
     ClassifyResponse,
     PredictRequest,
@@ -29,9 +30,11 @@ from service.api.rest.schemas import (
     errors,
     json_body,
 )
+from service.core.card import TENSOR
 from service.core.errors import InvalidInput, ModelNotReady, UnsupportedMediaType
 from service.dataplane.dataplane import DataPlane
-from service.dataplane.types import VersionStatus
+from service.dataplane.kinds import require_image
+from service.dataplane.types import InferRequest, InputTensor, VersionStatus
 from service.engine.runtime import ModelRuntime
 
 router = APIRouter(prefix="/v1", tags=["REST v1"])
@@ -62,6 +65,10 @@ async def _predictions(
 )
 async def predict(request: Request, plane: Plane, name: str, top_k: TopK = None) -> dict[str, Any]:
     runtime = plane.model(name)
+    if runtime.kind == TENSOR:
+        if top_k is not None:
+            require_image(runtime, "top_k")
+        return await _predict_tensors(request, plane, runtime)
     settings = plane.settings
     raw = await read_json_body(request, settings.max_request_bytes)
     h, w, c = runtime.image_shape
@@ -84,6 +91,27 @@ async def predict(request: Request, plane: Plane, name: str, top_k: TopK = None)
     light = len(raw) <= settings.inline_decode_bytes // NESTED_JSON_COST
     pixels, body_k = await plane.work.run_here_if_light(light, decode)
     return await _predictions(plane, runtime, pixels, top_k or body_k or settings.default_top_k)
+
+
+async def _predict_tensors(
+    request: Request, plane: DataPlane, runtime: ModelRuntime
+) -> dict[str, Any]:
+    """``:predict`` for a tensor model: its inputs by name in, its outputs by name out, in TF
+    Serving's form for a multi-input signature (``predict_tensors``)."""
+    settings = plane.settings
+    raw = await read_json_body(request, settings.max_request_bytes)
+    card = runtime.card
+
+    def decode() -> tuple[list[InputTensor], bool]:
+        body = validated_body(PredictRequest, loads_object(raw))
+        max_rows = settings.max_images_per_request
+        return predict_tensors(body, card.inputs, runtime.batched, card.signature_name, max_rows)
+
+    light = len(raw) <= settings.inline_decode_bytes // NESTED_JSON_COST
+    tensors, rows = await plane.work.run_here_if_light(light, decode)
+    response = await plane.infer(runtime, InferRequest(None, tensors))
+    answer = await plane.work.run_here_if_light(light, predict_answer, response.outputs, rows)
+    return {"model_name": runtime.name, "model_version": str(runtime.version), **answer}
 
 
 @router.post(
@@ -112,7 +140,7 @@ async def predict(request: Request, plane: Plane, name: str, top_k: TopK = None)
     },
 )
 async def classify(request: Request, plane: Plane, name: str, top_k: TopK = None) -> dict[str, Any]:
-    runtime = plane.model(name)
+    runtime = require_image(plane.model(name), ":classify")
     kind = media_type(request.headers.get("content-type"))
     if kind != MULTIPART:
         raise UnsupportedMediaType(f"expected multipart/form-data, got {kind or 'none'!r}")
@@ -151,6 +179,7 @@ def _summary(status: VersionStatus) -> dict[str, Any]:
         row["execution_providers"] = status.execution_providers
     if card is not None:
         row["card"] = {
+            "kind": card.kind,
             "class_names": card.class_names,
             "inputs": [vars(t) for t in card.inputs],
             "outputs": [vars(t) for t in card.outputs],
@@ -166,6 +195,8 @@ async def list_models(plane: Plane) -> dict[str, Any]:
     models = [
         {
             "name": model.name,
+            # image_classifier or tensor (the served version's card; None without one)
+            "kind": model.served.card.kind if model.served.card is not None else None,
             "served_version": str(model.served.version),
             "state": model.served.state,
             "versions": [_summary(v) for v in reversed(model.versions)],

@@ -55,8 +55,12 @@ function selectTab(id) {
 
 async function loadModels() {
   const { models } = await api("/v1/models");
-  const ready = models.filter((m) => m.state === "READY").map((m) => m.name);
-  $("model").replaceChildren(...ready.map((name) => el("option", { value: name }, name)));
+  // Tensor models are listed, marked and not selectable: this page classifies images.
+  const served = models.filter((m) => m.state === "READY");
+  const ready = served.filter((m) => m.kind !== "tensor").map((m) => m.name);
+  $("model").replaceChildren(...served.map((m) => m.kind === "tensor"
+    ? el("option", { value: m.name, disabled: "" }, `${m.name} (tensor model: v2 infer, :predict)`)
+    : el("option", { value: m.name }, m.name)));
   if (!ready.length) { status("no model is ready"); return; }
   $("model").value = ready.includes("cifar10_cnn") ? "cifar10_cnn" : ready[0];
   await selectModel();

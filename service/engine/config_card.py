@@ -9,12 +9,10 @@ from collections.abc import Sequence
 import onnx
 from onnx import helper
 
-from service.core.card import ModelCard, TensorSpec
+from service.core.card import TENSOR, ModelCard, TensorSpec
 from service.core.errors import InvalidCard, InvalidConfig
 from service.engine.dtypes import DATATYPE_NAMES
 from service.engine.triton_config import CONFIG_PBTXT, FileTensor, TritonConfig
-
-PROBABILITIES = "probabilities"
 
 
 def _graph_tensor(value: onnx.ValueInfoProto) -> TensorSpec:
@@ -120,5 +118,5 @@ def config_card(
         inputs=inputs,
         outputs=outputs,
         sha256=sha256,
-        created="",
+        kind=TENSOR,  # the loader makes it an image classifier where the config says so
     )

@@ -11,7 +11,15 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
-from service.core.card import CARD_FILE, MODEL_FILE, TENSOR, ModelCard, TensorSpec, read_card
+from service.core.card import (
+    CARD_FILE,
+    IMAGE_CLASSIFIER,
+    MODEL_FILE,
+    TENSOR,
+    ModelCard,
+    TensorSpec,
+    read_card,
+)
 from service.core.errors import InvalidCard, InvalidConfig, ServingError
 from service.engine.config_card import check_card_and_config, config_card
 from service.engine.layers import LayerReport, read_layers
@@ -21,6 +29,7 @@ from service.engine.triton_config import CONFIG_PBTXT, TritonConfig
 log = logging.getLogger(__name__)
 
 PROBABILITIES = "probabilities"
+NHWC = "FORMAT_NHWC"  # config.pbtxt's image layout
 
 # (size, mtime_ns, inode) of model.onnx and card.json; None for a missing file.
 Signature = tuple[tuple[int, int, int] | None, ...]
@@ -45,6 +54,7 @@ class ModelVersion:
     runtime: ModelRuntime | None = None
     layers: LayerReport | None = None
     signature: Signature | None = None  # of the files the last load attempt read
+    config: TritonConfig | None = None  # the model folder's config.pbtxt it was loaded with
 
 
 def files_signature(version_dir: Path) -> Signature:
@@ -123,6 +133,19 @@ def _check_names(card: ModelCard) -> None:
             raise InvalidCard(f"card {kind} {names} repeat a name")
 
 
+def _image_or_tensor(card: ModelCard, config: TritonConfig | None) -> ModelCard:
+    """A card built without card.json is a tensor model, or an image classifier where its
+    config.pbtxt says so (one FORMAT_NHWC input, a labels file) and the image contract holds."""
+    if config is None or not card.class_names or [t.format for t in config.inputs] != [NHWC]:
+        return card
+    image = replace(card, kind=IMAGE_CLASSIFIER)
+    try:
+        check_serving_contract(image)
+    except InvalidCard:
+        return card
+    return image
+
+
 def check_inside(path: Path, root: Path) -> None:
     """Refuse a version folder, or a file in it, that resolves (through symlinks) outside the
     repository: nothing outside ``root`` is ever read. The message names no path."""
@@ -172,7 +195,7 @@ def load_version(
     # The bytes are hashed as read, so the check covers exactly what onnxruntime loads.
     digest = hashlib.sha256(model_bytes).hexdigest()
     if card is None:
-        card = config_card(name, version, digest, config, model_bytes)
+        card = _image_or_tensor(config_card(name, version, digest, config, model_bytes), config)
     elif digest != card.sha256.lower():
         raise InvalidCard(f"sha256 of {MODEL_FILE} is {digest}, the card says {card.sha256}")
     elif config is not None:
@@ -216,7 +239,8 @@ def load_entry(
         ", ".join(runtime.providers),
         described,
     )
-    for note in config.notes if isinstance(config, TritonConfig) else ():
+    file = config if isinstance(config, TritonConfig) else None
+    for note in file.notes if file else ():
         log.info("%s v%d: %s", entry.name, entry.version, note)
     _warn_on_fallback(entry, runtime, unavailable_providers)
     return replace(
@@ -227,6 +251,7 @@ def load_entry(
         runtime=runtime,
         layers=None if card.kind == TENSOR else read_layers(model_bytes, card),
         signature=signature,
+        config=file,
     )
 
 
@@ -257,6 +282,7 @@ def _failed(entry: ModelVersion, signature: Signature, exc: Exception) -> ModelV
         runtime=None,
         layers=None,
         signature=signature,
+        config=None,
     )
 
 

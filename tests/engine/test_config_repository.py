@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from service.core.card import MODEL_FILE
+from service.core.card import CARD_FILE, IMAGE_CLASSIFIER, MODEL_FILE, TENSOR
 from service.core.version_policy import VersionPolicy
 from service.engine.repository import ModelRepository
 from service.engine.runtime import RuntimeOptions
@@ -151,3 +151,31 @@ def test_config_json_beside_config_pbtxt_is_refused(tmp_path: Path) -> None:
     entry = load(tmp_path).entry("cifar")
     assert entry.state is ModelState.UNAVAILABLE
     assert "both config.pbtxt and config.json" in entry.reason
+
+
+def test_a_version_with_neither_card_nor_config_is_served_from_its_graph(tmp_path: Path) -> None:
+    """Triton's auto-complete: what was "no card beside the model" is a tensor model now."""
+    repo = make_model_repo(tmp_path, {"tiny": [1]}, lecture=False)
+    (repo / "tiny" / "1" / CARD_FILE).unlink()
+    repository = load(repo)
+    card = repository.get("tiny").card
+    assert card.kind == TENSOR and card.class_names == []
+    assert [(t.name, t.datatype, t.shape) for t in card.inputs] == [
+        ("images", "UINT8", [-1, 32, 32, 3])
+    ]
+    assert sorted(t.name for t in card.outputs) == ["logits", "probabilities"]
+    repository.close()
+
+
+def test_an_nhwc_config_with_labels_is_an_image_classifier_and_without_a_tensor_model(
+    tmp_path: Path,
+) -> None:
+    folder = triton_folder(tmp_path, versions=(1,))
+    repository = load(tmp_path)
+    assert repository.get("cifar").card.kind == IMAGE_CLASSIFIER
+    config = (folder / "config.pbtxt").read_text()
+    (folder / "config.pbtxt").write_text(config.replace("format: FORMAT_NHWC ", ""))
+    repository.poll()
+    card = repository.get("cifar").card
+    assert card.kind == TENSOR and card.class_names == CIFAR_CLASSES  # labels kept
+    repository.close()

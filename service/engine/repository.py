@@ -2,10 +2,9 @@
 and keep the served set in line with the disk while serving (``poll``, ``watch``).
 
 Which versions are served is the model's version policy (Triton's: latest N, all, specific; from
-``<name>/config.json`` or the service default). A version that fails its checks is
-``UNAVAILABLE`` with the reason and is passed over: with "latest 1" the version before it keeps
-serving. It is retried once its files change (size, mtime or inode). Hidden ``.tmp-*`` folders of
-an atomic publish and stray files are ignored.
+``<name>/config.pbtxt``, ``config.json`` or the default). A version failing its checks is
+``UNAVAILABLE`` with the reason and passed over ("latest 1" serves the one before), and retried
+once its files change (size, mtime, inode). ``.tmp-*`` folders and stray files are ignored.
 
 Every update builds new ``_Model`` values on a worker thread and then swaps the ``_models`` mapping
 in one assignment, so a request sees either the old set or the new one. A replaced runtime is
@@ -27,7 +26,7 @@ from typing import Any
 from service.core.errors import InvalidConfig, ModelLoadFailed, ModelNotFound, ModelNotReady
 from service.core.version_policy import VersionPolicy, parse_version, read_model_config
 from service.engine.leases import held_runtimes
-from service.engine.model_folder import read_folder_config
+from service.engine.model_folder import FolderConfig, read_folder_config
 from service.engine.runtime import (
     GPU_PROVIDERS,
     ModelRuntime,
@@ -218,7 +217,11 @@ class ModelRepository:
                 log.info("%s v%d retired; it closes when its requests finish", name, entry.version)
                 entry.runtime.retire()
 
-    def _policy(self, model_dir: Path, old: _Model | None) -> tuple[VersionPolicy, str]:
+    def _policy(
+        self, model_dir: Path, old: _Model | None, folder: FolderConfig
+    ) -> tuple[VersionPolicy, str]:
+        if folder.present:  # config.pbtxt's policy, or the server's
+            return folder.policy or self.default_policy, ""
         try:
             policy = read_model_config(model_dir)
         except InvalidConfig as exc:
@@ -249,9 +252,7 @@ class ModelRepository:
         in_force = options or folder.options or self.options
         previous = old.versions if old else {}
         unloaded = (old.unloaded if old else False) if unloaded is None else unloaded
-        policy, policy_error = self._policy(model_dir, old)
-        if folder.present:  # config.pbtxt's policy, or the server's
-            policy, policy_error = folder.policy or self.default_policy, ""
+        policy, policy_error = self._policy(model_dir, old, folder)
         signatures = {v: files_signature(p) + folder.signature for v, p in paths.items()}
         versions = {
             v: replace(previous[v], path=p)

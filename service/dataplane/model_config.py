@@ -84,6 +84,12 @@ def version_policy_dict(policy: VersionPolicy) -> dict[str, object]:
     return {"all": {}}
 
 
+def _batched(meta: ModelMetadata, file: TritonConfig | None) -> bool:
+    """Whether the first axis is the batch: the runtime's view, or config.pbtxt's
+    ``max_batch_size: 0`` (each request runs alone, its dims the whole shape)."""
+    return meta.batched and (file is None or file.max_batch_size > 0)
+
+
 def _inputs(meta: ModelMetadata, file: TritonConfig | None) -> list[ConfigTensor]:
     """An image classifier's one input is NHWC pixels (``[N, H, W, C]``, C of 1 or 3); a
     config.pbtxt's inputs have the format it gives them."""
@@ -91,7 +97,8 @@ def _inputs(meta: ModelMetadata, file: TritonConfig | None) -> list[ConfigTensor
     nhwc = image and len(meta.inputs[0].shape) == 4 and meta.inputs[0].shape[3] in (1, 3)
     given = {t.spec.name: t.format for t in file.inputs} if file else {}
     layout = "FORMAT_NHWC" if nhwc else "FORMAT_NONE"
-    return [ConfigTensor(s, given.get(s.name, layout), batched=meta.batched) for s in meta.inputs]
+    batched = _batched(meta, file)
+    return [ConfigTensor(s, given.get(s.name, layout), batched=batched) for s in meta.inputs]
 
 
 def _outputs(meta: ModelMetadata, file: TritonConfig | None) -> list[ConfigTensor]:
@@ -106,7 +113,8 @@ def _outputs(meta: ModelMetadata, file: TritonConfig | None) -> list[ConfigTenso
         fits = classes > 0 and spec.datatype.startswith("FP") and spec.shape[-1:] == [classes]
         return LABEL_FILENAME if fits else ""
 
-    return [ConfigTensor(s, label_filename=label(s), batched=meta.batched) for s in meta.outputs]
+    batched = _batched(meta, file)
+    return [ConfigTensor(s, label_filename=label(s), batched=batched) for s in meta.outputs]
 
 
 def _instance_group(meta: ModelMetadata, workers: int) -> InstanceGroup:
@@ -129,7 +137,7 @@ def build_model_config(
         raise ModelNotReady(f"model {meta.name!r} version {entry.version} is not loaded")
     options, file = entry.runtime.options, entry.config
     batching = None
-    if options.dynamic_batching and meta.batched:
+    if options.dynamic_batching and _batched(meta, file):
         batching = DynamicBatching(
             preferred_batch_size=[options.max_batch_size],
             max_queue_delay_microseconds=round(options.max_batch_delay_ms * 1000),
@@ -140,7 +148,7 @@ def build_model_config(
         name=meta.name,
         platform=meta.platform,
         backend="onnxruntime",
-        max_batch_size=options.max_images_per_request if meta.batched else 0,
+        max_batch_size=options.max_images_per_request if _batched(meta, file) else 0,
         inputs=_inputs(meta, file),
         outputs=_outputs(meta, file),
         version_policy=policy,

@@ -194,9 +194,9 @@ def _version_policy(config: Any) -> VersionPolicy | None:
 
 def _check_backend(config: Any, folder: str) -> None:
     if config.name and config.name != folder:
-        raise InvalidConfig(
-            f"{CONFIG_PBTXT}: name {config.name!r} does not match its folder {folder!r} "
-            "(Triton requires them to be equal)"
+        raise InvalidConfig(  # Triton's words
+            f"{CONFIG_PBTXT}: unexpected directory name {folder!r} for model {config.name!r}, "
+            "directory name must equal model name"
         )
     for what, value, ours in (
         ("platform", config.platform, PLATFORM),

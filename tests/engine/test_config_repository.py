@@ -103,7 +103,7 @@ def test_without_dynamic_batching_each_request_runs_alone(tmp_path: Path) -> Non
         (("max_batch_size: 64", "max_batch_size: 100000"), "max_batch_size 100000 is out of"),
         (("instance_group [ { kind: KIND_CPU", "instance_group [ { kind: KIND_GPU"), "KIND_GPU"),
         (("dynamic_batching {", "sequence_batching { } #"), "'sequence_batching' is not supported"),
-        (('name: "cifar"', 'name: "other"'), "does not match its folder 'cifar'"),
+        (('name: "cifar"', 'name: "other"'), "unexpected directory name 'cifar' for model 'other'"),
         (("version_policy", "garbage garbage"), "cannot be parsed"),
     ],
 )

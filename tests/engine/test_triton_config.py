@@ -127,7 +127,7 @@ def test_every_datatype_maps_through_the_one_table() -> None:
         (b'name: "simple" name: "simple"', 'multiple "name" fields'),
         (b"max_batch_size: 99999999999", "cannot be parsed"),
         (b"max_batch_size: -1", "max_batch_size -1 is negative"),
-        (b'name: "other"', "name 'other' does not match its folder 'simple'"),
+        (b'name: "other"', "unexpected directory name 'simple' for model 'other'"),
         (b'platform: "tensorrt_plan"', "platform 'tensorrt_plan' is not served here"),
         (b'backend: "python"', "backend 'python' is not served here"),
         (b'default_model_filename: "model.plan"', "default_model_filename 'model.plan'"),

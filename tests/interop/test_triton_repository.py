@@ -81,6 +81,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     repo = tmp_path_factory.mktemp("triton") / "models"
     triton_model(repo, "simple", add_sub_graph(["N", 16]), SIMPLE_CONFIG)
     triton_model(repo, "simple_auto", add_sub_graph(["N", 16]), None)
+    whole = SIMPLE_CONFIG.replace('"simple"', '"simple_whole"').replace("max_batch_size: 8", "")
+    triton_model(
+        repo, "simple_whole", add_sub_graph(["N", 16]), whole.replace("[ 16 ]", "[ -1, 16 ]")
+    )
     cifar = triton_model(repo, "cifar", tiny_graph(), CIFAR_CONFIG)
     (cifar / "cifar_labels.txt").write_text("\n".join(CIFAR_CLASSES) + "\n")
     broken = SIMPLE_CONFIG.replace('"simple"', '"broken"') + "sequence_batching { }\n"
@@ -125,7 +129,7 @@ def _outputs(result: triton_http.InferResult | triton_grpc.InferResult) -> dict[
     return {"OUTPUT0": result.as_numpy("OUTPUT0"), "OUTPUT1": result.as_numpy("OUTPUT1")}
 
 
-@pytest.mark.parametrize("model", ["simple", "simple_auto"])
+@pytest.mark.parametrize("model", ["simple", "simple_auto", "simple_whole"])
 @pytest.mark.parametrize("wire", ["json", "binary", "grpc"])
 def test_tritonclient_infers_triton_simple_with_config_pbtxt_and_with_none(
     server: Running, model: str, wire: str
@@ -223,3 +227,14 @@ def test_an_unhonoured_config_is_unavailable_naming_the_field(server: Running) -
         assert client.is_model_ready("simple")  # the rest keep serving
     finally:
         client.close()
+
+
+def test_max_batch_size_0_gives_dims_as_the_whole_shape(server: Running) -> None:
+    """Triton's rule: no batch axis implied, each request one run, whatever its first dim."""
+    client = triton_http.InferenceServerClient(server.address)
+    try:
+        config = client.get_model_config("simple_whole")
+    finally:
+        client.close()
+    assert config["max_batch_size"] == 0 and "dynamic_batching" not in config
+    assert [t["dims"] for t in config["input"]] == [[-1, 16], [-1, 16]]

@@ -105,6 +105,7 @@ def test_without_dynamic_batching_each_request_runs_alone(tmp_path: Path) -> Non
         (("dynamic_batching {", "sequence_batching { } #"), "'sequence_batching' is not supported"),
         (('name: "cifar"', 'name: "other"'), "unexpected directory name 'cifar' for model 'other'"),
         (("version_policy", "garbage garbage"), "cannot be parsed"),
+        (("version_policy", "#" * (1 << 20) + "\nversion_policy"), "over 1048576 bytes; refused"),
     ],
 )
 def test_a_bad_config_makes_the_model_unavailable_with_its_reason(

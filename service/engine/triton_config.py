@@ -283,9 +283,10 @@ def parse_config(text: bytes, folder: str, gpu_host: bool = False) -> TritonConf
 
 
 def _read_bounded(path: Path, limit: int, what: str) -> tuple[bytes, FileStat]:
-    """At most ``limit`` bytes of a regular file, and its (size, mtime_ns, inode)."""
+    """At most ``limit`` bytes of a regular file, and its (size, mtime_ns, inode); opened
+    without blocking, so a FIFO in its place cannot stall the poll."""
     try:
-        with path.open("rb") as fh:
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as fh:
             st = os.fstat(fh.fileno())
             if not stat.S_ISREG(st.st_mode):
                 raise InvalidConfig(f"{what} is not a regular file")

@@ -229,3 +229,11 @@ def test_files_linking_out_of_the_model_folder_are_refused(tmp_path: Path) -> No
     os.symlink(outside / CONFIG_PBTXT, folder / CONFIG_PBTXT)
     with pytest.raises(InvalidConfig, match=r"config\.pbtxt links outside"):
         read_config(folder)
+
+
+def test_a_fifo_in_place_of_the_config_is_refused_without_blocking(tmp_path: Path) -> None:
+    folder = tmp_path / "simple"
+    folder.mkdir()
+    os.mkfifo(folder / CONFIG_PBTXT)
+    with pytest.raises(InvalidConfig, match="not a regular file"):
+        read_config(folder)

@@ -19,8 +19,9 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from service.core.card import MODEL_FILE
+from service.core.card import MODEL_FILE, read_card
 from tests.support.apps import ADMIN, make_settings
+from tests.support.interop import MODEL, VERSION, TestImage, lecture_repository
 from tests.support.models import CIFAR_CLASSES, tiny_graph
 from tests.support.servers import Running, running_server
 from tests.support.tensor_models import add_sub_graph, simple_inputs
@@ -238,3 +239,56 @@ def test_max_batch_size_0_gives_dims_as_the_whole_shape(server: Running) -> None
         client.close()
     assert config["max_batch_size"] == 0 and "dynamic_batching" not in config
     assert [t["dims"] for t in config["input"]] == [[-1, 16], [-1, 16]]
+
+
+LECTURE_CONFIG = """name: "lecture_triton"
+platform: "onnxruntime_onnx"
+max_batch_size: 64
+input [ { name: "images" data_type: TYPE_UINT8 format: FORMAT_NHWC dims: [ 32, 32, 3 ] } ]
+output [
+  { name: "logits" data_type: TYPE_FP32 dims: [ 10 ] },
+  { name: "probabilities" data_type: TYPE_FP32 dims: [ 10 ] label_filename: "labels.txt" }
+]
+dynamic_batching { }
+"""
+
+
+@pytest.fixture(scope="module")
+def lecture_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """The shipped lecture model twice: with its card, and as a Triton folder of its graph."""
+    repo = lecture_repository(tmp_path_factory.mktemp("lecture"))
+    shipped = repo / MODEL / str(VERSION)
+    folder = triton_model(
+        repo, "lecture_triton", onnx.load(str(shipped / MODEL_FILE)), LECTURE_CONFIG
+    )
+    (folder / "labels.txt").write_text("\n".join(read_card(shipped).class_names) + "\n")
+    with running_server(make_settings(repo, intra_op_threads=1, poll_interval_s=0)) as running:
+        yield running
+
+
+def classify(server: Running, model: str, images: list[TestImage]) -> list[list[str]]:
+    files = [("file", (f"{i}.jpg", image.jpeg, "image/jpeg")) for i, image in enumerate(images)]
+    answer = httpx.post(
+        f"{server.url}/v1/models/{model}:classify", params={"top_k": 3}, files=files, timeout=60
+    )
+    assert answer.status_code == 200, answer.text
+    return [[f"{p['probability']:f}:{p['index']}:{p['name']}" for p in row]
+            for row in answer.json()["predictions"]]  # fmt: skip
+
+
+def test_the_lecture_graph_from_config_pbtxt_classifies_as_its_carded_self(
+    lecture_pair: Running, cifar_images: list[TestImage], pixels: np.ndarray
+) -> None:
+    """Labels from labels.txt, :classify and the classification extension: what the card gives."""
+    carded = classify(lecture_pair, MODEL, cifar_images)
+    assert classify(lecture_pair, "lecture_triton", cifar_images) == carded
+    client = triton_grpc.InferenceServerClient(lecture_pair.grpc_url)
+    try:
+        tensor = triton_grpc.InferInput("images", list(pixels.shape), "UINT8")
+        tensor.set_data_from_numpy(pixels)
+        wanted = triton_grpc.InferRequestedOutput("probabilities", class_count=3)
+        result = client.infer("lecture_triton", [tensor], outputs=[wanted])
+    finally:
+        client.close()
+    got = [[e.decode() for e in row] for row in result.as_numpy("probabilities")]
+    assert got == carded

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import grpc
 import httpx
@@ -21,7 +22,14 @@ from tritonclient.utils import InferenceServerException
 
 from tests.support.apps import make_settings
 from tests.support.servers import Running, running_server
-from tests.support.tensor_models import FIXED, FP32, SIMPLE, simple_inputs, tensor_repository
+from tests.support.tensor_models import (
+    FIXED,
+    FP32,
+    LONG,
+    SIMPLE,
+    simple_inputs,
+    tensor_repository,
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +85,28 @@ def test_tritonclient_grpc_adds_and_subtracts(server: Running, model: str) -> No
         client.close()
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), first + second)
     np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), first - second)
+
+
+@pytest.mark.parametrize("wire", ["http", "grpc"])
+def test_a_model_without_a_batch_axis_takes_a_first_axis_past_the_row_limit(
+    server: Running, wire: str
+) -> None:
+    """[2048] is no batch of 2048: MAX_IMAGES_PER_REQUEST (1024) bounds rows, not its shape."""
+    first = np.arange(2048, dtype=np.int32)
+    second = np.full(2048, 3, dtype=np.int32)
+    module: Any = triton_http if wire == "http" else triton_grpc
+    address = server.address if wire == "http" else server.grpc_url
+    client = module.InferenceServerClient(address)
+    try:
+        tensors = []
+        for name, array in (("INPUT0", first), ("INPUT1", second)):
+            tensor = module.InferInput(name, [2048], "INT32")
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        result = client.infer(LONG, tensors)
+    finally:
+        client.close()
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), first - 3)
 
 
 def test_grpc_typed_contents_reach_a_tensor_model(server: Running) -> None:
@@ -160,6 +190,7 @@ def test_metadata_says_which_kind_each_model_is(server: Running) -> None:
         SIMPLE: "tensor",
         FIXED: "tensor",
         FP32: "tensor",
+        LONG: "tensor",
     }
     meta = httpx.get(f"{server.url}/v2/models/{SIMPLE}").json()
     assert [t["name"] for t in meta["inputs"]] == ["INPUT0", "INPUT1"]

@@ -17,6 +17,7 @@ from tests.support.models import OPSET, write_model
 SIMPLE = "simple"  # INT32 add/sub, batched: INPUT0, INPUT1 [-1, 16]
 FIXED = "simple_nobatch"  # the same with no batch axis: [16] each, one request per run
 FP32 = "affine"  # one FP32 input [-1, 4]: OUTPUT = 2 * INPUT + 1
+LONG = "simple_long"  # no batch axis, a first axis longer than MAX_IMAGES_PER_REQUEST: [2048]
 
 
 def add_sub_graph(shape: list[int | str], elem: int = TensorProto.INT32) -> onnx.ModelProto:
@@ -63,10 +64,11 @@ def add_sub_specs(datatype: str, shape: list[int]) -> tuple[list[TensorSpec], li
 
 
 def tensor_repository(root: Path) -> Path:
-    """``tiny`` (an image classifier) and the three tensor models, each at version 1."""
+    """``tiny`` (an image classifier) and the four tensor models, each at version 1."""
     write_model(root, "tiny")
     write_tensor_model(root, SIMPLE, add_sub_graph(["N", 16]), *add_sub_specs("INT32", [-1, 16]))
     write_tensor_model(root, FIXED, add_sub_graph([16]), *add_sub_specs("INT32", [16]))
+    write_tensor_model(root, LONG, add_sub_graph([2048]), *add_sub_specs("INT32", [2048]))
     write_tensor_model(
         root,
         FP32,

@@ -20,6 +20,7 @@ from tritonclient.grpc import service_pb2
 from service.api.grpc import codec
 from service.api.grpc.handlers import Undecodable
 from service.core.errors import InvalidInput, ServingError
+from service.core.limits import MAX_ELEMENTS
 from service.dataplane.dataplane import DataPlane, request_scope
 from service.dataplane.trace_settings import grpc_carrier, step
 
@@ -42,9 +43,9 @@ async def infer_message(plane: DataPlane, request: Any, metadata: Any = None) ->
     decode = codec.decode_infer_request
     with plane.trace_settings.request(runtime.name, grpc_carrier(metadata)):
         with step("decode"):
-            infer = await plane.work.run_here_if_light(
-                light, decode, request, settings.max_images_per_request
-            )
+            # A model without a batch axis has no rows to bound: the element limit does.
+            max_rows = settings.max_images_per_request if runtime.batched else MAX_ELEMENTS
+            infer = await plane.work.run_here_if_light(light, decode, request, max_rows)
         response = await plane.infer(runtime, infer)
         with step("encode"):
             return codec.encode_infer_response(response)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from service.api.rest.codec import decode_infer_request, encode_infer_response
 from service.api.rest.http_io import is_json_type
 from service.core.errors import InvalidInput, UnsupportedMediaType
+from service.core.limits import MAX_ELEMENTS
 from service.core.version_policy import parse_version
 from service.dataplane.dataplane import DataPlane
 from service.dataplane.trace_settings import step
@@ -42,7 +43,8 @@ async def v2_infer(
         raise UnsupportedMediaType(
             f"expected application/json (or the binary extension's header), got {content_type!r}"
         )
-    max_rows = plane.settings.max_images_per_request
+    # A model without a batch axis has no rows to bound: its shape is, by the element limit.
+    max_rows = plane.settings.max_images_per_request if runtime.batched else MAX_ELEMENTS
     light = len(body) <= plane.settings.inline_decode_bytes  # else off the event loop
     with step("decode"):
         infer = await plane.work.run_here_if_light(

@@ -180,3 +180,11 @@ def test_an_nhwc_config_with_labels_is_an_image_classifier_and_without_a_tensor_
     card = repository.get("cifar").card
     assert card.kind == TENSOR and card.class_names == CIFAR_CLASSES  # labels kept
     repository.close()
+
+
+def test_a_garbage_graph_beside_a_config_is_unavailable(tmp_path: Path) -> None:
+    folder = triton_folder(tmp_path, versions=(1,))
+    (folder / "1" / MODEL_FILE).write_bytes(b"not a graph")
+    entry = load(tmp_path).entry("cifar")
+    assert entry.state is ModelState.UNAVAILABLE
+    assert "cannot read the graph" in entry.reason

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -76,21 +77,46 @@ def connect(url: str) -> Engine:
 
 
 def insert(engine: Engine, rows: Sequence[Row]) -> None:
-    """One transaction for a batch of records, the cheapest way each driver offers (the writer's
-    Python time holds the GIL the requests need; ``python -m bench log-cost`` measures it):
-    psycopg's COPY (2 us a row of the writer's CPU here against 15-22 us for an insert),
-    sqlite3's ``executemany`` of the tuples in the statement SQLAlchemy compiles for it (half a
-    Core insert of dicts), else the Core insert."""
+    """One transaction for a batch of records, the cheapest way each driver offers: the writer's
+    Python time holds the GIL the requests need (``python -m bench log-cost`` measures it).
+
+    - psycopg: COPY (2 us a row of the writer's CPU here against 15-22 us for an insert);
+    - SQLite: the rows as one JSON array that SQLite unpacks itself (``json_each``), so the
+      insert is one statement that runs with the GIL released; ``executemany`` instead binds
+      every row under the GIL and takes the GIL back between rows, which a busy event loop
+      pays for. Captured images (bytes, which JSON cannot carry) go through ``executemany``;
+    - else the Core insert.
+    """
     if engine.dialect.driver == "psycopg":
         _copy(engine, rows)
         return
     positional = _positional_insert(engine.dialect)
     with engine.begin() as connection:
+        if engine.dialect.name == "sqlite":
+            plain = [row[:7] for row in rows if row[7] is None]
+            if plain:
+                connection.exec_driver_sql(_json_insert(engine.dialect), (json.dumps(plain),))
+            rows = [row for row in rows if row[7] is not None]
+            if not rows:
+                return
         if positional is not None:
             connection.exec_driver_sql(positional, list(rows))
         else:
             records = [dict(zip(COLUMNS, row, strict=True)) for row in rows]
             connection.execute(PREDICTIONS.insert(), records)
+
+
+@functools.lru_cache(maxsize=4)
+def _json_insert(dialect: sa.engine.Dialect) -> str:
+    """SQLite's insert of rows given as one JSON array of arrays (COLUMNS without the image)."""
+    quote = dialect.identifier_preparer
+    names = COLUMNS[:7]
+    values = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(names)))
+    columns = ", ".join(quote.quote(name) for name in names)
+    return (
+        f"INSERT INTO {quote.format_table(PREDICTIONS)} ({columns}) "
+        f"SELECT {values} FROM json_each(?)"
+    )
 
 
 def _copy(engine: Engine, rows: Sequence[Row]) -> None:

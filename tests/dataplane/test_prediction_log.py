@@ -175,3 +175,33 @@ def test_one_batch_mixes_models_and_outputs_and_a_bad_answer_never_stops_the_wri
     assert found == {("p", 0): ("tiny", 1), ("p", 1): ("tiny", 0), ("p", 2): ("tiny", 0),
                      ("l", 0): ("wide", 3), ("after", 0): ("tiny", 1)}  # fmt: skip
     log.close(5.0)
+
+
+def test_sqlite_insert_keeps_every_value_exactly_whatever_the_id_holds(tmp_path: Path) -> None:
+    """SQLite takes plain rows as one JSON array (``json_each``) and captured ones by
+    ``executemany``: ids with quotes, backslashes, control characters and non-ASCII text, and
+    every float, come back as given, in one batch that mixes both kinds."""
+    engine = store.connect(store.database_url(None, tmp_path))
+    ids = ['a"b', "c'd", "e\\f", "g\nh\t", "ünï 😀", "x" * 128, "", "[1, 2]"]
+    rng = np.random.default_rng(3)
+    rows: list[store.Row] = [
+        (
+            request_id,
+            i,
+            f"model-{i % 2}",
+            i + 1,
+            1.7e9 + float(rng.random()),
+            i,
+            float(rng.random()),
+            bytes([i]) * 3 if i % 3 == 0 else None,
+        )
+        for i, request_id in enumerate(ids)
+    ]
+    store.insert(engine, rows)
+    found = sorted(
+        (tuple(r[c] for c in store.COLUMNS) for r in store.read_all(engine)),
+        key=lambda row: row[1],
+    )
+    assert found == rows
+    kinds = [str, int, str, int, float, int, float, type(None)]
+    assert [type(value) for value in found[1]] == kinds

@@ -30,7 +30,8 @@ class Settings(QualitySettings):
 
     model_repository: Path = Field(
         default=Path("models"),
-        description="Folder holding <name>/<version>/model.onnx and card.json.",
+        description="Folder holding <name>/<version>/model.onnx and card.json, or a Triton "
+        "repository: <name>/config.pbtxt and <name>/<version>/model.onnx.",
     )
     host: str = Field(default="127.0.0.1", description="Interface uvicorn binds to.")
     port: int = Field(

@@ -117,7 +117,8 @@ class UnprocessableInput(InvalidInput):
 
 
 class InvalidConfig(ServingError):
-    """A version policy (setting or a model's ``config.json``) that cannot be read."""
+    """A version policy (setting or a model's ``config.json``) or a ``config.pbtxt`` that cannot
+    be read or asks for what this service does not honour."""
 
     status = HTTPStatus.UNPROCESSABLE_ENTITY
 

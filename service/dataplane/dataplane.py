@@ -190,9 +190,9 @@ class DataPlane:
 
     def model_config(self, name: str, version: str | None = None) -> ModelConfig:
         """The configuration in force for a version, one value for REST and gRPC alike."""
-        runtime = self.model(name, version)
+        entry = self.repository.entry(name, self.model(name, version).version)
         meta, policy = self.model_metadata(name, version), self.repository.policy(name)
-        return build_model_config(meta, runtime.options, policy, self.settings, self.response_cache)
+        return build_model_config(meta, entry, policy, self.settings, self.response_cache)
 
     async def statistics(
         self, name: str | None, version: str | None = None

@@ -8,17 +8,19 @@ import json
 from dataclasses import dataclass, field
 
 from service.core.card import IMAGE_CLASSIFIER, TensorSpec
+from service.core.errors import ModelNotReady
 from service.core.version_policy import VersionPolicy
 from service.dataplane.response_cache import ResponseCache
 from service.dataplane.types import ModelMetadata
-from service.engine.runtime import RuntimeOptions
+from service.engine.runtime import GPU_PROVIDERS
+from service.engine.triton_config import TritonConfig
+from service.engine.version_folder import ModelVersion
 from service.settings import Settings
 
 # The labels live in the card (``class_names``); Triton's clients only test that an output has a
 # label file, and Triton has no route that returns one either: labels reach clients through the
 # classification extension.
 LABEL_FILENAME = "labels.txt"
-GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 @dataclass(frozen=True)
@@ -82,25 +84,37 @@ def version_policy_dict(policy: VersionPolicy) -> dict[str, object]:
     return {"all": {}}
 
 
-def _inputs(meta: ModelMetadata) -> list[ConfigTensor]:
-    """An image classifier's one input is NHWC pixels (``[N, H, W, C]``, C of 1 or 3)."""
+def _batched(meta: ModelMetadata, file: TritonConfig | None) -> bool:
+    """Whether the first axis is the batch: the runtime's view, or config.pbtxt's
+    ``max_batch_size: 0`` (each request runs alone, its dims the whole shape)."""
+    return meta.batched and (file is None or file.max_batch_size > 0)
+
+
+def _inputs(meta: ModelMetadata, file: TritonConfig | None) -> list[ConfigTensor]:
+    """An image classifier's one input is NHWC pixels (``[N, H, W, C]``, C of 1 or 3); a
+    config.pbtxt's inputs have the format it gives them."""
     image = meta.kind == IMAGE_CLASSIFIER and len(meta.inputs) == 1
     nhwc = image and len(meta.inputs[0].shape) == 4 and meta.inputs[0].shape[3] in (1, 3)
+    given = {t.spec.name: t.format for t in file.inputs} if file else {}
     layout = "FORMAT_NHWC" if nhwc else "FORMAT_NONE"
-    return [ConfigTensor(s, layout, batched=meta.batched) for s in meta.inputs]
+    batched = _batched(meta, file)
+    return [ConfigTensor(s, given.get(s.name, layout), batched=batched) for s in meta.inputs]
 
 
-def _outputs(meta: ModelMetadata) -> list[ConfigTensor]:
-    """Class names label every FP output with one score per class (logits and probabilities)."""
+def _outputs(meta: ModelMetadata, file: TritonConfig | None) -> list[ConfigTensor]:
+    """Class names label every FP output with one score per class (logits and probabilities);
+    a config.pbtxt's outputs carry the label file it names (or none)."""
     classes = len(meta.class_names)
+    given = {t.spec.name: t.label_filename for t in file.outputs} if file else {}
 
-    def labelled(spec: TensorSpec) -> bool:
-        return classes > 0 and spec.datatype.startswith("FP") and spec.shape[-1:] == [classes]
+    def label(spec: TensorSpec) -> str:
+        if spec.name in given:
+            return given[spec.name]
+        fits = classes > 0 and spec.datatype.startswith("FP") and spec.shape[-1:] == [classes]
+        return LABEL_FILENAME if fits else ""
 
-    return [
-        ConfigTensor(s, label_filename=LABEL_FILENAME if labelled(s) else "", batched=meta.batched)
-        for s in meta.outputs
-    ]
+    batched = _batched(meta, file)
+    return [ConfigTensor(s, label_filename=label(s), batched=batched) for s in meta.outputs]
 
 
 def _instance_group(meta: ModelMetadata, workers: int) -> InstanceGroup:
@@ -112,15 +126,18 @@ def _instance_group(meta: ModelMetadata, workers: int) -> InstanceGroup:
 
 def build_model_config(
     meta: ModelMetadata,
-    options: RuntimeOptions,
+    entry: ModelVersion,
     policy: VersionPolicy,
     settings: Settings,
     cache: ResponseCache,
 ) -> ModelConfig:
-    """The config of the version ``meta`` describes, from the options its runtime (and its
-    batcher) were built with."""
+    """The config of the version ``meta`` describes (``entry``), from the options its runtime
+    (and its batcher) were built with and its model folder's config.pbtxt, if any."""
+    if entry.runtime is None:  # unloaded since the request looked it up
+        raise ModelNotReady(f"model {meta.name!r} version {entry.version} is not loaded")
+    options, file = entry.runtime.options, entry.config
     batching = None
-    if options.dynamic_batching and meta.batched:
+    if options.dynamic_batching and _batched(meta, file):
         batching = DynamicBatching(
             preferred_batch_size=[options.max_batch_size],
             max_queue_delay_microseconds=round(options.max_batch_delay_ms * 1000),
@@ -131,9 +148,9 @@ def build_model_config(
         name=meta.name,
         platform=meta.platform,
         backend="onnxruntime",
-        max_batch_size=options.max_images_per_request if meta.batched else 0,
-        inputs=_inputs(meta),
-        outputs=_outputs(meta),
+        max_batch_size=options.max_images_per_request if _batched(meta, file) else 0,
+        inputs=_inputs(meta, file),
+        outputs=_outputs(meta, file),
         version_policy=policy,
         dynamic_batching=batching,
         response_cache=cache.enabled(meta.name),

@@ -2,10 +2,9 @@
 and keep the served set in line with the disk while serving (``poll``, ``watch``).
 
 Which versions are served is the model's version policy (Triton's: latest N, all, specific; from
-``<name>/config.json`` or the service default). A version that fails its checks is
-``UNAVAILABLE`` with the reason and is passed over: with "latest 1" the version before it keeps
-serving. It is retried once its files change (size, mtime or inode). Hidden ``.tmp-*`` folders of
-an atomic publish and stray files are ignored.
+``<name>/config.pbtxt``, ``config.json`` or the default). A version failing its checks is
+``UNAVAILABLE`` with the reason and passed over ("latest 1" serves the one before), and retried
+once its files change (size, mtime, inode). ``.tmp-*`` folders and stray files are ignored.
 
 Every update builds new ``_Model`` values on a worker thread and then swaps the ``_models`` mapping
 in one assignment, so a request sees either the old set or the new one. A replaced runtime is
@@ -27,7 +26,9 @@ from typing import Any
 from service.core.errors import InvalidConfig, ModelLoadFailed, ModelNotFound, ModelNotReady
 from service.core.version_policy import VersionPolicy, parse_version, read_model_config
 from service.engine.leases import held_runtimes
+from service.engine.model_folder import FolderConfig, read_folder_config
 from service.engine.runtime import (
+    GPU_PROVIDERS,
     ModelRuntime,
     RuntimeOptions,
     preload_provider_libraries,
@@ -85,6 +86,7 @@ class ModelRepository:
         self._update = threading.Lock()  # one update (poll, load, unload, close) at a time
         self._root_problem = ""  # why the last poll could not read the root, if it could not
         self._unavailable_providers: frozenset[str] = frozenset()  # not in this onnxruntime
+        self._gpu_host = False
         self.loaded = False
 
     # -- updates (blocking: call them off the event loop) ----------------------------------
@@ -94,6 +96,7 @@ class ModelRepository:
         preload_provider_libraries()
         usable, missing = resolve_providers(self.options.providers)
         self._unavailable_providers = frozenset(missing)
+        self._gpu_host = any(p in GPU_PROVIDERS for p in usable)  # config.pbtxt's KIND_GPU
         if missing:
             log.warning(
                 "execution provider(s) %s not available here (%s); using %s",
@@ -214,7 +217,11 @@ class ModelRepository:
                 log.info("%s v%d retired; it closes when its requests finish", name, entry.version)
                 entry.runtime.retire()
 
-    def _policy(self, model_dir: Path, old: _Model | None) -> tuple[VersionPolicy, str]:
+    def _policy(
+        self, model_dir: Path, old: _Model | None, folder: FolderConfig
+    ) -> tuple[VersionPolicy, str]:
+        if folder.present:  # config.pbtxt's policy, or the server's
+            return folder.policy or self.default_policy, ""
         try:
             policy = read_model_config(model_dir)
         except InvalidConfig as exc:
@@ -241,11 +248,12 @@ class ModelRepository:
         old = self._models.get(name)
         if not retry_failed:
             options = old.options if old else None
-        in_force = options or self.options
+        folder = read_folder_config(model_dir, self._gpu_host, self.options)
+        in_force = options or folder.options or self.options
         previous = old.versions if old else {}
         unloaded = (old.unloaded if old else False) if unloaded is None else unloaded
-        policy, policy_error = self._policy(model_dir, old)
-        signatures = {v: files_signature(p) for v, p in paths.items()}
+        policy, policy_error = self._policy(model_dir, old, folder)
+        signatures = {v: files_signature(p) + folder.signature for v, p in paths.items()}
         versions = {
             v: replace(previous[v], path=p)
             if v in previous
@@ -272,7 +280,9 @@ class ModelRepository:
                 break
             missing = self._unavailable_providers
             for v in todo:
-                versions[v] = load_entry(versions[v], signatures[v], in_force, self.root, missing)
+                versions[v] = load_entry(
+                    versions[v], signatures[v], in_force, self.root, missing, folder.config
+                )
                 if versions[v].state is ModelState.UNAVAILABLE:
                     failed.add(v)
         for v, entry in versions.items():

@@ -76,6 +76,7 @@ PROVIDER_LIBRARIES = {
     "CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
     "TensorrtExecutionProvider": "libonnxruntime_providers_tensorrt.so",
 }
+GPU_PROVIDERS = tuple(PROVIDER_LIBRARIES)  # the providers that run on a GPU
 
 
 def resolve_providers(requested: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -11,14 +11,25 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
-from service.core.card import CARD_FILE, MODEL_FILE, TENSOR, ModelCard, TensorSpec, read_card
-from service.core.errors import InvalidCard, ServingError
+from service.core.card import (
+    CARD_FILE,
+    IMAGE_CLASSIFIER,
+    MODEL_FILE,
+    TENSOR,
+    ModelCard,
+    TensorSpec,
+    read_card,
+)
+from service.core.errors import InvalidCard, InvalidConfig, ServingError
+from service.engine.config_card import check_card_and_config, config_card
 from service.engine.layers import LayerReport, read_layers
 from service.engine.runtime import ModelRuntime, RuntimeOptions, provider_problem
+from service.engine.triton_config import CONFIG_PBTXT, TritonConfig
 
 log = logging.getLogger(__name__)
 
 PROBABILITIES = "probabilities"
+NHWC = "FORMAT_NHWC"  # config.pbtxt's image layout
 
 # (size, mtime_ns, inode) of model.onnx and card.json; None for a missing file.
 Signature = tuple[tuple[int, int, int] | None, ...]
@@ -43,6 +54,7 @@ class ModelVersion:
     runtime: ModelRuntime | None = None
     layers: LayerReport | None = None
     signature: Signature | None = None  # of the files the last load attempt read
+    config: TritonConfig | None = None  # the model folder's config.pbtxt it was loaded with
 
 
 def files_signature(version_dir: Path) -> Signature:
@@ -58,8 +70,12 @@ def files_signature(version_dir: Path) -> Signature:
     return tuple(signature)
 
 
-def _check_tensors(kind: str, card: list[TensorSpec], graph: list[TensorSpec]) -> None:
-    """Names, datatypes and shapes of the card must be those of the graph (-1: dynamic axis)."""
+def _check_tensors(
+    kind: str, card: list[TensorSpec], graph: list[TensorSpec], fixes_dynamic: bool = False
+) -> None:
+    """Names, datatypes and shapes of the card must be those of the graph (-1: dynamic axis);
+    ``fixes_dynamic``: a card built from config.pbtxt may fix an axis the graph leaves dynamic,
+    as Triton's configs do."""
     card_by_name = {t.name: t for t in card}
     graph_by_name = {t.name: t for t in graph}
     if set(card_by_name) != set(graph_by_name):
@@ -73,7 +89,8 @@ def _check_tensors(kind: str, card: list[TensorSpec], graph: list[TensorSpec]) -
                 f"{kind[:-1]} {name!r}: card says {spec.datatype}, graph has {actual.datatype}"
             )
         if len(spec.shape) != len(actual.shape) or any(
-            (c == -1) != (g == -1) or c != g for c, g in zip(spec.shape, actual.shape, strict=True)
+            c != g and not (fixes_dynamic and g == -1)
+            for c, g in zip(spec.shape, actual.shape, strict=True)
         ):
             raise InvalidCard(
                 f"{kind[:-1]} {name!r}: card shape {spec.shape} differs from graph {actual.shape}"
@@ -116,6 +133,19 @@ def _check_names(card: ModelCard) -> None:
             raise InvalidCard(f"card {kind} {names} repeat a name")
 
 
+def _image_or_tensor(card: ModelCard, config: TritonConfig | None) -> ModelCard:
+    """A card built without card.json is a tensor model, or an image classifier where its
+    config.pbtxt says so (one FORMAT_NHWC input, a labels file) and the image contract holds."""
+    if config is None or not card.class_names or [t.format for t in config.inputs] != [NHWC]:
+        return card
+    image = replace(card, kind=IMAGE_CLASSIFIER)
+    try:
+        check_serving_contract(image)
+    except InvalidCard:
+        return card
+    return image
+
+
 def check_inside(path: Path, root: Path) -> None:
     """Refuse a version folder, or a file in it, that resolves (through symlinks) outside the
     repository: nothing outside ``root`` is ever read. The message names no path."""
@@ -126,33 +156,55 @@ def check_inside(path: Path, root: Path) -> None:
             raise InvalidCard(f"{where} links outside the model repository; refused")
 
 
+def _read_model(path: Path) -> bytes:
+    try:
+        return (path / MODEL_FILE).read_bytes()
+    except FileNotFoundError:
+        raise InvalidCard(f"no {MODEL_FILE} in the version folder") from None
+    except OSError as exc:
+        raise InvalidCard(f"unreadable {MODEL_FILE}: {exc.strerror}") from None
+
+
+def _has_card(path: Path) -> bool:
+    return (path / CARD_FILE).exists() or (path / CARD_FILE).is_symlink()
+
+
 def load_version(
-    name: str, version: int, path: Path, options: RuntimeOptions, root: Path | None = None
+    name: str,
+    version: int,
+    path: Path,
+    options: RuntimeOptions,
+    root: Path | None = None,
+    config: TritonConfig | InvalidConfig | None = None,
 ) -> tuple[ModelCard, ModelRuntime, bytes]:
     """Read, check and load one version folder; raises ``ServingError`` with the reason.
-    With ``root``, nothing that resolves outside it is read (``check_inside``)."""
+    With ``root``, nothing that resolves outside it is read (``check_inside``). ``config``: the
+    model folder's ``config.pbtxt`` (or why it cannot be used); a version without a card is
+    served from it, or from its graph alone when there is none."""
+    if isinstance(config, InvalidConfig):
+        raise config
     if root is not None:
         check_inside(path, root)
-    card = read_card(path)
-    if card.name != name or card.version != version:
+    carded = _has_card(path)
+    card = read_card(path) if carded else None
+    if card is not None and (card.name != name or card.version != version):
         raise InvalidCard(
             f"card names {card.name!r} version {card.version}, but it lies in {name}/{version}"
         )
-    check_serving_contract(card)
-    try:
-        model_bytes = (path / MODEL_FILE).read_bytes()
-    except FileNotFoundError:
-        raise InvalidCard(f"no {MODEL_FILE} beside the card") from None
-    except OSError as exc:
-        raise InvalidCard(f"unreadable {MODEL_FILE}: {exc.strerror}") from None
+    model_bytes = _read_model(path)
     # The bytes are hashed as read, so the check covers exactly what onnxruntime loads.
     digest = hashlib.sha256(model_bytes).hexdigest()
-    if digest != card.sha256.lower():
+    if card is None:
+        card = _image_or_tensor(config_card(name, version, digest, config, model_bytes), config)
+    elif digest != card.sha256.lower():
         raise InvalidCard(f"sha256 of {MODEL_FILE} is {digest}, the card says {card.sha256}")
+    elif config is not None:
+        check_card_and_config(card, config)
+    check_serving_contract(card)
     runtime = ModelRuntime(card, model_bytes, options)
     try:
-        _check_tensors("inputs", card.inputs, runtime.inputs)
-        _check_tensors("outputs", card.outputs, runtime.outputs)
+        _check_tensors("inputs", card.inputs, runtime.inputs, fixes_dynamic=not carded)
+        _check_tensors("outputs", card.outputs, runtime.outputs, fixes_dynamic=not carded)
         if options.warm_up:
             runtime.warm_up()
     except BaseException:
@@ -167,22 +219,29 @@ def load_entry(
     options: RuntimeOptions,
     root: Path | None,
     unavailable_providers: Collection[str] = (),
+    config: TritonConfig | InvalidConfig | None = None,
 ) -> ModelVersion:
     """``entry`` after an attempt to load its folder: READY with its runtime, or UNAVAILABLE
     with the reason (a served version whose files changed and now fail keeps its runtime)."""
     try:
         card, runtime, model_bytes = load_version(
-            entry.name, entry.version, entry.path, options, root
+            entry.name, entry.version, entry.path, options, root, config
         )
     except Exception as exc:
         return _failed(entry, signature, exc)
+    described = entry.path / CARD_FILE
+    if not _has_card(entry.path):
+        described = entry.path.parent / CONFIG_PBTXT if config else entry.path / MODEL_FILE
     log.info(
         "%s v%d ready on %s (%s)",
         entry.name,
         entry.version,
         ", ".join(runtime.providers),
-        entry.path / CARD_FILE,
+        described,
     )
+    file = config if isinstance(config, TritonConfig) else None
+    for note in file.notes if file else ():
+        log.info("%s v%d: %s", entry.name, entry.version, note)
     _warn_on_fallback(entry, runtime, unavailable_providers)
     return replace(
         entry,
@@ -192,6 +251,7 @@ def load_entry(
         runtime=runtime,
         layers=None if card.kind == TENSOR else read_layers(model_bytes, card),
         signature=signature,
+        config=file,
     )
 
 
@@ -222,6 +282,7 @@ def _failed(entry: ModelVersion, signature: Signature, exc: Exception) -> ModelV
         runtime=None,
         layers=None,
         signature=signature,
+        config=None,
     )
 
 

@@ -69,7 +69,6 @@ def test_served_model_matches_a_numpy_reference(tmp_path: Path) -> None:
         ("classes", "names 3 classes"),
         ("wrong_folder", "lies in tiny/1"),
         ("no_model", "no model.onnx"),
-        ("no_card", "no card beside the model"),
         ("bad_json", "unreadable card"),
         ("garbage_graph", "onnxruntime cannot load the graph"),
     ],
@@ -98,9 +97,7 @@ def test_a_model_failing_its_checks_is_reported_and_others_still_served(
         (folder / MODEL_FILE).write_bytes(b"not a graph")
         card["sha256"] = sha256_file(folder / MODEL_FILE)
     (folder / CARD_FILE).write_text(json.dumps(card))
-    if breakage == "no_card":
-        (folder / CARD_FILE).unlink()
-    elif breakage == "bad_json":
+    if breakage == "bad_json":
         (folder / CARD_FILE).write_text("{not json")
 
     repository = load(repo)

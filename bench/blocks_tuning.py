@@ -1,6 +1,6 @@
 """Blocks of the diagnostic benchmarks (decode cost, gRPC against REST under h2load, training
-variants, replicas behind nginx, where a request's time goes): formatting only, standard library
-only, as in ``bench.blocks_serving``."""
+variants and loop cost, replicas behind nginx, where a request's time goes): formatting only,
+standard library only, as in ``bench.blocks_serving``."""
 
 from __future__ import annotations
 
@@ -88,6 +88,30 @@ def train_variants(record: Record) -> str:
             "steps, images/s of each repeat; DDP over gloo, the same global batch of 32.",
             "",
             *lines,
+        ]
+    )
+
+
+def train_loop(record: Record) -> str:
+    r = record["results"]
+    rows = [
+        f"| {name} | {r['medians'][name]:,.0f} | {' / '.join(f'{x:,.0f}' for x in rates)} |"
+        for name, rates in r["rates"].items()
+    ]
+    return "\n".join(
+        [
+            "## The package's epoch loop against the bare step",
+            "",
+            f"`{record['command']}`, {record['time']}: the {r['recipe']} recipe (autocast "
+            f"{r['autocast']}), batch {r['batch_size']}, {r['threads']} threads, {r['steps']} "
+            f"steps a round, {r['rounds']} rounds taking turns after a warm-up; images/s.",
+            "",
+            "| loop | median | each round |",
+            "|---|---|---|",
+            *rows,
+            "",
+            f"`train_epoch` / bare step: x{r['ratio']:.3f} on the medians, x{r['best_ratio']:.3f} "
+            "on the best rounds.",
         ]
     )
 

@@ -95,7 +95,8 @@ def train_variants(record: Record) -> str:
 def train_loop(record: Record) -> str:
     r = record["results"]
     rows = [
-        f"| {name} | {r['medians'][name]:,.0f} | {' / '.join(f'{x:,.0f}' for x in rates)} |"
+        f"| {name} | {r['medians'][name]:,.0f} | {' / '.join(f'{x:,.0f}' for x in rates)} "
+        f"| {r['cpu_us_per_step'][name]:,.0f} |"
         for name, rates in r["rates"].items()
     ]
     return "\n".join(
@@ -103,11 +104,13 @@ def train_loop(record: Record) -> str:
             "## The package's epoch loop against the bare step",
             "",
             f"`{record['command']}`, {record['time']}: the {r['recipe']} recipe (autocast "
-            f"{r['autocast']}), batch {r['batch_size']}, {r['threads']} threads, {r['steps']} "
-            f"steps a round, {r['rounds']} rounds taking turns after a warm-up; images/s.",
+            f"{r['autocast']}), batch {r['batch_size']}, torch threads: {r['threads']}, "
+            f"{r['steps']} steps a round, {r['rounds']} rounds taking turns after a warm-up; "
+            "images/s, and the "
+            "main thread's CPU time per step in its best round.",
             "",
-            "| loop | median | each round |",
-            "|---|---|---|",
+            "| loop | median images/s | each round | main thread, us CPU per step |",
+            "|---|---|---|---|",
             *rows,
             "",
             f"`train_epoch` / bare step: x{r['ratio']:.3f} on the medians, x{r['best_ratio']:.3f} "

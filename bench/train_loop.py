@@ -47,18 +47,22 @@ def bare_steps(run: Training, images: torch.Tensor, labels: torch.Tensor) -> Non
 
 def alternate(
     loops: dict[str, Callable[[], None]], images: int, rounds: int
-) -> dict[str, list[float]]:
-    """images/s of each loop in each round; the order turns every round, after one warm-up each."""
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """images/s of each loop in each round, and the main thread's CPU seconds per round (with
+    one thread, what the loop costs whatever else the cores run); the order turns every round,
+    after one warm-up each."""
     for loop in loops.values():
         loop()
     names = list(loops)
     rates: dict[str, list[float]] = {name: [] for name in loops}
+    cpu: dict[str, list[float]] = {name: [] for name in loops}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.thread_time()
             loops[name]()
             rates[name].append(images / (time.perf_counter() - start))
-    return rates
+            cpu[name].append(time.thread_time() - cpu_start)
+    return rates, cpu
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,15 +87,20 @@ def main(args: argparse.Namespace) -> None:
         "train_epoch": lambda: train_epoch(run, run.model, images, labels, 1, ALONE),
         "bare step": lambda: bare_steps(run, images, labels),
     }
-    rates = alternate(loops, run.steps * config.batch_size, args.rounds)
+    rates, cpu = alternate(loops, run.steps * config.batch_size, args.rounds)
     medians = {name: statistics.median(r) for name, r in rates.items()}
+    cpu_us = {name: min(c) / run.steps * 1e6 for name, c in cpu.items()}  # per step, best round
     for name, r in rates.items():
-        print(f"{name}: median {medians[name]:,.0f} images/s ({', '.join(f'{x:,.0f}' for x in r)})")
+        print(
+            f"{name}: median {medians[name]:,.0f} images/s ({', '.join(f'{x:,.0f}' for x in r)}); "
+            f"main thread {cpu_us[name]:,.0f} us CPU per step"
+        )
     results = {
         "recipe": args.recipe, "autocast": config.autocast, "batch_size": config.batch_size,
         "steps": args.steps, "rounds": args.rounds, "threads": args.threads,
         "rates": rates, "medians": medians,
         "ratio": medians["train_epoch"] / medians["bare step"],
         "best_ratio": max(rates["train_epoch"]) / max(rates["bare step"]),
+        "cpu_us_per_step": cpu_us,
     }  # fmt: skip
     publish("train-loop", results, args.no_write)

@@ -15,9 +15,9 @@ from tests.support.training_inputs import TINY_94, class_images
 from training.architectures import ARCHITECTURES
 from training.config import TrainConfig
 from training.data import Split, train_val_split
+from training.distributed import ALONE
 from training.evaluation import confident_mistakes, evaluate, evaluate_logits
 from training.model import Classifier
-from training.distributed import ALONE
 from training.optim import build_optimizer, build_schedule, weight_average
 from training.run_state import start_training
 from training.train import train_epoch, train_model

@@ -156,7 +156,7 @@ def peer_training(record: Record) -> str:
     r = record["results"]
     return "\n".join(
         [
-            "## Training beside Keras",
+            "### Training beside Keras",
             "",
             f"- When: {record['time']}; machine: {r['machine']}",
             f"- Command: `{record['command']}`: the rates one after the other, PyTorch's first",

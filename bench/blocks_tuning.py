@@ -101,7 +101,7 @@ def train_loop(record: Record) -> str:
     ]
     return "\n".join(
         [
-            "## The package's epoch loop against the bare step",
+            "### The package's epoch loop against the bare step",
             "",
             f"`{record['command']}`, {record['time']}: the {r['recipe']} recipe (autocast "
             f"{r['autocast']}), batch {r['batch_size']}, torch threads: {r['threads']}, "

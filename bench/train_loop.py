@@ -46,7 +46,7 @@ def bare_steps(run: Training, images: torch.Tensor, labels: torch.Tensor) -> Non
 
 
 def alternate(
-    loops: dict[str, Callable[[], None]], images: int, rounds: int
+    loops: dict[str, Callable[[], object]], images: int, rounds: int
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """images/s of each loop in each round, and the main thread's CPU seconds per round (with
     one thread, what the loop costs whatever else the cores run); the order turns every round,
@@ -83,7 +83,7 @@ def main(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     run = start_training(config, fit, torch.device("cpu"), ALONE)
     images, labels = torch.from_numpy(fit.images), torch.from_numpy(fit.labels)
-    loops = {
+    loops: dict[str, Callable[[], object]] = {
         "train_epoch": lambda: train_epoch(run, run.model, images, labels, 1, ALONE),
         "bare step": lambda: bare_steps(run, images, labels),
     }

@@ -1,7 +1,7 @@
 """Benchmarks and the docs rendered from their results, one subcommand each.
 
     python -m bench COMMAND [flags]     # serve, peers, models, grpc, train, train-variants,
-                                        # log-cost, decode, shm, profile, replicas,
+                                        # train-loop, log-cost, decode, shm, profile, replicas,
                                         # screenshot, drift, calibration, feedback,
                                         # grpc-models, inline-hop, classify-cost, render
     python -m bench COMMAND --help      # its flags
@@ -23,6 +23,7 @@ COMMANDS = {
     "grpc": ("grpc_h2load", "gRPC against REST binary with one C client (h2load) for both"),
     "train": ("train", "training throughput of the lecture recipe's own step, onnxruntime too"),
     "train-variants": ("train_variants", "training: threads against DDP processes, bf16, Adam"),
+    "train-loop": ("train_loop", "training: the package's epoch loop against the bare step"),
     "log-cost": ("log_cost", "the prediction log's cost: record per answer, writer per row"),
     "decode": ("decode", "what decoding one v2 infer request costs, step by step"),
     "shm": ("shm", "system shared memory against the binary extension, 256-image batches"),

@@ -151,6 +151,20 @@ def peers(record: Record) -> str:
     return "\n".join(out)
 
 
+def peer_training(record: Record) -> str:
+    """``python -m bench peers --train-only``: the training rows alone."""
+    r = record["results"]
+    return "\n".join(
+        [
+            "### Training beside Keras",
+            "",
+            f"- When: {record['time']}; machine: {r['machine']}",
+            f"- Command: `{record['command']}`: the rates one after the other, PyTorch's first",
+            *_training(r["training"]),
+        ]
+    )
+
+
 def peer_targets(record: Record) -> str:
     """The targets table: the pinned verdict, the shared figure beside it, the measured limit."""
     judged = record["results"]["targets"]

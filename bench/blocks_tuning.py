@@ -1,6 +1,6 @@
 """Blocks of the diagnostic benchmarks (decode cost, gRPC against REST under h2load, training
-variants, replicas behind nginx, where a request's time goes): formatting only, standard library
-only, as in ``bench.blocks_serving``."""
+variants and loop cost, replicas behind nginx, where a request's time goes): formatting only,
+standard library only, as in ``bench.blocks_serving``."""
 
 from __future__ import annotations
 
@@ -88,6 +88,33 @@ def train_variants(record: Record) -> str:
             "steps, images/s of each repeat; DDP over gloo, the same global batch of 32.",
             "",
             *lines,
+        ]
+    )
+
+
+def train_loop(record: Record) -> str:
+    r = record["results"]
+    rows = [
+        f"| {name} | {r['medians'][name]:,.0f} | {' / '.join(f'{x:,.0f}' for x in rates)} "
+        f"| {r['cpu_us_per_step'][name]:,.0f} |"
+        for name, rates in r["rates"].items()
+    ]
+    return "\n".join(
+        [
+            "### The package's epoch loop against the bare step",
+            "",
+            f"`{record['command']}`, {record['time']}: the {r['recipe']} recipe (autocast "
+            f"{r['autocast']}), batch {r['batch_size']}, torch threads: {r['threads']}, "
+            f"{r['steps']} steps a round, {r['rounds']} rounds taking turns after a warm-up; "
+            "images/s, and the "
+            "main thread's CPU time per step in its best round.",
+            "",
+            "| loop | median images/s | each round | main thread, us CPU per step |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+            f"`train_epoch` / bare step: x{r['ratio']:.3f} on the medians, x{r['best_ratio']:.3f} "
+            "on the best rounds.",
         ]
     )
 

@@ -3,6 +3,7 @@ lecture recipe's training against its Keras original.
 
     make bench-peers      # or: python -m bench peers [--seconds 10] [--modes shared,pinned]
                           #     [--no-train] [--no-write]
+    python -m bench peers --train-only [--keras-epochs 2]   # the training rows alone
 
 Builds the peers' virtual environments in ``.cache/peers/`` if they are missing
 (``bench.peer_envs``). Then, for each placement (``bench.placement``: ``shared``, everything
@@ -13,7 +14,7 @@ ASGI ceiling ``../shared/peers/ceiling_asgi.py``, all driven by ``bench.loadgen`
 request bodies; the in-process onnxruntime ceilings (on the server's core when pinned) and the
 training rates are measured in the same run, and the issue's targets judged on the pinned figures
 (``bench.peer_targets``). Only ratios from one run compare on this shared machine. Writes
-``docs/results/peers.json``.
+``docs/results/peers.json`` (``--train-only``: ``docs/results/peer-training.json``).
 """
 
 from __future__ import annotations
@@ -236,12 +237,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", default="1", help="the service's WORKERS")
     parser.add_argument("--keras-epochs", type=int, default=2)
     parser.add_argument("--no-train", action="store_true", help="serving only")
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="the training rows alone (the lecture recipe against Keras): peer-training.json",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only")
 
 
 def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
+        if args.train_only:
+            machine = f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores"
+            publish("peer-training", {"machine": machine, "training": training(args, tmp)},
+                    args.no_write)  # fmt: skip
+            return
         results = {
             "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
             "seconds": args.seconds,

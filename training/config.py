@@ -102,7 +102,11 @@ class TrainConfig:
         choices=("best", "last"),
     )
     seed: int = _f(0, "seed for the split, the initial weights and the shuffling")
-    threads: int = _f(0, "torch intra-op threads; 0 uses every core given to the process")
+    threads: int = _f(
+        0,
+        "torch intra-op threads; 0: every core given to the process, or one while that runs "
+        "faster (another process holding a core; looked at every 300 steps, training/threads.py)",
+    )
     device: str = _f(
         "cpu", "cpu, cuda, or auto (cuda when present)", choices=("cpu", "cuda", "auto")
     )

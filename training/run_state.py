@@ -23,6 +23,7 @@ from training.distributed import World
 from training.lookahead import Lookahead
 from training.model import Classifier, build_classifier, init_from_data
 from training.optim import build_optimizer, build_schedule, weight_average, whitening_bias
+from training.threads import ThreadChooser, thread_chooser
 
 WHITENING_IMAGES = 5000  # training images whose patch statistics set a whitening layer
 
@@ -42,6 +43,7 @@ class Training:
     generator: torch.Generator  # the epochs' image order: the same on every rank
     augment_rng: torch.Generator  # this rank's crops and flips
     steps: int  # optimizer steps per epoch
+    threads: ThreadChooser | None = None  # a lone CPU run's thread count, re-chosen under load
     history: list[dict[str, float]] = field(default_factory=list)
     best_accuracy: float = -1.0
     best_epoch: int = 0
@@ -81,6 +83,7 @@ def start_training(config: TrainConfig, fit: Split, device: torch.device, world:
         torch.Generator().manual_seed(config.seed),
         torch.Generator().manual_seed(config.seed + 1 + world.rank),
         steps,
+        thread_chooser(config.threads, device, world.distributed),
         best_state=copy.deepcopy(model.state_dict()),
     )
 

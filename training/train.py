@@ -185,10 +185,14 @@ def train_epoch(
         leave=False,
         disable=None if world.is_main else True,
     )
+    shown = not bar.disable
     for step in bar:
+        if run.threads is not None:
+            run.threads.before_step()
         batch = order[step * config.batch_size : (step + 1) * config.batch_size]
         idx = rank_share(batch, world)
-        x, y = images[idx], labels[idx]
+        # index_select copies whole rows: 4 us a batch here, against 60 us for images[idx]
+        x, y = images.index_select(0, idx), labels.index_select(0, idx)
         if run.augment is not None:
             flip = None if flips is None else flips[idx]
             x = augment_batch(x, run.augment_rng, run.augment, flip)
@@ -198,9 +202,13 @@ def train_epoch(
         loss_sum += batch_loss
         optimizer_step(run, loss, epoch, (epoch - 1) * run.steps + step + 1)
         correct += (logits.argmax(1) == y).sum()
-        if step % 50 == 0:
+        if run.threads is not None:
+            run.threads.after_step()
+        if shown and step % 50 == 0:  # .item() waits for the device: only for a visible bar
             bar.set_postfix(loss=f"{loss.item():.4f}")
     bar.close()
+    if run.threads is not None:
+        run.threads.restore()
     if run.lookahead is not None and epoch == config.epochs:
         run.lookahead.finish()  # the run ends on the slow weights: validated, kept, exported
     totals = all_sum(world, torch.stack([loss_sum.double(), correct.double()]))

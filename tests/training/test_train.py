@@ -15,10 +15,12 @@ from tests.support.training_inputs import TINY_94, class_images
 from training.architectures import ARCHITECTURES
 from training.config import TrainConfig
 from training.data import Split, train_val_split
+from training.distributed import ALONE
 from training.evaluation import confident_mistakes, evaluate, evaluate_logits
 from training.model import Classifier
 from training.optim import build_optimizer, build_schedule, weight_average
-from training.train import train_model
+from training.run_state import start_training
+from training.train import train_epoch, train_model
 
 TINY = TrainConfig(epochs=3, batch_size=32, val_size=60, threads=1)
 
@@ -65,6 +67,33 @@ def test_same_seed_gives_same_weights() -> None:
     b = train_model(config, fit, val, log=lambda line: None).model.state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+class _Recorder(torch.nn.Module):
+    """The model, keeping a copy of every batch it is given."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.batches: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(x.clone())
+        return cast(torch.Tensor, self.model(x))
+
+
+def test_an_epoch_trains_on_the_seeded_order_batch_by_batch() -> None:
+    fit, _ = _data(10)
+    config = TrainConfig(epochs=1, batch_size=16, val_size=60, threads=1)
+    run = start_training(config, fit, torch.device("cpu"), ALONE)
+    images, labels = torch.from_numpy(fit.images), torch.from_numpy(fit.labels)
+    recorder = _Recorder(run.model)
+    train_epoch(run, recorder, images, labels, 1, ALONE)
+    order = torch.randperm(len(fit), generator=torch.Generator().manual_seed(config.seed))
+    expected = images[order].split(config.batch_size)
+    assert len(recorder.batches) == len(expected) == 3  # 40 images: 16, 16 and 8
+    for seen, batch in zip(recorder.batches, expected, strict=True):
+        assert torch.equal(seen, batch)
 
 
 def test_log_lines_look_like_keras() -> None:

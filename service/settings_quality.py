@@ -18,7 +18,7 @@ class QualitySettings(BaseSettings):
 
     prediction_log: bool = Field(
         default=False,
-        description="Record every classification (off: its cost at 64 clients, 4-9 % measured "
+        description="Record every classification (off: its cost at 64 clients, 5-7 % measured "
         "in docs/monitoring.md, is over the 5 % it may cost).",
     )
     prediction_log_url: str | None = Field(

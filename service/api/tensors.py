@@ -16,8 +16,8 @@ import numpy as np
 
 from service.core.datatypes import DATATYPES
 from service.core.errors import InvalidInput, UnprocessableInput
-from service.engine.dtypes import NUMPY_DTYPES, empty_tensor
-from service.engine.tensor_bytes import as_bytes, strings_array, tensor_from_bytes, tensor_to_bytes
+from service.engine.dtypes import NUMPY_DTYPES
+from service.engine.tensor_bytes import as_bytes, strings_array, tensor_from_bytes
 
 # What JSON values each kind of numpy dtype takes, and what a client is told it must send.
 JSON_TYPES: dict[str, tuple[type, ...]] = {
@@ -52,22 +52,13 @@ def array_from_bytes(
     declared: int | None = None,
     kind: str = "binary",
 ) -> np.ndarray:
-    """``raw`` as an array of ``shape`` in ``datatype`` (``tensor_bytes``: numbers read in place,
-    BYTES length-prefixed); ``declared``, the size the wire gives, must be what arrived."""
+    """``raw`` as an array of ``shape`` in ``datatype`` (``tensor_from_bytes``: numbers read in
+    place, BYTES length-prefixed); ``declared``, the size the wire gives, must be what arrived."""
     if declared is not None and declared != len(raw):
         raise UnprocessableInput(
             f"{where}: binary_data_size is {declared} but the body has {len(raw)} bytes left for it"
         )
     return tensor_from_bytes(raw, datatype, shape, where, kind)
-
-
-def tensor_bytes(array: np.ndarray) -> bytes:
-    """An output as raw and binary tensors carry it (BYTES: each element after its 4-byte
-    little-endian length, Triton's layout)."""
-    return tensor_to_bytes(array)
-
-
-bytes_elements = tensor_bytes  # the classification extension's name for it
 
 
 def tensor_json(array: np.ndarray) -> Any:
@@ -169,7 +160,7 @@ def _json_array(data: Any, datatype: str, shape: list[int], where: str, nested: 
         )
     _check_count(array.size, shape, where)
     if array.size == 0:
-        return empty_tensor(datatype, shape)
+        return np.zeros(shape, dtype=NUMPY_DTYPES[datatype])  # no elements: nothing to fill
     return _as_datatype(array, datatype, shape, where)
 
 

@@ -90,18 +90,17 @@ def _batched(meta: ModelMetadata, file: TritonConfig | None) -> bool:
     return meta.batched and (file is None or file.max_batch_size > 0)
 
 
-def _inputs(meta: ModelMetadata, file: TritonConfig | None) -> list[ConfigTensor]:
+def _inputs(meta: ModelMetadata, file: TritonConfig | None, batched: bool) -> list[ConfigTensor]:
     """An image classifier's one input is NHWC pixels (``[N, H, W, C]``, C of 1 or 3); a
     config.pbtxt's inputs have the format it gives them."""
     image = meta.kind == IMAGE_CLASSIFIER and len(meta.inputs) == 1
     nhwc = image and len(meta.inputs[0].shape) == 4 and meta.inputs[0].shape[3] in (1, 3)
     given = {t.spec.name: t.format for t in file.inputs} if file else {}
     layout = "FORMAT_NHWC" if nhwc else "FORMAT_NONE"
-    batched = _batched(meta, file)
     return [ConfigTensor(s, given.get(s.name, layout), batched=batched) for s in meta.inputs]
 
 
-def _outputs(meta: ModelMetadata, file: TritonConfig | None) -> list[ConfigTensor]:
+def _outputs(meta: ModelMetadata, file: TritonConfig | None, batched: bool) -> list[ConfigTensor]:
     """Class names label every FP output with one score per class (logits and probabilities);
     a config.pbtxt's outputs carry the label file it names (or none)."""
     classes = len(meta.class_names)
@@ -113,7 +112,6 @@ def _outputs(meta: ModelMetadata, file: TritonConfig | None) -> list[ConfigTenso
         fits = classes > 0 and spec.datatype.startswith("FP") and spec.shape[-1:] == [classes]
         return LABEL_FILENAME if fits else ""
 
-    batched = _batched(meta, file)
     return [ConfigTensor(s, label_filename=label(s), batched=batched) for s in meta.outputs]
 
 
@@ -136,8 +134,9 @@ def build_model_config(
     if entry.runtime is None:  # unloaded since the request looked it up
         raise ModelNotReady(f"model {meta.name!r} version {entry.version} is not loaded")
     options, file = entry.runtime.options, entry.config
+    batched = _batched(meta, file)
     batching = None
-    if options.dynamic_batching and _batched(meta, file):
+    if options.dynamic_batching and batched:
         batching = DynamicBatching(
             preferred_batch_size=[options.max_batch_size],
             max_queue_delay_microseconds=round(options.max_batch_delay_ms * 1000),
@@ -148,9 +147,9 @@ def build_model_config(
         name=meta.name,
         platform=meta.platform,
         backend="onnxruntime",
-        max_batch_size=options.max_images_per_request if _batched(meta, file) else 0,
-        inputs=_inputs(meta, file),
-        outputs=_outputs(meta, file),
+        max_batch_size=options.max_images_per_request if batched else 0,
+        inputs=_inputs(meta, file, batched),
+        outputs=_outputs(meta, file, batched),
         version_policy=policy,
         dynamic_batching=batching,
         response_cache=cache.enabled(meta.name),

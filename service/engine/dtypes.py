@@ -15,11 +15,3 @@ NUMPY_DTYPES: dict[str, np.dtype[Any]] = {name: np.dtype(d.dtype) for name, d in
 # extension's answers); the wires encode either.
 BYTES_DTYPE: np.dtype[Any] = NUMPY_DTYPES["BYTES"]
 DATATYPE_NAMES: dict[np.dtype[Any], str] = {dtype: name for name, dtype in NUMPY_DTYPES.items()}
-
-
-def empty_tensor(datatype: str, shape: list[int]) -> np.ndarray:
-    """A tensor of ``shape`` holding zeros, or empty strings for BYTES (onnxruntime would read
-    an object array's ``None`` as the text "None")."""
-    if datatype == "BYTES":
-        return np.full(shape, "", dtype=BYTES_DTYPE)
-    return np.zeros(shape, dtype=NUMPY_DTYPES[datatype])

@@ -9,12 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
-from service.api.tensors import bytes_elements, bytes_strings
+from service.api.tensors import bytes_strings
 from service.core.card import TensorSpec
 from service.core.classification import check_class_count
 from service.core.errors import InvalidInput
 from service.dataplane.classification import check_classified, classify_outputs, classify_rows
 from service.dataplane.types import RequestedOutput, SharedMemoryRef
+from service.engine.tensor_bytes import tensor_to_bytes
 
 OUTPUTS = [
     TensorSpec("probabilities", "FP32", [-1, 3]),
@@ -80,7 +81,7 @@ def test_classify_outputs_replaces_only_the_outputs_asked_for() -> None:
 
 def test_bytes_outputs_travel_as_tritons_length_prefixed_elements_and_json_strings() -> None:
     found = classify_rows(np.array([[0.25, 0.75]], dtype=np.float32), 2, ["ä", "b"])
-    raw = bytes_elements(found)
+    raw = tensor_to_bytes(found)
     assert raw == serialize_byte_tensor(found).item()  # what tritonclient sends
     assert deserialize_bytes_tensor(raw).tolist() == found.ravel().tolist()
     assert bytes_strings(found) == ["0.750000:1:b", "0.250000:0:ä"]

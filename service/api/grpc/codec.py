@@ -16,7 +16,6 @@ from service.api.tensors import (
     array_from_bytes,
     array_from_values,
     check_datatype,
-    tensor_bytes,
 )
 from service.core.card import TensorSpec
 from service.core.classification import PARAMETER, check_class_count
@@ -34,6 +33,7 @@ from service.dataplane.types import (
     SharedMemoryRef,
 )
 from service.engine.dtypes import DATATYPE_NAMES, NUMPY_DTYPES
+from service.engine.tensor_bytes import tensor_to_bytes
 
 # Typed ``InferTensorContents`` field of each datatype (FP16 travels only as raw bytes).
 CONTENTS_FIELDS: dict[str, str] = {
@@ -176,7 +176,7 @@ def encode_infer_response(response: InferResponse) -> Any:
             set_region(tensor.parameters, region)
             message.raw_output_contents.append(b"")
         else:  # raw, as Triton answers (tritonclient reads typed contents too)
-            message.raw_output_contents.append(tensor_bytes(array))
+            message.raw_output_contents.append(tensor_to_bytes(array))
     return message
 
 

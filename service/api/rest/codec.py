@@ -17,7 +17,6 @@ from service.api.tensors import (
     array_from_bytes,
     array_from_json,
     check_datatype,
-    tensor_bytes,
     tensor_json,
 )
 from service.core.classification import PARAMETER, check_class_count
@@ -33,6 +32,7 @@ from service.dataplane.types import (
     RequestedOutput,
 )
 from service.engine.dtypes import DATATYPE_NAMES, NUMPY_DTYPES
+from service.engine.tensor_bytes import tensor_to_bytes
 
 # The fields of a v2 infer request (the protocol's, and the model_name / model_version that the
 # KServe SDK's REST client writes into the body), its input tensors and its requested outputs.
@@ -176,7 +176,7 @@ def encode_infer_response(
         if region is not None:  # written there: its parameters, no data (Triton's answer)
             tensor["parameters"] = region.parameters()
         elif binary.get(name):
-            raw = tensor_bytes(array)
+            raw = tensor_to_bytes(array)
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:

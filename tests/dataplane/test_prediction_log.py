@@ -178,9 +178,9 @@ def test_one_batch_mixes_models_and_outputs_and_a_bad_answer_never_stops_the_wri
 
 
 def test_sqlite_insert_keeps_every_value_exactly_whatever_the_id_holds(tmp_path: Path) -> None:
-    """SQLite takes plain rows as one JSON array (``json_each``) and captured ones by
-    ``executemany``: ids with quotes, backslashes, control characters and non-ASCII text, and
-    every float, come back as given, in one batch that mixes both kinds."""
+    """SQLite takes a batch as multi-row ``VALUES`` statements: ids with quotes, backslashes,
+    control characters and non-ASCII text, every float, and captured images beside rows without
+    one, come back as given."""
     engine = store.connect(store.database_url(None, tmp_path))
     ids = ['a"b', "c'd", "e\\f", "g\nh\t", "ünï 😀", "x" * 128, "", "[1, 2]"]
     rng = np.random.default_rng(3)
@@ -205,3 +205,20 @@ def test_sqlite_insert_keeps_every_value_exactly_whatever_the_id_holds(tmp_path:
     assert found == rows
     kinds = [str, int, str, int, float, int, float, type(None)]
     assert [type(value) for value in found[1]] == kinds
+
+
+def test_sqlite_splits_a_batch_past_its_variable_limit_and_keeps_the_order(
+    tmp_path: Path,
+) -> None:
+    """An SQLite built with a small variable limit (999 before 3.32) gets several statements in
+    one transaction: 7 rows at 2 per statement all land, in order."""
+    engine = store.connect(store.database_url(None, tmp_path))
+    with engine.connect() as connection:  # the pool hands this connection back to the insert
+        driver: sqlite3.Connection = connection.connection.driver_connection  # type: ignore[assignment]
+        driver.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 2 * len(store.COLUMNS) + 1)
+    rows: list[store.Row] = [(f"id{i}", 0, "m", 1, 1.7e9 + i, i, 0.5, None) for i in range(7)]
+    store.insert(engine, rows)
+    assert [r["request_id"] for r in store.read_all(engine)] == [f"id{i}" for i in range(7)]
+    with engine.connect() as connection:
+        driver = connection.connection.driver_connection  # type: ignore[assignment]
+        assert driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) == 17  # the same connection

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from service.api.rest.app import create_app
 from service.dataplane.dataplane import DataPlane
+from service.dataplane.quality_monitor import REFRESH_SHARE, refresh_pause
 from tests.support.apps import app_client, make_settings
 from tests.support.models import make_model_repo
 
@@ -131,3 +132,12 @@ async def test_the_openapi_document_describes_the_monitor(
     for path in ("/v1/models/{name}/monitor", "/v1/models/{name}/versions/{version}/monitor"):
         ok = paths[path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
         assert ok == {"$ref": "#/components/schemas/MonitorResponse"}
+
+
+def test_the_gauges_refresh_pauses_longer_after_a_slow_refresh() -> None:
+    """The refresh reads the whole window: a slow one (a big log) stretches the pause so that
+    refreshing stays under REFRESH_SHARE of the time; a quick one keeps MONITOR_REFRESH_S."""
+    assert refresh_pause(15.0, 0.01) == 15.0
+    slow = refresh_pause(15.0, 0.8)  # 0.8 s: a 1,000,000-record window on SQLite
+    assert slow > 15.0
+    assert 0.8 / (0.8 + slow) == pytest.approx(REFRESH_SHARE)

@@ -31,6 +31,8 @@ def _mode(ours_64: float, ours_p50: float, threads: int) -> dict[str, Any]:
     ]  # fmt: skip
     ceilings = [{"model": "cifar10_cnn_bn", "batch": 32, "threads": t, "cpus": "any",
                  "images_per_s": 800.0 * t} for t in sorted({threads, 2})]  # fmt: skip
+    ceilings.append({"model": "cifar10_cnn", "batch": 32, "threads": threads, "cpus": "any",
+                     "images_per_s": 10_000.0})  # fmt: skip
     asgi = [{"app": "x", "no_model": n, "clients": c, **_load(3000 if n else 2500, 0.3, 40.0)}
             for n in (False, True) for c in (1, 64)]  # fmt: skip
     protocols = {"rest_binary_p50_ms": 0.6, "grpc_p50_ms": 0.9, "grpc_ratio": 1.5,
@@ -54,6 +56,10 @@ def test_each_target_is_met_or_not_on_its_own_placements_figures() -> None:
     assert bn["measured"].startswith("44% (700 of 1,600")  # of 2 threads in process
     assert "800 images/s, 50% of 2 threads; the service reaches 88% of that" in bn["limit"]
     assert "x3.00 PyTriton" in judged["pinned"][0]["limit"]  # the floor against the peer
+    # the floor's 1/3,000 s a request plus the model's 1/10,000 s an image at batch 32
+    assert "batch-32 time per image: 2,308 req/s (x2.31; ours is 91% of it)" in (
+        judged["pinned"][0]["limit"]
+    )
 
 
 def test_the_targets_block_puts_the_pinned_verdict_first_and_the_shared_beside_it() -> None:

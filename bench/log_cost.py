@@ -89,11 +89,7 @@ def serve_rounds(args: argparse.Namespace) -> dict[str, Any]:
         servers = {
             state: stack.enter_context(
                 running_service(
-                    {
-                        "PREDICTION_LOG": flag,
-                        "DATA_DIR": f"{folder}/{state}",
-                        "LOG_LEVEL": "warning",
-                    },
+                    {**LAYOUT, "PREDICTION_LOG": flag, "DATA_DIR": f"{folder}/{state}"},
                     Path(folder) / f"{state}.log",
                     grpc=False,
                     wait_s=120,

@@ -9,6 +9,7 @@ import os
 import re
 import signal
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -44,6 +45,14 @@ INFER = "/v2/models/tiny/infer"
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    with two_workers(tmp_path) as running:
+        yield running
+
+
+@contextmanager
+def two_workers(tmp_path: Path, **env: str) -> Iterator[ServerProcess]:
+    """``python -m service --workers 2`` on loopback (``env``: more settings), once both workers
+    listen on both ports."""
     env = {
         **os.environ,
         "POLL_INTERVAL_S": "0.5",
@@ -51,6 +60,7 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         "ADMIN_LOOPBACK": "true",
         "LOG_LEVEL": "info",
         "MODEL_REPOSITORY": str(make_model_repo(tmp_path, {"tiny": [1], "other": [1]}, False)),
+        **env,
     }
     with server_process(service_command("--workers", "2"), env=env) as running:
         running.wait_ready()

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 from service.core.errors import InvalidInput
+from service.core.version_policy import VersionPolicy
 from service.dataplane.shared_memory import SharedMemoryRegistry
 from service.dataplane.types import SharedMemoryRef
 from service.dataplane.workers import WorkerGroup
 from service.engine.repository import ModelRepository
-from tests.dataplane.test_workers import repository
+from service.engine.runtime import RuntimeOptions
 from tests.support.models import make_model_repo
 
 FIRST_PID, SECOND_PID, LATE_PID = 900001, 900002, 900003
@@ -36,7 +37,10 @@ def shm_object() -> Iterator[Path]:
 
 @pytest.fixture
 def models(tmp_path: Path) -> Iterator[ModelRepository]:
-    found = repository(make_model_repo(tmp_path, {"tiny": [1]}, lecture=False))
+    root = make_model_repo(tmp_path, {"tiny": [1]}, lecture=False)
+    options = RuntimeOptions(providers=("CPUExecutionProvider",), warm_up=False)
+    found = ModelRepository(root, options, VersionPolicy.parse("latest"))
+    found.load()
     yield found
     found.close()
 

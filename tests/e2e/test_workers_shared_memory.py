@@ -21,8 +21,8 @@ import tritonclient.http as triton_http
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
-from tests.e2e.test_workers import serving, two_workers, workers
 from tests.support.servers import ServerProcess, wait_until
+from tests.support.workers import serving, two_workers, workers
 
 pytestmark = pytest.mark.slow  # two server processes start (and one restarts) per test
 

@@ -320,7 +320,7 @@ class WorkerGroup:
                 continue
             with contextlib.suppress(FileNotFoundError, ValueError, TypeError):
                 ack = json.loads(path.read_text(encoding="utf-8"))
-                yield int(path.name), {"generation": int(ack["generation"]), **ack}
+                yield int(path.name), {**ack, "generation": int(ack["generation"])}
 
     def _late(self, generation: int) -> list[int]:
         """The live workers that have not applied ``generation``."""

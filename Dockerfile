@@ -35,10 +35,13 @@ RUN pip install --no-deps --no-build-isolation . && rm -rf build *.egg-info
 # The shipped model, so the image serves out of the box; compose mounts ./models over it.
 COPY models /models
 # HOST, PORT and GRPC_PORT are settings, so `docker run -e PORT=9000` is honoured (CMD has no flags).
+# WORKERS=1: one process per container (scale with containers); auto would count the host's cores,
+# not the container's CPU quota (docs/scaling.md#workers).
 ENV MODEL_REPOSITORY=/models \
     HOST=0.0.0.0 \
     PORT=8000 \
     GRPC_PORT=8001 \
+    WORKERS=1 \
     DATA_DIR=/var/lib/cifar-serve
 # The prediction log's SQLite file (docs/monitoring.md); compose mounts a named volume here, which
 # starts with this folder's owner, so the app user can write it.

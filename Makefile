@@ -37,9 +37,10 @@ $(VENV)/.dev-stamp: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[cpu,train,dev]'
 	touch $@ $(VENV)/.serve-stamp-cpu
 
-# With GPU=1 the service asks for CUDA and refuses to serve on the CPU (unless REQUIRE_PROVIDERS=false).
+# With GPU=1 the service asks for CUDA and refuses to serve on the CPU (unless REQUIRE_PROVIDERS=false),
+# in one process (WORKERS=auto counts CPU cores; each worker would hold its own CUDA context).
 GPU_ENV := PROVIDERS=$${PROVIDERS:-CUDAExecutionProvider,CPUExecutionProvider} \
-	REQUIRE_PROVIDERS=$${REQUIRE_PROVIDERS:-true}
+	REQUIRE_PROVIDERS=$${REQUIRE_PROVIDERS:-true} WORKERS=$${WORKERS:-1}
 # The repository API takes a bearer token (docs/reliability.md): made once into the git-ignored
 # .admin-token (mode 600) and served through ADMIN_TOKEN_FILE, unless ADMIN_TOKEN or
 # ADMIN_TOKEN_FILE is set already.

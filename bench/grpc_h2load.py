@@ -115,7 +115,7 @@ def main(args: argparse.Namespace) -> None:
         sys.exit("h2load not found: apt-get install nghttp2-client")
     with (
         tempfile.TemporaryDirectory() as tmp,
-        running_service({}, Path(tmp) / "server.log") as server,
+        running_service({"WORKERS": "1"}, Path(tmp) / "server.log") as server,  # one process
     ):
         runs = measure(args, server)
     results = {"seconds": args.seconds, "repeats": args.repeats, "model": args.model, "runs": runs}

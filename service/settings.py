@@ -79,20 +79,22 @@ class Settings(QualitySettings):
         ),
     )
     workers: int = Field(
-        default=1,
+        default="auto",
+        validate_default=True,
         ge=1,
         le=64,
         description=(
             "Server processes sharing the REST and gRPC ports (uvicorn workers, restarted when "
-            "one dies); they answer as one server. auto: one per core, as memory allows for "
-            "the models (docs/scaling.md#workers)."
+            "one dies); they answer as one server. auto (the default: measured faster on 2 "
+            "cores): one per usable core, as memory allows for the models; 1 in a container "
+            "or pod, whose CPU quota it cannot see (docs/scaling.md#workers)."
         ),
     )
     workers_dir: Path | None = Field(
         default=None,
         description=(
-            "Folder the worker processes share (repository calls, acks, statistics); "
-            "python -m service makes one for WORKERS > 1. Unset: a lone process."
+            "Folder the worker processes share (repository calls, shared memory regions, acks, "
+            "statistics); python -m service makes one for WORKERS > 1. Unset: a lone process."
         ),
     )
     graph_optimization_level: GraphOptimization = Field(

@@ -65,6 +65,19 @@ def _prediction_log_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator
             os.environ[key] = value
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_worker() -> Iterator[None]:
+    """Servers the tests build or start run one process (WORKERS=auto is the default, and would
+    start one per core): a test about workers asks for them (``--workers 2``, ``workers=2``)."""
+    before = os.environ.get("WORKERS")
+    os.environ["WORKERS"] = "1"
+    yield
+    if before is None:
+        del os.environ["WORKERS"]
+    else:
+        os.environ["WORKERS"] = before
+
+
 @pytest.fixture
 def model_repo(tmp_path: Path) -> Path:
     return make_model_repo(tmp_path)

@@ -1,18 +1,28 @@
 """What the data plane is built of, from the settings: each model's runtime options, the cores
-one worker process may use."""
+one worker process may use, the work pool, the shared memory registry, the worker group."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
+from service.dataplane.shared_memory import SharedMemoryRegistry
+from service.dataplane.workers import WorkerGroup
 from service.engine.metrics import Metrics
+from service.engine.repository import ModelRepository
 from service.engine.runtime import RuntimeOptions
+from service.engine.work_pool import WorkPool
 from service.settings import Settings
 
 
 def cores_per_worker(settings: Settings) -> int:
     """The cores this process may use, shared out over the WORKERS processes."""
     return max(1, len(os.sched_getaffinity(0)) // settings.workers)
+
+
+def work_pool(settings: Settings) -> WorkPool:
+    """Where decoding and encoding run, off the event loop."""
+    return WorkPool(settings.work_threads or cores_per_worker(settings), settings.max_waiting_work)
 
 
 def runtime_options(settings: Settings, metrics: Metrics) -> RuntimeOptions:
@@ -34,3 +44,23 @@ def runtime_options(settings: Settings, metrics: Metrics) -> RuntimeOptions:
         require_providers=settings.require_providers,
         on_batch=metrics.observe_batch,
     )
+
+
+def shared_memory_registry(settings: Settings) -> SharedMemoryRegistry:
+    """Triton's system shared memory: with WORKERS > 1 every worker holds every region (through
+    WORKERS_DIR), so it is off only without that folder (each process would hold its own)."""
+    shared = settings.workers == 1 or settings.workers_dir is not None
+    regions = settings.shared_memory_regions if shared else 0
+    return SharedMemoryRegistry(regions, settings.inline_decode_bytes, settings.max_request_bytes)
+
+
+def worker_group(
+    settings: Settings,
+    repository: ModelRepository,
+    forget: Callable[[str], None],
+    regions: SharedMemoryRegistry,
+) -> WorkerGroup | None:
+    """WORKERS > 1: the repository calls, regions and statistics every worker shares (None: a
+    lone process)."""
+    folder = settings.workers_dir
+    return WorkerGroup(folder, repository, forget, regions=regions) if folder else None

@@ -26,7 +26,7 @@ from service.core.errors import (
 )
 from service.core.logs import REQUEST_ID, new_request_id
 from service.core.version_policy import VersionPolicy
-from service.dataplane.build import cores_per_worker, runtime_options
+from service.dataplane import build
 from service.dataplane.classification import check_classified, classify
 from service.dataplane.config_override import (
     ConfigOverride,
@@ -43,7 +43,6 @@ from service.dataplane.pixels import model_pixels
 from service.dataplane.prediction_log import open_prediction_log
 from service.dataplane.quality_monitor import QualityMonitor
 from service.dataplane.response_cache import ResponseCache
-from service.dataplane.shared_memory import SharedMemoryRegistry
 from service.dataplane.statistics import collect_statistics
 from service.dataplane.trace_settings import TraceSettings
 from service.dataplane.types import (
@@ -56,7 +55,6 @@ from service.dataplane.types import (
     ServerMetadata,
     VersionStatus,
 )
-from service.dataplane.workers import WorkerGroup
 from service.engine.activations import Activation, ActivationSessions
 from service.engine.leases import lease_scope
 from service.engine.metrics import Metrics
@@ -65,7 +63,6 @@ from service.engine.repository import ModelRepository
 from service.engine.runtime import ModelRuntime
 from service.engine.statistics import VersionStatistics
 from service.engine.version_folder import ModelState
-from service.engine.work_pool import WorkPool
 from service.settings import Settings
 
 SERVER_NAME = "cifar-serve"
@@ -80,21 +77,14 @@ class DataPlane:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        options = runtime_options(settings, self.metrics)
+        options = build.runtime_options(settings, self.metrics)
         policy = VersionPolicy.parse(settings.version_policy)
         self.repository = ModelRepository(settings.model_repository, options, policy)
         self.metrics.track_providers(self.repository.provider_use)
-        # where decoding and encoding run, off the event loop
-        self.work = WorkPool(
-            settings.work_threads or cores_per_worker(settings), settings.max_waiting_work
-        )
+        self.work = build.work_pool(settings)  # where decoding and encoding run, off the loop
         self.activation_sessions = ActivationSessions(options)  # the explorer's, made on first use
         self.response_cache = ResponseCache(settings.response_cache, self.metrics.registry)
-        # Triton's system shared memory; off with WORKERS > 1 (each process would hold its own)
-        regions = settings.shared_memory_regions if settings.workers == 1 else 0
-        self.shared_memory = SharedMemoryRegistry(
-            regions, settings.inline_decode_bytes, settings.max_request_bytes
-        )
+        self.shared_memory = build.shared_memory_registry(settings)  # Triton's system shared memory
         self._watchers: list[asyncio.Task[None]] = []
         self.log_settings = LogSettings(settings.log_level, settings.log_format)  # /v2/logging
         self.trace_settings = TraceSettings()  # /v2/trace/setting: OpenTelemetry, off by default
@@ -103,11 +93,8 @@ class DataPlane:
         self.monitor = QualityMonitor(
             self.prediction_log, self.metrics.registry, names, settings.drift_threshold
         )
-        # WORKERS > 1: the repository calls and statistics every worker shares (workers.py)
-        folder = settings.workers_dir
-        self.workers = (
-            WorkerGroup(folder, self.repository, self.response_cache.drop) if folder else None
-        )
+        forget = self.response_cache.drop  # WORKERS > 1: what the workers share (workers.py)
+        self.workers = build.worker_group(settings, self.repository, forget, self.shared_memory)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -391,6 +378,19 @@ class DataPlane:
             await asyncio.to_thread(self.repository.unload_model, name)
 
         await (unload() if self.workers is None else self.workers.change("unload", name, unload))
+
+    # -- system shared memory: with WORKERS > 1 every worker's before the answer --------------
+
+    async def register_region(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        if self.workers is None:  # a 400 if the object cannot be opened
+            return self.shared_memory.register(name, key, offset, byte_size)
+        await self.workers.register_region(name, key, offset, byte_size)
+
+    async def unregister_region(self, name: str | None = None) -> None:
+        """``name``; None or "": every region."""
+        if self.workers is None:
+            return self.shared_memory.unregister(name)
+        await self.workers.unregister_region(name)
 
 
 def request_scope() -> AbstractContextManager[None]:

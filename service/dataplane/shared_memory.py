@@ -95,13 +95,19 @@ def _open_object(key: str) -> int:
 
 class _Region:
     """A registered region and its descriptor; closed once unregistered and no copy uses it, so
-    a descriptor number is never reused under a copy in flight."""
+    a descriptor number is never reused under a copy in flight. No descriptor (-1): a worker
+    process could not open the object another one registered (``unopened``: why)."""
 
-    def __init__(self, status: RegionStatus, fd: int) -> None:
+    def __init__(self, status: RegionStatus, fd: int, unopened: str = "") -> None:
         self.status = status
         self.fd = fd
+        self.unopened = unopened
         self.users = 0
         self.unregistered = False
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
 
     def position(self, ref: SharedMemoryRef, where: str) -> int:
         """Where ``ref`` starts in the object; its bytes must lie inside the region."""
@@ -132,8 +138,8 @@ class SharedMemoryRegistry:
         """Register ``byte_size`` bytes at ``offset`` of the object ``key`` as ``name``."""
         if self.max_regions <= 0:
             raise InvalidInput(
-                "system shared memory is off here: SHARED_MEMORY_REGIONS=0, or WORKERS > 1 (each "
-                "worker process would keep regions of its own)"
+                "system shared memory is off here: SHARED_MEMORY_REGIONS=0, or WORKERS > 1 "
+                "without WORKERS_DIR (each worker process would keep regions of its own)"
             )
         if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
             raise InvalidInput(f"a region needs a name of 1 to {MAX_NAME_CHARS} characters")
@@ -153,6 +159,15 @@ class SharedMemoryRegistry:
                 )
             self._regions[name] = _Region(RegionStatus(name, key, offset, byte_size), fd)
 
+    def register_unopened(self, name: str, key: str, offset: int, byte_size: int, why: str) -> None:
+        """List a region another worker process registered but this one cannot open (its object
+        is gone): the status stays the same in every worker, and a request naming it here is a
+        400 that says ``why``."""
+        with self._lock:
+            self._check_room(name)
+            status = RegionStatus(name, key, offset, byte_size)
+            self._regions[name] = _Region(status, -1, why)
+
     def _check_room(self, name: str) -> None:
         if name in self._regions:
             raise InvalidInput(f"shared memory region {name!r} is already registered")
@@ -171,7 +186,7 @@ class SharedMemoryRegistry:
                 if region is not None:
                     region.unregistered = True
                     if region.users == 0:
-                        os.close(region.fd)
+                        region.close()
 
     def status(self, name: str | None = None) -> list[RegionStatus]:
         """Every region, or the one ``name`` names (404 when unknown, as Triton)."""
@@ -192,6 +207,11 @@ class SharedMemoryRegistry:
             region = self._regions.get(name)
             if region is None:
                 raise InvalidInput(f"{where}: no shared memory region {name!r} is registered")
+            if region.unopened:
+                raise InvalidInput(
+                    f"{where}: shared memory region {name!r} is registered, but this worker "
+                    f"process cannot open its object: {region.unopened}"
+                )
             region.users += 1
         try:
             yield region
@@ -199,7 +219,7 @@ class SharedMemoryRegistry:
             with self._lock:
                 region.users -= 1
                 if region.unregistered and region.users == 0:
-                    os.close(region.fd)
+                    region.close()
 
     # -- copies ---------------------------------------------------------------------------------
 

@@ -2,14 +2,17 @@
 (WORKERS_DIR, made by ``python -m service``), so no call depends on which worker takes it:
 
     control.json        {"generation": g, "unloaded": [names], "loaded": {name: g},
-                        "overrides": {name: a load's config override}}: the repository calls,
-                        rewritten atomically under control.lock by the worker taking one
-    acks/<pid>          the generation that worker has applied; the worker taking a call answers
-                        once every live worker's is at least its generation (or says who is late)
+                        "overrides": {name: a load's config override}, "regions": {name: a
+                        system shared memory region}}: the repository calls and the regions
+                        registered (worker_regions.py), rewritten atomically under control.lock
+                        by the worker taking a call
+    acks/<pid>          {"generation": what that worker has applied, "unopened": {region: [g,
+                        why]}}; the worker taking a call answers once every live worker's
+                        generation is at least its own (or says who is late)
     statistics/<pid>    each worker's statistics snapshot, rewritten every STATISTICS_INTERVAL_S
 
-A worker applies control.json before it starts serving (so a restarted one keeps an unload), and
-then whenever the file changes (a ``stat`` every CONTROL_POLL_S on the loop).
+A worker applies control.json before it starts serving (so a restarted one keeps an unload and
+the regions), and then whenever the file changes (a ``stat`` every CONTROL_POLL_S on the loop).
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
-from service.core.errors import ModelNotFound, ServingError, WorkersPending
+from service.core.errors import InvalidInput, ModelNotFound, ServingError, WorkersPending
 from service.core.processes import sibling
 from service.dataplane.config_override import ConfigOverride, override_options
+from service.dataplane.shared_memory import SharedMemoryRegistry
 from service.dataplane.statistics import collect_statistics
+from service.dataplane.worker_regions import Recorded, WorkerRegions
 from service.engine.repository import NAME_PATTERN, ModelRepository
 from service.engine.runtime import RuntimeOptions
 from service.engine.statistics import VersionStatistics, statistics_from_dict, summed_statistics
@@ -58,9 +63,11 @@ class WorkerGroup:
         forget: Callable[[str], None] = lambda name: None,
         sync_timeout_s: float = SYNC_TIMEOUT_S,
         member: Callable[[int], bool] = sibling,
+        regions: SharedMemoryRegistry | None = None,
     ) -> None:
         self.folder = folder
         self.repository = repository
+        self.regions = WorkerRegions(regions) if regions is not None else None
         self.forget = forget  # what this worker keeps of a model's answers (the response cache)
         self.member = member  # whether a pid is a live worker of this group
         self.sync_timeout_s = sync_timeout_s
@@ -157,6 +164,69 @@ class WorkerGroup:
                 )
             await asyncio.sleep(ACK_POLL_S)
 
+    # -- system shared memory regions ----------------------------------------------------------
+
+    async def register_region(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        """Register a region here (Triton's 400 when its object cannot be opened: then nothing
+        is recorded), record it, and answer once every worker holds it. If another worker could
+        not open the object (removed in between), it is unregistered everywhere again and the
+        answer is that 400: a register holds in every worker or in none."""
+        generation = await self._region_call(
+            lambda recorded, g: self._require_regions().add(
+                recorded, g, name, key, offset, byte_size
+            )
+        )
+        assert generation is not None
+        failed = await asyncio.to_thread(self._unopened_elsewhere, name, generation)
+        if failed:
+            await self._region_call(
+                lambda recorded, g: WorkerRegions.remove(recorded, name, generation)
+            )
+            pid, why = failed[0]
+            raise InvalidInput(f"region {name!r} is not registered: worker {pid}: {why}")
+
+    async def unregister_region(self, name: str | None) -> None:
+        """Unregister ``name`` (None or "": every region) and answer once no worker holds it."""
+        await self._region_call(lambda recorded, g: WorkerRegions.remove(recorded, name))
+
+    async def _region_call(self, edit: Callable[[Recorded, int], bool]) -> int | None:
+        """``edit`` the recorded regions (given the generation it makes) under the control
+        file's lock, apply the result here and wait for the others; None if nothing changed."""
+        assert self._lock is not None, "start() first"
+        async with self._lock:
+            state = await asyncio.to_thread(self._edit_regions, edit)
+            if state is None:
+                return None
+            generation = int(state["generation"])
+            await asyncio.to_thread(self._apply, state, self.applied, None)
+            self.applied = max(self.applied, generation)
+            await asyncio.to_thread(self._acknowledge)
+        await self._wait_for_others(generation)
+        return generation
+
+    def _require_regions(self) -> WorkerRegions:
+        assert self.regions is not None, "a worker group without shared memory"
+        return self.regions
+
+    def _edit_regions(self, edit: Callable[[Recorded, int], bool]) -> dict[str, Any] | None:
+        with self._locked():
+            state = self._read()
+            self._require_regions().follow(state["regions"])  # as recorded before the check
+            if not edit(state["regions"], int(state["generation"]) + 1):
+                return None
+            state["generation"] = int(state["generation"]) + 1
+            write_atomically(self.control, json.dumps(state))
+        return state
+
+    def _unopened_elsewhere(self, name: str, generation: int) -> list[tuple[int, str]]:
+        """(pid, why) of the live workers that could not open that registration of ``name``."""
+        found = []
+        for pid, ack in self._others_acks():
+            unopened = ack.get("unopened", {}).get(name)
+            if unopened is not None and int(unopened[0]) == generation:
+                found.append((pid, str(unopened[1])))
+        return found
+
     # -- files (blocking: called off the loop, bar ``_signature``) -----------------------------
 
     def _signature(self) -> tuple[int, int, int] | None:
@@ -171,7 +241,8 @@ class WorkerGroup:
             state: dict[str, Any] = json.loads(self.control.read_text(encoding="utf-8"))
         except FileNotFoundError:
             state = {}
-        return {"generation": 0, "unloaded": [], "loaded": {}, "overrides": {}, **state}
+        empty = {"generation": 0, "unloaded": [], "loaded": {}, "overrides": {}, "regions": {}}
+        return {**empty, **state}
 
     def _check(self, change: Change, name: str) -> None:
         """``ModelNotFound`` for a model this worker does not know (unload) or has no folder of
@@ -208,7 +279,9 @@ class WorkerGroup:
 
     def _apply(self, state: dict[str, Any], since: int, skip: str | None) -> None:
         """Make here what ``state`` holds beyond generation ``since`` (``skip``: the model the
-        caller changes itself)."""
+        caller changes itself); the regions as recorded."""
+        if self.regions is not None:
+            self.regions.follow(state["regions"])
         unloaded = set(state["unloaded"])
         for name in sorted(unloaded - {skip}):
             with contextlib.suppress(ModelNotFound):  # not on this worker's disk (yet)
@@ -233,21 +306,25 @@ class WorkerGroup:
         return override_options(name, override, self.repository.options)
 
     def _acknowledge(self) -> None:
-        write_atomically(self.acks / str(self.pid), str(self.applied))
+        unopened = self.regions.unopened if self.regions is not None else {}
+        ack = {"generation": self.applied, "unopened": unopened}
+        write_atomically(self.acks / str(self.pid), json.dumps(ack))
 
-    def _late(self, generation: int) -> list[int]:
-        """The live workers that have not applied ``generation``; dead workers' acks go."""
-        late = []
+    def _others_acks(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(pid, ack) of every other live worker; dead workers' acks go."""
         for path in self.acks.iterdir():
             if not path.name.isdigit() or int(path.name) == self.pid:
                 continue
             if not self.member(int(path.name)):
                 path.unlink(missing_ok=True)
                 continue
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                if int(path.read_text(encoding="utf-8")) < generation:
-                    late.append(int(path.name))
-        return sorted(late)
+            with contextlib.suppress(FileNotFoundError, ValueError, TypeError):
+                ack = json.loads(path.read_text(encoding="utf-8"))
+                yield int(path.name), {**ack, "generation": int(ack["generation"])}
+
+    def _late(self, generation: int) -> list[int]:
+        """The live workers that have not applied ``generation``."""
+        return sorted(pid for pid, ack in self._others_acks() if ack["generation"] < generation)
 
     # -- statistics ---------------------------------------------------------------------------
 

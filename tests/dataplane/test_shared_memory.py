@@ -142,11 +142,19 @@ async def test_a_request_reads_no_more_from_regions_than_a_body_may_hold(shm_obj
         registry.close()
 
 
-def test_more_than_one_worker_turns_shared_memory_off(tmp_path: Path, shm_object: Path) -> None:
-    """Each worker process would keep regions of its own: a request could reach the other one."""
+def test_more_than_one_worker_without_their_folder_turns_shared_memory_off(
+    tmp_path: Path, shm_object: Path
+) -> None:
+    """Without WORKERS_DIR each worker process would keep regions of its own (python -m service
+    always makes one: tests/dataplane/test_worker_regions.py)."""
     plane = DataPlane(Settings(model_repository=tmp_path, workers=2))
     try:
-        with pytest.raises(InvalidInput, match="WORKERS > 1"):
+        with pytest.raises(InvalidInput, match="WORKERS > 1 without WORKERS_DIR"):
             plane.shared_memory.register("r", f"/{shm_object.name}", 0, 8)
+    finally:
+        plane.close()
+    plane = DataPlane(Settings(model_repository=tmp_path, workers=2, workers_dir=tmp_path / "w"))
+    try:
+        assert plane.workers is not None and plane.shared_memory.max_regions == 64
     finally:
         plane.close()

@@ -85,7 +85,7 @@ def test_a_live_worker_that_never_applies_a_call_is_named_and_a_dead_one_is_not_
 
     async def scenario() -> None:
         await group.start()
-        (group.acks / str(late.pid)).write_text("0")  # a worker that has applied nothing
+        (group.acks / str(late.pid)).write_text('{"generation": 0}')  # has applied nothing
         with pytest.raises(WorkersPending, match=f"pending in worker\\(s\\) {late.pid} "):
             await group.change("unload", "tiny", unload)
         assert states(found, "tiny") == {ModelState.UNLOADED.value}  # done here all the same

@@ -37,6 +37,11 @@ def test_api_keeps_the_image_command_restarts_and_checks_readiness_in_shell_form
     assert "wget" in shell_healthcheck(LB["healthcheck"]["test"])
 
 
+def test_api_runs_one_worker_per_container() -> None:
+    """WORKERS=auto counts the host's cores, not a container's CPU quota: replicas scale."""
+    assert API["environment"]["WORKERS"] == "1"
+
+
 def test_trainer_runs_as_the_caller_not_a_fixed_uid() -> None:
     """bash exports no UID and has no GID, so ``${UID:-1000}`` was always 1000: the ids come
     from .env (make compose-env) or the command line, and an unset id fails the run loudly."""

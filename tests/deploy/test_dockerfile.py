@@ -81,6 +81,12 @@ def project_requirements(*extras: str) -> set[str]:
     return {re.split(r"[\[<>=!~ ;]", s, maxsplit=1)[0].lower().replace("_", "-") for s in specs}
 
 
+def test_the_image_runs_one_worker() -> None:
+    """A container's CPU quota is invisible to WORKERS=auto (sched_getaffinity): one process."""
+    api = DOCKERFILE[DOCKERFILE.index("AS api\n") : DOCKERFILE.index("AS api-gpu")]
+    assert re.search(r"^\s+WORKERS=1 \\$", api, re.M)
+
+
 def test_locks_pin_every_dependency_of_pyproject() -> None:
     """requirements/*.txt come from pyproject.toml (make lock); stale locks miss a package."""
     for lock, extras in (

@@ -67,6 +67,7 @@ def test_deployment_probes_health_limits_resources_and_runs_as_non_root() -> Non
     assert models["readOnly"] is True
     env = {e["name"]: e["value"] for e in api["env"]}
     assert env["MODEL_REPOSITORY"] == "/models"
+    assert env["WORKERS"] == "1"  # one process per pod: auto cannot see the pod's CPU limit
     claim = next(v for v in pod["volumes"] if v["name"] == models["name"])
     assert (
         claim["persistentVolumeClaim"]["claimName"]
@@ -178,6 +179,7 @@ def test_inference_service_is_our_image_speaking_v2() -> None:
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["PROTOCOL"] == "v2"
     assert env["MODEL_REPOSITORY"] == "/mnt/models"  # where KServe copies STORAGE_URI
+    assert env["WORKERS"] == "1"
     assert env["STORAGE_URI"].startswith("pvc://")
     assert [p["containerPort"] for p in container["ports"]] == [8000]
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"

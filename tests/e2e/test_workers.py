@@ -4,7 +4,6 @@ to one worker holds in both before it is answered (and in a worker restarted aft
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import signal
@@ -13,18 +12,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import psutil
 import pytest
 import tritonclient.grpc as triton_grpc
 
-from tests.support.models import make_model_repo
-from tests.support.servers import (
-    GRPC_PORT_LINE,
-    ServerProcess,
-    server_process,
-    service_command,
-    wait_until,
-)
+from tests.support.servers import ServerProcess, wait_until
+from tests.support.workers import serving, two_workers, workers
 
 pytestmark = pytest.mark.slow  # two server processes start (and one restarts) per test
 
@@ -44,47 +36,8 @@ INFER = "/v2/models/tiny/infer"
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    env = {
-        **os.environ,
-        "POLL_INTERVAL_S": "0.5",
-        "PROVIDERS": "CPUExecutionProvider",
-        "ADMIN_LOOPBACK": "true",
-        "LOG_LEVEL": "info",
-        "MODEL_REPOSITORY": str(make_model_repo(tmp_path, {"tiny": [1], "other": [1]}, False)),
-    }
-    with server_process(service_command("--workers", "2"), env=env) as running:
-        running.wait_ready()
-        # The workers log the gRPC port after the parent logged the REST one.
-        wait_until(lambda: GRPC_PORT_LINE.search(running.log) is not None, 30, "the gRPC port")
-        grpc_port = GRPC_PORT_LINE.search(running.log)
-        assert grpc_port is not None
-        running = dataclasses.replace(running, grpc_port=int(grpc_port.group(1)))
-        wait_until(lambda: len(workers(running)) == 2, 30, "two worker processes")
-        wait_until(lambda: all(serving(running, pid) for pid in workers(running)), 60, "both ready")
+    with two_workers(tmp_path) as running:
         yield running
-
-
-def workers(server: ServerProcess) -> list[int]:
-    """The live worker processes (a killed one not yet reaped is a zombie: not counted)."""
-    found = []
-    for child in psutil.Process(server.process.pid).children():
-        try:
-            if "spawn_main" in " ".join(child.cmdline()):
-                found.append(child.pid)
-        except psutil.Error:  # a zombie or gone
-            continue
-    return sorted(found)
-
-
-def serving(server: ServerProcess, pid: int) -> bool:
-    """Whether worker ``pid`` listens on the gRPC port (it does once its models are loaded)."""
-    try:
-        connections = psutil.Process(pid).connections("tcp")
-    except psutil.NoSuchProcess:
-        return False
-    return any(
-        c.status == psutil.CONN_LISTEN and c.laddr.port == server.grpc_port for c in connections
-    )
 
 
 def fresh_answers(server: ServerProcess, path: str, count: int) -> list[int]:

@@ -87,7 +87,7 @@ def local_server(models: Path) -> Iterator[dict[str, str]]:
     """`make serve`'s command on free loopback ports: the answers the images must match."""
     rest, grpc = free_port(), free_port()
     argv = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(rest)]
-    argv += ["--grpc-port", str(grpc), "--model-repository", str(models)]
+    argv += ["--grpc-port", str(grpc), "--model-repository", str(models), "--workers", "1"]
     env = {**os.environ, "PROVIDERS": "CPUExecutionProvider", "POLL_INTERVAL_S": "0"}
     process = subprocess.Popen(argv, env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
     try:

@@ -38,7 +38,7 @@ def logged_server(
     rest_port, grpc_port = free_port(), (free_port() if grpc else -1)
     argv = [sys.executable, "-m", "service", "--port", str(rest_port)]
     argv += ["--grpc-port", str(grpc_port), "--model-repository", str(repository)]
-    argv += ["--log-level", "warning"]
+    argv += ["--log-level", "warning", "--workers", "1"]
     with log_path.open("wb") as log:
         process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     server = LoggedServer(process, rest_port, grpc_port, log_path)

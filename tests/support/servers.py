@@ -94,9 +94,10 @@ def stop(
 
 
 def service_command(*args: str) -> list[str]:
-    """``python -m service`` on loopback, REST and gRPC on ports the system picks, then ``args``."""
+    """``python -m service`` on loopback, REST and gRPC on ports the system picks, one worker
+    process (``args`` may ask for more: the last ``--workers`` counts), then ``args``."""
     return [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "0",
-            "--grpc-port", "0", *args]  # fmt: skip
+            "--grpc-port", "0", "--workers", "1", *args]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -185,9 +186,10 @@ def server_process(
 @contextmanager
 def running_server(settings: Settings, *, grpc: bool = True) -> Iterator[Running]:
     """``settings`` with host 127.0.0.1 and free ports (gRPC too unless ``grpc`` is False,
-    then ``grpc_port`` is -1); stopped (gRPC first) on exit."""
+    then ``grpc_port`` is -1), in this one process; stopped (gRPC first) on exit."""
     grpc_port = 0 if grpc else -1
-    settings = settings.model_copy(update={"host": "127.0.0.1", "port": 0, "grpc_port": grpc_port})
+    where = {"host": "127.0.0.1", "port": 0, "grpc_port": grpc_port}
+    settings = settings.model_copy(update={**where, "workers": 1})  # one process: this one
     app = create_app(settings)
     if grpc:
         serve_grpc(app)

@@ -220,11 +220,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
         self._require_admin(context, "SystemSharedMemoryRegister")
         r = request
-        self.plane.shared_memory.register(r.name, r.key, r.offset, r.byte_size)
+        await self.plane.register_region(r.name, r.key, r.offset, r.byte_size)
         return service_pb2.SystemSharedMemoryRegisterResponse()
 
     @rpc
     async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
         self._require_admin(context, "SystemSharedMemoryUnregister")
-        self.plane.shared_memory.unregister(request.name)
+        await self.plane.unregister_region(request.name)
         return service_pb2.SystemSharedMemoryUnregisterResponse()

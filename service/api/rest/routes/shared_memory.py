@@ -74,13 +74,13 @@ async def region_status(plane: Plane, name: str) -> list[dict[str, Any]]:
 )
 async def register(request: Request, plane: Plane, name: str) -> dict[str, Any]:
     body = validated_body(RegisterRequest, loads(await read_json_body(request)))
-    plane.shared_memory.register(name, body.key, body.offset, body.byte_size)
+    await plane.register_region(name, body.key, body.offset, body.byte_size)
     return {}
 
 
 @router.post("/unregister", summary="Unregister every region", responses=errors(401, 403))
 async def unregister_all(plane: Plane) -> dict[str, Any]:
-    plane.shared_memory.unregister()
+    await plane.unregister_region()
     return {}
 
 
@@ -90,5 +90,5 @@ async def unregister_all(plane: Plane) -> dict[str, Any]:
     responses=errors(401, 403),
 )
 async def unregister(plane: Plane, name: str) -> dict[str, Any]:
-    plane.shared_memory.unregister(name)
+    await plane.unregister_region(name)
     return {}

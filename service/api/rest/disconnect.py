@@ -3,8 +3,9 @@ watches the connection during the work and cancels the work on ``http.disconnect
 still queued for a model never reaches it (the batcher skips cancelled requests).
 
 The watch starts only once the work has taken ``WATCH_AFTER_S``: a request answered sooner (most,
-when the model is not busy) costs a timer, not a task. A client that left earlier is still seen
-then, as uvicorn keeps the disconnect for the next ``receive``."""
+when the model is not busy) costs a deadline (``deadlines``: no timer of its own), not a task. A
+client that left earlier is still seen then, as uvicorn keeps the disconnect for the next
+``receive``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from starlette.types import Receive
+
+from service.api.rest.deadlines import for_running_loop
 
 T = TypeVar("T")
 WATCH_AFTER_S = 0.002
@@ -38,7 +41,8 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T | None:
         nonlocal watcher
         watcher = asyncio.ensure_future(watch())
 
-    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start)
+    deadlines = for_running_loop()
+    key = deadlines.add(asyncio.get_running_loop().time() + WATCH_AFTER_S, start)
     try:
         return await work
     except asyncio.CancelledError:
@@ -47,6 +51,6 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T | None:
         task.uncancel()
         return None
     finally:
-        timer.cancel()
+        deadlines.drop(key)
         if watcher is not None:
             watcher.cancel()

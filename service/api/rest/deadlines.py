@@ -1,0 +1,77 @@
+"""Callbacks due at event-loop times, all served by one timer per loop. Each request has a deadline
+or two (its body's timeout, when to start watching for a disconnect), and nearly all of them are
+dropped unreached; a timer of its own per deadline, made and cancelled on every request, costs a
+request 4-10 us on uvloop (docs/benchmarks.md, "One client's p50"), while adding and dropping one
+here is a dict insert and a delete, and the loop's one timer only runs when the earliest deadline
+may have come."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import weakref
+from collections.abc import Callable
+
+# A deadline this close is run now: a loop's clock can run a timer a little early (uvloop
+# counts milliseconds), and waking again for the rest would spin.
+EARLY_S = 0.001
+
+
+class Deadlines:
+    """One event loop's deadlines (``for_running_loop``): ``add`` returns a key for ``drop``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._due: dict[int, tuple[float, Callable[[], None]]] = {}
+        self._keys = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    def add(self, when: float, callback: Callable[[], None]) -> int:
+        """Run ``callback`` on the loop once its clock (``loop.time()``) reaches ``when``, unless
+        dropped first."""
+        key = next(self._keys)
+        self._due[key] = (when, callback)
+        if self._timer is None or when < self._timer_at:
+            self._arm(when)
+        return key
+
+    def drop(self, key: int) -> None:
+        """The deadline is not wanted any more (the timer stays: it finds nothing due then)."""
+        self._due.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = self._loop.call_at(when, self._fire), when
+
+    def _fire(self) -> None:
+        """Run what is due, then wait for the earliest of the rest (if any)."""
+        self._timer = None
+        now = self._loop.time() + EARLY_S
+        due = [key for key, (when, _) in self._due.items() if when <= now]
+        try:
+            for key in due:
+                entry = self._due.pop(key, None)  # None: an earlier callback dropped it
+                if entry is not None:
+                    entry[1]()
+        finally:  # even past a callback's error, the rest keep their timer
+            if self._due:
+                self._arm(min(when for when, _ in self._due.values()))
+
+
+_loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def for_running_loop() -> Deadlines:
+    """The running loop's deadlines (each loop its own: tests run servers on several)."""
+    loop = asyncio.get_running_loop()
+    deadlines = _loops.get(loop)
+    if deadlines is None:
+        deadlines = _loops[loop] = Deadlines(loop)
+    return deadlines

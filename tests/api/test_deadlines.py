@@ -73,7 +73,8 @@ def test_a_deadline_added_after_the_timer_ran_dry_is_still_run() -> None:
 
 def test_each_loop_has_its_own_deadlines_on_uvloop_too() -> None:
     async def owned() -> tuple[Deadlines, Deadlines, bool]:
-        first, again = for_running_loop(), for_running_loop()
+        first, again = for_running_loop("a"), for_running_loop("a")
+        assert for_running_loop("b") is not first
         ran = asyncio.Event()
         first.add(asyncio.get_running_loop().time(), ran.set)  # already due: runs at once
         await asyncio.wait_for(ran.wait(), 1)

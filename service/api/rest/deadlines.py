@@ -12,10 +12,6 @@ import itertools
 import weakref
 from collections.abc import Callable
 
-# A deadline this close is run now: a loop's clock can run a timer a little early (uvloop
-# counts milliseconds), and waking again for the rest would spin.
-EARLY_S = 0.001
-
 
 class Deadlines:
     """One event loop's deadlines (``for_running_loop``): ``add`` returns a key for ``drop``."""
@@ -51,7 +47,7 @@ class Deadlines:
     def _fire(self) -> None:
         """Run what is due, then wait for the earliest of the rest (if any)."""
         self._timer = None
-        now = self._loop.time() + EARLY_S
+        now = self._loop.time()  # a timer run early finds nothing due and waits again
         due = [key for key, (when, _) in self._due.items() if when <= now]
         try:
             for key in due:
@@ -63,15 +59,20 @@ class Deadlines:
                 self._arm(min(when for when, _ in self._due.values()))
 
 
-_loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines] = (
+_loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Deadlines]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def for_running_loop() -> Deadlines:
-    """The running loop's deadlines (each loop its own: tests run servers on several)."""
+def for_running_loop(kind: str) -> Deadlines:
+    """The running loop's deadlines of one ``kind`` (each loop its own: tests run servers on
+    several). Kinds apart, a long deadline (a body's) never re-arms the timer of short ones (the
+    disconnect watch's) nor the other way round."""
     loop = asyncio.get_running_loop()
-    deadlines = _loops.get(loop)
+    kinds = _loops.get(loop)
+    if kinds is None:
+        kinds = _loops[loop] = {}
+    deadlines = kinds.get(kind)
     if deadlines is None:
-        deadlines = _loops[loop] = Deadlines(loop)
+        deadlines = kinds[kind] = Deadlines(loop)
     return deadlines

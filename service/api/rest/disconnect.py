@@ -41,7 +41,7 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T | None:
         nonlocal watcher
         watcher = asyncio.ensure_future(watch())
 
-    deadlines = for_running_loop()
+    deadlines = for_running_loop("disconnect watch")
     key = deadlines.add(asyncio.get_running_loop().time() + WATCH_AFTER_S, start)
     try:
         return await work

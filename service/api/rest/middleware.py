@@ -100,7 +100,7 @@ async def _receive_before(receive: Receive, deadline: float, timeout_s: float) -
         expired = True
         task.cancel()
 
-    deadlines = for_running_loop()
+    deadlines = for_running_loop("request body")
     key = deadlines.add(deadline, expire)
     try:
         return await receive()

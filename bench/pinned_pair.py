@@ -53,7 +53,10 @@ def one_round(build: Build, seconds: float, clients: list[int]) -> dict[str, Any
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "service.log"
         env = {**BASE_ENV, **build.env}
-        with running_service(env, log, cpus=place.server_cpus, checkout=build.checkout) as server:
+        grpc = env.pop("GRPC", "1") != "0"  # GRPC=0: REST alone (no gRPC server on the loop)
+        with running_service(
+            env, log, grpc=grpc, cpus=place.server_cpus, checkout=build.checkout
+        ) as server:
             for count in clients:
                 load = http_load(
                     server.address, PATH, body, clients=count, seconds=seconds,

@@ -3,9 +3,8 @@ watches the connection during the work and cancels the work on ``http.disconnect
 still queued for a model never reaches it (the batcher skips cancelled requests).
 
 The watch starts only once the work has taken ``WATCH_AFTER_S``: a request answered sooner (most,
-when the model is not busy) costs a deadline (``deadlines``: no timer of its own), not a task. A
-client that left earlier is still seen then, as uvicorn keeps the disconnect for the next
-``receive``."""
+when the model is not busy) costs a timer, not a task. A client that left earlier is still seen
+then, as uvicorn keeps the disconnect for the next ``receive``."""
 
 from __future__ import annotations
 
@@ -14,8 +13,6 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from starlette.types import Receive
-
-from service.api.rest.deadlines import for_running_loop
 
 T = TypeVar("T")
 WATCH_AFTER_S = 0.002
@@ -41,8 +38,7 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T | None:
         nonlocal watcher
         watcher = asyncio.ensure_future(watch())
 
-    deadlines = for_running_loop("disconnect watch")
-    key = deadlines.add(asyncio.get_running_loop().time() + WATCH_AFTER_S, start)
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start)
     try:
         return await work
     except asyncio.CancelledError:
@@ -51,6 +47,6 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T | None:
         task.uncancel()
         return None
     finally:
-        deadlines.drop(key)
+        timer.cancel()
         if watcher is not None:
             watcher.cancel()

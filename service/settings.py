@@ -261,7 +261,7 @@ class Settings(QualitySettings):
             "A lone 1-image request runs on the event loop, sparing the hop to the model's "
             "thread, if the slowest 1% of the version's batch-1 runs timed at warm-up stay "
             "under this (needs WARM_UP); it also bounds how long such a run holds the loop. "
-            "0: never (docs/benchmarks.md, \"One client's p50\")."
+            '0: never (docs/benchmarks.md, "One client\'s p50").'
         ),
     )
     max_queue_images: int = Field(

@@ -4,7 +4,9 @@ after round: one client's p50 and 64 clients' requests/s on the lecture model's 
 A build is a checkout (a worktree of another commit: the "before") and environment variables.
 
     python -m bench pinned-pair --build before=../wt-base --build after=. [--rounds 3]
-    python -m bench pinned-pair --build hop=. --build inline=.:INLINE_RUN_MAX_US=250
+    python -m bench pinned-pair --build hop=. --build inline=.:INLINE_RUN_MAX_US=250 --ceiling
+
+``--ceiling`` adds the raw ASGI app (``../shared/peers/ceiling_asgi.py``) to each round.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +22,11 @@ from typing import Any
 
 from bench.bodies import v2_json
 from bench.load import http_load
-from bench.peer_workloads import PROBABILITIES
+from bench.onnx_timer import latest_version
+from bench.peer_envs import PEERS
+from bench.peer_workloads import LECTURE, PROBABILITIES
 from bench.placement import pinned
-from bench.server import running_service
+from bench.server import free_port, running_service, start
 
 PATH = "/v2/models/cifar10_cnn/infer"
 BASE_ENV = {"LOG_LEVEL": "warning", "WORKERS": "1", "INTRA_OP_THREADS": "1"}
@@ -48,8 +53,6 @@ class Build:
 def one_round(build: Build, seconds: float, clients: list[int]) -> dict[str, Any]:
     """The build served pinned; each client count's figures from one load each."""
     place = pinned()
-    body = v2_json(1, "FP32", PROBABILITIES)
-    figures: dict[str, Any] = {"build": build.name}
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "service.log"
         env = {**BASE_ENV, **build.env}
@@ -57,18 +60,43 @@ def one_round(build: Build, seconds: float, clients: list[int]) -> dict[str, Any
         with running_service(
             env, log, grpc=grpc, cpus=place.server_cpus, checkout=build.checkout
         ) as server:
-            for count in clients:
-                load = http_load(
-                    server.address, PATH, body, clients=count, seconds=seconds,
-                    cpus=place.client_cpus,
-                )  # fmt: skip
-                if load["errors"]:
-                    raise SystemExit(f"{build.name}: {load['errors']} errors {load['error_kinds']}")
-                figures[str(count)] = {
-                    "p50_ms": round(load["p50_ms"], 3),
-                    "p99_ms": round(load["p99_ms"], 3),
-                    "requests_per_s": round(load["requests_per_s"]),
-                }
+            return {"build": build.name, **loads(server.address, seconds, clients)}
+
+
+def ceiling_round(seconds: float, clients: list[int]) -> dict[str, Any]:
+    """The raw ASGI app (``ceiling_asgi.py``, the model, no framework) pinned as the builds are,
+    started as ``bench peers`` starts it."""
+    place = pinned()
+    port = free_port()
+    env = {"MODEL_ONNX": str(latest_version(LECTURE)), "NO_MODEL": "0"}
+    argv = place.server([
+        sys.executable, "-m", "uvicorn", "--app-dir", str(PEERS), "--http", "httptools",
+        "--loop", "uvloop", "--no-access-log", "--log-level", "warning", "--host",
+        "127.0.0.1", "--port", str(port), "ceiling_asgi:app",
+    ])  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        group = start(argv, env, port, Path(tmp) / "asgi.log", 60)
+        try:
+            return {"build": "ceiling", **loads(f"127.0.0.1:{port}", seconds, clients)}
+        finally:
+            group.stop()
+
+
+def loads(address: str, seconds: float, clients: list[int]) -> dict[str, Any]:
+    """One load per client count, from the load generator's core: p50, p99, requests/s."""
+    body = v2_json(1, "FP32", PROBABILITIES)
+    figures: dict[str, Any] = {}
+    for count in clients:
+        load = http_load(
+            address, PATH, body, clients=count, seconds=seconds, cpus=pinned().client_cpus
+        )
+        if load["errors"]:
+            raise SystemExit(f"{address}: {load['errors']} errors {load['error_kinds']}")
+        figures[str(count)] = {
+            "p50_ms": round(load["p50_ms"], 3),
+            "p99_ms": round(load["p99_ms"], 3),
+            "requests_per_s": round(load["requests_per_s"]),
+        }
     return figures
 
 
@@ -93,14 +121,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0, help="each load, after 1 s warm-up")
     parser.add_argument("--clients", default="1,64", help="client counts, comma-separated")
+    parser.add_argument(
+        "--ceiling", action="store_true", help="the raw ASGI app too, each round, as a build"
+    )
 
 
 def main(args: argparse.Namespace) -> None:
     clients = [int(c) for c in args.clients.split(",")]
     rounds = []
     for round_ in range(1, args.rounds + 1):
-        for build in args.build:
-            figures = one_round(build, args.seconds, clients)
+        for build in [*args.build, *([None] if args.ceiling else [])]:
+            if build is None:
+                figures = ceiling_round(args.seconds, clients)
+            else:
+                figures = one_round(build, args.seconds, clients)
             rounds.append(figures)
             print(json.dumps({"round": round_, **figures}), flush=True)
     print("\n".join(summary(rounds, clients)))

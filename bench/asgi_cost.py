@@ -4,7 +4,12 @@ app (``../shared/peers/ceiling_asgi.py``) each called through ASGI with the same
 body, one request after another; then the same request entered at each layer from the outside in,
 so the difference between two entries is what one layer costs.
 
-    python -m bench asgi-cost [--requests 2000] [--rounds 3] [--profile 3000]
+    taskset -c 0 python -m bench asgi-cost [--requests 2000] [--rounds 3] [--profile 3000]
+
+``taskset -c 0`` as issue 28's pinned server; the settings are those of ``bench peers``' pinned
+service (INTRA_OP_THREADS=1, LOG_LEVEL=warning, host 127.0.0.1), and the environment's others
+apply (``INLINE_RUN_MAX_US=0`` times the hop). Prints each entry's median per round, then each
+layer's cost; ``--profile N`` adds cProfile's view of N whole requests.
 """
 
 from __future__ import annotations
@@ -117,7 +122,7 @@ def asgi_call(app: Any, body: bytes, template: dict[str, Any]) -> Call:
 def middleware_entries(app: FastAPI, body: bytes) -> list[Entry]:
     """The service's app and each middleware inward (the fast path's own three included), down
     to the fast path's answer; entries below ``FastInfer`` get the scope it would have set."""
-    entries = [Entry("the app (Starlette's __call__)", asgi_call(app, body, scope_for(body)))]
+    entries = [Entry("the app (FastAPI's __call__)", asgi_call(app, body, scope_for(body)))]
     layer: Any = app.middleware_stack
     while not isinstance(layer, FastInfer):
         entries.append(Entry(type(layer).__name__, asgi_call(layer, body, scope_for(body))))
@@ -146,7 +151,7 @@ def plane_entries(plane: DataPlane, body: bytes) -> list[Entry]:
     return [
         Entry("v2_infer (decode, infer, encode)", v2),
         Entry("DataPlane.infer", lambda: plane.infer(runtime, request)),
-        Entry("ModelRuntime.infer (the batcher hop)", lambda: runtime.infer(pixels)),
+        Entry("ModelRuntime.infer (inline, or the hop)", lambda: runtime.infer(pixels)),
         Entry("ModelRuntime.run (onnxruntime alone)", run_alone),
     ]
 

@@ -273,3 +273,9 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(args: argparse.Namespace) -> None:
     uvloop.run(run(args))
+
+
+if __name__ == "__main__":  # python -m bench.asgi_cost: also in an older checkout, copied in
+    cli = argparse.ArgumentParser(prog="python -m bench.asgi_cost", description=__doc__)
+    add_arguments(cli)
+    main(cli.parse_args())

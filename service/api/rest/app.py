@@ -81,7 +81,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 def _no_native_telemetry() -> dict[str, Any]:
     """FastAPI's own OpenTelemetry off, where this FastAPI has it. The service traces what
     Triton's trace extension asks (``trace_settings``: sampled, off by default), and FastAPI's
-    check of the global providers on every request cost it 9 us (docs/benchmarks.md, "One
+    check of the global providers on every request cost about 11 us (docs/benchmarks.md, "One
     client's p50")."""
     if "telemetry" not in signature(FastAPI).parameters:
         return {}

@@ -3,7 +3,8 @@
     python -m bench COMMAND [flags]     # serve, peers, models, grpc, train, train-variants,
                                         # train-loop, log-cost, decode, shm, profile, replicas,
                                         # screenshot, drift, calibration, feedback,
-                                        # grpc-models, inline-hop, classify-cost, render
+                                        # grpc-models, inline-hop, asgi-cost, pinned-pair,
+                                        # classify-cost, render
     python -m bench COMMAND --help      # its flags
 
 Every benchmark writes its figures to ``docs/results/<name>.json`` (unless ``--no-write``) and then
@@ -35,6 +36,8 @@ COMMANDS = {
     "feedback": ("feedback", "JPEG traffic and its labels through the real service; scoring"),
     "grpc-models": ("grpc_models", "grpcio's server models per call against REST binary (h2load)"),
     "inline-hop": ("inline_hop", "the batcher's thread hop alone, in process (INLINE_RUN_MAX_US)"),
+    "asgi-cost": ("asgi_cost", "what each ASGI layer adds to one request, in process, no sockets"),
+    "pinned-pair": ("pinned_pair", "builds of the service in turn, pinned: 1-client p50, 64 req/s"),
     "classify-cost": ("classify_cost", "the codecs' cost with and without classification"),
     "render": ("render", "rewrite the docs' figures from docs/results/*.json (--check: test)"),
 }

@@ -49,7 +49,7 @@ class Group:
     """A child process in a session (process group) of its own, its output in ``log``; stopped as
     a whole, so the workers a server forks go with it."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> None:
         self.log = log
         with log.open("wb") as sink:
             self.process = subprocess.Popen(
@@ -57,7 +57,7 @@ class Group:
                 env={**os.environ, **env},
                 stdout=sink,
                 stderr=subprocess.STDOUT,
-                cwd=ROOT,
+                cwd=cwd,
                 start_new_session=True,
             )
 
@@ -80,11 +80,17 @@ class Group:
 
 
 def start(
-    argv: list[str], env: dict[str, str], port: int, log: Path, wait_s: float, model: str = ""
+    argv: list[str],
+    env: dict[str, str],
+    port: int,
+    log: Path,
+    wait_s: float,
+    model: str = "",
+    cwd: Path = ROOT,
 ) -> Group:
-    """Start ``argv`` in its own group; return once it is ready on ``port`` (and ``model`` is, if
-    given: Triton says it is ready before it has loaded its models)."""
-    group = Group(argv, env, log)
+    """Start ``argv`` (in ``cwd``) in its own group; return once it is ready on ``port`` (and
+    ``model`` is, if given: Triton says it is ready before it has loaded its models)."""
+    group = Group(argv, env, log, cwd)
     try:
         wait_ready(f"http://127.0.0.1:{port}", group.process, wait_s)
         if model:
@@ -128,14 +134,16 @@ def running_service(
     wait_s: float = 120,
     settle_s: float = 0,
     cpus: str | None = None,
+    checkout: Path = ROOT,
 ) -> Iterator[Service]:
     """``python -m service`` with ``env`` on free loopback ports, ready, stopped on the way out.
     ``settle_s``: extra seconds after ready (with WORKERS > 1 the other workers finish starting
     meanwhile; uvicorn's workers share one socket, so the port is fixed up front). ``cpus``: the
-    server and everything it starts pinned there (taskset's list)."""
+    server and everything it starts pinned there (taskset's list). ``checkout``: the working
+    tree whose ``service`` runs (another one's, to compare two commits)."""
     port, grpc_port = free_port(), free_port() if grpc else -1
     argv = taskset(cpus, service_argv(port, grpc_port))
-    group = start(argv, env, port, log, wait_s)
+    group = start(argv, env, port, log, wait_s, cwd=checkout)
     try:
         time.sleep(settle_s)
         yield Service(port, grpc_port, group.process.pid)

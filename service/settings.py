@@ -256,14 +256,14 @@ class Settings(QualitySettings):
         ),
     )
     inline_run_max_us: int = Field(
-        default=0,
+        default=250,
         ge=0,
         le=10_000,
         description=(
             "A lone 1-image request runs on the event loop, sparing the hop to the model's "
             "thread, if the slowest 1% of the version's batch-1 runs timed at warm-up stay "
-            "under this (e.g. 250; needs WARM_UP). 0, the default: never, as measured in "
-            "docs/benchmarks.md (no gain through the server once it is safe under load)."
+            "under this (needs WARM_UP); it also bounds how long such a run holds the loop. "
+            '0: never (docs/benchmarks.md, "One client\'s p50").'
         ),
     )
     max_queue_images: int = Field(

@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
@@ -66,6 +67,9 @@ class Metrics:
             registry=self.registry,
         )
         self._add_model_metrics()
+        # Labelled children kept by their labels, so a request or a batch costs no ``labels()``
+        # lookups (bounded as the series are: routes, methods, codes, versions).
+        self._children: dict[tuple[object, ...], tuple[Any, ...]] = {}
 
     def _add_model_metrics(self) -> None:
         """What the models do: images, runs, batch sizes, dropped requests."""
@@ -105,13 +109,24 @@ class Metrics:
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         """One HTTP request, by its route template (the fast path's and every route's)."""
-        self.requests.labels(endpoint, method, str(status)).inc()
-        self.request_latency.labels(endpoint).observe(seconds)
+        count, latency = self._labelled(
+            ("http", endpoint, method, status),
+            lambda: (
+                self.requests.labels(endpoint, method, str(status)),
+                self.request_latency.labels(endpoint),
+            ),
+        )
+        count.inc()
+        latency.observe(seconds)
 
     def observe_grpc_call(self, method: str, code: str, seconds: float) -> None:
         """One gRPC call, by its method and status code name."""
-        self.grpc_requests.labels(method, code).inc()
-        self.grpc_latency.labels(method).observe(seconds)
+        count, latency = self._labelled(
+            ("grpc", method, code),
+            lambda: (self.grpc_requests.labels(method, code), self.grpc_latency.labels(method)),
+        )
+        count.inc()
+        latency.observe(seconds)
 
     def observe_batch(self, model: str, version: int, stats: BatchStats) -> None:
         """One session.run: its rows, the requests it served, and its time (or, with no rows,
@@ -123,10 +138,27 @@ class Metrics:
             if stats.cancelled:
                 self.dropped.labels(*labels, "cancelled").inc(stats.cancelled)
             return
-        self.images.labels(*labels).inc(stats.rows)
-        self.inference.labels(*labels).observe(stats.seconds)
-        self.batch_size.labels(*labels).observe(stats.rows)
-        self.batch_requests.labels(*labels).observe(stats.requests)
+        images, inference, batch_size, batch_requests = self._labelled(
+            ("batch", model, version),
+            lambda: tuple(
+                metric.labels(*labels)
+                for metric in (self.images, self.inference, self.batch_size, self.batch_requests)
+            ),
+        )
+        images.inc(stats.rows)
+        inference.observe(stats.seconds)
+        batch_size.observe(stats.rows)
+        batch_requests.observe(stats.requests)
+
+    def _labelled(
+        self, key: tuple[object, ...], make: Callable[[], tuple[Any, ...]]
+    ) -> tuple[Any, ...]:
+        """The children ``make`` labels, made once per ``key``; a race between threads (the
+        batchers) makes them twice, and ``labels()`` hands both the same ones."""
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = make()
+        return children
 
     async def watch_loop_lag(self, interval_s: float) -> None:
         """Until cancelled: sleep ``interval_s`` and record how much later than that the loop

@@ -96,11 +96,18 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._cancel_header_timer()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # A head begun in this chunk but not complete gets its clock now; the rest (nearly all:
+        # a head comes in one piece) never need a timer, which costs a request microseconds.
+        if self.head_started and self.header_timer is None and not self.transport.is_closing():
+            self._arm_header_timer()
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        # The first request's clock runs from connection_made; a later one's from this chunk
+        # (``data_received``).
         self.head_started = True
-        if self.header_timer is None:  # the first request's clock runs from connection_made
-            self._arm_header_timer()
 
     def on_headers_complete(self) -> None:
         self._cancel_header_timer()

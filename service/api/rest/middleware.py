@@ -9,6 +9,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.rest.deadlines import for_running_loop
 from service.api.rest.http_io import body_too_large, serving_error_response
 from service.core.errors import RequestTimeout
 from service.dataplane.dataplane import request_scope
@@ -87,12 +88,30 @@ class BodyLimit:
 
 async def _receive_before(receive: Receive, deadline: float, timeout_s: float) -> Message:
     """The next message of a request body, or ``RequestTimeout`` once the loop's clock passes
-    ``deadline`` (a slow client cannot hold a request open)."""
+    ``deadline`` (a slow client cannot hold a request open). As ``asyncio.timeout_at`` does, but
+    on the loop's shared ``Deadlines`` rather than a timer per call."""
+    task = asyncio.current_task()
+    assert task is not None
+    cancelling = task.cancelling()
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    deadlines = for_running_loop()
+    key = deadlines.add(deadline, expire)
     try:
-        async with asyncio.timeout_at(deadline):
-            return await receive()
-    except TimeoutError:
-        raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
+        return await receive()
+    except asyncio.CancelledError:
+        if expired and task.uncancel() <= cancelling:  # ours alone, not a shutdown's too
+            raise RequestTimeout(
+                f"the request body did not arrive within {timeout_s:g} s"
+            ) from None
+        raise
+    finally:
+        deadlines.drop(key)
 
 
 class RuntimeLeases:

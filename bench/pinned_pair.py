@@ -1,0 +1,140 @@
+"""Two or more builds of the service through the real server, pinned as issue 28's figures are
+(the server on one core with INTRA_OP_THREADS=1, the load generator on another), in turn round
+after round: one client's p50 and 64 clients' requests/s on the lecture model's 1-image FP32 JSON.
+A build is a checkout (a worktree of another commit: the "before") and environment variables.
+
+    python -m bench pinned-pair --build before=../wt-base --build after=. [--rounds 3]
+    python -m bench pinned-pair --build hop=. --build inline=.:INLINE_RUN_MAX_US=250 --ceiling
+
+``--ceiling`` adds the raw ASGI app (``../shared/peers/ceiling_asgi.py``) to each round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.bodies import v2_json
+from bench.load import http_load
+from bench.onnx_timer import latest_version
+from bench.peer_envs import PEERS
+from bench.peer_workloads import LECTURE, PROBABILITIES
+from bench.placement import pinned
+from bench.server import free_port, running_service, start
+
+PATH = "/v2/models/cifar10_cnn/infer"
+BASE_ENV = {"LOG_LEVEL": "warning", "WORKERS": "1", "INTRA_OP_THREADS": "1"}
+
+
+@dataclass(frozen=True)
+class Build:
+    """``name=CHECKOUT[:NAME=VALUE,...]``: the service of a checkout, with extra environment."""
+
+    name: str
+    checkout: Path
+    env: dict[str, str]
+
+    @classmethod
+    def parse(cls, text: str) -> Build:
+        name, _, rest = text.partition("=")
+        where, _, extra = rest.partition(":")
+        if not name or not where:
+            raise argparse.ArgumentTypeError(f"expected NAME=CHECKOUT[:VAR=VALUE,...]: {text!r}")
+        pairs = (item.partition("=") for item in extra.split(",") if item)
+        return cls(name, Path(where).resolve(), {key: value for key, _, value in pairs})
+
+
+def one_round(build: Build, seconds: float, clients: list[int]) -> dict[str, Any]:
+    """The build served pinned; each client count's figures from one load each."""
+    place = pinned()
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "service.log"
+        env = {**BASE_ENV, **build.env}
+        grpc = env.pop("GRPC", "1") != "0"  # GRPC=0: REST alone (no gRPC server on the loop)
+        with running_service(
+            env, log, grpc=grpc, cpus=place.server_cpus, checkout=build.checkout
+        ) as server:
+            return {"build": build.name, **loads(server.address, seconds, clients)}
+
+
+def ceiling_round(seconds: float, clients: list[int]) -> dict[str, Any]:
+    """The raw ASGI app (``ceiling_asgi.py``, the model, no framework) pinned as the builds are,
+    started as ``bench peers`` starts it."""
+    place = pinned()
+    port = free_port()
+    env = {"MODEL_ONNX": str(latest_version(LECTURE)), "NO_MODEL": "0"}
+    argv = place.server([
+        sys.executable, "-m", "uvicorn", "--app-dir", str(PEERS), "--http", "httptools",
+        "--loop", "uvloop", "--no-access-log", "--log-level", "warning", "--host",
+        "127.0.0.1", "--port", str(port), "ceiling_asgi:app",
+    ])  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        group = start(argv, env, port, Path(tmp) / "asgi.log", 60)
+        try:
+            return {"build": "ceiling", **loads(f"127.0.0.1:{port}", seconds, clients)}
+        finally:
+            group.stop()
+
+
+def loads(address: str, seconds: float, clients: list[int]) -> dict[str, Any]:
+    """One load per client count, from the load generator's core: p50, p99, requests/s."""
+    body = v2_json(1, "FP32", PROBABILITIES)
+    figures: dict[str, Any] = {}
+    for count in clients:
+        load = http_load(
+            address, PATH, body, clients=count, seconds=seconds, cpus=pinned().client_cpus
+        )
+        if load["errors"]:
+            raise SystemExit(f"{address}: {load['errors']} errors {load['error_kinds']}")
+        figures[str(count)] = {
+            "p50_ms": round(load["p50_ms"], 3),
+            "p99_ms": round(load["p99_ms"], 3),
+            "requests_per_s": round(load["requests_per_s"]),
+        }
+    return figures
+
+
+def summary(rounds: list[dict[str, Any]], clients: list[int]) -> list[str]:
+    """Per build and client count: every round's figure and their median."""
+    lines = []
+    for name in dict.fromkeys(r["build"] for r in rounds):
+        mine = [r for r in rounds if r["build"] == name]
+        for count in clients:
+            key = "p50_ms" if count == 1 else "requests_per_s"
+            values = [r[str(count)][key] for r in mine]
+            shown = ", ".join(f"{v:g}" for v in values)
+            lines.append(
+                f"{name:12s} {count:3d} client(s) {key:15s} {shown}  (median "
+                f"{statistics.median(values):g})"
+            )
+    return lines
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--build", type=Build.parse, action="append", required=True)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0, help="each load, after 1 s warm-up")
+    parser.add_argument("--clients", default="1,64", help="client counts, comma-separated")
+    parser.add_argument(
+        "--ceiling", action="store_true", help="the raw ASGI app too, each round, as a build"
+    )
+
+
+def main(args: argparse.Namespace) -> None:
+    clients = [int(c) for c in args.clients.split(",")]
+    rounds = []
+    for round_ in range(1, args.rounds + 1):
+        for build in [*args.build, *([None] if args.ceiling else [])]:
+            if build is None:
+                figures = ceiling_round(args.seconds, clients)
+            else:
+                figures = one_round(build, args.seconds, clients)
+            rounds.append(figures)
+            print(json.dumps({"round": round_, **figures}), flush=True)
+    print("\n".join(summary(rounds, clients)))

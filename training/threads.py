@@ -4,11 +4,15 @@ Two OpenMP threads meet at a barrier after every parallel region, so when anothe
 one of two cores busy, each region waits for the thread the scheduler set aside: measured here
 (docs/benchmarks.md, issue 28), the lecture recipe's bf16 step fell from about 3,000-4,000
 images/s to 500-1,000, while one thread kept about 3,000. A few steps at each count, every
-``period`` steps, pick the faster for the steps until the next look.
+``period`` steps, pick the faster for the steps until the next look. Each count is judged by
+the median of its timed steps, not their sum: one step that the scheduler held up (a few
+milliseconds among 7 ms steps) would otherwise send a quiet machine to one thread until the next
+look.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
@@ -37,15 +41,15 @@ class ThreadChooser:
         self.chosen = most
         self.steps = 0
         self.clock = clock
-        self._timed = [0.0, 0.0]
+        self._timed: tuple[list[float], list[float]] = ([], [])
         self._started = 0.0
 
     def before_step(self) -> None:
         phase = self.steps % self.period
         if phase == 2 * self.probe:
-            most_s, one_s = self._timed
+            most_s, one_s = (statistics.median(times) for times in self._timed)
             self.chosen = self.counts[0] if most_s <= one_s else self.counts[1]
-            self._timed = [0.0, 0.0]
+            self._timed = ([], [])
         wanted = self.counts[phase // self.probe] if phase < 2 * self.probe else self.chosen
         if torch.get_num_threads() != wanted:
             torch.set_num_threads(wanted)
@@ -54,7 +58,7 @@ class ThreadChooser:
     def after_step(self) -> None:
         phase = self.steps % self.period
         if phase < 2 * self.probe and phase % self.probe:  # a look's step, not its first
-            self._timed[phase // self.probe] += self.clock() - self._started
+            self._timed[phase // self.probe].append(self.clock() - self._started)
         self.steps += 1
 
     def restore(self) -> None:

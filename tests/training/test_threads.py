@@ -53,6 +53,32 @@ def test_a_quiet_machine_keeps_every_core() -> None:
     assert run({2: 0.007, 1: 0.009}, 20) == [2, 2, 2, 1, 1, 1, 2, 2, 2, 2] * 2
 
 
+class HeldUpClock(StepClock):
+    """As ``StepClock``, but the second step is held up ``extra`` s while it runs (the scheduler
+    gave its core to another process for a moment)."""
+
+    def __init__(self, seconds: dict[int, float], extra: float) -> None:
+        super().__init__(seconds)
+        self.extra, self.steps = extra, 0
+
+    def step(self, chooser: ThreadChooser) -> int:
+        chooser.before_step()
+        threads = torch.get_num_threads()
+        self.steps += 1
+        self.now += self.seconds[threads] + (self.extra if self.steps == 2 else 0.0)
+        chooser.after_step()
+        return threads
+
+
+@pytest.mark.usefixtures("two_threads")
+def test_one_held_up_step_does_not_send_a_quiet_machine_to_one_thread() -> None:
+    """Three timed steps a count: by the sum, 37 + 7 + 7 ms against 3 x 9 ms would pick one
+    thread; by the median it is 7 against 9 ms, and every core is kept."""
+    clock = HeldUpClock({2: 0.007, 1: 0.009}, extra=0.030)
+    chooser = ThreadChooser(2, period=12, probe=4, clock=clock)
+    assert [clock.step(chooser) for _ in range(12)] == [2] * 4 + [1] * 4 + [2] * 4
+
+
 @pytest.mark.usefixtures("two_threads")
 def test_restore_gives_the_process_its_threads_back_for_evaluation() -> None:
     clock = StepClock({2: 0.030, 1: 0.009})

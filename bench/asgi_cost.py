@@ -32,6 +32,7 @@ import uvloop
 from fastapi import FastAPI
 
 from bench.bodies import v2_json
+from bench.onnx_timer import latest_version
 from bench.peer_workloads import PROBABILITIES
 from bench.results import ROOT
 from service.__main__ import tune_collector
@@ -172,7 +173,7 @@ async def codec_entries(plane: DataPlane, body: bytes) -> list[Entry]:
 
 def load_ceiling(no_model: bool) -> Any:
     """``ceiling_asgi.app`` on the served version's graph (NO_MODEL=1: the HTTP + JSON floor)."""
-    os.environ["MODEL_ONNX"] = str(ROOT / "models" / MODEL / "1" / "model.onnx")
+    os.environ["MODEL_ONNX"] = str(latest_version(MODEL))
     os.environ["NO_MODEL"] = "1" if no_model else "0"
     name = "ceiling_asgi_floor" if no_model else "ceiling_asgi"
     spec = importlib.util.spec_from_file_location(name, CEILING)

@@ -19,7 +19,7 @@ from bench.peer_envs import PEERS
 from bench.peer_workloads import BN, LECTURE, PROBABILITIES
 from bench.placement import Placement, taskset
 from bench.results import ROOT
-from bench.server import free_port, start
+from bench.server import Group, free_port, start
 
 ASGI_APPS = {False: "ceiling (model, no batching)", True: "floor (no model)"}  # NO_MODEL -> name
 
@@ -53,20 +53,26 @@ def ceiling_rows(place: Placement, threads: int) -> list[dict[str, Any]]:
     return rows
 
 
+def start_ceiling(place: Placement, no_model: bool, log: Path) -> tuple[Group, int]:
+    """``ceiling_asgi.py`` on the server's cores of ``place`` with the lecture model's latest
+    graph (``no_model``: the HTTP + JSON floor), ready; its group and port."""
+    port = free_port()
+    env = {"MODEL_ONNX": str(latest_version(LECTURE)), "NO_MODEL": "1" if no_model else "0"}
+    argv = place.server([
+        sys.executable, "-m", "uvicorn", "--app-dir", str(PEERS), "--http", "httptools",
+        "--loop", "uvloop", "--no-access-log", "--log-level", "warning", "--host",
+        "127.0.0.1", "--port", str(port), "ceiling_asgi:app",
+    ])  # fmt: skip
+    return start(argv, env, port, log, 60), port
+
+
 def asgi_rows(seconds: float, tmp: Path, place: Placement) -> list[dict[str, Any]]:
     """The raw ASGI app with and without the model, on the server's cores, 1 and 64 clients
     sending the lecture model's 1-image FP32 JSON body."""
     body = v2_json(1, "FP32", PROBABILITIES)
     rows = []
     for no_model, app in ASGI_APPS.items():
-        port = free_port()
-        env = {"MODEL_ONNX": str(latest_version(LECTURE)), "NO_MODEL": "1" if no_model else "0"}
-        argv = place.server([
-            sys.executable, "-m", "uvicorn", "--app-dir", str(PEERS), "--http", "httptools",
-            "--loop", "uvloop", "--no-access-log", "--log-level", "warning", "--host",
-            "127.0.0.1", "--port", str(port), "ceiling_asgi:app",
-        ])  # fmt: skip
-        group = start(argv, env, port, tmp / "asgi.log", 60)
+        group, port = start_ceiling(place, no_model, tmp / "asgi.log")
         try:
             for clients in (1, 64):
                 row = http_load(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +21,10 @@ from typing import Any
 
 from bench.bodies import v2_json
 from bench.load import http_load
-from bench.onnx_timer import latest_version
-from bench.peer_envs import PEERS
-from bench.peer_workloads import LECTURE, PROBABILITIES
+from bench.peer_limits import start_ceiling
+from bench.peer_workloads import PROBABILITIES
 from bench.placement import pinned
-from bench.server import free_port, running_service, start
+from bench.server import running_service
 
 PATH = "/v2/models/cifar10_cnn/infer"
 BASE_ENV = {"LOG_LEVEL": "warning", "WORKERS": "1", "INTRA_OP_THREADS": "1"}
@@ -66,16 +64,8 @@ def one_round(build: Build, seconds: float, clients: list[int]) -> dict[str, Any
 def ceiling_round(seconds: float, clients: list[int]) -> dict[str, Any]:
     """The raw ASGI app (``ceiling_asgi.py``, the model, no framework) pinned as the builds are,
     started as ``bench peers`` starts it."""
-    place = pinned()
-    port = free_port()
-    env = {"MODEL_ONNX": str(latest_version(LECTURE)), "NO_MODEL": "0"}
-    argv = place.server([
-        sys.executable, "-m", "uvicorn", "--app-dir", str(PEERS), "--http", "httptools",
-        "--loop", "uvloop", "--no-access-log", "--log-level", "warning", "--host",
-        "127.0.0.1", "--port", str(port), "ceiling_asgi:app",
-    ])  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        group = start(argv, env, port, Path(tmp) / "asgi.log", 60)
+        group, port = start_ceiling(pinned(), False, Path(tmp) / "asgi.log")
         try:
             return {"build": "ceiling", **loads(f"127.0.0.1:{port}", seconds, clients)}
         finally:

@@ -49,9 +49,9 @@ class WorkerRegions:
         self, recorded: Recorded, generation: int, name: str, key: str, offset: int, size: int
     ) -> bool:
         """Register here first, with every check of a lone server (a key that cannot be opened,
-        the bounds, a name taken, the region count: the registry holds what is recorded), and
-        only then record it; an error leaves ``recorded`` as it was."""
-        self.follow(recorded)
+        the bounds, a name taken, the region count; the caller has made the registry hold what
+        is recorded, ``follow``), and only then record it; an error leaves ``recorded`` as it
+        was."""
         self.registry.register(name, key, offset, size)
         recorded[name] = {"key": key, "offset": offset, "byte_size": size, "generation": generation}
         self.held[name] = generation

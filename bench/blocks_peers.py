@@ -121,10 +121,22 @@ def _training(t: Record) -> list[str]:
             f"| {row['images_per_s']:,.0f} (repeats: {_rates(row['rates'])}) "
             f"| x{row['keras_ratio']:.2f} |"
         )
+    rounds = t.get("rounds")
+    median = f"median of {len(rounds)} rounds, " if rounds else ""
     out.append(
-        f"| Keras `keras_seed.py` (tensorflow {keras['tf_version']}, epoch {keras['epoch']} of "
-        f"{keras['epochs']}, training part) | {keras['images_per_s']:,.0f} | x1.00 |"
+        f"| Keras `keras_seed.py` (tensorflow {keras['tf_version']}, {median}epoch "
+        f"{keras['epoch']} of {keras['epochs']}, training part) | {keras['images_per_s']:,.0f} "
+        "| x1.00 |"
     )
+    if rounds:  # since the pairs taking turns (bench.peer_training)
+        out += ["", "| round | first | PyTorch bf16 images/s | Keras images/s | ratio |"]
+        out.append("|---|---|---|---|---|")
+        out += [
+            f"| {n} | {r['first']} | {r['bf16']:,.0f} | {r['keras']:,.0f} | x{r['ratio']:.2f} |"
+            for n, r in enumerate(rounds, 1)
+        ]
+        out += ["", f"The bf16 recipe against Keras, median of the rounds' ratios: "
+                f"**x{t['ratio']:.2f}**."]  # fmt: skip
     return out
 
 
@@ -159,10 +171,16 @@ def peer_training(record: Record) -> str:
             "### Training beside Keras",
             "",
             f"- When: {record['time']}; machine: {r['machine']}",
-            f"- Command: `{record['command']}`: the rates one after the other, PyTorch's first",
+            f"- Command: `{record['command']}`: {_order(r['training'])}",
             *_training(r["training"]),
         ]
     )
+
+
+def _order(t: Record) -> str:
+    if t.get("rounds"):
+        return "float32 once, then pairs of the bf16 recipe and Keras, taking turns at going first"
+    return "the rates one after the other, PyTorch's first"
 
 
 def peer_targets(record: Record) -> str:

@@ -2,7 +2,7 @@
 the writer thread's time per row (making the rows, inserting them), on SQLite or a given URL.
 
     python -m bench log-cost [--answers 20000] [--images 1] [--url URL]
-    python -m bench log-cost --serve 6 [--seconds 4] [--clients 64]
+    python -m bench log-cost --serve 6 [--seconds 4] [--clients 64] [--pinned] [--env NAME=value]
 
 The answers are shaped like the serving benchmark's: ``--images`` images each, the lecture
 model's two outputs (10-class ``probabilities`` and ``logits``), a fresh id each. One process;
@@ -12,8 +12,10 @@ quality metrics' count of each written batch included).
 ``--serve N``: throughput instead, two real servers over models/ side by side (PREDICTION_LOG
 true and false, SQLite in a temporary folder), the serving benchmark's 64-client v2 UINT8 binary
 load on each in turn, N rounds alternating which goes first; the geometric mean of the per-round
-ratios (log on / log off) and their spread. Prints JSON; the figures quoted in
-docs/monitoring.md "What it costs" come from it.
+ratios (log on / log off) and their spread. ``--pinned``: both servers on one core and the load
+generator on another (issue 28's fair layout; the writer then shares the server's core). ``--env``:
+a setting for the log-on server only (to try a variant against the log off). Prints JSON; the
+figures quoted in docs/monitoring.md "What it costs" come from it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import numpy as np
 import psutil
 from prometheus_client import CollectorRegistry
 
+from bench.placement import SHARED, pinned
 from bench.serve import MODEL, binary_scenario, load
 from bench.server import Service, running_service
 from service.dataplane import prediction_store as store
@@ -48,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--serve", type=int, default=0, metavar="N", help="N throughput rounds")
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per load")
     parser.add_argument("--clients", type=int, default=64, help="concurrent clients")
+    parser.add_argument("--pinned", action="store_true", help="server and load on their own core")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=value", help="for the log-on server"
+    )
 
 
 def _outputs(images: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -82,6 +89,8 @@ LAYOUT = {"WORKERS": "1", "DYNAMIC_BATCHING": "true", "LOG_LEVEL": "warning"}
 def serve_rounds(args: argparse.Namespace) -> dict[str, Any]:
     """Images/s with the log off and on, interleaved; the ratios on/off per round."""
     scenario = binary_scenario(1, args.clients)
+    place = pinned() if args.pinned else SHARED
+    extra = dict(item.split("=", 1) for item in args.env)
     rates: dict[str, list[float]] = {"off": [], "on": []}
     cpu_us: dict[str, list[float]] = {"off": [], "on": []}
     shares: dict[str, list[float]] = {"off": [], "on": []}
@@ -89,10 +98,16 @@ def serve_rounds(args: argparse.Namespace) -> dict[str, Any]:
         servers = {
             state: stack.enter_context(
                 running_service(
-                    {**LAYOUT, "PREDICTION_LOG": flag, "DATA_DIR": f"{folder}/{state}"},
+                    {
+                        **LAYOUT,
+                        **(extra if state == "on" else {}),
+                        "PREDICTION_LOG": flag,
+                        "DATA_DIR": f"{folder}/{state}",
+                    },
                     Path(folder) / f"{state}.log",
                     grpc=False,
                     wait_s=120,
+                    cpus=place.server_cpus,
                 )
             )
             for state, flag in (("off", "false"), ("on", "true"))
@@ -102,7 +117,7 @@ def serve_rounds(args: argparse.Namespace) -> dict[str, Any]:
             for state in ("off", "on") if n % 2 == 0 else ("on", "off"):
                 server, process = servers[state], processes[state]
                 images, cpu, writer = _served(server), _cpu_s(process), _writer_cpu_s(server)
-                result = load(server, scenario, args.seconds)
+                result = load(server, scenario, args.seconds, place.client_cpus)
                 served_images = _served(server) - images
                 cpu = _cpu_s(process) - cpu
                 result["server_cpu_us_per_image"] = cpu / served_images * 1e6
@@ -114,6 +129,8 @@ def serve_rounds(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "clients": args.clients,
         "seconds": args.seconds,
+        "placement": place.mode,
+        "log_on_env": extra,
         "images_per_s": {state: [round(r) for r in found] for state, found in rates.items()},
         "throughput": _ratios(rates["on"], rates["off"]),
         "server_cpu_us_per_image": {s: [round(c, 1) for c in found] for s, found in cpu_us.items()},

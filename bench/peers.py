@@ -3,7 +3,7 @@ lecture recipe's training against its Keras original.
 
     make bench-peers      # or: python -m bench peers [--seconds 10] [--modes shared,pinned]
                           #     [--no-train] [--no-write]
-    python -m bench peers --train-only [--keras-epochs 2]   # the training rows alone
+    python -m bench peers --train-only [--train-rounds 3]   # the training rows alone
 
 Builds the peers' virtual environments in ``.cache/peers/`` if they are missing
 (``bench.peer_envs``). Then, for each placement (``bench.placement``: ``shared``, everything
@@ -12,9 +12,10 @@ one server at a time on free loopback ports, each in a process group of its own 
 a whole: ``../shared/peers/pytriton_server.py`` on the model file, ``python -m service`` and the raw
 ASGI ceiling ``../shared/peers/ceiling_asgi.py``, all driven by ``bench.loadgen`` with the same
 request bodies; the in-process onnxruntime ceilings (on the server's core when pinned) and the
-training rates are measured in the same run, and the issue's targets judged on the pinned figures
-(``bench.peer_targets``). Only ratios from one run compare on this shared machine. Writes
-``docs/results/peers.json`` (``--train-only``: ``docs/results/peer-training.json``).
+training rates (``bench.peer_training``) are measured in the same run, and the issue's targets
+judged on the pinned figures (``bench.peer_targets``). Only ratios from one run compare on this
+shared machine. Writes ``docs/results/peers.json`` (``--train-only``:
+``docs/results/peer-training.json``).
 """
 
 from __future__ import annotations
@@ -23,13 +24,9 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from bench.bodies import v2_binary, v2_json
 from bench.load import grpc_load, http_load
@@ -37,10 +34,10 @@ from bench.onnx_timer import latest_version
 from bench.peer_envs import PEERS, ensure_venv
 from bench.peer_limits import asgi_rows, ceiling_rows
 from bench.peer_targets import judge
+from bench.peer_training import training
 from bench.peer_workloads import BN, LECTURE, PROBABILITIES, WORKLOADS, Workload
 from bench.placement import Affinity, Placement, group_affinity, placements
 from bench.publish import publish
-from bench.results import ROOT
 from bench.server import free_port, running_service, start
 
 
@@ -161,59 +158,6 @@ def serving(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return {"modes": modes, "targets": judge(modes)}
 
 
-def torch_rate(autocast: str, tmp: Path) -> dict[str, Any]:
-    """The lecture recipe's training rate under ``autocast``, by ``python -m bench train``."""
-    out = tmp / f"torch-{autocast}.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "train", "--steps", "300", "--repeats", "3",
-         "--autocast", autocast, "--json", str(out), "--no-write", "--no-onnx"],
-        capture_output=True, text=True, timeout=900, cwd=ROOT,
-    )  # fmt: skip
-    if result.returncode:
-        raise SystemExit(f"bench train failed: {result.stderr[-3000:]}")
-    measured: dict[str, Any] = json.loads(out.read_text())
-    return measured
-
-
-def training(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    """Training images/s: the lecture recipe's steps in float32 and under bf16 autocast (both
-    with the package's fused Adam), then keras_seed.py's epochs."""
-    measured = {autocast: torch_rate(autocast, tmp) for autocast in ("none", "bf16")}
-    npz = tmp / "cifar10.npz"
-    _write_keras_npz(npz)
-    keras_json = tmp / "keras.json"
-    result = subprocess.run(
-        [str(ensure_venv("keras")), str(PEERS / "keras_seed.py"), "--npz", str(npz),
-         "--epochs", str(args.keras_epochs), "--json", str(keras_json)],
-        capture_output=True, text=True, timeout=1800, cwd=tmp,
-    )  # fmt: skip
-    if result.returncode:
-        raise SystemExit(f"keras_seed.py failed: {result.stderr[-3000:]}")
-    keras = json.loads(keras_json.read_text())
-    # The first epoch carries tf.function tracing: the last epoch's training part is the rate.
-    last = keras["epochs"][-1]
-    keras_rate = last["steps_per_s"] * 32
-    rows = []
-    for autocast, label in (("none", "float32"), ("bf16", "bf16 autocast")):
-        rates = measured[autocast]["rates"]
-        rate = sorted(rates)[len(rates) // 2]
-        rows.append({"label": label, "how": measured[autocast]["how"], "rates": rates,
-                     "images_per_s": rate, "keras_ratio": rate / keras_rate})  # fmt: skip
-    return {
-        "torch": rows,
-        "keras": {"tf_version": keras["tf_version"], "epoch": last["epoch"],
-                  "epochs": len(keras["epochs"]), "images_per_s": keras_rate},
-    }  # fmt: skip
-
-
-def _write_keras_npz(path: Path) -> None:
-    from training.data import load_cifar10
-
-    data = load_cifar10(ROOT / "data" / "cifar10-jpeg", ROOT / ".cache")
-    np.savez(path, x_train=data.train.images, y_train=data.train.labels,
-             x_test=data.test.images, y_test=data.test.labels)  # fmt: skip
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per figure")
     parser.add_argument(
@@ -236,6 +180,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--client-cpu", type=int, default=None, help="pinned: the client's core")
     parser.add_argument("--workers", default="1", help="the service's WORKERS")
     parser.add_argument("--keras-epochs", type=int, default=2)
+    parser.add_argument(
+        "--train-rounds", type=int, default=3, help="pairs of the bf16 recipe and Keras"
+    )
     parser.add_argument("--no-train", action="store_true", help="serving only")
     parser.add_argument(
         "--train-only",

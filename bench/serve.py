@@ -84,17 +84,20 @@ def scenarios(quick: bool, grpc: bool = False) -> list[Scenario]:
     return out
 
 
-def load(server: Service, scenario: Scenario, seconds: float) -> dict[str, Any]:
-    """One scenario's load against ``server``: the load generator's summary."""
+def load(
+    server: Service, scenario: Scenario, seconds: float, cpus: str | None = None
+) -> dict[str, Any]:
+    """One scenario's load against ``server``: the load generator's summary (``cpus``: the load
+    generator pinned there)."""
     if scenario.protocol == "grpc":
         return grpc_load(
             server.grpc_address, MODEL, images=scenario.images,
-            clients=scenario.concurrency, seconds=seconds,
+            clients=scenario.concurrency, seconds=seconds, cpus=cpus,
         )  # fmt: skip
     return http_load(
         server.address, scenario.path, scenario.body, clients=scenario.concurrency,
         seconds=seconds, content_type=scenario.content_type, headers=scenario.headers,
-        images=scenario.images,
+        images=scenario.images, cpus=cpus,
     )  # fmt: skip
 
 

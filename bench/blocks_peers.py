@@ -118,7 +118,7 @@ def _training(t: Record) -> list[str]:
         label = f", {row['label']}" if row["label"] else ""
         out.append(
             f"| PyTorch, the project's recipe{label} ({row['how']}) "
-            f"| {row['images_per_s']:,.0f} (repeats: {_rates(row['rates'])}) "
+            f"| {row['images_per_s']:,.0f} ({row.get('per', 'repeat')}s: {_rates(row['rates'])}) "
             f"| x{row['keras_ratio']:.2f} |"
         )
     rounds = t.get("rounds")

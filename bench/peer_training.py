@@ -78,8 +78,8 @@ def training(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     bf16 = [r["bf16"] for r in rounds]
     rows = [
         _row("float32", float32["how"], float32["rates"], keras_median),
-        _row("bf16 autocast", f"median of {len(rounds)} rounds' medians, each "
-             + _how("bf16"), bf16, keras_median),
+        {**_row("bf16 autocast", f"median of {len(rounds)} rounds' medians, each "
+                + _how("bf16"), bf16, keras_median), "per": "round"},
     ]  # fmt: skip
     return {
         "torch": rows,

@@ -10,7 +10,7 @@ from service.dataplane.shared_memory import SharedMemoryRegistry
 from service.dataplane.workers import WorkerGroup
 from service.engine.metrics import Metrics
 from service.engine.repository import ModelRepository
-from service.engine.runtime import RuntimeOptions
+from service.engine.runtime import AnswerObserver, RuntimeOptions
 from service.engine.work_pool import WorkPool
 from service.settings import Settings
 
@@ -25,8 +25,11 @@ def work_pool(settings: Settings) -> WorkPool:
     return WorkPool(settings.work_threads or cores_per_worker(settings), settings.max_waiting_work)
 
 
-def runtime_options(settings: Settings, metrics: Metrics) -> RuntimeOptions:
-    """How each model's onnxruntime session and batcher are set up, from the settings."""
+def runtime_options(
+    settings: Settings, metrics: Metrics, on_answered: AnswerObserver | None = None
+) -> RuntimeOptions:
+    """How each model's onnxruntime session and batcher are set up, from the settings;
+    ``on_answered`` hears of each run's tagged answers (the prediction log)."""
     return RuntimeOptions(
         providers=tuple(settings.providers),
         intra_op_threads=settings.intra_op_threads or cores_per_worker(settings),
@@ -43,6 +46,7 @@ def runtime_options(settings: Settings, metrics: Metrics) -> RuntimeOptions:
         inline_run_max_us=settings.inline_run_max_us,
         require_providers=settings.require_providers,
         on_batch=metrics.observe_batch,
+        on_answered=on_answered,
     )
 
 

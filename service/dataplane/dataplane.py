@@ -77,7 +77,10 @@ class DataPlane:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        options = build.runtime_options(settings, self.metrics)
+        self.prediction_log = open_prediction_log(settings, self.metrics.registry)
+        log = self.prediction_log  # told of every tagged answer by the run that made it
+        answered = None if log is None else log.record_run
+        options = build.runtime_options(settings, self.metrics, answered)
         policy = VersionPolicy.parse(settings.version_policy)
         self.repository = ModelRepository(settings.model_repository, options, policy)
         self.metrics.track_providers(self.repository.provider_use)
@@ -88,7 +91,6 @@ class DataPlane:
         self._watchers: list[asyncio.Task[None]] = []
         self.log_settings = LogSettings(settings.log_level, settings.log_format)  # /v2/logging
         self.trace_settings = TraceSettings()  # /v2/trace/setting: OpenTelemetry, off by default
-        self.prediction_log = open_prediction_log(settings, self.metrics.registry)
         names = names_or_empty(lambda name, version: self._class_names(name, version))
         self.monitor = QualityMonitor(
             self.prediction_log, self.metrics.registry, names, settings.drift_threshold
@@ -211,9 +213,10 @@ class DataPlane:
             inline = self.settings.inline_decode_bytes
             cache = self.response_cache
             outputs = await cache.answer(model, pixels, requested, run, self.work, inline)
+            self._record(model, pixels, outputs, request.id)
         else:
-            outputs = await self._run(model, pixels, requested or None, timeout_us)
-        self._record(model, pixels, outputs, request.id)
+            tag = self._log_tag(request.id)
+            outputs = await self._run(model, pixels, requested or None, timeout_us, tag)
         return await self._answer(model, request, outputs)
 
     async def _answer(
@@ -235,9 +238,7 @@ class DataPlane:
     ) -> dict[str, np.ndarray]:
         """Run one checked image batch and record it in the prediction log. Still queued after
         ``timeout_us`` (None: REQUEST_TIMEOUT_US; 0: no limit), it fails unrun."""
-        found = await self._run(model, pixels, outputs, timeout_us)
-        self._record(model, pixels, found, None)
-        return found
+        return await self._run(model, pixels, outputs, timeout_us, self._log_tag(None))
 
     async def _run(
         self,
@@ -245,13 +246,24 @@ class DataPlane:
         pixels: np.ndarray | NamedRows,
         outputs: Sequence[str] | None = None,
         timeout_us: int | None = None,
+        log_tag: str | None = None,
     ) -> dict[str, np.ndarray]:
-        """The single place a request meets a model (an image batch, or named inputs)."""
+        """The single place a request meets a model (an image batch, or named inputs); with a
+        ``log_tag``, the run that answers it records it in the prediction log under that id."""
         limit = model.options.max_images_per_request  # a load's config override may lower it
         if len(pixels) > limit:  # images, or rows of a tensor model's inputs
             raise PayloadTooLarge(f"a batch of {len(pixels)}, more than the limit of {limit}")
         timeout_us = self.settings.request_timeout_us if timeout_us is None else timeout_us
-        return await model.infer(pixels, outputs, timeout_us / 1e6)
+        return await model.infer(pixels, outputs, timeout_us / 1e6, log_tag)
+
+    def _log_tag(self, id: str | None) -> str | None:
+        """The id an answer is logged under, the one the client sees: the v2 or gRPC ``id`` it
+        gave, else the request's X-Request-ID (a fresh id where there is none); None with the
+        log off."""
+        if self.prediction_log is None:
+            return None
+        request_id = id or REQUEST_ID.get()
+        return new_request_id() if request_id == "-" else request_id  # "-": gRPC without an id
 
     def _record(
         self,
@@ -260,14 +272,10 @@ class DataPlane:
         outputs: dict[str, np.ndarray],
         id: str | None,
     ) -> None:
-        """Queue the answer for the prediction log under the id the client sees: the v2 or gRPC
-        ``id`` it gave, else the request's X-Request-ID (a fresh id where there is none)."""
-        if self.prediction_log is None:
-            return
-        request_id = id or REQUEST_ID.get()
-        if request_id == "-":  # outside a REST request (gRPC without an id)
-            request_id = new_request_id()
-        self.prediction_log.record(request_id, model.name, model.version, pixels, outputs)
+        """Queue an answer no run told the log of (the response cache's) under ``_log_tag``."""
+        request_id = self._log_tag(id)
+        if self.prediction_log is not None and request_id is not None:
+            self.prediction_log.record(request_id, model.name, model.version, pixels, outputs)
 
     async def feedback(self, items: Sequence[Feedback]) -> None:
         """Label answered images (404 unknown id, 422 bad label; the last label wins)."""

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from service.core.logs import MAX_ID_LENGTH
 from service.dataplane import prediction_store as store
+from service.engine.batcher import Outputs, Rows, Tagged
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,12 @@ FLUSH_INTERVAL_S = 0.5  # how often the writer looks for records (a flush or clo
 PRUNE_INTERVAL_S = 60.0
 WARN_INTERVAL_S = 60.0
 CAPTURED_SHAPE = (32, 32, 3)
-# request id, model, version, Unix time, the outputs, the pixels when captured, the image count
-Answer = tuple[str, str, int, float, Mapping[str, np.ndarray], np.ndarray | None, int]
+# A run's answers (a request's own where it ran alone or came from the response cache): its
+# requests as (request id, first row, end row) in its outputs, model, version, Unix time, every
+# output of the run, each request's pixels where captured, the image count of its requests
+Answer = tuple[
+    Tagged, str, int, float, Mapping[str, np.ndarray], list[np.ndarray | None] | None, int
+]
 # Failures a database that is down or busy raises (connection refused or cut, locked): worth a
 # retry. Others (a value the column refuses) would fail again.
 RETRYABLE = (sa.exc.OperationalError, sa.exc.InterfaceError)
@@ -81,22 +86,24 @@ def make_rows(answers: Sequence[Answer]) -> list[store.Row]:
         best = top1({kind: np.concatenate([array for _, array in members])})
         assert best is not None
         classes, probabilities = best[0].tolist(), best[1].tolist()
-        at = 0
-        for (request_id, model, version, now, _, pixels, _), array in members:
-            request_id = _clean_id(request_id)
-            count = len(array)
-            captured = pixels is not None and pixels.shape == (count, *CAPTURED_SHAPE)
-            for item in range(count):
-                image = pixels[item].tobytes() if captured else None  # type: ignore[index]
-                rows.append(
-                    (request_id, item, model, version, now, classes[at], probabilities[at], image)
-                )
-                at += 1
+        base = 0  # where this answer's run starts in the concatenated arrays
+        for (tagged, model, version, now, _, captured, _), array in members:
+            for n, (request_id, start, end) in enumerate(tagged):
+                request_id = _clean_id(request_id)
+                pixels = captured[n] if captured is not None else None
+                kept = pixels is not None and pixels.shape == (end - start, *CAPTURED_SHAPE)
+                for item, at in enumerate(range(base + start, base + end)):
+                    image = pixels[item].tobytes() if kept else None  # type: ignore[index]
+                    rows.append(
+                        (request_id, item, model, version, now, classes[at], probabilities[at],
+                         image)
+                    )  # fmt: skip
+            base += len(array)
     return rows
 
 
 class PredictionLog:
-    """The queue and its writer thread; ``record`` is all the request path does."""
+    """The queue and its writer thread; ``record_run`` (or ``record``) is all a request costs."""
 
     def __init__(
         self,
@@ -156,18 +163,32 @@ class PredictionLog:
     def record(
         self, request_id: str, model: str, version: int, pixels: np.ndarray, outputs: Any
     ) -> None:
-        """Queue a classification's answer (under a microsecond: the rows are made by the
-        writer); never blocks, never raises. Answers with neither output are not recorded."""
+        """Queue one request's answer, where no run told of it (a response cache's answer)."""
+        self.record_run(model, version, [(request_id, 0, len(pixels))], outputs, pixels)
+
+    def record_run(
+        self, model: str, version: int, tagged: Tagged, outputs: Outputs, rows: Rows
+    ) -> None:
+        """Queue a run's answers: ``tagged`` holds each request's id and rows in ``outputs``
+        (the model's thread calls this once per batch, which spares the loop an object per
+        request kept until the writer comes). About a microsecond: the rows are made by the
+        writer; never blocks, never raises. Runs with neither output are not recorded."""
         if "probabilities" not in outputs and "logits" not in outputs:
             return
-        count = len(pixels)
+        count = sum(end - start for _, start, end in tagged)
         if len(self._pending) >= self.capacity:
             self._drop("queue_full", count)
             return
-        capture = self.capture_rate > 0 and random.random() < self.capture_rate
-        # a copy: the batch may be a view of a body or a shared memory region that changes
-        captured = pixels.copy() if capture and pixels.dtype == np.uint8 else None
-        self._pending.append((request_id, model, version, time.time(), outputs, captured, count))
+        captured = self._captured(tagged, rows) if self.capture_rate > 0 else None
+        self._pending.append((tagged, model, version, time.time(), outputs, captured, count))
+
+    def _captured(self, tagged: Tagged, rows: Rows) -> list[np.ndarray | None] | None:
+        """Each request's pixels, kept at the capture rate; copies: the rows may be a view of a
+        body or a shared memory region that changes."""
+        if not isinstance(rows, np.ndarray) or rows.dtype != np.uint8:
+            return None
+        rate = self.capture_rate
+        return [rows[a:b].copy() if random.random() < rate else None for _, a, b in tagged]
 
     # -- the writer thread ----------------------------------------------------------------------
 

@@ -34,6 +34,12 @@ Outputs = dict[str, np.ndarray]
 Rows = np.ndarray | NamedRows
 # Takes ``Rows``; typed loosely so a run for image batches alone (``np.ndarray``) fits too.
 RunBatch = Callable[[Any], Outputs]
+# (tag, first row, end row) of a tagged request within its run's outputs
+Tagged = list[tuple[Any, int, int]]
+# Told of each run's tagged requests with the run's whole outputs and input, on the thread that
+# ran it, after the answers are handed over: one call per run, not per request (the prediction
+# log keeps a run's arrays once instead of every request's own).
+Answered = Callable[[Tagged, Outputs, Rows], None]
 
 
 @dataclass
@@ -47,6 +53,7 @@ class _Pending:
     deadline: float = math.inf  # perf_counter time after which it must not run
     taken: bool = False  # the batcher has it: past its queue, it runs to the end
     trace: tracing.Queued | None = None  # its span when the request is traced
+    tag: Any = None  # what ``on_answered`` hears it by (None: not told of)
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,7 @@ class DynamicBatcher:
         max_batch_delay_ms: float = 0.0,
         max_queue_rows: int = 4096,
         on_batch: Callable[[BatchStats], None] | None = None,
+        on_answered: Answered | None = None,
         name: str = "batcher",
         statistics: InferenceStatistics | None = None,
     ) -> None:
@@ -91,6 +99,7 @@ class DynamicBatcher:
         self.max_batch_delay_s = max_batch_delay_ms / 1000.0
         self.max_queue_rows = max_queue_rows
         self._on_batch = on_batch
+        self._on_answered = on_answered
         self.statistics = statistics or InferenceStatistics()
         # A C-level queue, as ThreadPoolExecutor uses: waking the thread costs no more than
         # handing one request to an executor would. None is the stop signal.
@@ -114,8 +123,9 @@ class DynamicBatcher:
         inline; a request counted in is queued from that moment)."""
         return self._queued_rows == 0 and not self._running
 
-    async def submit(self, rows: Rows, timeout_s: float = 0.0) -> Outputs:
-        """Run ``rows`` (one request's images) in some batch; returns exactly their outputs.
+    async def submit(self, rows: Rows, timeout_s: float = 0.0, tag: Any = None) -> Outputs:
+        """Run ``rows`` (one request's images) in some batch; returns exactly their outputs
+        (``on_answered`` hears of them under ``tag`` unless it is None).
 
         A request of ``max_batch_size`` rows or more runs on its own, in runs of at most that
         many rows one after the other, joined again in order. Still queued after ``timeout_s``
@@ -131,7 +141,7 @@ class DynamicBatcher:
             self._queued_rows += len(rows)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
-        item = _Pending(rows, future, loop, trace=tracing.queued())
+        item = _Pending(rows, future, loop, trace=tracing.queued(), tag=tag)
         if not timeout_s:
             self._queue.put(item)
             return await future
@@ -223,13 +233,21 @@ class DynamicBatcher:
             self._run_alone(batch, exc)
             return
         ran = time.perf_counter()
-        offset = 0
+        offset, tagged = 0, []
         for item in batch:
             end = offset + len(item.rows)
             self._answer(item, {k: v[offset:end] for k, v in outputs.items()})
+            if item.tag is not None:
+                tagged.append((item.tag, offset, end))
             offset = end
         done = time.perf_counter()
         self._record(batch, runs, (start, gathered, ran, done))
+        self._tell(tagged, outputs, images)
+
+    def _tell(self, tagged: Tagged, outputs: Outputs, rows: Rows) -> None:
+        """``on_answered`` (which must not raise: the runtime's guards itself)."""
+        if tagged and self._on_answered is not None:
+            self._on_answered(tagged, outputs, rows)
 
     def _record(
         self, batch: list[_Pending], runs: list[tuple[int, int]], times: tuple[float, ...]
@@ -263,6 +281,8 @@ class DynamicBatcher:
             done = time.perf_counter()
             self._answer(item, outputs)
             self._record([item], runs, (start, start, done, done))
+            if item.tag is not None:
+                self._tell([(item.tag, 0, len(item.rows))], outputs, item.rows)
 
     def _fail(self, item: _Pending, error: Exception) -> None:
         self._answer(item, error)

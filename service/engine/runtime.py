@@ -28,7 +28,7 @@ from service.core.card import TENSOR, ModelCard, TensorSpec
 from service.core.datatypes import DATATYPES
 from service.core.errors import InvalidCard, ProviderUnavailable, ServingError, TimeoutExpired
 from service.engine import tracing
-from service.engine.batcher import BatchStats, DynamicBatcher, Rows
+from service.engine.batcher import BatchStats, DynamicBatcher, Outputs, Rows, Tagged
 from service.engine.dtypes import NUMPY_DTYPES
 from service.engine.inline import quick_run_p99_s
 from service.engine.named_rows import NamedRows
@@ -48,6 +48,8 @@ CPU = "CPUExecutionProvider"
 
 
 BatchObserver = Callable[[str, int, BatchStats], None]  # (model, version, what one run did)
+# (model, version, the tagged requests of one run, its outputs, its input): see batcher.Answered
+AnswerObserver = Callable[[str, int, Tagged, Outputs, Rows], None]
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class RuntimeOptions:
     inline_run_max_us: int = 0  # a lone request runs on the loop under this batch-1 p99 (0: never)
     require_providers: bool = False  # a session without every requested provider fails to load
     on_batch: BatchObserver | None = field(default=None, compare=False)
+    on_answered: AnswerObserver | None = field(default=None, compare=False)
 
 
 # Execution providers that live in a shared library of their own, loaded when a session asks.
@@ -257,9 +260,14 @@ class ModelRuntime:
             self.options.on_batch(self.name, self.version, stats)
 
     async def infer(
-        self, images: Rows, outputs: Sequence[str] | None = None, timeout_s: float = 0.0
+        self,
+        images: Rows,
+        outputs: Sequence[str] | None = None,
+        timeout_s: float = 0.0,
+        tag: Any = None,
     ) -> dict[str, np.ndarray]:
-        """Run validated images on the model's own thread and return their outputs.
+        """Run validated images on the model's own thread and return their outputs; with a
+        ``tag``, ``on_answered`` hears of them with every output of their run.
 
         With dynamic batching, concurrent calls share runs (``DynamicBatcher``); without it each
         call is one run. Either way the event loop does not wait on onnxruntime, except for a
@@ -282,10 +290,11 @@ class ModelRuntime:
                     max_batch_delay_ms=self.options.max_batch_delay_ms,
                     max_queue_rows=self.options.max_queue_images,
                     on_batch=self._observe,
+                    on_answered=self._answered,
                     name=f"batcher-{self.name}-{self.version}",
                     statistics=self.statistics,
                 )
-            result = await self._batcher.submit(images, timeout_s)
+            return _chosen(await self._batcher.submit(images, timeout_s, tag), outputs)
         else:
             loop = asyncio.get_running_loop()
             run, start = self._run_unbatched, time.perf_counter()
@@ -299,7 +308,18 @@ class ModelRuntime:
             finally:
                 with self._lock:
                     self._in_executor -= 1
-        return {name: result[name] for name in outputs} if outputs else result
+        if tag is not None:
+            self._answered([(tag, 0, len(images))], result, images)
+        return _chosen(result, outputs)
+
+    def _answered(self, tagged: Tagged, outputs: Outputs, rows: Rows) -> None:
+        observer = self.options.on_answered
+        if observer is None:
+            return
+        try:
+            observer(self.name, self.version, tagged, outputs, rows)
+        except Exception:  # an observer's failure must never fail the request it heard of
+            log.exception("%s v%d: telling of an answer failed", self.name, self.version)
 
     def _idle(self) -> bool:
         """Nobody else holds this version (see ``acquire``) and its thread has nothing to run:
@@ -386,6 +406,11 @@ class ModelRuntime:
             self._batcher.stop()
         self._executor.shutdown(wait=True)
         log.debug("%s v%d closed", self.name, self.version)
+
+
+def _chosen(result: Outputs, outputs: Sequence[str] | None) -> Outputs:
+    """The outputs a request asked for (all when it named none)."""
+    return {name: result[name] for name in outputs} if outputs else result
 
 
 def zeros(spec: TensorSpec, size: int) -> np.ndarray:

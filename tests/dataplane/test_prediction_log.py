@@ -58,6 +58,24 @@ def test_records_are_written_in_batches_and_images_only_when_captured(tmp_path: 
     assert images == [bytes([7]) * 3072] * 3
 
 
+def test_a_run_is_queued_once_and_written_as_each_requests_own_rows(tmp_path: Path) -> None:
+    """``record_run``: one entry for a batched run (what the model's thread hands over), one row
+    per image of each tagged request under its own id, item and top-1; captured per request."""
+    url = store.database_url(None, tmp_path)
+    log = make_log(url, capture=1.0)
+    log.close(5.0)  # this thread drains, so the queue can be looked at first
+    run = {"probabilities": np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])}
+    pixels = np.arange(4, dtype=np.uint8)[:, None, None, None] + PIXELS[:1]
+    log.record_run("tiny", 1, [("x", 0, 1), ("y", 2, 4)], run, pixels)  # row 1: untagged
+    log.record("z", "tiny", 1, PIXELS[:1], {"probabilities": PROBABILITIES[2:]})
+    assert len(log._pending) == 2
+    log._drain()
+    rows = store.read_all(log.engine)
+    found = [(r["request_id"], r["item"], r["top1"], r["image"][0]) for r in rows]
+    assert found == [("x", 0, 1, 0), ("y", 0, 1, 2), ("y", 1, 0, 3), ("z", 0, 0, 0)]
+    assert [round(r["top1_probability"], 3) for r in rows] == [0.9, 0.7, 0.6, 0.5]
+
+
 def test_retention_drops_the_oldest_rows_past_the_cap(tmp_path: Path) -> None:
     log = PredictionLog(store.database_url(None, tmp_path), CollectorRegistry(), 100, 0, (60, 4))
     for i in range(3):

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.core.errors import Overloaded
-from service.engine.batcher import BatchStats, DynamicBatcher, Outputs
+from service.engine.batcher import BatchStats, DynamicBatcher, Outputs, Rows, Tagged
 
 
 def fake_model(rows: np.ndarray) -> Outputs:
@@ -191,3 +191,57 @@ def test_every_request_gets_exactly_its_rows(sizes: list[int], max_batch: int) -
         await batcher.close()
 
     asyncio.run(main())
+
+
+def test_a_run_tells_of_its_tagged_requests_once_with_their_rows() -> None:
+    """``on_answered``: one call per run, with each tagged request's rows in the run's outputs
+    (the prediction log keeps a run once, not an object per request); untagged ones left out."""
+    told: list[tuple[Tagged, Outputs, Rows]] = []
+    model = SlowModel()
+    batcher = DynamicBatcher(model, on_answered=lambda t, o, r: told.append((t, o, r)))
+    sizes, tags = [2, 1, 3, 1], ["a", None, "c", "d"]
+    requests = [images(n, tag=10 * i) for i, n in enumerate(sizes)]
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.submit(images(1, 200), tag="alone"))
+        await asyncio.to_thread(model.started.wait)  # the rest queue while it runs
+        await asyncio.gather(
+            *(batcher.submit(r, tag=t) for r, t in zip(requests, tags, strict=True))
+        )
+        await first
+        await batcher.close()
+
+    asyncio.run(main())
+    assert model.batches == [1, 7]
+    assert [t for t, _, _ in told] == [[("alone", 0, 1)], [("a", 0, 2), ("c", 3, 6), ("d", 6, 7)]]
+    _, outputs, rows = told[1]
+    np.testing.assert_array_equal(rows, np.concatenate(requests))
+    for (_, start, end), request in zip(told[1][0], [requests[0], *requests[2:]], strict=True):
+        np.testing.assert_array_equal(outputs["first"][start:end], request[:, 0, 0, 0])
+
+
+def test_a_run_without_tags_tells_nobody_and_a_failed_batch_tells_each_survivor() -> None:
+    told: list[Tagged] = []
+    model = SlowModel()
+
+    def shared_run_fails(rows: np.ndarray) -> Outputs:
+        if len(rows) == 3:  # the run "x" and the other request share; each alone succeeds
+            raise RuntimeError("the graph blew up")
+        return model(rows)
+
+    batcher = DynamicBatcher(shared_run_fails, on_answered=lambda t, o, r: told.append(t))
+
+    async def main() -> None:
+        blocker = asyncio.ensure_future(batcher.submit(images(1, 1)))  # untagged
+        await asyncio.to_thread(model.started.wait)
+        x, other = await asyncio.gather(
+            batcher.submit(images(1, 2), tag="x"), batcher.submit(images(2, 3))
+        )
+        check(images(1, 2), x)
+        check(images(2, 3), other)
+        await blocker
+        await batcher.close()
+
+    asyncio.run(main())
+    assert model.batches == [1, 1, 2]
+    assert told == [[("x", 0, 1)]]

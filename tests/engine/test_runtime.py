@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -219,3 +220,49 @@ def test_warm_up_runs_each_batch_size_listed(
     (line,) = [r.getMessage() for r in caplog.records if "warmed up" in r.getMessage()]
     assert "batch sizes 1, 8, 8, 64 in" in line
     runtime.close()
+
+
+@pytest.mark.parametrize("mode", ["batched", "one-run-each", "inline"])
+def test_tagged_requests_are_told_with_every_output_of_their_run(tmp_path: Path, mode: str) -> None:
+    """``on_answered`` hears each tagged request under its tag, with its rows in its run's
+    outputs (all of them, whatever the request asked), on every path; untagged ones are not
+    told of, and an observer that raises fails no request."""
+    told: list[tuple[str, int, list[tuple[str, int, int]], dict[str, np.ndarray]]] = []
+
+    def observe(name: str, version: int, tagged: Any, outputs: Any, rows: Any) -> None:
+        told.append((name, version, tagged, outputs))
+        if "boom" in [tag for tag, _, _ in tagged]:
+            raise RuntimeError("the observer broke")
+
+    options = replace(
+        CPU_ONLY,
+        dynamic_batching=mode != "one-run-each",
+        max_batch_delay_ms=20 if mode == "batched" else 0,
+        inline_run_max_us=10_000 if mode == "inline" else 0,
+        on_answered=observe,
+    )
+    runtime = tiny_runtime(tmp_path, options)
+    runtime.warm_up()
+    parts = [IMAGES[:1], IMAGES[1:3], IMAGES[3:]] if mode != "inline" else [IMAGES[:1]]
+    tags = ["a", None, "boom"][: len(parts)] if mode != "inline" else ["boom"]
+
+    async def together() -> list[dict[str, np.ndarray]]:
+        calls = (runtime.infer(p, ["logits"], 0.0, t) for p, t in zip(parts, tags, strict=True))
+        return list(await asyncio.gather(*calls))
+
+    answers = asyncio.run(together())
+    runtime.close()
+    assert [list(answer) for answer in answers] == [["logits"]] * len(parts)  # despite it
+    heard = {
+        tag: (outputs, start, end) for *_, tagged, outputs in told for tag, start, end in tagged
+    }
+    assert sorted(heard) == sorted(t for t in tags if t is not None)
+    assert all(name == "tiny" and version == 3 for name, version, _, _ in told)
+    for part, tag in zip(parts, tags, strict=True):
+        if tag is not None:
+            outputs, start, end = heard[tag]
+            assert set(outputs) >= {"probabilities", "logits"}
+            got = outputs["probabilities"][start:end]
+            np.testing.assert_allclose(got, tiny_reference(part), atol=1e-5)
+    if mode == "batched":
+        assert len(told) == 1  # one run, told once

@@ -32,7 +32,10 @@ class QualitySettings(BaseSettings):
     prediction_log_max_age_s: float = Field(default=30 * 86400, gt=0, description="Retention.")
     prediction_log_max_rows: int = Field(default=1_000_000, ge=1, description="Retention.")
     prediction_log_queue: int = Field(
-        default=65_536, ge=1, description="Answers waiting for the writer before new ones drop."
+        default=65_536,
+        ge=1,
+        description="Entries waiting for the writer (a batched run's answers, or one request's) "
+        "before new ones drop.",
     )
     prediction_log_retry_s: float = Field(
         default=30.0,

@@ -24,7 +24,6 @@ from service.core.errors import (
     PayloadTooLarge,
     PredictionLogOff,
 )
-from service.core.logs import REQUEST_ID, new_request_id
 from service.core.version_policy import VersionPolicy
 from service.dataplane import build
 from service.dataplane.classification import check_classified, classify
@@ -40,7 +39,7 @@ from service.dataplane.log_settings import LogSettings
 from service.dataplane.model_config import ModelConfig, build_model_config
 from service.dataplane.monitor import MonitorReport
 from service.dataplane.pixels import model_pixels
-from service.dataplane.prediction_log import open_prediction_log
+from service.dataplane.prediction_log import logged_id, open_prediction_log
 from service.dataplane.quality_monitor import QualityMonitor
 from service.dataplane.response_cache import ResponseCache
 from service.dataplane.statistics import collect_statistics
@@ -77,9 +76,8 @@ class DataPlane:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.prediction_log = open_prediction_log(settings, self.metrics.registry)
-        log = self.prediction_log  # told of every tagged answer by the run that made it
-        answered = None if log is None else log.record_run
+        self.prediction_log = log = open_prediction_log(settings, self.metrics.registry)
+        answered = None if log is None else log.record_run  # told by the run that answered
         options = build.runtime_options(settings, self.metrics, answered)
         policy = VersionPolicy.parse(settings.version_policy)
         self.repository = ModelRepository(settings.model_repository, options, policy)
@@ -213,7 +211,8 @@ class DataPlane:
             inline = self.settings.inline_decode_bytes
             cache = self.response_cache
             outputs = await cache.answer(model, pixels, requested, run, self.work, inline)
-            self._record(model, pixels, outputs, request.id)
+            if (log := self.prediction_log) is not None:  # no run tells of a cached answer
+                log.record(logged_id(request.id), model.name, model.version, pixels, outputs)
         else:
             tag = self._log_tag(request.id)
             outputs = await self._run(model, pixels, requested or None, timeout_us, tag)
@@ -257,25 +256,8 @@ class DataPlane:
         return await model.infer(pixels, outputs, timeout_us / 1e6, log_tag)
 
     def _log_tag(self, id: str | None) -> str | None:
-        """The id an answer is logged under, the one the client sees: the v2 or gRPC ``id`` it
-        gave, else the request's X-Request-ID (a fresh id where there is none); None with the
-        log off."""
-        if self.prediction_log is None:
-            return None
-        request_id = id or REQUEST_ID.get()
-        return new_request_id() if request_id == "-" else request_id  # "-": gRPC without an id
-
-    def _record(
-        self,
-        model: ModelRuntime,
-        pixels: np.ndarray,
-        outputs: dict[str, np.ndarray],
-        id: str | None,
-    ) -> None:
-        """Queue an answer no run told the log of (the response cache's) under ``_log_tag``."""
-        request_id = self._log_tag(id)
-        if self.prediction_log is not None and request_id is not None:
-            self.prediction_log.record(request_id, model.name, model.version, pixels, outputs)
+        """The id a run records the answer under (``logged_id``); None with the log off."""
+        return None if self.prediction_log is None else logged_id(id)
 
     async def feedback(self, items: Sequence[Feedback]) -> None:
         """Label answered images (404 unknown id, 422 bad label; the last label wins)."""

@@ -12,7 +12,7 @@ from service.core.errors import ModelNotReady
 from service.core.version_policy import VersionPolicy
 from service.dataplane.response_cache import ResponseCache
 from service.dataplane.types import ModelMetadata
-from service.engine.runtime import GPU_PROVIDERS
+from service.engine.providers import GPU_PROVIDERS
 from service.engine.triton_config import TritonConfig
 from service.engine.version_folder import ModelVersion
 from service.settings import Settings

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.engine import Engine
 
-from service.core.logs import MAX_ID_LENGTH
+from service.core.logs import MAX_ID_LENGTH, REQUEST_ID, new_request_id
 from service.dataplane import prediction_store as store
 from service.engine.batcher import Outputs, Rows, Tagged
 from service.settings import Settings
@@ -70,6 +70,13 @@ def _clean_id(request_id: str) -> str:
     if len(request_id) > MAX_ID_LENGTH or "\x00" in request_id:
         return request_id.replace("\x00", "")[:MAX_ID_LENGTH]
     return request_id
+
+
+def logged_id(id: str | None) -> str:
+    """The id an answer is logged under, the one the client sees: the v2 or gRPC ``id`` it gave,
+    else the request's X-Request-ID (a fresh id outside a REST request: gRPC without an id)."""
+    request_id = id or REQUEST_ID.get()
+    return new_request_id() if request_id == "-" else request_id
 
 
 def make_rows(answers: Sequence[Answer]) -> list[store.Row]:

@@ -22,7 +22,8 @@ from service.core.card import MODEL_FILE, ModelCard
 from service.core.errors import InvalidCard, ServingError, UnprocessableInput
 from service.core.layer_specs import Shape
 from service.engine.layers import LayerReport
-from service.engine.runtime import GRAPH_OPTIMIZATION, RuntimeOptions, resolve_providers
+from service.engine.providers import resolve_providers
+from service.engine.runtime import GRAPH_OPTIMIZATION, RuntimeOptions
 
 SPATIAL_TYPES = ("conv2d", "max_pool", "avg_pool")  # the layers with feature maps by default
 

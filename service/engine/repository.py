@@ -27,14 +27,13 @@ from service.core.errors import InvalidConfig, ModelLoadFailed, ModelNotFound, M
 from service.core.version_policy import VersionPolicy, parse_version, read_model_config
 from service.engine.leases import held_runtimes
 from service.engine.model_folder import FolderConfig, read_folder_config
-from service.engine.runtime import (
+from service.engine.providers import (
     GPU_PROVIDERS,
-    ModelRuntime,
-    RuntimeOptions,
     preload_provider_libraries,
     provider_problem,
     resolve_providers,
 )
+from service.engine.runtime import ModelRuntime, RuntimeOptions
 from service.engine.version_folder import (
     ModelState,
     ModelVersion,

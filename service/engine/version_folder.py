@@ -23,7 +23,8 @@ from service.core.card import (
 from service.core.errors import InvalidCard, InvalidConfig, ServingError
 from service.engine.config_card import check_card_and_config, config_card
 from service.engine.layers import LayerReport, read_layers
-from service.engine.runtime import ModelRuntime, RuntimeOptions, provider_problem
+from service.engine.providers import provider_problem
+from service.engine.runtime import ModelRuntime, RuntimeOptions
 from service.engine.triton_config import CONFIG_PBTXT, TritonConfig
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.engine.runtime import provider_problem
+from service.engine.providers import provider_problem
 from service.settings import Settings
 from tests.support.apps import ADMIN_TOKEN, app_client
 from tests.support.models import make_model_repo

@@ -12,8 +12,9 @@ import pytest
 
 from service.core.card import CARD_FILE, MODEL_FILE, sha256_file
 from service.core.errors import ModelNotFound, ModelNotReady
+from service.engine.providers import resolve_providers
 from service.engine.repository import ModelRepository
-from service.engine.runtime import RuntimeOptions, resolve_providers
+from service.engine.runtime import RuntimeOptions
 from service.engine.version_folder import ModelState
 from tests.support.models import (
     lecture_graph,

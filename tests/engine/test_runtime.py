@@ -18,7 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 from service.core.card import MODEL_FILE, ModelCard, TensorSpec
 from service.core.errors import InvalidCard, ProviderUnavailable, ServingError
 from service.engine.batcher import BatchStats
-from service.engine.runtime import ModelRuntime, RuntimeOptions, graph_tensors, resolve_providers
+from service.engine.providers import resolve_providers
+from service.engine.runtime import ModelRuntime, RuntimeOptions, graph_tensors
 from tests.support.models import card_for, tiny_graph, tiny_reference
 
 CPU_ONLY = RuntimeOptions(providers=("CPUExecutionProvider",))

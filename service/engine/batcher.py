@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import queue
 import threading
@@ -37,7 +38,7 @@ RunBatch = Callable[[Any], Outputs]
 # (tag, first row, end row) of a tagged request within its run's outputs
 Tagged = list[tuple[Any, int, int]]
 # Told of each run's tagged requests with the run's whole outputs and input, on the thread that
-# ran it, after the answers are handed over: one call per run, not per request (the prediction
+# ran it, before the answers are handed over: one call per run, not per request (the prediction
 # log keeps a run's arrays once instead of every request's own).
 Answered = Callable[[Tagged, Outputs, Rows], None]
 
@@ -233,19 +234,20 @@ class DynamicBatcher:
             self._run_alone(batch, exc)
             return
         ran = time.perf_counter()
-        offset, tagged = 0, []
-        for item in batch:
-            end = offset + len(item.rows)
-            self._answer(item, {k: v[offset:end] for k, v in outputs.items()})
-            if item.tag is not None:
-                tagged.append((item.tag, offset, end))
-            offset = end
+        ends = list(itertools.accumulate(len(item.rows) for item in batch))
+        starts = [0, *ends[:-1]]
+        tagged = [
+            (b.tag, a, z) for b, a, z in zip(batch, starts, ends, strict=True) if b.tag is not None
+        ]
+        self._tell(tagged, outputs, images)
+        for item, start_row, end_row in zip(batch, starts, ends, strict=True):
+            self._answer(item, {k: v[start_row:end_row] for k, v in outputs.items()})
         done = time.perf_counter()
         self._record(batch, runs, (start, gathered, ran, done))
-        self._tell(tagged, outputs, images)
 
     def _tell(self, tagged: Tagged, outputs: Outputs, rows: Rows) -> None:
-        """``on_answered`` (which must not raise: the runtime's guards itself)."""
+        """``on_answered``, before any of the answers is handed over (a client may act on its
+        answer at once: label it, say); the observer must not raise (the runtime's guards)."""
         if tagged and self._on_answered is not None:
             self._on_answered(tagged, outputs, rows)
 
@@ -279,10 +281,10 @@ class DynamicBatcher:
                 self._fail(item, alone)
                 continue
             done = time.perf_counter()
-            self._answer(item, outputs)
-            self._record([item], runs, (start, start, done, done))
             if item.tag is not None:
                 self._tell([(item.tag, 0, len(item.rows))], outputs, item.rows)
+            self._answer(item, outputs)
+            self._record([item], runs, (start, start, done, done))
 
     def _fail(self, item: _Pending, error: Exception) -> None:
         self._answer(item, error)

@@ -245,3 +245,25 @@ def test_a_run_without_tags_tells_nobody_and_a_failed_batch_tells_each_survivor(
     asyncio.run(main())
     assert model.batches == [1, 1, 2]
     assert told == [[("x", 0, 1)]]
+
+
+def test_a_run_tells_before_it_answers() -> None:
+    """A client may act on its answer at once (label it by its id): by the time a request has
+    its answer, the observer has heard of it, however long the observer takes."""
+    told: list[Tagged] = []
+
+    def slow_observer(tagged: Tagged, outputs: Outputs, rows: Rows) -> None:
+        time.sleep(0.05)
+        told.append(tagged)
+
+    batcher = DynamicBatcher(fake_model, on_answered=slow_observer)
+
+    async def main() -> list[int]:
+        seen = []
+        for n in range(3):
+            await batcher.submit(images(1, n), tag=n)
+            seen.append(len(told))
+        await batcher.close()
+        return seen
+
+    assert asyncio.run(main()) == [1, 2, 3]

@@ -14,19 +14,24 @@ true and false, SQLite in a temporary folder), the serving benchmark's 64-client
 load on each in turn, N rounds alternating which goes first; the geometric mean of the per-round
 ratios (log on / log off) and their spread. ``--pinned``: both servers on one core and the load
 generator on another (issue 28's fair layout; the writer then shares the server's core). ``--env``:
-a setting for the log-on server only (to try a variant against the log off). Prints JSON; the
+a setting for the log-on server only (to try a variant against the log off). The server not being
+measured is stopped meanwhile (``--idle-running``: not, as before). Prints JSON; the
 figures quoted in docs/monitoring.md "What it costs" come from it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
+import signal
 import statistics
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -52,6 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per load")
     parser.add_argument("--clients", type=int, default=64, help="concurrent clients")
     parser.add_argument("--pinned", action="store_true", help="server and load on their own core")
+    parser.add_argument(
+        "--idle-running",
+        action="store_true",
+        help="leave the idle server running during the other's rounds (as before 2026-12-05)",
+    )
     parser.add_argument(
         "--env", action="append", default=[], metavar="NAME=value", help="for the log-on server"
     )
@@ -116,8 +126,10 @@ def serve_rounds(args: argparse.Namespace) -> dict[str, Any]:
         for n in range(args.serve):
             for state in ("off", "on") if n % 2 == 0 else ("on", "off"):
                 server, process = servers[state], processes[state]
+                idle = servers["on" if state == "off" else "off"]
                 images, cpu, writer = _served(server), _cpu_s(process), _writer_cpu_s(server)
-                result = load(server, scenario, args.seconds, place.client_cpus)
+                with contextlib.nullcontext() if args.idle_running else _paused(idle):
+                    result = load(server, scenario, args.seconds, place.client_cpus)
                 served_images = _served(server) - images
                 cpu = _cpu_s(process) - cpu
                 result["server_cpu_us_per_image"] = cpu / served_images * 1e6
@@ -130,6 +142,7 @@ def serve_rounds(args: argparse.Namespace) -> dict[str, Any]:
         "clients": args.clients,
         "seconds": args.seconds,
         "placement": place.mode,
+        "idle_server": "running" if args.idle_running else "stopped",
         "log_on_env": extra,
         "images_per_s": {state: [round(r) for r in found] for state, found in rates.items()},
         "throughput": _ratios(rates["on"], rates["off"]),
@@ -137,6 +150,18 @@ def serve_rounds(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_per_image": _ratios(cpu_us["on"], cpu_us["off"]),
         "writer_cpu_share": [round(share, 4) for share in shares["on"]],
     }
+
+
+@contextlib.contextmanager
+def _paused(server: Service) -> Iterator[None]:
+    """The idle server stopped (SIGSTOP to its process group) while the other is measured: the
+    log-on server's background work (the writer's look, the monitor's refresh, pruning) would
+    otherwise run during the log-off rounds and count against them."""
+    os.killpg(server.pgid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(server.pgid, signal.SIGCONT)
 
 
 def _ratios(on: list[float], off: list[float]) -> dict[str, Any]:

@@ -18,8 +18,8 @@ class QualitySettings(BaseSettings):
 
     prediction_log: bool = Field(
         default=False,
-        description="Record every classification (off: its cost at 64 clients, 5-7 % measured "
-        "in docs/monitoring.md, is over the 5 % it may cost).",
+        description="Record every classification (about 3 % of throughput at 64 clients, "
+        "docs/monitoring.md; off by default: it needs a writable DATA_DIR or a database).",
     )
     prediction_log_url: str | None = Field(
         default=None,

@@ -32,7 +32,6 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +103,7 @@ def serve_rounds(args: argparse.Namespace) -> dict[str, Any]:
     rates: dict[str, list[float]] = {"off": [], "on": []}
     cpu_us: dict[str, list[float]] = {"off": [], "on": []}
     shares: dict[str, list[float]] = {"off": [], "on": []}
-    with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
+    with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as stack:
         servers = {
             state: stack.enter_context(
                 running_service(

@@ -235,20 +235,21 @@ class DynamicBatcher:
             return
         ran = time.perf_counter()
         ends = list(itertools.accumulate(len(item.rows) for item in batch))
-        starts = [0, *ends[:-1]]
-        tagged = [
-            (b.tag, a, z) for b, a, z in zip(batch, starts, ends, strict=True) if b.tag is not None
-        ]
-        self._tell(tagged, outputs, images)
-        for item, start_row, end_row in zip(batch, starts, ends, strict=True):
-            self._answer(item, {k: v[start_row:end_row] for k, v in outputs.items()})
+        spans = list(zip(batch, [0, *ends[:-1]], ends, strict=True))
+        self._tell(spans, outputs, images)
+        for item, first, end in spans:
+            self._answer(item, {k: v[first:end] for k, v in outputs.items()})
         done = time.perf_counter()
         self._record(batch, runs, (start, gathered, ran, done))
 
-    def _tell(self, tagged: Tagged, outputs: Outputs, rows: Rows) -> None:
-        """``on_answered``, before any of the answers is handed over (a client may act on its
-        answer at once: label it, say); the observer must not raise (the runtime's guards)."""
-        if tagged and self._on_answered is not None:
+    def _tell(self, spans: list[tuple[_Pending, int, int]], outputs: Outputs, rows: Rows) -> None:
+        """``on_answered`` of the tagged requests among ``spans`` (each with its rows in the
+        run), before any answer is handed over (a client may act on its answer at once: label
+        it, say); the observer must not raise (the runtime's guards itself)."""
+        if self._on_answered is None:
+            return
+        tagged = [(item.tag, first, end) for item, first, end in spans if item.tag is not None]
+        if tagged:
             self._on_answered(tagged, outputs, rows)
 
     def _record(
@@ -281,8 +282,7 @@ class DynamicBatcher:
                 self._fail(item, alone)
                 continue
             done = time.perf_counter()
-            if item.tag is not None:
-                self._tell([(item.tag, 0, len(item.rows))], outputs, item.rows)
+            self._tell([(item, 0, len(item.rows))], outputs, item.rows)
             self._answer(item, outputs)
             self._record([item], runs, (start, start, done, done))
 

@@ -230,7 +230,7 @@ class ModelRuntime:
                     max_batch_delay_ms=self.options.max_batch_delay_ms,
                     max_queue_rows=self.options.max_queue_images,
                     on_batch=self._observe,
-                    on_answered=self._answered,
+                    on_answered=self._answered if self.options.on_answered else None,
                     name=f"batcher-{self.name}-{self.version}",
                     statistics=self.statistics,
                 )

@@ -1,6 +1,7 @@
 """Two or more builds of the service through the real server, pinned as issue 28's figures are
 (the server on one core with INTRA_OP_THREADS=1, the load generator on another), in turn round
-after round: one client's p50 and 64 clients' requests/s on the lecture model's 1-image FP32 JSON.
+after round: one client's p50 and 64 clients' requests/s and p99 on the lecture model's 1-image
+FP32 JSON.
 A build is a checkout (a worktree of another commit: the "before") and environment variables.
 
     python -m bench pinned-pair --build before=../wt-base --build after=. [--rounds 3]
@@ -96,13 +97,13 @@ def summary(rounds: list[dict[str, Any]], clients: list[int]) -> list[str]:
     for name in dict.fromkeys(r["build"] for r in rounds):
         mine = [r for r in rounds if r["build"] == name]
         for count in clients:
-            key = "p50_ms" if count == 1 else "requests_per_s"
-            values = [r[str(count)][key] for r in mine]
-            shown = ", ".join(f"{v:g}" for v in values)
-            lines.append(
-                f"{name:12s} {count:3d} client(s) {key:15s} {shown}  (median "
-                f"{statistics.median(values):g})"
-            )
+            for key in ["p50_ms"] if count == 1 else ["requests_per_s", "p99_ms"]:
+                values = [r[str(count)][key] for r in mine]
+                shown = ", ".join(f"{v:g}" for v in values)
+                lines.append(
+                    f"{name:12s} {count:3d} client(s) {key:15s} {shown}  (median "
+                    f"{statistics.median(values):g})"
+                )
     return lines
 
 

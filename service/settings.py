@@ -16,12 +16,13 @@ from service.core.errors import ServingError
 from service.core.processes import auto_workers
 from service.core.timeouts import MAX_TIMEOUT_US
 from service.core.version_policy import VersionPolicy
+from service.settings_batching import BatchingSettings
 from service.settings_quality import QualitySettings
 
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 
 
-class Settings(QualitySettings):
+class Settings(QualitySettings, BatchingSettings):
     """Process-wide settings; per-model facts (inputs, labels, preprocessing) live in the card."""
 
     model_config = SettingsConfigDict(
@@ -232,45 +233,6 @@ class Settings(QualitySettings):
         ),
     )
 
-    dynamic_batching: bool = Field(
-        default=True,
-        description=(
-            "Coalesce concurrent requests for a model version into shared onnxruntime runs "
-            "(false: each request is one run)."
-        ),
-    )
-    max_batch_size: int = Field(
-        default=256,
-        ge=1,
-        description=(
-            "Most images in one onnxruntime run; larger requests are split and joined again."
-        ),
-    )
-    max_batch_delay_ms: float = Field(
-        default=0.0,
-        ge=0,
-        le=1000,
-        description=(
-            "Extra wait for company before a run (0: run whatever is queued as soon as the "
-            "model is free, which batches under load and adds nothing for a lone client)."
-        ),
-    )
-    inline_run_max_us: int = Field(
-        default=250,
-        ge=0,
-        le=10_000,
-        description=(
-            "A lone 1-image request runs on the event loop, sparing the hop to the model's "
-            "thread, if the slowest 1% of the version's batch-1 runs timed at warm-up stay "
-            "under this (needs WARM_UP); it also bounds how long such a run holds the loop. "
-            '0: never (docs/benchmarks.md, "One client\'s p50").'
-        ),
-    )
-    max_queue_images: int = Field(
-        default=2048,
-        ge=1,
-        description="Images waiting for a model before new requests get 503 with Retry-After.",
-    )
     request_timeout_us: int = Field(
         default=0,
         ge=0,

@@ -22,7 +22,8 @@ def cores_per_worker(settings: Settings) -> int:
 
 def work_pool(settings: Settings) -> WorkPool:
     """Where decoding and encoding run, off the event loop."""
-    return WorkPool(settings.work_threads or cores_per_worker(settings), settings.max_waiting_work)
+    threads = settings.work_threads or cores_per_worker(settings)
+    return WorkPool(threads, settings.max_waiting_work, settings.thread_scheduling)
 
 
 def runtime_options(
@@ -44,6 +45,7 @@ def runtime_options(
         max_queue_images=settings.max_queue_images,
         max_images_per_request=settings.max_images_per_request,
         inline_run_max_us=settings.inline_run_max_us,
+        thread_scheduling=settings.thread_scheduling,
         require_providers=settings.require_providers,
         on_batch=metrics.observe_batch,
         on_answered=on_answered,

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from service.core.errors import Overloaded, TimeoutExpired
-from service.engine import tracing
+from service.engine import thread_policy, tracing
 from service.engine.named_rows import NamedRows, concatenate
 from service.engine.statistics import InferenceStatistics
 
@@ -92,6 +92,7 @@ class DynamicBatcher:
         on_answered: Answered | None = None,
         name: str = "batcher",
         statistics: InferenceStatistics | None = None,
+        scheduling: thread_policy.ThreadScheduling = "batch",
     ) -> None:
         if max_batch_size < 1 or max_queue_rows < 1:
             raise ValueError("max_batch_size and max_queue_rows must be positive")
@@ -102,6 +103,7 @@ class DynamicBatcher:
         self._on_batch = on_batch
         self._on_answered = on_answered
         self.statistics = statistics or InferenceStatistics()
+        self._scheduling = scheduling  # the thread's (``thread_policy``): set by the thread
         # A C-level queue, as ThreadPoolExecutor uses: waking the thread costs no more than
         # handing one request to an executor would. None is the stop signal.
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
@@ -184,6 +186,7 @@ class DynamicBatcher:
 
     def _work(self) -> None:
         """The model's thread: take a batch, drop the requests nobody waits for, run the rest."""
+        thread_policy.apply(self._scheduling)
         while True:
             if self._stop_seen and self._queued_rows == 0:
                 return  # stopped and drained (a request counted in is still on its way in)

@@ -24,7 +24,7 @@ import onnxruntime as ort
 from service.core.card import TENSOR, ModelCard, TensorSpec
 from service.core.datatypes import DATATYPES
 from service.core.errors import InvalidCard, ProviderUnavailable, ServingError, TimeoutExpired
-from service.engine import tracing
+from service.engine import thread_policy, tracing
 from service.engine.batcher import BatchStats, DynamicBatcher, Outputs, Rows, Tagged
 from service.engine.dtypes import NUMPY_DTYPES
 from service.engine.inline import quick_run_p99_s
@@ -66,6 +66,7 @@ class RuntimeOptions:
     max_queue_images: int = 2048
     max_images_per_request: int = 1024  # rows one request may carry (Triton's max_batch_size)
     inline_run_max_us: int = 0  # a lone request runs on the loop under this batch-1 p99 (0: never)
+    thread_scheduling: thread_policy.ThreadScheduling = "batch"  # the model's thread's
     require_providers: bool = False  # a session without every requested provider fails to load
     on_batch: BatchObserver | None = field(default=None, compare=False)
     on_answered: AnswerObserver | None = field(default=None, compare=False)
@@ -118,7 +119,10 @@ class ModelRuntime:
         tensors = [*card.inputs, *card.outputs]
         self.batched = card.kind != TENSOR or all(t.shape[:1] == [-1] for t in tensors)
         self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"ort-{card.name}-{card.version}"
+            max_workers=1,
+            thread_name_prefix=f"ort-{card.name}-{card.version}",
+            initializer=thread_policy.apply,
+            initargs=(options.thread_scheduling,),
         )
         self._batcher: DynamicBatcher | None = None  # made on first use, in the serving loop
         self.statistics = InferenceStatistics()  # this version's, since it was loaded
@@ -233,6 +237,7 @@ class ModelRuntime:
                     on_answered=self._answered if self.options.on_answered else None,
                     name=f"batcher-{self.name}-{self.version}",
                     statistics=self.statistics,
+                    scheduling=self.options.thread_scheduling,
                 )
             return _chosen(await self._batcher.submit(images, timeout_s, tag), outputs)
         else:

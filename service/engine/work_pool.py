@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from service.core.errors import Overloaded
+from service.engine import thread_policy
 
 T = TypeVar("T")
 
@@ -32,9 +33,17 @@ class WorkPool:
     """``threads`` threads, and at most ``max_waiting`` jobs queued behind them: past that a
     request is refused (503, retry) rather than queueing work without end."""
 
-    def __init__(self, threads: int, max_waiting: int) -> None:
+    def __init__(
+        self,
+        threads: int,
+        max_waiting: int,
+        scheduling: thread_policy.ThreadScheduling = "batch",
+    ) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=threads, thread_name_prefix="request-work"
+            max_workers=threads,
+            thread_name_prefix="request-work",
+            initializer=thread_policy.apply,
+            initargs=(scheduling,),
         )
         self._capacity = threads + max_waiting
         self._taken = 0  # jobs queued or running; touched on the event loop only

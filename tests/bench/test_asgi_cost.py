@@ -40,10 +40,11 @@ def test_a_build_is_a_checkout_and_its_environment() -> None:
 
 def test_the_summary_gives_every_round_and_the_median_per_build() -> None:
     rounds = [
-        {"build": "a", "1": {"p50_ms": p50}, "64": {"requests_per_s": rate}}
-        for p50, rate in ((0.5, 2000), (0.7, 2400), (0.6, 2200))
-    ] + [{"build": "b", "1": {"p50_ms": 0.4}, "64": {"requests_per_s": 2500}}]
+        {"build": "a", "1": {"p50_ms": p50}, "64": {"requests_per_s": rate, "p99_ms": p99}}
+        for p50, rate, p99 in ((0.5, 2000, 40), (0.7, 2400, 30), (0.6, 2200, 35))
+    ] + [{"build": "b", "1": {"p50_ms": 0.4}, "64": {"requests_per_s": 2500, "p99_ms": 31}}]
     lines = summary(rounds, [1, 64])
     assert "0.5, 0.7, 0.6  (median 0.6)" in lines[0]
     assert "2000, 2400, 2200  (median 2200)" in lines[1]
-    assert lines[2].startswith("b") and "(median 0.4)" in lines[2]
+    assert "p99_ms" in lines[2] and "40, 30, 35  (median 35)" in lines[2]
+    assert lines[3].startswith("b") and "(median 0.4)" in lines[3]

@@ -5,6 +5,7 @@ from first request to close."""
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from service.core.errors import InvalidCard, ProviderUnavailable, ServingError
 from service.engine.batcher import BatchStats
 from service.engine.providers import resolve_providers
 from service.engine.runtime import ModelRuntime, RuntimeOptions, graph_tensors
+from service.engine.thread_policy import ThreadScheduling
 from tests.support.models import card_for, tiny_graph, tiny_reference
 
 CPU_ONLY = RuntimeOptions(providers=("CPUExecutionProvider",))
@@ -267,3 +269,25 @@ def test_tagged_requests_are_told_with_every_output_of_their_run(tmp_path: Path,
             np.testing.assert_allclose(got, tiny_reference(part), atol=1e-5)
     if mode == "batched":
         assert len(told) == 1  # one run, told once
+
+
+@pytest.mark.parametrize("dynamic_batching", [True, False], ids=["batched", "one-run-each"])
+@pytest.mark.parametrize(
+    ("scheduling", "policy"), [("batch", os.SCHED_BATCH), ("normal", os.SCHED_OTHER)]
+)
+def test_the_model_runs_on_a_thread_scheduled_as_configured(
+    tmp_path: Path, dynamic_batching: bool, scheduling: ThreadScheduling, policy: int
+) -> None:
+    options = replace(CPU_ONLY, dynamic_batching=dynamic_batching, thread_scheduling=scheduling)
+    runtime = tiny_runtime(tmp_path, options)
+    policies: list[int] = []
+    run = runtime.run
+
+    def spy(images: Any, outputs: Any = None) -> dict[str, np.ndarray]:
+        policies.append(os.sched_getscheduler(0))  # the thread running the model
+        return run(images, outputs)
+
+    runtime.run = spy  # type: ignore[method-assign]
+    asyncio.run(runtime.infer(IMAGES[:2]))
+    assert policies == [policy]
+    runtime.close()

@@ -4,11 +4,13 @@ heavy, and the queue is bounded (503) and freed again when jobs really finish.""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
 import pytest
 
 from service.core.errors import Overloaded
+from service.engine.thread_policy import ThreadScheduling
 from service.engine.work_pool import TooHeavyForTheLoop, WorkPool, on_event_loop
 
 
@@ -31,6 +33,20 @@ async def test_work_runs_on_a_pool_thread_and_light_work_stays_on_the_loop() -> 
         assert name == threading.current_thread().name and on_loop
         name, on_loop = await pool.run_here_if_light(False, where)
         assert name.startswith("request-work")
+    finally:
+        pool.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("scheduling", "policy"), [("batch", os.SCHED_BATCH), ("normal", os.SCHED_OTHER)]
+)
+async def test_pool_threads_are_scheduled_as_configured(
+    scheduling: ThreadScheduling, policy: int
+) -> None:
+    pool = WorkPool(threads=1, max_waiting=0, scheduling=scheduling)
+    try:
+        assert await pool.run(os.sched_getscheduler, 0) == policy
     finally:
         pool.close()
 

@@ -78,6 +78,11 @@ def _resolve(future: asyncio.Future[Outputs], result: Outputs | BaseException) -
         future.set_result(result)
 
 
+def _resolve_all(results: list[tuple[asyncio.Future[Outputs], Outputs]]) -> None:
+    for future, result in results:
+        _resolve(future, result)
+
+
 class DynamicBatcher:
     """Coalesces ``submit`` calls into runs of ``run_batch`` on the batcher's own thread."""
 
@@ -240,8 +245,10 @@ class DynamicBatcher:
         ends = list(itertools.accumulate(len(item.rows) for item in batch))
         spans = list(zip(batch, [0, *ends[:-1]], ends, strict=True))
         self._tell(spans, outputs, images)
-        for item, first, end in spans:
-            self._answer(item, {k: v[first:end] for k, v in outputs.items()})
+        answers = [
+            (item, {k: v[first:end] for k, v in outputs.items()}) for item, first, end in spans
+        ]
+        self._answer_all(answers)
         done = time.perf_counter()
         self._record(batch, runs, (start, gathered, ran, done))
 
@@ -297,6 +304,18 @@ class DynamicBatcher:
     def _answer(item: _Pending, result: Outputs | BaseException) -> None:
         with contextlib.suppress(RuntimeError):  # that loop has closed; nobody waits any more
             item.loop.call_soon_threadsafe(_resolve, item.future, result)
+
+    @staticmethod
+    def _answer_all(answers: list[tuple[_Pending, Outputs]]) -> None:
+        """A run's answers, handed to each event loop in one call: the loop wakes once for the
+        run and resumes every request in the same turn, not once per request."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Outputs], Outputs]]]
+        by_loop = {}
+        for item, result in answers:
+            by_loop.setdefault(item.loop, []).append((item.future, result))
+        for loop, results in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop has closed; nobody waits
+                loop.call_soon_threadsafe(_resolve_all, results)
 
     def _run_in_chunks(self, images: Rows, requests: int) -> tuple[Outputs, list[tuple[int, int]]]:
         """Runs of at most ``max_batch_size`` rows, joined in order; with each run's (rows, ns)."""

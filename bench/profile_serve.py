@@ -2,14 +2,15 @@
 batch sizes the batcher forms, event-loop lag, and (with --py-spy) a sampled profile of the server.
 
     python -m bench profile --clients 64 --seconds 10 [--py-spy /path/to/py-spy] \
-        [--env GC_GEN0_THRESHOLD=700] [--no-write]
+        [--env GC_GEN0_THRESHOLD=700] [--pinned] [--no-write]
 
 Starts ``python -m bench.profile_probes`` (the real ``python -m service`` with probes attached
 from outside: ``gc.callbacks``, wrappers around the fast path and the batcher, a 1 ms ticker on
 the event loop) on a free loopback port in its own process group, drives it with
 ``bench.loadgen`` (1-image FP32 JSON, lecture model), then reads what the probes recorded and
-writes it to ``docs/results/profile.json``. A diagnostic, not a benchmark: the probes cost a
-little time themselves.
+writes it to ``docs/results/profile.json``. ``--pinned`` places them as ``bench peers`` does (the
+server on one core with INTRA_OP_THREADS=1, the load generator on another). A diagnostic, not a
+benchmark: the probes cost a little time themselves.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 from bench.bodies import v2_json
 from bench.load import http_load
+from bench.placement import SHARED, pinned
 from bench.publish import publish
 from bench.results import ROOT
 from bench.server import free_port, start
@@ -99,10 +101,12 @@ def profile(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """The probed server under ``args.clients`` clients (and py-spy, if asked): the load
     generator's summary and what the probes recorded."""
     port = free_port()
-    env = {"LOG_LEVEL": "warning", **dict(e.split("=", 1) for e in args.env)}
+    place = pinned() if args.pinned else SHARED
+    env = {"LOG_LEVEL": "warning", **({"INTRA_OP_THREADS": "1"} if args.pinned else {})}
+    env.update(e.split("=", 1) for e in args.env)
     argv = [sys.executable, "-m", "bench.profile_probes", str(tmp / "probes.json"), "--"]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--grpc-port", "-1"]
-    group = start(argv, env, port, tmp / "server.log", 120)
+    group = start(place.server(argv), env, port, tmp / "server.log", 120)
     try:
         spy = None
         if args.py_spy:
@@ -114,7 +118,8 @@ def profile(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             )  # fmt: skip
         body = v2_json(1, "FP32", ["probabilities"])
         load = http_load(f"127.0.0.1:{port}", "/v2/models/cifar10_cnn/infer", body,
-                         clients=args.clients, seconds=args.seconds)  # fmt: skip
+                         clients=args.clients, seconds=args.seconds,
+                         cpus=place.client_cpus)  # fmt: skip
         if spy is not None:
             spy.wait(timeout=60)
     finally:
@@ -129,6 +134,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--py-spy", help="py-spy binary: also sample the server meanwhile")
     parser.add_argument("--py-spy-out", type=Path, default=ROOT / ".cache" / "py-spy.txt")
     parser.add_argument("--env", action="append", default=[], help="NAME=value for the server")
+    parser.add_argument(
+        "--pinned", action="store_true", help="server on one core, load generator on another"
+    )
     parser.add_argument("--no-write", action="store_true", help="print only")
 
 
@@ -136,5 +144,6 @@ def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as name:
         results = profile(args, Path(name))
     results["clients"] = args.clients
+    results["placement"] = "pinned" if args.pinned else "shared"
     print(json.dumps(results, indent=1))
     publish("profile", results, args.no_write)

@@ -57,9 +57,10 @@ class BatchingSettings(BaseSettings):
     thread_scheduling: ThreadScheduling = Field(
         default="batch",
         description=(
-            "Linux scheduling of the models' threads and the work pool: `batch` (SCHED_BATCH) "
-            "keeps their fair share of the CPU but stops them taking the event loop's core the "
-            "moment a request wakes them, so under load the loop reads every waiting request "
-            "before a run starts; `normal`: the kernel's default (docs/benchmarks.md)."
+            "Linux scheduling of the models' threads, the work pool and the prediction log's "
+            "writer: `batch` (SCHED_BATCH) keeps their fair share of the CPU but stops them "
+            "taking the event loop's core the moment a request wakes them, so under load the "
+            "loop reads every waiting request before a run starts; `normal`: the kernel's "
+            "default (docs/benchmarks.md)."
         ),
     )

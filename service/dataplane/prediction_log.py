@@ -20,7 +20,9 @@ from sqlalchemy.engine import Engine
 
 from service.core.logs import MAX_ID_LENGTH, REQUEST_ID, new_request_id
 from service.dataplane import prediction_store as store
+from service.engine import thread_policy
 from service.engine.batcher import Outputs, Rows, Tagged
+from service.engine.thread_policy import ThreadScheduling
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -120,8 +122,10 @@ class PredictionLog:
         capture_rate: float,
         retention: tuple[float, int],
         retry_s: float = 0.0,
+        scheduling: ThreadScheduling = "batch",
     ) -> None:
         self.url, self.capture_rate = url, capture_rate
+        self._scheduling = scheduling  # the writer's (``thread_policy``): set by the writer
         self.max_age_s, self.max_rows = retention
         # A deque, not queue.Queue: an append takes no lock and wakes no thread; the writer
         # looks every FLUSH_INTERVAL_S, so a busy server pays one transaction per interval.
@@ -207,6 +211,7 @@ class PredictionLog:
         return self._engine
 
     def _run(self) -> None:
+        thread_policy.apply(self._scheduling)  # a background writer never preempts the loop
         while True:
             self._wake.wait(FLUSH_INTERVAL_S)
             self._wake.clear()
@@ -338,4 +343,5 @@ def open_prediction_log(settings: Settings, registry: CollectorRegistry) -> Pred
         settings.capture_images,
         retention,
         settings.prediction_log_retry_s,
+        settings.thread_scheduling,
     )

@@ -1,4 +1,5 @@
-"""How the threads that work for the event loop are scheduled: a model's thread and the work pool.
+"""How the threads that work for the event loop are scheduled: a model's thread, the work pool and
+the prediction log's writer.
 
 By default Linux lets a thread that wakes take the core from the one running there (wake-up
 preemption). When the loop shares a core with a model's thread, each request the loop hands over

@@ -3,6 +3,7 @@ probabilities or logits, retention, a dead database never raising, shutdown flus
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from service.dataplane import prediction_store as store
 from service.dataplane.prediction_log import PredictionLog, top1
+from service.engine.thread_policy import ThreadScheduling
 from tests.support.servers import wait_until
 
 PIXELS = np.zeros((3, 32, 32, 3), dtype=np.uint8)
@@ -74,6 +76,22 @@ def test_a_run_is_queued_once_and_written_as_each_requests_own_rows(tmp_path: Pa
     found = [(r["request_id"], r["item"], r["top1"], r["image"][0]) for r in rows]
     assert found == [("x", 0, 1, 0), ("y", 0, 1, 2), ("y", 1, 0, 3), ("z", 0, 0, 0)]
     assert [round(r["top1_probability"], 3) for r in rows] == [0.9, 0.7, 0.6, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("scheduling", "policy"), [("batch", os.SCHED_BATCH), ("normal", os.SCHED_OTHER)]
+)
+def test_the_writer_thread_is_scheduled_as_configured(
+    tmp_path: Path, scheduling: ThreadScheduling, policy: int
+) -> None:
+    url = store.database_url(None, tmp_path)
+    log = PredictionLog(url, CollectorRegistry(), 10, 0, (60, 4), scheduling=scheduling)
+    seen: list[int] = []
+    log.on_written = lambda _: seen.append(os.sched_getscheduler(0))  # on the writer thread
+    log.record("r", "tiny", 1, PIXELS, {"probabilities": PROBABILITIES})
+    assert log.flush(5.0)
+    assert seen == [policy]
+    log.close(5.0)
 
 
 def test_retention_drops_the_oldest_rows_past_the_cap(tmp_path: Path) -> None:

@@ -57,8 +57,9 @@ class BatchingSettings(BaseSettings):
     thread_scheduling: ThreadScheduling = Field(
         default="batch",
         description=(
-            "Linux scheduling of the models' threads, the work pool and the prediction log's "
-            "writer: `batch` (SCHED_BATCH) keeps their fair share of the CPU but stops them "
+            "Linux scheduling of every thread beside the event loop: the models' (onnxruntime's "
+            "pools too), the work pool, loads and polls, the prediction log's writer. `batch` "
+            "(SCHED_BATCH) keeps their fair share of the CPU but stops them "
             "taking the event loop's core the moment a request wakes them, so under load the "
             "loop reads every waiting request before a run starts; `normal`: the kernel's "
             "default (docs/benchmarks.md)."

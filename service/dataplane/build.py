@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from service.dataplane.shared_memory import SharedMemoryRegistry
 from service.dataplane.workers import WorkerGroup
+from service.engine import thread_policy
 from service.engine.metrics import Metrics
 from service.engine.repository import ModelRepository
 from service.engine.runtime import AnswerObserver, RuntimeOptions
@@ -24,6 +26,17 @@ def work_pool(settings: Settings) -> WorkPool:
     """Where decoding and encoding run, off the event loop."""
     threads = settings.work_threads or cores_per_worker(settings)
     return WorkPool(threads, settings.max_waiting_work, settings.thread_scheduling)
+
+
+def background_executor(settings: Settings) -> ThreadPoolExecutor:
+    """The event loop's default executor (``asyncio.to_thread``: model loads, repository polls),
+    scheduled as the models' threads; onnxruntime's own pool threads, made by the thread that
+    makes a session, take that policy too."""
+    return ThreadPoolExecutor(
+        thread_name_prefix="background",
+        initializer=thread_policy.apply,
+        initargs=(settings.thread_scheduling,),
+    )
 
 
 def runtime_options(

@@ -91,7 +91,11 @@ class DataPlane:
         self.trace_settings = TraceSettings()  # /v2/trace/setting: OpenTelemetry, off by default
         names = names_or_empty(lambda name, version: self._class_names(name, version))
         self.monitor = QualityMonitor(
-            self.prediction_log, self.metrics.registry, names, settings.drift_threshold
+            self.prediction_log,
+            self.metrics.registry,
+            names,
+            settings.drift_threshold,
+            settings.thread_scheduling,
         )
         forget = self.response_cache.drop  # WORKERS > 1: what the workers share (workers.py)
         self.workers = build.worker_group(settings, self.repository, forget, self.shared_memory)
@@ -100,8 +104,9 @@ class DataPlane:
 
     async def start(self) -> None:
         """Load the models (off the loop), then poll the repository and time the loop's lag."""
-        await asyncio.to_thread(self.repository.load)
         settings = self.settings
+        asyncio.get_running_loop().set_default_executor(build.background_executor(settings))
+        await asyncio.to_thread(self.repository.load)
         if self.workers is not None:  # before serving: a restarted worker keeps an unload
             await self.workers.start()
             for task in (self.workers.watch(), self.workers.publish_statistics()):

@@ -20,6 +20,7 @@ from service.dataplane import prediction_store as store
 from service.dataplane.monitor import MonitorReport, Window, build_report
 from service.dataplane.prediction_log import PredictionLog
 from service.dataplane.quality_metrics import MAX_VERSIONS, QualityCollector
+from service.engine.thread_policy import ThreadScheduling
 from service.engine.work_pool import WorkPool
 
 log = logging.getLogger(__name__)
@@ -51,13 +52,14 @@ class QualityMonitor:
         registry: CollectorRegistry,
         class_names: Callable[[str, int], Sequence[str]],
         threshold: float,
+        scheduling: ThreadScheduling = "batch",
     ) -> None:
         self.log, self.threshold = prediction_log, threshold
         self.collector = QualityCollector(class_names)
         registry.register(self.collector)
         if prediction_log is not None:
             prediction_log.on_written = self.collector.observe
-        self._pool = WorkPool(THREADS, MAX_WAITING)
+        self._pool = WorkPool(THREADS, MAX_WAITING, scheduling)
         self._answers: dict[Key, tuple[float, asyncio.Future[MonitorReport]]] = {}
         self._warned_at = -WARN_INTERVAL_S
 

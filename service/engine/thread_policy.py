@@ -1,5 +1,6 @@
-"""How the threads that work for the event loop are scheduled: a model's thread, the work pool and
-the prediction log's writer.
+"""How the threads beside the event loop are scheduled: a model's thread (and onnxruntime's pool
+threads, which take the policy of the thread that made the session), the work pool, loads and
+polls, the prediction log's writer.
 
 By default Linux lets a thread that wakes take the core from the one running there (wake-up
 preemption). When the loop shares a core with a model's thread, each request the loop hands over

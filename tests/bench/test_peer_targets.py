@@ -59,6 +59,11 @@ def test_each_target_is_met_or_not_on_its_own_placements_figures() -> None:
     # the floor's 1/3,000 s a request plus the model's 1/10,000 s an image at batch 32
     bound = "batch-32 time per image: 2,308 req/s (x2.31; ours is 91% of it)"
     assert bound in judged["pinned"][0]["limit"]
+    above = judge({"shared": _mode(1500, 0.8, 2), "pinned": _mode(2400, 0.45, 1)})["pinned"][0]
+    assert (
+        "ours is 104% of it: above it, so that floor is partly the load generator's"
+        in (above["limit"])
+    )
 
 
 def test_the_targets_block_puts_the_pinned_verdict_first_and_the_shared_beside_it() -> None:

@@ -65,8 +65,10 @@ _loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines] = (
 
 def for_running_loop() -> Deadlines:
     """The running loop's deadlines (each loop its own: tests run servers on several). Meant
-    for deadlines of one length, so that a later one never re-arms the timer: a short one (the
-    2 ms disconnect watch) among 30 s ones would, and keeps its own timer (``disconnect``)."""
+    for a few lengths that are each added in time order (the body timeout, the 50 ms disconnect
+    watch): a later deadline of one length never re-arms the timer, and a short one added while
+    it waits for a long one re-arms it once, after which the short ones keep it. (At 2 ms the
+    watch kept a timer of its own: the shared one would have fired and re-armed every 2 ms.)"""
     loop = asyncio.get_running_loop()
     deadlines = _loops.get(loop)
     if deadlines is None:

@@ -2,9 +2,13 @@
 watches the connection during the work and cancels the work on ``http.disconnect``, so a request
 still queued for a model never reaches it (the batcher skips cancelled requests).
 
-The watch starts only once the work has taken ``WATCH_AFTER_S``: a request answered sooner (most,
-when the model is not busy) costs a timer, not a task. A client that left earlier is still seen
-then, as uvicorn keeps the disconnect for the next ``receive``."""
+The watch starts only once the work has taken ``WATCH_AFTER_S``: a request answered sooner costs a
+deadline on the loop's shared timer (``deadlines``), not a task of its own. A client that left
+earlier is still seen then, as uvicorn keeps the disconnect for the next ``receive``. At 50 ms a
+request under load (64 clients on one core, p99 about 30 ms) is answered before its watch would
+start: at 2 ms every such request started one, a task made, parked on ``receive`` and cancelled,
+which cost 4 % of requests/s (docs/benchmarks.md, "The 64-client p99"); a client that leaves a
+request queued for longer than that is still dropped before its run."""
 
 from __future__ import annotations
 
@@ -14,8 +18,10 @@ from typing import TypeVar
 
 from starlette.types import Receive
 
+from service.api.rest.deadlines import for_running_loop
+
 T = TypeVar("T")
-WATCH_AFTER_S = 0.002
+WATCH_AFTER_S = 0.05
 
 
 async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T | None:
@@ -38,7 +44,8 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T | None:
         nonlocal watcher
         watcher = asyncio.ensure_future(watch())
 
-    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start)
+    deadlines = for_running_loop()
+    key = deadlines.add(asyncio.get_running_loop().time() + WATCH_AFTER_S, start)
     try:
         return await work
     except asyncio.CancelledError:
@@ -47,6 +54,6 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T | None:
         task.uncancel()
         return None
     finally:
-        timer.cancel()
+        deadlines.drop(key)
         if watcher is not None:
             watcher.cancel()

@@ -32,11 +32,7 @@ def background_executor(settings: Settings) -> ThreadPoolExecutor:
     """The event loop's default executor (``asyncio.to_thread``: model loads, repository polls),
     scheduled as the models' threads; onnxruntime's own pool threads, made by the thread that
     makes a session, take that policy too."""
-    return ThreadPoolExecutor(
-        thread_name_prefix="background",
-        initializer=thread_policy.apply,
-        initargs=(settings.thread_scheduling,),
-    )
+    return thread_policy.executor(settings.thread_scheduling, None, "background")
 
 
 def runtime_options(

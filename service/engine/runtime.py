@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,11 +117,8 @@ class ModelRuntime:
         # always does); otherwise each request is its own run (Triton's max_batch_size 0).
         tensors = [*card.inputs, *card.outputs]
         self.batched = card.kind != TENSOR or all(t.shape[:1] == [-1] for t in tensors)
-        self._executor = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix=f"ort-{card.name}-{card.version}",
-            initializer=thread_policy.apply,
-            initargs=(options.thread_scheduling,),
+        self._executor = thread_policy.executor(
+            options.thread_scheduling, 1, f"ort-{card.name}-{card.version}"
         )
         self._batcher: DynamicBatcher | None = None  # made on first use, in the serving loop
         self.statistics = InferenceStatistics()  # this version's, since it was loaded

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 log = logging.getLogger(__name__)
@@ -34,3 +35,11 @@ def apply(scheduling: ThreadScheduling) -> None:
         os.sched_setscheduler(0, policy, os.sched_param(0))  # 0: this thread (Linux)
     except OSError as exc:
         log.info("SCHED_BATCH refused (%s): this thread keeps the default scheduling", exc)
+
+
+def executor(scheduling: ThreadScheduling, threads: int | None, name: str) -> ThreadPoolExecutor:
+    """A thread pool whose threads take ``scheduling`` as they start (``threads`` None: the
+    standard library's default count)."""
+    return ThreadPoolExecutor(
+        max_workers=threads, thread_name_prefix=name, initializer=apply, initargs=(scheduling,)
+    )

@@ -4,7 +4,6 @@ maps), so the event loop only waits for it and keeps answering everyone else."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 from collections.abc import Callable
 from typing import TypeVar
@@ -39,12 +38,7 @@ class WorkPool:
         max_waiting: int,
         scheduling: thread_policy.ThreadScheduling = "batch",
     ) -> None:
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=threads,
-            thread_name_prefix="request-work",
-            initializer=thread_policy.apply,
-            initargs=(scheduling,),
-        )
+        self._executor = thread_policy.executor(scheduling, threads, "request-work")
         self._capacity = threads + max_waiting
         self._taken = 0  # jobs queued or running; touched on the event loop only
 

@@ -14,6 +14,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 from service.core.errors import InvalidConfig
+from training.allocator import keep_freed_pages
 from training.architectures import ARCHITECTURES
 from training.augment import Augment, augment_options
 from training.checkpoint import ResumePoint
@@ -58,6 +59,7 @@ class Training:
 
 def start_training(config: TrainConfig, fit: Split, device: torch.device, world: World) -> Training:
     """The model (initialised, on ``device``), optimizer, schedule and generators of a new run."""
+    keep_freed_pages()  # each step reuses the last one's pages (training/allocator.py)
     model = build_classifier(config)
     init_from_data(model, ARCHITECTURES[config.arch], fit.images[:WHITENING_IMAGES])
     model = model.to(device)

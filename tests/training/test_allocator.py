@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from training import allocator
 
 # Twenty bf16 steps of the lecture CNN on random pixels, after five to warm up; prints the minor
 # page faults the twenty took. ``keep`` says whether start_training's allocator call stays in.
@@ -56,3 +59,12 @@ def test_training_steps_reuse_the_pages_the_last_step_freed() -> None:
     # Without the call each step faults in its activations again (about 1,900 pages a step here)
     assert default > 20 * 200, default
     assert kept < default / 10, (kept, default)
+
+
+def test_without_glibc_the_allocator_keeps_its_defaults(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(allocator.ctypes.util, "find_library", lambda name: None)
+    with caplog.at_level(logging.INFO, logger="training.allocator"):
+        assert allocator.keep_freed_pages() is False
+    assert "keeps its defaults" in caplog.text

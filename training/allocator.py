@@ -12,7 +12,6 @@ freed memory it would otherwise have given back.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
@@ -27,17 +26,15 @@ TRIM_THRESHOLD = 256 * 1024 * 1024
 
 def keep_freed_pages() -> bool:
     """Raise glibc's mmap and trim thresholds for this process; False where the C library is
-    not glibc (musl, macOS) or refuses, and the process keeps its allocator's defaults."""
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        mallopt = None
+    not glibc (musl, macOS) or refuses, and the process keeps its allocator's defaults.
+
+    The process' own symbols (``CDLL(None)``) hold the C library's: no search for its file."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:
         log.info("no glibc mallopt here: the allocator keeps its defaults")
         return False
-    applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    applied = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and (
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     )
     if not applied:
         log.info("mallopt refused the thresholds: the allocator keeps its defaults")

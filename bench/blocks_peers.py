@@ -58,6 +58,51 @@ def _load_average(mode: Record) -> list[str]:
     ]
 
 
+FIRST = {"peer": "PyTriton", "ours": "this service"}
+
+
+def _rounds_line(mode: Record) -> list[str]:
+    """How the rounds took turns (runs before the rounds measured each server once)."""
+    if "rounds" not in mode:
+        return []
+    return [
+        f"- Rounds: {len(mode['rounds'])}, first in each: "
+        f"{', '.join(FIRST[f] for f in mode['rounds'])}; each figure below is the median of the "
+        "rounds' and each ratio the median of the rounds' ratios (the rounds: the second table)"
+    ]
+
+
+def _rounds_table(mode: Record) -> list[str]:
+    """Each round's own figures, workload by workload."""
+    if "rounds" not in mode:
+        return []
+    lines = [
+        "",
+        "| workload | clients | round | first | PyTriton | this service | requests/s ratio "
+        "| p99 ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for w in mode["workloads"]:
+        lines += [
+            f"| {w['label']} | {w['clients']} | {n} | {FIRST[r['first']]} | "
+            f"{_brief(r['peer'])} | {_brief(r['ours'])} | x{r['rps_ratio']:.2f} "
+            f"| x{r['p99_ratio']:.2f} |"
+            for n, r in enumerate(w["rounds"], 1)
+        ]
+    return lines
+
+
+def _brief(r: Record) -> str:
+    return f"{r['requests_per_s']:,.0f} req/s, p50 {r['p50_ms']:.2f}, p99 {r['p99_ms']:.2f} ms"
+
+
+def _grpc_rounds(p: Record) -> str:
+    if "rounds" not in p:
+        return ""
+    each = ", ".join(f"x{r['grpc_ratio']:.2f}" for r in p["rounds"])
+    return f" The rounds' grpc.aio ratios: {each}."
+
+
 def _cpus(cpus: str) -> str:
     return "any CPU" if cpus == "any" else f"CPU {cpus}"
 
@@ -81,6 +126,7 @@ def _mode(name: str, mode: Record) -> list[str]:
         f"{mode.get('peer_threads', '')}, the raw ASGI app 1",
         f"- Where they ran: {_affinity(mode)}{_client(mode)}",
         *_load_average(mode),
+        *_rounds_line(mode),
         f"- In-process onnxruntime (same run, no spinning, as the service's sessions): {ceilings}",
         "",
         "| workload | clients | PyTriton | this service | requests/s ratio | p99 ratio "
@@ -93,6 +139,7 @@ def _mode(name: str, mode: Record) -> list[str]:
             f"| x{w['rps_ratio']:.2f} | x{w['p99_ratio']:.2f} | "
             f"{w['of_ceiling']:.0%} (peer {w['peer_of_ceiling']:.0%}) |"
         )
+    lines += _rounds_table(mode)
     lines += ["", "| raw ASGI `ceiling_asgi.py`, lecture model's FP32 JSON | clients | figure |"]
     lines.append("|---|---|---|")
     lines += [f"| {a['app']} | {a['clients']} | {_load(a)} |" for a in mode["asgi"]]
@@ -102,7 +149,7 @@ def _mode(name: str, mode: Record) -> list[str]:
         f"1 client, lecture model, this service: REST binary p50 {p['rest_binary_p50_ms']:.2f} "
         f"ms; gRPC p50 {p['grpc_p50_ms']:.2f} ms with the grpc.aio client "
         f"(x{p['grpc_ratio']:.2f}), {p['blocking_p50_ms']:.2f} ms with grpcio's blocking client "
-        f"(x{p['blocking_ratio']:.2f}).",
+        f"(x{p['blocking_ratio']:.2f}).{_grpc_rounds(p)}",
     ]
     return lines
 

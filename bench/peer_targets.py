@@ -1,6 +1,7 @@
 """Issue 28's serving targets judged on one run of ``python -m bench peers``, on each placement's
-figures (the pinned ones decide: server on one core, load generator on the other), each met or
-not, and beside each the measured limit that bounds it on the same cores (``bench.peer_limits``)."""
+figures (the pinned ones decide: server on one core, load generator on the other; the medians of
+its rounds, ``bench.peer_rounds``), each met or not, with the rounds' own figures, and beside each
+the measured limit that bounds it on the same cores (``bench.peer_limits``)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,17 @@ def batched_bound(floor_rps: float, in_process: Mode) -> float:
     return 1 / (1 / floor_rps + 1 / float(in_process["images_per_s"]))
 
 
+def _per_round(values: list[float], form: str, lead: str = "; ") -> str:
+    """The rounds' own figures behind a median, after ``lead`` (runs before the rounds: none)."""
+    if len(values) < 2:
+        return ""
+    return f"{lead}median of {len(values)} rounds: " + ", ".join(form.format(v) for v in values)
+
+
+def _rounds(w: Mode, key: str, form: str) -> str:
+    return _per_round([r[key] for r in w.get("rounds", [])], form)
+
+
 def _row(target: str, measured: str, met: bool, limit: str) -> dict[str, Any]:
     return {"target": target, "measured": measured, "met": met, "limit": limit}
 
@@ -70,13 +82,14 @@ def _lecture_64(mode: Mode) -> list[dict[str, Any]]:
         _row(
             "lecture model, 1-image FP32 JSON, 64 clients: >= 2x PyTriton's requests/s",
             f"x{w['rps_ratio']:.2f} ({ours['requests_per_s']:,.0f} against "
-            f"{peer['requests_per_s']:,.0f} req/s)",
+            f"{peer['requests_per_s']:,.0f} req/s{_rounds(w, 'rps_ratio', 'x{:.2f}')})",
             w["rps_ratio"] >= 2,
             limit,
         ),
         _row(
             "the same, p99 <= half of PyTriton's",
-            f"x{w['p99_ratio']:.2f} ({ours['p99_ms']:.2f} against {peer['p99_ms']:.2f} ms)",
+            f"x{w['p99_ratio']:.2f} ({ours['p99_ms']:.2f} against {peer['p99_ms']:.2f} ms"
+            f"{_rounds(w, 'p99_ratio', 'x{:.2f}')})",
             w["p99_ratio"] <= 0.5,
             p99,
         ),
@@ -84,11 +97,13 @@ def _lecture_64(mode: Mode) -> list[dict[str, Any]]:
 
 
 def _one_client(mode: Mode) -> dict[str, Any]:
-    ours = _workload(mode, WORKLOADS[0].label, 1)["ours"]
+    w = _workload(mode, WORKLOADS[0].label, 1)
+    ours = w["ours"]
     floor, top = _asgi(mode, True, 1), _asgi(mode, False, 1)
+    each = _per_round([r["ours"]["p50_ms"] for r in w.get("rounds", [])], "{:.2f}", " (")
     return _row(
         "one client (lecture model, 1-image FP32 JSON): p50 <= 0.5 ms",
-        f"p50 {ours['p50_ms']:.2f} ms",
+        f"p50 {ours['p50_ms']:.2f} ms{each + ')' if each else ''}",
         ours["p50_ms"] <= 0.5,
         f"raw ASGI on the same core: p50 {top['p50_ms']:.2f} ms with the model, "
         f"{floor['p50_ms']:.2f} ms without it",
@@ -119,7 +134,8 @@ def _bn(mode: Mode) -> list[dict[str, Any]]:
         ),
         _row(
             "the same, p99 <= PyTriton's",
-            f"x{w['p99_ratio']:.2f} ({ours['p99_ms']:.2f} against {peer['p99_ms']:.2f} ms)",
+            f"x{w['p99_ratio']:.2f} ({ours['p99_ms']:.2f} against {peer['p99_ms']:.2f} ms"
+            f"{_rounds(w, 'p99_ratio', 'x{:.2f}')})",
             w["p99_ratio"] <= 1,
             "",
         ),
@@ -129,11 +145,12 @@ def _bn(mode: Mode) -> list[dict[str, Any]]:
 def _grpc(mode: Mode) -> dict[str, Any]:
     p = mode["protocols"]
     best = min(p["grpc_ratio"], p["blocking_ratio"])
+    each = _per_round([r["grpc_ratio"] for r in p.get("rounds", [])], "x{:.2f}")
     return _row(
         "gRPC p50, one client, 1 image: <= REST binary's",
         f"x{p['grpc_ratio']:.2f} with the grpc.aio client, x{p['blocking_ratio']:.2f} with the "
         f"blocking one ({p['grpc_p50_ms']:.2f} and {p['blocking_p50_ms']:.2f} against "
-        f"{p['rest_binary_p50_ms']:.2f} ms)",
+        f"{p['rest_binary_p50_ms']:.2f} ms{each})",
         best <= 1,
         "",
     )

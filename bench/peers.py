@@ -2,7 +2,7 @@
 lecture recipe's training against its Keras original.
 
     make bench-peers      # or: python -m bench peers [--seconds 10] [--modes shared,pinned]
-                          #     [--no-train] [--no-write]
+                          #     [--serving-rounds 3] [--no-train] [--no-write]
     python -m bench peers --train-only [--train-rounds 3]   # the training rows alone
 
 Builds the peers' virtual environments in ``.cache/peers/`` if they are missing
@@ -11,11 +11,12 @@ anywhere; ``pinned``, every server on one core and the load generator on the oth
 one server at a time on free loopback ports, each in a process group of its own that is stopped as
 a whole: ``../shared/peers/pytriton_server.py`` on the model file, ``python -m service`` and the raw
 ASGI ceiling ``../shared/peers/ceiling_asgi.py``, all driven by ``bench.loadgen`` with the same
-request bodies; the in-process onnxruntime ceilings (on the server's core when pinned) and the
-training rates (``bench.peer_training``) are measured in the same run, and the issue's targets
-judged on the pinned figures (``bench.peer_targets``). Only ratios from one run compare on this
-shared machine. Writes ``docs/results/peers.json`` (``--train-only``:
-``docs/results/peer-training.json``).
+request bodies. PyTriton and this service run in ``--serving-rounds`` rounds taking turns at going
+first, each ratio the median of the rounds' (``bench.peer_rounds``). The in-process onnxruntime
+ceilings (on the server's core when pinned) and the training rates (``bench.peer_training``) are
+measured in the same run, and the issue's targets judged on the pinned figures
+(``bench.peer_targets``). Only ratios from one run compare on this shared machine. Writes
+``docs/results/peers.json`` (``--train-only``: ``docs/results/peer-training.json``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from bench.load import grpc_load, http_load
 from bench.onnx_timer import latest_version
 from bench.peer_envs import PEERS, ensure_venv
 from bench.peer_limits import asgi_rows, ceiling_rows
+from bench.peer_rounds import client_cpus, protocol_figures, workload_rows
 from bench.peer_targets import judge
 from bench.peer_training import training
 from bench.peer_workloads import BN, LECTURE, PROBABILITIES, WORKLOADS, Workload
@@ -118,36 +120,43 @@ def service_rows(
     return rows, protocols, affinity
 
 
+def _round(args: argparse.Namespace, tmp: Path, place: Placement, n: int) -> dict[str, Any]:
+    """One round of both servers' loads, PyTriton first in even rounds, this service in odd."""
+    first = "peer" if n % 2 == 0 else "ours"
+    print(f"-- round {n + 1} of {args.serving_rounds}, {first} first", flush=True)
+    found: dict[str, Any] = {"first": first}
+    for side in ("peer", "ours") if first == "peer" else ("ours", "peer"):
+        if side == "peer":
+            found["peer"], found["peer_affinity"] = peer_rows(args, tmp, place)
+        else:
+            found["ours"], found["protocols"], found["our_affinity"] = service_rows(
+                args, tmp, place
+            )
+    return found
+
+
 def serving_mode(args: argparse.Namespace, tmp: Path, place: Placement) -> dict[str, Any]:
-    """Every serving figure of one placement: both servers per workload, ratios, ceilings."""
+    """Every serving figure of one placement: both servers per workload in rounds that take
+    turns (``bench.peer_rounds``), the medians of their ratios, then the limits."""
     print(f"== {place.mode}: server on {place.server_cpus or 'any core'}, load generator on "
           f"{place.client_cpus or 'any core'}", flush=True)  # fmt: skip
     load_before = os.getloadavg()[0]
-    peer, peer_affinity = peer_rows(args, tmp, place)
-    ours, protocols, our_affinity = service_rows(args, tmp, place)
+    rounds = [_round(args, tmp, place, n) for n in range(args.serving_rounds)]
     asgi = asgi_rows(args.seconds, tmp, place)
     threads = 1 if place.pinned else args.threads
     ceilings = ceiling_rows(place, threads)
-    top = {(c["model"], c["batch"], c["threads"]): c["images_per_s"] for c in ceilings}
-    workloads = []
-    for w in WORKLOADS:
-        p, o = peer[(w.label, w.clients)], ours[(w.label, w.clients)]
-        ceiling = top[(w.model, 32, threads)]
-        workloads.append({
-            "label": w.label, "clients": w.clients, "peer": p, "ours": o,
-            "rps_ratio": o["requests_per_s"] / p["requests_per_s"],
-            "p99_ratio": o["p99_ms"] / p["p99_ms"],
-            "of_ceiling": o["images_per_s"] / ceiling,
-            "peer_of_ceiling": p["images_per_s"] / ceiling,
-        })  # fmt: skip
-    loads = [*(w["peer"] for w in workloads), *(w["ours"] for w in workloads), *asgi]
-    client_cpus = sorted({c for r in loads for c in r["cpus"]})
+    batch_32 = {c["model"]: c["images_per_s"] for c in ceilings
+                if c["batch"] == 32 and c["threads"] == threads}  # fmt: skip
+    last = rounds[-1]
     return {
         "server_cpus": place.server_cpus, "client_cpus": place.client_cpus, "threads": threads,
         "peer_threads": 1 if place.pinned else args.peer_threads,
-        "load_average": [load_before, os.getloadavg()[0]], "client_ran_on": client_cpus,
-        "affinity": {"peer": peer_affinity, "ours": our_affinity},
-        "workloads": workloads, "protocols": protocols, "ceilings": ceilings, "asgi": asgi,
+        "load_average": [load_before, os.getloadavg()[0]],
+        "client_ran_on": client_cpus(rounds, asgi),
+        "affinity": {"peer": last["peer_affinity"], "ours": last["our_affinity"]},
+        "rounds": [r["first"] for r in rounds],
+        "workloads": workload_rows(rounds, batch_32), "protocols": protocol_figures(rounds),
+        "ceilings": ceilings, "asgi": asgi,
     }  # fmt: skip
 
 
@@ -179,6 +188,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server-cpu", type=int, default=None, help="pinned: the server's core")
     parser.add_argument("--client-cpu", type=int, default=None, help="pinned: the client's core")
     parser.add_argument("--workers", default="1", help="the service's WORKERS")
+    parser.add_argument(
+        "--serving-rounds",
+        type=int,
+        default=3,
+        help="rounds of both servers per placement, taking turns at going first; each ratio is "
+        "the median of the rounds'",
+    )
     parser.add_argument("--keras-epochs", type=int, default=2)
     parser.add_argument(
         "--train-rounds", type=int, default=3, help="pairs of the bf16 recipe and Keras"

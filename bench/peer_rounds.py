@@ -16,7 +16,6 @@ from typing import Any
 from bench.peer_workloads import WORKLOADS
 
 Load = dict[str, Any]
-Rows = dict[tuple[str, int], Load]
 FIGURES = ("requests_per_s", "images_per_s", "p50_ms", "p99_ms")
 
 

@@ -167,6 +167,13 @@ def serving(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return {"modes": modes, "targets": judge(modes)}
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per figure")
     parser.add_argument(
@@ -190,7 +197,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", default="1", help="the service's WORKERS")
     parser.add_argument(
         "--serving-rounds",
-        type=int,
+        type=_positive,
         default=3,
         help="rounds of both servers per placement, taking turns at going first; each ratio is "
         "the median of the rounds'",

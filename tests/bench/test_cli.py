@@ -29,6 +29,13 @@ def test_an_unknown_subcommand_is_refused(capsys: pytest.CaptureFixture[str]) ->
     assert "invalid choice" in capsys.readouterr().err
 
 
+def test_the_peers_bench_needs_at_least_one_round(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["peers", "--serving-rounds", "0", "--no-write"])
+    assert exited.value.code == 2
+    assert "--serving-rounds: must be 1 or more" in capsys.readouterr().err
+
+
 def test_every_body_carries_the_same_seeded_pixels() -> None:
     assert (pixels(1) == pixels(1)).all() and pixels(3).shape == (3, 32, 32, 3)
     as_json = json.loads(v2_json(1, "UINT8", ["probabilities"]))

@@ -34,10 +34,11 @@ SLOW_START_S = 0.4  # time for the slow request to reach its model before the ne
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """``tiny`` (statistics, config), ``cached`` (the response cache), ``spare`` (hostile input)
-    and ``slow`` (a run of about a second, for timeouts and cancellation)."""
+    and ``slow`` (a run of about 1.5 s on this machine, for timeouts and cancellation: a second
+    request is sent 0.4 s into it, and a client leaves 0.2 s after that)."""
     root = tmp_path_factory.mktemp("extensions")
     repo = make_model_repo(root, {"tiny": [1], "cached": [1], "spare": [1]}, lecture=False)
-    write_slow_model(repo, "slow", products=40)
+    write_slow_model(repo, "slow", seconds=1.5)  # the server runs it with one thread too
     settings = make_settings(
         repo, intra_op_threads=1, response_cache="cached", poll_interval_s=0, **BATCH
     )

@@ -1,15 +1,21 @@
 """A model that is slow on purpose, for tests of what happens to requests queued behind a run:
 the tiny graph plus a chain of 1024 x 1024 matrix products that depends on the input (so onnxruntime
 cannot fold it away) and adds exactly zero to the logits, so its answers stay ``tiny_reference``'s.
+A test that times its steps against a run asks for the run's length (``seconds``), not a number of
+products: 40 products took a second on one machine and 0.64 s on a faster one, where a client
+meant to leave while its request was still queued left just as the run ended.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import time
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from service.core.card import CARD_FILE, MODEL_FILE
@@ -58,11 +64,34 @@ def _sort_softmax_last(graph: onnx.GraphProto) -> None:
     graph.node.extend(rest + softmax)
 
 
-def write_slow_model(root: Path, name: str = "slow", products: int = 16) -> Path:
-    """``<root>/<name>/1`` holding the slow graph and its card; returns the repository root."""
+def products_for(seconds: float, threads: int = 1) -> int:
+    """How many products make a run of at least about ``seconds`` here, with ``threads``
+    onnxruntime threads: the fastest of three runs of an 8-product graph, scaled."""
+    sample = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(
+        slow_graph(sample).SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    feed = {session.get_inputs()[0].name: np.zeros((1, 32, 32, 3), np.uint8)}
+    session.run(None, feed)  # warm-up
+    fastest = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        session.run(None, feed)
+        fastest = min(fastest, time.perf_counter() - start)
+    return max(1, math.ceil(seconds * sample / fastest))
+
+
+def write_slow_model(
+    root: Path, name: str = "slow", products: int = 16, seconds: float | None = None
+) -> Path:
+    """``<root>/<name>/1`` holding the slow graph and its card; returns the repository root.
+    ``seconds``: as many products as make a run that long here (one onnxruntime thread)."""
     folder = root / name / "1"
     folder.mkdir(parents=True, exist_ok=True)
-    onnx.save(slow_graph(products), str(folder / MODEL_FILE))
+    count = products if seconds is None else products_for(seconds)
+    onnx.save(slow_graph(count), str(folder / MODEL_FILE))
     card = card_for(name, 1, folder / MODEL_FILE)
     (folder / CARD_FILE).write_text(json.dumps(card.to_dict()), encoding="utf-8")
     return root

@@ -2,8 +2,8 @@
 lecture recipe's training against its Keras original.
 
     make bench-peers      # or: python -m bench peers [--seconds 10] [--modes shared,pinned]
-                          #     [--serving-rounds 3] [--no-train] [--no-write]
-    python -m bench peers --train-only [--train-rounds 3]   # the training rows alone
+                          #     [--serving-rounds 5] [--no-train] [--no-write]
+    python -m bench peers --train-only [--train-rounds 5]   # the training rows alone
 
 Builds the peers' virtual environments in ``.cache/peers/`` if they are missing
 (``bench.peer_envs``). Then, for each placement (``bench.placement``: ``shared``, everything
@@ -198,13 +198,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--serving-rounds",
         type=_positive,
-        default=3,
+        default=5,
         help="rounds of both servers per placement, taking turns at going first; each ratio is "
         "the median of the rounds'",
     )
     parser.add_argument("--keras-epochs", type=int, default=2)
     parser.add_argument(
-        "--train-rounds", type=int, default=3, help="pairs of the bf16 recipe and Keras"
+        "--train-rounds", type=_positive, default=5, help="pairs of the bf16 recipe and Keras"
     )
     parser.add_argument("--no-train", action="store_true", help="serving only")
     parser.add_argument(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import time
+import timeit
 from pathlib import Path
 
 import numpy as np
@@ -75,11 +75,7 @@ def products_for(seconds: float, threads: int = 1) -> int:
     )
     feed = {session.get_inputs()[0].name: np.zeros((1, 32, 32, 3), np.uint8)}
     session.run(None, feed)  # warm-up
-    fastest = math.inf
-    for _ in range(3):
-        start = time.perf_counter()
-        session.run(None, feed)
-        fastest = min(fastest, time.perf_counter() - start)
+    fastest = min(timeit.repeat(lambda: session.run(None, feed), number=1, repeat=3))
     return max(1, math.ceil(seconds * sample / fastest))
 
 

@@ -7,6 +7,7 @@ numbers without torch; ``build_model`` walks that table to size each PyTorch lay
 from __future__ import annotations
 
 from collections import OrderedDict
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -65,9 +66,53 @@ def _with_activation(layer: nn.Module, activation: str | None) -> nn.Module:
     return layer if act is None else nn.Sequential(layer, act)
 
 
+class LayerStack(nn.Sequential):
+    """The layers in order; in training, a ReLU straight before a max-pool runs after it.
+
+    ReLU is monotone, so it commutes with max-pooling: the values and the gradients are the same
+    bits either way (a test checks, bf16 included), but after the pool ReLU and its backward touch
+    a quarter of the elements. The lecture recipe's step runs about 6% faster here
+    (docs/training.md). Evaluation, and so the export, keep Keras' order: each layer's output is a
+    tensor in the graph, where the service's inspection finds it.
+    """
+
+    def __init__(self, modules: OrderedDict[str, nn.Module]):
+        super().__init__(modules)
+        layers = list(modules.values())
+        self._relu_before_pool = frozenset(
+            i
+            for i, (layer, after) in enumerate(pairwise(layers))
+            if type(after) is nn.MaxPool2d and _ends_in_relu(layer)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not self._relu_before_pool:
+            return super().forward(x)
+        layers = list(self)
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            if i in self._relu_before_pool:
+                head = list(layer.children())[:-1] if isinstance(layer, nn.Sequential) else []
+                for part in head:
+                    x = part(x)
+                x = F.relu(layers[i + 1](x))
+                i += 2
+            else:
+                x = layer(x)
+                i += 1
+        return x
+
+
+def _ends_in_relu(layer: nn.Module) -> bool:
+    """A ReLU layer, or a layer whose own last part is one (a convolution with its activation)."""
+    last = layer[-1] if isinstance(layer, nn.Sequential) and len(layer) > 0 else layer
+    return type(last) is nn.ReLU
+
+
 def build_layers(
     layers: list[dict[str, Any]], input_shape: tuple[int, int, int] = INPUT_SHAPE
-) -> nn.Sequential:
+) -> LayerStack:
     """The layer stack as ``nn.Sequential`` with Keras' layer names (``conv2d_1``, ``dense``...).
 
     Works on NCHW float tensors; names carry into the ONNX graph's node names. The specs are
@@ -80,7 +125,7 @@ def build_layers(
     for spec, row in zip(specs, table.rows, strict=True):
         modules[row.name] = _module(spec, shape)
         shape = row.output_shape
-    return nn.Sequential(modules)
+    return LayerStack(modules)
 
 
 def _module(spec: Layer, shape: tuple[int, ...]) -> nn.Module:

@@ -222,3 +222,45 @@ def test_test_time_augmentation_averages_the_views_in_eval_mode_only() -> None:
     assert six(torch.from_numpy(images)).shape == (5, 10)  # training sees one view per image
     with pytest.raises(ValueError, match="unknown test-time augmentation"):
         tta_views("rotate", 32, 32)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_training_pools_before_relu_with_the_same_bits(bf16: bool) -> None:
+    """In training the lecture net max-pools before its ReLUs (a quarter of the elements): its
+    logits and every gradient equal Keras' order's bit for bit, float32 and under bf16."""
+    torch.manual_seed(0)
+    model = Classifier(LECTURE)
+    keras_init(model)
+    images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (8,))
+
+    def logits_and_grads(keras_order: bool) -> list[torch.Tensor]:
+        model.train()
+        model.zero_grad(set_to_none=True)
+        x = images.permute(0, 3, 1, 2).float() / 255.0
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = torch.nn.Sequential.forward(model.net, x) if keras_order else model.net(x)
+        torch.nn.functional.cross_entropy(out.float(), labels).backward()
+        return [out.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    pooled_first, keras = logits_and_grads(False), logits_and_grads(True)
+    assert len(pooled_first) == len(keras) == 11
+    for a, b in zip(pooled_first, keras, strict=True):
+        assert torch.equal(a, b)
+    assert model.net._relu_before_pool == {0, 2}  # conv2d -> max_pooling2d, conv2d_1 -> ..._1
+
+
+def test_a_relu_before_an_average_pool_keeps_its_place() -> None:
+    """Only max-pooling commutes with ReLU; an average pool, or a pool after GELU, does not."""
+    layers: list[dict[str, Any]] = [
+        {"type": "conv2d", "filters": 4, "kernel": 3, "activation": "relu"},
+        {"type": "avg_pool", "pool": 2},
+        {"type": "conv2d", "filters": 4, "kernel": 3, "activation": "gelu"},
+        {"type": "max_pool", "pool": 2},
+        {"type": "activation", "fn": "relu"},
+        {"type": "max_pool", "pool": 2},
+    ]
+    net = build_layers(layers, (20, 20, 3))
+    assert net._relu_before_pool == {4}
+    x = torch.randn(2, 3, 20, 20)
+    assert torch.equal(net.train()(x), torch.nn.Sequential.forward(net, x))

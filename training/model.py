@@ -71,7 +71,7 @@ class LayerStack(nn.Sequential):
 
     ReLU is monotone, so it commutes with max-pooling: the values and the gradients are the same
     bits either way (a test checks, bf16 included), but after the pool ReLU and its backward touch
-    a quarter of the elements. The lecture recipe's step runs about 6% faster here
+    a quarter of the elements. The lecture recipe's bf16 step runs 6-8% faster here
     (docs/training.md). Evaluation, and so the export, keep Keras' order: each layer's output is a
     tensor in the graph, where the service's inspection finds it.
     """

@@ -243,7 +243,12 @@ def test_training_pools_before_relu_with_the_same_bits(bf16: bool) -> None:
         torch.nn.functional.cross_entropy(out.float(), labels).backward()
         return [out.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
+    pool_inputs: list[float] = []  # the first pool's smallest input: below 0 before a ReLU
+    model.net[1].register_forward_hook(  # max_pooling2d
+        lambda _module, args, _out: pool_inputs.append(float(args[0].detach().min()))
+    )
     pooled_first, keras = logits_and_grads(False), logits_and_grads(True)
+    assert pool_inputs[0] < 0 <= pool_inputs[1]  # the orders did differ
     assert len(pooled_first) == len(keras) == 11
     for a, b in zip(pooled_first, keras, strict=True):
         assert torch.equal(a, b)

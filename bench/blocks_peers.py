@@ -150,8 +150,25 @@ def _mode(name: str, mode: Record) -> list[str]:
         f"ms; gRPC p50 {p['grpc_p50_ms']:.2f} ms with the grpc.aio client "
         f"(x{p['grpc_ratio']:.2f}), {p['blocking_p50_ms']:.2f} ms with grpcio's blocking client "
         f"(x{p['blocking_ratio']:.2f}).{_grpc_rounds(p)}",
+        *_grpc_limit(mode),
     ]
     return lines
+
+
+def _grpc_limit(mode: Record) -> list[str]:
+    """The gRPC floor of the run (``bench.peer_limits.grpc_limit``); none in older records."""
+    g = mode.get("grpc_limit")
+    if g is None:
+        return []
+    return [
+        "",
+        "Its limit, grpcio's synchronous server answering ModelInfer with nothing but decode, one "
+        "run and encode on its pool thread (`python -m bench grpc-models --serve sync-direct`), "
+        f"same cores and clients: gRPC p50 {g['grpc_p50_ms']:.2f} ms with the grpc.aio client "
+        f"(x{g['grpc_ratio']:.2f}), {g['blocking_p50_ms']:.2f} ms with the blocking one "
+        f"(x{g['blocking_ratio']:.2f}), against REST binary's {g['rest_binary_p50_ms']:.2f} ms "
+        "from the same process.",
+    ]
 
 
 def _training(t: Record) -> list[str]:

@@ -1,8 +1,10 @@
 """The limits the peers' figures are measured against, on the same cores as the servers: in-process
-onnxruntime (no server at all) and ``../shared/peers/ceiling_asgi.py``, a raw ASGI app on the same
+onnxruntime (no server at all); ``../shared/peers/ceiling_asgi.py``, a raw ASGI app on the same
 uvicorn + httptools + uvloop stack with no framework and no batching, with the model (what one
 request per run costs) and without it (the HTTP + JSON floor: no Python server on this stack
-answers faster)."""
+answers faster); and grpcio's synchronous server answering ModelInfer with nothing but decode,
+one run and encode (``bench.grpc_models``' ``sync-direct``), against REST binary of the same
+process: the least a call costs through grpcio's Python server here."""
 
 from __future__ import annotations
 
@@ -12,14 +14,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.bodies import v2_json
-from bench.load import http_load
+from bench.bodies import v2_binary, v2_json
+from bench.load import grpc_load, http_load
 from bench.onnx_timer import latest_version
 from bench.peer_envs import PEERS
 from bench.peer_workloads import BN, LECTURE, PROBABILITIES
 from bench.placement import Placement, taskset
 from bench.results import ROOT
-from bench.server import Group, free_port, start
+from bench.server import Group, Service, free_port, start
 
 ASGI_APPS = {False: "ceiling (model, no batching)", True: "floor (no model)"}  # NO_MODEL -> name
 
@@ -84,3 +86,36 @@ def asgi_rows(seconds: float, tmp: Path, place: Placement) -> list[dict[str, Any
         finally:
             group.stop()
     return rows
+
+
+def grpc_limit(seconds: float, tmp: Path, place: Placement) -> dict[str, Any]:
+    """One client's p50 through grpcio's synchronous server with nothing but decode, one run and
+    encode on its pool thread (no loop, batcher, leases, statistics or metrics), with both gRPC
+    clients, against REST binary of the same process, on the server's cores: 1 image, UINT8."""
+    where = Service(free_port(), free_port())
+    argv = place.server([sys.executable, "-m", "bench", "grpc-models", "--serve", "sync-direct",
+                         str(where.port), str(where.grpc_port)])  # fmt: skip
+    env = {"INTRA_OP_THREADS": "1"} if place.pinned else {}
+    group = start(argv, env, where.port, tmp / "grpc-limit.log", 60)
+    try:
+        body, headers = v2_binary(1)
+        rest = http_load(
+            where.address, f"/v2/models/{LECTURE}/infer", body, clients=1, seconds=seconds,
+            content_type="application/octet-stream", headers=headers, cpus=place.client_cpus,
+        )  # fmt: skip
+        grpc, blocking = (
+            grpc_load(where.grpc_address, LECTURE, images=1, clients=1, seconds=seconds,
+                      blocking=b, cpus=place.client_cpus)
+            for b in (False, True)
+        )  # fmt: skip
+    finally:
+        group.stop()
+    limit = {
+        "rest_binary_p50_ms": rest["p50_ms"],
+        "grpc_p50_ms": grpc["p50_ms"],
+        "grpc_ratio": grpc["p50_ms"] / rest["p50_ms"],
+        "blocking_p50_ms": blocking["p50_ms"],
+        "blocking_ratio": blocking["p50_ms"] / rest["p50_ms"],
+    }
+    print(json.dumps({"grpc_limit": limit}), flush=True)
+    return limit

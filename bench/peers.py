@@ -33,7 +33,7 @@ from bench.bodies import v2_binary, v2_json
 from bench.load import grpc_load, http_load
 from bench.onnx_timer import latest_version
 from bench.peer_envs import PEERS, ensure_venv
-from bench.peer_limits import asgi_rows, ceiling_rows
+from bench.peer_limits import asgi_rows, ceiling_rows, grpc_limit
 from bench.peer_rounds import client_cpus, protocol_figures, workload_rows
 from bench.peer_targets import judge
 from bench.peer_training import training
@@ -143,6 +143,7 @@ def serving_mode(args: argparse.Namespace, tmp: Path, place: Placement) -> dict[
     load_before = os.getloadavg()[0]
     rounds = [_round(args, tmp, place, n) for n in range(args.serving_rounds)]
     asgi = asgi_rows(args.seconds, tmp, place)
+    grpc_floor = grpc_limit(args.seconds, tmp, place)
     threads = 1 if place.pinned else args.threads
     ceilings = ceiling_rows(place, threads)
     batch_32 = {c["model"]: c["images_per_s"] for c in ceilings
@@ -156,7 +157,7 @@ def serving_mode(args: argparse.Namespace, tmp: Path, place: Placement) -> dict[
         "affinity": {"peer": last["peer_affinity"], "ours": last["our_affinity"]},
         "rounds": [r["first"] for r in rounds],
         "workloads": workload_rows(rounds, batch_32), "protocols": protocol_figures(rounds),
-        "ceilings": ceilings, "asgi": asgi,
+        "ceilings": ceilings, "asgi": asgi, "grpc_limit": grpc_floor,
     }  # fmt: skip
 
 

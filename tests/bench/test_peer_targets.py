@@ -81,3 +81,26 @@ def test_the_targets_block_puts_the_pinned_verdict_first_and_the_shared_beside_i
     page = peers({**record, "results": {**results, **run}})
     assert "### Pinned: server on CPU 0, load generator on CPU 1" in page
     assert "this service 1 process(es), 9 threads, CPUs 0" in page
+
+
+def test_the_grpc_target_shows_its_floor_when_the_run_measured_one() -> None:
+    """The gRPC row's limit is grpcio's bare synchronous server against REST binary of the same
+    process; a record from before that floor was measured still renders, with no limit."""
+    pinned = _mode(2100, 0.45, 1)
+    pinned["protocols"] = {"rest_binary_p50_ms": 0.5, "grpc_p50_ms": 1.0, "grpc_ratio": 2.0,
+                           "blocking_p50_ms": 0.8, "blocking_ratio": 1.6}  # fmt: skip
+    assert judge({"pinned": pinned})["pinned"][-1]["limit"] == ""
+    pinned["grpc_limit"] = {"rest_binary_p50_ms": 0.5, "grpc_p50_ms": 0.75, "grpc_ratio": 1.5,
+                            "blocking_p50_ms": 0.6, "blocking_ratio": 1.2}  # fmt: skip
+    row = judge({"pinned": pinned})["pinned"][-1]
+    assert not row["met"]
+    assert "(`sync-direct`): p50 x1.20 REST binary's (0.60 against 0.50 ms)" in row["limit"]
+    assert "out of reach through grpcio's Python server" in row["limit"]
+    pinned["grpc_limit"] |= {"blocking_p50_ms": 0.45, "blocking_ratio": 0.9}
+    reachable = judge({"pinned": pinned})["pinned"][-1]["limit"]
+    assert "p50 x0.90" in reachable and "out of reach" not in reachable
+    results: dict[str, Any] = {"modes": {"pinned": pinned}, "machine": "m", "training": None,
+                               "seconds": 3, "peer_threads": 1, "workers": "1"}  # fmt: skip
+    results["targets"] = judge(results["modes"])
+    page = peers({"time": "t", "command": "python -m bench peers", "results": results})
+    assert "gRPC p50 0.75 ms with the grpc.aio client (x1.50), 0.45 ms with the blocking" in page

@@ -98,24 +98,30 @@ def grpc_limit(seconds: float, tmp: Path, place: Placement) -> dict[str, Any]:
     env = {"INTRA_OP_THREADS": "1"} if place.pinned else {}
     group = start(argv, env, where.port, tmp / "grpc-limit.log", 60)
     try:
-        body, headers = v2_binary(1)
-        rest = http_load(
-            where.address, f"/v2/models/{LECTURE}/infer", body, clients=1, seconds=seconds,
-            content_type="application/octet-stream", headers=headers, cpus=place.client_cpus,
-        )  # fmt: skip
-        grpc, blocking = (
-            grpc_load(where.grpc_address, LECTURE, images=1, clients=1, seconds=seconds,
-                      blocking=b, cpus=place.client_cpus)
-            for b in (False, True)
-        )  # fmt: skip
+        limit = protocol_p50s(where, seconds, place.client_cpus)
     finally:
         group.stop()
-    limit = {
+    print(json.dumps({"grpc_limit": limit}), flush=True)
+    return limit
+
+
+def protocol_p50s(where: Service, seconds: float, cpus: str | None) -> dict[str, Any]:
+    """One client's p50 of the lecture model, 1 image UINT8, by REST binary and by gRPC with
+    either client, and each gRPC p50's ratio to REST binary's."""
+    body, headers = v2_binary(1)
+    rest = http_load(
+        where.address, f"/v2/models/{LECTURE}/infer", body, clients=1, seconds=seconds,
+        content_type="application/octet-stream", headers=headers, cpus=cpus,
+    )  # fmt: skip
+    grpc, blocking = (
+        grpc_load(where.grpc_address, LECTURE, images=1, clients=1, seconds=seconds,
+                  blocking=b, cpus=cpus)
+        for b in (False, True)
+    )  # fmt: skip
+    return {
         "rest_binary_p50_ms": rest["p50_ms"],
         "grpc_p50_ms": grpc["p50_ms"],
         "grpc_ratio": grpc["p50_ms"] / rest["p50_ms"],
         "blocking_p50_ms": blocking["p50_ms"],
         "blocking_ratio": blocking["p50_ms"] / rest["p50_ms"],
     }
-    print(json.dumps({"grpc_limit": limit}), flush=True)
-    return limit

@@ -29,11 +29,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.bodies import v2_binary, v2_json
-from bench.load import grpc_load, http_load
+from bench.bodies import v2_json
+from bench.load import http_load
 from bench.onnx_timer import latest_version
 from bench.peer_envs import PEERS, ensure_venv
-from bench.peer_limits import asgi_rows, ceiling_rows, grpc_limit
+from bench.peer_limits import asgi_rows, ceiling_rows, grpc_limit, protocol_p50s
 from bench.peer_rounds import client_cpus, protocol_figures, workload_rows
 from bench.peer_targets import judge
 from bench.peer_training import training
@@ -98,24 +98,8 @@ def service_rows(
             row = _json_load(server.port, f"/v2/models/{w.model}/infer", w, args.seconds, cpus)
             rows[(w.label, w.clients)] = row
             print(json.dumps(row), flush=True)
-        body, headers = v2_binary(1)
-        rest = http_load(
-            server.address, f"/v2/models/{LECTURE}/infer", body, clients=1, seconds=args.seconds,
-            content_type="application/octet-stream", headers=headers, cpus=cpus,
-        )  # fmt: skip
-        grpc, blocking = (
-            grpc_load(server.grpc_address, LECTURE, images=1, clients=1,
-                      seconds=args.seconds, blocking=b, cpus=cpus)
-            for b in (False, True)
-        )  # fmt: skip
+        protocols = protocol_p50s(server, args.seconds, cpus)
         affinity = group_affinity(server.pgid)
-    protocols = {
-        "rest_binary_p50_ms": rest["p50_ms"],
-        "grpc_p50_ms": grpc["p50_ms"],
-        "grpc_ratio": grpc["p50_ms"] / rest["p50_ms"],
-        "blocking_p50_ms": blocking["p50_ms"],
-        "blocking_ratio": blocking["p50_ms"] / rest["p50_ms"],
-    }
     print(json.dumps(protocols), flush=True)
     return rows, protocols, affinity
 

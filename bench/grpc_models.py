@@ -151,6 +151,12 @@ def serve(mode: str, port: int, grpc_port: int) -> None:
     uvicorn.run(app, **uvicorn_options(settings))
 
 
+def serve_argv(mode: str, where: Any) -> list[str]:
+    """The command that serves ``mode`` where ``where`` (a ``bench.server.Service``) says."""
+    return [sys.executable, "-m", "bench", "grpc-models", "--serve", mode,
+            str(where.port), str(where.grpc_port)]  # fmt: skip
+
+
 def compare(modes: list[str], rounds: int, seconds: int, model: str = "cifar10_cnn") -> None:
     """Each mode in turn, ``rounds`` times: h2load's p50 and p99 per protocol, one line each."""
     from bench.grpc_h2load import bodies, check_once, h2load_commands, percentiles
@@ -167,9 +173,7 @@ def compare(modes: list[str], rounds: int, seconds: int, model: str = "cifar10_c
         for round_ in range(1, rounds + 1):
             for mode in modes:
                 where = Service(free_port(), free_port())
-                argv = [sys.executable, "-m", "bench", "grpc-models", "--serve", mode,
-                        str(where.port), str(where.grpc_port)]  # fmt: skip
-                group = start(argv, {}, where.port, Path(tmp) / "server.log", 60)
+                group = start(serve_argv(mode, where), {}, where.port, Path(tmp) / "server.log", 60)
                 try:
                     check_once(where, model, framed, rest, headers)
                     for name, command in h2load_commands(where, model, tmp, headers).items():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bodies import v2_binary, v2_json
+from bench.grpc_models import serve_argv
 from bench.load import grpc_load, http_load
 from bench.onnx_timer import latest_version
 from bench.peer_envs import PEERS
@@ -93,8 +94,7 @@ def grpc_limit(seconds: float, tmp: Path, place: Placement) -> dict[str, Any]:
     encode on its pool thread (no loop, batcher, leases, statistics or metrics), with both gRPC
     clients, against REST binary of the same process, on the server's cores: 1 image, UINT8."""
     where = Service(free_port(), free_port())
-    argv = place.server([sys.executable, "-m", "bench", "grpc-models", "--serve", "sync-direct",
-                         str(where.port), str(where.grpc_port)])  # fmt: skip
+    argv = place.server(serve_argv("sync-direct", where))
     env = {"INTRA_OP_THREADS": "1"} if place.pinned else {}
     group = start(argv, env, where.port, tmp / "grpc-limit.log", 60)
     try:

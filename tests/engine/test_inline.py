@@ -72,6 +72,32 @@ def test_a_lone_request_to_a_quick_version_runs_on_the_loop_and_is_counted(
     runtime.close()
 
 
+def test_an_inline_runs_metrics_come_on_the_loops_next_turn_and_its_statistics_at_once(
+    tmp_path: Path,
+) -> None:
+    """The metrics of a run on the loop wait until its answer has gone out (the caller's code up
+    to its next await, which a server's reply is); a reader of the statistics sees it at once."""
+    seen: list[str] = []
+    runtime = warmed_runtime(tmp_path, GENEROUS_US, seen)
+    assert runtime.inline_p99_s is not None
+
+    async def request() -> tuple[list[str], int, list[str]]:
+        assert runtime.acquire()
+        try:
+            await runtime.infer(IMAGES[:1])
+        finally:
+            runtime.release()
+        observed_at_answer = list(seen)
+        counted = runtime.statistics.snapshot("tiny", 1).inference_count
+        await asyncio.sleep(0)  # the loop's next turn: what a later request waits for
+        return observed_at_answer, counted, list(seen)
+
+    at_answer, counted, after = asyncio.run(request())
+    assert (at_answer, counted) == ([], 1)
+    assert after == [threading.current_thread().name]
+    runtime.close()
+
+
 @pytest.mark.parametrize("dynamic_batching", [True, False], ids=["batched", "one-run-each"])
 def test_a_slow_version_a_larger_request_or_company_go_to_the_models_thread(
     tmp_path: Path, dynamic_batching: bool

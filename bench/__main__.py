@@ -4,7 +4,7 @@
                                         # train-loop, log-cost, decode, shm, profile, replicas,
                                         # screenshot, drift, calibration, feedback,
                                         # grpc-models, inline-hop, asgi-cost, pinned-pair,
-                                        # classify-cost, render
+                                        # alternate, classify-cost, render
     python -m bench COMMAND --help      # its flags
 
 Every benchmark writes its figures to ``docs/results/<name>.json`` (unless ``--no-write``) and then
@@ -38,6 +38,7 @@ COMMANDS = {
     "inline-hop": ("inline_hop", "the batcher's thread hop alone, in process (INLINE_RUN_MAX_US)"),
     "asgi-cost": ("asgi_cost", "what each ASGI layer adds to one request, in process, no sockets"),
     "pinned-pair": ("pinned_pair", "builds of the service in turn, pinned: 1-client p50, 64 req/s"),
+    "alternate": ("alternating", "builds served at once, one client alternating requests: gaps"),
     "classify-cost": ("classify_cost", "the codecs' cost with and without classification"),
     "render": ("render", "rewrite the docs' figures from docs/results/*.json (--check: test)"),
 }

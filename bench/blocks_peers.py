@@ -143,6 +143,7 @@ def _mode(name: str, mode: Record) -> list[str]:
     lines += ["", "| raw ASGI `ceiling_asgi.py`, lecture model's FP32 JSON | clients | figure |"]
     lines.append("|---|---|---|")
     lines += [f"| {a['app']} | {a['clients']} | {_load(a)} |" for a in mode["asgi"]]
+    lines += _alternating(mode)
     lines += [
         "",
         "gRPC (`bench/loadgen_grpc.py`) vs REST binary (`bench/loadgen.py`), 1 image UINT8, "
@@ -153,6 +154,23 @@ def _mode(name: str, mode: Record) -> list[str]:
         *_grpc_limit(mode),
     ]
     return lines
+
+
+def _alternating(mode: Record) -> list[str]:
+    """The service and the raw app served at once, one client alternating between them
+    (``bench.alternating``); none in older records."""
+    found = mode.get("alternating")
+    if found is None:
+        return []
+    ours, raw = found["servers"]
+    return [
+        "",
+        "Served at once on the same core, one client alternating requests between them "
+        f"(`python -m bench alternate`, {found['requests']:,} turns): this service p50 "
+        f"{ours['p50_ms']:.2f} ms, the raw ASGI app {raw['p50_ms']:.2f} ms; the service's latency "
+        f"minus the raw app's in the same turn, median {-raw['gap_us']:+.0f} us (quartiles "
+        f"{-raw['gap_q3_us']:+.0f} to {-raw['gap_q1_us']:+.0f} us).",
+    ]
 
 
 def _grpc_limit(mode: Record) -> list[str]:

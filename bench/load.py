@@ -39,7 +39,7 @@ def http_load(
         ]  # fmt: skip
         for header in headers:
             cmd += ["--header", header]
-        return _run(cmd, seconds, cpus)
+        return run_module(cmd, seconds, cpus)
 
 
 def grpc_load(
@@ -59,10 +59,10 @@ def grpc_load(
         "--concurrency", str(clients), "--seconds", str(seconds), "--warmup", "1",
         *(["--blocking"] if blocking else []),
     ]  # fmt: skip
-    return _run(cmd, seconds, cpus)
+    return run_module(cmd, seconds, cpus)
 
 
-def _run(module_args: list[str], seconds: float, cpus: str | None = None) -> dict[str, Any]:
+def run_module(module_args: list[str], seconds: float, cpus: str | None = None) -> dict[str, Any]:
     """Run ``python -m <module_args>`` (on ``cpus`` if given): its JSON summary from stdout, or
     exit naming its error."""
     result = subprocess.run(

@@ -106,7 +106,20 @@ def _one_client(mode: Mode) -> dict[str, Any]:
         f"p50 {ours['p50_ms']:.2f} ms{each + ')' if each else ''}",
         ours["p50_ms"] <= 0.5,
         f"raw ASGI on the same core: p50 {top['p50_ms']:.2f} ms with the model, "
-        f"{floor['p50_ms']:.2f} ms without it",
+        f"{floor['p50_ms']:.2f} ms without it{_alternating(mode.get('alternating'))}",
+    )
+
+
+def _alternating(found: dict[str, Any] | None) -> str:
+    """The service's paired gap to the raw app, one client alternating between them
+    (``bench.alternating``); none in records from before it was measured."""
+    if found is None:
+        return ""
+    ours, raw = found["servers"]
+    return (
+        f"; served at once, one client alternating between them ({found['requests']:,} turns): "
+        f"p50 {ours['p50_ms']:.2f} against {raw['p50_ms']:.2f} ms; the service's latency minus "
+        f"the raw app's {-raw['gap_us']:+.0f} us (median of the pairs)"
     )
 
 

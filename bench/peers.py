@@ -9,15 +9,16 @@ Builds the peers' virtual environments in ``.cache/peers/`` if they are missing
 (``bench.peer_envs``). Then, for each placement (``bench.placement``: ``shared``, everything
 anywhere; ``pinned``, every server on one core and the load generator on the other, by taskset),
 one server at a time on free loopback ports, each in a process group of its own that is stopped as
-a whole: ``../shared/peers/pytriton_server.py`` on the model file, ``python -m service`` and the raw
-ASGI ceiling ``../shared/peers/ceiling_asgi.py``, all driven by ``bench.loadgen`` with the same
-request bodies. PyTriton and this service run in ``--serving-rounds`` rounds taking turns at going
-first, each ratio the median of the rounds' (``bench.peer_rounds``). The in-process onnxruntime
-ceilings (on the server's core when pinned) and the training rates (``bench.peer_training``) are
-measured in the same run, and the issue's targets judged on the pinned figures
-(``bench.peer_targets``). Only ratios from one run compare on this shared machine. Writes
-``docs/results/peers.json`` (``--train-only``: ``docs/results/peer-training.json``).
-"""
+a whole: ``../shared/peers/pytriton_server.py`` on the model file, ``python -m service`` and the
+raw ASGI ceiling ``../shared/peers/ceiling_asgi.py``, all driven by ``bench.loadgen`` with the same
+request bodies; then the service and the raw app at once, one client alternating requests between
+them (``bench.alternating``: the one-client gap, free of the machine's swings). PyTriton and this
+service run in ``--serving-rounds`` rounds taking turns at going first, each ratio the median of
+the rounds' (``bench.peer_rounds``). The in-process onnxruntime ceilings (on the server's core when
+pinned) and the training rates (``bench.peer_training``) are measured in the same run, and the
+issue's targets judged on the pinned figures (``bench.peer_targets``). Only ratios from one run
+compare on this shared machine. Writes ``docs/results/peers.json`` (``--train-only``:
+``docs/results/peer-training.json``)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.alternating import against_raw
 from bench.bodies import v2_json
 from bench.load import http_load
 from bench.onnx_timer import latest_version
@@ -127,6 +129,7 @@ def serving_mode(args: argparse.Namespace, tmp: Path, place: Placement) -> dict[
     load_before = os.getloadavg()[0]
     rounds = [_round(args, tmp, place, n) for n in range(args.serving_rounds)]
     asgi = asgi_rows(args.seconds, tmp, place)
+    alternating = against_raw(service_env(args, place), args.alternating_turns, place)
     grpc_floor = grpc_limit(args.seconds, tmp, place)
     threads = 1 if place.pinned else args.threads
     ceilings = ceiling_rows(place, threads)
@@ -141,7 +144,7 @@ def serving_mode(args: argparse.Namespace, tmp: Path, place: Placement) -> dict[
         "affinity": {"peer": last["peer_affinity"], "ours": last["our_affinity"]},
         "rounds": [r["first"] for r in rounds],
         "workloads": workload_rows(rounds, batch_32), "protocols": protocol_figures(rounds),
-        "ceilings": ceilings, "asgi": asgi, "grpc_limit": grpc_floor,
+        "ceilings": ceilings, "asgi": asgi, "grpc_limit": grpc_floor, "alternating": alternating,
     }  # fmt: skip
 
 
@@ -186,6 +189,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=5,
         help="rounds of both servers per placement, taking turns at going first; each ratio is "
         "the median of the rounds'",
+    )
+    parser.add_argument(
+        "--alternating-turns",
+        type=_positive,
+        default=6000,
+        help="one client alternating requests between the service and the raw ASGI app "
+        "(bench.alternating): turns per placement",
     )
     parser.add_argument("--keras-epochs", type=int, default=2)
     parser.add_argument(

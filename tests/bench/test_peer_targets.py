@@ -104,3 +104,27 @@ def test_the_grpc_target_shows_its_floor_when_the_run_measured_one() -> None:
     results["targets"] = judge(results["modes"])
     page = peers({"time": "t", "command": "python -m bench peers", "results": results})
     assert "gRPC p50 0.75 ms with the grpc.aio client (x1.50), 0.45 ms with the blocking" in page
+
+
+def test_the_one_client_limit_shows_the_gap_to_the_raw_app_served_beside_it() -> None:
+    """One client alternating between the service and the raw app (``bench.alternating``): the
+    one-client row's limit and the placement's block give the paired gap; older records render
+    without it."""
+    pinned = _mode(2100, 0.6, 1)
+    before = judge({"pinned": pinned})["pinned"][2]["limit"]
+    assert "alternating" not in before
+    pinned["alternating"] = {"requests": 6000, "servers": [
+        {"name": "service", "p50_ms": 0.71, "gap_us": 0.0, "gap_q1_us": 0.0, "gap_q3_us": 0.0},
+        {"name": "raw ASGI app", "p50_ms": 0.55, "gap_us": -170.0, "gap_q1_us": -240.0,
+         "gap_q3_us": -120.0},
+    ]}  # fmt: skip
+    row = judge({"pinned": pinned})["pinned"][2]
+    assert not row["met"]
+    assert row["limit"].startswith(before)
+    assert "(6,000 turns): p50 0.71 against 0.55 ms; the service's latency minus the raw app's " \
+        "+170 us" in row["limit"]  # fmt: skip
+    results: dict[str, Any] = {"modes": {"pinned": pinned}, "machine": "m", "training": None,
+                               "seconds": 3, "peer_threads": 1, "workers": "1"}  # fmt: skip
+    results["targets"] = judge(results["modes"])
+    page = peers({"time": "t", "command": "python -m bench peers", "results": results})
+    assert "median +170 us (quartiles +120 to +240 us)" in page

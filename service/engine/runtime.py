@@ -179,8 +179,8 @@ class ModelRuntime:
         ``observe_later`` (a run inline, on the event loop): the metrics hear of the run on the
         loop's next turn, after this request's answer is written and before any later request is
         read. Prometheus' four updates cost about 10 us, which a lone request otherwise waits
-        for (docs/benchmarks.md, "One client's p50"); the statistics, which a client may read in
-        the same process at once, are counted now."""
+        for (docs/benchmarks.md, "One client, served side by side"); the statistics, which a
+        client may read in the same process at once, are counted now."""
         start = time.perf_counter()
         statistics = self.statistics
         if timeout_s and start - enqueued >= timeout_s:

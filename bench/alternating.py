@@ -35,7 +35,7 @@ PATH = f"/v2/models/{LECTURE}/infer"
 RAW = "raw ASGI app"
 
 
-def alternate(addresses: list[str], requests: int, cpus: str | None) -> dict[str, Any]:
+def run_client(addresses: list[str], requests: int, cpus: str | None) -> dict[str, Any]:
     """``bench.alternating_client`` on ``cpus`` over ``addresses`` (the first is the reference),
     with the lecture model's 1-image FP32 JSON body."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,7 +67,7 @@ def served_together(
             group, port = start_ceiling(place, False, Path(tmp) / "raw.log")
             stack.callback(group.stop)
             addresses.append(f"127.0.0.1:{port}")
-        found = alternate(addresses, requests, place.client_cpus)
+        found = run_client(addresses, requests, place.client_cpus)
     gaps = [{"median_us": 0.0, "q1_us": 0.0, "q3_us": 0.0}, *found["gaps_to_first"]]
     servers = [
         {"name": name, **{k: s[k] for k in ("p50_ms", "p90_ms", "p99_ms")},

@@ -68,12 +68,10 @@ def served_together(
             stack.callback(group.stop)
             addresses.append(f"127.0.0.1:{port}")
         found = run_client(addresses, requests, place.client_cpus)
-    gaps = [{"median_us": 0.0, "q1_us": 0.0, "q3_us": 0.0}, *found["gaps_to_first"]]
     servers = [
-        {"name": name, **{k: s[k] for k in ("p50_ms", "p90_ms", "p99_ms")},
-         "gap_us": g["median_us"], "gap_q1_us": g["q1_us"], "gap_q3_us": g["q3_us"]}
-        for name, s, g in zip(names, found["servers"], gaps, strict=True)
-    ]  # fmt: skip
+        {"name": name, **{k: v for k, v in s.items() if k != "address"}}
+        for name, s in zip(names, found["servers"], strict=True)
+    ]
     return {"requests": found["requests"], "servers": servers}
 
 

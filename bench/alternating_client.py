@@ -1,8 +1,8 @@
 """One client sending one request at a time, alternating between servers: each turn sends the
 same request to every server in order (the order rotated each turn), waiting for each
 answer, so the servers' latencies are taken at the same moments of the machine. Prints one JSON
-line: each server's p50/p90/p99 and, for each server after the first, the median (and quartiles)
-of its latency minus the first's in the same turn.
+line: each server's p50/p90/p99 and the median (and quartiles) of its latency minus the first
+server's in the same turn.
 
     python -m bench.alternating_client --address 127.0.0.1:8000 --address 127.0.0.1:8001 \
         --path /v2/models/cifar10_cnn/infer --body-file body.json --requests 8000
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.loadgen import build_request
+from bench.loadgen import build_request, parse_head
 
 WARM_UP_TURNS = 300
 
@@ -46,9 +46,9 @@ class Connection:
         while b"\r\n\r\n" not in self.buffer:
             self._receive()
         head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200"):
+        status, length, _ = parse_head(head)
+        if status != 200 or length < 0:  # the service and the raw app always give a length
             raise SystemExit(f"{self.address} answered {head[:200]!r}")
-        length = _content_length(head)
         while len(self.buffer) < length:
             self._receive()
         self.buffer = self.buffer[length:]
@@ -59,14 +59,6 @@ class Connection:
         if not chunk:
             raise SystemExit(f"{self.address} closed the connection")
         self.buffer += chunk
-
-
-def _content_length(head: bytes) -> int:
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value)
-    raise SystemExit(f"an answer without Content-Length: {head[:200]!r}")
 
 
 def alternate(connections: list[Connection], turns: int) -> list[list[float]]:
@@ -83,19 +75,18 @@ def alternate(connections: list[Connection], turns: int) -> list[list[float]]:
 
 
 def summary(addresses: list[str], latencies: list[list[float]]) -> dict[str, Any]:
-    """Each server's percentiles (ms), and each later one's paired gap to the first (us)."""
+    """Each server's percentiles (ms) and its paired gap to the first (us: the median and
+    quartiles of its latency minus the first's in the same turn; 0 for the first)."""
     servers = []
     for address, values in zip(addresses, latencies, strict=True):
         cuts = statistics.quantiles(values, n=100)
-        servers.append({"address": address, "p50_ms": statistics.median(values) * 1e3,
-                        "p90_ms": cuts[89] * 1e3, "p99_ms": cuts[98] * 1e3})  # fmt: skip
-    gaps = []
-    for address, values in zip(addresses[1:], latencies[1:], strict=True):
         differences = [(b - a) * 1e6 for a, b in zip(latencies[0], values, strict=True)]
         q1, _, q3 = statistics.quantiles(differences, n=4)
-        median = statistics.median(differences)
-        gaps.append({"address": address, "median_us": median, "q1_us": q1, "q3_us": q3})
-    return {"requests": len(latencies[0]), "servers": servers, "gaps_to_first": gaps}
+        servers.append({"address": address, "p50_ms": statistics.median(values) * 1e3,
+                        "p90_ms": cuts[89] * 1e3, "p99_ms": cuts[98] * 1e3,
+                        "gap_us": statistics.median(differences),
+                        "gap_q1_us": q1, "gap_q3_us": q3})  # fmt: skip
+    return {"requests": len(latencies[0]), "servers": servers}
 
 
 def main() -> None:

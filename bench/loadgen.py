@@ -29,9 +29,8 @@ def build_request(host: str, path: str, body: bytes, headers: list[str]) -> byte
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-async def read_response(reader: asyncio.StreamReader) -> int:
-    """Read one response; returns its status. Bodies are read by Content-Length or chunks."""
-    head = await reader.readuntil(b"\r\n\r\n")
+def parse_head(head: bytes) -> tuple[int, int, bool]:
+    """A response head's status, Content-Length (-1: none) and whether its body is chunked."""
     status = int(head[9:12])
     length = -1
     chunked = False
@@ -42,6 +41,12 @@ async def read_response(reader: asyncio.StreamReader) -> int:
             length = int(value)
         elif name == b"transfer-encoding" and b"chunked" in value.lower():
             chunked = True
+    return status, length, chunked
+
+
+async def read_response(reader: asyncio.StreamReader) -> int:
+    """Read one response; returns its status. Bodies are read by Content-Length or chunks."""
+    status, length, chunked = parse_head(await reader.readuntil(b"\r\n\r\n"))
     if length >= 0:
         await reader.readexactly(length)
     elif chunked:

@@ -52,7 +52,8 @@ def connect(url: str) -> Engine:
     """An engine with the tables made; SQLite in WAL mode with a short lock wait."""
     if url.startswith("sqlite"):
         database = sa.engine.make_url(url).database
-        if database and database != ":memory:":
+        # A "file:" URI (uri=true) names its file itself: no folder to make for it.
+        if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 2.0})
 

@@ -119,6 +119,22 @@ def test_a_read_only_database_drops_records_without_raising(tmp_path: Path) -> N
     log.close(5.0)
 
 
+def test_a_file_uri_opens_its_file_and_makes_no_folder_named_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``file:...?uri=true`` is SQLite's URI form: read as a path it was a folder "file:" made
+    in the working directory."""
+    path = tmp_path / "db" / "log.sqlite3"
+    store.connect(f"sqlite:///{path}").dispose()  # the tables exist
+    monkeypatch.chdir(tmp_path)
+    engine = store.connect(f"sqlite:///file:{path}?mode=ro&uri=true")
+    try:
+        assert store.read_all(engine) == []
+    finally:
+        engine.dispose()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db"]
+
+
 def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path: Path) -> None:
     # a database that cannot be opened: its folder's name is taken by a file
     (tmp_path / "taken").write_text("")

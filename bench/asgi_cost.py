@@ -4,12 +4,17 @@ app (``../shared/peers/ceiling_asgi.py``) each called through ASGI with the same
 body, one request after another; then the same request entered at each layer from the outside in,
 so the difference between two entries is what one layer costs.
 
-    taskset -c 0 python -m bench asgi-cost [--requests 2000] [--rounds 3] [--profile 3000]
+    taskset -c 0 python -m bench asgi-cost [--requests 2000] [--rounds 3] [--cold] [--profile 3000]
 
 ``taskset -c 0`` as issue 28's pinned server; the settings are those of ``bench peers``' pinned
 service (INTRA_OP_THREADS=1, LOG_LEVEL=warning, host 127.0.0.1), and the environment's others
 apply (``INLINE_RUN_MAX_US=0`` times the hop). Prints each entry's median per round, then each
 layer's cost; ``--profile N`` adds cProfile's view of N whole requests.
+
+``--cold`` reads a buffer larger than the caches before every timed call (untimed): a request
+then finds the caches as the real server's core does after waiting for the next one (under a
+hypervisor, other guests run on the core meanwhile). The layers cost about twice as much so as
+in a warm loop, which is what the real server shows (docs/benchmarks.md, "Cold caches").
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import uvloop
 from fastapi import FastAPI
 
@@ -49,6 +55,7 @@ CEILING = ROOT.parent / "shared" / "peers" / "ceiling_asgi.py"
 MODEL = "cifar10_cnn"
 PATH = f"/v2/models/{MODEL}/infer"
 IDLE_TURNS = 3  # untimed turns of the loop after each request
+EVICTION_BYTES = 64 * 2**20  # read before each call with --cold: over any core's cache share
 # One request, timed: an awaitable made afresh per call.
 Call = Callable[[], Coroutine[Any, Any, object]]
 
@@ -183,11 +190,22 @@ def load_ceiling(no_model: bool) -> Any:
     return module.app
 
 
-async def timed(call: Call, requests: int) -> list[float]:
-    """Each call in a task of its own, as uvicorn runs each request; seconds per call."""
+def cache_eviction(nbytes: int = EVICTION_BYTES) -> Callable[[], object]:
+    """A call that reads ``nbytes`` of memory (the caches then hold that, not a request's)."""
+    buffer = np.ones(nbytes // 8)
+    return buffer.sum
+
+
+async def timed(
+    call: Call, requests: int, before: Callable[[], object] | None = None
+) -> list[float]:
+    """Each call in a task of its own, as uvicorn runs each request; seconds per call. ``before``
+    runs untimed ahead of each call (``cache_eviction`` for ``--cold``)."""
     loop = asyncio.get_running_loop()
     seconds = []
     for _ in range(requests):
+        if before is not None:
+            before()
         start = time.perf_counter()
         await loop.create_task(call())
         seconds.append(time.perf_counter() - start)
@@ -199,12 +217,16 @@ async def timed(call: Call, requests: int) -> list[float]:
 
 
 async def measure(
-    entries: list[Entry], requests: int, rounds: int, block: int
+    entries: list[Entry],
+    requests: int,
+    rounds: int,
+    block: int,
+    before: Callable[[], object] | None = None,
 ) -> dict[str, list[float]]:
     """``requests`` calls of every entry a round, in blocks of ``block`` calls, the entries taking
     turns block by block in a shuffled order (so the machine's noise, and the caches a neighbour
     leaves, fall on all alike); each entry's per-round medians (us) by name. 50 untimed calls of
-    each first warm every path."""
+    each first warm every path; ``before`` runs ahead of every timed call."""
     for entry in entries:
         await timed(entry.call, 50)
     order = random.Random(0)
@@ -213,7 +235,7 @@ async def measure(
         seconds: dict[str, list[float]] = {entry.name: [] for entry in entries}
         for _ in range(max(1, requests // block)):
             for entry in order.sample(entries, len(entries)):
-                seconds[entry.name] += await timed(entry.call, block)
+                seconds[entry.name] += await timed(entry.call, block, before)
         for entry in entries:
             p50, p99 = summary_us(seconds[entry.name])
             medians.setdefault(entry.name, []).append(p50)
@@ -236,6 +258,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests", type=int, default=2000, help="timed requests per entry")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--block", type=int, default=20, help="calls in a row of one entry")
+    parser.add_argument(
+        "--cold", action="store_true", help="evict the caches before every timed call"
+    )
     parser.add_argument("--profile", type=int, default=0, help="then cProfile N app requests")
     parser.add_argument("--top", type=int, default=30, help="functions the profile lists")
 
@@ -262,7 +287,9 @@ async def run(args: argparse.Namespace) -> None:
             await codec_entries(plane, body),
         ]
         entries = [entry for group in groups for entry in group]
-        report(groups, await measure(entries, args.requests, args.rounds, args.block))
+        before = cache_eviction() if args.cold else None
+        print("caches evicted before every call" if args.cold else "warm: calls back to back")
+        report(groups, await measure(entries, args.requests, args.rounds, args.block, before))
         if args.profile:
             call = groups[1][0].call
             profiler = cProfile.Profile()

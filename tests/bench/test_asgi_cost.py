@@ -4,11 +4,12 @@ percentiles, the layer costs from entries outside in, the builds' parsing and su
 from __future__ import annotations
 
 import argparse
+import asyncio
 from pathlib import Path
 
 import pytest
 
-from bench.asgi_cost import layer_costs, summary_us
+from bench.asgi_cost import cache_eviction, layer_costs, summary_us, timed
 from bench.pinned_pair import Build, summary
 
 
@@ -27,6 +28,23 @@ def test_each_layer_costs_what_its_entry_adds_over_the_next_one_in() -> None:
         ("run", 120.0),  # the innermost keeps its whole time
     ]
     assert sum(cost for _, cost in layer_costs(rows)) == pytest.approx(400.0)
+
+
+def test_cold_calls_run_the_eviction_ahead_of_each_call_and_outside_its_time() -> None:
+    events: list[str] = []
+
+    async def call() -> object:
+        events.append("call")
+        return None
+
+    def evict() -> object:
+        events.append("evict")
+        return asyncio.run  # anything: its result is not used
+
+    seconds = asyncio.run(timed(call, 3, evict))
+    assert events == ["evict", "call"] * 3 and len(seconds) == 3
+    assert asyncio.run(timed(call, 2)) and events[-2:] == ["call", "call"]  # warm: none
+    assert cache_eviction(8 * 1024)() == 1024.0  # it reads every element of its buffer
 
 
 def test_a_build_is_a_checkout_and_its_environment() -> None:

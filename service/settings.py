@@ -143,6 +143,14 @@ class Settings(QualitySettings, BatchingSettings):
         ge=0,
         description="Bodies and files up to this size are decoded on the loop (docs/serving.md).",
     )
+    process_decode_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=0,
+        description=(
+            "JSON v2 infer bodies from this size are decoded in a child process, whose parse "
+            "cannot hold the event loop's interpreter (0: on the work pool's threads)."
+        ),
+    )
     loop_lag_interval_s: float = Field(
         default=0.1,
         ge=0,

@@ -25,7 +25,12 @@ def cores_per_worker(settings: Settings) -> int:
 def work_pool(settings: Settings) -> WorkPool:
     """Where decoding and encoding run, off the event loop."""
     threads = settings.work_threads or cores_per_worker(settings)
-    return WorkPool(threads, settings.max_waiting_work, settings.thread_scheduling)
+    return WorkPool(
+        threads,
+        settings.max_waiting_work,
+        settings.thread_scheduling,
+        settings.process_decode_bytes,
+    )
 
 
 def background_executor(settings: Settings) -> ThreadPoolExecutor:

@@ -1,15 +1,27 @@
 """The bounded pool where a request's CPU work runs (decoding bodies and images, encoding feature
-maps), so the event loop only waits for it and keeps answering everyone else."""
+maps), so the event loop only waits for it and keeps answering everyone else.
+
+Threads are enough for work that lets go of the interpreter (Pillow, numpy on large arrays) but
+not for work that keeps it: simdjson and orjson hold the GIL for a whole parse (0.4 s for 60 MB
+of JSON numbers here), and the event loop waits for the GIL as long. The largest bodies are
+therefore decoded in a child process of the pool (``run_decoding``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import multiprocessing
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
 from service.core.errors import Overloaded
 from service.engine import thread_policy
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -37,10 +49,15 @@ class WorkPool:
         threads: int,
         max_waiting: int,
         scheduling: thread_policy.ThreadScheduling = "batch",
+        process_bytes: int = 0,
     ) -> None:
         self._executor = thread_policy.executor(scheduling, threads, "request-work")
         self._capacity = threads + max_waiting
         self._taken = 0  # jobs queued or running; touched on the event loop only
+        self._scheduling = scheduling
+        self.process_bytes = process_bytes  # decoding this many bytes or more: the child (0: never)
+        self._processes: ProcessPoolExecutor | None = None  # started on first use
+        self._processes_lock = threading.Lock()
 
     @property
     def taken(self) -> int:
@@ -49,13 +66,59 @@ class WorkPool:
     async def run(self, work: Callable[..., T], *args: object) -> T:
         """``work(*args)`` on a pool thread. A caller that is cancelled stops waiting; the job
         still counts against the bound until it has really finished."""
+        return await self._counted(lambda: self._executor.submit(work, *args))
+
+    async def run_in_process(self, work: Callable[..., T], *args: object) -> T:
+        """``work(*args)`` in the pool's child process, started on first use: for work that
+        holds the interpreter for long. ``work`` must be a module-level function, and its
+        arguments, result and errors picklable. Bounded as ``run``; a child that dies (killed
+        for memory, say) is replaced, and its request gets a 503."""
+        processes = self._child()
+        try:
+            return await self._counted(lambda: processes.submit(work, *args))
+        except BrokenProcessPool:
+            self._replace(processes)
+            raise Overloaded("the process decoding this request stopped; retry shortly") from None
+
+    async def run_decoding(
+        self, size: int, light: bool, work: Callable[..., T], *args: object
+    ) -> T:
+        """``work(*args)``, which decodes ``size`` bytes of a request: right here when ``light``
+        (``run_here_if_light``), in the child process from ``process_bytes`` up (``work`` then
+        as ``run_in_process`` asks), else on a pool thread."""
+        if not light and self.process_bytes and size >= self.process_bytes:
+            return await self.run_in_process(work, *args)
+        return await self.run_here_if_light(light, work, *args)
+
+    async def _counted(self, submit: Callable[[], Future[T]]) -> T:
+        """A job ``submit`` starts, counted against the bound until it has really finished."""
         if self._taken >= self._capacity:
             raise Overloaded("the server is busy decoding other requests; retry shortly")
         loop = asyncio.get_running_loop()
-        job = self._executor.submit(work, *args)
+        job = submit()
         self._taken += 1
         job.add_done_callback(lambda _: self._finished(loop))
         return await asyncio.wrap_future(job)
+
+    def _child(self) -> ProcessPoolExecutor:
+        """The child process's executor, started now if it is not yet: spawned, not forked (the
+        parent holds onnxruntime's and gRPC's threads), scheduled as the pool's threads are."""
+        with self._processes_lock:
+            if self._processes is None:
+                context = multiprocessing.get_context("spawn")
+                self._processes = ProcessPoolExecutor(
+                    1, context, initializer=thread_policy.apply, initargs=(self._scheduling,)
+                )
+                log.info("started a process for decoding large request bodies")
+            return self._processes
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        """Forget a broken child's executor: the next large body starts a new one."""
+        with self._processes_lock:
+            if self._processes is broken:
+                self._processes = None
+        log.warning("the process decoding large request bodies stopped; a new one will start")
+        broken.shutdown(wait=False, cancel_futures=True)
 
     async def run_here_if_light(self, light: bool, work: Callable[..., T], *args: object) -> T:
         """``work(*args)`` right here when ``light`` (a thread hop costs about 0.3 ms, more than
@@ -77,5 +140,10 @@ class WorkPool:
         self._taken -= 1
 
     def close(self) -> None:
-        """Drop queued jobs; running ones finish on their threads."""
+        """Drop queued jobs; running ones finish on their threads (and in the child, which
+        then exits)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._processes_lock:
+            processes, self._processes = self._processes, None
+        if processes is not None:
+            processes.shutdown(wait=False, cancel_futures=True)

@@ -1,15 +1,20 @@
 """The work pool: work runs off the loop's thread, light work stays on it unless it finds itself
-heavy, and the queue is bounded (503) and freed again when jobs really finish."""
+heavy, the largest decoding runs in a child process, and the queue is bounded (503) and freed
+again when jobs really finish."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 
+import numpy as np
 import pytest
 
-from service.core.errors import Overloaded
+from service.api.rest.codec import decode_infer_request
+from service.api.rest.json_wire import loads
+from service.core.errors import InvalidInput, Overloaded
 from service.engine.thread_policy import ThreadScheduling
 from service.engine.work_pool import TooHeavyForTheLoop, WorkPool, on_event_loop
 
@@ -93,4 +98,76 @@ async def test_past_its_threads_and_queue_the_pool_refuses_until_jobs_finish() -
         assert (await pool.run(where))[0].startswith("request-work")
     finally:
         release.set()
+        pool.close()
+
+
+@pytest.mark.anyio
+async def test_work_for_the_process_runs_in_a_child_scheduled_as_the_threads() -> None:
+    pool = WorkPool(threads=1, max_waiting=0, process_bytes=1000)
+    try:
+        child = await pool.run_in_process(os.getpid)
+        assert child != os.getpid()
+        assert await pool.run_in_process(os.getpid) == child  # one child, kept
+        assert await pool.run_in_process(os.sched_getscheduler, 0) == os.SCHED_BATCH
+    finally:
+        pool.close()
+
+
+@pytest.mark.anyio
+async def test_decoding_runs_here_when_light_in_the_child_when_large_else_on_a_thread() -> None:
+    pool = WorkPool(threads=1, max_waiting=0, process_bytes=1000)
+    never = WorkPool(threads=1, max_waiting=0)  # process_bytes 0: no child, ever
+    try:
+        assert await pool.run_decoding(5000, True, os.getpid) == os.getpid()  # light: here
+        assert await pool.run_decoding(999, False, threading.get_ident) != threading.get_ident()
+        assert await pool.run_decoding(999, False, os.getpid) == os.getpid()  # a thread
+        assert await pool.run_decoding(1000, False, os.getpid) != os.getpid()  # the child
+        assert await never.run_decoding(10**9, False, os.getpid) == os.getpid()
+    finally:
+        pool.close()
+        never.close()
+
+
+@pytest.mark.anyio
+async def test_an_error_in_the_child_reaches_the_caller_as_it_was_raised() -> None:
+    pool = WorkPool(threads=1, max_waiting=0, process_bytes=1)
+    try:
+        with pytest.raises(InvalidInput, match="the request body is empty; expected JSON"):
+            await pool.run_in_process(loads, b"")
+        assert pool.taken == 0
+    finally:
+        pool.close()
+
+
+@pytest.mark.anyio
+async def test_a_v2_body_decodes_in_the_child_as_it_does_here() -> None:
+    """What v2 infer sends to the child: the request comes back whole, numpy arrays included."""
+    pixels = np.arange(2 * 4 * 4 * 3) % 256
+    body = json.dumps({"id": "a", "inputs": [{"name": "images", "shape": [2, 4, 4, 3],
+                       "datatype": "UINT8", "data": pixels.tolist()}]}).encode()  # fmt: skip
+    pool = WorkPool(threads=1, max_waiting=0, process_bytes=1)
+    try:
+        there = await pool.run_in_process(decode_infer_request, body, None, 64)
+    finally:
+        pool.close()
+    here = decode_infer_request(body, None, 64)
+    assert there.id == here.id == "a"
+    assert [(t.name, t.datatype, t.shape) for t in there.inputs] == [
+        (t.name, t.datatype, t.shape) for t in here.inputs
+    ]
+    np.testing.assert_array_equal(there.inputs[0].data, here.inputs[0].data)
+    assert there.inputs[0].data.dtype == np.uint8
+
+
+@pytest.mark.anyio
+async def test_a_child_that_dies_costs_its_request_a_503_and_the_next_gets_a_new_child() -> None:
+    pool = WorkPool(threads=1, max_waiting=0, process_bytes=1)
+    try:
+        first = await pool.run_in_process(os.getpid)
+        with pytest.raises(Overloaded, match="stopped"):
+            await pool.run_in_process(os._exit, 1)  # as the kernel's OOM killer would
+        assert pool.taken == 0
+        second = await pool.run_in_process(os.getpid)
+        assert second not in (first, os.getpid())
+    finally:
         pool.close()

@@ -46,9 +46,10 @@ async def v2_infer(
     # A model without a batch axis has no rows to bound: its shape is, by the element limit.
     max_rows = plane.settings.max_images_per_request if runtime.batched else MAX_ELEMENTS
     light = len(body) <= plane.settings.inline_decode_bytes  # else off the event loop
+    json_size = len(body) if length is None else length  # what is parsed as JSON
     with step("decode"):
-        infer = await plane.work.run_here_if_light(
-            light, decode_infer_request, body, length, max_rows
+        infer = await plane.work.run_decoding(
+            json_size, light, decode_infer_request, body, length, max_rows
         )
     if infer.model_name is not None and infer.model_name != name:
         raise InvalidInput(

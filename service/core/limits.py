@@ -26,6 +26,8 @@ MAX_ELEMENTS = 1 << 31
 # ignored unseen; keys longer than this many characters cannot be close to a protocol field.
 MAX_SUGGESTED_KEYS = 8
 MAX_SUGGESTED_KEY_CHARS = 32
+# Commas a JSON body of images may hold beyond one per pixel value: its other fields' own.
+JSON_SEPARATOR_ALLOWANCE = 65_536
 
 
 def check_object_size(count: int, where: str) -> None:
@@ -56,3 +58,15 @@ def checked_shape(dims: Sequence[object], where: str, max_rows: int) -> list[int
     if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
         raise PayloadTooLarge(f"{where}.shape {shape} is too large")
     return shape
+
+
+def check_json_values(body: bytes, most: int, what: str) -> None:
+    """A JSON body of images is refused (413) before it is parsed when it holds more values than
+    ``most`` (``what`` the request may carry). Counted by its commas: a nested array of n values
+    has n - 1 of them, whatever its shape, and counting costs milliseconds where making numbers
+    of tens of millions of values costs the decoder seconds."""
+    separators = body.count(b",")
+    if separators > most + JSON_SEPARATOR_ALLOWANCE:
+        raise PayloadTooLarge(
+            f"the body holds about {separators} values, more than {what} ({most}) need"
+        )

@@ -16,11 +16,22 @@ from typing import Any
 
 import numpy as np
 
+from service.api.rest.http_io import validated_body
+from service.api.rest.json_wire import loads_object
 from service.api.rest.schemas import PredictRequest
 from service.api.tensors import array_from_json, bytes_strings
 from service.core.card import DEFAULT_SIGNATURE, TensorSpec
 from service.core.errors import InvalidInput, PayloadTooLarge
 from service.dataplane.types import InputTensor
+
+
+def decode_predict_tensors_body(
+    raw: bytes, inputs: Sequence[TensorSpec], batched: bool, signature_name: str, max_rows: int
+) -> tuple[list[InputTensor], bool]:
+    """A tensor model's ``:predict`` body as its inputs (``predict_tensors``), parsed and checked
+    once; module-level, as ``predict.decode_predict_body``, for the work pool's child."""
+    body = validated_body(PredictRequest, loads_object(raw))
+    return predict_tensors(body, inputs, batched, signature_name, max_rows)
 
 
 def _nesting(value: Any) -> list[int]:

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import functools
 from importlib import resources
 from typing import Annotated, Any, Literal
 
@@ -20,7 +19,12 @@ from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, Response
 
 from service.api.feature_grid import render_feature_grid
-from service.api.images import decode_b64_images, decode_image_files, image_limits
+from service.api.images import decode_image_files, image_limits
+from service.api.rest.activations_body import (
+    ActivationsRequest,
+    decode_activations_body,
+    layer_names,
+)
 from service.api.rest.dependencies import Plane
 from service.api.rest.http_io import (
     JSON,
@@ -32,11 +36,10 @@ from service.api.rest.http_io import (
     read_json_body,
     validated_body,
 )
-from service.api.rest.json_wire import dumps, loads, loads_object
-from service.api.rest.predict import NESTED_JSON_COST, instances_to_pixels
+from service.api.rest.json_wire import dumps, loads
+from service.api.rest.predict import NESTED_JSON_COST
 from service.api.rest.schemas import errors, json_body
 from service.core.errors import (
-    InvalidInput,
     InvalidLayerSpec,
     UnprocessableInput,
     UnsupportedMediaType,
@@ -80,15 +83,6 @@ class ShapesResponse(BaseModel):
     trainable_params: int
     non_trainable_params: int
     notes: list[str]
-
-
-class ActivationsRequest(BaseModel):
-    instances: list[Any] = Field(
-        description='One image: a 32x32x3 nested pixel array or {"b64": "<base64 image>"}.'
-    )
-    layer: str | list[str] | None = Field(
-        None, description="Layer name(s); none: every conv and pool layer."
-    )
 
 
 class LayerActivations(BaseModel):
@@ -166,15 +160,6 @@ async def shapes(
 # -- feature maps ---------------------------------------------------------------------------
 
 
-def _layer_names(value: Any, where: str) -> list[str]:
-    if value is None:
-        return []
-    names = [value] if isinstance(value, str) else value
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise InvalidInput(f"{where} must be a layer name or a list of them, got {value!r}")
-    return [n for n in names if n]
-
-
 async def _multipart_image(
     request: Request, plane: DataPlane, size: tuple[int, int]
 ) -> tuple[np.ndarray, list[str]]:
@@ -190,26 +175,18 @@ async def _multipart_image(
         data = await upload.read()
         names = [v for v in form.getlist("layer") if isinstance(v, str)]
     (image,) = await decode_image_files(plane.work, [(data, where)], size, plane.settings)
-    return image, _layer_names(names, "'layer'")
+    return image, layer_names(names, "'layer'")
 
 
 async def _json_image(
     request: Request, plane: DataPlane, shape: tuple[int, int, int]
 ) -> tuple[np.ndarray, list[str]]:
     raw = await request.body()
-    b64 = functools.partial(decode_b64_images, size=shape[:2], limits=image_limits(plane.settings))
-
-    def decode() -> tuple[np.ndarray, list[str]]:
-        body = validated_body(ActivationsRequest, loads_object(raw))
-        if len(body.instances) != 1:
-            raise UnprocessableInput(
-                f"'instances' must hold exactly one image, got {len(body.instances)}"
-            )
-        pixels = instances_to_pixels(body.instances, shape, b64, 1)
-        return pixels[0], _layer_names(body.layer, "'layer'")
-
     light = len(raw) <= plane.settings.inline_decode_bytes // NESTED_JSON_COST
-    return await plane.work.run_here_if_light(light, decode)
+    limits = image_limits(plane.settings)
+    return await plane.work.run_decoding(
+        len(raw), light, decode_activations_body, raw, shape, limits
+    )
 
 
 def _layer_json(values: np.ndarray) -> dict[str, Any]:

@@ -3,14 +3,13 @@ the model listing and the model card."""
 
 from __future__ import annotations
 
-import functools
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
 
-from service.api.images import decode_b64_images, decode_image_files, image_limits
+from service.api.images import decode_image_files, image_limits
 from service.api.predictions import answers, top_k
 from service.api.rest.dependencies import Plane
 from service.api.rest.http_io import (
@@ -18,11 +17,9 @@ from service.api.rest.http_io import (
     media_type,
     multipart_form,
     read_json_body,
-    validated_body,
 )
-from service.api.rest.json_wire import loads_object
-from service.api.rest.predict import NESTED_JSON_COST, predict_pixels
-from service.api.rest.predict_tensors import predict_answer, predict_tensors
+from service.api.rest.predict import NESTED_JSON_COST, decode_predict_body
+from service.api.rest.predict_tensors import decode_predict_tensors_body, predict_answer
 from service.api.rest.schemas import (
     ClassifyResponse,
     PredictRequest,
@@ -34,7 +31,7 @@ from service.core.card import TENSOR
 from service.core.errors import InvalidInput, ModelNotReady, UnsupportedMediaType
 from service.dataplane.dataplane import DataPlane
 from service.dataplane.kinds import require_image
-from service.dataplane.types import InferRequest, InputTensor, VersionStatus
+from service.dataplane.types import InferRequest, VersionStatus
 from service.engine.runtime import ModelRuntime
 
 router = APIRouter(prefix="/v1", tags=["REST v1"])
@@ -71,25 +68,20 @@ async def predict(request: Request, plane: Plane, name: str, top_k: TopK = None)
         return await _predict_tensors(request, plane, runtime)
     settings = plane.settings
     raw = await read_json_body(request, settings.max_request_bytes)
-    h, w, c = runtime.image_shape
-    b64 = functools.partial(decode_b64_images, size=(h, w), limits=image_limits(settings))
-
-    def decode() -> tuple[np.ndarray, int | None]:
-        body = validated_body(PredictRequest, loads_object(raw))  # parsed and checked once
-        pixels = predict_pixels(
-            body,
-            (h, w, c),
-            runtime.input.name,
-            runtime.card.signature_name,
-            b64,
-            settings.max_images_per_request,
-        )
-        return pixels, body.top_k
-
-    # A small body is decoded here (its images too, unless they decode to many pixels); larger
-    # ones on the work pool.
+    # A small body is decoded here (its images too, unless they decode to many pixels), a
+    # larger one on the work pool, the largest in its child process.
     light = len(raw) <= settings.inline_decode_bytes // NESTED_JSON_COST
-    pixels, body_k = await plane.work.run_here_if_light(light, decode)
+    pixels, body_k = await plane.work.run_decoding(
+        len(raw),
+        light,
+        decode_predict_body,
+        raw,
+        runtime.image_shape,
+        runtime.input.name,
+        runtime.card.signature_name,
+        image_limits(settings),
+        settings.max_images_per_request,
+    )
     return await _predictions(plane, runtime, pixels, top_k or body_k or settings.default_top_k)
 
 
@@ -101,14 +93,17 @@ async def _predict_tensors(
     settings = plane.settings
     raw = await read_json_body(request, settings.max_request_bytes)
     card = runtime.card
-
-    def decode() -> tuple[list[InputTensor], bool]:
-        body = validated_body(PredictRequest, loads_object(raw))
-        max_rows = settings.max_images_per_request
-        return predict_tensors(body, card.inputs, runtime.batched, card.signature_name, max_rows)
-
     light = len(raw) <= settings.inline_decode_bytes // NESTED_JSON_COST
-    tensors, rows = await plane.work.run_here_if_light(light, decode)
+    tensors, rows = await plane.work.run_decoding(
+        len(raw),
+        light,
+        decode_predict_tensors_body,
+        raw,
+        card.inputs,
+        runtime.batched,
+        card.signature_name,
+        settings.max_images_per_request,
+    )
     response = await plane.infer(runtime, InferRequest(None, tensors))
     answer = await plane.work.run_here_if_light(light, predict_answer, response.outputs, rows)
     return {"model_name": runtime.name, "model_version": str(runtime.version), **answer}

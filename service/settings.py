@@ -147,8 +147,9 @@ class Settings(QualitySettings, BatchingSettings):
         default=4 * 1024 * 1024,
         ge=0,
         description=(
-            "JSON v2 infer bodies from this size are decoded in a child process, whose parse "
-            "cannot hold the event loop's interpreter (0: on the work pool's threads)."
+            "JSON bodies (v2 infer, :predict, the explorer) from this size are decoded in a child "
+            "process, whose parse cannot hold the event loop's interpreter (0: on the work "
+            "pool's threads)."
         ),
     )
     loop_lag_interval_s: float = Field(

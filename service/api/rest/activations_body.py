@@ -29,6 +29,7 @@ class ActivationsRequest(BaseModel):
 
 
 def layer_names(value: Any, where: str) -> list[str]:
+    """The layers a body or form names: one name or a list of them (empty ones dropped)."""
     if value is None:
         return []
     names = [value] if isinstance(value, str) else value

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -101,55 +102,53 @@ async def test_past_its_threads_and_queue_the_pool_refuses_until_jobs_finish() -
         pool.close()
 
 
-@pytest.mark.anyio
-async def test_work_for_the_process_runs_in_a_child_scheduled_as_the_threads() -> None:
-    pool = WorkPool(threads=1, max_waiting=0, process_bytes=1000)
-    try:
-        child = await pool.run_in_process(os.getpid)
-        assert child != os.getpid()
-        assert await pool.run_in_process(os.getpid) == child  # one child, kept
-        assert await pool.run_in_process(os.sched_getscheduler, 0) == os.SCHED_BATCH
-    finally:
-        pool.close()
+@pytest.fixture
+def pool() -> Iterator[WorkPool]:
+    """A pool whose child decodes from 1,000 bytes up; closed after the test."""
+    work = WorkPool(threads=1, max_waiting=0, process_bytes=1000)
+    yield work
+    work.close()
 
 
 @pytest.mark.anyio
-async def test_decoding_runs_here_when_light_in_the_child_when_large_else_on_a_thread() -> None:
-    pool = WorkPool(threads=1, max_waiting=0, process_bytes=1000)
+async def test_work_for_the_process_runs_in_a_child_scheduled_as_the_threads(
+    pool: WorkPool,
+) -> None:
+    child = await pool.run_in_process(os.getpid)
+    assert child != os.getpid()
+    assert await pool.run_in_process(os.getpid) == child  # one child, kept
+    assert await pool.run_in_process(os.sched_getscheduler, 0) == os.SCHED_BATCH
+
+
+@pytest.mark.anyio
+async def test_decoding_runs_here_when_light_in_the_child_when_large_else_on_a_thread(
+    pool: WorkPool,
+) -> None:
+    assert await pool.run_decoding(5000, True, os.getpid) == os.getpid()  # light: here
+    assert await pool.run_decoding(999, False, threading.get_ident) != threading.get_ident()
+    assert await pool.run_decoding(999, False, os.getpid) == os.getpid()  # a thread
+    assert await pool.run_decoding(1000, False, os.getpid) != os.getpid()  # the child
     never = WorkPool(threads=1, max_waiting=0)  # process_bytes 0: no child, ever
     try:
-        assert await pool.run_decoding(5000, True, os.getpid) == os.getpid()  # light: here
-        assert await pool.run_decoding(999, False, threading.get_ident) != threading.get_ident()
-        assert await pool.run_decoding(999, False, os.getpid) == os.getpid()  # a thread
-        assert await pool.run_decoding(1000, False, os.getpid) != os.getpid()  # the child
         assert await never.run_decoding(10**9, False, os.getpid) == os.getpid()
     finally:
-        pool.close()
         never.close()
 
 
 @pytest.mark.anyio
-async def test_an_error_in_the_child_reaches_the_caller_as_it_was_raised() -> None:
-    pool = WorkPool(threads=1, max_waiting=0, process_bytes=1)
-    try:
-        with pytest.raises(InvalidInput, match="the request body is empty; expected JSON"):
-            await pool.run_in_process(loads, b"")
-        assert pool.taken == 0
-    finally:
-        pool.close()
+async def test_an_error_in_the_child_reaches_the_caller_as_it_was_raised(pool: WorkPool) -> None:
+    with pytest.raises(InvalidInput, match="the request body is empty; expected JSON"):
+        await pool.run_in_process(loads, b"")
+    assert pool.taken == 0
 
 
 @pytest.mark.anyio
-async def test_a_v2_body_decodes_in_the_child_as_it_does_here() -> None:
+async def test_a_v2_body_decodes_in_the_child_as_it_does_here(pool: WorkPool) -> None:
     """What v2 infer sends to the child: the request comes back whole, numpy arrays included."""
     pixels = np.arange(2 * 4 * 4 * 3) % 256
     body = json.dumps({"id": "a", "inputs": [{"name": "images", "shape": [2, 4, 4, 3],
                        "datatype": "UINT8", "data": pixels.tolist()}]}).encode()  # fmt: skip
-    pool = WorkPool(threads=1, max_waiting=0, process_bytes=1)
-    try:
-        there = await pool.run_in_process(decode_infer_request, body, None, 64)
-    finally:
-        pool.close()
+    there = await pool.run_in_process(decode_infer_request, body, None, 64)
     here = decode_infer_request(body, None, 64)
     assert there.id == here.id == "a"
     assert [(t.name, t.datatype, t.shape) for t in there.inputs] == [
@@ -160,14 +159,12 @@ async def test_a_v2_body_decodes_in_the_child_as_it_does_here() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_child_that_dies_costs_its_request_a_503_and_the_next_gets_a_new_child() -> None:
-    pool = WorkPool(threads=1, max_waiting=0, process_bytes=1)
-    try:
-        first = await pool.run_in_process(os.getpid)
-        with pytest.raises(Overloaded, match="stopped"):
-            await pool.run_in_process(os._exit, 1)  # as the kernel's OOM killer would
-        assert pool.taken == 0
-        second = await pool.run_in_process(os.getpid)
-        assert second not in (first, os.getpid())
-    finally:
-        pool.close()
+async def test_a_child_that_dies_costs_its_request_a_503_and_the_next_gets_a_new_child(
+    pool: WorkPool,
+) -> None:
+    first = await pool.run_in_process(os.getpid)
+    with pytest.raises(Overloaded, match="stopped"):
+        await pool.run_in_process(os._exit, 1)  # as the kernel's OOM killer would
+    assert pool.taken == 0
+    second = await pool.run_in_process(os.getpid)
+    assert second not in (first, os.getpid())

@@ -78,13 +78,6 @@ def _cost(key: str) -> Figure:
     return ("request-cost", lambda r: format(r["results"][key], "g"))
 
 
-def _stall_range(record: Record) -> str:
-    """The loop stalls over all runs, the clean clone's included, to tens of ms (Not done)."""
-    r = record["results"]
-    low, high = r["loop_stall_ms_over_runs"]
-    return f"{low}-{round(max(high, r['loop_stall_ms_clean_clone']), -1)}"
-
-
 def _epochs(batch: str, layout: str) -> Figure:
     """The range of one layout's two epochs (docs/scaling.md's reading of its tables)."""
 
@@ -132,7 +125,6 @@ FIGURES: dict[str, Figure] = {
     "request-cost.reused-parser-mb": _cost("reused_parser_mb_per_thread"),
     "request-cost.buffers-times-body": _cost("buffers_times_body"),
     "request-cost.nested-before-ms": _cost("nested_arrays_loop_ms_before"),
-    "request-cost.stall-range-rounded": ("request-cost", _stall_range),
     "fast-path-cost.timer-us": ("fast-path-cost", lambda r: f"{r['results']['timer_us']:g}"),
     "ddp-epochs.slowest": ("ddp-epochs", _slowest_epoch),
     "ddp-epochs.256.two-processes": _epochs("batch_256", "2 processes"),

@@ -15,9 +15,11 @@ from hypothesis.extra.numpy import arrays
 
 from service.api.predictions import top_k
 from service.api.rest.codec import decode_infer_request, encode_infer_response
+from service.api.rest.infer import most_values
 from service.api.rest.json_wire import loads_infer_request
 from service.api.tensors import array_from_json
-from service.core.errors import ServingError, UnprocessableInput
+from service.core.card import TensorSpec
+from service.core.errors import PayloadTooLarge, ServingError, UnprocessableInput
 from service.dataplane.pixels import to_pixels
 from service.dataplane.types import InferResponse, InputTensor
 
@@ -131,3 +133,32 @@ def test_simdjson_fast_decode_agrees_with_the_plain_path(
             return (type(exc), exc.message)
 
     assert outcome(loads_infer_request) == outcome(orjson.loads)
+
+
+def test_json_over_the_models_values_is_refused_before_parsing_and_binary_data_not_counted() -> (
+    None
+):
+    rows = [[0] * 3] * 4
+    body = json.dumps({"inputs": [{"name": "x", "shape": [4, 3], "datatype": "FP32",
+                                   "data": rows}]}).encode()  # fmt: skip
+    assert decode_infer_request(body, None, 4, max_values=12).inputs[0].shape == [4, 3]
+    flood = b'{"inputs": [{"name": "x", "shape": [4, 3], "datatype": "FP32", "data": ['
+    flood += b"0," * 100_000 + b"0]}]}"
+    with pytest.raises(PayloadTooLarge, match=r"about 1000\d\d values, more than 4 rows"):
+        decode_infer_request(flood, None, 4, max_values=12)
+    with pytest.raises(UnprocessableInput, match="100001 values"):  # no bound: parsed, counted
+        decode_infer_request(flood, None, 4)
+    header = b'{"inputs": [{"name": "x", "shape": [4, 3], "datatype": "UINT8", '
+    header += b'"parameters": {"binary_data_size": 12}}]}'
+    binary = b"," * 100_000  # commas in the raw bytes are data, not JSON
+    request = decode_infer_request(header + binary[:12], len(header), 4, max_values=12)
+    assert request.inputs[0].shape == [4, 3]
+
+
+def test_a_models_values_are_bounded_only_where_its_inputs_fix_them() -> None:
+    images = TensorSpec("images", "UINT8", [-1, 32, 32, 3])
+    assert most_values([images], True, 1024) == 1024 * 3072
+    assert most_values([images, TensorSpec("k", "INT64", [-1, 1])], True, 2) == 2 * 3073
+    assert most_values([TensorSpec("m", "FP32", [4, 4])], False, 1 << 31) == 16  # no batch axis
+    assert most_values([TensorSpec("t", "FP32", [-1, -1])], True, 8) is None  # an open axis
+    assert most_values([TensorSpec("s", "BYTES", [-1, 1])], True, 8) is None  # "a,b" is 1 value

@@ -21,7 +21,7 @@ from service.api.tensors import (
 )
 from service.core.classification import PARAMETER, check_class_count
 from service.core.errors import InvalidInput, UnprocessableInput
-from service.core.limits import check_tensor_count, checked_shape
+from service.core.limits import check_json_values, check_tensor_count, checked_shape
 from service.core.timeouts import check_timeout_us
 from service.dataplane.shared_memory import shared_memory_ref
 from service.dataplane.types import (
@@ -51,8 +51,12 @@ def _shape(value: Any, where: str, max_rows: int) -> list[int]:
     return checked_shape(value, where, max_rows)
 
 
-def decode_infer_request(body: bytes, header_length: int | None, max_rows: int) -> InferRequest:
-    """A v2 infer body: JSON, or a JSON header and raw tensor bytes (the binary extension)."""
+def decode_infer_request(
+    body: bytes, header_length: int | None, max_rows: int, max_values: int | None = None
+) -> InferRequest:
+    """A v2 infer body: JSON, or a JSON header and raw tensor bytes (the binary extension).
+    With ``max_values`` (what ``max_rows`` rows of the model's inputs hold), JSON holding more
+    values is refused before it is parsed (``check_json_values``)."""
     binary = b""
     if header_length is not None:
         if not 0 < header_length <= len(body):
@@ -61,6 +65,8 @@ def decode_infer_request(body: bytes, header_length: int | None, max_rows: int) 
                 f"{len(body)}-byte body"
             )
         body, binary = body[:header_length], body[header_length:]
+    if max_values is not None:
+        check_json_values(body, max_values, f"{max_rows} rows of the model's inputs")
     request = json_object(
         loads_infer_request(body), "the request", REQUEST_FIELDS, ignore_unknown=True
     )

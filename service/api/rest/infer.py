@@ -3,10 +3,13 @@ URL, run it on the data plane, encode."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from service.api.rest.codec import decode_infer_request, encode_infer_response
 from service.api.rest.http_io import is_json_type
+from service.core.card import TensorSpec
 from service.core.errors import InvalidInput, UnsupportedMediaType
 from service.core.limits import MAX_ELEMENTS
 from service.core.version_policy import parse_version
@@ -21,6 +24,19 @@ class InferReply:
     body: bytes
     media_type: str
     headers: dict[str, str] = field(default_factory=dict)
+
+
+def most_values(inputs: Sequence[TensorSpec], batched: bool, max_rows: int) -> int | None:
+    """The most values a request's input tensors can hold in all, or None where that has no
+    fixed bound (an open axis besides the batch's) or where counting commas would not count
+    values (BYTES: a string may hold commas)."""
+    total = 0
+    for spec in inputs:
+        dims = spec.shape[1:] if batched else spec.shape
+        if spec.datatype == "BYTES" or any(d < 0 for d in dims):
+            return None
+        total += (max_rows if batched else 1) * math.prod(dims)
+    return total
 
 
 async def v2_infer(
@@ -47,9 +63,10 @@ async def v2_infer(
     max_rows = plane.settings.max_images_per_request if runtime.batched else MAX_ELEMENTS
     light = len(body) <= plane.settings.inline_decode_bytes  # else off the event loop
     json_size = len(body) if length is None else length  # what is parsed as JSON
+    max_values = most_values(runtime.card.inputs, runtime.batched, max_rows)
     with step("decode"):
         infer = await plane.work.run_decoding(
-            json_size, light, decode_infer_request, body, length, max_rows
+            json_size, light, decode_infer_request, body, length, max_rows, max_values
         )
     if infer.model_name is not None and infer.model_name != name:
         raise InvalidInput(

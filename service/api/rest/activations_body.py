@@ -39,10 +39,13 @@ def layer_names(value: Any, where: str) -> list[str]:
 
 
 def decode_activations_body(
-    raw: bytes, shape: tuple[int, int, int], limits: ImageLimits
+    raw: bytes, shape: tuple[int, int, int], limits: ImageLimits, count_values: bool = True
 ) -> tuple[np.ndarray, list[str]]:
-    """The body's one image as uint8 pixels, and the layer names it gives."""
-    check_json_values(raw, math.prod(shape), f"one image of {list(shape)}")
+    """The body's one image as uint8 pixels, and the layer names it gives; with
+    ``count_values``, refused first if it holds more values than one image
+    (``check_json_values``)."""
+    if count_values:
+        check_json_values(raw, math.prod(shape), f"one image of {list(shape)}")
     b64 = functools.partial(decode_b64_images, size=shape[:2], limits=limits)
     body = validated_body(ActivationsRequest, loads_object(raw))
     if len(body.instances) != 1:

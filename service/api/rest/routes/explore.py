@@ -185,7 +185,7 @@ async def _json_image(
     light = len(raw) <= plane.settings.inline_decode_bytes // NESTED_JSON_COST
     limits = image_limits(plane.settings)
     return await plane.work.run_decoding(
-        len(raw), light, decode_activations_body, raw, shape, limits
+        len(raw), light, decode_activations_body, raw, shape, limits, not light
     )
 
 

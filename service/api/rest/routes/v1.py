@@ -81,6 +81,7 @@ async def predict(request: Request, plane: Plane, name: str, top_k: TopK = None)
         runtime.card.signature_name,
         image_limits(settings),
         settings.max_images_per_request,
+        not light,  # values counted in a body too large for the loop
     )
     return await _predictions(plane, runtime, pixels, top_k or body_k or settings.default_top_k)
 

@@ -176,11 +176,10 @@ class ModelRuntime:
         """One request as one run, without the batcher: timed for the metrics and statistics;
         ``TimeoutExpired`` if it waited for the thread longer than ``timeout_s`` (0: no limit).
 
-        ``observe_later`` (a run inline, on the event loop): the metrics hear of the run on the
-        loop's next turn, after this request's answer is written and before any later request is
-        read. Prometheus' four updates cost about 10 us, which a lone request otherwise waits
-        for (docs/benchmarks.md, "One client, served side by side"); the statistics, which a
-        client may read in the same process at once, are counted now."""
+        ``observe_later`` (a run inline, on the event loop): the statistics and the metrics hear
+        of the run on the loop's next turn, after this request's answer is written and before
+        any later request (a statistics call included) is read. Their updates cost a lone
+        request 20-30 us otherwise (docs/benchmarks.md, "One client, served side by side")."""
         start = time.perf_counter()
         statistics = self.statistics
         if timeout_s and start - enqueued >= timeout_s:
@@ -196,16 +195,19 @@ class ModelRuntime:
             statistics.record_fail(1, int((time.perf_counter() - enqueued) * 1e9))
             raise
         done = time.perf_counter()
-        infer_ns = int((done - start) * 1e9)
-        statistics.record_execution(len(images), 0, infer_ns, 0)
-        total_ns = int((done - enqueued) * 1e9)
-        statistics.record_batch(1, int((start - enqueued) * 1e9), (0, infer_ns, 0), total_ns)
-        stats = BatchStats(len(images), 1, done - start)
         if observe_later:
-            asyncio.get_running_loop().call_soon(self._observe, stats)
+            asyncio.get_running_loop().call_soon(self._record, len(images), enqueued, start, done)
         else:
-            self._observe(stats)
+            self._record(len(images), enqueued, start, done)
         return result
+
+    def _record(self, rows: int, enqueued: float, start: float, done: float) -> None:
+        """One request's run, as ``_run_unbatched`` timed it, in the statistics and metrics."""
+        infer_ns = int((done - start) * 1e9)
+        self.statistics.record_execution(rows, 0, infer_ns, 0)
+        total_ns = int((done - enqueued) * 1e9)
+        self.statistics.record_batch(1, int((start - enqueued) * 1e9), (0, infer_ns, 0), total_ns)
+        self._observe(BatchStats(rows, 1, done - start))
 
     def _observe(self, stats: BatchStats) -> None:
         if self.options.on_batch is not None:

@@ -72,29 +72,31 @@ def test_a_lone_request_to_a_quick_version_runs_on_the_loop_and_is_counted(
     runtime.close()
 
 
-def test_an_inline_runs_metrics_come_on_the_loops_next_turn_and_its_statistics_at_once(
+def test_an_inline_runs_statistics_and_metrics_come_on_the_loops_next_turn(
     tmp_path: Path,
 ) -> None:
-    """The metrics of a run on the loop wait until its answer has gone out (the caller's code up
-    to its next await, which a server's reply is); a reader of the statistics sees it at once."""
+    """What a run on the loop records waits until its answer has gone out (the caller's code up
+    to its next await, which a server's reply is), and comes before any later request is read
+    (the loop's next turn): a statistics request sent after the answer sees the run."""
     seen: list[str] = []
     runtime = warmed_runtime(tmp_path, GENEROUS_US, seen)
     assert runtime.inline_p99_s is not None
 
-    async def request() -> tuple[list[str], int, list[str]]:
+    async def request() -> tuple[list[str], int, list[str], int]:
         assert runtime.acquire()
         try:
             await runtime.infer(IMAGES[:1])
         finally:
             runtime.release()
         observed_at_answer = list(seen)
-        counted = runtime.statistics.snapshot("tiny", 1).inference_count
+        counted_at_answer = runtime.statistics.snapshot("tiny", 1).inference_count
         await asyncio.sleep(0)  # the loop's next turn: what a later request waits for
-        return observed_at_answer, counted, list(seen)
+        counted = runtime.statistics.snapshot("tiny", 1).inference_count
+        return observed_at_answer, counted_at_answer, list(seen), counted
 
-    at_answer, counted, after = asyncio.run(request())
-    assert (at_answer, counted) == ([], 1)
-    assert after == [threading.current_thread().name]
+    at_answer, counted_at_answer, after, counted = asyncio.run(request())
+    assert (at_answer, counted_at_answer) == ([], 0)
+    assert (after, counted) == ([threading.current_thread().name], 1)
     runtime.close()
 
 

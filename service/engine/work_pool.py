@@ -72,12 +72,26 @@ class WorkPool:
         """``work(*args)`` in the pool's child process, started on first use: for work that
         holds the interpreter for long. ``work`` must be a module-level function, and its
         arguments, result and errors picklable. Bounded as ``run``; a child that dies (killed
-        for memory, say) is replaced, and its request gets a 503."""
-        processes = self._child()
+        for memory, say) is replaced, and the request it was decoding gets a 503; one that died
+        idle is replaced before the job is given to it."""
+        given: list[ProcessPoolExecutor] = []
+
+        def submit() -> Future[T]:
+            processes = self._child()
+            try:
+                job = processes.submit(work, *args)
+            except BrokenProcessPool:  # it died since its last job: a new child takes this one
+                self._replace(processes)
+                processes = self._child()
+                job = processes.submit(work, *args)
+            given.append(processes)
+            return job
+
         try:
-            return await self._counted(lambda: processes.submit(work, *args))
+            return await self._counted(submit)
         except BrokenProcessPool:
-            self._replace(processes)
+            if given:
+                self._replace(given[-1])
             raise Overloaded("the process decoding this request stopped; retry shortly") from None
 
     async def run_decoding(

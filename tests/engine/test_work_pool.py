@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import threading
 from collections.abc import Iterator
 
@@ -167,4 +168,20 @@ async def test_a_child_that_dies_costs_its_request_a_503_and_the_next_gets_a_new
         await pool.run_in_process(os._exit, 1)  # as the kernel's OOM killer would
     assert pool.taken == 0
     second = await pool.run_in_process(os.getpid)
+    assert second not in (first, os.getpid())
+
+
+@pytest.mark.anyio
+async def test_a_child_that_died_idle_is_replaced_before_the_next_job_is_given_to_it(
+    pool: WorkPool,
+) -> None:
+    first = await pool.run_in_process(os.getpid)
+    os.kill(first, signal.SIGKILL)  # between jobs: no request of its own to lose
+    for _ in range(500):  # until the executor has seen it go: it marks itself broken, then reaps
+        await asyncio.sleep(0.01)
+        try:
+            os.kill(first, 0)
+        except ProcessLookupError:
+            break
+    second = await pool.run_in_process(os.getpid)  # answered, not a 503
     assert second not in (first, os.getpid())

@@ -73,17 +73,22 @@ class WorkPool:
         holds the interpreter for long. ``work`` must be a module-level function, and its
         arguments, result and errors picklable. Bounded as ``run``; a child that dies (killed
         for memory, say) is replaced, and the request it was decoding gets a 503; one that died
-        idle is replaced before the job is given to it."""
+        idle is replaced before the job is given to it. Where no child can start (no semaphores
+        without /dev/shm, as in some sandboxes), the job and every later one take a thread."""
         given: list[ProcessPoolExecutor] = []
 
         def submit() -> Future[T]:
-            processes = self._child()
             try:
-                job = processes.submit(work, *args)
-            except BrokenProcessPool:  # it died since its last job: a new child takes this one
-                self._replace(processes)
                 processes = self._child()
-                job = processes.submit(work, *args)
+                try:
+                    job = processes.submit(work, *args)
+                except BrokenProcessPool:  # it died since its last job: a new child takes this
+                    self._replace(processes)
+                    processes = self._child()
+                    job = processes.submit(work, *args)
+            except (OSError, ImportError) as exc:
+                self._no_child(exc)
+                return self._executor.submit(work, *args)
             given.append(processes)
             return job
 
@@ -125,6 +130,16 @@ class WorkPool:
                 )
                 log.info("started a process for decoding large request bodies")
             return self._processes
+
+    def _no_child(self, problem: BaseException) -> None:
+        """No child process can start here: large bodies are decoded on the threads from now."""
+        if self.process_bytes:
+            log.warning(
+                "no process for decoding large request bodies (%s): they are decoded on the "
+                "pool's threads",
+                problem,
+            )
+        self.process_bytes = 0
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         """Forget a broken child's executor: the next large body starts a new one."""

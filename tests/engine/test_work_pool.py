@@ -17,6 +17,7 @@ import pytest
 from service.api.rest.codec import decode_infer_request
 from service.api.rest.json_wire import loads
 from service.core.errors import InvalidInput, Overloaded
+from service.engine import work_pool
 from service.engine.thread_policy import ThreadScheduling
 from service.engine.work_pool import TooHeavyForTheLoop, WorkPool, on_event_loop
 
@@ -185,3 +186,21 @@ async def test_a_child_that_died_idle_is_replaced_before_the_next_job_is_given_t
             break
     second = await pool.run_in_process(os.getpid)  # answered, not a 503
     assert second not in (first, os.getpid())
+
+
+@pytest.mark.anyio
+async def test_where_no_child_can_start_large_bodies_are_decoded_on_a_thread(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def no_semaphores(*_: object, **__: object) -> None:
+        raise OSError(38, "Function not implemented")  # sem_open where /dev/shm is missing
+
+    monkeypatch.setattr(work_pool, "ProcessPoolExecutor", no_semaphores)
+    pool = WorkPool(threads=1, max_waiting=0, process_bytes=1000)
+    try:
+        assert await pool.run_decoding(5000, False, os.getpid) == os.getpid()  # a thread here
+        assert "decoded on the pool's threads" in caplog.text
+        assert pool.process_bytes == 0  # later bodies go to the threads without trying
+        assert await pool.run_decoding(5000, False, threading.get_ident) != threading.get_ident()
+    finally:
+        pool.close()

@@ -75,28 +75,22 @@ class WorkPool:
         for memory, say) is replaced, and the request it was decoding gets a 503; one that died
         idle is replaced before the job is given to it. Where no child can start (no semaphores
         without /dev/shm, as in some sandboxes), the job and every later one take a thread."""
-        given: list[ProcessPoolExecutor] = []
+        child: ProcessPoolExecutor | None = None  # the one given the job
 
         def submit() -> Future[T]:
+            nonlocal child
             try:
-                processes = self._child()
-                try:
-                    job = processes.submit(work, *args)
-                except BrokenProcessPool:  # it died since its last job: a new child takes this
-                    self._replace(processes)
-                    processes = self._child()
-                    job = processes.submit(work, *args)
+                child, job = self._give_child(work, *args)
             except (OSError, ImportError) as exc:
                 self._no_child(exc)
                 return self._executor.submit(work, *args)
-            given.append(processes)
             return job
 
         try:
             return await self._counted(submit)
         except BrokenProcessPool:
-            if given:
-                self._replace(given[-1])
+            if child is not None:
+                self._replace(child)
             raise Overloaded("the process decoding this request stopped; retry shortly") from None
 
     async def run_decoding(
@@ -130,6 +124,19 @@ class WorkPool:
                 )
                 log.info("started a process for decoding large request bodies")
             return self._processes
+
+    def _give_child(
+        self, work: Callable[..., T], *args: object
+    ) -> tuple[ProcessPoolExecutor, Future[T]]:
+        """The job given to the child, and the child's executor; a child that died since its
+        last job is replaced first."""
+        processes = self._child()
+        try:
+            return processes, processes.submit(work, *args)
+        except BrokenProcessPool:
+            self._replace(processes)
+            processes = self._child()
+            return processes, processes.submit(work, *args)
 
     def _no_child(self, problem: BaseException) -> None:
         """No child process can start here: large bodies are decoded on the threads from now."""

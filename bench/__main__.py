@@ -4,7 +4,8 @@
                                         # train-loop, log-cost, decode, shm, profile, replicas,
                                         # screenshot, drift, calibration, feedback,
                                         # grpc-models, inline-hop, asgi-cost, pinned-pair,
-                                        # alternate, classify-cost, render
+                                        # alternate, classify-cost, held-bodies,
+                                        # render
     python -m bench COMMAND --help      # its flags
 
 Every benchmark writes its figures to ``docs/results/<name>.json`` (unless ``--no-write``) and then
@@ -40,6 +41,7 @@ COMMANDS = {
     "pinned-pair": ("pinned_pair", "builds of the service in turn, pinned: 1-client p50, 64 req/s"),
     "alternate": ("alternating", "builds served at once, one client alternating requests: gaps"),
     "classify-cost": ("classify_cost", "the codecs' cost with and without classification"),
+    "held-bodies": ("held_bodies", "the server's memory while many large bodies are held"),
     "render": ("render", "rewrite the docs' figures from docs/results/*.json (--check: test)"),
 }
 

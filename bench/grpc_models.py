@@ -88,7 +88,7 @@ def sync_handlers(mode: str, servicer: Any, loop: asyncio.AbstractEventLoop) -> 
     import grpc
     from google.protobuf.message_factory import GetMessageClass
 
-    from service.api.grpc.handlers import SERVICE, lenient_parser
+    from service.api.grpc.handlers import SERVICE, request_parser
 
     handlers = {}
     for method in SERVICE.methods:
@@ -100,7 +100,7 @@ def sync_handlers(mode: str, servicer: Any, loop: asyncio.AbstractEventLoop) -> 
         )  # fmt: skip
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             behaviour,
-            request_deserializer=lenient_parser(GetMessageClass(method.input_type)),
+            request_deserializer=request_parser(method, sized=not direct),
             response_serializer=GetMessageClass(method.output_type).SerializeToString,
         )
     return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)

@@ -118,6 +118,14 @@ class Settings(QualitySettings, BatchingSettings):
         ge=1024,
         description="Largest request body in bytes; checked before the body is read (413).",
     )
+    max_body_bytes_in_flight: int = Field(
+        default=256 * 1024 * 1024,
+        ge=0,
+        description=(
+            "Most bytes of request bodies one process holds at once, counted as they arrive "
+            "until the answer is sent; past it 503 with Retry-After (0: no limit)."
+        ),
+    )
     max_image_pixels: int = Field(
         default=16_000_000,
         ge=1,
@@ -329,6 +337,14 @@ class Settings(QualitySettings, BatchingSettings):
     def _auto_workers(cls, value: object, info: ValidationInfo) -> object:
         if isinstance(value, str) and value.strip().lower() == "auto":
             return auto_workers(Path(info.data.get("model_repository", "models")))
+        return value
+
+    @field_validator("max_body_bytes_in_flight")
+    @classmethod
+    def _room_for_one_body(cls, value: int, info: ValidationInfo) -> int:
+        largest = info.data.get("max_request_bytes", 0)
+        if 0 < value < largest:
+            raise ValueError(f"must be 0 or at least MAX_REQUEST_BYTES ({largest})")
         return value
 
     @field_validator("admin_token", "admin_token_file", mode="before")

@@ -57,6 +57,11 @@ class Overloaded(ServingError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
 
 
+class BodyBudgetFull(Overloaded):
+    """The process holds its most bytes of request bodies (``MAX_BODY_BYTES_IN_FLIGHT``): the rest
+    of this body is not read, and the connection closes."""
+
+
 class TimeoutExpired(ServingError):
     """A request still queued when its ``timeout`` parameter (or ``REQUEST_TIMEOUT_US``) ran out:
     answered without running, as Triton's UNAVAILABLE "Request timeout expired"."""

@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 
 import numpy as np
 
+from service.core.body_budget import BodyBudget
 from service.core.card import TENSOR, ModelCard
 from service.core.errors import (
     InvalidCard,
@@ -83,6 +84,7 @@ class DataPlane:
         self.repository = ModelRepository(settings.model_repository, options, policy)
         self.metrics.track_providers(self.repository.provider_use)
         self.work = build.work_pool(settings)  # where decoding and encoding run, off the loop
+        self.body_budget = BodyBudget(settings.max_body_bytes_in_flight)  # REST's and gRPC's
         self.activation_sessions = ActivationSessions(options)  # the explorer's, made on first use
         self.response_cache = ResponseCache(settings.response_cache, self.metrics.registry)
         self.shared_memory = build.shared_memory_registry(settings)  # Triton's system shared memory

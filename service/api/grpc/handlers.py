@@ -1,6 +1,7 @@
 """The gRPC service's method table, built from the protocol's descriptor with request parsing that
 cannot fail: bytes that are no valid message reach the handler as ``Undecodable``, which answers
-INVALID_ARGUMENT in our words (grpc's own path answers UNKNOWN with protobuf's exception text)."""
+INVALID_ARGUMENT in our words (grpc's own path answers UNKNOWN with protobuf's exception text).
+Inference requests come as ``SizedRequest``, with their message's length for the body budget."""
 
 from __future__ import annotations
 
@@ -42,18 +43,46 @@ def lenient_parser(message_class: Any) -> Callable[[bytes], Any]:
     return parse
 
 
+@dataclass(frozen=True, slots=True)
+class SizedRequest:
+    """An inference request and the size of its message, which the body budget counts while it
+    is answered (``Message.ByteSize`` would serialise it again: 60 ms for 60 MB)."""
+
+    message: Any
+    size: int
+
+
+def sized_parser(message_class: Any) -> Callable[[bytes], Any]:
+    """``lenient_parser``, each parsed message given as ``SizedRequest``."""
+    parse = lenient_parser(message_class)
+
+    def sized(data: bytes) -> Any:
+        message = parse(data)
+        return message if isinstance(message, Undecodable) else SizedRequest(message, len(data))
+
+    return sized
+
+
+def request_parser(method: Any, sized: bool = True) -> Callable[[bytes], Any]:
+    """How ``method``'s requests are parsed: inference requests as ``SizedRequest`` (the body
+    budget counts them) unless not ``sized``, the rest as they are."""
+    request_class = GetMessageClass(method.input_type)
+    if sized and method.input_type.name == "ModelInferRequest":
+        return sized_parser(request_class)
+    return lenient_parser(request_class)
+
+
 def method_handlers(servicer: Any) -> grpc.GenericRpcHandler:
     """Every method of ``GRPCInferenceService`` bound to ``servicer``'s method of the same name
     (what ``add_GRPCInferenceServiceServicer_to_server`` builds, with lenient parsing)."""
     handlers = {}
     for method in SERVICE.methods:
-        request_class = GetMessageClass(method.input_type)
         serialize = GetMessageClass(method.output_type).SerializeToString
         behaviour = getattr(servicer, method.name)
         kind = STREAMING[method.client_streaming, method.server_streaming]
         handlers[method.name] = kind(
             behaviour,
-            request_deserializer=lenient_parser(request_class),  # a stream's messages too
+            request_deserializer=request_parser(method),  # a stream's messages too
             response_serializer=serialize,
         )
     return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)

@@ -18,7 +18,7 @@ import grpc
 from tritonclient.grpc import service_pb2
 
 from service.api.grpc import codec
-from service.api.grpc.handlers import Undecodable
+from service.api.grpc.handlers import SizedRequest, Undecodable
 from service.core.errors import InvalidInput, ServingError
 from service.core.limits import MAX_ELEMENTS
 from service.dataplane.dataplane import DataPlane, request_scope
@@ -32,11 +32,22 @@ StatusOf = Callable[[int], grpc.StatusCode]  # an HTTP status as a gRPC code (se
 _END = object()  # the reader has seen the end of the requests and every answer is queued
 
 
-async def infer_message(plane: DataPlane, request: Any, metadata: Any = None) -> Any:
-    """One ``ModelInferRequest`` answered as a ``ModelInferResponse`` (``ModelInfer`` and each
-    request of a stream), traced when sampled (the call's ``traceparent`` metadata its parent)."""
-    if isinstance(request, Undecodable):
-        raise InvalidInput(f"the request is not a valid {request.message} message")
+async def infer_message(plane: DataPlane, received: Any, metadata: Any = None) -> Any:
+    """One ``ModelInferRequest`` (a ``SizedRequest``) answered as a ``ModelInferResponse``
+    (``ModelInfer`` and each request of a stream), its message's bytes counted in the process's
+    body budget until then (UNAVAILABLE past it); traced when sampled (the call's
+    ``traceparent`` metadata its parent)."""
+    if isinstance(received, Undecodable):
+        raise InvalidInput(f"the request is not a valid {received.message} message")
+    budget = plane.body_budget
+    budget.take(received.size)
+    try:
+        return await _answer(plane, received.message, metadata)
+    finally:
+        budget.give(received.size)
+
+
+async def _answer(plane: DataPlane, request: Any, metadata: Any) -> Any:
     runtime = plane.model(request.model_name, request.model_version or None)
     settings = plane.settings
     light = codec.python_decode_bytes(request) <= settings.inline_decode_bytes
@@ -54,6 +65,8 @@ async def infer_message(plane: DataPlane, request: Any, metadata: Any = None) ->
 def error_response(request: Any, message: str) -> Any:
     """The stream's answer to a request that failed: its id and model, and why."""
     response = service_pb2.ModelStreamInferResponse(error_message=message)
+    if isinstance(request, SizedRequest):
+        request = request.message
     if not isinstance(request, Undecodable):
         answer = response.infer_response
         answer.id, answer.model_name = request.id, request.model_name

@@ -138,9 +138,8 @@ def create_app(settings: Settings) -> FastAPI:
     # Added last is outermost: metrics see every response, including the body limit's 413. The
     # fast path goes ahead of them to skip FastAPI's routing, and wraps itself in the same three.
     app.add_middleware(RuntimeLeases)
-    app.add_middleware(
-        BodyLimit, limit=settings.max_request_bytes, timeout_s=settings.body_timeout_s
-    )
+    limit, timeout_s = settings.max_request_bytes, settings.body_timeout_s
+    app.add_middleware(BodyLimit, limit=limit, timeout_s=timeout_s, budget=plane.body_budget)
     app.add_middleware(RequestMetrics, metrics=plane.metrics)
     app.add_middleware(FastInfer, plane=plane, routes=routes)
     hosts = allowed_hosts(settings)

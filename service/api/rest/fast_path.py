@@ -43,7 +43,8 @@ class FastInfer:
         self.route, self.version_route = routes[ENDPOINT], routes[VERSION_ENDPOINT]
         settings = plane.settings
         leased = RuntimeLeases(self._answer)
-        limited = BodyLimit(leased, settings.max_request_bytes, settings.body_timeout_s)
+        limit, timeout_s = settings.max_request_bytes, settings.body_timeout_s
+        limited = BodyLimit(leased, limit, timeout_s, plane.body_budget)
         self._serve = RequestMetrics(limited, plane.metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse as StarletteJSONResponse
 
 from service.api.rest.json_wire import dumps
 from service.core.errors import (
+    BodyBudgetFull,
     InvalidInput,
     Overloaded,
     PayloadTooLarge,
@@ -56,7 +57,7 @@ def serving_error_response(exc: ServingError, method: str, path: str) -> JSONRes
         response.headers["WWW-Authenticate"] = "Bearer"
     elif isinstance(exc, Overloaded):
         response.headers["Retry-After"] = RETRY_AFTER_S
-    elif isinstance(exc, PayloadTooLarge | RequestTimeout):
+    if isinstance(exc, PayloadTooLarge | RequestTimeout | BodyBudgetFull):
         response.headers["Connection"] = "close"  # the rest of the body is not worth reading
     return response
 

@@ -11,7 +11,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.rest.deadlines import for_running_loop
 from service.api.rest.http_io import body_too_large, serving_error_response
-from service.core.errors import RequestTimeout
+from service.core.body_budget import BodyBudget
+from service.core.errors import RequestTimeout, ServingError
 from service.dataplane.dataplane import request_scope
 from service.engine.metrics import Metrics
 
@@ -52,38 +53,51 @@ class RequestMetrics:
 
 class BodyLimit:
     """413 for bodies over ``limit`` bytes: by Content-Length before reading, else while reading;
-    408 for a body not received within ``timeout_s``. Raised from ``receive``, so whoever reads
-    the body maps them (the exception handlers, the fast path)."""
+    408 for a body not received within ``timeout_s``; 503 for bytes past the process's ``budget``
+    (each body's count, as received, held until its answer is sent). Raised from ``receive``, so
+    whoever reads the body maps them (the exception handlers, the fast path)."""
 
-    def __init__(self, app: ASGIApp, limit: int, timeout_s: float) -> None:
-        self.app, self.limit, self.timeout_s = app, limit, timeout_s
+    def __init__(self, app: ASGIApp, limit: int, timeout_s: float, budget: BodyBudget) -> None:
+        self.app, self.limit, self.timeout_s, self.budget = app, limit, timeout_s, budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         for key, value in scope["headers"]:
-            if key == b"content-length" and (not value.isdigit() or int(value) > self.limit):
-                error = body_too_large(self.limit)
+            if key == b"content-length" and (error := self._refusal(value)) is not None:
                 response = serving_error_response(error, scope["method"], scope["path"])
                 await response(scope, receive, send)
                 return
         received = 0
         body_done = False
         deadline = asyncio.get_running_loop().time() + self.timeout_s
+        budget = self.budget
 
         async def limited() -> Message:
             nonlocal received, body_done
             if body_done:  # after the body only a disconnect comes, whenever it comes
                 return await receive()
             message = await _receive_before(receive, deadline, self.timeout_s)
-            received += len(message.get("body", b""))
-            if received > self.limit:
+            size = len(message.get("body", b""))
+            if received + size > self.limit:
                 raise body_too_large(self.limit)
+            budget.take(size)
+            received += size
             body_done = not message.get("more_body", False)
             return message
 
-        await self.app(scope, limited, send)
+        try:
+            await self.app(scope, limited, send)
+        finally:
+            budget.give(received)
+
+    def _refusal(self, content_length: bytes) -> ServingError | None:
+        """A body refused on its declared length, before any of it is read: over the limit, or
+        more than the process's budget has room for now (nothing is taken for it yet)."""
+        if not content_length.isdigit() or int(content_length) > self.limit:
+            return body_too_large(self.limit)
+        return self.budget.refusal(int(content_length))
 
 
 async def _receive_before(receive: Receive, deadline: float, timeout_s: float) -> Message:

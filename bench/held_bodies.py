@@ -1,8 +1,8 @@
 """What many large bodies held at once cost the server's memory (MAX_BODY_BYTES_IN_FLIGHT):
 ``python -m service`` (one worker), then N clients each sending all but the last byte of a body
 of ``--mib`` MiB to v2 infer and waiting; the server's RSS (every process of it) before and while
-they wait, and what the clients were answered meanwhile. ``--checkout`` serves another working
-tree (a worktree of an older commit) to compare.
+they wait, what the clients were answered meanwhile, and how a one-image request fares then.
+``--checkout`` serves another working tree (a worktree of an older commit) to compare.
 
     python -m bench held-bodies [--clients 40] [--mib 60] [--checkout DIR]
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import http.client
 import socket
 import tempfile
 import time
@@ -18,10 +19,12 @@ from pathlib import Path
 
 import psutil
 
+from bench.bodies import v2_json
 from bench.results import ROOT
 from bench.server import running_service
 
 MODEL = "cifar10_cnn"
+JSON = {"Content-Type": "application/json"}
 
 
 def rss_mib(pgid: int) -> float:
@@ -57,6 +60,16 @@ def first_line(sock: socket.socket) -> str:
         return "(reset)"
 
 
+def one_image(port: int) -> str:
+    """A one-image FP32 JSON v2 request sent now: its status and time."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    start = time.perf_counter()
+    connection.request("POST", f"/v2/models/{MODEL}/infer", v2_json(1, "FP32"), JSON)
+    status = connection.getresponse().status
+    connection.close()
+    return f"{status} in {(time.perf_counter() - start) * 1e3:.1f} ms"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, default=40)
     parser.add_argument("--mib", type=int, default=60, help="each body's size (at most 64)")
@@ -73,6 +86,7 @@ def main(args: argparse.Namespace) -> None:
             held = [hold(service.port, args.mib * 2**20) for _ in range(args.clients)]
             time.sleep(args.settle_s)
             holding = rss_mib(service.pgid)
+            small = one_image(service.port)
             answers = collections.Counter(first_line(sock) for sock, _ in held)
             for sock, _ in held:
                 sock.close()
@@ -80,3 +94,4 @@ def main(args: argparse.Namespace) -> None:
     print(f"{args.checkout}: {args.clients} clients x {args.mib} MiB")
     print(f"server RSS: {before:,.0f} MiB before, {holding:,.0f} MiB while they wait")
     print(f"answers meanwhile: {dict(answers)}; sends cut short: {cut_short}")
+    print(f"a one-image request while they wait: {small}")

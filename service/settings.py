@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from service.core.body_budget import least_budget
 from service.core.errors import ServingError
 from service.core.processes import auto_workers
 from service.core.timeouts import MAX_TIMEOUT_US
@@ -123,7 +124,8 @@ class Settings(QualitySettings, BatchingSettings):
         ge=0,
         description=(
             "Most bytes of request bodies one process holds at once, counted as they arrive "
-            "until the answer is sent; past it 503 with Retry-After (0: no limit)."
+            "until the answer is sent; past it 503 with Retry-After. Bodies over 1 MiB get all "
+            "but an eighth of it, kept for small ones (0: no limit)."
         ),
     )
     max_image_pixels: int = Field(
@@ -343,8 +345,8 @@ class Settings(QualitySettings, BatchingSettings):
     @classmethod
     def _room_for_one_body(cls, value: int, info: ValidationInfo) -> int:
         largest = info.data.get("max_request_bytes", 0)
-        if 0 < value < largest:
-            raise ValueError(f"must be 0 or at least MAX_REQUEST_BYTES ({largest})")
+        if value and value < (least := least_budget(largest)):  # large bodies: all but 1/8
+            raise ValueError(f"must be 0 or at least {least} (room for one MAX_REQUEST_BYTES)")
         return value
 
     @field_validator("admin_token", "admin_token_file", mode="before")

@@ -2,11 +2,35 @@
 from the moment its bytes arrive until its answer is sent. A per-request limit alone lets many
 clients together hold more than the memory there is (4,096 connections of 64 MiB each); this sum
 is what keeps them within it. Bytes count as they are received, never as declared, so a client
-that announces a large body and trickles it holds only what it has sent."""
+that announces a large body and trickles it holds only what it has sent.
+
+Large bodies stop short of the whole budget: the last ``1 / RESERVED_SHARE`` of it is kept for
+small ones (up to ``SMALL_BODY_BYTES`` each), so that a few clients holding large uploads turn
+away other large uploads, never the small requests most traffic is."""
 
 from __future__ import annotations
 
 from service.core.errors import BodyBudgetFull
+
+# A body of up to this many bytes is small (16 FP32 images in JSON, 340 UINT8 ones in binary).
+SMALL_BODY_BYTES = 1 << 20
+RESERVED_SHARE = 8  # large bodies may hold all but an eighth of the budget
+
+
+def large_body_room(limit: int) -> int:
+    """The bytes large bodies may hold together under a budget of ``limit``."""
+    return limit - limit // RESERVED_SHARE
+
+
+def least_budget(largest_body: int) -> int:
+    """The smallest budget that holds one body of ``largest_body`` bytes (a large one in the
+    large bodies' room)."""
+    if largest_body <= SMALL_BODY_BYTES:
+        return largest_body
+    least = -(-largest_body * RESERVED_SHARE // (RESERVED_SHARE - 1))
+    while large_body_room(least - 1) >= largest_body:
+        least -= 1
+    return least
 
 
 class BodyBudget:
@@ -15,21 +39,25 @@ class BodyBudget:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.large_room = large_body_room(limit)
         self.held = 0
 
-    def refusal(self, size: int) -> BodyBudgetFull | None:
-        """The error for ``size`` more bytes if they would pass the limit now, else None (a
-        body's declared length is checked so, before any of it is read, and taken as it comes)."""
-        if self.limit and self.held + size > self.limit:
+    def refusal(self, size: int, body: int) -> BodyBudgetFull | None:
+        """The error for ``size`` more bytes of a body then ``body`` bytes long if they would
+        pass what the budget has room for now, else None (a body's declared length is checked
+        so, before any of it is read, and then taken as it comes)."""
+        room = self.limit if body <= SMALL_BODY_BYTES else self.large_room
+        if self.limit and self.held + size > room:
             return BodyBudgetFull(
                 f"the server holds its maximum of {self.limit} bytes of request bodies; "
                 "retry shortly"
             )
         return None
 
-    def take(self, size: int) -> None:
-        """Count ``size`` more bytes held, or raise ``BodyBudgetFull`` (counting nothing)."""
-        error = self.refusal(size)
+    def take(self, size: int, body: int) -> None:
+        """Count ``size`` more bytes of a body then ``body`` bytes long, or raise
+        ``BodyBudgetFull`` (counting nothing)."""
+        error = self.refusal(size, body)
         if error is not None:
             raise error
         self.held += size

@@ -1,9 +1,9 @@
 """The bytes of request bodies one process holds at once (MAX_BODY_BYTES_IN_FLIGHT), on a real
-server: while one client holds most of the budget with a body it has half sent, a body that
-would pass it is refused 503 with Retry-After (by its Content-Length before any of it is read; a
-chunked one as its bytes arrive), a gRPC inference message UNAVAILABLE (alone, or on a stream
-that goes on), small requests are still answered, and the budget is whole again once the holder
-finishes or leaves."""
+server: while two clients hold most of the budget with large bodies they have partly sent, a
+large body that would pass the large bodies' room is refused 503 with Retry-After (by its
+Content-Length before any of it is read; a chunked one as its bytes arrive), a gRPC inference
+message UNAVAILABLE (alone, or on a stream that goes on), small requests are still answered from
+the eighth kept for them, and the budget is whole again once the holders finish or leave."""
 
 from __future__ import annotations
 
@@ -19,15 +19,20 @@ import pytest
 from pydantic import ValidationError
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from service.core.body_budget import BodyBudget
+from service.core.body_budget import BodyBudget, least_budget
 from service.core.errors import BodyBudgetFull
 from service.settings import Settings
 from tests.support.models import make_model_repo
 from tests.support.servers import Running, running_server, wait_until
 from tests.support.sockets import connect, read_to_end
 
-BUDGET = 1_000_000
-HELD = 800_000  # what the holding client sends of its body before it waits
+MIB = 1 << 20
+LARGEST = 4 * MIB  # MAX_REQUEST_BYTES
+BUDGET = 8 * MIB  # large bodies may hold 7 MiB of it, small ones (up to 1 MiB each) all of it
+HOLDING = 7 * MIB // 2  # the body of each of two holding clients: both fit in the large room
+HELD = 3 * MIB + MIB // 4  # what each of them sends of it, then waits
+REFUSED = 1_200_000  # a large body: 7.7 MiB with the held bytes, past the large bodies' room
+SMALL = 900_000  # 7.4 MiB with them: past that room, within the whole budget
 INFER = "/v2/models/tiny/infer"
 PREDICT = "/v1/models/tiny:predict"
 
@@ -83,9 +88,9 @@ def status(reply: bytes) -> int:
 
 
 def refused_by_length(port: int) -> bool:
-    """Whether a 300 kB body is refused on its Content-Length now (it is never sent: a server
+    """Whether a large body is refused on its Content-Length now (it is never sent: a server
     with room waits for it, and this gives up after a second)."""
-    return status(answer(port, request(INFER, None, 300_000), timeout_s=1)) == 503
+    return status(answer(port, request(INFER, None, REFUSED), timeout_s=1)) == 503
 
 
 @pytest.fixture(scope="module")
@@ -95,52 +100,73 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         model_repository=repo,
         providers=["CPUExecutionProvider"],
         poll_interval_s=0,
-        max_request_bytes=BUDGET,
+        max_request_bytes=LARGEST,
         max_body_bytes_in_flight=BUDGET,
     )
     with running_server(settings) as running:
         yield running
 
 
-def test_the_budget_counts_what_is_taken_and_refuses_past_its_limit() -> None:
-    budget = BodyBudget(100)
-    budget.take(60)
-    assert budget.refusal(40) is None
-    with pytest.raises(BodyBudgetFull, match="maximum of 100 bytes"):
-        budget.take(41)
-    assert budget.held == 60  # a refused take counts nothing
-    budget.give(60)
-    budget.take(100)
-    assert budget.held == 100
+def test_the_budget_counts_what_is_taken_and_keeps_an_eighth_for_small_bodies() -> None:
+    budget = BodyBudget(8 * MIB)
+    budget.take(3 * MIB, 3 * MIB)
+    budget.take(3 * MIB, 3 * MIB)
+    assert budget.refusal(MIB, 2 * MIB) is None  # a large body to 7 MiB: the room's edge
+    with pytest.raises(BodyBudgetFull, match=f"maximum of {8 * MIB} bytes"):
+        budget.take(MIB + 1, 2 * MIB)
+    assert budget.held == 6 * MIB  # a refused take counts nothing
+    budget.take(MIB, MIB)  # small bodies may take the last eighth
+    budget.take(MIB, MIB)
+    assert budget.refusal(1, 1) is not None and budget.held == 8 * MIB
+    budget.give(8 * MIB)
+    assert budget.held == 0
     unlimited = BodyBudget(0)
-    unlimited.take(1 << 40)
-    assert unlimited.refusal(1 << 40) is None
+    unlimited.take(1 << 40, 1 << 40)
+    assert unlimited.refusal(1 << 40, 1 << 40) is None
 
 
-def test_a_budget_smaller_than_one_largest_body_is_a_settings_error(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="at least MAX_REQUEST_BYTES"):
-        Settings(model_repository=tmp_path, max_request_bytes=2048, max_body_bytes_in_flight=1024)
-    assert (
-        Settings(model_repository=tmp_path, max_body_bytes_in_flight=0).max_body_bytes_in_flight
-        == 0
-    )
+@pytest.mark.parametrize("largest", [1024, 1_000_000, 64 * MIB, 1_234_567])
+def test_the_least_budget_holds_one_largest_body_beside_the_eighth(largest: int) -> None:
+    least = least_budget(largest)
+    assert BodyBudget(least).refusal(largest, largest) is None
+    assert BodyBudget(least - 1).refusal(largest, largest) is not None
+
+
+def test_a_budget_without_room_for_one_largest_body_is_a_settings_error(tmp_path: Path) -> None:
+    least = least_budget(LARGEST)  # 4 MiB in the large bodies' seven eighths
+    with pytest.raises(ValidationError, match=f"at least {least}"):
+        Settings(
+            model_repository=tmp_path, max_request_bytes=LARGEST, max_body_bytes_in_flight=LARGEST
+        )
+    for allowed in (0, least):
+        settings = Settings(
+            model_repository=tmp_path, max_request_bytes=LARGEST, max_body_bytes_in_flight=allowed
+        )
+        assert settings.max_body_bytes_in_flight == allowed
 
 
 def hold(port: int, body: bytes) -> socket.socket:
     """A connection that has sent its head and ``HELD`` bytes of ``body``, and waits."""
     sock = connect(port)
     sock.sendall(request(INFER, body)[: -(len(body) - HELD)])
-    wait_until(lambda: refused_by_length(port), 20, "the held bytes counted")
     return sock
 
 
-def test_bodies_past_the_budget_are_refused_while_small_requests_are_served(
+@contextlib.contextmanager
+def two_holders(port: int) -> Iterator[tuple[socket.socket, socket.socket, bytes]]:
+    """Two connections holding ``HELD`` bytes each of a ``HOLDING`` body, both counted."""
+    body = infer_body(HOLDING)
+    with hold(port, body) as first, hold(port, body) as second:
+        wait_until(lambda: refused_by_length(port), 20, "the held bytes counted")
+        yield first, second, body
+
+
+def test_large_bodies_past_their_room_are_refused_while_small_ones_are_served(
     server: Running,
 ) -> None:
     port = server.rest_port
-    body = infer_body(900_000)
-    with hold(port, body) as holder:
-        refused = answer(port, request(INFER, None, 300_000))
+    with two_holders(port) as (first, second, body):
+        refused = answer(port, request(INFER, None, REFUSED))
         head, _, error = refused.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 503"), refused
         assert b"retry-after: 1" in head and b"connection: close" in head
@@ -149,27 +175,29 @@ def test_bodies_past_the_budget_are_refused_while_small_requests_are_served(
             "retry shortly"
         }
         # The app's routes share the budget; a chunked body is refused as its bytes arrive.
-        assert status(answer(port, request(PREDICT, predict_body(300_000)))) == 503
-        assert status(answer(port, request(INFER, infer_body(300_000), chunked=True))) == 503
-        # What fits beside the held bytes is served.
-        assert status(answer(port, request(INFER, infer_body(100_000)))) == 200
-        assert status(answer(port, request(PREDICT, predict_body(100_000)))) == 200
-        holder.sendall(body[HELD:])
-        assert status(read_to_end(holder)) == 200
+        assert status(answer(port, request(PREDICT, predict_body(REFUSED)))) == 503
+        assert status(answer(port, request(INFER, infer_body(REFUSED), chunked=True))) == 503
+        # Small bodies are served from the eighth kept for them.
+        assert status(answer(port, request(INFER, infer_body(SMALL)))) == 200
+        assert status(answer(port, request(PREDICT, predict_body(SMALL), chunked=True))) == 200
+        for holder in (first, second):
+            holder.sendall(body[HELD:])
+            assert status(read_to_end(holder)) == 200
     # Every refused or answered body gave its bytes back: the whole budget is free again.
-    assert status(answer(port, request(INFER, infer_body(BUDGET)))) == 200
-    assert status(answer(port, request(PREDICT, predict_body(BUDGET), chunked=True))) == 200
+    assert status(answer(port, request(INFER, infer_body(LARGEST)))) == 200
+    assert status(answer(port, request(PREDICT, predict_body(LARGEST), chunked=True))) == 200
 
 
-def test_a_client_that_leaves_mid_body_gives_its_bytes_back(server: Running) -> None:
+def test_clients_that_leave_mid_body_give_their_bytes_back(server: Running) -> None:
     port = server.rest_port
-    holder = hold(port, infer_body(900_000))
-    holder.close()
+    with two_holders(port):
+        pass  # both close here, their bodies unfinished
     wait_until(
-        lambda: status(answer(port, request(INFER, infer_body(BUDGET)))) == 200,
+        lambda: status(answer(port, request(INFER, infer_body(LARGEST)))) == 200,
         20,
         "the budget free again",
     )
+    assert not refused_by_length(port)
 
 
 def grpc_infer(images: int) -> Any:
@@ -182,24 +210,25 @@ def grpc_infer(images: int) -> Any:
     return message
 
 
+def answered(stub: Any, message: Any) -> bool:
+    try:
+        reply = stub.ModelInfer(message, timeout=30)
+    except grpc.RpcError:
+        return False
+    return list(reply.outputs[0].shape) == [message.inputs[0].shape[0], 10]
+
+
 def test_grpc_inference_messages_count_in_the_same_budget(server: Running) -> None:
-    large, small = grpc_infer(100), grpc_infer(1)  # 307 kB and 3 kB
+    large, small = grpc_infer(REFUSED // 3072 + 1), grpc_infer(SMALL // 3072)
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        with hold(server.rest_port, infer_body(900_000)):
+        with two_holders(server.rest_port):
             with pytest.raises(grpc.RpcError) as failure:
                 stub.ModelInfer(large, timeout=30)
             assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
             assert f"maximum of {BUDGET} bytes" in (failure.value.details() or "")
-            assert list(stub.ModelInfer(small, timeout=30).outputs[0].shape) == [1, 10]
+            assert answered(stub, small)
             answers = list(stub.ModelStreamInfer(iter([large, small]), timeout=30))
             errors = sorted(a.error_message for a in answers)
             assert errors[0] == "" and f"maximum of {BUDGET} bytes" in errors[1]
         wait_until(lambda: answered(stub, large), 20, "the budget free again")
-
-
-def answered(stub: Any, message: Any) -> bool:
-    try:
-        return list(stub.ModelInfer(message, timeout=30).outputs[0].shape) == [100, 10]
-    except grpc.RpcError:
-        return False

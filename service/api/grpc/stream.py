@@ -40,7 +40,7 @@ async def infer_message(plane: DataPlane, received: Any, metadata: Any = None) -
     if isinstance(received, Undecodable):
         raise InvalidInput(f"the request is not a valid {received.message} message")
     budget = plane.body_budget
-    budget.take(received.size)
+    budget.take(received.size, received.size)
     try:
         return await _answer(plane, received.message, metadata)
     finally:

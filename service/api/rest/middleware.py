@@ -82,7 +82,7 @@ class BodyLimit:
             size = len(message.get("body", b""))
             if received + size > self.limit:
                 raise body_too_large(self.limit)
-            budget.take(size)
+            budget.take(size, received + size)
             received += size
             body_done = not message.get("more_body", False)
             return message
@@ -97,7 +97,8 @@ class BodyLimit:
         more than the process's budget has room for now (nothing is taken for it yet)."""
         if not content_length.isdigit() or int(content_length) > self.limit:
             return body_too_large(self.limit)
-        return self.budget.refusal(int(content_length))
+        declared = int(content_length)
+        return self.budget.refusal(declared, declared)
 
 
 async def _receive_before(receive: Receive, deadline: float, timeout_s: float) -> Message:

@@ -124,7 +124,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "access_log": False,  # no line per request: the fast path's cost, and bodies never
         "timeout_graceful_shutdown": settings.shutdown_timeout_s,
         "timeout_keep_alive": settings.keep_alive_timeout_s,
-        "http": http_protocol(settings),  # HEADER_TIMEOUT_S and MAX_CONNECTIONS
+        "http": http_protocol(settings),  # HEADER_TIMEOUT_S, MAX_CONNECTIONS, WRITE_TIMEOUT_S
         # X-Forwarded-For sets request.client only from TRUSTED_PROXIES (client_address.py)
         "proxy_headers": bool(settings.trusted_proxies),
         "forwarded_allow_ips": [str(network) for network in settings.trusted_proxies],

@@ -209,6 +209,14 @@ class Settings(QualitySettings, BatchingSettings):
             "closed), and gRPC's limit on a new connection's HTTP/2 handshake."
         ),
     )
+    write_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "A REST connection whose client takes none of its answer for this long is closed, "
+            "the answer dropped (a client that stops reading cannot hold its request)."
+        ),
+    )
     max_connections: int = Field(
         default=4096,
         ge=1,

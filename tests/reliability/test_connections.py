@@ -1,6 +1,7 @@
 """Real server, raw sockets on loopback: slow clients are cut off without holding the service,
 a streamed body is refused at the limit while it is still arriving, idle keep-alive connections
-close, and a full batch queue answers 503 with Retry-After and recovers by itself."""
+close, a client that stops reading its answer loses its connection (and one that reads slowly
+does not), and a full batch queue answers 503 with Retry-After and recovers by itself."""
 
 from __future__ import annotations
 
@@ -13,14 +14,19 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
+from swagger_ui_bundle import swagger_ui_path
 
 from service.settings import Settings
 from tests.support.models import make_model_repo
-from tests.support.servers import Running, running_server
+from tests.support.servers import Running, running_server, wait_until
+from tests.support.sockets import read_to_end
 
 BODY_TIMEOUT_S = 1.0
 KEEP_ALIVE_S = 1.0
+WRITE_TIMEOUT_S = 0.5
+ASSET = "/docs/assets/swagger-ui-bundle.js"  # about 1 MB, sent in 64 kB pieces (FileResponse)
 LIMIT = 100_000
 GOOD = json.dumps({"inputs": [{"name": "images", "shape": [1, 32, 32, 3], "datatype": "UINT8",
                                "data": [0] * 3072}]}).encode()  # fmt: skip
@@ -35,6 +41,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         poll_interval_s=0,
         body_timeout_s=BODY_TIMEOUT_S,
         keep_alive_timeout_s=KEEP_ALIVE_S,
+        write_timeout_s=WRITE_TIMEOUT_S,
         max_request_bytes=LIMIT,
     )
     with running_server(settings, grpc=False) as running:
@@ -143,6 +150,55 @@ def test_idle_keep_alive_connections_are_closed(server: Running) -> None:
         started = time.monotonic()
         assert sock.recv(1) == b""  # closed by the server (the 20 s socket timeout bounds it)
         assert time.monotonic() - started >= KEEP_ALIVE_S * 0.5
+
+
+def held_by_server(server: Running, client: socket.socket) -> bool:
+    """Whether the server (in this process) still holds its end of ``client``'s connection."""
+    port, process = client.getsockname()[1], psutil.Process()
+    listed = getattr(process, "net_connections", process.connections)  # psutil 6 renamed it
+    return any(
+        c.raddr and c.raddr.port == port and c.laddr.port == server.rest_port for c in listed("tcp")
+    )
+
+
+def small_window(server: Running, receive_buffer: int) -> socket.socket:
+    """A connection whose client takes at most ``receive_buffer`` bytes ahead of its reading."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(20)
+    sock.connect(("127.0.0.1", server.rest_port))
+    return sock
+
+
+def test_a_client_that_stops_reading_loses_its_connection_and_its_request_ends(
+    server: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    get = f"GET {ASSET} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
+    with small_window(server, 4096) as sock:
+        sock.sendall(get * 16)  # 16 MB of answers, pipelined, and never read until the end
+        started = time.monotonic()
+        wait_until(lambda: not held_by_server(server, sock), 15, "the server closing it")
+        assert time.monotonic() - started >= WRITE_TIMEOUT_S * 0.9
+        received = read_to_end(sock)  # what was in flight, then the reset
+    assert received.startswith(b"HTTP/1.1 200")
+    assert len(received) < 16_000_000
+    # The answer that was waiting ended quietly (uvicorn had woken it to write to the closed
+    # transport: a 500 traceback), and the server answers as before.
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+
+
+def test_a_client_that_reads_slowly_but_steadily_gets_its_whole_answer(server: Running) -> None:
+    size = (swagger_ui_path / ASSET.rsplit("/", 1)[1]).stat().st_size
+    with small_window(server, 65536) as sock:
+        sock.sendall(f"GET {ASSET} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        data = b""
+        while len(data.partition(b"\r\n\r\n")[2]) < size:
+            time.sleep(0.2)  # 64 kB at most per 0.2 s: the server waits to write most of the time
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {len(data)} bytes"
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200")
 
 
 def test_a_full_queue_answers_503_with_retry_after_and_recovers(tmp_path: Path) -> None:

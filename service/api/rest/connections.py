@@ -10,10 +10,11 @@ import json
 import logging
 import resource
 import time
+import weakref
 from typing import Any
 
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from service.core.logs import new_request_id
@@ -57,14 +58,17 @@ _refusals = _Refusals()
 
 
 class BoundedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with two bounds. A connection must deliver complete request
-    headers within ``header_timeout_s`` of opening (or of the first byte of its next request
-    when kept alive), else it is closed, with a 408 if part of a head came: half-open
+    """uvicorn's httptools protocol with three bounds. A connection must deliver complete
+    request headers within ``header_timeout_s`` of opening (or of the first byte of its next
+    request when kept alive), else it is closed, with a 408 if part of a head came: half-open
     connections (slowloris) cannot pile up until the open-file limit turns everyone away.
     Past ``max_connections`` open connections a new one is answered 503 and closed at once,
     before reading anything: its descriptor is freed immediately (uvicorn's own
     ``limit_concurrency`` answers 503 only once the headers are in, so it holds the socket
-    until then)."""
+    until then). A connection whose client takes none of what is written to it for
+    ``write_timeout_s`` is aborted: uvicorn stops a request's ``send`` while the client does not
+    read, so the request would hold its body, its budget and its model version for as long as
+    the client chose (nginx's ``send_timeout``)."""
 
     def __init__(
         self,
@@ -75,11 +79,18 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         *,
         header_timeout_s: float,
         max_connections: int,
+        write_timeout_s: float,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.header_timeout_s = header_timeout_s
         self.max_connections = max_connections
+        self.write_timeout_s = write_timeout_s
         self.header_timer: asyncio.TimerHandle | None = None
+        self.write_timer: asyncio.TimerHandle | None = None
+        self.unsent = 0  # bytes waiting to be written when the write clock was started
+        # Every request of this connection, pipelined ones too (uvicorn's ``cycle`` is only the
+        # latest), so that all of them learn the client is gone.
+        self.cycles: weakref.WeakSet[RequestResponseCycle] = weakref.WeakSet()
         self.head_started = False  # a byte of the awaited request has arrived
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -94,7 +105,47 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        self._cancel_write_timer()
+        self._disconnect_requests()
         super().connection_lost(exc)
+
+    def _disconnect_requests(self) -> None:
+        """Every unanswered request of this connection sees the client gone: its next ``send``
+        returns at once. uvicorn marks only its latest request, so with requests pipelined the
+        one still answering wrote on to the closed transport (uvloop raises: a 500 traceback)."""
+        for cycle in self.cycles:
+            if not cycle.response_complete:
+                cycle.disconnected = True
+
+    def pause_writing(self) -> None:
+        """The transport holds more than it may: the client's reading is timed from now."""
+        super().pause_writing()
+        if self.write_timer is None:
+            self._arm_write_timer()
+
+    def resume_writing(self) -> None:
+        self._cancel_write_timer()
+        super().resume_writing()
+
+    def _arm_write_timer(self) -> None:
+        self.unsent = self.transport.get_write_buffer_size()
+        self.write_timer = self.loop.call_later(self.write_timeout_s, self._write_timeout)
+
+    def _cancel_write_timer(self) -> None:
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
+
+    def _write_timeout(self) -> None:
+        """A client that took some of the answer meanwhile gets another period; one that took
+        none loses the connection (what it was sent is dropped, the request ends)."""
+        if self.transport.get_write_buffer_size() < self.unsent:
+            self._arm_write_timer()
+            return
+        self.write_timer = None
+        log.info("a client read nothing for %g s: its connection is closed", self.write_timeout_s)
+        self._disconnect_requests()
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -113,6 +164,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._cancel_header_timer()
         self.head_started = False
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycles.add(self.cycle)
 
     def _arm_header_timer(self) -> None:
         self.header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
@@ -147,6 +200,7 @@ def http_protocol(settings: Settings) -> functools.partial[BoundedHttpProtocol]:
         BoundedHttpProtocol,
         header_timeout_s=settings.header_timeout_s,
         max_connections=settings.max_connections,
+        write_timeout_s=settings.write_timeout_s,
     )
 
 

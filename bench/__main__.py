@@ -5,7 +5,7 @@
                                         # screenshot, drift, calibration, feedback,
                                         # grpc-models, inline-hop, asgi-cost, pinned-pair,
                                         # alternate, classify-cost, held-bodies,
-                                        # render
+                                        # hostile-heads, render
     python -m bench COMMAND --help      # its flags
 
 Every benchmark writes its figures to ``docs/results/<name>.json`` (unless ``--no-write``) and then
@@ -42,6 +42,7 @@ COMMANDS = {
     "alternate": ("alternating", "builds served at once, one client alternating requests: gaps"),
     "classify-cost": ("classify_cost", "the codecs' cost with and without classification"),
     "held-bodies": ("held_bodies", "the server's memory while many large bodies are held"),
+    "hostile-heads": ("hostile_heads", "oversized request heads: the server's memory and loop"),
     "render": ("render", "rewrite the docs' figures from docs/results/*.json (--check: test)"),
 }
 

@@ -18,12 +18,13 @@ from service.core.processes import auto_workers
 from service.core.timeouts import MAX_TIMEOUT_US
 from service.core.version_policy import VersionPolicy
 from service.settings_batching import BatchingSettings
+from service.settings_connections import ConnectionSettings
 from service.settings_quality import QualitySettings
 
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 
 
-class Settings(QualitySettings, BatchingSettings):
+class Settings(QualitySettings, BatchingSettings, ConnectionSettings):
     """Process-wide settings; per-model facts (inputs, labels, preprocessing) live in the card."""
 
     model_config = SettingsConfigDict(
@@ -186,78 +187,6 @@ class Settings(QualitySettings, BatchingSettings):
         default=10.0,
         ge=0,
         description="On SIGTERM, time requests in flight (REST and gRPC) get to finish.",
-    )
-    body_timeout_s: float = Field(
-        default=30.0,
-        gt=0,
-        description=(
-            "Longest time a client may take to send a request body once its headers are in; "
-            "slower is a 408 and the connection is closed (slow clients cannot hold requests)."
-        ),
-    )
-    keep_alive_timeout_s: float = Field(
-        default=5.0,
-        gt=0,
-        description="Idle keep-alive connections are closed after this long (uvicorn's).",
-    )
-    header_timeout_s: float = Field(
-        default=10.0,
-        gt=0,
-        le=30,
-        description=(
-            "Longest time a connection may take to deliver complete request headers (408 and "
-            "closed), and gRPC's limit on a new connection's HTTP/2 handshake."
-        ),
-    )
-    write_timeout_s: float = Field(
-        default=30.0,
-        gt=0,
-        description=(
-            "A REST connection whose client takes none of its answer for this long is closed, "
-            "the answer dropped (a client that stops reading cannot hold its request)."
-        ),
-    )
-    max_connections: int = Field(
-        default=4096,
-        ge=1,
-        description="Most connections per process, REST and gRPC each (docs/reliability.md).",
-    )
-    grpc_max_concurrent_streams: int = Field(
-        default=100,
-        ge=1,
-        description="Most calls in flight on one gRPC connection (HTTP/2 MAX_CONCURRENT_STREAMS).",
-    )
-    grpc_max_concurrent_rpcs: int = Field(
-        default=1024,
-        ge=0,
-        description="Most gRPC calls in flight per process, then RESOURCE_EXHAUSTED (0: no limit).",
-    )
-    grpc_stream_in_flight: int = Field(
-        default=64,
-        ge=1,
-        le=4096,
-        description="Most requests of one ModelStreamInfer stream run at once.",
-    )
-    grpc_max_connection_age_ms: int = Field(
-        default=300_000,
-        ge=0,
-        description=(
-            "A gRPC connection is asked to close (GOAWAY) after about this long (+-10 %), so "
-            "clients reconnect and a balancer spreads them over new replicas (0: never)."
-        ),
-    )
-    grpc_max_connection_age_grace_ms: int = Field(
-        default=30_000,
-        ge=0,
-        description="Time calls in flight get to finish on a connection closed for its age.",
-    )
-    grpc_max_connection_idle_ms: int = Field(
-        default=300_000,
-        ge=0,
-        description=(
-            "A gRPC connection with no call in flight for this long is closed (GOAWAY); the "
-            "client reconnects on its next call (0: never)."
-        ),
     )
 
     request_timeout_us: int = Field(

@@ -6,6 +6,7 @@ does not), and a full batch queue answers 503 with Retry-After and recovers by i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -199,6 +200,46 @@ def test_a_client_that_reads_slowly_but_steadily_gets_its_whole_answer(server: R
             assert chunk, f"closed after {len(data)} bytes"
             data += chunk
     assert data.startswith(b"HTTP/1.1 200")
+
+
+LIVE = b"GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\n"
+LARGE_HEADS = {
+    "a 100 kB header": LIVE + b"X-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+    "a 100 kB URL": b"GET /v2/health/live?" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: h\r\n\r\n",
+    "101 fields": LIVE + b"X-N: v\r\n" * 100 + b"\r\n",
+    "10 MB of one header, unfinished": LIVE + b"X-Big: " + b"a" * 10_000_000,
+    "a million fields, unfinished": LIVE + b"X-N: v\r\n" * 1_000_000,
+}
+
+
+def exchange(server: Running, raw: bytes) -> bytes:
+    """What the server answers ``raw`` on a fresh connection, until it closes."""
+    with connect(server) as sock:
+        with contextlib.suppress(OSError):  # refused before it read everything
+            sock.sendall(raw)
+        return read_to_end(sock)
+
+
+@pytest.mark.parametrize("head", LARGE_HEADS.values(), ids=LARGE_HEADS.keys())
+def test_a_request_head_over_the_limit_is_a_431_and_closed(server: Running, head: bytes) -> None:
+    answer = exchange(server, head)
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 431 Request Header Fields Too Large", answer[:200]
+    assert b"connection: close" in rest
+    assert json.loads(rest.partition(b"\r\n\r\n")[2]) == {
+        "error": "the request head is over the limit of 65536 bytes or 100 header fields"
+    }
+
+
+def test_heads_within_the_limit_are_served_after_a_large_body_in_the_same_read(
+    server: Running,
+) -> None:
+    body = GOOD + b" " * (LIMIT - len(GOOD))  # the read that ends it begins the next head
+    near_limit = LIVE + b"X-Big: " + b"a" * 60_000 + b"\r\n" + b"X-N: v\r\n" * 90
+    raw = post_head("/v2/models/tiny/infer", len(body)) + body
+    raw += near_limit + b"Connection: close\r\n\r\n"
+    answers = exchange(server, raw)
+    assert answers.count(b"HTTP/1.1 200 OK") == 2, answers[:300]
 
 
 def test_a_full_queue_answers_503_with_retry_after_and_recovers(tmp_path: Path) -> None:

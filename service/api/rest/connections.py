@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 # Descriptors a process needs beside its client connections: models, repository scans, log
 # files, the event loop, gRPC's listener and threads.
 FD_HEADROOM = 1024
+# Header fields of one request (Apache's LimitRequestFields); past it a 431.
+MAX_HEADER_FIELDS = 100
 # Refused connections are logged at most this often, so a flood cannot flood the log too.
 REFUSAL_LOG_INTERVAL_S = 10.0
 
@@ -57,11 +59,17 @@ class _Refusals:
 _refusals = _Refusals()
 
 
+class HeadTooLarge(Exception):
+    """Raised in a parser callback to stop httptools at a head with too many fields."""
+
+
 class BoundedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with three bounds. A connection must deliver complete
+    """uvicorn's httptools protocol with four bounds. A connection must deliver complete
     request headers within ``header_timeout_s`` of opening (or of the first byte of its next
     request when kept alive), else it is closed, with a 408 if part of a head came: half-open
     connections (slowloris) cannot pile up until the open-file limit turns everyone away.
+    A head of over ``max_header_bytes`` or ``MAX_HEADER_FIELDS`` fields is a 431 and closed
+    (httptools has no limit: 6 MB of one-line headers held 115 MiB of Python objects).
     Past ``max_connections`` open connections a new one is answered 503 and closed at once,
     before reading anything: its descriptor is freed immediately (uvicorn's own
     ``limit_concurrency`` answers 503 only once the headers are in, so it holds the socket
@@ -80,6 +88,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         header_timeout_s: float,
         max_connections: int,
         write_timeout_s: float,
+        max_header_bytes: int,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.header_timeout_s = header_timeout_s
@@ -92,6 +101,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         # latest), so that all of them learn the client is gone.
         self.cycles: weakref.WeakSet[RequestResponseCycle] = weakref.WeakSet()
         self.head_started = False  # a byte of the awaited request has arrived
+        self.max_header_bytes = max_header_bytes
+        self.head_bytes = 0  # of the awaited head, in the chunks after the one it began in
+        self.chunk_bytes = 0  # the chunk being parsed
+        self.head_continued = False  # a head was in progress when that chunk came
+        self.head_refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -148,10 +162,19 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        self.chunk_bytes, self.head_continued = len(data), self.head_started
         super().data_received(data)
-        # A head begun in this chunk but not complete gets its clock now; the rest (nearly all:
-        # a head comes in one piece) never need a timer, which costs a request microseconds.
-        if self.head_started and self.header_timer is None and not self.transport.is_closing():
+        if not self.head_started or self.transport.is_closing():
+            return  # nearly always: a head comes in one piece
+        # A head still incomplete after this chunk: its size so far is bounded here, so that
+        # httptools does not gather a long one (the chunk it began in may end a body before
+        # it, so that one is not counted; the exact size is checked when it completes).
+        self.head_bytes += len(data) if self.head_continued else 0
+        if self.head_bytes > self.max_header_bytes or len(self.headers) > MAX_HEADER_FIELDS:
+            self._refuse_head()
+            return
+        # Its clock starts now (a timer for every request would cost each microseconds).
+        if self.header_timer is None:
             self._arm_header_timer()
 
     def on_message_begin(self) -> None:
@@ -159,13 +182,43 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         # The first request's clock runs from connection_made; a later one's from this chunk
         # (``data_received``).
         self.head_started = True
+        self.head_bytes = 0
 
     def on_headers_complete(self) -> None:
         self._cancel_header_timer()
         self.head_started = False
+        if self._head_too_large():
+            self.head_refused = True
+            raise HeadTooLarge  # httptools stops; uvicorn's 400 becomes our 431 (below)
         super().on_headers_complete()
         if self.cycle is not None:
             self.cycles.add(self.cycle)
+
+    def _head_too_large(self) -> bool:
+        """Whether the complete head has too many fields or bytes; its bytes are counted only
+        where they could be too many (it did not come whole in one chunk under the limit)."""
+        if len(self.headers) > MAX_HEADER_FIELDS:
+            return True
+        if not self.head_continued and self.chunk_bytes <= self.max_header_bytes:
+            return False
+        size = len(self.url) + sum([len(n) + len(v) + 4 for n, v in self.headers])
+        return size > self.max_header_bytes
+
+    def send_400_response(self, msg: str) -> None:
+        if self.head_refused:  # raised in on_headers_complete
+            self._refuse_head()
+        else:
+            super().send_400_response(msg)
+
+    def _refuse_head(self) -> None:
+        """431 for a request head over ``max_header_bytes`` or ``MAX_HEADER_FIELDS``; closed."""
+        message = (
+            f"the request head is over the limit of {self.max_header_bytes} bytes or "
+            f"{MAX_HEADER_FIELDS} header fields"
+        )
+        self._cancel_header_timer()
+        self.transport.write(_response(b"431 Request Header Fields Too Large", message))
+        self.transport.close()
 
     def _arm_header_timer(self) -> None:
         self.header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
@@ -201,6 +254,7 @@ def http_protocol(settings: Settings) -> functools.partial[BoundedHttpProtocol]:
         header_timeout_s=settings.header_timeout_s,
         max_connections=settings.max_connections,
         write_timeout_s=settings.write_timeout_s,
+        max_header_bytes=settings.max_header_bytes,
     )
 
 

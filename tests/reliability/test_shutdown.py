@@ -1,6 +1,7 @@
-"""Graceful shutdown of ``python -m service`` (a real process): on SIGTERM it stops accepting,
-finishes the request in flight, stops gRPC, and exits 0; a client running throughout sees no
-failure other than refused connections after the stop began. Its logs are JSON lines."""
+"""Graceful shutdown of ``python -m service`` (a real process): on SIGTERM it stops accepting
+REST connections and gRPC calls at once, finishes the request in flight, and exits 0; a client
+running throughout sees no failure other than refused connections after the stop began. Its
+logs are JSON lines."""
 
 from __future__ import annotations
 
@@ -82,6 +83,11 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(tmp_path: Path) -> Non
 
         with pytest.raises(ConnectionRefusedError):  # no new connections...
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        with grpc.insecure_channel(server.grpc_url) as channel:  # ...nor gRPC calls, at once
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         assert server.process.poll() is None  # ...but still running: one request is not finished
         in_flight.sendall(GOOD[len(GOOD) // 2 :])
         answer = b""

@@ -8,9 +8,13 @@ protocol's published messages (compiled in ``tritonclient.grpc``), ``handlers`` 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
 from typing import Any
 
 import grpc
@@ -68,10 +72,38 @@ async def start_grpc_server(plane: DataPlane) -> tuple[Any, int]:
     return server, port
 
 
+def stop_with_rest(server: Any, grace_s: float) -> None:
+    """On SIGTERM or SIGINT, ``server`` stops taking calls when uvicorn stops taking connections,
+    its calls in flight getting ``grace_s``, instead of after REST's drain (the lifespan's end):
+    a stopping replica refuses new work on both protocols alike. uvicorn's handler is called as
+    before, and puts itself back when it stops. Only where signals are handled: the main thread
+    (a test's server in a thread keeps uvicorn's behaviour, which has none)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []  # held, so the task is not collected
+
+    def stop() -> None:
+        if not stopping:
+            stopping.append(loop.create_task(server.stop(grace_s)))
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(number)
+        if not callable(previous):
+            continue
+
+        def handler(signum: int, frame: FrameType | None, then: Any = previous) -> None:
+            loop.call_soon_threadsafe(stop)
+            then(signum, frame)
+
+        signal.signal(number, handler)
+
+
 def serve_grpc(app: FastAPI) -> FastAPI:
     """Run the gRPC service inside ``app``'s lifespan, on the same event loop and ``ServiceState``:
     it opens once the models are loaded and closes before they are (calls in flight get
-    ``SHUTDOWN_TIMEOUT_S``). The bound port is ``app.state.grpc_port``."""
+    ``SHUTDOWN_TIMEOUT_S``), refusing new calls from the moment REST does (``stop_with_rest``).
+    The bound port is ``app.state.grpc_port``."""
     inner = app.router.lifespan_context
 
     @asynccontextmanager
@@ -80,6 +112,7 @@ def serve_grpc(app: FastAPI) -> FastAPI:
             plane: DataPlane = app.state.dataplane
             server, port = await start_grpc_server(plane)
             app.state.grpc_port = port
+            stop_with_rest(server, plane.settings.shutdown_timeout_s)
             log.info("gRPC serving on %s:%d", plane.settings.host, port)
             try:
                 yield value

@@ -24,7 +24,7 @@ from service.core.errors import BodyBudgetFull
 from service.settings import Settings
 from tests.support.models import make_model_repo
 from tests.support.servers import Running, running_server, wait_until
-from tests.support.sockets import connect, read_to_end
+from tests.support.sockets import connect, exchange, read_to_end
 
 MIB = 1 << 20
 LARGEST = 4 * MIB  # MAX_REQUEST_BYTES
@@ -70,19 +70,6 @@ def request(
     return head + body
 
 
-def answer(port: int, raw: bytes, timeout_s: float = 20) -> bytes:
-    """Everything the server sends back for ``raw`` on a fresh connection (b"" if it sends
-    nothing within ``timeout_s``)."""
-    with connect(port) as sock:
-        sock.settimeout(timeout_s)
-        with contextlib.suppress(OSError):  # refused before all was read: its answer is there
-            sock.sendall(raw)
-        try:
-            return read_to_end(sock)
-        except TimeoutError:
-            return b""
-
-
 def status(reply: bytes) -> int:
     return int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/1.1 ") else 0
 
@@ -90,7 +77,7 @@ def status(reply: bytes) -> int:
 def refused_by_length(port: int) -> bool:
     """Whether a large body is refused on its Content-Length now (it is never sent: a server
     with room waits for it, and this gives up after a second)."""
-    return status(answer(port, request(INFER, None, REFUSED), timeout_s=1)) == 503
+    return status(exchange(port, request(INFER, None, REFUSED), timeout_s=1)) == 503
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +153,7 @@ def test_large_bodies_past_their_room_are_refused_while_small_ones_are_served(
 ) -> None:
     port = server.rest_port
     with two_holders(port) as (first, second, body):
-        refused = answer(port, request(INFER, None, REFUSED))
+        refused = exchange(port, request(INFER, None, REFUSED))
         head, _, error = refused.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 503"), refused
         assert b"retry-after: 1" in head and b"connection: close" in head
@@ -175,17 +162,17 @@ def test_large_bodies_past_their_room_are_refused_while_small_ones_are_served(
             "retry shortly"
         }
         # The app's routes share the budget; a chunked body is refused as its bytes arrive.
-        assert status(answer(port, request(PREDICT, predict_body(REFUSED)))) == 503
-        assert status(answer(port, request(INFER, infer_body(REFUSED), chunked=True))) == 503
+        assert status(exchange(port, request(PREDICT, predict_body(REFUSED)))) == 503
+        assert status(exchange(port, request(INFER, infer_body(REFUSED), chunked=True))) == 503
         # Small bodies are served from the eighth kept for them.
-        assert status(answer(port, request(INFER, infer_body(SMALL)))) == 200
-        assert status(answer(port, request(PREDICT, predict_body(SMALL), chunked=True))) == 200
+        assert status(exchange(port, request(INFER, infer_body(SMALL)))) == 200
+        assert status(exchange(port, request(PREDICT, predict_body(SMALL), chunked=True))) == 200
         for holder in (first, second):
             holder.sendall(body[HELD:])
             assert status(read_to_end(holder)) == 200
     # Every refused or answered body gave its bytes back: the whole budget is free again.
-    assert status(answer(port, request(INFER, infer_body(LARGEST)))) == 200
-    assert status(answer(port, request(PREDICT, predict_body(LARGEST), chunked=True))) == 200
+    assert status(exchange(port, request(INFER, infer_body(LARGEST)))) == 200
+    assert status(exchange(port, request(PREDICT, predict_body(LARGEST), chunked=True))) == 200
 
 
 def test_clients_that_leave_mid_body_give_their_bytes_back(server: Running) -> None:
@@ -193,7 +180,7 @@ def test_clients_that_leave_mid_body_give_their_bytes_back(server: Running) -> N
     with two_holders(port):
         pass  # both close here, their bodies unfinished
     wait_until(
-        lambda: status(answer(port, request(INFER, infer_body(LARGEST)))) == 200,
+        lambda: status(exchange(port, request(INFER, infer_body(LARGEST)))) == 200,
         20,
         "the budget free again",
     )

@@ -6,7 +6,6 @@ does not), and a full batch queue answers 503 with Retry-After and recovers by i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 import time
@@ -22,7 +21,7 @@ from swagger_ui_bundle import swagger_ui_path
 from service.settings import Settings
 from tests.support.models import make_model_repo
 from tests.support.servers import Running, running_server, wait_until
-from tests.support.sockets import read_to_end
+from tests.support.sockets import exchange, read_to_end
 
 BODY_TIMEOUT_S = 1.0
 KEEP_ALIVE_S = 1.0
@@ -212,17 +211,9 @@ LARGE_HEADS = {
 }
 
 
-def exchange(server: Running, raw: bytes) -> bytes:
-    """What the server answers ``raw`` on a fresh connection, until it closes."""
-    with connect(server) as sock:
-        with contextlib.suppress(OSError):  # refused before it read everything
-            sock.sendall(raw)
-        return read_to_end(sock)
-
-
 @pytest.mark.parametrize("head", LARGE_HEADS.values(), ids=LARGE_HEADS.keys())
 def test_a_request_head_over_the_limit_is_a_431_and_closed(server: Running, head: bytes) -> None:
-    answer = exchange(server, head)
+    answer = exchange(server.rest_port, head)
     status, _, rest = answer.partition(b"\r\n")
     assert status == b"HTTP/1.1 431 Request Header Fields Too Large", answer[:200]
     assert b"connection: close" in rest
@@ -238,7 +229,7 @@ def test_heads_within_the_limit_are_served_after_a_large_body_in_the_same_read(
     near_limit = LIVE + b"X-Big: " + b"a" * 60_000 + b"\r\n" + b"X-N: v\r\n" * 90
     raw = post_head("/v2/models/tiny/infer", len(body)) + body
     raw += near_limit + b"Connection: close\r\n\r\n"
-    answers = exchange(server, raw)
+    answers = exchange(server.rest_port, raw)
     assert answers.count(b"HTTP/1.1 200 OK") == 2, answers[:300]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 
@@ -20,3 +21,17 @@ def read_to_end(sock: socket.socket) -> bytes:
     except ConnectionResetError:
         pass
     return data
+
+
+def exchange(port: int, raw: bytes, timeout_s: float = 20) -> bytes:
+    """Everything the server sends back for ``raw`` on a fresh connection until it closes (b""
+    if it sends nothing within ``timeout_s``). A server that refuses before reading all of
+    ``raw`` may reset the send; its answer is read all the same."""
+    with connect(port) as sock:
+        sock.settimeout(timeout_s)
+        with contextlib.suppress(OSError):
+            sock.sendall(raw)
+        try:
+            return read_to_end(sock)
+        except TimeoutError:
+            return b""

@@ -1,7 +1,7 @@
 """Graceful shutdown of ``python -m service`` (a real process): on SIGTERM it stops accepting
-REST connections and gRPC calls at once, finishes the request in flight, and exits 0; a client
-running throughout sees no failure other than refused connections after the stop began. Its
-logs are JSON lines."""
+REST connections and gRPC calls at once, finishes the requests in flight (REST and gRPC), and
+exits 0; a client running throughout sees no failure other than refused connections after the
+stop began. Its logs are JSON lines."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tests.support.models import make_model_repo
 from tests.support.servers import server_process, service_command
+from tests.support.slow_models import write_slow_model
 
 GOOD = json.dumps({"inputs": [{"name": "images", "shape": [1, 32, 32, 3], "datatype": "UINT8",
                                "data": [0] * 3072}]}).encode()  # fmt: skip
@@ -114,3 +115,29 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(tmp_path: Path) -> Non
     messages = " ".join(r["message"] for r in records)
     assert "Waiting for connections to close" in messages or "Shutting down" in messages
     assert all(r["level"] not in ("ERROR", "CRITICAL") for r in records), messages
+
+
+def test_a_grpc_call_in_flight_at_sigterm_is_answered_while_new_ones_are_refused(
+    tmp_path: Path,
+) -> None:
+    repo = write_slow_model(make_model_repo(tmp_path, lecture=False), "slow", seconds=2.0)
+    env = {**os.environ, "SHUTDOWN_TIMEOUT_S": "15", "POLL_INTERVAL_S": "0",
+           "PROVIDERS": "CPUExecutionProvider", "INTRA_OP_THREADS": "1"}  # fmt: skip
+    command = service_command("--model-repository", str(repo))
+    with server_process(command, env=env, how=signal.SIGKILL) as server:
+        server.wait_ready()
+        tensor = service_pb2.ModelInferRequest.InferInputTensor(
+            name="images", datatype="UINT8", shape=[1, 32, 32, 3]
+        )
+        request = service_pb2.ModelInferRequest(model_name="slow", inputs=[tensor])
+        request.raw_input_contents.append(bytes(3072))
+        with grpc.insecure_channel(server.grpc_url) as channel:
+            call = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer.future(
+                request, timeout=60
+            )
+            time.sleep(0.5)  # the call is running on the slow model
+            server.process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            assert grpc_live_code(server.grpc_url) == grpc.StatusCode.UNAVAILABLE
+            assert list(call.result().outputs[0].shape) == [1, 10]
+        assert server.process.wait(timeout=30) == 0

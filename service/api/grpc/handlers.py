@@ -52,24 +52,18 @@ class SizedRequest:
     size: int
 
 
-def sized_parser(message_class: Any) -> Callable[[bytes], Any]:
-    """``lenient_parser``, each parsed message given as ``SizedRequest``."""
-    parse = lenient_parser(message_class)
+def request_parser(method: Any, sized: bool = True) -> Callable[[bytes], Any]:
+    """How ``method``'s requests are parsed: ``lenient_parser``, and inference requests given
+    as ``SizedRequest`` (the body budget counts them) unless not ``sized``."""
+    parse = lenient_parser(GetMessageClass(method.input_type))
+    if not sized or method.input_type.name != "ModelInferRequest":
+        return parse
 
-    def sized(data: bytes) -> Any:
+    def sized_request(data: bytes) -> Any:
         message = parse(data)
         return message if isinstance(message, Undecodable) else SizedRequest(message, len(data))
 
-    return sized
-
-
-def request_parser(method: Any, sized: bool = True) -> Callable[[bytes], Any]:
-    """How ``method``'s requests are parsed: inference requests as ``SizedRequest`` (the body
-    budget counts them) unless not ``sized``, the rest as they are."""
-    request_class = GetMessageClass(method.input_type)
-    if sized and method.input_type.name == "ModelInferRequest":
-        return sized_parser(request_class)
-    return lenient_parser(request_class)
+    return sized_request
 
 
 def method_handlers(servicer: Any) -> grpc.GenericRpcHandler:

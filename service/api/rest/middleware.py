@@ -95,9 +95,9 @@ class BodyLimit:
     def _refusal(self, content_length: bytes) -> ServingError | None:
         """A body refused on its declared length, before any of it is read: over the limit, or
         more than the process's budget has room for now (nothing is taken for it yet)."""
-        if not content_length.isdigit() or int(content_length) > self.limit:
+        declared = int(content_length) if content_length.isdigit() else -1
+        if not 0 <= declared <= self.limit:
             return body_too_large(self.limit)
-        declared = int(content_length)
         return self.budget.refusal(declared, declared)
 
 

@@ -47,7 +47,7 @@ def test_api_gpu_loads_every_cuda_library_up_to_the_driver(
     """Built with the pinned onnxruntime-gpu and pip check; only libcuda.so.1 is missing."""
     engine("run", "--rm", gpu_image.tag, "pip", "check")
     probe = (
-        "import onnxruntime as ort; from service.engine.runtime import "
+        "import onnxruntime as ort; from service.engine.providers import "
         "preload_provider_libraries, provider_problem; preload_provider_libraries(); "
         "print(ort.__version__, ort.get_available_providers()); "
         "print(provider_problem('CUDAExecutionProvider'))"

@@ -21,7 +21,7 @@ from swagger_ui_bundle import swagger_ui_path
 from service.settings import Settings
 from tests.support.models import make_model_repo
 from tests.support.servers import Running, running_server, wait_until
-from tests.support.sockets import exchange, read_to_end
+from tests.support.sockets import exchange, fill_unread, read_to_end
 
 BODY_TIMEOUT_S = 1.0
 KEEP_ALIVE_S = 1.0
@@ -264,3 +264,26 @@ def test_a_full_queue_answers_503_with_retry_after_and_recovers(tmp_path: Path) 
         with httpx.Client(base_url=running.url, timeout=30) as http:
             for _ in range(3):
                 assert http.post("/v2/models/cifar10_cnn/infer", content=body).status_code == 200
+
+
+RANGE = f"GET {ASSET} HTTP/1.1\r\nHost: localhost\r\nRange: bytes=0-39999\r\n\r\n".encode()
+LAST_WORDS = {  # what makes the server close, once its buffer holds part of an answer
+    "kept alive past its timeout": b"",
+    "Connection: close": LIVE + b"Connection: close\r\n\r\n",
+    "a malformed request": b"NOT HTTP\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("last", LAST_WORDS.values(), ids=LAST_WORDS.keys())
+def test_a_client_that_leaves_a_small_answer_unread_loses_its_connection(
+    server: Running, last: bytes
+) -> None:
+    """Under the 64 kB high-water mark the transport never pauses; the close that follows waited
+    for the unread bytes for ever, holding the connection's place under MAX_CONNECTIONS."""
+    with small_window(server, 4096) as sock:
+        fill_unread(sock, RANGE)  # 40 kB answers: the last one partly in the server's buffer
+        sock.sendall(last)
+        started = time.monotonic()
+        wait_until(lambda: not held_by_server(server, sock), 10, "the server closing it")
+        assert time.monotonic() - started >= WRITE_TIMEOUT_S * 0.9
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200

@@ -11,7 +11,8 @@ import logging
 import resource
 import time
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -57,6 +58,31 @@ class _Refusals:
 
 
 _refusals = _Refusals()
+
+
+class _TimedClose:
+    """A connection's transport as uvicorn sees it: a ``close`` that leaves bytes unsent starts
+    the protocol's write clock. uvloop's close waits for those bytes for as long as the client
+    does not read them, so a client that left an answer of under the 64 kB high-water mark
+    unread (kept alive past its timeout, ``Connection: close``, a 400) held its connection, and
+    its place under ``MAX_CONNECTIONS``, for good."""
+
+    def __init__(self, transport: asyncio.Transport, on_close: Callable[[], None]) -> None:
+        self._transport = transport
+        self._on_close = on_close
+        # What uvicorn calls on every request, bound once rather than found through __getattr__.
+        self.write = transport.write
+        self.is_closing = transport.is_closing
+        self.get_write_buffer_size = transport.get_write_buffer_size
+        self.pause_reading = transport.pause_reading
+        self.resume_reading = transport.resume_reading
+
+    def close(self) -> None:
+        self._transport.close()
+        self._on_close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class HeadTooLarge(Exception):
@@ -108,7 +134,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.head_refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(cast(asyncio.Transport, _TimedClose(transport, self._closing)))
         if len(self.connections) > self.max_connections:  # this one included
             _refusals.add(self.max_connections)
             message = f"the server holds its maximum of {self.max_connections} connections"
@@ -130,6 +156,12 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         for cycle in self.cycles:
             if not cycle.response_complete:
                 cycle.disconnected = True
+
+    def _closing(self) -> None:
+        """The transport was asked to close: bytes still unsent wait for the client only as long
+        as it reads (the write clock), not for ever."""
+        if self.write_timer is None and self.transport.get_write_buffer_size():
+            self._arm_write_timer()
 
     def pause_writing(self) -> None:
         """The transport holds more than it may: the client's reading is timed from now."""

@@ -2,9 +2,10 @@
 
 ``session.run`` executes on one dedicated thread per model so the event loop stays free;
 onnxruntime releases the GIL and parallelises inside a run (``intra_op_threads``). The one
-exception is a lone 1-image request to a version measured quick at warm-up (``inline.py``): it
-runs on the loop, sparing the thread hop. A runtime that a newer version replaces is retired: it
-finishes the requests that hold it, then closes.
+exception is a lone 1-image request to a version measured quick at warm-up, or later on the
+batch-1 runs it serves (``inline.py``): it runs on the loop, sparing the thread hop. A
+runtime that a newer version replaces is retired: it finishes the requests that hold it, then
+closes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from service.core.errors import InvalidCard, ProviderUnavailable, ServingError, 
 from service.engine import thread_policy, tracing
 from service.engine.batcher import BatchStats, DynamicBatcher, Outputs, Rows, Tagged
 from service.engine.dtypes import NUMPY_DTYPES
-from service.engine.inline import quick_run_p99_s
+from service.engine.inline import ServedRuns, quick_run_p99_s
 from service.engine.named_rows import NamedRows
 from service.engine.providers import CPU, provider_problem, resolve_providers
 from service.engine.statistics import InferenceStatistics
@@ -126,6 +127,7 @@ class ModelRuntime:
         self._users = 0  # requests holding this runtime (see ``acquire``)
         self._in_executor = 0  # unbatched requests handed to the executor and not yet answered
         self.inline_p99_s: float | None = None  # set by ``warm_up`` for a quick enough version
+        self._served_runs: ServedRuns | None = None  # judged slow at warm-up: judged again
         self._retired = False
         self.closed = False
 
@@ -210,6 +212,8 @@ class ModelRuntime:
         self._observe(BatchStats(rows, 1, done - start))
 
     def _observe(self, stats: BatchStats) -> None:
+        if stats.rows == 1 and self._served_runs is not None:
+            self._judge_again(stats.seconds)
         if self.options.on_batch is not None:
             self.options.on_batch(self.name, self.version, stats)
 
@@ -319,12 +323,24 @@ class ModelRuntime:
         image = zeros(spec, 1)
         bound_s = self.options.inline_run_max_us / 1e6
         self.inline_p99_s = quick_run_p99_s(lambda: self.run(image), bound_s)
-        verdict = (
-            f"p99 {self.inline_p99_s * 1e6:.0f} us: a lone request runs inline"
-            if self.inline_p99_s is not None
-            else f"over {self.options.inline_run_max_us} us: every request goes to its thread"
-        )
-        log.info("%s v%d batch-1 run %s", self.name, self.version, verdict)
+        if self.inline_p99_s is None:
+            self._served_runs = ServedRuns(bound_s)
+        log.info("%s v%d batch-1 run %s", self.name, self.version, self._verdict())
+
+    def _judge_again(self, seconds: float) -> None:
+        """A served batch-1 run of a version judged slow: the first series under the bound
+        makes it quick for good (``inline.py``)."""
+        served = self._served_runs
+        verdict = served.add(seconds) if served is not None else None
+        if verdict is None or verdict.p99_s is None:
+            return
+        self.inline_p99_s, self._served_runs = verdict.p99_s, None
+        log.info("%s v%d served batch-1 runs %s", self.name, self.version, self._verdict())
+
+    def _verdict(self) -> str:
+        if self.inline_p99_s is not None:
+            return f"p99 {self.inline_p99_s * 1e6:.0f} us: a lone request runs inline"
+        return f"over {self.options.inline_run_max_us} us: every request goes to its thread"
 
     def acquire(self) -> bool:
         """A request starts using this runtime: open until the matching ``release``.

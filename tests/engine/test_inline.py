@@ -1,6 +1,7 @@
 """A lone request to a quick version runs inline, on the event loop's thread (issue 28): decided
-per version at warm-up by timing batch-1 runs; anything else still goes to the model's thread.
-The thread that ran a request is the one that reports its run to ``on_batch``."""
+per version at warm-up by timing batch-1 runs, and for a version judged slow, again on the runs
+it serves; anything else still goes to the model's thread. The thread that ran a request is the
+one that reports its run to ``on_batch``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 
 from service.core.card import MODEL_FILE
 from service.engine.batcher import BatchStats, DynamicBatcher
-from service.engine.inline import quick_run_p99_s
+from service.engine.inline import RUNS, ServedRuns, Verdict, quick_run_p99_s
 from service.engine.runtime import ModelRuntime, RuntimeOptions
 from tests.support.models import card_for, tiny_graph, tiny_reference
 
@@ -226,3 +227,45 @@ def test_requests_already_on_the_loop_send_a_lone_one_to_the_batcher_with_them(
         np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-5)
     assert seen and threading.current_thread().name not in seen
     runtime.close()
+
+
+def lone_requests(runtime: ModelRuntime, count: int) -> None:
+    """``count`` 1-image requests one after another, each holding its lease as a server's does."""
+
+    async def one_by_one() -> None:
+        for _ in range(count):
+            assert runtime.acquire()
+            try:
+                await runtime.infer(IMAGES[:1])
+            finally:
+                runtime.release()
+
+    asyncio.run(one_by_one())
+
+
+def test_a_version_misjudged_slow_at_warm_up_runs_inline_after_a_series_of_served_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A warm-up whose every series was spoilt (a busy host) is corrected by the batch-1 runs
+    the version then serves on its thread, a series of ``RUNS`` at a time."""
+    monkeypatch.setattr("service.engine.runtime.quick_run_p99_s", lambda *args: None)
+    seen: list[str] = []
+    runtime = warmed_runtime(tmp_path, GENEROUS_US, seen)
+    assert runtime.inline_p99_s is None
+    lone_requests(runtime, RUNS - 1)
+    assert runtime.inline_p99_s is None and threading.current_thread().name not in seen
+    lone_requests(runtime, 1)  # the series' last run
+    assert runtime.inline_p99_s is not None and runtime.inline_p99_s < GENEROUS_US / 1e6
+    seen.clear()
+    lone_requests(runtime, 1)
+    assert seen == [threading.current_thread().name]
+    runtime.close()
+
+
+def test_served_runs_are_judged_a_series_at_a_time_with_the_slowest_one_percent_spared() -> None:
+    served = ServedRuns(bound_s=1.0, runs=200)
+    verdicts = [served.add(0.5) for _ in range(198)] + [served.add(2.0), served.add(3.0)]
+    assert verdicts[:-1] == [None] * 199
+    assert verdicts[-1] == Verdict(0.5)  # two of 200 over the bound: the slowest 1%, spared
+    verdicts = [served.add(0.5) for _ in range(197)] + [served.add(2.0) for _ in range(3)]
+    assert verdicts[-1] == Verdict(None)

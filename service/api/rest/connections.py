@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 FD_HEADROOM = 1024
 # Header fields of one request (Apache's LimitRequestFields); past it a 431.
 MAX_HEADER_FIELDS = 100
+# Requests of one connection read ahead of its answers (pipelined) and waiting their turn. uvicorn
+# parses all of a read at once, each request into ~650 bytes of Python objects: one 256 kB read of
+# tiny pipelined requests held 4 MB. Past this many the connection reads no further, and closes
+# once those are answered; its client sends the rest again (RFC 9112 9.3.2).
+MAX_PIPELINED = 64
 # Refused connections are logged at most this often, so a flood cannot flood the log too.
 REFUSAL_LOG_INTERVAL_S = 10.0
 
@@ -132,6 +137,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.chunk_bytes = 0  # the chunk being parsed
         self.head_continued = False  # a head was in progress when that chunk came
         self.head_refused = False
+        self.pipeline_full = False  # past MAX_PIPELINED: nothing more is read
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(cast(asyncio.Transport, _TimedClose(transport, self._closing)))
@@ -194,6 +200,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        if self.pipeline_full:
+            return  # the connection closes after the requests it holds; the rest is dropped
         self.chunk_bytes, self.head_continued = len(data), self.head_started
         super().data_received(data)
         if not self.head_started or self.transport.is_closing():
@@ -222,9 +230,28 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self._head_too_large():
             self.head_refused = True
             raise HeadTooLarge  # httptools stops; uvicorn's 400 becomes our 431 (below)
+        if self.pipeline_full or len(self.pipeline) >= MAX_PIPELINED:
+            self._drop_the_rest()
+            return
         super().on_headers_complete()
         if self.cycle is not None:
             self.cycles.add(self.cycle)
+
+    def _drop_the_rest(self) -> None:
+        """A request past ``MAX_PIPELINED``: neither it nor anything after it is kept (the rest
+        of this read is parsed into nothing, later reads are not parsed), and the connection
+        closes after answering the last request it holds."""
+        if not self.pipeline_full:
+            self.pipeline_full = True
+            self.pipeline[0][0].keep_alive = False  # the newest waiting: answered last
+
+    def on_body(self, body: bytes) -> None:
+        if not self.pipeline_full:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self.pipeline_full:
+            super().on_message_complete()
 
     def _head_too_large(self) -> bool:
         """Whether the complete head has too many fields or bytes; its bytes are counted only

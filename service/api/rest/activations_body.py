@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -17,13 +17,14 @@ from service.api.rest.json_wire import loads_object
 from service.api.rest.predict import instances_to_pixels
 from service.core.errors import InvalidInput, UnprocessableInput
 from service.core.limits import check_json_values
+from service.core.shapes import MAX_LAYERS
 
 
 class ActivationsRequest(BaseModel):
     instances: list[Any] = Field(
         description='One image: a 32x32x3 nested pixel array or {"b64": "<base64 image>"}.'
     )
-    layer: str | list[str] | None = Field(
+    layer: str | Annotated[list[str], Field(max_length=MAX_LAYERS)] | None = Field(
         None, description="Layer name(s); none: every conv and pool layer."
     )
 

@@ -4,6 +4,7 @@ of the error tree to HTTP), media types, and reading bodies and multipart forms.
 from __future__ import annotations
 
 import logging
+import reprlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager
 from http import HTTPStatus
@@ -140,6 +141,9 @@ MUST_BE = {
 }
 
 
+SHOWN_PROBLEMS = 8  # of a body's validation errors, named in its 4xx
+
+
 def validated_body(model: type[Body], data: Any, error: type[ServingError] = InvalidInput) -> Body:
     """A parsed JSON body as ``model``, strictly typed (no "3" for 3, no 1 for true); a
     mismatch is ``error`` naming each field and what it must be."""
@@ -152,8 +156,11 @@ def validated_body(model: type[Body], data: Any, error: type[ServingError] = Inv
 
 
 def _validation_message(model: type[BaseModel], exc: ValidationError) -> str:
+    """Each problem named, the first ``SHOWN_PROBLEMS`` of them: a body of a million wrong
+    items must not buy a million-part answer."""
     parts = []
-    for problem in exc.errors():
+    count = exc.error_count()
+    for problem in exc.errors(include_url=False)[:SHOWN_PROBLEMS]:
         # union members' tags ("list[any]") are not places in the body: left out
         where = ".".join(
             str(p) for p in problem["loc"] if isinstance(p, int) or str(p).isidentifier()
@@ -166,6 +173,8 @@ def _validation_message(model: type[BaseModel], exc: ValidationError) -> str:
             parts.append(f"'{where}' must be {wanted} (missing)")
             continue
         phrase = MUST_BE.get(kind) or problem["msg"][:1].lower() + problem["msg"][1:]
-        shown = repr(problem.get("input"))
+        shown = reprlib.repr(problem.get("input"))  # bounded: a list's repr may be megabytes
         parts.append(f"'{where}' {phrase}, got {shown[:80]}")
+    if count > SHOWN_PROBLEMS:
+        parts.append(f"and {count - SHOWN_PROBLEMS} more")
     return "; ".join(parts)

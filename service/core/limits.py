@@ -8,8 +8,9 @@ after looking at each one, and a shape is checked as Python integers before nump
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from service.core.card import TensorSpec
 from service.core.errors import InvalidInput, PayloadTooLarge, UnprocessableInput
 
 # Keys of any one JSON object of a request: its top level, a tensor, an output, ``parameters``.
@@ -42,10 +43,33 @@ def check_tensor_count(count: int, what: str) -> None:
         raise InvalidInput(f"{count} {what}, more than the limit of {MAX_TENSORS}")
 
 
-def checked_shape(dims: Sequence[object], where: str, max_rows: int) -> list[int]:
+def value_bounds(inputs: Sequence[TensorSpec], batched: bool, max_rows: int) -> dict[str, int]:
+    """The most values each input of a model can take in one request (``max_rows`` rows of it),
+    by name; an input with an open axis besides the batch's has no bound and is left out."""
+    bounds = {}
+    for spec in inputs:
+        dims = spec.shape[1:] if batched else spec.shape
+        if all(d >= 0 for d in dims):
+            bounds[spec.name] = (max_rows if batched else 1) * math.prod(dims)
+    return bounds
+
+
+def value_bound(bounds: Mapping[str, int], name: str) -> int | None:
+    """What ``value_bounds`` allows an input called ``name``; one the model does not have (to
+    be refused by name later) gets the largest, unless some input is unbounded."""
+    bound = bounds.get(name)
+    if bound is not None or not bounds:
+        return bound
+    return max(bounds.values())
+
+
+def checked_shape(
+    dims: Sequence[object], where: str, max_rows: int, most: int | None = None
+) -> list[int]:
     """``dims`` as a tensor shape: a list of at most ``MAX_RANK`` non-negative integers whose
     first is at most ``max_rows`` and whose product (zeros counted as 1) is at most
-    ``MAX_ELEMENTS``, all computed exactly in Python before numpy is given it."""
+    ``MAX_ELEMENTS`` (and ``most``: what the model's input can take), all computed exactly in
+    Python before numpy, or a decoder splitting BYTES element by element, is given it."""
     if len(dims) > MAX_RANK:
         raise InvalidInput(f"{where}.shape has {len(dims)} dimensions, more than {MAX_RANK}")
     if not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
@@ -55,8 +79,14 @@ def checked_shape(dims: Sequence[object], where: str, max_rows: int) -> list[int
         raise UnprocessableInput(f"{where}.shape {shape} has a negative dimension")
     if shape and shape[0] > max_rows:
         raise PayloadTooLarge(f"{where}: {shape[0]} rows, more than the limit of {max_rows}")
-    if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
+    elements = math.prod(max(d, 1) for d in shape)
+    if elements > MAX_ELEMENTS:
         raise PayloadTooLarge(f"{where}.shape {shape} is too large")
+    if most is not None and elements > most:
+        raise PayloadTooLarge(
+            f"{where}.shape {shape} holds {elements} values, more than the model's input takes "
+            f"in one request ({most})"
+        )
     return shape
 
 

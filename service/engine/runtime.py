@@ -24,6 +24,7 @@ import onnxruntime as ort
 from service.core.card import TENSOR, ModelCard, TensorSpec
 from service.core.datatypes import DATATYPES
 from service.core.errors import InvalidCard, ProviderUnavailable, ServingError, TimeoutExpired
+from service.core.limits import value_bounds
 from service.engine import thread_policy, tracing
 from service.engine.batcher import BatchStats, DynamicBatcher, Outputs, Rows, Tagged
 from service.engine.dtypes import NUMPY_DTYPES
@@ -127,6 +128,7 @@ class ModelRuntime:
         self._users = 0  # requests holding this runtime (see ``acquire``)
         self._in_executor = 0  # unbatched requests handed to the executor and not yet answered
         self.inline_p99_s: float | None = None  # set by ``warm_up`` for a quick enough version
+        self._value_bounds: dict[int, dict[str, int]] = {}  # by max_rows (``value_bounds``)
         self._served_runs: ServedRuns | None = None  # judged slow at warm-up: judged again
         self._retired = False
         self.closed = False
@@ -271,6 +273,15 @@ class ModelRuntime:
         if tag is not None:
             self._answered([(tag, 0, len(images))], result, images)
         return _chosen(result, outputs)
+
+    def value_bounds(self, max_rows: int) -> dict[str, int]:
+        """The most values each input takes in a request of ``max_rows`` rows, by name
+        (``limits.value_bounds``), computed once: checked before a decoder converts values."""
+        bounds = self._value_bounds.get(max_rows)
+        if bounds is None:
+            bounds = value_bounds(self.card.inputs, self.batched, max_rows)
+            self._value_bounds[max_rows] = bounds
+        return bounds
 
     def _answered(self, tagged: Tagged, outputs: Outputs, rows: Rows) -> None:
         observer = self.options.on_answered

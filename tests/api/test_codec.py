@@ -20,6 +20,7 @@ from service.api.rest.json_wire import loads_infer_request
 from service.api.tensors import array_from_json
 from service.core.card import TensorSpec
 from service.core.errors import PayloadTooLarge, ServingError, UnprocessableInput
+from service.core.limits import value_bound, value_bounds
 from service.dataplane.pixels import to_pixels
 from service.dataplane.types import InferResponse, InputTensor
 
@@ -162,3 +163,25 @@ def test_a_models_values_are_bounded_only_where_its_inputs_fix_them() -> None:
     assert most_values([TensorSpec("m", "FP32", [4, 4])], False, 1 << 31) == 16  # no batch axis
     assert most_values([TensorSpec("t", "FP32", [-1, -1])], True, 8) is None  # an open axis
     assert most_values([TensorSpec("s", "BYTES", [-1, 1])], True, 8) is None  # "a,b" is 1 value
+
+
+def test_a_binary_bytes_shape_past_the_models_input_is_refused_before_its_elements_are_split() -> (
+    None
+):
+    """4 bytes an empty element: 60 MB split 16 million strings in Python (6-12 s)."""
+    header = b'{"inputs": [{"name": "images", "shape": [8, 5000], "datatype": "BYTES", '
+    header += b'"parameters": {"binary_data_size": 160000}}]}'
+    body = header + b"\0" * 160_000
+    bounds = value_bounds([TensorSpec("images", "UINT8", [-1, 32, 32, 3])], True, 8)
+    with pytest.raises(PayloadTooLarge, match=r"holds 40000 values, more than .* \(24576\)"):
+        decode_infer_request(body, len(header), 8, bounds=bounds)
+    decoded = decode_infer_request(body, len(header), 8)  # unbounded: split, 40,000 of them
+    assert decoded.inputs[0].data.size == 40_000
+    assert value_bounds([TensorSpec("t", "FP32", [-1, -1])], True, 8) == {}  # an open axis
+
+
+def test_a_tensor_the_model_does_not_have_is_bounded_by_its_largest_input() -> None:
+    bounds = {"a": 10, "b": 30}
+    assert (value_bound(bounds, "a"), value_bound(bounds, "zzz"), value_bound({}, "a")) == (
+        10, 30, None,
+    )  # fmt: skip

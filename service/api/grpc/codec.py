@@ -4,7 +4,7 @@ the repository index to the protocol's published messages (compiled in ``tritonc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,8 +20,14 @@ from service.api.tensors import (
 from service.core.card import TensorSpec
 from service.core.classification import PARAMETER, check_class_count
 from service.core.datatypes import DATATYPES
-from service.core.errors import InvalidInput, UnprocessableInput
-from service.core.limits import MAX_TENSORS, check_tensor_count, checked_shape
+from service.core.errors import InvalidInput, PayloadTooLarge, UnprocessableInput
+from service.core.limits import (
+    MAX_RANK,
+    MAX_TENSORS,
+    check_tensor_count,
+    checked_shape,
+    value_bound,
+)
 from service.dataplane.types import (
     InferRequest,
     InferResponse,
@@ -140,6 +146,27 @@ def typed_contents(tensor: Any) -> list[Any]:
             f"{where}: {tensor.datatype} values go in contents.{field}, not {', '.join(other)}"
         )
     return list(getattr(tensor.contents, field)) if field is not None else []
+
+
+def check_value_counts(request: Any, bounds: Mapping[str, int], max_rows: int) -> None:
+    """Each input's shape and typed values held to what the model's input of that name takes
+    (``bounds``: ``limits.value_bounds``), in O(1) a tensor, before any value is converted or
+    measured: 10 million empty BYTES values for an image model held the event loop 1.2 s and
+    grew the server by 685 MB before the model refused them."""
+    for tensor in request.inputs[:MAX_TENSORS]:
+        most = value_bound(bounds, tensor.name)
+        if most is None:
+            continue
+        where = f"input {tensor.name!r}"
+        if len(tensor.shape) <= MAX_RANK:  # else refused as it is decoded
+            checked_shape(list(tensor.shape), where, max_rows, most)
+        field = CONTENTS_FIELDS.get(tensor.datatype)
+        count = len(getattr(tensor.contents, field)) if field else 0
+        if count > most:
+            raise PayloadTooLarge(
+                f"{where}: {count} values, more than the model's input takes in one request "
+                f"({most})"
+            )
 
 
 def python_decode_bytes(request: Any) -> int:

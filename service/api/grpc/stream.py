@@ -50,12 +50,13 @@ async def infer_message(plane: DataPlane, received: Any, metadata: Any = None) -
 async def _answer(plane: DataPlane, request: Any, metadata: Any) -> Any:
     runtime = plane.model(request.model_name, request.model_version or None)
     settings = plane.settings
+    # A model without a batch axis has no rows to bound: the element limit does.
+    max_rows = settings.max_images_per_request if runtime.batched else MAX_ELEMENTS
+    codec.check_value_counts(request, runtime.value_bounds(max_rows), max_rows)
     light = codec.python_decode_bytes(request) <= settings.inline_decode_bytes
     decode = codec.decode_infer_request
     with plane.trace_settings.request(runtime.name, grpc_carrier(metadata)):
         with step("decode"):
-            # A model without a batch axis has no rows to bound: the element limit does.
-            max_rows = settings.max_images_per_request if runtime.batched else MAX_ELEMENTS
             infer = await plane.work.run_here_if_light(light, decode, request, max_rows)
         response = await plane.infer(runtime, infer)
         with step("encode"):

@@ -21,7 +21,12 @@ from service.api.tensors import (
 )
 from service.core.classification import PARAMETER, check_class_count
 from service.core.errors import InvalidInput, UnprocessableInput
-from service.core.limits import check_json_values, check_tensor_count, checked_shape
+from service.core.limits import (
+    check_json_values,
+    check_tensor_count,
+    checked_shape,
+    value_bound,
+)
 from service.core.timeouts import check_timeout_us
 from service.dataplane.shared_memory import shared_memory_ref
 from service.dataplane.types import (
@@ -45,18 +50,24 @@ def _parameters(value: Mapping[str, Any], where: str) -> Mapping[str, Any]:
     return json_object(value.get("parameters", {}), f"{where}.parameters")
 
 
-def _shape(value: Any, where: str, max_rows: int) -> list[int]:
+def _shape(value: Any, where: str, max_rows: int, most: int | None = None) -> list[int]:
     if not isinstance(value, list):
         raise InvalidInput(f"{where}.shape must be a list of integers")
-    return checked_shape(value, where, max_rows)
+    return checked_shape(value, where, max_rows, most)
 
 
 def decode_infer_request(
-    body: bytes, header_length: int | None, max_rows: int, max_values: int | None = None
+    body: bytes,
+    header_length: int | None,
+    max_rows: int,
+    max_values: int | None = None,
+    bounds: Mapping[str, int] | None = None,
 ) -> InferRequest:
     """A v2 infer body: JSON, or a JSON header and raw tensor bytes (the binary extension).
     With ``max_values`` (what ``max_rows`` rows of the model's inputs hold), JSON holding more
-    values is refused before it is parsed (``check_json_values``)."""
+    values is refused before it is parsed (``check_json_values``). With ``bounds`` (each input's
+    most values, ``limits.value_bounds``), a BYTES input's shape is held to them before its
+    bytes are split element by element (4 bytes an element buy 0.6 us of Python each)."""
     binary = b""
     if header_length is not None:
         if not 0 < header_length <= len(body):
@@ -81,7 +92,7 @@ def decode_infer_request(
     outputs, class_counts = _requested_outputs(request.get("outputs", []), binary_output)
     return InferRequest(
         request_id,
-        _input_tensors(request.get("inputs"), binary, max_rows),
+        _input_tensors(request.get("inputs"), binary, max_rows, bounds or {}),
         outputs,
         binary_output,
         model_name or None,
@@ -91,7 +102,9 @@ def decode_infer_request(
     )
 
 
-def _input_tensors(raw_inputs: Any, binary: bytes, max_rows: int) -> list[InputTensor]:
+def _input_tensors(
+    raw_inputs: Any, binary: bytes, max_rows: int, bounds: Mapping[str, int]
+) -> list[InputTensor]:
     """The request's input tensors; binary ones take their bytes from ``binary`` in order."""
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("'inputs' must be a non-empty list of tensors")
@@ -106,7 +119,8 @@ def _input_tensors(raw_inputs: Any, binary: bytes, max_rows: int) -> list[InputT
             raise InvalidInput(f"{where}.name must be a non-empty string")
         where = f"input {name!r}"
         datatype = check_datatype(datatype, where)
-        shape = _shape(tensor.get("shape"), where, max_rows)
+        most = value_bound(bounds, name) if datatype == "BYTES" else None
+        shape = _shape(tensor.get("shape"), where, max_rows, most)
         parameters = _parameters(tensor, where)
         size = parameters.get("binary_data_size")
         region = shared_memory_ref(parameters, where)

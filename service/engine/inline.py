@@ -95,3 +95,10 @@ class ServedRuns:
             series, self._seconds = self._seconds, []
         over = sum(took > self.bound_s for took in series)
         return Verdict(None if over > _allowed_over(len(series)) else _p99_s(series))
+
+
+def describe(p99_s: float | None, bound_us: int) -> str:
+    """A verdict as the log gives it."""
+    if p99_s is not None:
+        return f"p99 {p99_s * 1e6:.0f} us: a lone request runs inline"
+    return f"over {bound_us} us: every request goes to its thread"

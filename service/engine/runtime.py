@@ -27,8 +27,8 @@ from service.core.errors import InvalidCard, ProviderUnavailable, ServingError, 
 from service.core.limits import value_bounds
 from service.engine import thread_policy, tracing
 from service.engine.batcher import BatchStats, DynamicBatcher, Outputs, Rows, Tagged
-from service.engine.dtypes import NUMPY_DTYPES
-from service.engine.inline import ServedRuns, quick_run_p99_s
+from service.engine.dtypes import zeros
+from service.engine.inline import ServedRuns, describe, quick_run_p99_s
 from service.engine.named_rows import NamedRows
 from service.engine.providers import CPU, provider_problem, resolve_providers
 from service.engine.statistics import InferenceStatistics
@@ -336,7 +336,7 @@ class ModelRuntime:
         self.inline_p99_s = quick_run_p99_s(lambda: self.run(image), bound_s)
         if self.inline_p99_s is None:
             self._served_runs = ServedRuns(bound_s)
-        log.info("%s v%d batch-1 run %s", self.name, self.version, self._verdict())
+        self._log_verdict("batch-1 run")
 
     def _judge_again(self, seconds: float) -> None:
         """A served batch-1 run of a version judged slow: the first series under the bound
@@ -346,12 +346,11 @@ class ModelRuntime:
         if verdict is None or verdict.p99_s is None:
             return
         self.inline_p99_s, self._served_runs = verdict.p99_s, None
-        log.info("%s v%d served batch-1 runs %s", self.name, self.version, self._verdict())
+        self._log_verdict("served batch-1 runs")
 
-    def _verdict(self) -> str:
-        if self.inline_p99_s is not None:
-            return f"p99 {self.inline_p99_s * 1e6:.0f} us: a lone request runs inline"
-        return f"over {self.options.inline_run_max_us} us: every request goes to its thread"
+    def _log_verdict(self, what: str) -> None:
+        verdict = describe(self.inline_p99_s, self.options.inline_run_max_us)
+        log.info("%s v%d %s %s", self.name, self.version, what, verdict)
 
     def acquire(self) -> bool:
         """A request starts using this runtime: open until the matching ``release``.
@@ -394,12 +393,3 @@ class ModelRuntime:
 def _chosen(result: Outputs, outputs: Sequence[str] | None) -> Outputs:
     """The outputs a request asked for (all when it named none)."""
     return {name: result[name] for name in outputs} if outputs else result
-
-
-def zeros(spec: TensorSpec, size: int) -> np.ndarray:
-    """A warm-up input: ``size`` rows on a leading -1 axis, 1 on any other dynamic one; BYTES
-    as the text "0", which a graph that reads its strings as numbers (Triton's ``simple_string``:
-    Cast) takes too, where an empty string would fail the run."""
-    shape = [size if i == 0 and d == -1 else max(d, 1) for i, d in enumerate(spec.shape)]
-    dtype = NUMPY_DTYPES[spec.datatype]
-    return np.full(shape, "0", dtype=dtype) if dtype.hasobject else np.zeros(shape, dtype=dtype)

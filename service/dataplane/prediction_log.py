@@ -141,6 +141,7 @@ class PredictionLog:
         self._warned_at = -WARN_INTERVAL_S
         self._pruned_at = time.monotonic()
         self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()  # the writer and the monitor's threads connect
         # told of every batch written (the quality metrics), on the writer thread
         self.on_written: Callable[[Sequence[store.Row]], None] | None = None
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -205,9 +206,12 @@ class PredictionLog:
 
     @property
     def engine(self) -> Engine:
-        """The database, connected (and its tables made) on first use; raises when it can't be."""
-        if self._engine is None:
-            self._engine = store.connect(self.url)
+        """The database, connected (and its tables made) on first use, by one thread: two making
+        the tables at once raced ("database is locked", then "table already exists"); raises
+        when it can't be."""
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = store.connect(self.url)
         return self._engine
 
     def _run(self) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
@@ -9,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from service.core.errors import InvalidConfig
 from service.dataplane.response_cache import (
     DEFAULT_BUDGET_BYTES,
+    ENTRY_OVERHEAD_BYTES,
     ResponseCache,
     _Entry,
     _ModelCache,
@@ -55,3 +59,16 @@ def test_an_entry_of_a_replaced_runtime_is_never_served() -> None:
     cache.put(key(1), entry(old, 10))
     assert cache.get(key(1), new) is None
     assert cache.nbytes == 0 and not cache.entries
+
+
+def test_each_entry_counts_its_keeping_as_well_as_its_outputs() -> None:
+    """80 bytes of outputs hold about 850 bytes in all: counting the outputs alone let a 64 MiB
+    budget keep 840,000 entries (680 MiB)."""
+    budget = 10 * ENTRY_OVERHEAD_BYTES
+    cache = ResponseCache(f"tiny={budget}", CollectorRegistry())
+    runtime: Any = SimpleNamespace(name="tiny", version=1, statistics=InferenceStatistics())
+    logits = np.zeros((1, 10), np.float32)
+    for n in range(20):
+        cache.put(runtime, key(n), {"logits": logits, "probabilities": logits}, 0)
+    found = [cache.get(runtime, key(n), 0.0) for n in range(20)]
+    assert sum(f is not None for f in found) == budget // (ENTRY_OVERHEAD_BYTES + 80)

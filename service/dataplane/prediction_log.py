@@ -32,6 +32,10 @@ FLUSH_INTERVAL_S = 0.5  # how often the writer looks for records (a flush or clo
 PRUNE_INTERVAL_S = 60.0
 WARN_INTERVAL_S = 60.0
 CAPTURED_SHAPE = (32, 32, 3)
+# Bytes of outputs and captured images the queue may hold, beside its count of runs: a run of
+# 1,024 images holds its outputs and, captured, 3 MiB of pixels, so a queue of 65,536 runs
+# waiting for a slow database could have held hundreds of GiB.
+MAX_PENDING_BYTES = 256 * 1024 * 1024
 # A run's answers (a request's own where it ran alone or came from the response cache): its
 # requests as (request id, first row, end row) in its outputs, model, version, Unix time, every
 # output of the run, each request's pixels where captured, the image count of its requests
@@ -123,14 +127,17 @@ class PredictionLog:
         retention: tuple[float, int],
         retry_s: float = 0.0,
         scheduling: ThreadScheduling = "batch",
+        max_bytes: int = MAX_PENDING_BYTES,
     ) -> None:
         self.url, self.capture_rate = url, capture_rate
         self._scheduling = scheduling  # the writer's (``thread_policy``): set by the writer
         self.max_age_s, self.max_rows = retention
         # A deque, not queue.Queue: an append takes no lock and wakes no thread; the writer
         # looks every FLUSH_INTERVAL_S, so a busy server pays one transaction per interval.
-        self.capacity = capacity
+        self.capacity, self.max_bytes = capacity, max_bytes
         self._pending: deque[Answer] = deque()
+        self._pending_bytes = 0  # of the queued answers' arrays (``MAX_PENDING_BYTES``)
+        self._bytes_lock = threading.Lock()  # the model threads add, the writer takes away
         self._wake, self._closing, self._busy = threading.Event(), False, False
         # A batch whose write failed while the database was down, retried each interval for up
         # to ``retry_s`` (0: dropped at once); meanwhile new answers wait in the bounded queue.
@@ -192,6 +199,14 @@ class PredictionLog:
             self._drop("queue_full", count)
             return
         captured = self._captured(tagged, rows) if self.capture_rate > 0 else None
+        size = _nbytes(outputs, captured)
+        with self._bytes_lock:
+            full = self._pending_bytes + size > self.max_bytes
+            if not full:
+                self._pending_bytes += size
+        if full:
+            self._drop("queue_full", count)
+            return
         self._pending.append((tagged, model, version, time.time(), outputs, captured, count))
 
     def _captured(self, tagged: Tagged, rows: Rows) -> list[np.ndarray | None] | None:
@@ -248,6 +263,9 @@ class PredictionLog:
             answer = pending.popleft()
             answers.append(answer)
             count += answer[6]
+        size = sum(_nbytes(answer[4], answer[5]) for answer in answers)
+        with self._bytes_lock:
+            self._pending_bytes -= size
         try:
             return make_rows(answers)
         except Exception as exc:  # an answer no row can be made of: never the writer's end
@@ -331,6 +349,12 @@ class PredictionLog:
             log.warning("prediction log: records still queued at shutdown were lost")
         elif self._engine is not None:
             self._engine.dispose()
+
+
+def _nbytes(outputs: Any, captured: list[np.ndarray | None] | None) -> int:
+    """The bytes of a queued run's output arrays and captured images."""
+    size = sum(int(array.nbytes) for array in outputs.values())
+    return size + sum(int(image.nbytes) for image in captured or () if image is not None)
 
 
 def open_prediction_log(settings: Settings, registry: CollectorRegistry) -> PredictionLog | None:

@@ -274,3 +274,18 @@ def test_sqlite_splits_a_batch_past_its_variable_limit_and_keeps_the_order(
     with engine.connect() as connection:
         driver = connection.connection.driver_connection  # type: ignore[assignment]
         assert driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) == 17  # the same connection
+
+
+def test_the_queue_is_bounded_in_bytes_as_well_as_in_runs(tmp_path: Path) -> None:
+    """A run's outputs and captured images count against ``max_bytes``: 65,536 queued runs of
+    1,024 captured images each could otherwise hold 200 GiB while the database is slow."""
+    url = store.database_url(None, tmp_path)
+    log = PredictionLog(url, CollectorRegistry(), 1000, 1.0, (3600.0, 1000), max_bytes=5_000)
+    log.record("over", "tiny", 1, PIXELS, {"probabilities": PROBABILITIES})  # 9,216 + 24 bytes
+    assert dropped(log, "queue_full") == 3
+    log.record("fits", "tiny", 1, PIXELS[:1], {"probabilities": PROBABILITIES[:1]})
+    assert log.flush(10.0)
+    assert [row["request_id"] for row in store.read_all(log.engine)] == ["fits"]
+    log.record("fits again", "tiny", 1, PIXELS[:1], {"probabilities": PROBABILITIES[:1]})
+    assert log.flush(10.0) and dropped(log, "queue_full") == 3  # written bytes were given back
+    log.close(5.0)

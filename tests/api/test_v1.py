@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import re
+import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 from PIL import Image
 
 from service.api.rest.app import create_app
+from service.api.rest.routes import v1
 from service.engine.repository import ModelRepository
 from service.engine.runtime import ModelRuntime
 from tests.support.apps import make_settings
@@ -267,3 +270,28 @@ async def test_the_explorer_page_cannot_be_framed(client: httpx.AsyncClient) -> 
         response = await client.get(path)
         assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
         assert response.headers["x-frame-options"] == "DENY"
+
+
+async def test_a_large_answer_is_built_on_the_work_pool_and_says_the_same(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``INLINE_CLASSES`` named classes (a million at 1,024 rows of 1,000 classes), the
+    answer is built and encoded off the event loop; it is the answer built on it."""
+    files = [
+        ("file", ("a.png", png(solid((200, 40, 40))))),
+        ("file", ("b.png", png(solid((0, 0, 255))))),
+    ]
+    inline = await client.post("/v1/models/tiny:classify?top_k=3", files=files)
+    built_on: list[str] = []
+
+    def recorded(*args: Any) -> bytes:
+        built_on.append(threading.current_thread().name)
+        return encoded(*args)
+
+    encoded = v1._encoded_predictions
+    monkeypatch.setattr(v1, "INLINE_CLASSES", 5)  # 2 images x 3 classes: past it
+    monkeypatch.setattr(v1, "_encoded_predictions", recorded)
+    pooled = await client.post("/v1/models/tiny:classify?top_k=3", files=files)
+    assert pooled.status_code == inline.status_code == 200
+    assert pooled.json() == inline.json() and set(inline.json()) >= {"answers", "abstain_below"}
+    assert built_on and built_on[0] != threading.current_thread().name

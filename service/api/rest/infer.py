@@ -3,7 +3,6 @@ URL, run it on the data plane, encode."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -11,7 +10,7 @@ from service.api.rest.codec import decode_infer_request, encode_infer_response
 from service.api.rest.http_io import is_json_type
 from service.core.card import TensorSpec
 from service.core.errors import InvalidInput, UnsupportedMediaType
-from service.core.limits import MAX_ELEMENTS
+from service.core.limits import MAX_ELEMENTS, value_bounds
 from service.core.version_policy import parse_version
 from service.dataplane.dataplane import DataPlane
 from service.dataplane.trace_settings import step
@@ -27,16 +26,13 @@ class InferReply:
 
 
 def most_values(inputs: Sequence[TensorSpec], batched: bool, max_rows: int) -> int | None:
-    """The most values a request's input tensors can hold in all, or None where that has no
-    fixed bound (an open axis besides the batch's) or where counting commas would not count
-    values (BYTES: a string may hold commas)."""
-    total = 0
-    for spec in inputs:
-        dims = spec.shape[1:] if batched else spec.shape
-        if spec.datatype == "BYTES" or any(d < 0 for d in dims):
-            return None
-        total += (max_rows if batched else 1) * math.prod(dims)
-    return total
+    """The most values a request's input tensors can hold in all (``value_bounds`` summed), or
+    None where that has no fixed bound (an open axis besides the batch's) or where counting
+    commas would not count values (BYTES: a string may hold commas)."""
+    bounds = value_bounds(inputs, batched, max_rows)
+    if len(bounds) < len(inputs) or any(spec.datatype == "BYTES" for spec in inputs):
+        return None
+    return sum(bounds.values())
 
 
 async def v2_infer(

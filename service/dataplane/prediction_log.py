@@ -38,9 +38,10 @@ CAPTURED_SHAPE = (32, 32, 3)
 MAX_PENDING_BYTES = 256 * 1024 * 1024
 # A run's answers (a request's own where it ran alone or came from the response cache): its
 # requests as (request id, first row, end row) in its outputs, model, version, Unix time, every
-# output of the run, each request's pixels where captured, the image count of its requests
+# output of the run, each request's pixels where captured, the image count of its requests,
+# and the bytes of those arrays (counted against ``MAX_PENDING_BYTES`` while it is queued)
 Answer = tuple[
-    Tagged, str, int, float, Mapping[str, np.ndarray], list[np.ndarray | None] | None, int
+    Tagged, str, int, float, Mapping[str, np.ndarray], list[np.ndarray | None] | None, int, int
 ]
 # Failures a database that is down or busy raises (connection refused or cut, locked): worth a
 # retry. Others (a value the column refuses) would fail again.
@@ -100,7 +101,7 @@ def make_rows(answers: Sequence[Answer]) -> list[store.Row]:
         assert best is not None
         classes, probabilities = best[0].tolist(), best[1].tolist()
         base = 0  # where this answer's run starts in the concatenated arrays
-        for (tagged, model, version, now, _, captured, _), array in members:
+        for (tagged, model, version, now, _, captured, _, _), array in members:
             for n, (request_id, start, end) in enumerate(tagged):
                 request_id = _clean_id(request_id)
                 pixels = captured[n] if captured is not None else None
@@ -207,7 +208,8 @@ class PredictionLog:
         if full:
             self._drop("queue_full", count)
             return
-        self._pending.append((tagged, model, version, time.time(), outputs, captured, count))
+        answer = (tagged, model, version, time.time(), outputs, captured, count, size)
+        self._pending.append(answer)
 
     def _captured(self, tagged: Tagged, rows: Rows) -> list[np.ndarray | None] | None:
         """Each request's pixels, kept at the capture rate; copies: the rows may be a view of a
@@ -258,12 +260,12 @@ class PredictionLog:
             self._busy = False
 
     def _next_batch(self) -> list[store.Row]:
-        pending, answers, count = self._pending, [], 0
+        pending, answers, count, size = self._pending, [], 0, 0
         while pending and count < BATCH_ROWS:
             answer = pending.popleft()
             answers.append(answer)
             count += answer[6]
-        size = sum(_nbytes(answer[4], answer[5]) for answer in answers)
+            size += answer[7]
         with self._bytes_lock:
             self._pending_bytes -= size
         try:

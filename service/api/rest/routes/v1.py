@@ -64,8 +64,8 @@ async def _predictions(
     probabilities = outputs["probabilities"]
     light = len(probabilities) * min(k, probabilities.shape[-1]) <= INLINE_CLASSES
     version, names = str(runtime.version), runtime.card.class_names
-    answer = _encoded_predictions, runtime.name, version, probabilities, names, k, abstain_below
-    return Response(await plane.work.run_here_if_light(light, *answer), media_type=JSON)
+    job = _encoded_predictions, runtime.name, version, probabilities, names, k, abstain_below
+    return Response(await plane.work.run_here_if_light(light, *job), media_type=JSON)
 
 
 def _encoded_predictions(

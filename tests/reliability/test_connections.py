@@ -178,6 +178,8 @@ def test_a_client_that_stops_reading_loses_its_connection_and_its_request_ends(
     with small_window(server, 4096) as sock:
         sock.sendall(get * 16)  # 16 MB of answers, pipelined, and never read until the end
         started = time.monotonic()
+        # held first: until the server accepts, it holds no end to look for (CI was fooled so)
+        wait_until(lambda: held_by_server(server, sock), 5, "the server accepting it")
         wait_until(lambda: not held_by_server(server, sock), 15, "the server closing it")
         assert time.monotonic() - started >= WRITE_TIMEOUT_S * 0.9
         received = read_to_end(sock)  # what was in flight, then the reset

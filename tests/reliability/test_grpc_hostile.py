@@ -135,10 +135,17 @@ CASES: dict[str, tuple[Any, grpc.StatusCode, str]] = {
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "30000 values, more than the model's input takes in one request (24576)",
     ),
-    "BYTES elements past the model's input": (
-        request(shape=[1, 50_000], datatype="BYTES", bytes_contents=[b""] * 50_000),
+    "a BYTES shape past the model's input": (
+        request(shape=[1, 50_000], datatype="BYTES", bytes_contents=[b""] * 10),
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "holds 50000 values, more than the model's input takes in one request (24576)",
+    ),
+    # One field each: counted on the wire and refused before protobuf parses them
+    # (tests/reliability/test_grpc_fields.py).
+    "BYTES elements past the fields a request takes": (
+        request(shape=[1, 50_000], datatype="BYTES", bytes_contents=[b""] * 50_000),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "the message holds more than 1032 protobuf fields",
     ),
     "over the message limit": (
         request(shape=[8, 32, 32, 3], raw=b"\x00" * (MAX_BYTES + 1)),

@@ -1,7 +1,8 @@
 """The gRPC service's method table, built from the protocol's descriptor with request parsing that
 cannot fail: bytes that are no valid message reach the handler as ``Undecodable``, which answers
 INVALID_ARGUMENT in our words (grpc's own path answers UNKNOWN with protobuf's exception text).
-Inference requests come as ``SizedRequest``, with their message's length for the body budget."""
+Inference requests come as ``SizedRequest``, with their message's length for the body budget;
+large ones unparsed, for their fields to be counted first."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 from tritonclient.grpc import service_pb2
+
+from service.api.grpc.wire import UNCOUNTED_BYTES
 
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 # (client streams, server streams) -> how grpc binds such a method
@@ -46,10 +49,13 @@ def lenient_parser(message_class: Any) -> Callable[[bytes], Any]:
 @dataclass(frozen=True, slots=True)
 class SizedRequest:
     """An inference request and the size of its message, which the body budget counts while it
-    is answered (``Message.ByteSize`` would serialise it again: 60 ms for 60 MB)."""
+    is answered (``Message.ByteSize`` would serialise it again: 60 ms for 60 MB). A message over
+    ``wire.UNCOUNTED_BYTES`` comes unparsed (``message`` None, its ``data``): its handler counts
+    its fields first (``service.api.grpc.wire``)."""
 
     message: Any
     size: int
+    data: bytes = b""
 
 
 def request_parser(method: Any, sized: bool = True) -> Callable[[bytes], Any]:
@@ -60,6 +66,8 @@ def request_parser(method: Any, sized: bool = True) -> Callable[[bytes], Any]:
         return parse
 
     def sized_request(data: bytes) -> Any:
+        if len(data) > UNCOUNTED_BYTES:
+            return SizedRequest(None, len(data), data)
         message = parse(data)
         return message if isinstance(message, Undecodable) else SizedRequest(message, len(data))
 

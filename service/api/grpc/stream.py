@@ -17,18 +17,21 @@ from typing import Any
 import grpc
 from tritonclient.grpc import service_pb2
 
-from service.api.grpc import codec
-from service.api.grpc.handlers import SizedRequest, Undecodable
+from service.api.grpc import codec, wire
+from service.api.grpc.handlers import SizedRequest, Undecodable, lenient_parser
 from service.core.errors import InvalidInput, ServingError
 from service.core.limits import MAX_ELEMENTS
 from service.dataplane.dataplane import DataPlane, request_scope
 from service.dataplane.trace_settings import grpc_carrier, step
+from service.engine.work_pool import TooHeavyForTheLoop, on_event_loop
 
 log = logging.getLogger(__name__)
 
 INTERNAL_MESSAGE = "internal server error"
 Answer = Callable[[Any], Awaitable[Any]]
 StatusOf = Callable[[int], grpc.StatusCode]  # an HTTP status as a gRPC code (servicer's mapping)
+INFER_REQUEST = service_pb2.ModelInferRequest
+PARSE_INFER_REQUEST = lenient_parser(INFER_REQUEST)
 _END = object()  # the reader has seen the end of the requests and every answer is queued
 
 
@@ -42,9 +45,51 @@ async def infer_message(plane: DataPlane, received: Any, metadata: Any = None) -
     budget = plane.body_budget
     budget.take(received.size, received.size)
     try:
-        return await _answer(plane, received.message, metadata)
+        request = received.message
+        if request is None:
+            request = await counted(plane, received.data)
+        return await _answer(plane, request, metadata)
     finally:
         budget.give(received.size)
+
+
+async def counted(plane: DataPlane, data: bytes) -> Any:
+    """A large message parsed once its fields are counted against what the model it names can
+    take (``wire``): on the loop up to ``LOOP_FIELDS`` fields and ``LOOP_PARSE_BYTES``, on the
+    work pool past them. A model named in its head is looked up first (404 before any count)."""
+    start = wire.head(data)
+    max_rows = plane.settings.max_images_per_request
+    most = wire.FIELD_SLACK + max_rows  # no model named where serializers put it
+    if start.model_name:
+        runtime = plane.model(start.model_name, start.model_version or None)
+        most = wire.most_fields(runtime.card.inputs, runtime.value_bounds(max_rows), max_rows)
+    light = len(data) <= wire.LOOP_PARSE_BYTES
+    try:
+        message = await plane.work.run_here_if_light(light, _counted_parse, data, most)
+    except wire.TooManyFields:
+        raise wire.refusal(start.model_name, most) from None
+    if isinstance(message, Undecodable):
+        raise InvalidInput(f"the request is not a valid {message.message} message")
+    return message
+
+
+def _counted_parse(data: bytes, most: int) -> Any:
+    """``data`` parsed once counted: on the loop only ``LOOP_FIELDS`` are counted
+    (``TooHeavyForTheLoop`` past them); where ``most`` allows every field the bytes can hold
+    (a BYTES input without bounds), the pool parses without counting."""
+    here = on_event_loop()
+    try:
+        if here:
+            wire.count_fields(data, min(most, wire.LOOP_FIELDS))
+        elif most < len(data) // 2:
+            wire.count_fields(data, most)
+    except wire.TooManyFields:
+        if here and most > wire.LOOP_FIELDS:
+            raise TooHeavyForTheLoop from None
+        raise
+    except wire.Malformed:
+        return Undecodable(INFER_REQUEST.DESCRIPTOR.name)
+    return PARSE_INFER_REQUEST(data)
 
 
 async def _answer(plane: DataPlane, request: Any, metadata: Any) -> Any:
@@ -66,8 +111,8 @@ async def _answer(plane: DataPlane, request: Any, metadata: Any) -> Any:
 def error_response(request: Any, message: str) -> Any:
     """The stream's answer to a request that failed: its id and model, and why."""
     response = service_pb2.ModelStreamInferResponse(error_message=message)
-    if isinstance(request, SizedRequest):
-        request = request.message
+    if isinstance(request, SizedRequest):  # one not parsed yet: what its head names
+        request = request.message if request.message is not None else wire.head(request.data)
     if not isinstance(request, Undecodable):
         answer = response.infer_response
         answer.id, answer.model_name = request.id, request.model_name

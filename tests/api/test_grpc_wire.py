@@ -88,3 +88,8 @@ def test_the_most_fields_are_the_slack_a_field_a_row_and_every_bytes_value() -> 
     bounds = {"images": 8 * 3072, "words": 32}
     assert wire.most_fields([images, words], bounds, 8) == wire.FIELD_SLACK + 8 + 32
     assert wire.most_fields([open_words], {}, 8) == wire.FIELD_SLACK + 8 + MAX_ELEMENTS
+
+
+def test_the_refusal_names_the_model_or_says_none_was_named() -> None:
+    assert "to model 'tiny' can need" in wire.refusal("tiny", 1032).message
+    assert "a model not named in its first fields" in wire.refusal("", 1032).message

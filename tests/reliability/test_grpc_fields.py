@@ -180,3 +180,17 @@ def test_a_stream_answers_a_message_of_many_fields_with_its_id_and_goes_on(
     assert "protobuf fields" in by_id["mine"].error_message
     assert by_id["mine"].infer_response.model_name == "tiny"
     assert by_id["good"].error_message == "" and by_id["good"].infer_response.outputs
+
+
+def test_a_message_naming_its_model_late_is_held_to_the_slack_and_the_rows(
+    channel: grpc.Channel, parsed: list[str]
+) -> None:
+    """protobuf allows any order; every serializer writes model_name first. A message that
+    names it past its first four fields gets no BYTES allowance, only what any request gets."""
+    late = b"\x3a\x00" * 4 + b"\x22\x00" * 20_000 + HEAD
+    with pytest.raises(grpc.RpcError) as refused:
+        infer_bytes(channel)(late, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    details = refused.value.details() or ""
+    assert f"more than {wire.FIELD_SLACK + ROWS} protobuf fields" in details
+    assert "a model not named in its first fields" in details and parsed == []

@@ -46,12 +46,13 @@ def lenient_parser(message_class: Any) -> Callable[[bytes], Any]:
     return parse
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SizedRequest:
     """An inference request and the size of its message, which the body budget counts while it
     is answered (``Message.ByteSize`` would serialise it again: 60 ms for 60 MB). A message over
     ``wire.UNCOUNTED_BYTES`` comes unparsed (``message`` None, its ``data``): its handler counts
-    its fields first (``service.api.grpc.wire``)."""
+    its fields first (``service.api.grpc.wire``), then keeps the message in place of the bytes
+    (protobuf copies them: both held would be twice what the body budget counts)."""
 
     message: Any
     size: int

@@ -45,10 +45,10 @@ async def infer_message(plane: DataPlane, received: Any, metadata: Any = None) -
     budget = plane.body_budget
     budget.take(received.size, received.size)
     try:
-        request = received.message
-        if request is None:
-            request = await counted(plane, received.data)
-        return await _answer(plane, request, metadata)
+        if received.message is None:
+            received.message = await counted(plane, received.data)
+            received.data = b""  # the message holds its own copy
+        return await _answer(plane, received.message, metadata)
     finally:
         budget.give(received.size)
 

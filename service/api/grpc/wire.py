@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from google.protobuf.descriptor import Descriptor
 from tritonclient.grpc import service_pb2
@@ -159,14 +158,9 @@ def most_fields(inputs: Sequence[TensorSpec], bounds: Mapping[str, int], max_row
 
 def refusal(model: str, most: int) -> PayloadTooLarge:
     """Why a message with more than ``most`` fields is refused, in the client's terms."""
+    to = f"model {model!r}" if model else "a model not named in its first fields"
     return PayloadTooLarge(
-        f"the message holds more than {most} protobuf fields, more than a request to model "
-        f"{model!r} can need: BYTES elements count one each, and typed values must be packed "
-        "(proto3's encoding, which every protobuf library uses)"
+        f"the message holds more than {most} protobuf fields, more than a request to {to} "
+        "can need: BYTES elements count one each, and typed values must be packed (proto3's "
+        "encoding, which every protobuf library uses)"
     )
-
-
-def counted_parse(data: bytes, most: int, parse: Any) -> Any:
-    """``parse(data)`` once its fields are counted against ``most``."""
-    count_fields(data, most)
-    return parse(data)

@@ -1,13 +1,16 @@
 """The monitor's answers, computed off the event loop and shared: one database query per (model,
 version, window) per ``CACHE_S``, however many clients ask, on a small bounded pool of its own
-(past ``MAX_WAITING`` queued answers a request gets 503 rather than a queue without end). Also
-refreshes the Prometheus quality gauges from the database every ``MONITOR_REFRESH_S``."""
+(past ``MAX_WAITING`` queued answers a request gets 503 rather than a queue without end), and
+within a share of the machine (``QueryBudget``: a client choosing a new window each call buys a
+query each, 0.8 s at the log's cap). Also refreshes the Prometheus quality gauges from the
+database every ``MONITOR_REFRESH_S``."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -31,6 +34,8 @@ MAX_CACHED = 64  # distinct (model, version, window) answers kept
 WARN_INTERVAL_S = 60.0  # a failing refresh is logged at most once a minute
 REFRESH_SHARE = 0.01  # the most of the time the gauges' refresh may spend querying
 THREADS, MAX_WAITING = 2, 8  # the monitor's own pool: queries never hold up request decoding
+QUERY_SHARE = 0.25  # the most of one core that the queries of requests take, on average
+QUERY_BURST_S = 2.0  # the query time they may take at once before the share holds them
 Key = tuple[str, int, float]
 # (model, version, card) of every version whose gauges the refresh keeps
 Targets = Callable[[], Sequence[tuple[str, int, ModelCard]]]
@@ -41,6 +46,34 @@ def check_window(window_s: float) -> float:
     if not math.isfinite(window_s) or not 0 < window_s <= MAX_WINDOW_S:
         raise InvalidInput(f"window_s must be over 0 and at most {MAX_WINDOW_S:.0f} (30 days)")
     return window_s
+
+
+class QueryBudget:
+    """A leaky bucket of query time: every query's seconds are owed when it ends, and the debt
+    drains at ``share`` seconds a second; while more than ``burst_s`` is owed a request's new
+    query is refused (a cached answer is free, the gauges' refresh is never refused)."""
+
+    def __init__(
+        self, share: float, burst_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.share, self.burst_s, self._clock = share, burst_s, clock
+        self._owed, self._at = 0.0, clock()
+        self._lock = threading.Lock()  # spent on the pool's threads, checked on the loop
+
+    def _drained(self) -> float:
+        now = self._clock()
+        self._owed = max(0.0, self._owed - (now - self._at) * self.share)
+        self._at = now
+        return self._owed
+
+    def wait_s(self) -> float:
+        """How long until a new query may start (0: now)."""
+        with self._lock:
+            return max(0.0, self._drained() - self.burst_s) / self.share
+
+    def spend(self, seconds: float) -> None:
+        with self._lock:
+            self._owed = self._drained() + seconds
 
 
 class QualityMonitor:
@@ -60,13 +93,15 @@ class QualityMonitor:
         if prediction_log is not None:
             prediction_log.on_written = self.collector.observe
         self._pool = WorkPool(THREADS, MAX_WAITING, scheduling)
+        self.budget = QueryBudget(QUERY_SHARE, QUERY_BURST_S)
         self._answers: dict[Key, tuple[float, asyncio.Future[MonitorReport]]] = {}
         self._warned_at = -WARN_INTERVAL_S
 
     async def report(
-        self, name: str, version: int, card: ModelCard, window_s: float
+        self, name: str, version: int, card: ModelCard, window_s: float, budgeted: bool = True
     ) -> MonitorReport:
-        """The monitor answer for a version over the last ``window_s`` seconds."""
+        """The monitor answer for a version over the last ``window_s`` seconds; a new query
+        past the ``budget`` is 503 unless not ``budgeted`` (the gauges' own refresh)."""
         prediction_log = self.log
         if prediction_log is None:
             raise PredictionLogOff(
@@ -77,6 +112,13 @@ class QualityMonitor:
         cached = self._answers.get(key)
         if cached is not None and _reusable(cached, now):
             return await asyncio.shield(cached[1])
+        wait_s = self.budget.wait_s() if budgeted else 0.0
+        if wait_s > 0:
+            raise Overloaded(
+                f"the monitor's queries have taken their share of the machine; a new window "
+                f"can be computed in {math.ceil(wait_s)} s (a window asked within the last "
+                f"{CACHE_S:.0f} s is answered now)"
+            )
         self._forget_old(now)
         answer = asyncio.ensure_future(self._bounded(prediction_log, card, name, version, window_s))
         self._answers[key] = (now, answer)
@@ -94,9 +136,13 @@ class QualityMonitor:
         self, prediction_log: PredictionLog, card: ModelCard, name: str, version: int, w: float
     ) -> MonitorReport:
         window = Window(name, version, w, time.time())
-        rows = store.window_counts(
-            prediction_log.engine, name, version, window.since, window.until, quality.BINS
-        )
+        start = time.perf_counter()
+        try:
+            rows = store.window_counts(
+                prediction_log.engine, name, version, window.since, window.until, quality.BINS
+            )
+        finally:
+            self.budget.spend(time.perf_counter() - start)
         return build_report(card, window, rows, self.threshold)
 
     def _forget_old(self, now: float) -> None:
@@ -112,7 +158,8 @@ class QualityMonitor:
         chosen = list(targets())[:MAX_VERSIONS]
         for name, version, card in chosen:
             try:
-                self.collector.set_report(await self.report(name, version, card, window_s))
+                report = await self.report(name, version, card, window_s, budgeted=False)
+                self.collector.set_report(report)
             except Exception as exc:  # a dead database: the gauges keep their last values
                 if time.monotonic() - self._warned_at >= WARN_INTERVAL_S:
                     self._warned_at = time.monotonic()

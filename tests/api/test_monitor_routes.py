@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from service.api.rest.app import create_app
 from service.dataplane.dataplane import DataPlane
-from service.dataplane.quality_monitor import REFRESH_SHARE, refresh_pause
+from service.dataplane.quality_monitor import REFRESH_SHARE, QueryBudget, refresh_pause
 from tests.support.apps import app_client, make_settings
 from tests.support.models import make_model_repo
 
@@ -122,6 +122,44 @@ async def test_a_flood_of_distinct_windows_is_bounded_not_queued(
     assert {a.status_code for a in answers} <= {200, 503}
     busy = [a.json()["error"] for a in answers if a.status_code == 503]
     assert all("monitor is computing too many answers" in e for e in busy)
+
+
+async def test_new_windows_past_the_query_budget_are_503_while_cached_ones_are_answered(
+    logged: tuple[httpx.AsyncClient, DataPlane],
+) -> None:
+    """A client choosing a new window each call bought a query each (0.8 s at the log's cap);
+    past the budget a new window waits, a window already answered does not, nor the gauges."""
+    http, plane = logged
+    assert (await http.post("/v2/models/tiny/infer", json=V2_BODY)).status_code == 200
+    assert plane.prediction_log is not None and plane.prediction_log.flush(5)
+    plane.monitor.budget = QueryBudget(share=1e-6, burst_s=0.0)  # one query, then a long wait
+    first = await http.get("/v1/models/tiny/monitor", params={"window_s": 60})
+    assert first.status_code == 200
+    new = await http.get("/v1/models/tiny/monitor", params={"window_s": 61})
+    assert new.status_code == 503 and new.headers["retry-after"]
+    assert "queries have taken their share of the machine" in new.json()["error"]
+    again = await http.get("/v1/models/tiny/monitor", params={"window_s": 60})
+    assert again.status_code == 200 and again.json() == first.json()
+    card = plane.model("tiny").card
+    refreshed = await plane.monitor.report("tiny", 2, card, 62, budgeted=False)
+    assert refreshed.window_s == 62 and plane.monitor.budget.wait_s() > 0
+
+
+def test_the_query_budget_lets_a_burst_through_then_its_share() -> None:
+    now = [0.0]
+    budget = QueryBudget(share=0.25, burst_s=2.0, clock=lambda: now[0])
+    assert budget.wait_s() == 0
+    budget.spend(3.0)  # one query over the burst: the next waits for the excess to drain
+    assert budget.wait_s() == pytest.approx(4.0)  # (3 - 2) / 0.25
+    now[0] = 2.0
+    assert budget.wait_s() == pytest.approx(2.0)
+    now[0] = 4.0
+    assert budget.wait_s() == 0
+    now[0] = 100.0  # a long quiet spell owes nothing, and earns no more than the burst
+    budget.spend(2.0)
+    assert budget.wait_s() == 0
+    budget.spend(0.5)
+    assert budget.wait_s() == pytest.approx(2.0)
 
 
 async def test_the_openapi_document_describes_the_monitor(

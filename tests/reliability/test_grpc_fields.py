@@ -194,3 +194,42 @@ def test_a_message_naming_its_model_late_is_held_to_the_slack_and_the_rows(
     details = refused.value.details() or ""
     assert f"more than {wire.FIELD_SLACK + ROWS} protobuf fields" in details
     assert "a model not named in its first fields" in details and parsed == []
+
+
+def call_bytes(channel: grpc.Channel, method: str) -> Callable[..., Any]:
+    """``method`` taking the message's bytes as they are, its answer's bytes as they come."""
+    path = f"/inference.GRPCInferenceService/{method}"
+    return channel.unary_unary(path, request_serializer=lambda data: data)
+
+
+OTHER_METHODS = {  # 40 kB each, before anything (the admin check included) could look at them
+    "ServerLive": b"\x08\x00" * 20_000,  # unknown varints
+    "ModelMetadata": b"\x1a\x00" * 20_000,  # unknown strings
+    "RepositoryModelLoad": b"\x1a\x00" * 20_000,  # empty parameters entries
+}
+
+
+@pytest.mark.parametrize("method", OTHER_METHODS, ids=OTHER_METHODS.keys())
+def test_every_methods_large_message_of_many_fields_is_refused_unparsed(
+    channel: grpc.Channel, method: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        call_bytes(channel, method)(OTHER_METHODS[method], timeout=30)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.value.details() == (
+        f"the message holds more than {wire.FIELD_SLACK} protobuf fields, more than a "
+        f"{method}Request can need"
+    )
+
+
+def test_another_methods_large_message_of_few_fields_is_parsed_and_answered(
+    channel: grpc.Channel,
+) -> None:
+    """A model file sent with RepositoryModelLoad: 100 kB in one field, parsed; no token, so
+    the admin rule refuses it (the handler saw the message)."""
+    message = service_pb2.RepositoryModelLoadRequest(model_name="tiny")
+    message.parameters["file:1/model.onnx"].bytes_param = b"\x00" * 100_000
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.RepositoryModelLoad(message, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -1,6 +1,7 @@
 """The gRPC service's method table, built from the protocol's descriptor with request parsing that
 cannot fail: bytes that are no valid message reach the handler as ``Undecodable``, which answers
-INVALID_ARGUMENT in our words (grpc's own path answers UNKNOWN with protobuf's exception text).
+INVALID_ARGUMENT in our words (grpc's own path answers UNKNOWN with protobuf's exception text),
+and a large message of too many fields as ``Oversized`` (RESOURCE_EXHAUSTED), never parsed.
 Inference requests come as ``SizedRequest``, with their message's length for the body budget;
 large ones unparsed, for their fields to be counted first."""
 
@@ -15,7 +16,15 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 from tritonclient.grpc import service_pb2
 
-from service.api.grpc.wire import UNCOUNTED_BYTES
+from service.api.grpc.wire import (
+    FIELD_SLACK,
+    UNCOUNTED_BYTES,
+    Malformed,
+    TooManyFields,
+    count_fields,
+    nested_fields,
+)
+from service.core.errors import PayloadTooLarge
 
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 # (client streams, server streams) -> how grpc binds such a method
@@ -34,14 +43,39 @@ class Undecodable:
     message: str
 
 
-def lenient_parser(message_class: Any) -> Callable[[bytes], Any]:
-    """``message_class.FromString`` that gives ``Undecodable`` instead of raising."""
+@dataclass(frozen=True)
+class Oversized:
+    """A request of more than ``most`` protobuf fields, refused before it was parsed."""
+
+    message: str
+    most: int
+
+    def refusal(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"the message holds more than {self.most} protobuf fields, more than a "
+            f"{self.message} can need"
+        )
+
+
+def lenient_parser(message_class: Any, counted: bool = True) -> Callable[[bytes], Any]:
+    """``message_class.FromString`` that gives ``Undecodable`` instead of raising; unless not
+    ``counted``, a message over ``UNCOUNTED_BYTES`` is ``Oversized`` past ``FIELD_SLACK``
+    fields, counted before it is parsed (``wire``; on the loop: at most 0.4 ms)."""
+    name = message_class.DESCRIPTOR.name
+    nested = nested_fields(message_class.DESCRIPTOR)
 
     def parse(data: bytes) -> Any:
+        if counted and len(data) > UNCOUNTED_BYTES:
+            try:
+                count_fields(data, FIELD_SLACK, nested)
+            except TooManyFields:
+                return Oversized(name, FIELD_SLACK)
+            except Malformed:
+                return Undecodable(name)
         try:
             return message_class.FromString(data)
         except (DecodeError, ValueError, RuntimeError):
-            return Undecodable(message_class.DESCRIPTOR.name)
+            return Undecodable(name)
 
     return parse
 
@@ -62,9 +96,9 @@ class SizedRequest:
 def request_parser(method: Any, sized: bool = True) -> Callable[[bytes], Any]:
     """How ``method``'s requests are parsed: ``lenient_parser``, and inference requests given
     as ``SizedRequest`` (the body budget counts them) unless not ``sized``."""
-    parse = lenient_parser(GetMessageClass(method.input_type))
     if not sized or method.input_type.name != "ModelInferRequest":
-        return parse
+        return lenient_parser(GetMessageClass(method.input_type))
+    parse = lenient_parser(GetMessageClass(method.input_type), counted=False)  # small ones only
 
     def sized_request(data: bytes) -> Any:
         if len(data) > UNCOUNTED_BYTES:

@@ -19,7 +19,7 @@ from service.api.admin import check_admin
 from service.api.client_address import caller
 from service.api.config_override import parse_config_override
 from service.api.grpc import codec, extension_codec, settings_codec
-from service.api.grpc.handlers import Undecodable
+from service.api.grpc.handlers import Oversized, Undecodable
 from service.api.grpc.shared_memory import status_response
 from service.api.grpc.stream import infer_message, serve_stream
 from service.core.errors import InvalidInput, ModelNotFound, ModelNotReady, ServingError
@@ -80,6 +80,8 @@ def rpc(method: Handler) -> Handler:
         try:
             if isinstance(request, Undecodable):
                 raise InvalidInput(f"the request is not a valid {request.message} message")
+            if isinstance(request, Oversized):
+                raise request.refusal()
             with request_scope():
                 return await method(self, request, context)
         except ServingError as exc:

@@ -31,7 +31,7 @@ INTERNAL_MESSAGE = "internal server error"
 Answer = Callable[[Any], Awaitable[Any]]
 StatusOf = Callable[[int], grpc.StatusCode]  # an HTTP status as a gRPC code (servicer's mapping)
 INFER_REQUEST = service_pb2.ModelInferRequest
-PARSE_INFER_REQUEST = lenient_parser(INFER_REQUEST)
+PARSE_INFER_REQUEST = lenient_parser(INFER_REQUEST, counted=False)  # counted by the model's bound
 _END = object()  # the reader has seen the end of the requests and every answer is queued
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from service.core.errors import InvalidConfig, ModelNotFound
+from service.core.errors import InvalidConfig, ModelNotFound, shown
 
 CONFIG_FILE = "config.json"
 PolicyKind = Literal["latest", "all", "specific"]
@@ -126,7 +126,7 @@ def parse_version(version: str | int | None) -> int | None:
     elif version.isascii() and version.isdigit() and len(version) <= 9:  # not "١" (Arabic 1)
         number = int(version)
     else:
-        raise ModelNotFound(f"version {version!r} is not a positive integer")
+        raise ModelNotFound(f"version {shown(str(version))} is not a positive integer")
     if number < 1:
-        raise ModelNotFound(f"version {version!r} is not a positive integer")
+        raise ModelNotFound(f"version {shown(str(version))} is not a positive integer")
     return number

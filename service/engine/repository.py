@@ -6,11 +6,10 @@ Which versions are served is the model's version policy (Triton's: latest N, all
 ``UNAVAILABLE`` with the reason and passed over ("latest 1" serves the one before), and retried
 once its files change (size, mtime, inode). ``.tmp-*`` folders and stray files are ignored.
 
-Every update builds new ``_Model`` values on a worker thread and then swaps the ``_models`` mapping
-in one assignment, so a request sees either the old set or the new one. A replaced runtime is
-retired: requests that took it (``get`` inside ``leases.lease_scope``) finish on it, then it closes.
-One version folder's checks and loading are ``version_folder``'s.
-"""
+Every update builds new ``_Model`` values on a worker thread and swaps the ``_models`` mapping in
+one assignment, so a request sees the old set or the new one. A replaced runtime is retired:
+requests that took it (``get`` in ``leases.lease_scope``) finish on it, then it closes (one
+version folder's checks and loading: ``version_folder``)."""
 
 from __future__ import annotations
 
@@ -23,7 +22,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from service.core import errors
 from service.core.errors import InvalidConfig, ModelLoadFailed, ModelNotFound, ModelNotReady
+from service.core.limits import MAX_NAME_CHARS
 from service.core.version_policy import VersionPolicy, parse_version, read_model_config
 from service.engine.leases import held_runtimes
 from service.engine.model_folder import FolderConfig, read_folder_config
@@ -44,7 +45,7 @@ from service.engine.version_folder import (
 
 log = logging.getLogger(__name__)
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # MAX_NAME_CHARS
 UNLOADED_BY_REQUEST = "unloaded by a repository request"
 
 
@@ -143,7 +144,7 @@ class ModelRepository:
         with self._update:
             model_dir = self.root / name
             if not NAME_PATTERN.match(name) or not model_dir.is_dir():
-                raise ModelNotFound(f"no model folder {name!r} in the repository")
+                raise ModelNotFound(f"no model folder {errors.shown(name)} in the repository")
             versions = self._version_dirs(model_dir)
             model = self._update_model(
                 name, model_dir, versions, retry_failed=True, unloaded=False, options=options
@@ -313,10 +314,10 @@ class ModelRepository:
         return [model.versions[v] for v in sorted(model.versions)]
 
     def _model(self, name: str) -> _Model:
-        model = self._models.get(name)
+        model = self._models.get(name) if len(name) <= MAX_NAME_CHARS else None
         if model is None:
             known = ", ".join(sorted(self._models)) or "none"
-            raise ModelNotFound(f"unknown model {name!r} (served: {known})")
+            raise ModelNotFound(f"unknown model {errors.shown(name)} (served: {known})")
         return model
 
     def entry(self, name: str, version: str | int | None = None) -> ModelVersion:
@@ -325,12 +326,12 @@ class ModelRepository:
         number = parse_version(version)
         if number is None:
             if model.served is None:
-                raise ModelNotFound(f"model {name!r} has no versions")
+                raise ModelNotFound(f"model {errors.shown(name)} has no versions")
             number = model.served
         entry = model.versions.get(number)
         if entry is None:
             raise ModelNotFound(
-                f"model {name!r} has no version {number} (versions: "
+                f"model {errors.shown(name)} has no version {number} (versions: "
                 f"{', '.join(str(v) for v in sorted(model.versions)) or 'none'})"
             )
         return entry

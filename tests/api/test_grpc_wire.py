@@ -8,6 +8,7 @@ from tritonclient.grpc import service_pb2
 
 from service.api.grpc import wire
 from service.core.card import TensorSpec
+from service.core.errors import MAX_SHOWN_CHARS, shown
 from service.core.limits import MAX_ELEMENTS
 
 HEAD = service_pb2.ModelInferRequest(model_name="tiny").SerializeToString()
@@ -93,3 +94,18 @@ def test_the_most_fields_are_the_slack_a_field_a_row_and_every_bytes_value() -> 
 def test_the_refusal_names_the_model_or_says_none_was_named() -> None:
     assert "to model 'tiny' can need" in wire.refusal("tiny", 1032).message
     assert "a model not named in its first fields" in wire.refusal("", 1032).message
+
+
+def test_a_clients_string_is_shown_whole_when_short_and_cut_when_long() -> None:
+    assert shown("cifar10_cnn") == "'cifar10_cnn'"
+    long = "a" * 10_000
+    assert shown(long) == f"{'a' * MAX_SHOWN_CHARS!r}... (10000 characters)"
+
+
+def test_a_name_too_long_for_any_model_is_measured_not_decoded() -> None:
+    long = service_pb2.ModelInferRequest(model_name="a" * 600, model_version="1" * 50, id="i")
+    start = wire.head(long.SerializeToString())
+    assert (start.model_name, start.name_bytes, start.id) == ("", 600, "i")
+    assert start.model_version == "1" * 17  # cut past 16: still no version number (9 digits)
+    fits = service_pb2.ModelInferRequest(model_name="é" * 128).SerializeToString()  # 256 bytes
+    assert wire.head(fits) == wire.Head(model_name="é" * 128)

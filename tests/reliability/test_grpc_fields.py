@@ -233,3 +233,40 @@ def test_another_methods_large_message_of_few_fields_is_parsed_and_answered(
     with pytest.raises(grpc.RpcError) as refused:
         stub.RepositoryModelLoad(message, timeout=30)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_another_methods_message_past_its_bytes_is_refused_unread(channel: grpc.Channel) -> None:
+    """No other method's request needs 256 KiB; a name of megabytes cost the loop 0.3-0.75 s in
+    copies and its error message's repr."""
+    data = service_pb2.ModelReadyRequest(name="a" * 300_000).SerializeToString()
+    with pytest.raises(grpc.RpcError) as refused:
+        call_bytes(channel, "ModelReady")(data, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.value.details() == (
+        f"the message holds {len(data)} bytes (at most {wire.OTHER_MESSAGE_BYTES}), more than "
+        "a ModelReadyRequest can need"
+    )
+
+
+def test_a_long_model_name_is_not_found_in_a_short_message(channel: grpc.Channel) -> None:
+    """No model's name is longer than 128 characters: one of 100,000 in a large message is
+    refused from its length, undecoded; one of 10,000 in a small one is quoted cut, and the
+    stream's error answer echoes it cut."""
+    message = rows(1)
+    message.model_name = "a" * 100_000
+    with pytest.raises(grpc.RpcError) as refused:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(message, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    assert refused.value.details() == (
+        "unknown model: a name of 100000 bytes, longer than any model's (128 characters)"
+    )
+    message.model_name = "a" * 10_000
+    call = channel.stream_stream(
+        "/inference.GRPCInferenceService/ModelStreamInfer",
+        request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+        response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+    )
+    (answer,) = list(call(iter([message]), timeout=30))
+    assert answer.error_message.startswith("unknown model 'aaaa")
+    assert "(10000 characters)" in answer.error_message and len(answer.error_message) < 300
+    assert answer.infer_response.model_name == "a" * 128

@@ -18,6 +18,7 @@ from tritonclient.grpc import service_pb2
 
 from service.api.grpc.wire import (
     FIELD_SLACK,
+    OTHER_MESSAGE_BYTES,
     UNCOUNTED_BYTES,
     Malformed,
     TooManyFields,
@@ -45,31 +46,36 @@ class Undecodable:
 
 @dataclass(frozen=True)
 class Oversized:
-    """A request of more than ``most`` protobuf fields, refused before it was parsed."""
+    """A request refused before it was parsed: it holds ``what``, more than a ``message`` can
+    need."""
 
     message: str
-    most: int
+    what: str
 
     def refusal(self) -> PayloadTooLarge:
         return PayloadTooLarge(
-            f"the message holds more than {self.most} protobuf fields, more than a "
-            f"{self.message} can need"
+            f"the message holds {self.what}, more than a {self.message} can need"
         )
 
 
-def lenient_parser(message_class: Any, counted: bool = True) -> Callable[[bytes], Any]:
+def lenient_parser(
+    message_class: Any, counted: bool = True, most_bytes: int | None = None
+) -> Callable[[bytes], Any]:
     """``message_class.FromString`` that gives ``Undecodable`` instead of raising; unless not
     ``counted``, a message over ``UNCOUNTED_BYTES`` is ``Oversized`` past ``FIELD_SLACK``
-    fields, counted before it is parsed (``wire``; on the loop: at most 0.4 ms)."""
+    fields, counted before it is parsed (``wire``; on the loop: at most 0.4 ms), and one over
+    ``most_bytes`` is ``Oversized`` unread."""
     name = message_class.DESCRIPTOR.name
     nested = nested_fields(message_class.DESCRIPTOR)
 
     def parse(data: bytes) -> Any:
+        if most_bytes is not None and len(data) > most_bytes:
+            return Oversized(name, f"{len(data)} bytes (at most {most_bytes})")
         if counted and len(data) > UNCOUNTED_BYTES:
             try:
                 count_fields(data, FIELD_SLACK, nested)
             except TooManyFields:
-                return Oversized(name, FIELD_SLACK)
+                return Oversized(name, f"more than {FIELD_SLACK} protobuf fields")
             except Malformed:
                 return Undecodable(name)
         try:
@@ -94,9 +100,12 @@ class SizedRequest:
 
 
 def request_parser(method: Any, sized: bool = True) -> Callable[[bytes], Any]:
-    """How ``method``'s requests are parsed: ``lenient_parser``, and inference requests given
-    as ``SizedRequest`` (the body budget counts them) unless not ``sized``."""
-    if not sized or method.input_type.name != "ModelInferRequest":
+    """How ``method``'s requests are parsed: ``lenient_parser`` (every other method's messages
+    held to ``OTHER_MESSAGE_BYTES``), and inference requests given as ``SizedRequest`` (the body
+    budget counts them) unless not ``sized``."""
+    if method.input_type.name != "ModelInferRequest":
+        return lenient_parser(GetMessageClass(method.input_type), most_bytes=OTHER_MESSAGE_BYTES)
+    if not sized:
         return lenient_parser(GetMessageClass(method.input_type))
     parse = lenient_parser(GetMessageClass(method.input_type), counted=False)  # small ones only
 

@@ -19,8 +19,8 @@ from tritonclient.grpc import service_pb2
 
 from service.api.grpc import codec, wire
 from service.api.grpc.handlers import SizedRequest, Undecodable, lenient_parser
-from service.core.errors import InvalidInput, ServingError
-from service.core.limits import MAX_ELEMENTS
+from service.core.errors import InvalidInput, ModelNotFound, ServingError
+from service.core.limits import MAX_ELEMENTS, MAX_NAME_CHARS
 from service.dataplane.dataplane import DataPlane, request_scope
 from service.dataplane.trace_settings import grpc_carrier, step
 from service.engine.work_pool import TooHeavyForTheLoop, on_event_loop
@@ -32,6 +32,7 @@ Answer = Callable[[Any], Awaitable[Any]]
 StatusOf = Callable[[int], grpc.StatusCode]  # an HTTP status as a gRPC code (servicer's mapping)
 INFER_REQUEST = service_pb2.ModelInferRequest
 PARSE_INFER_REQUEST = lenient_parser(INFER_REQUEST, counted=False)  # counted by the model's bound
+MAX_VERSION_CHARS = 16  # of a version echoed in an error answer (a name may be 60 MB)
 _END = object()  # the reader has seen the end of the requests and every answer is queued
 
 
@@ -58,6 +59,11 @@ async def counted(plane: DataPlane, data: bytes) -> Any:
     take (``wire``): on the loop up to ``LOOP_FIELDS`` fields and ``LOOP_PARSE_BYTES``, on the
     work pool past them. A model named in its head is looked up first (404 before any count)."""
     start = wire.head(data)
+    if start.name_bytes:
+        raise ModelNotFound(
+            f"unknown model: a name of {start.name_bytes} bytes, longer than any model's "
+            f"({MAX_NAME_CHARS} characters)"
+        )
     max_rows = plane.settings.max_images_per_request
     most = wire.FIELD_SLACK + max_rows  # no model named where serializers put it
     if start.model_name:
@@ -113,10 +119,10 @@ def error_response(request: Any, message: str) -> Any:
     response = service_pb2.ModelStreamInferResponse(error_message=message)
     if isinstance(request, SizedRequest):  # one not parsed yet: what its head names
         request = request.message if request.message is not None else wire.head(request.data)
-    if not isinstance(request, Undecodable):
+    if not isinstance(request, Undecodable):  # names past their limits are no model's: cut
         answer = response.infer_response
-        answer.id, answer.model_name = request.id, request.model_name
-        answer.model_version = request.model_version
+        answer.id, answer.model_name = request.id, request.model_name[:MAX_NAME_CHARS]
+        answer.model_version = request.model_version[:MAX_VERSION_CHARS]
     return response
 
 

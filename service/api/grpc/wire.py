@@ -16,18 +16,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.descriptor import Descriptor
 from tritonclient.grpc import service_pb2
 
 from service.core.card import TensorSpec
 from service.core.errors import PayloadTooLarge
-from service.core.limits import MAX_ELEMENTS
+from service.core.limits import MAX_ELEMENTS, MAX_NAME_CHARS
 
 UNCOUNTED_BYTES = 16 * 1024  # parsed as they come: at worst 0.3 ms of the loop (8,192 fields)
 LOOP_FIELDS = 256  # a larger message's fields counted on the loop; past them, on the work pool
 LOOP_PARSE_BYTES = 1024 * 1024  # a counted message parsed on the loop up to this size (memcpy)
 FIELD_SLACK = 1024  # names, shapes, parameters and outputs: more than any real client sends
+# Every other method's largest message: a config override is at most 65,536 characters, and a
+# name in one of 60 MiB cost the loop 0.3-0.75 s in copies and its error message
+OTHER_MESSAGE_BYTES = 256 * 1024
 HEAD_FIELDS = 4  # the first fields, where every serializer writes model_name, version and id
 
 
@@ -117,20 +121,28 @@ def count_fields(data: bytes, most: int, nested: Nested = INFER_REQUEST) -> int:
 
 @dataclass(frozen=True)
 class Head:
-    """What a message's first fields name: its model, version and id (empty where absent)."""
+    """What a message's first fields name: its model, version and id (empty where absent).
+    ``name_bytes``: a model name too long to be any model's, left undecoded (its size)."""
 
     model_name: str = ""
     model_version: str = ""
     id: str = ""
+    name_bytes: int = 0
 
 
-HEAD_NAMES = {1: "model_name", 2: "model_version", 3: "id"}
+# field number -> (its name, the most bytes decoded: a longer name is no model's, a longer
+# version no number, and an id is only echoed)
+HEAD_FIELDS_READ = {
+    1: ("model_name", 4 * MAX_NAME_CHARS),
+    2: ("model_version", 16),
+    3: ("id", 1024),
+}
 
 
 def head(data: bytes) -> Head:
     """The model, version and id among a message's first ``HEAD_FIELDS`` top-level fields, read
     in O(1) so that a message can be refused for its model before it is counted."""
-    found: dict[str, str] = {}
+    found: dict[str, Any] = {}
     pos, end = 0, len(data)
     try:
         for _ in range(HEAD_FIELDS):
@@ -140,9 +152,13 @@ def head(data: bytes) -> Head:
             if key & 7 != 2:
                 break
             length, pos = _varint(data, pos, end)
-            name = HEAD_NAMES.get(key >> 3)
-            if name is not None:
-                found[name] = data[pos : pos + length].decode()
+            field = HEAD_FIELDS_READ.get(key >> 3)
+            if field is not None:
+                name, most = field
+                if name == "model_name" and length > most:
+                    found["name_bytes"] = length
+                else:  # a cut version has over 9 characters: refused as no number
+                    found[name] = data[pos : pos + min(length, most + 1)].decode()
             pos += length
     except (Malformed, UnicodeDecodeError):
         pass  # the parse will say so

@@ -272,7 +272,7 @@ class DataPlane:
         if log is None:
             raise PredictionLogOff("the prediction log is off (PREDICTION_LOG=false)")
         names = names_or_empty(lambda name, version: self._class_names(name, version))
-        await asyncio.to_thread(apply_feedback, log, items, names)
+        await self.monitor.on_its_pool(apply_feedback, log, items, names)
 
     async def monitor_report(
         self, name: str, version: str | None, window_s: float | None

@@ -13,6 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry
 
@@ -37,6 +38,7 @@ THREADS, MAX_WAITING = 2, 8  # the monitor's own pool: queries never hold up req
 QUERY_SHARE = 0.25  # the most of one core that the queries of requests take, on average
 QUERY_BURST_S = 2.0  # the query time they may take at once before the share holds them
 Key = tuple[str, int, float]
+T = TypeVar("T")
 # (model, version, card) of every version whose gauges the refresh keeps
 Targets = Callable[[], Sequence[tuple[str, int, ModelCard]]]
 
@@ -131,6 +133,15 @@ class QualityMonitor:
             return await self._pool.run(self._compute, prediction_log, card, name, version, w)
         except Overloaded:
             raise Overloaded("the monitor is computing too many answers; retry shortly") from None
+
+    async def on_its_pool(self, work: Callable[..., T], *args: object) -> T:
+        """Other work on the prediction log's database (feedback) on the monitor's bounded pool,
+        not on the loop's default executor, which the repository's polls and the workers'
+        state share (a feedback call may wait 2 s for queued records): 503 past its bound."""
+        try:
+            return await self._pool.run(work, *args)
+        except Overloaded:
+            raise Overloaded("the prediction log is busy with other calls; retry shortly") from None
 
     def _compute(
         self, prediction_log: PredictionLog, card: ModelCard, name: str, version: int, w: float

@@ -5,6 +5,8 @@ for cards without one, and a flood of calls answered by one database query."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,9 @@ import pytest
 import sqlalchemy as sa
 
 from service.api.rest.app import create_app
+from service.core.errors import Overloaded
 from service.dataplane.dataplane import DataPlane
+from service.dataplane.feedback import Feedback
 from service.dataplane.quality_monitor import REFRESH_SHARE, QueryBudget, refresh_pause
 from tests.support.apps import app_client, make_settings
 from tests.support.models import make_model_repo
@@ -160,6 +164,27 @@ def test_the_query_budget_lets_a_burst_through_then_its_share() -> None:
     assert budget.wait_s() == 0
     budget.spend(0.5)
     assert budget.wait_s() == pytest.approx(2.0)
+
+
+async def test_feedback_runs_on_the_monitors_bounded_pool_not_the_default_executor(
+    logged: tuple[httpx.AsyncClient, DataPlane], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A feedback call may wait 2 s for queued records; on the loop's default executor (6
+    threads here) a flood of them held up the repository's polls and the workers' state."""
+    _, plane = logged
+    threads: list[str] = []
+
+    def slow_feedback(*args: Any) -> None:
+        threads.append(threading.current_thread().name)
+        time.sleep(0.2)
+
+    monkeypatch.setattr("service.dataplane.dataplane.apply_feedback", slow_feedback)
+    calls = [plane.feedback([Feedback("x", 0)]) for _ in range(20)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    refused = [r for r in results if isinstance(r, Overloaded)]
+    assert len(refused) == 20 - 10  # 2 threads and 8 waiting: the monitor's pool
+    assert all("prediction log is busy" in r.message for r in refused)
+    assert len(threads) == 10 and not any(t.startswith("asyncio") for t in threads)
 
 
 async def test_the_openapi_document_describes_the_monitor(

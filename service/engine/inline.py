@@ -38,7 +38,7 @@ def quick_run_p99_s(
     """The 99th percentile of ``runs`` calls of ``run``, in seconds, from the first of
     ``attempts`` series that stays under ``bound_s``; None if none does, or at once if a series
     failed without one run under the bound (a slow model, not a preempted quick one: a model
-    whose run took 2 s had cost six runs, 12 s more of loading)."""
+    whose run took 2 s had cost six runs, 8 s more of loading than the two it needs)."""
     for _ in range(attempts):
         p99, any_quick = _series_p99_s(run, bound_s, runs)
         if p99 is not None or not any_quick:

@@ -53,6 +53,15 @@ class ConnectionSettings(BaseSettings):
             "the answer dropped (a client that stops reading cannot hold its request)."
         ),
     )
+    max_pipelined: int = Field(
+        default=64,
+        ge=1,
+        description=(
+            "Most requests of one REST connection waiting behind the one being answered; past "
+            "it the rest of the connection's input is dropped unparsed, those are answered and "
+            "the connection closes (the client resends the rest)."
+        ),
+    )
     max_connections: int = Field(
         default=4096,
         ge=1,

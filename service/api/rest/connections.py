@@ -28,11 +28,6 @@ log = logging.getLogger(__name__)
 FD_HEADROOM = 1024
 # Header fields of one request (Apache's LimitRequestFields); past it a 431.
 MAX_HEADER_FIELDS = 100
-# Requests of one connection read ahead of its answers (pipelined) and waiting their turn. uvicorn
-# parses all of a read at once, each request into ~650 bytes of Python objects: one 256 kB read of
-# tiny pipelined requests held 4 MB. Past this many the connection reads no further, and closes
-# once those are answered; its client sends the rest again (RFC 9112 9.3.2).
-MAX_PIPELINED = 64
 # Refused connections are logged at most this often, so a flood cannot flood the log too.
 REFUSAL_LOG_INTERVAL_S = 10.0
 
@@ -120,6 +115,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         max_connections: int,
         write_timeout_s: float,
         max_header_bytes: int,
+        max_pipelined: int,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.header_timeout_s = header_timeout_s
@@ -137,7 +133,12 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.chunk_bytes = 0  # the chunk being parsed
         self.head_continued = False  # a head was in progress when that chunk came
         self.head_refused = False
-        self.pipeline_full = False  # past MAX_PIPELINED: nothing more is read
+        # Requests read ahead of their answers (pipelined) and waiting their turn: uvicorn parses
+        # all of a read at once, each request into ~650 bytes of Python objects (one 256 kB read
+        # of tiny requests held 4 MB). Past this many the connection reads no further, and closes
+        # once those are answered; its client sends the rest again (RFC 9112 9.3.2).
+        self.max_pipelined = max_pipelined
+        self.pipeline_full = False  # past max_pipelined: nothing more is read
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(cast(asyncio.Transport, _TimedClose(transport, self._closing)))
@@ -230,7 +231,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self._head_too_large():
             self.head_refused = True
             raise HeadTooLarge  # httptools stops; uvicorn's 400 becomes our 431 (below)
-        if self.pipeline_full or len(self.pipeline) >= MAX_PIPELINED:
+        if self.pipeline_full or len(self.pipeline) >= self.max_pipelined:
             self._drop_the_rest()
             return
         super().on_headers_complete()
@@ -238,7 +239,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self.cycles.add(self.cycle)
 
     def _drop_the_rest(self) -> None:
-        """A request past ``MAX_PIPELINED``: neither it nor anything after it is kept (the rest
+        """A request past ``max_pipelined``: neither it nor anything after it is kept (the rest
         of this read is parsed into nothing, later reads are not parsed), and the connection
         closes after answering the last request it holds."""
         if not self.pipeline_full:
@@ -314,6 +315,7 @@ def http_protocol(settings: Settings) -> functools.partial[BoundedHttpProtocol]:
         max_connections=settings.max_connections,
         write_timeout_s=settings.write_timeout_s,
         max_header_bytes=settings.max_header_bytes,
+        max_pipelined=settings.max_pipelined,
     )
 
 

@@ -45,7 +45,7 @@ from service.engine.version_folder import (
 
 log = logging.getLogger(__name__)
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # MAX_NAME_CHARS
+NAME_PATTERN = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_NAME_CHARS - 1}}}$")
 UNLOADED_BY_REQUEST = "unloaded by a repository request"
 
 

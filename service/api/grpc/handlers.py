@@ -66,7 +66,7 @@ def lenient_parser(
     fields, counted before it is parsed (``wire``; on the loop: at most 0.4 ms), and one over
     ``most_bytes`` is ``Oversized`` unread."""
     name = message_class.DESCRIPTOR.name
-    nested = nested_fields(message_class.DESCRIPTOR)
+    nested = nested_fields(message_class.DESCRIPTOR) if counted else {}
 
     def parse(data: bytes) -> Any:
         if most_bytes is not None and len(data) > most_bytes:

@@ -32,7 +32,6 @@ Answer = Callable[[Any], Awaitable[Any]]
 StatusOf = Callable[[int], grpc.StatusCode]  # an HTTP status as a gRPC code (servicer's mapping)
 INFER_REQUEST = service_pb2.ModelInferRequest
 PARSE_INFER_REQUEST = lenient_parser(INFER_REQUEST, counted=False)  # counted by the model's bound
-MAX_VERSION_CHARS = 16  # of a version echoed in an error answer (a name may be 60 MB)
 _END = object()  # the reader has seen the end of the requests and every answer is queued
 
 
@@ -122,7 +121,7 @@ def error_response(request: Any, message: str) -> Any:
     if not isinstance(request, Undecodable):  # names past their limits are no model's: cut
         answer = response.infer_response
         answer.id, answer.model_name = request.id, request.model_name[:MAX_NAME_CHARS]
-        answer.model_version = request.model_version[:MAX_VERSION_CHARS]
+        answer.model_version = request.model_version[: wire.MAX_VERSION_CHARS]
     return response
 
 

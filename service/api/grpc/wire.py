@@ -33,6 +33,7 @@ FIELD_SLACK = 1024  # names, shapes, parameters and outputs: more than any real 
 # name in one of 60 MiB cost the loop 0.3-0.75 s in copies and its error message
 OTHER_MESSAGE_BYTES = 256 * 1024
 HEAD_FIELDS = 4  # the first fields, where every serializer writes model_name, version and id
+MAX_VERSION_CHARS = 16  # of a version read or echoed: a number has at most 9 digits
 
 
 class Malformed(Exception):
@@ -134,7 +135,7 @@ class Head:
 # version no number, and an id is only echoed)
 HEAD_FIELDS_READ = {
     1: ("model_name", 4 * MAX_NAME_CHARS),
-    2: ("model_version", 16),
+    2: ("model_version", MAX_VERSION_CHARS),
     3: ("id", 1024),
 }
 

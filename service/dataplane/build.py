@@ -8,11 +8,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from service.dataplane.shared_memory import SharedMemoryRegistry
+from service.dataplane.statistics import collect_statistics
 from service.dataplane.workers import WorkerGroup
 from service.engine import thread_policy
 from service.engine.metrics import Metrics
 from service.engine.repository import ModelRepository
 from service.engine.runtime import AnswerObserver, RuntimeOptions
+from service.engine.statistics import VersionStatistics
+from service.engine.triton_metrics import TritonMetrics
 from service.engine.work_pool import WorkPool
 from service.settings import Settings
 
@@ -84,3 +87,19 @@ def worker_group(
     lone process)."""
     folder = settings.workers_dir
     return WorkerGroup(folder, repository, forget, regions=regions) if folder else None
+
+
+def triton_metrics(
+    metrics: Metrics,
+    repository: ModelRepository,
+    workers: WorkerGroup | None,
+    cached: Callable[[str], bool],
+) -> None:
+    """Triton's metric names on /metrics, read at each scrape from every loaded version's
+    statistics, summed over the workers (theirs at most ``STATISTICS_INTERVAL_S`` old)."""
+
+    def group() -> list[VersionStatistics]:
+        stats = collect_statistics(repository, None, None)
+        return stats if workers is None else workers.add_others(stats)
+
+    metrics.registry.register(TritonMetrics(group, cached))

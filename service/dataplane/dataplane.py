@@ -101,6 +101,8 @@ class DataPlane:
         )
         forget = self.response_cache.drop  # WORKERS > 1: what the workers share (workers.py)
         self.workers = build.worker_group(settings, self.repository, forget, self.shared_memory)
+        cached = self.response_cache.enabled
+        build.triton_metrics(self.metrics, self.repository, self.workers, cached)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ def collect_statistics(
         return [s for model in repository.names() for s in _loaded(repository, model, True)]
     if version is not None:
         runtime = repository.get(name, version)  # 404 unknown, 503 not ready
-        return [runtime.statistics.snapshot(runtime.name, runtime.version)]
+        return [runtime.statistics.snapshot(runtime.name, runtime.version, runtime.pending)]
     return _loaded(repository, name, False)
 
 
@@ -31,7 +31,7 @@ def _loaded(repository: ModelRepository, name: str, gone_ok: bool) -> list[Versi
             return []
         raise
     return [
-        entry.runtime.statistics.snapshot(name, entry.version)
+        entry.runtime.statistics.snapshot(name, entry.version, entry.runtime.pending)
         for entry in versions
         if entry.runtime is not None
     ]

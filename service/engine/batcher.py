@@ -113,6 +113,7 @@ class DynamicBatcher:
         # handing one request to an executor would. None is the stop signal.
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._queued_rows = 0  # changed under ``_count`` by both sides
+        self._queued_requests = 0  # likewise: the requests those rows belong to
         self._count = threading.Lock()
         self._carry: _Pending | None = None  # taken from the queue but too big for that batch
         self._running = False  # the thread holds a batch (taken, not yet answered)
@@ -124,6 +125,10 @@ class DynamicBatcher:
     @property
     def queued_rows(self) -> int:
         return self._queued_rows
+
+    @property
+    def queued_requests(self) -> int:
+        return self._queued_requests
 
     @property
     def idle(self) -> bool:
@@ -143,10 +148,12 @@ class DynamicBatcher:
             raise Overloaded("the model is shutting down; retry")
         with self._count:
             if self._queued_rows > 0 and self._queued_rows + len(rows) > self.max_queue_rows:
+                self.statistics.record_fail(1, 0, "REJECTED")
                 raise Overloaded(
                     f"the batch queue is full ({self._queued_rows} images waiting); retry shortly"
                 )
             self._queued_rows += len(rows)
+            self._queued_requests += 1
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
         item = _Pending(rows, future, loop, trace=tracing.queued(), tag=tag)
@@ -202,6 +209,7 @@ class DynamicBatcher:
             batch = self._take(first)
             with self._count:
                 self._queued_rows -= sum(len(b.rows) for b in batch)
+                self._queued_requests -= len(batch)
             batch = self._live(batch)
             if batch:
                 self._run(batch)
@@ -212,22 +220,24 @@ class DynamicBatcher:
         (answered ``TimeoutExpired``) are dropped here, before they reach the model."""
         now = time.perf_counter()
         live: list[_Pending] = []
-        timed_out = cancelled = dropped_ns = 0
+        timed_out = cancelled = expired_ns = cancelled_ns = 0
         for item in batch:
             item.taken = True  # from here a timeout no longer cancels it (see ``_wait``)
-            expired = now >= item.deadline
-            if item.future.cancelled() or expired:
-                timed_out += expired
-                cancelled += not expired
-                dropped_ns += int((now - item.enqueued) * 1e9)
-                if expired:
-                    self._answer(item, _expired(item))
+            if now >= item.deadline:
+                timed_out += 1
+                expired_ns += int((now - item.enqueued) * 1e9)
+                self._answer(item, _expired(item))
+            elif item.future.cancelled():
+                cancelled += 1
+                cancelled_ns += int((now - item.enqueued) * 1e9)
             else:
                 live.append(item)
-        if timed_out or cancelled:
-            self.statistics.record_fail(timed_out + cancelled, dropped_ns)
-            if self._on_batch is not None:
-                self._on_batch(BatchStats(0, 0, 0.0, timed_out, cancelled))
+        if timed_out:
+            self.statistics.record_fail(timed_out, expired_ns, "REJECTED")
+        if cancelled:
+            self.statistics.record_fail(cancelled, cancelled_ns, "CANCELED")
+        if (timed_out or cancelled) and self._on_batch is not None:
+            self._on_batch(BatchStats(0, 0, 0.0, timed_out, cancelled))
         return live
 
     def _run(self, batch: list[_Pending]) -> None:
@@ -298,7 +308,7 @@ class DynamicBatcher:
 
     def _fail(self, item: _Pending, error: Exception) -> None:
         self._answer(item, error)
-        self.statistics.record_fail(1, int((time.perf_counter() - item.enqueued) * 1e9))
+        self.statistics.record_fail(1, int((time.perf_counter() - item.enqueued) * 1e9), "BACKEND")
 
     @staticmethod
     def _answer(item: _Pending, result: Outputs | BaseException) -> None:

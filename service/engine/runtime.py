@@ -187,7 +187,7 @@ class ModelRuntime:
         start = time.perf_counter()
         statistics = self.statistics
         if timeout_s and start - enqueued >= timeout_s:
-            statistics.record_fail(1, int((start - enqueued) * 1e9))
+            statistics.record_fail(1, int((start - enqueued) * 1e9), "REJECTED")
             self._observe(BatchStats(0, 0, 0.0, timed_out=1))
             raise TimeoutExpired(
                 f"Request timeout expired: still queued after {int(timeout_s * 1e6)} us"
@@ -196,7 +196,7 @@ class ModelRuntime:
             with tracing.batch_span((traced,), len(images)):  # links this request alone
                 result = self.run(images)
         except Exception:
-            statistics.record_fail(1, int((time.perf_counter() - enqueued) * 1e9))
+            statistics.record_fail(1, int((time.perf_counter() - enqueued) * 1e9), "BACKEND")
             raise
         done = time.perf_counter()
         if observe_later:
@@ -273,6 +273,11 @@ class ModelRuntime:
         if tag is not None:
             self._answered([(tag, 0, len(images))], result, images)
         return _chosen(result, outputs)
+
+    @property
+    def pending(self) -> int:
+        """Requests given to this version's thread and not yet answered (its queue's, batched)."""
+        return self._in_executor if self._batcher is None else self._batcher.queued_requests
 
     def value_bounds(self, max_rows: int) -> dict[str, int]:
         """The most values each input takes in a request of ``max_rows`` rows, by name

@@ -5,15 +5,16 @@ response cache; ``snapshot`` copies it out as plain frozen values.
 Per request, as Triton counts them: ``queue`` (submit to batch start), ``compute_input`` (gathering
 the batch's input), ``compute_infer`` (the onnxruntime runs), ``compute_output`` (splitting the
 outputs back), each request adding its batch's durations; ``success`` and ``fail`` with their
-whole time in the server; per batch size, one count per execution.
+whole time in the server; per batch size, one count per execution. A failure also counts under
+its reason, as Triton's ``nv_inference_request_failure`` metric has them (``FAILURES``).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 # The per-request durations in Triton's order; also the indices into ``InferenceStatistics._ns``.
 DURATIONS = (
@@ -27,6 +28,11 @@ DURATIONS = (
     "cache_miss",
 )
 _SUCCESS, _FAIL, _QUEUE, _INPUT, _INFER, _OUTPUT, _HIT, _MISS = range(len(DURATIONS))
+# Why a request failed, in Triton's words: REJECTED by the scheduler (its queue full, or its
+# timeout out while queued), CANCELED (its client went away while it was queued), BACKEND (the
+# run raised), OTHER.
+FailureReason = Literal["REJECTED", "CANCELED", "BACKEND", "OTHER"]
+FAILURES: tuple[FailureReason, ...] = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,8 @@ class VersionStatistics:
     execution_count: int  # onnxruntime runs
     durations: dict[str, Duration]  # keyed by ``DURATIONS``
     batch_stats: list[BatchSizeStatistics]
+    failures: dict[str, int] = field(default_factory=dict)  # ``fail``'s count by ``FAILURES``
+    pending: int = 0  # requests queued for the model when the snapshot was taken
 
 
 class InferenceStatistics:
@@ -68,6 +76,7 @@ class InferenceStatistics:
         self._inferences = 0
         self._executions = 0
         self._last_ms = 0
+        self._failures: dict[str, int] = dict.fromkeys(FAILURES, 0)
         self._batches: dict[int, list[int]] = {}  # rows -> [executions, input, infer, output ns]
 
     def record_execution(self, rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
@@ -99,9 +108,13 @@ class InferenceStatistics:
             ns[_SUCCESS] += total_ns
             self._last_ms = time.time_ns() // 1_000_000
 
-    def record_fail(self, requests: int, ns: int) -> None:
-        """Requests that failed, timed out or were cancelled, with their summed time."""
-        self._add(_FAIL, requests, ns)
+    def record_fail(self, requests: int, ns: int, reason: FailureReason) -> None:
+        """Requests that failed, were refused, timed out or were cancelled (``reason``), with
+        their summed time."""
+        with self._lock:
+            self._count[_FAIL] += requests
+            self._ns[_FAIL] += ns
+            self._failures[reason] += requests
 
     def record_cache(self, hit: bool, ns: int) -> None:
         """One response cache lookup (a hit is also a success, as Triton counts it)."""
@@ -114,12 +127,8 @@ class InferenceStatistics:
                 self._ns[_SUCCESS] += ns
                 self._last_ms = time.time_ns() // 1_000_000
 
-    def _add(self, index: int, requests: int, ns: int) -> None:
-        with self._lock:
-            self._count[index] += requests
-            self._ns[index] += ns
-
-    def snapshot(self, name: str, version: int) -> VersionStatistics:
+    def snapshot(self, name: str, version: int, pending: int = 0) -> VersionStatistics:
+        """The counters now, for ``name`` version ``version``, with ``pending`` requests queued."""
         with self._lock:
             durations = {
                 key: Duration(self._count[i], self._ns[i]) for i, key in enumerate(DURATIONS)
@@ -138,6 +147,8 @@ class InferenceStatistics:
                 self._executions,
                 durations,
                 batches,
+                dict(self._failures),
+                pending,
             )
 
 
@@ -161,6 +172,8 @@ def statistics_from_dict(row: dict[str, Any]) -> VersionStatistics:
         row["execution_count"],
         durations,
         batches,
+        dict(row.get("failures", {})),
+        row.get("pending", 0),
     )
 
 
@@ -173,8 +186,11 @@ def summed_statistics(parts: list[VersionStatistics]) -> VersionStatistics:
     sizes merge, the last inference is the latest."""
     first = parts[0]
     durations = dict(first.durations)
+    failures = dict(first.failures)
     batches = {b.batch_size: b for b in first.batch_stats}
     for part in parts[1:]:
+        for reason, count in part.failures.items():
+            failures[reason] = failures.get(reason, 0) + count
         for key, value in part.durations.items():
             durations[key] = _add(durations.get(key, Duration()), value)
         for b in part.batch_stats:
@@ -197,4 +213,6 @@ def summed_statistics(parts: list[VersionStatistics]) -> VersionStatistics:
         sum(p.execution_count for p in parts),
         durations,
         [batches[size] for size in sorted(batches)],
+        failures,
+        sum(p.pending for p in parts),
     )

@@ -108,17 +108,20 @@ def test_statistics_of_one_version_add_up_across_workers() -> None:
         d = Duration(count, ns)
         return VersionStatistics(
             "tiny", "1", last_ms, count, count, {"success": d, "queue": d},
-            [BatchSizeStatistics(batch, d, d, d)],
+            [BatchSizeStatistics(batch, d, d, d)], {"REJECTED": count, "BACKEND": 1}, batch,
         )  # fmt: skip
 
     total = summed_statistics([part(2, 10, 5, 1), part(3, 20, 9, 1), part(1, 7, 3, 4)])
     assert (total.inference_count, total.execution_count, total.last_inference_ms) == (6, 6, 9)
     assert total.durations["success"] == Duration(6, 37)
+    assert total.failures == {"REJECTED": 6, "BACKEND": 3} and total.pending == 6
     assert [(b.batch_size, b.compute_infer) for b in total.batch_stats] == [
         (1, Duration(5, 30)),
         (4, Duration(1, 7)),
     ]
     assert statistics_from_dict(asdict(total)) == total
+    older = {k: v for k, v in asdict(total).items() if k not in {"failures", "pending"}}
+    assert statistics_from_dict(older).failures == {}  # a worker of the release before
 
 
 def test_auto_workers_takes_one_per_core_as_memory_allows(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """The batcher's statistics (Triton's extension) and the requests it drops: timed out or
-cancelled while queued, never run."""
+cancelled while queued, never run; each failure counted under Triton's reason for it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from service.core.errors import TimeoutExpired
+from service.core.errors import Overloaded, TimeoutExpired
 from service.engine.batcher import BatchStats, DynamicBatcher, Outputs
 
 
@@ -84,6 +84,7 @@ def test_a_request_whose_timeout_runs_out_while_queued_never_runs() -> None:
     assert model.runs == [[1]]
     snap = batcher.statistics.snapshot("m", 1)
     assert snap.durations["fail"].count == 1 and snap.durations["success"].count == 1
+    assert snap.failures == {"REJECTED": 1, "CANCELED": 0, "BACKEND": 0, "OTHER": 0}
     assert snap.inference_count == 1
     assert [s.timed_out for s in seen if not s.rows] == [1]
 
@@ -108,7 +109,9 @@ def test_a_cancelled_queued_request_never_runs() -> None:
 
     asyncio.run(main())
     assert model.runs == [[1]]
-    assert batcher.statistics.snapshot("m", 1).durations["fail"].count == 2
+    snap = batcher.statistics.snapshot("m", 1)
+    assert snap.durations["fail"].count == 2 and snap.failures["CANCELED"] == 2
+    assert snap.failures["REJECTED"] == 0
     assert [s.cancelled for s in seen if not s.rows] == [2]
 
 
@@ -142,4 +145,28 @@ def test_failed_requests_are_counted_as_fail() -> None:
     asyncio.run(main())
     snap = batcher.statistics.snapshot("m", 1)
     assert snap.durations["fail"].count == 1 and snap.durations["success"].count == 0
+    assert snap.failures == {"REJECTED": 0, "CANCELED": 0, "BACKEND": 1, "OTHER": 0}
     assert snap.inference_count == 0
+
+
+def test_a_full_queue_refuses_as_rejected_and_the_queued_requests_are_counted() -> None:
+    model = HeldModel()
+    batcher = DynamicBatcher(model, max_batch_size=1, max_queue_rows=2)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.submit(rows(1)))
+        await _until(model.running)  # taken: no longer queued
+        queued = [asyncio.ensure_future(batcher.submit(rows(t))) for t in (2, 3)]
+        await asyncio.sleep(0.01)
+        assert batcher.queued_requests == 2
+        with pytest.raises(Overloaded, match="queue is full"):
+            await batcher.submit(rows(4))
+        model.release.set()
+        await asyncio.gather(first, *queued)
+        assert batcher.queued_requests == 0
+        await batcher.close()
+
+    asyncio.run(main())
+    snap = batcher.statistics.snapshot("m", 1)
+    assert snap.durations["fail"].count == 1 and snap.failures["REJECTED"] == 1
+    assert snap.durations["success"].count == 3

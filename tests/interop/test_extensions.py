@@ -138,6 +138,30 @@ def test_statistics_count_exactly_the_requests_sent(server: Running) -> None:
     assert one == [rest]
 
 
+def test_tritons_metric_names_say_what_the_statistics_say(server: Running) -> None:
+    """Dashboards written for Triton read /metrics under its names: the same counts."""
+    http_infer(server, "tiny", images(3, 40))
+    version_stats, labels = stats(server, "tiny"), {"model": "tiny", "version": "1"}
+    inference = version_stats["inference_stats"]
+    expected = {
+        "nv_inference_request_success": inference["success"]["count"],
+        "nv_inference_count": version_stats["inference_count"],
+        "nv_inference_exec_count": version_stats["execution_count"],
+        "nv_inference_request_duration_us": inference["success"]["ns"] // 1000,
+        "nv_inference_queue_duration_us": inference["queue"]["ns"] // 1000,
+        "nv_inference_compute_infer_duration_us": inference["compute_infer"]["ns"] // 1000,
+        "nv_inference_pending_request_count": 0,
+    }
+    assert expected["nv_inference_request_success"] >= 1
+    assert {name: metric(server, name, **labels) for name in expected} == expected
+    text = httpx.get(f"{server.url}/metrics").text
+    assert "nv_inference_request_success_total" not in text  # Triton's exact names
+    host = dict(line.split() for line in text.splitlines() if line.startswith("nv_cpu_"))
+    assert 0 < float(host["nv_cpu_memory_used_bytes"]) < float(host["nv_cpu_memory_total_bytes"])
+    assert 0 <= float(host["nv_cpu_utilization"]) <= 1
+    assert 'nv_cache_num_hits_per_model{model="tiny"' not in text  # its cache is off
+
+
 def test_model_config_is_one_value_over_rest_and_grpc(server: Running) -> None:
     client = triton_http.InferenceServerClient(server.address)
     try:
@@ -180,6 +204,11 @@ def _behind_slow_run(server: Running, second: Callable[[], None]) -> tuple[dict[
     return changed(), slow_s
 
 
+def canceled(server: Running) -> float:
+    return metric(server, "nv_inference_request_failure", model="slow", version="1",
+                  reason="CANCELED")  # fmt: skip
+
+
 @pytest.mark.parametrize("wire", ["http", "grpc"])
 def test_timeout_fires_on_a_request_queued_behind_a_slow_batch(server: Running, wire: str) -> None:
     answered: list[float] = []
@@ -205,6 +234,9 @@ def test_timeout_fires_on_a_request_queued_behind_a_slow_batch(server: Running, 
     after = metric(server, "inference_requests_dropped_total", model="slow", version="1",
                    reason="timeout")  # fmt: skip
     assert after == dropped + 1
+    rejected = metric(server, "nv_inference_request_failure", model="slow", version="1",
+                      reason="REJECTED")  # fmt: skip
+    assert rejected == counts(stats(server, "slow"))["fail"] - canceled(server)
 
 
 def test_a_cancelled_grpc_call_never_runs(server: Running) -> None:
@@ -230,6 +262,7 @@ def test_a_cancelled_grpc_call_never_runs(server: Running) -> None:
     assert outcome and outcome[0] is not None  # tritonclient reports the cancellation
     assert metric(server, "inference_requests_dropped_total", model="slow", version="1",
                   reason="cancelled") >= 1  # fmt: skip
+    assert canceled(server) >= 1  # Triton's reason for it
 
 
 def test_a_rest_client_that_leaves_while_queued_is_dropped(server: Running) -> None:
@@ -257,6 +290,8 @@ def test_response_cache_hits_are_counted_and_a_reload_empties_it(server: Running
     }  # fmt: skip
     assert metric(server, "response_cache_lookups_total", model="cached", version="1",
                   result="hit") == 2  # fmt: skip
+    assert metric(server, "nv_cache_num_hits_per_model", model="cached", version="1") == 2
+    assert metric(server, "nv_cache_num_misses_per_model", model="cached", version="1") == 1
     client = triton_http.InferenceServerClient(server.address, verbose=False)
     try:
         client.load_model("cached", headers=ADMIN)

@@ -1,0 +1,156 @@
+"""Triton's metric names on ``/metrics``, so the dashboards, alerts and autoscalers written for
+Triton (``nv_inference_request_success``, ``nv_inference_queue_duration_us``, ...) read this
+server unchanged.
+
+They are not counted a second time: each is read at scrape time from what the statistics
+extension already counts per model version (``service.engine.statistics``), summed over the
+worker processes by the ``source`` given, and from the host's CPU and memory (psutil), as
+Triton reads them from ``/proc``. Like Triton's, the counts start at a version's load, so a
+reloaded version starts again from zero. GPU metrics (``nv_gpu_*``) are not served.
+
+Triton's counters are exposed under their exact names, typed ``gauge``: prometheus-client writes
+every counter's samples as ``<name>_total``, which Triton's names lack; PromQL's ``rate`` and
+``increase`` read them alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import psutil
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from service.engine.statistics import FAILURES, VersionStatistics
+
+LABELS = ["model", "version"]
+# (metric, help, what it reads from a version's statistics): Triton's counters, its words
+COUNTS: tuple[tuple[str, str, Callable[[VersionStatistics], float]], ...] = (
+    (
+        "nv_inference_request_success",
+        "Number of successful inference requests, all batch sizes",
+        lambda s: s.durations["success"].count,
+    ),
+    (
+        "nv_inference_count",
+        "Number of inferences performed (does not include cached requests)",
+        lambda s: s.inference_count,
+    ),
+    (
+        "nv_inference_exec_count",
+        "Number of model executions performed (does not include cached requests)",
+        lambda s: s.execution_count,
+    ),
+    (
+        "nv_inference_request_duration_us",
+        "Cumulative inference request duration in microseconds (includes cached requests)",
+        lambda s: s.durations["success"].ns // 1000,
+    ),
+    (
+        "nv_inference_queue_duration_us",
+        "Cumulative inference queuing duration in microseconds (includes cached requests)",
+        lambda s: s.durations["queue"].ns // 1000,
+    ),
+    (
+        "nv_inference_compute_input_duration_us",
+        "Cumulative compute input duration in microseconds (does not include cached requests)",
+        lambda s: s.durations["compute_input"].ns // 1000,
+    ),
+    (
+        "nv_inference_compute_infer_duration_us",
+        "Cumulative compute inference duration in microseconds (does not include cached requests)",
+        lambda s: s.durations["compute_infer"].ns // 1000,
+    ),
+    (
+        "nv_inference_compute_output_duration_us",
+        "Cumulative inference compute output duration in microseconds (does not include cached "
+        "requests)",
+        lambda s: s.durations["compute_output"].ns // 1000,
+    ),
+)
+CACHE_COUNTS: tuple[tuple[str, str, Callable[[VersionStatistics], float]], ...] = (
+    (
+        "nv_cache_num_hits_per_model",
+        "Number of response cache hits per model",
+        lambda s: s.durations["cache_hit"].count,
+    ),
+    (
+        "nv_cache_num_misses_per_model",
+        "Number of response cache misses per model",
+        lambda s: s.durations["cache_miss"].count,
+    ),
+    (
+        "nv_cache_hit_duration_per_model",
+        "Total cache hit duration per model, in microseconds",
+        lambda s: s.durations["cache_hit"].ns // 1000,
+    ),
+    (
+        "nv_cache_miss_duration_per_model",
+        "Total cache miss (insert + lookup) duration per model, in microseconds",
+        lambda s: s.durations["cache_miss"].ns // 1000,
+    ),
+)
+
+
+class TritonMetrics(Collector):
+    """``source()``: every loaded version's statistics (the whole worker group's);
+    ``cached(name)``: whether the response cache serves that model (its ``nv_cache_*``)."""
+
+    def __init__(
+        self,
+        source: Callable[[], Sequence[VersionStatistics]],
+        cached: Callable[[str], bool],
+    ) -> None:
+        self.source, self.cached = source, cached
+        psutil.cpu_percent()  # the first call starts the interval the next one measures
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.source()
+        yield from _counters(COUNTS, stats)
+        yield from _counters(CACHE_COUNTS, [s for s in stats if self.cached(s.name)])
+        failure = GaugeMetricFamily(
+            "nv_inference_request_failure",
+            "Number of failed inference requests, all batch sizes",
+            labels=[*LABELS, "reason"],
+        )
+        pending = GaugeMetricFamily(
+            "nv_inference_pending_request_count",
+            "Instantaneous number of pending requests awaiting execution per-model.",
+            labels=LABELS,
+        )
+        for s in stats:
+            for reason in FAILURES:
+                failure.add_metric([s.name, s.version, reason], s.failures.get(reason, 0))
+            pending.add_metric([s.name, s.version], s.pending)
+        yield failure
+        yield pending
+        yield from _host()
+
+
+def _counters(
+    kinds: Sequence[tuple[str, str, Callable[[VersionStatistics], float]]],
+    stats: Sequence[VersionStatistics],
+) -> Iterator[Metric]:
+    for name, text, read in kinds:
+        family = GaugeMetricFamily(name, text, labels=LABELS)
+        for s in stats:
+            family.add_metric([s.name, s.version], read(s))
+        yield family
+
+
+def _host() -> Iterator[Metric]:
+    """The host's CPU and memory, as Triton reports them (used: total less available)."""
+    memory = psutil.virtual_memory()
+    yield GaugeMetricFamily(
+        "nv_cpu_utilization",
+        "CPU utilization rate [0.0 - 1.0]",
+        value=psutil.cpu_percent() / 100,  # since the last scrape
+    )
+    yield GaugeMetricFamily(
+        "nv_cpu_memory_total_bytes", "CPU total memory (RAM), in bytes", value=memory.total
+    )
+    yield GaugeMetricFamily(
+        "nv_cpu_memory_used_bytes",
+        "CPU used memory (RAM), in bytes",
+        value=memory.total - memory.available,
+    )

@@ -24,12 +24,24 @@ from prometheus_client.registry import Collector
 from service.engine.statistics import FAILURES, VersionStatistics
 
 LABELS = ["model", "version"]
+Read = Callable[[VersionStatistics], float]
+
+
+def _count(key: str) -> Read:
+    return lambda s: s.durations[key].count
+
+
+def _us(key: str) -> Read:
+    """A duration of the statistics (nanoseconds) in Triton's unit, microseconds."""
+    return lambda s: s.durations[key].ns // 1000
+
+
 # (metric, help, what it reads from a version's statistics): Triton's counters, its words
-COUNTS: tuple[tuple[str, str, Callable[[VersionStatistics], float]], ...] = (
+COUNTS: tuple[tuple[str, str, Read], ...] = (
     (
         "nv_inference_request_success",
         "Number of successful inference requests, all batch sizes",
-        lambda s: s.durations["success"].count,
+        _count("success"),
     ),
     (
         "nv_inference_count",
@@ -44,50 +56,50 @@ COUNTS: tuple[tuple[str, str, Callable[[VersionStatistics], float]], ...] = (
     (
         "nv_inference_request_duration_us",
         "Cumulative inference request duration in microseconds (includes cached requests)",
-        lambda s: s.durations["success"].ns // 1000,
+        _us("success"),
     ),
     (
         "nv_inference_queue_duration_us",
         "Cumulative inference queuing duration in microseconds (includes cached requests)",
-        lambda s: s.durations["queue"].ns // 1000,
+        _us("queue"),
     ),
     (
         "nv_inference_compute_input_duration_us",
         "Cumulative compute input duration in microseconds (does not include cached requests)",
-        lambda s: s.durations["compute_input"].ns // 1000,
+        _us("compute_input"),
     ),
     (
         "nv_inference_compute_infer_duration_us",
         "Cumulative compute inference duration in microseconds (does not include cached requests)",
-        lambda s: s.durations["compute_infer"].ns // 1000,
+        _us("compute_infer"),
     ),
     (
         "nv_inference_compute_output_duration_us",
         "Cumulative inference compute output duration in microseconds (does not include cached "
         "requests)",
-        lambda s: s.durations["compute_output"].ns // 1000,
+        _us("compute_output"),
     ),
 )
-CACHE_COUNTS: tuple[tuple[str, str, Callable[[VersionStatistics], float]], ...] = (
+CACHE_COUNTS: tuple[tuple[str, str, Read], ...] = (
     (
         "nv_cache_num_hits_per_model",
         "Number of response cache hits per model",
-        lambda s: s.durations["cache_hit"].count,
+        _count("cache_hit"),
     ),
     (
         "nv_cache_num_misses_per_model",
         "Number of response cache misses per model",
-        lambda s: s.durations["cache_miss"].count,
+        _count("cache_miss"),
     ),
     (
         "nv_cache_hit_duration_per_model",
         "Total cache hit duration per model, in microseconds",
-        lambda s: s.durations["cache_hit"].ns // 1000,
+        _us("cache_hit"),
     ),
     (
         "nv_cache_miss_duration_per_model",
         "Total cache miss (insert + lookup) duration per model, in microseconds",
-        lambda s: s.durations["cache_miss"].ns // 1000,
+        _us("cache_miss"),
     ),
 )
 
@@ -128,7 +140,7 @@ class TritonMetrics(Collector):
 
 
 def _counters(
-    kinds: Sequence[tuple[str, str, Callable[[VersionStatistics], float]]],
+    kinds: Sequence[tuple[str, str, Read]],
     stats: Sequence[VersionStatistics],
 ) -> Iterator[Metric]:
     for name, text, read in kinds:

@@ -31,6 +31,36 @@ class TooHeavyForTheLoop(Exception):
     image file that decodes to many pixels); ``run_here_if_light`` runs it again on the pool."""
 
 
+class TooHeavyForThisProcess(Exception):
+    """Raised by decoding work that finds, partway, that it must hold the interpreter for long
+    (a JSON body simdjson declined, read again into Python objects) where that is not allowed
+    (``heavy_allowed``): ``run_decoding`` runs it again in the child process."""
+
+
+_in_child = False  # set in the child process by its initializer
+_thread = threading.local()  # ``allowed``: a pool thread standing in for a child that cannot be
+
+
+def heavy_allowed() -> bool:
+    """Whether work may hold the interpreter for long here: in the pool's child process, or on
+    a thread standing in for it where no child can run."""
+    return _in_child or getattr(_thread, "allowed", False)
+
+
+def _start_child(scheduling: thread_policy.ThreadScheduling) -> None:
+    global _in_child
+    _in_child = True
+    thread_policy.apply(scheduling)
+
+
+def _allowing_heavy(work: Callable[..., T], *args: object) -> T:
+    _thread.allowed = True
+    try:
+        return work(*args)
+    finally:
+        _thread.allowed = False
+
+
 def on_event_loop() -> bool:
     """Whether the caller runs on an event loop's thread (not on a pool thread)."""
     try:
@@ -83,7 +113,7 @@ class WorkPool:
                 child, job = self._give_child(work, *args)
             except (OSError, ImportError) as exc:
                 self._no_child(exc)
-                return self._executor.submit(work, *args)
+                return self._executor.submit(_allowing_heavy, work, *args)
             return job
 
         try:
@@ -98,10 +128,16 @@ class WorkPool:
     ) -> T:
         """``work(*args)``, which decodes ``size`` bytes of a request: right here when ``light``
         (``run_here_if_light``), in the child process from ``process_bytes`` up (``work`` then
-        as ``run_in_process`` asks), else on a pool thread."""
+        as ``run_in_process`` asks), else on a pool thread; work that raises
+        ``TooHeavyForThisProcess`` is run again in the child (on a thread if there is none)."""
         if not light and self.process_bytes and size >= self.process_bytes:
             return await self.run_in_process(work, *args)
-        return await self.run_here_if_light(light, work, *args)
+        try:
+            return await self.run_here_if_light(light, work, *args)
+        except TooHeavyForThisProcess:
+            if self.process_bytes:
+                return await self.run_in_process(work, *args)
+            return await self.run(_allowing_heavy, work, *args)  # the operator's choice
 
     async def _counted(self, submit: Callable[[], Future[T]]) -> T:
         """A job ``submit`` starts, counted against the bound until it has really finished."""
@@ -120,7 +156,7 @@ class WorkPool:
             if self._processes is None:
                 context = multiprocessing.get_context("spawn")
                 self._processes = ProcessPoolExecutor(
-                    1, context, initializer=thread_policy.apply, initargs=(self._scheduling,)
+                    1, context, initializer=_start_child, initargs=(self._scheduling,)
                 )
                 log.info("started a process for decoding large request bodies")
             return self._processes

@@ -16,13 +16,14 @@ from hypothesis.extra.numpy import arrays
 from service.api.predictions import top_k
 from service.api.rest.codec import decode_infer_request, encode_infer_response
 from service.api.rest.infer import most_values
-from service.api.rest.json_wire import loads_infer_request
+from service.api.rest.json_wire import READ_AGAIN_HERE_BYTES, loads_infer_request, loads_object
 from service.api.tensors import array_from_json
 from service.core.card import TensorSpec
-from service.core.errors import PayloadTooLarge, ServingError, UnprocessableInput
+from service.core.errors import InvalidInput, PayloadTooLarge, ServingError, UnprocessableInput
 from service.core.limits import value_bound, value_bounds
 from service.dataplane.pixels import to_pixels
 from service.dataplane.types import InferResponse, InputTensor
+from service.engine.work_pool import TooHeavyForThisProcess
 
 shapes = st.lists(st.integers(1, 4), min_size=1, max_size=4)
 
@@ -185,3 +186,22 @@ def test_a_tensor_the_model_does_not_have_is_bounded_by_its_largest_input() -> N
     assert (value_bound(bounds, "a"), value_bound(bounds, "zzz"), value_bound({}, "a")) == (
         10, 30, None,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("loads", [loads_infer_request, loads_object])
+def test_a_body_simdjson_declines_is_read_again_here_only_while_small(
+    loads: Callable[[bytes], object],
+) -> None:
+    """An integer over 64 bits is valid JSON (orjson reads it as a float) and a stray comma is
+    not; either way orjson reads the body again, into Python objects: past
+    ``READ_AGAIN_HERE_BYTES`` only where that may hold the interpreter (the decoding child)."""
+    small = b'{"inputs": [], "zz": 123456789012345678901234567890}'
+    assert loads(small) == {"inputs": [], "zz": 1.2345678901234568e29}
+    with pytest.raises(InvalidInput, match="malformed JSON"):
+        loads(b'{"inputs": [1,]}')
+    pad = b" " * READ_AGAIN_HERE_BYTES
+    with pytest.raises(TooHeavyForThisProcess):
+        loads(small[:-1] + pad + b"}")
+    with pytest.raises(TooHeavyForThisProcess):
+        loads(b'{"inputs": [1,]' + pad + b"}")
+    assert loads(b'{"inputs": [1]' + pad + b"}") is not None  # simdjson takes it: no re-read

@@ -19,7 +19,13 @@ from service.api.rest.json_wire import loads
 from service.core.errors import InvalidInput, Overloaded
 from service.engine import work_pool
 from service.engine.thread_policy import ThreadScheduling
-from service.engine.work_pool import TooHeavyForTheLoop, WorkPool, on_event_loop
+from service.engine.work_pool import (
+    TooHeavyForTheLoop,
+    TooHeavyForThisProcess,
+    WorkPool,
+    heavy_allowed,
+    on_event_loop,
+)
 
 
 @pytest.fixture
@@ -188,6 +194,27 @@ async def test_a_child_that_died_idle_is_replaced_before_the_next_job_is_given_t
     assert second not in (first, os.getpid())
 
 
+def heavy_work() -> tuple[int, bool]:
+    """Where it ran: work that may only run where holding the interpreter for long may."""
+    if not heavy_allowed():
+        raise TooHeavyForThisProcess
+    return os.getpid(), on_event_loop()
+
+
+@pytest.mark.anyio
+async def test_work_too_heavy_for_this_process_runs_again_in_the_child(pool: WorkPool) -> None:
+    for size, light in [(10, True), (500, False)]:  # begun here, and on a thread
+        pid, _ = await pool.run_decoding(size, light, heavy_work)
+        assert pid != os.getpid()
+    assert not heavy_allowed()
+    never = WorkPool(threads=1, max_waiting=0)  # no child, ever: a thread allowed to
+    try:
+        assert await never.run_decoding(10, True, heavy_work) == (os.getpid(), False)
+        assert await never.run_decoding(10, False, heavy_allowed) is False  # that thread only
+    finally:
+        never.close()
+
+
 @pytest.mark.anyio
 async def test_where_no_child_can_start_large_bodies_are_decoded_on_a_thread(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
@@ -201,6 +228,7 @@ async def test_where_no_child_can_start_large_bodies_are_decoded_on_a_thread(
         assert await pool.run_decoding(5000, False, os.getpid) == os.getpid()  # a thread here
         assert "decoded on the pool's threads" in caplog.text
         assert pool.process_bytes == 0  # later bodies go to the threads without trying
+        assert await pool.run_decoding(10, True, heavy_work) == (os.getpid(), False)
         assert await pool.run_decoding(5000, False, threading.get_ident) != threading.get_ident()
     finally:
         pool.close()

@@ -234,6 +234,39 @@ def test_millions_of_numbers_for_one_v1_image_are_refused_without_holding_the_lo
     assert "10000000 values" in message
 
 
+def pixel_rows(images: int) -> str:
+    rows = np.random.default_rng(5).integers(0, 256, (images, 32, 32, 3)).tolist()
+    return json.dumps(rows, separators=(",", ":"))
+
+
+@pytest.mark.parametrize(
+    ("path", "tail", "status"),
+    [
+        ("/v1/models/tiny:predict", ', "zz": 123456789012345678901234567890}', 200),
+        ("/v1/models/tiny:predict", ', "zz": [1, 2,]}', 400),
+        (INFER, ', "zz": 123456789012345678901234567890}', 200),
+    ],
+    ids=["predict-big-integer", "predict-malformed", "infer-big-integer"],
+)
+def test_a_body_simdjson_declines_is_read_again_off_the_servers_interpreter(
+    server: ServerProcess, path: str, tail: str, status: int
+) -> None:
+    """One integer over 64 bits (valid JSON, read as a float) or one stray comma sends a body
+    to orjson, which makes a Python object of every value: on a pool thread a 3.9 MB body held
+    health checks 217-478 ms. Under 4 MiB it is not the child's by size, so it is sent there
+    when simdjson declines it."""
+    if path == INFER:
+        head = '{"inputs": [{"name": "images", "shape": [300, 32, 32, 3], "datatype": "UINT8", '
+        body = (head + f'"data": {pixel_rows(300)}}}]' + tail).encode()
+    else:
+        body = ('{"instances": ' + pixel_rows(300) + tail).encode()
+    assert 2_000_000 < len(body) < 4 * 1024 * 1024  # PROCESS_DECODE_BYTES: a pool thread's
+    response, _, watch = send(server, path, body, {"content-type": "application/json"})
+    assert response.status_code == status, response.text[:300]
+    assert watch.count >= 5 and not watch.failures, watch.failures
+    assert watch.worst < HEALTH_BOUND_S, f"a health check waited {watch.worst * 1000:.0f} ms"
+
+
 HUGE_SHAPES = [[0, 2**62, 2**62, 3], [1, 0, 2**63 - 1], [1] * 65, [0] * 17, [2**31, 0]]
 
 

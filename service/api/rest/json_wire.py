@@ -21,8 +21,12 @@ from service.core.limits import (
     check_tensor_count,
 )
 from service.engine.dtypes import NUMPY_DTYPES
+from service.engine.work_pool import TooHeavyForThisProcess, heavy_allowed
 
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+# A body simdjson declines is read again by orjson, into Python objects: in place up to this
+# size, past it only in the decoding child (``_read_again``).
+READ_AGAIN_HERE_BYTES = 65_536
 
 
 def dumps(data: Any) -> bytes:
@@ -49,7 +53,7 @@ def loads_object(body: bytes) -> Any:
     try:
         doc = simdjson.Parser().parse(body)
     except (ValueError, TypeError, RuntimeError):
-        return loads(body)  # malformed (orjson's message is the clearer) or over 64-bit numbers
+        return _read_again(body)
     if not isinstance(doc, simdjson.Object):
         return None if isinstance(doc, simdjson.Array) else doc  # refused as "not an object"
     check_object_size(len(doc), "the body")
@@ -142,9 +146,19 @@ def loads_infer_request(body: bytes) -> Any:
     try:
         return _loads_with_simdjson(body)
     except (ValueError, TypeError, RuntimeError, KeyError):
-        # Malformed, or what simdjson does not take (integers over 64 bits, keys with escapes
-        # it cannot look up again): orjson reads it, or its message is the clearer one.
-        return loads(body)
+        return _read_again(body)
+
+
+def _read_again(body: bytes) -> Any:
+    """A body simdjson declined, read by orjson: it is malformed (orjson's message, with its
+    place, is the clearer) or holds what simdjson does not take (an integer over 64 bits, which
+    orjson reads as a float). orjson makes a Python object of every value at once, which holds
+    the interpreter: one 3.9 MB body of pixel rows with one such integer held every other
+    request 478 ms from a pool thread. Past ``READ_AGAIN_HERE_BYTES`` it is therefore read only
+    where that may happen (``heavy_allowed``: the decoding child)."""
+    if len(body) > READ_AGAIN_HERE_BYTES and not heavy_allowed():
+        raise TooHeavyForThisProcess
+    return loads(body)
 
 
 def _loads_with_simdjson(body: bytes) -> Any:

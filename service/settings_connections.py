@@ -75,7 +75,19 @@ class ConnectionSettings(BaseSettings):
     grpc_max_concurrent_rpcs: int = Field(
         default=1024,
         ge=0,
-        description="Most gRPC calls in flight per process, then RESOURCE_EXHAUSTED (0: no limit).",
+        description=(
+            "Most gRPC calls at work per process (a unary call from its request message to its "
+            "answer, a stream while it has requests in flight), then RESOURCE_EXHAUSTED "
+            "(0: no limit)."
+        ),
+    )
+    grpc_max_waiting_calls: int = Field(
+        default=4096,
+        ge=1,
+        description=(
+            "Most gRPC calls per process waiting for a request message (a unary call at most "
+            "BODY_TIMEOUT_S); past it the one that has waited longest is ended (UNAVAILABLE)."
+        ),
     )
     grpc_stream_in_flight: int = Field(
         default=64,

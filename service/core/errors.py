@@ -72,6 +72,13 @@ class BodyBudgetFull(Overloaded):
     of this body is not read, and the connection closes."""
 
 
+class TooManyCalls(ServingError):
+    """A gRPC call past ``GRPC_MAX_CONCURRENT_RPCS`` calls at work (RESOURCE_EXHAUSTED, as
+    grpc's own limit answers)."""
+
+    status = HTTPStatus.TOO_MANY_REQUESTS
+
+
 class TimeoutExpired(ServingError):
     """A request still queued when its ``timeout`` parameter (or ``REQUEST_TIMEOUT_US``) ran out:
     answered without running, as Triton's UNAVAILABLE "Request timeout expired"."""

@@ -1,7 +1,8 @@
 """Caps on connections and calls, on real servers: past MAX_CONNECTIONS a REST connection is
 answered 503 at once and a gRPC one is closed, and both serve again once held connections go;
 GRPC_MAX_CONCURRENT_STREAMS bounds the calls of one connection (the server never sees more at
-once), GRPC_MAX_CONCURRENT_RPCS refuses calls past it with RESOURCE_EXHAUSTED, and a connection
+once), GRPC_MAX_CONCURRENT_RPCS refuses calls at work past it with RESOURCE_EXHAUSTED (calls
+that send nothing: test_grpc_idle_calls.py), and a connection
 past GRPC_MAX_CONNECTION_AGE_MS or GRPC_MAX_CONNECTION_IDLE_MS is closed while its channel
 keeps working."""
 
@@ -19,6 +20,7 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from service.settings import Settings
+from tests.support.grpc_calls import infer_request
 from tests.support.models import make_model_repo
 from tests.support.servers import running_server, wait_until
 from tests.support.sockets import connect, read_to_end
@@ -83,15 +85,6 @@ def test_connections_past_the_cap_are_refused_at_once_then_served_again(repo: Pa
             for sock in held:
                 sock.close()
         wait_until(lambda: grpc_live(server.grpc_url), 10, "gRPC serving again")
-
-
-def infer_request() -> Any:
-    tensor = service_pb2.ModelInferRequest.InferInputTensor(
-        name="images", datatype="UINT8", shape=[1, 32, 32, 3]
-    )
-    message = service_pb2.ModelInferRequest(model_name="tiny", inputs=[tensor])
-    message.raw_input_contents.append(bytes(32 * 32 * 3))
-    return message
 
 
 async def call_together(stub: Any, calls: int) -> list[str]:
@@ -165,7 +158,11 @@ def test_max_concurrent_rpcs_refuses_calls_past_it(repo: Path) -> None:
                 return burst, after
 
         burst, after = asyncio.run(run())
-        assert set(burst) == {"OK", "RESOURCE_EXHAUSTED: Concurrent RPC limit exceeded!"}, burst
+        refused = (
+            "RESOURCE_EXHAUSTED: the server is working on 2 gRPC calls, its limit "
+            "(GRPC_MAX_CONCURRENT_RPCS); retry shortly"
+        )
+        assert set(burst) == {"OK", refused}, burst
         assert 1 <= burst.count("OK") <= 2
         assert after == ["OK", "OK"]  # the server is healthy, the limit freed
         assert httpx.get(f"{server.url}/v2/health/ready", timeout=10).status_code == 200

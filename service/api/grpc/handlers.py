@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 from tritonclient.grpc import service_pb2
 
+from service.api.grpc.admission import unary
 from service.api.grpc.wire import (
     FIELD_SLACK,
     OTHER_MESSAGE_BYTES,
@@ -28,10 +29,8 @@ from service.api.grpc.wire import (
 from service.core.errors import PayloadTooLarge
 
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-# (client streams, server streams) -> how grpc binds such a method
+# (client streams, server streams) -> how grpc binds such a method (unary ones as streaming)
 STREAMING = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
     (True, False): grpc.stream_unary_rpc_method_handler,
     (True, True): grpc.stream_stream_rpc_method_handler,
 }
@@ -120,12 +119,17 @@ def request_parser(method: Any, sized: bool = True) -> Callable[[bytes], Any]:
 
 def method_handlers(servicer: Any) -> grpc.GenericRpcHandler:
     """Every method of ``GRPCInferenceService`` bound to ``servicer``'s method of the same name
-    (what ``add_GRPCInferenceServiceServicer_to_server`` builds, with lenient parsing)."""
+    (what ``add_GRPCInferenceServiceServicer_to_server`` builds, with lenient parsing). A unary
+    method is bound as client-streaming, so that the wait for its one message is the servicer's
+    ``admission`` to bound (``admission.unary``); the protocol has no server-streaming one."""
     handlers = {}
     for method in SERVICE.methods:
         serialize = GetMessageClass(method.output_type).SerializeToString
         behaviour = getattr(servicer, method.name)
-        kind = STREAMING[method.client_streaming, method.server_streaming]
+        if not method.client_streaming:
+            assert not method.server_streaming, method.name
+            behaviour = unary(servicer.admission, behaviour, servicer.refuse(method.name))
+        kind = STREAMING[True, method.server_streaming]
         handlers[method.name] = kind(
             behaviour,
             request_deserializer=request_parser(method),  # a stream's messages too

@@ -60,8 +60,7 @@ async def start_grpc_server(plane: DataPlane) -> tuple[Any, int]:
             ("grpc.max_send_message_length", limit),
             *connection_options(settings),
         ],
-        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs or None,
-    )
+    )  # no maximum_concurrent_rpcs: it counts calls that sent nothing (servicer's admission)
     server.add_generic_rpc_handlers((method_handlers(InferenceServicer(plane)),))
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     try:

@@ -10,7 +10,7 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -19,6 +19,7 @@ from service.api.admin import check_admin
 from service.api.client_address import caller
 from service.api.config_override import parse_config_override
 from service.api.grpc import codec, extension_codec, settings_codec
+from service.api.grpc.admission import Admission, Refuse
 from service.api.grpc.handlers import Oversized, Undecodable
 from service.api.grpc.shared_memory import status_response
 from service.api.grpc.stream import infer_message, serve_stream
@@ -48,6 +49,8 @@ GRPC_CODES: dict[int, grpc.StatusCode] = {
     HTTPStatus.SERVICE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     HTTPStatus.UNAUTHORIZED: grpc.StatusCode.UNAUTHENTICATED,
     HTTPStatus.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
+    HTTPStatus.REQUEST_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    HTTPStatus.TOO_MANY_REQUESTS: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
@@ -107,6 +110,22 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
+        settings = plane.settings
+        self.admission = Admission(
+            settings.grpc_max_concurrent_rpcs,
+            settings.grpc_max_waiting_calls,
+            settings.body_timeout_s,
+        )
+
+    def refuse(self, name: str) -> Refuse:
+        """How a call of method ``name`` that is not admitted ends: counted, with its code."""
+
+        async def refused(why: ServingError, context: Any) -> NoReturn:
+            self.plane.metrics.observe_grpc_call(name, grpc_code(why.status).name, 0.0)
+            await context.abort(grpc_code(why.status), why.message)
+            raise AssertionError("abort returned")  # grpc's abort raises
+
+        return refused
 
     @rpc
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -149,9 +168,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         return await infer_message(self.plane, request, context.invocation_metadata())  # stream.py
 
     async def ModelStreamInfer(self, requests: Any, context: Any) -> AsyncIterator[Any]:
-        metadata = context.invocation_metadata()
-        async for response in serve_stream(self.plane, requests, grpc_code, metadata):
-            yield response
+        metadata, admission = context.invocation_metadata(), self.admission
+        stream = serve_stream(self.plane, requests, grpc_code, metadata, admission=admission)
+        try:
+            async for response in stream:
+                yield response
+        except ServingError as why:  # its place was needed while it sent nothing
+            await context.abort(grpc_code(why.status), why.message)
 
     # -- the logging and trace extensions: read by anyone, changed under the admin rules ------
 

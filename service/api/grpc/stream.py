@@ -18,8 +18,9 @@ import grpc
 from tritonclient.grpc import service_pb2
 
 from service.api.grpc import codec, wire
+from service.api.grpc.admission import EVICTED, Admission, StreamPlace
 from service.api.grpc.handlers import SizedRequest, Undecodable, lenient_parser
-from service.core.errors import InvalidInput, ModelNotFound, ServingError
+from service.core.errors import InvalidInput, ModelNotFound, Overloaded, ServingError, TooManyCalls
 from service.core.limits import MAX_ELEMENTS, MAX_NAME_CHARS
 from service.dataplane.dataplane import DataPlane, request_scope
 from service.dataplane.trace_settings import grpc_carrier, step
@@ -153,14 +154,18 @@ async def serve_stream(
     status: StatusOf,
     metadata: Any = None,
     answer: Answer | None = None,
+    admission: Admission | None = None,
 ) -> AsyncGenerator[Any, None]:
     """The stream's answers as they finish; at most ``GRPC_STREAM_IN_FLIGHT`` requests in flight
-    or unsent at once."""
+    or unsent at once. With ``admission``, the stream holds a working place while it has
+    requests in flight (a request that finds none free is answered so) and waits as any call
+    that sends nothing does: ended with ``Overloaded`` when its place is needed."""
     answer = answer or (lambda request: infer_message(plane, request, metadata))
     limit = plane.settings.grpc_stream_in_flight
     done: asyncio.Queue[Any] = asyncio.Queue()
     slots = asyncio.Semaphore(limit)
     running: set[asyncio.Task[None]] = set()
+    place: StreamPlace | None = None
 
     async def run(request: Any) -> None:
         done.put_nowait(await answer_one(plane, request, answer, status))
@@ -169,6 +174,9 @@ async def serve_stream(
         try:
             async for request in requests:
                 await slots.acquire()  # released when an answer has been sent
+                if place is not None and not place.start():
+                    done.put_nowait(_refused(plane, request, status))
+                    continue
                 task = asyncio.create_task(run(request))
                 running.add(task)
                 task.add_done_callback(running.discard)
@@ -178,14 +186,32 @@ async def serve_stream(
             done.put_nowait(_END)
 
     reader = asyncio.create_task(read())
+    if admission is not None:
+        place = StreamPlace(admission, reader.cancel)
     try:
         while (item := await done.get()) is not _END:
             yield item
             slots.release()
+            if place is not None:
+                place.finish()
+        if place is not None and place.evicted:
+            raise Overloaded(EVICTED)
         await reader  # the client's end of the stream, or its error (grpc ends the call)
     finally:
+        if place is not None:
+            place.close()
         reader.cancel()  # the client went away, or the call ended: stop its work
         for task in list(running):
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await reader
+
+
+def _refused(plane: DataPlane, request: Any, status: StatusOf) -> Any:
+    """The answer to a stream's request that found no working place: not run (counted)."""
+    why = TooManyCalls(
+        f"the server is working on {plane.settings.grpc_max_concurrent_rpcs} gRPC calls, its "
+        "limit (GRPC_MAX_CONCURRENT_RPCS); retry shortly"
+    )
+    plane.metrics.observe_grpc_call("ModelStreamInfer", status(why.status).name, 0.0)
+    return error_response(request, why.message)

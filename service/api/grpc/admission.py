@@ -125,6 +125,7 @@ class Admission:
             raise
         finally:
             self._waiting.pop(task, None)
+            self._ended.pop(task, None)  # ended as its message came: the cancel lands later
 
 
 def unary(admission: Admission, behaviour: Behaviour, refuse: Refuse) -> Behaviour:

@@ -26,8 +26,9 @@ from fastapi import FastAPI
 
 from service.api.grpc.server import serve_grpc
 from service.api.rest.app import create_app
-from service.api.rest.connections import http_protocol, raise_open_file_limit
+from service.api.rest.connections import http_protocol
 from service.core.logs import configure_logging
+from service.core.open_files import raise_open_file_limit
 from service.settings import Settings
 
 
@@ -125,6 +126,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "timeout_graceful_shutdown": settings.shutdown_timeout_s,
         "timeout_keep_alive": settings.keep_alive_timeout_s,
         "http": http_protocol(settings),  # HEADER_TIMEOUT_S, MAX_CONNECTIONS, WRITE_TIMEOUT_S
+        "ws": "none",  # no WebSocket routes: an upgrade is served as the plain request it is
         # X-Forwarded-For sets request.client only from TRUSTED_PROXIES (client_address.py)
         "proxy_headers": bool(settings.trusted_proxies),
         "forwarded_allow_ips": [str(network) for network in settings.trusted_proxies],

@@ -334,3 +334,41 @@ def test_a_body_in_small_chunks_under_the_count_is_answered(server: Running) -> 
     answer = exchange(server.rest_port, chunked(GOOD, 10) + LIVE + b"Connection: close\r\n\r\n")
     assert len(GOOD) // 10 < 1024
     assert answer.startswith(b"HTTP/1.1 200 OK") and answer.count(b"HTTP/1.1 200 OK") == 2
+
+
+H2C = "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n"
+WEBSOCKET = (
+    "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
+
+
+def test_a_request_with_a_body_that_asks_to_switch_protocols_is_told_so(server: Running) -> None:
+    """curl's --http2 over plain HTTP asks for h2c on every request. httptools stops at such a
+    head to switch, so a body was lost and the request answered as empty ("the request body is
+    empty"); nothing here switches, so it is told why, and the connection closed."""
+    for frame in ("Content-Length", "Transfer-Encoding"):
+        if frame == "Content-Length":
+            raw = post_head("/v2/models/tiny/infer", len(GOOD), H2C) + GOOD
+        else:
+            raw = post_head("/v2/models/tiny/infer", None, H2C + "Transfer-Encoding: chunked\r\n")
+            raw += chunked(GOOD, 4096).partition(b"\r\n\r\n")[2]
+        answer = exchange(server.rest_port, raw)
+        assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer[:200]
+        assert b"connection: close" in answer
+        assert "switch protocols" in json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+    plain = exchange(server.rest_port, post_head("/v2/models/tiny/infer", len(GOOD)) + GOOD)
+    assert plain.startswith(b"HTTP/1.1 200 OK"), plain[:200]
+
+
+@pytest.mark.parametrize("upgrade", [H2C, WEBSOCKET], ids=["h2c", "websocket"])
+def test_a_bodiless_request_that_asks_to_switch_protocols_is_served_as_it_is(
+    server: Running, upgrade: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """There are no WebSocket routes (uvicorn's ws="none"): a handshake is a plain GET, answered
+    as one, and neither it nor an h2c offer writes a warning (anyone could fill the log)."""
+    head = f"GET /v2/health/ready HTTP/1.1\r\nHost: localhost\r\n{upgrade}\r\n"  # kept alive
+    with caplog.at_level("INFO"):
+        answer = exchange(server.rest_port, head.encode())
+    assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:200]
+    assert not [r for r in caplog.records if r.levelno >= 20 and "pgrade" in r.getMessage()]

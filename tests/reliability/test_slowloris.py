@@ -261,7 +261,7 @@ def test_raise_open_file_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
     """In a child process (the limit is process-wide) whose soft limit starts at 256."""
     code = (
         "import resource\n"
-        "from service.api.rest.connections import raise_open_file_limit\n"
+        "from service.core.open_files import raise_open_file_limit\n"
         "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
         "print(raise_open_file_limit(64), *resource.getrlimit(resource.RLIMIT_NOFILE))\n"

@@ -1,6 +1,8 @@
-"""Bounds on REST connections that uvicorn lacks: a header-read timeout and a connection cap in its
-HTTP protocol (``http_protocol(settings)``, given to uvicorn as ``http=``), and an open-file limit
-raised at start-up so that the cap, not the descriptors, is what bounds connections."""
+"""Bounds on REST connections that uvicorn lacks, in its HTTP protocol (``http_protocol(settings)``,
+given to uvicorn as ``http=``): a header-read timeout, a connection cap, a write timeout, bounds on
+a request head, on pipelined requests and on a body's pieces, and no protocol switch that would
+lose a body. ``service.core.open_files`` raises the open-file limit so that the cap, not the
+descriptors, is what bounds connections."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import asyncio
 import functools
 import json
 import logging
-import resource
 import time
 import weakref
 from collections.abc import Callable
@@ -23,9 +24,6 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Descriptors a process needs beside its client connections: models, repository scans, log
-# files, the event loop, gRPC's listener and threads.
-FD_HEADROOM = 1024
 # Header fields of one request (Apache's LimitRequestFields); past it a 431.
 MAX_HEADER_FIELDS = 100
 # A chunked body in pieces of 1 byte costs httptools and uvicorn about 0.3 us of the loop each,
@@ -91,13 +89,8 @@ class _TimedClose:
         return getattr(self._transport, name)
 
 
-class BodyInPieces(Exception):
-    """Raised in ``on_body`` to stop httptools: a body past ``MAX_BODY_PIECES`` pieces averaging
-    under ``MIN_PIECE_BYTES``."""
-
-
-class HeadTooLarge(Exception):
-    """Raised in a parser callback to stop httptools at a head with too many fields."""
+class Refused(Exception):
+    """Raised in a parser callback to stop httptools; the protocol's ``refusal`` answers."""
 
 
 class BoundedHttpProtocol(HttpToolsProtocol):
@@ -143,7 +136,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.head_bytes = 0  # of the awaited head, in the chunks after the one it began in
         self.chunk_bytes = 0  # the chunk being parsed
         self.head_continued = False  # a head was in progress when that chunk came
-        self.head_refused = False
+        self.refusal: Callable[[], None] | None = None  # how a ``Refused`` request is answered
         # Requests read ahead of their answers (pipelined) and waiting their turn: uvicorn parses
         # all of a read at once, each request into ~650 bytes of Python objects (one 256 kB read
         # of tiny requests held 4 MB). Past this many the connection reads no further, and closes
@@ -151,7 +144,6 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.max_pipelined = max_pipelined
         self.pipeline_full = False  # past max_pipelined: nothing more is read
         self.body_pieces = self.body_bytes = 0  # of the request being read
-        self.pieces_refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(cast(asyncio.Transport, _TimedClose(transport, self._closing)))
@@ -243,8 +235,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._cancel_header_timer()
         self.head_started = False
         if self._head_too_large():
-            self.head_refused = True
-            raise HeadTooLarge  # httptools stops; uvicorn's 400 becomes our 431 (below)
+            self._refuse(self._refuse_head)
+        if self.parser.should_upgrade() and self._upgrade_with_body():
+            self._refuse(self._refuse_upgrade)
         if self.pipeline_full or len(self.pipeline) >= self.max_pipelined:
             self._drop_the_rest()
             return
@@ -267,8 +260,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.body_bytes += len(body)
         pieces = self.body_pieces
         if pieces > MAX_BODY_PIECES and self.body_bytes < MIN_PIECE_BYTES * pieces:
-            self.pieces_refused = True
-            raise BodyInPieces  # httptools stops; uvicorn's 400 becomes ours (below)
+            self._refuse(self._refuse_pieces)
         super().on_body(body)
 
     def on_message_complete(self) -> None:
@@ -285,13 +277,38 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         size = len(self.url) + sum([len(n) + len(v) + 4 for n, v in self.headers])
         return size > self.max_header_bytes
 
+    def _refuse(self, refusal: Callable[[], None]) -> None:
+        self.refusal = refusal
+        raise Refused  # httptools stops; uvicorn's 400 for it becomes ``refusal`` (below)
+
     def send_400_response(self, msg: str) -> None:
-        if self.head_refused:  # raised in on_headers_complete
-            self._refuse_head()
-        elif self.pieces_refused:  # raised in on_body
-            self._refuse_pieces()
+        if self.refusal is not None:
+            self.refusal()
         else:
             super().send_400_response(msg)
+
+    def _upgrade_with_body(self) -> bool:
+        """A request with a body asking to switch protocols (curl's ``--http2``: ``Upgrade:
+        h2c``): httptools stops at its head to switch, so its body would be lost (nothing here
+        switches; it was answered as an empty body)."""
+        framing = (b"transfer-encoding", b"content-length")
+        return any(name in framing and value != b"0" for name, value in self.headers)
+
+    def _unsupported_upgrade_warning(self) -> None:
+        """A bodiless request's Upgrade (a WebSocket's, h2c) is ignored and the request served:
+        nothing here switches protocols (uvicorn's ``ws="none"``). uvicorn warned twice per
+        such request, a log line anyone could buy by the thousand."""
+        log.debug("a request's Upgrade header was ignored: nothing here switches protocols")
+
+    def _refuse_upgrade(self) -> None:
+        if self.cycle is None or self.cycle.response_complete:  # not while one is answered
+            message = (
+                "the request asks to switch protocols (its Upgrade header), which this server "
+                "does not do, and its body would be lost: send it without (curl: no --http2)"
+            )
+            self.transport.write(_response(b"400 Bad Request", message))
+        self.pipeline_full = True  # what else arrives is not parsed
+        self.transport.close()
 
     def _refuse_pieces(self) -> None:
         """400 for a body in pieces too small (unless its request's answer has begun: then only
@@ -355,32 +372,3 @@ def http_protocol(settings: Settings) -> functools.partial[BoundedHttpProtocol]:
         max_header_bytes=settings.max_header_bytes,
         max_pipelined=settings.max_pipelined,
     )
-
-
-def raise_open_file_limit(max_connections: int) -> int:
-    """Raise the soft open-file limit to the hard one (as Go's runtime does), so that
-    ``max_connections`` (REST and gRPC each) plus ``FD_HEADROOM`` fit; returns the soft limit in
-    force. Warns when the hard limit is too low for that, since the descriptors then bound
-    connections before the cap does."""
-    needed = 2 * max_connections + FD_HEADROOM
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = max(soft, needed) if hard == resource.RLIM_INFINITY else hard
-    if target > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError) as exc:
-            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
-            target = soft
-        else:
-            log.info("open-file limit raised from %d to %d", soft, target)
-    else:
-        target = soft
-    if target < needed:
-        log.warning(
-            "the open-file limit (%d) is below what MAX_CONNECTIONS=%d needs (%d): the limit, "
-            "not the cap, will refuse connections",
-            target,
-            max_connections,
-            needed,
-        )
-    return target

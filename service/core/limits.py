@@ -44,11 +44,19 @@ def check_tensor_count(count: int, what: str) -> None:
         raise InvalidInput(f"{count} {what}, more than the limit of {MAX_TENSORS}")
 
 
-def value_bounds(inputs: Sequence[TensorSpec], batched: bool, max_rows: int) -> dict[str, int]:
+def value_bounds(
+    inputs: Sequence[TensorSpec], batched: bool, max_rows: int, bytes_elements: bool = False
+) -> dict[str, int]:
     """The most values each input of a model can take in one request (``max_rows`` rows of it),
-    by name; an input with an open axis besides the batch's has no bound and is left out."""
+    by name; an input with an open axis besides the batch's has no bound and is left out. With
+    ``bytes_elements``, the most BYTES elements instead: for an input of another datatype one a
+    row (an image classifier's images sent as encoded files), not one a value (a 330-byte
+    request naming a shared memory region had 3.1 million split for an image model)."""
     bounds = {}
     for spec in inputs:
+        if bytes_elements and spec.datatype != "BYTES":
+            bounds[spec.name] = max_rows if batched else 1
+            continue
         dims = spec.shape[1:] if batched else spec.shape
         if all(d >= 0 for d in dims):
             bounds[spec.name] = (max_rows if batched else 1) * math.prod(dims)

@@ -128,7 +128,7 @@ class ModelRuntime:
         self._users = 0  # requests holding this runtime (see ``acquire``)
         self._in_executor = 0  # unbatched requests handed to the executor and not yet answered
         self.inline_p99_s: float | None = None  # set by ``warm_up`` for a quick enough version
-        self._value_bounds: dict[int, dict[str, int]] = {}  # by max_rows (``value_bounds``)
+        self._value_bounds: dict[tuple[int, bool], dict[str, int]] = {}  # by (rows, BYTES)
         self._served_runs: ServedRuns | None = None  # judged slow at warm-up: judged again
         self._retired = False
         self.closed = False
@@ -279,13 +279,13 @@ class ModelRuntime:
         """Requests given to this version's thread and not yet answered (its queue's, batched)."""
         return self._in_executor if self._batcher is None else self._batcher.queued_requests
 
-    def value_bounds(self, max_rows: int) -> dict[str, int]:
-        """The most values each input takes in a request of ``max_rows`` rows, by name
-        (``limits.value_bounds``), computed once: checked before a decoder converts values."""
-        bounds = self._value_bounds.get(max_rows)
+    def value_bounds(self, max_rows: int, bytes_elements: bool = False) -> dict[str, int]:
+        """The most values (or BYTES elements) each input takes in a request of ``max_rows``
+        rows, by name (``limits.value_bounds``), computed once: checked before decoding."""
+        bounds = self._value_bounds.get((max_rows, bytes_elements))
         if bounds is None:
-            bounds = value_bounds(self.card.inputs, self.batched, max_rows)
-            self._value_bounds[max_rows] = bounds
+            bounds = value_bounds(self.card.inputs, self.batched, max_rows, bytes_elements)
+            self._value_bounds[max_rows, bytes_elements] = bounds
         return bounds
 
     def _answered(self, tagged: Tagged, outputs: Outputs, rows: Rows) -> None:

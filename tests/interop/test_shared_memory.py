@@ -263,6 +263,28 @@ def test_infer_bounds(
     still_serving(http, pixels, expected)
 
 
+def test_bytes_in_a_region_are_held_to_one_encoded_image_a_row_before_they_are_read(
+    http: Any,
+    grpc_client: Any,
+    pixels: np.ndarray,
+    expected: np.ndarray,
+    region: Callable[[int], Any],
+) -> None:
+    """A BYTES tensor for an image input holds encoded files, one a row: a 330-byte request
+    naming a region as 3,072 BYTES elements a row (3.1 million) had them read and split, 1.2 s
+    of a pool thread, before the model refused them (a helper's audit). Its shape is refused
+    first now, over both protocols."""
+    handle = region(4096)
+    http.register_system_shared_memory("strings", key_of(handle), 4096)
+    for client, wire in ((http, triton_http), (grpc_client, triton_grpc)):
+        tensor = wire.InferInput("images", [1024, 3072], "BYTES")
+        tensor.set_shared_memory("strings", 4096)
+        status = "413" if wire is triton_http else str(grpc.StatusCode.RESOURCE_EXHAUSTED)
+        message = refused(lambda c=client, t=tensor: c.infer(MODEL, [t]), status)
+        assert message.endswith("more than the model's input takes in one request (1024)")
+    still_serving(http, pixels, expected)
+
+
 @pytest.mark.parametrize(
     "parameters",
     [

@@ -148,13 +148,16 @@ def typed_contents(tensor: Any) -> list[Any]:
     return list(getattr(tensor.contents, field)) if field is not None else []
 
 
-def check_value_counts(request: Any, bounds: Mapping[str, int], max_rows: int) -> None:
+def check_value_counts(
+    request: Any, bounds: Mapping[str, int], max_rows: int, elements: Mapping[str, int]
+) -> None:
     """Each input's shape and typed values held to what the model's input of that name takes
-    (``bounds``: ``limits.value_bounds``), in O(1) a tensor, before any value is converted or
-    measured: 10 million empty BYTES values for an image model held the event loop 1.2 s and
-    grew the server by 685 MB before the model refused them."""
+    (``bounds``: ``limits.value_bounds``; ``elements``, its BYTES elements), in O(1) a tensor,
+    before any value is converted, measured or read from shared memory: 10 million empty BYTES
+    values for an image model held the event loop 1.2 s and grew the server by 685 MB before
+    the model refused them."""
     for tensor in request.inputs[:MAX_TENSORS]:
-        most = value_bound(bounds, tensor.name)
+        most = value_bound(elements if tensor.datatype == "BYTES" else bounds, tensor.name)
         if most is None:
             continue
         where = f"input {tensor.name!r}"

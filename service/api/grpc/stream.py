@@ -103,7 +103,8 @@ async def _answer(plane: DataPlane, request: Any, metadata: Any) -> Any:
     settings = plane.settings
     # A model without a batch axis has no rows to bound: the element limit does.
     max_rows = settings.max_images_per_request if runtime.batched else MAX_ELEMENTS
-    codec.check_value_counts(request, runtime.value_bounds(max_rows), max_rows)
+    elements = runtime.value_bounds(max_rows, bytes_elements=True)
+    codec.check_value_counts(request, runtime.value_bounds(max_rows), max_rows, elements)
     light = codec.python_decode_bytes(request) <= settings.inline_decode_bytes
     decode = codec.decode_infer_request
     with plane.trace_settings.request(runtime.name, grpc_carrier(metadata)):

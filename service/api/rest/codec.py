@@ -66,8 +66,9 @@ def decode_infer_request(
     """A v2 infer body: JSON, or a JSON header and raw tensor bytes (the binary extension).
     With ``max_values`` (what ``max_rows`` rows of the model's inputs hold), JSON holding more
     values is refused before it is parsed (``check_json_values``). With ``bounds`` (each input's
-    most values, ``limits.value_bounds``), a BYTES input's shape is held to them before its
-    bytes are split element by element (4 bytes an element buy 0.6 us of Python each)."""
+    most BYTES elements, ``limits.value_bounds``), a BYTES input's shape is held to them before
+    its bytes are split element by element (4 bytes an element buy 0.6 us of Python each), or
+    read from shared memory."""
     binary = b""
     if header_length is not None:
         if not 0 < header_length <= len(body):

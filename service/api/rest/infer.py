@@ -64,7 +64,7 @@ async def v2_infer(
     # Counting a body's values costs about 0.5 us a kB: for bodies too large for the loop only.
     max_values = None if light else most_values(runtime.card.inputs, runtime.batched, max_rows)
     with step("decode"):
-        bounds = runtime.value_bounds(max_rows)
+        bounds = runtime.value_bounds(max_rows, bytes_elements=True)  # BYTES held to them
         infer = await plane.work.run_decoding(
             json_size, light, decode_infer_request, body, length, max_rows, max_values, bounds
         )

@@ -48,7 +48,9 @@ def decode_activations_body(
     if count_values:
         check_json_values(raw, math.prod(shape), f"one image of {list(shape)}")
     b64 = functools.partial(decode_b64_images, size=shape[:2], limits=limits)
-    body = validated_body(ActivationsRequest, loads_object(raw))
+    body = validated_body(
+        ActivationsRequest, loads_object(raw, frozenset(ActivationsRequest.model_fields))
+    )
     if len(body.instances) != 1:
         raise UnprocessableInput(
             f"'instances' must hold exactly one image, got {len(body.instances)}"

@@ -53,7 +53,7 @@ def decode_predict_body(
         values = max_rows * math.prod(image_shape)
         check_json_values(raw, values, f"{max_rows} images of {list(image_shape)}")
     b64 = functools.partial(decode_b64_images, size=image_shape[:2], limits=limits)
-    body = validated_body(PredictRequest, loads_object(raw))
+    body = validated_body(PredictRequest, loads_object(raw, frozenset(PredictRequest.model_fields)))
     pixels = predict_pixels(body, image_shape, input_name, signature_name, b64, max_rows)
     return pixels, body.top_k
 

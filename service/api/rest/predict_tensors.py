@@ -30,7 +30,7 @@ def decode_predict_tensors_body(
 ) -> tuple[list[InputTensor], bool]:
     """A tensor model's ``:predict`` body as its inputs (``predict_tensors``), parsed and checked
     once; module-level, as ``predict.decode_predict_body``, for the work pool's child."""
-    body = validated_body(PredictRequest, loads_object(raw))
+    body = validated_body(PredictRequest, loads_object(raw, frozenset(PredictRequest.model_fields)))
     return predict_tensors(body, inputs, batched, signature_name, max_rows)
 
 

@@ -8,6 +8,7 @@ Registration takes the repository API's rule: these servers admit loopback (ADMI
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -280,7 +281,7 @@ def test_bytes_in_a_region_are_held_to_one_encoded_image_a_row_before_they_are_r
         tensor = wire.InferInput("images", [1024, 3072], "BYTES")
         tensor.set_shared_memory("strings", 4096)
         status = "413" if wire is triton_http else str(grpc.StatusCode.RESOURCE_EXHAUSTED)
-        message = refused(lambda c=client, t=tensor: c.infer(MODEL, [t]), status)
+        message = refused(functools.partial(client.infer, MODEL, [tensor]), status)
         assert message.endswith("more than the model's input takes in one request (1024)")
     still_serving(http, pixels, expected)
 

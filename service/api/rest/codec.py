@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from service.api.rest.json_wire import dumps, json_object, loads_infer_request
+from service.api.rest.json_wire import dumps, dumps_in_slices, json_object, loads_infer_request
 from service.api.tensors import (
     array_from_bytes,
     array_from_json,
@@ -182,9 +182,11 @@ def _model_version(value: Any) -> str | None:
 
 
 def encode_infer_response(
-    response: InferResponse, binary: Mapping[str, bool]
+    response: InferResponse, binary: Mapping[str, bool], sliced: bool = False
 ) -> tuple[bytes, int | None]:
-    """The v2 response body and, when some output is binary, the JSON header's length."""
+    """The v2 response body and, when some output is binary, the JSON header's length;
+    ``sliced``: its numbers written a slice at a time (``dumps_in_slices``), for a large answer
+    written on the work pool."""
     tensors: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for name, array in response.outputs.items():
@@ -210,7 +212,7 @@ def encode_infer_response(
     }
     if response.id is not None:
         body["id"] = response.id
-    header = dumps(body)
+    header = dumps_in_slices(body) if sliced else dumps(body)
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from service.api.rest.http_io import validated_body
-from service.api.rest.json_wire import loads_object
+from service.api.rest.json_wire import dumps, dumps_in_slices, loads_object
 from service.api.rest.schemas import PredictRequest
 from service.api.tensors import array_from_json, bytes_strings
 from service.core.card import DEFAULT_SIGNATURE, TensorSpec
@@ -116,11 +116,22 @@ def predict_tensors(
 
 
 def _json_value(array: np.ndarray) -> Any:
+    """An output as JSON writes it: numbers as numpy (orjson writes them nested as they are),
+    BYTES as nested lists of strings."""
     if array.dtype.hasobject:  # BYTES: strings, as TF Serving answers them
         strings = np.empty(array.size, dtype=object)
         strings[:] = bytes_strings(array)
         return strings.reshape(array.shape).tolist()
-    return array.tolist()
+    return array
+
+
+def encoded_answer(
+    name: str, version: str, outputs: Mapping[str, np.ndarray], rows: bool, sliced: bool
+) -> bytes:
+    """``predict_answer`` as the JSON answer of model ``name``; ``sliced``: its numbers written
+    a slice at a time (``dumps_in_slices``), for a large one written on the work pool."""
+    answer = {"model_name": name, "model_version": version, **predict_answer(outputs, rows)}
+    return dumps_in_slices(answer) if sliced else dumps(answer)
 
 
 def predict_answer(outputs: Mapping[str, np.ndarray], rows: bool) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from service.api.rest.http_io import (
 )
 from service.api.rest.json_wire import dumps
 from service.api.rest.predict import NESTED_JSON_COST, decode_predict_body
-from service.api.rest.predict_tensors import decode_predict_tensors_body, predict_answer
+from service.api.rest.predict_tensors import decode_predict_tensors_body, encoded_answer
 from service.api.rest.schemas import (
     ClassifyResponse,
     PredictRequest,
@@ -121,9 +121,7 @@ async def predict(
     return await _predictions(plane, runtime, pixels, top_k or body_k or settings.default_top_k)
 
 
-async def _predict_tensors(
-    request: Request, plane: DataPlane, runtime: ModelRuntime
-) -> dict[str, Any]:
+async def _predict_tensors(request: Request, plane: DataPlane, runtime: ModelRuntime) -> Response:
     """``:predict`` for a tensor model: its inputs by name in, its outputs by name out, in TF
     Serving's form for a multi-input signature (``predict_tensors``)."""
     settings = plane.settings
@@ -141,8 +139,11 @@ async def _predict_tensors(
         settings.max_images_per_request,
     )
     response = await plane.infer(runtime, InferRequest(None, tensors))
-    answer = await plane.work.run_here_if_light(light, predict_answer, response.outputs, rows)
-    return {"model_name": runtime.name, "model_version": str(runtime.version), **answer}
+    # A large answer is written on the work pool, a slice at a time (``dumps_in_slices``).
+    light = sum(a.nbytes for a in response.outputs.values()) <= settings.inline_decode_bytes
+    version = str(runtime.version)
+    job = encoded_answer, runtime.name, version, response.outputs, rows, not light
+    return Response(await plane.work.run_here_if_light(light, *job), media_type=JSON)
 
 
 @router.post(

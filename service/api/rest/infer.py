@@ -14,6 +14,7 @@ from service.core.limits import MAX_ELEMENTS, value_bounds
 from service.core.version_policy import parse_version
 from service.dataplane.dataplane import DataPlane
 from service.dataplane.trace_settings import step
+from service.dataplane.types import InferRequest, InferResponse
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -80,12 +81,16 @@ async def v2_infer(
                 f"the body's model_version {infer.model_version!r} contradicts the URL's "
                 f"version {version!r}"
             )
-    response = await plane.infer(runtime, infer)
+    return await _reply(plane, infer, await plane.infer(runtime, infer))
+
+
+async def _reply(plane: DataPlane, infer: InferRequest, response: InferResponse) -> InferReply:
+    """``response`` encoded as ``infer`` asks (JSON, or binary outputs after a JSON header). A
+    large answer is written on the work pool, a slice at a time: on the loop, 30 MB of float32
+    outputs as JSON held every other request 239 ms."""
     binary = {o.name: o.binary for o in infer.outputs} or dict.fromkeys(
         response.outputs, infer.binary_output
     )
-    # A large answer is written on the work pool, a slice at a time: on the loop, 30 MB of
-    # float32 outputs as JSON held every other request 239 ms.
     light = sum(a.nbytes for a in response.outputs.values()) <= plane.settings.inline_decode_bytes
     with step("encode"):
         payload, json_length = await plane.work.run_here_if_light(

@@ -1,7 +1,7 @@
 """Bounds on REST connections that uvicorn lacks, in its HTTP protocol (``http_protocol(settings)``,
 given to uvicorn as ``http=``): a header-read timeout, a connection cap, a write timeout, bounds on
-a request head, on pipelined requests and on a body's pieces, and no protocol switch that would
-lose a body. ``service.core.open_files`` raises the open-file limit so that the cap, not the
+a request head and its target, on pipelined requests and on a body's pieces, no protocol switch
+that would lose a body, and uvicorn's warnings throttled. ``service.core.open_files`` raises the open-file limit so that the cap, not the
 descriptors, is what bounds connections."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import asyncio
 import functools
 import json
 import logging
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any, cast
@@ -19,6 +18,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
+from service.api.rest.throttled_log import ThrottledLog
 from service.core.logs import new_request_id
 from service.settings import Settings
 
@@ -32,8 +32,11 @@ MAX_HEADER_FIELDS = 100
 # body with a Content-Length comes a read at a time: its pieces are the kernel's segments).
 MAX_BODY_PIECES = 1024
 MIN_PIECE_BYTES = 256
-# Refused connections are logged at most this often, so a flood cannot flood the log too.
-REFUSAL_LOG_INTERVAL_S = 10.0
+# A request target (path and query) past this many bytes or query fields is a 414: FastAPI
+# parses the query of every routed request, about 1.5 us a field, and 15,000 fields (60 kB, under
+# the head limit) cost 23 ms a request; nginx takes 8 kB lines by default.
+MAX_TARGET_BYTES = 8192
+MAX_QUERY_FIELDS = 256
 
 
 def _response(status: bytes, message: str, extra: bytes = b"") -> bytes:
@@ -46,22 +49,9 @@ def _response(status: bytes, message: str, extra: bytes = b"") -> bytes:
     )  # fmt: skip
 
 
-class _Refusals:
-    """Connections refused at the cap since the last log line."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.logged_at = -REFUSAL_LOG_INTERVAL_S
-
-    def add(self, limit: int) -> None:
-        self.count += 1
-        now = time.monotonic()
-        if now - self.logged_at >= REFUSAL_LOG_INTERVAL_S:
-            log.warning("%d connection(s) refused at MAX_CONNECTIONS=%d", self.count, limit)
-            self.count, self.logged_at = 0, now
-
-
-_refusals = _Refusals()
+# uvicorn's own warnings (a malformed request, say) and the refusals at the cap, throttled
+_uvicorn_log = ThrottledLog(logging.getLogger("uvicorn.error"))
+_refusal_log = ThrottledLog(log)
 
 
 class _TimedClose:
@@ -122,6 +112,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         max_pipelined: int,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        self.logger = cast(logging.Logger, _uvicorn_log)
         self.header_timeout_s = header_timeout_s
         self.max_connections = max_connections
         self.write_timeout_s = write_timeout_s
@@ -148,7 +139,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(cast(asyncio.Transport, _TimedClose(transport, self._closing)))
         if len(self.connections) > self.max_connections:  # this one included
-            _refusals.add(self.max_connections)
+            _refusal_log.warning("connections refused at MAX_CONNECTIONS=%d", self.max_connections)
             message = f"the server holds its maximum of {self.max_connections} connections"
             transport.write(_response(b"503 Service Unavailable", message, b"retry-after: 1\r\n"))
             transport.close()
@@ -236,6 +227,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.head_started = False
         if self._head_too_large():
             self._refuse(self._refuse_head)
+        if len(self.url) > MAX_TARGET_BYTES or self.url.count(b"&") >= MAX_QUERY_FIELDS:
+            self._refuse(self._refuse_target)
         if self.parser.should_upgrade() and self._upgrade_with_body():
             self._refuse(self._refuse_upgrade)
         if self.pipeline_full or len(self.pipeline) >= self.max_pipelined:
@@ -323,6 +316,15 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self.transport.write(_response(b"400 Bad Request", message))
         self.pipeline_full = True  # what else arrives is not parsed
         self._disconnect_requests()
+        self.transport.close()
+
+    def _refuse_target(self) -> None:
+        message = (
+            f"the request target is over the limit of {MAX_TARGET_BYTES} bytes or "
+            f"{MAX_QUERY_FIELDS} query fields"
+        )
+        self.transport.write(_response(b"414 URI Too Long", message))
+        self.pipeline_full = True  # what else arrives is not parsed
         self.transport.close()
 
     def _refuse_head(self) -> None:

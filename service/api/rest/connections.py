@@ -1,8 +1,8 @@
 """Bounds on REST connections that uvicorn lacks, in its HTTP protocol (``http_protocol(settings)``,
 given to uvicorn as ``http=``): a header-read timeout, a connection cap, a write timeout, bounds on
 a request head and its target, on pipelined requests and on a body's pieces, no protocol switch
-that would lose a body, and uvicorn's warnings throttled. ``service.core.open_files`` raises the open-file limit so that the cap, not the
-descriptors, is what bounds connections."""
+that would lose a body, and uvicorn's warnings throttled. ``service.core.open_files`` raises the
+open-file limit so that the cap, not the descriptors, is what bounds connections."""
 
 from __future__ import annotations
 

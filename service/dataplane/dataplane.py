@@ -139,6 +139,7 @@ class DataPlane:
         if self.prediction_log is not None:  # what is queued is written, within a bound
             self.prediction_log.close(LOG_FLUSH_S)
         self.work.close()
+        self.trace_settings.close(LOG_FLUSH_S)  # spans still queued, within the same bound
         self.monitor.close()
         self.shared_memory.close()
         self.activation_sessions.close()

@@ -83,6 +83,10 @@ class TraceSettings:
             return _UNTRACED
         return tracing.request_span(model, carrier)
 
+    def close(self, timeout_s: float) -> None:
+        """The spans still queued exported, for at most ``timeout_s`` (``tracing.close``)."""
+        tracing.close(timeout_s)
+
     def _sampled(self, model: str) -> bool:
         with self._lock:
             own = self._models.get(model, {})

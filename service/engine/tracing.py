@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -54,7 +55,10 @@ def provider_from_environment() -> trace.TracerProvider:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-    provider = TracerProvider(resource=Resource.create({"service.name": NAME}))
+    # Not flushed at the interpreter's exit (the SDK's default, whose OTLP retries kept a
+    # stopping server alive over 20 s while its collector was away): ``close`` bounds it.
+    resource = Resource.create({"service.name": NAME})
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
     if exporter_name == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -63,6 +67,17 @@ def provider_from_environment() -> trace.TracerProvider:
     elif exporter_name == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     return provider
+
+
+def close(timeout_s: float) -> None:
+    """Export the spans still queued, for at most ``timeout_s`` (a thread left behind after
+    that ends with the process): a server stopping must not wait on an absent collector."""
+    provider = _provider
+    shutdown = getattr(provider, "shutdown", None)
+    if shutdown is not None:
+        flusher = threading.Thread(target=shutdown, name="trace-flush", daemon=True)
+        flusher.start()
+        flusher.join(timeout_s)
 
 
 def request_span(model: str, carrier: Mapping[str, str]) -> AbstractContextManager[Any]:

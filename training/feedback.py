@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from service.core.captured_images import unpack
 from service.core.errors import DataError
 from training.data import CLASS_NAMES, IMAGE_SHAPE, Split
 
 if TYPE_CHECKING:  # imported where used: `python -m training` starts without it
     import sqlalchemy as sa
 
-IMAGE_BYTES = int(np.prod(IMAGE_SHAPE))  # 3,072: 32x32x3 uint8, as the log stores them
+IMAGE_BYTES = int(np.prod(IMAGE_SHAPE))  # 3,072: 32x32x3 uint8 (compressed in the log)
 DEFAULT_HOLDOUT_SHARE = 0.2
 DEFAULT_CAP_PER_CLASS = 2000  # under half of a class's 4,500-5,000 CIFAR training images
 HASH_SPACE = 16**16  # the first 16 hex digits of the hash, as a number, decide the side
@@ -93,8 +94,9 @@ def _usable(image: Any, label: Any) -> bool:
     )
 
 
-def _rows(engine: sa.Engine, model: str) -> Iterator[tuple[bytes, int]]:
-    """Every labelled, captured row of ``model``, streamed (the log may hold a million)."""
+def _rows(engine: sa.Engine, model: str) -> Iterator[tuple[bytes | None, int]]:
+    """Every labelled, captured row of ``model``, streamed (the log may hold a million), its
+    image as pixels (``captured_images.unpack``: None where it holds none)."""
     import sqlalchemy as sa
 
     with engine.connect() as connection:
@@ -102,7 +104,8 @@ def _rows(engine: sa.Engine, model: str) -> Iterator[tuple[bytes, int]]:
             sa.text(LABELLED), {"model": model}
         )
         for image, label in result:
-            yield (bytes(image) if isinstance(image, memoryview) else image), label
+            stored = bytes(image) if isinstance(image, memoryview) else image
+            yield (unpack(stored, IMAGE_BYTES) if isinstance(stored, bytes) else stored), label
 
 
 def _last_labels(engine: sa.Engine, model: str) -> tuple[dict[str, int], int, int]:
@@ -111,7 +114,7 @@ def _last_labels(engine: sa.Engine, model: str) -> tuple[dict[str, int], int, in
     rows = unusable = 0
     for image, label in _rows(engine, model):
         rows += 1
-        if not _usable(image, label):
+        if image is None or not _usable(image, label):
             unusable += 1
             continue
         digest = hashlib.sha256(image).hexdigest()
@@ -129,7 +132,7 @@ def _collect(
     images = np.empty((len(order), *IMAGE_SHAPE), dtype=np.uint8)
     found = np.zeros(len(order), dtype=bool)
     for image, label in _rows(engine, model):
-        if not _usable(image, label):
+        if image is None or not _usable(image, label):
             continue
         i = place.get(hashlib.sha256(image).hexdigest())
         if i is not None and not found[i]:

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.engine import Engine
 
+from service.core.captured_images import pack
 from service.core.logs import MAX_ID_LENGTH, REQUEST_ID, new_request_id
 from service.dataplane import prediction_store as store
 from service.engine import thread_policy
@@ -107,7 +108,7 @@ def make_rows(answers: Sequence[Answer]) -> list[store.Row]:
                 pixels = captured[n] if captured is not None else None
                 kept = pixels is not None and pixels.shape == (end - start, *CAPTURED_SHAPE)
                 for item, at in enumerate(range(base + start, base + end)):
-                    image = pixels[item].tobytes() if kept else None  # type: ignore[index]
+                    image = pack(pixels[item].tobytes()) if kept else None  # type: ignore[index]
                     rows.append(
                         (request_id, item, model, version, now, classes[at], probabilities[at],
                          image)

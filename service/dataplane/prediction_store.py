@@ -28,7 +28,7 @@ PREDICTIONS = sa.Table(
     sa.Column("time", sa.Float, nullable=False, index=True),  # Unix seconds
     sa.Column("top1", sa.Integer, nullable=False),  # class index
     sa.Column("top1_probability", sa.Float, nullable=False),
-    sa.Column("image", sa.LargeBinary, nullable=True),  # 32x32x3 uint8, when captured
+    sa.Column("image", sa.LargeBinary, nullable=True),  # 32x32x3 uint8 (captured_images)
     sa.Column("label", sa.Integer, nullable=True),  # class index from feedback; last one wins
     sa.Column("labelled_at", sa.Float, nullable=True),
     # the monitor reads one version's window: a range scan of this index, not of the table

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from service.core.captured_images import unpack
 from service.dataplane import prediction_store as store
 from service.dataplane.prediction_log import PredictionLog, top1
 from service.engine.thread_policy import ThreadScheduling
@@ -57,7 +58,9 @@ def test_records_are_written_in_batches_and_images_only_when_captured(tmp_path: 
     captured.record("b", "tiny", 2, PIXELS + 7, {"probabilities": PROBABILITIES})
     captured.close(5.0)
     images = [r["image"] for r in store.read_all(store.connect(url)) if r["request_id"] == "b"]
-    assert images == [bytes([7]) * 3072] * 3
+    assert [unpack(image, 3072) for image in images] == [bytes([7]) * 3072] * 3
+    # compressed: one client's one-pixel PNGs made 3,072 bytes a row (the log grew x40)
+    assert all(len(image) < 100 for image in images)
 
 
 def test_a_run_is_queued_once_and_written_as_each_requests_own_rows(tmp_path: Path) -> None:
@@ -73,7 +76,11 @@ def test_a_run_is_queued_once_and_written_as_each_requests_own_rows(tmp_path: Pa
     assert len(log._pending) == 2
     log._drain()
     rows = store.read_all(log.engine)
-    found = [(r["request_id"], r["item"], r["top1"], r["image"][0]) for r in rows]
+    firsts = [(unpack(r["image"], 3072) or b"?")[0] for r in rows]  # each image's first pixel
+    found = [
+        (r["request_id"], r["item"], r["top1"], first)
+        for r, first in zip(rows, firsts, strict=True)
+    ]
     assert found == [("x", 0, 1, 0), ("y", 0, 1, 2), ("y", 1, 0, 3), ("z", 0, 0, 0)]
     assert [round(r["top1_probability"], 3) for r in rows] == [0.9, 0.7, 0.6, 0.5]
 

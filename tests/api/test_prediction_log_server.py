@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from service.core.captured_images import unpack
 from service.dataplane import prediction_store as store
 from tests.support.apps import ADMIN_TOKEN, make_settings
 from tests.support.models import make_model_repo
@@ -102,7 +103,7 @@ def test_capture_stores_the_image_bytes(tmp_path: Path, data_dir: Path) -> None:
         url = f"http://{running.address}"
         assert httpx.post(f"{url}/v2/models/tiny/infer", json=V2_BODY).status_code == 200
         (record,) = wait_for_rows(data_dir, 1)
-    assert record["image"] == IMAGE.tobytes()
+    assert unpack(record["image"], IMAGE.nbytes) == IMAGE.tobytes()  # stored compressed
 
 
 def test_feedback_labels_records_404s_unknown_ids_and_422s_bad_labels(

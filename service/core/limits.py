@@ -48,10 +48,11 @@ def value_bounds(
     inputs: Sequence[TensorSpec], batched: bool, max_rows: int, bytes_elements: bool = False
 ) -> dict[str, int]:
     """The most values each input of a model can take in one request (``max_rows`` rows of it),
-    by name; an input with an open axis besides the batch's has no bound and is left out. With
-    ``bytes_elements``, the most BYTES elements instead: for an input of another datatype one a
-    row (an image classifier's images sent as encoded files), not one a value (a 330-byte
-    request naming a shared memory region had 3.1 million split for an image model)."""
+    by name; an input with an open axis besides the batch's has no bound of the model's, only
+    the element limit (``MAX_ELEMENTS``). With ``bytes_elements``, the most BYTES elements
+    instead: for an input of another datatype one a row (an image classifier's images sent as
+    encoded files), not one a value (a 330-byte request naming a shared memory region had 3.1
+    million split for an image model)."""
     bounds = {}
     for spec in inputs:
         if bytes_elements and spec.datatype != "BYTES":
@@ -60,12 +61,14 @@ def value_bounds(
         dims = spec.shape[1:] if batched else spec.shape
         if all(d >= 0 for d in dims):
             bounds[spec.name] = (max_rows if batched else 1) * math.prod(dims)
+        else:
+            bounds[spec.name] = MAX_ELEMENTS
     return bounds
 
 
 def value_bound(bounds: Mapping[str, int], name: str) -> int | None:
     """What ``value_bounds`` allows an input called ``name``; one the model does not have (to
-    be refused by name later) gets the largest, unless some input is unbounded."""
+    be refused by name later) gets the largest (``MAX_ELEMENTS`` where some input is open)."""
     bound = bounds.get(name)
     if bound is not None or not bounds:
         return bound

@@ -20,7 +20,7 @@ from service.api.rest.json_wire import READ_AGAIN_HERE_BYTES, loads_infer_reques
 from service.api.tensors import array_from_json
 from service.core.card import TensorSpec
 from service.core.errors import InvalidInput, PayloadTooLarge, ServingError, UnprocessableInput
-from service.core.limits import value_bound, value_bounds
+from service.core.limits import MAX_ELEMENTS, value_bound, value_bounds
 from service.dataplane.pixels import to_pixels
 from service.dataplane.types import InferResponse, InputTensor
 from service.engine.work_pool import TooHeavyForThisProcess
@@ -178,7 +178,23 @@ def test_a_binary_bytes_shape_past_the_models_input_is_refused_before_its_elemen
         decode_infer_request(body, len(header), 8, bounds=bounds)
     decoded = decode_infer_request(body, len(header), 8)  # unbounded: split, 40,000 of them
     assert decoded.inputs[0].data.size == 40_000
-    assert value_bounds([TensorSpec("t", "FP32", [-1, -1])], True, 8) == {}  # an open axis
+    open_axis = [TensorSpec("t", "FP32", [-1, -1])]
+    assert value_bounds(open_axis, True, 8) == {"t": MAX_ELEMENTS}  # only the element limit's
+
+
+def test_an_open_bytes_input_beside_a_bounded_one_keeps_the_element_limit() -> None:
+    """A model with ``INT32 [-1, 16]`` and ``BYTES [-1, -1]``: the BYTES input has no bound of
+    the model's, and must not borrow another input's (one row's 1,025 strings were a 413)."""
+    inputs = [TensorSpec("INPUT0", "INT32", [-1, 16]), TensorSpec("INPUT1", "BYTES", [-1, -1])]
+    for elements in (False, True):
+        bounds = value_bounds(inputs, True, 8, bytes_elements=elements)
+        assert value_bound(bounds, "INPUT1") == MAX_ELEMENTS
+        assert value_bound(bounds, "unknown") == MAX_ELEMENTS  # refused by name later
+    header = b'{"inputs": [{"name": "INPUT1", "shape": [1, 1025], "datatype": "BYTES", '
+    header += b'"parameters": {"binary_data_size": 4100}}]}'
+    bounds = value_bounds(inputs, True, 8, bytes_elements=True)
+    decoded = decode_infer_request(header + b"\0" * 4100, len(header), 8, bounds=bounds)
+    assert decoded.inputs[0].data.size == 1025
 
 
 def test_a_tensor_the_model_does_not_have_is_bounded_by_its_largest_input() -> None:

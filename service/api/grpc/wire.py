@@ -169,7 +169,7 @@ def head(data: bytes) -> Head:
 def most_fields(inputs: Sequence[TensorSpec], bounds: Mapping[str, int], max_rows: int) -> int:
     """The most fields a request to a model with ``inputs`` may hold: ``FIELD_SLACK``, one a row
     (an encoded image is one BYTES element), and every value of its BYTES inputs (``bounds``:
-    ``limits.value_bounds``; an input without one may take ``MAX_ELEMENTS``)."""
+    ``limits.value_bounds``, ``MAX_ELEMENTS`` for an input with an open axis)."""
     most = FIELD_SLACK + max_rows
     for spec in inputs:
         if spec.datatype == "BYTES":

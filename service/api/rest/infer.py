@@ -31,7 +31,8 @@ def most_values(inputs: Sequence[TensorSpec], batched: bool, max_rows: int) -> i
     None where that has no fixed bound (an open axis besides the batch's) or where counting
     commas would not count values (BYTES: a string may hold commas)."""
     bounds = value_bounds(inputs, batched, max_rows)
-    if len(bounds) < len(inputs) or any(spec.datatype == "BYTES" for spec in inputs):
+    open_axis = max(bounds.values(), default=0) >= MAX_ELEMENTS
+    if open_axis or any(spec.datatype == "BYTES" for spec in inputs):
         return None
     return sum(bounds.values())
 

@@ -404,3 +404,22 @@ def test_malformed_requests_write_one_warning_an_interval_not_one_each(
             assert exchange(server.rest_port, b"X / HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 400")
     lines = [r for r in caplog.records if "Invalid HTTP request" in r.getMessage()]
     assert len(lines) <= 1, [r.getMessage() for r in lines]
+
+
+@pytest.mark.parametrize("refused", ["target", "upgrade"])
+def test_a_refused_request_behind_one_being_answered_is_answered_after_it(
+    server: Running, refused: str
+) -> None:
+    """Pipelined: the refusal of the second request comes after the first one's answer, not in
+    its place (a 414 was read as the first request's answer, and an upgrade's 400 left the
+    first request unanswered; the reviewer's find)."""
+    first = post_head("/v2/models/tiny/infer", len(GOOD)) + GOOD
+    if refused == "target":
+        second = b"GET /v2/health/live?a=" + b"1" * 9000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        status = b"HTTP/1.1 414 "
+    else:
+        second = post_head("/v2/models/tiny/infer", len(GOOD), H2C) + GOOD
+        status = b"HTTP/1.1 400 "
+    answers = exchange(server.rest_port, first + second)
+    assert answers.startswith(b"HTTP/1.1 200 OK"), answers[:200]
+    assert answers.count(b"HTTP/1.1 ") == 2 and status in answers, answers[:400]

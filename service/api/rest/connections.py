@@ -275,10 +275,25 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         raise Refused  # httptools stops; uvicorn's 400 for it becomes ``refusal`` (below)
 
     def send_400_response(self, msg: str) -> None:
-        if self.refusal is not None:
-            self.refusal()
-        else:
+        if self.refusal is None:
             super().send_400_response(msg)
+        elif self._answering() and self.refusal != self._refuse_pieces:
+            # A head refused behind requests still being answered (pipelined): its answer
+            # comes after theirs, or it would be read as theirs (``on_response_complete``).
+            self.pipeline_full = True  # nothing more is parsed
+        else:
+            refusal, self.refusal = self.refusal, None
+            refusal()
+
+    def _answering(self) -> bool:
+        """Whether a request read before this one still has its answer to finish."""
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.refusal is not None and self.pipeline_full and not self._answering():
+            refusal, self.refusal = self.refusal, None
+            refusal()
 
     def _upgrade_with_body(self) -> bool:
         """A request with a body asking to switch protocols (curl's ``--http2``: ``Upgrade:
@@ -294,12 +309,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         log.debug("a request's Upgrade header was ignored: nothing here switches protocols")
 
     def _refuse_upgrade(self) -> None:
-        if self.cycle is None or self.cycle.response_complete:  # not while one is answered
-            message = (
-                "the request asks to switch protocols (its Upgrade header), which this server "
-                "does not do, and its body would be lost: send it without (curl: no --http2)"
-            )
-            self.transport.write(_response(b"400 Bad Request", message))
+        message = (
+            "the request asks to switch protocols (its Upgrade header), which this server does "
+            "not do, and its body would be lost: send it without (curl: no --http2)"
+        )
+        self.transport.write(_response(b"400 Bad Request", message))
         self.pipeline_full = True  # what else arrives is not parsed
         self.transport.close()
 

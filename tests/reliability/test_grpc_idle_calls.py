@@ -21,6 +21,7 @@ from service.settings import Settings
 from tests.support.grpc_calls import infer_request
 from tests.support.models import make_model_repo
 from tests.support.servers import running_server
+from tests.support.tensor_models import FP32, tensor_repository
 
 SERVICE = "/inference.GRPCInferenceService/"
 
@@ -147,3 +148,38 @@ def test_an_idle_stream_holds_no_working_place_and_stays_open(repo: Path) -> Non
         assert answers[0] == "answered" and answers[2:] == ["tiny", "answered"], answers
         assert answers[1].startswith(refused), answers
         assert state == "open"
+
+
+def test_a_stream_whose_client_does_not_read_its_answers_holds_no_working_place(
+    tmp_path: Path,
+) -> None:
+    """A stream whose answers wait on a client that does not read them (HTTP/2 flow control)
+    had its requests count as at work until sent: two such streams held both places for good
+    (the reviewer's find). A stream is at work while its answers are computed."""
+    repo = tensor_repository(tmp_path)
+    settings = settings_for(repo, grpc_max_concurrent_rpcs=1)
+    with running_server(settings) as server:
+
+        async def run() -> str:
+            request = service_pb2.ModelInferRequest(model_name=FP32)
+            tensor = request.inputs.add(name="INPUT", datatype="FP32", shape=[1024, 4])
+            tensor.contents.fp32_contents.extend([0.5] * 4096)  # a 16 kB answer each
+
+            async def requests() -> AsyncIterator[Any]:
+                for _ in range(100):
+                    yield request
+                await asyncio.Event().wait()
+
+            options = [("grpc.http2.bdp_probe", 0)]  # its window stays small: it fills
+            async with grpc.aio.insecure_channel(server.grpc_url, options=options) as hoarder:
+                unread = service_pb2_grpc.GRPCInferenceServiceStub(hoarder).ModelStreamInfer(
+                    requests()
+                )
+                await asyncio.sleep(2)  # every answer computed; most wait on the client
+                async with grpc.aio.insecure_channel(server.grpc_url) as other:
+                    stub = service_pb2_grpc.GRPCInferenceServiceStub(other)
+                    answer = await stub.ModelInfer(infer_request(), timeout=10)
+                unread.cancel()
+                return str(answer.model_name)
+
+        assert asyncio.run(run()) == "tiny"

@@ -175,7 +175,7 @@ class StreamPlace:
         return True
 
     def finish(self) -> None:
-        """A request's answer has been sent."""
+        """A request's answer is ready (sent or not: sending waits on the client)."""
         self.in_flight -= 1
         if not self.in_flight:
             self._release()

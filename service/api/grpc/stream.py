@@ -159,8 +159,9 @@ async def serve_stream(
 ) -> AsyncGenerator[Any, None]:
     """The stream's answers as they finish; at most ``GRPC_STREAM_IN_FLIGHT`` requests in flight
     or unsent at once. With ``admission``, the stream holds a working place while it has
-    requests in flight (a request that finds none free is answered so) and waits as any call
-    that sends nothing does: ended with ``Overloaded`` when its place is needed."""
+    requests being answered (a request that finds none free is answered so) and otherwise waits
+    as any call that sends nothing does, its unsent answers too (a client that stops reading
+    them held its place for good): ended with ``Overloaded`` when its place is needed."""
     answer = answer or (lambda request: infer_message(plane, request, metadata))
     limit = plane.settings.grpc_stream_in_flight
     done: asyncio.Queue[Any] = asyncio.Queue()
@@ -170,6 +171,8 @@ async def serve_stream(
 
     async def run(request: Any) -> None:
         done.put_nowait(await answer_one(plane, request, answer, status))
+        if place is not None:  # computed: a client that does not read holds no working place
+            place.finish()
 
     async def read() -> None:
         try:
@@ -177,6 +180,7 @@ async def serve_stream(
                 await slots.acquire()  # released when an answer has been sent
                 if place is not None and not place.start():
                     done.put_nowait(_refused(plane, request, status))
+                    place.finish()
                     continue
                 task = asyncio.create_task(run(request))
                 running.add(task)
@@ -191,10 +195,8 @@ async def serve_stream(
         place = StreamPlace(admission, reader.cancel)
     try:
         while (item := await done.get()) is not _END:
-            yield item
+            yield item  # waits while the client does not read: at most ``limit`` answers
             slots.release()
-            if place is not None:
-                place.finish()
         if place is not None and place.evicted:
             raise Overloaded(EVICTED)
         await reader  # the client's end of the stream, or its error (grpc ends the call)

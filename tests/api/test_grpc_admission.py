@@ -57,6 +57,9 @@ def test_past_its_waiting_places_the_call_that_waited_longest_is_ended() -> None
     places[2].finish()  # waiting again: now the newest
     StreamPlace(admission, lambda: ended.append(4))
     assert ended == [0, 1, 3]
+    places[0].start()  # an ended stream's last answer, computed before its close
+    places[0].finish()
+    assert admission.waiting == 2 and ended == [0, 1, 3]  # it waits for nothing: no one ended
 
 
 def test_a_unary_calls_message_is_awaited_within_its_time_and_its_place() -> None:

@@ -179,7 +179,8 @@ class StreamPlace:
         self.in_flight -= 1
         if not self.in_flight:
             self._release()
-            self.admission.wait(self)
+            if not self.evicted:  # an ended stream waits for nothing (its close is coming)
+                self.admission.wait(self)
 
     def close(self) -> None:
         self._release()

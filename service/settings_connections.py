@@ -77,7 +77,7 @@ class ConnectionSettings(BaseSettings):
         ge=0,
         description=(
             "Most gRPC calls at work per process (a unary call from its request message to its "
-            "answer, a stream while it has requests in flight), then RESOURCE_EXHAUSTED "
+            "answer, a stream while its answers are computed), then RESOURCE_EXHAUSTED "
             "(0: no limit)."
         ),
     )

@@ -24,6 +24,7 @@ INLINE_STRINGS = 512
 # Above this many scores ranked the ranking leaves the loop too: a 16,384-wide output of 512 rows
 # held it 0.9 s (a helper's audit), sorted whole.
 INLINE_SCORES = 16_384
+SCALAR = "classification needs rows of scores, not a scalar"
 
 
 def check_classified(
@@ -50,14 +51,14 @@ def check_classified(
                 f"output {name!r}: a classification is answered in the reply, not in shared memory"
             )
         if not spec.shape:
-            raise InvalidInput(f"output {name!r}: classification needs rows of scores, not one")
+            raise InvalidInput(f"output {name!r}: {SCALAR}")
 
 
 def classify_rows(scores: np.ndarray, k: int, labels: Sequence[str]) -> np.ndarray:
     """``(batch, min(k, row size))`` BYTES elements (numpy object array of ``bytes``) for an output
     of ``(batch, ...)`` scores; ``labels`` name the indices when there is one per score."""
     if scores.ndim == 0:  # a graph whose output's shape its card does not tell
-        raise InvalidInput("classification needs rows of scores, not a scalar")
+        raise InvalidInput(SCALAR)
     rows = scores.reshape(scores.shape[0], -1)
     k = min(k, rows.shape[1])
     order = top_k_indices(rows, k)

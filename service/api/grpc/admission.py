@@ -6,7 +6,7 @@ sends no message holds its place for as long as its client likes: 1,024 of them 
 never yields, or a unary method called as one, over 11 connections) kept every other gRPC client
 at RESOURCE_EXHAUSTED until their connections' age ran out, 5.5 minutes, and the client opens
 them again. Here a call holds a place only while it has work: a unary call from its message to
-its answer, a stream while it has requests in flight. While a call waits for a message it is
+its answer, a stream while its answers are computed. While a call waits for a message it is
 *waiting*: a unary call for at most ``message_timeout_s`` (``BODY_TIMEOUT_S``, as a REST body),
 and at most ``most_waiting`` calls wait at once, the one that has waited longest being ended
 (UNAVAILABLE) to make room for the next, so calls that send nothing cannot keep out those that do.
@@ -96,10 +96,14 @@ class Admission:
 
     def take(self) -> None:
         if not self.try_take():
-            raise TooManyCalls(
-                f"the server is working on {self.working} gRPC calls, its limit "
-                "(GRPC_MAX_CONCURRENT_RPCS); retry shortly"
-            )
+            raise self.too_many()
+
+    def too_many(self) -> TooManyCalls:
+        """Why a call (or a stream's request) that found no working place is refused."""
+        return TooManyCalls(
+            f"the server is working on {self.most_working} gRPC calls, its limit "
+            "(GRPC_MAX_CONCURRENT_RPCS); retry shortly"
+        )
 
     def give(self) -> None:
         self.working -= 1
@@ -148,7 +152,7 @@ def unary(admission: Admission, behaviour: Behaviour, refuse: Refuse) -> Behavio
 
 
 class StreamPlace:
-    """One stream's standing: waiting while it has no request in flight (ended, ``end`` called,
+    """One stream's standing: waiting while it has no answer being computed (ended, ``end`` called,
     if its place is needed; never for its time: a client may keep a stream open between
     requests), holding a working place while it has."""
 

@@ -29,10 +29,10 @@ from service.api.grpc.wire import (
 from service.core.errors import PayloadTooLarge
 
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-# (client streams, server streams) -> how grpc binds such a method (unary ones as streaming)
+# server streams -> how grpc binds such a method; the client always streams (unary ones too)
 STREAMING = {
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
+    False: grpc.stream_unary_rpc_method_handler,
+    True: grpc.stream_stream_rpc_method_handler,
 }
 
 
@@ -129,7 +129,7 @@ def method_handlers(servicer: Any) -> grpc.GenericRpcHandler:
         if not method.client_streaming:
             assert not method.server_streaming, method.name
             behaviour = unary(servicer.admission, behaviour, servicer.refuse(method.name))
-        kind = STREAMING[True, method.server_streaming]
+        kind = STREAMING[method.server_streaming]
         handlers[method.name] = kind(
             behaviour,
             request_deserializer=request_parser(method),  # a stream's messages too

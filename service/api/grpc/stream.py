@@ -20,7 +20,7 @@ from tritonclient.grpc import service_pb2
 from service.api.grpc import codec, wire
 from service.api.grpc.admission import EVICTED, Admission, StreamPlace
 from service.api.grpc.handlers import SizedRequest, Undecodable, lenient_parser
-from service.core.errors import InvalidInput, ModelNotFound, Overloaded, ServingError, TooManyCalls
+from service.core.errors import InvalidInput, ModelNotFound, Overloaded, ServingError
 from service.core.limits import MAX_ELEMENTS, MAX_NAME_CHARS
 from service.dataplane.dataplane import DataPlane, request_scope
 from service.dataplane.trace_settings import grpc_carrier, step
@@ -179,7 +179,7 @@ async def serve_stream(
             async for request in requests:
                 await slots.acquire()  # released when an answer has been sent
                 if place is not None and not place.start():
-                    done.put_nowait(_refused(plane, request, status))
+                    done.put_nowait(_refused(plane, request, status, place.admission.too_many()))
                     place.finish()
                     continue
                 task = asyncio.create_task(run(request))
@@ -210,11 +210,7 @@ async def serve_stream(
             await reader
 
 
-def _refused(plane: DataPlane, request: Any, status: StatusOf) -> Any:
+def _refused(plane: DataPlane, request: Any, status: StatusOf, why: ServingError) -> Any:
     """The answer to a stream's request that found no working place: not run (counted)."""
-    why = TooManyCalls(
-        f"the server is working on {plane.settings.grpc_max_concurrent_rpcs} gRPC calls, its "
-        "limit (GRPC_MAX_CONCURRENT_RPCS); retry shortly"
-    )
     plane.metrics.observe_grpc_call("ModelStreamInfer", status(why.status).name, 0.0)
     return error_response(request, why.message)

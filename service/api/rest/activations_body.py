@@ -29,6 +29,9 @@ class ActivationsRequest(BaseModel):
     )
 
 
+ACTIVATIONS_FIELDS = frozenset(ActivationsRequest.model_fields)  # what ``loads_object`` converts
+
+
 def layer_names(value: Any, where: str) -> list[str]:
     """The layers a body or form names: one name or a list of them (empty ones dropped)."""
     if value is None:
@@ -48,9 +51,7 @@ def decode_activations_body(
     if count_values:
         check_json_values(raw, math.prod(shape), f"one image of {list(shape)}")
     b64 = functools.partial(decode_b64_images, size=shape[:2], limits=limits)
-    body = validated_body(
-        ActivationsRequest, loads_object(raw, frozenset(ActivationsRequest.model_fields))
-    )
+    body = validated_body(ActivationsRequest, loads_object(raw, ACTIVATIONS_FIELDS))
     if len(body.instances) != 1:
         raise UnprocessableInput(
             f"'instances' must hold exactly one image, got {len(body.instances)}"

@@ -313,9 +313,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             "the request asks to switch protocols (its Upgrade header), which this server does "
             "not do, and its body would be lost: send it without (curl: no --http2)"
         )
-        self.transport.write(_response(b"400 Bad Request", message))
-        self.pipeline_full = True  # what else arrives is not parsed
-        self.transport.close()
+        self._close_with(b"400 Bad Request", message)
 
     def _refuse_pieces(self) -> None:
         """400 for a body in pieces too small (unless its request's answer has begun: then only
@@ -337,9 +335,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             f"the request target is over the limit of {MAX_TARGET_BYTES} bytes or "
             f"{MAX_QUERY_FIELDS} query fields"
         )
-        self.transport.write(_response(b"414 URI Too Long", message))
-        self.pipeline_full = True  # what else arrives is not parsed
-        self.transport.close()
+        self._close_with(b"414 URI Too Long", message)
 
     def _refuse_head(self) -> None:
         """431 for a request head over ``max_header_bytes`` or ``MAX_HEADER_FIELDS``; closed."""
@@ -348,7 +344,12 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             f"{MAX_HEADER_FIELDS} header fields"
         )
         self._cancel_header_timer()
-        self.transport.write(_response(b"431 Request Header Fields Too Large", message))
+        self._close_with(b"431 Request Header Fields Too Large", message)
+
+    def _close_with(self, status: bytes, message: str) -> None:
+        """A refused request's answer, and the connection closed: nothing after it is parsed."""
+        self.transport.write(_response(status, message))
+        self.pipeline_full = True
         self.transport.close()
 
     def _arm_header_timer(self) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from service.api.images import ImageLimits, decode_b64_images
 from service.api.rest.http_io import validated_body
 from service.api.rest.json_wire import loads_object
-from service.api.rest.schemas import PredictRequest
+from service.api.rest.schemas import PREDICT_FIELDS, PredictRequest
 from service.api.tensors import array_from_json
 from service.core.card import DEFAULT_SIGNATURE
 from service.core.errors import InvalidInput, PayloadTooLarge, UnprocessableInput
@@ -53,7 +53,7 @@ def decode_predict_body(
         values = max_rows * math.prod(image_shape)
         check_json_values(raw, values, f"{max_rows} images of {list(image_shape)}")
     b64 = functools.partial(decode_b64_images, size=image_shape[:2], limits=limits)
-    body = validated_body(PredictRequest, loads_object(raw, frozenset(PredictRequest.model_fields)))
+    body = validated_body(PredictRequest, loads_object(raw, PREDICT_FIELDS))
     pixels = predict_pixels(body, image_shape, input_name, signature_name, b64, max_rows)
     return pixels, body.top_k
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from service.api.rest.http_io import validated_body
 from service.api.rest.json_wire import dumps, dumps_in_slices, loads_object
-from service.api.rest.schemas import PredictRequest
+from service.api.rest.schemas import PREDICT_FIELDS, PredictRequest
 from service.api.tensors import array_from_json, bytes_strings
 from service.core.card import DEFAULT_SIGNATURE, TensorSpec
 from service.core.errors import InvalidInput, PayloadTooLarge
@@ -30,7 +30,7 @@ def decode_predict_tensors_body(
 ) -> tuple[list[InputTensor], bool]:
     """A tensor model's ``:predict`` body as its inputs (``predict_tensors``), parsed and checked
     once; module-level, as ``predict.decode_predict_body``, for the work pool's child."""
-    body = validated_body(PredictRequest, loads_object(raw, frozenset(PredictRequest.model_fields)))
+    body = validated_body(PredictRequest, loads_object(raw, PREDICT_FIELDS))
     return predict_tensors(body, inputs, batched, signature_name, max_rows)
 
 

@@ -164,6 +164,10 @@ class PredictRequest(BaseModel):
         return json_object(data, "the body", frozenset(cls.model_fields), ignore_unknown=True)
 
 
+# What ``loads_object`` converts of a ``:predict`` body (the other keys keep only their names)
+PREDICT_FIELDS = frozenset(PredictRequest.model_fields)
+
+
 class PredictResponse(BaseModel):
     model_name: str
     model_version: str

@@ -31,6 +31,13 @@ class QualitySettings(BaseSettings):
     )
     prediction_log_max_age_s: float = Field(default=30 * 86400, gt=0, description="Retention.")
     prediction_log_max_rows: int = Field(default=1_000_000, ge=1, description="Retention.")
+    prediction_log_max_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=0,
+        description="Retention: the oldest records go while the SQLite log holds more (checked "
+        "every 5 s; a client's long request ids or captured images fill rows faster; 0: no "
+        "bound). Not applied to PREDICTION_LOG_URL's databases.",
+    )
     prediction_log_queue: int = Field(
         default=65_536,
         ge=1,

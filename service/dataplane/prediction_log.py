@@ -10,7 +10,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,9 +18,9 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.engine import Engine
 
-from service.core.captured_images import pack
-from service.core.logs import MAX_ID_LENGTH, REQUEST_ID, new_request_id
+from service.core.logs import REQUEST_ID, new_request_id
 from service.dataplane import prediction_store as store
+from service.dataplane.prediction_rows import Answer, make_rows
 from service.engine import thread_policy
 from service.engine.batcher import Outputs, Rows, Tagged
 from service.engine.thread_policy import ThreadScheduling
@@ -31,53 +31,15 @@ log = logging.getLogger(__name__)
 BATCH_ROWS = 512  # records per insert
 FLUSH_INTERVAL_S = 0.5  # how often the writer looks for records (a flush or close wakes it)
 PRUNE_INTERVAL_S = 60.0
+SIZE_CHECK_INTERVAL_S = 5.0  # the stored bytes (a few pragmas): a flood's rows land within it
 WARN_INTERVAL_S = 60.0
-CAPTURED_SHAPE = (32, 32, 3)
 # Bytes of outputs and captured images the queue may hold, beside its count of runs: a run of
 # 1,024 images holds its outputs and, captured, 3 MiB of pixels, so a queue of 65,536 runs
 # waiting for a slow database could have held hundreds of GiB.
 MAX_PENDING_BYTES = 256 * 1024 * 1024
-# A run's answers (a request's own where it ran alone or came from the response cache): its
-# requests as (request id, first row, end row) in its outputs, model, version, Unix time, every
-# output of the run, each request's pixels where captured, the image count of its requests,
-# and the bytes of those arrays (counted against ``MAX_PENDING_BYTES`` while it is queued)
-Answer = tuple[
-    Tagged, str, int, float, Mapping[str, np.ndarray], list[np.ndarray | None] | None, int, int
-]
 # Failures a database that is down or busy raises (connection refused or cut, locked): worth a
 # retry. Others (a value the column refuses) would fail again.
 RETRYABLE = (sa.exc.OperationalError, sa.exc.InterfaceError)
-
-
-def top1(outputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(class index, probability) per image from ``probabilities``, else softmax of ``logits``
-    (only the top term is computed); None when neither output was asked."""
-    scores = _scores(outputs)
-    if scores is None:
-        return None
-    kind, array = scores
-    if kind == "probabilities":
-        return array.argmax(axis=1), array.max(axis=1).astype(np.float64)
-    logits = array.astype(np.float64)
-    best = logits.max(axis=1, keepdims=True)
-    return logits.argmax(axis=1), 1.0 / np.exp(logits - best).sum(axis=1)
-
-
-def _scores(outputs: Mapping[str, np.ndarray]) -> tuple[str, np.ndarray] | None:
-    """The output the top-1 is read from: (its name, a (images, classes) array), or None."""
-    for name in ("probabilities", "logits"):
-        array = outputs.get(name)
-        if array is not None and array.ndim == 2 and array.shape[1] > 0:
-            return name, array
-    return None
-
-
-def _clean_id(request_id: str) -> str:
-    """An id every store takes: a v2/gRPC ``id`` may be longer than the column or hold NUL,
-    which PostgreSQL refuses (and would take the whole batch down with it)."""
-    if len(request_id) > MAX_ID_LENGTH or "\x00" in request_id:
-        return request_id.replace("\x00", "")[:MAX_ID_LENGTH]
-    return request_id
 
 
 def logged_id(id: str | None) -> str:
@@ -85,36 +47,6 @@ def logged_id(id: str | None) -> str:
     else the request's X-Request-ID (a fresh id outside a REST request: gRPC without an id)."""
     request_id = id or REQUEST_ID.get()
     return new_request_id() if request_id == "-" else request_id
-
-
-def make_rows(answers: Sequence[Answer]) -> list[store.Row]:
-    """One row per image of every answer (``store.COLUMNS``' order). The top-1 is computed once
-    per output kind and class count over the whole batch, not per answer: the writer's Python
-    time holds the GIL the request path needs."""
-    groups: dict[tuple[str, int], list[tuple[Answer, np.ndarray]]] = {}
-    for answer in answers:
-        scores = _scores(answer[4])
-        if scores is not None:
-            groups.setdefault((scores[0], scores[1].shape[1]), []).append((answer, scores[1]))
-    rows: list[store.Row] = []
-    for (kind, _), members in groups.items():
-        best = top1({kind: np.concatenate([array for _, array in members])})
-        assert best is not None
-        classes, probabilities = best[0].tolist(), best[1].tolist()
-        base = 0  # where this answer's run starts in the concatenated arrays
-        for (tagged, model, version, now, _, captured, _, _), array in members:
-            for n, (request_id, start, end) in enumerate(tagged):
-                request_id = _clean_id(request_id)
-                pixels = captured[n] if captured is not None else None
-                kept = pixels is not None and pixels.shape == (end - start, *CAPTURED_SHAPE)
-                for item, at in enumerate(range(base + start, base + end)):
-                    image = pack(pixels[item].tobytes()) if kept else None  # type: ignore[index]
-                    rows.append(
-                        (request_id, item, model, version, now, classes[at], probabilities[at],
-                         image)
-                    )  # fmt: skip
-            base += len(array)
-    return rows
 
 
 class PredictionLog:
@@ -130,10 +62,12 @@ class PredictionLog:
         retry_s: float = 0.0,
         scheduling: ThreadScheduling = "batch",
         max_bytes: int = MAX_PENDING_BYTES,
+        max_stored_bytes: int | None = None,
     ) -> None:
         self.url, self.capture_rate = url, capture_rate
         self._scheduling = scheduling  # the writer's (``thread_policy``): set by the writer
         self.max_age_s, self.max_rows = retention
+        self.max_stored_bytes = max_stored_bytes  # PREDICTION_LOG_MAX_BYTES (SQLite's file)
         # A deque, not queue.Queue: an append takes no lock and wakes no thread; the writer
         # looks every FLUSH_INTERVAL_S, so a busy server pays one transaction per interval.
         self.capacity, self.max_bytes = capacity, max_bytes
@@ -148,7 +82,7 @@ class PredictionLog:
         self._held_since: float | None = None  # when the held batch first failed
         self._metrics(registry)
         self._warned_at = -WARN_INTERVAL_S
-        self._pruned_at = time.monotonic()
+        self._pruned_at = self._sized_at = time.monotonic()
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()  # the writer and the monitor's threads connect
         # told of every batch written (the quality metrics), on the writer thread
@@ -170,6 +104,13 @@ class PredictionLog:
             "prediction_log_writer_cpu_seconds",
             "CPU time of the prediction log's writer thread (rows made, written, pruned): "
             "its rate is the share of a core the log costs.",
+            registry=registry,
+        )
+        self.pruned = Counter(
+            "prediction_log_pruned",
+            "Records pruned: past PREDICTION_LOG_MAX_AGE_S or _MAX_ROWS (retention), or to keep "
+            "the file within PREDICTION_LOG_MAX_BYTES (bytes).",
+            ["reason"],
             registry=registry,
         )
         self.write_errors = Counter(
@@ -307,18 +248,37 @@ class PredictionLog:
         return False
 
     def _maybe_prune(self) -> None:
-        if time.monotonic() - self._pruned_at < PRUNE_INTERVAL_S:
-            return
-        self._pruned_at = time.monotonic()
-        self.prune()
+        now = time.monotonic()
+        if now - self._pruned_at >= PRUNE_INTERVAL_S:
+            self.prune()
+        elif self.max_stored_bytes is not None and now - self._sized_at >= SIZE_CHECK_INTERVAL_S:
+            self._sized_at = now
+            self._prune_to_bytes()
 
     def prune(self) -> int:
-        """Retention: records past PREDICTION_LOG_MAX_AGE_S or PREDICTION_LOG_MAX_ROWS go."""
+        """Retention: records past PREDICTION_LOG_MAX_AGE_S or PREDICTION_LOG_MAX_ROWS go, and
+        the oldest while the file holds more than PREDICTION_LOG_MAX_BYTES."""
+        self._pruned_at = self._sized_at = time.monotonic()
         try:
-            return store.prune(self.engine, self.max_age_s, self.max_rows)
+            count = store.prune(self.engine, self.max_age_s, self.max_rows)
         except Exception as exc:
             log.warning("prediction log: pruning failed: %s", exc)
             return 0
+        self.pruned.labels("retention").inc(count)
+        return count + self._prune_to_bytes()
+
+    def _prune_to_bytes(self) -> int:
+        if self.max_stored_bytes is None:
+            return 0
+        try:
+            count = store.prune_to_bytes(self.engine, self.max_stored_bytes)
+        except Exception as exc:
+            log.warning("prediction log: pruning to PREDICTION_LOG_MAX_BYTES failed: %s", exc)
+            return 0
+        if count:
+            self.pruned.labels("bytes").inc(count)
+            self._warn(f"{count} oldest record(s) pruned to keep within PREDICTION_LOG_MAX_BYTES")
+        return count
 
     def _drop(self, reason: str, count: int, exc: Exception | None = None) -> None:
         self.dropped.labels(reason).inc(count)
@@ -375,4 +335,5 @@ def open_prediction_log(settings: Settings, registry: CollectorRegistry) -> Pred
         retention,
         settings.prediction_log_retry_s,
         settings.thread_scheduling,
+        max_stored_bytes=settings.prediction_log_max_bytes or None,
     )

@@ -164,11 +164,48 @@ def prune(engine: Engine, max_age_s: float, max_rows: int) -> int:
         count = dropped.rowcount or 0
         total = connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
         if total > max_rows:
-            cut = (
-                sa.select(table.c.row).order_by(table.c.row.desc()).offset(max_rows).limit(1)
-            ).scalar_subquery()
-            count += connection.execute(table.delete().where(table.c.row <= cut)).rowcount or 0
+            count += _drop_oldest_past(connection, max_rows)
     return count
+
+
+def stored_bytes(engine: Engine) -> int | None:
+    """Bytes the log's SQLite file holds in pages in use (its freed pages are reused, not given
+    back: the file stays at its largest); None for other databases, whose size after a delete
+    waits for their vacuum (their own quotas bound them)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    with engine.connect() as connection:
+        pragma = connection.exec_driver_sql
+        page_size = int(pragma("PRAGMA page_size").scalar_one())
+        pages = int(pragma("PRAGMA page_count").scalar_one())
+        free = int(pragma("PRAGMA freelist_count").scalar_one())
+    return (pages - free) * page_size
+
+
+def prune_to_bytes(engine: Engine, max_bytes: int, keep_share: float = 0.9) -> int:
+    """Past ``max_bytes`` stored (``stored_bytes``), drop the oldest records, keeping the share
+    of rows that fills ``keep_share`` of it at the present bytes a row; the rows dropped.
+    Rows are what a client controls (a long request id, captured images): a bound in rows alone
+    let the file grow with them."""
+    used = stored_bytes(engine)
+    if used is None or used <= max_bytes:
+        return 0
+    table = PREDICTIONS
+    with engine.begin() as connection:
+        total = connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+        keep = int(total * keep_share * max_bytes / used)
+        return _drop_oldest_past(connection, keep) if total > keep else 0
+
+
+def _drop_oldest_past(connection: sa.Connection, keep: int) -> int:
+    """Delete all but the newest ``keep`` records; the rows dropped."""
+    table = PREDICTIONS
+    if keep <= 0:
+        return connection.execute(table.delete()).rowcount or 0
+    cut = (
+        sa.select(table.c.row).order_by(table.c.row.desc()).offset(keep).limit(1)
+    ).scalar_subquery()
+    return connection.execute(table.delete().where(table.c.row <= cut)).rowcount or 0
 
 
 def find(engine: Engine, request_ids: Iterable[str]) -> dict[tuple[str, int], tuple[str, int]]:

@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from service.core.captured_images import unpack
 from service.dataplane import prediction_store as store
-from service.dataplane.prediction_log import PredictionLog, top1
+from service.dataplane.prediction_log import PredictionLog
+from service.dataplane.prediction_rows import top1
 from service.engine.thread_policy import ThreadScheduling
 from tests.support.servers import wait_until
 
@@ -296,3 +297,49 @@ def test_the_queue_is_bounded_in_bytes_as_well_as_in_runs(tmp_path: Path) -> Non
     log.record("fits again", "tiny", 1, PIXELS[:1], {"probabilities": PROBABILITIES[:1]})
     assert log.flush(10.0) and dropped(log, "queue_full") == 3  # written bytes were given back
     log.close(5.0)
+
+
+def test_the_file_is_kept_within_its_bytes_by_dropping_the_oldest_rows(tmp_path: Path) -> None:
+    """Rows are what a client controls (a 128-character request id, captured images): a bound
+    in rows alone let the file grow with them."""
+    limit = 256 * 1024
+    log = PredictionLog(
+        store.database_url(None, tmp_path), CollectorRegistry(), 1000, 1.0, (3600, 10**6),
+        max_stored_bytes=limit,
+    )  # fmt: skip
+    noise = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    for i in range(60):  # 180 rows of incompressible pixels and long ids: about 700 kB
+        log.record(f"{i:04d}" + "x" * 124, "tiny", 1, noise, {"probabilities": PROBABILITIES})
+    assert log.flush(5.0)
+    assert store.stored_bytes(log.engine) > limit  # type: ignore[operator]
+    dropped = log.prune()
+    assert dropped > 0
+    assert store.stored_bytes(log.engine) <= limit  # type: ignore[operator]
+    kept = [r["request_id"][:4] for r in store.read_all(log.engine)]
+    assert len(kept) == 180 - dropped
+    assert kept[-1] == "0059" and kept[0] > "0000"  # the oldest went, the newest stayed
+    assert log.pruned.labels("bytes")._value.get() == dropped
+    log.close(5.0)
+
+
+def test_the_writer_checks_the_bytes_on_its_own_and_no_bound_drops_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("service.dataplane.prediction_log.SIZE_CHECK_INTERVAL_S", 0.0)
+    bounded = PredictionLog(
+        store.database_url(None, tmp_path / "a"), CollectorRegistry(), 1000, 1.0, (3600, 10**6),
+        max_stored_bytes=128 * 1024,
+    )  # fmt: skip
+    unbounded = make_log(store.database_url(None, tmp_path / "b"), capture=1.0)
+    noise = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    for i in range(40):
+        for log in (bounded, unbounded):
+            log.record(f"r{i}", "tiny", 1, noise, {"probabilities": PROBABILITIES})
+    within = lambda: (store.stored_bytes(bounded.engine) or 0) <= 128 * 1024  # noqa: E731
+    assert bounded.flush(5.0)
+    wait_until(within, 10.0, "the bounded log within its bytes")
+    assert bounded.pruned.labels("bytes")._value.get() > 0
+    assert unbounded.flush(5.0) and unbounded.prune() == 0
+    assert len(store.read_all(unbounded.engine)) == 120
+    for log in (bounded, unbounded):
+        log.close(5.0)

@@ -30,6 +30,10 @@ from service.engine.work_pool import WorkPool
 log = logging.getLogger(__name__)
 
 CACHE_S = 1.0  # an answer is reused this long (a flood of calls costs one query)
+# Past the budget, a window answered within this long is answered as it was (its ``until`` says
+# when): a dashboard's usual windows, and the gauges' (refreshed every MONITOR_REFRESH_S), are
+# still answered while a client asking a new window each call has spent the budget.
+STALE_S = 60.0
 MAX_WINDOW_S = 30 * 86400.0  # the log's default retention
 MAX_CACHED = 64  # distinct (model, version, window) answers kept
 WARN_INTERVAL_S = 60.0  # a failing refresh is logged at most once a minute
@@ -116,10 +120,12 @@ class QualityMonitor:
             return await asyncio.shield(cached[1])
         wait_s = self.budget.wait_s() if budgeted else 0.0
         if wait_s > 0:
+            if cached is not None and _answered(cached, now, STALE_S):
+                return cached[1].result()
             raise Overloaded(
                 f"the monitor's queries have taken their share of the machine; a new window "
-                f"can be computed in {math.ceil(wait_s)} s (a window asked within the last "
-                f"{CACHE_S:.0f} s is answered now)"
+                f"can be computed in {math.ceil(wait_s)} s (a window answered within the last "
+                f"{STALE_S:.0f} s is answered as it was then)"
             )
         self._forget_old(now)
         answer = asyncio.ensure_future(self._bounded(prediction_log, card, name, version, window_s))
@@ -159,7 +165,7 @@ class QualityMonitor:
     def _forget_old(self, now: float) -> None:
         answers = self._answers
         for key, entry in list(answers.items()):
-            if not _reusable(entry, now):
+            if entry[1].done() and not _answered(entry, now, STALE_S):
                 del answers[key]
         while len(answers) >= MAX_CACHED:  # the oldest go (their callers still get them)
             del answers[min(answers, key=lambda k: answers[k][0])]
@@ -199,7 +205,13 @@ def refresh_pause(interval_s: float, spent_s: float) -> float:
 
 def _reusable(entry: tuple[float, asyncio.Future[MonitorReport]], now: float) -> bool:
     """Still running, or answered (not failed) within CACHE_S."""
+    return not entry[1].done() or _answered(entry, now, CACHE_S)
+
+
+def _answered(
+    entry: tuple[float, asyncio.Future[MonitorReport]], now: float, within: float
+) -> bool:
+    """Answered, not failed, by a query started within ``within`` seconds."""
     started, answer = entry
-    if not answer.done():
-        return True
-    return now - started < CACHE_S and not answer.cancelled() and answer.exception() is None
+    done = answer.done() and not answer.cancelled() and answer.exception() is None
+    return done and now - started < within

@@ -204,3 +204,28 @@ def test_the_gauges_refresh_pauses_longer_after_a_slow_refresh() -> None:
     slow = refresh_pause(15.0, 0.8)  # 0.8 s: a 1,000,000-record window on SQLite
     assert slow > 15.0
     assert 0.8 / (0.8 + slow) == pytest.approx(REFRESH_SHARE)
+
+
+async def test_past_the_budget_a_window_answered_within_a_minute_is_answered_as_it_was(
+    logged: tuple[httpx.AsyncClient, DataPlane], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dashboard sharing the server with a client that spends the budget on new windows got
+    503 for its own windows as soon as their 1 s cache ran out."""
+    http, plane = logged
+    assert (await http.post("/v2/models/tiny/infer", json=V2_BODY)).status_code == 200
+    assert plane.prediction_log is not None and plane.prediction_log.flush(5)
+    monkeypatch.setattr("service.dataplane.quality_monitor.CACHE_S", 0.0)  # never fresh
+    first = await http.get("/v1/models/tiny/monitor", params={"window_s": 60})
+    assert first.status_code == 200
+    predictions = first.json()["predictions"]
+    plane.monitor.budget = QueryBudget(share=1e-6, burst_s=0.0)
+    plane.monitor.budget.spend(1.0)  # spent by another client's windows
+    assert (await http.post("/v2/models/tiny/infer", json=V2_BODY)).status_code == 200
+    assert plane.prediction_log.flush(5)
+    kept = await http.get("/v1/models/tiny/monitor", params={"window_s": 60})
+    assert kept.status_code == 200 and kept.json() == first.json()  # as it was
+    assert kept.json()["predictions"] == predictions  # not the second request's
+    assert (await http.get("/v1/models/tiny/monitor", params={"window_s": 61})).status_code == 503
+    monkeypatch.setattr("service.dataplane.quality_monitor.STALE_S", 0.0)
+    gone = await http.get("/v1/models/tiny/monitor", params={"window_s": 60})
+    assert gone.status_code == 503 and "answered as it was then" in gone.json()["error"]

@@ -10,6 +10,7 @@ import functools
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -246,3 +247,22 @@ def test_ids_postgres_would_refuse_do_not_take_a_batch_down(
     log.close(10.0)
     assert float(log.written._value.get()) == 3
     assert sorted(logged_ids(url)) == sorted(["x" * MAX_ID_LENGTH, "nulid", "plain"])
+
+
+def test_pruning_on_postgres_keeps_labels_and_leaves_its_size_to_the_database(
+    postgres: Postgres,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The retention's statements (oldest first by row or by time, in short transactions) as
+    PostgreSQL runs them; no bytes bound there: its size after a delete waits for its vacuum."""
+    monkeypatch.setattr(store, "DELETE_ROWS", 2)
+    engine = store.connect(postgres.new_database())
+    now = time.time()
+    ages = [7200, 5000, 10, 9, 8, 7, 6]
+    rows = [(f"r{i}", 0, "tiny", 1, now - age, 1, 0.5, None) for i, age in enumerate(ages)]
+    store.insert(engine, rows)
+    store.label(engine, [("r2", 0, 3)])
+    assert store.prune(engine, 3600, 2) == 5  # 2 by age, then the 3 oldest unlabelled
+    assert sorted(logged_ids(engine.url.render_as_string(hide_password=False))) == ["r2", "r6"]
+    assert store.stored_bytes(engine) is None and store.prune_to_bytes(engine, 1) == 0
+    engine.dispose()

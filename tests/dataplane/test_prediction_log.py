@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
 from service.core.captured_images import unpack
@@ -343,3 +344,42 @@ def test_the_writer_checks_the_bytes_on_its_own_and_no_bound_drops_nothing(
     assert len(store.read_all(unbounded.engine)) == 120
     for log in (bounded, unbounded):
         log.close(5.0)
+
+
+def test_pruning_drops_unlabelled_rows_before_labelled_ones(tmp_path: Path) -> None:
+    """Labels are what the retrain learns from; a flood of cheap requests past the cap pushed
+    every labelled row out, oldest first, within minutes."""
+    log = PredictionLog(store.database_url(None, tmp_path), CollectorRegistry(), 100, 0, (60, 5))
+    for i in range(4):
+        log.record(f"r{i}", "tiny", 1, PIXELS, {"probabilities": PROBABILITIES})
+    assert log.flush(5.0)
+    store.label(log.engine, [("r0", 0, 1), ("r0", 2, 0), ("r1", 1, 1)])
+    assert log.prune() == 7  # 12 rows, the cap is 5: the 7 oldest unlabelled go
+    kept = [(r["request_id"], r["item"]) for r in store.read_all(log.engine)]
+    assert kept == [("r0", 0), ("r0", 2), ("r1", 1), ("r3", 1), ("r3", 2)]
+    store.label(log.engine, [("r3", 1, 0), ("r3", 2, 0)])
+    log.max_rows = 2  # labelled rows alone past the cap: the oldest of them go
+    assert log.prune() == 3
+    kept = [(r["request_id"], r["item"]) for r in store.read_all(log.engine)]
+    assert kept == [("r3", 1), ("r3", 2)]
+    log.close(5.0)
+
+
+def test_pruning_deletes_in_short_transactions_by_age_then_past_the_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A single delete of 550,000 rows held SQLite's write lock 3.9 s, past the 2 s a feedback
+    call waits for it: pruning now deletes ``DELETE_ROWS`` a transaction."""
+    monkeypatch.setattr(store, "DELETE_ROWS", 2)
+    engine = store.connect(store.database_url(None, tmp_path))
+    now = time.time()
+    ages = [7200, 5000, 7000, 10, 9, 8, 7, 6, 5]  # seconds; the first three past an hour
+    store.insert(
+        engine, [(f"r{i}", 0, "tiny", 1, now - a, 1, 0.5, None) for i, a in enumerate(ages)]
+    )
+    store.label(engine, [("r4", 0, 3)])
+    transactions: list[int] = []
+    sa.event.listen(engine, "commit", lambda _connection: transactions.append(1))
+    assert store.prune(engine, 3600, 3) == 6  # 3 by age, then 3 unlabelled past the cap
+    assert [r["request_id"] for r in store.read_all(engine)] == ["r4", "r7", "r8"]
+    assert len(transactions) >= 4  # 2 rows a transaction at most

@@ -5,15 +5,20 @@ different label for the same record replaces the earlier one (the last one wins)
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from service.core.errors import RecordNotFound, ServingError, UnprocessableInput
+import sqlalchemy as sa
+
+from service.core.errors import Overloaded, RecordNotFound, ServingError, UnprocessableInput
 from service.dataplane import prediction_store as store
 from service.dataplane.prediction_log import PredictionLog
+from service.dataplane.prediction_store import Record
 
 MAX_FEEDBACK_ITEMS = 1024  # labels in one request (413 past it)
 FLUSH_WAIT_S = 2.0  # how long feedback waits for records still queued for the writer
+LOOK_AGAIN_S = 0.1  # how often, meanwhile, for another worker's writer (every 0.5 s)
 
 
 @dataclass(frozen=True)
@@ -41,21 +46,41 @@ def apply_feedback(
     log: PredictionLog,
     items: Sequence[Feedback],
     class_names: Callable[[str, int], Sequence[str]],
-) -> None:
-    """Check every item (404 unknown id, 422 bad label), then label them all in one transaction.
-    Runs off the event loop: it waits for queued records and talks to the database."""
-    ids = [f.id for f in items]
-    found = store.find(log.engine, ids)
-    if any((f.id, f.item) not in found for f in items):
-        log.flush(FLUSH_WAIT_S)  # answered a moment ago: its record may still be queued
-        found = store.find(log.engine, ids)
-    labels = []
-    for f in items:
-        where = found.get((f.id, f.item))
-        if where is None:
-            raise RecordNotFound(f"no prediction with id {f.id[:128]!r} and item {f.item}")
-        labels.append((f.id, f.item, class_index(f.label, class_names(*where))))
-    store.label(log.engine, labels)
+) -> int:
+    """Check every item (404 unknown id, 422 bad label), then label the newest record of each
+    (id, item) in one transaction; a pair given twice takes its last label. The records
+    labelled. Runs off the event loop: it waits for queued records and talks to the database,
+    whose lock held by another writer is a 503, not a 500."""
+    last = {(f.id, f.item): f.label for f in items}
+    try:
+        found = _find(log, list(last))
+        labels = []
+        for (id, item), label in last.items():
+            where = found.get((id, item))
+            if where is None:
+                raise RecordNotFound(f"no prediction with id {id[:128]!r} and item {item}")
+            row, model, version = where
+            labels.append((row, class_index(label, class_names(model, version))))
+        store.label(log.engine, labels)
+    except sa.exc.OperationalError as exc:  # locked past its wait, or gone
+        why = f"the prediction log's database is busy; retry shortly ({exc.orig})"
+        raise Overloaded(why) from None
+    return len(labels)
+
+
+def _find(log: PredictionLog, pairs: list[tuple[str, int]]) -> dict[tuple[str, int], Record]:
+    """The pairs' newest records, waiting up to FLUSH_WAIT_S for one answered a moment ago: its
+    record may still be queued for this process's writer (flushed at once) or another worker's
+    (written within its 0.5 s interval: looked for again every 0.1 s)."""
+    deadline = time.monotonic() + FLUSH_WAIT_S
+    found = store.find(log.engine, pairs)
+    if len(found) < len(pairs):
+        log.flush(FLUSH_WAIT_S)
+        found = store.find(log.engine, pairs)
+    while len(found) < len(pairs) and time.monotonic() < deadline:
+        time.sleep(LOOK_AGAIN_S)
+        found = store.find(log.engine, pairs)
+    return found
 
 
 def names_or_empty(lookup: Callable[[str, int], Sequence[str]]) -> Callable[[str, int], list[str]]:

@@ -26,6 +26,7 @@ from service.core.logs import MAX_ID_LENGTH
 from service.dataplane import prediction_store as store
 from service.dataplane.prediction_log import PredictionLog
 from tests.support.apps import ADMIN, ADMIN_TOKEN
+from tests.support.feedback_log import label_ids
 from tests.support.models import make_model_repo
 from tests.support.postgres import Postgres, postgres  # noqa: F401 (a fixture)
 from tests.support.servers import ServerProcess, server_process, service_command, wait_until
@@ -261,7 +262,7 @@ def test_pruning_on_postgres_keeps_labels_and_leaves_its_size_to_the_database(
     ages = [7200, 5000, 10, 9, 8, 7, 6]
     rows = [(f"r{i}", 0, "tiny", 1, now - age, 1, 0.5, None) for i, age in enumerate(ages)]
     store.insert(engine, rows)
-    store.label(engine, [("r2", 0, 3)])
+    label_ids(engine, [("r2", 0, 3)])
     assert store.prune(engine, 3600, 2) == 5  # 2 by age, then the 3 oldest unlabelled
     assert sorted(logged_ids(engine.url.render_as_string(hide_password=False))) == ["r2", "r6"]
     assert store.stored_bytes(engine) is None and store.prune_to_bytes(engine, 1) == 0

@@ -18,6 +18,7 @@ from service.dataplane import prediction_store as store
 from service.dataplane.prediction_log import PredictionLog
 from service.dataplane.prediction_rows import top1
 from service.engine.thread_policy import ThreadScheduling
+from tests.support.feedback_log import label_ids
 from tests.support.servers import wait_until
 
 PIXELS = np.zeros((3, 32, 32, 3), dtype=np.uint8)
@@ -353,11 +354,11 @@ def test_pruning_drops_unlabelled_rows_before_labelled_ones(tmp_path: Path) -> N
     for i in range(4):
         log.record(f"r{i}", "tiny", 1, PIXELS, {"probabilities": PROBABILITIES})
     assert log.flush(5.0)
-    store.label(log.engine, [("r0", 0, 1), ("r0", 2, 0), ("r1", 1, 1)])
+    label_ids(log.engine, [("r0", 0, 1), ("r0", 2, 0), ("r1", 1, 1)])
     assert log.prune() == 7  # 12 rows, the cap is 5: the 7 oldest unlabelled go
     kept = [(r["request_id"], r["item"]) for r in store.read_all(log.engine)]
     assert kept == [("r0", 0), ("r0", 2), ("r1", 1), ("r3", 1), ("r3", 2)]
-    store.label(log.engine, [("r3", 1, 0), ("r3", 2, 0)])
+    label_ids(log.engine, [("r3", 1, 0), ("r3", 2, 0)])
     log.max_rows = 2  # labelled rows alone past the cap: the oldest of them go
     assert log.prune() == 3
     kept = [(r["request_id"], r["item"]) for r in store.read_all(log.engine)]
@@ -377,7 +378,7 @@ def test_pruning_deletes_in_short_transactions_by_age_then_past_the_cap(
     store.insert(
         engine, [(f"r{i}", 0, "tiny", 1, now - a, 1, 0.5, None) for i, a in enumerate(ages)]
     )
-    store.label(engine, [("r4", 0, 3)])
+    label_ids(engine, [("r4", 0, 3)])
     transactions: list[int] = []
     sa.event.listen(engine, "commit", lambda _connection: transactions.append(1))
     assert store.prune(engine, 3600, 3) == 6  # 3 by age, then 3 unlabelled past the cap

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy.engine import Engine
 
 from service.dataplane import prediction_store
 
@@ -22,6 +23,12 @@ def write_log(path: Path, rows: Sequence[tuple[str, np.ndarray | None, int | Non
     prediction_store.insert(engine, records)
     for i, (_, _, label) in enumerate(rows):
         if label is not None:
-            prediction_store.label(engine, [(f"r{i}", 0, label)])
+            label_ids(engine, [(f"r{i}", 0, label)])
     engine.dispose()
     return path
+
+
+def label_ids(engine: Engine, labels: Sequence[tuple[str, int, int]]) -> None:
+    """(request id, item, class index) labels on each pair's newest record, as feedback does."""
+    found = prediction_store.find(engine, [(id, item) for id, item, _ in labels])
+    prediction_store.label(engine, [(found[(id, item)][0], index) for id, item, index in labels])

@@ -66,5 +66,4 @@ async def feedback(
     if not plane.settings.feedback_open:
         await require_admin(request, plane)
     items = parse_feedback(loads(await read_json_body(request)))
-    await plane.feedback(items)
-    return {"labelled": len(items)}
+    return {"labelled": await plane.feedback(items)}

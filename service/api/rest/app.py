@@ -43,6 +43,7 @@ from service.api.rest.routes import (
 )
 from service.core.errors import ServingError
 from service.dataplane.dataplane import SERVER_NAME, SERVER_VERSION, DataPlane
+from service.engine.scrapes import SharedScrape
 from service.settings import Settings
 
 
@@ -92,6 +93,7 @@ def _no_native_telemetry() -> dict[str, Any]:
 def create_app(settings: Settings) -> FastAPI:
     """The service for ``settings``; the repository loads when the app starts (lifespan)."""
     plane = DataPlane(settings)
+    scrapes = SharedScrape(plane.metrics.render)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -99,6 +101,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            scrapes.close()
             await plane.stop()
 
     app = FastAPI(
@@ -111,7 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,  # ReDoc has no packaged copy; /docs covers it
         **_no_native_telemetry(),
     )
-    app.state.dataplane = plane
+    app.state.dataplane, app.state.scrapes = plane, scrapes  # scrapes: /metrics (routes/ops.py)
     app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

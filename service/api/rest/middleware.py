@@ -17,6 +17,9 @@ from service.dataplane.dataplane import request_scope
 from service.engine.metrics import Metrics
 
 CLIENT_CLOSED = 499  # nginx's code for a client that left before the answer, for the metrics
+# Methods counted by name; any other is "other": a label per method a client tried (35 methods
+# on 37 routes) grew /metrics from 66 to 1,919 series for good.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
 class RequestMetrics:
@@ -46,9 +49,8 @@ class RequestMetrics:
             raise
         finally:
             endpoint = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.observe_request(
-                endpoint, scope["method"], status, time.perf_counter() - start
-            )
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.metrics.observe_request(endpoint, method, status, time.perf_counter() - start)
 
 
 class BodyLimit:

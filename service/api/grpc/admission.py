@@ -132,21 +132,27 @@ class Admission:
             self._ended.pop(task, None)  # ended as its message came: the cancel lands later
 
 
-def unary(admission: Admission, behaviour: Behaviour, refuse: Refuse) -> Behaviour:
+def unary(
+    admission: Admission, behaviour: Behaviour, refuse: Refuse, release: Callable[[Any], None]
+) -> Behaviour:
     """``behaviour`` (a unary method's) as a call grpc binds as client-streaming, so that the
     wait for its one message is ours to bound: admitted when its message has come and a working
-    place is free, else refused (``refuse``: the call's status, counted)."""
+    place is free, else refused (``refuse``: the call's status, counted). Its message is
+    ``release``d when the call is done with it (grpc's iterator keeps it until a collection)."""
 
     async def call(messages: AsyncIterator[Any], context: Any) -> Any:
+        request = None
         try:
             request = await admission.first_message(messages)
             admission.take()
         except ServingError as why:
+            release(request)
             await refuse(why, context)
         try:
             return await behaviour(request, context)
         finally:
             admission.give()
+            release(request)
 
     return call
 

@@ -98,6 +98,15 @@ class SizedRequest:
     data: bytes = b""
 
 
+def release(request: Any) -> None:
+    """Let go of an answered request's message: grpc's request iterator keeps the last message it
+    gave in a reference cycle with the call's state until the cycle collector runs, which counts
+    objects, not bytes (ten failed 60 MiB calls held 676 MB, a compressed one 60 MB for 60 kB
+    sent); what it keeps is then an empty ``SizedRequest``."""
+    if isinstance(request, SizedRequest):
+        request.message, request.data = None, b""
+
+
 def request_parser(method: Any, sized: bool = True) -> Callable[[bytes], Any]:
     """How ``method``'s requests are parsed: ``lenient_parser`` (every other method's messages
     held to ``OTHER_MESSAGE_BYTES``), and inference requests given as ``SizedRequest`` (the body
@@ -128,7 +137,8 @@ def method_handlers(servicer: Any) -> grpc.GenericRpcHandler:
         behaviour = getattr(servicer, method.name)
         if not method.client_streaming:
             assert not method.server_streaming, method.name
-            behaviour = unary(servicer.admission, behaviour, servicer.refuse(method.name))
+            refuse = servicer.refuse(method.name)
+            behaviour = unary(servicer.admission, behaviour, refuse, release)
         kind = STREAMING[method.server_streaming]
         handlers[method.name] = kind(
             behaviour,

@@ -45,6 +45,8 @@ def connection_options(settings: Settings) -> list[tuple[str, int]]:
         options.append(("grpc.so_reuseport", 1))
     if settings.grpc_max_connection_idle_ms:
         options.append(("grpc.max_connection_idle_ms", settings.grpc_max_connection_idle_ms))
+    if not settings.grpc_compression:  # identity alone (bit 0): gzip and deflate refused unread
+        options.append(("grpc.compression_enabled_algorithms_bitset", 1))
     return options
 
 

@@ -19,7 +19,7 @@ from tritonclient.grpc import service_pb2
 
 from service.api.grpc import codec, wire
 from service.api.grpc.admission import EVICTED, Admission, StreamPlace
-from service.api.grpc.handlers import SizedRequest, Undecodable, lenient_parser
+from service.api.grpc.handlers import SizedRequest, Undecodable, lenient_parser, release
 from service.core.errors import InvalidInput, ModelNotFound, Overloaded, ServingError
 from service.core.limits import MAX_ELEMENTS, MAX_NAME_CHARS
 from service.dataplane.dataplane import DataPlane, request_scope
@@ -171,6 +171,7 @@ async def serve_stream(
 
     async def run(request: Any) -> None:
         done.put_nowait(await answer_one(plane, request, answer, status))
+        release(request)  # grpc's iterator keeps the last one given (``release``)
         if place is not None:  # computed: a client that does not read holds no working place
             place.finish()
 
@@ -211,6 +212,9 @@ async def serve_stream(
 
 
 def _refused(plane: DataPlane, request: Any, status: StatusOf, why: ServingError) -> Any:
-    """The answer to a stream's request that found no working place: not run (counted)."""
+    """The answer to a stream's request that found no working place: not run (counted), its
+    message let go."""
     plane.metrics.observe_grpc_call("ModelStreamInfer", status(why.status).name, 0.0)
-    return error_response(request, why.message)
+    response = error_response(request, why.message)
+    release(request)
+    return response

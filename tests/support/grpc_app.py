@@ -1,0 +1,24 @@
+"""A real ``grpc.aio`` server in the test's own process and loop, over an app whose lifespan
+runs (so a test can count the server's objects, or its settings can be varied cheaply)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from service.api.grpc.server import start_grpc_server
+from service.settings import Settings
+from tests.support.apps import app_client
+
+
+@asynccontextmanager
+async def grpc_in_process(settings: Settings) -> AsyncIterator[str]:
+    """The address of a started gRPC server for ``settings`` (its port chosen by the system)."""
+    settings = settings.model_copy(update={"grpc_port": 0, "host": "127.0.0.1"})
+    async with app_client(settings) as http:
+        plane = http._transport.app.state.dataplane  # type: ignore[attr-defined]
+        server, port = await start_grpc_server(plane)
+        try:
+            yield f"127.0.0.1:{port}"
+        finally:
+            await server.stop(0)

@@ -126,6 +126,15 @@ def request_parser(method: Any, sized: bool = True) -> Callable[[bytes], Any]:
     return sized_request
 
 
+def _serializer(to_bytes: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """``to_bytes``, passing on an answer already serialized (a large one, on the work pool)."""
+
+    def serialize(response: Any) -> bytes:
+        return response if type(response) is bytes else to_bytes(response)
+
+    return serialize
+
+
 def method_handlers(servicer: Any) -> grpc.GenericRpcHandler:
     """Every method of ``GRPCInferenceService`` bound to ``servicer``'s method of the same name
     (what ``add_GRPCInferenceServiceServicer_to_server`` builds, with lenient parsing). A unary
@@ -133,7 +142,7 @@ def method_handlers(servicer: Any) -> grpc.GenericRpcHandler:
     ``admission`` to bound (``admission.unary``); the protocol has no server-streaming one."""
     handlers = {}
     for method in SERVICE.methods:
-        serialize = GetMessageClass(method.output_type).SerializeToString
+        serialize = _serializer(GetMessageClass(method.output_type).SerializeToString)
         behaviour = getattr(servicer, method.name)
         if not method.client_streaming:
             assert not method.server_streaming, method.name

@@ -111,8 +111,10 @@ async def _answer(plane: DataPlane, request: Any, metadata: Any) -> Any:
         with step("decode"):
             infer = await plane.work.run_here_if_light(light, decode, request, max_rows)
         response = await plane.infer(runtime, infer)
-        with step("encode"):
-            return codec.encode_infer_response(response)
+        with step("encode"):  # a large answer serialized on the pool (handlers pass bytes on)
+            if sum(a.nbytes for a in response.outputs.values()) <= settings.inline_decode_bytes:
+                return codec.encode_infer_response(response)
+            return await plane.work.run(codec.encode_infer_response_bytes, response)
 
 
 def error_response(request: Any, message: str) -> Any:
@@ -134,6 +136,8 @@ async def answer_one(plane: DataPlane, request: Any, answer: Answer, status: Sta
     try:
         with request_scope():  # each request holds its model version until it is answered
             result = await answer(request)
+        if isinstance(result, bytes):  # serialized on the pool: a large answer
+            return codec.stream_response_bytes(result)
         return service_pb2.ModelStreamInferResponse(infer_response=result)
     except ServingError as exc:
         code = status(exc.status)

@@ -38,7 +38,7 @@ def infer(address: str, compression: str | None) -> np.ndarray:
 async def test_compressed_messages_are_refused_by_default_and_plain_ones_served(
     tmp_path: Path,
 ) -> None:
-    async with grpc_in_process(make_settings(make_model_repo(tmp_path))) as address:
+    async with grpc_in_process(make_settings(make_model_repo(tmp_path))) as (address, _):
         assert (await asyncio.to_thread(infer, address, None)).shape[0] == 1
         for algorithm in ("gzip", "deflate"):
             with pytest.raises(InferenceServerException, match=r"UNIMPLEMENTED.*disabled"):
@@ -47,7 +47,7 @@ async def test_compressed_messages_are_refused_by_default_and_plain_ones_served(
 
 async def test_grpc_compression_accepts_them_as_triton_does(tmp_path: Path) -> None:
     settings = make_settings(make_model_repo(tmp_path), grpc_compression=True)
-    async with grpc_in_process(settings) as address:
+    async with grpc_in_process(settings) as (address, _):
         plain = await asyncio.to_thread(infer, address, None)
         for algorithm in ("gzip", "deflate"):
             np.testing.assert_array_equal(await asyncio.to_thread(infer, address, algorithm), plain)

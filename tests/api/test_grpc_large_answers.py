@@ -63,7 +63,7 @@ async def test_answers_over_the_inline_size_leave_the_loop_and_read_the_same(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repo = make_model_repo(tmp_path)
-    async with grpc_in_process(make_settings(repo)) as address:
+    async with grpc_in_process(make_settings(repo)) as (address, _):
         small = await asyncio.to_thread(infer_both_ways, address)
     where: list[bool] = []
     serialize = codec.encode_infer_response_bytes
@@ -73,7 +73,7 @@ async def test_answers_over_the_inline_size_leave_the_loop_and_read_the_same(
         return serialize(response)
 
     monkeypatch.setattr(codec, "encode_infer_response_bytes", recorded)
-    async with grpc_in_process(make_settings(repo, inline_decode_bytes=0)) as address:
+    async with grpc_in_process(make_settings(repo, inline_decode_bytes=0)) as (address, _):
         large = await asyncio.to_thread(infer_both_ways, address)
     assert where == [False, False]  # serialized off the loop, once each way
     for a, b in zip(small, large, strict=True):

@@ -48,7 +48,7 @@ def held() -> list[SizedRequest]:
 async def test_answered_and_refused_requests_hold_no_message_until_a_collection(
     tmp_path: Path,
 ) -> None:
-    async with grpc_in_process(make_settings(make_model_repo(tmp_path))) as address:
+    async with grpc_in_process(make_settings(make_model_repo(tmp_path))) as (address, _):
         gc.collect()
         gc.disable()
         try:

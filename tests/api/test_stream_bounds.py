@@ -49,7 +49,7 @@ class Counting:
         self.running -= 1
         if request.id == "7":
             raise InvalidInput("request 7 is bad")
-        return service_pb2.ModelInferResponse(id=request.id)
+        return service_pb2.ModelInferResponse(id=request.id), 0
 
 
 @pytest.mark.anyio

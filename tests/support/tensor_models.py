@@ -46,6 +46,17 @@ def affine_graph() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
 
 
+def widen_graph(factor: int) -> onnx.ModelProto:
+    """One FP32 input ``INPUT`` [N, 4] -> ``OUTPUT`` [N, 4 * factor], the input tiled: an answer
+    ``factor`` times its request (a model whose outputs outgrow its inputs)."""
+    x = helper.make_tensor_value_info("INPUT", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("OUTPUT", TensorProto.FLOAT, ["N", 4 * factor])
+    repeats = helper.make_tensor("repeats", TensorProto.INT64, [2], [1, factor])
+    nodes = [helper.make_node("Tile", ["INPUT", "repeats"], ["OUTPUT"])]
+    graph = helper.make_graph(nodes, "widen", [x], [y], [repeats])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
 def write_tensor_model(
     root: Path,
     name: str,

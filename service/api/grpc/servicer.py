@@ -165,7 +165,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     @rpc
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        return await infer_message(self.plane, request, context.invocation_metadata())  # stream.py
+        answer, held = await infer_message(self.plane, request, context.invocation_metadata())
+        if held:  # a large answer's bytes, counted until the call is done (sent, or not)
+            budget = self.plane.body_budget
+            context.add_done_callback(lambda _: budget.give(held))
+        return answer
 
     async def ModelStreamInfer(self, requests: Any, context: Any) -> AsyncIterator[Any]:
         metadata, admission = context.invocation_metadata(), self.admission

@@ -20,6 +20,7 @@ from tritonclient.grpc import service_pb2
 from service.api.grpc import codec, wire
 from service.api.grpc.admission import EVICTED, Admission, StreamPlace
 from service.api.grpc.handlers import SizedRequest, Undecodable, lenient_parser, release
+from service.core.body_budget import BodyBudget
 from service.core.errors import InvalidInput, ModelNotFound, Overloaded, ServingError
 from service.core.limits import MAX_ELEMENTS, MAX_NAME_CHARS
 from service.dataplane.dataplane import DataPlane, request_scope
@@ -29,18 +30,22 @@ from service.engine.work_pool import TooHeavyForTheLoop, on_event_loop
 log = logging.getLogger(__name__)
 
 INTERNAL_MESSAGE = "internal server error"
-Answer = Callable[[Any], Awaitable[Any]]
+# A request's answer and the bytes of it counted in the body budget until it is sent (a large
+# answer's, ``BodyBudget.take_answer``: a client that does not read held them unbounded)
+Answered = tuple[Any, int]
+Answer = Callable[[Any], Awaitable[Answered]]
 StatusOf = Callable[[int], grpc.StatusCode]  # an HTTP status as a gRPC code (servicer's mapping)
 INFER_REQUEST = service_pb2.ModelInferRequest
 PARSE_INFER_REQUEST = lenient_parser(INFER_REQUEST, counted=False)  # counted by the model's bound
 _END = object()  # the reader has seen the end of the requests and every answer is queued
 
 
-async def infer_message(plane: DataPlane, received: Any, metadata: Any = None) -> Any:
+async def infer_message(plane: DataPlane, received: Any, metadata: Any = None) -> Answered:
     """One ``ModelInferRequest`` (a ``SizedRequest``) answered as a ``ModelInferResponse``
     (``ModelInfer`` and each request of a stream), its message's bytes counted in the process's
-    body budget until then (UNAVAILABLE past it); traced when sampled (the call's
-    ``traceparent`` metadata its parent)."""
+    body budget until then, a large answer's from then until the caller has sent it
+    (UNAVAILABLE past it); traced when sampled (the call's ``traceparent`` metadata its
+    parent)."""
     if isinstance(received, Undecodable):
         raise InvalidInput(f"the request is not a valid {received.message} message")
     budget = plane.body_budget
@@ -98,7 +103,7 @@ def _counted_parse(data: bytes, most: int) -> Any:
     return PARSE_INFER_REQUEST(data)
 
 
-async def _answer(plane: DataPlane, request: Any, metadata: Any) -> Any:
+async def _answer(plane: DataPlane, request: Any, metadata: Any) -> Answered:
     runtime = plane.model(request.model_name, request.model_version or None)
     settings = plane.settings
     # A model without a batch axis has no rows to bound: the element limit does.
@@ -111,10 +116,16 @@ async def _answer(plane: DataPlane, request: Any, metadata: Any) -> Any:
         with step("decode"):
             infer = await plane.work.run_here_if_light(light, decode, request, max_rows)
         response = await plane.infer(runtime, infer)
-        with step("encode"):  # a large answer serialized on the pool (handlers pass bytes on)
-            if sum(a.nbytes for a in response.outputs.values()) <= settings.inline_decode_bytes:
-                return codec.encode_infer_response(response)
-            return await plane.work.run(codec.encode_infer_response_bytes, response)
+        size = sum(a.nbytes for a in response.outputs.values())
+        held = plane.body_budget.take_answer(size)
+        try:
+            with step("encode"):  # a large answer serialized on the pool (handlers pass bytes on)
+                if size <= settings.inline_decode_bytes:
+                    return codec.encode_infer_response(response), held
+                return await plane.work.run(codec.encode_infer_response_bytes, response), held
+        except BaseException:
+            plane.body_budget.give(held)
+            raise
 
 
 def error_response(request: Any, message: str) -> Any:
@@ -129,26 +140,26 @@ def error_response(request: Any, message: str) -> Any:
     return response
 
 
-async def answer_one(plane: DataPlane, request: Any, answer: Answer, status: StatusOf) -> Any:
+async def answer_one(plane: DataPlane, request: Any, answer: Answer, status: StatusOf) -> Answered:
     """``request``'s stream message: its answer, or its error in words (counted as a call)."""
     start = time.perf_counter()
     code = grpc.StatusCode.OK
     try:
         with request_scope():  # each request holds its model version until it is answered
-            result = await answer(request)
+            result, held = await answer(request)
         if isinstance(result, bytes):  # serialized on the pool: a large answer
-            return codec.stream_response_bytes(result)
-        return service_pb2.ModelStreamInferResponse(infer_response=result)
+            return codec.stream_response_bytes(result), held
+        return service_pb2.ModelStreamInferResponse(infer_response=result), held
     except ServingError as exc:
         code = status(exc.status)
         internal = code is grpc.StatusCode.INTERNAL
         if internal:
             log.error("gRPC ModelStreamInfer request failed", exc_info=exc)
-        return error_response(request, INTERNAL_MESSAGE if internal else exc.message)
+        return error_response(request, INTERNAL_MESSAGE if internal else exc.message), 0
     except Exception as exc:
         log.error("gRPC ModelStreamInfer request failed", exc_info=exc)
         code = grpc.StatusCode.INTERNAL
-        return error_response(request, INTERNAL_MESSAGE)
+        return error_response(request, INTERNAL_MESSAGE), 0
     finally:
         plane.metrics.observe_grpc_call("ModelStreamInfer", code.name, time.perf_counter() - start)
 
@@ -198,9 +209,11 @@ async def serve_stream(
     reader = asyncio.create_task(read())
     if admission is not None:
         place = StreamPlace(admission, reader.cancel)
+    budget = plane.body_budget
     try:
         while (item := await done.get()) is not _END:
-            yield item  # waits while the client does not read: at most ``limit`` answers
+            yield item[0]  # waits while the client does not read: at most ``limit`` answers
+            budget.give(item[1])
             slots.release()
         if place is not None and place.evicted:
             raise Overloaded(EVICTED)
@@ -208,17 +221,30 @@ async def serve_stream(
     finally:
         if place is not None:
             place.close()
-        reader.cancel()  # the client went away, or the call ended: stop its work
-        for task in list(running):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await reader
+        await _stop(reader, running, done, budget)
 
 
-def _refused(plane: DataPlane, request: Any, status: StatusOf, why: ServingError) -> Any:
+async def _stop(
+    reader: asyncio.Task[None], running: set[asyncio.Task[None]], done: Any, budget: BodyBudget
+) -> None:
+    """The client went away, or the call ended: stop the stream's work; the answers it did not
+    send are no longer held."""
+    reader.cancel()
+    for task in list(running):
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await reader
+    if running:  # none may queue an answer after the count below
+        await asyncio.wait(set(running))
+    while not done.empty():
+        if (item := done.get_nowait()) is not _END:
+            budget.give(item[1])
+
+
+def _refused(plane: DataPlane, request: Any, status: StatusOf, why: ServingError) -> Answered:
     """The answer to a stream's request that found no working place: not run (counted), its
     message let go."""
     plane.metrics.observe_grpc_call("ModelStreamInfer", status(why.status).name, 0.0)
     response = error_response(request, why.message)
     release(request)
-    return response
+    return response, 0

@@ -57,7 +57,8 @@ class BodyLimit:
     """413 for bodies over ``limit`` bytes: by Content-Length before reading, else while reading;
     408 for a body not received within ``timeout_s``; 503 for bytes past the process's ``budget``
     (each body's count, as received, held until its answer is sent). Raised from ``receive``, so
-    whoever reads the body maps them (the exception handlers, the fast path)."""
+    whoever reads the body maps them (the exception handlers, the fast path). A large answer
+    counts in the budget too until it is sent, or is replaced by a 503 when it has no room."""
 
     def __init__(self, app: ASGIApp, limit: int, timeout_s: float, budget: BodyBudget) -> None:
         self.app, self.limit, self.timeout_s, self.budget = app, limit, timeout_s, budget
@@ -89,10 +90,27 @@ class BodyLimit:
             body_done = not message.get("more_body", False)
             return message
 
+        answer = 0  # a large answer's bytes, counted until it is sent
+        refused = False
+
+        async def counted(message: Message) -> None:
+            nonlocal answer, refused
+            if message["type"] == "http.response.start":
+                error = budget.answer_refusal(size := _content_length(message["headers"]))
+                if error is not None:
+                    refused = True
+                    response = serving_error_response(error, scope["method"], scope["path"])
+                    await response(scope, receive, send)
+                    return
+                answer = budget.take_answer(size)
+            elif refused:  # the answer's body, replaced by the refusal
+                return
+            await send(message)
+
         try:
-            await self.app(scope, limited, send)
+            await self.app(scope, limited, counted)
         finally:
-            budget.give(received)
+            budget.give(received + answer)
 
     def _refusal(self, content_length: bytes) -> ServingError | None:
         """A body refused on its declared length, before any of it is read: over the limit, or
@@ -101,6 +119,13 @@ class BodyLimit:
         if not 0 <= declared <= self.limit:
             return body_too_large(self.limit)
         return self.budget.refusal(declared, declared)
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int:
+    for key, value in headers:
+        if key == b"content-length":
+            return int(value)
+    return 0  # streamed: not counted
 
 
 async def _receive_before(receive: Receive, deadline: float, timeout_s: float) -> Message:

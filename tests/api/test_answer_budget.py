@@ -1,0 +1,106 @@
+"""Large answers count in the body budget (``MAX_BODY_BYTES_IN_FLIGHT``) from when they are made
+until they are sent: a model whose outputs outgrow its inputs answered ten clients that never
+read (4 kB sent) with 690 MB held for 30 s over REST, and for 5.5 minutes over gRPC. Past the
+budget a large answer is a 503 (UNAVAILABLE); small ones are never counted."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from service.core.body_budget import SMALL_BODY_BYTES, BodyBudget
+from service.core.card import TensorSpec
+from service.dataplane.dataplane import DataPlane
+from tests.support.apps import app_client, make_settings
+from tests.support.grpc_app import grpc_in_process
+from tests.support.models import write_model
+from tests.support.tensor_models import widen_graph, write_tensor_model
+
+pytestmark = pytest.mark.anyio
+MiB = 1 << 20
+FACTOR = 65_536  # 1 MiB of FP32 a row: two rows are a large answer
+BODY = {"inputs": [{"name": "INPUT", "shape": [2, 4], "datatype": "FP32", "data": [1.0] * 8}]}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def test_small_answers_are_not_counted_and_one_past_the_room_waits_for_large_ones() -> None:
+    budget = BodyBudget(8 * MiB)  # large bodies and answers: 7 MiB
+    assert budget.take_answer(SMALL_BODY_BYTES) == 0 and budget.held == 0
+    assert budget.take_answer(4 * MiB) == 4 * MiB
+    assert budget.answer_refusal(4 * MiB) is not None  # 8 MiB would pass the 7 MiB room
+    assert "unsent answers" in str(budget.answer_refusal(16 * MiB))  # a large one is held
+    budget.give(4 * MiB)
+    budget.take(MiB // 2, MiB // 2)  # a small body held: it is not what a large answer waits for
+    assert budget.take_answer(16 * MiB) == 16 * MiB  # past the room, alone: sent
+    assert budget.answer_refusal(2 * MiB) is not None
+
+
+def widen_repo(root: Path) -> Path:
+    write_model(root, "tiny")
+    spec = [TensorSpec("INPUT", "FP32", [-1, 4])], [TensorSpec("OUTPUT", "FP32", [-1, 4 * FACTOR])]
+    write_tensor_model(root, "widen", widen_graph(FACTOR), *spec)
+    return root
+
+
+async def test_rest_counts_a_large_answer_until_sent_and_refuses_it_past_the_budget(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(
+        widen_repo(tmp_path), max_body_bytes_in_flight=8 * MiB, max_request_bytes=4 * MiB
+    )
+    async with app_client(settings) as http:
+        plane: DataPlane = http._transport.app.state.dataplane  # type: ignore[attr-defined]
+        served = await http.post("/v2/models/widen/infer", json=BODY)
+        assert (
+            served.status_code == 200 and len(served.json()["outputs"][0]["data"]) == 2 * FACTOR * 4
+        )
+        assert plane.body_budget.held == 0  # given back once sent
+        plane.body_budget.take(6 * MiB, 6 * MiB)  # other clients' large bodies
+        refused = await http.post("/v2/models/widen/infer", json=BODY)
+        assert refused.status_code == 503 and refused.headers["retry-after"]
+        assert "unsent answers" in refused.json()["error"]
+        image = {"name": "images", "shape": [1, 32, 32, 3], "datatype": "UINT8", "data": [0] * 3072}
+        tiny = await http.post("/v2/models/tiny/infer", json={"inputs": [image]})
+        assert tiny.status_code == 200  # a small answer: never counted
+        assert plane.body_budget.held == 6 * MiB
+
+
+def grpc_request(rows: int) -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name="widen")
+    request.inputs.add(name="INPUT", datatype="FP32", shape=[rows, 4])
+    request.raw_input_contents.append(np.ones((rows, 4), dtype=np.float32).tobytes())
+    return request
+
+
+async def test_grpc_counts_a_large_answer_until_its_call_is_done(tmp_path: Path) -> None:
+    settings = make_settings(
+        widen_repo(tmp_path), max_body_bytes_in_flight=8 * MiB, max_request_bytes=4 * MiB
+    )
+    async with grpc_in_process(settings) as (address, plane):
+        options = [("grpc.max_receive_message_length", 64 * MiB)]
+        async with grpc.aio.insecure_channel(address, options=options) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            answer = await stub.ModelInfer(grpc_request(2))
+            assert len(answer.raw_output_contents[0]) == 2 * MiB
+            streamed = [r async for r in stub.ModelStreamInfer(iter([grpc_request(2)] * 3))]
+            assert [len(r.infer_response.raw_output_contents[0]) for r in streamed] == [2 * MiB] * 3
+            await asyncio.sleep(0.05)  # the unary call's done callback
+            assert plane.body_budget.held == 0  # each given back once sent
+            plane.body_budget.take(6 * MiB, 6 * MiB)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.ModelInfer(grpc_request(2))
+            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert "unsent answers" in (refused.value.details() or "")
+            streamed = [r async for r in stub.ModelStreamInfer(iter([grpc_request(2)]))]
+            assert "unsent answers" in streamed[0].error_message
+            assert len((await stub.ModelInfer(grpc_request(1))).raw_output_contents[0]) == MiB
+        assert plane.body_budget.held == 6 * MiB

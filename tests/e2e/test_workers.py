@@ -1,6 +1,7 @@
 """End to end: ``python -m service --workers 2`` answers as one server. A repository call made
 to one worker holds in both before it is answered (and in a worker restarted after a kill -9),
-/metrics and the statistics add both workers up, and both serve gRPC on the one port."""
+/metrics and the statistics add both workers up (the quality metrics of the prediction log
+too), and both serve gRPC on the one port."""
 
 from __future__ import annotations
 
@@ -126,3 +127,31 @@ def test_both_workers_serve_grpc_on_the_one_port_and_its_repository_calls_hold_i
     finally:
         client.close()
     assert fresh_answers(server, "/v2/models/other/ready", 20) == [404] * 20
+
+
+def test_the_quality_metrics_add_up_every_worker_whichever_answers_the_scrape(
+    tmp_path: Path,
+) -> None:
+    """Each worker counts the predictions it logged; a scrape reads both workers' sums, not the
+    share of the worker that answered it (Prometheus saw those as counter resets)."""
+    sent = 40
+    env = {"PREDICTION_LOG": "true", "DATA_DIR": str(tmp_path / "data")}
+    with two_workers(tmp_path, **env) as server:
+        assert fresh_answers(server, INFER, sent) == [200] * sent
+        classes = re.compile(r'^model_predicted_class_total\{[^}]*model="tiny"[^}]*\} (\S+)$', re.M)
+        top1 = re.compile(r'^model_top1_probability_count\{[^}]*model="tiny"[^}]*\} (\S+)$', re.M)
+
+        def scraped() -> list[tuple[float, float]]:
+            """(predicted classes, top-1 probabilities) counted, by 10 scrapes on connections
+            of their own (the kernel spreads them over both workers)."""
+            counts = []
+            for _ in range(10):
+                with httpx.Client(base_url=server.url, timeout=10) as client:
+                    text = client.get("/metrics").text
+                counts.append(
+                    (sum(map(float, classes.findall(text))), sum(map(float, top1.findall(text))))
+                )
+            return counts
+
+        # the log's writer threads count a batch once it is written (within a second)
+        wait_until(lambda: scraped() == [(sent, sent)] * 10, 15, lambda: f"counted {scraped()}")

@@ -1,5 +1,5 @@
-"""Log lines any client can cause at will, refused repository calls and 5xx answers, are
-written once an interval per kind, the next line saying how many came meanwhile."""
+"""Log lines any client can cause at will, refused repository calls and 5xx answers (REST and
+gRPC), are written once an interval per kind, the next line saying how many came meanwhile."""
 
 from __future__ import annotations
 
@@ -7,14 +7,19 @@ import logging
 from pathlib import Path
 
 import pytest
+import tritonclient.grpc as triton_grpc
 from pydantic import SecretStr
+from tritonclient.utils import InferenceServerException
 
 from service.api import admin
 from service.api.client_address import Caller
 from service.api.rest import http_io
 from service.core.errors import Forbidden, ModelNotReady, Overloaded, Unauthorized
 from service.core.throttled_log import INTERVAL_S, ThrottledLog
+from service.settings import Settings
 from tests.support.apps import make_settings
+from tests.support.models import make_model_repo
+from tests.support.servers import running_server
 
 
 class Clock:
@@ -71,3 +76,26 @@ def test_5xx_answers_write_a_warning_an_interval_per_error_class_with_the_count(
         "POST /y: m is loading",
         "POST /x: queue full (last) (499 more since the last such line)",
     ]
+
+
+def test_grpc_unavailable_answers_write_a_warning_an_interval_not_one_each(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A version REQUIRE_PROVIDERS keeps from serving answers UNAVAILABLE (a 503) to every
+    call: 50 calls write one warning (the next, 10 s on, would count the other 49)."""
+    settings = Settings(
+        model_repository=make_model_repo(tmp_path, lecture=False),
+        providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+        require_providers=True,
+    )
+    caplog.set_level(logging.WARNING, logger="service.api.grpc.servicer")
+    with running_server(settings) as server:
+        client = triton_grpc.InferenceServerClient(server.grpc_url)
+        try:
+            for _ in range(50):
+                with pytest.raises(InferenceServerException, match="UNAVAILABLE"):
+                    client.get_model_metadata("tiny")
+        finally:
+            client.close()
+    warnings = [r for r in caplog.records if r.name == "service.api.grpc.servicer"]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]

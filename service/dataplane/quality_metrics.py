@@ -12,6 +12,7 @@ version (the rest are counted as class ``other``).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -119,13 +120,16 @@ class QualityCollector(Collector):
                 self._reports[(report.model, report.version)] = report
 
     def retain(self, keys: Iterable[Key]) -> None:
-        """Forget the versions not in ``keys`` (unloaded ones), so their series go (from this
-        worker's registry: with WORKERS > 1 the shared folder keeps what they counted)."""
+        """Forget the versions not in ``keys`` (unloaded ones), so their series go (with
+        WORKERS > 1 the shared folder keeps what they counted: prometheus-client removes no
+        series there, and warns at each try)."""
         kept = set(keys)
         with self._lock:
             self._reports = {k: v for k, v in self._reports.items() if k in kept}
             gone = {k: v for k, v in self._observed.items() if k not in kept}
             self._observed = {k: v for k, v in self._observed.items() if k in kept}
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return
         for (model, version), series in gone.items():
             self._top1.remove(model, str(version))
             for index in series.classes:

@@ -212,7 +212,8 @@ def main(args: argparse.Namespace) -> None:
         url = args.url or store.database_url(None, Path(folder))
         log = PredictionLog(url, CollectorRegistry(), 10**9, 0.0, (1e9, 10**9))
         # the quality metrics count every written batch on the writer thread, as in the server
-        log.on_written = QualityCollector(lambda *_: [f"c{i}" for i in range(10)]).observe
+        quality = QualityCollector(lambda *_: [f"c{i}" for i in range(10)], CollectorRegistry())
+        log.on_written = quality.observe
         _ = log.engine  # connect and make the tables before timing
         log.close(10.0)  # the writer thread stops: this thread drains, timed
         rounds = [one_round(log, args, f"r{n}-{time.time_ns()}") for n in range(args.rounds)]

@@ -1,23 +1,26 @@
 """Model quality in Prometheus, in bounded labels (model, version, class from the card's names).
 
 Two sources: the prediction log's writer thread hands each written batch to ``observe`` (the
-top-1 probability histogram and predicted-class counters of this process, off the request path),
-and the monitor's periodic refresh sets the drift and accuracy gauges from the shared database
-(``set_report``), so replicas on one database report the same drift. Series are capped: at most
-``MAX_VERSIONS`` model versions and ``MAX_CLASSES`` class labels per version (the rest are
-counted as class ``other``).
+top-1 probability histogram and predicted-class counters, off the request path; prometheus-client
+metrics, so with WORKERS > 1 they are written to the shared folder and summed over the workers
+as the other counters are), and the monitor's periodic refresh sets the drift and accuracy
+gauges from the shared database (``set_report``: each worker's own, read at scrape time).
+Series are capped: at most ``MAX_VERSIONS`` model versions and ``MAX_CLASSES`` class labels per
+version (the rest are counted as class ``other``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from service.dataplane.monitor import MonitorReport
@@ -33,21 +36,39 @@ Key = tuple[str, int]
 
 @dataclass
 class _Observed:
+    """A version's series: its class names, its histogram child, its counters by class index."""
+
     class_names: list[str]
-    buckets: np.ndarray = field(default_factory=lambda: np.zeros(len(BUCKETS) + 1, np.int64))
-    classes: np.ndarray = field(default_factory=lambda: np.zeros(MAX_CLASSES + 1, np.int64))
-    total: float = 0.0  # sum of the observed probabilities
+    top1: Any  # the histogram's child for the version
+    classes: dict[int, Any] = field(default_factory=dict)  # class index -> counter child
 
 
 class QualityCollector(Collector):
-    """The quality metrics of one app's registry; thread-safe (writer thread, loop, scrapes)."""
+    """The quality metrics of one app's ``registry`` (the histogram and counters on it; the
+    gauges from this collector, which the caller registers); thread-safe (writer thread, loop,
+    scrapes)."""
 
-    def __init__(self, class_names: Callable[[str, int], Sequence[str]]) -> None:
+    def __init__(
+        self, class_names: Callable[[str, int], Sequence[str]], registry: CollectorRegistry
+    ) -> None:
         self._class_names = class_names
         self._lock = threading.Lock()
         self._observed: dict[Key, _Observed] = {}
         self._reports: dict[Key, MonitorReport] = {}
         self._warned = False
+        self._top1 = Histogram(
+            "model_top1_probability",
+            "Top-1 probability of logged predictions (every worker's).",
+            ["model", "version"],
+            buckets=BUCKETS,
+            registry=registry,
+        )
+        self._classes = Counter(
+            "model_predicted_class",
+            "Logged predictions by top-1 class (every worker's; classes past 100 are 'other').",
+            ["model", "version", "class"],
+            registry=registry,
+        )
 
     def observe(self, rows: Iterable[Row]) -> None:
         """Count a written batch of prediction log rows (the writer thread, after the insert)."""
@@ -60,14 +81,19 @@ class QualityCollector(Collector):
             series = self._series(key)
             if series is None:
                 continue
-            p = np.asarray(probability, dtype=np.float64)
-            buckets = np.bincount(np.searchsorted(BUCKETS, p), minlength=len(BUCKETS) + 1)
+            for p in probability:
+                series.top1.observe(p)
             classes = np.minimum(np.asarray(top1, dtype=np.int64), MAX_CLASSES).clip(0)
             counts = np.bincount(classes, minlength=MAX_CLASSES + 1)
-            with self._lock:
-                series.buckets += buckets
-                series.classes += counts
-                series.total += float(p.sum())
+            for index in np.flatnonzero(counts).tolist():
+                self._class_counter(key, series, index).inc(int(counts[index]))
+
+    def _class_counter(self, key: Key, series: _Observed, index: int) -> Any:
+        child = series.classes.get(index)
+        if child is None:
+            name = "other" if index >= MAX_CLASSES else _name(series.class_names, index)
+            child = series.classes[index] = self._classes.labels(key[0], str(key[1]), name)
+        return child
 
     def _series(self, key: Key) -> _Observed | None:
         series = self._observed.get(key)
@@ -83,7 +109,7 @@ class QualityCollector(Collector):
             names = list(self._class_names(*key))[:MAX_CLASSES]
         except Exception:  # the version is gone: its index stands in for a name
             names = []
-        series = _Observed(names)
+        series = _Observed(names, self._top1.labels(key[0], str(key[1])))
         with self._lock:
             return self._observed.setdefault(key, series)
 
@@ -94,46 +120,26 @@ class QualityCollector(Collector):
                 self._reports[(report.model, report.version)] = report
 
     def retain(self, keys: Iterable[Key]) -> None:
-        """Forget the versions not in ``keys`` (unloaded ones), so their series go."""
+        """Forget the versions not in ``keys`` (unloaded ones), so their series go (with
+        WORKERS > 1 the shared folder keeps what they counted: prometheus-client removes no
+        series there, and warns at each try)."""
         kept = set(keys)
         with self._lock:
             self._reports = {k: v for k, v in self._reports.items() if k in kept}
+            gone = {k: v for k, v in self._observed.items() if k not in kept}
             self._observed = {k: v for k, v in self._observed.items() if k in kept}
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return
+        for (model, version), series in gone.items():
+            self._top1.remove(model, str(version))
+            for index in series.classes:
+                name = "other" if index >= MAX_CLASSES else _name(series.class_names, index)
+                self._classes.remove(model, str(version), name)
 
     def collect(self) -> Iterator[Any]:
         with self._lock:
-            observed = {k: (v.class_names, v.buckets.copy(), v.classes.copy(), v.total)
-                        for k, v in self._observed.items()}  # fmt: skip
             reports = list(self._reports.values())
-        yield from _observed_families(observed)
         yield from _report_families(reports)
-
-
-def _observed_families(
-    observed: dict[Key, tuple[list[str], np.ndarray, np.ndarray, float]],
-) -> Iterator[Any]:
-    histogram = HistogramMetricFamily(
-        "model_top1_probability",
-        "Top-1 probability of logged predictions (this process).",
-        labels=["model", "version"],
-    )
-    classes = CounterMetricFamily(
-        "model_predicted_class",
-        "Logged predictions by top-1 class (this process; classes past 100 are 'other').",
-        labels=["model", "version", "class"],
-    )
-    for (model, version), (names, buckets, counts, total) in observed.items():
-        cumulative = np.cumsum(buckets).tolist()
-        edges = [*(str(b) for b in BUCKETS), "+Inf"]
-        histogram.add_metric(
-            [model, str(version)], list(zip(edges, cumulative, strict=True)), total
-        )
-        for index, count in enumerate(counts.tolist()):
-            if count:
-                name = "other" if index >= MAX_CLASSES else _name(names, index)
-                classes.add_metric([model, str(version), name], count)
-    yield histogram
-    yield classes
 
 
 def _name(names: list[str], index: int) -> str:

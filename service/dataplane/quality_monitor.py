@@ -94,7 +94,7 @@ class QualityMonitor:
         scheduling: ThreadScheduling = "batch",
     ) -> None:
         self.log, self.threshold = prediction_log, threshold
-        self.collector = QualityCollector(class_names)
+        self.collector = QualityCollector(class_names, registry)
         registry.register(self.collector)
         if prediction_log is not None:
             prediction_log.on_written = self.collector.observe

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from service.core.processes import sibling
 from service.engine.batcher import BatchStats
+from service.engine.metric_files import fold_dead, reading
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -217,9 +218,10 @@ _LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w*_(\d+)\.db$")
 
 
 class _AllWorkers(Collector):
-    """prometheus-client's multiprocess collector over every worker's files, then what only this
-    worker's registry holds: the gauges its collectors compute at scrape time (providers, model
-    quality), which every worker computes alike from the same models and prediction log."""
+    """prometheus-client's multiprocess collector over every worker's files (a dead worker's
+    counters and histograms folded into the archives first), then what only this worker's
+    registry holds: the gauges its collectors compute at scrape time (providers, the monitor's
+    drift and accuracy, each worker's own refresh)."""
 
     def __init__(self, folder: Path, local: CollectorRegistry) -> None:
         self.folder = folder
@@ -231,8 +233,10 @@ class _AllWorkers(Collector):
             if match and not sibling(int(match.group(1))):
                 pid = int(match.group(1))
                 multiprocess.mark_process_dead(pid, str(self.folder))  # type: ignore[no-untyped-call]
+        fold_dead(self.folder, sibling)
         every = multiprocess.MultiProcessCollector(None, str(self.folder))  # type: ignore[no-untyped-call]
-        summed: list[Metric] = list(every.collect())  # type: ignore[no-untyped-call]
+        with reading(self.folder):
+            summed: list[Metric] = list(every.collect())  # type: ignore[no-untyped-call]
         names = {family.name for family in summed}
         yield from summed
         for family in self.local.collect():

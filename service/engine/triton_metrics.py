@@ -5,8 +5,10 @@ server unchanged.
 They are not counted a second time: each is read at scrape time from what the statistics
 extension already counts per model version (``service.engine.statistics``), summed over the
 worker processes by the ``source`` given, and from the host's CPU and memory (psutil), as
-Triton reads them from ``/proc``. Like Triton's, the counts start at a version's load, so a
-reloaded version starts again from zero. GPU metrics (``nv_gpu_*``) are not served.
+Triton reads them from ``/proc``; the CPU's share is sampled at most every ``CPU_SAMPLE_S``, so
+one client's scrape does not shorten the interval the next one (the operator's) reads. Like
+Triton's, the counts start at a version's load, so a reloaded version starts again from zero.
+GPU metrics (``nv_gpu_*``) are not served.
 
 Triton's counters are exposed under their exact names, typed ``gauge``: prometheus-client writes
 every counter's samples as ``<name>_total``, which Triton's names lack; PromQL's ``rate`` and
@@ -15,6 +17,8 @@ every counter's samples as ``<name>_total``, which Triton's names lack; PromQL's
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import psutil
@@ -24,6 +28,7 @@ from prometheus_client.registry import Collector
 from service.engine.statistics import FAILURES, VersionStatistics
 
 LABELS = ["model", "version"]
+CPU_SAMPLE_S = 5.0  # the least time between two samples of nv_cpu_utilization
 Read = Callable[[VersionStatistics], float]
 
 
@@ -104,17 +109,58 @@ CACHE_COUNTS: tuple[tuple[str, str, Read], ...] = (
 )
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """The host's CPU time so far, (busy, all) in seconds: busy is all less idle and iowait,
+    as psutil's ``cpu_percent`` counts it (read here, not there: its interval is process-wide,
+    restarted by any caller)."""
+    times = psutil.cpu_times()
+    total = sum(times)
+    return total - times.idle - getattr(times, "iowait", 0.0), total
+
+
+class CpuSampler:
+    """The host's busy share over the last interval of at least ``interval_s``: a scrape within
+    ``interval_s`` of the last sample reads that sample, so however often anyone scrapes, each
+    value covers ``interval_s`` or more (psutil's ``cpu_percent()`` measured since the last
+    scrape: a client scraping 50 ms before Prometheus made Prometheus read those 50 ms)."""
+
+    def __init__(
+        self,
+        interval_s: float = CPU_SAMPLE_S,
+        clock: Callable[[], float] = time.monotonic,
+        read: Callable[[], tuple[float, float]] = cpu_seconds,
+    ) -> None:
+        self._interval_s, self._clock, self._read = interval_s, clock, read
+        self._lock = threading.Lock()  # scrapes render on threads of their own
+        self._at, self._times = clock(), read()  # the first sample covers the time since
+        self._value: float | None = None
+
+    def utilization(self) -> float:
+        """The busy share (0-1) of the latest sample, taking one if it is ``interval_s`` old."""
+        with self._lock:
+            now = self._clock()
+            if self._value is None or now - self._at >= self._interval_s:
+                times = self._read()
+                busy, total = (new - old for new, old in zip(times, self._times, strict=True))
+                if total > 0 or self._value is None:
+                    self._value = min(1.0, max(0.0, busy / total)) if total > 0 else 0.0
+                    self._at, self._times = now, times
+            return self._value
+
+
 class TritonMetrics(Collector):
     """``source()``: every loaded version's statistics (the whole worker group's);
-    ``cached(name)``: whether the response cache serves that model (its ``nv_cache_*``)."""
+    ``cached(name)``: whether the response cache serves that model (its ``nv_cache_*``);
+    ``cpu``: the host's CPU sampler (one per process will do)."""
 
     def __init__(
         self,
         source: Callable[[], Sequence[VersionStatistics]],
         cached: Callable[[str], bool],
+        cpu: CpuSampler | None = None,
     ) -> None:
         self.source, self.cached = source, cached
-        psutil.cpu_percent()  # the first call starts the interval the next one measures
+        self.cpu = CpuSampler() if cpu is None else cpu
 
     def collect(self) -> Iterator[Metric]:
         stats = self.source()
@@ -136,7 +182,7 @@ class TritonMetrics(Collector):
             pending.add_metric([s.name, s.version], s.pending)
         yield failure
         yield pending
-        yield from _host()
+        yield from _host(self.cpu.utilization())
 
 
 def _counters(
@@ -150,13 +196,13 @@ def _counters(
         yield family
 
 
-def _host() -> Iterator[Metric]:
+def _host(cpu_utilization: float) -> Iterator[Metric]:
     """The host's CPU and memory, as Triton reports them (used: total less available)."""
     memory = psutil.virtual_memory()
     yield GaugeMetricFamily(
         "nv_cpu_utilization",
         "CPU utilization rate [0.0 - 1.0]",
-        value=psutil.cpu_percent() / 100,  # since the last scrape
+        value=cpu_utilization,  # over the latest CPU_SAMPLE_S or more
     )
     yield GaugeMetricFamily(
         "nv_cpu_memory_total_bytes", "CPU total memory (RAM), in bytes", value=memory.total

@@ -74,7 +74,7 @@ def test_a_reference_of_the_wrong_shape_is_no_reference(tmp_path: pytest.TempPat
 
 def test_the_series_are_bounded_in_versions_and_classes() -> None:
     registry = CollectorRegistry()
-    collector = QualityCollector(lambda model, version: [f"c{i}" for i in range(1000)])
+    collector = QualityCollector(lambda model, version: [f"c{i}" for i in range(1000)], registry)
     registry.register(collector)
     rows = [
         ("id", 0, "m", v, 0.0, top1, 0.5, None)  # prediction_store.COLUMNS

@@ -1,6 +1,7 @@
 """End to end: ``python -m service --workers 2`` answers as one server. A repository call made
 to one worker holds in both before it is answered (and in a worker restarted after a kill -9),
-/metrics and the statistics add both workers up, and both serve gRPC on the one port."""
+/metrics and the statistics add both workers up (the quality metrics of the prediction log
+too), and both serve gRPC on the one port."""
 
 from __future__ import annotations
 
@@ -36,8 +37,15 @@ INFER = "/v2/models/tiny/infer"
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    with two_workers(tmp_path) as running:
+    with two_workers(tmp_path, WORKERS_DIR=str(tmp_path / "workers")) as running:
         yield running
+
+
+def requests_counted(server: ServerProcess) -> float:
+    """Every HTTP request /metrics counted, every worker's (a scrape, on a new connection)."""
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        text = client.get("/metrics").text
+    return sum(float(v) for v in re.findall(r"^http_requests_total\{.*\} (\S+)$", text, re.M))
 
 
 def fresh_answers(server: ServerProcess, path: str, count: int) -> list[int]:
@@ -54,7 +62,7 @@ def fresh_answers(server: ServerProcess, path: str, count: int) -> list[int]:
 
 
 def test_a_repository_call_to_one_worker_holds_in_every_worker_and_a_restarted_one(
-    server: ServerProcess,
+    server: ServerProcess, tmp_path: Path
 ) -> None:
     assert fresh_answers(server, "/v2/models/tiny/ready", 20) == [200] * 20
     unload = httpx.post(f"{server.url}/v2/repository/models/tiny/unload", timeout=90)
@@ -65,11 +73,16 @@ def test_a_repository_call_to_one_worker_holds_in_every_worker_and_a_restarted_o
 
     # kill -9 one worker: the other keeps answering, a new one appears and keeps the unload
     killed = workers(server)[0]
+    counted = requests_counted(server)
     os.kill(killed, signal.SIGKILL)
     assert fresh_answers(server, "/v2/models/other/ready", 10) == [200] * 10
     wait_until(lambda: len(workers(server)) == 2 and killed not in workers(server), 30, "restart")
     wait_until(lambda: all(serving(server, pid) for pid in workers(server)), 60, "new one ready")
     assert fresh_answers(server, INFER, 30) == [404] * 30
+    # The killed worker's metric files are folded into the archives at a scrape: gone, and
+    # what it counted still counted (the scrapes since count too).
+    left = lambda: list((tmp_path / "workers" / "metrics").glob(f"*_{killed}.db"))  # noqa: E731
+    wait_until(lambda: requests_counted(server) >= counted + 40 and not left(), 10, "folded")
 
     load = httpx.post(f"{server.url}/v2/repository/models/tiny/load", timeout=90)
     assert load.status_code == 200, load.text
@@ -126,3 +139,31 @@ def test_both_workers_serve_grpc_on_the_one_port_and_its_repository_calls_hold_i
     finally:
         client.close()
     assert fresh_answers(server, "/v2/models/other/ready", 20) == [404] * 20
+
+
+def test_the_quality_metrics_add_up_every_worker_whichever_answers_the_scrape(
+    tmp_path: Path,
+) -> None:
+    """Each worker counts the predictions it logged; a scrape reads both workers' sums, not the
+    share of the worker that answered it (Prometheus saw those as counter resets)."""
+    sent = 40
+    env = {"PREDICTION_LOG": "true", "DATA_DIR": str(tmp_path / "data")}
+    with two_workers(tmp_path, **env) as server:
+        assert fresh_answers(server, INFER, sent) == [200] * sent
+        classes = re.compile(r'^model_predicted_class_total\{[^}]*model="tiny"[^}]*\} (\S+)$', re.M)
+        top1 = re.compile(r'^model_top1_probability_count\{[^}]*model="tiny"[^}]*\} (\S+)$', re.M)
+
+        def scraped() -> list[tuple[float, float]]:
+            """(predicted classes, top-1 probabilities) counted, by 10 scrapes on connections
+            of their own (the kernel spreads them over both workers)."""
+            counts = []
+            for _ in range(10):
+                with httpx.Client(base_url=server.url, timeout=10) as client:
+                    text = client.get("/metrics").text
+                counts.append(
+                    (sum(map(float, classes.findall(text))), sum(map(float, top1.findall(text))))
+                )
+            return counts
+
+        # the log's writer threads count a batch once it is written (within a second)
+        wait_until(lambda: scraped() == [(sent, sent)] * 10, 15, lambda: f"counted {scraped()}")

@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.engine.statistics import FAILURES, InferenceStatistics, VersionStatistics
-from service.engine.triton_metrics import TritonMetrics
+from service.engine.triton_metrics import CpuSampler, TritonMetrics
 
 
 def samples(stats: list[VersionStatistics], cached: set[str]) -> dict[tuple[str, str], float]:
@@ -49,3 +49,33 @@ def test_each_triton_metric_reads_its_count_in_tritons_units() -> None:
     assert not any(name.endswith("_total") for name, _ in got)  # Triton's names, exactly
     assert 0 <= got[("nv_cpu_utilization", "")] <= 1
     assert 0 < got[("nv_cpu_memory_used_bytes", "")] < got[("nv_cpu_memory_total_bytes", "")]
+
+
+def test_cpu_utilization_is_sampled_on_an_interval_not_reset_by_each_scrape() -> None:
+    """A client's scrape 50 ms before the operator's does not change what the operator reads:
+    within the interval every scrape reads the last sample; past it, one new sample covers the
+    whole time since the one before."""
+    now = [0.0]
+    # cumulative CPU seconds (busy, all) of the host at each read, on a 2-core machine
+    times = iter([(0.0, 0.0), (5.0, 20.0), (15.0, 40.0)])
+    cpu = CpuSampler(interval_s=10.0, clock=lambda: now[0], read=lambda: next(times))
+    registry = CollectorRegistry()
+    registry.register(TritonMetrics(lambda: [], lambda _: False, cpu))
+
+    def scrape() -> float:
+        text = generate_latest(registry).decode()
+        (family,) = [
+            f for f in text_string_to_metric_families(text) if f.name == "nv_cpu_utilization"
+        ]
+        return float(family.samples[0].value)
+
+    now[0] = 10.0
+    assert scrape() == 0.25  # 5 of 20 CPU seconds busy since the start
+    now[0] = 19.9  # a client scrapes, then the operator 50 ms later: both read the sample
+    assert scrape() == 0.25
+    now[0] = 19.95
+    assert scrape() == 0.25
+    now[0] = 25.0  # past the interval: one sample over the 15 s since the last one
+    assert scrape() == 0.5  # 10 of 20 CPU seconds busy
+    now[0] = 25.05
+    assert scrape() == 0.5 and cpu.utilization() == 0.5  # (a fourth read would raise)

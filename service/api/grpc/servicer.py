@@ -24,9 +24,13 @@ from service.api.grpc.handlers import Oversized, Undecodable
 from service.api.grpc.shared_memory import status_response
 from service.api.grpc.stream import infer_message, serve_stream
 from service.core.errors import InvalidInput, ModelNotFound, ModelNotReady, ServingError
+from service.core.throttled_log import ThrottledLog
 from service.dataplane.dataplane import DataPlane, request_scope
 
 log = logging.getLogger(__name__)
+# A failure a client can cause at will (UNAVAILABLE of a full queue, a model not ready): one line
+# per error class per interval, with the count of the rest, as REST's (http_io).
+_serving_error_log = ThrottledLog(log)
 
 INTERNAL_MESSAGE = "internal server error"
 EXTENSIONS = [
@@ -94,7 +98,8 @@ def rpc(method: Handler) -> Handler:
                 log.error("gRPC %s failed", name, exc_info=exc)
                 message = INTERNAL_MESSAGE
             elif exc.status >= 500 and not isinstance(exc.__cause__, ServingError):
-                log.warning("gRPC %s: %s", name, exc.message)
+                kind = f"{exc.status} {type(exc).__name__}"
+                _serving_error_log.warning("gRPC %s: %s", name, exc.message, key=kind)
         except Exception as exc:
             log.error("gRPC %s failed", name, exc_info=exc)
             code, message = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE

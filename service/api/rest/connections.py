@@ -18,8 +18,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from service.api.rest.throttled_log import ThrottledLog
 from service.core.logs import new_request_id
+from service.core.throttled_log import ThrottledLog
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ def held() -> list[SizedRequest]:
     return [
         o
         for o in gc.get_objects()
-        if isinstance(o, SizedRequest) and (o.data or o.message is not None)
+        if type(o) is SizedRequest and (o.data or o.message is not None)
     ]
 
 

@@ -39,9 +39,7 @@ def infer(shape: list[int], model: str = "tiny") -> service_pb2.ModelInferReques
 def held() -> list[SizedRequest]:
     """Requests still holding their bytes or message (gc tracks the cycles it has not freed)."""
     return [
-        o
-        for o in gc.get_objects()
-        if type(o) is SizedRequest and (o.data or o.message is not None)
+        o for o in gc.get_objects() if type(o) is SizedRequest and (o.data or o.message is not None)
     ]
 
 

@@ -8,9 +8,10 @@ Large bodies stop short of the whole budget: the last ``1 / RESERVED_SHARE`` of 
 small ones (up to ``SMALL_BODY_BYTES`` each), so that a few clients holding large uploads turn
 away other large uploads, never the small requests most traffic is.
 
-Large answers count too, from when they are made until they are sent: a model whose outputs are
+Answers count too, from when they are made until they are sent: a model whose outputs are
 larger than its inputs answered ten clients that never read, 4 kB sent, with 690 MB held for 30
-s (REST) or 5.5 minutes (gRPC, until the connection's age)."""
+s (REST) or 5.5 minutes (gRPC, until the connection's age); small answers, uncounted, could
+still add up to 1 MiB times every gRPC call a client may hold open."""
 
 from __future__ import annotations
 
@@ -68,9 +69,11 @@ class BodyBudget:
 
     def answer_refusal(self, size: int) -> BodyBudgetFull | None:
         """The error for an answer of ``size`` bytes if the budget has no room for it now, else
-        None. One larger than the large bodies' room is let through while nothing large is
-        held (so it is sent, one at a time), rather than refused for good."""
-        if size <= SMALL_BODY_BYTES or not self.limit or self.held + size <= self.large_room:
+        None: a small answer may use the whole budget, a large one the large bodies' room. One
+        larger than that room is let through while nothing large is held (so it is sent, one at
+        a time), rather than refused for good."""
+        room = self.limit if size <= SMALL_BODY_BYTES else self.large_room
+        if not self.limit or self.held + size <= room:
             return None
         if size > self.large_room and self.held <= self.limit - self.large_room:
             return None
@@ -80,10 +83,8 @@ class BodyBudget:
         )
 
     def take_answer(self, size: int) -> int:
-        """Count a large answer of ``size`` bytes until it is sent (``give`` it then), or raise
-        ``BodyBudgetFull``; the bytes counted (0 for a small one, which is not)."""
-        if size <= SMALL_BODY_BYTES:
-            return 0
+        """Count an answer of ``size`` bytes until it is sent (``give`` it then), or raise
+        ``BodyBudgetFull``; the bytes counted."""
         error = self.answer_refusal(size)
         if error is not None:
             raise error

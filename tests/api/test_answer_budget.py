@@ -1,7 +1,7 @@
-"""Large answers count in the body budget (``MAX_BODY_BYTES_IN_FLIGHT``) from when they are made
+"""Answers count in the body budget (``MAX_BODY_BYTES_IN_FLIGHT``) from when they are made
 until they are sent: a model whose outputs outgrow its inputs answered ten clients that never
 read (4 kB sent) with 690 MB held for 30 s over REST, and for 5.5 minutes over gRPC. Past the
-budget a large answer is a 503 (UNAVAILABLE); small ones are never counted."""
+budget a large answer is a 503 (UNAVAILABLE); a small one may use the whole budget."""
 
 from __future__ import annotations
 
@@ -32,16 +32,18 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def test_small_answers_are_not_counted_and_one_past_the_room_waits_for_large_ones() -> None:
+def test_small_answers_may_use_the_whole_budget_large_ones_its_room_or_go_alone() -> None:
     budget = BodyBudget(8 * MiB)  # large bodies and answers: 7 MiB
-    assert budget.take_answer(SMALL_BODY_BYTES) == 0 and budget.held == 0
+    assert budget.take_answer(SMALL_BODY_BYTES) == SMALL_BODY_BYTES
     assert budget.take_answer(4 * MiB) == 4 * MiB
-    assert budget.answer_refusal(4 * MiB) is not None  # 8 MiB would pass the 7 MiB room
+    assert budget.answer_refusal(4 * MiB) is not None  # 9 MiB would pass the 7 MiB room
+    assert budget.answer_refusal(SMALL_BODY_BYTES) is None  # 6 of the whole 8 MiB
     assert "unsent answers" in str(budget.answer_refusal(16 * MiB))  # a large one is held
-    budget.give(4 * MiB)
+    budget.give(4 * MiB + SMALL_BODY_BYTES)
     budget.take(MiB // 2, MiB // 2)  # a small body held: it is not what a large answer waits for
     assert budget.take_answer(16 * MiB) == 16 * MiB  # past the room, alone: sent
     assert budget.answer_refusal(2 * MiB) is not None
+    assert budget.answer_refusal(1) is not None  # the whole budget is held
 
 
 def widen_repo(root: Path) -> Path:
@@ -70,7 +72,7 @@ async def test_rest_counts_a_large_answer_until_sent_and_refuses_it_past_the_bud
         assert "unsent answers" in refused.json()["error"]
         image = {"name": "images", "shape": [1, 32, 32, 3], "datatype": "UINT8", "data": [0] * 3072}
         tiny = await http.post("/v2/models/tiny/infer", json={"inputs": [image]})
-        assert tiny.status_code == 200  # a small answer: never counted
+        assert tiny.status_code == 200  # a small answer: the whole budget is its room
         assert plane.body_budget.held == 6 * MiB
 
 

@@ -171,7 +171,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     @rpc
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         answer, held = await infer_message(self.plane, request, context.invocation_metadata())
-        if held:  # a large answer's bytes, counted until the call is done (sent, or not)
+        if held:  # the answer's bytes, counted until the call is done (sent, or not)
             budget = self.plane.body_budget
             context.add_done_callback(lambda _: budget.give(held))
         return answer

@@ -43,7 +43,7 @@ _END = object()  # the reader has seen the end of the requests and every answer 
 async def infer_message(plane: DataPlane, received: Any, metadata: Any = None) -> Answered:
     """One ``ModelInferRequest`` (a ``SizedRequest``) answered as a ``ModelInferResponse``
     (``ModelInfer`` and each request of a stream), its message's bytes counted in the process's
-    body budget until then, a large answer's from then until the caller has sent it
+    body budget until then, the answer's from then until the caller has sent it
     (UNAVAILABLE past it); traced when sampled (the call's ``traceparent`` metadata its
     parent)."""
     if isinstance(received, Undecodable):

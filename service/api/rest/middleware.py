@@ -57,8 +57,9 @@ class BodyLimit:
     """413 for bodies over ``limit`` bytes: by Content-Length before reading, else while reading;
     408 for a body not received within ``timeout_s``; 503 for bytes past the process's ``budget``
     (each body's count, as received, held until its answer is sent). Raised from ``receive``, so
-    whoever reads the body maps them (the exception handlers, the fast path). A large answer
-    counts in the budget too until it is sent, or is replaced by a 503 when it has no room."""
+    whoever reads the body maps them (the exception handlers, the fast path). The answer counts
+    in the budget too (by its Content-Length) until it is sent, or is replaced by a 503 when it
+    has no room."""
 
     def __init__(self, app: ASGIApp, limit: int, timeout_s: float, budget: BodyBudget) -> None:
         self.app, self.limit, self.timeout_s, self.budget = app, limit, timeout_s, budget
@@ -90,7 +91,7 @@ class BodyLimit:
             body_done = not message.get("more_body", False)
             return message
 
-        answer = 0  # a large answer's bytes, counted until it is sent
+        answer = 0  # the answer's bytes, counted until it is sent
         refused = False
 
         async def counted(message: Message) -> None:

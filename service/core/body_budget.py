@@ -20,6 +20,9 @@ from service.core.errors import BodyBudgetFull
 # A body of up to this many bytes is small (16 FP32 images in JSON, 340 UINT8 ones in binary).
 SMALL_BODY_BYTES = 1 << 20
 RESERVED_SHARE = 8  # large bodies may hold all but an eighth of the budget
+# Answers of up to this many bytes are counted but never refused: a health check, metadata, a
+# classifier's answer are served whatever the budget holds (a full budget must not fail probes).
+UNREFUSED_ANSWER_BYTES = 64 * 1024
 
 
 def large_body_room(limit: int) -> int:
@@ -69,11 +72,12 @@ class BodyBudget:
 
     def answer_refusal(self, size: int) -> BodyBudgetFull | None:
         """The error for an answer of ``size`` bytes if the budget has no room for it now, else
-        None: a small answer may use the whole budget, a large one the large bodies' room. One
-        larger than that room is let through while nothing large is held (so it is sent, one at
-        a time), rather than refused for good."""
+        None: a small answer may use the whole budget, a large one the large bodies' room; one
+        of up to ``UNREFUSED_ANSWER_BYTES`` is never refused (counted all the same). One larger
+        than the large room is let through while nothing large is held (so it is sent, one at a
+        time), rather than refused for good."""
         room = self.limit if size <= SMALL_BODY_BYTES else self.large_room
-        if not self.limit or self.held + size <= room:
+        if not self.limit or size <= UNREFUSED_ANSWER_BYTES or self.held + size <= room:
             return None
         if size > self.large_room and self.held <= self.limit - self.large_room:
             return None

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from service.core.body_budget import SMALL_BODY_BYTES, BodyBudget
+from service.core.body_budget import SMALL_BODY_BYTES, UNREFUSED_ANSWER_BYTES, BodyBudget
 from service.core.card import TensorSpec
 from service.dataplane.dataplane import DataPlane
 from tests.support.apps import app_client, make_settings
@@ -43,7 +43,8 @@ def test_small_answers_may_use_the_whole_budget_large_ones_its_room_or_go_alone(
     budget.take(MiB // 2, MiB // 2)  # a small body held: it is not what a large answer waits for
     assert budget.take_answer(16 * MiB) == 16 * MiB  # past the room, alone: sent
     assert budget.answer_refusal(2 * MiB) is not None
-    assert budget.answer_refusal(1) is not None  # the whole budget is held
+    assert budget.answer_refusal(UNREFUSED_ANSWER_BYTES + 1) is not None  # the budget is full
+    assert budget.take_answer(UNREFUSED_ANSWER_BYTES) == UNREFUSED_ANSWER_BYTES  # a probe's: sent
 
 
 def widen_repo(root: Path) -> Path:
@@ -74,6 +75,11 @@ async def test_rest_counts_a_large_answer_until_sent_and_refuses_it_past_the_bud
         tiny = await http.post("/v2/models/tiny/infer", json={"inputs": [image]})
         assert tiny.status_code == 200  # a small answer: the whole budget is its room
         assert plane.body_budget.held == 6 * MiB
+        plane.body_budget.held = 8 * MiB  # every byte held: probes are still answered
+        assert (await http.get("/v2/health/ready")).status_code == 200
+        assert (
+            await http.post("/v2/models/tiny/infer", json={"inputs": [image]})
+        ).status_code == 200
 
 
 def grpc_request(rows: int) -> service_pb2.ModelInferRequest:

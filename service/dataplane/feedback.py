@@ -62,6 +62,8 @@ def apply_feedback(
             row, model, version = where
             labels.append((row, class_index(label, class_names(model, version))))
         store.label(log.engine, labels)
+    except store.RecordsGone:
+        raise RecordNotFound("a record was pruned by retention while it was labelled") from None
     except sa.exc.OperationalError as exc:  # locked past its wait, or gone
         why = f"the prediction log's database is busy; retry shortly ({exc.orig})"
         raise Overloaded(why) from None

@@ -260,8 +260,14 @@ def find(engine: Engine, pairs: Iterable[tuple[str, int]]) -> dict[tuple[str, in
     return found
 
 
+class RecordsGone(Exception):
+    """Records found a moment before were pruned before their labels were written."""
+
+
 def label(engine: Engine, labels: Sequence[tuple[int, int]]) -> None:
-    """Set (record's row, class index) labels in one transaction; a repeat overwrites."""
+    """Set (record's row, class index) labels in one transaction, all or none (``RecordsGone``
+    when a row is no longer there: retention pruned it since it was found); a repeat
+    overwrites."""
     table = PREDICTIONS
     statement = (
         table.update()
@@ -269,7 +275,9 @@ def label(engine: Engine, labels: Sequence[tuple[int, int]]) -> None:
         .values(label=sa.bindparam("index"), labelled_at=time.time())
     )
     with engine.begin() as connection:
-        connection.execute(statement, [{"at": row, "index": index} for row, index in labels])
+        result = connection.execute(statement, [{"at": row, "index": i} for row, i in labels])
+        if result.rowcount != len(labels):  # rolled back on the way out
+            raise RecordsGone(f"{len(labels) - result.rowcount} of {len(labels)} pruned")
 
 
 def read_all(engine: Engine) -> list[dict[str, Any]]:

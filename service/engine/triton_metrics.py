@@ -114,7 +114,8 @@ def cpu_seconds() -> tuple[float, float]:
     as psutil's ``cpu_percent`` counts it (read here, not there: its interval is process-wide,
     restarted by any caller)."""
     times = psutil.cpu_times()
-    total = sum(times)
+    # Linux counts guest time in user and nice as well: taken out of the sum, as psutil does
+    total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
     return total - times.idle - getattr(times, "iowait", 0.0), total
 
 

@@ -6,6 +6,7 @@ budget a large answer is a 503 (UNAVAILABLE); a small one may use the whole budg
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -110,3 +111,31 @@ async def test_grpc_counts_a_large_answer_until_its_call_is_done(tmp_path: Path)
             assert "unsent answers" in streamed[0].error_message
             assert len((await stub.ModelInfer(grpc_request(1))).raw_output_contents[0]) == MiB
         assert plane.body_budget.held == 6 * MiB
+
+
+async def held_after(plane: DataPlane, condition: bool) -> int:
+    """The budget's bytes once they come to ``condition`` (held or not), within 5 s."""
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if bool(plane.body_budget.held) is condition:
+            break
+    return plane.body_budget.held
+
+
+async def test_an_answer_whose_client_goes_away_unread_is_given_back(tmp_path: Path) -> None:
+    """A stream's answer taken off its queue and being sent when the call ended was never given
+    back: each client that went away unread took its answer's bytes from the budget for good."""
+    settings = make_settings(widen_repo(tmp_path), max_request_bytes=128 * MiB)
+    async with grpc_in_process(settings) as (address, plane):
+        options = [("grpc.max_receive_message_length", 256 * MiB)]
+        async with grpc.aio.insecure_channel(address, options=options) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+            async def one_then_nothing() -> AsyncIterator[service_pb2.ModelInferRequest]:
+                yield grpc_request(16)
+                await asyncio.Event().wait()
+
+            call = stub.ModelStreamInfer(one_then_nothing())
+            assert await held_after(plane, True) == 16 * MiB  # made, not read
+            call.cancel()
+            assert await held_after(plane, False) == 0

@@ -83,3 +83,12 @@ async def test_answers_over_the_inline_size_leave_the_loop_and_read_the_same(
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def test_an_answers_counted_bytes_are_those_it_carries() -> None:
+    """Outputs written to shared memory carry nothing (a 64 MiB one was counted whole), and a
+    BYTES output's size is known only once written (its strings were counted 8 bytes each)."""
+    numbers = {"logits": OUTPUTS["logits"], "written": OUTPUTS["written"]}
+    regions = {"written": SharedMemoryRef("out", 4, 16)}
+    assert codec.answer_bytes(InferResponse("m", "1", "", numbers, regions)) == 2 * 2 * 4 * 4
+    assert codec.answer_bytes(InferResponse("m", "1", "", OUTPUTS, regions)) is None

@@ -91,3 +91,22 @@ def test_a_record_another_worker_writes_a_moment_later_is_found(log: PredictionL
     assert apply_feedback(log, [Feedback("late", "ship")], names) == 1
     assert 0.3 < time.monotonic() - start < 2.0
     other_worker.join()
+
+
+def test_a_record_pruned_between_its_lookup_and_its_label_is_a_404_and_labels_nothing(
+    log: PredictionLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's retention may delete a record found a moment before: the label's update
+    then changed nothing, and feedback answered it labelled."""
+    store.insert(log.engine, [record("a", 0), record("b", 0, at=time.time())])
+    find = store.find
+
+    def pruned_meanwhile(engine: object, pairs: object) -> object:
+        found = find(engine, pairs)  # type: ignore[arg-type]
+        store.prune(log.engine, 3600, 10**6)  # "a" (at 1000 s) is past the age
+        return found
+
+    monkeypatch.setattr(store, "find", pruned_meanwhile)
+    with pytest.raises(RecordNotFound, match="pruned"):
+        apply_feedback(log, [Feedback("b", "cat"), Feedback("a", "dog")], names)
+    assert labelled(log) == []  # "b" neither: all or none

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import psutil
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.engine import triton_metrics
 from service.engine.statistics import FAILURES, InferenceStatistics, VersionStatistics
 from service.engine.triton_metrics import CpuSampler, TritonMetrics
 
@@ -79,3 +82,14 @@ def test_cpu_utilization_is_sampled_on_an_interval_not_reset_by_each_scrape() ->
     assert scrape() == 0.5  # 10 of 20 CPU seconds busy
     now[0] = 25.05
     assert scrape() == 0.5 and cpu.utilization() == 0.5  # (a fourth read would raise)
+
+
+def test_guest_time_is_counted_once_as_psutil_counts_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Linux counts a guest's time in user and nice as well; psutil takes it out of the sum."""
+    times = psutil._pslinux.scputimes(  # type: ignore[attr-defined]
+        user=60.0, nice=0.0, system=0.0, idle=40.0, iowait=0.0, irq=0.0, softirq=0.0,
+        steal=0.0, guest=50.0, guest_nice=0.0,
+    )  # fmt: skip
+    monkeypatch.setattr(psutil, "cpu_times", lambda: times)
+    busy, total = triton_metrics.cpu_seconds()
+    assert (busy, total) == (60.0, 100.0)

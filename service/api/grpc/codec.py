@@ -211,6 +211,18 @@ def encode_infer_response(response: InferResponse) -> Any:
     return message
 
 
+def answer_bytes(response: InferResponse) -> int | None:
+    """The raw contents' bytes an answer carries (none for outputs written to shared memory);
+    None when it holds BYTES outputs, whose size is known once they are written."""
+    size = 0
+    for name, array in response.outputs.items():
+        if array.dtype.hasobject:
+            return None
+        if name not in response.shared_memory:
+            size += array.nbytes
+    return size
+
+
 def encode_infer_response_bytes(response: InferResponse) -> bytes:
     """``encode_infer_response`` serialized, each output copied once: its head (every field
     but the raw contents) serialized by protobuf, then each raw content as its field on the

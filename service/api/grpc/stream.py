@@ -25,6 +25,7 @@ from service.core.errors import InvalidInput, ModelNotFound, Overloaded, Serving
 from service.core.limits import MAX_ELEMENTS, MAX_NAME_CHARS
 from service.dataplane.dataplane import DataPlane, request_scope
 from service.dataplane.trace_settings import grpc_carrier, step
+from service.dataplane.types import InferResponse
 from service.engine.work_pool import TooHeavyForTheLoop, on_event_loop
 
 log = logging.getLogger(__name__)
@@ -116,16 +117,27 @@ async def _answer(plane: DataPlane, request: Any, metadata: Any) -> Answered:
         with step("decode"):
             infer = await plane.work.run_here_if_light(light, decode, request, max_rows)
         response = await plane.infer(runtime, infer)
-        size = sum(a.nbytes for a in response.outputs.values())
-        held = plane.body_budget.take_answer(size)
-        try:
-            with step("encode"):  # a large answer serialized on the pool (handlers pass bytes on)
-                if size <= settings.inline_decode_bytes:
-                    return codec.encode_infer_response(response), held
-                return await plane.work.run(codec.encode_infer_response_bytes, response), held
-        except BaseException:
-            plane.body_budget.give(held)
-            raise
+        with step("encode"):
+            return await _encoded(plane, response)
+
+
+async def _encoded(plane: DataPlane, response: InferResponse) -> Answered:
+    """The answer as a message, or over ``INLINE_DECODE_BYTES`` (or holding BYTES outputs, whose
+    size is known once written) serialized on the pool (handlers pass bytes on); its bytes
+    counted in the body budget (those known before it is written, else once written)."""
+    budget = plane.body_budget
+    size = codec.answer_bytes(response)
+    held = budget.take_answer(size or 0)
+    try:
+        if size is not None and size <= plane.settings.inline_decode_bytes:
+            return codec.encode_infer_response(response), held
+        encoded = await plane.work.run(codec.encode_infer_response_bytes, response)
+        if size is None:
+            held = budget.take_answer(len(encoded))
+        return encoded, held
+    except BaseException:
+        budget.give(held)
+        raise
 
 
 def error_response(request: Any, message: str) -> Any:
@@ -212,8 +224,10 @@ async def serve_stream(
     budget = plane.body_budget
     try:
         while (item := await done.get()) is not _END:
-            yield item[0]  # waits while the client does not read: at most ``limit`` answers
-            budget.give(item[1])
+            try:
+                yield item[0]  # waits while the client does not read: at most ``limit`` answers
+            finally:  # sent, or the stream closed while it was being sent
+                budget.give(item[1])
             slots.release()
         if place is not None and place.evicted:
             raise Overloaded(EVICTED)

@@ -1,9 +1,7 @@
 """``DataPlane``: what the server answers, whatever the wire (MLServer's ``handlers/dataplane.py``).
-
 It owns the model repository, the metrics, the work pool and the explorer's sessions, built once
 from the settings; it takes and returns the typed objects of ``types`` and raises only the
-``service.core.errors`` tree. The REST routes, the fast path and gRPC only translate their wire
-to and from it.
+``service.core.errors`` tree. The REST routes, the fast path and gRPC translate their wire only.
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ from service.core.errors import (
 )
 from service.core.version_policy import VersionPolicy
 from service.dataplane import build
+from service.dataplane.answer_room import answer_room
 from service.dataplane.classification import check_classified, classify
 from service.dataplane.config_override import (
     ConfigOverride,
@@ -204,8 +203,8 @@ class DataPlane:
     # -- inference ----------------------------------------------------------------------------
 
     async def infer(self, model: ModelRuntime, request: InferRequest) -> InferResponse:
-        """The outputs ``request`` asks for (all when it names none) from ``model``; those it
-        asks in shared memory are written there."""
+        """The outputs ``request`` asks for (all when it names none) from ``model`` (a tensor
+        model's with room for them: ``answer_room``); those asked in shared memory go there."""
         if request.class_counts:
             check_classified(request.outputs, request.class_counts, model.outputs)
         request = await self.shared_memory.read_inputs(request, self.work)
@@ -213,7 +212,8 @@ class DataPlane:
         timeout_us = request.timeout_us or None
         if model.kind == TENSOR:  # neither cached nor logged: both keep image batches
             feeds = model_feeds(model, request.inputs, requested)
-            outputs = await self._run(model, feeds, requested or None, timeout_us)
+            with answer_room(self.body_budget, model, feeds.rows, request.outputs):
+                outputs = await self._run(model, feeds, requested or None, timeout_us)
             return await self._answer(model, request, outputs)
         pixels = model_pixels(model, request.inputs, requested)
         if self.response_cache.enabled(model.name):

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -16,7 +18,9 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from service.core.body_budget import SMALL_BODY_BYTES, UNREFUSED_ANSWER_BYTES, BodyBudget
 from service.core.card import TensorSpec
+from service.dataplane.answer_room import answer_bytes_per_row
 from service.dataplane.dataplane import DataPlane
+from service.dataplane.types import RequestedOutput, SharedMemoryRef
 from tests.support.apps import app_client, make_settings
 from tests.support.grpc_app import grpc_in_process
 from tests.support.models import write_model
@@ -139,3 +143,43 @@ async def test_an_answer_whose_client_goes_away_unread_is_given_back(tmp_path: P
             assert await held_after(plane, True) == 16 * MiB  # made, not read
             call.cancel()
             assert await held_after(plane, False) == 0
+
+
+async def test_a_rows_answer_is_read_from_the_card_where_it_fixes_every_axis(
+    tmp_path: Path,
+) -> None:
+    async with app_client(make_settings(widen_repo(tmp_path))) as http:
+        plane: DataPlane = http._transport.app.state.dataplane  # type: ignore[attr-defined]
+        widen = plane.model("widen")
+        assert answer_bytes_per_row(widen, []) == MiB
+        in_memory = RequestedOutput("OUTPUT", False, SharedMemoryRef("out", MiB))
+        assert answer_bytes_per_row(widen, [in_memory]) == 0  # written there, not answered
+        open_axis = replace(widen.card, outputs=[TensorSpec("OUTPUT", "FP32", [-1, -1])])
+        assert answer_bytes_per_row(SimpleNamespace(card=open_axis, batched=True), []) is None  # type: ignore[arg-type]
+
+
+async def test_a_tensor_models_answer_is_refused_before_it_runs_when_there_is_no_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eighty calls of a model whose outputs outgrow its inputs were all run, 1 GB of output a
+    run, before 73 were refused for want of room to send them."""
+    settings = make_settings(
+        widen_repo(tmp_path), max_body_bytes_in_flight=8 * MiB, max_request_bytes=4 * MiB
+    )
+    async with app_client(settings) as http:
+        plane: DataPlane = http._transport.app.state.dataplane  # type: ignore[attr-defined]
+        runs: list[int] = []
+        run = plane._run
+
+        async def counted(*args: object, **kwargs: object) -> object:
+            runs.append(1)
+            return await run(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(plane, "_run", counted)
+        plane.body_budget.take(6 * MiB, 6 * MiB)
+        refused = await http.post("/v2/models/widen/infer", json=BODY)
+        assert refused.status_code == 503 and "unsent answers" in refused.json()["error"]
+        assert runs == [] and plane.body_budget.held == 6 * MiB
+        plane.body_budget.give(6 * MiB)
+        assert (await http.post("/v2/models/widen/infer", json=BODY)).status_code == 200
+        assert runs == [1] and plane.body_budget.held == 0

@@ -47,17 +47,14 @@ class ThrottledLog:
             return
         kind, now = key if key is not None else msg, self._clock()
         with self._lock:
+            if kind not in self._seen and len(self._seen) >= MAX_KINDS:
+                self._forget_quiet(now)
+                if len(self._seen) >= MAX_KINDS:
+                    kind = OTHER_KINDS
             entry = self._seen.get(kind)
             if entry is not None and now - entry[1] < self._interval_s:
                 entry[0] += 1
                 return
-            if entry is None and len(self._seen) >= MAX_KINDS:
-                self._forget_quiet(now)
-                if len(self._seen) >= MAX_KINDS:
-                    kind, entry = OTHER_KINDS, self._seen.get(OTHER_KINDS)
-                    if entry is not None and now - entry[1] < self._interval_s:
-                        entry[0] += 1
-                        return
             missed = int(entry[0]) if entry is not None else 0
             self._seen[kind] = [0, now]
         more = f" ({missed} more since the last such line)" if missed else ""

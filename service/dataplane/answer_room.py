@@ -27,7 +27,8 @@ def answer_bytes_per_row(model: ModelRuntime, outputs: Sequence[RequestedOutput]
     for spec in model.card.outputs:
         if asked and spec.name not in answered:
             continue
-        itemsize = DATATYPES[spec.datatype].size if spec.datatype in DATATYPES else None
+        datatype = DATATYPES.get(spec.datatype)
+        itemsize = None if datatype is None else datatype.size
         axes = spec.shape[1:] if model.batched else spec.shape
         if itemsize is None or any(axis < 0 for axis in axes):
             return None

@@ -168,7 +168,8 @@ def prune(engine: Engine, max_age_s: float, max_rows: int) -> int:
     """Drop records older than ``max_age_s``, then past ``max_rows`` the oldest unlabelled
     ones first (``_keep_newest``); the rows dropped."""
     old = PREDICTIONS.c.time < time.time() - max_age_s
-    return _delete_oldest(engine, old, sys.maxsize, by="time") + _keep_newest(engine, max_rows)
+    count = _delete_oldest(engine, old, sys.maxsize, by="time")
+    return count + _keep_newest(engine, max_rows, _count(engine))
 
 
 def stored_bytes(engine: Engine) -> int | None:
@@ -193,15 +194,16 @@ def prune_to_bytes(engine: Engine, max_bytes: int, keep_share: float = 0.9) -> i
     used = stored_bytes(engine)
     if used is None or used <= max_bytes:
         return 0
-    return _keep_newest(engine, int(_count(engine) * keep_share * max_bytes / used))
+    total = _count(engine)
+    return _keep_newest(engine, int(total * keep_share * max_bytes / used), total)
 
 
-def _keep_newest(engine: Engine, keep: int) -> int:
-    """Delete all but ``keep`` records, the oldest unlabelled ones first: labels are what the
-    retrain learns from and cost someone's judgement, while a flood of cheap requests makes
-    unlabelled rows by the million. Labelled rows go by age, or oldest first where they alone
-    are past ``keep``. The rows dropped."""
-    excess = _count(engine) - max(keep, 0)
+def _keep_newest(engine: Engine, keep: int, total: int) -> int:
+    """Delete all but ``keep`` of the ``total`` records, the oldest unlabelled ones first: labels
+    are what the retrain learns from and cost someone's judgement, while a flood of cheap
+    requests makes unlabelled rows by the million. Labelled rows go by age, or oldest first
+    where they alone are past ``keep``. The rows dropped."""
+    excess = total - max(keep, 0)
     if excess <= 0:
         return 0
     count = _delete_oldest(engine, PREDICTIONS.c.label.is_(None), excess)

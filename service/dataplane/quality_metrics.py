@@ -42,6 +42,10 @@ class _Observed:
     top1: Any  # the histogram's child for the version
     classes: dict[int, Any] = field(default_factory=dict)  # class index -> counter child
 
+    def class_label(self, index: int) -> str:
+        """The ``class`` label of a class index: its name, or "other" past ``MAX_CLASSES``."""
+        return "other" if index >= MAX_CLASSES else _name(self.class_names, index)
+
 
 class QualityCollector(Collector):
     """The quality metrics of one app's ``registry`` (the histogram and counters on it; the
@@ -90,7 +94,7 @@ class QualityCollector(Collector):
     def _class_counter(self, key: Key, series: _Observed, index: int) -> Any:
         child = series.classes.get(index)
         if child is None:
-            name = "other" if index >= MAX_CLASSES else _name(series.class_names, index)
+            name = series.class_label(index)
             child = series.classes[index] = self._classes.labels(key[0], str(key[1]), name)
         return child
 
@@ -132,8 +136,7 @@ class QualityCollector(Collector):
         for (model, version), series in gone.items():
             self._top1.remove(model, str(version))
             for index in series.classes:
-                name = "other" if index >= MAX_CLASSES else _name(series.class_names, index)
-                self._classes.remove(model, str(version), name)
+                self._classes.remove(model, str(version), series.class_label(index))
 
     def collect(self) -> Iterator[Any]:
         with self._lock:

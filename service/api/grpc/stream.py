@@ -127,7 +127,7 @@ async def _encoded(plane: DataPlane, response: InferResponse) -> Answered:
     counted in the body budget (those known before it is written, else once written)."""
     budget = plane.body_budget
     size = codec.answer_bytes(response)
-    held = budget.take_answer(size or 0)
+    held = 0 if size is None else budget.take_answer(size)
     try:
         if size is not None and size <= plane.settings.inline_decode_bytes:
             return codec.encode_infer_response(response), held

@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.rest.deadlines import for_running_loop
 from service.api.rest.http_io import body_too_large, serving_error_response
 from service.core.body_budget import BodyBudget
-from service.core.errors import RequestTimeout, ServingError
+from service.core.errors import BodyBudgetFull, RequestTimeout, ServingError
 from service.dataplane.dataplane import request_scope
 from service.engine.metrics import Metrics
 
@@ -97,13 +97,13 @@ class BodyLimit:
         async def counted(message: Message) -> None:
             nonlocal answer, refused
             if message["type"] == "http.response.start":
-                error = budget.answer_refusal(size := _content_length(message["headers"]))
-                if error is not None:
+                try:
+                    answer = budget.take_answer(_content_length(message["headers"]))
+                except BodyBudgetFull as error:
                     refused = True
                     response = serving_error_response(error, scope["method"], scope["path"])
                     await response(scope, receive, send)
                     return
-                answer = budget.take_answer(size)
             elif refused:  # the answer's body, replaced by the refusal
                 return
             await send(message)

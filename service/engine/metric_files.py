@@ -7,7 +7,7 @@ its samples, so ``counter_archive.db`` adds to the live workers' files as the de
 fold runs under an exclusive ``flock`` of ``fold.lock``, and every scrape reads the files under
 a shared one, so no scrape sees an archive and the files it holds both, or a file gone between
 listing and reading. A fold that stops half-way (the worker is killed) is finished or undone by
-the next, from its journal: the totals neither drop nor count twice.
+the next fold or scrape, from its journal: the totals neither drop nor count twice.
 """
 
 from __future__ import annotations
@@ -51,10 +51,17 @@ def _locked(folder: Path, how: int) -> Iterator[None]:
 
 
 @contextmanager
-def reading(folder: Path) -> Iterator[None]:
-    """Hold while the collector lists and reads the files (a fold waits for it)."""
-    with _locked(folder, fcntl.LOCK_SH):
-        yield
+def reading(folder: Path, alive: Callable[[int], bool]) -> Iterator[None]:
+    """Hold while the collector lists and reads the files (a fold waits for it). A journal
+    found under the shared lock is a fold whose process died between its commit and its
+    deletes (the lock died with it): its archive and its dead files would both be read, so it
+    is finished first (``fold_dead``), however recently this scrape checked."""
+    while True:
+        with _locked(folder, fcntl.LOCK_SH):
+            if not any(journal(folder, kind).exists() for kind in FOLDED):
+                yield
+                return
+        fold_dead(folder, alive)
 
 
 def dead_files(folder: Path, alive: Callable[[int], bool]) -> dict[str, list[Path]]:

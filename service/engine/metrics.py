@@ -235,7 +235,7 @@ class _AllWorkers(Collector):
                 multiprocess.mark_process_dead(pid, str(self.folder))  # type: ignore[no-untyped-call]
         fold_dead(self.folder, sibling)
         every = multiprocess.MultiProcessCollector(None, str(self.folder))  # type: ignore[no-untyped-call]
-        with reading(self.folder):
+        with reading(self.folder, sibling):
             summed: list[Metric] = list(every.collect())  # type: ignore[no-untyped-call]
         names = {family.name for family in summed}
         yield from summed

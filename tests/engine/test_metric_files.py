@@ -13,7 +13,7 @@ from pathlib import Path
 from prometheus_client import multiprocess
 
 from service.core.processes import alive
-from service.engine.metric_files import fold_dead, journal, staged_archive
+from service.engine.metric_files import fold_dead, journal, reading, staged_archive
 
 WORKER = """
 from prometheus_client import Counter, Histogram
@@ -114,3 +114,26 @@ def test_a_fold_stopped_half_way_is_finished_or_undone_never_counted_twice(
     assert db_files(tmp_path) == {"counter_archive.db", "histogram_archive.db"}
     assert totals(tmp_path) == before
     assert not any(p.suffix in (".new", ".journal") for p in tmp_path.iterdir())
+
+
+def test_a_scrape_finishes_a_fold_whose_process_died_after_its_commit(tmp_path: Path) -> None:
+    """A scrape that checked for dead files just before a fold committed, the folding worker
+    then killed before its deletes (its lock dies with it): the scrape's read would find the
+    archive and the files it already holds, and count them twice."""
+    dead = [worker(tmp_path, n) for n in (3, 5)]
+    names = [f"{kind}_{pid}.db" for pid in dead for kind in ("counter", "histogram")]
+    before = totals(tmp_path)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for name in names:
+        shutil.copy(tmp_path / name, kept / name)
+    fold_dead(tmp_path, alive)
+    for name in names:  # committed, not yet deleted
+        shutil.copy(kept / name, tmp_path / name)
+    for kind in ("counter", "histogram"):
+        journal(tmp_path, kind).write_text(json.dumps([n for n in names if n.startswith(kind)]))
+
+    with reading(tmp_path, alive):
+        read = totals(tmp_path)
+    assert read == before
+    assert db_files(tmp_path) == {"counter_archive.db", "histogram_archive.db"}

@@ -202,14 +202,28 @@ def _keep_newest(engine: Engine, keep: int, total: int) -> int:
     """Delete all but ``keep`` of the ``total`` records, the oldest unlabelled ones first: labels
     are what the retrain learns from and cost someone's judgement, while a flood of cheap
     requests makes unlabelled rows by the million. Labelled rows go by age, or oldest first
-    where they alone are past ``keep``. The rows dropped."""
-    excess = total - max(keep, 0)
-    if excess <= 0:
+    where they alone are past ``keep``. The rows dropped.
+
+    Each cut is counted from the newest row, not from the oldest: two workers pruning from the
+    same count (``WORKERS`` > 1, each with its writer) then cut at the same row, where counting
+    ``total - keep`` from the oldest had each delete that many."""
+    keep = max(keep, 0)
+    if total <= keep:
         return 0
-    count = _delete_oldest(engine, PREDICTIONS.c.label.is_(None), excess)
-    if count < excess:
-        count += _delete_oldest(engine, sa.true(), excess - count)
+    labelled = _count(engine, PREDICTIONS.c.label.is_not(None))
+    count = _delete_all_but_newest(engine, PREDICTIONS.c.label.is_(None), max(keep - labelled, 0))
+    if labelled > keep:
+        count += _delete_all_but_newest(engine, sa.true(), keep)
     return count
+
+
+def _delete_all_but_newest(engine: Engine, where: sa.ColumnElement[bool], keep: int) -> int:
+    """Delete the records matching ``where`` but the newest ``keep`` of them, oldest first."""
+    column = PREDICTIONS.c.row
+    newest_to_go = sa.select(column).where(where).order_by(column.desc()).offset(keep).limit(1)
+    with engine.connect() as connection:
+        cut = connection.execute(newest_to_go).scalar_one_or_none()
+    return 0 if cut is None else _delete_oldest(engine, where & (column <= cut), sys.maxsize)
 
 
 def _delete_oldest(
@@ -233,10 +247,11 @@ def _delete_oldest(
     return count
 
 
-def _count(engine: Engine) -> int:
+def _count(engine: Engine, where: sa.ColumnElement[bool] | None = None) -> int:
+    counted = sa.select(sa.func.count()).select_from(PREDICTIONS)
     with engine.connect() as connection:
         return int(
-            connection.execute(sa.select(sa.func.count()).select_from(PREDICTIONS)).scalar_one()
+            connection.execute(counted if where is None else counted.where(where)).scalar_one()
         )
 
 

@@ -384,3 +384,27 @@ def test_pruning_deletes_in_short_transactions_by_age_then_past_the_cap(
     assert store.prune(engine, 3600, 3) == 6  # 3 by age, then 3 unlabelled past the cap
     assert [r["request_id"] for r in store.read_all(engine)] == ["r4", "r7", "r8"]
     assert len(transactions) >= 4  # 2 rows a transaction at most
+
+
+def test_two_workers_pruning_from_the_same_count_cut_at_the_same_row(tmp_path: Path) -> None:
+    """With WORKERS > 1 every worker's writer prunes: two that counted the table before either
+    deleted must not each drop the excess (10 rows past a cap of 6 kept only the 2 labelled
+    ones)."""
+    engine = store.connect(store.database_url(None, tmp_path))
+    store.insert(engine, [(f"r{i}", 0, "tiny", 1, time.time(), 1, 0.5, None) for i in range(10)])
+    label_ids(engine, [("r2", 0, 3), ("r5", 0, 1)])
+    total = len(store.read_all(engine))
+    assert store._keep_newest(engine, 6, total) == 4  # the 4 oldest unlabelled
+    assert store._keep_newest(engine, 6, total) == 0  # the same count, seen a moment earlier
+    kept = [r["request_id"] for r in store.read_all(engine)]
+    assert kept == ["r2", "r5", "r6", "r7", "r8", "r9"]
+    store.insert(engine, [("r10", 0, "tiny", 1, time.time(), 1, 0.5, None)])
+    assert store._keep_newest(engine, 6, 7) == 1 and store._keep_newest(engine, 6, 7) == 0
+    assert [r["request_id"] for r in store.read_all(engine)] == [
+        "r2",
+        "r5",
+        "r7",
+        "r8",
+        "r9",
+        "r10",
+    ]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from service.core.datatypes import DATATYPES
-from service.core.errors import InvalidCard
+from service.core.errors import InvalidCard, file_problem
 
 CARD_FILE = "card.json"
 MODEL_FILE = "model.onnx"
@@ -174,9 +174,9 @@ def read_card(version_dir: Path) -> ModelCard:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InvalidCard(f"{path}: no card beside the model") from None
+        raise InvalidCard(f"{CARD_FILE}: no card beside the model") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidCard(f"{path}: unreadable card: {exc}") from None
+        raise InvalidCard(f"{CARD_FILE}: unreadable card: {file_problem(exc)}") from None
     return ModelCard.from_dict(data)
 
 

@@ -19,6 +19,14 @@ def shown(text: str) -> str:
     return f"{text[:MAX_SHOWN_CHARS]!r}... ({len(text)} characters)"
 
 
+def file_problem(exc: Exception) -> str:
+    """Why a file could not be read, without its path (clients see these reasons, and an OS
+    error's text names the file's full path on the server)."""
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc)
+
+
 class ServingError(Exception):
     """Base of every expected error; ``status`` is what a client sees."""
 

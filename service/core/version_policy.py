@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from service.core.errors import InvalidConfig, ModelNotFound, shown
+from service.core.errors import InvalidConfig, ModelNotFound, file_problem, shown
 
 CONFIG_FILE = "config.json"
 PolicyKind = Literal["latest", "all", "specific"]
@@ -103,18 +103,20 @@ def read_model_config(model_dir: Path) -> VersionPolicy | None:
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidConfig(f"{path}: unreadable: {exc}") from None
+        raise InvalidConfig(f"{CONFIG_FILE}: unreadable: {file_problem(exc)}") from None
     if not isinstance(data, Mapping):
-        raise InvalidConfig(f"{path}: must be a JSON object")
+        raise InvalidConfig(f"{CONFIG_FILE}: must be a JSON object")
     unknown = sorted(set(data) - {"version_policy"})
     if unknown:
-        raise InvalidConfig(f"{path}: unknown key(s) {unknown}; this service reads version_policy")
+        raise InvalidConfig(
+            f"{CONFIG_FILE}: unknown key(s) {unknown}; this service reads version_policy"
+        )
     if "version_policy" not in data:
         return None
     try:
         return VersionPolicy.from_dict(data["version_policy"])
     except InvalidConfig as exc:
-        raise InvalidConfig(f"{path}: {exc.message}") from None
+        raise InvalidConfig(f"{CONFIG_FILE}: {exc.message}") from None
 
 
 def parse_version(version: str | int | None) -> int | None:

@@ -142,7 +142,7 @@ def test_read_card_reads_the_folders_card_and_says_what_is_wrong_with_it(tmp_pat
     empty.mkdir()
     with pytest.raises(InvalidCard) as raised:
         read_card(empty)
-    assert raised.value.message == f"{empty / CARD_FILE}: no card beside the model"
+    assert raised.value.message == f"{CARD_FILE}: no card beside the model"  # clients see it
 
     (empty / CARD_FILE).write_text("{not json", encoding="utf-8")
     with pytest.raises(InvalidCard, match=r"card\.json: unreadable card: Expecting property name"):
@@ -150,6 +150,12 @@ def test_read_card_reads_the_folders_card_and_says_what_is_wrong_with_it(tmp_pat
     (empty / CARD_FILE).write_bytes(b'{"name": "\xff"}')
     with pytest.raises(InvalidCard, match=r"card\.json: unreadable card: 'utf-8' codec"):
         read_card(empty)
+    (empty / CARD_FILE).unlink()
+    (empty / CARD_FILE).mkdir()  # an OS error's own text names the path
+    with pytest.raises(InvalidCard) as raised:
+        read_card(empty)
+    assert raised.value.message == f"{CARD_FILE}: unreadable card: Is a directory"
+    (empty / CARD_FILE).rmdir()
     (empty / CARD_FILE).write_text(json.dumps(card_fields(version=-1)), encoding="utf-8")
     with pytest.raises(InvalidCard, match="'version' must be a positive integer"):
         read_card(empty)

@@ -98,6 +98,9 @@ def test_the_admin_token_is_compared_in_constant_time(monkeypatch: pytest.Monkey
 async def test_errors_show_no_paths_tracebacks_or_environment(tmp_path: Path) -> None:
     repo = make_model_repo(tmp_path)
     write_model(repo, "broken", 1, card_changes={"sha256": "0" * 64})
+    (write_model(repo, "truncated", 1) / "card.json").write_text('{"name": "truncated",')
+    write_model(repo, "policy", 1)
+    (repo / "policy" / "config.json").write_text("{not json")
     os.environ["RELIABILITY_SECRET_PROBE"] = "probe-value-71"
     try:
         app = create_app(make_settings(repo, poll_interval_s=0))
@@ -115,6 +118,10 @@ async def test_errors_show_no_paths_tracebacks_or_environment(tmp_path: Path) ->
                     ("GET", "/v1/models", None),
                     ("GET", "/v1/models/broken", None),
                     ("GET", "/v2/models/broken", None),
+                    ("GET", "/v2/models/truncated/config", None),
+                    ("GET", "/v1/models/truncated", None),
+                    ("POST", "/v2/models/truncated/infer", b"{}"),
+                    ("GET", "/v1/models/policy", None),
                     ("POST", "/v1/models/tiny:predict", b"\xff" * 10),
                     ("POST", "/v2/models/tiny/infer", b'{"inputs": [' * 10),
                 ):
@@ -123,7 +130,9 @@ async def test_errors_show_no_paths_tracebacks_or_environment(tmp_path: Path) ->
     finally:
         del os.environ["RELIABILITY_SECRET_PROBE"]
     everything = "\n".join(texts)
-    assert "sha256" in everything  # the broken version's reason is there...
+    assert "sha256" in everything  # the broken versions' reasons are there...
+    assert "card.json: unreadable card: Expecting" in everything
+    assert "config.json: unreadable: Expecting" in everything
     for leak in (str(tmp_path), "Traceback", 'File "', "probe-value-71", "/work", "site-packages"):
         assert leak not in everything  # ...but no path, traceback or environment
 

@@ -33,16 +33,34 @@ def is_local(who: Caller) -> bool:
     return not who.forwarded and ip(who.peer) in LOCAL_PEERS
 
 
-def _admission(settings: Settings, who: Caller, authorization: str) -> str:
+def names_loopback(host: str) -> bool:
+    """Whether a ``Host`` header names this machine's loopback (``localhost``, a name under
+    it, 127.0.0.0/8 or ::1, with any port): what a browser sends to a local server. A page
+    whose own name was re-pointed at 127.0.0.1 (DNS rebinding) sends that name instead."""
+    try:
+        name = urllib.parse.urlsplit(f"//{host.strip()}").hostname
+    except ValueError:
+        return False
+    if not name:
+        return False
+    address = ip(name)
+    if address is not None:
+        return address.is_loopback
+    name = name.rstrip(".")
+    return name == "localhost" or name.endswith(".localhost")
+
+
+def _admission(settings: Settings, who: Caller, authorization: str, host: str | None) -> str:
     """How the call is admitted ("token" or "loopback"); raises when it is not."""
-    if settings.admin_loopback and is_local(who):
+    if settings.admin_loopback and is_local(who) and (host is None or names_loopback(host)):
         return "loopback"
     token = settings.admin_token
     if token is None:
         if settings.admin_loopback:
             raise Forbidden(
                 "the repository API needs ADMIN_TOKEN here: ADMIN_LOOPBACK admits only direct "
-                "clients at 127.0.0.1 or ::1 (no proxy, no forwarding headers)"
+                "clients at 127.0.0.1 or ::1 (no proxy, no forwarding headers) that address "
+                "the server as localhost, 127.0.0.1 or [::1]"
             )
         raise Forbidden(
             "the repository API is off: set ADMIN_TOKEN (or ADMIN_TOKEN_FILE) on the server and "
@@ -56,13 +74,17 @@ def _admission(settings: Settings, who: Caller, authorization: str) -> str:
     return "token"
 
 
-def check_admin(settings: Settings, who: Caller, authorization: str, what: str) -> None:
+def check_admin(
+    settings: Settings, who: Caller, authorization: str, what: str, host: str | None = None
+) -> None:
     """The repository API's rule: 401 without the bearer token, 403 with a wrong one, 403
-    without a token configured (bar ADMIN_LOOPBACK's local clients). Every admitted call is
-    logged with the client's address (these calls change what everyone is served); refusals
-    once an interval per client, call and reason, with how many came meanwhile."""
+    without a token configured (bar ADMIN_LOOPBACK's local clients, over REST only where the
+    request's ``host`` header names the loopback; gRPC, which no browser speaks, has None).
+    Every admitted call is logged with the client's address (these calls change what everyone
+    is served); refusals once an interval per client, call and reason, with how many came
+    meanwhile."""
     try:
-        how = _admission(settings, who, authorization)
+        how = _admission(settings, who, authorization, host)
     except ServingError as exc:
         _refusal_log.info(
             "%s refused for client %r: %s",

@@ -192,6 +192,39 @@ async def test_a_cross_site_form_cannot_unload_a_model_from_a_local_browser(
         assert (await http.get("/v2/models/tiny/ready")).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("attacker.example:8000", 403),  # a page's own name, re-pointed at 127.0.0.1
+        ("attacker.example", 403),
+        ("localhost.attacker.example", 403),
+        ("", 403),
+        ("localhost:8000", 200),
+        ("LOCALHOST", 200),
+        ("app.localhost:8000", 200),  # browsers resolve names under localhost themselves
+        ("127.0.0.1:8000", 200),
+        ("127.0.1.1", 200),
+        ("[::1]:8000", 200),
+    ],
+)
+async def test_admin_loopback_admits_only_requests_addressed_to_the_loopback(
+    client_for: Client, host: str, status: int
+) -> None:
+    """DNS rebinding: once ``attacker.example`` resolves to 127.0.0.1, the attacker's page is
+    same-origin with the server it reaches there (its Origin matches its Host), from a direct
+    loopback peer; only the Host tells the page's name from a local one (a server on HOST
+    0.0.0.0 accepts every Host)."""
+    page = {"Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"} if host else {}
+    async with client_for(
+        headers={}, admin_token=None, admin_loopback=True, host="0.0.0.0"
+    ) as http:
+        for url in REPOSITORY_URLS:
+            response = await http.post(url, headers={"Host": host, **page})
+            assert response.status_code == status, (url, response.text)
+            if status == 403:
+                assert "localhost" in response.json()["error"]
+
+
 async def test_index_lists_every_version_with_state_and_reason(client_for: Client) -> None:
     async with client_for() as http:
         rows = (await http.post("/v2/repository/index")).json()  # empty body, as tritonclient

@@ -140,6 +140,15 @@ def test_feedback_open_admits_anyone(tmp_path: Path, data_dir: Path) -> None:
         answer = httpx.post(f"{url}/v2/models/tiny/infer", json=V2_BODY)
         body = {"id": answer.headers["x-request-id"], "label": "ship"}
         assert httpx.post(f"{url}/v1/feedback", json=body).status_code == 200
+        # ...but not a visitor's browser on another site's behalf, whose id it cannot guess
+        # from its own either (a process prefix and a counter made it one's own minus one).
+        page = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+        content = json.dumps(body).encode()  # a simple request: no Content-Type, no preflight
+        cross_site = httpx.post(f"{url}/v1/feedback", content=content, headers=page)
+        assert cross_site.status_code == 403, cross_site.text
+        ids = [httpx.post(f"{url}/v2/models/tiny/infer", json=V2_BODY) for _ in range(3)]
+        first, *rest = (int(r.headers["x-request-id"], 16) for r in ids)
+        assert all(abs(other - first) > 2**32 for other in rest)
 
 
 JSON = st.recursive(

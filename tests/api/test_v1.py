@@ -278,7 +278,7 @@ async def test_docs_page_loads_swagger_ui_from_this_server_only(
 
 
 async def test_the_explorer_page_cannot_be_framed(client: httpx.AsyncClient) -> None:
-    for path in ("/", "/static/page.js"):
+    for path in ("/", "/static/page.js", "/docs"):
         response = await client.get(path)
         assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
         assert response.headers["x-frame-options"] == "DENY"

@@ -9,6 +9,7 @@ Registration takes the repository API's rule: these servers admit loopback (ADMI
 from __future__ import annotations
 
 import functools
+import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -175,6 +176,33 @@ def test_shared_memory_input_at_an_offset_and_output_over_the_wire(
     tensor.set_shared_memory("mixed", pixels.nbytes, offset=pixels.nbytes)
     result = http.infer(MODEL, [tensor])
     np.testing.assert_array_equal(result.as_numpy(OUTPUT), binary_answer(http, pixels))
+
+
+def test_a_cross_site_infer_cannot_write_a_local_clients_region(
+    admin_server: Running, http: Any, pixels: np.ndarray, region: Callable[[int], Any]
+) -> None:
+    """Any web page can make a visitor's browser POST an infer to a local server (no
+    Content-Type: no preflight) naming a region a local client registered as its output."""
+    _, outputs = registered(http, pixels[:1], region)
+    shm.set_shared_memory_region(outputs, [np.full(10, 7.0, dtype=np.float32)])
+    body = {
+        "inputs": [{"name": "images", "shape": [1, 32, 32, 3], "datatype": "UINT8",
+                    "data": pixels[:1].ravel().tolist()}],
+        "outputs": [{"name": OUTPUT, "parameters": {
+            "shared_memory_region": name_of(outputs), "shared_memory_byte_size": 40}}],
+    }  # fmt: skip
+    url = f"http://{admin_server.address}/v2/models/{MODEL}/infer"
+    page = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+    for headers in (page, {"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        response = httpx.post(url, content=json.dumps(body).encode(), headers=headers)
+        assert response.status_code == 403, response.text
+        assert "cross-" in response.json()["error"]
+    untouched = shm.get_contents_as_numpy(outputs, np.float32, [10])
+    np.testing.assert_array_equal(untouched, np.full(10, 7.0, dtype=np.float32))
+    same_origin = {"Origin": f"http://{admin_server.address}", "Sec-Fetch-Site": "same-origin"}
+    assert httpx.post(url, json=body, headers=same_origin).status_code == 200  # the explorer's
+    written = shm.get_contents_as_numpy(outputs, np.float32, [10])
+    np.testing.assert_allclose(written, binary_answer(http, pixels[:1])[0], atol=ATOL)
 
 
 # --- hostile input: a clear 400, and the server keeps serving ----------------------------------

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from service.api.rest import http_io
 from service.core.logs import (
     MAX_ID_LENGTH,
     JsonFormatter,
@@ -18,6 +19,7 @@ from service.core.logs import (
     new_request_id,
     usable_request_id,
 )
+from service.core.throttled_log import ThrottledLog
 
 pytestmark = pytest.mark.anyio
 
@@ -82,10 +84,12 @@ def test_request_ids_are_unique_and_hostile_ones_unusable() -> None:
 
 
 async def test_log_records_carry_the_request_id_and_never_the_body(
-    client: httpx.AsyncClient, json_log: io.StringIO
+    client: httpx.AsyncClient, json_log: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Everything down to DEBUG is captured while requests with a marker in their bodies are
-    served (answered, refused, failed); a 5xx is logged and its line names the request."""
+    served (answered, refused, failed); a 5xx is logged and its line names the request (a
+    throttle of its own: an earlier test's 503 within the interval would hold the line back)."""
+    monkeypatch.setattr(http_io, "_serving_error_log", ThrottledLog(http_io.log))
     marker = "BODY-MARKER-5d1c"
     root = logging.getLogger()
     level = root.level

@@ -15,6 +15,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api.admin import check_same_site
 from service.api.rest.disconnect import unless_disconnected
 from service.api.rest.http_io import internal_error_response, serving_error_response
 from service.api.rest.infer import HEADER_LENGTH, v2_infer
@@ -27,6 +28,7 @@ INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 ENDPOINT = "/v2/models/{name}/infer"
 VERSION_ENDPOINT = "/v2/models/{name}/versions/{version}/infer"
 _HEADER_LENGTH = HEADER_LENGTH.encode()
+_BROWSER_HEADERS = frozenset({b"origin", b"sec-fetch-site"})
 
 
 class FastInfer:
@@ -63,12 +65,17 @@ class FastInfer:
         params = scope["path_params"]
         name, version = params["name"], params["version"]
         content_type = header_length = None
+        browser = False  # Origin or Sec-Fetch-Site: a browser's request, maybe another site's
         for key, value in scope["headers"]:
             if key == b"content-type":
                 content_type = value.decode("latin-1")
             elif key == _HEADER_LENGTH:
                 header_length = value.decode("latin-1")
+            elif key in _BROWSER_HEADERS:
+                browser = True
         try:
+            if browser:
+                _refuse_cross_site(scope["headers"])
             body = await _read_body(receive)
             if body is None:  # the client left before sending its request: nobody to answer
                 return
@@ -89,6 +96,14 @@ class FastInfer:
             await serving_error_response(exc, "POST", scope["path"])(scope, receive, send)
         except Exception as exc:
             await internal_error_response("POST", scope["path"], exc)(scope, receive, send)
+
+
+def _refuse_cross_site(headers: list[tuple[bytes, bytes]]) -> None:
+    """403 for a browser's cross-site infer (``check_same_site``): any web page can make a
+    visitor's browser POST one to a local server, without a Content-Type, naming a local
+    client's shared-memory region as its output (which the answer then overwrites)."""
+    found = {key: value.decode("latin-1") for key, value in headers}
+    check_same_site(found.get(b"sec-fetch-site"), found.get(b"origin"), found.get(b"host"))
 
 
 async def _read_body(receive: Receive) -> bytes | None:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from service.api.rest.dependencies import Plane
 from service.api.rest.http_io import read_json_body, validated_body
 from service.api.rest.json_wire import loads
-from service.api.rest.routes.model_repository import BEARER, require_admin
+from service.api.rest.routes.model_repository import BEARER, refuse_cross_site, require_admin
 from service.api.rest.schemas import errors, json_body
 from service.core.errors import PayloadTooLarge, UnprocessableInput
 from service.core.limits import check_object_size
@@ -63,7 +63,9 @@ def parse_feedback(data: Any) -> list[Feedback]:
 async def feedback(
     request: Request, plane: Plane, _: Annotated[Any, Security(BEARER)] = None
 ) -> dict[str, int]:
-    if not plane.settings.feedback_open:
+    if plane.settings.feedback_open:  # anyone may label, but not through a visitor's browser
+        refuse_cross_site(request)
+    else:
         await require_admin(request, plane)
     items = parse_feedback(loads(await read_json_body(request)))
     return {"labelled": await plane.feedback(items)}

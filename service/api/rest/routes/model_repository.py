@@ -33,17 +33,24 @@ BEARER = HTTPBearer(
 )
 
 
+def refuse_cross_site(request: Request) -> None:
+    """403 for a browser's cross-site request (``check_same_site``): a page on any site can
+    make a browser POST to a local server."""
+    headers = request.headers
+    check_same_site(headers.get("sec-fetch-site"), headers.get("origin"), headers.get("host"))
+
+
 async def require_admin(
     request: Request, plane: Plane, _: Annotated[Any, Security(BEARER)] = None
 ) -> None:
     """The REST routes' dependency: not cross-site, then ``check_admin`` (async: no thread hop)."""
+    refuse_cross_site(request)
     headers = request.headers
-    check_same_site(headers.get("sec-fetch-site"), headers.get("origin"), headers.get("host"))
     settings = plane.settings
     peer = request.client.host if request.client else None
     who = caller(peer, headers.items(), settings.trusted_proxies)
     what = f"{request.method} {request.url.path}"
-    check_admin(settings, who, headers.get("authorization", ""), what)
+    check_admin(settings, who, headers.get("authorization", ""), what, headers.get("host", ""))
 
 
 router = APIRouter(

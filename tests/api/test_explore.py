@@ -242,6 +242,7 @@ async def test_png_grid_has_one_tile_per_channel(client: httpx.AsyncClient) -> N
         assert count_tiles(response.content) == channels
     everything = await activations(client, format="png")
     assert count_tiles(everything.content) == sum(CHANNELS.values())
+    assert Image.open(io.BytesIO(everything.content)).mode == "P"  # a byte a pixel to deflate
 
 
 def test_tile_colours_are_never_grey() -> None:

@@ -4,10 +4,13 @@ origin (FastAPI's default page does)."""
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.exceptions import HTTPException
-from starlette.responses import FileResponse, HTMLResponse
+from starlette.responses import HTMLResponse, Response
 from swagger_ui_bundle import swagger_ui_path
 
 router = APIRouter(include_in_schema=False)
@@ -40,10 +43,15 @@ async def swagger_ui(request: Request) -> HTMLResponse:
 
 
 @router.get(ASSETS + "/{name}")
-async def swagger_asset(name: str) -> FileResponse:
+async def swagger_asset(name: str) -> Response:
     media_type = ASSET_FILES.get(name)
     if media_type is None:
         raise HTTPException(404, f"no documentation asset {name!r}")
-    return FileResponse(
-        swagger_ui_path / name, media_type=media_type, headers={"Cache-Control": "max-age=86400"}
-    )
+    return Response(_asset(name), media_type=media_type, headers={"Cache-Control": "max-age=86400"})
+
+
+@functools.cache
+def _asset(name: str) -> bytes:
+    """An asset's bytes, read once: a ``FileResponse`` answers ``Range`` headers, and 100 one-byte
+    ranges (a 695-byte request) cost 12 ms of CPU, a seek and a read on a thread each."""
+    return (Path(swagger_ui_path) / name).read_bytes()

@@ -241,7 +241,8 @@ class Settings(QualitySettings, BatchingSettings, ConnectionSettings):
         default=False,
         description=(
             "Local development only: the repository API also answers, without the token, peers "
-            "at 127.0.0.1 or ::1 whose requests carry no forwarding headers (docs/reliability.md)."
+            "at 127.0.0.1 or ::1 whose requests carry no forwarding headers and, over REST, name "
+            "a loopback host (docs/reliability.md)."
         ),
     )
     shared_memory_regions: int = Field(

@@ -44,8 +44,8 @@ def names_loopback(host: str) -> bool:
     if not name:
         return False
     address = ip(name)
-    if address is not None:
-        return address.is_loopback
+    if address is not None:  # 0.0.0.0 too: what uvicorn's banner shows for HOST=0.0.0.0
+        return address.is_loopback or address.is_unspecified
     name = name.rstrip(".")
     return name == "localhost" or name.endswith(".localhost")
 

@@ -126,6 +126,7 @@ def _section(values: np.ndarray, scale: int, columns: int) -> tuple[np.ndarray, 
     one array of palette entries; and which channels are flat. Each map is scaled to its own range
     (``scale_to_own_range``, all channels at once) and enlarged ``scale`` times."""
     h, w, c = values.shape
+    values = values.astype(np.float32, copy=False)  # an integer map's span would wrap around
     lo, hi = values.min(axis=(0, 1)), values.max(axis=(0, 1))
     with np.errstate(invalid="ignore"):
         shown = np.isfinite(lo) & np.isfinite(hi) & (hi > lo)

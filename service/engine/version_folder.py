@@ -258,8 +258,6 @@ def load_entry(
 
 def _failed(entry: ModelVersion, signature: Signature, exc: Exception) -> ModelVersion:
     message = exc.message if isinstance(exc, ServingError) else f"failed to load: {exc!r}"
-    # Clients see the reason: the repository's place on the server stays out of it.
-    message = message.replace(str(entry.path.parent.parent), "<repository>")
     if not isinstance(exc, ServingError):
         log.exception("%s v%d failed to load", entry.name, entry.version)
     if entry.runtime is not None:  # files changed under a served version

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -12,7 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.api.feature_grid import viridis_lut
+from service.api.feature_grid import (
+    HEADER_PX,
+    LABEL_PX,
+    LEVELS,
+    MARGIN_PX,
+    render_feature_grid,
+    viridis_lut,
+)
 from tests.support.feature_grids import count_tiles
 from training.__main__ import main as training_cli
 from training.architectures import LECTURE
@@ -325,3 +333,14 @@ async def test_page_starts_the_calculator_from_the_lecture_model(client: httpx.A
     )
     assert block is not None
     assert json.loads(block.group(1)) == LECTURE
+
+
+def test_an_integer_maps_levels_do_not_wrap_around() -> None:
+    """Integer layer outputs: an int8 map spanning -100..100 (its span overflows int8)."""
+    values = np.array([[[-100], [0], [100]]], dtype=np.int8)  # (1, 3, 1)
+    layer = SimpleNamespace(name="q", type="conv2d", shape=(1, 3, 1))
+    png = render_feature_grid([SimpleNamespace(values=values, layer=layer)])  # type: ignore[list-item]
+    entries = np.asarray(Image.open(io.BytesIO(png)))  # palette entries: viridis' levels first
+    y, x = MARGIN_PX + HEADER_PX + LABEL_PX, MARGIN_PX
+    tile = 48 // 3
+    assert [int(entries[y, x + i * tile]) for i in range(3)] == [0, (LEVELS - 1) // 2, LEVELS - 1]

@@ -275,6 +275,8 @@ async def test_docs_page_loads_swagger_ui_from_this_server_only(
     ranges = "bytes=" + ",".join(f"{n}-{n}" for n in range(0, 200, 2))  # 100 one-byte ranges
     whole = await client.get(source, headers={"Range": ranges})
     assert whole.status_code == 200 and whole.content == asset.content  # the body, once
+    again = await client.get(source, headers={"If-None-Match": asset.headers["etag"]})
+    assert again.status_code == 304 and not again.content  # revalidated after max-age
     assert (await client.get("/docs/assets/../../etc/passwd")).status_code == 404
     assert (await client.get("/docs/assets/index.html")).status_code == 404
     assert (await client.get("/redoc")).status_code == 404

@@ -50,7 +50,7 @@ async def require_admin(
     peer = request.client.host if request.client else None
     who = caller(peer, headers.items(), settings.trusted_proxies)
     what = f"{request.method} {request.url.path}"
-    check_admin(settings, who, headers.get("authorization", ""), what, headers.get("host", ""))
+    check_admin(settings, who, headers.get("authorization", ""), what, headers.get("host"))
 
 
 router = APIRouter(

@@ -80,7 +80,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*WHITE, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")  # no copy: resized next
 
 
 @dataclass(frozen=True)
@@ -163,12 +163,18 @@ def _open(
 
 
 def _decode(opened: Image.Image, size: tuple[int, int], max_pixels: int, where: str) -> np.ndarray:
+    """``opened`` at ``size``; its full-size pixels are let go before the next image is decoded
+    (turned in place, not copied, and closed), not held until the whole request is."""
     height, width = size
-    with _pillow_errors(where, max_pixels):
-        image = ImageOps.exif_transpose(opened)
-        if image.mode in WIDE_GRAY:
-            image = _scaled_to_8_bits(image, (width, height))
-        rgb = _to_rgb(image).resize((width, height), Image.Resampling.BILINEAR)
+    try:
+        with _pillow_errors(where, max_pixels):
+            ImageOps.exif_transpose(opened, in_place=True)
+            image = opened
+            if image.mode in WIDE_GRAY:
+                image = _scaled_to_8_bits(image, (width, height))
+            rgb = _to_rgb(image).resize((width, height), Image.Resampling.BILINEAR)
+    finally:
+        opened.close()  # Image's own ``with`` releases nothing
     return np.asarray(rgb, dtype=np.uint8)
 
 

@@ -7,6 +7,8 @@ import asyncio
 import base64
 import io
 import struct
+import subprocess
+import sys
 import tracemalloc
 import zlib
 from collections.abc import AsyncIterator
@@ -28,6 +30,7 @@ from service.api.images import (
 from service.engine.work_pool import TooHeavyForTheLoop
 from tests.support.apps import app_client, make_settings
 from tests.support.models import make_model_repo
+from tests.support.servers import ROOT
 
 pytestmark = pytest.mark.anyio
 
@@ -205,3 +208,31 @@ def test_float_and_32_bit_images_are_scaled_at_the_models_size_not_as_a_float64_
             tracemalloc.stop()
         assert np.abs(row.astype(int) - expected).max() <= 1, mode
         assert peak < 500_000, (mode, peak)  # numpy's arrays: a float64 copy alone is 2.4 MB
+
+
+HELD = """
+import sys
+from service.api.images import ImageLimits, decode_images
+def status(key):
+    return next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith(key))
+data = open(sys.argv[1], 'rb').read()
+with open('/proc/self/clear_refs', 'w') as peak:
+    peak.write('5')  # VmHWM, the peak RSS, starts again from here
+before = status('VmRSS')
+decode_images([(data, 'x')] * 4, (32, 32), ImageLimits(16_000_000, 64_000_000))
+print((status('VmHWM') - before) // 1024)
+"""
+
+
+def test_a_requests_images_are_let_go_one_at_a_time_not_held_until_all_are_decoded(
+    tmp_path: Path,
+) -> None:
+    """Four 3000 x 3000 PNGs (36 MB each decoded) in one request: every decoded image, and a
+    copy of each, was held until the last was decoded (206 MB of peak RSS). Each is now turned
+    in place, not copied, and closed before the next: about one image's worth."""
+    png = tmp_path / "big.png"
+    png.write_bytes(encode(Image.new("RGB", (3000, 3000), (9, 99, 199)), "PNG"))
+    argv = [sys.executable, "-c", HELD, str(png)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) < 100, done.stdout  # MB of peak RSS over the RSS before

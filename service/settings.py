@@ -137,7 +137,7 @@ class Settings(QualitySettings, BatchingSettings, ConnectionSettings):
     max_request_pixels: int = Field(
         default=64_000_000,
         ge=1,
-        description="Most pixels one request's images decode to, summed (413; docs/api.md).",
+        description="Most pixels one request's images decode to, summed (413; docs/serving.md).",
     )
     work_threads: int = Field(
         default=0,

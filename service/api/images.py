@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import struct
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,6 +37,16 @@ INLINE_PIXELS = 65_536
 # convert, resize), so 1,024 one-pixel files held the loop 100-160 ms. Counted before any header
 # is opened (opening 1,024 costs tens of ms too).
 INLINE_FILES = 16
+# Bytes of image files decoded right on the event loop (a CIFAR-sized PNG is about 3 kB): Pillow
+# walks a PNG's chunks in Python as it opens it, 3 us each, and inflates every ICC profile, so
+# 128 kB of empty chunks held the loop 30 ms and of repeated profiles 55 ms.
+INLINE_IMAGE_BYTES = 16_384
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# A PNG's chunks, walked before Pillow opens it: an ICC profile may come once (the PNG spec), and
+# ancillary chunks at most as libpng's own default cache allows; the total bounds the walk (a
+# 64 MiB file holds 8,192 chunks of libpng's 8 kB IDAT, or 5.6 million empty ones).
+MAX_PNG_CHUNKS = 65_536
+MAX_PNG_ANCILLARY_CHUNKS = 1_000
 # A progressive JPEG's decoder walks every 8x8 block of the full-size image once per scan, at any
 # draft scale, and libjpeg sets no limit: 3,000 repeated 16-byte scans (48 kB) took 5 s. Encoders
 # write about 10 (libjpeg-turbo's djpeg suggests -maxscans 100 for untrusted files).
@@ -145,6 +156,8 @@ def _open(
     decoded yet."""
     if not data:
         raise UnprocessableInput(f"{where}: the image is empty")
+    if data.startswith(PNG_SIGNATURE):
+        _check_png_chunks(data, where)
     height, width = size
     with _pillow_errors(where, max_pixels):
         opened = Image.open(io.BytesIO(data))
@@ -184,8 +197,9 @@ def decode_images(
     """Encoded images, each ``(data, where)``, as ``(H, W, 3)`` uint8 RGB of ``size`` (H, W).
     Every header is read and the pixels counted (``ImageLimits``) before any image is decoded:
     past the request's budget the answer is a 413 that cost no decoding. On the event loop, more
-    than ``INLINE_FILES`` files or ``INLINE_PIXELS`` pixels go to the work pool."""
-    _check_file_count(len(files))
+    than ``INLINE_FILES`` files, ``INLINE_IMAGE_BYTES`` or ``INLINE_PIXELS`` pixels go to the
+    work pool."""
+    _check_inline(len(files), sum(len(data) for data, _ in files))
     opened = [(*_open(data, size, limits.max_image_pixels, where), where) for data, where in files]
     total = sum(pixels for _, pixels, _ in opened)
     if total > limits.max_request_pixels:
@@ -201,10 +215,32 @@ def decode_images(
     return [_decode(image, size, limits.max_image_pixels, where) for image, _, where in opened]
 
 
-def _check_file_count(files: int) -> None:
-    """Too many files for the event loop, counted before any is opened: to the work pool."""
-    if files > INLINE_FILES and on_event_loop():
+def _check_inline(files: int, size: int) -> None:
+    """Too many files, or bytes, for the event loop, counted before any is opened (or decoded
+    from base64): to the work pool."""
+    if (files > INLINE_FILES or size > INLINE_IMAGE_BYTES) and on_event_loop():
         raise TooHeavyForTheLoop
+
+
+def _check_png_chunks(data: bytes, where: str) -> None:
+    """422 for a PNG of more than one ICC profile, or past ``MAX_PNG_ANCILLARY_CHUNKS``
+    ancillary chunks or ``MAX_PNG_CHUNKS`` chunks in all: Pillow inflates every profile (a
+    64 MiB body of them would be 64 GB to inflate) and walks every chunk in Python."""
+    offset, chunks, ancillary, profiles = len(PNG_SIGNATURE), 0, 0, 0
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, offset)
+        if kind == b"IEND":
+            return
+        chunks += 1
+        ancillary += kind[0] >> 5 & 1  # a lower-case first letter
+        profiles += kind == b"iCCP"
+        if chunks > MAX_PNG_CHUNKS or ancillary > MAX_PNG_ANCILLARY_CHUNKS or profiles > 1:
+            what = "more than one ICC profile" if profiles > 1 else "too many chunks"
+            raise UnprocessableInput(
+                f"{where}: a PNG of {what} (at most one profile, {MAX_PNG_CHUNKS} chunks, "
+                f"{MAX_PNG_ANCILLARY_CHUNKS} of them ancillary)"
+            )
+        offset += 12 + length
 
 
 def decode_image(data: bytes, size: tuple[int, int], max_pixels: int, where: str) -> np.ndarray:
@@ -218,7 +254,7 @@ def decode_b64_images(
     encoded: Sequence[tuple[str, str]], size: tuple[int, int], limits: ImageLimits
 ) -> list[np.ndarray]:
     """``decode_images`` for ``{"b64": ...}`` values, each ``(text, where)``."""
-    _check_file_count(len(encoded))  # before any is decoded from base64
+    _check_inline(len(encoded), sum(len(text) for text, _ in encoded) * 3 // 4)
     return decode_images([(b64_bytes(text, where), where) for text, where in encoded], size, limits)
 
 
@@ -227,7 +263,8 @@ async def decode_image_files(
 ) -> list[np.ndarray]:
     """``decode_images`` on the event loop when the files are few and small (and decode to few
     pixels), else on the work pool."""
-    small = sum(len(data) for data, _ in files) <= settings.inline_decode_bytes
+    small = sum(len(data) for data, _ in files) <= min(settings.inline_decode_bytes,
+                                                        INLINE_IMAGE_BYTES)  # fmt: skip
     light = small and len(files) <= INLINE_FILES
     limits = image_limits(settings)
     return await work.run_here_if_light(light, decode_images, files, size, limits)

@@ -21,12 +21,15 @@ from PIL import Image
 
 from service.api.images import (
     INLINE_FILES,
+    INLINE_IMAGE_BYTES,
     MAX_JPEG_SCANS,
+    MAX_PNG_ANCILLARY_CHUNKS,
     ImageLimits,
     decode_b64_images,
     decode_image,
     decode_images,
 )
+from service.core.errors import UnprocessableInput
 from service.engine.work_pool import TooHeavyForTheLoop
 from tests.support.apps import app_client, make_settings
 from tests.support.models import make_model_repo
@@ -54,18 +57,23 @@ def jpeg_of_scans(size: tuple[int, int], scans: int, mode: str = "L") -> bytes:
     return data[:-2] + last * extra + b"\xff\xd9"
 
 
+def chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_with_chunks(chunks: bytes) -> bytes:
+    """A 1x1 PNG with ``chunks`` after IHDR, before IDAT: read while Pillow opens it."""
+    plain = encode(Image.new("RGB", (1, 1), (200, 30, 30)), "PNG")
+    return plain[:33] + chunks + plain[33:]
+
+
 def png_with_text(chunks: int, inflated: int) -> bytes:
     """A 1x1 PNG carrying ``chunks`` zTXt chunks, each inflating to ``inflated`` bytes."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    plain = encode(Image.new("RGB", (1, 1), (200, 30, 30)), "PNG")
     text = zlib.compress(b"a" * inflated, 9)
-    ztxt = b"".join(chunk(b"zTXt", b"note%d\0\0" % i + text) for i in range(chunks))
-    return plain[:33] + ztxt + plain[33:]  # after IHDR, before IDAT: read while opening
+    return png_with_chunks(
+        b"".join(chunk(b"zTXt", b"note%d\0\0" % i + text) for i in range(chunks))
+    )
 
 
 @pytest.fixture
@@ -236,3 +244,33 @@ def test_a_requests_images_are_let_go_one_at_a_time_not_held_until_all_are_decod
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) < 100, done.stdout  # MB of peak RSS over the RSS before
+
+
+def test_a_png_of_repeated_icc_profiles_or_a_flood_of_chunks_is_refused_before_it_is_opened() -> (
+    None
+):
+    """Pillow inflates every ICC profile (the PNG spec allows one) and walks every chunk in
+    Python: 128 kB of repeated profiles held the loop 55 ms, and a 64 MiB body of them would be
+    64 GB to inflate on the pool."""
+    profile = chunk(b"iCCP", b"icc\0\0" + zlib.compress(b"p" * 30_000, 9))
+    one = png_with_chunks(profile)
+    assert decode_image(one, (32, 32), 16_000_000, "image").shape == (32, 32, 3)
+    for data, message in (
+        (png_with_chunks(profile * 2), "more than one ICC profile"),
+        (png_with_chunks(chunk(b"abCd", b"") * (MAX_PNG_ANCILLARY_CHUNKS + 1)), "too many chunks"),
+    ):
+        with pytest.raises(UnprocessableInput, match=message):
+            decode_image(data, (32, 32), 16_000_000, "image")
+
+
+async def test_image_bytes_past_the_inline_bound_go_to_the_pool() -> None:
+    """On the loop only a few small files: a CIFAR-sized PNG is about 3 kB."""
+    noise = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    large = encode(Image.fromarray(noise), "PNG")
+    small = encode(Image.fromarray(noise[:32, :32]), "PNG")
+    assert len(small) <= INLINE_IMAGE_BYTES < len(large)
+    assert len(decode_images([(small, "image")], (32, 32), LIMITS)) == 1  # here, on the loop
+    with pytest.raises(TooHeavyForTheLoop):
+        decode_images([(large, "image")], (32, 32), LIMITS)
+    with pytest.raises(TooHeavyForTheLoop):
+        decode_b64_images([(base64.b64encode(large).decode(), "b64")], (32, 32), LIMITS)

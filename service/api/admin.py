@@ -35,8 +35,8 @@ def is_local(who: Caller) -> bool:
 
 def names_loopback(host: str) -> bool:
     """Whether a ``Host`` header names this machine's loopback (``localhost``, a name under
-    it, 127.0.0.0/8 or ::1, with any port): what a browser sends to a local server. A page
-    whose own name was re-pointed at 127.0.0.1 (DNS rebinding) sends that name instead."""
+    it, 127.0.0.0/8, ::1 or 0.0.0.0, with any port): what a browser sends to a local server. A
+    page whose own name was re-pointed at 127.0.0.1 (DNS rebinding) sends that name instead."""
     try:
         name = urllib.parse.urlsplit(f"//{host.strip()}").hostname
     except ValueError:

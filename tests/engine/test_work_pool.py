@@ -5,10 +5,13 @@ again when jobs really finish."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import os
 import signal
 import threading
+import weakref
 from collections.abc import Iterator
 
 import numpy as np
@@ -231,4 +234,32 @@ async def test_where_no_child_can_start_large_bodies_are_decoded_on_a_thread(
         assert await pool.run_decoding(10, True, heavy_work) == (os.getpid(), False)
         assert await pool.run_decoding(5000, False, threading.get_ident) != threading.get_ident()
     finally:
+        pool.close()
+
+
+class Decoded:
+    """Stands for what a job made before it failed (a request's decoded values)."""
+
+
+def fail_holding(made: list[weakref.ref[Decoded]]) -> None:
+    values = Decoded()
+    made.append(weakref.ref(values))
+    raise InvalidInput("a value out of range")
+
+
+@pytest.mark.anyio
+async def test_a_failed_job_lets_go_of_what_it_made_without_a_collection() -> None:
+    """With the collector's thresholds set high (GC_GEN0_THRESHOLD) a reference cycle is kept
+    for long: a failed job's error must not hold its frames in one (every gRPC message refused
+    while decoding on the pool kept its decoded values, 52 MB for 3.1 MB sent)."""
+    pool = WorkPool(threads=1, max_waiting=4)
+    made: list[weakref.ref[Decoded]] = []
+    gc.disable()
+    try:
+        with contextlib.suppress(InvalidInput):
+            await pool.run(fail_holding, made)
+        await asyncio.sleep(0)  # the loop lets go of the callback that woke this task
+        assert made[0]() is None
+    finally:
+        gc.enable()
         pool.close()

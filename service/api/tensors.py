@@ -215,10 +215,16 @@ def _as_datatype(array: np.ndarray, datatype: str, shape: list[int], where: str)
 
 
 def array_from_values(
-    values: Sequence[Any], datatype: str, shape: list[int], where: str
+    values: Sequence[Any] | np.ndarray, datatype: str, shape: list[int], where: str
 ) -> np.ndarray:
-    """gRPC's typed contents (values protobuf has already typed: ints, floats, bools, bytes) as
-    an array of ``shape`` in ``datatype``: counted, bounds checked, BYTES decoded."""
+    """gRPC's typed contents (values protobuf has already typed: numbers as an array of their
+    field's type, BYTES as a list) as an array of ``shape`` in ``datatype``: counted, bounds
+    checked, BYTES decoded."""
+    if isinstance(values, np.ndarray):
+        _check_count(values.size, shape, where)
+        if values.size == 0:
+            return np.zeros(shape, dtype=NUMPY_DTYPES[datatype])
+        return _as_datatype(values, datatype, shape, where)
     if NUMPY_DTYPES[datatype].hasobject:
         _check_count(len(values), shape, where)
         return strings_array(values, shape, where)

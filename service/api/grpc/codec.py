@@ -45,6 +45,17 @@ from service.engine.tensor_bytes import tensor_to_bytes
 CONTENTS_FIELDS: dict[str, str] = {
     d.name: d.contents_field for d in DATATYPES.values() if d.contents_field is not None
 }
+# The numbers of each typed field as protobuf holds them (32-bit fields widen: UINT8 comes in
+# uint_contents), checked against the datatype's bounds as an array (``array_from_values``).
+FIELD_DTYPES: dict[str, np.dtype[Any]] = {
+    field: np.dtype(kind)
+    for field, kind in (
+        ("bool_contents", "bool"), ("int_contents", "int32"), ("int64_contents", "int64"),
+        ("uint_contents", "uint32"), ("uint64_contents", "uint64"),
+        ("fp32_contents", "float32"), ("fp64_contents", "float64"),
+    )
+}  # fmt: skip
+TYPED_SLICE = 65_536  # values of a typed field made numpy in one call (about 1 ms here)
 
 
 def _bytes_tag(message: Any, field: str) -> bytes:
@@ -127,7 +138,7 @@ def _input(
     datatype: str,
     shape: Sequence[int],
     raw: bytes | None,
-    values: list[Any] | None,
+    values: list[Any] | np.ndarray | None,
     max_rows: int,
 ) -> InputTensor:
     """One input tensor given as raw bytes or a flat list of typed values."""
@@ -143,7 +154,7 @@ def _input(
     return InputTensor(name, datatype, checked, data)
 
 
-def typed_contents(tensor: Any) -> list[Any]:
+def typed_contents(tensor: Any) -> list[Any] | np.ndarray:
     """An input's values from its typed ``contents``: the one field of its datatype (the table's);
     values in any other field are refused, never ignored."""
     where = f"input {tensor.name!r}"
@@ -156,7 +167,20 @@ def typed_contents(tensor: Any) -> list[Any]:
         raise UnprocessableInput(
             f"{where}: {tensor.datatype} values go in contents.{field}, not {', '.join(other)}"
         )
-    return list(getattr(tensor.contents, field)) if field is not None else []
+    if field is None:
+        return []
+    values = getattr(tensor.contents, field)
+    return list(values) if field == "bytes_contents" else _numbers(values, FIELD_DTYPES[field])
+
+
+def _numbers(values: Any, dtype: np.dtype[Any]) -> np.ndarray:
+    """A repeated number field as numpy, ``TYPED_SLICE`` values a call: each call holds the
+    interpreter, and one call over 3.1 million values (a list, then its bounds, then numpy)
+    held every other request's turn 160-240 ms, although it ran on a pool thread."""
+    array = np.empty(len(values), dtype)
+    for start in range(0, len(array), TYPED_SLICE):
+        array[start : start + TYPED_SLICE] = values[start : start + TYPED_SLICE]
+    return array
 
 
 def check_value_counts(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import struct
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,8 +22,9 @@ from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
-from PIL import Image, ImageMath, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageMath, ImageOps, UnidentifiedImageError
 
+from service.api.image_files import MAX_JPEG_SCANS, PNG_SIGNATURE, jpeg_scans, png_without_text
 from service.core.errors import PayloadTooLarge, UnprocessableInput
 from service.engine.work_pool import TooHeavyForTheLoop, WorkPool, on_event_loop
 from service.settings import Settings
@@ -41,22 +41,7 @@ INLINE_FILES = 16
 # walks a PNG's chunks in Python as it opens it, 3 us each, and inflates every ICC profile, so
 # 128 kB of empty chunks held the loop 30 ms and of repeated profiles 55 ms.
 INLINE_IMAGE_BYTES = 16_384
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# A PNG's chunks, walked before Pillow opens it: an ICC profile may come once (the PNG spec), and
-# ancillary chunks at most as libpng's own default cache allows; the total bounds the walk (a
-# 64 MiB file holds 8,192 chunks of libpng's 8 kB IDAT, or 5.6 million empty ones).
-MAX_PNG_CHUNKS = 65_536
-MAX_PNG_ANCILLARY_CHUNKS = 1_000
-# A progressive JPEG's decoder walks every 8x8 block of the full-size image once per scan, at any
-# draft scale, and libjpeg sets no limit: 3,000 repeated 16-byte scans (48 kB) took 5 s. Encoders
-# write about 10 (libjpeg-turbo's djpeg suggests -maxscans 100 for untrusted files).
-MAX_JPEG_SCANS = 100
 SCANS_CHARGED_AS_ONE = 10  # a progressive JPEG counts its full size once per this many scans
-# Pillow inflates every zTXt and iTXt chunk (and iCCP) while it opens a PNG, about 1,000:1, up to
-# 1 MiB a chunk and 64 MiB a file by default: 62 MiB of text from a 64 kB file. The service reads
-# no image text; a file past these is refused (_pillow_errors).
-PngImagePlugin.MAX_TEXT_CHUNK = 32 * 1024
-PngImagePlugin.MAX_TEXT_MEMORY = 32 * 1024
 WIDE_GRAY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # scaled to 8 bits by _scaled_to_8_bits
 # Pillow's decompression-bomb warning (over 89 M pixels) is an error in this process: such a file
 # is refused from its header. Set once here, not per image with ``warnings.catch_warnings``, which
@@ -124,28 +109,8 @@ def _pillow_errors(where: str, max_pixels: int) -> Iterator[None]:
         ) from None
     except UnidentifiedImageError:
         raise UnprocessableInput(f"{where}: not an image Pillow can decode") from None
-    except ValueError as exc:
-        if "MAX_TEXT" not in str(exc):  # Pillow's words for PngImagePlugin's two text caps
-            raise UnprocessableInput(f"{where}: undecodable image ({exc})") from None
-        raise UnprocessableInput(
-            f"{where}: the PNG's text chunks (zTXt, iTXt, tEXt) or ICC profile hold more than the "
-            f"limit of {PngImagePlugin.MAX_TEXT_MEMORY} bytes (this service reads no image text)"
-        ) from None
-    except (OSError, SyntaxError, EOFError) as exc:
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise UnprocessableInput(f"{where}: undecodable image ({exc})") from None
-
-
-def _jpeg_scans(opened: Image.Image, data: bytes, where: str) -> int:
-    """A JPEG's scans, counted by their SOS markers (entropy-coded data stuffs every 0xFF, so
-    only metadata could add a few more); more than ``MAX_JPEG_SCANS`` is a 422. 0 for others."""
-    if opened.format not in ("JPEG", "MPO"):
-        return 0
-    scans = data.count(b"\xff\xda")
-    if scans > MAX_JPEG_SCANS:
-        raise UnprocessableInput(
-            f"{where}: a JPEG of {scans} scans, more than the limit of {MAX_JPEG_SCANS}"
-        )
-    return scans
 
 
 def _open(
@@ -157,7 +122,7 @@ def _open(
     if not data:
         raise UnprocessableInput(f"{where}: the image is empty")
     if data.startswith(PNG_SIGNATURE):
-        _check_png_chunks(data, where)
+        data = png_without_text(data, where)
     height, width = size
     with _pillow_errors(where, max_pixels):
         opened = Image.open(io.BytesIO(data))
@@ -167,7 +132,7 @@ def _open(
                 f"{where}: {opened.width}x{opened.height} pixels, more than the limit of "
                 f"{max_pixels}"
             )
-        scans = _jpeg_scans(opened, data, where)
+        scans = jpeg_scans(data, where) if opened.format in ("JPEG", "MPO") else 0
         opened.seek(0)
         opened.draft("RGB", (width * 2, height * 2))  # JPEG: decode at a reduced scale
         if opened.info.get("progressive"):  # each scan walks every block at full size
@@ -220,27 +185,6 @@ def _check_inline(files: int, size: int) -> None:
     from base64): to the work pool."""
     if (files > INLINE_FILES or size > INLINE_IMAGE_BYTES) and on_event_loop():
         raise TooHeavyForTheLoop
-
-
-def _check_png_chunks(data: bytes, where: str) -> None:
-    """422 for a PNG of more than one ICC profile, or past ``MAX_PNG_ANCILLARY_CHUNKS``
-    ancillary chunks or ``MAX_PNG_CHUNKS`` chunks in all: Pillow inflates every profile (a
-    64 MiB body of them would be 64 GB to inflate) and walks every chunk in Python."""
-    offset, chunks, ancillary, profiles = len(PNG_SIGNATURE), 0, 0, 0
-    while offset + 8 <= len(data):
-        length, kind = struct.unpack_from(">I4s", data, offset)
-        if kind == b"IEND":
-            return
-        chunks += 1
-        ancillary += kind[0] >> 5 & 1  # a lower-case first letter
-        profiles += kind == b"iCCP"
-        if chunks > MAX_PNG_CHUNKS or ancillary > MAX_PNG_ANCILLARY_CHUNKS or profiles > 1:
-            what = "more than one ICC profile" if profiles > 1 else "too many chunks"
-            raise UnprocessableInput(
-                f"{where}: a PNG of {what} (at most one profile, {MAX_PNG_CHUNKS} chunks, "
-                f"{MAX_PNG_ANCILLARY_CHUNKS} of them ancillary)"
-            )
-        offset += 12 + length
 
 
 def decode_image(data: bytes, size: tuple[int, int], max_pixels: int, where: str) -> np.ndarray:

@@ -47,6 +47,27 @@ def db_files(folder: Path) -> set[str]:
     return {p.name for p in folder.glob("*.db")}
 
 
+def fold_stopped_after_its_commit(
+    folder: Path,
+) -> tuple[list[str], dict[tuple[str, tuple[tuple[str, str], ...]], float], Path]:
+    """Two dead workers' files folded into the archives, then put back beside the fold's
+    journal: a fold whose process died after its commit, before its deletes. The files' names,
+    the totals before the fold, and the folder holding a copy of the files."""
+    dead = [worker(folder, n) for n in (3, 5)]
+    names = [f"{kind}_{pid}.db" for pid in dead for kind in ("counter", "histogram")]
+    before = totals(folder)
+    kept = folder / "kept"
+    kept.mkdir()
+    for name in names:
+        shutil.copy(folder / name, kept / name)
+    fold_dead(folder, alive)
+    for name in names:
+        shutil.copy(kept / name, folder / name)
+    for kind in ("counter", "histogram"):
+        journal(folder, kind).write_text(json.dumps([n for n in names if n.startswith(kind)]))
+    return names, before, kept
+
+
 def test_dead_workers_files_fold_into_archives_with_the_sums_unchanged(tmp_path: Path) -> None:
     pids = [worker(tmp_path, n) for n in (3, 5, 8)]
     assert len(db_files(tmp_path)) == 6  # a counter and a histogram file each
@@ -83,20 +104,8 @@ def test_a_fold_stopped_half_way_is_finished_or_undone_never_counted_twice(
     """A worker killed while folding: after the new archive was swapped in (the next fold
     deletes the files it named) or before (the next fold drops the staged archive and folds
     the files again)."""
-    dead = [worker(tmp_path, n) for n in (3, 5)]
-    names = [f"{kind}_{pid}.db" for pid in dead for kind in ("counter", "histogram")]
-    before = totals(tmp_path)
-    kept = tmp_path / "kept"
-    kept.mkdir()
-    for name in names:
-        shutil.copy(tmp_path / name, kept / name)
-    fold_dead(tmp_path, alive)
-
     # stopped after the swap: the archives hold the files, which are still there
-    for name in names:
-        shutil.copy(kept / name, tmp_path / name)
-    for kind in ("counter", "histogram"):
-        journal(tmp_path, kind).write_text(json.dumps([n for n in names if n.startswith(kind)]))
+    names, before, kept = fold_stopped_after_its_commit(tmp_path)
     assert fold_dead(tmp_path, alive) == 0  # finishing it was all there was to do
     assert db_files(tmp_path) == {"counter_archive.db", "histogram_archive.db"}
     assert totals(tmp_path) == before
@@ -120,19 +129,7 @@ def test_a_scrape_finishes_a_fold_whose_process_died_after_its_commit(tmp_path: 
     """A scrape that checked for dead files just before a fold committed, the folding worker
     then killed before its deletes (its lock dies with it): the scrape's read would find the
     archive and the files it already holds, and count them twice."""
-    dead = [worker(tmp_path, n) for n in (3, 5)]
-    names = [f"{kind}_{pid}.db" for pid in dead for kind in ("counter", "histogram")]
-    before = totals(tmp_path)
-    kept = tmp_path / "kept"
-    kept.mkdir()
-    for name in names:
-        shutil.copy(tmp_path / name, kept / name)
-    fold_dead(tmp_path, alive)
-    for name in names:  # committed, not yet deleted
-        shutil.copy(kept / name, tmp_path / name)
-    for kind in ("counter", "histogram"):
-        journal(tmp_path, kind).write_text(json.dumps([n for n in names if n.startswith(kind)]))
-
+    _, before, _ = fold_stopped_after_its_commit(tmp_path)
     with reading(tmp_path, alive):
         read = totals(tmp_path)
     assert read == before

@@ -54,14 +54,6 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
-def scale_to_own_range(feature_map: np.ndarray) -> np.ndarray:
-    """``(H, W)`` floats to 0..255 by the map's own minimum and maximum (a flat map is all 0)."""
-    lo, hi = float(feature_map.min()), float(feature_map.max())
-    if not math.isfinite(lo) or not math.isfinite(hi) or hi <= lo:
-        return np.zeros(feature_map.shape, dtype=np.uint8)
-    return np.round((feature_map - lo) / (hi - lo) * 255.0).astype(np.uint8)
-
-
 def _layout(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     """(scale, tile height, tile width, columns) for a layer of ``(H, W, C)``."""
     h, w, c = shape
@@ -123,8 +115,9 @@ def render_feature_grid(activations: Sequence[Activation]) -> bytes:
 
 def _section(values: np.ndarray, scale: int, columns: int) -> tuple[np.ndarray, np.ndarray]:
     """A layer's tiles, ``columns`` to a row, each under its label's room and before its gap, as
-    one array of palette entries; and which channels are flat. Each map is scaled to its own range
-    (``scale_to_own_range``, all channels at once) and enlarged ``scale`` times."""
+    one array of palette entries; and which channels are flat. Each map is scaled to its own
+    range (its minimum the first level, its maximum the last; a flat or non-finite one all the
+    first), all channels at once, and enlarged ``scale`` times."""
     h, w, c = values.shape
     values = values.astype(np.float32, copy=False)  # an integer map's span would wrap around
     lo, hi = values.min(axis=(0, 1)), values.max(axis=(0, 1))

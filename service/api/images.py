@@ -180,10 +180,15 @@ def decode_images(
     return [_decode(image, size, limits.max_image_pixels, where) for image, _, where in opened]
 
 
+def _few_and_small(files: int, size: int) -> bool:
+    """Whether ``files`` files of ``size`` bytes in all may be decoded on the event loop."""
+    return files <= INLINE_FILES and size <= INLINE_IMAGE_BYTES
+
+
 def _check_inline(files: int, size: int) -> None:
     """Too many files, or bytes, for the event loop, counted before any is opened (or decoded
     from base64): to the work pool."""
-    if (files > INLINE_FILES or size > INLINE_IMAGE_BYTES) and on_event_loop():
+    if not _few_and_small(files, size) and on_event_loop():
         raise TooHeavyForTheLoop
 
 
@@ -207,9 +212,8 @@ async def decode_image_files(
 ) -> list[np.ndarray]:
     """``decode_images`` on the event loop when the files are few and small (and decode to few
     pixels), else on the work pool."""
-    small = sum(len(data) for data, _ in files) <= min(settings.inline_decode_bytes,
-                                                        INLINE_IMAGE_BYTES)  # fmt: skip
-    light = small and len(files) <= INLINE_FILES
+    nbytes = sum(len(data) for data, _ in files)
+    light = _few_and_small(len(files), nbytes) and nbytes <= settings.inline_decode_bytes
     limits = image_limits(settings)
     return await work.run_here_if_light(light, decode_images, files, size, limits)
 

@@ -220,11 +220,8 @@ def array_from_values(
     """gRPC's typed contents (values protobuf has already typed: numbers as an array of their
     field's type, BYTES as a list) as an array of ``shape`` in ``datatype``: counted, bounds
     checked, BYTES decoded."""
-    if isinstance(values, np.ndarray):
-        _check_count(values.size, shape, where)
-        if values.size == 0:
-            return np.zeros(shape, dtype=NUMPY_DTYPES[datatype])
-        return _as_datatype(values, datatype, shape, where)
+    if isinstance(values, np.ndarray):  # counted and cast as JSON's numbers already in numpy
+        return _json_array(values, datatype, shape, where, nested=False)
     if NUMPY_DTYPES[datatype].hasobject:
         _check_count(len(values), shape, where)
         return strings_array(values, shape, where)

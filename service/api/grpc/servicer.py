@@ -17,7 +17,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from service.api.admin import check_admin
 from service.api.client_address import caller
-from service.api.config_override import parse_config_override
+from service.api.config_override import read_config_override
 from service.api.grpc import codec, extension_codec, settings_codec
 from service.api.grpc.admission import Admission, Refuse
 from service.api.grpc.handlers import Oversized, Undecodable
@@ -233,7 +233,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             kind = config.WhichOneof("parameter_choice")
             text = config.string_param if kind == "string_param" else None
             plane = self.plane
-            override = parse_config_override(name, text, lambda: plane.model_config(name))
+            override = await read_config_override(
+                plane.work, name, text, lambda: plane.model_config(name)
+            )
         await self.plane.load_model(name, parameters.keys(), override)
         return service_pb2.RepositoryModelLoadResponse()
 

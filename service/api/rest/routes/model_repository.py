@@ -15,7 +15,7 @@ from fastapi.security import HTTPBearer
 
 from service.api.admin import check_admin, check_same_site
 from service.api.client_address import caller
-from service.api.config_override import parse_config_override
+from service.api.config_override import read_config_override
 from service.api.rest.dependencies import Plane
 from service.api.rest.http_io import read_json_body, validated_body
 from service.api.rest.json_wire import loads
@@ -91,8 +91,8 @@ async def load(request: Request, plane: Plane, name: str) -> dict[str, Any]:
     body = await _request_body(request)
     override = None
     if "config" in body.parameters:
-        override = parse_config_override(
-            name, body.parameters["config"], lambda: plane.model_config(name)
+        override = await read_config_override(
+            plane.work, name, body.parameters["config"], lambda: plane.model_config(name)
         )
     await plane.load_model(name, body.parameters, override)
     return {}

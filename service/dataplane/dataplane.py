@@ -54,7 +54,7 @@ from service.dataplane.types import (
     ServerMetadata,
     VersionStatus,
 )
-from service.engine.activations import Activation, ActivationSessions
+from service.engine.activations import ActivationSessions, Render, T
 from service.engine.leases import lease_scope
 from service.engine.metrics import Metrics
 from service.engine.named_rows import NamedRows
@@ -84,7 +84,7 @@ class DataPlane:
         self.metrics.track_providers(self.repository.provider_use)
         self.work = build.work_pool(settings)  # where decoding and encoding run, off the loop
         self.body_budget = BodyBudget(settings.max_body_bytes_in_flight)  # REST's and gRPC's
-        self.activation_sessions = ActivationSessions(options)  # the explorer's, made on first use
+        self.activation_sessions = ActivationSessions(options, self.work)  # the explorer's
         self.response_cache = ResponseCache(settings.response_cache, self.metrics.registry)
         self.shared_memory = build.shared_memory_registry(settings)  # Triton's system shared memory
         self._watchers: list[asyncio.Task[None]] = []
@@ -333,14 +333,14 @@ class DataPlane:
         return ModelLayers(name, runtime.version, report.table, report)
 
     async def activations(
-        self, model: ModelRuntime, image: np.ndarray, layer_names: Sequence[str]
-    ) -> list[Activation]:
-        """The feature maps of ``layer_names`` (none: every conv and pool layer) for one image."""
-        entry = self.repository.entry(model.name, model.version)
-        work = self.work
-        session = await work.run(self.activation_sessions.get, model.card, entry.path, entry.layers)
-        chosen = session.select(layer_names)
-        return await work.run(session.run, image, chosen)
+        self, model: ModelRuntime, image: np.ndarray, names: Sequence[str], render: Render[T]
+    ) -> T:
+        """The feature maps of ``names`` (none: every conv and pool layer) for one image, as
+        ``render`` makes them (in the explorer's lane, ``ActivationSessions.lane``)."""
+        entry, sessions = self.repository.entry(model.name, model.version), self.activation_sessions
+        return await sessions.feature_maps(
+            model.card, entry.path, entry.layers, image, names, render
+        )
 
     # -- the model repository extension ---------------------------------------------------------
 

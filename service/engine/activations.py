@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnx
@@ -24,7 +25,10 @@ from service.core.layer_specs import Shape
 from service.engine.layers import LayerReport
 from service.engine.providers import resolve_providers
 from service.engine.runtime import GRAPH_OPTIMIZATION, RuntimeOptions
+from service.engine.work_pool import WorkPool
 
+T = TypeVar("T")
+EXPLORER_WAITING = 8  # feature-map requests waiting their turn; past them a 503
 SPATIAL_TYPES = ("conv2d", "max_pool", "avg_pool")  # the layers with feature maps by default
 
 
@@ -44,6 +48,9 @@ class Activation:
 
     layer: LayerOutput
     values: np.ndarray
+
+
+Render = Callable[[list[Activation]], T]  # feature maps made into an answer (on the pool)
 
 
 def _to_table_layout(array: np.ndarray) -> np.ndarray:
@@ -132,8 +139,11 @@ class ActivationSession:
 class ActivationSessions:
     """One lazily built inspection session per model name, for the version currently served."""
 
-    def __init__(self, options: RuntimeOptions) -> None:
-        self.options = options
+    def __init__(self, options: RuntimeOptions, work: WorkPool) -> None:
+        self.options, self.work = options, work
+        # One feature-map job (a run of every layer and its grid) on the pool at once, a few
+        # more waiting: a flood of these 600-byte requests leaves the pool to the others.
+        self.lane = work.lane(1, EXPLORER_WAITING, "the feature-map explorer is busy; retry")
         self._sessions: dict[str, tuple[tuple[int, str], ActivationSession]] = {}
         self._lock = threading.Lock()
 
@@ -158,6 +168,21 @@ class ActivationSessions:
             session = ActivationSession(card, model_bytes, report, self.options)
             self._sessions[card.name] = (key, session)  # replaces an older version's session
             return session
+
+    async def feature_maps(
+        self,
+        card: ModelCard,
+        folder: Path,
+        report: LayerReport | None,
+        image: np.ndarray,
+        names: Sequence[str],
+        render: Render[T],
+    ) -> T:
+        """``names``' feature maps for one image (none: every spatial layer), as ``render`` makes
+        them: the session's run and ``render`` in one job of the lane."""
+        session = await self.work.run(self.get, card, folder, report)
+        chosen = session.select(names)
+        return await self.lane.run(lambda: render(session.run(image, chosen)))
 
     def close(self) -> None:
         """Drop every session (their onnxruntime sessions go with them); later calls rebuild."""

@@ -12,9 +12,14 @@ from service.core.errors import InvalidCard, UnprocessableInput
 from service.engine.activations import ActivationSession, ActivationSessions
 from service.engine.repository import ModelRepository
 from service.engine.runtime import RuntimeOptions
+from service.engine.work_pool import WorkPool
 from tests.support.models import lecture_graph, make_model_repo, write_model
 
 OPTIONS = RuntimeOptions(providers=("CPUExecutionProvider",))
+
+
+def new_sessions() -> ActivationSessions:
+    return ActivationSessions(OPTIONS, WorkPool(threads=1, max_waiting=0))  # threads on first use
 
 
 @pytest.fixture
@@ -29,7 +34,7 @@ def _session(
 ) -> ActivationSession:
     entry = repository.entry("cifar10_cnn")
     assert entry.card is not None
-    return (sessions or ActivationSessions(OPTIONS)).get(entry.card, entry.path, entry.layers)
+    return (sessions or new_sessions()).get(entry.card, entry.path, entry.layers)
 
 
 def _first_conv_in_numpy(image: np.ndarray) -> np.ndarray:
@@ -91,7 +96,7 @@ def test_session_is_built_once_and_the_classification_session_is_untouched(
 ) -> None:
     runtime = repository.get("cifar10_cnn")
     before = runtime.session
-    sessions = ActivationSessions(OPTIONS)
+    sessions = new_sessions()
     first = _session(repository, sessions)
     assert _session(repository, sessions) is first
     assert runtime.session is before
@@ -112,4 +117,4 @@ def test_a_model_without_layer_table_is_refused(repository: ModelRepository) -> 
     entry = repository.entry("tiny")
     assert entry.card is not None
     with pytest.raises(InvalidCard, match="ReduceMean"):
-        ActivationSessions(OPTIONS).get(entry.card, entry.path, entry.layers)
+        new_sessions().get(entry.card, entry.path, entry.layers)

@@ -47,6 +47,7 @@ from service.core.errors import (
 from service.core.shapes import MAX_LAYERS, format_table, layer_table
 from service.dataplane.dataplane import DataPlane
 from service.dataplane.kinds import require_image
+from service.engine.activations import Activation
 
 router = APIRouter(tags=["Explore"])
 
@@ -254,18 +255,20 @@ async def activations(
         raise UnsupportedMediaType(
             f"expected multipart/form-data or application/json, got {media_type(content_type)!r}"
         )
-    results = await plane.activations(runtime, image, [*(layer or []), *body_names])
-    work = plane.work
+    names = [*(layer or []), *body_names]
     if format == "png":
-        return Response(await work.run(render_feature_grid, results), media_type="image/png")
-    answer = {
-        "model_name": runtime.name,
-        "model_version": str(runtime.version),
-        "layers": [
+        png = await plane.activations(runtime, image, names, render_feature_grid)
+        return Response(png, media_type="image/png")
+
+    def encoded(results: list[Activation]) -> bytes:  # on the pool, with the run
+        layers = [
             {"name": a.layer.name, "type": a.layer.type, **_layer_json(a.values)} for a in results
-        ],
-    }
-    return Response(await work.run(dumps, answer), media_type=JSON)  # encoded off the loop
+        ]
+        return dumps(
+            {"model_name": runtime.name, "model_version": str(runtime.version), "layers": layers}
+        )
+
+    return Response(await plane.activations(runtime, image, names, encoded), media_type=JSON)
 
 
 # -- the page -------------------------------------------------------------------------------

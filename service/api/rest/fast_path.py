@@ -81,7 +81,9 @@ class FastInfer:
                 return
             carrier = asgi_carrier(scope["headers"])  # {} unless tracing is on
             with self.plane.trace_settings.request(name, carrier):
-                work = v2_infer(self.plane, name, version, body, content_type, header_length)
+                work = v2_infer(
+                    self.plane, name, version, body, content_type, header_length, browser
+                )
                 reply = await unless_disconnected(receive, work)
             if reply is None:  # the client left while its request waited: it never ran
                 return

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from service.api.rest.codec import decode_infer_request, encode_infer_response
 from service.api.rest.http_io import is_json_type
 from service.core.card import TensorSpec
-from service.core.errors import InvalidInput, UnsupportedMediaType
+from service.core.errors import Forbidden, InvalidInput, UnsupportedMediaType
 from service.core.limits import MAX_ELEMENTS, value_bounds
 from service.core.version_policy import parse_version
 from service.dataplane.dataplane import DataPlane
@@ -44,9 +44,12 @@ async def v2_infer(
     body: bytes,
     content_type: str | None,
     header_length: str | None,
+    browser: bool = False,
 ) -> InferReply:
     """Answer one v2 infer request (JSON, or the binary tensor extension when
-    ``Inference-Header-Content-Length`` is given)."""
+    ``Inference-Header-Content-Length`` is given). A ``browser``'s (Origin or Sec-Fetch-Site
+    sent) may not name shared memory: a page whose name was re-pointed at this host passes the
+    same-site check, and regions belong to the host's own clients."""
     runtime = plane.model(name, version)
     length: int | None = None
     if header_length is not None:
@@ -70,6 +73,8 @@ async def v2_infer(
         infer = await plane.work.run_decoding(
             json_size, light, decode_infer_request, body, length, max_rows, max_values, bounds
         )
+    if browser and _names_shared_memory(infer):
+        raise Forbidden("a browser's request may not name shared memory, a local client's")
     if infer.model_name is not None and infer.model_name != name:
         raise InvalidInput(
             f"the body's model_name {infer.model_name!r} contradicts the URL's model {name!r}"
@@ -83,6 +88,11 @@ async def v2_infer(
                 f"version {version!r}"
             )
     return await _reply(plane, infer, await plane.infer(runtime, infer))
+
+
+def _names_shared_memory(infer: InferRequest) -> bool:
+    inputs = any(t.shared_memory is not None for t in infer.inputs)
+    return inputs or any(o.shared_memory is not None for o in infer.outputs)
 
 
 async def _reply(plane: DataPlane, infer: InferRequest, response: InferResponse) -> InferReply:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 BATCH_ROWS = 512  # records per insert
 FLUSH_INTERVAL_S = 0.5  # how often the writer looks for records (a flush or close wakes it)
 PRUNE_INTERVAL_S = 60.0
+DRAIN_PASS_S = 1.0  # of writing before retention and the writer's CPU metric get their turn
 SIZE_CHECK_INTERVAL_S = 5.0  # the stored bytes (a few pragmas): a flood's rows land within it
 WARN_INTERVAL_S = 60.0
 # Bytes of outputs and captured images the queue may hold, beside its count of runs: a run of
@@ -175,29 +176,37 @@ class PredictionLog:
 
     def _run(self) -> None:
         thread_policy.apply(self._scheduling)  # a background writer never preempts the loop
+        more = False
         while True:
-            self._wake.wait(FLUSH_INTERVAL_S)
-            self._wake.clear()
+            if not more:
+                self._wake.wait(FLUSH_INTERVAL_S)
+                self._wake.clear()
             closing = self._closing  # read before draining: what came before it is written
             start = time.thread_time()
-            self._drain()
+            more = self._drain()
             self._maybe_prune()
             self.writer_cpu.inc(time.thread_time() - start)
-            if closing:
+            if closing and not more:
                 return
 
-    def _drain(self) -> None:
-        """Write what is pending, BATCH_ROWS per transaction; stop early while a failed batch
-        waits for its retry (the database is down: the next batches would fail too)."""
+    def _drain(self) -> bool:
+        """Write what is pending, BATCH_ROWS per transaction, for at most ``DRAIN_PASS_S``
+        (whether some is still pending: retention runs between passes, or a flood that kept
+        the writer busy grew the file without bound); stop early while a failed batch waits
+        for its retry (the database is down: the next batches would fail too)."""
         self._busy = True
+        end = time.monotonic() + DRAIN_PASS_S
         try:
             while self._held or self._pending:
+                if time.monotonic() >= end:
+                    return True
                 batch, self._held = self._held or self._next_batch(), []
                 error = self._write(batch)
                 if error is None:
                     self._held_since = None
                 elif self._hold(batch, error):
-                    return
+                    return False
+            return False
         finally:
             self._busy = False
 
@@ -253,7 +262,7 @@ class PredictionLog:
             self.prune()
         elif self.max_stored_bytes is not None and now - self._sized_at >= SIZE_CHECK_INTERVAL_S:
             self._sized_at = now
-            self._prune_to_bytes()
+            self._after_prune(self._prune_to_bytes())
 
     def prune(self) -> int:
         """Retention: records past PREDICTION_LOG_MAX_AGE_S or PREDICTION_LOG_MAX_ROWS go, and
@@ -265,7 +274,16 @@ class PredictionLog:
             log.warning("prediction log: pruning failed: %s", exc)
             return 0
         self.pruned.labels("retention").inc(count)
-        return count + self._prune_to_bytes()
+        return self._after_prune(count + self._prune_to_bytes())
+
+    def _after_prune(self, count: int) -> int:
+        """What a prune freed is in SQLite's WAL: write it back and empty the WAL."""
+        if count:
+            try:
+                store.checkpoint(self.engine)
+            except Exception as exc:
+                log.warning("prediction log: checkpoint after pruning failed: %s", exc)
+        return count
 
     def _prune_to_bytes(self) -> int:
         if self.max_stored_bytes is None:

@@ -347,6 +347,54 @@ def test_the_writer_checks_the_bytes_on_its_own_and_no_bound_drops_nothing(
         log.close(5.0)
 
 
+def test_a_writer_kept_busy_by_a_flood_still_keeps_the_file_within_its_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While answers came faster than the writer wrote them it never left its drain, and
+    retention never ran: 40 s of captured images grew a 50 MB bound to 1.9 GB (the tenth
+    audit's ``h1_disk_bound.py``)."""
+    monkeypatch.setattr("service.dataplane.prediction_log.SIZE_CHECK_INTERVAL_S", 0.0)
+    monkeypatch.setattr("service.dataplane.prediction_log.DRAIN_PASS_S", 0.05, raising=False)
+    insert = store.insert
+
+    def slow_insert(engine: sa.Engine, rows: list[store.Row]) -> None:
+        time.sleep(0.02)  # a disk slower than the answers coming in
+        insert(engine, rows)
+
+    monkeypatch.setattr(store, "insert", slow_insert)
+    log = PredictionLog(
+        store.database_url(None, tmp_path), CollectorRegistry(), 1000, 1.0, (3600, 10**6),
+        max_stored_bytes=128 * 1024,
+    )  # fmt: skip
+    noise = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    pruned, deadline = 0.0, time.monotonic() + 5
+    while not pruned and time.monotonic() < deadline:
+        log.record("flood", "tiny", 1, noise, {"probabilities": PROBABILITIES})
+        assert log._pending  # the writer never runs out of work
+        time.sleep(0.0002)  # and gets its turns at the interpreter
+        pruned = log.pruned.labels("bytes")._value.get()
+    assert pruned > 0, "no retention while the writer was kept busy"
+    log.close(5.0)
+
+
+def test_a_prune_leaves_no_large_wal_behind(tmp_path: Path) -> None:
+    """The pages a prune frees go through SQLite's WAL, which kept its largest size while the
+    server ran: 211 MB beside a 50 MB bound after a flood of captured images (the tenth
+    audit)."""
+    log = PredictionLog(
+        store.database_url(None, tmp_path), CollectorRegistry(), 10_000, 1.0, (3600, 10**6),
+        max_stored_bytes=64 * 1024,
+    )  # fmt: skip
+    noise = np.random.default_rng(3).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    for i in range(2000):  # 6,000 rows, 18 MB of incompressible pixels
+        log.record(f"r{i}", "tiny", 1, noise, {"probabilities": PROBABILITIES})
+    assert log.flush(30.0)
+    assert log.prune() > 5000
+    wal = tmp_path / "predictions.sqlite3-wal"
+    assert wal.stat().st_size < 1024 * 1024, wal.stat().st_size
+    log.close(5.0)
+
+
 def test_pruning_drops_unlabelled_rows_before_labelled_ones(tmp_path: Path) -> None:
     """Labels are what the retrain learns from; a flood of cheap requests past the cap pushed
     every labelled row out, oldest first, within minutes."""

@@ -32,6 +32,7 @@ BATCH_ROWS = 512  # records per insert
 FLUSH_INTERVAL_S = 0.5  # how often the writer looks for records (a flush or close wakes it)
 PRUNE_INTERVAL_S = 60.0
 DRAIN_PASS_S = 1.0  # of writing before retention and the writer's CPU metric get their turn
+ROW_BYTES = 100  # a row's stored bytes besides its id and captured image (about)
 SIZE_CHECK_INTERVAL_S = 5.0  # the stored bytes (a few pragmas): a flood's rows land within it
 WARN_INTERVAL_S = 60.0
 # Bytes of outputs and captured images the queue may hold, beside its count of runs: a run of
@@ -84,6 +85,7 @@ class PredictionLog:
         self._metrics(registry)
         self._warned_at = -WARN_INTERVAL_S
         self._pruned_at = self._sized_at = time.monotonic()
+        self._unsized = 0  # about the bytes written since the stored bytes were last checked
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()  # the writer and the monitor's threads connect
         # told of every batch written (the quality metrics), on the writer thread
@@ -198,7 +200,7 @@ class PredictionLog:
         end = time.monotonic() + DRAIN_PASS_S
         try:
             while self._held or self._pending:
-                if time.monotonic() >= end:
+                if time.monotonic() >= end or self._size_due():
                     return True
                 batch, self._held = self._held or self._next_batch(), []
                 error = self._write(batch)
@@ -234,6 +236,7 @@ class PredictionLog:
             self.write_errors.inc()
             return exc
         self.written.inc(len(batch))
+        self._unsized += sum(ROW_BYTES + len(row[0]) + len(row[7] or b"") for row in batch)
         if self.on_written is not None:
             try:
                 self.on_written(batch)
@@ -256,18 +259,27 @@ class PredictionLog:
         self._drop("write_failed", len(batch), error)
         return False
 
+    def _size_due(self) -> bool:
+        """An eighth of PREDICTION_LOG_MAX_BYTES written since the last check: at 40 MB/s of
+        captured images, a check every 5 s alone let the file grow 200 MB past the bound."""
+        bound = self.max_stored_bytes
+        return bound is not None and self._unsized >= bound // 8
+
     def _maybe_prune(self) -> None:
         now = time.monotonic()
         if now - self._pruned_at >= PRUNE_INTERVAL_S:
             self.prune()
-        elif self.max_stored_bytes is not None and now - self._sized_at >= SIZE_CHECK_INTERVAL_S:
-            self._sized_at = now
+        elif self.max_stored_bytes is not None and (
+            now - self._sized_at >= SIZE_CHECK_INTERVAL_S or self._size_due()
+        ):
+            self._sized_at, self._unsized = now, 0
             self._after_prune(self._prune_to_bytes())
 
     def prune(self) -> int:
         """Retention: records past PREDICTION_LOG_MAX_AGE_S or PREDICTION_LOG_MAX_ROWS go, and
         the oldest while the file holds more than PREDICTION_LOG_MAX_BYTES."""
         self._pruned_at = self._sized_at = time.monotonic()
+        self._unsized = 0
         try:
             count = store.prune(self.engine, self.max_age_s, self.max_rows)
         except Exception as exc:

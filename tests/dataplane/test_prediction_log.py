@@ -301,9 +301,12 @@ def test_the_queue_is_bounded_in_bytes_as_well_as_in_runs(tmp_path: Path) -> Non
     log.close(5.0)
 
 
-def test_the_file_is_kept_within_its_bytes_by_dropping_the_oldest_rows(tmp_path: Path) -> None:
+def test_the_file_is_kept_within_its_bytes_by_dropping_the_oldest_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Rows are what a client controls (a 128-character request id, captured images): a bound
     in rows alone let the file grow with them."""
+    monkeypatch.setattr(PredictionLog, "_size_due", lambda self: False)  # pruned here, below
     limit = 256 * 1024
     log = PredictionLog(
         store.database_url(None, tmp_path), CollectorRegistry(), 1000, 1.0, (3600, 10**6),
@@ -377,6 +380,25 @@ def test_a_writer_kept_busy_by_a_flood_still_keeps_the_file_within_its_bytes(
     log.close(5.0)
 
 
+def test_the_writer_checks_the_bytes_after_an_eighth_of_the_bound_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only every ``SIZE_CHECK_INTERVAL_S``: at 40 MB/s of captured images the file grew
+    200 MB past a 50 MB bound between two checks."""
+    monkeypatch.setattr("service.dataplane.prediction_log.SIZE_CHECK_INTERVAL_S", 3600.0)
+    log = PredictionLog(
+        store.database_url(None, tmp_path), CollectorRegistry(), 1000, 1.0, (3600, 10**6),
+        max_stored_bytes=128 * 1024,
+    )  # fmt: skip
+    noise = np.random.default_rng(4).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    for i in range(60):  # about 550 kB of pixels
+        log.record(f"r{i}", "tiny", 1, noise, {"probabilities": PROBABILITIES})
+    assert log.flush(5.0)
+    wait_until(lambda: log.pruned.labels("bytes")._value.get() > 0, 5.0, "a prune by bytes")
+    assert (store.stored_bytes(log.engine) or 0) <= 2 * 128 * 1024
+    log.close(5.0)
+
+
 def test_a_prune_leaves_no_large_wal_behind(tmp_path: Path) -> None:
     """The pages a prune frees go through SQLite's WAL, which kept its largest size while the
     server ran: 211 MB beside a 50 MB bound after a flood of captured images (the tenth
@@ -389,7 +411,8 @@ def test_a_prune_leaves_no_large_wal_behind(tmp_path: Path) -> None:
     for i in range(2000):  # 6,000 rows, 18 MB of incompressible pixels
         log.record(f"r{i}", "tiny", 1, noise, {"probabilities": PROBABILITIES})
     assert log.flush(30.0)
-    assert log.prune() > 5000
+    log.prune()  # and the writer's own as it wrote
+    assert log.pruned.labels("bytes")._value.get() > 5000
     wal = tmp_path / "predictions.sqlite3-wal"
     assert wal.stat().st_size < 1024 * 1024, wal.stat().st_size
     log.close(5.0)

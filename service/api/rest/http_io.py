@@ -3,17 +3,16 @@ of the error tree to HTTP), media types, and reading bodies and multipart forms.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import reprlib
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager
 from http import HTTPStatus
 from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import FormData, Headers
+from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import JSONResponse as StarletteJSONResponse
 
@@ -29,7 +28,6 @@ from service.core.errors import (
     UnsupportedMediaType,
 )
 from service.core.throttled_log import ThrottledLog
-from service.engine.work_pool import WorkPool
 
 log = logging.getLogger(__name__)
 # A 5xx a client can cause at will (503s of a full queue, a model's failures): one line per
@@ -106,63 +104,32 @@ async def read_json_body(request: Request, max_bytes: int = SMALL_BODY_BYTES) ->
     return body
 
 
-INLINE_FORM_PARTS = 16  # a form of more parts is parsed on the pool: 1,024 held the loop 16-23 ms
-
-
 @asynccontextmanager
 async def multipart_form(
-    request: Request,
-    work: WorkPool,
-    max_files: int,
-    too_many: str,
-    max_bytes: int,
-    max_fields: int = 100,
+    request: Request, max_files: int, too_many: str, max_bytes: int, max_fields: int = 100
 ) -> AsyncIterator[FormData]:
     """The request's multipart form, closed on exit; more than ``max_files`` files is a 413
     saying ``too_many``, a malformed form a 400.
 
-    The body is read first (the body limit bounds it) and a form of many parts parsed on the
-    work pool: the parser's Python callbacks cost about 20 us a part. Uploaded files are kept
-    in memory up to ``max_bytes`` (the body limit, which bounds them anyway), never spooled to
-    a temporary file: a container's /tmp is small (deploy/k8s gives it 64 MiB) and shared by
-    every request.
+    Uploaded files are kept in memory up to ``max_bytes`` (the body limit, which bounds them
+    anyway), never spooled to a temporary file: a container's /tmp is small (deploy/k8s gives it
+    64 MiB) and shared by every request.
     """
-    async with aclosing(request.stream()) as stream:  # not kept by the request, as body() is
-        body = b"".join([chunk async for chunk in stream])
-    light = body.count(b"\r\n--") <= INLINE_FORM_PARTS  # the parts after the first, and the end
-    limits = (max_files, max_fields, max_bytes)
     try:
-        if light:
-            form = await _parse_form(request.headers, body, *limits)
-        else:
-            form = await work.run(_parse_form_apart, request.headers, body, *limits)
+        async with aclosing(request.stream()) as stream:
+            parser = MultiPartParser(
+                request.headers, stream, max_files=max_files, max_fields=max_fields
+            )
+            parser.spool_max_size = max_bytes
+            form = await parser.parse()
     except MultiPartException as exc:
         if "Too many files" in exc.message:
             raise PayloadTooLarge(too_many) from None
         raise InvalidInput(f"malformed multipart form: {exc.message}") from None
-    del body  # the files are copies
     try:
         yield form
     finally:
         await form.close()
-
-
-async def _parse_form(
-    headers: Headers, body: bytes, max_files: int, max_fields: int, max_bytes: int
-) -> FormData:
-    """Starlette's multipart parser over a body already read: it never waits (the body is
-    whole, the files stay in memory), so it runs as well in an event loop of its own."""
-
-    async def whole() -> AsyncGenerator[bytes]:
-        yield body
-
-    parser = MultiPartParser(headers, whole(), max_files=max_files, max_fields=max_fields)
-    parser.spool_max_size = max_bytes
-    return await parser.parse()
-
-
-def _parse_form_apart(headers: Headers, body: bytes, *limits: int) -> FormData:
-    return asyncio.run(_parse_form(headers, body, *limits))
 
 
 Body = TypeVar("Body", bound=BaseModel)

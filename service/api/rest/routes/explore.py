@@ -170,9 +170,7 @@ async def _multipart_image(
     request: Request, plane: DataPlane, size: tuple[int, int]
 ) -> tuple[np.ndarray, list[str]]:
     max_bytes = plane.settings.max_request_bytes
-    async with multipart_form(
-        request, plane.work, 2, "one image per request", max_bytes, 20
-    ) as form:
+    async with multipart_form(request, 2, "one image per request", max_bytes, 20) as form:
         files = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
         if len(files) != 1:
             raise UnprocessableInput(

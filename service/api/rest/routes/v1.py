@@ -179,7 +179,7 @@ async def classify(request: Request, plane: Plane, name: str, top_k: TopK = None
     limit = plane.settings.max_images_per_request
     too_many = f"more than the limit of {limit} images"
     max_bytes = plane.settings.max_request_bytes
-    async with multipart_form(request, plane.work, limit, too_many, max_bytes) as form:
+    async with multipart_form(request, limit, too_many, max_bytes) as form:
         uploads = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
         if not uploads:
             raise InvalidInput("no image files in the form (send -F file=@image.png)")

@@ -155,7 +155,12 @@ class WorkPool:
                 then()
             raise Overloaded("the server is busy decoding other requests; retry shortly")
         loop = asyncio.get_running_loop()
-        job = submit()
+        try:
+            job = submit()
+        except BaseException:  # a closed pool, no thread to start: nothing will finish
+            if then is not None:
+                then()
+            raise
         self._taken += 1
         job.add_done_callback(lambda _: self._finished(loop, then))
         try:

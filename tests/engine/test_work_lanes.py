@@ -101,3 +101,14 @@ async def test_a_job_the_pool_refuses_gives_its_place_back() -> None:
         assert await lane.run(str, 3) == "3"
     finally:
         pool.close()
+
+
+@pytest.mark.anyio
+async def test_a_job_that_cannot_be_submitted_gives_its_place_back() -> None:
+    """A closed pool (shutdown) refuses the job at submit: the lane's place came back never."""
+    pool = WorkPool(threads=1, max_waiting=0)
+    lane = pool.lane(1, 0, "busy")
+    pool.close()
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="shutdown"):
+            await lane.run(str, 1)

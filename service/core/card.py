@@ -16,6 +16,7 @@ from typing import Any
 
 from service.core.datatypes import DATATYPES
 from service.core.errors import InvalidCard, file_problem
+from service.core.regular_files import MAX_JSON_BYTES, read_regular
 
 CARD_FILE = "card.json"
 MODEL_FILE = "model.onnx"
@@ -172,7 +173,7 @@ def read_card(version_dir: Path) -> ModelCard:
     """Read and validate ``card.json`` in a version folder."""
     path = version_dir / CARD_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_regular(path, MAX_JSON_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise InvalidCard(f"{CARD_FILE}: no card beside the model") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from service.core.errors import InvalidConfig, ModelNotFound, file_problem, shown
+from service.core.regular_files import MAX_JSON_BYTES, read_regular
 
 CONFIG_FILE = "config.json"
 PolicyKind = Literal["latest", "all", "specific"]
@@ -99,7 +100,7 @@ def read_model_config(model_dir: Path) -> VersionPolicy | None:
     """The policy in ``<model>/config.json``, or None when there is no such file."""
     path = model_dir / CONFIG_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_regular(path, MAX_JSON_BYTES).decode("utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -22,6 +22,7 @@ from onnx import shape_inference
 from service.core.card import MODEL_FILE, ModelCard
 from service.core.errors import InvalidCard, ServingError, UnprocessableInput
 from service.core.layer_specs import Shape
+from service.core.regular_files import MAX_MODEL_BYTES, read_regular
 from service.engine.layers import LayerReport
 from service.engine.providers import resolve_providers
 from service.engine.runtime import GRAPH_OPTIMIZATION, RuntimeOptions
@@ -157,7 +158,7 @@ class ActivationSessions:
             if report is None:
                 raise InvalidCard(f"model {card.name!r} has no layer table")
             try:
-                model_bytes = (folder / MODEL_FILE).read_bytes()
+                model_bytes = read_regular(folder / MODEL_FILE, MAX_MODEL_BYTES)
             except OSError as exc:
                 raise InvalidCard(f"cannot read {MODEL_FILE}: {exc.strerror}") from None
             if hashlib.sha256(model_bytes).hexdigest() != key[1]:

@@ -21,6 +21,7 @@ from service.core.card import (
     read_card,
 )
 from service.core.errors import InvalidCard, InvalidConfig, ServingError
+from service.core.regular_files import MAX_MODEL_BYTES, read_regular
 from service.engine.config_card import check_card_and_config, config_card
 from service.engine.layers import LayerReport, read_layers
 from service.engine.providers import provider_problem
@@ -159,7 +160,7 @@ def check_inside(path: Path, root: Path) -> None:
 
 def _read_model(path: Path) -> bytes:
     try:
-        return (path / MODEL_FILE).read_bytes()
+        return read_regular(path / MODEL_FILE, MAX_MODEL_BYTES)
     except FileNotFoundError:
         raise InvalidCard(f"no {MODEL_FILE} in the version folder") from None
     except OSError as exc:

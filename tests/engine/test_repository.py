@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -216,3 +218,22 @@ def test_a_loads_options_stay_through_polls_until_a_load_without_them(tmp_path: 
     repository.load_model("tiny")
     assert repository.get("tiny").options == CPU_ONLY
     repository.close()
+
+
+@pytest.mark.parametrize("file", [CARD_FILE, MODEL_FILE, "config.json"])
+def test_a_fifo_in_place_of_a_repository_file_is_refused_without_blocking(
+    tmp_path: Path, file: str
+) -> None:
+    """Opening a FIFO waits for a writer that never comes: the poll, every repository call
+    waiting on it, a restarted worker and shutdown with it (the eleventh audit)."""
+    root = make_model_repo(tmp_path, {"tiny": [1]}, lecture=False)
+    target = root / "tiny" / file if file == "config.json" else root / "tiny" / "1" / file
+    target.unlink(missing_ok=True)
+    os.mkfifo(target)
+    loaded: list[ModelRepository] = []
+    worker = threading.Thread(target=lambda: loaded.append(load(root)), daemon=True)
+    worker.start()
+    worker.join(30)
+    assert loaded, f"the repository's load blocked on a FIFO {file}"
+    reasons = [entry["reason"] for entry in loaded[0].index()]
+    assert any("not a regular file" in reason for reason in reasons), reasons

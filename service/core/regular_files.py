@@ -1,0 +1,31 @@
+"""The model repository's files read without blocking and within a size. A FIFO put in the
+place of ``card.json``, ``config.json`` or ``model.onnx`` blocked the thread opening it until
+some process wrote to it, which none did: the repository poll, every repository call waiting on
+it, a restarted worker's start and shutdown with it (the eleventh audit). ``config.pbtxt`` and
+label files are read the same way (``engine.triton_config``)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+MAX_JSON_BYTES = 1024 * 1024  # a card or config.json is a few kB; 40 MB of one held the loop 1.2 s
+# protobuf's bound on one message: a larger model.onnx keeps its weights in external data files
+MAX_MODEL_BYTES = 2**31 - 1
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file at ``path``, at most ``limit`` of them; an ``OSError``
+    whose ``strerror`` says why not (``FileNotFoundError`` where there is none)."""
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as fh:  # no wait for a writer
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if st.st_size > limit:
+            raise OSError(errno.EFBIG, f"{st.st_size} bytes, over the limit of {limit}")
+        data = fh.read(limit + 1)
+    if len(data) > limit:  # grown since
+        raise OSError(errno.EFBIG, f"over the limit of {limit} bytes")
+    return data

@@ -68,7 +68,10 @@ def connect(url: str) -> Engine:
         database = sa.engine.make_url(url).database
         # A "file:" URI (uri=true) names its file itself: no folder to make for it.
         if database and database != ":memory:" and not database.startswith("file:"):
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # as a database that cannot be opened: retried, a 503
+                raise sa.exc.OperationalError("mkdir", None, OSError(exc.strerror)) from None
         engine = sa.create_engine(url, connect_args={"timeout": 2.0})
 
         @sa.event.listens_for(engine, "connect")

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
 from service.core import quality
@@ -158,6 +159,8 @@ class QualityMonitor:
             rows = store.window_counts(
                 prediction_log.engine, name, version, window.since, window.until, quality.BINS
             )
+        except sa.exc.OperationalError as exc:  # locked, gone, or its folder cannot be made
+            raise Overloaded(f"the prediction log's database cannot be read ({exc.orig})") from None
         finally:
             self.budget.spend(time.perf_counter() - start)
         return build_report(card, window, rows, self.threshold)

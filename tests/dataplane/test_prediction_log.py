@@ -479,3 +479,14 @@ def test_two_workers_pruning_from_the_same_count_cut_at_the_same_row(tmp_path: P
         "r9",
         "r10",
     ]
+
+
+def test_a_data_dir_that_cannot_be_made_is_a_database_that_cannot_be_opened(
+    tmp_path: Path,
+) -> None:
+    """Retried by the writer and a 503 to feedback and the monitor, as a database that is down:
+    the folder's ``NotADirectoryError`` was a 500 (the tenth audit's ``h4b``)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(sa.exc.OperationalError, match="Not a directory"):
+        store.connect(store.database_url(None, blocker / "data"))

@@ -18,7 +18,7 @@ from service.dataplane import prediction_store as store
 from service.dataplane.prediction_log import PredictionLog
 from service.dataplane.prediction_rows import top1
 from service.engine.thread_policy import ThreadScheduling
-from tests.support.feedback_log import label_ids
+from tests.support.feedback_log import assert_provenance_column_is_added, label_ids
 from tests.support.servers import wait_until
 
 PIXELS = np.zeros((3, 32, 32, 3), dtype=np.uint8)
@@ -408,3 +408,8 @@ def test_two_workers_pruning_from_the_same_count_cut_at_the_same_row(tmp_path: P
         "r9",
         "r10",
     ]
+
+
+def test_a_log_made_before_provenance_gets_its_column_on_open(tmp_path: Path) -> None:
+    """``create_all`` leaves an existing table as it is: labelling an upgraded log failed."""
+    assert_provenance_column_is_added(f"sqlite:///{tmp_path / 'old.sqlite3'}")

@@ -51,7 +51,9 @@ class QualitySettings(BaseSettings):
         "before it is dropped (0: dropped at once); new answers wait in the queue meanwhile.",
     )
     feedback_open: bool = Field(
-        default=False, description="POST /v1/feedback for anyone, not only admins (token/loopback)."
+        default=False,
+        description="POST /v1/feedback for anyone, not only admins (token/loopback); their labels "
+        "are recorded as open: the retrain trains on them only with --feedback-open-labels.",
     )
     monitor_window_s: float = Field(
         default=3600.0, gt=0, description="The monitor's default window over the log, in seconds."

@@ -37,6 +37,7 @@ from training.config import TrainConfig, config_from_args
 from training.distributed import barrier, stop, world_from_env
 from training.experiments import EXPERIMENT_COMMANDS, add_experiment_commands
 from training.feedback import DEFAULT_CAP_PER_CLASS, DEFAULT_HOLDOUT_SHARE
+from training.holdout_key import KEY_FILE
 from training.pipeline import (
     Trained,
     calibrate_run,
@@ -130,20 +131,33 @@ def _feedback_arguments(retrain: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_HOLDOUT_SHARE,
         help="share of feedback images held out of training to judge the candidate, chosen by "
-        f"their pixels' hash (default: {DEFAULT_HOLDOUT_SHARE})",
+        f"their pixels' hash keyed with --feedback-key (default: {DEFAULT_HOLDOUT_SHARE})",
+    )
+    retrain.add_argument(
+        "--feedback-key",
+        type=Path,
+        help="the secret file that keys the hold-out's hash, made on first use (default: "
+        f"<repository>/{KEY_FILE}); keep it, or the split is drawn anew",
+    )
+    retrain.add_argument(
+        "--feedback-open-labels",
+        action="store_true",
+        help="also train on labels not given by an admin (FEEDBACK_OPEN's, or from a log made "
+        "before it recorded who labelled): anyone's labels then decide what the model learns",
     )
     retrain.add_argument(
         "--feedback-cap",
         type=int,
         default=DEFAULT_CAP_PER_CLASS,
-        help=f"most feedback images per class, the newest kept (default: {DEFAULT_CAP_PER_CLASS})",
+        help="most feedback images per class: admins' first, the rest a keyed sample "
+        f"(default: {DEFAULT_CAP_PER_CLASS})",
     )
     retrain.add_argument(
         "--min-holdout",
         type=int,
         default=MIN_HOLDOUT,
-        help="fewer held-out feedback images are reported as too few to judge and decide nothing "
-        f"(default: {MIN_HOLDOUT})",
+        help="fewer held-out feedback images block publishing when feedback was trained on "
+        f"(0: never) and decide nothing otherwise (default: {MIN_HOLDOUT})",
     )
 
 
@@ -212,6 +226,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_retrain(args: argparse.Namespace) -> None:
     from training.feedback import read_feedback
+    from training.holdout_key import holdout_key
     from training.publish import publish
     from training.retrain import gate_candidate, keep_rejected
 
@@ -224,10 +239,13 @@ def cmd_retrain(args: argparse.Namespace) -> None:
         feedback = read_feedback(
             args.feedback,
             args.name,
+            key=holdout_key(args.feedback_key or args.repository / KEY_FILE),
             cap_per_class=args.feedback_cap,
             holdout_share=args.feedback_holdout,
+            open_labels=args.feedback_open_labels,
         )
         print(f"Feedback: {json.dumps(feedback.summary)}")
+        print(feedback.whose())
     trained = train_and_export(args, run_config(args), feedback.train if feedback else None)
     if trained is None:  # not rank 0: rank 0 gates and publishes
         return
@@ -240,6 +258,7 @@ def cmd_retrain(args: argparse.Namespace) -> None:
         test,
         feedback.holdout if feedback else None,
         vars(args),
+        len(feedback.train) if feedback else 0,
     )
     fields["metrics"]["quality_gate"] = gate.as_dict()
     if feedback is not None:

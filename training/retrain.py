@@ -28,7 +28,7 @@ REJECTED_DIR = ".rejected"  # hidden: the service never takes it for a model
 
 
 NOISE_Z = 1.96  # a difference beyond 1.96 standard errors: worse than chance explains (95 %)
-MIN_HOLDOUT = 30  # fewer held-out feedback images than this are reported as too few to judge
+MIN_HOLDOUT = 30  # fewer held-out feedback images than this cannot judge; block if trained on
 
 
 @dataclass(frozen=True)
@@ -93,14 +93,19 @@ class GateResult:
 
 
 def feedback_verdict(
-    comparison: Comparison | None, max_regression: float, min_images: int = MIN_HOLDOUT
+    comparison: Comparison | None,
+    max_regression: float,
+    min_images: int = MIN_HOLDOUT,
+    trained_on: int = 0,
 ) -> tuple[bool, str, dict[str, Any] | None]:
     """(blocks, what was found, the card's record) for the held-out feedback.
 
     The held-out set is small (hundreds), so the noise there is larger than the tolerance: the
     candidate is refused only when it is worse by more than ``max_regression`` plus 1.96 standard
-    errors. Under ``min_images`` images the set is reported as too small to judge and decides
-    nothing.
+    errors. Under ``min_images`` images the set cannot judge: that blocks when the candidate
+    trained on ``trained_on`` > 0 feedback images (a labeller who kept its 20,000 images out of
+    the held-out set had this gate pass a backdoored model as "too small to judge"), and
+    decides nothing when it trained on none.
     """
     if comparison is None:
         return False, "", None
@@ -112,6 +117,17 @@ def feedback_verdict(
         f"vs served {comparison.served_accuracy:.4f}, difference {comparison.difference:+.4f} "
         f"+/- {NOISE_Z * comparison.standard_error:.4f}"
     )
+    if comparison.images < min_images and trained_on > 0:
+        record["verdict"] = f"too small to check {trained_on} feedback images trained on"
+        return (
+            True,
+            (
+                f"{where}: under the minimum of {min_images} held-out images, too few to check "
+                f"what the {trained_on} feedback images trained on taught the candidate (label "
+                "more, or retrain without --feedback; --min-holdout 0 waives it knowingly)"
+            ),
+            record,
+        )
     if comparison.images < min_images:
         record["verdict"] = f"too small to judge (under {min_images} images)"
         return False, f"; {where}: too small to judge (under {min_images} images)", record
@@ -132,11 +148,15 @@ def quality_gate(
     test: Comparison | None = None,
     feedback: Comparison | None = None,
     min_holdout: int = MIN_HOLDOUT,
+    feedback_trained: int = 0,
 ) -> GateResult:
     """Pass when test accuracy >= ``min_accuracy`` and >= served accuracy - ``max_regression``
     (on the same images, as today's gate), and the candidate is not worse on the held-out
-    feedback beyond the tolerance and its noise (``feedback_verdict``)."""
-    blocks, found, record = feedback_verdict(feedback, max_regression, min_holdout)
+    feedback beyond the tolerance and its noise, which must be large enough to judge when
+    ``feedback_trained`` feedback images were trained on (``feedback_verdict``)."""
+    blocks, found, record = feedback_verdict(
+        feedback, max_regression, min_holdout, feedback_trained
+    )
     paired = test.as_dict() if test is not None else None
     args = (candidate_accuracy, min_accuracy, max_regression, served_version, served_accuracy)
     rest = (paired, record)
@@ -150,7 +170,9 @@ def quality_gate(
         )
         return GateResult(False, reason, *args, *rest)
     if blocks:
-        return GateResult(False, f"{found} than served version {served_version}", *args, *rest)
+        worse = record is not None and record["verdict"] == "worse beyond the noise"
+        versus = f" than served version {served_version}" if worse else ""
+        return GateResult(False, f"{found}{versus}", *args, *rest)
     noise = (
         f" (difference {test.difference:+.4f} +/- {NOISE_Z * test.standard_error:.4f})"
         if test is not None
@@ -195,11 +217,13 @@ def gate_candidate(
     test: Split,
     holdout: Split | None,
     limits: Mapping[str, Any],
+    feedback_trained: int = 0,
 ) -> GateResult:
     """Score the candidate graph against the served version (the newest readable one) on the
     test split and the held-out feedback, print the figures, and decide.
 
-    ``limits``: ``min_accuracy``, ``max_regression`` and ``min_holdout``.
+    ``limits``: ``min_accuracy``, ``max_regression`` and ``min_holdout``;
+    ``feedback_trained``: the feedback images the candidate trained on.
     """
     served = served_version(model_dir)
     test_cmp = feedback_cmp = None
@@ -226,6 +250,7 @@ def gate_candidate(
         test=test_cmp,
         feedback=feedback_cmp,
         min_holdout=limits["min_holdout"],
+        feedback_trained=feedback_trained,
     )
 
 

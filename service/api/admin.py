@@ -97,6 +97,16 @@ def check_admin(
     log.info("%s for client %r (%s)", what, who.client, how)
 
 
+def admits(settings: Settings, who: Caller, authorization: str, host: str | None) -> bool:
+    """Whether ``check_admin`` would admit the call, neither logged nor raised: for a route open
+    to anyone (``FEEDBACK_OPEN``) that records whether an admin made it."""
+    try:
+        _admission(settings, who, authorization, host)
+    except ServingError:
+        return False
+    return True
+
+
 def _scheme_host_port(url: str) -> tuple[str, str, int | None] | None:
     """(scheme, host, port or the scheme's default) of ``url``; None if it names no host."""
     try:

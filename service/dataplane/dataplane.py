@@ -269,13 +269,13 @@ class DataPlane:
         """The id a run records the answer under (``logged_id``); None with the log off."""
         return None if self.prediction_log is None else logged_id(id)
 
-    async def feedback(self, items: Sequence[Feedback]) -> int:
-        """Label answered images (404 unknown id, 422 bad label); the records labelled."""
+    async def feedback(self, items: Sequence[Feedback], by: str) -> int:
+        """Label answered images as given ``by`` ADMIN or OPEN (404 unknown id, 422 bad label)."""
         log = self.prediction_log
         if log is None:
             raise PredictionLogOff("the prediction log is off (PREDICTION_LOG=false)")
         names = names_or_empty(lambda name, version: self._class_names(name, version))
-        return await self.monitor.on_its_pool(apply_feedback, log, items, names)
+        return await self.monitor.on_its_pool(apply_feedback, log, items, names, by)
 
     async def monitor_report(
         self, name: str, version: str | None, window_s: float | None

@@ -1,7 +1,8 @@
 """Feedback: the true class of answered images, written onto their prediction log records.
 
 A label is a class name or index of the model that answered; a repeat is idempotent and a
-different label for the same record replaces the earlier one (the last one wins)."""
+different label for the same record replaces the earlier one (the last one wins). Each label
+records who gave it (``prediction_store.ADMIN`` or ``OPEN``): the retrain trusts admins' only."""
 
 from __future__ import annotations
 
@@ -46,9 +47,11 @@ def apply_feedback(
     log: PredictionLog,
     items: Sequence[Feedback],
     class_names: Callable[[str, int], Sequence[str]],
+    by: str,
 ) -> int:
     """Check every item (404 unknown id, 422 bad label), then label the newest record of each
-    (id, item) in one transaction; a pair given twice takes its last label. The records
+    (id, item) in one transaction, as given ``by`` ADMIN or OPEN; a pair given twice takes its
+    last label. The records
     labelled. Runs off the event loop: it waits for queued records and talks to the database,
     whose lock held by another writer is a 503, not a 500."""
     last = {(f.id, f.item): f.label for f in items}
@@ -61,7 +64,7 @@ def apply_feedback(
                 raise RecordNotFound(f"no prediction with id {id[:128]!r} and item {item}")
             row, model, version = where
             labels.append((row, class_index(label, class_names(model, version))))
-        store.label(log.engine, labels)
+        store.label(log.engine, labels, by)
     except store.RecordsGone:
         raise RecordNotFound("a record was pruned by retention while it was labelled") from None
     except sa.exc.OperationalError as exc:  # locked past its wait, or gone

@@ -32,6 +32,8 @@ PREDICTIONS = sa.Table(
     sa.Column("image", sa.LargeBinary, nullable=True),  # 32x32x3 uint8 (captured_images)
     sa.Column("label", sa.Integer, nullable=True),  # class index from feedback; last one wins
     sa.Column("labelled_at", sa.Float, nullable=True),
+    # who gave the label (ADMIN or OPEN): the retrain trains on admins' labels only by default
+    sa.Column("labelled_by", sa.String(8), nullable=True),
     # the monitor reads one version's window: a range scan of this index, not of the table
     sa.Index("predictions_model_version_time", "model", "version", "time"),
     # feedback finds an id's newest record of an item here: with the id alone indexed, labelling
@@ -53,6 +55,9 @@ WAL_KEPT_BYTES = 16 * 1024 * 1024  # the WAL is cut back to this once checkpoint
 COLUMNS = ("request_id", "item", "model", "version", "time", "top1", "top1_probability", "image")
 Row = tuple[str, int, str, int, float, int, float, bytes | None]
 Record = tuple[int, str, int]  # a record's row (its key), model and version
+ADMIN = "admin"  # labelled by the admin token's holder (or ADMIN_LOOPBACK's local client)
+OPEN = "open"  # labelled by anyone, through FEEDBACK_OPEN
+ADDED_COLUMNS = ("labelled_by",)  # columns a table made before them gets on open
 
 
 def database_url(url: str | None, data_dir: Path) -> str:
@@ -93,7 +98,25 @@ def connect(url: str) -> Engine:
     for index in PREDICTIONS.indexes:  # a table made before an index was added gets it too
         with contextlib.suppress(sa.exc.DBAPIError):  # made by a replica meanwhile
             index.create(engine, checkfirst=True)
+    _add_columns(engine)
     return engine
+
+
+def _add_columns(engine: Engine) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` for each of ADDED_COLUMNS a log made before it lacks
+    (``create_all`` leaves an existing table as it is); its old rows hold NULL there."""
+    present = {column["name"] for column in sa.inspect(engine).get_columns(PREDICTIONS.name)}
+    quote = engine.dialect.identifier_preparer
+    for name in ADDED_COLUMNS:
+        if name in present:
+            continue
+        column = PREDICTIONS.c[name]
+        kind = column.type.compile(dialect=engine.dialect)
+        statement = (
+            f"ALTER TABLE {quote.format_table(PREDICTIONS)} ADD COLUMN {quote.quote(name)} {kind}"
+        )
+        with contextlib.suppress(sa.exc.DBAPIError), engine.begin() as connection:
+            connection.exec_driver_sql(statement)  # a replica may have added it meanwhile
 
 
 def insert(engine: Engine, rows: Sequence[Row]) -> None:
@@ -299,15 +322,15 @@ class RecordsGone(Exception):
     """Records found a moment before were pruned before their labels were written."""
 
 
-def label(engine: Engine, labels: Sequence[tuple[int, int]]) -> None:
-    """Set (record's row, class index) labels in one transaction, all or none (``RecordsGone``
-    when a row is no longer there: retention pruned it since it was found); a repeat
-    overwrites."""
+def label(engine: Engine, labels: Sequence[tuple[int, int]], by: str) -> None:
+    """Set (record's row, class index) labels given ``by`` ADMIN or OPEN in one transaction, all
+    or none (``RecordsGone`` when a row is no longer there: retention pruned it since it was
+    found); a repeat overwrites, its giver too."""
     table = PREDICTIONS
     statement = (
         table.update()
         .where(table.c.row == sa.bindparam("at"))
-        .values(label=sa.bindparam("index"), labelled_at=time.time())
+        .values(label=sa.bindparam("index"), labelled_at=time.time(), labelled_by=by)
     )
     with engine.begin() as connection:
         result = connection.execute(statement, [{"at": row, "index": i} for row, i in labels])

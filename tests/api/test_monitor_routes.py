@@ -179,7 +179,7 @@ async def test_feedback_runs_on_the_monitors_bounded_pool_not_the_default_execut
         time.sleep(0.2)
 
     monkeypatch.setattr("service.dataplane.dataplane.apply_feedback", slow_feedback)
-    calls = [plane.feedback([Feedback("x", 0)]) for _ in range(20)]
+    calls = [plane.feedback([Feedback("x", 0)], "admin") for _ in range(20)]
     results = await asyncio.gather(*calls, return_exceptions=True)
     refused = [r for r in results if isinstance(r, Overloaded)]
     assert len(refused) == 20 - 10  # 2 threads and 8 waiting: the monitor's pool

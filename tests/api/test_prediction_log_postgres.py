@@ -26,7 +26,7 @@ from service.core.logs import MAX_ID_LENGTH
 from service.dataplane import prediction_store as store
 from service.dataplane.prediction_log import PredictionLog
 from tests.support.apps import ADMIN, ADMIN_TOKEN
-from tests.support.feedback_log import label_ids
+from tests.support.feedback_log import assert_provenance_column_is_added, label_ids
 from tests.support.models import make_model_repo
 from tests.support.postgres import Postgres, postgres  # noqa: F401 (a fixture)
 from tests.support.servers import ServerProcess, server_process, service_command, wait_until
@@ -267,3 +267,9 @@ def test_pruning_on_postgres_keeps_labels_and_leaves_its_size_to_the_database(
     assert sorted(logged_ids(engine.url.render_as_string(hide_password=False))) == ["r2", "r6"]
     assert store.stored_bytes(engine) is None and store.prune_to_bytes(engine, 1) == 0
     engine.dispose()
+
+
+def test_a_postgres_log_made_before_provenance_gets_its_column_on_open(
+    postgres: Postgres,  # noqa: F811
+) -> None:
+    assert_provenance_column_is_added(postgres.new_database())

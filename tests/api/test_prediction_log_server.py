@@ -151,6 +151,31 @@ def test_feedback_open_admits_anyone(tmp_path: Path, data_dir: Path) -> None:
         assert all(abs(other - first) > 2**32 for other in rest)
 
 
+def test_the_log_records_whether_an_admin_or_an_open_labeller_gave_each_label(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """With FEEDBACK_OPEN one client with nothing but infer and feedback calls displaced every
+    honest label in the retrain's feedback: nothing told its labels from an admin's."""
+    repo = make_model_repo(tmp_path, lecture=False)
+    with running_server(make_settings(repo, feedback_open=True), grpc=False) as running:
+        url = f"http://{running.address}"
+        ids = [httpx.post(f"{url}/v2/models/tiny/infer", json=V2_BODY) for _ in range(3)]
+        admin, anyone, wrong = (r.headers["x-request-id"] for r in ids)
+        given = httpx.post(f"{url}/v1/feedback", json={"id": admin, "label": 1}, headers=AUTH)
+        assert given.status_code == 200, given.text
+        assert httpx.post(f"{url}/v1/feedback", json={"id": anyone, "label": 2}).status_code == 200
+        bad_token = {"Authorization": "Bearer not-the-token"}  # refused, not taken as open
+        body = {"id": wrong, "label": 0}
+        assert httpx.post(f"{url}/v1/feedback", json=body, headers=bad_token).status_code == 403
+        # an admin's relabel makes the record the admin's, an open one makes it open again
+        relabel = httpx.post(f"{url}/v1/feedback", json={"id": anyone, "label": 2}, headers=AUTH)
+        assert relabel.status_code == 200
+        by = {r["request_id"]: (r["label"], r["labelled_by"]) for r in rows(data_dir)}
+        assert by == {admin: (1, "admin"), anyone: (2, "admin"), wrong: (None, None)}
+        assert httpx.post(f"{url}/v1/feedback", json={"id": admin, "label": 3}).status_code == 200
+        assert {r["request_id"]: r["labelled_by"] for r in rows(data_dir)}[admin] == "open"
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda inner: (

@@ -52,17 +52,17 @@ def test_the_newest_record_of_a_reused_id_is_labelled_not_every_one(log: Predict
     have had all its earlier records relabelled."""
     store.insert(log.engine, [record("x", i % 3) for i in range(3000)] + [record("y", 0)])
     items = [Feedback("x", "dog", 0), Feedback("x", 2, 1), Feedback("x", "ship", 2)]
-    assert apply_feedback(log, items, names) == 3
+    assert apply_feedback(log, items, names, store.ADMIN) == 3
     assert labelled(log) == [(2998, "x", 0, 1), (2999, "x", 1, 2), (3000, "x", 2, 2)]
 
 
 def test_a_pair_given_twice_in_one_body_takes_its_last_label(log: PredictionLog) -> None:
     store.insert(log.engine, [record("a", 0), record("a", 1)])
     items = [Feedback("a", "cat"), Feedback("a", "ship"), Feedback("a", "dog", 1)]
-    assert apply_feedback(log, items, names) == 2
+    assert apply_feedback(log, items, names, store.ADMIN) == 2
     assert labelled(log) == [(1, "a", 0, 2), (2, "a", 1, 1)]
     with pytest.raises(RecordNotFound):  # checked whole: nothing of this body is labelled
-        apply_feedback(log, [Feedback("a", "cat"), Feedback("a", "cat", 7)], names)
+        apply_feedback(log, [Feedback("a", "cat"), Feedback("a", "cat", 7)], names, store.ADMIN)
     assert labelled(log) == [(1, "a", 0, 2), (2, "a", 1, 1)]
 
 
@@ -74,11 +74,11 @@ def test_a_database_locked_by_another_writer_is_a_503_not_a_500(
     other.execute("BEGIN IMMEDIATE")  # the write lock, held past feedback's 2 s wait
     try:
         with pytest.raises(Overloaded, match="database is busy"):
-            apply_feedback(log, [Feedback("a", "cat")], names)
+            apply_feedback(log, [Feedback("a", "cat")], names, store.ADMIN)
     finally:
         other.rollback()
         other.close()
-    assert apply_feedback(log, [Feedback("a", "cat")], names) == 1
+    assert apply_feedback(log, [Feedback("a", "cat")], names, store.ADMIN) == 1
 
 
 def test_a_record_another_worker_writes_a_moment_later_is_found(log: PredictionLog) -> None:
@@ -88,7 +88,7 @@ def test_a_record_another_worker_writes_a_moment_later_is_found(log: PredictionL
     other_worker = threading.Timer(0.4, store.insert, (log.engine, [record("late", 0)]))
     other_worker.start()
     start = time.monotonic()
-    assert apply_feedback(log, [Feedback("late", "ship")], names) == 1
+    assert apply_feedback(log, [Feedback("late", "ship")], names, store.ADMIN) == 1
     assert 0.3 < time.monotonic() - start < 2.0
     other_worker.join()
 
@@ -108,5 +108,5 @@ def test_a_record_pruned_between_its_lookup_and_its_label_is_a_404_and_labels_no
 
     monkeypatch.setattr(store, "find", pruned_meanwhile)
     with pytest.raises(RecordNotFound, match="pruned"):
-        apply_feedback(log, [Feedback("b", "cat"), Feedback("a", "dog")], names)
+        apply_feedback(log, [Feedback("b", "cat"), Feedback("a", "dog")], names, store.ADMIN)
     assert labelled(log) == []  # "b" neither: all or none

@@ -18,7 +18,7 @@ from service.dataplane import prediction_store as store
 from service.dataplane.prediction_log import PredictionLog
 from service.dataplane.prediction_rows import top1
 from service.engine.thread_policy import ThreadScheduling
-from tests.support.feedback_log import label_ids
+from tests.support.feedback_log import assert_provenance_column_is_added, label_ids
 from tests.support.servers import wait_until
 
 PIXELS = np.zeros((3, 32, 32, 3), dtype=np.uint8)
@@ -490,3 +490,8 @@ def test_a_data_dir_that_cannot_be_made_is_a_database_that_cannot_be_opened(
     blocker.write_text("")
     with pytest.raises(sa.exc.OperationalError, match="Not a directory"):
         store.connect(store.database_url(None, blocker / "data"))
+
+
+def test_a_log_made_before_provenance_gets_its_column_on_open(tmp_path: Path) -> None:
+    """``create_all`` leaves an existing table as it is: labelling an upgraded log failed."""
+    assert_provenance_column_is_added(f"sqlite:///{tmp_path / 'old.sqlite3'}")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from service.core.card import MODEL_FILE, read_card, sha256_file
-from tests.support.feedback_log import write_log
+from tests.support.feedback_log import LogRow, write_log
 from tests.support.training_inputs import class_images
 from training.publish import versions
 from training.retrain import REJECTED_DIR, Comparison, compare_correct, quality_gate
@@ -67,12 +67,27 @@ def test_gate_passes_a_feedback_difference_inside_the_noise() -> None:
     assert gate.feedback is not None and gate.feedback["verdict"] == "not worse beyond the noise"
 
 
-def test_gate_reports_a_small_held_out_set_as_too_small_to_judge() -> None:
+def test_a_small_held_out_set_blocks_when_feedback_was_trained_on_and_else_decides_nothing() -> (
+    None
+):
+    """A labeller who kept its 20,000 images out of the held-out set had the gate publish a
+    backdoored model: "held-out feedback (0 images) ... too small to judge"."""
     tiny = _feedback(20, 0.0, 1.0)
     gate = quality_gate(0.70, 0.70, min_accuracy=0.5, max_regression=0.01, feedback=tiny)
     assert gate.passed
     assert "too small to judge" in gate.reason
     assert gate.feedback is not None and gate.feedback["verdict"].startswith("too small")
+    for held_out in (_feedback(0, 0.0, 0.0), _feedback(29, 1.0, 0.0)):  # even a better one
+        gate = quality_gate(
+            0.70, 0.70, min_accuracy=0.5, max_regression=0.01, feedback=held_out,
+            feedback_trained=20_000,
+        )  # fmt: skip
+        assert not gate.passed
+        assert "under the minimum of 30 held-out images" in gate.reason
+        assert "20000 feedback images trained on" in gate.reason
+    waived = quality_gate(0.70, 0.70, min_accuracy=0.5, max_regression=0.01,
+                          feedback=tiny, feedback_trained=20_000, min_holdout=0)  # fmt: skip
+    assert not waived.passed and "worse by more than" in waived.reason  # judged, and worse
 
 
 def _retrain(data: Path, tmp: Path, *extra: str) -> subprocess.Popen[str]:
@@ -189,6 +204,30 @@ def test_retrain_on_feedback_trains_on_it_and_judges_on_the_held_out_share(
     assert gate["feedback"]["verdict"] == "not worse beyond the noise"
     assert gate["test"]["images"] == 20
     assert card.training["config"]["jpeg_p"] == 0.5  # trained on JPEG copies too
+
+
+def test_retrain_trains_on_admins_labels_only_and_a_small_held_out_set_blocks(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    code, _, err = _finish(_retrain(image_folder, tmp_path, "--epochs", "1", "--min-accuracy", "0"))
+    assert code == 0, err  # version 1: the served model to beat
+    admins, labels = class_images(4, seed=7)  # 40 an admin labelled
+    flood, _ = class_images(6, seed=8)  # 60 labelled "airplane" through FEEDBACK_OPEN
+    rows: list[LogRow] = [("net", im, int(y)) for im, y in zip(admins, labels, strict=True)]
+    rows += [("net", im, 0, "open") for im in flood]
+    log = str(write_log(tmp_path / "predictions.sqlite3", rows))
+    flags = ("--epochs", "1", "--min-accuracy", "0", "--max-regression", "1", "--feedback", log)
+    code, out, err = _finish(_retrain(image_folder, tmp_path, *flags))  # 40 x 0.2: under 30
+    assert code == 3, err
+    assert "Feedback labels: admins' only; 60 rows labelled by others" in out
+    assert "under the minimum of 30 held-out images" in err and "nothing published" in err
+    assert versions(tmp_path / "models" / "net") == [1]
+    code, out, err = _finish(_retrain(image_folder, tmp_path, *flags, "--min-holdout", "0"))
+    assert code == 0, err
+    summary = read_card(tmp_path / "models" / "net" / "2").training["feedback"]
+    assert summary["unique_images"] == 40 and summary["not_admin_labels"] == 60
+    assert summary["train"] + summary["holdout"] == 40 and not summary["open_labels"]
+    assert (tmp_path / "models" / ".feedback-holdout.key").exists()  # the split's secret
 
 
 def test_an_optional_feedback_file_that_is_not_there_yet_means_no_feedback(

@@ -1,7 +1,8 @@
 """``POST /v1/feedback``: the true class of answered images, by the request id the answer carried.
 
 Labels change what the model is judged and retrained on, so the repository API's rule applies
-(bearer token, or ``ADMIN_LOOPBACK``'s local clients) unless ``FEEDBACK_OPEN`` opens it."""
+(bearer token, or ``ADMIN_LOOPBACK``'s local clients) unless ``FEEDBACK_OPEN`` opens it; each
+label records whether an admin gave it, since the retrain trusts only theirs by default."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request, Security
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from service.api.admin import admits
+from service.api.client_address import caller
 from service.api.rest.dependencies import Plane
 from service.api.rest.http_io import read_json_body, validated_body
 from service.api.rest.json_wire import loads
@@ -19,6 +22,7 @@ from service.core.errors import PayloadTooLarge, UnprocessableInput
 from service.core.limits import check_object_size
 from service.core.logs import MAX_ID_LENGTH
 from service.dataplane.feedback import MAX_FEEDBACK_ITEMS, Feedback
+from service.dataplane.prediction_store import ADMIN, OPEN
 
 router = APIRouter(prefix="/v1", tags=["REST v1"])
 EXAMPLE = {"id": "<X-Request-ID of the answer>", "label": "cat"}
@@ -63,9 +67,21 @@ def parse_feedback(data: Any) -> list[Feedback]:
 async def feedback(
     request: Request, plane: Plane, _: Annotated[Any, Security(BEARER)] = None
 ) -> dict[str, int]:
-    if plane.settings.feedback_open:  # anyone may label, but not through a visitor's browser
-        refuse_cross_site(request)
-    else:
-        await require_admin(request, plane)
+    by = await labeller(request, plane)
     items = parse_feedback(loads(await read_json_body(request)))
-    return {"labelled": await plane.feedback(items)}
+    return {"labelled": await plane.feedback(items, by)}
+
+
+async def labeller(request: Request, plane: Plane) -> str:
+    """ADMIN for a call the admin rule admits, OPEN for anyone else under ``FEEDBACK_OPEN``
+    (never a visitor's browser); refused otherwise. A call with a token is held to it (a
+    wrong one is a 403, not an open label its sender would take for an admin's)."""
+    settings, headers = plane.settings, request.headers
+    if settings.feedback_open and not headers.get("authorization"):
+        refuse_cross_site(request)
+        peer = request.client.host if request.client else None
+        who = caller(peer, headers.items(), settings.trusted_proxies)
+        if not admits(settings, who, "", headers.get("host")):  # not ADMIN_LOOPBACK's client
+            return OPEN
+    await require_admin(request, plane)
+    return ADMIN

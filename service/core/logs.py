@@ -17,6 +17,15 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 MAX_ID_LENGTH = 128
 
 
+def stored_id(request_id: str) -> str:
+    """An id as the prediction log stores it, and feedback looks it up: a v2/gRPC ``id`` may be
+    longer than the column or hold NUL, which PostgreSQL refuses (and would take the whole batch
+    down with it)."""
+    if len(request_id) > MAX_ID_LENGTH or "\x00" in request_id:
+        return request_id.replace("\x00", "")[:MAX_ID_LENGTH]
+    return request_id
+
+
 def new_request_id() -> str:
     """96 random bits (0.4 us; uuid4 costs several): unique across restarts and workers, and
     not guessable from one's own answers, since the id is what feedback labels a record by (a

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from service.core.captured_images import pack
-from service.core.logs import MAX_ID_LENGTH
+from service.core.logs import stored_id
 from service.dataplane import prediction_store as store
 from service.engine.batcher import Tagged
 
@@ -45,14 +45,6 @@ def _scores(outputs: Mapping[str, np.ndarray]) -> tuple[str, np.ndarray] | None:
     return None
 
 
-def _clean_id(request_id: str) -> str:
-    """An id every store takes: a v2/gRPC ``id`` may be longer than the column or hold NUL,
-    which PostgreSQL refuses (and would take the whole batch down with it)."""
-    if len(request_id) > MAX_ID_LENGTH or "\x00" in request_id:
-        return request_id.replace("\x00", "")[:MAX_ID_LENGTH]
-    return request_id
-
-
 def make_rows(answers: Sequence[Answer]) -> list[store.Row]:
     """One row per image of every answer (``store.COLUMNS``' order). The top-1 is computed once
     per output kind and class count over the whole batch, not per answer: the writer's Python
@@ -70,7 +62,7 @@ def make_rows(answers: Sequence[Answer]) -> list[store.Row]:
         base = 0  # where this answer's run starts in the concatenated arrays
         for (tagged, model, version, now, _, captured, _, _), array in members:
             for n, (request_id, start, end) in enumerate(tagged):
-                request_id = _clean_id(request_id)
+                request_id = stored_id(request_id)
                 pixels = captured[n] if captured is not None else None
                 kept = pixels is not None and pixels.shape == (end - start, *CAPTURED_SHAPE)
                 for item, at in enumerate(range(base + start, base + end)):

@@ -212,8 +212,25 @@ def test_feedback_lists_and_keys_are_bounded(served: tuple[httpx.Client, str]) -
     assert http.post("/v1/feedback", json=many, headers=AUTH).status_code == 413
     wide = {"id": "x", "label": 1, **{f"k{i}": 0 for i in range(100)}}
     assert http.post("/v1/feedback", json=wide, headers=AUTH).status_code == 400
-    long_id = {"id": "x" * 129, "label": 1}
+    long_id = {"id": "x" * 8193, "label": 1}
     assert http.post("/v1/feedback", json=long_id, headers=AUTH).status_code == 422
+    past_sqlite = {"id": "x", "label": 1, "item": 2**63}  # SQLite's OverflowError was a 500
+    assert http.post("/v1/feedback", json=past_sqlite, headers=AUTH).status_code == 422
+
+
+def test_an_id_the_log_stores_cut_or_cleaned_is_labelled_as_it_was_answered(
+    served: tuple[httpx.Client, str], data_dir: Path
+) -> None:
+    """The log keeps 128 characters of an id and no NUL; the client only knows its answer's id
+    (a 404 after 2 s, or a 422, and the label lost: the tenth audit)."""
+    http, _ = served
+    for sent in ("nul\x00id", "long-" + "y" * 300):
+        answered = http.post("/v2/models/tiny/infer", json={**V2_BODY, "id": sent}).json()["id"]
+        assert answered == sent
+        wait_for_rows(data_dir, 1)
+        labelled = http.post("/v1/feedback", json={"id": answered, "label": 2}, headers=AUTH)
+        assert labelled.status_code == 200, labelled.text
+    assert sorted(r["label"] for r in rows(data_dir)) == [2, 2]
 
 
 def test_sigterm_flushes_the_queued_records(tmp_path: Path, data_dir: Path) -> None:

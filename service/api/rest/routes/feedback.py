@@ -20,21 +20,25 @@ from service.api.rest.routes.model_repository import BEARER, refuse_cross_site, 
 from service.api.rest.schemas import errors, json_body
 from service.core.errors import PayloadTooLarge, UnprocessableInput
 from service.core.limits import check_object_size
-from service.core.logs import MAX_ID_LENGTH
+from service.core.logs import stored_id
 from service.dataplane.feedback import MAX_FEEDBACK_ITEMS, Feedback
 from service.dataplane.prediction_store import ADMIN, OPEN
 
 router = APIRouter(prefix="/v1", tags=["REST v1"])
 EXAMPLE = {"id": "<X-Request-ID of the answer>", "label": "cat"}
+MAX_GIVEN_ID_CHARS = 8192  # a v2 or gRPC ``id`` as the client gave it (the log keeps 128)
 
 
 class FeedbackItem(BaseModel):
     """One label: ``id`` is the answer's X-Request-ID (or the v2/gRPC ``id`` the client gave)."""
 
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    # as answered: an id the log stored cut or without NUL is looked up as stored (``stored_id``)
+    id: str = Field(min_length=1, max_length=MAX_GIVEN_ID_CHARS)
     label: StrictInt | Annotated[str, Field(min_length=1, max_length=128)]
-    item: int = Field(default=0, ge=0, description="Which image of the request (default 0).")
+    item: int = Field(
+        default=0, ge=0, le=2**31 - 1, description="Which image of the request (default 0)."
+    )
 
 
 class FeedbackResponse(BaseModel):
@@ -53,7 +57,7 @@ def parse_feedback(data: Any) -> list[Feedback]:
         if isinstance(member, dict):
             check_object_size(len(member), "a feedback object")
         body = validated_body(FeedbackItem, member, UnprocessableInput)
-        items.append(Feedback(body.id, body.label, body.item))
+        items.append(Feedback(stored_id(body.id), body.label, body.item))
     return items
 
 

@@ -64,6 +64,10 @@ def _fixed_part(message: Any) -> Any:
         batching.ClearField("max_queue_delay_microseconds")
         if batching.HasField("default_queue_policy"):
             batching.default_queue_policy.ClearField("max_queue_size")
+            if not batching.default_queue_policy.ListFields():
+                batching.ClearField("default_queue_policy")
+        if not batching.ListFields():  # only what may change: nothing fixed to compare
+            fixed.ClearField("dynamic_batching")
     return fixed
 
 

@@ -48,3 +48,21 @@ async def test_a_long_override_is_read_on_the_pool_and_a_short_one_on_the_loop(
         pool.close()
     assert where == [True, False, False]
     assert read[0] == read[1] and read[0].max_batch_size == 8
+
+
+def test_docs_example_loads_a_model_that_is_not_loaded() -> None:
+    """docs/api.md's override changes only what may change, so nothing in force is needed: it
+    was a 400 on an unloaded model, its emptied dynamic_batching block left as a fixed field
+    (the eleventh audit: 156 of 981 loads racing unloads)."""
+    example = {
+        "max_batch_size": 8,
+        "dynamic_batching": {
+            "preferred_batch_size": [8],
+            "max_queue_delay_microseconds": 500,
+            "default_queue_policy": {"max_queue_size": 16},
+        },
+    }
+    read = config_override.parse_config_override("m", json.dumps(example), not_loaded)
+    assert read.max_batch_size == 8 and read.dynamic_batching
+    assert read.preferred_batch_size == (8,) and read.max_queue_delay_microseconds == 500
+    assert read.max_queue_size == 16

@@ -86,6 +86,8 @@ class WorkerGroup:
         self._lock = asyncio.Lock()
         for folder in (self.acks, self.snapshots):
             folder.mkdir(parents=True, exist_ok=True)
+        for _ in self._others_acks():  # dead workers' acks go (a crash loop left one each)
+            pass
         await self._catch_up()
 
     async def watch(self) -> None:

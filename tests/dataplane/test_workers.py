@@ -103,6 +103,21 @@ def test_a_live_worker_that_never_applies_a_call_is_named_and_a_dead_one_is_not_
         found.close()
 
 
+def test_a_starting_worker_removes_the_acks_of_dead_workers(tmp_path: Path) -> None:
+    """Else only a repository call did: 50 crashes left 52 acks (the eleventh audit)."""
+    found = repository(make_model_repo(tmp_path, {"tiny": [1]}, lecture=False))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    group = WorkerGroup(tmp_path / "workers", found, member=alive)
+    group.acks.mkdir(parents=True)
+    (group.acks / str(dead.pid)).write_text('{"generation": 0}')
+    try:
+        asyncio.run(group.start())
+        assert not (group.acks / str(dead.pid)).exists()
+    finally:
+        found.close()
+
+
 def test_statistics_of_one_version_add_up_across_workers() -> None:
     def part(count: int, ns: int, last_ms: int, batch: int) -> VersionStatistics:
         d = Duration(count, ns)

@@ -48,15 +48,16 @@ def apply_feedback(
     items: Sequence[Feedback],
     class_names: Callable[[str, int], Sequence[str]],
     by: str,
+    others: bool = False,
 ) -> int:
     """Check every item (404 unknown id, 422 bad label), then label the newest record of each
     (id, item) in one transaction, as given ``by`` ADMIN or OPEN; a pair given twice takes its
-    last label. The records
-    labelled. Runs off the event loop: it waits for queued records and talks to the database,
-    whose lock held by another writer is a 503, not a 500."""
+    last label. The records labelled. Runs off the event loop: it waits for queued records
+    (``others``: other workers' too) and talks to the database, whose lock held by another
+    writer is a 503, not a 500."""
     last = {(f.id, f.item): f.label for f in items}
     try:
-        found = _find(log, list(last))
+        found = _find(log, list(last), others)
         labels = []
         for (id, item), label in last.items():
             where = found.get((id, item))
@@ -73,16 +74,22 @@ def apply_feedback(
     return len(labels)
 
 
-def _find(log: PredictionLog, pairs: list[tuple[str, int]]) -> dict[tuple[str, int], Record]:
+def _find(
+    log: PredictionLog, pairs: list[tuple[str, int]], others: bool
+) -> dict[tuple[str, int], Record]:
     """The pairs' newest records, waiting up to FLUSH_WAIT_S for one answered a moment ago: its
-    record may still be queued for this process's writer (flushed at once) or another worker's
-    (written within its 0.5 s interval: looked for again every 0.1 s)."""
+    record may still be queued for this process's writer (flushed, if it is) or, with
+    ``others`` (WORKERS > 1), another worker's (written within its 0.5 s interval: looked for
+    again every 0.1 s). With one worker an unknown id is a prompt 404: ten 35-byte feedbacks
+    for ids never answered, each waiting 2 s, held every thread feedback and the monitor share
+    (the tenth audit)."""
     deadline = time.monotonic() + FLUSH_WAIT_S
     found = store.find(log.engine, pairs)
-    if len(found) < len(pairs):
+    missing = {id for id, item in pairs if (id, item) not in found}
+    if missing and log.queued(missing):
         log.flush(FLUSH_WAIT_S)
         found = store.find(log.engine, pairs)
-    while len(found) < len(pairs) and time.monotonic() < deadline:
+    while others and len(found) < len(pairs) and time.monotonic() < deadline:
         time.sleep(LOOK_AGAIN_S)
         found = store.find(log.engine, pairs)
     return found

@@ -10,7 +10,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.engine import Engine
 
-from service.core.logs import REQUEST_ID, new_request_id
+from service.core.logs import REQUEST_ID, new_request_id, stored_id
 from service.dataplane import prediction_store as store
 from service.dataplane.prediction_rows import Answer, make_rows
 from service.engine import thread_policy
@@ -81,6 +81,8 @@ class PredictionLog:
         # to ``retry_s`` (0: dropped at once); meanwhile new answers wait in the bounded queue.
         self.retry_s = retry_s
         self._held: list[store.Row] = []
+        self._writing: set[str] = set()  # the ids of the batch being written
+        self._taking = threading.Lock()  # the writer taking a batch, or ``queued`` looking
         self._held_since: float | None = None  # when the held batch first failed
         self._metrics(registry)
         self._warned_at = -WARN_INTERVAL_S
@@ -202,15 +204,17 @@ class PredictionLog:
             while self._held or self._pending:
                 if time.monotonic() >= end or self._size_due():
                     return True
-                batch, self._held = self._held or self._next_batch(), []
-                error = self._write(batch)
+                with self._taking:  # ``queued`` sees each answer in one place or the other
+                    batch, self._held = self._held or self._next_batch(), []
+                    self._writing = {row[0] for row in batch}
+                error = self._write(batch)  # ``_writing`` stays until the next batch is taken
                 if error is None:
                     self._held_since = None
                 elif self._hold(batch, error):
                     return False
             return False
         finally:
-            self._busy = False
+            self._busy, self._writing = False, set()  # held, or written
 
     def _next_batch(self) -> list[store.Row]:
         pending, answers, count, size = self._pending, [], 0, 0
@@ -320,6 +324,15 @@ class PredictionLog:
         if now - self._warned_at >= WARN_INTERVAL_S:  # at most once a minute
             self._warned_at = now
             log.warning("prediction log: %s", message)
+
+    def queued(self, ids: Collection[str]) -> bool:
+        """Whether an answer to any of ``ids`` (as stored) is still on its way to the database:
+        feedback waits for those, and only those, so an unknown id is a prompt 404."""
+        with self._taking:
+            pending, writing = list(self._pending), self._writing | {r[0] for r in self._held}
+        if any(id in writing for id in ids):
+            return True
+        return any(stored_id(tag[0]) in ids for answer in pending for tag in answer[0])
 
     # -- flushing and shutdown ------------------------------------------------------------------
 

@@ -274,8 +274,8 @@ class DataPlane:
         log = self.prediction_log
         if log is None:
             raise PredictionLogOff("the prediction log is off (PREDICTION_LOG=false)")
-        names, others = names_or_empty(self._class_names), self.workers is not None  # writers
-        return await self.monitor.on_its_pool(apply_feedback, log, items, names, by, others)
+        names = names_or_empty(self._class_names)
+        return await apply_feedback(log, items, names, by, self.monitor.on_its_pool)
 
     async def monitor_report(
         self, name: str, version: str | None, window_s: float | None

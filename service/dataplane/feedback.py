@@ -6,9 +6,11 @@ records who gave it (``prediction_store.ADMIN`` or ``OPEN``): the retrain trusts
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -43,21 +45,24 @@ def class_index(label: str | int, class_names: Sequence[str]) -> int:
     )
 
 
-def apply_feedback(
+RunOff = Callable[..., Awaitable[Any]]  # work off the loop: the monitor's bounded pool
+
+
+async def apply_feedback(
     log: PredictionLog,
     items: Sequence[Feedback],
     class_names: Callable[[str, int], Sequence[str]],
     by: str,
-    others: bool = False,
+    run: RunOff,
 ) -> int:
     """Check every item (404 unknown id, 422 bad label), then label the newest record of each
     (id, item) in one transaction, as given ``by`` ADMIN or OPEN; a pair given twice takes its
-    last label. The records labelled. Runs off the event loop: it waits for queued records
-    (``others``: other workers' too) and talks to the database, whose lock held by another
-    writer is a 503, not a 500."""
+    last label. The records labelled. Each lookup is a job ``run`` off the loop, and no thread
+    is held while it waits for a record answered a moment ago; the database's lock held by
+    another writer is a 503, not a 500."""
     last = {(f.id, f.item): f.label for f in items}
     try:
-        found = _find(log, list(last), others)
+        found = await _find(log, list(last), run)
         labels = []
         for (id, item), label in last.items():
             where = found.get((id, item))
@@ -65,7 +70,7 @@ def apply_feedback(
                 raise RecordNotFound(f"no prediction with id {id[:128]!r} and item {item}")
             row, model, version = where
             labels.append((row, class_index(label, class_names(model, version))))
-        store.label(log.engine, labels, by)
+        await run(store.label, log.engine, labels, by)
     except store.RecordsGone:
         raise RecordNotFound("a record was pruned by retention while it was labelled") from None
     except sa.exc.OperationalError as exc:  # locked past its wait, or gone
@@ -74,24 +79,24 @@ def apply_feedback(
     return len(labels)
 
 
-def _find(
-    log: PredictionLog, pairs: list[tuple[str, int]], others: bool
+async def _find(
+    log: PredictionLog, pairs: list[tuple[str, int]], run: RunOff
 ) -> dict[tuple[str, int], Record]:
     """The pairs' newest records, waiting up to FLUSH_WAIT_S for one answered a moment ago: its
-    record may still be queued for this process's writer (flushed, if it is) or, with
-    ``others`` (WORKERS > 1), another worker's (written within its 0.5 s interval: looked for
-    again every 0.1 s). With one worker an unknown id is a prompt 404: ten 35-byte feedbacks
-    for ids never answered, each waiting 2 s, held every thread feedback and the monitor share
-    (the tenth audit)."""
+    record may still be queued for this process's writer (flushed, if it is: asked before the
+    first lookup, so a batch committed in between is found) or another writer's (another
+    worker's or replica's, written within its 0.5 s interval: looked for again every 0.1 s,
+    on the loop's clock). Each unknown id held a thread 2 s in that wait: ten 35-byte
+    feedbacks held every one feedback and the monitor share (the tenth audit)."""
     deadline = time.monotonic() + FLUSH_WAIT_S
-    found = store.find(log.engine, pairs)
-    missing = {id for id, item in pairs if (id, item) not in found}
-    if missing and log.queued(missing):
-        log.flush(FLUSH_WAIT_S)
-        found = store.find(log.engine, pairs)
-    while others and len(found) < len(pairs) and time.monotonic() < deadline:
-        time.sleep(LOOK_AGAIN_S)
-        found = store.find(log.engine, pairs)
+    on_its_way = await run(log.queued, {id for id, _ in pairs})
+    found: dict[tuple[str, int], Record] = await run(store.find, log.engine, pairs)
+    if len(found) < len(pairs) and on_its_way:
+        await run(log.flush, FLUSH_WAIT_S)
+        found = await run(store.find, log.engine, pairs)
+    while len(found) < len(pairs) and time.monotonic() < deadline:
+        await asyncio.sleep(LOOK_AGAIN_S)
+        found = await run(store.find, log.engine, pairs)
     return found
 
 

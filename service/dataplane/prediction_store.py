@@ -220,11 +220,13 @@ def stored_bytes(engine: Engine) -> int | None:
 
 
 def checkpoint(engine: Engine) -> None:
-    """Write SQLite's WAL back into the file and empty it (after a prune, which fills it with
-    the pages it frees); a reader still on an old snapshot leaves it for the next one."""
+    """Write SQLite's WAL back into the file (after a prune, which fills it with the pages it
+    frees), so that the next write starts it afresh, cut to ``WAL_KEPT_BYTES``. Passive: a
+    TRUNCATE one takes the write lock and waits for every reader (a retrain streaming the log)
+    up to the 2 s busy timeout, every label waiting behind it."""
     if engine.dialect.name == "sqlite":
         with engine.connect() as connection:
-            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def prune_to_bytes(engine: Engine, max_bytes: int, keep_share: float = 0.9) -> int:

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from service.api.rest.app import create_app
-from service.core.errors import Overloaded
+from service.core.errors import Overloaded, RecordNotFound
 from service.dataplane.dataplane import DataPlane
 from service.dataplane.feedback import Feedback
 from service.dataplane.quality_monitor import REFRESH_SHARE, QueryBudget, refresh_pause
@@ -174,11 +174,13 @@ async def test_feedback_runs_on_the_monitors_bounded_pool_not_the_default_execut
     _, plane = logged
     threads: list[str] = []
 
-    def slow_feedback(*args: Any) -> None:
+    def slow_lookup(*args: Any) -> None:
         threads.append(threading.current_thread().name)
         time.sleep(0.2)
+        raise RecordNotFound("none")
 
-    monkeypatch.setattr("service.dataplane.dataplane.apply_feedback", slow_feedback)
+    assert plane.prediction_log is not None
+    monkeypatch.setattr(plane.prediction_log, "queued", slow_lookup)  # feedback's first lookup
     calls = [plane.feedback([Feedback("x", 0)], "admin") for _ in range(20)]
     results = await asyncio.gather(*calls, return_exceptions=True)
     refused = [r for r in results if isinstance(r, Overloaded)]

@@ -5,11 +5,13 @@ moment later found."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,6 +42,15 @@ def log(tmp_path: Path) -> Iterator[PredictionLog]:
     prediction_log.close(5.0)
 
 
+def label_them(log: PredictionLog, items: list[Feedback]) -> int:
+    """``apply_feedback`` as the data plane calls it, each lookup on a thread."""
+
+    async def run(work: Any, *args: Any) -> Any:
+        return await asyncio.to_thread(work, *args)
+
+    return asyncio.run(apply_feedback(log, items, names, store.ADMIN, run))
+
+
 def labelled(log: PredictionLog) -> list[tuple[int, str, int, int]]:
     rows = store.read_all(log.engine)
     return [
@@ -53,17 +64,17 @@ def test_the_newest_record_of_a_reused_id_is_labelled_not_every_one(log: Predict
     have had all its earlier records relabelled."""
     store.insert(log.engine, [record("x", i % 3) for i in range(3000)] + [record("y", 0)])
     items = [Feedback("x", "dog", 0), Feedback("x", 2, 1), Feedback("x", "ship", 2)]
-    assert apply_feedback(log, items, names, store.ADMIN) == 3
+    assert label_them(log, items) == 3
     assert labelled(log) == [(2998, "x", 0, 1), (2999, "x", 1, 2), (3000, "x", 2, 2)]
 
 
 def test_a_pair_given_twice_in_one_body_takes_its_last_label(log: PredictionLog) -> None:
     store.insert(log.engine, [record("a", 0), record("a", 1)])
     items = [Feedback("a", "cat"), Feedback("a", "ship"), Feedback("a", "dog", 1)]
-    assert apply_feedback(log, items, names, store.ADMIN) == 2
+    assert label_them(log, items) == 2
     assert labelled(log) == [(1, "a", 0, 2), (2, "a", 1, 1)]
     with pytest.raises(RecordNotFound):  # checked whole: nothing of this body is labelled
-        apply_feedback(log, [Feedback("a", "cat"), Feedback("a", "cat", 7)], names, store.ADMIN)
+        label_them(log, [Feedback("a", "cat"), Feedback("a", "cat", 7)])
     assert labelled(log) == [(1, "a", 0, 2), (2, "a", 1, 1)]
 
 
@@ -75,11 +86,11 @@ def test_a_database_locked_by_another_writer_is_a_503_not_a_500(
     other.execute("BEGIN IMMEDIATE")  # the write lock, held past feedback's 2 s wait
     try:
         with pytest.raises(Overloaded, match="database is busy"):
-            apply_feedback(log, [Feedback("a", "cat")], names, store.ADMIN)
+            label_them(log, [Feedback("a", "cat")])
     finally:
         other.rollback()
         other.close()
-    assert apply_feedback(log, [Feedback("a", "cat")], names, store.ADMIN) == 1
+    assert label_them(log, [Feedback("a", "cat")]) == 1
 
 
 def test_a_record_another_worker_writes_a_moment_later_is_found(log: PredictionLog) -> None:
@@ -89,17 +100,18 @@ def test_a_record_another_worker_writes_a_moment_later_is_found(log: PredictionL
     other_worker = threading.Timer(0.4, store.insert, (log.engine, [record("late", 0)]))
     other_worker.start()
     start = time.monotonic()
-    assert apply_feedback(log, [Feedback("late", "ship")], names, store.ADMIN, others=True) == 1
+    assert label_them(log, [Feedback("late", "ship")]) == 1
     assert 0.3 < time.monotonic() - start < 2.0
     other_worker.join()
 
 
-def test_one_workers_unknown_id_is_a_prompt_404_and_its_own_queued_record_is_waited_for(
+def test_an_unknown_id_holds_no_thread_while_looked_for_and_a_queued_record_is_waited_for(
     log: PredictionLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each unknown id waited 2 s on the monitor's two threads: ten 35-byte feedbacks held every
-    one of them, and every label and monitor call was a 503 (the tenth audit's ``h3``). Only
-    a record still on its way to this process's database is worth the wait."""
+    """Each unknown id waited 2 s on one of the monitor's two threads: ten 35-byte feedbacks
+    held every one, and every label and monitor call was a 503 (the tenth audit's ``h3``).
+    The wait is now the loop's; only a record on its way to this process's database is
+    flushed for."""
     write = log._write
 
     def slow_write(batch: list[store.Row]) -> Exception | None:
@@ -111,11 +123,21 @@ def test_one_workers_unknown_id_is_a_prompt_404_and_its_own_queued_record_is_wai
     log.record(
         "queued", "tiny", 1, np.zeros((1, 32, 32, 3), np.uint8), {"probabilities": probabilities}
     )
+    held: list[float] = []
+
+    async def timed(work: Any, *args: Any) -> Any:
+        start = time.monotonic()
+        try:
+            return await asyncio.to_thread(work, *args)
+        finally:
+            held.append(time.monotonic() - start)
+
     start = time.monotonic()
     with pytest.raises(RecordNotFound):
-        apply_feedback(log, [Feedback("never-answered", "cat")], names, store.ADMIN)
-    assert time.monotonic() - start < 0.25
-    assert apply_feedback(log, [Feedback("queued", "dog")], names, store.ADMIN) == 1
+        asyncio.run(apply_feedback(log, [Feedback("never-answered", "cat")], names, "admin", timed))
+    assert time.monotonic() - start >= 1.9  # another writer's record was waited for 2 s
+    assert len(held) > 10 and max(held) < 0.25  # a thread only for each lookup, none flushed
+    assert label_them(log, [Feedback("queued", "dog")]) == 1
 
 
 def test_a_record_pruned_between_its_lookup_and_its_label_is_a_404_and_labels_nothing(
@@ -133,5 +155,5 @@ def test_a_record_pruned_between_its_lookup_and_its_label_is_a_404_and_labels_no
 
     monkeypatch.setattr(store, "find", pruned_meanwhile)
     with pytest.raises(RecordNotFound, match="pruned"):
-        apply_feedback(log, [Feedback("b", "cat"), Feedback("a", "dog")], names, store.ADMIN)
+        label_them(log, [Feedback("b", "cat"), Feedback("a", "dog")])
     assert labelled(log) == []  # "b" neither: all or none

@@ -413,8 +413,13 @@ def test_a_prune_leaves_no_large_wal_behind(tmp_path: Path) -> None:
     assert log.flush(30.0)
     log.prune()  # and the writer's own as it wrote
     assert log.pruned.labels("bytes")._value.get() > 5000
+    log.record("next", "tiny", 1, noise[:1], {"probabilities": PROBABILITIES[:1]})
+    assert log.flush(5.0)  # a write after the prune's checkpoint starts the WAL afresh, cut
     wal = tmp_path / "predictions.sqlite3-wal"
-    assert wal.stat().st_size < 1024 * 1024, wal.stat().st_size
+    assert wal.stat().st_size <= store.WAL_KEPT_BYTES + 1024 * 1024, wal.stat().st_size
+    with log.engine.connect() as connection:  # else the WAL keeps its largest size for good
+        limit = connection.exec_driver_sql("PRAGMA journal_size_limit").scalar_one()
+    assert limit == store.WAL_KEPT_BYTES
     log.close(5.0)
 
 
@@ -495,3 +500,29 @@ def test_a_data_dir_that_cannot_be_made_is_a_database_that_cannot_be_opened(
 def test_a_log_made_before_provenance_gets_its_column_on_open(tmp_path: Path) -> None:
     """``create_all`` leaves an existing table as it is: labelling an upgraded log failed."""
     assert_provenance_column_is_added(f"sqlite:///{tmp_path / 'old.sqlite3'}")
+
+
+def test_a_checkpoint_does_not_wait_for_a_reader_and_a_tiny_bound_still_writes(
+    tmp_path: Path,
+) -> None:
+    """A TRUNCATE checkpoint took the write lock and waited 2 s for a reader (a retrain
+    streaming the log), labels behind it; a bound under 8 bytes made the writer spin, writing
+    nothing (both found by the review)."""
+    log = PredictionLog(
+        store.database_url(None, tmp_path), CollectorRegistry(), 100, 0.0, (3600, 10**6),
+        max_stored_bytes=1,
+    )  # fmt: skip
+    log.record("a", "tiny", 1, PIXELS, {"probabilities": PROBABILITIES})
+    assert log.flush(5.0) and log.written._value.get() == 3
+    reader = sqlite3.connect(tmp_path / "predictions.sqlite3", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM predictions").fetchone()  # a snapshot held
+    try:
+        start = time.monotonic()
+        log.record("b", "tiny", 1, PIXELS, {"probabilities": PROBABILITIES})
+        assert log.flush(5.0)  # frames past the reader's snapshot, a prune, its checkpoint
+        store.checkpoint(log.engine)
+        assert time.monotonic() - start < 1.0
+    finally:
+        reader.close()
+    log.close(5.0)

@@ -303,7 +303,9 @@ def test_a_client_that_leaves_a_small_answer_unread_loses_its_connection(
         sock.sendall(last)
         started = time.monotonic()
         wait_until(lambda: not held_by_server(server, sock), 10, "the server closing it")
-        assert time.monotonic() - started >= WRITE_TIMEOUT_S * 0.9
+        # not at once: the write timeout's clock may start a little before ``started`` (a
+        # clean-clone run saw 0.449 s of a 0.5 s timeout)
+        assert time.monotonic() - started >= WRITE_TIMEOUT_S * 0.5
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
 
 

@@ -16,16 +16,29 @@ MAX_JSON_BYTES = 1024 * 1024  # a card or config.json is a few kB; 40 MB of one 
 MAX_MODEL_BYTES = 2**31 - 1
 
 
+class NotRegular(OSError):
+    """A FIFO, a device or a folder where a file was expected."""
+
+
+class TooLarge(OSError):
+    """A file over the size its reader takes."""
+
+
 def read_regular(path: Path, limit: int) -> bytes:
     """The bytes of the regular file at ``path``, at most ``limit`` of them; an ``OSError``
     whose ``strerror`` says why not (``FileNotFoundError`` where there is none)."""
+    return read_regular_stat(path, limit)[0]
+
+
+def read_regular_stat(path: Path, limit: int) -> tuple[bytes, os.stat_result]:
+    """``read_regular``, and the file's stat as opened (a change check's signature)."""
     with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as fh:  # no wait for a writer
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
+            raise NotRegular(errno.EINVAL, "not a regular file")
         if st.st_size > limit:
-            raise OSError(errno.EFBIG, f"{st.st_size} bytes, over the limit of {limit}")
+            raise TooLarge(errno.EFBIG, f"{st.st_size} bytes, over the limit of {limit}")
         data = fh.read(limit + 1)
     if len(data) > limit:  # grown since
-        raise OSError(errno.EFBIG, f"over the limit of {limit} bytes")
-    return data
+        raise TooLarge(errno.EFBIG, f"over the limit of {limit} bytes")
+    return data, st

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.engine import Engine
 
-from service.core.logs import MAX_ID_LENGTH, REQUEST_ID, new_request_id, stored_id
+from service.core.logs import REQUEST_ID, new_request_id, stored_id
 from service.dataplane import prediction_store as store
 from service.dataplane.prediction_rows import Answer, make_rows
 from service.engine import thread_policy
@@ -332,7 +332,7 @@ class PredictionLog:
             pending, writing = list(self._pending), self._writing | {r[0] for r in self._held}
         if any(id in writing for id in ids):
             return True
-        return any(_as_stored(tag[0]) in ids for answer in pending for tag in answer[0])
+        return any(stored_id(tag[0]) in ids for answer in pending for tag in answer[0])
 
     # -- flushing and shutdown ------------------------------------------------------------------
 
@@ -355,13 +355,6 @@ class PredictionLog:
             log.warning("prediction log: records still queued at shutdown were lost")
         elif self._engine is not None:
             self._engine.dispose()
-
-
-def _as_stored(request_id: str) -> str:
-    """``stored_id``, but only called for the rare id it changes (65,536 queued answers)."""
-    if len(request_id) > MAX_ID_LENGTH or "\x00" in request_id:
-        return stored_id(request_id)
-    return request_id
 
 
 def _nbytes(outputs: Any, captured: list[np.ndarray | None] | None) -> int:

@@ -5,9 +5,7 @@ served as its file says or not at all (UNAVAILABLE with the reason)."""
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from service.core.card import TensorSpec
 from service.core.datatypes import DATATYPES
 from service.core.errors import InvalidConfig
 from service.core.limits import MAX_RANK
+from service.core.regular_files import NotRegular, TooLarge, read_regular_stat
 from service.core.version_policy import VersionPolicy
 from service.engine.batching_options import ConfigOverride
 
@@ -284,17 +283,15 @@ def parse_config(text: bytes, folder: str, gpu_host: bool = False) -> TritonConf
 
 def _read_bounded(path: Path, limit: int, what: str) -> tuple[bytes, FileStat]:
     """At most ``limit`` bytes of a regular file, and its (size, mtime_ns, inode); opened
-    without blocking, so a FIFO in its place cannot stall the poll."""
+    without blocking, so a FIFO in its place cannot stall the poll (``read_regular_stat``)."""
     try:
-        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise InvalidConfig(f"{what} is not a regular file")
-            data = fh.read(limit + 1)
+        data, st = read_regular_stat(path, limit)
+    except NotRegular:
+        raise InvalidConfig(f"{what} is not a regular file") from None
+    except TooLarge:
+        raise InvalidConfig(f"{what} is over {limit} bytes; refused") from None
     except OSError as exc:
         raise InvalidConfig(f"{what} cannot be read: {exc.strerror}") from None
-    if len(data) > limit:
-        raise InvalidConfig(f"{what} is over {limit} bytes; refused")
     return data, (st.st_size, st.st_mtime_ns, st.st_ino)
 
 

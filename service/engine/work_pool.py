@@ -150,14 +150,12 @@ class WorkPool:
     ) -> T:
         """A job ``submit`` starts, counted against the bound until it has really finished
         (``then`` is called on the loop then, or at once if the job is refused)."""
-        if self._taken >= self._capacity:
-            if then is not None:
-                then()
-            raise Overloaded("the server is busy decoding other requests; retry shortly")
         loop = asyncio.get_running_loop()
         try:
-            job = submit()
-        except BaseException:  # a closed pool, no thread to start: nothing will finish
+            if self._taken >= self._capacity:
+                raise Overloaded("the server is busy decoding other requests; retry shortly")
+            job = submit()  # or a closed pool, no thread to start
+        except BaseException:  # refused: nothing will finish
             if then is not None:
                 then()
             raise

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import logging
 import reprlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager
 from http import HTTPStatus
 from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import JSONResponse as StarletteJSONResponse
 
+from service.api.rest.form_delimiters import FormDelimiters
 from service.api.rest.json_wire import dumps
 from service.core.errors import (
     BodyBudgetFull,
@@ -116,7 +118,7 @@ async def multipart_form(
     64 MiB) and shared by every request.
     """
     try:
-        async with aclosing(request.stream()) as stream:
+        async with aclosing(_checked(request)) as stream:
             parser = MultiPartParser(
                 request.headers, stream, max_files=max_files, max_fields=max_fields
             )
@@ -130,6 +132,18 @@ async def multipart_form(
         yield form
     finally:
         await form.close()
+
+
+async def _checked(request: Request) -> AsyncGenerator[bytes]:
+    """The body's chunks, each checked by ``FormDelimiters`` before the parser walks it."""
+    _, options = parse_options_header(request.headers.get("content-type", ""))
+    boundary = options.get(b"boundary")
+    delimiters = FormDelimiters(boundary) if boundary else None
+    async with aclosing(request.stream()) as stream:
+        async for chunk in stream:
+            if delimiters is not None:
+                delimiters.check(chunk)
+            yield chunk
 
 
 Body = TypeVar("Body", bound=BaseModel)

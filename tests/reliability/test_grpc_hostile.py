@@ -183,3 +183,20 @@ def test_grpc_empty_request(stub: Any) -> None:
         stub.ModelInfer(service_pb2.ModelInferRequest(model_name="tiny"), timeout=30)
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "inputs" in (failure.value.details() or "")
+
+
+def test_a_stream_of_invalid_requests_is_ended_not_answered_forever(stub: Any) -> None:
+    """Each stream request costs the loop about 50 us however small; a stream sending nothing
+    but invalid ones is ended after INVALID_IN_A_ROW of them, the rest never answered."""
+    answers, sent = [], 5_000
+    with pytest.raises(grpc.RpcError) as ended:
+        for answer in stub.ModelStreamInfer(iter([request(shape=[7])] * sent), timeout=30):
+            answers.append(answer)
+    assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "invalid requests in a row" in (ended.value.details() or "")
+    assert 16 <= len(answers) < sent // 10, len(answers)
+    assert all("shape" in a.error_message for a in answers), answers[0]
+    # ...and a stream with good requests among bad ones goes on to its end.
+    mixed = [request(raw=b"\x00" * PIXELS) if i % 8 == 0 else request(shape=[7]) for i in range(80)]
+    answers = list(stub.ModelStreamInfer(iter(mixed), timeout=30))
+    assert len(answers) == 80 and sum(not a.error_message for a in answers) == 10

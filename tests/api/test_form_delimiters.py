@@ -13,7 +13,12 @@ from python_multipart.multipart import MultipartParser
 from starlette.requests import Request
 from starlette.types import Message
 
-from service.api.rest.form_delimiters import MAX_HEADER_BLOCK, MAX_PADDING, FormDelimiters
+from service.api.rest.form_delimiters import (
+    MAX_HEADER_BLOCK,
+    MAX_PADDING,
+    SPACED_VALUE,
+    FormDelimiters,
+)
 from service.api.rest.http_io import multipart_form
 from service.core.errors import InvalidInput
 
@@ -70,6 +75,53 @@ def test_every_well_formed_form_passes_however_it_is_chunked(
     chunks = chunked(form(boundary, parts, padding, epilogue), cuts)
     check_all(boundary, chunks)
     assert parsed(boundary, chunks) == parts
+
+
+HOSTILE = {
+    "data holding its delimiter": b"\r\n--aX",
+    "padding": b"\r\n--a" + b" " * (MAX_PADDING + 1) + b"\r\n",
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    kind=st.sampled_from(sorted(HOSTILE)),
+    parts=st.lists(st.binary(max_size=40).filter(lambda p: b"\r\n--a" not in p), min_size=1),
+    where=st.integers(0, 10_000),
+    cuts=st.lists(st.integers(0, 400), min_size=1, max_size=2),
+)
+def test_a_hostile_delimiter_anywhere_is_refused_however_it_is_chunked(
+    kind: str, parts: list[bytes], where: int, cuts: list[int]
+) -> None:
+    """Refusal, not only acceptance: a check that carried nothing from one chunk to the next
+    would pass every well-formed form and miss a delimiter split between two chunks."""
+    i = where % len(parts)
+    part = parts[i]
+    parts[i] = part[: where % (len(part) + 1)] + HOSTILE[kind] + part[where % (len(part) + 1) :]
+    body = form(b"a", parts)
+    with pytest.raises(InvalidInput):
+        check_all(b"a", chunked(body, cuts))
+
+
+@pytest.mark.parametrize("lead", [b"\n", b"\r", b"\r\n", b"\r\njunk", b"\r\n\r\n"])
+def test_the_first_delimiter_is_where_python_multipart_finds_it(lead: bytes) -> None:
+    """A body starting with CR or LF makes the parser jump to its first '-': the check finds
+    the first delimiter there too, not at the first CRLF--boundary (which was a header named
+    '--a--' here, taken for the close delimiter: nothing after it was checked)."""
+    head = lead + b"--a\r\n--a--: x\r\n" + HEAD + b"x\r\n--a"
+    with pytest.raises(InvalidInput, match="delimiter"):
+        check_all(b"a", [head + b" " * 64])
+    with pytest.raises(InvalidInput, match="delimiter"):
+        check_all(b"a", [lead, head[len(lead) :] + b"X\r\n--a"])
+
+
+def test_spaces_before_a_header_value_are_bounded_split_anywhere() -> None:
+    part = b"--a\r\nContent-Disposition:" + b" " * 4000 + b'form-data; name="f"\r\n\r\nx'
+    for at in range(0, len(part), 97):
+        with pytest.raises(InvalidInput, match="spaces"):
+            check_all(b"a", [part[:at], part[at:]])
+    assert len(SPACED_VALUE) == MAX_PADDING + 2
+    check_all(b"a", [form(b"a", [b"x"]).replace(b"Disposition: ", b"Disposition:" + b" " * 32)])
 
 
 @pytest.mark.parametrize("at", range(1, 40))
@@ -133,6 +185,15 @@ async def test_multipart_form_refuses_a_padded_form_as_a_400() -> None:
         async with multipart_form(request_of(body), 4, "too many", max_bytes=64 << 20):
             pass
     assert refused.value.status == 400
+
+
+@pytest.mark.anyio
+async def test_an_empty_boundary_is_checked_too() -> None:
+    """``boundary=""`` is python-multipart's delimiter CRLF + '--': checked like any other."""
+    body = b"--\r\n" + HEAD + b"y\r\n--" + b" " * (1 << 20)
+    with pytest.raises(InvalidInput, match="delimiter"):
+        async with multipart_form(request_of(body, '""'), 4, "too many", max_bytes=64 << 20):
+            pass
 
 
 @pytest.mark.anyio

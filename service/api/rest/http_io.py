@@ -138,7 +138,7 @@ async def _checked(request: Request) -> AsyncGenerator[bytes]:
     """The body's chunks, each checked by ``FormDelimiters`` before the parser walks it."""
     _, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
-    delimiters = FormDelimiters(boundary) if boundary else None
+    delimiters = FormDelimiters(boundary) if boundary is not None else None  # b"" is one too
     async with aclosing(request.stream()) as stream:
         async for chunk in stream:
             if delimiters is not None:

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from tritonclient.grpc import service_pb2
 
-from service.api.grpc.stream import INVALID_IN_A_ROW, serve_stream
+from service.api.grpc.stream import REFUSED_IN_A_ROW, serve_stream
 from service.core.errors import InvalidInput
 from service.dataplane.dataplane import DataPlane
 from tests.support.apps import make_settings
@@ -95,20 +95,20 @@ async def test_a_stream_of_invalid_requests_ends_after_so_many_in_a_row(plane: D
     """Each costs the loop about 50 us however small: 13,000 fit one 65 kB DATA frame."""
     invalid = Invalid(10_000)
     answers = []
-    with pytest.raises(InvalidInput, match=f"{INVALID_IN_A_ROW} invalid requests in a row"):
+    with pytest.raises(InvalidInput, match=f"{REFUSED_IN_A_ROW} requests in a row were refused"):
         async for answer in serve_stream(plane, invalid.requests(), status, answer=invalid.answer):
             answers.append(answer)
-    assert INVALID_IN_A_ROW <= len(answers) < INVALID_IN_A_ROW + CAP
+    assert REFUSED_IN_A_ROW <= len(answers) < REFUSED_IN_A_ROW + CAP
     assert all(a.error_message.endswith("is bad") for a in answers)
-    assert invalid.read < INVALID_IN_A_ROW + 2 * CAP  # not 10,000 read and answered
+    assert invalid.read < REFUSED_IN_A_ROW + 2 * CAP  # not 10,000 read and answered
 
 
 @pytest.mark.anyio
 async def test_invalid_requests_between_valid_ones_never_end_the_stream(plane: DataPlane) -> None:
     """Counted in the order sent: quick refusals answered before a slower valid request sent
     ahead of them are not a run."""
-    invalid = Invalid(200, valid_every=INVALID_IN_A_ROW - 1)
+    invalid = Invalid(200, valid_every=REFUSED_IN_A_ROW - 1)
     stream = serve_stream(plane, invalid.requests(), status, answer=invalid.answer)
     answers = [a async for a in stream]
     assert len(answers) == 200
-    assert sum(not a.error_message for a in answers) == len(range(0, 200, INVALID_IN_A_ROW - 1))
+    assert sum(not a.error_message for a in answers) == len(range(0, 200, REFUSED_IN_A_ROW - 1))

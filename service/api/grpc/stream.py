@@ -2,9 +2,9 @@
 ``start_stream`` / ``async_stream_infer``). Each request on the stream gets one answer on it, in
 the order they finish: its ``infer_response`` (the request ``id`` echoed) or its
 ``error_message``; a bad request fails alone and the stream goes on, unless it is the
-``INVALID_IN_A_ROW``th invalid one in a row. Up to ``limit`` requests of one stream run at once;
-past that the stream stops reading until an answer has been sent, so a client that floods it
-meets HTTP/2 flow control, not an unbounded buffer."""
+``REFUSED_IN_A_ROW``th in a row refused for what the client sent. Up to ``limit`` requests of
+one stream run at once; past that the stream stops reading until an answer has been sent, so a
+client that floods it meets HTTP/2 flow control, not an unbounded buffer."""
 
 from __future__ import annotations
 
@@ -40,10 +40,11 @@ StatusOf = Callable[[int], grpc.StatusCode]  # an HTTP status as a gRPC code (se
 INFER_REQUEST = service_pb2.ModelInferRequest
 PARSE_INFER_REQUEST = lenient_parser(INFER_REQUEST, counted=False)  # counted by the model's bound
 _END = object()  # the reader has seen the end of the requests and every answer is queued
-# A stream's invalid requests in a row that end it: each costs about 50 us of the loop however
-# small (13,000 empty 5-byte ones fit a 65 kB DATA frame: 0.69 s), where a new stream or call
-# costs its headers too; a client's bug shows in the first answers anyway.
-INVALID_IN_A_ROW = 16
+# A stream's requests in a row refused for what the client sent (a 4xx, but a timeout's or
+# too many requests') that end it: each costs about 50 us of the loop however small (13,000
+# empty 5-byte ones fit a 65 kB DATA frame), where a new stream or call costs its headers too;
+# a client's bug shows in the first answers anyway.
+REFUSED_IN_A_ROW = 16
 
 
 async def infer_message(plane: DataPlane, received: Any, metadata: Any = None) -> Answered:
@@ -159,27 +160,28 @@ def error_response(request: Any, message: str) -> Any:
 
 async def answer_one(
     plane: DataPlane, request: Any, answer: Answer, status: StatusOf
-) -> tuple[Answered, grpc.StatusCode]:
+) -> tuple[Answered, bool]:
     """``request``'s stream message: its answer, or its error in words (counted as a call),
-    and the call's code."""
+    and whether it was refused for what the client sent."""
     start = time.perf_counter()
     code = grpc.StatusCode.OK
     try:
         with request_scope():  # each request holds its model version until it is answered
             result, held = await answer(request)
         if isinstance(result, bytes):  # serialized on the pool: a large answer
-            return (codec.stream_response_bytes(result), held), code
-        return (service_pb2.ModelStreamInferResponse(infer_response=result), held), code
+            return (codec.stream_response_bytes(result), held), False
+        return (service_pb2.ModelStreamInferResponse(infer_response=result), held), False
     except ServingError as exc:
         code = status(exc.status)
         internal = code is grpc.StatusCode.INTERNAL
         if internal:
             log.error("gRPC ModelStreamInfer request failed", exc_info=exc)
-        return (error_response(request, INTERNAL_MESSAGE if internal else exc.message), 0), code
+        refused = 400 <= exc.status < 500 and exc.status not in (408, 429)
+        return (error_response(request, INTERNAL_MESSAGE if internal else exc.message), 0), refused
     except Exception as exc:
         log.error("gRPC ModelStreamInfer request failed", exc_info=exc)
         code = grpc.StatusCode.INTERNAL
-        return (error_response(request, INTERNAL_MESSAGE), 0), code
+        return (error_response(request, INTERNAL_MESSAGE), 0), False
     finally:
         plane.metrics.observe_grpc_call("ModelStreamInfer", code.name, time.perf_counter() - start)
 
@@ -200,15 +202,15 @@ async def serve_stream(
     done: asyncio.Queue[Any] = asyncio.Queue()
     slots = asyncio.Semaphore(plane.settings.grpc_stream_in_flight)
     running: set[asyncio.Task[None]] = set()
-    invalid = InvalidInARow()
+    refusals = RefusedInARow()
 
     async def run(request: Any, number: int) -> None:
-        answered, code = await answer_one(plane, request, answer, status)
+        answered, refused = await answer_one(plane, request, answer, status)
         done.put_nowait(answered)
         release(request)  # grpc's iterator keeps the last one given (``release``)
         if place is not None:  # computed: a client that does not read holds no working place
             place.finish()
-        if invalid.answered(number, code is grpc.StatusCode.INVALID_ARGUMENT):
+        if refusals.answered(number, refused):
             reader.cancel()  # read no more; the answers queued are sent, then the stream ends
 
     async def read() -> None:
@@ -219,7 +221,7 @@ async def serve_stream(
                     done.put_nowait(_refused(plane, request, status, place.admission.too_many()))
                     place.finish()
                     continue
-                running.add(task := asyncio.create_task(run(request, invalid.number())))
+                running.add(task := asyncio.create_task(run(request, refusals.number())))
                 task.add_done_callback(running.discard)
             if running:
                 await asyncio.wait(set(running))
@@ -236,7 +238,7 @@ async def serve_stream(
             finally:  # sent, or the stream closed while it was being sent
                 budget.give(item[1])
             slots.release()
-        if (why := _cut_short(place, invalid)) is not None:
+        if (why := _cut_short(place, refusals)) is not None:
             raise why
         await reader  # the client's end of the stream, or its error (grpc ends the call)
     finally:
@@ -245,18 +247,19 @@ async def serve_stream(
         await _stop(reader, running, done, budget)
 
 
-def _cut_short(place: StreamPlace | None, invalid: InvalidInARow) -> ServingError | None:
+def _cut_short(place: StreamPlace | None, refusals: RefusedInARow) -> ServingError | None:
     """Why a stream ends before its client ended it, if it does."""
     if place is not None and place.evicted:  # its place was needed while it sent nothing
         return Overloaded(EVICTED)
-    if invalid.ended:
-        return InvalidInput(f"{INVALID_IN_A_ROW} invalid requests in a row: the stream ends")
+    if refusals.ended:
+        why = f"{REFUSED_IN_A_ROW} requests in a row were refused: the stream ends"
+        return InvalidInput(why)
     return None
 
 
-class InvalidInARow:
-    """A stream's invalid requests in a row, in the order they came (a quick invalid one
-    answered before a slower valid one sent ahead of it still follows it)."""
+class RefusedInARow:
+    """A stream's refused requests in a row, in the order they came (a quick refusal answered
+    before a slower good request sent ahead of it still follows it)."""
 
     def __init__(self) -> None:
         self._given = 0  # numbers given to requests read
@@ -269,14 +272,13 @@ class InvalidInARow:
         self._given += 1
         return self._given - 1
 
-    def answered(self, number: int, invalid: bool) -> bool:
-        """True once, when the stream must end: INVALID_IN_A_ROW invalid requests in a row."""
-        self._waiting[number] = invalid
+    def answered(self, number: int, refused: bool) -> bool:
+        """True once, when the stream must end: REFUSED_IN_A_ROW refused requests in a row."""
+        self._waiting[number] = refused
         while self._next in self._waiting:
-            invalid = self._waiting.pop(self._next)
-            self._in_a_row = self._in_a_row + 1 if invalid else 0
+            self._in_a_row = self._in_a_row + 1 if self._waiting.pop(self._next) else 0
             self._next += 1
-        if self._in_a_row < INVALID_IN_A_ROW or self.ended:
+        if self._in_a_row < REFUSED_IN_A_ROW or self.ended:
             return False
         self.ended = True
         return True

@@ -171,6 +171,13 @@ class RecordNotFound(ServingError):
     status = HTTPStatus.NOT_FOUND
 
 
+class LabelConflict(ServingError):
+    """An open label (``FEEDBACK_OPEN``) for a record an admin labelled otherwise: the admin's
+    label stands, and nothing of the request is written (the same label is no conflict)."""
+
+    status = HTTPStatus.CONFLICT
+
+
 class PredictionLogOff(ServingError):
     """Feedback while ``PREDICTION_LOG`` is off: there is nothing to label."""
 

@@ -9,7 +9,7 @@ import itertools
 import sqlite3
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ PREDICTIONS = sa.Table(
     sa.Column("top1", sa.Integer, nullable=False),  # class index
     sa.Column("top1_probability", sa.Float, nullable=False),
     sa.Column("image", sa.LargeBinary, nullable=True),  # 32x32x3 uint8 (captured_images)
-    sa.Column("label", sa.Integer, nullable=True),  # class index from feedback; last one wins
+    sa.Column("label", sa.Integer, nullable=True),  # class index from feedback (label_store)
     sa.Column("labelled_at", sa.Float, nullable=True),
     # who gave the label (ADMIN or OPEN): the retrain trains on admins' labels only by default
     sa.Column("labelled_by", sa.String(8), nullable=True),
@@ -45,7 +45,6 @@ PREDICTIONS = sa.Table(
 )
 
 
-FIND_PAIRS = 256  # (id, item) pairs one lookup names (SQLite's bound variables: 2 a pair)
 # Records a pruning transaction deletes at most: the write lock's hold, and the WAL, which takes
 # about 4 kB a deleted record with a captured image (50,000 grew it to 211 MB)
 DELETE_ROWS = 5_000
@@ -296,48 +295,6 @@ def _count(engine: Engine, where: sa.ColumnElement[bool] | None = None) -> int:
         return int(
             connection.execute(counted if where is None else counted.where(where)).scalar_one()
         )
-
-
-def find(engine: Engine, pairs: Iterable[tuple[str, int]]) -> dict[tuple[str, int], Record]:
-    """(request id, item) -> (row, model, version) of the newest record of each pair found: one
-    indexed lookup a pair, however often a client reused its id."""
-    table = PREDICTIONS
-    wanted = sorted(set(pairs))
-    found: dict[tuple[str, int], Record] = {}
-    with engine.connect() as connection:
-        for start in range(0, len(wanted), FIND_PAIRS):
-            chunk = wanted[start : start + FIND_PAIRS]
-            newest = (
-                sa.select(sa.func.max(table.c.row))
-                .where(sa.tuple_(table.c.request_id, table.c.item).in_(chunk))
-                .group_by(table.c.request_id, table.c.item)
-            )
-            query = sa.select(
-                table.c.request_id, table.c.item, table.c.row, table.c.model, table.c.version
-            ).where(table.c.row.in_(newest))
-            for request_id, item, row, model, version in connection.execute(query):
-                found[(request_id, item)] = (row, model, version)
-    return found
-
-
-class RecordsGone(Exception):
-    """Records found a moment before were pruned before their labels were written."""
-
-
-def label(engine: Engine, labels: Sequence[tuple[int, int]], by: str) -> None:
-    """Set (record's row, class index) labels given ``by`` ADMIN or OPEN in one transaction, all
-    or none (``RecordsGone`` when a row is no longer there: retention pruned it since it was
-    found); a repeat overwrites, its giver too."""
-    table = PREDICTIONS
-    statement = (
-        table.update()
-        .where(table.c.row == sa.bindparam("at"))
-        .values(label=sa.bindparam("index"), labelled_at=time.time(), labelled_by=by)
-    )
-    with engine.begin() as connection:
-        result = connection.execute(statement, [{"at": row, "index": i} for row, i in labels])
-        if result.rowcount != len(labels):  # rolled back on the way out
-            raise RecordsGone(f"{len(labels) - result.rowcount} of {len(labels)} pruned")
 
 
 def read_all(engine: Engine) -> list[dict[str, Any]]:

@@ -155,7 +155,8 @@ def test_the_log_records_whether_an_admin_or_an_open_labeller_gave_each_label(
     tmp_path: Path, data_dir: Path
 ) -> None:
     """With FEEDBACK_OPEN one client with nothing but infer and feedback calls displaced every
-    honest label in the retrain's feedback: nothing told its labels from an admin's."""
+    honest label in the retrain's feedback: nothing told its labels from an admin's; and one who
+    knew an admin-labelled record's id relabelled it, an open label in its place."""
     repo = make_model_repo(tmp_path, lecture=False)
     with running_server(make_settings(repo, feedback_open=True), grpc=False) as running:
         url = f"http://{running.address}"
@@ -172,8 +173,13 @@ def test_the_log_records_whether_an_admin_or_an_open_labeller_gave_each_label(
         assert relabel.status_code == 200
         by = {r["request_id"]: (r["label"], r["labelled_by"]) for r in rows(data_dir)}
         assert by == {admin: (1, "admin"), anyone: (2, "admin"), wrong: (None, None)}
-        assert httpx.post(f"{url}/v1/feedback", json={"id": admin, "label": 3}).status_code == 200
-        assert {r["request_id"]: r["labelled_by"] for r in rows(data_dir)}[admin] == "open"
+        # an open label never replaces an admin's: another is a 409 for the whole body, the
+        # same one a 200 that leaves it the admin's (the last label won, and became open)
+        both = [{"id": wrong, "label": 0}, {"id": admin, "label": 3}]
+        conflict = httpx.post(f"{url}/v1/feedback", json=both)
+        assert conflict.status_code == 409 and "admin" in conflict.json()["error"]
+        assert httpx.post(f"{url}/v1/feedback", json={"id": admin, "label": 1}).status_code == 200
+        assert {r["request_id"]: (r["label"], r["labelled_by"]) for r in rows(data_dir)} == by
 
 
 JSON = st.recursive(

@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
-from service.core.errors import Overloaded, RecordNotFound
+from service.core.errors import LabelConflict, Overloaded, RecordNotFound
+from service.dataplane import label_store
 from service.dataplane import prediction_store as store
 from service.dataplane.feedback import Feedback, apply_feedback
 from service.dataplane.prediction_log import PredictionLog
@@ -136,7 +138,7 @@ def test_an_unknown_id_holds_no_thread_while_looked_for_and_a_queued_record_is_w
     with pytest.raises(RecordNotFound):
         asyncio.run(apply_feedback(log, [Feedback("never-answered", "cat")], names, "admin", timed))
     assert time.monotonic() - start >= 1.9  # another writer's record was waited for 2 s
-    assert len(held) > 10 and max(held) < 0.25  # a thread only for each lookup, none flushed
+    assert len(held) > 5 and max(held) < 0.25  # a thread only for each lookup, none flushed
     assert label_them(log, [Feedback("queued", "dog")]) == 1
 
 
@@ -146,14 +148,67 @@ def test_a_record_pruned_between_its_lookup_and_its_label_is_a_404_and_labels_no
     """The writer's retention may delete a record found a moment before: the label's update
     then changed nothing, and feedback answered it labelled."""
     store.insert(log.engine, [record("a", 0), record("b", 0, at=time.time())])
-    find = store.find
+    find = label_store.find
 
     def pruned_meanwhile(engine: object, pairs: object) -> object:
         found = find(engine, pairs)  # type: ignore[arg-type]
         store.prune(log.engine, 3600, 10**6)  # "a" (at 1000 s) is past the age
         return found
 
-    monkeypatch.setattr(store, "find", pruned_meanwhile)
+    monkeypatch.setattr(label_store, "find", pruned_meanwhile)
     with pytest.raises(RecordNotFound, match="pruned"):
         label_them(log, [Feedback("b", "cat"), Feedback("a", "dog")])
     assert labelled(log) == []  # "b" neither: all or none
+
+
+def test_an_unknown_ids_wait_reads_only_what_another_writer_commits_and_still_finds_it(
+    log: PredictionLog,
+) -> None:
+    """The wait looked up every pair again each 0.1 s for 2 s: 0.37 s of CPU for a body of
+    1,024 unknown ids. Later looks bind none of the pairs (the rows since the last look are
+    read through the key), and records another writer commits within the wait are found."""
+    store.insert(log.engine, [record(f"old-{i}", 0) for i in range(5000)])
+    wanted = [Feedback(f"late-{i}", "dog") for i in range(1024)]
+    bound: list[int] = []
+
+    @sa.event.listens_for(log.engine, "before_cursor_execute")
+    def count(_c: Any, _k: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            bound.append(len(parameters))
+
+    def other_writer() -> None:
+        for step in range(8):  # unrelated records every 0.1 s, the awaited ones at 0.6 s
+            time.sleep(0.1)
+            store.insert(log.engine, [record(f"other-{step}-{i}", 0) for i in range(64)])
+            if step == 5:
+                store.insert(log.engine, [record(f.id, 0) for f in wanted])
+
+    writer = threading.Thread(target=other_writer)
+    writer.start()
+    assert label_them(log, wanted) == 1024
+    writer.join()
+    assert max(bound) == 2 * 256  # the first lookup names the pairs, 256 a statement
+    assert sum(bound) < 2 * 1024 + 100  # those of one lookup; only a few row bounds after
+
+
+def test_an_open_label_never_replaces_an_admins(log: PredictionLog) -> None:
+    """Under FEEDBACK_OPEN anyone who knew an admin-labelled record's id relabelled it: the last
+    label won, and the trusted label became an open one."""
+    store.insert(log.engine, [record("a", 0), record("b", 0), record("c", 0)])
+    assert label_them(log, [Feedback("a", "cat")]) == 1  # an admin's
+
+    def open_label(items: list[Feedback]) -> int:
+        async def run(work: Any, *args: Any) -> Any:
+            return await asyncio.to_thread(work, *args)
+
+        return asyncio.run(apply_feedback(log, items, names, store.OPEN, run))
+
+    with pytest.raises(LabelConflict, match="'a' and item 0"):  # the whole body: "b" neither
+        open_label([Feedback("b", "dog"), Feedback("a", "ship")])
+    assert labelled(log) == [(1, "a", 0, 0)]
+    assert open_label([Feedback("a", "cat"), Feedback("b", "dog")]) == 2  # the same: no conflict
+    given = {r["request_id"]: (r["label"], r["labelled_by"]) for r in store.read_all(log.engine)}
+    assert given == {"a": (0, "admin"), "b": (1, "open"), "c": (None, None)}
+    assert label_them(log, [Feedback("a", "ship"), Feedback("b", "ship")]) == 2  # admin: anything
+    with pytest.raises(LabelConflict):  # "b" is the admin's now
+        open_label([Feedback("b", "dog")])

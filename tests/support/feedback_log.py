@@ -10,7 +10,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from service.dataplane import prediction_store
+from service.dataplane import label_store, prediction_store
 
 # (model, image, label) of one record, and optionally who labelled it (default: an admin)
 LogRow = tuple[str, np.ndarray | None, int | None] | tuple[str, np.ndarray | None, int | None, str]
@@ -38,10 +38,8 @@ def label_ids(
     engine: Engine, labels: Sequence[tuple[str, int, int]], by: str = prediction_store.ADMIN
 ) -> None:
     """(request id, item, class index) labels on each pair's newest record, as feedback does."""
-    found = prediction_store.find(engine, [(id, item) for id, item, _ in labels])
-    prediction_store.label(
-        engine, [(found[(id, item)][0], index) for id, item, index in labels], by
-    )
+    found = label_store.find(engine, [(id, item) for id, item, _ in labels])
+    label_store.label(engine, [(found[(id, item)][0], index) for id, item, index in labels], by)
 
 
 def make_log_without_provenance(url: str) -> None:

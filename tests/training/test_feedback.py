@@ -174,3 +174,25 @@ def test_an_unreachable_database_is_a_clear_error_that_hides_its_password() -> N
     assert "s3cret" not in str(raised.value)
     with pytest.raises(DataError, match="not a SQLAlchemy database URL"):
         read_feedback("http:://bad", "net", key=KEY)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        pytest.param("sysfs", id="a folder no one may write in (sysfs: root neither)"),
+        pytest.param("file", id="a repository that is a file"),
+    ],
+)
+def test_a_key_that_cannot_be_made_is_a_clear_error(tmp_path: Path, where: str) -> None:
+    """On a read-only repository the retrain's first use of the key, made there, ended in a raw
+    OSError's traceback; it is a DataError that says what to do."""
+    if where == "sysfs":
+        if not Path("/sys/fs").is_dir():
+            pytest.skip("no sysfs here")
+        path = Path("/sys/fs") / ".feedback-holdout.key"
+    else:
+        (tmp_path / "models").write_text("")
+        path = tmp_path / "models" / ".feedback-holdout.key"
+    with pytest.raises(DataError, match="cannot make or read the feedback hold-out key") as caught:
+        holdout_key(path)
+    assert "--feedback-key" in caught.value.message and not path.exists()

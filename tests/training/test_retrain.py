@@ -179,6 +179,17 @@ def test_a_missing_feedback_database_stops_the_job_before_training(
     assert not (tmp_path / "x.db").exists()
 
 
+def test_a_hold_out_key_that_cannot_be_made_stops_the_job_with_what_to_do(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    """A repository the retrain cannot write its key in ended the job in an OSError traceback."""
+    log = write_log(tmp_path / "predictions.sqlite3", [("net", None, 1)])
+    (tmp_path / "models").write_text("")  # the key's folder cannot be made
+    code, _, err = _finish(_retrain(image_folder, tmp_path, "--feedback", str(log)))
+    assert code == 1 and "Traceback" not in err and "Epoch" not in err
+    assert "cannot make or read the feedback hold-out key" in err and "--feedback-key" in err
+
+
 @pytest.mark.slow
 def test_retrain_on_feedback_trains_on_it_and_judges_on_the_held_out_share(
     image_folder: Path, tmp_path: Path

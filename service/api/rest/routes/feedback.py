@@ -64,8 +64,9 @@ def parse_feedback(data: Any) -> list[Feedback]:
 @router.post(
     "/feedback",
     summary="Label answered images by request id (a class name or index; the last label wins)",
+    description="An open label (FEEDBACK_OPEN) never replaces an admin's: another label is a 409.",
     response_model=FeedbackResponse,
-    responses=errors(400, 401, 403, 404, 413, 415, 422, 503),
+    responses=errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
     openapi_extra=json_body(FeedbackItem, EXAMPLE),
 )
 async def feedback(

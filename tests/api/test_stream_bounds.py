@@ -13,8 +13,17 @@ import grpc
 import pytest
 from tritonclient.grpc import service_pb2
 
-from service.api.grpc.stream import REFUSED_IN_A_ROW, serve_stream
-from service.core.errors import InvalidInput
+from service.api.grpc.stream import REFUSED_IN_A_ROW, SMALL_MESSAGE_BYTES, serve_stream
+from service.core.errors import (
+    InvalidInput,
+    ModelNotFound,
+    Overloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServingError,
+    TimeoutExpired,
+    TooManyCalls,
+)
 from service.dataplane.dataplane import DataPlane
 from tests.support.apps import make_settings
 from tests.support.models import make_model_repo
@@ -76,18 +85,37 @@ async def test_a_client_reading_no_answers_stops_the_stream_reading(plane: DataP
 
 
 class Invalid(Counting):
-    """Every request invalid, but those whose id is a multiple of ``valid_every``."""
+    """Every request refused with ``error``, but those whose id is a multiple of
+    ``valid_every`` or at least ``valid_from``; each message ``padding`` bytes or more."""
 
-    def __init__(self, count: int, valid_every: int = 0) -> None:
+    def __init__(
+        self,
+        count: int,
+        valid_every: int = 0,
+        valid_from: int | None = None,
+        error: type[ServingError] = InvalidInput,
+        padding: int = 0,
+    ) -> None:
         super().__init__(count)
-        self.valid_every = valid_every
+        self.valid_every, self.valid_from = valid_every, valid_from
+        self.error, self.padding = error, padding
+        self.started, self.refusal_s = 0, 0.0
+
+    async def requests(self) -> AsyncIterator[Any]:
+        async for request in super().requests():
+            request.raw_input_contents.append(b"\0" * self.padding)
+            yield request
 
     async def answer(self, request: Any) -> Any:
-        if self.valid_every and int(request.id) % self.valid_every == 0:
+        self.started += 1
+        number = int(request.id)
+        if (self.valid_every and number % self.valid_every == 0) or (
+            self.valid_from is not None and number >= self.valid_from
+        ):
             await asyncio.sleep(0.01)  # run by a model: slower than a refusal
             return service_pb2.ModelInferResponse(id=request.id), 0
-        await asyncio.sleep(0)
-        raise InvalidInput(f"request {request.id} is bad")
+        await asyncio.sleep(self.refusal_s * (number % CAP + 1))  # staggered, if at all
+        raise self.error(f"request {request.id} is bad")
 
 
 @pytest.mark.anyio
@@ -112,3 +140,51 @@ async def test_invalid_requests_between_valid_ones_never_end_the_stream(plane: D
     answers = [a async for a in stream]
     assert len(answers) == 200
     assert sum(not a.error_message for a in answers) == len(range(0, 200, REFUSED_IN_A_ROW - 1))
+
+
+@pytest.mark.parametrize("error", [Overloaded, RequestTimeout, TooManyCalls, TimeoutExpired])
+@pytest.mark.anyio
+async def test_refusals_for_the_servers_state_never_end_the_stream(
+    plane: DataPlane, error: type[ServingError]
+) -> None:
+    invalid = Invalid(100, error=error)
+    answers = [
+        a async for a in serve_stream(plane, invalid.requests(), status, answer=invalid.answer)
+    ]
+    assert len(answers) == 100
+
+
+@pytest.mark.anyio
+async def test_refusals_of_larger_messages_never_end_the_stream(plane: DataPlane) -> None:
+    """A model being reloaded answers 404 to valid requests; a message of a kilobyte or more
+    costs the server no more a byte than a served one."""
+    invalid = Invalid(100, error=ModelNotFound, padding=SMALL_MESSAGE_BYTES)
+    answers = [
+        a async for a in serve_stream(plane, invalid.requests(), status, answer=invalid.answer)
+    ]
+    assert len(answers) == 100
+
+
+@pytest.mark.anyio
+async def test_requests_read_before_the_end_are_answered_and_the_last_refusal_named(
+    plane: DataPlane,
+) -> None:
+    invalid = Invalid(10_000, valid_from=REFUSED_IN_A_ROW, error=PayloadTooLarge)
+    invalid.refusal_s = 0.003  # so that valid requests are read while the last refusals run
+    answers = []
+    with pytest.raises(InvalidInput, match="the last: request 15 is bad; the stream ends"):
+        async for answer in serve_stream(plane, invalid.requests(), status, answer=invalid.answer):
+            answers.append(answer)
+    assert len(answers) == invalid.started > REFUSED_IN_A_ROW  # the valid ones begun answered
+    assert invalid.running == 0
+
+
+@pytest.mark.anyio
+async def test_a_client_that_ends_with_its_16th_refusal_ends_the_stream_itself(
+    plane: DataPlane,
+) -> None:
+    invalid = Invalid(REFUSED_IN_A_ROW)
+    answers = [
+        a async for a in serve_stream(plane, invalid.requests(), status, answer=invalid.answer)
+    ]
+    assert len(answers) == REFUSED_IN_A_ROW

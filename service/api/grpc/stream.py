@@ -2,9 +2,9 @@
 ``start_stream`` / ``async_stream_infer``). Each request on the stream gets one answer on it, in
 the order they finish: its ``infer_response`` (the request ``id`` echoed) or its
 ``error_message``; a bad request fails alone and the stream goes on, unless it is the
-``REFUSED_IN_A_ROW``th in a row refused for what the client sent. Up to ``limit`` requests of
-one stream run at once; past that the stream stops reading until an answer has been sent, so a
-client that floods it meets HTTP/2 flow control, not an unbounded buffer."""
+``REFUSED_IN_A_ROW``th small one in a row refused for what the client sent. Up to ``limit``
+requests of one stream run at once; past that the stream stops reading until an answer has
+been sent, so a client that floods it meets HTTP/2 flow control, not an unbounded buffer."""
 
 from __future__ import annotations
 
@@ -40,11 +40,14 @@ StatusOf = Callable[[int], grpc.StatusCode]  # an HTTP status as a gRPC code (se
 INFER_REQUEST = service_pb2.ModelInferRequest
 PARSE_INFER_REQUEST = lenient_parser(INFER_REQUEST, counted=False)  # counted by the model's bound
 _END = object()  # the reader has seen the end of the requests and every answer is queued
-# A stream's requests in a row refused for what the client sent (a 4xx, but a timeout's or
-# too many requests') that end it: each costs about 50 us of the loop however small (13,000
+# A stream's small requests in a row refused for what the client sent (a 4xx, but a timeout's
+# or too many requests') that end it: each costs 50-130 us of the loop however small (13,000
 # empty 5-byte ones fit a 65 kB DATA frame), where a new stream or call costs its headers too;
-# a client's bug shows in the first answers anyway.
+# a client's bug shows in the first answers anyway. A larger message costs the server no more a
+# byte than a served one (about 0.2 us), so its refusal, a model being reloaded's 404 for one,
+# never counts.
 REFUSED_IN_A_ROW = 16
+SMALL_MESSAGE_BYTES = 1024
 
 
 async def infer_message(plane: DataPlane, received: Any, metadata: Any = None) -> Answered:
@@ -160,28 +163,29 @@ def error_response(request: Any, message: str) -> Any:
 
 async def answer_one(
     plane: DataPlane, request: Any, answer: Answer, status: StatusOf
-) -> tuple[Answered, bool]:
+) -> tuple[Answered, str | None]:
     """``request``'s stream message: its answer, or its error in words (counted as a call),
-    and whether it was refused for what the client sent."""
+    and why it was refused for what the client sent, if it was."""
     start = time.perf_counter()
     code = grpc.StatusCode.OK
     try:
         with request_scope():  # each request holds its model version until it is answered
             result, held = await answer(request)
         if isinstance(result, bytes):  # serialized on the pool: a large answer
-            return (codec.stream_response_bytes(result), held), False
-        return (service_pb2.ModelStreamInferResponse(infer_response=result), held), False
+            return (codec.stream_response_bytes(result), held), None
+        return (service_pb2.ModelStreamInferResponse(infer_response=result), held), None
     except ServingError as exc:
         code = status(exc.status)
         internal = code is grpc.StatusCode.INTERNAL
         if internal:
             log.error("gRPC ModelStreamInfer request failed", exc_info=exc)
         refused = 400 <= exc.status < 500 and exc.status not in (408, 429)
-        return (error_response(request, INTERNAL_MESSAGE if internal else exc.message), 0), refused
+        answered = error_response(request, INTERNAL_MESSAGE if internal else exc.message), 0
+        return answered, exc.message if refused else None
     except Exception as exc:
         log.error("gRPC ModelStreamInfer request failed", exc_info=exc)
         code = grpc.StatusCode.INTERNAL
-        return (error_response(request, INTERNAL_MESSAGE), 0), False
+        return (error_response(request, INTERNAL_MESSAGE), 0), None
     finally:
         plane.metrics.observe_grpc_call("ModelStreamInfer", code.name, time.perf_counter() - start)
 
@@ -202,7 +206,7 @@ async def serve_stream(
     done: asyncio.Queue[Any] = asyncio.Queue()
     slots = asyncio.Semaphore(plane.settings.grpc_stream_in_flight)
     running: set[asyncio.Task[None]] = set()
-    refusals = RefusedInARow()
+    refusals, finished = RefusedInARow(), False  # finished: every request of the client read
 
     async def run(request: Any, number: int) -> None:
         answered, refused = await answer_one(plane, request, answer, status)
@@ -210,10 +214,11 @@ async def serve_stream(
         release(request)  # grpc's iterator keeps the last one given (``release``)
         if place is not None:  # computed: a client that does not read holds no working place
             place.finish()
-        if refusals.answered(number, refused):
-            reader.cancel()  # read no more; the answers queued are sent, then the stream ends
+        if refusals.answered(number, _if_small(request, refused)) and not finished:
+            reader.cancel()  # read no more; those read are answered, then the stream ends
 
     async def read() -> None:
+        nonlocal finished
         try:
             async for request in requests:
                 await slots.acquire()  # released when an answer has been sent
@@ -223,38 +228,50 @@ async def serve_stream(
                     continue
                 running.add(task := asyncio.create_task(run(request, refusals.number())))
                 task.add_done_callback(running.discard)
+            finished = True
+        finally:  # cut short too: what was read is answered (cancelled by ``_stop`` if need be)
             if running:
                 await asyncio.wait(set(running))
-        finally:
-            done.put_nowait(_END)
 
     reader = asyncio.create_task(read())  # first run at the first await below, as is ``place``
+    reader.add_done_callback(lambda _: done.put_nowait(_END))  # if cancelled before it ran too
     place = StreamPlace(admission, reader.cancel) if admission is not None else None
-    budget = plane.body_budget
     try:
         while (item := await done.get()) is not _END:
             try:
                 yield item[0]  # waits while the client does not read: at most ``limit`` answers
             finally:  # sent, or the stream closed while it was being sent
-                budget.give(item[1])
+                plane.body_budget.give(item[1])
             slots.release()
-        if (why := _cut_short(place, refusals)) is not None:
+        if (why := _cut_short(place, refusals.why if not finished else "")) is not None:
             raise why
         await reader  # the client's end of the stream, or its error (grpc ends the call)
     finally:
         if place is not None:
             place.close()
-        await _stop(reader, running, done, budget)
+        await _stop(reader, running, done, plane.body_budget)
 
 
-def _cut_short(place: StreamPlace | None, refusals: RefusedInARow) -> ServingError | None:
+def _cut_short(place: StreamPlace | None, refused: str) -> ServingError | None:
     """Why a stream ends before its client ended it, if it does."""
     if place is not None and place.evicted:  # its place was needed while it sent nothing
         return Overloaded(EVICTED)
-    if refusals.ended:
-        why = f"{REFUSED_IN_A_ROW} requests in a row were refused: the stream ends"
-        return InvalidInput(why)
+    if refused:
+        return InvalidInput(
+            f"{REFUSED_IN_A_ROW} requests in a row were refused, the last: {refused[:200]}; "
+            "the stream ends"
+        )
     return None
+
+
+def _if_small(request: Any, refused: str | None) -> str | None:
+    """Why a stream's request was refused, if it was and its message is small (an undecodable
+    one counts as small; a SizedRequest keeps its size when let go)."""
+    if isinstance(request, SizedRequest):
+        size = request.size
+    else:
+        size = 0 if isinstance(request, Undecodable) else int(request.ByteSize())
+    return refused if size < SMALL_MESSAGE_BYTES else None
 
 
 class RefusedInARow:
@@ -264,24 +281,26 @@ class RefusedInARow:
     def __init__(self) -> None:
         self._given = 0  # numbers given to requests read
         self._next = 0  # the first request whose answer is not yet counted
-        self._waiting: dict[int, bool] = {}  # answered, not yet counted: at most the in-flight
+        self._waiting: dict[int, str | None] = {}  # answered, not yet counted: the in-flight
         self._in_a_row = 0
-        self.ended = False
+        self.why = ""  # the last refusal's message once the stream must end
 
     def number(self) -> int:
         self._given += 1
         return self._given - 1
 
-    def answered(self, number: int, refused: bool) -> bool:
-        """True once, when the stream must end: REFUSED_IN_A_ROW refused requests in a row."""
+    def answered(self, number: int, refused: str | None) -> bool:
+        """True once, when the stream must end: REFUSED_IN_A_ROW refused requests in a row
+        (``refused``: why, or None when answered or not to be counted)."""
         self._waiting[number] = refused
         while self._next in self._waiting:
-            self._in_a_row = self._in_a_row + 1 if self._waiting.pop(self._next) else 0
+            why = self._waiting.pop(self._next)
+            self._in_a_row = self._in_a_row + 1 if why is not None else 0
             self._next += 1
-        if self._in_a_row < REFUSED_IN_A_ROW or self.ended:
-            return False
-        self.ended = True
-        return True
+            if self._in_a_row == REFUSED_IN_A_ROW and not self.why:
+                self.why = why or "refused"
+                return True
+        return False
 
 
 async def _stop(

@@ -1,6 +1,8 @@
-"""What an image file's structure may cost, read before Pillow opens it: a PNG's chunks and a
-JPEG's scans. Pillow walks a PNG's chunks in Python and inflates its text and ICC profiles as it
-opens it, and libjpeg walks the whole image once per scan; neither sets a limit of its own."""
+"""What an image file's structure may cost, read before Pillow opens it: a PNG's chunks, a
+JPEG's segments and scans, a TIFF's strips. Pillow walks a PNG's chunks and a JPEG's segments in
+Python and inflates a PNG's text and ICC profiles as it opens it, makes a Python object of each
+strip a TIFF lists (however few its rows), and libjpeg walks the whole image once per scan; none
+sets a limit of its own."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import struct
 from service.core.errors import UnprocessableInput
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_START = b"\xff\xd8"
 # A PNG's chunks: an ICC profile may come once (the PNG spec), ancillary chunks at most as
 # libpng's own default cache allows (an animation's frame chunks aside), and the total bounds the
 # walk (a 64 MiB file holds 8,192 chunks of libpng's 8 kB IDAT, or 5.6 million empty ones).
@@ -25,6 +28,16 @@ EXIF_KEYWORD = b"Raw profile type exif\0"
 MAX_JPEG_SCANS = 100
 MAX_JPEG_SEGMENTS = 10_000  # markers walked before the scans are counted (a real file: tens)
 _ENTROPY_END = re.compile(rb"\xff[^\x00\xd0-\xd7]")  # a marker, not stuffing or a restart
+# A TIFF's first directory: its entries (a real file: tens), and its strips or tiles, at most as
+# many as its rows (or tile grid) need and one a STRIP_PIXELS pixels past MIN_STRIPS: 500,000
+# offsets of one 2-pixel strip (1 MB) cost Pillow 2.3 s and 120 MB as it opened the file.
+TIFF_HEADS = {b"II*\0": ("<", False), b"MM\0*": (">", False)}
+TIFF_HEADS |= {b"II+\0": ("<", True), b"MM\0+": (">", True)}  # BigTIFF
+MAX_TIFF_ENTRIES = 1_000
+MIN_STRIPS, STRIP_PIXELS = 1_024, 256
+_WIDTH, _LENGTH, _SAMPLES, _ROWS, _PLANAR, _TILE_W, _TILE_L = 256, 257, 277, 278, 284, 322, 323
+_PIECES = {273: "strip", 279: "strip", 324: "tile", 325: "tile"}  # offsets and byte counts
+_VALUE_FORMAT = {3: "H", 4: "L", 16: "Q"}  # SHORT, LONG, LONG8: the sizes a count may have
 
 
 def png_without_text(data: bytes, where: str) -> bytes:
@@ -94,3 +107,49 @@ def jpeg_scans(data: bytes, where: str) -> int:
     if segments > MAX_JPEG_SEGMENTS:
         raise UnprocessableInput(f"{where}: a JPEG of more than {MAX_JPEG_SEGMENTS} segments")
     return scans
+
+
+def tiff_checked(data: bytes, where: str) -> None:
+    """A TIFF's first directory (the image decoded) read for its size and its strips or tiles;
+    422 when it has more entries than MAX_TIFF_ENTRIES or more pieces than its rows, tile grid
+    and pixels allow (see above). Anything malformed is left to Pillow to judge."""
+    order, big = TIFF_HEADS[data[:4]]
+    entry, count = (20, "Q") if big else (12, "H")
+    try:
+        (at,) = struct.unpack_from(order + ("Q" if big else "L"), data, 8 if big else 4)
+        (entries,) = struct.unpack_from(order + count, data, at)
+    except struct.error:
+        return
+    if entries > MAX_TIFF_ENTRIES:
+        raise UnprocessableInput(f"{where}: a TIFF directory of more than {MAX_TIFF_ENTRIES} tags")
+    values: dict[int, int] = {}
+    pieces: dict[str, int] = {}
+    first = at + struct.calcsize(count)
+    for start in range(first, min(first + entries * entry, len(data) - entry + 1), entry):
+        tag, kind = struct.unpack_from(order + "HH", data, start)
+        (many,) = struct.unpack_from(order + ("Q" if big else "L"), data, start + 4)
+        value_at = start + (12 if big else 8)
+        if tag in _PIECES:
+            pieces[_PIECES[tag]] = max(pieces.get(_PIECES[tag], 0), many)
+        elif many == 1 and kind in _VALUE_FORMAT and (big or kind != 16):
+            (values[tag],) = struct.unpack_from(order + _VALUE_FORMAT[kind], data, value_at)
+    _check_pieces(values, pieces, where)
+
+
+def _check_pieces(values: dict[int, int], pieces: dict[str, int], where: str) -> None:
+    width, length = values.get(_WIDTH, 0), values.get(_LENGTH, 0)
+    if not width or not length:
+        return  # Pillow refuses it
+    planes = values.get(_SAMPLES, 1) if values.get(_PLANAR, 1) == 2 else 1
+    rows = max(1, min(values.get(_ROWS, length), length))
+    needed = {"strip": -(-length // rows) * planes}
+    tile_w, tile_l = values.get(_TILE_W, 0), values.get(_TILE_L, 0)
+    if tile_w and tile_l:
+        needed["tile"] = -(-width // tile_w) * -(-length // tile_l) * planes
+    most = max(MIN_STRIPS, width * length // STRIP_PIXELS)
+    for kind, count in pieces.items():
+        if count > min(needed.get(kind, 0), most):
+            raise UnprocessableInput(
+                f"{where}: a TIFF of {width}x{length} pixels listing {count} {kind}s, more "
+                f"than its size needs or allows ({min(needed.get(kind, 0), most)})"
+            )

@@ -24,7 +24,15 @@ from typing import cast
 import numpy as np
 from PIL import Image, ImageMath, ImageOps, UnidentifiedImageError
 
-from service.api.image_files import MAX_JPEG_SCANS, PNG_SIGNATURE, jpeg_scans, png_without_text
+from service.api.image_files import (
+    JPEG_START,
+    MAX_JPEG_SCANS,
+    PNG_SIGNATURE,
+    TIFF_HEADS,
+    jpeg_scans,
+    png_without_text,
+    tiff_checked,
+)
 from service.core.errors import PayloadTooLarge, UnprocessableInput
 from service.engine.work_pool import TooHeavyForTheLoop, WorkPool, on_event_loop
 from service.settings import Settings
@@ -42,6 +50,9 @@ INLINE_FILES = 16
 # 128 kB of empty chunks held the loop 30 ms and of repeated profiles 55 ms.
 INLINE_IMAGE_BYTES = 16_384
 SCANS_CHARGED_AS_ONE = 10  # a progressive JPEG counts its full size once per this many scans
+# What Pillow may open: the formats documented and tested. It would try every plugin it has
+# (PSD, ICO, FITS, XPM...), some of which walk their headers in Python unbounded.
+SERVED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")  # JPEG: MPO too
 WIDE_GRAY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # scaled to 8 bits by _scaled_to_8_bits
 # Pillow's decompression-bomb warning (over 89 M pixels) is an error in this process: such a file
 # is refused from its header. Set once here, not per image with ``warnings.catch_warnings``, which
@@ -108,7 +119,8 @@ def _pillow_errors(where: str, max_pixels: int) -> Iterator[None]:
             f"{where}: the image claims more pixels than the limit of {max_pixels}"
         ) from None
     except UnidentifiedImageError:
-        raise UnprocessableInput(f"{where}: not an image Pillow can decode") from None
+        served = ", ".join(SERVED_FORMATS)
+        raise UnprocessableInput(f"{where}: not an image of a format served ({served})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise UnprocessableInput(f"{where}: undecodable image ({exc})") from None
 
@@ -121,18 +133,22 @@ def _open(
     decoded yet."""
     if not data:
         raise UnprocessableInput(f"{where}: the image is empty")
+    scans = 0
     if data.startswith(PNG_SIGNATURE):
         data = png_without_text(data, where)
+    elif data.startswith(JPEG_START):  # its segments bounded before Pillow walks them
+        scans = jpeg_scans(data, where)
+    elif data[:4] in TIFF_HEADS:
+        tiff_checked(data, where)
     height, width = size
     with _pillow_errors(where, max_pixels):
-        opened = Image.open(io.BytesIO(data))
+        opened = Image.open(io.BytesIO(data), formats=SERVED_FORMATS)
         full = opened.width * opened.height
         if full > max_pixels:
             raise UnprocessableInput(
                 f"{where}: {opened.width}x{opened.height} pixels, more than the limit of "
                 f"{max_pixels}"
             )
-        scans = jpeg_scans(data, where) if opened.format in ("JPEG", "MPO") else 0
         opened.seek(0)
         opened.draft("RGB", (width * 2, height * 2))  # JPEG: decode at a reduced scale
         if opened.info.get("progressive"):  # each scan walks every block at full size

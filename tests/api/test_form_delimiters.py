@@ -200,3 +200,25 @@ async def test_an_empty_boundary_is_checked_too() -> None:
 async def test_multipart_form_still_reads_an_ordinary_form() -> None:
     async with multipart_form(request_of(form(b"a", [b"png"])), 4, "x", 1 << 20) as parts:
         assert [await f.read() for f in parts.values()] == [b"png"]  # type: ignore[union-attr]
+
+
+def test_a_parts_parameters_are_bounded_split_anywhere() -> None:
+    """python-multipart's parse_options_header slices a value at every ';': 1,000 parts of
+    3.9 kB of them cost 2.3 s of the loop."""
+    part = b'--a\r\nContent-Disposition: form-data; name="f"' + b";" * 3900 + b"\r\n\r\nx"
+    for at in range(0, len(part), 101):
+        with pytest.raises(InvalidInput, match="more than 32 ';'"):
+            check_all(b"a", [part[:at], part[at:]])
+    fine = b'--a\r\nContent-Disposition: form-data; name="f"' + b";" * 30 + b"\r\n\r\nx"
+    check_all(b"a", [fine + b"\r\n--a--\r\n"])
+
+
+@pytest.mark.anyio
+async def test_a_content_type_of_many_parameters_is_refused_before_it_is_parsed() -> None:
+    """Parsed twice (here and by Starlette), 60,000 ';' cost 71 ms of the loop a request."""
+    body = form(b"a", [b"png"])
+    with pytest.raises(InvalidInput, match="Content-Type"):
+        async with multipart_form(request_of(body, "a" + ";" * 60_000), 4, "x", 1 << 20):
+            pass
+    async with multipart_form(request_of(body, "a; charset=utf-8"), 4, "x", 1 << 20) as parts:
+        assert len(parts) == 1

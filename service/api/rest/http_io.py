@@ -91,6 +91,7 @@ def is_json_type(content_type: str | None) -> bool:
     return kind in ("", JSON) or kind.endswith("+json")
 
 
+MAX_CONTENT_TYPE_CHARS = 1024  # a form's (a boundary: at most 70)
 SMALL_BODY_BYTES = 1 << 20  # JSON bodies of the calls that carry no images (shapes, repository)
 
 
@@ -117,8 +118,14 @@ async def multipart_form(
     anyway), never spooled to a temporary file: a container's /tmp is small (deploy/k8s gives it
     64 MiB) and shared by every request.
     """
+    content_type = request.headers.get("content-type", "")
+    if len(content_type) > MAX_CONTENT_TYPE_CHARS or content_type.count(";") > 8:
+        raise InvalidInput(  # parsed by a quadratic walk of its ';' (60 kB of them: 71 ms)
+            f"the Content-Type of a form may hold at most {MAX_CONTENT_TYPE_CHARS} characters "
+            "and 8 parameters"
+        )
     try:
-        async with aclosing(_checked(request)) as stream:
+        async with aclosing(_checked(request, content_type)) as stream:
             parser = MultiPartParser(
                 request.headers, stream, max_files=max_files, max_fields=max_fields
             )
@@ -134,9 +141,9 @@ async def multipart_form(
         await form.close()
 
 
-async def _checked(request: Request) -> AsyncGenerator[bytes]:
+async def _checked(request: Request, content_type: str) -> AsyncGenerator[bytes]:
     """The body's chunks, each checked by ``FormDelimiters`` before the parser walks it."""
-    _, options = parse_options_header(request.headers.get("content-type", ""))
+    _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     delimiters = FormDelimiters(boundary) if boundary is not None else None  # b"" is one too
     async with aclosing(request.stream()) as stream:

@@ -110,8 +110,9 @@ def create_app(settings: Settings) -> FastAPI:
         summary="CIFAR-10 image classification over the Open Inference Protocol and plain REST.",
         default_response_class=JSONResponse,
         lifespan=lifespan,
-        docs_url=None,  # served by routes/api_docs.py from a package, not a CDN
-        redoc_url=None,  # ReDoc has no packaged copy; /docs covers it
+        docs_url=None,  # served by routes/api_docs.py from a package, not a CDN, and
+        openapi_url=None,  # the document too, encoded once; ReDoc has no packaged copy
+        redoc_url=None,
         **_no_native_telemetry(),
     )
     app.state.dataplane, app.state.scrapes = plane, scrapes  # scrapes: /metrics (routes/ops.py)
@@ -132,10 +133,8 @@ def create_app(settings: Settings) -> FastAPI:
         explore,
         ops,
     )
-    for module in (*routers, api_docs):
-        app.include_router(module.router)
-    for module in (log_settings, trace_settings):  # Triton's logging and trace extensions
-        app.include_router(module.router)
+    for module in (*routers, api_docs, log_settings, trace_settings):  # the last two: Triton's
+        app.include_router(module.router)  # logging and trace extensions
     routes = {getattr(r, "path", ""): r for r in v2.router.routes}  # the infer routes' documents
 
     # Added last is outermost: metrics see every response, including the body limit's 413. The

@@ -14,9 +14,12 @@ from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, Response
 from swagger_ui_bundle import swagger_ui_path
 
+from service.api.rest.json_wire import dumps
+
 router = APIRouter(include_in_schema=False)
 
 ASSETS = "/docs/assets"
+OPENAPI_URL = "/openapi.json"  # served here, not by FastAPI (``openapi_url=None``)
 ASSET_FILES = {
     "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
     "swagger-ui.css": "text/css; charset=utf-8",
@@ -33,7 +36,7 @@ FRAMING = {"Content-Security-Policy": "frame-ancestors 'none'", "X-Frame-Options
 @router.get("/docs")
 async def swagger_ui(request: Request) -> HTMLResponse:
     page = get_swagger_ui_html(
-        openapi_url=request.app.openapi_url,
+        openapi_url=OPENAPI_URL,
         title=f"{request.app.title} - API",
         swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
         swagger_css_url=f"{ASSETS}/swagger-ui.css",
@@ -41,6 +44,16 @@ async def swagger_ui(request: Request) -> HTMLResponse:
     )
     page.headers.update(FRAMING)
     return page
+
+
+@router.get(OPENAPI_URL)
+async def openapi_document(request: Request) -> Response:
+    """The OpenAPI document, encoded once: FastAPI's own route encodes its 72 kB anew for every
+    request (1.2 ms of the loop for a 47-byte GET)."""
+    app = request.app
+    if getattr(app.state, "openapi_bytes", None) is None:
+        app.state.openapi_bytes = dumps(app.openapi())
+    return Response(app.state.openapi_bytes, media_type="application/json")
 
 
 @router.get(ASSETS + "/{name}")

@@ -1,4 +1,4 @@
-"""Image files (PNG, JPEG, GIF, BMP, WebP, TIFF...) to model pixels, the documented way.
+"""Image files (PNG, JPEG, GIF, BMP, WebP, TIFF; no other) to model pixels, the documented way.
 
 1. Decode the first frame with Pillow and apply its EXIF orientation.
 2. 16-bit and 32-bit grayscale are scaled to 8 bits by their full range (16-bit by 65535, 32-bit

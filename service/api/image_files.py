@@ -1,8 +1,8 @@
 """What an image file's structure may cost, read before Pillow opens it: a PNG's chunks, a
-JPEG's segments and scans, a TIFF's strips. Pillow walks a PNG's chunks and a JPEG's segments in
-Python and inflates a PNG's text and ICC profiles as it opens it, makes a Python object of each
-strip a TIFF lists (however few its rows), and libjpeg walks the whole image once per scan; none
-sets a limit of its own."""
+JPEG's segments and scans, a GIF's blocks (a TIFF's directory: ``tiff_directory``). Pillow walks
+them in Python as it opens a file, inflates a PNG's text and ICC profiles, joins a JPEG's EXIF
+segments one by one and a GIF's comment blocks, and libjpeg walks the whole image once per scan;
+none sets a limit of its own."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from service.core.errors import UnprocessableInput
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_START = b"\xff\xd8"
+GIF_STARTS = (b"GIF87a", b"GIF89a")
 # A PNG's chunks: an ICC profile may come once (the PNG spec), ancillary chunks at most as
 # libpng's own default cache allows (an animation's frame chunks aside), and the total bounds the
 # walk (a 64 MiB file holds 8,192 chunks of libpng's 8 kB IDAT, or 5.6 million empty ones).
@@ -27,17 +28,13 @@ EXIF_KEYWORD = b"Raw profile type exif\0"
 # (libjpeg-turbo's djpeg suggests -maxscans 100 for untrusted files).
 MAX_JPEG_SCANS = 100
 MAX_JPEG_SEGMENTS = 10_000  # markers walked before the scans are counted (a real file: tens)
+# Pillow appends each EXIF segment to the ones before, a quadratic copy: 9,000 of 1.8 kB (16 MB)
+# took 27 s. A camera writes one (the EXIF spec allows no more; XMP's APP1 is not EXIF).
+MAX_JPEG_EXIF_SEGMENTS = 4
+# A GIF's extension sub-blocks before its first image (a comment's, an application's): Pillow
+# keeps each as an object before joining them, 8 MB of 2-byte ones 0.9 s and 340 MB.
+MAX_GIF_BLOCKS = 16_384
 _ENTROPY_END = re.compile(rb"\xff[^\x00\xd0-\xd7]")  # a marker, not stuffing or a restart
-# A TIFF's first directory: its entries (a real file: tens), and its strips or tiles, at most as
-# many as its rows (or tile grid) need and one a STRIP_PIXELS pixels past MIN_STRIPS: 500,000
-# offsets of one 2-pixel strip (1 MB) cost Pillow 2.3 s and 120 MB as it opened the file.
-TIFF_HEADS = {b"II*\0": ("<", False), b"MM\0*": (">", False)}
-TIFF_HEADS |= {b"II+\0": ("<", True), b"MM\0+": (">", True)}  # BigTIFF
-MAX_TIFF_ENTRIES = 1_000
-MIN_STRIPS, STRIP_PIXELS = 1_024, 256
-_WIDTH, _LENGTH, _SAMPLES, _ROWS, _PLANAR, _TILE_W, _TILE_L = 256, 257, 277, 278, 284, 322, 323
-_PIECES = {273: "strip", 279: "strip", 324: "tile", 325: "tile"}  # offsets and byte counts
-_VALUE_FORMAT = {3: "H", 4: "L", 16: "Q"}  # SHORT, LONG, LONG8: the sizes a count may have
 
 
 def png_without_text(data: bytes, where: str) -> bytes:
@@ -82,12 +79,17 @@ def jpeg_scans(data: bytes, where: str) -> int:
     """The scans of a JPEG's first image, counted along its markers (segments skipped by their
     lengths, entropy-coded data searched past): an EXIF thumbnail's, an MPO's later images' or a
     motion photo's trailing video's bytes are not counted. 422 past ``MAX_JPEG_SCANS``."""
-    position, scans, segments = 2, 0, 0
+    position, scans, segments, exif = 2, 0, 0, 0
     while position + 4 <= len(data) and scans <= MAX_JPEG_SCANS:
         segments += 1
         if data[position] != 0xFF or segments > MAX_JPEG_SEGMENTS:
             break  # not a marker (Pillow judges the file), or a flood of them
         marker = data[position + 1]
+        exif += marker == 0xE1 and data.startswith(b"Exif\0\0", position + 4)
+        if exif > MAX_JPEG_EXIF_SEGMENTS:
+            raise UnprocessableInput(
+                f"{where}: a JPEG of more than {MAX_JPEG_EXIF_SEGMENTS} EXIF segments"
+            )
         if marker == 0xFF:  # fill byte
             position += 1
         elif marker == 0xD9:  # the end of the image
@@ -109,47 +111,23 @@ def jpeg_scans(data: bytes, where: str) -> int:
     return scans
 
 
-def tiff_checked(data: bytes, where: str) -> None:
-    """A TIFF's first directory (the image decoded) read for its size and its strips or tiles;
-    422 when it has more entries than MAX_TIFF_ENTRIES or more pieces than its rows, tile grid
-    and pixels allow (see above). Anything malformed is left to Pillow to judge."""
-    order, big = TIFF_HEADS[data[:4]]
-    entry, count = (20, "Q") if big else (12, "H")
-    try:
-        (at,) = struct.unpack_from(order + ("Q" if big else "L"), data, 8 if big else 4)
-        (entries,) = struct.unpack_from(order + count, data, at)
-    except struct.error:
+def gif_checked(data: bytes, where: str) -> None:
+    """A GIF's extension sub-blocks before its first image counted (``MAX_GIF_BLOCKS``, a 422
+    past it); anything malformed is left to Pillow to judge."""
+    if len(data) < 13:
         return
-    if entries > MAX_TIFF_ENTRIES:
-        raise UnprocessableInput(f"{where}: a TIFF directory of more than {MAX_TIFF_ENTRIES} tags")
-    values: dict[int, int] = {}
-    pieces: dict[str, int] = {}
-    first = at + struct.calcsize(count)
-    for start in range(first, min(first + entries * entry, len(data) - entry + 1), entry):
-        tag, kind = struct.unpack_from(order + "HH", data, start)
-        (many,) = struct.unpack_from(order + ("Q" if big else "L"), data, start + 4)
-        value_at = start + (12 if big else 8)
-        if tag in _PIECES:
-            pieces[_PIECES[tag]] = max(pieces.get(_PIECES[tag], 0), many)
-        elif many == 1 and kind in _VALUE_FORMAT and (big or kind != 16):
-            (values[tag],) = struct.unpack_from(order + _VALUE_FORMAT[kind], data, value_at)
-    _check_pieces(values, pieces, where)
-
-
-def _check_pieces(values: dict[int, int], pieces: dict[str, int], where: str) -> None:
-    width, length = values.get(_WIDTH, 0), values.get(_LENGTH, 0)
-    if not width or not length:
-        return  # Pillow refuses it
-    planes = values.get(_SAMPLES, 1) if values.get(_PLANAR, 1) == 2 else 1
-    rows = max(1, min(values.get(_ROWS, length), length))
-    needed = {"strip": -(-length // rows) * planes}
-    tile_w, tile_l = values.get(_TILE_W, 0), values.get(_TILE_L, 0)
-    if tile_w and tile_l:
-        needed["tile"] = -(-width // tile_w) * -(-length // tile_l) * planes
-    most = max(MIN_STRIPS, width * length // STRIP_PIXELS)
-    for kind, count in pieces.items():
-        if count > min(needed.get(kind, 0), most):
-            raise UnprocessableInput(
-                f"{where}: a TIFF of {width}x{length} pixels listing {count} {kind}s, more "
-                f"than its size needs or allows ({min(needed.get(kind, 0), most)})"
-            )
+    flags = data[10]
+    position = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # past the colour table
+    blocks = 0
+    while position < len(data) and data[position] == 0x21:  # an extension: its label, blocks
+        position += 2
+        while position < len(data):
+            size = data[position]
+            position += 1 + size
+            blocks += 1
+            if blocks > MAX_GIF_BLOCKS:
+                raise UnprocessableInput(
+                    f"{where}: a GIF of more than {MAX_GIF_BLOCKS} blocks before its image"
+                )
+            if size == 0:
+                break

@@ -22,17 +22,18 @@ from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
-from PIL import Image, ImageMath, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageMath, UnidentifiedImageError
 
 from service.api.image_files import (
+    GIF_STARTS,
     JPEG_START,
     MAX_JPEG_SCANS,
     PNG_SIGNATURE,
-    TIFF_HEADS,
+    gif_checked,
     jpeg_scans,
     png_without_text,
-    tiff_checked,
 )
+from service.api.tiff_directory import PIECE_PIXELS, TIFF_HEADS, tiff_pieces
 from service.core.errors import PayloadTooLarge, UnprocessableInput
 from service.engine.work_pool import TooHeavyForTheLoop, WorkPool, on_event_loop
 from service.settings import Settings
@@ -53,6 +54,15 @@ SCANS_CHARGED_AS_ONE = 10  # a progressive JPEG counts its full size once per th
 # What Pillow may open: the formats documented and tested. It would try every plugin it has
 # (PSD, ICO, FITS, XPM...), some of which walk their headers in Python unbounded.
 SERVED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")  # JPEG: MPO too
+ORIENTATIONS = {  # an EXIF orientation: how to turn the image upright (as ImageOps does)
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 WIDE_GRAY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # scaled to 8 bits by _scaled_to_8_bits
 # Pillow's decompression-bomb warning (over 89 M pixels) is an error in this process: such a file
 # is refused from its header. Set once here, not per image with ``warnings.catch_warnings``, which
@@ -120,7 +130,9 @@ def _pillow_errors(where: str, max_pixels: int) -> Iterator[None]:
         ) from None
     except UnidentifiedImageError:
         served = ", ".join(SERVED_FORMATS)
-        raise UnprocessableInput(f"{where}: not an image of a format served ({served})") from None
+        raise UnprocessableInput(
+            f"{where}: not a decodable image of a format served ({served})"
+        ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise UnprocessableInput(f"{where}: undecodable image ({exc})") from None
 
@@ -128,18 +140,20 @@ def _pillow_errors(where: str, max_pixels: int) -> Iterator[None]:
 def _open(
     data: bytes, size: tuple[int, int], max_pixels: int, where: str
 ) -> tuple[Image.Image, int]:
-    """The image's header only, checked against ``max_pixels`` (and a JPEG's scans) and set to
-    decode JPEGs at a reduced scale, and the pixels it counts for (``ImageLimits``); nothing is
-    decoded yet."""
+    """The image's header only, checked against ``max_pixels`` (and a file's structure: its
+    chunks, segments, scans, blocks or strips) and set to decode JPEGs at a reduced scale, and
+    the pixels it counts for (``ImageLimits``); nothing is decoded yet."""
     if not data:
         raise UnprocessableInput(f"{where}: the image is empty")
-    scans = 0
+    scans = pieces = 0
     if data.startswith(PNG_SIGNATURE):
         data = png_without_text(data, where)
     elif data.startswith(JPEG_START):  # its segments bounded before Pillow walks them
         scans = jpeg_scans(data, where)
     elif data[:4] in TIFF_HEADS:
-        tiff_checked(data, where)
+        pieces = tiff_pieces(data, max_pixels, where)
+    elif data.startswith(GIF_STARTS):
+        gif_checked(data, where)
     height, width = size
     with _pillow_errors(where, max_pixels):
         opened = Image.open(io.BytesIO(data), formats=SERVED_FORMATS)
@@ -153,17 +167,18 @@ def _open(
         opened.draft("RGB", (width * 2, height * 2))  # JPEG: decode at a reduced scale
         if opened.info.get("progressive"):  # each scan walks every block at full size
             return opened, full * max(scans, SCANS_CHARGED_AS_ONE) // SCANS_CHARGED_AS_ONE
-        return opened, opened.width * opened.height
+        return opened, opened.width * opened.height + pieces * PIECE_PIXELS  # a TIFF's pieces
 
 
 def _decode(opened: Image.Image, size: tuple[int, int], max_pixels: int, where: str) -> np.ndarray:
-    """``opened`` at ``size``; its full-size pixels are let go before the next image is decoded
-    (turned in place, not copied, and closed), not held until the whole request is."""
+    """``opened`` at ``size``, turned by its EXIF orientation; its full-size pixels are let go
+    before the next image is decoded (closed), not held until the whole request is."""
     height, width = size
     try:
         with _pillow_errors(where, max_pixels):
-            ImageOps.exif_transpose(opened, in_place=True)
-            image = opened
+            opened.load()  # Pillow's exif_transpose also writes the EXIF back, 1 ms a kB of it
+            turn = ORIENTATIONS.get(opened.getexif().get(ExifTags.Base.Orientation, 1))
+            image = opened.transpose(turn) if turn is not None else opened
             if image.mode in WIDE_GRAY:
                 image = _scaled_to_8_bits(image, (width, height))
             rgb = _to_rgb(image).resize((width, height), Image.Resampling.BILINEAR)

@@ -81,7 +81,11 @@ async def test_predict_top_k_from_query_or_body(client: httpx.AsyncClient) -> No
         ([[[0, 0, 0]]], 422, "instance 0: pixel array of shape [1, 3]"),
         ([np.zeros((32, 32, 3), int).tolist(), [[1]]], 422, "instance 1"),
         ([{"b64": "!!!"}], 422, "instance 0: 'b64' is not valid base64"),
-        ([{"b64": base64.b64encode(b"not an image").decode()}], 422, "instance 0: not an image"),
+        (
+            [{"b64": base64.b64encode(b"not an image").decode()}],
+            422,
+            "instance 0: not a decodable image",
+        ),
         ([{"image": "x"}], 422, "needs a 'b64' string"),
         ([42], 422, "instance 0: expected a 32x32x3 pixel array"),
         ([np.full((32, 32, 3), 256).tolist()], 422, "0..255"),

@@ -34,6 +34,9 @@ MAX_JPEG_EXIF_SEGMENTS = 4
 # A GIF's extension sub-blocks before its first image (a comment's, an application's): Pillow
 # keeps each as an object before joining them, 8 MB of 2-byte ones 0.9 s and 340 MB.
 MAX_GIF_BLOCKS = 16_384
+# Bytes between a JPEG's markers or a GIF's blocks that are neither: Pillow skips them a byte at a
+# time in Python (a real file: none, or a few of padding), and they hid the rest from the count.
+MAX_JUNK_BYTES = 4_096
 _ENTROPY_END = re.compile(rb"\xff[^\x00\xd0-\xd7]")  # a marker, not stuffing or a restart
 
 
@@ -79,11 +82,14 @@ def jpeg_scans(data: bytes, where: str) -> int:
     """The scans of a JPEG's first image, counted along its markers (segments skipped by their
     lengths, entropy-coded data searched past): an EXIF thumbnail's, an MPO's later images' or a
     motion photo's trailing video's bytes are not counted. 422 past ``MAX_JPEG_SCANS``."""
-    position, scans, segments, exif = 2, 0, 0, 0
+    position, scans, segments, exif, junk = 2, 0, 0, 0, 0
     while position + 4 <= len(data) and scans <= MAX_JPEG_SCANS:
         segments += 1
-        if data[position] != 0xFF or segments > MAX_JPEG_SEGMENTS:
-            break  # not a marker (Pillow judges the file), or a flood of them
+        if segments > MAX_JPEG_SEGMENTS:
+            break  # a flood of markers
+        if data[position] != 0xFF:  # junk, which Pillow skips a byte at a time
+            position, junk = _past_junk(data, position, b"\xff", junk, where)
+            continue
         marker = data[position + 1]
         exif += marker == 0xE1 and data.startswith(b"Exif\0\0", position + 4)
         if exif > MAX_JPEG_EXIF_SEGMENTS:
@@ -118,9 +124,14 @@ def gif_checked(data: bytes, where: str) -> None:
         return
     flags = data[10]
     position = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # past the colour table
-    blocks = 0
-    while position < len(data) and data[position] == 0x21:  # an extension: its label, blocks
-        position += 2
+    blocks = junk = 0
+    while position < len(data) and data[position] != 0x2C:  # not yet the first image
+        if data[position] == 0x3B:  # the end
+            return
+        if data[position] != 0x21:  # junk, which Pillow skips a byte at a time
+            position, junk = _past_junk(data, position, b"!,;", junk, where)
+            continue
+        position += 2  # an extension: its label, then its blocks
         while position < len(data):
             size = data[position]
             position += 1 + size
@@ -131,3 +142,14 @@ def gif_checked(data: bytes, where: str) -> None:
                 )
             if size == 0:
                 break
+
+
+def _past_junk(data: bytes, position: int, wanted: bytes, junk: int, where: str) -> tuple[int, int]:
+    """Where the next of the ``wanted`` bytes is (the end if none), and the junk bytes counted
+    so far with those skipped; a 422 past MAX_JUNK_BYTES."""
+    found = re.compile(b"[" + re.escape(wanted) + b"]").search(data, position)
+    end = found.start() if found else len(data)
+    junk += end - position
+    if junk > MAX_JUNK_BYTES:
+        raise UnprocessableInput(f"{where}: more than {MAX_JUNK_BYTES} bytes of junk in the image")
+    return end, junk

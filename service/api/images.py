@@ -33,7 +33,7 @@ from service.api.image_files import (
     jpeg_scans,
     png_without_text,
 )
-from service.api.tiff_directory import PIECE_PIXELS, TIFF_HEADS, tiff_pieces
+from service.api.tiff_directory import PIECE_PIXELS, is_tiff, tiff_pieces
 from service.core.errors import PayloadTooLarge, UnprocessableInput
 from service.engine.work_pool import TooHeavyForTheLoop, WorkPool, on_event_loop
 from service.settings import Settings
@@ -138,20 +138,20 @@ def _pillow_errors(where: str, max_pixels: int) -> Iterator[None]:
 
 
 def _open(
-    data: bytes, size: tuple[int, int], max_pixels: int, where: str
+    data: bytes, size: tuple[int, int], limits: ImageLimits, where: str
 ) -> tuple[Image.Image, int]:
     """The image's header only, checked against ``max_pixels`` (and a file's structure: its
     chunks, segments, scans, blocks or strips) and set to decode JPEGs at a reduced scale, and
     the pixels it counts for (``ImageLimits``); nothing is decoded yet."""
     if not data:
         raise UnprocessableInput(f"{where}: the image is empty")
-    scans = pieces = 0
+    max_pixels, scans, pieces = limits.max_image_pixels, 0, 0
     if data.startswith(PNG_SIGNATURE):
         data = png_without_text(data, where)
     elif data.startswith(JPEG_START):  # its segments bounded before Pillow walks them
         scans = jpeg_scans(data, where)
-    elif data[:4] in TIFF_HEADS:
-        pieces = tiff_pieces(data, max_pixels, where)
+    elif is_tiff(data):
+        pieces = tiff_pieces(data, limits.max_image_pixels, limits.max_request_pixels, where)
     elif data.startswith(GIF_STARTS):
         gif_checked(data, where)
     height, width = size
@@ -196,7 +196,7 @@ def decode_images(
     than ``INLINE_FILES`` files, ``INLINE_IMAGE_BYTES`` or ``INLINE_PIXELS`` pixels go to the
     work pool."""
     _check_inline(len(files), sum(len(data) for data, _ in files))
-    opened = [(*_open(data, size, limits.max_image_pixels, where), where) for data, where in files]
+    opened = [(*_open(data, size, limits, where), where) for data, where in files]
     total = sum(pixels for _, pixels, _ in opened)
     if total > limits.max_request_pixels:
         how = ""

@@ -7,110 +7,102 @@ So a TIFF may list no more pieces than its rows or tile grid need, nor more than
 pixels besides its size: Pillow's work for one (14-28 us: its decoder made, its bytes sought
 and read) costs what decoding a few thousand pixels does.
 
-Each tag is read as Pillow reads it: its first entry wins, any integer type, inline or at its
-offset; a size that cannot be read so is refused here, not left to Pillow, which would make the
-pieces first."""
+The directory is read by Pillow's own ``ImageFileDirectory_v2``, from the header Pillow reads,
+so the tags are the ones Pillow keeps (a second review found a check of its own disagreeing with
+Pillow's rules in six ways, each bringing the bomb back); only its entries are counted first,
+as Pillow walks each in Python."""
 
 from __future__ import annotations
 
-import struct
-from dataclasses import dataclass
+import io
+import warnings
 
-from service.core.errors import UnprocessableInput
+from PIL.TiffImagePlugin import PREFIXES, ImageFileDirectory_v2
 
-TIFF_HEADS = {b"II*\0": ("<", False), b"MM\0*": (">", False)}
-TIFF_HEADS |= {b"II+\0": ("<", True), b"MM\0+": (">", True)}  # BigTIFF
+from service.core.errors import PayloadTooLarge, UnprocessableInput
+
 MAX_TIFF_ENTRIES = 1_000  # a directory's tags (a real file: tens); Pillow walks each in Python
 PIECE_PIXELS = 4_096  # what a strip or tile is charged besides the image's pixels
 MIN_PIECE_PIXELS, FEW_PIECES = 64, 64  # a strip a row of a 640-wide image: 640 a piece
 _WIDTH, _LENGTH, _SAMPLES, _ROWS, _PLANAR, _TILE_W, _TILE_L = 256, 257, 277, 278, 284, 322, 323
-_SIZES = (_WIDTH, _LENGTH, _SAMPLES, _ROWS, _PLANAR, _TILE_W, _TILE_L)
 _PIECES = {273: "strip", 279: "strip", 324: "tile", 325: "tile"}  # offsets and byte counts
-# The integer types: BYTE, SHORT, LONG, SBYTE, SSHORT, SLONG, LONG8, SLONG8, IFD, IFD8
-_INTEGERS = {1: "B", 3: "H", 4: "L", 6: "b", 8: "h", 9: "l", 16: "Q", 17: "q", 13: "L", 18: "Q"}
 
 
-@dataclass(frozen=True)
-class _Layout:
-    order: str  # "<" or ">"
-    big: bool  # BigTIFF: 8-byte counts and offsets, 20-byte entries
-
-    @property
-    def offset(self) -> str:
-        return self.order + ("Q" if self.big else "L")
+def is_tiff(data: bytes) -> bool:
+    """Whether Pillow takes ``data`` for a TIFF (any of its six headers)."""
+    return data[:4] in PREFIXES
 
 
-def tiff_pieces(data: bytes, max_pixels: int, where: str) -> int:
+def tiff_pieces(data: bytes, max_pixels: int, max_charged: int, where: str) -> int:
     """The strips or tiles a TIFF's first directory lists, checked: a 422 when it has more than
     MAX_TIFF_ENTRIES tags, a size that cannot be read, more pixels than ``max_pixels``, or more
-    pieces than its rows (by RowsPerStrip) or tile grid need. A directory that cannot be found
-    is Pillow's to refuse (it makes no pieces then)."""
-    layout = _Layout(*TIFF_HEADS[data[:4]])
-    try:
-        (at,) = struct.unpack_from(layout.offset, data, 8 if layout.big else 4)
-        (entries,) = struct.unpack_from(layout.order + ("Q" if layout.big else "H"), data, at)
-    except struct.error:
+    pieces than its rows (by RowsPerStrip) or tile grid need; a 413 when its pixels and pieces
+    are charged more than ``max_charged`` (the request's budget: said before Pillow makes
+    them). A directory that cannot be read is Pillow's to refuse (it makes no pieces then)."""
+    directory = _directory(data, where)
+    if directory is None:
         return 0
-    if entries > MAX_TIFF_ENTRIES:
-        raise UnprocessableInput(f"{where}: a TIFF directory of more than {MAX_TIFF_ENTRIES} tags")
-    values, pieces = _read(data, layout, at + (8 if layout.big else 2), entries)
-    width, length = values.get(_WIDTH, 0), values.get(_LENGTH, 0)
-    if width <= 0 or length <= 0:
+    width, length = directory.get(_WIDTH), directory.get(_LENGTH)
+    if not isinstance(width, int) or not isinstance(length, int) or width <= 0 or length <= 0:
         raise UnprocessableInput(f"{where}: a TIFF whose size cannot be read")
     if width * length > max_pixels:
         raise UnprocessableInput(
             f"{where}: {width}x{length} pixels, more than the limit of {max_pixels}"
         )
-    planes = max(1, values.get(_SAMPLES, 1)) if values.get(_PLANAR, 1) == 2 else 1
-    rows = max(1, min(values.get(_ROWS, length), length))
-    needed = {"strip": -(-length // rows) * planes}
-    tile_w, tile_l = values.get(_TILE_W, 0), values.get(_TILE_L, 0)
+    planes = max(1, _number(directory, _SAMPLES, 1)) if _number(directory, _PLANAR, 1) == 2 else 1
+    rows = max(1, min(_number(directory, _ROWS, length), length))
+    tile_w, tile_l = _number(directory, _TILE_W, 0), _number(directory, _TILE_L, 0)
     tiles = -(-width // tile_w) * -(-length // tile_l) if tile_w > 0 and tile_l > 0 else 0
-    needed["tile"] = tiles * planes
     most = max(FEW_PIECES, width * length // MIN_PIECE_PIXELS)
-    needed = {kind: min(count, most) for kind, count in needed.items()}
-    for kind, count in pieces.items():
+    needed = {"strip": min(-(-length // rows) * planes, most), "tile": min(tiles * planes, most)}
+    counted = 0
+    for tag, kind in _PIECES.items():
+        listed = directory.get(tag)
+        count = len(listed) if isinstance(listed, tuple) else int(listed is not None)
         if count > needed[kind]:
             raise UnprocessableInput(
                 f"{where}: a TIFF of {width}x{length} pixels listing {count} {kind}s, more "
                 f"than its size needs or allows ({needed[kind]})"
             )
-    return max(pieces.values(), default=0)
+        counted = max(counted, count)
+    if width * length + counted * PIECE_PIXELS > max_charged:
+        raise PayloadTooLarge(
+            f"{where}: a TIFF of {width}x{length} pixels in {counted} pieces, charged "
+            f"{width * length + counted * PIECE_PIXELS} pixels, more than the limit of "
+            f"{max_charged} per request"
+        )
+    return counted
 
 
-def _read(
-    data: bytes, layout: _Layout, first: int, entries: int
-) -> tuple[dict[int, int], dict[str, int]]:
-    """The size tags' first values and the pieces' counts, each tag's first entry only."""
-    entry = 20 if layout.big else 12
-    seen: set[int] = set()
-    values: dict[int, int] = {}
-    pieces: dict[str, int] = {}
-    for start in range(first, min(first + entries * entry, len(data) - entry + 1), entry):
-        tag, kind = struct.unpack_from(layout.order + "HH", data, start)
-        if tag in seen:
-            continue
-        seen.add(tag)
-        (count,) = struct.unpack_from(layout.offset, data, start + 4)
-        if tag in _PIECES:
-            pieces[_PIECES[tag]] = max(pieces.get(_PIECES[tag], 0), count)
-        elif tag in _SIZES and kind in _INTEGERS and count >= 1:
-            value = _first_value(data, layout, start + (12 if layout.big else 8), kind, count)
-            if value is not None:
-                values[tag] = value
-    return values, pieces
-
-
-def _first_value(data: bytes, layout: _Layout, field: int, kind: int, count: int) -> int | None:
-    """An entry's first value: in its value field when all its values fit there, else at the
-    offset the field holds; None past the end of the data."""
-    code = layout.order + _INTEGERS[kind]
+def _directory(data: bytes, where: str) -> ImageFileDirectory_v2 | None:
+    """The first directory as Pillow's ``TiffImageFile`` reads it, or None where it cannot."""
+    head = data[:16] if data[2:3] == b"+" else data[:8]  # BigTIFF: 16 bytes (Pillow's test)
     try:
-        if struct.calcsize(code) * count <= (8 if layout.big else 4):
-            (value,) = struct.unpack_from(code, data, field)
-        else:
-            (at,) = struct.unpack_from(layout.offset, data, field)
-            (value,) = struct.unpack_from(code, data, at)
-    except struct.error:
+        directory = ImageFileDirectory_v2(head)
+        at = directory.next
+        size = 8 if data[2:3] == b"+" else 2  # the count of entries: Pillow's rule again
+        if at + size > len(data):
+            return None
+        entries = int.from_bytes(data[at : at + size], "little" if data[:2] == b"II" else "big")
+        if entries > MAX_TIFF_ENTRIES:
+            raise UnprocessableInput(
+                f"{where}: a TIFF directory of more than {MAX_TIFF_ENTRIES} tags"
+            )
+        stream = io.BytesIO(data)
+        stream.seek(at)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns of each tag it skips
+            directory.load(stream)
+    except UnprocessableInput:
+        raise
+    except Exception:  # Pillow's own reading failed: so will its open
         return None
-    return int(value)
+    return directory
+
+
+def _number(directory: ImageFileDirectory_v2, tag: int, default: int) -> int:
+    """A tag's value when it is an integer (its first, when it has several), else ``default``."""
+    value = directory.get(tag, default)
+    if isinstance(value, tuple):
+        value = value[0] if value else default
+    return value if isinstance(value, int) else default

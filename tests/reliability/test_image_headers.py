@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from service.api import images
 from service.api.image_files import MAX_GIF_BLOCKS, MAX_JPEG_EXIF_SEGMENTS, MAX_JPEG_SEGMENTS
@@ -151,7 +151,7 @@ def test_the_size_is_read_as_pillow_reads_it_and_checked_first(
 
 def test_a_tiffs_strips_are_charged_to_the_request() -> None:
     """One strip a row of a 1x1,000 image is what its size needs, but Pillow's work for each
-    costs as much as 256 pixels: charged so, the request's budget sees it."""
+    costs what thousands of pixels do: charged PIECE_PIXELS, the request's budget sees it."""
     data = strip_bomb(2)  # two strips, two rows
     decode_images([(data, "file")], (32, 32), ImageLimits(MAX_PIXELS, 2 + 2 * PIECE_PIXELS))
     with pytest.raises(images.PayloadTooLarge):
@@ -240,3 +240,76 @@ def test_a_strip_a_row_of_a_narrow_image_is_refused() -> None:
     size = [(256, 3, 1, 1), (257, 3, 1, 1_024)]
     with pytest.raises(UnprocessableInput, match=r"listing 1024 strips, more than .* \(64\)"):
         decode_image(strip_bomb(1_024, size=size), (32, 32), MAX_PIXELS, "file")
+
+
+def test_junk_hides_no_segment_or_block_from_the_count() -> None:
+    """Pillow skips bytes that are neither markers nor blocks one at a time; the counts stopped
+    at the first (a second review: 8 MB of EXIF segments after one junk byte took 5.5 s)."""
+    jpeg = jpeg_with_exif_segments(MAX_JPEG_EXIF_SEGMENTS + 1)
+    app0_end = 4 + int.from_bytes(jpeg[4:6], "big")  # SOI, APP0's marker and length
+    with pytest.raises(UnprocessableInput, match="EXIF segments"):
+        decode_image(jpeg[:app0_end] + b"\0" + jpeg[app0_end:], (32, 32), MAX_PIXELS, "file")
+    gif = gif_with_comment(MAX_GIF_BLOCKS)
+    at = gif.index(b"!\xfe")
+    with pytest.raises(UnprocessableInput, match="blocks before its image"):
+        decode_image(gif[:at] + b"\0" + gif[at:], (32, 32), MAX_PIXELS, "file")
+    with pytest.raises(UnprocessableInput, match="junk"):
+        decode_image(gif[:at] + b"\0" * 5_000 + gif[at:], (32, 32), MAX_PIXELS, "file")
+
+
+@pytest.mark.parametrize("head", [b"II\0*", b"MM*\0"])
+def test_every_tiff_header_pillow_takes_is_checked(head: bytes) -> None:
+    """Pillow takes six headers for a TIFF, two of them odd; a check of four let the bomb in."""
+    data = head + strip_bomb(32_768, "<" if head[:2] == b"II" else ">")[4:]
+    with pytest.raises(UnprocessableInput, match="listing 32768 strips"):
+        decode_image(data, (32, 32), MAX_PIXELS, "file")
+
+
+def test_entries_pillow_skips_do_not_hide_the_ones_it_keeps() -> None:
+    """Pillow keeps the first entry of a tag it can read; an empty one before it is skipped."""
+    bomb = strip_bomb(250_000)
+    empty = tiff([(273, 3, 0, 0)])[10:22]  # a StripOffsets entry of no values
+    count = struct.unpack_from("<H", bomb, 8)[0]
+    first = 10 + 12 * 5  # where StripOffsets lies: after the 5 entries before it
+    data = bomb[:8] + struct.pack("<H", count + 1) + bomb[10:first] + empty + bomb[first:]
+    at = 8 + 2 + 12 * (count + 1) + 4  # every offset past the directory moves by 12
+    data = data[: first + 12 + 8] + struct.pack("<L", at + 2) + data[first + 12 + 12 :]
+    with pytest.raises(UnprocessableInput, match="listing 250000 strips"):
+        decode_image(data, (32, 32), MAX_PIXELS, "file")
+
+
+def test_a_directory_offset_past_any_file_is_pillows_to_refuse() -> None:
+    """An offset past 2**63 made the check's read overflow (a 500)."""
+    data = b"II+\0\x08\0\0\0" + struct.pack("<Q", 2**64 - 1)
+    with pytest.raises(UnprocessableInput, match="undecodable image"):
+        decode_image(data, (32, 32), MAX_PIXELS, "file")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_each_exif_orientation_turns_the_image_as_imageops_does(orientation: int) -> None:
+    pixels = np.arange(48 * 64 * 3, dtype=np.uint32).reshape(48, 64, 3).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(Image.fromarray(pixels), "PNG", exif=exif)
+    expected = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    wanted = np.asarray(expected.resize((32, 32), Image.Resampling.BILINEAR))
+    assert np.array_equal(decode_image(data, (32, 32), MAX_PIXELS, "file"), wanted)
+
+
+def test_strips_past_the_requests_budget_are_refused_before_pillow_makes_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 1x16M image a strip a row lists 250,000 strips its size allows; charged, they are
+    over the request's budget, which was said only after Pillow made them (0.64 s)."""
+    size = [(256, 3, 1, 1), (257, 4, 1, 16_000_000)]
+
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("Pillow opened a file refused by its header")
+
+    monkeypatch.setattr(images.Image, "open", never)
+    with pytest.raises(images.PayloadTooLarge, match="per request"):
+        decode_images(
+            [(strip_bomb(250_000, size=size), "file")],
+            (32, 32),
+            ImageLimits(MAX_PIXELS, 64_000_000),
+        )

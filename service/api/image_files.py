@@ -38,6 +38,8 @@ MAX_GIF_BLOCKS = 16_384
 # time in Python (a real file: none, or a few of padding), and they hid the rest from the count.
 MAX_JUNK_BYTES = 4_096
 _ENTROPY_END = re.compile(rb"\xff[^\x00\xd0-\xd7]")  # a marker, not stuffing or a restart
+_JPEG_MARKER = re.compile(rb"\xff")
+_GIF_BLOCK = re.compile(rb"[!,;]")  # an extension, an image, the end
 
 
 def png_without_text(data: bytes, where: str) -> bytes:
@@ -88,7 +90,7 @@ def jpeg_scans(data: bytes, where: str) -> int:
         if segments > MAX_JPEG_SEGMENTS:
             break  # a flood of markers
         if data[position] != 0xFF:  # junk, which Pillow skips a byte at a time
-            position, junk = _past_junk(data, position, b"\xff", junk, where)
+            position, junk = _past_junk(data, position, _JPEG_MARKER, junk, where)
             continue
         marker = data[position + 1]
         exif += marker == 0xE1 and data.startswith(b"Exif\0\0", position + 4)
@@ -129,7 +131,7 @@ def gif_checked(data: bytes, where: str) -> None:
         if data[position] == 0x3B:  # the end
             return
         if data[position] != 0x21:  # junk, which Pillow skips a byte at a time
-            position, junk = _past_junk(data, position, b"!,;", junk, where)
+            position, junk = _past_junk(data, position, _GIF_BLOCK, junk, where)
             continue
         position += 2  # an extension: its label, then its blocks
         while position < len(data):
@@ -144,10 +146,12 @@ def gif_checked(data: bytes, where: str) -> None:
                 break
 
 
-def _past_junk(data: bytes, position: int, wanted: bytes, junk: int, where: str) -> tuple[int, int]:
-    """Where the next of the ``wanted`` bytes is (the end if none), and the junk bytes counted
-    so far with those skipped; a 422 past MAX_JUNK_BYTES."""
-    found = re.compile(b"[" + re.escape(wanted) + b"]").search(data, position)
+def _past_junk(
+    data: bytes, position: int, wanted: re.Pattern[bytes], junk: int, where: str
+) -> tuple[int, int]:
+    """Where ``wanted`` is next found (the end if nowhere), and the junk bytes counted so far
+    with those skipped; a 422 past MAX_JUNK_BYTES."""
+    found = wanted.search(data, position)
     end = found.start() if found else len(data)
     junk += end - position
     if junk > MAX_JUNK_BYTES:

@@ -151,7 +151,7 @@ def _open(
     elif data.startswith(JPEG_START):  # its segments bounded before Pillow walks them
         scans = jpeg_scans(data, where)
     elif is_tiff(data):
-        pieces = tiff_pieces(data, limits.max_image_pixels, limits.max_request_pixels, where)
+        pieces = tiff_pieces(data, max_pixels, limits.max_request_pixels, where)
     elif data.startswith(GIF_STARTS):
         gif_checked(data, where)
     height, width = size

@@ -76,25 +76,23 @@ def tiff_pieces(data: bytes, max_pixels: int, max_charged: int, where: str) -> i
 
 def _directory(data: bytes, where: str) -> ImageFileDirectory_v2 | None:
     """The first directory as Pillow's ``TiffImageFile`` reads it, or None where it cannot."""
-    head = data[:16] if data[2:3] == b"+" else data[:8]  # BigTIFF: 16 bytes (Pillow's test)
+    big = data[2:3] == b"+"  # BigTIFF (Pillow's test): a 16-byte header, 8-byte entry count
     try:
-        directory = ImageFileDirectory_v2(head)
-        at = directory.next
-        size = 8 if data[2:3] == b"+" else 2  # the count of entries: Pillow's rule again
-        if at + size > len(data):
-            return None
-        entries = int.from_bytes(data[at : at + size], "little" if data[:2] == b"II" else "big")
-        if entries > MAX_TIFF_ENTRIES:
-            raise UnprocessableInput(
-                f"{where}: a TIFF directory of more than {MAX_TIFF_ENTRIES} tags"
-            )
-        stream = io.BytesIO(data)
-        stream.seek(at)
+        directory = ImageFileDirectory_v2(data[:16] if big else data[:8])
+    except Exception:  # not a header Pillow reads
+        return None
+    at, size = directory.next, 8 if big else 2
+    if at + size > len(data):
+        return None  # Pillow cannot read it either
+    entries = int.from_bytes(data[at : at + size], "little" if data[:2] == b"II" else "big")
+    if entries > MAX_TIFF_ENTRIES:
+        raise UnprocessableInput(f"{where}: a TIFF directory of more than {MAX_TIFF_ENTRIES} tags")
+    stream = io.BytesIO(data)
+    stream.seek(at)
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow warns of each tag it skips
             directory.load(stream)
-    except UnprocessableInput:
-        raise
     except Exception:  # Pillow's own reading failed: so will its open
         return None
     return directory

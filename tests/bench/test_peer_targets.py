@@ -54,8 +54,10 @@ def test_each_target_is_met_or_not_on_its_own_placements_figures() -> None:
     assert pinned["one client (lecture model, 1-image FP32 JSON)"]
     bn = judged["pinned"][3]
     assert bn["measured"].startswith("44% (700 of 1,600")  # of 2 threads in process
-    assert "800 images/s, 50% of 2 threads: under 80% with no server around it, so out of reach" \
+    assert (
+        "800 images/s, 50% of 2 threads: under 80% with no server around it, so out of reach"
         " on one core; the service reaches 88% of that" in bn["limit"]
+    )
     assert "x3.00 PyTriton" in judged["pinned"][0]["limit"]  # the floor against the peer
     # the floor's 1/3,000 s a request plus the model's 1/10,000 s an image at batch 32
     bound = "batch-32 time per image: 2,308 req/s (x2.31; ours is 91% of it)"

@@ -29,6 +29,7 @@ from service.api.rest.app import create_app
 from service.api.rest.connections import http_protocol
 from service.core.logs import configure_logging
 from service.core.open_files import raise_open_file_limit
+from service.engine.last_good import LAST_GOOD
 from service.settings import Settings
 
 
@@ -78,7 +79,7 @@ def shared_by_workers(settings: Settings) -> Iterator[None]:
     assert folder is not None
     metrics = folder / "metrics"
     shutil.rmtree(metrics, ignore_errors=True)  # a previous run's counters would add up
-    for stale in ("control.json", "acks", "statistics"):
+    for stale in ("control.json", "acks", "statistics", LAST_GOOD):
         path = folder / stale
         path.unlink(missing_ok=True) if path.is_file() else shutil.rmtree(path, True)
     metrics.mkdir(parents=True)

@@ -7,10 +7,12 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from service.core.version_policy import VersionPolicy
 from service.dataplane.shared_memory import SharedMemoryRegistry
 from service.dataplane.statistics import collect_statistics
 from service.dataplane.workers import WorkerGroup
 from service.engine import thread_policy
+from service.engine.last_good import LAST_GOOD, LastGood
 from service.engine.metrics import Metrics
 from service.engine.repository import ModelRepository
 from service.engine.runtime import AnswerObserver, RuntimeOptions
@@ -75,6 +77,16 @@ def shared_memory_registry(settings: Settings) -> SharedMemoryRegistry:
     shared = settings.workers == 1 or settings.workers_dir is not None
     regions = settings.shared_memory_regions if shared else 0
     return SharedMemoryRegistry(regions, settings.inline_decode_bytes, settings.max_request_bytes)
+
+
+def model_repository(settings: Settings, options: RuntimeOptions) -> ModelRepository:
+    """The repository; with WORKERS > 1 it keeps the files each version loaded in WORKERS_DIR,
+    so a worker started while a served version's files are bad on disk serves what its
+    siblings still do (``last_good``)."""
+    folder = settings.workers_dir
+    copies = LastGood(folder / LAST_GOOD) if folder else None
+    policy = VersionPolicy.parse(settings.version_policy)
+    return ModelRepository(settings.model_repository, options, policy, copies)
 
 
 def worker_group(

@@ -23,7 +23,6 @@ from service.core.errors import (
     PayloadTooLarge,
     PredictionLogOff,
 )
-from service.core.version_policy import VersionPolicy
 from service.dataplane import build
 from service.dataplane.answer_room import answer_room
 from service.dataplane.classification import check_classified, classify
@@ -58,7 +57,6 @@ from service.engine.activations import ActivationSessions, Render, T
 from service.engine.leases import lease_scope
 from service.engine.metrics import Metrics
 from service.engine.named_rows import NamedRows
-from service.engine.repository import ModelRepository
 from service.engine.runtime import ModelRuntime
 from service.engine.statistics import VersionStatistics
 from service.engine.version_folder import ModelState
@@ -79,8 +77,7 @@ class DataPlane:
         self.prediction_log = log = open_prediction_log(settings, self.metrics.registry)
         answered = None if log is None else log.record_run  # told by the run that answered
         options = build.runtime_options(settings, self.metrics, answered)
-        policy = VersionPolicy.parse(settings.version_policy)
-        self.repository = ModelRepository(settings.model_repository, options, policy)
+        self.repository = build.model_repository(settings, options)
         self.metrics.track_providers(self.repository.provider_use)
         self.work = build.work_pool(settings)  # where decoding and encoding run, off the loop
         self.body_budget = BodyBudget(settings.max_body_bytes_in_flight)  # REST's and gRPC's

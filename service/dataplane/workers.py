@@ -34,7 +34,8 @@ from service.dataplane.config_override import ConfigOverride, override_options
 from service.dataplane.shared_memory import SharedMemoryRegistry
 from service.dataplane.statistics import collect_statistics
 from service.dataplane.worker_regions import Recorded, WorkerRegions
-from service.engine.repository import NAME_PATTERN, ModelRepository
+from service.engine.model_folder import NAME_PATTERN
+from service.engine.repository import ModelRepository
 from service.engine.runtime import RuntimeOptions
 from service.engine.statistics import VersionStatistics, statistics_from_dict, summed_statistics
 

@@ -1,14 +1,19 @@
-"""What a model folder says about the whole model, read on every poll: its ``config.pbtxt``
-(tensors, labels, version policy, batching) or why it cannot be used, the runtime options it
-asks for, and the signature of the files read, so a changed file reloads the model."""
+"""A repository's model folders (``scan_models``) and what one says about the whole model, read
+on every poll: its ``config.pbtxt`` (tensors, labels, version policy, batching) or why it cannot
+be used, the runtime options it asks for, and the signature of the files read, so a changed file
+reloads the model."""
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from service.core.errors import InvalidConfig
-from service.core.version_policy import CONFIG_FILE, VersionPolicy
+from service.core.limits import MAX_NAME_CHARS
+from service.core.version_policy import CONFIG_FILE, VersionPolicy, read_model_config
 from service.engine.batching_options import batching_options
 from service.engine.runtime import RuntimeOptions
 from service.engine.triton_config import (
@@ -18,6 +23,34 @@ from service.engine.triton_config import (
     config_stat,
     read_config,
 )
+
+log = logging.getLogger(__name__)
+
+NAME_PATTERN = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_NAME_CHARS - 1}}}$")
+
+
+def scan_models(root: Path) -> Iterator[tuple[str, tuple[Path, dict[int, Path]]]]:
+    """Each model folder under ``root`` with its version folders: (name, (folder, versions))."""
+    if not root.is_dir():
+        return
+    for model_dir in sorted(root.iterdir()):
+        if not model_dir.is_dir() or not NAME_PATTERN.match(model_dir.name):
+            continue
+        versions = version_dirs(model_dir)
+        if versions:  # a folder holding only a publish's .tmp-* is not a model yet
+            yield model_dir.name, (model_dir, versions)
+
+
+def version_dirs(model_dir: Path) -> dict[int, Path]:
+    return {
+        int(d.name): d
+        for d in model_dir.iterdir()
+        if d.is_dir()
+        and d.name.isascii()
+        and d.name.isdigit()
+        and len(d.name) <= 9
+        and int(d.name) > 0
+    }
 
 
 @dataclass(frozen=True)
@@ -44,6 +77,27 @@ def config_options(config: TritonConfig, base: RuntimeOptions) -> RuntimeOptions
         raise InvalidConfig(f"{CONFIG_PBTXT}: {exc.message}") from None
     batching = config.batching.dynamic_batching and config.max_batch_size > 0
     return replace(options, dynamic_batching=batching)
+
+
+def model_policy(
+    model_dir: Path,
+    folder: FolderConfig,
+    default: VersionPolicy,
+    kept: tuple[VersionPolicy, str] | None,
+) -> tuple[VersionPolicy, str]:
+    """The model's version policy and why its ``config.json`` could not be read ("": it could):
+    config.pbtxt's, else config.json's, else ``default``; an unreadable file keeps the policy in
+    force (``kept``: it and the last error; None: a new model)."""
+    if folder.present:  # config.pbtxt's policy, or the server's
+        return folder.policy or default, ""
+    try:
+        policy = read_model_config(model_dir)
+    except InvalidConfig as exc:
+        in_force = kept[0] if kept else default
+        if kept is None or kept[1] != exc.message:
+            log.error("%s; keeping version policy %s", exc.message, in_force)
+        return in_force, exc.message
+    return policy or default, ""
 
 
 def read_folder_config(model_dir: Path, gpu_host: bool, base: RuntimeOptions) -> FolderConfig:

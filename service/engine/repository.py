@@ -15,19 +15,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from service.core import errors
-from service.core.errors import InvalidConfig, ModelLoadFailed, ModelNotFound, ModelNotReady
+from service.core.errors import ModelLoadFailed, ModelNotFound, ModelNotReady
 from service.core.limits import MAX_NAME_CHARS
-from service.core.version_policy import VersionPolicy, parse_version, read_model_config
+from service.core.version_policy import VersionPolicy, parse_version
+from service.engine.last_good import LastGood
 from service.engine.leases import held_runtimes
-from service.engine.model_folder import FolderConfig, read_folder_config
+from service.engine.model_folder import (
+    NAME_PATTERN,
+    FolderConfig,
+    model_policy,
+    read_folder_config,
+    scan_models,
+    version_dirs,
+)
 from service.engine.providers import (
     GPU_PROVIDERS,
     preload_provider_libraries,
@@ -38,6 +44,7 @@ from service.engine.runtime import ModelRuntime, RuntimeOptions
 from service.engine.version_folder import (
     ModelState,
     ModelVersion,
+    Signature,
     files_signature,
     load_entry,
     stale,
@@ -45,7 +52,6 @@ from service.engine.version_folder import (
 
 log = logging.getLogger(__name__)
 
-NAME_PATTERN = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_NAME_CHARS - 1}}}$")
 UNLOADED_BY_REQUEST = "unloaded by a repository request"
 
 
@@ -77,9 +83,14 @@ class ModelRepository:
     """Every model under ``root``: its versions, their states, and the loaded runtimes."""
 
     def __init__(
-        self, root: Path, options: RuntimeOptions, policy: VersionPolicy | None = None
+        self,
+        root: Path,
+        options: RuntimeOptions,
+        policy: VersionPolicy | None = None,
+        last_good: LastGood | None = None,
     ) -> None:
         self.root = root
+        self.last_good = last_good  # a worker group's copies of what each version loaded
         self.options = options
         self.default_policy = policy or VersionPolicy()
         self._models: dict[str, _Model] = {}  # replaced whole by updates, never changed in place
@@ -115,7 +126,7 @@ class ModelRepository:
             try:
                 if self.loaded and not self.root.is_dir():
                     raise NotADirectoryError("not a folder")
-                disk = dict(self._scan())
+                disk = dict(scan_models(self.root))
             except OSError as exc:
                 if not self.loaded:
                     raise
@@ -145,7 +156,7 @@ class ModelRepository:
             model_dir = self.root / name
             if not NAME_PATTERN.match(name) or not model_dir.is_dir():
                 raise ModelNotFound(f"no model folder {errors.shown(name)} in the repository")
-            versions = self._version_dirs(model_dir)
+            versions = version_dirs(model_dir)
             model = self._update_model(
                 name, model_dir, versions, retry_failed=True, unloaded=False, options=options
             )
@@ -180,28 +191,6 @@ class ModelRepository:
                 self._publish(name, None)
             self.loaded = False
 
-    def _scan(self) -> Iterator[tuple[str, tuple[Path, dict[int, Path]]]]:
-        if not self.root.is_dir():
-            return
-        for model_dir in sorted(self.root.iterdir()):
-            if not model_dir.is_dir() or not NAME_PATTERN.match(model_dir.name):
-                continue
-            versions = self._version_dirs(model_dir)
-            if versions:  # a folder holding only a publish's .tmp-* is not a model yet
-                yield model_dir.name, (model_dir, versions)
-
-    @staticmethod
-    def _version_dirs(model_dir: Path) -> dict[int, Path]:
-        return {
-            int(d.name): d
-            for d in model_dir.iterdir()
-            if d.is_dir()
-            and d.name.isascii()
-            and d.name.isdigit()
-            and len(d.name) <= 9
-            and int(d.name) > 0
-        }
-
     def _publish(self, name: str, model: _Model | None) -> None:
         """Swap in the model's new state, then retire the runtimes it no longer serves."""
         old = self._models.get(name)
@@ -216,20 +205,6 @@ class ModelRepository:
             if entry.runtime is not None and id(entry.runtime) not in keep:
                 log.info("%s v%d retired; it closes when its requests finish", name, entry.version)
                 entry.runtime.retire()
-
-    def _policy(
-        self, model_dir: Path, old: _Model | None, folder: FolderConfig
-    ) -> tuple[VersionPolicy, str]:
-        if folder.present:  # config.pbtxt's policy, or the server's
-            return folder.policy or self.default_policy, ""
-        try:
-            policy = read_model_config(model_dir)
-        except InvalidConfig as exc:
-            kept = old.policy if old else self.default_policy
-            if old is None or old.policy_error != exc.message:
-                log.error("%s; keeping version policy %s", exc.message, kept)
-            return kept, exc.message
-        return policy or self.default_policy, ""
 
     def _update_model(
         self,
@@ -252,7 +227,8 @@ class ModelRepository:
         in_force = options or folder.options or self.options
         previous = old.versions if old else {}
         unloaded = (old.unloaded if old else False) if unloaded is None else unloaded
-        policy, policy_error = self._policy(model_dir, old, folder)
+        kept = (old.policy, old.policy_error) if old else None
+        policy, policy_error = model_policy(model_dir, folder, self.default_policy, kept)
         signatures = {v: files_signature(p) + folder.signature for v, p in paths.items()}
         versions = {
             v: replace(previous[v], path=p)
@@ -261,28 +237,27 @@ class ModelRepository:
             for v, p in paths.items()
         }
         wanted: set[int] = set()
-        failed = {
-            v
-            for v, e in versions.items()
-            if e.state is ModelState.UNAVAILABLE and e.signature == signatures[v]
-        }
+        unchanged = [e for v, e in versions.items() if e.signature == signatures[v]]
+        failed = {e.version for e in unchanged if e.state is ModelState.UNAVAILABLE}
+        # Each version is tried once an update, and one served from memory since its files
+        # failed waits, as a failed one does, for them to change or for a load call.
+        tried = {e.version for e in unchanged if e.runtime is not None and e.reason}
         if retry_failed:
             failed.clear()
+            tried.clear()
         while not unloaded:
             # Failed versions are passed over, so the policy falls back to the ones that load.
             wanted = policy.select(v for v in versions if v not in failed)
             todo = [
                 v
-                for v in sorted(wanted, reverse=True)
+                for v in sorted(wanted - tried, reverse=True)
                 if stale(versions[v], signatures[v], in_force)
             ]
             if not todo:
                 break
-            missing = self._unavailable_providers
+            tried.update(todo)
             for v in todo:
-                versions[v] = load_entry(
-                    versions[v], signatures[v], in_force, self.root, missing, folder.config
-                )
+                versions[v] = self._load(versions[v], signatures[v], in_force, folder, options)
                 if versions[v].state is ModelState.UNAVAILABLE:
                     failed.add(v)
         for v, entry in versions.items():
@@ -291,6 +266,22 @@ class ModelRepository:
             reason = UNLOADED_BY_REQUEST if unloaded else ""
             versions[v] = replace(entry, state=ModelState.UNLOADED, reason=reason, runtime=None)
         return _Model(name, model_dir, versions, policy, policy_error, unloaded, options)
+
+    def _load(
+        self,
+        entry: ModelVersion,
+        signature: Signature,
+        in_force: RuntimeOptions,
+        folder: FolderConfig,
+        override: RuntimeOptions | None,
+    ) -> ModelVersion:
+        """One version's load; when its files fail, from the worker group's copy, if any."""
+        missing, copies = self._unavailable_providers, self.last_good
+        keep = copies.keep if copies else None
+        loaded = load_entry(entry, signature, in_force, self.root, missing, folder.config, keep)
+        if loaded.state is ModelState.UNAVAILABLE and copies:
+            return copies.load(loaded, signature, override, self.options, self._gpu_host, missing)
+        return loaded
 
     # -- lookups (on the event loop; each reads one snapshot) ------------------------------
 

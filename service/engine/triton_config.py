@@ -100,6 +100,8 @@ class TritonConfig:
     class_names: tuple[str, ...] = ()  # the labels file's lines
     notes: tuple[str, ...] = ()  # accepted fields and what they mean here, for the log
     signature: tuple[FileStat, ...] = field(default=(), compare=False)
+    # the files as read ((name, bytes): config.pbtxt, the labels), for a worker group's copy
+    files: tuple[tuple[str, bytes], ...] = field(default=(), compare=False, repr=False)
 
 
 def _path(name: str, index: int | None) -> str:
@@ -295,7 +297,7 @@ def _read_bounded(path: Path, limit: int, what: str) -> tuple[bytes, FileStat]:
     return data, (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def _labels(model_dir: Path, name: str) -> tuple[tuple[str, ...], FileStat]:
+def _labels(model_dir: Path, name: str) -> tuple[tuple[str, ...], FileStat, bytes]:
     """One label per line, as Triton reads a label file (a last newline ends the last label)."""
     path = model_dir / name
     if not path.resolve().is_relative_to(model_dir.resolve()):
@@ -307,7 +309,7 @@ def _labels(model_dir: Path, name: str) -> tuple[tuple[str, ...], FileStat]:
         raise InvalidConfig(f"label file {name!r} is not UTF-8 text: {exc.reason}") from None
     if not labels:
         raise InvalidConfig(f"label file {name!r} is empty")
-    return labels, signature
+    return labels, signature, data
 
 
 def config_stat(model_dir: Path) -> FileStat:
@@ -330,6 +332,9 @@ def read_config(model_dir: Path, gpu_host: bool = False) -> TritonConfig | None:
     config = parse_config(text, model_dir.name, gpu_host)
     label_files = {t.label_filename for t in config.outputs if t.label_filename}
     if not label_files:
-        return replace(config, signature=(config_signature,))
-    labels, label_signature = _labels(model_dir, label_files.pop())
-    return replace(config, class_names=labels, signature=(config_signature, label_signature))
+        return replace(config, signature=(config_signature,), files=((CONFIG_PBTXT, text),))
+    label_file = label_files.pop()
+    labels, label_signature, data = _labels(model_dir, label_file)
+    files = ((CONFIG_PBTXT, text), (label_file, data))
+    signature = (config_signature, label_signature)
+    return replace(config, class_names=labels, signature=signature, files=files)

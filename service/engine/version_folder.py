@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from service.core.card import (
     CARD_FILE,
@@ -57,6 +57,33 @@ class ModelVersion:
     layers: LayerReport | None = None
     signature: Signature | None = None  # of the files the last load attempt read
     config: TritonConfig | None = None  # the model folder's config.pbtxt it was loaded with
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What one version was loaded from: the graph's bytes, its card's text (None: served
+    from config.pbtxt or the graph alone) and the model folder's config files as read."""
+
+    model: bytes
+    card: str | None
+    config_files: tuple[tuple[str, bytes], ...] = ()
+
+    def key(self) -> str:
+        digest = hashlib.sha256(self.model)
+        digest.update(b"\0card\0" + (self.card or "").encode("utf-8"))
+        for name, data in self.config_files:
+            digest.update(b"\0" + name.encode("utf-8") + b"\0" + hashlib.sha256(data).digest())
+        return digest.hexdigest()[:32]
+
+    def files(self, name: str, version: int) -> dict[PurePosixPath, bytes]:
+        """Each file's path inside the copy's folder (a repository of one model)."""
+        model_dir = PurePosixPath(name)
+        files = {model_dir / str(version) / MODEL_FILE: self.model}
+        if self.card is not None:
+            files[model_dir / str(version) / CARD_FILE] = self.card.encode("utf-8")
+        for file_name, data in self.config_files:
+            files[model_dir / file_name] = data
+        return files
 
 
 def files_signature(version_dir: Path) -> Signature:
@@ -183,6 +210,18 @@ def load_version(
     With ``root``, nothing that resolves outside it is read (``check_inside``). ``config``: the
     model folder's ``config.pbtxt`` (or why it cannot be used); a version without a card is
     served from it, or from its graph alone when there is none."""
+    card, runtime, loaded = _load_version(name, version, path, options, root, config)
+    return card, runtime, loaded.model
+
+
+def _load_version(
+    name: str,
+    version: int,
+    path: Path,
+    options: RuntimeOptions,
+    root: Path | None,
+    config: TritonConfig | InvalidConfig | None,
+) -> tuple[ModelCard, ModelRuntime, Loaded]:
     if isinstance(config, InvalidConfig):
         raise config
     if root is not None:
@@ -212,7 +251,8 @@ def load_version(
     except BaseException:
         runtime.close()
         raise
-    return card, runtime, model_bytes
+    files = config.files if config is not None else ()
+    return card, runtime, Loaded(model_bytes, card.to_json() if carded else None, files)
 
 
 def load_entry(
@@ -222,15 +262,20 @@ def load_entry(
     root: Path | None,
     unavailable_providers: Collection[str] = (),
     config: TritonConfig | InvalidConfig | None = None,
+    keep: Callable[[str, int, Loaded], None] | None = None,
 ) -> ModelVersion:
     """``entry`` after an attempt to load its folder: READY with its runtime, or UNAVAILABLE
-    with the reason (a served version whose files changed and now fail keeps its runtime)."""
+    with the reason (a served version whose files changed and now fail keeps its runtime).
+    What loads is given to ``keep`` (a worker group's copies, ``last_good``)."""
     try:
-        card, runtime, model_bytes = load_version(
+        card, runtime, loaded = _load_version(
             entry.name, entry.version, entry.path, options, root, config
         )
     except Exception as exc:
         return _failed(entry, signature, exc)
+    model_bytes = loaded.model
+    if keep is not None:
+        keep(entry.name, entry.version, loaded)
     described = entry.path / CARD_FILE
     if not _has_card(entry.path):
         described = entry.path.parent / CONFIG_PBTXT if config else entry.path / MODEL_FILE

@@ -91,6 +91,26 @@ def test_a_repository_call_to_one_worker_holds_in_every_worker_and_a_restarted_o
     assert {(r["name"], r["state"]) for r in index} == {("tiny", "READY"), ("other", "READY")}
 
 
+def test_a_worker_restarted_while_a_served_versions_files_are_bad_serves_what_the_other_does(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Both workers keep serving a version whose files went bad on disk; one restarted after
+    that loaded what the disk held and answered 503 (or an older version): the workers' copy
+    of what each version loaded (WORKERS_DIR/last-good) makes it serve what the other does."""
+    model = tmp_path / "models" / "tiny" / "1" / "model.onnx"
+    model.write_bytes(b"not a model")  # the card's sha256 no longer matches
+    noticed = "tiny v1 changed on disk and fails"
+    wait_until(lambda: server.log.count(noticed) >= 2, 30, "both workers polled")
+    killed = workers(server)[0]
+    os.kill(killed, signal.SIGKILL)
+    wait_until(lambda: len(workers(server)) == 2 and killed not in workers(server), 30, "restart")
+    wait_until(lambda: all(serving(server, pid) for pid in workers(server)), 60, "new one ready")
+    assert fresh_answers(server, INFER, 30) == [200] * 30
+    index = httpx.post(f"{server.url}/v2/repository/index", timeout=10).json()
+    (tiny,) = [r for r in index if r["name"] == "tiny"]
+    assert tiny["state"] == "READY" and "changed on disk" in tiny["reason"]
+
+
 def test_metrics_and_statistics_add_up_every_worker(server: ServerProcess) -> None:
     sent = 40
     assert fresh_answers(server, INFER, sent) == [200] * sent

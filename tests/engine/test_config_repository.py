@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +189,27 @@ def test_a_garbage_graph_beside_a_config_is_unavailable(tmp_path: Path) -> None:
     entry = load(tmp_path).entry("cifar")
     assert entry.state is ModelState.UNAVAILABLE
     assert "cannot read the graph" in entry.reason
+
+
+def test_a_served_models_config_turning_bad_keeps_it_served_and_is_tried_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broken config.pbtxt takes away the batching the runtime was built with, so the
+    version stayed stale after each failed reload: the poll retried it forever, holding the
+    repository's lock and writing a line a try."""
+    folder = triton_folder(tmp_path, versions=(1,))
+    repository = load(tmp_path)
+    runtime = repository.get("cifar")
+    (folder / "config.pbtxt").write_text(CIFAR_CONFIG.replace("64", "x"))
+    polled = threading.Thread(target=repository.poll, daemon=True)
+    with caplog.at_level(logging.ERROR):
+        polled.start()
+        polled.join(10)
+        assert not polled.is_alive(), "the poll never returned"
+        repository.poll()  # the same files again: not tried again
+    assert repository.get("cifar") is runtime
+    assert "changed on disk" in repository.entry("cifar", 1).reason
+    assert caplog.text.count("changed on disk and fails") == 1
+    (folder / "config.pbtxt").write_text(CIFAR_CONFIG)  # fixed: loaded afresh
+    repository.poll()
+    assert repository.get("cifar") is not runtime and not repository.entry("cifar", 1).reason

@@ -75,14 +75,19 @@ def _admission(settings: Settings, who: Caller, authorization: str, host: str | 
 
 
 def check_admin(
-    settings: Settings, who: Caller, authorization: str, what: str, host: str | None = None
+    settings: Settings,
+    who: Caller,
+    authorization: str,
+    what: str,
+    host: str | None = None,
+    kind: str | None = None,
 ) -> None:
     """The repository API's rule: 401 without the bearer token, 403 with a wrong one, 403
     without a token configured (bar ADMIN_LOOPBACK's local clients, over REST only where the
     request's ``host`` header names the loopback; gRPC, which no browser speaks, has None).
     Every admitted call is logged with the client's address (these calls change what everyone
     is served); refusals once an interval per client, call and reason, with how many came
-    meanwhile."""
+    meanwhile (``kind``: the call's kind for that, where ``what`` names more, such as a path)."""
     try:
         how = _admission(settings, who, authorization, host)
     except ServingError as exc:
@@ -91,7 +96,7 @@ def check_admin(
             what,
             who.client,
             exc.message,
-            key=f"{who.client} {what} {exc.message}",
+            key=f"{who.client} {kind or what} {exc.message}",
         )
         raise
     log.info("%s for client %r (%s)", what, who.client, how)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from service.core.datatypes import DATATYPES
-from service.core.errors import InvalidInput, UnprocessableInput
+from service.core.errors import InvalidInput, UnprocessableInput, shown
 from service.engine.dtypes import NUMPY_DTYPES
 from service.engine.tensor_bytes import as_bytes, strings_array, tensor_from_bytes
 
@@ -37,8 +37,9 @@ FOUND_KINDS = {"b": "booleans", "U": "strings", "O": "mixed values", "f": "fract
 def check_datatype(datatype: Any, where: str) -> str:
     """``datatype``; 422 if it is not in the protocol's table (``service.core.datatypes``)."""
     if not isinstance(datatype, str) or datatype not in NUMPY_DTYPES:
+        given = shown(datatype) if isinstance(datatype, str) else type(datatype).__name__
         raise UnprocessableInput(
-            f"{where}: datatype {datatype!r} is not one of {', '.join(NUMPY_DTYPES)}"
+            f"{where}: datatype {given} is not one of {', '.join(NUMPY_DTYPES)}"
         )
     return datatype
 

@@ -16,6 +16,7 @@ from service.core.errors import InvalidInput, PayloadTooLarge, UnprocessableInpu
 # Keys of any one JSON object of a request: its top level, a tensor, an output, ``parameters``.
 # The protocol's objects have at most six fields; the rest leaves room for clients' own.
 MAX_OBJECT_KEYS = 64
+MAX_TENSOR_NAME_CHARS = 256  # an input's or output's name: errors quote them whole
 MAX_NAME_CHARS = 128  # a model's name (the repository's NAME_PATTERN): longer is no model's
 # Input tensors, and requested outputs, of one request (the models here take one and give two).
 MAX_TENSORS = 64
@@ -36,6 +37,16 @@ def check_object_size(count: int, where: str) -> None:
     """An object of ``count`` keys is refused (400) past ``MAX_OBJECT_KEYS``."""
     if count > MAX_OBJECT_KEYS:
         raise InvalidInput(f"{where} has {count} fields, more than the limit of {MAX_OBJECT_KEYS}")
+
+
+def check_tensor_name(name: str, what: str) -> None:
+    """A tensor's name (``what``: "an input", "an output") is refused (400) past
+    ``MAX_TENSOR_NAME_CHARS``, before any message quotes it."""
+    if len(name) > MAX_TENSOR_NAME_CHARS:
+        raise InvalidInput(
+            f"{what} is named in {len(name)} characters, more than the limit of "
+            f"{MAX_TENSOR_NAME_CHARS}"
+        )
 
 
 def check_tensor_count(count: int, what: str) -> None:

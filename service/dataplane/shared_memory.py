@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from service.core.errors import InvalidInput, PayloadTooLarge, RegionNotFound
+from service.core.errors import InvalidInput, PayloadTooLarge, RegionNotFound, shown
 from service.dataplane.types import InferRequest, RequestedOutput, SharedMemoryRef
 from service.engine.dtypes import NUMPY_DTYPES
 from service.engine.tensor_bytes import tensor_from_bytes, tensor_to_bytes
@@ -195,7 +195,7 @@ class SharedMemoryRegistry:
                 return [r.status for r in self._regions.values()]
             region = self._regions.get(name)
         if region is None:
-            raise RegionNotFound(f"no system shared memory region {name!r} is registered")
+            raise RegionNotFound(f"no system shared memory region {shown(name)} is registered")
         return [region.status]
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ from service.core.limits import (
     MAX_RANK,
     MAX_TENSORS,
     check_tensor_count,
+    check_tensor_name,
     checked_shape,
     value_bound,
 )
@@ -77,6 +78,10 @@ def decode_infer_request(request: Any, max_rows: int) -> InferRequest:
     if not request.inputs:
         raise InvalidInput("'inputs' must be a non-empty list of tensors")
     check_tensor_count(len(request.inputs), "inputs")
+    for tensor in request.inputs:
+        check_tensor_name(tensor.name, "an input")
+    for output in request.outputs:
+        check_tensor_name(output.name, "an output")
     regions = [tensor_region(t.parameters, f"input {t.name!r}") for t in request.inputs]
     raw = request.raw_input_contents
     given = sum(region is None for region in regions)  # inputs whose data the message carries

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 _serving_error_log = ThrottledLog(log)
 
 INTERNAL_MESSAGE = "internal server error"
+MAX_STATUS_BYTES = 2000  # of a status message, percent-encoded (grpc-core's limit: 2,048)
+CUT = "... (cut)"
 EXTENSIONS = [
     "classification",
     "model_repository",
@@ -61,6 +63,23 @@ GRPC_CODES: dict[int, grpc.StatusCode] = {
 def grpc_code(status: int) -> grpc.StatusCode:
     code: grpc.StatusCode = GRPC_CODES.get(status, grpc.StatusCode.INTERNAL)
     return code
+
+
+def status_message(message: str) -> str:
+    """``message`` cut to fit the ``grpc-message`` trailer: grpc-core percent-encodes it (3
+    bytes for each byte outside printable ASCII, and ``%``) and drops one over 2,048 bytes,
+    leaving the client no reason and writing a line to stderr every call."""
+    encoded = message.encode("utf-8", "replace")
+    if len(encoded) * 3 <= MAX_STATUS_BYTES:
+        return message
+    size = 0
+    for end, char in enumerate(message):
+        size += sum(
+            1 if 0x20 <= b <= 0x7E and b != 0x25 else 3 for b in char.encode(errors="replace")
+        )
+        if size > MAX_STATUS_BYTES - len(CUT):
+            return message[:end] + CUT
+    return message
 
 
 def peer_host(peer: str) -> str | None:
@@ -105,7 +124,7 @@ def rpc(method: Handler) -> Handler:
             code, message = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
         finally:
             self.plane.metrics.observe_grpc_call(name, code.name, time.perf_counter() - start)
-        await context.abort(code, message)
+        await context.abort(code, status_message(message))
 
     return call
 
@@ -127,7 +146,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
         async def refused(why: ServingError, context: Any) -> NoReturn:
             self.plane.metrics.observe_grpc_call(name, grpc_code(why.status).name, 0.0)
-            await context.abort(grpc_code(why.status), why.message)
+            await context.abort(grpc_code(why.status), status_message(why.message))
             raise AssertionError("abort returned")  # grpc's abort raises
 
         return refused
@@ -183,7 +202,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             async for response in stream:
                 yield response
         except ServingError as why:  # its place was needed while it sent nothing
-            await context.abort(grpc_code(why.status), why.message)
+            await context.abort(grpc_code(why.status), status_message(why.message))
 
     # -- the logging and trace extensions: read by anyone, changed under the admin rules ------
 

@@ -24,6 +24,7 @@ from service.core.errors import InvalidInput, UnprocessableInput
 from service.core.limits import (
     check_json_values,
     check_tensor_count,
+    check_tensor_name,
     checked_shape,
     value_bound,
 )
@@ -118,6 +119,7 @@ def _input_tensors(
         name, datatype = tensor.get("name"), tensor.get("datatype")
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"{where}.name must be a non-empty string")
+        check_tensor_name(name, "an input")
         where = f"input {name!r}"
         datatype = check_datatype(datatype, where)
         most = value_bound(bounds, name) if datatype == "BYTES" else None
@@ -162,6 +164,7 @@ def _requested_outputs(
         name = out.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"outputs[{i}].name must be a non-empty string")
+        check_tensor_name(name, "an output")
         parameters = _parameters(out, f"outputs[{i}]")
         flag = parameters.get("binary_data", binary_output)
         region = shared_memory_ref(parameters, f"output {name!r}")

@@ -21,6 +21,8 @@ from service.api.rest.http_io import read_json_body, validated_body
 from service.api.rest.json_wire import loads
 from service.api.rest.schemas import RepositoryIndexEntry, RepositoryRequest, errors, json_body
 
+MAX_PATH_CHARS = 256  # of a path in an admin call's log line (the rest is counted)
+
 # Documents the bearer scheme in OpenAPI (so clients and fuzzers know of it); ``check_admin``
 # reads the header itself, as gRPC's metadata is read.
 BEARER = HTTPBearer(
@@ -49,8 +51,15 @@ async def require_admin(
     settings = plane.settings
     peer = request.client.host if request.client else None
     who = caller(peer, headers.items(), settings.trusted_proxies)
-    what = f"{request.method} {request.url.path}"
-    check_admin(settings, who, headers.get("authorization", ""), what, headers.get("host"))
+    path, method = request.url.path, request.method
+    if len(path) > MAX_PATH_CHARS:
+        path = f"{path[:MAX_PATH_CHARS]}... ({len(path)} characters)"
+    route = getattr(request.scope.get("route"), "path", path)
+    # Refusals are throttled by the route's template: each name in a path is no new kind of line
+    check_admin(
+        settings, who, headers.get("authorization", ""), f"{method} {path}", headers.get("host"),
+        f"{method} {route}",
+    )  # fmt: skip
 
 
 router = APIRouter(

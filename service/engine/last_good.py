@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
@@ -91,6 +91,18 @@ class LastGood:
         pointer = where / f".tmp-{os.getpid()}-{CURRENT}"
         pointer.write_text(key, encoding="ascii")
         os.replace(pointer, where / CURRENT)
+
+    def prune(self, disk: Mapping[str, Collection[int]]) -> None:
+        """Remove the copies of versions no longer in the repository (``disk``: each model's
+        version numbers); never on shutdown, when a restarting sibling may still need them."""
+        try:
+            versions = [v for model in self.folder.iterdir() for v in model.iterdir()]
+        except OSError:  # none kept yet, or another worker pruning
+            return
+        for version in versions:
+            kept = disk.get(version.parent.name, ())
+            if not version.name.isdigit() or int(version.name) not in kept:
+                shutil.rmtree(version, ignore_errors=True)
 
     def recall(self, name: str, version: int) -> Path | None:
         """The copy in force: the root of a repository holding ``name``/``version`` (None:

@@ -143,6 +143,8 @@ class ModelRepository:
                 self._publish(name, None)
             for name, (model_dir, versions) in disk.items():
                 self._publish(name, self._update_model(name, model_dir, versions))
+            if self.last_good is not None:
+                self.last_good.prune({name: set(versions) for name, (_, versions) in disk.items()})
 
     def load_model(self, name: str, options: RuntimeOptions | None = None) -> None:
         """Load (or reload) a model from disk under its policy, failed versions retried too;

@@ -5,12 +5,14 @@ change, whatever the number of workers."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from service.core.card import MODEL_FILE
+from service.core.version_policy import VersionPolicy
 from service.engine.last_good import CURRENT, LastGood
 from service.engine.repository import ModelRepository
 from service.engine.runtime import RuntimeOptions
@@ -111,3 +113,21 @@ def test_one_copy_per_change_however_many_workers_load_it(tmp_path: Path) -> Non
         worker(root, copies)
     assert (current.stat().st_mtime_ns, current.stat().st_ino) == written
     assert len([p for p in current.parent.iterdir() if p.name != CURRENT]) == 1
+
+
+def test_a_versions_copy_goes_when_the_version_leaves_the_repository(tmp_path: Path) -> None:
+    root = make_model_repo(tmp_path, {"tiny": [1, 2], "other": [1]}, lecture=False)
+    copies = tmp_path / "last-good"
+    repository = ModelRepository(
+        root, CPU_ONLY, VersionPolicy("all"), last_good=LastGood(copies)
+    )  # fmt: skip
+    repository.load()
+    assert {p.relative_to(copies).as_posix() for p in copies.glob("*/*")} == {
+        "tiny/1", "tiny/2", "other/1"
+    }  # fmt: skip
+    shutil.rmtree(root / "tiny" / "2")
+    shutil.rmtree(root / "other")
+    repository.poll()
+    assert {p.relative_to(copies).as_posix() for p in copies.glob("*/*")} == {"tiny/1"}
+    repository.close()  # a worker shutting down leaves them to its siblings
+    assert (copies / "tiny" / "1" / CURRENT).is_file()

@@ -111,6 +111,10 @@ def parse_config_override(
         raise _failed(name, f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise _failed(name, "must be a JSON object")
+    try:  # protobuf's parser raised SystemError (a 500) on a lone surrogate's escape
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):
+        raise _failed(name, "holds a lone surrogate (a \\ud800 escape): no text") from None
     try:
         message = json_format.ParseDict(data, model_config_pb2.ModelConfig())
     except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:

@@ -83,8 +83,8 @@ def model_repository(settings: Settings, options: RuntimeOptions) -> ModelReposi
     """The repository; with WORKERS > 1 it keeps the files each version loaded in WORKERS_DIR,
     so a worker started while a served version's files are bad on disk serves what its
     siblings still do (``last_good``)."""
-    folder = settings.workers_dir
-    copies = LastGood(folder / LAST_GOOD) if folder else None
+    folder = settings.workers_dir  # with one worker, a given folder's copies would outlive it
+    copies = LastGood(folder / LAST_GOOD) if folder and settings.workers > 1 else None
     policy = VersionPolicy.parse(settings.version_policy)
     return ModelRepository(settings.model_repository, options, policy, copies)
 

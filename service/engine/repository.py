@@ -189,12 +189,13 @@ class ModelRepository:
 
     def close(self) -> None:
         with self._update:
+            self.loaded = False  # a worker shutting down leaves its copies to its siblings
             for name in list(self._models):
                 self._publish(name, None)
-            self.loaded = False
 
     def _publish(self, name: str, model: _Model | None) -> None:
-        """Swap in the model's new state, then retire the runtimes it no longer serves."""
+        """Swap in the model's new state, then retire the runtimes it no longer serves (and,
+        while serving, forget their copies: a worker started later must not serve them)."""
         old = self._models.get(name)
         models = dict(self._models)
         if model is None:
@@ -207,6 +208,9 @@ class ModelRepository:
             if entry.runtime is not None and id(entry.runtime) not in keep:
                 log.info("%s v%d retired; it closes when its requests finish", name, entry.version)
                 entry.runtime.retire()
+                now = model.versions.get(entry.version) if model else None
+                if self.last_good and self.loaded and (now is None or now.runtime is None):
+                    self.last_good.forget(name, entry.version)
 
     def _update_model(
         self,
@@ -277,11 +281,12 @@ class ModelRepository:
         folder: FolderConfig,
         override: RuntimeOptions | None,
     ) -> ModelVersion:
-        """One version's load; when its files fail, from the worker group's copy, if any."""
+        """One version's load; at start, when its files fail, from the worker group's copy (the
+        other workers still serve it), if any."""
         missing, copies = self._unavailable_providers, self.last_good
         keep = copies.keep if copies else None
         loaded = load_entry(entry, signature, in_force, self.root, missing, folder.config, keep)
-        if loaded.state is ModelState.UNAVAILABLE and copies:
+        if loaded.state is ModelState.UNAVAILABLE and copies and not self.loaded:
             return copies.load(loaded, signature, override, self.options, self._gpu_host, missing)
         return loaded
 

@@ -21,6 +21,7 @@ from service.core.card import (
     read_card,
 )
 from service.core.errors import InvalidCard, InvalidConfig, ServingError
+from service.core.limits import MAX_TENSOR_NAME_CHARS
 from service.core.regular_files import MAX_MODEL_BYTES, read_regular
 from service.engine.config_card import check_card_and_config, config_card
 from service.engine.layers import LayerReport, read_layers
@@ -65,11 +66,12 @@ class Loaded:
     from config.pbtxt or the graph alone) and the model folder's config files as read."""
 
     model: bytes
+    digest: str  # the model's sha256, as checked
     card: str | None
     config_files: tuple[tuple[str, bytes], ...] = ()
 
     def key(self) -> str:
-        digest = hashlib.sha256(self.model)
+        digest = hashlib.sha256(self.digest.encode("ascii"))
         digest.update(b"\0card\0" + (self.card or "").encode("utf-8"))
         for name, data in self.config_files:
             digest.update(b"\0" + name.encode("utf-8") + b"\0" + hashlib.sha256(data).digest())
@@ -130,6 +132,12 @@ def check_serving_contract(card: ModelCard) -> None:
     """What this service needs to serve a model: an image classifier's one pixel input and its
     probabilities, or for a tensor model only distinct tensor names (the graph check does the
     rest)."""
+    for tensor in (*card.inputs, *card.outputs):  # longer than a request may name
+        if len(tensor.name) > MAX_TENSOR_NAME_CHARS:
+            raise InvalidCard(
+                f"a tensor's name is {len(tensor.name)} characters, more than the "
+                f"{MAX_TENSOR_NAME_CHARS} a request may give"
+            )
     if card.kind == TENSOR:
         _check_names(card)
         return
@@ -252,7 +260,7 @@ def _load_version(
         runtime.close()
         raise
     files = config.files if config is not None else ()
-    return card, runtime, Loaded(model_bytes, card.to_json() if carded else None, files)
+    return card, runtime, Loaded(model_bytes, digest, card.to_json() if carded else None, files)
 
 
 def load_entry(

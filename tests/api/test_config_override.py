@@ -66,3 +66,18 @@ def test_docs_example_loads_a_model_that_is_not_loaded() -> None:
     assert read.max_batch_size == 8 and read.dynamic_batching
     assert read.preferred_batch_size == (8,) and read.max_queue_delay_microseconds == 500
     assert read.max_queue_size == 16
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"max_batch_size": 8, "\\ud800": 1}',  # an unknown key
+        '{"max_batch_size": 8, "version_policy": {"specific": {"versions": ["\\ud800"]}}}',
+        '{"input": [{"name": "images", "data_type": "\\udfff"}]}',
+    ],
+)
+def test_a_lone_surrogate_in_an_override_is_a_400_not_a_500(text: str) -> None:
+    """protobuf's JSON parser raised SystemError on a lone surrogate's escape: a 500 with a
+    logged traceback for each admin call (a review)."""
+    with pytest.raises(ModelLoadFailed, match="surrogate"):
+        config_override.parse_config_override("m", text, not_loaded)

@@ -10,13 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 
 from service.core.card import MODEL_FILE
+from service.core.errors import ModelLoadFailed
 from service.core.version_policy import VersionPolicy
-from service.engine.last_good import CURRENT, LastGood
+from service.dataplane import build
+from service.engine.last_good import CURRENT, LOCK, LastGood
 from service.engine.repository import ModelRepository
 from service.engine.runtime import RuntimeOptions
 from service.engine.version_folder import ModelState
+from tests.support.apps import make_settings
 from tests.support.models import CIFAR_CLASSES, make_model_repo, tiny_graph
 
 CPU_ONLY = RuntimeOptions(providers=("CPUExecutionProvider",))
@@ -112,7 +116,7 @@ def test_one_copy_per_change_however_many_workers_load_it(tmp_path: Path) -> Non
     for _ in range(3):
         worker(root, copies)
     assert (current.stat().st_mtime_ns, current.stat().st_ino) == written
-    assert len([p for p in current.parent.iterdir() if p.name != CURRENT]) == 1
+    assert len([p for p in current.parent.iterdir() if p.name not in (CURRENT, LOCK)]) == 1
 
 
 def test_a_versions_copy_goes_when_the_version_leaves_the_repository(tmp_path: Path) -> None:
@@ -131,3 +135,39 @@ def test_a_versions_copy_goes_when_the_version_leaves_the_repository(tmp_path: P
     assert {p.relative_to(copies).as_posix() for p in copies.glob("*/*")} == {"tiny/1"}
     repository.close()  # a worker shutting down leaves them to its siblings
     assert (copies / "tiny" / "1" / CURRENT).is_file()
+
+
+def test_a_copy_serves_only_a_worker_starting_while_the_others_serve_the_version(
+    tmp_path: Path,
+) -> None:
+    """A running worker never loads a copy, and a copy goes once the version is no longer served:
+    a version removed and published again half copied was served from the deleted one's copy,
+    and a load call after an unload loaded a copy of files no worker served (a review)."""
+    root = make_model_repo(tmp_path, {"tiny": [1, 2]}, lecture=False)
+    copies = tmp_path / "last-good"
+    running = worker(root, copies)
+    shutil.rmtree(root / "tiny" / "2")
+    running.poll()
+    (root / "tiny" / "2").mkdir()
+    (root / "tiny" / "2" / MODEL_FILE).write_bytes(b"half copied")
+    running.poll()
+    for repository in (running, worker(root, copies)):
+        assert repository.entry("tiny", 2).state is ModelState.UNAVAILABLE
+        assert repository.get("tiny").version == 1
+
+    running.unload_model("tiny")  # every worker unloads it: no one serves v1 any more
+    (root / "tiny" / "1" / MODEL_FILE).write_bytes(b"not a model")
+    with pytest.raises(ModelLoadFailed):
+        running.load_model("tiny")
+    started = worker(root, copies)
+    assert started.entry("tiny", 1).state is ModelState.UNAVAILABLE
+
+
+def test_a_lone_worker_keeps_no_copies_even_in_a_given_workers_dir(tmp_path: Path) -> None:
+    """With one worker nothing would need them, and a folder given would keep them from one
+    run to the next: a server started afresh served a past run's files (a review)."""
+    repo = make_model_repo(tmp_path, lecture=False)
+    settings = make_settings(repo, workers=1, workers_dir=tmp_path)
+    assert build.model_repository(settings, CPU_ONLY).last_good is None
+    two = settings.model_copy(update={"workers": 2})
+    assert build.model_repository(two, CPU_ONLY).last_good is not None

@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import httpx
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from service.api import admin
 from service.api.grpc.servicer import MAX_STATUS_BYTES, status_message
-from service.core.errors import MAX_MESSAGE_CHARS, InvalidInput
+from service.core.errors import MAX_MESSAGE_CHARS, InvalidCard, InvalidInput
+from service.core.limits import MAX_TENSOR_NAME_CHARS
 from service.core.throttled_log import ThrottledLog
+from service.engine.runtime import RuntimeOptions
+from service.engine.version_folder import load_version
 from tests.support.apps import make_settings
 from tests.support.models import make_model_repo
 from tests.support.servers import Running, running_server
@@ -77,9 +83,12 @@ def test_an_error_message_is_cut_and_a_grpc_status_fits_its_trailer() -> None:
     assert len(InvalidInput("x" * 10 * MAX_MESSAGE_CHARS).message) < MAX_MESSAGE_CHARS + 64
     assert InvalidInput("short").message == "short"
     assert status_message("a reason") == "a reason"
-    for char in ("a", "%", "é", "\N{SNOWMAN}", "\n"):
+    lone = status_message("bad \ud800 name " * 1000)  # grpc encodes strictly: the call hung
+    assert lone.encode("utf-8") and lone.endswith("(cut)")
+    for char in ("a", "%", "é", "\N{SNOWMAN}", "\n", "\ud800"):
         message = status_message(char * MAX_MESSAGE_CHARS)
         encoded = sum(1 if 0x20 <= b <= 0x7E and b != 0x25 else 3 for b in message.encode())
+        assert message.startswith(char.encode("utf-8", "backslashreplace").decode() * 8)
         assert MAX_STATUS_BYTES - 64 < encoded <= MAX_STATUS_BYTES, char
         assert message.endswith("(cut)")
 
@@ -96,3 +105,30 @@ def test_refused_admin_calls_naming_ever_new_paths_are_one_kind_of_log_line(
     lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(lines) == 1, [line[:120] for line in lines]
     assert "/v2/repository/models/0-mmm" in lines[0] and len(lines[0]) < 600
+
+
+@pytest.mark.parametrize("length", [300, MAX_TENSOR_NAME_CHARS + 1])
+def test_a_model_whose_tensor_names_no_request_may_give_is_refused_at_load(
+    tmp_path: Path, length: int
+) -> None:
+    """Names as long as exported graphs have (scope paths) load and serve; a longer one than a
+    request may give would load READY and refuse every v2 request (a review)."""
+    name = "x" * length
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [name], ["y"])],
+        "long",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
+    )
+    folder = tmp_path / "long" / "1"
+    folder.mkdir(parents=True)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(folder / "model.onnx"))
+    options = RuntimeOptions(providers=("CPUExecutionProvider",))
+    if length <= MAX_TENSOR_NAME_CHARS:
+        card, runtime, _ = load_version("long", 1, folder, options)
+        assert card.inputs[0].name == name
+        runtime.close()
+    else:
+        with pytest.raises(InvalidCard, match="more than the 4096 a request may give"):
+            load_version("long", 1, folder, options)

@@ -69,14 +69,13 @@ def status_message(message: str) -> str:
     """``message`` cut to fit the ``grpc-message`` trailer: grpc-core percent-encodes it (3
     bytes for each byte outside printable ASCII, and ``%``) and drops one over 2,048 bytes,
     leaving the client no reason and writing a line to stderr every call."""
-    encoded = message.encode("utf-8", "replace")
-    if len(encoded) * 3 <= MAX_STATUS_BYTES:
+    # grpc encodes it as strict UTF-8: a lone surrogate failed the call (the client's deadline)
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(message.encode()) * 3 <= MAX_STATUS_BYTES:
         return message
     size = 0
     for end, char in enumerate(message):
-        size += sum(
-            1 if 0x20 <= b <= 0x7E and b != 0x25 else 3 for b in char.encode(errors="replace")
-        )
+        size += sum(1 if 0x20 <= b <= 0x7E and b != 0x25 else 3 for b in char.encode())
         if size > MAX_STATUS_BYTES - len(CUT):
             return message[:end] + CUT
     return message

@@ -29,8 +29,11 @@ from service.api.rest.app import create_app
 from service.api.rest.connections import http_protocol
 from service.core.logs import configure_logging
 from service.core.open_files import raise_open_file_limit
+from service.core.processes import alive
 from service.engine.last_good import LAST_GOOD
 from service.settings import Settings
+
+WORKERS_DIR_PREFIX = "service-workers-"  # then the supervisor's pid and mkdtemp's suffix
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,7 +78,10 @@ def shared_by_workers(settings: Settings) -> Iterator[None]:
     set), prometheus-client's PROMETHEUS_MULTIPROC_DIR inside it, and one gRPC port (with
     GRPC_PORT=0, a free one held here with SO_REUSEPORT so each worker binds the same)."""
     made = settings.workers_dir is None
-    folder = Path(tempfile.mkdtemp(prefix="service-workers-")) if made else settings.workers_dir
+    if made:
+        sweep_dead_workers_dirs(Path(tempfile.gettempdir()))
+    prefix = f"{WORKERS_DIR_PREFIX}{os.getpid()}-"
+    folder = Path(tempfile.mkdtemp(prefix=prefix)) if made else settings.workers_dir
     assert folder is not None
     metrics = folder / "metrics"
     shutil.rmtree(metrics, ignore_errors=True)  # a previous run's counters would add up
@@ -95,6 +101,16 @@ def shared_by_workers(settings: Settings) -> Iterator[None]:
         finally:
             if made:
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def sweep_dead_workers_dirs(temporary: Path) -> None:
+    """Remove the folders of servers killed before they could (SIGKILL, the OOM killer): each
+    holds a copy of the models it served (``last_good``). Named by the supervisor's pid, so a
+    live server's is never touched."""
+    for folder in temporary.glob(f"{WORKERS_DIR_PREFIX}*-*"):
+        pid = folder.name.removeprefix(WORKERS_DIR_PREFIX).partition("-")[0]
+        if pid.isdigit() and not alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _family(host: str) -> socket.AddressFamily:

@@ -106,7 +106,8 @@ class DataPlane:
         """Load the models (off the loop), then poll the repository and time the loop's lag."""
         settings = self.settings
         asyncio.get_running_loop().set_default_executor(build.background_executor(settings))
-        await asyncio.to_thread(self.repository.load)
+        start = self.workers.start_state() if self.workers else ((), {})  # the group's calls
+        await asyncio.to_thread(self.repository.load, *start)
         if self.workers is not None:  # before serving: a restarted worker keeps an unload
             await self.workers.start()
             for task in (self.workers.watch(), self.workers.publish_statistics()):

@@ -91,6 +91,15 @@ class WorkerGroup:
             pass
         await self._catch_up()
 
+    def start_state(self) -> tuple[set[str], dict[str, RuntimeOptions]]:
+        """What the group's calls leave a starting worker's first load: the models unloaded and
+        the config overrides of the loads in force, so it neither loads (nor keeps a copy of)
+        what the others do not serve nor builds another runtime than theirs."""
+        state = self._read()
+        unloaded = set(state["unloaded"])
+        overrides = {name: self._options(state, name) for name in state["loaded"]}
+        return unloaded, {n: o for n, o in overrides.items() if o and n not in unloaded}
+
     async def watch(self) -> None:
         """Until cancelled: apply control.json whenever it changes."""
         while True:

@@ -10,18 +10,21 @@ One copy per version, laid out as a repository of its own so it is read by the s
     <name>/<version>/<key>/<name>/<version>/  model.onnx and card.json, as loaded
 
 The key is a hash of those files, so a worker finding the same key in ``current`` writes
-nothing: one copy per change, however many workers load it. Only a starting worker loads a
-copy, and a copy goes once its version is no longer served (``forget``, ``prune``); none
-outlives the server's run (``python -m service`` empties the folder at start)."""
+nothing: one copy per change, however many workers load it. A key's folder is written once and
+never changed, and ``current`` is replaced in one rename, so no lock is needed: a copy no
+longer in force is removed only ``GRACE_S`` after it was made, long after any worker that read
+its key has loaded it. Only a starting worker loads a copy, and a version's copy stops being in
+force (``forget``) once this worker no longer serves it; none outlives the server's run
+(``python -m service`` empties the folder at start). Nothing here raises: a copy is a spare."""
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Collection, Iterator, Mapping
-from contextlib import contextmanager
+import time
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
@@ -39,7 +42,7 @@ log = logging.getLogger(__name__)
 
 LAST_GOOD = "last-good"  # the copies' folder in WORKERS_DIR
 CURRENT = "current"
-LOCK = ".lock"
+GRACE_S = 600.0  # how long a copy no longer in force stays, for a worker loading it
 
 
 def _inside(relative: PurePosixPath) -> bool:
@@ -47,10 +50,8 @@ def _inside(relative: PurePosixPath) -> bool:
 
 
 class LastGood:
-    """The copies in ``folder``: ``keep`` after each load, ``load`` from one while starting, and
-    ``forget``/``prune`` once no worker serves the version. A version's copies change under an
-    exclusive ``flock`` of its ``.lock`` and are loaded under a shared one, so no worker loads a
-    copy another is replacing."""
+    """The copies in ``folder``: ``keep`` after each load, ``load`` from one while starting,
+    ``forget`` once the version is not served here, ``prune`` what no longer is in force."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -58,25 +59,13 @@ class LastGood:
     def _version(self, name: str, version: int) -> Path:
         return self.folder / name / str(version)
 
-    @contextmanager
-    def _locked(self, where: Path, how: int) -> Iterator[None]:
-        where.mkdir(parents=True, exist_ok=True)
-        with open(where / LOCK, "a+b") as lock:
-            fcntl.flock(lock, how)
-            yield
-
     def keep(self, name: str, version: int, loaded: Loaded) -> None:
-        """Make ``loaded`` the version's copy in force (a failure is logged, never raised: the
-        load it follows has succeeded)."""
+        """Make ``loaded`` the version's copy in force (a failure is logged: the load it follows
+        has succeeded)."""
         key, where = loaded.key(), self._version(name, version)
         try:
-            with self._locked(where, fcntl.LOCK_EX):
-                if _current(where) == key and (where / key).is_dir():
-                    return
+            if _current(where) != key or not (where / key).is_dir():
                 self._write(where, key, loaded.files(name, version))
-                for old in where.iterdir():  # copies no longer in force, a crashed write's
-                    if old.is_dir() and old.name != key:
-                        shutil.rmtree(old, ignore_errors=True)
         except OSError as exc:
             log.warning("%s v%d: no copy kept for restarted workers: %s", name, version, exc)
 
@@ -84,39 +73,61 @@ class LastGood:
     def _write(where: Path, key: str, files: dict[PurePosixPath, bytes]) -> None:
         if not all(_inside(relative) for relative in files):
             raise OSError(f"a config file outside its model folder: {sorted(map(str, files))}")
-        temporary = where / f".tmp-{os.getpid()}-{key}"
-        shutil.rmtree(temporary, ignore_errors=True)
-        for relative, data in files.items():
-            path = temporary.joinpath(*relative.parts)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-        shutil.rmtree(where / key, ignore_errors=True)  # a crashed write's, half made
-        temporary.rename(where / key)
+        if not (where / key).is_dir():
+            temporary = where / f".tmp-{os.getpid()}-{key}"
+            shutil.rmtree(temporary, ignore_errors=True)
+            for relative, data in files.items():
+                path = temporary.joinpath(*relative.parts)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            try:
+                temporary.rename(where / key)
+            except OSError:  # another worker's rename came first: the same files
+                shutil.rmtree(temporary, ignore_errors=True)
+                if not (where / key).is_dir():
+                    raise
+        before = _current(where)
         pointer = where / f".tmp-{os.getpid()}-{CURRENT}"
         pointer.write_text(key, encoding="ascii")
         os.replace(pointer, where / CURRENT)
+        if before is not None and before != key:
+            _retired(where / before)
 
     def forget(self, name: str, version: int) -> None:
-        """This worker no longer serves the version: neither, soon, does any (a repository
-        call or the disk took it away), so no worker started later may serve it."""
-        where = self._version(name, version)
-        if where.is_dir():
-            with self._locked(where, fcntl.LOCK_EX):
-                for old in where.iterdir():
-                    if old.name != LOCK:
-                        shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
+        """This worker no longer serves the version: neither, soon, does any (a repository call,
+        the version policy or the disk took it away), so no worker started later may serve it."""
+        try:
+            _let_go(self._version(name, version))
+        except OSError as exc:
+            log.warning("%s v%d: its copy could not be let go: %s", name, version, exc)
 
-    def prune(self, disk: Mapping[str, Collection[int]]) -> None:
-        """Remove the copies of versions no longer in the repository (``disk``: each model's
-        version numbers); never on shutdown, when a restarting sibling may still need them."""
+    def prune(self, disk: Mapping[str, Collection[int]], now: float | None = None) -> None:
+        """Let go of the copies of versions no longer on disk (``disk``: each model's version
+        numbers), and remove every copy out of force for ``GRACE_S`` and what a crashed write
+        left."""
+        now = time.time() if now is None else now
         try:
             versions = [v for model in self.folder.iterdir() for v in model.iterdir()]
-        except OSError:  # none kept yet, or another worker pruning
+        except OSError:  # none kept yet
             return
-        for version in versions:
-            kept = disk.get(version.parent.name, ())
-            if not version.name.isdigit() or int(version.name) not in kept:
-                shutil.rmtree(version, ignore_errors=True)
+        for where in versions:
+            try:
+                kept = disk.get(where.parent.name, ())
+                if not where.name.isdigit() or int(where.name) not in kept:
+                    _let_go(where)
+                current = _current(where)
+                for old in where.iterdir():
+                    if old.name in (current, CURRENT) or now - old.lstat().st_mtime < GRACE_S:
+                        continue
+                    if old.is_dir():
+                        shutil.rmtree(old)
+                    else:
+                        old.unlink()
+                if not any(where.iterdir()):
+                    where.rmdir()
+                    where.parent.rmdir()  # refused while other versions are in it
+            except OSError:  # another worker pruning too
+                continue
 
     def load(
         self,
@@ -131,17 +142,18 @@ class LastGood:
         from (this worker started after its files went bad); else ``failed``. The options are
         the repository's: a load's ``override``, else the copy's config.pbtxt's, else ``base``."""
         where = self._version(failed.name, failed.version)
-        if not (where / CURRENT).is_file():
+        key = _current(where)
+        if key is None or not (where / key).is_dir():
             return failed
-        with self._locked(where, fcntl.LOCK_SH):
-            root = where / str(_current(where))
-            path = root / failed.name / str(failed.version)
-            if not path.is_dir():
-                return failed
+        root = where / key
+        path = root / failed.name / str(failed.version)
+        try:
             folder = read_folder_config(path.parent, gpu_host, base)
-            in_force = override or folder.options or base
-            copy = replace(failed, path=path, state=ModelState.UNLOADED)
-            entry = load_entry(copy, signature, in_force, root, missing, folder.config)
+        except OSError:
+            return failed
+        in_force = override or folder.options or base
+        copy = replace(failed, path=path, state=ModelState.UNLOADED)
+        entry = load_entry(copy, signature, in_force, root, missing, folder.config)
         if entry.state is not ModelState.READY:
             return failed
         reason = f"changed on disk and the new files fail, serving the previous: {failed.reason}"
@@ -155,3 +167,17 @@ def _current(where: Path) -> str | None:
         return (where / CURRENT).read_text(encoding="ascii")
     except OSError:
         return None
+
+
+def _let_go(where: Path) -> None:
+    """No copy of the version in force any more; its files go ``GRACE_S`` from now."""
+    key = _current(where)
+    (where / CURRENT).unlink(missing_ok=True)
+    if key is not None:
+        _retired(where / key)
+
+
+def _retired(copy: Path) -> None:
+    """Mark when ``copy`` went out of force (its mtime), for ``prune``'s grace."""
+    with contextlib.suppress(OSError):
+        os.utime(copy)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from service.core.errors import InvalidConfig
@@ -23,6 +23,7 @@ from service.engine.triton_config import (
     config_stat,
     read_config,
 )
+from service.engine.version_folder import ModelState, ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +118,30 @@ def read_folder_config(model_dir: Path, gpu_host: bool, base: RuntimeOptions) ->
         return FolderConfig(True, config, config_options(config, base), config.signature)
     except InvalidConfig as exc:
         return FolderConfig(True, exc, None, (stat,))
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model folder as served: its versions' states, its policy, and whether a repository
+    call unloaded it or loaded it with a config override."""
+
+    name: str
+    path: Path
+    versions: dict[int, ModelVersion]
+    policy: VersionPolicy
+    policy_error: str = ""  # config.json could not be read; ``policy`` is the one kept
+    unloaded: bool = False  # by a repository request: the poller leaves the model alone
+    options: RuntimeOptions | None = None  # a load's config override; None: the repository's
+    served: int | None = field(init=False)  # the version unversioned URLs use
+
+    def __post_init__(self) -> None:
+        by_state: dict[ModelState, list[int]] = {}
+        for number, entry in self.versions.items():
+            by_state.setdefault(entry.state, []).append(number)
+        # The highest ready version; else the failure to report; else whatever is on disk.
+        served = (
+            by_state.get(ModelState.READY)
+            or by_state.get(ModelState.UNAVAILABLE)
+            or list(self.versions)
+        )
+        object.__setattr__(self, "served", max(served, default=None))

@@ -6,17 +6,18 @@ Which versions are served is the model's version policy (Triton's: latest N, all
 ``UNAVAILABLE`` with the reason and passed over ("latest 1" serves the one before), and retried
 once its files change (size, mtime, inode). ``.tmp-*`` folders and stray files are ignored.
 
-Every update builds new ``_Model`` values on a worker thread and swaps the ``_models`` mapping in
-one assignment, so a request sees the old set or the new one. A replaced runtime is retired:
-requests that took it (``get`` in ``leases.lease_scope``) finish on it, then it closes (one
-version folder's checks and loading: ``version_folder``)."""
+Every update builds new ``ServedModel`` values on a worker thread and swaps the ``_models``
+mapping in one assignment, so a request sees the old set or the new one. A replaced runtime is
+retired: requests that took it (``get`` in ``leases.lease_scope``) finish on it, then it closes
+(one version folder's checks and loading: ``version_folder``)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
-from dataclasses import dataclass, field, replace
+from collections.abc import Collection, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from service.engine.leases import held_runtimes
 from service.engine.model_folder import (
     NAME_PATTERN,
     FolderConfig,
+    ServedModel,
     model_policy,
     read_folder_config,
     scan_models,
@@ -55,30 +57,6 @@ log = logging.getLogger(__name__)
 UNLOADED_BY_REQUEST = "unloaded by a repository request"
 
 
-@dataclass(frozen=True)
-class _Model:
-    name: str
-    path: Path
-    versions: dict[int, ModelVersion]
-    policy: VersionPolicy
-    policy_error: str = ""  # config.json could not be read; ``policy`` is the one kept
-    unloaded: bool = False  # by a repository request: the poller leaves the model alone
-    options: RuntimeOptions | None = None  # a load's config override; None: the repository's
-    served: int | None = field(init=False)  # the version unversioned URLs use
-
-    def __post_init__(self) -> None:
-        by_state: dict[ModelState, list[int]] = {}
-        for number, entry in self.versions.items():
-            by_state.setdefault(entry.state, []).append(number)
-        # The highest ready version; else the failure to report; else whatever is on disk.
-        served = (
-            by_state.get(ModelState.READY)
-            or by_state.get(ModelState.UNAVAILABLE)
-            or list(self.versions)
-        )
-        object.__setattr__(self, "served", max(served, default=None))
-
-
 class ModelRepository:
     """Every model under ``root``: its versions, their states, and the loaded runtimes."""
 
@@ -93,17 +71,24 @@ class ModelRepository:
         self.last_good = last_good  # a worker group's copies of what each version loaded
         self.options = options
         self.default_policy = policy or VersionPolicy()
-        self._models: dict[str, _Model] = {}  # replaced whole by updates, never changed in place
+        self._models: dict[
+            str, ServedModel
+        ] = {}  # replaced whole by updates, never changed in place
         self._update = threading.Lock()  # one update (poll, load, unload, close) at a time
         self._root_problem = ""  # why the last poll could not read the root, if it could not
         self._unavailable_providers: frozenset[str] = frozenset()  # not in this onnxruntime
         self._gpu_host = False
+        self._start: tuple[frozenset[str], dict[str, RuntimeOptions]] = (frozenset(), {})
         self.loaded = False
 
     # -- updates (blocking: call them off the event loop) ----------------------------------
 
-    def load(self) -> None:
-        """The first scan and load, at start-up."""
+    def load(
+        self, unloaded: Collection[str] = (), overrides: Mapping[str, RuntimeOptions] | None = None
+    ) -> None:
+        """The first scan and load, at start-up: ``unloaded`` models are not loaded and a load's
+        ``overrides`` are in force from the start (a worker group's calls, taken before)."""
+        self._start = (frozenset(unloaded), dict(overrides or {}))
         preload_provider_libraries()
         usable, missing = resolve_providers(self.options.providers)
         self._unavailable_providers = frozenset(missing)
@@ -119,6 +104,7 @@ class ModelRepository:
             log.warning("model repository %s is not a folder; serving no models", self.root)
         self.poll()
         self.loaded = True
+        self._start = (frozenset(), {})
 
     def poll(self) -> None:
         """Bring the served versions in line with the disk: new, changed and removed ones."""
@@ -193,7 +179,7 @@ class ModelRepository:
             for name in list(self._models):
                 self._publish(name, None)
 
-    def _publish(self, name: str, model: _Model | None) -> None:
+    def _publish(self, name: str, model: ServedModel | None) -> None:
         """Swap in the model's new state, then retire the runtimes it no longer serves (and,
         while serving, forget their copies: a worker started later must not serve them)."""
         old = self._models.get(name)
@@ -210,7 +196,7 @@ class ModelRepository:
                 entry.runtime.retire()
                 now = model.versions.get(entry.version) if model else None
                 if self.last_good and self.loaded and (now is None or now.runtime is None):
-                    self.last_good.forget(name, entry.version)
+                    self.last_good.forget(name, entry.version)  # never raises
 
     def _update_model(
         self,
@@ -221,18 +207,19 @@ class ModelRepository:
         retry_failed: bool = False,
         unloaded: bool | None = None,
         options: RuntimeOptions | None = None,
-    ) -> _Model | None:
+    ) -> ServedModel | None:
         """The model's next state: load what its policy wants and the disk has, drop the rest.
         A load passes its ``options`` (None: the repository's); other updates keep the model's."""
         if not paths:
             return None
-        old = self._models.get(name)
+        old, (start_unloaded, start_overrides) = self._models.get(name), self._start
         if not retry_failed:
-            options = old.options if old else None
+            options = old.options if old else start_overrides.get(name)
         folder = read_folder_config(model_dir, self._gpu_host, self.options)
         in_force = options or folder.options or self.options
         previous = old.versions if old else {}
-        unloaded = (old.unloaded if old else False) if unloaded is None else unloaded
+        if unloaded is None:
+            unloaded = old.unloaded if old else name in start_unloaded
         kept = (old.policy, old.policy_error) if old else None
         policy, policy_error = model_policy(model_dir, folder, self.default_policy, kept)
         signatures = {v: files_signature(p) + folder.signature for v, p in paths.items()}
@@ -249,8 +236,7 @@ class ModelRepository:
         # failed waits, as a failed one does, for them to change or for a load call.
         tried = {e.version for e in unchanged if e.runtime is not None and e.reason}
         if retry_failed:
-            failed.clear()
-            tried.clear()
+            failed, tried = set(), set()
         while not unloaded:
             # Failed versions are passed over, so the policy falls back to the ones that load.
             wanted = policy.select(v for v in versions if v not in failed)
@@ -271,7 +257,7 @@ class ModelRepository:
                 continue
             reason = UNLOADED_BY_REQUEST if unloaded else ""
             versions[v] = replace(entry, state=ModelState.UNLOADED, reason=reason, runtime=None)
-        return _Model(name, model_dir, versions, policy, policy_error, unloaded, options)
+        return ServedModel(name, model_dir, versions, policy, policy_error, unloaded, options)
 
     def _load(
         self,
@@ -311,7 +297,7 @@ class ModelRepository:
         model = self._model(name)
         return [model.versions[v] for v in sorted(model.versions)]
 
-    def _model(self, name: str) -> _Model:
+    def _model(self, name: str) -> ServedModel:
         model = self._models.get(name) if len(name) <= MAX_NAME_CHARS else None
         if model is None:
             known = ", ".join(sorted(self._models)) or "none"

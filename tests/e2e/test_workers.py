@@ -5,6 +5,7 @@ too), and both serve gRPC on the one port."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -96,7 +97,11 @@ def test_a_worker_restarted_while_a_served_versions_files_are_bad_serves_what_th
 ) -> None:
     """Both workers keep serving a version whose files went bad on disk; one restarted after
     that loaded what the disk held and answered 503 (or an older version): the workers' copy
-    of what each version loaded (WORKERS_DIR/last-good) makes it serve what the other does."""
+    of what each version loaded (WORKERS_DIR/last-good) makes it serve what the other does,
+    with the config override of the load in force (it took batches the other refused)."""
+    override = {"parameters": {"config": json.dumps({"max_batch_size": 2})}}
+    loaded = httpx.post(f"{server.url}/v2/repository/models/tiny/load", json=override, timeout=90)
+    assert loaded.status_code == 200, loaded.text
     model = tmp_path / "models" / "tiny" / "1" / "model.onnx"
     model.write_bytes(b"not a model")  # the card's sha256 no longer matches
     noticed = "tiny v1 changed on disk and fails"
@@ -106,6 +111,13 @@ def test_a_worker_restarted_while_a_served_versions_files_are_bad_serves_what_th
     wait_until(lambda: len(workers(server)) == 2 and killed not in workers(server), 30, "restart")
     wait_until(lambda: all(serving(server, pid) for pid in workers(server)), 60, "new one ready")
     assert fresh_answers(server, INFER, 30) == [200] * 30
+    four = {"inputs": [{**BODY["inputs"][0], "shape": [4, 32, 32, 3],  # type: ignore[dict-item]
+                        "data": np.tile(IMAGE.ravel(), 4).tolist()}]}  # fmt: skip
+    refused = set()
+    for _ in range(20):  # fresh connections: both workers
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            refused.add(client.post(INFER, json=four).status_code)
+    assert refused == {413}, refused
     index = httpx.post(f"{server.url}/v2/repository/index", timeout=10).json()
     (tiny,) = [r for r in index if r["name"] == "tiny"]
     assert tiny["state"] == "READY" and "changed on disk" in tiny["reason"]

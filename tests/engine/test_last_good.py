@@ -5,21 +5,26 @@ change, whatever the number of workers."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
+from service.__main__ import WORKERS_DIR_PREFIX, sweep_dead_workers_dirs
 from service.core.card import MODEL_FILE
 from service.core.errors import ModelLoadFailed
 from service.core.version_policy import VersionPolicy
 from service.dataplane import build
-from service.engine.last_good import CURRENT, LOCK, LastGood
+from service.engine.last_good import CURRENT, GRACE_S, LastGood
 from service.engine.repository import ModelRepository
 from service.engine.runtime import RuntimeOptions
-from service.engine.version_folder import ModelState
+from service.engine.version_folder import Loaded, ModelState
 from tests.support.apps import make_settings
 from tests.support.models import CIFAR_CLASSES, make_model_repo, tiny_graph
 
@@ -70,7 +75,7 @@ def test_a_worker_started_after_a_served_versions_files_went_bad_serves_the_grou
     restarted.poll()  # not retried until the files change again
     assert restarted.get("tiny") is runtime
 
-    # Fixed on disk: every worker loads the new files, and they become the copy.
+    # Fixed on disk (the same files as first published): every worker loads them again.
     (root / "tiny" / "2" / MODEL_FILE).write_bytes(
         (root / "tiny" / "1" / MODEL_FILE).read_bytes()
     )  # fmt: skip
@@ -80,8 +85,9 @@ def test_a_worker_started_after_a_served_versions_files_went_bad_serves_the_grou
     for repository in (first, restarted):
         repository.poll()
         assert repository.get("tiny").version == 2 and not repository.entry("tiny", 2).reason
-    (kept,) = [p for p in (copies / "tiny" / "2").iterdir() if p.is_dir()]  # the old one gone
-    assert (copies / "tiny" / "2" / CURRENT).read_text() == kept.name
+    in_force = (copies / "tiny" / "2" / CURRENT).read_text()
+    LastGood(copies).prune({"tiny": {1, 2}}, now=time.time() + GRACE_S + 1)  # the old one goes
+    assert [p.name for p in (copies / "tiny" / "2").iterdir() if p.is_dir()] == [in_force]
 
 
 def test_a_bad_config_pbtxt_is_served_from_the_copy_with_its_labels_and_batching(
@@ -116,7 +122,7 @@ def test_one_copy_per_change_however_many_workers_load_it(tmp_path: Path) -> Non
     for _ in range(3):
         worker(root, copies)
     assert (current.stat().st_mtime_ns, current.stat().st_ino) == written
-    assert len([p for p in current.parent.iterdir() if p.name not in (CURRENT, LOCK)]) == 1
+    assert len([p for p in current.parent.iterdir() if p.name != CURRENT]) == 1
 
 
 def test_a_versions_copy_goes_when_the_version_leaves_the_repository(tmp_path: Path) -> None:
@@ -131,7 +137,11 @@ def test_a_versions_copy_goes_when_the_version_leaves_the_repository(tmp_path: P
     }  # fmt: skip
     shutil.rmtree(root / "tiny" / "2")
     shutil.rmtree(root / "other")
-    repository.poll()
+    repository.poll()  # out of force at once; the files go after the grace
+    assert {p.relative_to(copies).as_posix() for p in copies.glob("*/*/current")} == {
+        "tiny/1/current"
+    }  # fmt: skip
+    repository.last_good.prune({"tiny": {1}}, now=time.time() + GRACE_S + 1)  # type: ignore[union-attr]
     assert {p.relative_to(copies).as_posix() for p in copies.glob("*/*")} == {"tiny/1"}
     repository.close()  # a worker shutting down leaves them to its siblings
     assert (copies / "tiny" / "1" / CURRENT).is_file()
@@ -171,3 +181,73 @@ def test_a_lone_worker_keeps_no_copies_even_in_a_given_workers_dir(tmp_path: Pat
     assert build.model_repository(settings, CPU_ONLY).last_good is None
     two = settings.model_copy(update={"workers": 2})
     assert build.model_repository(two, CPU_ONLY).last_good is not None
+
+
+def test_a_starting_worker_loads_as_the_group_calls_left_it(tmp_path: Path) -> None:
+    """A load's config override and an unload are in force from a starting worker's first load:
+    it built the copy with the repository's batching and only then applied the override (a
+    reload from the bad files, which kept the copy), so it took 4-image batches the other
+    refused; and it loaded and kept a copy of a model the group had unloaded, which a later
+    start served (a second review)."""
+    root = make_model_repo(tmp_path, {"tiny": [1], "other": [1]}, lecture=False)
+    copies = tmp_path / "last-good"
+    running = worker(root, copies)
+    override = replace(CPU_ONLY, max_images_per_request=2, max_batch_size=2)
+    running.load_model("tiny", override)
+    running.unload_model("other")
+    (root / "tiny" / "1" / MODEL_FILE).write_bytes(b"not a model")
+    shutil.rmtree(copies / "other")  # what a worker that crashed while starting left is moot
+    starting = ModelRepository(root, CPU_ONLY, last_good=LastGood(copies))
+    starting.load(unloaded={"other"}, overrides={"tiny": override})
+    assert starting.get("tiny").options == running.get("tiny").options == override
+    assert starting.entry("other", 1).state is ModelState.UNLOADED
+    assert not (copies / "other").exists()  # nothing loaded, nothing kept
+
+
+def test_letting_a_copy_go_never_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error from the copies' folder (a sibling pruning it) escaped an unload: the runtimes
+    after it were never retired or closed, and a poll stopped there (a second review)."""
+    root = make_model_repo(tmp_path, {"tiny": [1]}, lecture=False)
+    copies = tmp_path / "last-good"
+    running = worker(root, copies)
+    runtime = running.get("tiny")
+
+    def refused(path: object, *args: object, **kwargs: object) -> None:
+        raise FileNotFoundError(2, "removed meanwhile", str(path))
+
+    monkeypatch.setattr(os, "unlink", refused)
+    running.unload_model("tiny")
+    assert runtime.closed
+    LastGood(copies).prune({}, now=time.time() + GRACE_S + 1)  # nor does pruning
+
+
+def test_a_copy_out_of_force_stays_its_grace_for_a_worker_loading_it(tmp_path: Path) -> None:
+    """Copies change without a lock: a key's folder is written once, and one replaced stays
+    ``GRACE_S`` for a worker that read its key; then it goes, with a crashed write's leftovers."""
+    copies, where = LastGood(tmp_path), tmp_path / "m" / "1"
+    first, second = Loaded(b"one", "d1", None), Loaded(b"two", "d2", None)
+    copies.keep("m", 1, first)
+    copies.keep("m", 1, second)
+    (where / ".tmp-999999-current").write_text("x")  # a write killed before its rename
+    assert (where / CURRENT).read_text() == second.key() and (where / first.key()).is_dir()
+    copies.prune({"m": {1}})
+    assert (where / first.key()).is_dir()  # within its grace
+    copies.prune({"m": {1}}, now=time.time() + GRACE_S + 1)
+    assert sorted(p.name for p in where.iterdir()) == sorted([CURRENT, second.key()])
+    copies.forget("m", 1)
+    copies.prune({"m": {1}}, now=time.time() + GRACE_S + 1)
+    assert not where.exists() and not where.parent.exists()
+
+
+def test_a_killed_servers_workers_folder_is_swept_at_the_next_start(tmp_path: Path) -> None:
+    """A server killed before its clean-up (SIGKILL, the OOM killer) left its folder and its
+    copies of the models in TMPDIR for good (a second review)."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid no longer alive
+    gone = tmp_path / f"{WORKERS_DIR_PREFIX}{dead.pid}-abc"
+    live = tmp_path / f"{WORKERS_DIR_PREFIX}{os.getpid()}-abc"
+    older = tmp_path / "service-workers-abc_1234"  # mkdtemp's own names, before the pid
+    for folder in (gone, live, older):
+        (folder / "last-good").mkdir(parents=True)
+    sweep_dead_workers_dirs(tmp_path)
+    assert not gone.exists() and live.exists() and older.exists()

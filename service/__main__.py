@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import gc
 import os
 import shutil
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -29,11 +30,12 @@ from service.api.rest.app import create_app
 from service.api.rest.connections import http_protocol
 from service.core.logs import configure_logging
 from service.core.open_files import raise_open_file_limit
-from service.core.processes import alive
 from service.engine.last_good import LAST_GOOD
 from service.settings import Settings
 
 WORKERS_DIR_PREFIX = "service-workers-"  # then the supervisor's pid and mkdtemp's suffix
+ALIVE_FILE = ".alive"  # in WORKERS_DIR: every process of the server holds a shared lock on it
+_HELD: list[IO[bytes]] = []  # a worker's lock on it, open for the process's life
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,6 +93,7 @@ def shared_by_workers(settings: Settings) -> Iterator[None]:
     metrics.mkdir(parents=True)
     os.environ.update({"WORKERS_DIR": str(folder), "PROMETHEUS_MULTIPROC_DIR": str(metrics)})
     with contextlib.ExitStack() as stack:
+        stack.enter_context(hold_alive(folder))
         if settings.grpc_port == 0:
             held = stack.enter_context(socket.socket(_family(settings.host), socket.SOCK_STREAM))
             held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -103,14 +106,28 @@ def shared_by_workers(settings: Settings) -> Iterator[None]:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
+def hold_alive(folder: Path) -> IO[bytes]:
+    """A shared lock on ``folder/.alive`` for as long as the returned file stays open: the
+    supervisor and each worker hold one, so a folder is a live server's while any of them runs
+    (a pid says nothing to a process in another pid namespace or on another host)."""
+    alive_file = open(folder / ALIVE_FILE, "a+b")  # noqa: SIM115 (held open on purpose)
+    fcntl.flock(alive_file, fcntl.LOCK_SH)
+    return alive_file
+
+
 def sweep_dead_workers_dirs(temporary: Path) -> None:
     """Remove the folders of servers killed before they could (SIGKILL, the OOM killer): each
-    holds a copy of the models it served (``last_good``). Named by the supervisor's pid, so a
-    live server's is never touched."""
+    holds a copy of the models it served (``last_good``). Only this user's, and only one whose
+    ``.alive`` no process of its server holds any more (an exclusive lock taken at once)."""
     for folder in temporary.glob(f"{WORKERS_DIR_PREFIX}*-*"):
-        pid = folder.name.removeprefix(WORKERS_DIR_PREFIX).partition("-")[0]
-        if pid.isdigit() and not alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            if folder.is_symlink() or folder.stat().st_uid != os.getuid():
+                continue
+            with open(folder / ALIVE_FILE, "rb") as alive_file:
+                fcntl.flock(alive_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # held (a live server), or no .alive: left alone
+            continue
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -161,6 +178,8 @@ def app_from_environment() -> FastAPI:
     """The app of one worker process (``WORKERS`` > 1)."""
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
+    if settings.workers_dir is not None:  # the server lives while any of its processes does
+        _HELD.append(hold_alive(settings.workers_dir))
     app = app_for(settings)
     tune_collector(settings)
     return app

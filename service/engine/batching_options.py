@@ -13,6 +13,16 @@ MAX_QUEUE_DELAY_US = 1_000_000  # MAX_BATCH_DELAY_MS's bound, one second
 MAX_QUEUE_SIZE = 1_000_000  # images
 
 
+# What a configuration changes in the runtime options (a worker group's copies record them)
+BATCHING_FIELDS = (
+    "dynamic_batching",
+    "max_batch_size",
+    "max_batch_delay_ms",
+    "max_queue_images",
+    "max_images_per_request",
+)
+
+
 @dataclass(frozen=True)
 class ConfigOverride:
     """The fields a configuration may change; None: as the settings say."""

@@ -20,6 +20,7 @@ force (``forget``) once this worker no longer serves it; none outlives the serve
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -31,6 +32,7 @@ from pathlib import Path, PurePosixPath
 from service.engine.model_folder import read_folder_config
 from service.engine.runtime import RuntimeOptions
 from service.engine.version_folder import (
+    BATCHING_FILE,
     Loaded,
     ModelState,
     ModelVersion,
@@ -64,7 +66,9 @@ class LastGood:
         has succeeded)."""
         key, where = loaded.key(), self._version(name, version)
         try:
-            if _current(where) != key or not (where / key).is_dir():
+            for _ in range(2):  # again if a sibling's prune took the folder as it came back
+                if _current(where) == key and (where / key).is_dir():
+                    break
                 self._write(where, key, loaded.files(name, version))
         except OSError as exc:
             log.warning("%s v%d: no copy kept for restarted workers: %s", name, version, exc)
@@ -87,6 +91,7 @@ class LastGood:
                 if not (where / key).is_dir():
                     raise
         before = _current(where)
+        _retired(where / key)  # a key in force again starts its grace afresh
         pointer = where / f".tmp-{os.getpid()}-{CURRENT}"
         pointer.write_text(key, encoding="ascii")
         os.replace(pointer, where / CURRENT)
@@ -106,23 +111,22 @@ class LastGood:
         numbers), and remove every copy out of force for ``GRACE_S`` and what a crashed write
         left."""
         now = time.time() if now is None else now
-        try:
-            versions = [v for model in self.folder.iterdir() for v in model.iterdir()]
-        except OSError:  # none kept yet
-            return
-        for where in versions:
+        for where in _versions(self.folder):
             try:
                 kept = disk.get(where.parent.name, ())
                 if not where.name.isdigit() or int(where.name) not in kept:
                     _let_go(where)
-                current = _current(where)
                 for old in where.iterdir():
-                    if old.name in (current, CURRENT) or now - old.lstat().st_mtime < GRACE_S:
+                    if old.name == CURRENT or now - old.lstat().st_mtime < GRACE_S:
                         continue
-                    if old.is_dir():
-                        shutil.rmtree(old)
+                    if old.name == _current(where):  # read again: a keep may have made it so
+                        continue
+                    doomed = where / f".tmp-gone-{os.getpid()}-{old.name}"
+                    old.rename(doomed)  # so a worker loading finds it whole or not at all
+                    if doomed.is_dir():
+                        shutil.rmtree(doomed)
                     else:
-                        old.unlink()
+                        doomed.unlink()
                 if not any(where.iterdir()):
                     where.rmdir()
                     where.parent.rmdir()  # refused while other versions are in it
@@ -139,8 +143,8 @@ class LastGood:
         missing: Collection[str],
     ) -> ModelVersion:
         """A version failing on disk loaded from the copy the group's other workers serve it
-        from (this worker started after its files went bad); else ``failed``. The options are
-        the repository's: a load's ``override``, else the copy's config.pbtxt's, else ``base``."""
+        from (this worker started after its files went bad); else ``failed``. Its batching is
+        the copy's, as the others built it; the rest of the options the repository's."""
         where = self._version(failed.name, failed.version)
         key = _current(where)
         if key is None or not (where / key).is_dir():
@@ -149,9 +153,12 @@ class LastGood:
         path = root / failed.name / str(failed.version)
         try:
             folder = read_folder_config(path.parent, gpu_host, base)
-        except OSError:
+            batching = json.loads((root / BATCHING_FILE).read_text(encoding="ascii"))
+        except (OSError, ValueError):
             return failed
-        in_force = override or folder.options or base
+        # what the others' runtime was built with: a load whose override came after the files
+        # went bad kept their runtime as it was, though the group recorded the override
+        in_force = replace(override or folder.options or base, **batching)
         copy = replace(failed, path=path, state=ModelState.UNLOADED)
         entry = load_entry(copy, signature, in_force, root, missing, folder.config)
         if entry.state is not ModelState.READY:
@@ -181,3 +188,13 @@ def _retired(copy: Path) -> None:
     """Mark when ``copy`` went out of force (its mtime), for ``prune``'s grace."""
     with contextlib.suppress(OSError):
         os.utime(copy)
+
+
+def _versions(folder: Path) -> list[Path]:
+    """Every ``<name>/<version>`` folder of copies (none where a listing fails)."""
+    found: list[Path] = []
+    with contextlib.suppress(OSError):  # none kept yet
+        for model in list(folder.iterdir()):
+            with contextlib.suppress(OSError):  # a sibling removing it
+                found += [v for v in model.iterdir() if v.is_dir()]
+    return found

@@ -102,9 +102,11 @@ class ModelRepository:
             )
         if not self.root.is_dir():
             log.warning("model repository %s is not a folder; serving no models", self.root)
-        self.poll()
+        try:
+            self.poll()
+        finally:
+            self._start = (frozenset(), {})
         self.loaded = True
-        self._start = (frozenset(), {})
 
     def poll(self) -> None:
         """Bring the served versions in line with the disk: new, changed and removed ones."""

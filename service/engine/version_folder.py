@@ -5,6 +5,7 @@ into a runtime (or the reason it cannot be served)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
@@ -23,6 +24,7 @@ from service.core.card import (
 from service.core.errors import InvalidCard, InvalidConfig, ServingError
 from service.core.limits import MAX_TENSOR_NAME_CHARS
 from service.core.regular_files import MAX_MODEL_BYTES, read_regular
+from service.engine.batching_options import BATCHING_FIELDS
 from service.engine.config_card import check_card_and_config, config_card
 from service.engine.layers import LayerReport, read_layers
 from service.engine.providers import provider_problem
@@ -60,6 +62,9 @@ class ModelVersion:
     config: TritonConfig | None = None  # the model folder's config.pbtxt it was loaded with
 
 
+BATCHING_FILE = "batching.json"  # in a worker group's copy, beside the model's folder
+
+
 @dataclass(frozen=True)
 class Loaded:
     """What one version was loaded from: the graph's bytes, its card's text (None: served
@@ -69,18 +74,22 @@ class Loaded:
     digest: str  # the model's sha256, as checked
     card: str | None
     config_files: tuple[tuple[str, bytes], ...] = ()
+    batching: str = "{}"  # JSON of the runtime's ``BATCHING_FIELDS``: what it was built with
 
     def key(self) -> str:
         digest = hashlib.sha256(self.digest.encode("ascii"))
+        digest.update(b"\0batching\0" + self.batching.encode("ascii"))
         digest.update(b"\0card\0" + (self.card or "").encode("utf-8"))
         for name, data in self.config_files:
             digest.update(b"\0" + name.encode("utf-8") + b"\0" + hashlib.sha256(data).digest())
         return digest.hexdigest()[:32]
 
     def files(self, name: str, version: int) -> dict[PurePosixPath, bytes]:
-        """Each file's path inside the copy's folder (a repository of one model)."""
+        """Each file's path inside the copy's folder (a repository of one model), and beside
+        it the batching the runtime was built with."""
         model_dir = PurePosixPath(name)
         files = {model_dir / str(version) / MODEL_FILE: self.model}
+        files[PurePosixPath(BATCHING_FILE)] = self.batching.encode("ascii")
         if self.card is not None:
             files[model_dir / str(version) / CARD_FILE] = self.card.encode("utf-8")
         for file_name, data in self.config_files:
@@ -260,7 +269,9 @@ def _load_version(
         runtime.close()
         raise
     files = config.files if config is not None else ()
-    return card, runtime, Loaded(model_bytes, digest, card.to_json() if carded else None, files)
+    batching = json.dumps({f: getattr(options, f) for f in BATCHING_FIELDS}, sort_keys=True)
+    card_text = card.to_json() if carded else None
+    return card, runtime, Loaded(model_bytes, digest, card_text, files, batching)
 
 
 def load_entry(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,12 @@ import numpy as np
 import onnx
 import pytest
 
-from service.__main__ import WORKERS_DIR_PREFIX, sweep_dead_workers_dirs
+from service.__main__ import (
+    ALIVE_FILE,
+    WORKERS_DIR_PREFIX,
+    hold_alive,
+    sweep_dead_workers_dirs,
+)
 from service.core.card import MODEL_FILE
 from service.core.errors import ModelLoadFailed
 from service.core.version_policy import VersionPolicy
@@ -241,13 +247,49 @@ def test_a_copy_out_of_force_stays_its_grace_for_a_worker_loading_it(tmp_path: P
 
 def test_a_killed_servers_workers_folder_is_swept_at_the_next_start(tmp_path: Path) -> None:
     """A server killed before its clean-up (SIGKILL, the OOM killer) left its folder and its
-    copies of the models in TMPDIR for good (a second review)."""
-    dead = subprocess.Popen(["true"])
-    dead.wait()  # a pid no longer alive
-    gone = tmp_path / f"{WORKERS_DIR_PREFIX}{dead.pid}-abc"
-    live = tmp_path / f"{WORKERS_DIR_PREFIX}{os.getpid()}-abc"
+    copies of the models in TMPDIR for good; judged by the supervisor's pid, the sweep removed
+    a live server's folder seen from another pid namespace, or one whose workers outlived a
+    killed supervisor (the reviews). A folder is a live server's while any process holds its
+    ``.alive``."""
+    gone, live = (tmp_path / f"{WORKERS_DIR_PREFIX}{n}-abc" for n in (1, 2))
     older = tmp_path / "service-workers-abc_1234"  # mkdtemp's own names, before the pid
     for folder in (gone, live, older):
         (folder / "last-good").mkdir(parents=True)
+    hold_alive(gone).close()  # its server is gone: nothing holds it
+    held = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(live / ALIVE_FILE)], stdout=subprocess.PIPE
+    )  # a worker of a live server, in another process
+    try:
+        assert held.stdout is not None and held.stdout.readline() == b"held\n"
+        sweep_dead_workers_dirs(tmp_path)
+        assert not gone.exists() and live.exists() and older.exists()
+    finally:
+        held.kill()
+        held.wait()
     sweep_dead_workers_dirs(tmp_path)
-    assert not gone.exists() and live.exists() and older.exists()
+    assert not live.exists()
+
+
+HOLD = """
+import fcntl, sys, time
+f = open(sys.argv[1], "a+b")
+fcntl.flock(f, fcntl.LOCK_SH)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_starting_worker_builds_the_copy_as_the_others_run_it(tmp_path: Path) -> None:
+    """A load whose override came after the files went bad left the others' runtime as it was,
+    though the group recorded the override: a worker started then built the copy with it, and
+    refused batches the others took (a third review). The copy carries its batching."""
+    root = make_model_repo(tmp_path, {"tiny": [1]}, lecture=False)
+    copies = tmp_path / "last-good"
+    running = worker(root, copies)
+    (root / "tiny" / "1" / MODEL_FILE).write_bytes(b"not a model")
+    override = replace(CPU_ONLY, max_images_per_request=2, max_batch_size=2)
+    running.load_model("tiny", override)  # kept what it ran: the new files fail
+    assert running.get("tiny").options.max_images_per_request == 1024
+    starting = ModelRepository(root, CPU_ONLY, last_good=LastGood(copies))
+    starting.load(overrides={"tiny": override})
+    assert starting.get("tiny").options == running.get("tiny").options

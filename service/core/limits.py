@@ -16,7 +16,7 @@ from service.core.errors import InvalidInput, PayloadTooLarge, UnprocessableInpu
 # Keys of any one JSON object of a request: its top level, a tensor, an output, ``parameters``.
 # The protocol's objects have at most six fields; the rest leaves room for clients' own.
 MAX_OBJECT_KEYS = 64
-MAX_TENSOR_NAME_CHARS = 4096  # an input's or output's name (errors quote them; a model's too)
+MAX_TENSOR_NAME_CHARS = 4096  # an input's or output's name (a model naming a longer one is refused)
 MAX_NAME_CHARS = 128  # a model's name (the repository's NAME_PATTERN): longer is no model's
 # Input tensors, and requested outputs, of one request (the models here take one and give two).
 MAX_TENSORS = 64

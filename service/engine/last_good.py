@@ -6,14 +6,15 @@ previous") and not an older version, or none: the workers answer alike.
 One copy per version, laid out as a repository of its own so it is read by the same code:
 
     <name>/<version>/current              the key of the copy in force
+    <name>/<version>/<key>/batching.json  the batching its runtime was built with
     <name>/<version>/<key>/<name>/        config.pbtxt and its labels file, as read
     <name>/<version>/<key>/<name>/<version>/  model.onnx and card.json, as loaded
 
-The key is a hash of those files, so a worker finding the same key in ``current`` writes
-nothing: one copy per change, however many workers load it. A key's folder is written once and
-never changed, and ``current`` is replaced in one rename, so no lock is needed: a copy no
-longer in force is removed only ``GRACE_S`` after it was made, long after any worker that read
-its key has loaded it. Only a starting worker loads a copy, and a version's copy stops being in
+The key is a hash of those, so a worker finding the same key in ``current`` writes nothing: one
+copy per change, however many workers load it. A key's folder is written once and never
+changed, and ``current`` is replaced in one rename, so no lock is needed: a copy is removed
+only ``GRACE_S`` after it went out of force, long after any worker that read its key has
+loaded it. Only a starting worker loads a copy, and a version's copy stops being in
 force (``forget``) once this worker no longer serves it; none outlives the server's run
 (``python -m service`` empties the folder at start). Nothing here raises: a copy is a spare."""
 
@@ -154,11 +155,11 @@ class LastGood:
         try:
             folder = read_folder_config(path.parent, gpu_host, base)
             batching = json.loads((root / BATCHING_FILE).read_text(encoding="ascii"))
-        except (OSError, ValueError):
+            # what the others' runtime was built with: a load whose override came after the
+            # files went bad kept their runtime as it was, though the group recorded it
+            in_force = replace(override or folder.options or base, **batching)
+        except (OSError, ValueError, TypeError):
             return failed
-        # what the others' runtime was built with: a load whose override came after the files
-        # went bad kept their runtime as it was, though the group recorded the override
-        in_force = replace(override or folder.options or base, **batching)
         copy = replace(failed, path=path, state=ModelState.UNLOADED)
         entry = load_entry(copy, signature, in_force, root, missing, folder.config)
         if entry.state is not ModelState.READY:

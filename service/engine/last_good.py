@@ -138,14 +138,14 @@ class LastGood:
         self,
         failed: ModelVersion,
         signature: Signature,
-        override: RuntimeOptions | None,
         base: RuntimeOptions,
         gpu_host: bool,
         missing: Collection[str],
     ) -> ModelVersion:
         """A version failing on disk loaded from the copy the group's other workers serve it
         from (this worker started after its files went bad); else ``failed``. Its batching is
-        the copy's, as the others built it; the rest of the options the repository's."""
+        the copy's, as the others built it (all a config or an override changes), the rest of
+        the options ``base``, the repository's."""
         where = self._version(failed.name, failed.version)
         key = _current(where)
         if key is None or not (where / key).is_dir():
@@ -157,7 +157,7 @@ class LastGood:
             batching = json.loads((root / BATCHING_FILE).read_text(encoding="ascii"))
             # what the others' runtime was built with: a load whose override came after the
             # files went bad kept their runtime as it was, though the group recorded it
-            in_force = replace(override or folder.options or base, **batching)
+            in_force = replace(base, **batching)
         except (OSError, ValueError, TypeError):
             return failed
         copy = replace(failed, path=path, state=ModelState.UNLOADED)

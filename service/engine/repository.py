@@ -71,9 +71,8 @@ class ModelRepository:
         self.last_good = last_good  # a worker group's copies of what each version loaded
         self.options = options
         self.default_policy = policy or VersionPolicy()
-        self._models: dict[
-            str, ServedModel
-        ] = {}  # replaced whole by updates, never changed in place
+        # replaced whole by updates, never changed in place
+        self._models: dict[str, ServedModel] = {}
         self._update = threading.Lock()  # one update (poll, load, unload, close) at a time
         self._root_problem = ""  # why the last poll could not read the root, if it could not
         self._unavailable_providers: frozenset[str] = frozenset()  # not in this onnxruntime
@@ -251,7 +250,7 @@ class ModelRepository:
                 break
             tried.update(todo)
             for v in todo:
-                versions[v] = self._load(versions[v], signatures[v], in_force, folder, options)
+                versions[v] = self._load(versions[v], signatures[v], in_force, folder)
                 if versions[v].state is ModelState.UNAVAILABLE:
                     failed.add(v)
         for v, entry in versions.items():
@@ -267,7 +266,6 @@ class ModelRepository:
         signature: Signature,
         in_force: RuntimeOptions,
         folder: FolderConfig,
-        override: RuntimeOptions | None,
     ) -> ModelVersion:
         """One version's load; at start, when its files fail, from the worker group's copy (the
         other workers still serve it), if any."""
@@ -275,7 +273,7 @@ class ModelRepository:
         keep = copies.keep if copies else None
         loaded = load_entry(entry, signature, in_force, self.root, missing, folder.config, keep)
         if loaded.state is ModelState.UNAVAILABLE and copies and not self.loaded:
-            return copies.load(loaded, signature, override, self.options, self._gpu_host, missing)
+            return copies.load(loaded, signature, self.options, self._gpu_host, missing)
         return loaded
 
     # -- lookups (on the event loop; each reads one snapshot) ------------------------------

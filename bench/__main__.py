@@ -5,7 +5,7 @@
                                         # screenshot, drift, calibration, feedback,
                                         # grpc-models, inline-hop, asgi-cost, pinned-pair,
                                         # alternate, classify-cost, held-bodies,
-                                        # hostile-heads, render
+                                        # hostile-heads, large-load, render
     python -m bench COMMAND --help      # its flags
 
 Every benchmark writes its figures to ``docs/results/<name>.json`` (unless ``--no-write``) and then
@@ -43,6 +43,7 @@ COMMANDS = {
     "classify-cost": ("classify_cost", "the codecs' cost with and without classification"),
     "held-bodies": ("held_bodies", "the server's memory while many large bodies are held"),
     "hostile-heads": ("hostile_heads", "oversized request heads: the server's memory and loop"),
+    "large-load": ("large_load", "a large model published while serving: the loop and memory"),
     "render": ("render", "rewrite the docs' figures from docs/results/*.json (--check: test)"),
 }
 

@@ -8,6 +8,7 @@ graph output; it runs one image at a time on one onnxruntime thread.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,9 +24,11 @@ from service.core.card import MODEL_FILE, ModelCard
 from service.core.errors import InvalidCard, ServingError, UnprocessableInput
 from service.core.layer_specs import Shape
 from service.core.regular_files import MAX_MODEL_BYTES, read_regular
+from service.engine.large_graphs import in_child, is_large
 from service.engine.layers import LayerReport
 from service.engine.providers import resolve_providers
 from service.engine.runtime import GRAPH_OPTIMIZATION, RuntimeOptions
+from service.engine.served_graph import read_model
 from service.engine.work_pool import WorkPool
 
 T = TypeVar("T")
@@ -60,11 +63,51 @@ def _to_table_layout(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(single.transpose(1, 2, 0)) if single.ndim == 3 else single
 
 
+def layered_graph(model_bytes: bytes, tensors: Sequence[str]) -> bytes:
+    """The graph with each of ``tensors`` among its outputs, serialized."""
+    model = shape_inference.infer_shapes(onnx.load_from_string(model_bytes))
+    graph = model.graph
+    typed = {v.name: v for v in [*graph.value_info, *graph.output]}
+    present = {o.name for o in graph.output}
+    for tensor in tensors:
+        if tensor not in present:
+            # A name alone is enough for onnxruntime; the inferred type is kept where known.
+            graph.output.append(typed.get(tensor, onnx.ValueInfoProto(name=tensor)))
+            present.add(tensor)
+    serialized: bytes = model.SerializeToString()
+    return serialized
+
+
+def write_layered_graph(folder: Path, digest: str, tensors: list[str], out: Path) -> None:
+    """``layered_graph`` of a large graph, in a child process (``large_graphs``): its file read
+    again, and refused unless it holds the bytes the server checked."""
+    model_bytes = read_model(folder)
+    if hashlib.sha256(model_bytes).hexdigest() != digest:
+        raise InvalidCard(f"{MODEL_FILE} changed on disk while its feature maps were prepared")
+    out.write_bytes(layered_graph(model_bytes, tensors))
+
+
+def _session(
+    graph: bytes | str, sess_options: ort.SessionOptions, providers: list[str]
+) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(graph, sess_options, providers)
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        shown = str(exc).replace(graph, MODEL_FILE) if isinstance(graph, str) else str(exc)
+        message = f"onnxruntime cannot expose the graph's layer outputs: {shown}"
+        raise InvalidCard(message) from None
+
+
 class ActivationSession:
     """An onnxruntime session over the served graph that also outputs every layer's tensor."""
 
     def __init__(
-        self, card: ModelCard, model_bytes: bytes, report: LayerReport, options: RuntimeOptions
+        self,
+        card: ModelCard,
+        model_bytes: bytes,
+        report: LayerReport,
+        options: RuntimeOptions,
+        folder: Path,
     ) -> None:
         if report.table is None:
             raise InvalidCard(report.error or "no layer table for this model")
@@ -76,28 +119,21 @@ class ActivationSession:
             for row, tensor in zip(report.table.rows, report.outputs, strict=True)
         ]
         self._by_name = {layer.name: layer for layer in self.layers}
-        model = shape_inference.infer_shapes(onnx.load_from_string(model_bytes))
-        graph = model.graph
-        typed = {v.name: v for v in [*graph.value_info, *graph.output]}
-        present = {o.name for o in graph.output}
-        for layer in self.layers:
-            if layer.tensor not in present:
-                # A name alone is enough for onnxruntime; the inferred type is kept where known.
-                graph.output.append(typed.get(layer.tensor, onnx.ValueInfoProto(name=layer.tensor)))
-                present.add(layer.tensor)
         sess_options = ort.SessionOptions()
         sess_options.intra_op_num_threads = 1  # never compete with the classification session
         sess_options.inter_op_num_threads = 1
         sess_options.graph_optimization_level = GRAPH_OPTIMIZATION[options.graph_optimization_level]
         sess_options.log_severity_level = 3
         providers, _ = resolve_providers(options.providers)
-        try:
-            self.session = ort.InferenceSession(
-                model.SerializeToString(), sess_options=sess_options, providers=providers
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            message = f"onnxruntime cannot expose the graph's layer outputs: {exc}"
-            raise InvalidCard(message) from None
+        tensors = [layer.tensor for layer in self.layers]
+        if not is_large(model_bytes):
+            self.session = _session(layered_graph(model_bytes, tensors), sess_options, providers)
+        else:  # onnx's parse, and onnxruntime's of bytes, would hold the GIL (``large_graphs``)
+            with tempfile.TemporaryDirectory() as tmp:
+                out, digest = Path(tmp) / MODEL_FILE, hashlib.sha256(model_bytes).hexdigest()
+                scheduling = options.thread_scheduling
+                in_child(scheduling, write_layered_graph, folder, digest, tensors, out)
+                self.session = _session(str(out), sess_options, providers)
         self.input_name = card.inputs[0].name
 
     def layer(self, name: str) -> LayerOutput:
@@ -166,7 +202,7 @@ class ActivationSessions:
                     f"{MODEL_FILE} of {card.name!r} v{card.version} changed on disk since it was "
                     f"loaded; feature maps need the graph that is served"
                 )
-            session = ActivationSession(card, model_bytes, report, self.options)
+            session = ActivationSession(card, model_bytes, report, self.options, folder)
             self._sessions[card.name] = (key, session)  # replaces an older version's session
             return session
 

@@ -29,6 +29,7 @@ from service.engine import thread_policy, tracing
 from service.engine.batcher import BatchStats, DynamicBatcher, Outputs, Rows, Tagged
 from service.engine.dtypes import zeros
 from service.engine.inline import ServedRuns, describe, quick_run_p99_s
+from service.engine.large_graphs import onnxruntime_session
 from service.engine.named_rows import NamedRows
 from service.engine.providers import CPU, provider_problem, resolve_providers
 from service.engine.statistics import InferenceStatistics
@@ -97,9 +98,7 @@ class ModelRuntime:
         sess_options.log_severity_level = 3  # onnxruntime's own warnings would repeat ours
         providers, _ = resolve_providers(options.providers)
         try:
-            self.session = ort.InferenceSession(
-                model_bytes, sess_options=sess_options, providers=providers
-            )
+            self.session = onnxruntime_session(model_bytes, sess_options, providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
             raise InvalidCard(f"onnxruntime cannot load the graph: {exc}") from None
         self.providers: list[str] = list(self.session.get_providers())

@@ -1,6 +1,6 @@
 """One version folder (``<root>/<name>/<version>/``): what the repository records of it, the
-signature of its files on disk, the serving contract its card and graph must meet, and loading it
-into a runtime (or the reason it cannot be served)."""
+signature of its files on disk, and loading it into a runtime (or the reason it cannot be
+served), checked against the serving contract (``served_graph``)."""
 
 from __future__ import annotations
 
@@ -12,29 +12,25 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 
-from service.core.card import (
-    CARD_FILE,
-    IMAGE_CLASSIFIER,
-    MODEL_FILE,
-    TENSOR,
-    ModelCard,
-    TensorSpec,
-    read_card,
-)
+from service.core.card import CARD_FILE, MODEL_FILE, TENSOR, ModelCard, read_card
 from service.core.errors import InvalidCard, InvalidConfig, ServingError
-from service.core.limits import MAX_TENSOR_NAME_CHARS
-from service.core.regular_files import MAX_MODEL_BYTES, read_regular
 from service.engine.batching_options import BATCHING_FIELDS
-from service.engine.config_card import check_card_and_config, config_card
-from service.engine.layers import LayerReport, read_layers
+from service.engine.config_card import check_card_and_config
+from service.engine.large_graphs import in_child, is_large
+from service.engine.layers import LayerReport
 from service.engine.providers import provider_problem
 from service.engine.runtime import ModelRuntime, RuntimeOptions
+from service.engine.served_graph import (
+    check_serving_contract,
+    check_tensors,
+    read_graph,
+    read_graph_file,
+    read_model,
+)
 from service.engine.triton_config import CONFIG_PBTXT, TritonConfig
 
 log = logging.getLogger(__name__)
 
-PROBABILITIES = "probabilities"
-NHWC = "FORMAT_NHWC"  # config.pbtxt's image layout
 
 # (size, mtime_ns, inode) of model.onnx and card.json; None for a missing file.
 Signature = tuple[tuple[int, int, int] | None, ...]
@@ -110,88 +106,6 @@ def files_signature(version_dir: Path) -> Signature:
     return tuple(signature)
 
 
-def _check_tensors(
-    kind: str, card: list[TensorSpec], graph: list[TensorSpec], fixes_dynamic: bool = False
-) -> None:
-    """Names, datatypes and shapes of the card must be those of the graph (-1: dynamic axis);
-    ``fixes_dynamic``: a card built from config.pbtxt may fix an axis the graph leaves dynamic,
-    as Triton's configs do."""
-    card_by_name = {t.name: t for t in card}
-    graph_by_name = {t.name: t for t in graph}
-    if set(card_by_name) != set(graph_by_name):
-        raise InvalidCard(
-            f"card {kind} {sorted(card_by_name)} differ from the graph's {sorted(graph_by_name)}"
-        )
-    for name, spec in card_by_name.items():
-        actual = graph_by_name[name]
-        if spec.datatype != actual.datatype:
-            raise InvalidCard(
-                f"{kind[:-1]} {name!r}: card says {spec.datatype}, graph has {actual.datatype}"
-            )
-        if len(spec.shape) != len(actual.shape) or any(
-            c != g and not (fixes_dynamic and g == -1)
-            for c, g in zip(spec.shape, actual.shape, strict=True)
-        ):
-            raise InvalidCard(
-                f"{kind[:-1]} {name!r}: card shape {spec.shape} differs from graph {actual.shape}"
-            )
-
-
-def check_serving_contract(card: ModelCard) -> None:
-    """What this service needs to serve a model: an image classifier's one pixel input and its
-    probabilities, or for a tensor model only distinct tensor names (the graph check does the
-    rest)."""
-    for tensor in (*card.inputs, *card.outputs):  # longer than a request may name
-        if len(tensor.name) > MAX_TENSOR_NAME_CHARS:
-            raise InvalidCard(
-                f"a tensor's name is {len(tensor.name)} characters, more than the "
-                f"{MAX_TENSOR_NAME_CHARS} a request may give"
-            )
-    if card.kind == TENSOR:
-        _check_names(card)
-        return
-    if len(card.inputs) != 1:
-        raise InvalidCard(f"expected one input (the images), the card lists {len(card.inputs)}")
-    image = card.inputs[0]
-    if image.datatype != "UINT8" or len(image.shape) != 4 or image.shape[0] != -1:
-        raise InvalidCard(
-            f"input {image.name!r} must be UINT8 [-1, H, W, C] pixels, "
-            f"card says {image.datatype} {image.shape}"
-        )
-    if any(d == -1 for d in image.shape[1:]):
-        raise InvalidCard(f"input {image.name!r} needs fixed H, W, C, card says {image.shape}")
-    outputs = {t.name: t for t in card.outputs}
-    if PROBABILITIES not in outputs:
-        raise InvalidCard(f"no {PROBABILITIES!r} output among {sorted(outputs)}")
-    classes = outputs[PROBABILITIES].shape[-1:]
-    if classes != [len(card.class_names)]:
-        raise InvalidCard(
-            f"{PROBABILITIES!r} has shape {outputs[PROBABILITIES].shape} but the card names "
-            f"{len(card.class_names)} classes"
-        )
-
-
-def _check_names(card: ModelCard) -> None:
-    """A request names each tensor, so no two of a tensor model's inputs (or outputs) share one."""
-    for kind, tensors in (("inputs", card.inputs), ("outputs", card.outputs)):
-        names = [t.name for t in tensors]
-        if len(set(names)) != len(names):
-            raise InvalidCard(f"card {kind} {names} repeat a name")
-
-
-def _image_or_tensor(card: ModelCard, config: TritonConfig | None) -> ModelCard:
-    """A card built without card.json is a tensor model, or an image classifier where its
-    config.pbtxt says so (one FORMAT_NHWC input, a labels file) and the image contract holds."""
-    if config is None or not card.class_names or [t.format for t in config.inputs] != [NHWC]:
-        return card
-    image = replace(card, kind=IMAGE_CLASSIFIER)
-    try:
-        check_serving_contract(image)
-    except InvalidCard:
-        return card
-    return image
-
-
 def check_inside(path: Path, root: Path) -> None:
     """Refuse a version folder, or a file in it, that resolves (through symlinks) outside the
     repository: nothing outside ``root`` is ever read. The message names no path."""
@@ -200,15 +114,6 @@ def check_inside(path: Path, root: Path) -> None:
         if not item.resolve().is_relative_to(top):
             where = "the version folder" if item == path else item.name
             raise InvalidCard(f"{where} links outside the model repository; refused")
-
-
-def _read_model(path: Path) -> bytes:
-    try:
-        return read_regular(path / MODEL_FILE, MAX_MODEL_BYTES)
-    except FileNotFoundError:
-        raise InvalidCard(f"no {MODEL_FILE} in the version folder") from None
-    except OSError as exc:
-        raise InvalidCard(f"unreadable {MODEL_FILE}: {exc.strerror}") from None
 
 
 def _has_card(path: Path) -> bool:
@@ -227,7 +132,7 @@ def load_version(
     With ``root``, nothing that resolves outside it is read (``check_inside``). ``config``: the
     model folder's ``config.pbtxt`` (or why it cannot be used); a version without a card is
     served from it, or from its graph alone when there is none."""
-    card, runtime, loaded = _load_version(name, version, path, options, root, config)
+    card, runtime, loaded, _ = _load_version(name, version, path, options, root, config)
     return card, runtime, loaded.model
 
 
@@ -238,7 +143,7 @@ def _load_version(
     options: RuntimeOptions,
     root: Path | None,
     config: TritonConfig | InvalidConfig | None,
-) -> tuple[ModelCard, ModelRuntime, Loaded]:
+) -> tuple[ModelCard, ModelRuntime, Loaded, LayerReport | None]:
     if isinstance(config, InvalidConfig):
         raise config
     if root is not None:
@@ -249,20 +154,25 @@ def _load_version(
         raise InvalidCard(
             f"card names {card.name!r} version {card.version}, but it lies in {name}/{version}"
         )
-    model_bytes = _read_model(path)
+    model_bytes = read_model(path)
     # The bytes are hashed as read, so the check covers exactly what onnxruntime loads.
     digest = hashlib.sha256(model_bytes).hexdigest()
-    if card is None:
-        card = _image_or_tensor(config_card(name, version, digest, config, model_bytes), config)
-    elif digest != card.sha256.lower():
+    if card is not None and digest != card.sha256.lower():
         raise InvalidCard(f"sha256 of {MODEL_FILE} is {digest}, the card says {card.sha256}")
-    elif config is not None:
+    if card is not None and config is not None:
         check_card_and_config(card, config)
-    check_serving_contract(card)
+    layers = None
+    if card is not None and card.kind == TENSOR:  # nothing to read from the graph
+        check_serving_contract(card)
+    elif is_large(model_bytes):
+        args = (path, digest, name, version, card, config)
+        card, layers = in_child(options.thread_scheduling, read_graph_file, *args)
+    else:
+        card, layers = read_graph(model_bytes, name, version, digest, card, config)
     runtime = ModelRuntime(card, model_bytes, options)
     try:
-        _check_tensors("inputs", card.inputs, runtime.inputs, fixes_dynamic=not carded)
-        _check_tensors("outputs", card.outputs, runtime.outputs, fixes_dynamic=not carded)
+        check_tensors("inputs", card.inputs, runtime.inputs, fixes_dynamic=not carded)
+        check_tensors("outputs", card.outputs, runtime.outputs, fixes_dynamic=not carded)
         if options.warm_up:
             runtime.warm_up()
     except BaseException:
@@ -271,7 +181,7 @@ def _load_version(
     files = config.files if config is not None else ()
     batching = json.dumps({f: getattr(options, f) for f in BATCHING_FIELDS}, sort_keys=True)
     card_text = card.to_json() if carded else None
-    return card, runtime, Loaded(model_bytes, digest, card_text, files, batching)
+    return card, runtime, Loaded(model_bytes, digest, card_text, files, batching), layers
 
 
 def load_entry(
@@ -287,12 +197,11 @@ def load_entry(
     with the reason (a served version whose files changed and now fail keeps its runtime).
     What loads is given to ``keep`` (a worker group's copies, ``last_good``)."""
     try:
-        card, runtime, loaded = _load_version(
+        card, runtime, loaded, layers = _load_version(
             entry.name, entry.version, entry.path, options, root, config
         )
     except Exception as exc:
         return _failed(entry, signature, exc)
-    model_bytes = loaded.model
     if keep is not None:
         keep(entry.name, entry.version, loaded)
     described = entry.path / CARD_FILE
@@ -315,7 +224,7 @@ def load_entry(
         reason="",
         card=card,
         runtime=runtime,
-        layers=None if card.kind == TENSOR else read_layers(model_bytes, card),
+        layers=layers,
         signature=signature,
         config=file,
     )

@@ -8,7 +8,6 @@ graph output; it runs one image at a time on one onnxruntime thread.
 from __future__ import annotations
 
 import hashlib
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from service.core.card import MODEL_FILE, ModelCard
 from service.core.errors import InvalidCard, ServingError, UnprocessableInput
 from service.core.layer_specs import Shape
 from service.core.regular_files import MAX_MODEL_BYTES, read_regular
-from service.engine.large_graphs import in_child, is_large
+from service.engine.large_graphs import in_child, is_large, onnxruntime_session
 from service.engine.layers import LayerReport
 from service.engine.providers import resolve_providers
 from service.engine.runtime import GRAPH_OPTIMIZATION, RuntimeOptions
@@ -63,39 +62,32 @@ def _to_table_layout(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(single.transpose(1, 2, 0)) if single.ndim == 3 else single
 
 
-def layered_graph(model_bytes: bytes, tensors: Sequence[str]) -> bytes:
-    """The graph with each of ``tensors`` among its outputs, serialized."""
+def layer_outputs(model_bytes: bytes, tensors: Sequence[str]) -> bytes:
+    """The graph outputs ``tensors`` add (typed where shape inference knows them) as a model of
+    nothing else, serialized. Appended to the graph's own bytes, protobuf merges it into them (a
+    message field given twice is merged, a repeated one appended), so the graph, however large,
+    is never serialized again."""
     model = shape_inference.infer_shapes(onnx.load_from_string(model_bytes))
     graph = model.graph
     typed = {v.name: v for v in [*graph.value_info, *graph.output]}
     present = {o.name for o in graph.output}
+    added = []
     for tensor in tensors:
         if tensor not in present:
             # A name alone is enough for onnxruntime; the inferred type is kept where known.
-            graph.output.append(typed.get(tensor, onnx.ValueInfoProto(name=tensor)))
+            added.append(typed.get(tensor, onnx.ValueInfoProto(name=tensor)))
             present.add(tensor)
-    serialized: bytes = model.SerializeToString()
+    serialized: bytes = onnx.ModelProto(graph=onnx.GraphProto(output=added)).SerializeToString()
     return serialized
 
 
-def write_layered_graph(folder: Path, digest: str, tensors: list[str], out: Path) -> None:
-    """``layered_graph`` of a large graph, in a child process (``large_graphs``): its file read
+def layer_outputs_of_file(folder: Path, digest: str, tensors: list[str]) -> bytes:
+    """``layer_outputs`` of a large graph, in a child process (``large_graphs``): its file read
     again, and refused unless it holds the bytes the server checked."""
     model_bytes = read_model(folder)
     if hashlib.sha256(model_bytes).hexdigest() != digest:
         raise InvalidCard(f"{MODEL_FILE} changed on disk while its feature maps were prepared")
-    out.write_bytes(layered_graph(model_bytes, tensors))
-
-
-def _session(
-    graph: bytes | str, sess_options: ort.SessionOptions, providers: list[str]
-) -> ort.InferenceSession:
-    try:
-        return ort.InferenceSession(graph, sess_options, providers)
-    except Exception as exc:  # onnxruntime raises its own untyped errors
-        shown = str(exc).replace(graph, MODEL_FILE) if isinstance(graph, str) else str(exc)
-        message = f"onnxruntime cannot expose the graph's layer outputs: {shown}"
-        raise InvalidCard(message) from None
+    return layer_outputs(model_bytes, tensors)
 
 
 class ActivationSession:
@@ -126,14 +118,17 @@ class ActivationSession:
         sess_options.log_severity_level = 3
         providers, _ = resolve_providers(options.providers)
         tensors = [layer.tensor for layer in self.layers]
-        if not is_large(model_bytes):
-            self.session = _session(layered_graph(model_bytes, tensors), sess_options, providers)
-        else:  # onnx's parse, and onnxruntime's of bytes, would hold the GIL (``large_graphs``)
-            with tempfile.TemporaryDirectory() as tmp:
-                out, digest = Path(tmp) / MODEL_FILE, hashlib.sha256(model_bytes).hexdigest()
-                scheduling = options.thread_scheduling
-                in_child(scheduling, write_layered_graph, folder, digest, tensors, out)
-                self.session = _session(str(out), sess_options, providers)
+        if is_large(model_bytes):  # onnx's parse would hold the GIL (``large_graphs``)
+            digest = hashlib.sha256(model_bytes).hexdigest()
+            scheduling = options.thread_scheduling
+            added = in_child(scheduling, layer_outputs_of_file, folder, digest, tensors)
+        else:
+            added = layer_outputs(model_bytes, tensors)
+        try:
+            self.session = onnxruntime_session(model_bytes, sess_options, providers, added)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            message = f"onnxruntime cannot expose the graph's layer outputs: {exc}"
+            raise InvalidCard(message) from None
         self.input_name = card.inputs[0].name
 
     def layer(self, name: str) -> LayerOutput:

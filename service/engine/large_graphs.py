@@ -15,9 +15,11 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from http import HTTPStatus
 from typing import TypeVar
 
 import onnxruntime as ort
@@ -32,10 +34,23 @@ T = TypeVar("T")
 
 LARGE_GRAPH_BYTES = 8 * 1024 * 1024  # onnx's parse and shape inference: about 15 ms in process
 _WRITE_CHUNK = 1 << 30  # one write() moves at most 2 GiB - 4 kB on Linux
+ORT_FORMAT = b"ORTM"  # the flatbuffer identifier of onnxruntime's own format, at bytes 4-8
 
 
 def is_large(model_bytes: bytes) -> bool:
     return len(model_bytes) >= LARGE_GRAPH_BYTES
+
+
+class ChildFailed(ServingError):
+    """The child process itself failed (it died, or could not start), not the graph: a load
+    is tried again at the next poll, a feature-map request may be sent again."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+def _start_child(scheduling: thread_policy.ThreadScheduling) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which ends the child
+    thread_policy.apply(scheduling)
 
 
 def in_child(
@@ -44,12 +59,13 @@ def in_child(
     """``work(*args)`` in a fresh child process (``work`` module-level; its arguments, result
     and errors picklable), blocking: call it off the event loop. The child lives for this one
     job, so what onnx made of a large graph is given back to the system with it. Where no child
-    can start (no semaphores without /dev/shm, as in some sandboxes) it runs here, logged."""
+    can start (no semaphores without /dev/shm, as in some sandboxes) it runs here, logged; a
+    child that dies or fails to start is ``ChildFailed``."""
     try:
         pool = ProcessPoolExecutor(
             1,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=thread_policy.apply,
+            initializer=_start_child,
             initargs=(scheduling,),
         )
     except (OSError, ImportError) as exc:
@@ -57,21 +73,22 @@ def in_child(
         return work(*args)
     with pool:
         try:
-            return pool.submit(work, *args).result()
+            job = pool.submit(work, *args)  # the child starts here
+        except (OSError, RuntimeError) as exc:
+            raise ChildFailed(f"no child process could start to read the graph: {exc}") from None
+        try:
+            return job.result()
         except BrokenProcessPool:
-            raise ServingError(
-                "the child process reading the graph died (out of memory?); "
-                "it is tried again when its files change or on a repository load"
-            ) from None
+            raise ChildFailed("the child process reading the graph died (out of memory?)") from None
 
 
 @contextlib.contextmanager
-def graph_path(model_bytes: bytes) -> Iterator[str | None]:
-    """A path onnxruntime can load ``model_bytes`` from (an anonymous memory file of this
-    process, gone when the block ends), or None where there is none (not Linux, no /proc): load
-    the bytes then. A graph loaded from such a path cannot name external data files (onnxruntime
-    finds no folder to resolve them in), where one loaded as bytes names them in the server's
-    working directory: neither reads files of the model's folder beside ``model.onnx``."""
+def graph_path(*parts: bytes) -> Iterator[str | None]:
+    """A path onnxruntime can load the graph ``parts`` make up from (an anonymous memory file of
+    this process, gone when the block ends), or None where there is none (not Linux, no /proc):
+    load the bytes then. A graph loaded from such a path cannot name external data files
+    (onnxruntime finds no folder to resolve them in), where one loaded as bytes names them in
+    the server's working directory: neither reads files of the model's folder."""
     create = getattr(os, "memfd_create", None)
     if create is None:
         yield None
@@ -81,23 +98,32 @@ def graph_path(model_bytes: bytes) -> Iterator[str | None]:
         if not os.path.exists(f"/proc/self/fd/{fd}"):
             yield None
             return
-        view = memoryview(model_bytes)
-        while view:
-            written = os.write(fd, view[:_WRITE_CHUNK])  # lets go of the GIL
-            view = view[written:]
+        for part in parts:
+            view = memoryview(part)
+            while view:
+                written = os.write(fd, view[:_WRITE_CHUNK])  # lets go of the GIL
+                view = view[written:]
         yield f"/proc/self/fd/{fd}"
     finally:
         os.close(fd)
 
 
 def onnxruntime_session(
-    model_bytes: bytes, sess_options: ort.SessionOptions, providers: list[str]
+    model_bytes: bytes,
+    sess_options: ort.SessionOptions,
+    providers: list[str],
+    appended: bytes = b"",
 ) -> ort.InferenceSession:
-    """A session of ``model_bytes``; a large graph is loaded by path (``graph_path``), so that
-    onnxruntime's parse does not hold the interpreter. Its errors name ``model.onnx``."""
-    with graph_path(model_bytes) if is_large(model_bytes) else contextlib.nullcontext() as path:
+    """A session of ``model_bytes`` (and ``appended``: serialized fields protobuf merges into
+    the model, as ``activations`` adds outputs); a large graph is loaded by path
+    (``graph_path``), so that onnxruntime's parse does not hold the interpreter. Its errors
+    name ``model.onnx``. A graph in onnxruntime's own format (ORT) is loaded as bytes: by path
+    onnxruntime tells that format by the file's name, which a memory file lacks."""
+    by_path = is_large(model_bytes) and model_bytes[4:8] != ORT_FORMAT
+    with graph_path(model_bytes, appended) if by_path else contextlib.nullcontext() as path:
         if path is None:
-            return ort.InferenceSession(model_bytes, sess_options=sess_options, providers=providers)
+            graph = model_bytes + appended if appended else model_bytes
+            return ort.InferenceSession(graph, sess_options=sess_options, providers=providers)
         try:
             return ort.InferenceSession(path, sess_options=sess_options, providers=providers)
         except Exception as exc:

@@ -7,7 +7,6 @@ Convolution outputs are NCHW in the graph and are reported as (H, W, C) like Ker
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -30,8 +29,6 @@ from service.core.layer_specs import (
     MaxPool,
 )
 from service.core.shapes import LayerRow, LayerTable, layer_table
-
-log = logging.getLogger(__name__)
 
 ACTIVATION_OPS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Gelu": "gelu"}
 # Plumbing that is not a layer: preprocessing inside the graph, layout and shape bookkeeping.
@@ -338,5 +335,4 @@ def read_layers(model_bytes: bytes, card: ModelCard) -> LayerReport:
         )
     except Exception as exc:  # a graph we cannot read must not stop the model being served
         message = exc.message if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
-        log.warning("%s v%d: no layer table: %s", card.name, card.version, message)
         return LayerReport(None, error=f"cannot read the layer table from the graph: {message}")

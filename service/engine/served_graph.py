@@ -8,7 +8,7 @@ import hashlib
 from dataclasses import replace
 from pathlib import Path
 
-from service.core.card import IMAGE_CLASSIFIER, MODEL_FILE, TENSOR, ModelCard, TensorSpec
+from service.core.card import CARD_FILE, IMAGE_CLASSIFIER, MODEL_FILE, TENSOR, ModelCard, TensorSpec
 from service.core.errors import InvalidCard
 from service.core.limits import MAX_TENSOR_NAME_CHARS
 from service.core.regular_files import MAX_MODEL_BYTES, read_regular
@@ -102,6 +102,16 @@ def _image_or_tensor(card: ModelCard, config: TritonConfig | None) -> ModelCard:
     return image
 
 
+def check_inside(path: Path, root: Path) -> None:
+    """Refuse a version folder, or a file in it, that resolves (through symlinks) outside the
+    repository: nothing outside ``root`` is ever read. The message names no path."""
+    top = root.resolve()
+    for item in (path, path / CARD_FILE, path / MODEL_FILE):
+        if not item.resolve().is_relative_to(top):
+            where = "the version folder" if item == path else item.name
+            raise InvalidCard(f"{where} links outside the model repository; refused")
+
+
 def read_model(path: Path) -> bytes:
     try:
         return read_regular(path / MODEL_FILE, MAX_MODEL_BYTES)
@@ -136,10 +146,14 @@ def read_graph_file(
     version: int,
     card: ModelCard | None,
     config: TritonConfig | None,
+    root: Path | None = None,
 ) -> tuple[ModelCard, LayerReport | None]:
-    """``read_graph`` in a child process, from the version folder's file read again: refused
-    unless it holds the bytes the server loads (its signature then differs from the one this
-    load recorded, so the next poll tries again)."""
+    """``read_graph`` in a child process, from the version folder's file read again (within
+    ``root``, as ``check_inside`` allows): refused unless it holds the bytes the server loads
+    (its signature then differs from the one this load recorded, so the next poll tries
+    again)."""
+    if root is not None:
+        check_inside(path, root)
     model_bytes = read_model(path)
     if hashlib.sha256(model_bytes).hexdigest() != digest:
         raise InvalidCard(f"{MODEL_FILE} changed while it was loaded")

@@ -16,11 +16,12 @@ from service.core.card import CARD_FILE, MODEL_FILE, TENSOR, ModelCard, read_car
 from service.core.errors import InvalidCard, InvalidConfig, ServingError
 from service.engine.batching_options import BATCHING_FIELDS
 from service.engine.config_card import check_card_and_config
-from service.engine.large_graphs import in_child, is_large
+from service.engine.large_graphs import ChildFailed, in_child, is_large
 from service.engine.layers import LayerReport
 from service.engine.providers import provider_problem
 from service.engine.runtime import ModelRuntime, RuntimeOptions
 from service.engine.served_graph import (
+    check_inside,
     check_serving_contract,
     check_tensors,
     read_graph,
@@ -106,16 +107,6 @@ def files_signature(version_dir: Path) -> Signature:
     return tuple(signature)
 
 
-def check_inside(path: Path, root: Path) -> None:
-    """Refuse a version folder, or a file in it, that resolves (through symlinks) outside the
-    repository: nothing outside ``root`` is ever read. The message names no path."""
-    top = root.resolve()
-    for item in (path, path / CARD_FILE, path / MODEL_FILE):
-        if not item.resolve().is_relative_to(top):
-            where = "the version folder" if item == path else item.name
-            raise InvalidCard(f"{where} links outside the model repository; refused")
-
-
 def _has_card(path: Path) -> bool:
     return (path / CARD_FILE).exists() or (path / CARD_FILE).is_symlink()
 
@@ -165,7 +156,7 @@ def _load_version(
     if card is not None and card.kind == TENSOR:  # nothing to read from the graph
         check_serving_contract(card)
     elif is_large(model_bytes):
-        args = (path, digest, name, version, card, config)
+        args = (path, digest, name, version, card, config, root)
         card, layers = in_child(options.thread_scheduling, read_graph_file, *args)
     else:
         card, layers = read_graph(model_bytes, name, version, digest, card, config)
@@ -200,8 +191,12 @@ def load_entry(
         card, runtime, loaded, layers = _load_version(
             entry.name, entry.version, entry.path, options, root, config
         )
+    except ChildFailed as exc:  # not the files' fault: recorded unseen, so tried again
+        return _failed(entry, None, exc)
     except Exception as exc:
         return _failed(entry, signature, exc)
+    if layers is not None and layers.table is None:  # the model is served all the same
+        log.warning("%s v%d: %s", entry.name, entry.version, layers.error)
     if keep is not None:
         keep(entry.name, entry.version, loaded)
     described = entry.path / CARD_FILE
@@ -230,7 +225,7 @@ def load_entry(
     )
 
 
-def _failed(entry: ModelVersion, signature: Signature, exc: Exception) -> ModelVersion:
+def _failed(entry: ModelVersion, signature: Signature | None, exc: Exception) -> ModelVersion:
     message = exc.message if isinstance(exc, ServingError) else f"failed to load: {exc!r}"
     if not isinstance(exc, ServingError):
         log.exception("%s v%d failed to load", entry.name, entry.version)

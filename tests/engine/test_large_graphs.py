@@ -5,8 +5,11 @@ that works shows the child did it."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +19,10 @@ import onnxruntime as ort
 import pytest
 
 from service.core.card import IMAGE_CLASSIFIER, MODEL_FILE, TENSOR
-from service.core.errors import InvalidCard, ServingError
-from service.engine import activations, large_graphs, served_graph
+from service.core.errors import InvalidCard
+from service.engine import activations, large_graphs, served_graph, version_folder
 from service.engine.activations import ActivationSessions
-from service.engine.large_graphs import graph_path, in_child, onnxruntime_session
+from service.engine.large_graphs import ChildFailed, graph_path, in_child, onnxruntime_session
 from service.engine.repository import ModelRepository
 from service.engine.runtime import RuntimeOptions
 from service.engine.served_graph import read_graph_file
@@ -55,7 +58,7 @@ def make_large(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     monkeypatch.setattr(large_graphs, "LARGE_GRAPH_BYTES", 1)
     for name in ("read_layers", "config_card"):
         monkeypatch.setattr(served_graph, name, _refuse)
-    monkeypatch.setattr(activations, "layered_graph", _refuse)
+    monkeypatch.setattr(activations, "layer_outputs", _refuse)
     monkeypatch.setattr(ort, "InferenceSession", recording)
     return given
 
@@ -150,8 +153,7 @@ def test_feature_maps_of_a_large_graph_are_prepared_in_a_child(
     given = make_large(monkeypatch)
     for values, wanted in zip(maps(), expected, strict=True):
         np.testing.assert_array_equal(values, wanted)
-    assert [Path(m).name for m in given] == [MODEL_FILE]  # a file the child wrote
-    assert not Path(given[0]).exists()  # and removed once loaded
+    assert _by_path(given)  # the served graph's bytes and the outputs the child added
 
 
 def test_a_file_that_changed_since_the_server_read_it_is_refused_by_the_child(
@@ -165,9 +167,59 @@ def test_a_file_that_changed_since_the_server_read_it_is_refused_by_the_child(
         read_graph_file(folder, "0" * 64, "tiny", 1, None, None)
 
 
-def test_a_child_that_dies_fails_the_load_with_a_reason() -> None:
-    with pytest.raises(ServingError, match="child process reading the graph died"):
+def test_a_child_that_dies_fails_the_job_with_a_503() -> None:
+    with pytest.raises(ChildFailed, match="child process reading the graph died") as failed:
         in_child("normal", os._exit, 3)
+    assert failed.value.status == 503
+
+
+def _die(*args: object) -> None:
+    os._exit(9)  # as the kernel's OOM killer would end it
+
+
+def test_a_version_whose_child_died_is_tried_again_at_the_next_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_model_repo(tmp_path, models={}, lecture=True)
+    make_large(monkeypatch)
+    with monkeypatch.context() as dying:
+        dying.setattr(version_folder, "read_graph_file", _die)
+        repository = _load(root)
+        entry = repository.entry("cifar10_cnn")
+        assert entry.state is ModelState.UNAVAILABLE and "died" in entry.reason
+    repository.poll()  # the files did not change
+    assert repository.entry("cifar10_cnn").state is ModelState.READY
+
+
+def test_the_childs_reason_for_no_layer_table_is_logged_by_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = make_model_repo(tmp_path, models={"tiny": [1]}, lecture=False)
+    make_large(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="service.engine.version_folder"):
+        layers = _load(root).entry("tiny").layers
+    assert layers is not None and layers.table is None  # ReduceMean: no layer in the lecture's
+    assert f"tiny v1: {layers.error}" in caplog.text
+
+
+def test_a_graph_in_onnxruntimes_own_format_is_loaded_as_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(tmp_path / "model.ort")
+    options.add_session_config_entry("session.save_model_format", "ORT")
+    ort.InferenceSession(tiny_graph().SerializeToString(), options, ["CPUExecutionProvider"])
+    ort_bytes = (tmp_path / "model.ort").read_bytes()
+    assert ort_bytes[4:8] == b"ORTM"
+    given = make_large(monkeypatch)
+    session = onnxruntime_session(ort_bytes, ort.SessionOptions(), ["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "probabilities"]
+    assert given == [ort_bytes]
+
+
+def test_the_child_ignores_ctrl_c() -> None:
+    assert in_child("normal", signal.getsignal, signal.SIGINT) == signal.SIG_IGN
 
 
 def test_without_a_child_the_work_runs_here(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,10 +230,12 @@ def test_without_a_child_the_work_runs_here(monkeypatch: pytest.MonkeyPatch) -> 
     assert in_child("normal", os.getpid) == os.getpid()
 
 
-def test_a_graph_path_holds_the_bytes_and_goes_with_the_block() -> None:
-    with graph_path(b"not a graph") as path:
+def test_a_graph_path_holds_the_parts_and_goes_with_the_block() -> None:
+    with graph_path(b"not a ", b"graph") as path:
         assert path is not None and Path(path).read_bytes() == b"not a graph"
-    assert not Path(path).exists() or Path(path).read_bytes() != b"not a graph"
+        assert os.readlink(path).startswith("/memfd:model.onnx")
+    with contextlib.suppress(FileNotFoundError):  # its number closed, or another file's since
+        assert not os.readlink(path).startswith("/memfd:model.onnx")
 
 
 def test_onnxruntimes_refusal_of_a_large_graph_names_the_file_not_the_path(

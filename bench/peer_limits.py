@@ -56,15 +56,19 @@ def ceiling_rows(place: Placement, threads: int) -> list[dict[str, Any]]:
     return rows
 
 
-def start_ceiling(place: Placement, no_model: bool, log: Path) -> tuple[Group, int]:
+def start_ceiling(
+    place: Placement, no_model: bool, log: Path, batched: bool = False
+) -> tuple[Group, int]:
     """``ceiling_asgi.py`` on the server's cores of ``place`` with the lecture model's latest
-    graph (``no_model``: the HTTP + JSON floor), ready; its group and port."""
+    graph (``no_model``: the HTTP + JSON floor; ``batched``: ``bench/ceiling_batched.py``, the
+    same with dynamic batching), ready; its group and port."""
     port = free_port()
     env = {"MODEL_ONNX": str(latest_version(LECTURE)), "NO_MODEL": "1" if no_model else "0"}
+    where, app = (ROOT / "bench", "ceiling_batched:app") if batched else (PEERS, "ceiling_asgi:app")
     argv = place.server([
-        sys.executable, "-m", "uvicorn", "--app-dir", str(PEERS), "--http", "httptools",
+        sys.executable, "-m", "uvicorn", "--app-dir", str(where), "--http", "httptools",
         "--loop", "uvloop", "--no-access-log", "--log-level", "warning", "--host",
-        "127.0.0.1", "--port", str(port), "ceiling_asgi:app",
+        "127.0.0.1", "--port", str(port), app,
     ])  # fmt: skip
     return start(argv, env, port, log, 60), port
 

@@ -7,7 +7,8 @@ A build is a checkout (a worktree of another commit: the "before") and environme
     python -m bench pinned-pair --build before=../wt-base --build after=. [--rounds 3]
     python -m bench pinned-pair --build hop=. --build inline=.:INLINE_RUN_MAX_US=250 --ceiling
 
-``--ceiling`` adds the raw ASGI app (``../shared/peers/ceiling_asgi.py``) to each round.
+``--ceiling`` adds the raw ASGI app (``../shared/peers/ceiling_asgi.py``) to each round, and
+``--batched-ceiling`` the same app with dynamic batching (``bench/ceiling_batched.py``).
 """
 
 from __future__ import annotations
@@ -62,13 +63,14 @@ def one_round(build: Build, seconds: float, clients: list[int]) -> dict[str, Any
             return {"build": build.name, **loads(server.address, seconds, clients)}
 
 
-def ceiling_round(seconds: float, clients: list[int]) -> dict[str, Any]:
-    """The raw ASGI app (``ceiling_asgi.py``, the model, no framework) pinned as the builds are,
-    started as ``bench peers`` starts it."""
+def ceiling_round(seconds: float, clients: list[int], batched: bool = False) -> dict[str, Any]:
+    """The raw ASGI app (``ceiling_asgi.py``, the model, no framework; ``batched``:
+    ``ceiling_batched.py``) pinned as the builds are, started as ``bench peers`` starts it."""
     with tempfile.TemporaryDirectory() as tmp:
-        group, port = start_ceiling(pinned(), False, Path(tmp) / "asgi.log")
+        group, port = start_ceiling(pinned(), False, Path(tmp) / "asgi.log", batched)
         try:
-            return {"build": "ceiling", **loads(f"127.0.0.1:{port}", seconds, clients)}
+            name = "batched" if batched else "ceiling"
+            return {"build": name, **loads(f"127.0.0.1:{port}", seconds, clients)}
         finally:
             group.stop()
 
@@ -115,17 +117,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ceiling", action="store_true", help="the raw ASGI app too, each round, as a build"
     )
+    parser.add_argument(
+        "--batched-ceiling", action="store_true", help="the raw ASGI app with batching too"
+    )
 
 
 def main(args: argparse.Namespace) -> None:
     clients = [int(c) for c in args.clients.split(",")]
     rounds = []
     for round_ in range(1, args.rounds + 1):
-        for build in [*args.build, *([None] if args.ceiling else [])]:
-            if build is None:
-                figures = ceiling_round(args.seconds, clients)
-            else:
+        ceilings = [False] * args.ceiling + [True] * args.batched_ceiling
+        for build in [*args.build, *ceilings]:
+            if isinstance(build, Build):
                 figures = one_round(build, args.seconds, clients)
+            else:
+                figures = ceiling_round(args.seconds, clients, batched=build)
             rounds.append(figures)
             print(json.dumps({"round": round_, **figures}), flush=True)
     print("\n".join(summary(rounds, clients)))

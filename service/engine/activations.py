@@ -125,7 +125,9 @@ class ActivationSession:
         else:
             added = layer_outputs(model_bytes, tensors)
         try:
-            self.session = onnxruntime_session(model_bytes, sess_options, providers, added)
+            self.session = onnxruntime_session(
+                model_bytes, sess_options, providers, added, data_folder=folder
+            )
         except Exception as exc:  # onnxruntime raises its own untyped errors
             message = f"onnxruntime cannot expose the graph's layer outputs: {exc}"
             raise InvalidCard(message) from None

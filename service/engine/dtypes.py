@@ -1,8 +1,10 @@
 """The protocol's datatypes (``service.core.datatypes``) as numpy dtypes, both ways: the one numpy
-view of the one table, for the runtime and both wire codecs (no onnxruntime import)."""
+view of the one table, for the runtime and both wire codecs (no onnxruntime import), and
+onnxruntime's type strings read back as them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,17 @@ NUMPY_DTYPES: dict[str, np.dtype[Any]] = {name: np.dtype(d.dtype) for name, d in
 # extension's answers); the wires encode either.
 BYTES_DTYPE: np.dtype[Any] = NUMPY_DTYPES["BYTES"]
 DATATYPE_NAMES: dict[np.dtype[Any], str] = {dtype: name for name, dtype in NUMPY_DTYPES.items()}
+# onnxruntime's type strings ("tensor(float)") -> Open Inference Protocol datatypes.
+ORT_DATATYPES = {d.onnx_type: name for name, d in DATATYPES.items()}
+
+
+def session_tensors(specs: Sequence[Any]) -> list[TensorSpec]:
+    """onnxruntime's NodeArg list as card-style specs (symbolic or unknown axes become -1)."""
+    tensors = []
+    for arg in specs:
+        shape = [d if isinstance(d, int) and d > 0 else -1 for d in (arg.shape or [])]
+        tensors.append(TensorSpec(arg.name, ORT_DATATYPES.get(arg.type, arg.type), shape))
+    return tensors
 
 
 def zeros(spec: TensorSpec, size: int) -> np.ndarray:

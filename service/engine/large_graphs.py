@@ -15,11 +15,13 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import re
 import signal
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from http import HTTPStatus
+from pathlib import Path
 from typing import TypeVar
 
 import onnxruntime as ort
@@ -35,6 +37,8 @@ T = TypeVar("T")
 LARGE_GRAPH_BYTES = 8 * 1024 * 1024  # onnx's parse and shape inference: about 15 ms in process
 _WRITE_CHUNK = 1 << 30  # one write() moves at most 2 GiB - 4 kB on Linux
 ORT_FORMAT = b"ORTM"  # the flatbuffer identifier of onnxruntime's own format, at bytes 4-8
+EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
+_QUOTED_PATH = re.compile(r'"/[^"]*"')
 
 
 def is_large(model_bytes: bytes) -> bool:
@@ -113,18 +117,33 @@ def onnxruntime_session(
     sess_options: ort.SessionOptions,
     providers: list[str],
     appended: bytes = b"",
+    data_folder: Path | None = None,
 ) -> ort.InferenceSession:
     """A session of ``model_bytes`` (and ``appended``: serialized fields protobuf merges into
     the model, as ``activations`` adds outputs); a large graph is loaded by path
-    (``graph_path``), so that onnxruntime's parse does not hold the interpreter. Its errors
-    name ``model.onnx``. A graph in onnxruntime's own format (ORT) is loaded as bytes: by path
-    onnxruntime tells that format by the file's name, which a memory file lacks."""
+    (``graph_path``), so that onnxruntime's parse does not hold the interpreter. A graph in
+    onnxruntime's own format (ORT) is loaded as bytes: by path onnxruntime tells that format by
+    the file's name, which a memory file lacks.
+
+    External data files (weights a graph keeps beside ``model.onnx``, as exporters write for
+    large models) are read from ``data_folder`` (the version folder) and from nowhere else:
+    onnxruntime refuses a name that leaves it, through ``..`` or a link (without a folder, from
+    its working directory). Its errors name ``model.onnx`` and the version folder, no path."""
+    shown: dict[str, str] = {}
+    if data_folder is not None:
+        folder = str(data_folder.resolve())
+        sess_options.add_session_config_entry(EXTERNAL_DATA_FOLDER, folder)
+        shown[folder] = "the version folder"
     by_path = is_large(model_bytes) and model_bytes[4:8] != ORT_FORMAT
     with graph_path(model_bytes, appended) if by_path else contextlib.nullcontext() as path:
-        if path is None:
-            graph = model_bytes + appended if appended else model_bytes
-            return ort.InferenceSession(graph, sess_options=sess_options, providers=providers)
+        if path is not None:
+            shown[path] = MODEL_FILE
+        graph = path if path is not None else model_bytes + appended if appended else model_bytes
         try:
-            return ort.InferenceSession(path, sess_options=sess_options, providers=providers)
+            return ort.InferenceSession(graph, sess_options=sess_options, providers=providers)
         except Exception as exc:
-            raise RuntimeError(str(exc).replace(path, MODEL_FILE)) from None
+            message = str(exc)
+            for where, name in shown.items():
+                message = message.replace(where, name)
+            # any other path it quotes (where a link out of the folder leads, say)
+            raise RuntimeError(_QUOTED_PATH.sub('"(a path on the server)"', message)) from None

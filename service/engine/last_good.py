@@ -161,7 +161,10 @@ class LastGood:
         except (OSError, ValueError, TypeError):
             return failed
         copy = replace(failed, path=path, state=ModelState.UNLOADED)
-        entry = load_entry(copy, signature, in_force, root, missing, folder.config)
+        # its external data files, if any, are the version folder's (a copy holds none)
+        entry = load_entry(
+            copy, signature, in_force, root, missing, folder.config, None, failed.path
+        )
         if entry.state is not ModelState.READY:
             return failed
         reason = f"changed on disk and the new files fail, serving the previous: {failed.reason}"

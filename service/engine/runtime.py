@@ -16,18 +16,18 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from service.core.card import TENSOR, ModelCard, TensorSpec
-from service.core.datatypes import DATATYPES
 from service.core.errors import InvalidCard, ProviderUnavailable, ServingError, TimeoutExpired
 from service.core.limits import value_bounds
 from service.engine import thread_policy, tracing
 from service.engine.batcher import BatchStats, DynamicBatcher, Outputs, Rows, Tagged
-from service.engine.dtypes import zeros
+from service.engine.dtypes import session_tensors, zeros
 from service.engine.inline import ServedRuns, describe, quick_run_p99_s
 from service.engine.large_graphs import onnxruntime_session
 from service.engine.named_rows import NamedRows
@@ -36,8 +36,6 @@ from service.engine.statistics import InferenceStatistics
 
 log = logging.getLogger(__name__)
 
-# onnxruntime's type strings -> Open Inference Protocol datatypes.
-ORT_DATATYPES = {d.onnx_type: name for name, d in DATATYPES.items()}
 GRAPH_OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -74,19 +72,17 @@ class RuntimeOptions:
     on_answered: AnswerObserver | None = field(default=None, compare=False)
 
 
-def graph_tensors(specs: Sequence[Any]) -> list[TensorSpec]:
-    """onnxruntime's NodeArg list as card-style specs (symbolic or unknown axes become -1)."""
-    tensors = []
-    for arg in specs:
-        shape = [d if isinstance(d, int) and d > 0 else -1 for d in (arg.shape or [])]
-        tensors.append(TensorSpec(arg.name, ORT_DATATYPES.get(arg.type, arg.type), shape))
-    return tensors
-
-
 class ModelRuntime:
     """One model version held in an onnxruntime session; safe to share across requests."""
 
-    def __init__(self, card: ModelCard, model_bytes: bytes, options: RuntimeOptions) -> None:
+    def __init__(
+        self,
+        card: ModelCard,
+        model_bytes: bytes,
+        options: RuntimeOptions,
+        data_folder: Path | None = None,
+    ) -> None:
+        """``data_folder``: where the graph's external data files lie (its version folder)."""
         self.card = card
         self.options = options
         sess_options = ort.SessionOptions()
@@ -98,7 +94,9 @@ class ModelRuntime:
         sess_options.log_severity_level = 3  # onnxruntime's own warnings would repeat ours
         providers, _ = resolve_providers(options.providers)
         try:
-            self.session = onnxruntime_session(model_bytes, sess_options, providers)
+            self.session = onnxruntime_session(
+                model_bytes, sess_options, providers, data_folder=data_folder
+            )
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
             raise InvalidCard(f"onnxruntime cannot load the graph: {exc}") from None
         self.providers: list[str] = list(self.session.get_providers())
@@ -110,8 +108,8 @@ class ModelRuntime:
                 f"REQUIRE_PROVIDERS is set and the session runs on {', '.join(self.providers)}: "
                 f"{problems}"
             )
-        self.inputs = graph_tensors(self.session.get_inputs())
-        self.outputs = graph_tensors(self.session.get_outputs())
+        self.inputs = session_tensors(self.session.get_inputs())
+        self.outputs = session_tensors(self.session.get_outputs())
         self.output_names = [t.name for t in self.outputs]
         self.kind = card.kind
         # Requests share runs when every tensor has a leading batch axis (an image classifier's

@@ -134,7 +134,9 @@ def _load_version(
     options: RuntimeOptions,
     root: Path | None,
     config: TritonConfig | InvalidConfig | None,
+    data_folder: Path | None = None,
 ) -> tuple[ModelCard, ModelRuntime, Loaded, LayerReport | None]:
+    """``data_folder``: where the graph's external data files lie, if not in ``path``."""
     if isinstance(config, InvalidConfig):
         raise config
     if root is not None:
@@ -160,7 +162,7 @@ def _load_version(
         card, layers = in_child(options.thread_scheduling, read_graph_file, *args)
     else:
         card, layers = read_graph(model_bytes, name, version, digest, card, config)
-    runtime = ModelRuntime(card, model_bytes, options)
+    runtime = ModelRuntime(card, model_bytes, options, data_folder or path)
     try:
         check_tensors("inputs", card.inputs, runtime.inputs, fixes_dynamic=not carded)
         check_tensors("outputs", card.outputs, runtime.outputs, fixes_dynamic=not carded)
@@ -183,13 +185,15 @@ def load_entry(
     unavailable_providers: Collection[str] = (),
     config: TritonConfig | InvalidConfig | None = None,
     keep: Callable[[str, int, Loaded], None] | None = None,
+    data_folder: Path | None = None,
 ) -> ModelVersion:
     """``entry`` after an attempt to load its folder: READY with its runtime, or UNAVAILABLE
     with the reason (a served version whose files changed and now fail keeps its runtime).
-    What loads is given to ``keep`` (a worker group's copies, ``last_good``)."""
+    What loads is given to ``keep`` (a worker group's copies, ``last_good``). The graph's
+    external data files are read from its folder, or from ``data_folder`` (a copy's version)."""
     try:
         card, runtime, loaded, layers = _load_version(
-            entry.name, entry.version, entry.path, options, root, config
+            entry.name, entry.version, entry.path, options, root, config, data_folder
         )
     except ChildFailed as exc:  # not the files' fault: recorded unseen, so tried again
         return _failed(entry, None, exc)

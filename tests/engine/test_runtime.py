@@ -19,8 +19,9 @@ from onnx import TensorProto, helper, numpy_helper
 from service.core.card import MODEL_FILE, ModelCard, TensorSpec
 from service.core.errors import InvalidCard, ProviderUnavailable, ServingError
 from service.engine.batcher import BatchStats
+from service.engine.dtypes import session_tensors
 from service.engine.providers import resolve_providers
-from service.engine.runtime import ModelRuntime, RuntimeOptions, graph_tensors
+from service.engine.runtime import ModelRuntime, RuntimeOptions
 from service.engine.thread_policy import ThreadScheduling
 from tests.support.models import card_for, tiny_graph, tiny_reference
 
@@ -70,8 +71,8 @@ def test_graph_tensors_write_symbolic_and_unknown_axes_as_minus_one() -> None:
                               "g", [x], [y])  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    assert graph_tensors(session.get_inputs()) == [TensorSpec("x", "FP16", [-1, 3, -1])]
-    assert graph_tensors(session.get_outputs()) == [TensorSpec("y", "INT64", [2, 3, -1])]
+    assert session_tensors(session.get_inputs()) == [TensorSpec("x", "FP16", [-1, 3, -1])]
+    assert session_tensors(session.get_outputs()) == [TensorSpec("y", "INT64", [2, 3, -1])]
 
 
 def test_the_options_reach_the_session(tmp_path: Path) -> None:

@@ -38,7 +38,13 @@ def read_regular_stat(path: Path, limit: int) -> tuple[bytes, os.stat_result]:
             raise NotRegular(errno.EINVAL, "not a regular file")
         if st.st_size > limit:
             raise TooLarge(errno.EFBIG, f"{st.st_size} bytes, over the limit of {limit}")
-        data = fh.read(limit + 1)
-    if len(data) > limit:  # grown since
-        raise TooLarge(errno.EFBIG, f"over the limit of {limit} bytes")
-    return data, st
+        # What fstat gave and a byte more, then (grown since) the rest a MiB at a time: a read
+        # of ``limit`` bytes would reserve them first (a terabyte, for external weights).
+        chunks, total, want = [], 0, st.st_size + 1
+        while chunk := fh.read(min(want, limit + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:  # grown since
+                raise TooLarge(errno.EFBIG, f"over the limit of {limit} bytes")
+            want = 1 << 20
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks), st

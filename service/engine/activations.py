@@ -23,6 +23,7 @@ from service.core.card import MODEL_FILE, ModelCard
 from service.core.errors import InvalidCard, ServingError, UnprocessableInput
 from service.core.layer_specs import Shape
 from service.core.regular_files import MAX_MODEL_BYTES, read_regular
+from service.engine.external_data import locations_in, read_external
 from service.engine.large_graphs import in_child, is_large, onnxruntime_session
 from service.engine.layers import LayerReport
 from service.engine.providers import resolve_providers
@@ -62,11 +63,11 @@ def _to_table_layout(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(single.transpose(1, 2, 0)) if single.ndim == 3 else single
 
 
-def layer_outputs(model_bytes: bytes, tensors: Sequence[str]) -> bytes:
+def layer_outputs(model_bytes: bytes, tensors: Sequence[str]) -> tuple[bytes, tuple[str, ...]]:
     """The graph outputs ``tensors`` add (typed where shape inference knows them) as a model of
-    nothing else, serialized. Appended to the graph's own bytes, protobuf merges it into them (a
-    message field given twice is merged, a repeated one appended), so the graph, however large,
-    is never serialized again."""
+    nothing else, serialized, and the external data files the graph names. Appended to the
+    graph's own bytes, protobuf merges that model into them (a message field given twice is
+    merged, a repeated one appended), so the graph, however large, is never serialized again."""
     model = shape_inference.infer_shapes(onnx.load_from_string(model_bytes))
     graph = model.graph
     typed = {v.name: v for v in [*graph.value_info, *graph.output]}
@@ -78,10 +79,12 @@ def layer_outputs(model_bytes: bytes, tensors: Sequence[str]) -> bytes:
             added.append(typed.get(tensor, onnx.ValueInfoProto(name=tensor)))
             present.add(tensor)
     serialized: bytes = onnx.ModelProto(graph=onnx.GraphProto(output=added)).SerializeToString()
-    return serialized
+    return serialized, locations_in(model)
 
 
-def layer_outputs_of_file(folder: Path, digest: str, tensors: list[str]) -> bytes:
+def layer_outputs_of_file(
+    folder: Path, digest: str, tensors: list[str]
+) -> tuple[bytes, tuple[str, ...]]:
     """``layer_outputs`` of a large graph, in a child process (``large_graphs``): its file read
     again, and refused unless it holds the bytes the server checked."""
     model_bytes = read_model(folder)
@@ -121,12 +124,13 @@ class ActivationSession:
         if is_large(model_bytes):  # onnx's parse would hold the GIL (``large_graphs``)
             digest = hashlib.sha256(model_bytes).hexdigest()
             scheduling = options.thread_scheduling
-            added = in_child(scheduling, layer_outputs_of_file, folder, digest, tensors)
+            added, names = in_child(scheduling, layer_outputs_of_file, folder, digest, tensors)
         else:
-            added = layer_outputs(model_bytes, tensors)
+            added, names = layer_outputs(model_bytes, tensors)
+        self._external = read_external(folder, names)  # kept for the session's life
         try:
             self.session = onnxruntime_session(
-                model_bytes, sess_options, providers, added, data_folder=folder
+                model_bytes, sess_options, providers, added, folder, self._external
             )
         except Exception as exc:  # onnxruntime raises its own untyped errors
             message = f"onnxruntime cannot expose the graph's layer outputs: {exc}"

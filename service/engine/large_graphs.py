@@ -17,7 +17,7 @@ import multiprocessing
 import os
 import re
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from http import HTTPStatus
@@ -29,6 +29,7 @@ import onnxruntime as ort
 from service.core.card import MODEL_FILE
 from service.core.errors import ServingError
 from service.engine import thread_policy
+from service.engine.external_data import ORT_FORMAT
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,6 @@ T = TypeVar("T")
 
 LARGE_GRAPH_BYTES = 8 * 1024 * 1024  # onnx's parse and shape inference: about 15 ms in process
 _WRITE_CHUNK = 1 << 30  # one write() moves at most 2 GiB - 4 kB on Linux
-ORT_FORMAT = b"ORTM"  # the flatbuffer identifier of onnxruntime's own format, at bytes 4-8
 EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 _QUOTED_PATH = re.compile(r'"/[^"]*"')
 
@@ -90,9 +90,8 @@ def in_child(
 def graph_path(*parts: bytes) -> Iterator[str | None]:
     """A path onnxruntime can load the graph ``parts`` make up from (an anonymous memory file of
     this process, gone when the block ends), or None where there is none (not Linux, no /proc):
-    load the bytes then. A graph loaded from such a path cannot name external data files
-    (onnxruntime finds no folder to resolve them in), where one loaded as bytes names them in
-    the server's working directory: neither reads files of the model's folder."""
+    load the bytes then. Its external data files come from memory or from the version folder,
+    as ``onnxruntime_session`` says, not from beside such a path."""
     create = getattr(os, "memfd_create", None)
     if create is None:
         yield None
@@ -118,6 +117,7 @@ def onnxruntime_session(
     providers: list[str],
     appended: bytes = b"",
     data_folder: Path | None = None,
+    external: Mapping[str, bytes] | None = None,
 ) -> ort.InferenceSession:
     """A session of ``model_bytes`` (and ``appended``: serialized fields protobuf merges into
     the model, as ``activations`` adds outputs); a large graph is loaded by path
@@ -125,11 +125,16 @@ def onnxruntime_session(
     onnxruntime's own format (ORT) is loaded as bytes: by path onnxruntime tells that format by
     the file's name, which a memory file lacks.
 
-    External data files (weights a graph keeps beside ``model.onnx``, as exporters write for
-    large models) are read from ``data_folder`` (the version folder) and from nowhere else:
-    onnxruntime refuses a name that leaves it, through ``..`` or a link (without a folder, from
-    its working directory). Its errors name ``model.onnx`` and the version folder, no path."""
+    External data files (weights a graph keeps beside ``model.onnx``) are given in memory
+    (``external``, by the names the graph gives them: ``external_data``); one not among them
+    onnxruntime would read from ``data_folder`` (the version folder) alone, refusing a name that
+    leaves it. Its errors name ``model.onnx`` and the version folder, no path."""
     shown: dict[str, str] = {}
+    if external:  # as onnxruntime reads them, byte for byte, but never mapped from the file
+        names, contents = list(external), list(external.values())
+        sess_options.add_external_initializers_from_files_in_memory(
+            names, contents, [len(content) for content in contents]
+        )
     if data_folder is not None:
         folder = str(data_folder.resolve())
         sess_options.add_session_config_entry(EXTERNAL_DATA_FOLDER, folder)

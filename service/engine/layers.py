@@ -222,12 +222,13 @@ class _GraphReader:
         return self._add_layer(spec, node, params)
 
     def _pad(self, node: onnx.NodeProto) -> bool:
-        pad = list(_attr(node, "pads", [])) or list(
-            onnx.numpy_helper.to_array(
-                next(t for t in self.graph.initializer if t.name == node.input[1])
-            )
-        )
-        self.pending_pad = [pad[2], pad[3], pad[6], pad[7]]  # NCHW begins, then ends
+        pads = list(_attr(node, "pads", []))
+        if not pads:
+            tensor = next(t for t in self.graph.initializer if t.name == node.input[1])
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:  # to_array would read a file
+                raise ServingError(f"Pad {node.name!r}: its pads lie in an external data file")
+            pads = list(onnx.numpy_helper.to_array(tensor))
+        self.pending_pad = [pads[2], pads[3], pads[6], pads[7]]  # NCHW begins, then ends
         return True
 
     def _pool(self, node: onnx.NodeProto) -> bool:

@@ -81,8 +81,11 @@ class ModelRuntime:
         model_bytes: bytes,
         options: RuntimeOptions,
         data_folder: Path | None = None,
+        external: dict[str, bytes] | None = None,
     ) -> None:
-        """``data_folder``: where the graph's external data files lie (its version folder)."""
+        """``external``: the graph's external data files by name, read from ``data_folder``
+        (its version folder; ``external_data``), kept for the session's life."""
+        self._external = external or {}
         self.card = card
         self.options = options
         sess_options = ort.SessionOptions()
@@ -95,7 +98,7 @@ class ModelRuntime:
         providers, _ = resolve_providers(options.providers)
         try:
             self.session = onnxruntime_session(
-                model_bytes, sess_options, providers, data_folder=data_folder
+                model_bytes, sess_options, providers, data_folder=data_folder, external=external
             )
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
             raise InvalidCard(f"onnxruntime cannot load the graph: {exc}") from None

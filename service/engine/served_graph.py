@@ -1,18 +1,20 @@
 """What a version's graph and card must be to be served, and what onnx reads of the graph: the
-card of a folder without ``card.json`` and an image classifier's layer table (``read_graph``,
-in a child process for a large graph: ``large_graphs``)."""
+card of a folder without ``card.json``, an image classifier's layer table and the external data
+files it names (``read_graph``, in a child process for a large graph: ``large_graphs``)."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 from service.core.card import CARD_FILE, IMAGE_CLASSIFIER, MODEL_FILE, TENSOR, ModelCard, TensorSpec
 from service.core.errors import InvalidCard
 from service.core.limits import MAX_TENSOR_NAME_CHARS
 from service.core.regular_files import MAX_MODEL_BYTES, read_regular
 from service.engine.config_card import config_card
+from service.engine.external_data import external_locations
 from service.engine.layers import LayerReport, read_layers
 from service.engine.triton_config import TritonConfig
 
@@ -121,6 +123,14 @@ def read_model(path: Path) -> bytes:
         raise InvalidCard(f"unreadable {MODEL_FILE}: {exc.strerror}") from None
 
 
+class GraphFacts(NamedTuple):
+    """What ``read_graph`` finds."""
+
+    card: ModelCard
+    layers: LayerReport | None  # an image classifier's layer table
+    external: tuple[str, ...]  # the external data files the graph names
+
+
 def read_graph(
     model_bytes: bytes,
     name: str,
@@ -128,15 +138,16 @@ def read_graph(
     digest: str,
     card: ModelCard | None,
     config: TritonConfig | None,
-) -> tuple[ModelCard, LayerReport | None]:
+) -> GraphFacts:
     """What onnx reads of a graph: the version's card where its folder has none (from the
     model's ``config.pbtxt``, or from the graph alone), checked against the serving contract,
-    and an image classifier's layer table. Pure, so a child process can do it for a large
-    graph (``read_graph_file``)."""
+    an image classifier's layer table and the external data files it names. Pure, so a child
+    process can do it for a large graph (``read_graph_file``)."""
     if card is None:
         card = _image_or_tensor(config_card(name, version, digest, config, model_bytes), config)
     check_serving_contract(card)
-    return card, None if card.kind == TENSOR else read_layers(model_bytes, card)
+    layers = None if card.kind == TENSOR else read_layers(model_bytes, card)
+    return GraphFacts(card, layers, external_locations(model_bytes))
 
 
 def read_graph_file(
@@ -147,7 +158,7 @@ def read_graph_file(
     card: ModelCard | None,
     config: TritonConfig | None,
     root: Path | None = None,
-) -> tuple[ModelCard, LayerReport | None]:
+) -> GraphFacts:
     """``read_graph`` in a child process, from the version folder's file read again (within
     ``root``, as ``check_inside`` allows): refused unless it holds the bytes the server loads
     (its signature then differs from the one this load recorded, so the next poll tries

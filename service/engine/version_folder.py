@@ -12,17 +12,17 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 
-from service.core.card import CARD_FILE, MODEL_FILE, TENSOR, ModelCard, read_card
+from service.core.card import CARD_FILE, MODEL_FILE, ModelCard, read_card
 from service.core.errors import InvalidCard, InvalidConfig, ServingError
 from service.engine.batching_options import BATCHING_FIELDS
 from service.engine.config_card import check_card_and_config
+from service.engine.external_data import read_external
 from service.engine.large_graphs import ChildFailed, in_child, is_large
 from service.engine.layers import LayerReport
 from service.engine.providers import provider_problem
 from service.engine.runtime import ModelRuntime, RuntimeOptions
 from service.engine.served_graph import (
     check_inside,
-    check_serving_contract,
     check_tensors,
     read_graph,
     read_graph_file,
@@ -154,15 +154,13 @@ def _load_version(
         raise InvalidCard(f"sha256 of {MODEL_FILE} is {digest}, the card says {card.sha256}")
     if card is not None and config is not None:
         check_card_and_config(card, config)
-    layers = None
-    if card is not None and card.kind == TENSOR:  # nothing to read from the graph
-        check_serving_contract(card)
-    elif is_large(model_bytes):
+    if is_large(model_bytes):
         args = (path, digest, name, version, card, config, root)
-        card, layers = in_child(options.thread_scheduling, read_graph_file, *args)
+        card, layers, names = in_child(options.thread_scheduling, read_graph_file, *args)
     else:
-        card, layers = read_graph(model_bytes, name, version, digest, card, config)
-    runtime = ModelRuntime(card, model_bytes, options, data_folder or path)
+        card, layers, names = read_graph(model_bytes, name, version, digest, card, config)
+    folder = data_folder or path
+    runtime = ModelRuntime(card, model_bytes, options, folder, read_external(folder, names))
     try:
         check_tensors("inputs", card.inputs, runtime.inputs, fixes_dynamic=not carded)
         check_tensors("outputs", card.outputs, runtime.outputs, fixes_dynamic=not carded)

@@ -161,7 +161,7 @@ def test_a_file_that_changed_since_the_server_read_it_is_refused_by_the_child(
 ) -> None:
     folder = make_model_repo(tmp_path, models={"tiny": [1]}, lecture=False) / "tiny" / "1"
     digest = hashlib.sha256((folder / MODEL_FILE).read_bytes()).hexdigest()
-    card, layers = read_graph_file(folder, digest, "tiny", 1, None, None)
+    card, layers, _ = read_graph_file(folder, digest, "tiny", 1, None, None)
     assert card.kind == TENSOR and layers is None  # no config, no card: the graph alone
     with pytest.raises(InvalidCard, match="changed while it was loaded"):
         read_graph_file(folder, "0" * 64, "tiny", 1, None, None)

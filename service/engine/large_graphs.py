@@ -150,5 +150,12 @@ def onnxruntime_session(
             message = str(exc)
             for where, name in shown.items():
                 message = message.replace(where, name)
-            # any other path it quotes (where a link out of the folder leads, say)
-            raise RuntimeError(_QUOTED_PATH.sub('"(a path on the server)"', message)) from None
+            raise RuntimeError(_QUOTED_PATH.sub(_hidden, message)) from None
+
+
+def _hidden(quoted: re.Match[str]) -> str:
+    """A quoted path on the server hidden (where a link out of the version folder leads, say);
+    a node's name such as "/conv1/Conv" kept."""
+    text = quoted.group(0)[1:-1]
+    on_server = os.path.lexists(text) or os.path.isdir(os.path.dirname(text))
+    return '"(a path on the server)"' if on_server else quoted.group(0)

@@ -245,3 +245,11 @@ def test_onnxruntimes_refusal_of_a_large_graph_names_the_file_not_the_path(
     with pytest.raises(RuntimeError) as refused:
         onnxruntime_session(b"not a graph", ort.SessionOptions(), ["CPUExecutionProvider"])
     assert MODEL_FILE in str(refused.value) and "/proc/self/fd" not in str(refused.value)
+
+
+def test_onnxruntimes_errors_hide_paths_on_the_server_and_keep_node_names(
+    tmp_path: Path,
+) -> None:
+    message = f'bad "{tmp_path}/secret.bin" near "/conv1/Conv" in "{tmp_path}"'
+    hidden = large_graphs._QUOTED_PATH.sub(large_graphs._hidden, message)
+    assert hidden == 'bad "(a path on the server)" near "/conv1/Conv" in "(a path on the server)"'

@@ -19,30 +19,40 @@ MAX_EXTERNAL_BYTES = 1 << 40  # per file: the operator's weights, bounded by the
 ORT_FORMAT = b"ORTM"  # the flatbuffer identifier of onnxruntime's own format, at bytes 4-8
 
 
-def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Every tensor a graph holds: initializers, sparse ones, node attributes, subgraphs'."""
-    yield from graph.initializer
+def _tensors(graph: onnx.GraphProto, top: bool = True) -> Iterator[tuple[onnx.TensorProto, bool]]:
+    """Every tensor a graph holds (initializers, sparse ones, node attributes, subgraphs'), each
+    with whether onnxruntime takes its external data from memory: it reads those of subgraphs
+    and sparse initializers from their files whatever it is given."""
+    yield from ((tensor, top) for tensor in graph.initializer)
     for sparse in graph.sparse_initializer:
-        yield from (sparse.values, sparse.indices)
+        yield from ((sparse.values, False), (sparse.indices, False))
     for node in graph.node:
         for attribute in node.attribute:
             if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
+                yield attribute.t, top
+            yield from ((tensor, top) for tensor in attribute.tensors)
             if attribute.HasField("g"):
-                yield from _tensors(attribute.g)
+                yield from _tensors(attribute.g, False)
             for subgraph in attribute.graphs:
-                yield from _tensors(subgraph)
+                yield from _tensors(subgraph, False)
 
 
 def locations_in(model: onnx.ModelProto) -> tuple[str, ...]:
-    """The external data files ``model`` names, each once, in order."""
+    """The external data files ``model`` names, each once, in order; ``InvalidCard`` where a
+    subgraph (an If or Loop body) or a sparse initializer keeps its data in one: onnxruntime
+    would map that file and read it while serving (a truncated one killed the server)."""
     names: dict[str, None] = {}
-    for tensor in _tensors(model.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    names[entry.value] = None
+    for tensor, from_memory in _tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        if not from_memory:
+            raise InvalidCard(
+                f"tensor {shown(tensor.name)} of a subgraph or a sparse initializer keeps its "
+                "data in an external file; not served here (keep it in model.onnx)"
+            )
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                names[entry.value] = None
     return tuple(names)
 
 

@@ -157,5 +157,6 @@ def _hidden(quoted: re.Match[str]) -> str:
     """A quoted path on the server hidden (where a link out of the version folder leads, say);
     a node's name such as "/conv1/Conv" kept."""
     text = quoted.group(0)[1:-1]
-    on_server = os.path.lexists(text) or os.path.isdir(os.path.dirname(text))
+    folder = os.path.dirname(text)
+    on_server = os.path.lexists(text) or (folder != "/" and os.path.isdir(folder))
     return '"(a path on the server)"' if on_server else quoted.group(0)

@@ -201,3 +201,36 @@ def test_an_external_data_file_that_is_a_fifo_is_refused_at_once(tmp_path: Path)
     entry = _load(tmp_path / "models").entry("affine")
     assert entry.state is ModelState.UNAVAILABLE
     assert entry.reason == f"external data file '{WEIGHTS}': not a regular file"
+
+
+def _branching_graph() -> onnx.ModelProto:
+    """An If whose branches each hold a 4-value constant: a subgraph's initializers."""
+    from onnx import TensorProto, helper
+
+    def branch(name: str, value: float) -> onnx.GraphProto:
+        constant = numpy_helper.from_array(np.full(4, value, np.float32), f"{name}_value")
+        out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+        node = helper.make_node("Identity", [f"{name}_value"], ["y"])
+        return helper.make_graph([node], name, [], [out], [constant])
+
+    node = helper.make_node(
+        "If", ["cond"], ["y"], then_branch=branch("then", 1.0), else_branch=branch("else", 2.0)
+    )
+    graph = helper.make_graph(
+        [node],
+        "branching",
+        [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.usefixtures("sizes")
+def test_a_subgraph_keeping_its_data_in_an_external_file_is_refused(tmp_path: Path) -> None:
+    """onnxruntime reads a subgraph's external data from its file whatever it is given in
+    memory, and maps it: truncated while served, the server would die of SIGBUS."""
+    folder = save_external(_branching_graph(), tmp_path / "models" / "branching" / "1")
+    assert (folder / WEIGHTS).stat().st_size == 32
+    entry = _load(tmp_path / "models").entry("branching")
+    assert entry.state is ModelState.UNAVAILABLE
+    assert "_value' of a subgraph or a sparse initializer keeps its data" in entry.reason

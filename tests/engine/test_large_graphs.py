@@ -250,6 +250,7 @@ def test_onnxruntimes_refusal_of_a_large_graph_names_the_file_not_the_path(
 def test_onnxruntimes_errors_hide_paths_on_the_server_and_keep_node_names(
     tmp_path: Path,
 ) -> None:
-    message = f'bad "{tmp_path}/secret.bin" near "/conv1/Conv" in "{tmp_path}"'
+    message = f'bad "{tmp_path}/secret.bin" near "/conv1/Conv" or "/Conv" in "{tmp_path}"'
     hidden = large_graphs._QUOTED_PATH.sub(large_graphs._hidden, message)
-    assert hidden == 'bad "(a path on the server)" near "/conv1/Conv" in "(a path on the server)"'
+    kept = 'near "/conv1/Conv" or "/Conv"'
+    assert hidden == f'bad "(a path on the server)" {kept} in "(a path on the server)"'

@@ -28,7 +28,7 @@ from service.engine.large_graphs import in_child, is_large, onnxruntime_session
 from service.engine.layers import LayerReport
 from service.engine.providers import resolve_providers
 from service.engine.runtime import GRAPH_OPTIMIZATION, RuntimeOptions
-from service.engine.served_graph import read_model
+from service.engine.served_graph import read_model_again
 from service.engine.work_pool import WorkPool
 
 T = TypeVar("T")
@@ -87,9 +87,7 @@ def layer_outputs_of_file(
 ) -> tuple[bytes, tuple[str, ...]]:
     """``layer_outputs`` of a large graph, in a child process (``large_graphs``): its file read
     again, and refused unless it holds the bytes the server checked."""
-    model_bytes = read_model(folder)
-    if hashlib.sha256(model_bytes).hexdigest() != digest:
-        raise InvalidCard(f"{MODEL_FILE} changed on disk while its feature maps were prepared")
+    model_bytes = read_model_again(folder, digest, "on disk while its feature maps were prepared")
     return layer_outputs(model_bytes, tensors)
 
 
@@ -122,7 +120,7 @@ class ActivationSession:
         providers, _ = resolve_providers(options.providers)
         tensors = [layer.tensor for layer in self.layers]
         if is_large(model_bytes):  # onnx's parse would hold the GIL (``large_graphs``)
-            digest = hashlib.sha256(model_bytes).hexdigest()
+            digest = card.sha256.lower()  # that of ``model_bytes``: ``ActivationSessions.get``
             scheduling = options.thread_scheduling
             added, names = in_child(scheduling, layer_outputs_of_file, folder, digest, tensors)
         else:

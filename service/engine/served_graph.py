@@ -131,6 +131,15 @@ class GraphFacts(NamedTuple):
     external: tuple[str, ...]  # the external data files the graph names
 
 
+def read_model_again(path: Path, digest: str, when: str) -> bytes:
+    """``model.onnx`` read again (in a child process), refused unless its sha256 is
+    ``digest``, that of the bytes the server holds: it changed ``when``."""
+    model_bytes = read_model(path)
+    if hashlib.sha256(model_bytes).hexdigest() != digest:
+        raise InvalidCard(f"{MODEL_FILE} changed {when}")
+    return model_bytes
+
+
 def read_graph(
     model_bytes: bytes,
     name: str,
@@ -165,7 +174,5 @@ def read_graph_file(
     again)."""
     if root is not None:
         check_inside(path, root)
-    model_bytes = read_model(path)
-    if hashlib.sha256(model_bytes).hexdigest() != digest:
-        raise InvalidCard(f"{MODEL_FILE} changed while it was loaded")
+    model_bytes = read_model_again(path, digest, "while it was loaded")
     return read_graph(model_bytes, name, version, digest, card, config)

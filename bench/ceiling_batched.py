@@ -42,10 +42,8 @@ runner: asyncio.Task[None] | None = None  # running everything waiting, until no
 
 
 def _run(images: list[np.ndarray]) -> np.ndarray:
-    probabilities: np.ndarray = SESSION.run(["probabilities"], {"images": np.concatenate(images)})[
-        0
-    ]
-    return probabilities
+    (probabilities,) = SESSION.run(["probabilities"], {"images": np.concatenate(images)})
+    return np.asarray(probabilities)
 
 
 async def _runner() -> None:
@@ -80,10 +78,14 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if runner is None or runner.done():
         runner = asyncio.ensure_future(_runner())
     probabilities = await answer
-    output = {"name": "probabilities", "datatype": "FP32", "shape": list(probabilities.shape)}
-    out = {"model_name": "cifar10_cnn", "model_version": "1", "outputs": [output]}
-    output["data"] = probabilities.ravel().tolist()
-    await reply(send, orjson.dumps(out))
+    output = {
+        "name": "probabilities",
+        "datatype": "FP32",
+        "shape": list(probabilities.shape),
+        "data": probabilities.ravel().tolist(),
+    }
+    answer_body = {"model_name": "cifar10_cnn", "model_version": "1", "outputs": [output]}
+    await reply(send, orjson.dumps(answer_body))
 
 
 async def reply(send: Any, payload: bytes) -> None:

@@ -12,7 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from service.api.rest.json_wire import dumps, dumps_in_slices, json_object, loads_infer_request
+from service.api.rest.json_wire import (
+    dumps,
+    dumps_in_slices,
+    json_object,
+    lazy_document,
+    loads_infer_request,
+)
+from service.api.rest.plain_body import plain_request
 from service.api.tensors import (
     array_from_bytes,
     array_from_json,
@@ -80,8 +87,13 @@ def decode_infer_request(
         body, binary = body[:header_length], body[header_length:]
     if max_values is not None:
         check_json_values(body, max_values, f"{max_rows} rows of the model's inputs")
+    doc = lazy_document(body)
+    if doc is not None and not binary:  # the common form, checked in one pass
+        plain = plain_request(doc, max_rows)
+        if plain is not None:
+            return plain
     request = json_object(
-        loads_infer_request(body), "the request", REQUEST_FIELDS, ignore_unknown=True
+        loads_infer_request(body, doc), "the request", REQUEST_FIELDS, ignore_unknown=True
     )
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):

@@ -182,16 +182,33 @@ def _numbers(data: Any, datatype: Any) -> Any:
     return data.as_list()
 
 
-def loads_infer_request(body: bytes) -> Any:
-    """Parse a v2 infer body with tensor ``data`` as numpy arrays where they are flat numbers.
+def lazy_document(body: bytes) -> Any:
+    """simdjson's lazy view of ``body``, or None where simdjson declines it (malformed, or an
+    integer over 64 bits): ``loads_infer_request`` then reads it with orjson."""
+    try:
+        return simdjson.Parser().parse(body)
+    except (ValueError, TypeError, RuntimeError):
+        return None
+
+
+_UNPARSED = object()
+
+
+def loads_infer_request(body: bytes, doc: Any = _UNPARSED) -> Any:
+    """Parse a v2 infer body with tensor ``data`` as numpy arrays where they are flat numbers;
+    ``doc``: ``lazy_document(body)``, where the caller has it already.
 
     Parsing 3,072 pixels through Python floats costs more than running the model on them, so
     simdjson hands the numbers over as one buffer; anything unusual takes ``loads``' path.
     Objects' and the inputs' sizes are checked (``service.core.limits``) before their members are
     looked at: a lookup in a lazily parsed object is a scan of its keys.
     """
+    if doc is _UNPARSED:
+        doc = lazy_document(body)
+    if doc is None:
+        return _read_again(body)
     try:
-        return _loads_with_simdjson(body)
+        return _from_simdjson(doc)
     except (ValueError, TypeError, RuntimeError, KeyError):
         return _read_again(body)
 
@@ -208,8 +225,7 @@ def _read_again(body: bytes) -> Any:
     return loads(body)
 
 
-def _loads_with_simdjson(body: bytes) -> Any:
-    doc = simdjson.Parser().parse(body)
+def _from_simdjson(doc: Any) -> Any:
     if not isinstance(doc, simdjson.Object):
         return None if isinstance(doc, simdjson.Array) else doc  # refused as "not an object"
     check_object_size(len(doc), "the request")

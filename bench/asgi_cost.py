@@ -35,16 +35,14 @@ from typing import Any
 
 import numpy as np
 import uvloop
-from fastapi import FastAPI
 
 from bench.bodies import v2_json
 from bench.onnx_timer import latest_version
 from bench.peer_workloads import PROBABILITIES
 from bench.results import ROOT
 from service.__main__ import tune_collector
-from service.api.rest.app import create_app
+from service.api.rest.app import ServiceApp, create_app
 from service.api.rest.codec import decode_infer_request, encode_infer_response
-from service.api.rest.fast_path import FastInfer
 from service.api.rest.infer import v2_infer
 from service.core.logs import configure_logging
 from service.dataplane.dataplane import DataPlane
@@ -127,18 +125,16 @@ def asgi_call(app: Any, body: bytes, template: dict[str, Any]) -> Call:
     return request
 
 
-def middleware_entries(app: FastAPI, body: bytes) -> list[Entry]:
-    """The service's app and each middleware inward (the fast path's own three included), down
-    to the fast path's answer; entries below ``FastInfer`` get the scope it would have set."""
-    entries = [Entry("the app (FastAPI's __call__)", asgi_call(app, body, scope_for(body)))]
-    layer: Any = app.middleware_stack
-    while not isinstance(layer, FastInfer):
-        entries.append(Entry(type(layer).__name__, asgi_call(layer, body, scope_for(body))))
-        layer = layer.app
-    fast: FastInfer = layer
-    entries.append(Entry("FastInfer", asgi_call(fast, body, scope_for(body))))
+def middleware_entries(app: ServiceApp, body: bytes) -> list[Entry]:
+    """The service's app, the fast path it hands v2 infer to, and each middleware the fast path
+    wraps itself in, inward, down to its answer; entries below the app get the scope
+    ``FastInfer.takes`` would have set."""
+    fast = app.fast_infer
+    assert fast is not None
+    entries = [Entry("the app (ServiceApp's __call__)", asgi_call(app, body, scope_for(body)))]
     inner = scope_for(body, path_params={"name": MODEL, "version": None}, route=fast.route)
-    layer = fast._serve
+    entries.append(Entry("FastInfer (its 500 guard)", asgi_call(fast, body, inner)))
+    layer: Any = fast._serve
     while hasattr(layer, "app"):
         entries.append(Entry(type(layer).__name__, asgi_call(layer, body, inner)))
         layer = layer.app

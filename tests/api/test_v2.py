@@ -7,6 +7,7 @@ import numpy as np
 import orjson
 import pytest
 
+from service.api.rest import middleware
 from tests.support.models import tiny_reference
 
 pytestmark = pytest.mark.anyio
@@ -213,3 +214,22 @@ async def test_binary_bytes_past_what_the_models_input_takes_are_refused_on_thei
     )
     assert response.status_code == 413, response.text
     assert f"holds {rows} values, more than the model's input takes" in response.json()["error"]
+
+
+async def test_an_error_escaping_the_fast_paths_middleware_is_a_500_with_its_message(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path's answer maps its own errors; something unforeseen in the middleware it
+    wraps itself in (the version lease here) is answered 500 as FastAPI's ServerErrorMiddleware
+    answers a route's, not left to the server's plain-text fallback, and the server serves on."""
+
+    def broken() -> None:
+        raise RuntimeError("a bug in the lease")
+
+    body = tensor(images(1).tolist(), [1, 32, 32, 3])
+    monkeypatch.setattr(middleware, "request_scope", broken)
+    response = await client.post("/v2/models/tiny/infer", json=body)
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal server error"}
+    monkeypatch.undo()
+    assert (await client.post("/v2/models/tiny/infer", json=body)).status_code == 200

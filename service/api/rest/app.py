@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from service.api.rest.allowed_hosts import AllowedHosts, allowed_hosts
 from service.api.rest.fast_path import FastInfer
@@ -90,7 +91,22 @@ def _no_native_telemetry() -> dict[str, Any]:
     return {"telemetry": off}
 
 
-def create_app(settings: Settings) -> FastAPI:
+class ServiceApp(FastAPI):
+    """FastAPI, with v2 infer requests handed to ``fast_infer`` before any of FastAPI's layers
+    (``fast_path``); everything else, the lifespan included, goes through FastAPI."""
+
+    fast_infer: FastInfer | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast = self.fast_infer
+        if fast is not None and fast.takes(scope):
+            scope["app"] = self  # as Starlette sets it
+            await fast(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings) -> ServiceApp:
     """The service for ``settings``; the repository loads when the app starts (lifespan)."""
     plane = DataPlane(settings)
     scrapes = SharedScrape(plane.metrics.render)
@@ -104,7 +120,7 @@ def create_app(settings: Settings) -> FastAPI:
             scrapes.close()
             await plane.stop()
 
-    app = FastAPI(
+    app = ServiceApp(
         title=SERVER_NAME,
         version=SERVER_VERSION,
         summary="CIFAR-10 image classification over the Open Inference Protocol and plain REST.",
@@ -138,14 +154,14 @@ def create_app(settings: Settings) -> FastAPI:
     routes = {getattr(r, "path", ""): r for r in v2.router.routes}  # the infer routes' documents
 
     # Added last is outermost: metrics see every response, including the body limit's 413. The
-    # fast path goes ahead of them to skip FastAPI's routing, and wraps itself in the same three.
+    # fast path goes ahead of all of them to skip FastAPI, and wraps itself in the same five.
     app.add_middleware(RuntimeLeases)
     limit, timeout_s = settings.max_request_bytes, settings.body_timeout_s
     app.add_middleware(BodyLimit, limit=limit, timeout_s=timeout_s, budget=plane.body_budget)
     app.add_middleware(RequestMetrics, metrics=plane.metrics)
-    app.add_middleware(FastInfer, plane=plane, routes=routes)
     hosts = allowed_hosts(settings)
     if hosts is not None:
         app.add_middleware(AllowedHosts, hosts=hosts)
     app.add_middleware(RequestId)  # outermost: every response carries X-Request-ID
+    app.fast_infer = FastInfer(plane, routes, hosts)
     return app

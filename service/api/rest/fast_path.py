@@ -1,10 +1,13 @@
 """The hot path: ``POST /v2/models/{name}[/versions/{v}]/infer`` answered straight from ASGI.
 
 FastAPI's routing and dependency layers cost more per request than the model itself (about 35 us
-per image in a batch here). ``FastInfer`` recognises the infer paths with one regular expression
-and answers them with ``v2_infer`` under the same middleware as every route (request metrics, the
-body limit, the version lease: ``middleware``); every other request goes on to the app. This is
-the one implementation of v2 infer: the FastAPI routes of these paths only document it.
+per image in a batch here), and even its middleware layers cost about 10 us of a request at 64
+clients on one core. ``ServiceApp`` (the FastAPI app ``create_app`` makes) hands an infer request
+to ``FastInfer`` before any of FastAPI's layers, and ``FastInfer`` answers it with ``v2_infer``
+under the same middleware as every route (the request id, the Host check, request metrics, the
+body limit, the version lease), each of them the same class as in the app's own stack; every
+other request goes on to FastAPI. This is the one implementation of v2 infer: the FastAPI
+routes of these paths only document it.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.admin import check_same_site
+from service.api.rest.allowed_hosts import AllowedHosts
 from service.api.rest.disconnect import unless_disconnected
 from service.api.rest.http_io import internal_error_response, serving_error_response
 from service.api.rest.infer import HEADER_LENGTH, v2_infer
 from service.api.rest.middleware import BodyLimit, RequestMetrics, RuntimeLeases
+from service.api.rest.request_id import RequestId
 from service.core.errors import ServingError
 from service.dataplane.dataplane import DataPlane
 from service.dataplane.trace_settings import asgi_carrier
@@ -32,33 +37,56 @@ _BROWSER_HEADERS = frozenset({b"origin", b"sec-fetch-site"})
 
 
 class FastInfer:
-    """ASGI middleware, ahead of the app's own: serves v2 infer itself and passes everything else
-    on.
+    """The v2 infer requests' ASGI app: ``takes`` tells them apart, ``__call__`` answers one.
 
     ``routes`` maps ``ENDPOINT`` and ``VERSION_ENDPOINT`` to the routes documenting them; the
     matching one goes in ``scope["route"]``, as FastAPI's router puts it, for the metrics.
+    ``hosts``: the Host names answered (``allowed_hosts``; None: any), as the app's stack has it.
     """
 
-    def __init__(self, app: ASGIApp, plane: DataPlane, routes: Mapping[str, Any]) -> None:
-        self.app = app
+    def __init__(
+        self, plane: DataPlane, routes: Mapping[str, Any], hosts: frozenset[str] | None
+    ) -> None:
         self.plane = plane
         self.route, self.version_route = routes[ENDPOINT], routes[VERSION_ENDPOINT]
         settings = plane.settings
         leased = RuntimeLeases(self._answer)
         limit, timeout_s = settings.max_request_bytes, settings.body_timeout_s
         limited = BodyLimit(leased, limit, timeout_s, plane.body_budget)
-        self._serve = RequestMetrics(limited, plane.metrics)
+        served: ASGIApp = RequestMetrics(limited, plane.metrics)
+        if hosts is not None:
+            served = AllowedHosts(served, hosts)
+        self._serve = RequestId(served)  # outermost, as in the app's stack
+
+    def takes(self, scope: Scope) -> bool:
+        """Whether ``scope`` is a v2 infer request; if so its path parameters and route are set
+        in it, as FastAPI's router sets them."""
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return False
+        match = INFER_PATH.fullmatch(scope["path"])
+        if match is None:
+            return False
+        name, version = match.groups()
+        scope["path_params"] = {"name": name, "version": version}
+        scope["route"] = self.route if version is None else self.version_route
+        return True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            match = INFER_PATH.fullmatch(scope["path"])
-            if match is not None:
-                name, version = match.groups()
-                scope["path_params"] = {"name": name, "version": version}
-                scope["route"] = self.route if version is None else self.version_route
-                await self._serve(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        """A request ``takes`` took: answered, whatever happens (a 500 if something unforeseen
+        escapes the middleware: what the app's ServerErrorMiddleware does for its routes)."""
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self._serve(scope, receive, watched)
+        except Exception as exc:
+            if started:
+                raise
+            await internal_error_response("POST", scope["path"], exc)(scope, receive, send)
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The request, past the metrics, the body limit and the lease: read, infer, reply."""

@@ -92,9 +92,9 @@ def decode_infer_request(
         plain = plain_request(doc, max_rows)
         if plain is not None:
             return plain
-    request = json_object(
-        loads_infer_request(body, doc), "the request", REQUEST_FIELDS, ignore_unknown=True
-    )
+    raw = loads_infer_request(body, doc)
+    del doc  # simdjson's parse of a large body is not held while its tensors are made
+    request = json_object(raw, "the request", REQUEST_FIELDS, ignore_unknown=True)
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("'id' must be a string")

@@ -65,6 +65,9 @@ COMMON = {
     "integers as floats' values": body(image(data=[0, 1, 0, 1])),
     "INT64 at its bounds": body(image("INT64", data=[-(2**63), 2**63 - 1, 0, 1])),
     "FP32 at its largest value": body(image(data=[3.4028234663852886e38, 0, 0, 0])),
+    "KServe's SDK: the model's name and version": body(model_name="tiny", model_version="2"),
+    "an empty name and version": body(model_name="", model_version=""),
+    "a null version": body(model_version=None),
 }
 
 
@@ -86,7 +89,11 @@ UNUSUAL = {
     "a field missing": body({k: v for k, v in image().items() if k != "datatype"}),
     "a key twice": b'{"inputs": [], "inputs": [' + json.dumps(image()).encode() + b"]}",
     "a tensor key twice": body().replace(b'"name": "images"', b'"data": [1], "name": "images"', 1),
-    "model_name": body(model_name="cifar10_cnn"),
+    "a numeric model_name": body(model_name=7),
+    "a numeric model_version": body(model_version=2),
+    "model_version 0": body(model_version="0"),
+    "model_version in other digits": body(model_version="\u0662"),
+    "model_version of ten digits": body(model_version="1234567890"),
     "a numeric id": body(id=7),
     "outputs null": body(outputs=None),
     "an output with parameters": body(outputs=[{"name": "p", "parameters": {"classification": 2}}]),
@@ -135,12 +142,14 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
     max_leaves=8,
 )
-fields = st.sampled_from(
-    ["id", "inputs", "outputs", "parameters", "name", "shape", "datatype", "data"]
-)
+REQUEST_FIELDS = ["id", "inputs", "outputs", "parameters", "model_name", "model_version"]
+fields = st.sampled_from([*REQUEST_FIELDS, "name", "shape", "datatype", "data"])
 datatypes = st.sampled_from(
     ["FP32", "FP16", "FP64", "UINT8", "INT8", "INT64", "UINT64", "BOOL", "BYTES"]
 )
+
+
+versions = st.sampled_from(["", "1", "02", "999999999", "1000000000", "0", "-1", "1.0", "\u0662"])
 
 
 @st.composite
@@ -152,6 +161,8 @@ def near_common_bodies(draw: st.DrawFn) -> bytes:
     request: dict[str, Any] = {"inputs": [tensor]}
     if draw(st.booleans()):
         request["outputs"] = [{"name": "probabilities"}]
+    if draw(st.booleans()):
+        request["model_name"], request["model_version"] = "tiny", draw(versions)
     for _ in range(draw(st.integers(0, 3))):
         where = draw(st.sampled_from([request, tensor]))
         change = draw(st.sampled_from(["value", "element", "drop", "shape"]))

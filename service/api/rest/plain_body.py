@@ -1,6 +1,8 @@
 """The common v2 infer body decoded in one pass: ``{"inputs": [{"name", "shape", "datatype",
-"data"}, ...]}``, with at most an ``id`` and ``outputs`` asked for by name, holding numbers.
-That is what the benchmarks, tritonclient's JSON and most clients send.
+"data"}, ...]}`` holding numbers, with at most an ``id``, ``outputs`` asked for by name, and the
+``model_name`` and ``model_version`` that KServe's SDK writes in. That is what the benchmarks,
+curl users and KServe's SDK send (tritonclient's JSON outputs carry a ``binary_data``
+parameter: the layered path's).
 
 ``decode_infer_request`` checks a body in layers (the request's fields, each tensor's fields,
 shape, datatype and values), and each layer names what it refuses. Through the real server at 64
@@ -26,7 +28,7 @@ from service.core.datatypes import DATATYPES
 from service.core.limits import MAX_ELEMENTS, MAX_RANK, MAX_TENSOR_NAME_CHARS, MAX_TENSORS
 from service.dataplane.types import InferRequest, InputTensor, RequestedOutput
 
-REQUEST_KEYS = frozenset({"id", "inputs", "outputs"})
+REQUEST_KEYS = frozenset({"id", "inputs", "outputs", "model_name", "model_version"})
 TENSOR_KEYS = frozenset({"name", "shape", "datatype", "data"})
 
 
@@ -68,11 +70,25 @@ def plain_request(doc: Any, max_rows: int) -> InferRequest | None:
     request_id = doc["id"] if "id" in keys else None
     if request_id is not None and type(request_id) is not str:
         return None
+    model_name = doc["model_name"] if "model_name" in keys else None
+    if model_name is not None and type(model_name) is not str:
+        return None
+    version = doc["model_version"] if "model_version" in keys else None
+    if version is not None and not (isinstance(version, str) and _version(version)):
+        return None
     inputs = _inputs(doc["inputs"], max_rows) if "inputs" in keys else None
     outputs = _outputs(doc["outputs"]) if "outputs" in keys else []
     if inputs is None or outputs is None:
         return None
-    return InferRequest(request_id, inputs, outputs)
+    return InferRequest(request_id, inputs, outputs, False, model_name or None, version or None)
+
+
+def _version(value: str) -> bool:
+    """A version number (up to nine digits, not 0), or "" (none): as the layered path reads
+    ``model_version``."""
+    return value == "" or (
+        value.isascii() and value.isdigit() and len(value) <= 9 and int(value) > 0
+    )
 
 
 def _name(value: Any) -> str | None:

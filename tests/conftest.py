@@ -8,12 +8,14 @@ which then runs them alone; ``make test`` deselects them and needs no container 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from service.core.throttled_log import ThrottledLog
 from tests.support.models import make_model_repo
 
 
@@ -89,3 +91,14 @@ def repo_factory(tmp_path: Path) -> Callable[..., Path]:
         return make_model_repo(tmp_path, **kwargs)
 
     return build
+
+
+@pytest.fixture(autouse=True)
+def fresh_log_throttles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with the service's log throttles (``ThrottledLog``, module-level) empty:
+    a line another test caused less than ``INTERVAL_S`` before would be counted, not written,
+    and a test of that line would pass or fail by the order the tests ran in."""
+    for module in [m for name, m in sys.modules.items() if name.startswith("service.")]:
+        for name, value in list(vars(module).items()):
+            if isinstance(value, ThrottledLog):
+                monkeypatch.setattr(module, name, ThrottledLog(value._logger))

@@ -68,6 +68,19 @@ COMMON = {
     "KServe's SDK: the model's name and version": body(model_name="tiny", model_version="2"),
     "an empty name and version": body(model_name="", model_version=""),
     "a null version": body(model_version=None),
+    "tritonclient, no outputs: all binary": body(parameters={"binary_data_output": True}),
+    "tritonclient, outputs as JSON": body(
+        outputs=[{"name": "probabilities", "parameters": {"binary_data": False}}]
+    ),
+    "an output binary, another as the request's": body(
+        outputs=[{"parameters": {"binary_data": True}, "name": "a"}, {"name": "b"}],
+        parameters={"binary_data_output": False},
+    ),
+    "empty parameters": body(parameters={}, outputs=[{"name": "a", "parameters": {}}]),
+    "outputs binary as the request asks": body(
+        parameters={"binary_data_output": True},
+        outputs=[{"name": "a"}, {"name": "b", "parameters": {}}],
+    ),
 }
 
 
@@ -82,7 +95,19 @@ def test_the_common_form_takes_the_fast_lane_and_decodes_as_the_layered_path(
 
 
 UNUSUAL = {
-    "a request parameter": body(parameters={"binary_data_output": True}),
+    "a request timeout": body(parameters={"timeout": 100}),
+    "a second request parameter": body(parameters={"binary_data_output": True, "priority": 1}),
+    "binary_data_output not a boolean": body(parameters={"binary_data_output": 1}),
+    "parameters null": body(parameters=None),
+    "parameters a list": body(parameters=[]),
+    "an output's parameters null": body(outputs=[{"name": "a", "parameters": None}]),
+    "binary_data not a boolean": body(outputs=[{"name": "a", "parameters": {"binary_data": 1}}]),
+    "an output in shared memory": body(
+        outputs=[{"name": "a", "parameters": {"shared_memory_region": "r"}}]
+    ),
+    "an output's name twice": b'{"outputs": [{"name": "a", "name": "b"}], "inputs": ['
+    + json.dumps(image()).encode()
+    + b"]}",
     "a tensor parameter": body(image(parameters={"binary_data_size": 16})),
     "an unknown field": body(inputz=[]),
     "a misspelt tensor field": body({**image(), "shapes": [1]}),
@@ -149,6 +174,8 @@ datatypes = st.sampled_from(
 )
 
 
+flags = st.sampled_from(["binary_data", "binary_data_output", "timeout", "classification"])
+parameters = st.dictionaries(flags, st.booleans() | st.integers(0, 3) | st.none(), max_size=2)
 versions = st.sampled_from(["", "1", "02", "999999999", "1000000000", "0", "-1", "1.0", "\u0662"])
 
 
@@ -160,7 +187,9 @@ def near_common_bodies(draw: st.DrawFn) -> bytes:
     tensor = image(draw(datatypes), rows)
     request: dict[str, Any] = {"inputs": [tensor]}
     if draw(st.booleans()):
-        request["outputs"] = [{"name": "probabilities"}]
+        request["outputs"] = [{"name": "probabilities", "parameters": draw(parameters)}]
+    if draw(st.booleans()):
+        request["parameters"] = draw(parameters)
     if draw(st.booleans()):
         request["model_name"], request["model_version"] = "tiny", draw(versions)
     for _ in range(draw(st.integers(0, 3))):

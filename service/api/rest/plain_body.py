@@ -1,8 +1,8 @@
 """The common v2 infer body decoded in one pass: ``{"inputs": [{"name", "shape", "datatype",
-"data"}, ...]}`` holding numbers, with at most an ``id``, ``outputs`` asked for by name, and the
-``model_name`` and ``model_version`` that KServe's SDK writes in. That is what the benchmarks,
-curl users and KServe's SDK send (tritonclient's JSON outputs carry a ``binary_data``
-parameter: the layered path's).
+"data"}, ...]}`` holding numbers, with at most an ``id``, ``outputs`` asked for by name, the
+``model_name`` and ``model_version`` that KServe's SDK writes in, and the one parameter
+tritonclient's JSON carries (``binary_data_output`` of the request, ``binary_data`` of an
+output). That is what the benchmarks, curl users, KServe's SDK and tritonclient send as JSON.
 
 ``decode_infer_request`` checks a body in layers (the request's fields, each tensor's fields,
 shape, datatype and values), and each layer names what it refuses. Through the real server at 64
@@ -28,7 +28,7 @@ from service.core.datatypes import DATATYPES
 from service.core.limits import MAX_ELEMENTS, MAX_RANK, MAX_TENSOR_NAME_CHARS, MAX_TENSORS
 from service.dataplane.types import InferRequest, InputTensor, RequestedOutput
 
-REQUEST_KEYS = frozenset({"id", "inputs", "outputs", "model_name", "model_version"})
+REQUEST_KEYS = frozenset({"id", "inputs", "outputs", "parameters", "model_name", "model_version"})
 TENSOR_KEYS = frozenset({"name", "shape", "datatype", "data"})
 
 
@@ -76,11 +76,28 @@ def plain_request(doc: Any, max_rows: int) -> InferRequest | None:
     version = doc["model_version"] if "model_version" in keys else None
     if version is not None and not (isinstance(version, str) and _version(version)):
         return None
+    binary = (
+        _flag(doc["parameters"], "binary_data_output", False) if "parameters" in keys else False
+    )
+    if binary is None:
+        return None
     inputs = _inputs(doc["inputs"], max_rows) if "inputs" in keys else None
-    outputs = _outputs(doc["outputs"]) if "outputs" in keys else []
+    outputs = _outputs(doc["outputs"], binary) if "outputs" in keys else []
     if inputs is None or outputs is None:
         return None
-    return InferRequest(request_id, inputs, outputs, False, model_name or None, version or None)
+    return InferRequest(request_id, inputs, outputs, binary, model_name or None, version or None)
+
+
+def _flag(parameters: Any, key: str, default: bool) -> bool | None:
+    """The binary flag of parameters holding at most ``key``, a boolean (``default`` without
+    it); None for any other parameters (a timeout, a shared memory region, a classification)."""
+    if not isinstance(parameters, simdjson.Object):
+        return None
+    count = len(parameters)
+    if count == 0:
+        return default
+    value = parameters[key] if count == 1 and key in parameters else None
+    return value if type(value) is bool else None
 
 
 def _version(value: str) -> bool:
@@ -147,15 +164,20 @@ def _values(raw: Any, numbers: _Numbers, shape: list[int]) -> np.ndarray | None:
     return values.astype(numbers.dtype, copy=False).reshape(shape)
 
 
-def _outputs(raw: Any) -> list[RequestedOutput] | None:
+def _outputs(raw: Any, binary: bool) -> list[RequestedOutput] | None:
+    """Outputs by name, each binary as its ``binary_data`` says, else as the request's is."""
     if not isinstance(raw, simdjson.Array) or len(raw) > MAX_TENSORS:
         return None
     outputs: list[RequestedOutput] = []
     for item in raw:
-        if not isinstance(item, simdjson.Object) or len(item) != 1:
+        if not isinstance(item, simdjson.Object):
             return None
-        name = _name(item["name"]) if "name" in item else None
-        if name is None:
+        keys = list(item.keys())
+        if keys != ["name"] and sorted(keys) != ["name", "parameters"]:
             return None
-        outputs.append(RequestedOutput(name, False))
+        name = _name(item["name"])
+        flag = _flag(item["parameters"], "binary_data", binary) if len(keys) == 2 else binary
+        if name is None or flag is None:
+            return None
+        outputs.append(RequestedOutput(name, flag))
     return outputs

@@ -9,10 +9,10 @@ shape, datatype and values), and each layer names what it refuses. Through the r
 clients that cost 38 us of the 215 that the event loop's thread spent on a request
 (docs/benchmarks.md, "The decode's fast lane"). ``plain_request`` checks a body of the common
 form by the same rules in a few straight lines. Anything else is declined (None), and the layered
-path decodes it and names any problem: a field more, a parameter, a value out of its datatype's
-range, BYTES or BOOL, an empty or scalar tensor. So this path never refuses a request itself, and
-what it accepts it decodes exactly as the layered path does (``tests/api/test_plain_body.py``
-checks both on the same bodies).
+path decodes it and names any problem: a field more, a parameter besides those flags, a value
+out of its datatype's range, BYTES or BOOL, an empty or scalar tensor. So this path never
+refuses a request itself, and what it accepts it decodes exactly as the layered path does
+(``tests/api/test_plain_body.py`` checks both on the same bodies).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@
                                         # screenshot, drift, calibration, feedback,
                                         # grpc-models, inline-hop, asgi-cost, pinned-pair,
                                         # alternate, classify-cost, held-bodies,
-                                        # hostile-heads, large-load, render
+                                        # hostile-heads, large-load, thread-cpu,
+                                        # render
     python -m bench COMMAND --help      # its flags
 
 Every benchmark writes its figures to ``docs/results/<name>.json`` (unless ``--no-write``) and then
@@ -44,6 +45,7 @@ COMMANDS = {
     "held-bodies": ("held_bodies", "the server's memory while many large bodies are held"),
     "hostile-heads": ("hostile_heads", "oversized request heads: the server's memory and loop"),
     "large-load": ("large_load", "a large model published while serving: the loop and memory"),
+    "thread-cpu": ("thread_cpu", "builds pinned at 64 clients: each thread's CPU per request"),
     "render": ("render", "rewrite the docs' figures from docs/results/*.json (--check: test)"),
 }
 

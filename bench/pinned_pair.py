@@ -17,6 +17,8 @@ import argparse
 import json
 import statistics
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,29 +52,43 @@ class Build:
         return cls(name, Path(where).resolve(), {key: value for key, _, value in pairs})
 
 
-def one_round(build: Build, seconds: float, clients: list[int]) -> dict[str, Any]:
-    """The build served pinned; each client count's figures from one load each."""
-    place = pinned()
+@contextmanager
+def served_build(build: Build) -> Iterator[tuple[str, int]]:
+    """The build served pinned, ready: its address and process group."""
     with tempfile.TemporaryDirectory() as tmp:
-        log = Path(tmp) / "service.log"
         env = {**BASE_ENV, **build.env}
         grpc = env.pop("GRPC", "1") != "0"  # GRPC=0: REST alone (no gRPC server on the loop)
         with running_service(
-            env, log, grpc=grpc, cpus=place.server_cpus, checkout=build.checkout
-        ) as server:
-            return {"build": build.name, **loads(server.address, seconds, clients)}
+            env, Path(tmp) / "service.log", grpc=grpc, cpus=pinned().server_cpus,
+            checkout=build.checkout,
+        ) as server:  # fmt: skip
+            yield server.address, server.pgid
 
 
-def ceiling_round(seconds: float, clients: list[int], batched: bool = False) -> dict[str, Any]:
+@contextmanager
+def served_ceiling(batched: bool) -> Iterator[tuple[str, int]]:
     """The raw ASGI app (``ceiling_asgi.py``, the model, no framework; ``batched``:
-    ``ceiling_batched.py``) pinned as the builds are, started as ``bench peers`` starts it."""
+    ``ceiling_batched.py``) pinned as the builds are, started as ``bench peers`` starts it: its
+    address and process group."""
     with tempfile.TemporaryDirectory() as tmp:
         group, port = start_ceiling(pinned(), False, Path(tmp) / "asgi.log", batched)
         try:
-            name = "batched" if batched else "ceiling"
-            return {"build": name, **loads(f"127.0.0.1:{port}", seconds, clients)}
+            yield f"127.0.0.1:{port}", group.process.pid  # the group's leader: its id
         finally:
             group.stop()
+
+
+def one_round(build: Build, seconds: float, clients: list[int]) -> dict[str, Any]:
+    """The build served pinned; each client count's figures from one load each."""
+    with served_build(build) as (address, _):
+        return {"build": build.name, **loads(address, seconds, clients)}
+
+
+def ceiling_round(seconds: float, clients: list[int], batched: bool = False) -> dict[str, Any]:
+    """The raw ASGI app pinned as the builds are (``served_ceiling``)."""
+    with served_ceiling(batched) as (address, _):
+        name = "batched" if batched else "ceiling"
+        return {"build": name, **loads(address, seconds, clients)}
 
 
 def loads(address: str, seconds: float, clients: list[int]) -> dict[str, Any]:

@@ -81,16 +81,26 @@ def _pgid(pid_dir: Path) -> int:
     return int(fields[2])
 
 
-def group_affinity(pgid: int) -> Affinity:
-    """Every process of the process group ``pgid`` and every thread of each, with the CPU lists
-    they may run on (``Cpus_allowed_list``): what a pinned figure really ran on."""
-    processes, threads, cpus = 0, 0, set()
+def group_dirs(pgid: int) -> list[Path]:
+    """The ``/proc/<pid>`` folders of the process group ``pgid``'s processes."""
+    found = []
     for pid_dir in PROC.iterdir():
         if not pid_dir.name.isdigit():
             continue
         try:
-            if _pgid(pid_dir) != pgid:
-                continue
+            if _pgid(pid_dir) == pgid:
+                found.append(pid_dir)
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it ended while we looked
+    return found
+
+
+def group_affinity(pgid: int) -> Affinity:
+    """Every process of the process group ``pgid`` and every thread of each, with the CPU lists
+    they may run on (``Cpus_allowed_list``): what a pinned figure really ran on."""
+    processes, threads, cpus = 0, 0, set()
+    for pid_dir in group_dirs(pgid):
+        try:
             tasks = list((pid_dir / "task").iterdir())
             for task in tasks:
                 for line in (task / "status").read_text().splitlines():

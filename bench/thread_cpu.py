@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,11 +26,9 @@ from typing import Any
 
 from bench.bodies import v2_json
 from bench.load import http_load
-from bench.peer_limits import start_ceiling
 from bench.peer_workloads import PROBABILITIES
-from bench.pinned_pair import BASE_ENV, PATH, Build
-from bench.placement import pinned
-from bench.server import running_service
+from bench.pinned_pair import PATH, Build, served_build, served_ceiling
+from bench.placement import group_dirs
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -50,19 +47,6 @@ def thread_ticks(pids: list[int]) -> dict[tuple[int, int], tuple[str, int]]:
     return ticks
 
 
-def group_pids(pgid: int) -> list[int]:
-    """The processes of a process group (the server and whatever it started)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getpgid(int(entry.name)) == pgid:
-                    pids.append(int(entry.name))
-            except ProcessLookupError:
-                continue
-    return pids
-
-
 def per_request(
     pgid: int, address: str, clients: int, settle_s: float, seconds: float
 ) -> dict[str, Any]:
@@ -79,7 +63,7 @@ def per_request(
     loader = threading.Thread(target=run)
     loader.start()
     time.sleep(1.0 + settle_s)  # the load generator's warm-up, then the settling
-    pids = group_pids(pgid)
+    pids = [int(folder.name) for folder in group_dirs(pgid)]
     before, start = thread_ticks(pids), time.perf_counter()
     time.sleep(seconds)
     after, elapsed = thread_ticks(pids), time.perf_counter() - start
@@ -99,31 +83,12 @@ def per_request(
     return {"requests_per_s": round(load["requests_per_s"]), "threads": threads}
 
 
-def build_round(build: Build, args: argparse.Namespace) -> dict[str, Any]:
-    place = pinned()
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**BASE_ENV, **build.env}
-        grpc = env.pop("GRPC", "1") != "0"
-        with running_service(
-            env, Path(tmp) / "service.log", grpc=grpc, cpus=place.server_cpus,
-            checkout=build.checkout,
-        ) as server:  # fmt: skip
-            figures = per_request(
-                server.pgid, server.address, args.clients, args.settle, args.seconds
-            )
-    return {"build": build.name, **figures}
-
-
-def ceiling_round(args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        group, port = start_ceiling(pinned(), False, Path(tmp) / "asgi.log", batched=True)
-        try:
-            address = f"127.0.0.1:{port}"
-            pgid = os.getpgid(group.process.pid)
-            figures = per_request(pgid, address, args.clients, args.settle, args.seconds)
-        finally:
-            group.stop()
-    return {"build": "batched", **figures}
+def build_round(build: Build | None, args: argparse.Namespace) -> dict[str, Any]:
+    """One build's figures (None: the raw app that batches)."""
+    serving = served_ceiling(batched=True) if build is None else served_build(build)
+    with serving as (address, pgid):
+        figures = per_request(pgid, address, args.clients, args.settle, args.seconds)
+    return {"build": "batched" if build is None else build.name, **figures}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -141,7 +106,7 @@ def main(args: argparse.Namespace) -> None:
     results: list[dict[str, Any]] = []
     for round_ in range(1, args.rounds + 1):
         for build in [*args.build, *([None] if args.batched_ceiling else [])]:
-            figures = build_round(build, args) if build is not None else ceiling_round(args)
+            figures = build_round(build, args)
             results.append(figures)
             busiest = ", ".join(
                 f"{t['thread']} {t['us_per_request']:g} us" for t in figures["threads"][:3]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from service.core.errors import InvalidConfig, ModelNotFound, file_problem, shown
+from service.core.errors import InvalidConfig, InvalidInput, ModelNotFound, file_problem, shown
 from service.core.regular_files import MAX_JSON_BYTES, read_regular
 
 CONFIG_FILE = "config.json"
@@ -118,6 +118,17 @@ def read_model_config(model_dir: Path) -> VersionPolicy | None:
         return VersionPolicy.from_dict(data["version_policy"])
     except InvalidConfig as exc:
         raise InvalidConfig(f"{CONFIG_FILE}: {exc.message}") from None
+
+
+def body_version(value: object) -> str | None:
+    """A request body's ``model_version`` (a string, as the protocol has it; empty means none):
+    a positive number of at most nine ASCII digits, kept as written; else ``InvalidInput``."""
+    if value is None or value == "":
+        return None
+    number = isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 9
+    if number and int(str(value)) > 0:
+        return str(value)
+    raise InvalidInput(f"'model_version' must be a positive version number string, not {value!r}")
 
 
 def parse_version(version: str | int | None) -> int | None:

@@ -6,7 +6,8 @@ import os
 import threading
 import time
 
-from bench.thread_cpu import group_pids, thread_ticks
+from bench.placement import group_dirs
+from bench.thread_cpu import thread_ticks
 
 
 def test_a_busy_thread_has_its_cpu_counted_and_an_idle_one_not() -> None:
@@ -34,4 +35,4 @@ def test_a_busy_thread_has_its_cpu_counted_and_an_idle_one_not() -> None:
 
 
 def test_a_process_group_holds_this_process() -> None:
-    assert os.getpid() in group_pids(os.getpgid(0))
+    assert str(os.getpid()) in {folder.name for folder in group_dirs(os.getpgid(0))}

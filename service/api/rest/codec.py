@@ -36,6 +36,7 @@ from service.core.limits import (
     value_bound,
 )
 from service.core.timeouts import check_timeout_us
+from service.core.version_policy import body_version
 from service.dataplane.shared_memory import shared_memory_ref
 from service.dataplane.types import (
     InferRequest,
@@ -110,7 +111,7 @@ def decode_infer_request(
         outputs,
         binary_output,
         model_name or None,
-        _model_version(request.get("model_version")),
+        body_version(request.get("model_version")),
         check_timeout_us(parameters.get("timeout", 0)),
         class_counts,
     )
@@ -184,16 +185,6 @@ def _requested_outputs(
         if PARAMETER in parameters:
             class_counts[name] = check_class_count(parameters[PARAMETER], name)
     return outputs, class_counts
-
-
-def _model_version(value: Any) -> str | None:
-    """A body's ``model_version`` (a string, as the protocol has it; empty means none)."""
-    if value is None or value == "":
-        return None
-    number = isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 9
-    if number and int(value) > 0:
-        return str(value)
-    raise InvalidInput(f"'model_version' must be a positive version number string, not {value!r}")
 
 
 def encode_infer_response(

@@ -25,7 +25,9 @@ import numpy as np
 import simdjson
 
 from service.core.datatypes import DATATYPES
+from service.core.errors import InvalidInput
 from service.core.limits import MAX_ELEMENTS, MAX_RANK, MAX_TENSOR_NAME_CHARS, MAX_TENSORS
+from service.core.version_policy import body_version
 from service.dataplane.types import InferRequest, InputTensor, RequestedOutput
 
 REQUEST_KEYS = frozenset({"id", "inputs", "outputs", "parameters", "model_name", "model_version"})
@@ -73,8 +75,9 @@ def plain_request(doc: Any, max_rows: int) -> InferRequest | None:
     model_name = doc["model_name"] if "model_name" in keys else None
     if model_name is not None and type(model_name) is not str:
         return None
-    version = doc["model_version"] if "model_version" in keys else None
-    if version is not None and not (isinstance(version, str) and _version(version)):
+    try:  # the layered path's rule; a version it refuses is declined
+        version = body_version(doc["model_version"]) if "model_version" in keys else None
+    except InvalidInput:
         return None
     binary = (
         _flag(doc["parameters"], "binary_data_output", False) if "parameters" in keys else False
@@ -85,7 +88,7 @@ def plain_request(doc: Any, max_rows: int) -> InferRequest | None:
     outputs = _outputs(doc["outputs"], binary) if "outputs" in keys else []
     if inputs is None or outputs is None:
         return None
-    return InferRequest(request_id, inputs, outputs, binary, model_name or None, version or None)
+    return InferRequest(request_id, inputs, outputs, binary, model_name or None, version)
 
 
 def _flag(parameters: Any, key: str, default: bool) -> bool | None:
@@ -98,14 +101,6 @@ def _flag(parameters: Any, key: str, default: bool) -> bool | None:
         return default
     value = parameters[key] if count == 1 and key in parameters else None
     return value if type(value) is bool else None
-
-
-def _version(value: str) -> bool:
-    """A version number (up to nine digits, not 0), or "" (none): as the layered path reads
-    ``model_version``."""
-    return value == "" or (
-        value.isascii() and value.isdigit() and len(value) <= 9 and int(value) > 0
-    )
 
 
 def _name(value: Any) -> str | None:

@@ -141,8 +141,13 @@ def test_max_concurrent_streams_bounds_the_calls_of_one_connection(repo: Path) -
 
 
 def test_max_concurrent_rpcs_refuses_calls_past_it(repo: Path) -> None:
+    """Each call waits 300 ms in the batcher for company, so calls at work together share a
+    batch: with a limit of 2 some of 10 concurrent calls are refused and no batch holds more
+    than 2. How many are answered is not fixed: on a loaded machine a call whose message comes
+    after the first ones' answers finds a free place (CI once saw 3 of 10 answered)."""
     settings = settings_for(repo, grpc_max_concurrent_rpcs=2, max_batch_delay_ms=300)
     with running_server(settings) as server:
+        runs_before = batches(server.url)[0]
 
         async def run() -> tuple[list[str], list[str]]:
             async with grpc.aio.insecure_channel(server.grpc_url) as channel:
@@ -158,14 +163,16 @@ def test_max_concurrent_rpcs_refuses_calls_past_it(repo: Path) -> None:
                 return burst, after
 
         burst, after = asyncio.run(run())
-        refused = (
-            "RESOURCE_EXHAUSTED: the server is working on 2 gRPC calls, its limit "
-            "(GRPC_MAX_CONCURRENT_RPCS); retry shortly"
-        )
-        assert set(burst) == {"OK", refused}, burst
-        assert 1 <= burst.count("OK") <= 2
-        assert after == ["OK", "OK"]  # the server is healthy, the limit freed
+        runs, small_runs = batches(server.url)
         assert httpx.get(f"{server.url}/v2/health/ready", timeout=10).status_code == 200
+    refused = (
+        "RESOURCE_EXHAUSTED: the server is working on 2 gRPC calls, its limit "
+        "(GRPC_MAX_CONCURRENT_RPCS); retry shortly"
+    )
+    assert set(burst) == {"OK", refused}, burst
+    assert after == ["OK", "OK"]  # the server is healthy, the limit freed
+    assert runs > runs_before
+    assert small_runs == runs  # never more than 2 calls at work together
 
 
 @pytest.mark.parametrize("limit", ["age", "idle"])

@@ -87,11 +87,13 @@ def wrap_batcher(probes: Probes) -> None:
     submit = batcher.DynamicBatcher.submit
     chunks = batcher.DynamicBatcher._run_in_chunks
 
-    async def timed_submit(self: Any, rows: Any, timeout_s: float = 0.0, tag: Any = None) -> Any:
+    async def timed_submit(
+        self: Any, rows: Any, timeout_s: float = 0.0, tag: Any = None, make: Any = None
+    ) -> Any:
         m = probes.marks.get(id(asyncio.current_task()))
         if m is not None:
-            m.append(time.perf_counter())  # decoded, queued
-        result = await submit(self, rows, timeout_s, tag)
+            m.append(time.perf_counter())  # decoded (or queued to be decoded in its batch)
+        result = await submit(self, rows, timeout_s, tag, make)
         run_start = result.pop("__run_start__", [0.0])
         if m is not None:
             m.append(run_start[0])

@@ -49,6 +49,14 @@ class BatchingSettings(BaseSettings):
             '0: never (docs/benchmarks.md, "One client\'s p50").'
         ),
     )
+    decode_in_batch: bool = Field(
+        default=True,
+        description=(
+            "Under load (the model's thread busy) a small plain JSON infer body is decoded on "
+            "the model's thread just before its run, with the others of its batch, instead of "
+            'on the event loop as it arrives (docs/benchmarks.md, "Decoding in the batch").'
+        ),
+    )
     max_queue_images: int = Field(
         default=2048,
         ge=1,

@@ -7,7 +7,8 @@ form the next one. Because the thread pulls its next batch itself, the model nev
 busy event loop (decoding a large JSON body, say). ``max_batch_delay_ms`` can add a short wait for
 company. The queue is bounded in rows: past it, ``Overloaded`` (503) at once. A request whose
 ``timeout_s`` runs out while it is queued, or whose caller went away, is dropped before its batch
-runs; ``statistics`` (Triton's statistics extension) counts what each batch did.
+runs; ``statistics`` (Triton's statistics extension) counts what each batch did. A request may
+come undecoded (``submit``'s ``make``): the thread makes its rows just before its run.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ Rows = np.ndarray | NamedRows
 RunBatch = Callable[[Any], Outputs]
 # (tag, first row, end row) of a tagged request within its run's outputs
 Tagged = list[tuple[Any, int, int]]
+_UNMADE = np.zeros((1,), np.uint8)  # an undecoded request's rows: counted as one until made
+# An undecoded request's maker: its rows (and its tag), made on the thread before its run
+Maker = Callable[[], tuple[Rows, Any]] | None
 # Told of each run's tagged requests with the run's whole outputs and input, on the thread that
 # ran it, before the answers are handed over: one call per run, not per request (the prediction
 # log keeps a run's arrays once instead of every request's own).
@@ -55,6 +59,7 @@ class _Pending:
     taken: bool = False  # the batcher has it: past its queue, it runs to the end
     trace: tracing.Queued | None = None  # its span when the request is traced
     tag: Any = None  # what ``on_answered`` hears it by (None: not told of)
+    make: Maker = None  # its rows, made on the thread before its run
 
 
 @dataclass(frozen=True)
@@ -136,9 +141,12 @@ class DynamicBatcher:
         inline; a request counted in is queued from that moment)."""
         return self._queued_rows == 0 and not self._running
 
-    async def submit(self, rows: Rows, timeout_s: float = 0.0, tag: Any = None) -> Outputs:
+    async def submit(
+        self, rows: Rows | None, timeout_s: float = 0.0, tag: Any = None, make: Maker = None
+    ) -> Outputs:
         """Run ``rows`` (one request's images) in some batch; returns exactly their outputs
-        (``on_answered`` hears of them under ``tag`` unless it is None).
+        (``on_answered`` hears of them under ``tag`` unless it is None). ``make`` instead of
+        rows: the thread makes them just before the run (what it raises is the answer).
 
         A request of ``max_batch_size`` rows or more runs on its own, in runs of at most that
         many rows one after the other, joined again in order. Still queued after ``timeout_s``
@@ -146,6 +154,7 @@ class DynamicBatcher:
         """
         if self._closed:
             raise Overloaded("the model is shutting down; retry")
+        rows = _UNMADE if rows is None else rows
         with self._count:
             if self._queued_rows > 0 and self._queued_rows + len(rows) > self.max_queue_rows:
                 self.statistics.record_fail(1, 0, "REJECTED")
@@ -156,7 +165,7 @@ class DynamicBatcher:
             self._queued_requests += 1
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
-        item = _Pending(rows, future, loop, trace=tracing.queued(), tag=tag)
+        item = _Pending(rows, future, loop, trace=tracing.queued(), tag=tag, make=make)
         if not timeout_s:
             self._queue.put(item)
             return await future
@@ -210,7 +219,7 @@ class DynamicBatcher:
             with self._count:
                 self._queued_rows -= sum(len(b.rows) for b in batch)
                 self._queued_requests -= len(batch)
-            batch = self._live(batch)
+            batch = self._made(self._live(batch))
             if batch:
                 self._run(batch)
             self._running = False
@@ -239,6 +248,20 @@ class DynamicBatcher:
         if (timed_out or cancelled) and self._on_batch is not None:
             self._on_batch(BatchStats(0, 0, 0.0, timed_out, cancelled))
         return live
+
+    def _made(self, batch: list[_Pending]) -> list[_Pending]:
+        """The batch with every undecoded request's rows made, one after another; a request
+        whose ``make`` raises is answered so (it never reached the model: not counted)."""
+        made: list[_Pending] = []
+        for item in batch:
+            if item.make is not None:
+                try:
+                    item.rows, item.tag = item.make()
+                except Exception as exc:
+                    self._answer(item, exc)
+                    continue
+            made.append(item)
+        return made
 
     def _run(self, batch: list[_Pending]) -> None:
         """One batch: gather its input, run it, hand each request its rows; timed throughout."""

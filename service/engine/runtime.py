@@ -43,7 +43,6 @@ GRAPH_OPTIMIZATION = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 
-
 BatchObserver = Callable[[str, int, BatchStats], None]  # (model, version, what one run did)
 # (model, version, the tagged requests of one run, its outputs, its input): see batcher.Answered
 AnswerObserver = Callable[[str, int, Tagged, Outputs, Rows], None]
@@ -164,10 +163,6 @@ class ModelRuntime:
             raise ServingError(f"inference failed for model {self.name!r}") from exc
         return {n: np.asarray(r) for n, r in zip(names, results, strict=True)}
 
-    def _run_batch(self, images: Rows) -> dict[str, np.ndarray]:
-        """Every output for a batch (on the model's thread)."""
-        return self.run(images)
-
     def _run_unbatched(
         self,
         images: Rows,
@@ -246,7 +241,7 @@ class ModelRuntime:
         elif self.options.dynamic_batching and self.batched:
             if self._batcher is None:
                 self._batcher = DynamicBatcher(
-                    self._run_batch,
+                    self.run,  # every output, on the model's thread
                     max_batch_size=self.options.max_batch_size,
                     max_batch_delay_ms=self.options.max_batch_delay_ms,
                     max_queue_rows=self.options.max_queue_images,
@@ -273,6 +268,11 @@ class ModelRuntime:
         if tag is not None:
             self._answered([(tag, 0, len(images))], result, images)
         return _chosen(result, outputs)
+
+    def busy_batcher(self) -> DynamicBatcher | None:
+        """This version's batcher while it runs or holds requests (None: idle, or none)."""
+        batcher = self._batcher
+        return None if batcher is None or batcher.idle else batcher
 
     @property
     def pending(self) -> int:

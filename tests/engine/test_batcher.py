@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -267,3 +268,45 @@ def test_a_run_tells_before_it_answers() -> None:
         return seen
 
     assert asyncio.run(main()) == [1, 2, 3]
+
+
+def test_undecoded_requests_are_made_on_the_thread_just_before_their_run() -> None:
+    """Requests queued behind a run with ``make`` instead of rows: the thread makes each one's
+    rows (and tag) before the next run, which takes them all; one whose ``make`` raises gets
+    that error and never counts as an inference or a failure."""
+    model = SlowModel(seconds=0.2)
+    told: list[Tagged] = []
+    batcher = DynamicBatcher(model, max_batch_size=64, on_answered=lambda t, o, r: told.append(t))
+    made_on: list[str] = []
+
+    def maker(rows: np.ndarray | None, tag: str) -> Callable[[], tuple[Rows, str]]:
+        def make() -> tuple[Rows, str]:
+            made_on.append(threading.current_thread().name)
+            if rows is None:
+                raise Overloaded("this body did not decode")
+            return rows, tag
+
+        return make
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.submit(images(1, tag=0)))
+        assert await asyncio.to_thread(model.started.wait, 10)
+        queued = [images(2, tag=10), None, images(3, tag=20)]
+        results = await asyncio.gather(
+            *(batcher.submit(None, make=maker(r, f"t{i}")) for i, r in enumerate(queued)),
+            return_exceptions=True,
+        )
+        check(images(1, tag=0), await first)
+        two, failed, three = results
+        assert isinstance(failed, Overloaded) and "did not decode" in str(failed)
+        assert isinstance(two, dict) and isinstance(three, dict)
+        check(images(2, tag=10), two)
+        check(images(3, tag=20), three)
+
+    asyncio.run(main())
+    batcher.stop()
+    assert made_on == ["batcher"] * 3
+    assert model.batches == [1, 5]  # the made requests ran together, the failed one not at all
+    assert told == [[("t0", 0, 2), ("t2", 2, 5)]]
+    stats = batcher.statistics.snapshot("m", 1)
+    assert stats.inference_count == 6 and not any(stats.failures.values())

@@ -3,6 +3,7 @@ URL, run it on the data plane, encode."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -13,8 +14,10 @@ from service.core.errors import Forbidden, InvalidInput, UnsupportedMediaType
 from service.core.limits import MAX_ELEMENTS, value_bounds
 from service.core.version_policy import parse_version
 from service.dataplane.dataplane import DataPlane
+from service.dataplane.decode_in_batch import Undecided, batch_decoding, infer_in_batch
 from service.dataplane.trace_settings import step
 from service.dataplane.types import InferRequest, InferResponse
+from service.engine.runtime import ModelRuntime
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -68,11 +71,47 @@ async def v2_infer(
     json_size = len(body) if length is None else length  # what is parsed as JSON
     # Counting a body's values costs about 0.5 us a kB: for bodies too large for the loop only.
     max_values = None if light else most_values(runtime.card.inputs, runtime.batched, max_rows)
-    with step("decode"):
-        bounds = runtime.value_bounds(max_rows, bytes_elements=True)  # BYTES held to them
-        infer = await plane.work.run_decoding(
-            json_size, light, decode_infer_request, body, length, max_rows, max_values, bounds
-        )
+    bounds = runtime.value_bounds(max_rows, bytes_elements=True)  # BYTES held to them
+    infer = None
+    batcher = batch_decoding(plane, runtime) if light and length is None and not browser else None
+    if batcher is not None:  # under load: decoded on the model's thread, in its batch
+        decode = functools.partial(_decode_plain, body, max_rows, bounds, name, runtime.version)
+        try:
+            return await _reply(plane, *await infer_in_batch(plane, runtime, batcher, decode))
+        except Undecided as undecided:
+            infer = undecided.request
+    if infer is None:
+        with step("decode"):
+            infer = await plane.work.run_decoding(
+                json_size, light, decode_infer_request, body, length, max_rows, max_values, bounds
+            )
+    runtime = _checked(plane, name, version, runtime, infer, browser)
+    return await _reply(plane, infer, await plane.infer(runtime, infer))
+
+
+def _decode_plain(
+    body: bytes, max_rows: int, bounds: dict[str, int], name: str, version: int
+) -> InferRequest:
+    """A JSON body's request, decoded where it is light (on the model's thread, in its batch:
+    ``decode_in_batch``); ``Undecided`` where it names another model or version than the one
+    that decodes it (``_checked`` then says so, or finds that version)."""
+    infer = decode_infer_request(body, None, max_rows, None, bounds)
+    if infer.model_name not in (None, name) or infer.model_version not in (None, str(version)):
+        raise Undecided(infer)
+    return infer
+
+
+def _checked(
+    plane: DataPlane,
+    name: str,
+    version: str | None,
+    runtime: ModelRuntime,
+    infer: InferRequest,
+    browser: bool,
+) -> ModelRuntime:
+    """The runtime that answers ``infer``: the URL's, or the version its body names where the
+    URL names none; errors where the body contradicts the URL, or a browser names shared
+    memory."""
     if browser and _names_shared_memory(infer):
         raise Forbidden("a browser's request may not name shared memory, a local client's")
     if infer.model_name is not None and infer.model_name != name:
@@ -81,13 +120,13 @@ async def v2_infer(
         )
     if infer.model_version is not None:
         if version is None:  # the body names the version the URL leaves open
-            runtime = plane.model(name, infer.model_version)
-        elif parse_version(infer.model_version) != parse_version(version):
+            return plane.model(name, infer.model_version)
+        if parse_version(infer.model_version) != parse_version(version):
             raise InvalidInput(
                 f"the body's model_version {infer.model_version!r} contradicts the URL's "
                 f"version {version!r}"
             )
-    return await _reply(plane, infer, await plane.infer(runtime, infer))
+    return runtime
 
 
 def _names_shared_memory(infer: InferRequest) -> bool:

@@ -1,0 +1,199 @@
+"""Bodies decoded in their batch (``dataplane/decode_in_batch.py``): while a model's thread is
+busy, a plain JSON body is decoded on that thread just before its run. Every body must get the
+answer, or the error, that it gets decoded on the loop; the ones that need more than a plain
+request (another version, shared memory, classification, a timeout, too many images) go on along
+the usual path with their decode. In process, with the model's thread held in a run."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from service.api.rest import infer as rest_infer
+from service.api.rest.app import create_app
+from service.dataplane.dataplane import DataPlane
+from tests.support.apps import make_settings
+from tests.support.models import make_model_repo, tiny_reference
+
+pytestmark = pytest.mark.anyio
+URL = "/v2/models/tiny/infer"
+
+
+def pixels(n: int, seed: int) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return [int(v) for v in rng.integers(0, 256, n * 3072)]
+
+
+def body(
+    data: object = None, shape: list[int] | None = None, datatype: str = "UINT8", **extra: Any
+) -> bytes:
+    tensor = {
+        "name": "images",
+        "shape": shape or [1, 32, 32, 3],
+        "datatype": datatype,
+        "data": pixels(1, 0) if data is None else data,
+    }
+    return orjson.dumps({"inputs": [tensor], **extra})
+
+
+BODIES = {
+    "plain": body(),
+    "two images, an id, outputs named": body(
+        pixels(2, 1), [2, 32, 32, 3], id="r-1", outputs=[{"name": "probabilities"}]
+    ),
+    "FP32": body([0.25] * 3072, datatype="FP32"),
+    "binary outputs": body(parameters={"binary_data_output": True}),
+    "malformed": b"{not json",
+    "no inputs": b'{"inputs": []}',
+    "wrong shape": body([0] * 4096, [1, 32, 32, 4]),
+    "too few values": body([0] * 10),
+    "INT8": body([0] * 3072, datatype="INT8"),
+    "past 255": body([300] * 3072),
+    "strings": body(["a"] * 3072),
+    "FP32 past 1": body([2.0] * 3072, datatype="FP32"),
+    "negative dimension": body([0] * 3072, [1, -32, 32, 3]),
+    "more images than allowed": body([0] * 3072 * 9, [9, 32, 32, 3]),
+    "another input's name": orjson.dumps(
+        {"inputs": [{"name": "pixels", "shape": [1], "datatype": "UINT8", "data": [0]}]}
+    ),
+    "an unknown output": body(outputs=[{"name": "x"}]),
+    "the served version named": body(model_version="2"),
+    "a version not served": body(model_version="1"),
+    "another model named": body(model_name="other"),
+    "the model named": body(model_name="tiny"),
+    "a timeout": body(parameters={"timeout": 5_000_000}),
+    "classification": body(
+        outputs=[{"name": "probabilities", "parameters": {"classification": 2}}]
+    ),
+    "shared memory unregistered": body(
+        outputs=[{"name": "probabilities", "parameters": {"shared_memory_region": "nope"}}]
+    ),
+}
+PLAIN = {"plain", "two images, an id, outputs named", "FP32", "binary outputs"}
+
+
+class HeldModel:
+    """The model's runs, each held until ``release`` while ``hold`` is set."""
+
+    def __init__(self, run: Callable[..., Any]) -> None:
+        self.run, self.hold, self.running = run, True, threading.Event()
+        self.gate = threading.Event()
+
+    def __call__(self, images: Any, outputs: Any = None) -> Any:
+        if self.hold:
+            self.running.set()
+            self.gate.wait(30)
+        return self.run(images, outputs)
+
+
+@asynccontextmanager
+async def served(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, DataPlane]]:
+    """The app over ``tiny`` v2, each request to the batcher (no inline runs)."""
+    settings = make_settings(
+        make_model_repo(tmp_path, lecture=False), max_images_per_request=8, inline_run_max_us=0
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
+            yield http, app.state.dataplane
+
+
+def decode_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The threads the REST decode runs on, in order (the name of each call's)."""
+    threads: list[str] = []
+    decode = rest_infer.decode_infer_request
+
+    def recorded(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return decode(*args)
+
+    monkeypatch.setattr(rest_infer, "decode_infer_request", recorded)
+    return threads
+
+
+async def answer(http: httpx.AsyncClient, body: bytes) -> tuple[int, Any]:
+    """The status and the answer: an error's bytes, or a 200's JSON with its outputs' values
+    as lists (``same``)."""
+    reply = await http.post(URL, content=body, headers={"Content-Type": "application/json"})
+    if reply.status_code != 200:
+        return reply.status_code, reply.content
+    length = int(reply.headers.get("Inference-Header-Content-Length", len(reply.content)))
+    head, offset = orjson.loads(reply.content[:length]), length
+    for output in head["outputs"]:
+        if "data" not in output:
+            size = output["parameters"]["binary_data_size"]
+            values = np.frombuffer(reply.content[offset : offset + size], np.float32)
+            output["data"], offset = values.tolist(), offset + size
+    return 200, head
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal, numbers to within float32's last bits (a run of many images and a run of one
+    round differently) and classification labels to their score's last digits."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-6
+    if isinstance(a, str) and isinstance(b, str) and a.count(":") == 2 == b.count(":"):
+        score_a, _, label_a = a.partition(":")
+        score_b, _, label_b = b.partition(":")
+        return label_a == label_b and abs(float(score_a) - float(score_b)) <= 1e-5
+    return bool(a == b)
+
+
+async def answers(http: httpx.AsyncClient, bodies: dict[str, bytes]) -> dict[str, Any]:
+    """Each body's status and answer, sent together."""
+    replies = await asyncio.gather(*(answer(http, b) for b in bodies.values()))
+    return dict(zip(bodies, replies, strict=True))
+
+
+async def test_bodies_decoded_in_their_batch_answer_as_on_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads = decode_threads(monkeypatch)
+    async with served(tmp_path) as (http, plane):
+        runtime = plane.model("tiny")
+        held = HeldModel(runtime.run)
+        monkeypatch.setattr(runtime, "run", held)
+        held.hold = False
+        with monkeypatch.context() as off:
+            off.setattr(rest_infer, "batch_decoding", lambda plane, runtime: None)
+            on_the_loop = await answers(http, BODIES)
+        assert set(threads) == {"MainThread"}
+        held.hold = True
+        first = asyncio.ensure_future(answer(http, BODIES["plain"]))
+        assert await asyncio.to_thread(held.running.wait, 10)  # a run holds the model's thread
+        held.hold = False
+        threads.clear()
+        pending = asyncio.ensure_future(answers(http, BODIES))
+        while runtime.pending < len(BODIES):  # every body queued behind the held run
+            await asyncio.sleep(0.01)
+        held.gate.set()
+        in_the_batch, held_first = await pending, await first
+    assert held_first[0] == 200
+    assert in_the_batch.keys() == on_the_loop.keys()
+    for name, got in in_the_batch.items():
+        assert same(got, on_the_loop[name]), (name, got, on_the_loop[name])
+    # each body was decoded once, on the model's thread: the plain ones ran there, the others
+    # went on from their decode along the usual path
+    assert threads == ["batcher-tiny-2"] * len(BODIES)
+    for name in PLAIN:
+        assert in_the_batch[name][0] == 200, (name, in_the_batch[name])
+    probabilities = in_the_batch["two images, an id, outputs named"][1]
+    assert probabilities["id"] == "r-1"
+    expected = tiny_reference(np.array(pixels(2, 1), np.uint8).reshape(2, 32, 32, 3))
+    np.testing.assert_allclose(
+        np.array(probabilities["outputs"][0]["data"]).reshape(2, 10), expected, atol=1e-5
+    )

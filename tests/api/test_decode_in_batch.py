@@ -7,6 +7,7 @@ the usual path with their decode. In process, with the model's thread held in a 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -145,7 +146,7 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, list | tuple) and isinstance(b, list | tuple):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, float) and isinstance(b, float):
-        return abs(a - b) <= 1e-6
+        return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6)
     if isinstance(a, str) and isinstance(b, str) and a.count(":") == 2 == b.count(":"):
         score_a, _, label_a = a.partition(":")
         score_b, _, label_b = b.partition(":")

@@ -6,6 +6,8 @@ environment variables); kept here to keep that module readable.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings
 
@@ -49,12 +51,14 @@ class BatchingSettings(BaseSettings):
             '0: never (docs/benchmarks.md, "One client\'s p50").'
         ),
     )
-    decode_in_batch: bool = Field(
-        default=True,
+    decode_in_batch: bool | Literal["auto"] = Field(
+        default="auto",
         description=(
             "Under load (the model's thread busy) a small plain JSON infer body is decoded on "
             "the model's thread just before its run, with the others of its batch, instead of "
-            'on the event loop as it arrives (docs/benchmarks.md, "Decoding in the batch").'
+            "on the event loop as it arrives. `auto`: where a worker process has one core "
+            "(WORKERS per core, or pinned), which it speeds up; with more it costs the overlap "
+            'of decoding and running (docs/benchmarks.md, "Decoding in the batch").'
         ),
     )
     max_queue_images: int = Field(

@@ -27,6 +27,14 @@ def cores_per_worker(settings: Settings) -> int:
     return max(1, len(os.sched_getaffinity(0)) // settings.workers)
 
 
+def decodes_in_batch(settings: Settings) -> bool:
+    """DECODE_IN_BATCH, ``auto`` resolved: on where this worker has one core for its loop and
+    its models' threads (on one core +10 % requests/s at 64 clients; with two, -6 %)."""
+    if settings.decode_in_batch == "auto":
+        return cores_per_worker(settings) == 1
+    return settings.decode_in_batch
+
+
 def work_pool(settings: Settings) -> WorkPool:
     """Where decoding and encoding run, off the event loop."""
     threads = settings.work_threads or cores_per_worker(settings)

@@ -80,6 +80,7 @@ class DataPlane:
         self.repository = build.model_repository(settings, options)
         self.metrics.track_providers(self.repository.provider_use)
         self.work = build.work_pool(settings)  # where decoding and encoding run, off the loop
+        self.decodes_in_batch = build.decodes_in_batch(settings)  # under load (decode_in_batch)
         self.body_budget = BodyBudget(settings.max_body_bytes_in_flight)  # REST's and gRPC's
         self.activation_sessions = ActivationSessions(options, self.work)  # the explorer's
         self.response_cache = ResponseCache(settings.response_cache, self.metrics.registry)

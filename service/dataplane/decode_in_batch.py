@@ -6,11 +6,13 @@ requests' reads, replies and runs finds the caches cold: the raw batched app
 (``bench/ceiling_batched.py``) answered 15 % more requests a second at 64 clients with its
 decode moved into the batch, and the loop, sooner done with each request, has every waiting one
 queued before a run starts, so fewer runs are split (docs/benchmarks.md, "Decoding in the
-batch"). Only while the model's thread is busy: an idle one runs a lone request at once (or
-inline), decoded on the loop as before. Only where nothing needs the decoded request before its
-run: no tracing, no response cache; a body that turns out to need more (shared
-memory, classification, its own timeout, another version) is handed back ``Undecided`` with its
-decode, and goes on as any request does, so every check and error is the usual path's."""
+batch"). So where a worker has one core (``DECODE_IN_BATCH=auto``; with two, decoding on the
+loop overlaps the model's run, and moving it cost 6 %), and only while the model's thread is
+busy: an idle one runs a lone request at once (or inline), decoded on the loop as before. Only
+where nothing needs the decoded request before its run (no tracing, no response cache); a body
+that turns out to need more (shared memory, classification, its own timeout, another version)
+is handed back ``Undecided`` with its decode and goes on as any request does, so every check
+and error is the usual path's."""
 
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ class Undecided(Exception):
 def batch_decoding(plane: DataPlane, model: ModelRuntime) -> DynamicBatcher | None:
     """The batcher that would decode a request's body itself: ``model``'s, while busy, where
     nothing needs the decoded request before its run."""
-    if not plane.settings.decode_in_batch or model.kind == TENSOR or tracing.TRACER is not None:
+    if not plane.decodes_in_batch or model.kind == TENSOR or tracing.TRACER is not None:
         return None
     if plane.response_cache.enabled(model.name):
         return None

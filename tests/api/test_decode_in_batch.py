@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ import pytest
 
 from service.api.rest import infer as rest_infer
 from service.api.rest.app import create_app
+from service.dataplane import build
 from service.dataplane.dataplane import DataPlane
 from tests.support.apps import make_settings
 from tests.support.models import make_model_repo, tiny_reference
@@ -98,9 +100,11 @@ class HeldModel:
 
 @asynccontextmanager
 async def served(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, DataPlane]]:
-    """The app over ``tiny`` v2, each request to the batcher (no inline runs)."""
+    """The app over ``tiny`` v2, each request to the batcher (no inline runs), decoding in the
+    batch whatever cores the test has."""
+    repo = make_model_repo(tmp_path, lecture=False)
     settings = make_settings(
-        make_model_repo(tmp_path, lecture=False), max_images_per_request=8, inline_run_max_us=0
+        repo, max_images_per_request=8, inline_run_max_us=0, decode_in_batch=True
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
@@ -198,3 +202,27 @@ async def test_bodies_decoded_in_their_batch_answer_as_on_the_loop(
     np.testing.assert_allclose(
         np.array(probabilities["outputs"][0]["data"]).reshape(2, 10), expected, atol=1e-5
     )
+
+
+@pytest.mark.parametrize(
+    ("setting", "workers", "cores", "on"),
+    [
+        ("auto", 1, {0}, True),  # pinned to one core: the loop and the model share it
+        ("auto", 1, {0, 1}, False),  # two: decoding on the loop overlaps the model's run
+        ("auto", 2, {0, 1}, True),  # a core each
+        ("auto", 2, {0, 1, 2, 3}, False),
+        (True, 1, {0, 1}, True),
+        (False, 1, {0}, False),
+    ],
+)
+def test_decode_in_batch_auto_is_on_where_a_worker_has_one_core(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: object,
+    workers: int,
+    cores: set[int],
+    on: bool,
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cores)
+    settings = make_settings(tmp_path, decode_in_batch=setting, workers=workers)
+    assert build.decodes_in_batch(settings) is on

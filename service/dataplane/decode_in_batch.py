@@ -9,7 +9,8 @@ queued before a run starts, so fewer runs are split (docs/benchmarks.md, "Decodi
 batch"). So where a worker has one core (``DECODE_IN_BATCH=auto``; with two, decoding on the
 loop overlaps the model's run, and moving it cost 6 %), and only while the model's thread is
 busy: an idle one runs a lone request at once (or inline), decoded on the loop as before. Only
-where nothing needs the decoded request before its run (no tracing, no response cache); a body
+where nothing needs the decoded request before its run (no tracing, no response cache) and no
+``REQUEST_TIMEOUT_US`` can answer a body queued past it before it is read; a body
 that turns out to need more (shared memory, classification, its own timeout, another version)
 is handed back ``Undecided`` with its decode and goes on as any request does, so every check
 and error is the usual path's."""
@@ -46,8 +47,8 @@ def batch_decoding(plane: DataPlane, model: ModelRuntime) -> DynamicBatcher | No
     nothing needs the decoded request before its run."""
     if not plane.decodes_in_batch or model.kind == TENSOR or tracing.TRACER is not None:
         return None
-    if plane.response_cache.enabled(model.name):
-        return None
+    if plane.response_cache.enabled(model.name) or plane.settings.request_timeout_us:
+        return None  # a queued request past its time is answered so: a bad body must hear why
     return model.busy_batcher()
 
 

@@ -10,7 +10,7 @@ import asyncio
 import math
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,6 @@ import pytest
 from service.api.rest import infer as rest_infer
 from service.api.rest.app import create_app
 from service.dataplane import build
-from service.dataplane.dataplane import DataPlane
 from tests.support.apps import make_settings
 from tests.support.models import make_model_repo, tiny_reference
 
@@ -81,15 +80,25 @@ BODIES = {
         outputs=[{"name": "probabilities", "parameters": {"shared_memory_region": "nope"}}]
     ),
 }
-PLAIN = {"plain", "two images, an id, outputs named", "FP32", "binary outputs"}
+PLAIN = {  # the bodies answered from their batch alone
+    "plain",
+    "two images, an id, outputs named",
+    "FP32",
+    "binary outputs",
+    "the served version named",
+    "the model named",
+}
 
 
 class HeldModel:
     """The model's runs, each held until ``release`` while ``hold`` is set."""
 
-    def __init__(self, run: Callable[..., Any]) -> None:
-        self.run, self.hold, self.running = run, True, threading.Event()
-        self.gate = threading.Event()
+    def __init__(self, runtime: Any) -> None:
+        self.runtime, self.run = runtime, runtime.run
+        self.hold, self.running, self.gate = True, threading.Event(), threading.Event()
+
+    def batcher_pending(self) -> int:
+        return int(self.runtime.pending)
 
     def __call__(self, images: Any, outputs: Any = None) -> Any:
         if self.hold:
@@ -99,18 +108,43 @@ class HeldModel:
 
 
 @asynccontextmanager
-async def served(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, DataPlane]]:
+async def served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **changes: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, HeldModel]]:
     """The app over ``tiny`` v2, each request to the batcher (no inline runs), decoding in the
-    batch whatever cores the test has."""
+    batch whatever cores the test has; its runs held while ``hold`` is set (not at first)."""
     repo = make_model_repo(tmp_path, lecture=False)
     settings = make_settings(
-        repo, max_images_per_request=8, inline_run_max_us=0, decode_in_batch=True
+        repo, max_images_per_request=8, inline_run_max_us=0, decode_in_batch=True, **changes
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
+        runtime = app.state.dataplane.model("tiny")
+        held = HeldModel(runtime)
+        held.hold = False
+        monkeypatch.setattr(runtime, "run", held)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
-            yield http, app.state.dataplane
+            yield http, held
+
+
+async def behind_a_held_run(
+    http: httpx.AsyncClient, held: HeldModel, queued: int, wait_s: float = 0.0
+) -> dict[str, Any]:
+    """``BODIES``' answers, sent while a run holds the model's thread, released once ``queued``
+    of them wait for it and ``wait_s`` more has passed."""
+    held.hold = True
+    first = asyncio.ensure_future(answer(http, BODIES["plain"]))
+    assert await asyncio.to_thread(held.running.wait, 10)  # a run holds the model's thread
+    held.hold = False
+    pending = asyncio.ensure_future(answers(http, BODIES))
+    while held.batcher_pending() < queued:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(wait_s)
+    held.gate.set()
+    replies, ahead = await pending, await first
+    assert ahead[0] == 200
+    return replies
 
 
 def decode_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -168,32 +202,19 @@ async def test_bodies_decoded_in_their_batch_answer_as_on_the_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     threads = decode_threads(monkeypatch)
-    async with served(tmp_path) as (http, plane):
-        runtime = plane.model("tiny")
-        held = HeldModel(runtime.run)
-        monkeypatch.setattr(runtime, "run", held)
-        held.hold = False
+    async with served(tmp_path, monkeypatch) as (http, held):
         with monkeypatch.context() as off:
             off.setattr(rest_infer, "batch_decoding", lambda plane, runtime: None)
             on_the_loop = await answers(http, BODIES)
         assert set(threads) == {"MainThread"}
-        held.hold = True
-        first = asyncio.ensure_future(answer(http, BODIES["plain"]))
-        assert await asyncio.to_thread(held.running.wait, 10)  # a run holds the model's thread
-        held.hold = False
         threads.clear()
-        pending = asyncio.ensure_future(answers(http, BODIES))
-        while runtime.pending < len(BODIES):  # every body queued behind the held run
-            await asyncio.sleep(0.01)
-        held.gate.set()
-        in_the_batch, held_first = await pending, await first
-    assert held_first[0] == 200
+        in_the_batch = await behind_a_held_run(http, held, queued=len(BODIES))
     assert in_the_batch.keys() == on_the_loop.keys()
     for name, got in in_the_batch.items():
         assert same(got, on_the_loop[name]), (name, got, on_the_loop[name])
     # each body was decoded once, on the model's thread: the plain ones ran there, the others
     # went on from their decode along the usual path
-    assert threads == ["batcher-tiny-2"] * len(BODIES)
+    assert threads == ["MainThread"] + ["batcher-tiny-2"] * len(BODIES)  # the held one first
     for name in PLAIN:
         assert in_the_batch[name][0] == 200, (name, in_the_batch[name])
     probabilities = in_the_batch["two images, an id, outputs named"][1]
@@ -226,3 +247,26 @@ def test_decode_in_batch_auto_is_on_where_a_worker_has_one_core(
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cores)
     settings = make_settings(tmp_path, decode_in_batch=setting, workers=workers)
     assert build.decodes_in_batch(settings) is on
+
+
+async def test_with_a_request_timeout_bodies_are_decoded_on_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """REQUEST_TIMEOUT_US answers a request still queued past it at once: a body queued undecoded
+    would get that, not why it is bad. So with it set, bodies are decoded as they come, and
+    behind a held run past the timeout a bad body hears why, a valid one the timeout (one with
+    its own longer ``timeout``, its answer)."""
+    async with served(tmp_path, monkeypatch) as (http, held):
+        with monkeypatch.context() as off:
+            off.setattr(rest_infer, "batch_decoding", lambda plane, runtime: None)
+            on_the_loop = await answers(http, BODIES)
+    valid = {name for name, (status, _) in on_the_loop.items() if status == 200}
+    threads = decode_threads(monkeypatch)
+    async with served(tmp_path / "timed", monkeypatch, request_timeout_us=20_000) as (http, held):
+        timed = await behind_a_held_run(http, held, queued=len(valid), wait_s=0.1)
+    assert set(threads) == {"MainThread"}
+    for name, (status, got) in timed.items():
+        if name in valid and name != "a timeout":
+            assert status == 503 and b"Request timeout expired" in got, (name, got)
+        else:
+            assert same((status, got), on_the_loop[name]), (name, got, on_the_loop[name])

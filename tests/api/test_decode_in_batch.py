@@ -91,11 +91,11 @@ PLAIN = {  # the bodies answered from their batch alone
 
 
 class HeldModel:
-    """The model's runs, each held until ``release`` while ``hold`` is set."""
+    """The model's runs, each held until ``gate`` is set while ``hold`` is (not at first)."""
 
     def __init__(self, runtime: Any) -> None:
         self.runtime, self.run = runtime, runtime.run
-        self.hold, self.running, self.gate = True, threading.Event(), threading.Event()
+        self.hold, self.running, self.gate = False, threading.Event(), threading.Event()
 
     def batcher_pending(self) -> int:
         return int(self.runtime.pending)
@@ -112,7 +112,7 @@ async def served(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **changes: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, HeldModel]]:
     """The app over ``tiny`` v2, each request to the batcher (no inline runs), decoding in the
-    batch whatever cores the test has; its runs held while ``hold`` is set (not at first)."""
+    batch whatever cores the test has, its runs held as ``HeldModel`` says."""
     repo = make_model_repo(tmp_path, lecture=False)
     settings = make_settings(
         repo, max_images_per_request=8, inline_run_max_us=0, decode_in_batch=True, **changes
@@ -121,7 +121,6 @@ async def served(
     async with app.router.lifespan_context(app):
         runtime = app.state.dataplane.model("tiny")
         held = HeldModel(runtime)
-        held.hold = False
         monkeypatch.setattr(runtime, "run", held)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
@@ -138,8 +137,11 @@ async def behind_a_held_run(
     assert await asyncio.to_thread(held.running.wait, 10)  # a run holds the model's thread
     held.hold = False
     pending = asyncio.ensure_future(answers(http, BODIES))
-    while held.batcher_pending() < queued:
+    for _ in range(1000):
+        if held.batcher_pending() >= queued:
+            break
         await asyncio.sleep(0.01)
+    assert held.batcher_pending() >= queued, f"{held.batcher_pending()} of {queued} queued"
     await asyncio.sleep(wait_s)
     held.gate.set()
     replies, ahead = await pending, await first

@@ -7,7 +7,6 @@ the usual path with their decode. In process, with the model's thread held in a 
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -23,6 +22,7 @@ import pytest
 from service.api.rest import infer as rest_infer
 from service.api.rest.app import create_app
 from service.dataplane import build
+from tests.support.answers import same_answer
 from tests.support.apps import make_settings
 from tests.support.models import make_model_repo, tiny_reference
 
@@ -164,7 +164,7 @@ def decode_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 async def answer(http: httpx.AsyncClient, body: bytes) -> tuple[int, Any]:
     """The status and the answer: an error's bytes, or a 200's JSON with its outputs' values
-    as lists (``same``)."""
+    as lists (``same_answer``)."""
     reply = await http.post(URL, content=body, headers={"Content-Type": "application/json"})
     if reply.status_code != 200:
         return reply.status_code, reply.content
@@ -176,22 +176,6 @@ async def answer(http: httpx.AsyncClient, body: bytes) -> tuple[int, Any]:
             values = np.frombuffer(reply.content[offset : offset + size], np.float32)
             output["data"], offset = values.tolist(), offset + size
     return 200, head
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equal, numbers to within float32's last bits (a run of many images and a run of one
-    round differently) and classification labels to their score's last digits."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6)
-    if isinstance(a, str) and isinstance(b, str) and a.count(":") == 2 == b.count(":"):
-        score_a, _, label_a = a.partition(":")
-        score_b, _, label_b = b.partition(":")
-        return label_a == label_b and abs(float(score_a) - float(score_b)) <= 1e-5
-    return bool(a == b)
 
 
 async def answers(http: httpx.AsyncClient, bodies: dict[str, bytes]) -> dict[str, Any]:
@@ -213,7 +197,7 @@ async def test_bodies_decoded_in_their_batch_answer_as_on_the_loop(
         in_the_batch = await behind_a_held_run(http, held, queued=len(BODIES))
     assert in_the_batch.keys() == on_the_loop.keys()
     for name, got in in_the_batch.items():
-        assert same(got, on_the_loop[name]), (name, got, on_the_loop[name])
+        assert same_answer(got, on_the_loop[name]), (name, got, on_the_loop[name])
     # each body was decoded once, on the model's thread: the plain ones ran there, the others
     # went on from their decode along the usual path
     assert threads == ["MainThread"] + ["batcher-tiny-2"] * len(BODIES)  # the held one first
@@ -271,4 +255,4 @@ async def test_with_a_request_timeout_bodies_are_decoded_on_the_loop(
         if name in valid and name != "a timeout":
             assert status == 503 and b"Request timeout expired" in got, (name, got)
         else:
-            assert same((status, got), on_the_loop[name]), (name, got, on_the_loop[name])
+            assert same_answer((status, got), on_the_loop[name]), (name, got, on_the_loop[name])

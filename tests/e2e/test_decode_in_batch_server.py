@@ -6,7 +6,6 @@ plain one) gets what it got from the same server idle, decoded on the loop."""
 
 from __future__ import annotations
 
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +17,7 @@ import orjson
 from bench.bodies import v2_json
 from bench.load import http_load
 from bench.server import running_service
+from tests.support.answers import same_answer
 
 PATH = "/v2/models/cifar10_cnn/infer"
 
@@ -47,21 +47,6 @@ def answer(http: httpx.Client, content: bytes) -> tuple[int, Any]:
     return reply.status_code, reply.json() if reply.status_code == 200 else reply.content
 
 
-def close(a: Any, b: Any) -> bool:
-    """Equal, numbers to float32's precision (runs of different sizes round differently) and
-    classification scores to their last digits."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(close(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6)
-    if isinstance(a, str) and isinstance(b, str) and a.count(":") == 2 == b.count(":"):
-        (score_a, _, label_a), (score_b, _, label_b) = a.partition(":"), b.partition(":")
-        return label_a == label_b and math.isclose(float(score_a), float(score_b), abs_tol=1e-5)
-    return bool(a == b)
-
-
 def test_a_real_server_decoding_in_the_batch_answers_every_body_under_load(
     tmp_path: Path,
 ) -> None:
@@ -80,7 +65,7 @@ def test_a_real_server_decoding_in_the_batch_answers_every_body_under_load(
         summary = load.result()
     assert summary["errors"] == 0 and summary["requests"] > 100, summary
     for name, got in busy.items():
-        assert close(got, idle[name]), (name, got, idle[name])
+        assert same_answer(got, idle[name]), (name, got, idle[name])
     assert idle["plain, with an id"][0] == 200 and idle["plain, with an id"][1]["id"] == "odd-1"
     assert {status for status, _ in idle.values()} >= {200, 400, 422}
     assert idle["classification"][0] == 200

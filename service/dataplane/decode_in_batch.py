@@ -29,7 +29,7 @@ from service.dataplane.prediction_log import logged_id
 from service.dataplane.types import InferRequest, InferResponse
 from service.engine import tracing
 from service.engine.batcher import DynamicBatcher
-from service.engine.runtime import ModelRuntime
+from service.engine.runtime import ModelRuntime, chosen_outputs
 from service.engine.work_pool import TooHeavyForTheLoop
 
 
@@ -69,10 +69,7 @@ async def infer_in_batch(
             request = decode()
         except TooHeavyForTheLoop:
             raise Undecided(None) from None
-        shared = any(t.shared_memory is not None for t in request.inputs) or any(
-            o.shared_memory is not None for o in request.outputs
-        )
-        if shared or request.class_counts or request.timeout_us:
+        if request.names_shared_memory or request.class_counts or request.timeout_us:
             raise Undecided(request)
         pixels = model_pixels(model, request.inputs, [o.name for o in request.outputs])
         if len(pixels) > model.options.max_images_per_request:
@@ -80,8 +77,7 @@ async def infer_in_batch(
         decoded.append(request)
         return pixels, logged_id(request.id or request_id) if logged else None
 
-    outputs = await batcher.submit(None, plane.settings.request_timeout_us / 1e6, make=make)
+    outputs = await batcher.submit(None, make=make)  # no REQUEST_TIMEOUT_US here (above)
     (request,) = decoded
-    requested = [o.name for o in request.outputs]
-    chosen = {name: outputs[name] for name in requested} if requested else outputs
+    chosen = chosen_outputs(outputs, [o.name for o in request.outputs])
     return request, InferResponse(model.name, str(model.version), request.id, chosen)

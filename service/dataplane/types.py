@@ -63,6 +63,12 @@ class InferRequest:
     # Triton's classification extension: output name -> how many classes to answer (top k)
     class_counts: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def names_shared_memory(self) -> bool:
+        """Whether any input or output of it is in a shared memory region."""
+        inputs = any(t.shared_memory is not None for t in self.inputs)
+        return inputs or any(o.shared_memory is not None for o in self.outputs)
+
 
 @dataclass(frozen=True)
 class InferResponse:

@@ -251,7 +251,7 @@ class ModelRuntime:
                     statistics=self.statistics,
                     scheduling=self.options.thread_scheduling,
                 )
-            return _chosen(await self._batcher.submit(images, timeout_s, tag), outputs)
+            return chosen_outputs(await self._batcher.submit(images, timeout_s, tag), outputs)
         else:
             loop = asyncio.get_running_loop()
             run, start = self._run_unbatched, time.perf_counter()
@@ -267,7 +267,7 @@ class ModelRuntime:
                     self._in_executor -= 1
         if tag is not None:
             self._answered([(tag, 0, len(images))], result, images)
-        return _chosen(result, outputs)
+        return chosen_outputs(result, outputs)
 
     def busy_batcher(self) -> DynamicBatcher | None:
         """This version's batcher while it runs or holds requests (None: idle, or none)."""
@@ -395,6 +395,6 @@ class ModelRuntime:
         log.debug("%s v%d closed", self.name, self.version)
 
 
-def _chosen(result: Outputs, outputs: Sequence[str] | None) -> Outputs:
+def chosen_outputs(result: Outputs, outputs: Sequence[str] | None) -> Outputs:
     """The outputs a request asked for (all when it named none)."""
     return {name: result[name] for name in outputs} if outputs else result

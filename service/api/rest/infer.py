@@ -112,7 +112,7 @@ def _checked(
     """The runtime that answers ``infer``: the URL's, or the version its body names where the
     URL names none; errors where the body contradicts the URL, or a browser names shared
     memory."""
-    if browser and _names_shared_memory(infer):
+    if browser and infer.names_shared_memory:
         raise Forbidden("a browser's request may not name shared memory, a local client's")
     if infer.model_name is not None and infer.model_name != name:
         raise InvalidInput(
@@ -127,11 +127,6 @@ def _checked(
                 f"version {version!r}"
             )
     return runtime
-
-
-def _names_shared_memory(infer: InferRequest) -> bool:
-    inputs = any(t.shared_memory is not None for t in infer.inputs)
-    return inputs or any(o.shared_memory is not None for o in infer.outputs)
 
 
 async def _reply(plane: DataPlane, infer: InferRequest, response: InferResponse) -> InferReply:
